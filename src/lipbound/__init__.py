@@ -1,0 +1,22 @@
+"""lipbound: bracket the Lipschitz constant of a neural network between a certified upper bound
+and a witnessed lower bound.
+
+>>> import lipbound, torch
+>>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+>>> report = lipbound.estimate(net, (4,), progress=False)
+>>> report.upper >= 0
+True
+"""
+
+from .api import as_graph, autolip, estimate
+from .errors import InvalidInput, LipboundError, UnsupportedOperation
+from .graph import Graph, from_torch
+from .linalg import LinearOperator, power_method, spectral_norm
+from .methods import METHODS
+from .report import Report, Result
+
+__version__ = "0.1.0"
+
+__all__ = ["estimate", "autolip", "as_graph", "spectral_norm", "power_method", "from_torch", "Graph",
+           "LinearOperator", "Report", "Result", "METHODS", "LipboundError", "UnsupportedOperation",
+           "InvalidInput", "__version__"]

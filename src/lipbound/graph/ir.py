@@ -1,0 +1,261 @@
+"""The graph: lipbound's one intermediate representation (DESIGN §2).
+
+A :class:`Graph` is a small DAG of typed nodes in topological order, built by a frontend
+(:mod:`lipbound.graph.from_torch`, later ONNX) for a fixed input shape (without batch axis).
+Node kinds and the partial Lipschitz constant AutoLip gives each (DESIGN §4):
+
+* :class:`Input` — the network input, ``L = 1``.
+* :class:`Affine` — ``x -> A x + b`` with ``A`` a :class:`~lipbound.linalg.operators.LinearOperator`:
+  ``||A||_2``.
+* :class:`Activation` — element-wise, slope range ``[a, b]``: ``max(|a|, |b|)``.
+* :class:`MaxPool` — ``sqrt(prod_d m_d)``, ``m_d`` the most windows one input lies in.
+* :class:`Add` — sum of its inputs: partial constants 1 each.
+* :class:`Concat` — concatenation: ``sqrt(sum_i L_i^2)``.
+
+The graph evaluates itself (:meth:`Graph.forward`) so that every method can be checked against
+the model it came from.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from ..linalg.operators import LinearOperator, compose
+
+Shape = tuple[int, ...]
+
+
+@dataclass
+class Node:
+    """Common part of every node: ``name`` (unique), ``inputs`` (names of the nodes it reads),
+    ``shape`` (output shape without batch axis) and ``origin`` (where it comes from in the user's
+    model, for messages and tables)."""
+
+    name: str
+    inputs: list[str]
+    shape: Shape
+    origin: str
+
+    kind = "node"
+
+    def evaluate(self, *args: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def to(self, device=None, dtype=None) -> "Node":
+        return self
+
+
+@dataclass
+class Input(Node):
+    kind = "input"
+
+
+@dataclass
+class Affine(Node):
+    """``y = op(x) + bias``; ``bias`` has the output shape (or is None)."""
+
+    op: LinearOperator = None  # type: ignore[assignment]
+    bias: torch.Tensor | None = None
+    kind = "affine"
+
+    def evaluate(self, x):
+        y = self.op.matvec(x)
+        return y if self.bias is None else y + self.bias
+
+    def to(self, device=None, dtype=None):
+        bias = None if self.bias is None else self.bias.to(device=device, dtype=dtype)
+        return Affine(self.name, list(self.inputs), self.shape, self.origin, self.op.to(device, dtype), bias)
+
+
+@dataclass
+class Activation(Node):
+    """Element-wise ``fn`` with derivatives in ``slope = (a, b)``; ``label`` names it (ReLU, ...)."""
+
+    fn: Callable[[torch.Tensor], torch.Tensor] = None  # type: ignore[assignment]
+    slope: tuple[float, float] = (0.0, 1.0)
+    label: str = ""
+    kind = "activation"
+
+    def evaluate(self, x):
+        return self.fn(x)
+
+    def to(self, device=None, dtype=None):
+        return _fn_to(self, device, dtype)
+
+    @property
+    def lipschitz(self) -> float:
+        return max(abs(self.slope[0]), abs(self.slope[1]))
+
+
+@dataclass
+class MaxPool(Node):
+    """Max pooling; ``fn`` evaluates it, ``kernel``/``stride``/``dilation`` per spatial axis."""
+
+    fn: Callable[[torch.Tensor], torch.Tensor] = None  # type: ignore[assignment]
+    multiplicity: int = 1  # the most windows that contain one input
+    kind = "maxpool"
+
+    def evaluate(self, x):
+        return self.fn(x)
+
+    def to(self, device=None, dtype=None):
+        return _fn_to(self, device, dtype)
+
+    @property
+    def lipschitz(self) -> float:
+        """``sqrt(m)`` with ``m`` the most windows one input lies in: each output moves by at most
+        the largest change in its window, so ``||P x - P y||^2 <= sum_w ||x_w - y_w||^2 <= m ||x - y||^2``."""
+        return math.sqrt(self.multiplicity)
+
+
+@dataclass
+class Add(Node):
+    kind = "add"
+
+    def evaluate(self, *xs):
+        out = xs[0]
+        for x in xs[1:]:
+            out = out + x
+        return out
+
+
+@dataclass
+class Concat(Node):
+    axis: int = 0  # axis without the batch axis
+    kind = "concat"
+
+    def evaluate(self, *xs):
+        return torch.cat(xs, dim=self.axis + 1)
+
+
+@dataclass
+class Graph:
+    """Typed DAG in topological order. ``nodes`` maps names to nodes; ``output`` names the
+    output node; ``input_shape`` is the input shape without batch axis."""
+
+    nodes: dict[str, Node]
+    input: str
+    output: str
+    name: str = "model"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def input_shape(self) -> Shape:
+        return self.nodes[self.input].shape
+
+    @property
+    def output_shape(self) -> Shape:
+        return self.nodes[self.output].shape
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.nodes.values())
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def users(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {n: [] for n in self.nodes}
+        for node in self:
+            for i in node.inputs:
+                out[i].append(node.name)
+        return out
+
+    def affine_nodes(self) -> list[Affine]:
+        return [n for n in self if isinstance(n, Affine)]
+
+    @property
+    def device(self) -> torch.device:
+        for n in self.affine_nodes():
+            return n.op.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for n in self.affine_nodes():
+            return n.op.dtype
+        return torch.get_default_dtype()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Evaluate on a batch ``(B, *input_shape)``."""
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(f"expected input (B, {', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}")
+        env: dict[str, torch.Tensor] = {}
+        for node in self:
+            env[node.name] = x if isinstance(node, Input) else node.evaluate(*(env[i] for i in node.inputs))
+        return env[self.output]
+
+    __call__ = forward
+
+    def to(self, device=None, dtype=None) -> "Graph":
+        """A copy with every tensor on ``device`` / in ``dtype``."""
+        return Graph({k: n.to(device, dtype) for k, n in self.nodes.items()}, self.input, self.output,
+                     self.name, list(self.notes))
+
+    def fused(self) -> "Graph":
+        """:meth:`fuse_affine`, computed once per graph (methods share its operators and the
+        norms cached on them)."""
+        if getattr(self, "_fused", None) is None:
+            self._fused = self.fuse_affine()
+            self._fused._fused = self._fused
+        return self._fused
+
+    def fuse_affine(self) -> "Graph":
+        """Merge chains of affine nodes (each feeding only the next) into one node, folding
+        BatchNorm and scalings into convolutions and dense layers (:func:`~lipbound.linalg.operators.compose`).
+        The function is unchanged; AutoLip gets one tighter factor instead of a product."""
+        users = self.users()
+        nodes: dict[str, Node] = {}
+        rename: dict[str, str] = {}
+        for node in self:
+            inputs = [rename.get(i, i) for i in node.inputs]
+            prev = nodes.get(inputs[0]) if len(inputs) == 1 else None
+            if (isinstance(node, Affine) and isinstance(prev, Affine) and len(users[_orig(rename, prev.name)]) == 1
+                    and prev.name != self.output):
+                bias = node.op.matvec(prev.bias.unsqueeze(0))[0] if prev.bias is not None else None
+                if node.bias is not None:
+                    bias = node.bias if bias is None else bias + node.bias
+                fused = Affine(prev.name, prev.inputs, node.shape, f"{prev.origin} + {node.origin}",
+                               compose(prev.op, node.op), bias)
+                nodes[prev.name] = fused
+                rename[node.name] = prev.name
+                continue
+            node = _with_inputs(node, inputs)
+            nodes[node.name] = node
+        return Graph(nodes, self.input, rename.get(self.output, self.output), self.name, list(self.notes))
+
+    def describe(self) -> str:
+        lines = [f"Graph {self.name}: input {self.input_shape} -> output {self.output_shape}"]
+        for n in self:
+            lines.append(f"  {n.name:<24} {n.kind:<10} {str(n.shape):<18} <- {', '.join(n.inputs)}   [{n.origin}]")
+        return "\n".join(lines)
+
+
+def _fn_to(node: Node, device, dtype) -> Node:
+    """Copy of an activation or pooling node whose ``fn`` module is moved to ``device``/``dtype``."""
+    import copy
+    new = copy.copy(node)
+    if isinstance(node.fn, torch.nn.Module):
+        new.fn = copy.deepcopy(node.fn).to(device=device, dtype=dtype)
+    return new
+
+
+def _orig(rename: dict[str, str], name: str) -> str:
+    """The last original node merged into ``name`` (its users decide whether to fuse further)."""
+    last = name
+    for old, new in rename.items():
+        if new == name:
+            last = old
+    return last
+
+
+def _with_inputs(node: Node, inputs: Sequence[str]) -> Node:
+    if list(node.inputs) == list(inputs):
+        return node
+    import copy
+    new = copy.copy(node)
+    new.inputs = list(inputs)
+    return new

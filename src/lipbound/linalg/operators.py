@@ -1,0 +1,515 @@
+"""Linear operators: the one interface every spectral method works on (DESIGN §2).
+
+A :class:`LinearOperator` maps a batch ``(B, *in_shape)`` to ``(B, *out_shape)``. Subclasses
+write ``_matvec``; the adjoint ``rmatvec`` defaults to a vector-Jacobian product through autograd
+(exact for a linear map), and ``gram`` gives ``(A v, A^T A v)`` with one forward and one backward
+pass, as the paper's power method (its Algorithm 2) does.
+
+Each subclass also states what it knows of its own norm through :meth:`LinearOperator.structural_bound`:
+a number ``>= ||A||_2`` by proof (``exact=True`` when it is the norm itself), e.g. ``max |d|`` for a
+diagonal, 1 for a reshape, the kernel's DFT bound for a convolution. :mod:`lipbound.linalg.spectral`
+chooses between that and an SVD of the materialised matrix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class StructuralBound:
+    """A certified upper bound of ``||A||_2`` from the operator's structure."""
+
+    value: float
+    exact: bool  # True when ``value`` is the norm itself (up to rounding)
+    how: str
+
+
+def _numel(shape: Shape) -> int:
+    return math.prod(shape)
+
+
+class LinearOperator:
+    """A linear map between tensors of fixed shapes, applied to batches.
+
+    Subclasses set ``in_shape``/``out_shape`` (through ``__init__``) and write ``_matvec``;
+    they may write ``_rmatvec`` when a direct adjoint is cheaper than autograd.
+    """
+
+    label = "Linear operator"
+
+    def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int]) -> None:
+        self.in_shape: Shape = tuple(int(s) for s in in_shape)
+        self.out_shape: Shape = tuple(int(s) for s in out_shape)
+
+    # ---- sizes -------------------------------------------------------------------------
+    @property
+    def in_numel(self) -> int:
+        return _numel(self.in_shape)
+
+    @property
+    def out_numel(self) -> int:
+        return _numel(self.out_shape)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.label}: {self.in_shape} -> {self.out_shape}>"
+
+    # ---- application -------------------------------------------------------------------
+    def matvec(self, x: torch.Tensor) -> torch.Tensor:
+        """``A x`` for a batch ``x`` of shape ``(B, *in_shape)``."""
+        _check_batch(x, self.in_shape, "input")
+        return self._matvec(x)
+
+    def rmatvec(self, y: torch.Tensor) -> torch.Tensor:
+        """``A^T y`` for a batch ``y`` of shape ``(B, *out_shape)``."""
+        _check_batch(y, self.out_shape, "output")
+        return self._rmatvec(y)
+
+    def gram(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A v, A^T A v)`` with one forward and one backward pass."""
+        _check_batch(v, self.in_shape, "input")
+        with torch.enable_grad():
+            v = v.detach().requires_grad_(True)
+            y = self._matvec(v)
+            (g,) = torch.autograd.grad(y, v, grad_outputs=y.detach())
+        return y.detach(), g
+
+    def _matvec(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _rmatvec(self, y: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            x = torch.zeros((y.shape[0], *self.in_shape), dtype=y.dtype, device=y.device, requires_grad=True)
+            (g,) = torch.autograd.grad(self._matvec(x), x, grad_outputs=y)
+        return g
+
+    # ---- facts -------------------------------------------------------------------------
+    def structural_bound(self) -> StructuralBound | None:
+        """A certified ``>= ||A||_2`` from the structure, or None when there is none cheap."""
+        return None
+
+    @property
+    def nonnegative(self) -> bool:
+        """True when every matrix entry is >= 0 (pooling, padding, selection)."""
+        return False
+
+    @property
+    def device(self) -> torch.device:
+        return getattr(self, "_device", None) or torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return getattr(self, "_dtype", None) or torch.get_default_dtype()
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "LinearOperator":
+        """A copy for another device or dtype (the tensors it works on, and its own if any)."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.__dict__.pop("_lipbound_norms", None)
+        if dtype is not None:
+            new._dtype = dtype
+        if device is not None:
+            new._device = torch.device(device)
+        return new
+
+    def to_dense(self, chunk: int = 256) -> torch.Tensor:
+        """The matrix ``(out_numel, in_numel)``, built column block by column block."""
+        n = self.in_numel
+        cols = []
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            eye = torch.zeros((stop - start, n), dtype=self.dtype, device=self.device)
+            eye[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
+            cols.append(self.matvec(eye.reshape(-1, *self.in_shape)).reshape(stop - start, -1))
+        return torch.cat(cols, 0).T
+
+
+def _check_batch(x: torch.Tensor, shape: Shape, what: str) -> None:
+    if tuple(x.shape[1:]) != shape:
+        raise ValueError(f"expected a batch of {what} shape (B, {', '.join(map(str, shape))}), got {tuple(x.shape)}")
+
+
+class _TensorOperator(LinearOperator):
+    """An operator defined by tensors in ``self._tensors`` (moved together by :meth:`to`)."""
+
+    _tensors: tuple[str, ...] = ()
+
+    def _first(self) -> torch.Tensor:
+        return getattr(self, self._tensors[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self._first().device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._first().dtype
+
+    def to(self, device=None, dtype=None):
+        new = super().to(device, dtype)
+        for name in self._tensors:
+            setattr(new, name, getattr(self, name).to(device=device, dtype=dtype))
+        return new
+
+
+class Dense(_TensorOperator):
+    """``x -> x W^T`` on the last axis of ``x`` (``nn.Linear`` without bias). ``||A|| = ||W||_2``."""
+
+    label = "Linear"
+    _tensors = ("weight",)
+
+    def __init__(self, weight: torch.Tensor, in_shape: Sequence[int]) -> None:
+        in_shape = tuple(in_shape)
+        if in_shape[-1] != weight.shape[1]:
+            raise ValueError(f"Linear expects last input axis {weight.shape[1]}, got shape {in_shape}")
+        super().__init__(in_shape, (*in_shape[:-1], weight.shape[0]))
+        self.weight = weight.detach()
+
+    def _matvec(self, x):
+        return x @ self.weight.T
+
+    def _rmatvec(self, y):
+        return y @ self.weight
+
+    def structural_bound(self):
+        s = torch.linalg.matrix_norm(self.weight.double(), ord=2).item()
+        return StructuralBound(s, True, "SVD of the weight")
+
+    def to_dense(self, chunk: int = 256):
+        if len(self.in_shape) == 1:
+            return self.weight
+        return super().to_dense(chunk)
+
+
+class Diagonal(_TensorOperator):
+    """``x -> d * x`` with ``d`` broadcast to the input (BatchNorm in eval mode, constant scaling).
+
+    ``||A||_2 = max |d|`` exactly.
+    """
+
+    label = "Scale"
+    _tensors = ("scale",)
+
+    def __init__(self, scale: torch.Tensor, in_shape: Sequence[int], label: str = "Scale") -> None:
+        super().__init__(in_shape, in_shape)
+        self.scale = scale.detach()
+        self.label = label
+
+    def _matvec(self, x):
+        return x * self.scale
+
+    _rmatvec = _matvec
+
+    def structural_bound(self):
+        return StructuralBound(self.scale.abs().max().item(), True, "max |diagonal|")
+
+    @property
+    def nonnegative(self):
+        return bool((self.scale >= 0).all())
+
+
+class Reshape(LinearOperator):
+    """Flatten / view / reshape: a permutation-free isometry, ``||A|| = 1``."""
+
+    label = "Reshape"
+
+    def _matvec(self, x):
+        return x.reshape(x.shape[0], *self.out_shape)
+
+    def _rmatvec(self, y):
+        return y.reshape(y.shape[0], *self.in_shape)
+
+    def structural_bound(self):
+        return StructuralBound(1.0, True, "isometry")
+
+    @property
+    def nonnegative(self):
+        return True
+
+
+class Permute(LinearOperator):
+    """A permutation of the non-batch axes (e.g. NHWC -> NCHW): ``||A|| = 1``."""
+
+    label = "Permute"
+
+    def __init__(self, perm: Sequence[int], in_shape: Sequence[int]) -> None:
+        self.perm = tuple(perm)
+        super().__init__(in_shape, tuple(in_shape[p] for p in self.perm))
+        self._inverse = tuple(sorted(range(len(self.perm)), key=lambda i: self.perm[i]))
+
+    def _matvec(self, x):
+        return x.permute(0, *(p + 1 for p in self.perm))
+
+    def _rmatvec(self, y):
+        return y.permute(0, *(p + 1 for p in self._inverse))
+
+    def structural_bound(self):
+        return StructuralBound(1.0, True, "isometry")
+
+    @property
+    def nonnegative(self):
+        return True
+
+
+class Function(LinearOperator):
+    """A linear map given as a function (pooling, padding, upsampling, ...).
+
+    When the caller states ``nonnegative=True`` (every matrix entry >= 0) the Schur test gives a
+    certified bound from two products: ``||A||_2 <= sqrt(max_i (A 1)_i * max_j (A^T 1)_j)``
+    (``||A||_2^2 <= ||A||_1 ||A||_inf``; for a non-negative matrix these are the largest column and
+    row sums). It is exact for padding and selections, and for average pooling it gives
+    ``sqrt(prod_d ceil(k_d/s_d)) / prod_d k_d^{1/2}`` at most (``1/k`` per 2-D non-overlapping window).
+    """
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], in_shape: Sequence[int],
+                 label: str, nonnegative: bool = False, dtype: torch.dtype | None = None,
+                 device: torch.device | str | None = None) -> None:
+        self.fn = fn
+        self.label = label
+        self._nonnegative = nonnegative
+        self._dtype = dtype
+        self._device = torch.device(device) if device is not None else None
+        out = fn(torch.zeros((1, *in_shape), dtype=self.dtype, device=self.device))
+        super().__init__(in_shape, out.shape[1:])
+
+    def _matvec(self, x):
+        return self.fn(x)
+
+    @property
+    def nonnegative(self):
+        return self._nonnegative
+
+    def structural_bound(self):
+        if not self._nonnegative:
+            return None
+        ones_in = torch.ones((1, *self.in_shape), dtype=torch.float64, device=self.device)
+        ones_out = torch.ones((1, *self.out_shape), dtype=torch.float64, device=self.device)
+        rows = self.fn(ones_in).max().item()
+        cols = self._rmatvec(ones_out).max().item()
+        return StructuralBound(math.sqrt(max(rows, 0.0) * max(cols, 0.0)), False, "Schur test")
+
+
+class Conv(_TensorOperator):
+    """Convolution (``nn.ConvNd`` or ``nn.ConvTransposeNd`` without bias), zero padding, any
+    stride, dilation and groups, for N = 1, 2, 3 spatial axes.
+
+    **Certified bound** (:meth:`structural_bound`, after Sedghi, Gupta & Long, ICLR 2019, extended
+    to strides by a polyphase split). Take one spatial axis of input size ``H``, padding ``p`` per
+    side, kernel ``k``, dilation ``d``, stride ``s``; write ``t = a d`` for the offset of tap ``a``.
+    The layer is ``y[i] = sum_a w[a] x_pad[s i + t]`` where ``x_pad`` is ``x`` surrounded by
+    ``p`` zeros.
+
+    * *Zero padding.* Embed ``x`` at positions ``p .. p+H-1`` of a circular grid of size
+      ``N = s M >= H + 2p + d(k-1) + 1``. Every index ``s i + t`` read by the layer is then below
+      ``N`` and never wraps, so the layer equals the circular convolution on that grid restricted
+      to inputs supported on the embedded positions and to the layer's outputs: it is a sub-block
+      of the circular operator (an isometric embedding followed by a coordinate restriction), and a
+      sub-block never has a larger norm.
+    * *Stride.* Split the circular input into its ``s`` phases ``x_r[m] = x[s m + r]`` (a
+      permutation, hence unitary) and write ``t = s q + r``: then
+      ``y[i] = sum_r sum_q w_r[q] x_r[i + q]`` with ``w_r[q] = w[a]`` for ``a d = s q + r``, a sum
+      of stride-1 circular convolutions on the grid of size ``M``. The 1-D DFT diagonalises each,
+      so the whole map is unitarily equivalent to the block-diagonal matrix whose block at
+      frequency ``f`` is the ``c_out x (c_in s)`` matrix ``[W_r(f)]_r`` of the phase kernels' DFTs.
+      Its norm is the largest singular value over the ``M`` frequencies: the exact norm of the
+      circular strided convolution, and a certified bound of the zero-padded one. Without the
+      split (stride 1 bound followed by a subsampling of norm 1) the bound would hold too, but
+      loosely; with ``s = 1`` both coincide. In several axes the phases and frequencies are
+      products; groups make the operator block diagonal (the maximum over groups).
+    * *Transposed convolution* is the adjoint of the convolution with the same weight, stride,
+      padding and dilation acting on the transposed layer's output grid; adjoints have the same
+      norm, so the same bound applies with ``H`` the output size.
+
+    The computation is in float64 and costs one FFT of the kernel and one small SVD per frequency.
+    """
+
+    _tensors = ("weight",)
+
+    def __init__(self, weight: torch.Tensor, in_shape: Sequence[int], stride: Sequence[int],
+                 padding: Sequence[int] | str, dilation: Sequence[int], groups: int = 1,
+                 transposed: bool = False, output_padding: Sequence[int] | None = None) -> None:
+        self.weight = weight.detach()
+        nd = weight.dim() - 2
+        if nd not in (1, 2, 3):
+            raise ValueError(f"convolution with {nd} spatial axes")
+        self.nd = nd
+        self.stride = tuple(stride)
+        self.padding = padding if isinstance(padding, str) else tuple(padding)
+        self.dilation = tuple(dilation)
+        self.groups = int(groups)
+        self.transposed = transposed
+        self.output_padding = tuple(output_padding or (0,) * nd)
+        self.label = f"ConvTranspose{nd}d" if transposed else f"Conv{nd}d"
+        out = self._matvec(torch.zeros((1, *in_shape), dtype=weight.dtype, device=weight.device))
+        super().__init__(in_shape, out.shape[1:])
+
+    def _matvec(self, x):
+        if self.transposed:
+            fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[self.nd - 1]
+            return fn(x, self.weight, None, self.stride, self.padding, self.output_padding,
+                      self.groups, self.dilation)
+        fn = (F.conv1d, F.conv2d, F.conv3d)[self.nd - 1]
+        return fn(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
+
+    def _total_padding(self) -> tuple[int, ...]:
+        k = self.weight.shape[2:]
+        if isinstance(self.padding, str):  # 'valid' -> 0, 'same' -> d (k - 1) in total
+            return tuple(0 if self.padding == "valid" else d * (kk - 1) for d, kk in zip(self.dilation, k))
+        return tuple(2 * p for p in self.padding)
+
+    def structural_bound(self):
+        grid = self.out_shape[1:] if self.transposed else self.in_shape[1:]
+        extra = self.output_padding if self.transposed else (0,) * self.nd
+        sizes = tuple(h + pt + op for h, pt, op in zip(grid, self._total_padding(), extra))
+        value = conv_dft_bound(self.weight, sizes, self.stride, self.dilation, self.groups)
+        return StructuralBound(value, False, "DFT of the kernel (polyphase for strides)")
+
+
+def conv_dft_bound(weight: torch.Tensor, padded_sizes: Sequence[int], stride: Sequence[int],
+                   dilation: Sequence[int], groups: int) -> float:
+    """Exact norm of the circular strided convolution that contains the zero-padded layer.
+
+    ``weight`` has shape ``(c_out, c_in / groups, *k)``; ``padded_sizes`` are ``H + total padding``
+    per axis. See :class:`Conv` for the proof that the result bounds the layer's norm.
+    """
+    nd = weight.dim() - 2
+    c_out, cig, *k = weight.shape
+    g = groups
+    cog = c_out // g
+    w = weight.detach().to(torch.float64).reshape(g, cog, cig, *k)
+    # dilate the kernel and pad each axis to a multiple of its stride: extent s * qmax
+    qmax = [((kk - 1) * d) // s + 1 for kk, d, s in zip(k, dilation, stride)]
+    wd = torch.zeros((g, cog, cig, *(q * s for q, s in zip(qmax, stride))), dtype=torch.float64, device=w.device)
+    wd[(Ellipsis, *(slice(None, (kk - 1) * d + 1, d) for kk, d in zip(k, dilation)))] = w
+    # split every axis t = s q + r into (q, r), move the phases r next to the input channels
+    wd = wd.reshape(g, cog, cig, *[n for q, s in zip(qmax, stride) for n in (q, s)])
+    q_axes = [3 + 2 * i for i in range(nd)]
+    r_axes = [4 + 2 * i for i in range(nd)]
+    wd = wd.permute(0, 1, 2, *r_axes, *q_axes).reshape(g, cog, cig * math.prod(stride), *qmax)
+    grid = [max(-(-(h + d * (kk - 1) + 1) // s), q) for h, kk, d, s, q in zip(padded_sizes, k, dilation, stride, qmax)]
+    sym = torch.fft.fftn(wd, s=grid, dim=tuple(range(3, 3 + nd)))
+    sym = sym.reshape(g, cog, cig * math.prod(stride), -1).permute(0, 3, 1, 2)
+    return torch.linalg.matrix_norm(sym, ord=2).max().item()
+
+
+class Compose(LinearOperator):
+    """``A_n ... A_2 A_1`` (``ops`` in the order they are applied). Certified bound: the product
+    of the factors' bounds (the SVD of the materialised product is used instead when small)."""
+
+    def __init__(self, ops: Sequence[LinearOperator]) -> None:
+        self.ops = list(ops)
+        for a, b in zip(self.ops, self.ops[1:]):
+            if a.out_shape != b.in_shape:
+                raise ValueError(f"cannot compose {a} with {b}")
+        self.label = "+".join(o.label for o in self.ops)
+        super().__init__(self.ops[0].in_shape, self.ops[-1].out_shape)
+
+    def _matvec(self, x):
+        for op in self.ops:
+            x = op._matvec(x)
+        return x
+
+    def _rmatvec(self, y):
+        for op in reversed(self.ops):
+            y = op._rmatvec(y)
+        return y
+
+    @property
+    def nonnegative(self):
+        return all(o.nonnegative for o in self.ops)
+
+    @property
+    def device(self):
+        return self._tensor_op().device
+
+    @property
+    def dtype(self):
+        return self._tensor_op().dtype
+
+    def _tensor_op(self) -> LinearOperator:
+        return next((o for o in self.ops if isinstance(o, _TensorOperator)), self.ops[0])
+
+    def to(self, device=None, dtype=None):
+        return Compose([o.to(device, dtype) for o in self.ops])
+
+    def structural_bound(self):
+        bounds = [o.structural_bound() for o in self.ops]
+        if any(b is None for b in bounds):
+            return None
+        return StructuralBound(math.prod(b.value for b in bounds), False, "product of factors")
+
+
+def compose(first: LinearOperator, second: LinearOperator) -> LinearOperator:
+    """``second o first``, folding exact simplifications: a per-channel or scalar
+    :class:`Diagonal` (BatchNorm, constant scaling) is merged into a neighbouring convolution or
+    dense layer, reshapes into neighbouring reshapes, and diagonals into diagonals. The result
+    computes the same linear map; only its certified norm bound gets tighter."""
+    if isinstance(first, Compose) or isinstance(second, Compose):
+        ops = (first.ops if isinstance(first, Compose) else [first]) + (second.ops if isinstance(second, Compose) else [second])
+        merged: list[LinearOperator] = []
+        for op in ops:
+            if merged:
+                folded = _fold(merged[-1], op)
+                if folded is not None:
+                    merged[-1] = folded
+                    continue
+            merged.append(op)
+        return merged[0] if len(merged) == 1 else Compose(merged)
+    folded = _fold(first, second)
+    return folded if folded is not None else Compose([first, second])
+
+
+def _channel_scale(d: Diagonal, channels: int, channel_axis: int) -> torch.Tensor | None:
+    """The per-channel vector of a diagonal constant over every axis but ``channel_axis``."""
+    s = d.scale
+    if s.numel() == 1:
+        return s.reshape(1).expand(channels)
+    shape = d.in_shape
+    full = torch.broadcast_to(s, shape) if s.dim() <= len(shape) else None
+    if full is None or shape[channel_axis] != channels:
+        return None
+    moved = full.movedim(channel_axis, 0).reshape(channels, -1)
+    if not bool((moved == moved[:, :1]).all()):
+        return None
+    return moved[:, 0].clone()
+
+
+def _fold(first: LinearOperator, second: LinearOperator) -> LinearOperator | None:
+    if isinstance(first, Reshape) and isinstance(second, Reshape):
+        return Reshape(first.in_shape, second.out_shape)
+    if isinstance(first, Diagonal) and isinstance(second, Diagonal):
+        return Diagonal(first.scale * second.scale, first.in_shape, first.label)
+    if isinstance(second, Diagonal) and isinstance(first, Conv) and not first.transposed:
+        c = _channel_scale(second, first.weight.shape[0], 0)
+        if c is not None:
+            w = first.weight * c.reshape(-1, *([1] * (first.weight.dim() - 1)))
+            return _conv_like(first, w)
+    if isinstance(first, Diagonal) and isinstance(second, Conv) and not second.transposed:
+        cin = second.in_shape[0]
+        c = _channel_scale(first, cin, 0)
+        if c is not None:
+            g = second.groups
+            w = second.weight.reshape(g, -1, cin // g, *second.weight.shape[2:])
+            w = w * c.reshape(g, 1, cin // g, *([1] * (second.weight.dim() - 2)))
+            return _conv_like(second, w.reshape(second.weight.shape))
+    if isinstance(second, Diagonal) and isinstance(first, Dense):
+        c = _channel_scale(second, first.weight.shape[0], len(second.in_shape) - 1)
+        if c is not None:
+            return Dense(first.weight * c[:, None], first.in_shape)
+    if isinstance(first, Diagonal) and isinstance(second, Dense):
+        c = _channel_scale(first, second.weight.shape[1], len(first.in_shape) - 1)
+        if c is not None:
+            return Dense(second.weight * c[None, :], second.in_shape)
+    return None
+
+
+def _conv_like(conv: Conv, weight: torch.Tensor) -> Conv:
+    return Conv(weight, conv.in_shape, conv.stride, conv.padding, conv.dilation, conv.groups,
+                conv.transposed, conv.output_padding)

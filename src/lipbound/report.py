@@ -1,0 +1,141 @@
+"""Results of the methods and the report that gathers them (DESIGN §1).
+
+Every method returns one :class:`Result`; :func:`lipbound.estimate` gathers them in a
+:class:`Report`, which keeps the **bracket** ``[lower, upper]``: the best witnessed lower bound
+and the best certified upper bound over all results (an ``exact`` result is both).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+KINDS = ("certified_upper", "witnessed_lower", "estimate", "exact")
+
+
+@dataclass
+class Result:
+    """One method's answer.
+
+    Attributes:
+        method: the method's name (``"autolip"``, ...).
+        value: the number; its meaning is given by ``kind``.
+        kind: ``"certified_upper"`` (``>= L(f)`` by proof), ``"witnessed_lower"`` (``<= L(f)``,
+            with a witness), ``"exact"`` (both) or ``"estimate"`` (neither guaranteed).
+        seconds: wall-clock time of the method.
+        witness: for a lower bound, the input(s) that realise it; else None.
+        details: method-specific facts (per-node factors, options, solver status), JSON-ready.
+    """
+
+    method: str
+    value: float
+    kind: str
+    seconds: float = 0.0
+    witness: Any = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "value": _num(self.value), "kind": self.kind,
+                "seconds": round(self.seconds, 6), "witness": _jsonable(self.witness),
+                "details": _jsonable(self.details)}
+
+
+@dataclass
+class Report:
+    """All results for one model, with the bracket."""
+
+    model: str
+    input_shape: tuple[int, ...]
+    results: list[Result] = field(default_factory=list)
+
+    @property
+    def upper(self) -> float:
+        """Best certified upper bound (``inf`` when no method certified one)."""
+        vals = [r.value for r in self.results if r.kind in ("certified_upper", "exact")]
+        return min(vals) if vals else math.inf
+
+    @property
+    def lower(self) -> float | None:
+        """Best witnessed lower bound (None when no method gave one)."""
+        vals = [r.value for r in self.results if r.kind in ("witnessed_lower", "exact")]
+        return max(vals) if vals else None
+
+    @property
+    def ratio(self) -> float | None:
+        """``upper / lower``: 1 means the constant is known exactly; None without a lower bound."""
+        lo = self.lower
+        if lo is None:
+            return None
+        return self.upper / lo if lo > 0 else math.inf
+
+    def result(self, method: str) -> Result:
+        for r in self.results:
+            if r.method == method:
+                return r
+        raise KeyError(f"no result for method {method!r}; have {[r.method for r in self.results]}")
+
+    @property
+    def layers(self) -> list[dict[str, Any]]:
+        """Per-node rows of the first result that has them (AutoLip's layer table)."""
+        for r in self.results:
+            if "nodes" in r.details:
+                return r.details["nodes"]
+        return []
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "input_shape": list(self.input_shape), "upper": _num(self.upper),
+                "lower": _num(self.lower), "ratio": _num(self.ratio),
+                "results": [r.to_dict() for r in self.results]}
+
+    def bracket_line(self) -> str:
+        lo = "none" if self.lower is None else f"{self.lower:.6g}"
+        ratio = "n/a" if self.ratio is None else f"{self.ratio:.4g}"
+        return f"bracket: lower {lo}  upper {self.upper:.6g}  ratio {ratio}"
+
+    def table(self) -> str:
+        """Plain-text tables: the layers (when known), then one line per result, then the bracket."""
+        lines = []
+        rows = self.layers
+        if rows:
+            lines.append(f"{'node':<22} {'type':<22} {'output shape':<16} {'power norm':>12} {'certified':>12}  {'L so far':>11}")
+            for r in rows:
+                lines.append(f"{r["origin"][:22]:<22} {r['type'][:22]:<22} {str(tuple(r['shape']))[:16]:<16} "
+                             f"{_fmt(r.get('power')):>12} {_fmt(r.get('certified')):>12}  {_fmt(r.get('L')):>11}")
+            lines.append("")
+        lines.append(f"{'method':<16} {'value':>14}  {'kind':<16} {'seconds':>8}")
+        for r in self.results:
+            lines.append(f"{r.method:<16} {r.value:>14.6g}  {r.kind:<16} {r.seconds:>8.2f}")
+        lines.append(self.bracket_line())
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{v:.5g}"
+
+
+def _num(v: float | None) -> float | None | str:
+    if v is None:
+        return None
+    return v if math.isfinite(v) else ("inf" if v > 0 else "-inf" if v < 0 else "nan")
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().tolist()
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float):
+        return _num(obj)
+    return obj
