@@ -106,7 +106,7 @@ class Report:
         if rows:
             lines.append(f"{'node':<22} {'type':<22} {'output shape':<16} {'power norm':>12} {'certified':>12}  {'L so far':>11}")
             for r in rows:
-                lines.append(f"{r["origin"][:22]:<22} {r['type'][:22]:<22} {str(tuple(r['shape']))[:16]:<16} "
+                lines.append(f"{r['origin'][:22]:<22} {r['type'][:22]:<22} {str(tuple(r['shape']))[:16]:<16} "
                              f"{_fmt(r.get('power')):>12} {_fmt(r.get('certified')):>12}  {_fmt(r.get('L')):>11}")
             lines.append("")
         lines.append(f"{'method':<16} {'value':>14}  {'kind':<16} {'seconds':>8}")

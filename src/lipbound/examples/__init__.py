@@ -1,0 +1,1 @@
+"""Example networks bundled with lipbound (used by ``lipbound demo``)."""
