@@ -74,7 +74,7 @@ def from_torch(model: nn.Module, input_shape: Sequence[int], name: str | None = 
         traced = fx.symbolic_trace(model)
     except Exception as exc:  # fx raises many types for data-dependent control flow
         raise UnsupportedOperation(type(model).__name__, "the model's forward",
-                                   f"torch.fx cannot trace it ({type(exc).__name__}: {exc})") from None
+                                   f"torch.fx cannot trace it ({type(exc).__name__}: {_first_line(exc)})") from None
     builder = _Builder(traced, input_shape, name or type(model).__name__)
     return builder.build()
 
@@ -131,7 +131,7 @@ class _Builder:
                 except Exception as exc:
                     raise InvalidInput(
                         f"input shape {builder.input_shape} does not fit the model: {builder._where(n)} "
-                        f"failed with {type(exc).__name__}: {exc}") from None
+                        f"failed with {type(exc).__name__}: {_first_line(exc)}") from None
                 values[n.name] = out.detach().clone() if isinstance(out, torch.Tensor) else out
                 return out
 
@@ -141,11 +141,11 @@ class _Builder:
 
     # ---- translation ------------------------------------------------------------------
     def build(self) -> Graph:
-        x, expected = self._record()
         placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
         if len(placeholders) != 1:
             raise UnsupportedOperation(f"a forward with {len(placeholders)} inputs", f"model '{self.name}'",
                                        "lipbound bounds functions of one input tensor")
+        x, expected = self._record()
         output_name = None
         for n in self.gm.graph.nodes:
             if n.op == "placeholder":
@@ -280,6 +280,9 @@ class _Builder:
             fn = _bind(t, extra, kw, method=n.op == "call_method")
             self._add(Activation(n.name, [self._ref(deps[0])], self._shape(n), origin, fn, spec.slope(**kw), spec.name))
             return
+        if key in _ADD or key in _SUB or key in _MUL or key in _DIV:
+            # positional, with repeats: ``x + x`` reads the same node twice
+            deps = [a for a in n.args if isinstance(a, fx.Node) and a.name in self.dependent]
         if key in _ADD or key in _SUB:
             self._add_or_sub(n, deps, args, kwargs, negate=key in _SUB, origin=origin)
             return
@@ -386,7 +389,7 @@ class _Builder:
     def _add_or_sub(self, n, deps, args, kwargs, negate: bool, origin: str) -> None:
         where = self._where(n)
         alpha = kwargs.get("alpha", 1)
-        if len(deps) == 2 and all(isinstance(a, fx.Node) for a in args[:2]):
+        if len(deps) == 2:
             a, b = args[0], args[1]
             if self._shape(a) != self._shape(b) or self._shape(n) != self._shape(a):
                 raise UnsupportedOperation("addition", where, "the two branches must have the same shape")
@@ -410,7 +413,7 @@ class _Builder:
         self._affine(n, src, Diagonal(torch.tensor(sign, dtype=self.dtype), self._shape(src), label), origin)
 
     def _cat(self, n, args, kwargs, deps, name, where, origin) -> None:
-        tensors = args[0]
+        tensors = n.args[0] if n.args else n.kwargs["tensors"]
         axis = _get(args, kwargs, 1, "dim") or 0
         if not all(isinstance(a, fx.Node) and a.name in self.dependent for a in tensors):
             raise UnsupportedOperation(name, where, "concatenation with constant tensors")
@@ -492,6 +495,11 @@ def _conv_operator(m: nn.Module, in_shape: tuple[int, ...], where: str) -> Linea
         return compose(pad, conv)
     return Conv(m.weight, in_shape, m.stride, m.padding, m.dilation, m.groups, transposed,
                 m.output_padding if transposed else None)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def _tup(v: Any, n: int) -> tuple[int, ...]:

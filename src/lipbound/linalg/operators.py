@@ -307,8 +307,8 @@ class Conv(_TensorOperator):
     ``p`` zeros.
 
     * *Zero padding.* Embed ``x`` at positions ``p .. p+H-1`` of a circular grid of size
-      ``N = s M >= H + 2p + d(k-1) + 1``. Every index ``s i + t`` read by the layer is then below
-      ``N`` and never wraps, so the layer equals the circular convolution on that grid restricted
+      ``N = s M >= H + 2p``. Every index ``s i + t`` read by the layer is at most ``H + 2p - 1``
+      (the last window ends inside the padded input), hence below ``N``, and never wraps, so the layer equals the circular convolution on that grid restricted
       to inputs supported on the embedded positions and to the layer's outputs: it is a sub-block
       of the circular operator (an isometric embedding followed by a coordinate restriction), and a
       sub-block never has a larger norm.
@@ -393,7 +393,7 @@ def conv_dft_bound(weight: torch.Tensor, padded_sizes: Sequence[int], stride: Se
     q_axes = [3 + 2 * i for i in range(nd)]
     r_axes = [4 + 2 * i for i in range(nd)]
     wd = wd.permute(0, 1, 2, *r_axes, *q_axes).reshape(g, cog, cig * math.prod(stride), *qmax)
-    grid = [max(-(-(h + d * (kk - 1) + 1) // s), q) for h, kk, d, s, q in zip(padded_sizes, k, dilation, stride, qmax)]
+    grid = [max(-(-h // s), q) for h, s, q in zip(padded_sizes, stride, qmax)]
     sym = torch.fft.fftn(wd, s=grid, dim=tuple(range(3, 3 + nd)))
     sym = sym.reshape(g, cog, cig * math.prod(stride), -1).permute(0, 3, 1, 2)
     return torch.linalg.matrix_norm(sym, ord=2).max().item()

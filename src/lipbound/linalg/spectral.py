@@ -78,7 +78,7 @@ def power_method(op: LinearOperator, *, k: int = 1, max_iter: int = 1000, tol: f
     """
     _check_args(k, max_iter, tol)
     n = op.in_numel
-    k = min(k, n)
+    k = min(k, n, op.out_numel)
     start = torch.randn((k, n), generator=generator, dtype=torch.float64).to(op.dtype).to(op.device)
     if v0 is not None:
         v0 = v0.reshape(-1, n)[:k].to(start)
