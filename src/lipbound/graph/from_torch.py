@@ -118,7 +118,8 @@ class _Builder:
     # ---- recording pass ---------------------------------------------------------------
     def _record(self) -> tuple[torch.Tensor, Any]:
         gen = torch.Generator().manual_seed(0)
-        x = torch.rand((BATCH, *self.input_shape), generator=gen, dtype=self.dtype)
+        device = next((p.device for p in self.gm.parameters()), torch.device("cpu"))
+        x = torch.rand((BATCH, *self.input_shape), generator=gen, dtype=self.dtype).to(device)
         values = self.values
         builder = self
 

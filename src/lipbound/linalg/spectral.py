@@ -61,7 +61,7 @@ def _orthonormal_rows(m: torch.Tensor) -> torch.Tensor:
     return q.T
 
 
-def power_method(op: LinearOperator, *, k: int = 1, max_iter: int = 1000, tol: float = 1e-7,
+def power_method(op: LinearOperator, *, k: int = 1, max_iter: int = 1000, tol: float = 1e-5,
                  v0: torch.Tensor | None = None, generator: torch.Generator | None = None,
                  n_converged: int = 1) -> PowerResult:
     """Top singular values of ``op`` by block power iteration with Rayleigh–Ritz.
@@ -70,8 +70,11 @@ def power_method(op: LinearOperator, *, k: int = 1, max_iter: int = 1000, tol: f
         op: the operator (only ``gram`` is used: one forward and one backward pass per step).
         k: block size, the number of vectors iterated together (``k = 1`` is Algorithm 2).
         max_iter: at most this many steps.
-        tol: stop when the top ``n_converged`` Ritz values change by less than ``tol``
-            (relative) between two steps. ``tol = 0`` runs all ``max_iter`` steps.
+        tol: target relative accuracy of the top ``n_converged`` values. The iteration stops when
+            the last relative change ``d_t`` and the remaining error it predicts for a geometric
+            convergence, ``d_t r / (1 - r)`` with the observed rate ``r = d_t / d_{t-1}``, are both
+            below ``tol`` (a slowly converging layer is not stopped early just because one step
+            changed little). ``tol = 0`` runs all ``max_iter`` steps.
         v0: start vectors ``(k', *in_shape)`` (warm start; completed with random ones to ``k``).
         generator: random generator for the start vectors (repeatable runs).
         n_converged: how many of the top values must have settled before stopping.
@@ -85,19 +88,22 @@ def power_method(op: LinearOperator, *, k: int = 1, max_iter: int = 1000, tol: f
         start[: v0.shape[0]] = v0
     v = _orthonormal_rows(start)
     prev = None
+    prev_change = math.inf
     converged = False
     it = 0
+    m = min(n_converged, k)
     for it in range(1, max_iter + 1):
         y, z = op.gram(v.reshape(k, *op.in_shape))
         y = y.reshape(k, -1)
         p, s, qh = torch.linalg.svd(y, full_matrices=False)  # y = p diag(s) qh: rows of y are A v_i
         v_ritz = p.T @ v  # A v_ritz_i = s_i qh_i
         if prev is not None:
-            m = min(n_converged, k)
-            change = ((s[:m] - prev[:m]).abs() / s[:m].clamp_min(1e-300)).max()
-            if change <= tol:
+            change = ((s[:m] - prev[:m]).abs() / s[:m].clamp_min(1e-300)).max().item()
+            rate = min(change / prev_change, 0.999) if prev_change > 0 else 0.0
+            if change <= tol and change * rate / (1 - rate) <= tol:
                 converged = True
                 break
+            prev_change = change
         prev = s
         v = _orthonormal_rows(p.T @ z.reshape(k, -1)) if k > 1 else z.reshape(1, -1) / z.norm().clamp_min(1e-300)
     return PowerResult(s.detach(), qh.reshape(-1, *op.out_shape), v_ritz.reshape(-1, *op.in_shape), it, converged)
@@ -143,16 +149,22 @@ class SpectralNorm:
 
 
 def operator_norms(op: LinearOperator, *, generator: torch.Generator | None = None, k: int = 4,
-                   max_iter: int = 1000, tol: float = 1e-7, dense_limit: int = DENSE_LIMIT) -> SpectralNorm:
-    """Power-method and certified norms of one operator (cached on the operator)."""
-    cached = getattr(op, "_lipbound_norms", None)
-    if cached is not None:
-        return cached
+                   max_iter: int = 1000, tol: float = 1e-5, dense_limit: int = DENSE_LIMIT) -> SpectralNorm:
+    """Power-method (``lower``) and certified (``upper``) norms of one operator, cached on it.
+
+    When the certified value is exact (SVD of the matrix, diagonal, isometry) it is also the
+    lower value (without the rounding margin) and no power iteration runs."""
+    cache = op.__dict__.setdefault("_lipbound_norms", {})
+    key = (k, max_iter, tol, dense_limit)
+    if key in cache:
+        return cache[key]
     cert = certified_norm(op, dense_limit)
-    pm = power_method(op, k=k, max_iter=max_iter, tol=tol, generator=generator)
-    lower = min(pm.sigma, cert.value) if cert.exact else pm.sigma
-    res = SpectralNorm(lower, cert.value, cert.how, cert.exact, pm.iterations, pm.v[0], pm.u[0])
-    op._lipbound_norms = res
+    if cert.exact:  # the norm is known (SVD, diagonal, isometry): no iteration needed
+        res = SpectralNorm(cert.value / (1 + CERTIFIED_RTOL), cert.value, cert.how, True, 0)
+    else:
+        pm = power_method(op, k=k, max_iter=max_iter, tol=tol, generator=generator)
+        res = SpectralNorm(pm.sigma, cert.value, cert.how, False, pm.iterations, pm.v[0], pm.u[0])
+    cache[key] = res
     return res
 
 
