@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 __all__ = ["lipsdp_mat", "sequential_mlp_pth", "glipsdp_fc_r18", "glipsdp_lenet5_relu", "glipsdp_2c2f", "eran_conv_small",
+           "abcrown_cifar_resnet2b", "SUITE", "load_realnet",
            "REALNETS"]
 
 REALNETS = Path(__file__).resolve().parents[1].parent / "shared" / "realnets"
@@ -130,3 +131,87 @@ def eran_conv_small(path: str | Path) -> tuple[nn.Module, tuple[int, ...]]:
                           nn.Linear(800, 100), nn.ReLU(), nn.Linear(100, 10))
     model.load_state_dict(_holder_state(path))
     return model.eval(), (1, 28, 28)
+
+
+class _CifarBasicBlock(nn.Module):
+    """alpha-beta-CROWN ``BasicBlock`` with ``bn=False``: ``relu(conv2(relu(conv1(x))) + shortcut(x))``."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1)
+        self.conv2 = nn.Conv2d(cout, cout, 3, stride=1, padding=1)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride))
+
+    def forward(self, x):
+        return torch.relu(self.conv2(torch.relu(self.conv1(x))) + self.shortcut(x))
+
+
+class _CResNet5(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.layer1 = nn.Sequential(_CifarBasicBlock(8, 16, 2), _CifarBasicBlock(16, 16, 1))
+        self.linear1 = nn.Linear(1024, 100)
+        self.linear2 = nn.Linear(100, 10)
+
+    def forward(self, x):
+        x = self.layer1(torch.relu(self.conv1(x)))
+        return self.linear2(torch.relu(self.linear1(torch.flatten(x, 1))))
+
+
+def abcrown_cifar_resnet2b(path: str | Path) -> tuple[nn.Module, tuple[int, ...]]:
+    """alpha-beta-CROWN ``resnet2b.pth``: ``CResNet5(BasicBlock, num_blocks=2, in_planes=8, bn=False,
+    last_layer="dense")``: Conv(3->8,k3,s2,p1)-ReLU, a block 8->16 with stride 2 and a 1x1 conv
+    shortcut, a block 16->16 with identity shortcut, Flatten-Linear(1024->100)-ReLU-Linear(100->10);
+    input (3, 32, 32), normalisation outside the net (std 0.2471, 0.2435, 0.2616). The checkpoint is
+    ``{'state_dict': sd, 'test_acc': ...}``; its weights equal those of ``cifar10_resnet_2b.onnx``."""
+    model = _CResNet5()
+    model.load_state_dict(_holder_state(path))
+    return model.eval(), (3, 32, 32)
+
+
+# The real-network suite: file -> (loader, std of the input normalisation outside the model or None).
+# A loader of None means the file is read directly by lipbound.load (ONNX).
+SUITE: dict[str, tuple[object, tuple[float, ...] | None]] = {
+    "acasxu_1_1.onnx": (None, None),
+    "acasxu_1_1_eran.onnx": (None, None),
+    "acasxu_2_1.onnx": (None, None),
+    "acasxu_3_3.onnx": (None, None),
+    "mnistfc_256x2.onnx": (None, None),
+    "mnistfc_256x6.onnx": (None, None),
+    "eran_mnist_relu_9x200.onnx": (None, None),
+    "eran_mnist_sigmoid_6x200.onnx": (None, None),
+    "vnn20_mnist_tanh_200_50.onnx": (None, None),
+    "rl_cartpole.onnx": (None, None),
+    "oval21_cifar_base_kw.onnx": (None, (0.225,)),
+    "oval21_cifar_wide_kw.onnx": (None, (0.225,)),
+    "marabou_cifar10_small.onnx": (None, None),
+    "verivital_mnist_maxpool.onnx": (None, None),
+    "verivital_mnist_avgpool.onnx": (None, None),
+    "cifar10_resnet_2b.onnx": (None, (0.2471, 0.2435, 0.2616)),
+    "lipsdp_mnist_weights.mat": (lipsdp_mat, None),
+    "lipsdp_random_weights.mat": (lipsdp_mat, None),
+    "lirpa_mnist_spectral_nor_mlp_b.pth": (sequential_mlp_pth, None),
+    "abcrown_eran_mnist_6x100_nat.pth": (sequential_mlp_pth, None),
+    "abcrown_eran_mnist_conv_small_nat.pth": (eran_conv_small, (0.3081,)),
+    "abcrown_cifar10_resnet2b.pth": (abcrown_cifar_resnet2b, (0.2471, 0.2435, 0.2616)),
+    "glipsdp_LeNet5ReLU.pt": (glipsdp_lenet5_relu, None),
+    "glipsdp_2C2F.pt": (glipsdp_2c2f, None),
+    "glipsdp_FC-R18.pt": (glipsdp_fc_r18, None),
+}
+
+
+def load_realnet(path: str | Path):
+    """The lipbound Graph of one file of the suite (:data:`SUITE` names its loader), computed on
+    the model's own input: a normalisation outside the model is not included (compose it with
+    ``lipbound.as_graph(graph, input_scale=SUITE[name][1])``)."""
+    import lipbound
+
+    path = Path(path)
+    loader, _ = SUITE[path.name]
+    if loader is None:
+        return lipbound.load(path)
+    model, shape = loader(path)
+    return lipbound.from_torch(model, shape, name=path.stem)

@@ -8,15 +8,20 @@ and a witnessed lower bound.
 True
 """
 
-from .api import as_graph, autolip, estimate
-from .errors import InvalidInput, LipboundError, UnsupportedOperation
+from .api import as_graph, autolip, estimate, lower_bound, seqlip
+from .certify import Certificate, certify
+from .errors import InvalidInput, LipboundError, NotApplicable, UnsupportedOperation
 from .graph import Graph, from_torch
+from .loading import load
 from .linalg import LinearOperator, power_method, spectral_norm
 from .methods import METHODS
+from .regularizer import LipschitzRegularizer, certify_training, regularizer
 from .report import Report, Result
+from .witness import witness_value
 
 __version__ = "0.1.0"
 
-__all__ = ["estimate", "autolip", "as_graph", "spectral_norm", "power_method", "from_torch", "Graph",
+__all__ = ["estimate", "autolip", "seqlip", "as_graph", "load", "spectral_norm", "power_method", "from_torch", "Graph",
            "LinearOperator", "Report", "Result", "METHODS", "LipboundError", "UnsupportedOperation",
-           "InvalidInput", "__version__"]
+           "InvalidInput", "__version__", "lower_bound", "certify", "Certificate", "witness_value", "NotApplicable",
+           "regularizer", "LipschitzRegularizer", "certify_training"]

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
 
-from .errors import InvalidInput, LipboundError
+from .errors import InvalidInput, LipboundError, NotApplicable, UnsupportedOperation
 from .graph import Graph, from_torch
+from .graph.input_scale import with_input_scale
+from .loading import load
 from .methods import get_method
 from .methods.autolip import autolip as _autolip
+from .methods.selection import method_kwargs, select_methods
 from .report import Report, Result
 
 Model = nn.Module | Graph
 
 
-def as_graph(model: Model, input_shape: Sequence[int] | None = None, device: str | torch.device | None = None) -> Graph:
+def as_graph(model: Model, input_shape: Sequence[int] | None = None, device: str | torch.device | None = None,
+             input_scale: float | Sequence[float] | None = None) -> Graph:
     """The :class:`~lipbound.graph.Graph` of ``model`` (an ``nn.Module`` with ``input_shape``
-    without batch axis, or a Graph, whose own input shape is used), moved to ``device``."""
+    without batch axis, a Graph, whose own input shape is used, or a file path given to
+    :func:`lipbound.load`), moved to ``device``. ``input_scale`` (the std of an input
+    normalisation outside the model, one value or one per channel) composes the graph with
+    ``diag(1/std)`` at its input (:func:`~lipbound.graph.input_scale.with_input_scale`)."""
     if isinstance(model, Graph):
         if input_shape is not None and tuple(input_shape) != model.input_shape:
             raise InvalidInput(f"the graph's input shape is {model.input_shape}, not {tuple(input_shape)}")
@@ -28,8 +36,12 @@ def as_graph(model: Model, input_shape: Sequence[int] | None = None, device: str
         if input_shape is None:
             raise InvalidInput("input_shape (without batch axis) is required for an nn.Module")
         graph = from_torch(model, input_shape)
+    elif isinstance(model, (str, os.PathLike)):
+        graph = load(model, input_shape)
     else:
-        raise InvalidInput(f"expected an nn.Module or a lipbound Graph, got {type(model).__name__}")
+        raise InvalidInput(f"expected an nn.Module, a lipbound Graph or a model file, got {type(model).__name__}")
+    if input_scale is not None:
+        graph = with_input_scale(graph, input_scale)
     if device is not None:
         device = torch.device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -39,32 +51,55 @@ def as_graph(model: Model, input_shape: Sequence[int] | None = None, device: str
     return graph
 
 
-def estimate(model: Model, input_shape: Sequence[int] | None = None, methods: Iterable[str] = ("autolip",),
+def estimate(model: Model, input_shape: Sequence[int] | None = None, methods: Iterable[str] | str | None = None,
              device: str | torch.device | None = None, seed: int = 0, progress: bool = True,
-             **options: Any) -> Report:
+             input_scale: float | Sequence[float] | None = None, domain: Any = None, data: Any = None,
+             method_options: dict[str, dict[str, Any]] | None = None, **options: Any) -> Report:
     """Bracket the Lipschitz constant (L2 -> L2) of ``model``.
 
     Args:
-        model: an ``nn.Module`` (with ``input_shape``) or a Graph.
+        model: an ``nn.Module`` (with ``input_shape``), a Graph (e.g. from :func:`lipbound.load`,
+            which carries its input shape) or a model file path (``.onnx``, ...).
         input_shape: the input shape without batch axis, e.g. ``(1, 28, 28)``.
         methods: method names (``lipbound.methods.METHODS`` lists them): ``"autolip"`` (certified
-            upper bound), ``"autolip-power"`` (the paper's estimate), ...
+            upper bound), ``"autolip-power"`` (the paper's estimate), ``"lower"`` (witnessed lower
+            bound), ``"exact"`` (small ReLU MLPs), ...; None: a default set for the model's size;
+            ``"all"``: every method that applies (see :mod:`lipbound.methods.selection`).
         device: where to compute (``"cpu"``, ``"cuda"``); default: where the model's weights are.
         seed: seed of every random choice (start vectors, ...): same seed, same numbers.
         progress: show progress bars on stderr.
+        input_scale: std of an input normalisation outside the model (one value or one per
+            channel): the bounds are then for raw inputs, ``f o diag(1/std)``.
+        domain: None (all of ``R^n``) or a box ``(low, high)``, given to the methods that take it
+            (``lower``, ``exact``); the others bound the constant over ``R^n``, valid on the box too.
+        data: inputs (tensor or DataLoader) where ``lower`` starts its search.
+        method_options: ``{method name: {option: value}}`` for one method only, e.g.
+            ``{"lower": {"time_budget": 5}}``.
         **options: passed to every method (e.g. ``tol``, ``max_iter`` of the power method).
 
     Returns:
         A :class:`~lipbound.report.Report`: ``.upper`` (best certified), ``.lower`` (best witnessed),
         ``.ratio`` and ``.results``.
     """
-    methods = list(methods)
-    fns = [get_method(m) for m in methods]  # unknown names fail before any work
-    graph = as_graph(model, input_shape, device)
+    if methods is not None and not isinstance(methods, str):
+        methods = list(methods)
+        if methods == ["all"]:
+            methods = "all"
+        for m in methods if isinstance(methods, list) else ():
+            get_method(m)  # unknown names fail before any work
+    graph = as_graph(model, input_shape, device, input_scale)
+    names, explicit = select_methods(graph, methods)
     report = Report(graph.name, graph.input_shape)
-    for name, fn in zip(methods, fns):
+    for name in names:
         t0 = time.perf_counter()
-        result = fn(graph, seed=seed, progress=progress, **options)
+        kwargs = method_kwargs(name, options, method_options, domain=domain, data=data)
+        try:
+            result = get_method(name)(graph, seed=seed, progress=progress, **kwargs)
+        except (NotApplicable, UnsupportedOperation) as exc:
+            if explicit:
+                raise
+            report.skipped[name] = str(exc)
+            continue
         result.seconds = time.perf_counter() - t0
         report.results.append(result)
     return report
@@ -77,4 +112,24 @@ def autolip(model: Model, input_shape: Sequence[int] | None = None, certified: b
     return _autolip(as_graph(model, input_shape), certified=certified, seed=seed, progress=progress, **options)
 
 
-__all__ = ["estimate", "autolip", "as_graph", "LipboundError"]
+def seqlip(model: Model, input_shape: Sequence[int] | None = None, solver: str = "certified",
+           seed: int = 0, progress: bool = False, **options: Any) -> Result:
+    """SeqLip of ``model``: ``solver="certified"`` (a certified upper bound, exact per pair when
+    the layers are narrow), ``"greedy"`` or ``"topk"`` (the paper's estimates). See
+    :mod:`lipbound.methods.seqlip`."""
+    from .methods.seqlip import seqlip as _seqlip
+
+    return _seqlip(as_graph(model, input_shape), solver=solver, seed=seed, progress=progress, **options)
+
+
+def lower_bound(model: Model, input_shape: Sequence[int] | None = None, seed: int = 0, progress: bool = False,
+                **options: Any) -> Result:
+    """Witnessed lower bound of ``model`` by Jacobian and pair search (options: ``domain``,
+    ``data``, ``time_budget``, ``starts``, ``steps``, ...). See :mod:`lipbound.methods.lower`;
+    :func:`lipbound.witness_value` re-checks ``Result.witness``."""
+    from .methods.lower import lower
+
+    return lower(as_graph(model, input_shape), seed=seed, progress=progress, **options)
+
+
+__all__ = ["estimate", "autolip", "seqlip", "lower_bound", "as_graph", "LipboundError"]

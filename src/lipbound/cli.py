@@ -14,13 +14,18 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import torch
+
 from . import api
 from .errors import InvalidInput, LipboundError
-from .loading import load_factory
+from .graph.input_scale import parse_scale, with_input_scale
+from .loading import load, load_factory
 from .methods import METHODS
 
 DEMO_SPEC = f"{Path(__file__).parent / 'examples' / 'demo_net.py'}:demo_cnn"
 DEMO_SHAPE = "1,28,28"
+DEMO_METHODS = ["autolip", "autolip-power", "lower"]
+DEMO_BUDGET = 5.0
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -35,9 +40,26 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def parse_domain(text: str | None) -> tuple[float, float] | None:
+    """``"0,1"`` -> ``(0.0, 1.0)``; None stays None (all of R^n)."""
+    if text is None:
+        return None
+    try:
+        low, high = (float(p) for p in text.split(","))
+    except ValueError:
+        raise InvalidInput(f"--domain must be LOW,HIGH (two numbers), got {text!r}") from None
+    return low, high
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", "-m", action="append", dest="methods", metavar="NAME",
-                   help=f"method to run (repeatable; default autolip and autolip-power): {', '.join(METHODS)}")
+                   help="method to run (repeatable; default: a set sized for the model; 'all': every method "
+                   f"that applies): {', '.join(METHODS)}")
+    p.add_argument("--domain", default=None, metavar="LOW,HIGH",
+                   help="input box for the lower and exact methods, e.g. 0,1 (default: all of R^n)")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="time budget of the lower and exact methods")
+    p.add_argument("--plot", default=None, metavar="OUT.png", help="draw the bracket and the layer norms")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
@@ -49,27 +71,90 @@ def build_parser() -> argparse.ArgumentParser:
                                      "of a neural network between a certified upper and a witnessed lower bound.")
     sub = parser.add_subparsers(dest="command", required=True)
     est = sub.add_parser("estimate", help="bound the Lipschitz constant of a model")
-    est.add_argument("model", help="path/to/file.py:factory (a function returning an nn.Module)")
-    est.add_argument("--input-shape", "-s", required=True, help="input shape without batch axis, e.g. 1,28,28")
+    est.add_argument("model", help="model.onnx, path/to/file.py:factory (a function returning an nn.Module), "
+                     "or a weights file with --factory")
+    est.add_argument("--input-shape", "-s", default=None, help="input shape without batch axis, e.g. 1,28,28 "
+                     "(required for PyTorch models and ONNX models with dynamic shapes)")
     est.add_argument("--weights", "-w", default=None, help="state dict to load (read with weights_only=True)")
+    est.add_argument("--factory", default=None, metavar="FILE.py:FUNCTION",
+                     help="architecture for a weights file given as MODEL (see lipbound.load)")
+    est.add_argument("--trust-pickle", action="store_true",
+                     help="allow a pickled full model (torch.save(model)): unpickling executes code from the file")
+    est.add_argument("--input-scale", default=None, metavar="STD",
+                     help="std of an input normalisation outside the model, one value or one per channel "
+                     "(e.g. 0.2471,0.2435,0.2616): bound f(x / std), the constant for raw inputs")
     _add_run_options(est)
+    cert = sub.add_parser("certify", help="certified robustness radii of a classifier at given inputs")
+    cert.add_argument("model", help="as for estimate")
+    cert.add_argument("--inputs", "-i", required=True, help="tensor (N, *input shape) saved with torch.save")
+    cert.add_argument("--input-shape", "-s", default=None, help="input shape without batch axis (default: "
+                      "from the inputs)")
+    cert.add_argument("--weights", "-w", default=None, help="state dict to load (read with weights_only=True)")
+    cert.add_argument("--factory", default=None, metavar="FILE.py:FUNCTION", help="as for estimate")
+    cert.add_argument("--upper", type=float, default=None, help="a certified Lipschitz upper bound to use "
+                      "(default: computed)")
+    cert.add_argument("--json", action="store_true", help="print the certificate as JSON")
+    cert.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    cert.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     demo = sub.add_parser("demo", help="run on the bundled example network")
     _add_run_options(demo)
     sub.add_parser("methods", help="list the methods")
     return parser
 
 
-def _run(args: argparse.Namespace, model_spec: str, shape_text: str, weights: str | None) -> int:
-    shape = parse_shape(shape_text)
-    model = load_factory(model_spec, weights)
-    methods = args.methods or ["autolip", "autolip-power"]
+def _load_graph(args: argparse.Namespace, model_spec: str, shape_text: str | None, weights: str | None):
+    """The graph of the model named on the command line (with its input scale applied)."""
+    shape = parse_shape(shape_text) if shape_text is not None else None
+    factory = getattr(args, "factory", None)
+    if weights is not None and factory is not None:
+        raise InvalidInput("give --weights (with MODEL as file.py:factory) or --factory (with MODEL as the "
+                           "weights file), not both")
+    if weights is not None:
+        graph = api.as_graph(load_factory(model_spec, weights), shape)
+    else:
+        graph = load(model_spec, shape, factory=factory, trust_pickle=getattr(args, "trust_pickle", False))
+    scale = getattr(args, "input_scale", None)
+    if scale is not None:
+        graph = with_input_scale(graph, parse_scale(scale))
+    return graph
+
+
+def _run(args: argparse.Namespace, model_spec: str, shape_text: str | None, weights: str | None) -> int:
+    graph = _load_graph(args, model_spec, shape_text, weights)
+    methods = args.methods or (DEMO_METHODS if args.command == "demo" else None)
     progress = not args.quiet and sys.stderr.isatty()
-    report = api.estimate(model, shape, methods=methods, device=args.device, seed=args.seed, progress=progress)
+    budget = args.time_budget if args.time_budget is not None else (DEMO_BUDGET if args.command == "demo" else None)
+    per_method = {} if budget is None else {m: {"time_budget": budget} for m in ("lower", "exact")}
+    report = api.estimate(graph, methods=methods, device=args.device, seed=args.seed, progress=progress,
+                          domain=parse_domain(args.domain), method_options=per_method)
+    if args.plot:
+        report.plot(args.plot)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(json.dumps({**report.to_dict(), "notes": list(graph.notes)}, indent=2))
     else:
         print(f"model {report.model}, input shape {report.input_shape}")
+        for note in graph.notes:
+            print(f"note: {note}")
         print(report.table())
+    return 0
+
+
+def _certify(args: argparse.Namespace) -> int:
+    from .certify import certify
+
+    path = Path(args.inputs)
+    if not path.is_file():
+        raise InvalidInput(f"inputs file not found: {path}")
+    try:
+        x = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InvalidInput(f"could not read inputs {path} as a tensor: {type(exc).__name__}") from None
+    if not isinstance(x, torch.Tensor):
+        raise InvalidInput(f"{path} must hold one tensor (N, *input shape), got {type(x).__name__}")
+    shape_text = args.input_shape or ",".join(map(str, x.shape[1:]))
+    graph = _load_graph(args, args.model, shape_text, args.weights)
+    cert = certify(graph, x, args.upper, seed=args.seed, progress=not args.quiet and sys.stderr.isatty())
+    print(json.dumps(cert.to_dict(), indent=2) if args.json else cert.table())
     return 0
 
 
@@ -82,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "demo":
             return _run(args, DEMO_SPEC, DEMO_SHAPE, None)
+        if args.command == "certify":
+            return _certify(args)
         return _run(args, args.model, args.input_shape, args.weights)
     except (LipboundError, ValueError) as exc:
         _fail(exc, 2)

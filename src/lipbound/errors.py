@@ -30,3 +30,9 @@ class UnsupportedOperation(LipboundError):
 
 class InvalidInput(LipboundError, ValueError):
     """Bad input: wrong input shape, non-finite weights, unreadable file, bad option."""
+
+
+class NotApplicable(LipboundError):
+    """A method does not apply to this model (wrong architecture, too large for it, a missing
+    optional dependency it cannot do without); the message says why. ``"best"`` and
+    :func:`lipbound.estimate` callers may skip such a method and go on with others."""

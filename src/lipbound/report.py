@@ -54,6 +54,7 @@ class Report:
     model: str
     input_shape: tuple[int, ...]
     results: list[Result] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # method -> why it does not apply
 
     @property
     def upper(self) -> float:
@@ -83,16 +84,24 @@ class Report:
 
     @property
     def layers(self) -> list[dict[str, Any]]:
-        """Per-node rows of the first result that has them (AutoLip's layer table)."""
-        for r in self.results:
-            if "nodes" in r.details:
-                return r.details["nodes"]
-        return []
+        """Per-node rows of the first result that has them (AutoLip's layer table), with the
+        power-method and certified norms other results computed filled in."""
+        tables = [r.details["nodes"] for r in self.results if "nodes" in r.details]
+        if not tables:
+            return []
+        rows = [dict(row) for row in tables[0]]
+        for other in tables[1:]:
+            by_name = {row["name"]: row for row in other}
+            for row in rows:
+                for key in ("power", "certified"):
+                    if row.get(key) is None and by_name.get(row["name"], {}).get(key) is not None:
+                        row[key] = by_name[row["name"]][key]
+        return rows
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "input_shape": list(self.input_shape), "upper": _num(self.upper),
                 "lower": _num(self.lower), "ratio": _num(self.ratio),
-                "results": [r.to_dict() for r in self.results]}
+                "results": [r.to_dict() for r in self.results], "skipped": dict(self.skipped)}
 
     def bracket_line(self) -> str:
         lo = "none" if self.lower is None else f"{self.lower:.6g}"
@@ -112,11 +121,20 @@ class Report:
         lines.append(f"{'method':<16} {'value':>14}  {'kind':<16} {'seconds':>8}")
         for r in self.results:
             lines.append(f"{r.method:<16} {r.value:>14.6g}  {r.kind:<16} {r.seconds:>8.2f}")
+        for name, why in self.skipped.items():
+            lines.append(f"{name:<16} {'-':>14}  skipped: {why}")
         lines.append(self.bracket_line())
         return "\n".join(lines)
 
     def __str__(self) -> str:
         return self.table()
+
+    def plot(self, path: str | None = None):
+        """Draw the bracket and the per-layer norms (:func:`lipbound.plot.plot_report`; needs
+        the ``[plot]`` extra, matplotlib). Saves to ``path`` when given; returns the figure."""
+        from .plot import plot_report
+
+        return plot_report(self, path)
 
 
 def _fmt(v: Any) -> str:

@@ -133,10 +133,11 @@ def certified_norm(op: LinearOperator, dense_limit: int = DENSE_LIMIT) -> Certif
 @dataclass
 class SpectralNorm:
     """Both ends of one operator norm: ``lower`` (power method, ``<= ||A||``) and ``upper``
-    (certified, ``>= ||A||``); ``ratio = upper / lower``."""
+    (certified, ``>= ||A||``); ``ratio = upper / lower``. An end that was not asked for (see
+    :func:`operator_norms`) is None."""
 
-    lower: float
-    upper: float
+    lower: float | None
+    upper: float | None
     how: str
     exact: bool
     iterations: int
@@ -145,27 +146,50 @@ class SpectralNorm:
 
     @property
     def ratio(self) -> float:
+        if self.lower is None or self.upper is None:
+            return math.nan
         return self.upper / self.lower if self.lower > 0 else math.inf
 
 
-def operator_norms(op: LinearOperator, *, generator: torch.Generator | None = None, k: int = 4,
-                   max_iter: int = 1000, tol: float = 1e-5, dense_limit: int = DENSE_LIMIT) -> SpectralNorm:
-    """Power-method (``lower``) and certified (``upper``) norms of one operator, cached on it.
+def _cached_certified(op: LinearOperator, dense_limit: int) -> CertifiedNorm:
+    cache = op.__dict__.setdefault("_lipbound_certified", {})
+    if dense_limit not in cache:
+        cache[dense_limit] = certified_norm(op, dense_limit)
+    return cache[dense_limit]
 
-    When the certified value is exact (SVD of the matrix, diagonal, isometry) it is also the
-    lower value (without the rounding margin) and no power iteration runs."""
-    cache = op.__dict__.setdefault("_lipbound_norms", {})
-    key = (k, max_iter, tol, dense_limit)
-    if key in cache:
-        return cache[key]
-    cert = certified_norm(op, dense_limit)
-    if cert.exact:  # the norm is known (SVD, diagonal, isometry): no iteration needed
-        res = SpectralNorm(cert.value / (1 + CERTIFIED_RTOL), cert.value, cert.how, True, 0)
-    else:
-        pm = power_method(op, k=k, max_iter=max_iter, tol=tol, generator=generator)
-        res = SpectralNorm(pm.sigma, cert.value, cert.how, False, pm.iterations, pm.v[0], pm.u[0])
-    cache[key] = res
-    return res
+
+def _known_exact(op: LinearOperator) -> CertifiedNorm | None:
+    """An exact certified norm already computed for ``op``, if any."""
+    return next((c for c in op.__dict__.get("_lipbound_certified", {}).values() if c.exact), None)
+
+
+def _cached_power(op: LinearOperator, generator, k: int, max_iter: int, tol: float) -> PowerResult:
+    cache = op.__dict__.setdefault("_lipbound_power", {})
+    key = (k, max_iter, tol)
+    if key not in cache:
+        cache[key] = power_method(op, k=k, max_iter=max_iter, tol=tol, generator=generator)
+    return cache[key]
+
+
+def operator_norms(op: LinearOperator, *, which: str = "both", generator: torch.Generator | None = None,
+                   k: int = 4, max_iter: int = 1000, tol: float = 1e-5,
+                   dense_limit: int = DENSE_LIMIT) -> SpectralNorm:
+    """Power-method (``lower``) and/or certified (``upper``) norm of one operator, cached on it.
+
+    ``which`` is ``"both"``, ``"certified"`` (no power iteration: certified AutoLip needs none) or
+    ``"power"`` (no certified computation). An exact certified value (SVD of the matrix, diagonal,
+    isometry) is also the lower value (without the rounding margin): no power iteration then.
+    """
+    if which not in ("both", "certified", "power"):
+        raise ValueError(f"which must be 'both', 'certified' or 'power', got {which!r}")
+    cert = _cached_certified(op, dense_limit) if which != "power" else _known_exact(op)
+    if cert is not None and cert.exact:
+        return SpectralNorm(cert.value / (1 + CERTIFIED_RTOL), cert.value, cert.how, True, 0)
+    if which == "certified":
+        return SpectralNorm(None, cert.value, cert.how, False, 0)
+    pm = _cached_power(op, generator, k, max_iter, tol)
+    upper = None if cert is None else cert.value
+    return SpectralNorm(pm.sigma, upper, "" if cert is None else cert.how, False, pm.iterations, pm.v[0], pm.u[0])
 
 
 def spectral_norm(layer: nn.Module | LinearOperator | torch.Tensor, input_shape: Sequence[int] | None = None,

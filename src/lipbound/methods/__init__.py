@@ -11,12 +11,27 @@ from typing import Callable
 
 from ..report import Result
 from .autolip import autolip
+from .best import best
+from .eclipse import eclipse_fast
+from .exact import exact
+from .lipsdp import lipsdp
+from .lower import lower
+from .seqlip import seqlip
 
 Method = Callable[..., Result]
 
 METHODS: dict[str, Method] = {
     "autolip": partial(autolip, certified=True),
     "autolip-power": partial(autolip, certified=False),
+    "seqlip": partial(seqlip, solver="certified"),
+    "seqlip-greedy": partial(seqlip, solver="greedy"),
+    "seqlip-topk": partial(seqlip, solver="topk"),
+    "eclipse-fast": eclipse_fast,
+    "lipsdp": lipsdp,
+    "lipsdp-layer": partial(lipsdp, variant="layer"),
+    "best": best,
+    "lower": lower,
+    "exact": exact,
 }
 
 

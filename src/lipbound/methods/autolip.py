@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -31,16 +31,18 @@ from ..linalg.spectral import operator_norms
 from ..report import Result
 
 
-def layer_norms(graph: Graph, *, seed: int = 0, progress: bool = False, **power_options: Any) -> dict[str, Any]:
-    """Power-method and certified norms of every affine node of the fused graph (cached)."""
+def layer_norms(graph: Graph, *, which: str = "both", seed: int = 0, progress: bool = False,
+                **power_options: Any) -> dict[str, Any]:
+    """Norms of every affine node of the fused graph (cached on the operators): ``which`` is
+    ``"both"``, ``"certified"`` or ``"power"`` (see :func:`~lipbound.linalg.spectral.operator_norms`)."""
     g = graph.fused()
     nodes = g.affine_nodes()
     gen = torch.Generator().manual_seed(seed)
     out = {}
-    bar = tqdm(nodes, desc="layer norms", unit="layer", disable=not progress, leave=False)
+    bar = tqdm(nodes, desc=f"layer norms ({which})", unit="layer", disable=not progress, leave=False)
     for node in bar:
         bar.set_postfix_str(node.name)
-        out[node.name] = operator_norms(node.op, generator=gen, **power_options)
+        out[node.name] = operator_norms(node.op, which=which, generator=gen, **power_options)
     return out
 
 
@@ -50,7 +52,26 @@ def autolip(graph: Graph, *, certified: bool = True, seed: int = 0, progress: bo
     (power-method norms). ``details["nodes"]`` lists each node's factor and running bound."""
     t0 = time.perf_counter()
     g = graph.fused()
-    norms = layer_norms(graph, seed=seed, progress=progress, **power_options)
+    norms = layer_norms(graph, which="certified" if certified else "power", seed=seed, progress=progress,
+                        **power_options)
+    value, rows = propagate(g, norms, certified=certified)
+    return Result("autolip" if certified else "autolip-power", value,
+                  "certified_upper" if certified else "estimate", time.perf_counter() - t0,
+                  details={"nodes": rows})
+
+
+def propagate(g: Graph, norms: dict[str, Any], *, certified: bool = True,
+              chains: dict[str, tuple[str, float, Sequence[str]]] | None = None) -> tuple[float, list[dict]]:
+    """AutoLip's rules over the fused graph ``g`` in topological order; returns ``(L(output), rows)``.
+
+    ``norms`` maps each affine node to its :class:`~lipbound.linalg.spectral.SpectralNorm`
+    (``upper`` is used when ``certified``, else ``lower``). ``chains`` (SeqLip) maps the last node
+    of a sequential chain to ``(the chain's input node, the chain's constant, its interior nodes)``:
+    that node then gets ``L = constant * L(input)`` instead of the product of the chain's factors,
+    and the interior nodes (each read only by the next node of the chain) show no running bound.
+    """
+    chains = chains or {}
+    interior = {n for _, _, names in chains.values() for n in names}
     L: dict[str, float] = {}
     rows = []
     for node in g:
@@ -77,9 +98,10 @@ def autolip(graph: Graph, *, certified: bool = True, seed: int = 0, progress: bo
             L[node.name] = math.sqrt(sum(v * v for v in ins))
         else:  # pragma: no cover - every node kind of the IR is handled above
             raise TypeError(f"AutoLip has no rule for {type(node).__name__}")
-        row.update(factor=factor, L=L[node.name])
+        if node.name in chains:
+            start, constant, _ = chains[node.name]
+            L[node.name] = constant * L[start]
+            row["chain_constant"] = constant
+        row.update(factor=factor, L=None if node.name in interior else L[node.name])
         rows.append(row)
-    value = L[g.output]
-    return Result("autolip" if certified else "autolip-power", value,
-                  "certified_upper" if certified else "estimate", time.perf_counter() - t0,
-                  details={"nodes": rows})
+    return L[g.output], rows

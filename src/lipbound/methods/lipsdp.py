@@ -1,0 +1,301 @@
+"""LipSDP (Fazlyab et al., NeurIPS 2019) with open solvers and checked certificates.
+
+**What is bounded.** ``L(f)`` for the Euclidean norm on input and output, for networks made of
+affine maps (dense layers, and small convolutions once materialised), element-wise activations
+with slopes in ``[a, b]`` (ReLU, leaky ReLU, tanh, sigmoid, GELU, ...), sums of branches (residual
+blocks) and concatenations. The LMI ``M(rho, t) <= 0`` of :mod:`lipbound.methods.lmi` with one
+multiplier per neuron is **LipSDP-Neuron**; with one multiplier per activation node it is
+**LipSDP-Layer** (``variant="layer"``). On a residual net the LMI couples all blocks at once, as
+GLipSDP (Pauli et al. 2024) does, rather than multiplying per-block bounds. Biases cancel in every
+increment ``f(x) - f(y)``, so they do not enter: the bound is for the global constant.
+
+**Solving.** Minimise ``rho`` over ``t >= 0`` subject to the LMI.
+
+* ``solver="clarabel"`` / ``"scs"``: the SDP through cvxpy (optional extra ``lipbound[sdp]``), on
+  the equivalent LMI whose input block is reduced to the rank of the first layer
+  (:meth:`~lipbound.methods.lmi.LipschitzLMI.reduced`). Interior point is accurate but its cost
+  grows fast with the LMI order (seconds at order ~100, minutes at ~200).
+* ``solver="first-order"``: the eigenvalue form of the same problem (as in LipDiff, Wang et al.
+  2024): for fixed ``t`` the least feasible ``rho`` is ``rho*(t) = lambda_max(N_hx^T N_hh(t)^{-1}
+  N_hx - N_xx)`` (Schur complement on the input block), a convex function of ``t`` on
+  ``{N_hh(t) > 0}`` whose gradient comes from the null vector of ``N(rho*, t)``. It is minimised by
+  L-BFGS over ``log t`` from the closed-form multipliers of :mod:`lipbound.methods.eclipse`, on a
+  soft maximum of the top eigenvalues whose temperature decreases to 0, with one Cholesky
+  factorisation of the neuron block (banded for chains) per step and the top eigenvalues from a
+  dense eigensolver or, for large input blocks, Lanczos (``scipy.sparse.linalg.eigsh``) on the
+  Schur complement applied through triangular solves. Memory is that of the neuron block
+  (dense, or banded for chains) and of the layers' matrices; 1534 x 1534 for a 784-500-200-50-10
+  MLP. It stops at ``time_limit``; whatever it reached is then checked.
+* ``solver="auto"`` (default): interior point when the reduced LMI has order <= ``ipm_max_order``
+  and cvxpy is installed, first-order otherwise.
+
+**Certified only once checked.** Whatever the solver returns (``rho``, ``t``) is an estimate until
+:func:`~lipbound.methods.sdp_verify.certify` has recomputed the least ``rho`` for the clipped
+multipliers with a margin and proved the LMI by a float64 Cholesky factorisation; only then is the
+result ``certified_upper``. If the check fails, the solver's value is returned as an ``estimate``
+with ``details["verified"] = False``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidInput, NotApplicable
+from ..graph.ir import Graph
+from ..report import Result
+from .eclipse import balanced, fast_multipliers
+from .lmi import LipschitzLMI, lmi_of_graph
+from .sdp_verify import CertificateRejected, certify
+
+VARIANTS = ("neuron", "layer")
+SOLVERS = ("auto", "clarabel", "scs", "first-order")
+
+
+def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed: int = 0, progress: bool = False,
+           time_limit: float = 300.0, max_iter: int = 3000, ipm_max_order: int = 60, max_size: int = 20000,
+           **_: Any) -> Result:
+    """LipSDP-Neuron (or -Layer) bound of ``L(f)``, certified after a float64 check.
+
+    Args:
+        graph: the network (see the module docstring for what it may contain).
+        variant: ``"neuron"`` (one multiplier per neuron) or ``"layer"`` (one per activation node).
+        solver: ``"auto"``, ``"clarabel"``, ``"scs"`` (interior point / splitting through cvxpy,
+            extra ``lipbound[sdp]``) or ``"first-order"`` (no extra dependency).
+        time_limit: seconds for the first-order solver (it stops earlier when converged).
+        max_iter: iterations of the first-order solver.
+        ipm_max_order: largest reduced LMI order sent to cvxpy by ``solver="auto"``.
+        max_size: refuse (:class:`~lipbound.errors.NotApplicable`) LMIs of larger order.
+
+    Returns:
+        A :class:`~lipbound.report.Result`; ``details`` holds the solver, its status, value and
+        time, the check (``verified``, ``rho``, margins, time) and ``rss_peak_mb``, the process's
+        peak resident memory when the method ended (an upper bound of what it used).
+    """
+    if variant not in VARIANTS:
+        raise InvalidInput(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if solver not in SOLVERS:
+        raise InvalidInput(f"solver must be one of {SOLVERS}, got {solver!r}")
+    start = time.perf_counter()
+    lmi = balanced(lmi_of_graph(graph, max_size=max_size))
+    red = lmi.reduced()
+    if solver == "auto":
+        solver = "clarabel" if red.size <= ipm_max_order and _cvxpy_available() else "first-order"
+    t_solve = time.perf_counter()
+    if solver == "first-order":
+        t, claimed, info = solve_first_order(red, variant=variant, time_limit=time_limit, max_iter=max_iter)
+    else:
+        t, claimed, info = solve_cvxpy(red, variant=variant, solver=solver)
+    info.update(solver=solver, solver_seconds=time.perf_counter() - t_solve, lmi_order=lmi.size,
+                reduced_order=red.size)
+    name = "lipsdp" if variant == "neuron" else "lipsdp-layer"
+    claimed_value = lmi.scale * math.sqrt(max(claimed, 0.0))
+    info["solver_value"] = claimed_value
+    try:
+        cert = certify(lmi, t, claimed_rho=claimed)
+    except CertificateRejected as exc:
+        info.update(verified=False, reason=str(exc), rss_peak_mb=_rss_mb())
+        return Result(name, claimed_value, "estimate", time.perf_counter() - start, details=info)
+    info.update(cert.summary())
+    info["rss_peak_mb"] = _rss_mb()
+    return Result(name, cert.value, "certified_upper", time.perf_counter() - start, details=info)
+
+
+def _rss_mb() -> float | None:
+    """Peak resident memory of the process so far, in MB (None where ``resource`` is missing)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _cvxpy_available() -> bool:
+    try:
+        import cvxpy  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ---- the problem data as coefficient matrices -----------------------------------------------------
+def _coefficients(lmi: LipschitzLMI, variant: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``N(rho, t) = C0 + rho E + sum_k u_k F_k`` with ``u`` the free multipliers of the variant:
+    returns ``(C0, E, F)`` with ``F`` of shape ``(n*n, k)`` (vectorised, row-major)."""
+    n = lmi.size
+    c0 = lmi.dense_N(0.0, np.zeros(lmi.n_neurons))
+    e = np.zeros((n, n))
+    n0 = lmi.blocks[0].size
+    e[:n0, :n0] = np.eye(n0)
+    off = lmi.offsets
+    cols = []
+    for j, blk in enumerate(lmi.blocks[1:], start=1):
+        p = np.zeros((blk.size, n))
+        for r, m in blk.pre.items():
+            p[:, off[r]:off[r + 1]] = m
+        ab, c = blk.a * blk.b, blk.a + blk.b
+        idx = np.arange(off[j], off[j + 1])
+        # F_i = 2ab p p^T - c (e_i p^T + p e_i^T) + 2 e_i e_i^T for neuron i of this block
+        fi = 2 * ab * np.einsum("ia,ib->iab", p, p)
+        fi[np.arange(blk.size), idx, :] -= c * p
+        fi[np.arange(blk.size), :, idx] -= c * p
+        fi[np.arange(blk.size), idx, idx] += 2.0
+        fi = fi.reshape(blk.size, n * n).T
+        cols.append(fi.sum(1, keepdims=True) if variant == "layer" else fi)
+    return c0, e, np.concatenate(cols, 1)
+
+
+def _expand(lmi: LipschitzLMI, u: np.ndarray, variant: str) -> np.ndarray:
+    """Per-neuron multipliers from the variant's free ones."""
+    if variant == "neuron":
+        return np.asarray(u, dtype=np.float64)
+    return np.concatenate([np.full(b.size, ui) for b, ui in zip(lmi.blocks[1:], u)])
+
+
+def _import_cvxpy(solver: str):
+    try:
+        import cvxpy as cp
+    except ImportError:
+        raise NotApplicable(f"solver {solver!r} needs cvxpy: pip install 'lipbound[sdp]' "
+                            "(or use solver='first-order')") from None
+    name = {"clarabel": "CLARABEL", "scs": "SCS"}[solver]
+    if name not in cp.installed_solvers():
+        raise NotApplicable(f"solver {solver!r} is not installed: pip install 'lipbound[sdp]' "
+                            "(or use solver='first-order')")
+    return cp, name
+
+
+def solve_cvxpy(lmi: LipschitzLMI, *, variant: str = "neuron", solver: str = "clarabel") -> tuple[np.ndarray, float, dict]:
+    """Minimise ``rho`` s.t. ``N(rho, t) >= 0``, ``t >= 0`` with cvxpy; Clarabel falls back to SCS
+    when it fails. Returns ``(t per neuron, rho, info)``; nothing here is trusted yet."""
+    cp, name = _import_cvxpy(solver)
+    c0, e, f = _coefficients(lmi, variant)
+    n = lmi.size
+    rho = cp.Variable()
+    u = cp.Variable(f.shape[1], nonneg=True)
+    expr = c0 + rho * e + cp.reshape(f @ u, (n, n), order="C")
+    sym = 0.5 * (expr + expr.T)
+    problem = cp.Problem(cp.Minimize(rho), [sym >> 0])
+    tried = []
+    for solver_name in ([name, "SCS"] if name == "CLARABEL" and "SCS" in cp.installed_solvers() else [name]):
+        try:
+            problem.solve(solver=solver_name)
+        except cp.error.SolverError as exc:
+            tried.append(f"{solver_name}: {exc}")
+            continue
+        tried.append(f"{solver_name}: {problem.status}")
+        if problem.status in ("optimal", "optimal_inaccurate") and u.value is not None:
+            return (np.maximum(_expand(lmi, u.value, variant), 0.0), float(rho.value),
+                    {"solver_status": problem.status, "solver_used": solver_name, "tried": tried})
+    raise NotApplicable(f"the SDP solver failed ({'; '.join(tried)})")
+
+
+def solve_first_order(lmi: LipschitzLMI, *, variant: str = "neuron", time_limit: float = 300.0,
+                      max_iter: int = 3000, t0: np.ndarray | None = None, top: int = 16,
+                      smoothing: tuple[float, ...] = (1e-2, 1e-3, 1e-4, 0.0)) -> tuple[np.ndarray, float, dict]:
+    """Minimise ``rho*(t)`` (the eigenvalue form, module docstring) by L-BFGS over ``s = log t``
+    from the closed-form multipliers. ``rho*`` is not differentiable where its top eigenvalue is
+    multiple, so it is first replaced by a soft maximum of the ``top`` largest eigenvalues with
+    temperature ``mu = smoothing[k] * rho*(t0)`` (an upper bound within ``mu log(top)``),
+    decreasing to 0 (the exact ``rho*``). Returns ``(t, rho*(t), info)``."""
+    if t0 is None:
+        t0, _ = fast_multipliers(lmi)
+    slices = lmi.neuron_slices
+    if variant == "layer":
+        s0 = np.log(np.array([max(float(t0[sl].mean()), 1e-300) for sl in slices]))
+    else:
+        s0 = np.log(np.maximum(t0, 1e-300))
+    deadline = time.perf_counter() + time_limit
+    evals = [0]
+    mu = [0.0]
+
+    def fun(s: np.ndarray) -> tuple[float, np.ndarray | None]:
+        evals[0] += 1
+        t = _expand(lmi, np.exp(s), variant)
+        res = lmi.schur(t, gradient=True, top=top if mu[0] > 0 else 1)
+        if not (math.isfinite(res.rho) and res.rho > 0):
+            return math.inf, None
+        if mu[0] > 0:  # soft maximum of the top eigenvalues: lam_1 <= f <= lam_1 + mu log(top)
+            w = np.exp((res.lams - res.lams[0]) / mu[0])
+            f = res.lams[0] + mu[0] * math.log(w.sum())
+            g = res.grads @ (w / w.sum())
+        else:
+            f, g = res.rho, res.grad
+        g = g * t / f  # gradient of log f in log t
+        if variant == "layer":
+            g = np.array([g[sl].sum() for sl in slices])
+        return math.log(f), g
+
+    s, iters, status = s0, 0, "converged"
+    rho0 = lmi.schur(_expand(lmi, np.exp(s0), variant)).rho
+    for mu_rel in smoothing:
+        mu[0] = mu_rel * rho0
+        s, _, status, it = _lbfgs(fun, s, max_iter=max_iter - iters, deadline=deadline, rtol=1e-6 if mu_rel else 1e-8)
+        iters += it
+        if status == "time limit" or iters >= max_iter:
+            break
+    t = _expand(lmi, np.exp(s), variant)
+    return t, lmi.schur(t).rho, {"solver_status": status, "iterations": iters, "evaluations": evals[0],
+                                 "smoothing": list(smoothing)}
+
+
+def _lbfgs(fun, x0: np.ndarray, *, max_iter: int, deadline: float, memory: int = 20,
+           rtol: float = 1e-8, window: int = 25) -> tuple[np.ndarray, float, str, int]:
+    """L-BFGS with Armijo backtracking for a function that is ``inf`` outside its domain: an
+    infeasible or non-decreasing trial point halves the step. Stops when ``window`` iterations
+    improve ``f`` by less than ``rtol`` (absolute, ``f`` is a log), at ``max_iter`` or at the deadline."""
+    x = x0.copy()
+    f, g = fun(x)
+    if not math.isfinite(f):
+        raise NotApplicable("the first-order LipSDP solver needs a feasible start")
+    pairs: list[tuple[np.ndarray, np.ndarray, float]] = []
+    history = [f]
+    for it in range(1, max_iter + 1):
+        d = -g
+        if pairs:  # two-loop recursion
+            q = g.copy()
+            alphas = []
+            for s_k, y_k, r_k in reversed(pairs):
+                a = r_k * (s_k @ q)
+                alphas.append(a)
+                q -= a * y_k
+            s_k, y_k, _ = pairs[-1]
+            q *= (s_k @ y_k) / (y_k @ y_k)
+            for (s_k, y_k, r_k), a in zip(pairs, reversed(alphas)):
+                q += (a - r_k * (y_k @ q)) * s_k
+            d = -q
+        slope = float(g @ d)
+        if slope >= 0:
+            pairs.clear()
+            d, slope = -g, -float(g @ g)
+        step = 1.0 if pairs else min(1.0, 0.1 / max(float(np.abs(g).max()), 1e-300))
+        accepted = False
+        while not accepted:
+            x_new = x + step * d
+            f_new, g_new = fun(x_new)
+            accepted = math.isfinite(f_new) and f_new <= f + 1e-4 * step * slope
+            step *= 0.5
+            if not accepted and step * float(np.abs(d).max()) < 1e-12:
+                break
+        if not accepted:  # no decrease along d: retry along -g, or stop if that was -g
+            if not pairs:
+                return x, f, "converged (line search stalled)", it
+            pairs.clear()
+            continue
+        s_k, y_k = x_new - x, g_new - g
+        sy = float(s_k @ y_k)
+        if sy > 1e-12 * float(np.linalg.norm(s_k) * np.linalg.norm(y_k)):
+            pairs.append((s_k, y_k, 1.0 / sy))
+            if len(pairs) > memory:
+                pairs.pop(0)
+        x, f, g = x_new, f_new, g_new
+        history.append(f)
+        if len(history) > window and history[-window - 1] - f < rtol:
+            return x, f, "converged", it
+        if time.perf_counter() > deadline:
+            return x, f, "time limit", it
+    return x, f, "iteration limit", max_iter
+

@@ -1,0 +1,394 @@
+"""The Lipschitz LMI of a network of affine maps and slope-restricted activations (LipSDP-Neuron).
+
+Setting (Fazlyab et al. 2019; the graph form of Pauli et al. 2024, GLipSDP). Write the network's
+*basis variables* as ``xi = (x, w_1, ..., w_m)``: the input and the outputs of its ``m`` activation
+nodes, in topological order. Every pre-activation is linear in the earlier ones,
+``v_j = A_j xi + b_j``, and so is the output, ``y = A_out xi + b_out`` (affine nodes, sums of
+branches and concatenations compose into these maps). Activation ``j`` acts element-wise,
+``w_j = phi_j(v_j)``, with every difference quotient in ``[a_j, b_j]``. For two inputs, the
+increments ``dv = A_j dxi``, ``dw = dw_j`` of one neuron satisfy the incremental quadratic
+constraint ``(dw - a dv)(b dv - dw) >= 0``, i.e. ``t (-2ab dv^2 + 2(a+b) dv dw - 2 dw^2) >= 0``
+for every ``t >= 0``. **Biases cancel in every increment**, so they play no part in the global
+constant. If, for multipliers ``t >= 0`` (one per neuron) and ``rho``,
+
+    M(rho, t) = A_out^T A_out - rho E_x^T E_x + sum_j QC_j(t_j)  <=  0      (negative semidefinite)
+
+with ``QC_j(t_j) = [A_j; E_j]^T [[-2ab T_j, (a+b) T_j], [(a+b) T_j, -2 T_j]] [A_j; E_j]``, then for
+any two inputs ``||dy||^2 - rho ||dx||^2 <= -sum_j (QC terms >= 0) <= 0``: the network is
+``sqrt(rho)``-Lipschitz (S-procedure; DESIGN §1 calls ``sqrt(rho)`` certified once the LMI is
+*checked*, see :mod:`lipbound.methods.sdp_verify`). A chain (MLP) is the special case
+``A_j = W_j E_{j-1}``; residual blocks simply read several earlier blocks.
+
+This module builds the blocks of ``N(rho, t) = -M(rho, t)`` from a :class:`~lipbound.graph.Graph`
+and evaluates, for given multipliers, the least ``rho`` that makes ``N >= tau I`` by the Schur
+complement on the input block (``N_hh - tau I > 0`` and
+``rho >= tau + lambda_max(N_hx^T (N_hh - tau I)^{-1} N_hx - N_xx^0)``), with its gradient in
+``t``: the function minimised by the first-order LipSDP solver.
+
+**Scaling.** Each basis block ``w_j`` is expressed in units of ``s_j``, a power of two close to the
+AutoLip bound of its pre-activation (and the output in units of ``s_out``): ``w_j = s_j w~_j``. An
+activation conjugated by a positive scalar, ``u -> phi(s u) / s``, has the same slope range, so the
+scaled network belongs to the same class and ``L(f) = s_out L(f~)``; powers of two make the
+rescaled weights exact in floating point. This keeps the LMI well conditioned for deep nets whose
+layer norms multiply to 1e7.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.linalg as sla
+import scipy.sparse.linalg as spla
+import torch
+
+from ..errors import NotApplicable, UnsupportedOperation
+from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input
+
+MAX_WORK = 4e10  # refuse LMIs whose Cholesky factorisation needs more operations (minutes on a CPU)
+LANCZOS_MIN = 200  # input blocks larger than this are iterated on (Lanczos) when optimising
+Blocks = dict[int, np.ndarray]  # basis block index -> matrix (rows of the map, columns of the block)
+
+
+@dataclass
+class BasisBlock:
+    """One block of basis variables: the input (``slope`` None) or one activation node's output.
+    ``pre`` maps earlier block indices to the (scaled) matrices of its pre-activation."""
+
+    name: str
+    size: int
+    slope: tuple[float, float] | None = None
+    pre: Blocks = field(default_factory=dict)
+
+    @property
+    def a(self) -> float:
+        return self.slope[0]
+
+    @property
+    def b(self) -> float:
+        return self.slope[1]
+
+
+@dataclass
+class LipschitzLMI:
+    """The data of ``M(rho, t)``: the basis blocks, the output map ``out``, and ``scale`` with
+    ``L(f) <= scale * sqrt(rho)`` whenever ``M(rho, t) <= 0`` for some ``t >= 0``."""
+
+    blocks: list[BasisBlock]
+    out: Blocks
+    scale: float
+
+    # ---- sizes ---------------------------------------------------------------------------
+    @property
+    def sizes(self) -> list[int]:
+        return [b.size for b in self.blocks]
+
+    @property
+    def offsets(self) -> list[int]:
+        return [0, *np.cumsum(self.sizes).tolist()]
+
+    @property
+    def size(self) -> int:
+        """Order of the LMI: input dimension plus number of neurons."""
+        return sum(self.sizes)
+
+    @property
+    def n_neurons(self) -> int:
+        return self.size - self.blocks[0].size
+
+    @property
+    def neuron_slices(self) -> list[slice]:
+        """Slices of the multiplier vector ``t`` (one entry per neuron) for blocks 1..m."""
+        off = np.cumsum([0] + self.sizes[1:]).tolist()
+        return [slice(off[i], off[i + 1]) for i in range(len(self.blocks) - 1)]
+
+    def is_chain(self) -> bool:
+        return all(list(b.pre) == [i] for i, b in enumerate(self.blocks[1:])) and list(self.out) == [len(self.blocks) - 1]
+
+    # ---- the matrix N = -M as symmetric blocks ------------------------------------------------
+    def blocks_of_N(self, rho: float, t: np.ndarray, tau: float = 0.0) -> dict[tuple[int, int], np.ndarray]:
+        """Blocks ``(r, c)``, ``r >= c``, of ``N(rho, t) - tau I`` (``N = -M``)."""
+        out: dict[tuple[int, int], np.ndarray] = {}
+
+        def add(r: int, c: int, m: np.ndarray) -> None:
+            if r < c:
+                r, c, m = c, r, m.T
+            out[(r, c)] = out[(r, c)] + m if (r, c) in out else m.copy()
+
+        add(0, 0, (rho - tau) * np.eye(self.blocks[0].size))
+        for r, ar in self.out.items():
+            for c, ac in self.out.items():
+                if r >= c:
+                    add(r, c, -(ar.T @ ac))
+        for j, (blk, sl) in enumerate(zip(self.blocks[1:], self.neuron_slices), start=1):
+            tj = t[sl]
+            ab, cc = blk.a * blk.b, blk.a + blk.b
+            if ab != 0.0:
+                for r, ar in blk.pre.items():
+                    for c, ac in blk.pre.items():
+                        if r >= c:
+                            add(r, c, 2.0 * ab * (ar.T * tj) @ ac)
+            for r, ar in blk.pre.items():
+                add(j, r, -cc * tj[:, None] * ar)
+            add(j, j, np.diag(2.0 * tj - tau))
+        return out
+
+    def bandwidth(self, first: int = 0) -> int:
+        """Lower bandwidth of ``N`` restricted to blocks ``>= first`` (flat indices)."""
+        off = self.offsets
+        bw = max(self.sizes[first:]) - 1
+        pairs = [(j, r) for j, blk in enumerate(self.blocks) if j > 0 for r in blk.pre]
+        pairs += [(r, c) for r in self.out for c in self.out if r > c]
+        pairs += [(r, c) for blk in self.blocks[1:] if blk.a * blk.b != 0 for r in blk.pre for c in blk.pre if r > c]
+        for r, c in pairs:
+            if c >= first:
+                bw = max(bw, off[r + 1] - 1 - off[c])
+        return bw
+
+    def abs_scale(self, rho: float, t: np.ndarray) -> float:
+        """An upper bound of the Frobenius norm of the entrywise absolute value of every term of
+        ``N`` (``|| |P|^T |T| |P| ||_F <= max t ||P||_F^2``), for rounding margins."""
+        total = abs(rho) * math.sqrt(self.blocks[0].size)
+        total += sum(np.linalg.norm(m) for m in self.out.values()) ** 2
+        for blk, sl in zip(self.blocks[1:], self.neuron_slices):
+            tmax = float(np.max(np.abs(t[sl]))) if blk.size else 0.0
+            fro = math.sqrt(sum(float(np.linalg.norm(m)) ** 2 for m in blk.pre.values()))
+            total += tmax * (2 * abs(blk.a * blk.b) * fro ** 2 + 2 * abs(blk.a + blk.b) * fro * math.sqrt(blk.size)
+                             + 2 * math.sqrt(blk.size))
+        return total
+
+    # ---- dense / banded assembly ----------------------------------------------------------
+    def assemble(self, parts: dict[tuple[int, int], np.ndarray], first: int = 0, banded: int | None = None) -> np.ndarray:
+        """Blocks ``>= first`` of ``parts`` as a dense symmetric matrix (``banded=None``) or in
+        LAPACK lower band storage with ``banded`` sub-diagonals."""
+        off = self.offsets
+        base = off[first]
+        n = off[-1] - base
+        if banded is None:
+            mat = np.zeros((n, n))
+            for (r, c), m in parts.items():
+                if c < first:
+                    continue
+                rs, cs = slice(off[r] - base, off[r + 1] - base), slice(off[c] - base, off[c + 1] - base)
+                mat[rs, cs] += m
+                if r != c:
+                    mat[cs, rs] += m.T
+            return mat
+        ab = np.zeros((banded + 1, n))
+        for (r, c), m in parts.items():
+            if c < first:
+                continue
+            i = np.arange(off[r], off[r + 1])[:, None] - base
+            k = np.arange(off[c], off[c + 1])[None, :] - base
+            d = i - k
+            keep = (d >= 0) & (d <= banded)
+            ii, kk = np.broadcast_to(i, d.shape)[keep], np.broadcast_to(k, d.shape)[keep]
+            np.add.at(ab, (ii - kk, kk), m[keep])
+        return ab
+
+    def dense_N(self, rho: float, t: np.ndarray, tau: float = 0.0) -> np.ndarray:
+        return self.assemble(self.blocks_of_N(rho, t, tau))
+
+    # ---- the least rho for given multipliers -------------------------------------------------
+    def schur(self, t: np.ndarray, tau: float = 0.0, *, gradient: bool = False, top: int = 1) -> "SchurResult":
+        """Least ``rho`` with ``N(rho, t) - tau I >= 0`` (``inf`` when ``N_hh - tau I`` is not
+        positive definite): ``tau`` plus the largest eigenvalue of the Schur complement
+        ``Q = N_hx^T (N_hh - tau I)^{-1} N_hx - N_xx^0`` on the input block.
+
+        With ``gradient``, also the ``top`` largest eigenvalues of ``Q`` and their gradients in
+        ``t``: for a unit eigenvector ``u``, ``z = (u, -(N_hh - tau I)^{-1} N_hx u)`` and
+        ``d lambda / d t_i = -z^T (dN / dt_i) z = -2ab p_i^2 + 2(a+b) p_i q_i - 2 q_i^2`` with
+        ``p = A_j z``, ``q = z_j`` (neuron ``i`` of activation ``j``); for the largest one this
+        is the gradient of ``rho*`` where it is differentiable."""
+        parts = self.blocks_of_N(0.0, t, tau)
+        n0 = self.blocks[0].size
+        nh = self.size - n0
+        bw = self.bandwidth(1)
+        use_band = nh > 600 and 3 * bw < nh
+        hh = self.assemble(parts, first=1, banded=bw if use_band else None)
+        hx = np.zeros((nh, n0))
+        off = self.offsets
+        for (r, c), m in parts.items():
+            if c == 0 and r > 0:
+                hx[off[r] - n0:off[r + 1] - n0] += m
+        try:
+            fac = sla.cholesky_banded(hh, lower=True) if use_band else sla.cho_factor(hh, lower=True)
+        except (np.linalg.LinAlgError, ValueError):
+            return SchurResult(math.inf, None, None)
+
+        def solve(b: np.ndarray) -> np.ndarray:
+            return sla.cho_solve_banded((fac, True), b) if use_band else sla.cho_solve(fac, b)
+
+        nxx0 = parts[(0, 0)] + tau * np.eye(n0)  # parts[(0,0)] = N_xx^0 - tau I at rho = 0
+        if gradient and n0 > LANCZOS_MIN:
+            # iterate on Q without forming it: two triangular solves per product (Lanczos)
+            k = min(top, n0 - 2)
+            qop = spla.LinearOperator((n0, n0), dtype=np.float64,
+                                      matvec=lambda v: hx.T @ solve(hx @ v) - nxx0 @ v)
+            v0 = np.random.default_rng(0).standard_normal(n0)
+            lam, u = spla.eigsh(qop, k=k, which="LA", tol=1e-10, v0=v0, ncv=min(n0, max(2 * k + 1, 20)))
+            order = np.argsort(lam)
+            lam, u = lam[order], u[:, order]
+        elif n0 > nh and not use_band and not np.any(nxx0):
+            # the nonzero eigenvalues of hx^T hh^{-1} hx: the generalised problem (hx hx^T, hh)
+            k = min(top, nh)
+            lam, v = sla.eigh(hx @ hx.T, hh, subset_by_index=[nh - k, nh - 1])
+            u = hx.T @ v
+            u /= np.maximum(np.linalg.norm(u, axis=0), 1e-300)
+        else:
+            k = min(top, n0)
+            q = hx.T @ solve(hx) - nxx0
+            lam, u = sla.eigh(0.5 * (q + q.T), subset_by_index=[n0 - k, n0 - 1])
+        lam, u = lam[::-1] + tau, u[:, ::-1]
+        if not gradient:
+            return SchurResult(float(lam[0]), None, None)
+        z = np.concatenate([u, -solve(hx @ u)], 0)
+        grads = self.gradient_at(z)
+        return SchurResult(float(lam[0]), grads[:, 0], z[:, 0], lam, grads)
+
+    def gradient_at(self, z: np.ndarray) -> np.ndarray:
+        """``-z^T (dN/dt_i) z / ||z_x||^2`` for every neuron ``i``; ``z`` of shape ``(N,)`` or ``(N, k)``."""
+        off = self.offsets
+        zb = [z[off[i]:off[i + 1]] for i in range(len(self.blocks))]
+        grads = []
+        for j, blk in enumerate(self.blocks[1:], start=1):
+            p = sum(m @ zb[r] for r, m in blk.pre.items())
+            q = zb[j]
+            grads.append(-2 * blk.a * blk.b * p * p + 2 * (blk.a + blk.b) * p * q - 2 * q * q)
+        return np.concatenate(grads) / np.sum(zb[0] * zb[0], axis=0)
+
+    def rescaled(self, d: list[float], d_out: float) -> "LipschitzLMI":
+        """The same LMI with block ``j`` in units of ``d[j]`` and the output in units of ``d_out``
+        (``d[0] = 1``; powers of two keep it exact, see the module docstring)."""
+        blocks = [BasisBlock(self.blocks[0].name, self.blocks[0].size)]
+        for j, b in enumerate(self.blocks[1:], start=1):
+            blocks.append(BasisBlock(b.name, b.size, b.slope, {k: m * (d[k] / d[j]) for k, m in b.pre.items()}))
+        out = {k: m * (d[k] / d_out) for k, m in self.out.items()}
+        return LipschitzLMI(blocks, out, self.scale * d_out)
+
+    def reduced(self) -> "LipschitzLMI":
+        """An equivalent LMI whose input block has the rank ``r`` of the maps that read ``x``.
+
+        Every term reads ``x`` only through ``X x`` (``X`` stacks those maps) except
+        ``-rho ||x||^2``; with ``X = U S V^T`` and ``x = V y + x_perp``, ``x_perp`` adds only
+        ``-rho ||x_perp||^2 <= 0``, so ``M <= 0`` iff the LMI in ``y`` (maps ``A V``) is.
+        Used to solve; certificates are checked on the full LMI."""
+        readers = [b.pre[0] for b in self.blocks[1:] if 0 in b.pre] + ([self.out[0]] if 0 in self.out else [])
+        stacked = np.concatenate(readers, 0)
+        _, s, vt = np.linalg.svd(stacked, full_matrices=False)
+        r = int((s > s[0] * 1e-13).sum()) if s.size else 0
+        v = vt[:r].T
+        blocks = [BasisBlock(self.blocks[0].name, r)]
+        for b in self.blocks[1:]:
+            blocks.append(BasisBlock(b.name, b.size, b.slope, {k: (m @ v if k == 0 else m) for k, m in b.pre.items()}))
+        out = {k: (m @ v if k == 0 else m) for k, m in self.out.items()}
+        return LipschitzLMI(blocks, out, self.scale)
+
+
+@dataclass
+class SchurResult:
+    """``rho`` (least feasible), the gradient ``grad`` of ``rho*`` and null vector ``z``; with
+    ``top > 1`` also the largest eigenvalues ``lams`` of the Schur complement and their ``grads``
+    (one column each)."""
+
+    rho: float
+    grad: np.ndarray | None
+    z: np.ndarray | None
+    lams: np.ndarray | None = None
+    grads: np.ndarray | None = None
+
+
+def pow2(x: float) -> float:
+    """The power of two nearest to ``x`` (1 for 0 or non-finite)."""
+    if not (x > 0 and math.isfinite(x)):
+        return 1.0
+    return 2.0 ** round(math.log2(x))
+
+
+def lmi_of_graph(graph: Graph, *, max_size: int = 20000, max_work: float = MAX_WORK) -> LipschitzLMI:
+    """The LMI data of ``graph``: its affine nodes materialised as dense float64 matrices, its
+    activations as basis blocks, sums and concatenations composed. Raises
+    :class:`NotApplicable` for max pooling, an LMI of order larger than ``max_size``, or one whose
+    factorisation (order x bandwidth^2) would exceed ``max_work`` operations."""
+    g = graph.fused()
+    env: dict[str, dict[int, np.ndarray | float]] = {}  # a float stands for that multiple of the identity
+    blocks: list[BasisBlock] = []
+    total = 0
+    for node in g:
+        if isinstance(node, Input):
+            n0 = math.prod(node.shape)
+            blocks.append(BasisBlock(node.name, n0))
+            env[node.name] = {0: 1.0}
+            total = n0
+        elif isinstance(node, Affine):
+            if node.op.in_numel * node.op.out_numel > 4 * max_size ** 2:
+                raise NotApplicable(f"affine node {node.origin!r} is too large to materialise for an SDP")
+            w = node.op.to(dtype=torch.float64).to_dense().detach().cpu().numpy()
+            env[node.name] = {k: w * m if isinstance(m, float) else w @ m for k, m in env[node.inputs[0]].items()}
+        elif isinstance(node, Activation):
+            size = math.prod(node.shape)
+            pre = {k: _dense(m, size, blocks[k].size) for k, m in env[node.inputs[0]].items()}
+            total += size
+            if total > max_size:
+                raise NotApplicable(f"the LMI would have order > {max_size} (input + neurons); raise max_size "
+                                    "or use a compositional method")
+            s = pow2(sum(float(np.linalg.norm(m)) for m in pre.values()))
+            idx = len(blocks)
+            blocks.append(BasisBlock(node.name, size, (float(node.slope[0]), float(node.slope[1])),
+                                     {k: m / s for k, m in pre.items()}))
+            env[node.name] = {idx: s}
+        elif isinstance(node, Add):
+            size = math.prod(node.shape)
+            acc: dict[int, np.ndarray | float] = {}
+            for i in node.inputs:
+                for k, m in env[i].items():
+                    if k not in acc:
+                        acc[k] = m
+                    elif isinstance(acc[k], float) and isinstance(m, float):
+                        acc[k] = acc[k] + m
+                    else:
+                        acc[k] = _dense(acc[k], size, blocks[k].size) + _dense(m, size, blocks[k].size)
+            env[node.name] = acc
+        elif isinstance(node, Concat):
+            parts = [{k: _dense(m, math.prod(g.nodes[i].shape), blocks[k].size) for k, m in env[i].items()}
+                     for i in node.inputs]
+            env[node.name] = _concat(node, parts, [g.nodes[i].shape for i in node.inputs])
+        else:
+            raise UnsupportedOperation(type(node).__name__, f"node {node.name!r} ({node.origin})",
+                                       "the SDP methods handle affine maps, element-wise activations, sums and "
+                                       "concatenations")
+    if len(blocks) < 2:
+        raise NotApplicable("the network has no activation: its constant is the norm of one affine map")
+    n_out = math.prod(g.nodes[g.output].shape)
+    out = {k: _dense(m, n_out, blocks[k].size) for k, m in env[g.output].items()}
+    s_out = pow2(sum(float(np.linalg.norm(m)) for m in out.values()))
+    lmi = LipschitzLMI(blocks, {k: m / s_out for k, m in out.items()}, s_out)
+    bw = lmi.bandwidth(0)
+    if lmi.size * (bw + 1) ** 2 > max_work:
+        raise NotApplicable(f"the LMI has order {lmi.size} and bandwidth {bw}: about {lmi.size * (bw + 1) ** 2:.2g} "
+                            f"operations per factorisation (> max_work {max_work:.2g}); use autolip or seqlip")
+    return lmi
+
+
+def _dense(m: np.ndarray | float, rows: int, cols: int) -> np.ndarray:
+    """A block map as a matrix (a float stands for that multiple of the identity)."""
+    if isinstance(m, float):
+        if rows != cols:
+            raise NotApplicable(f"cannot read a block of size {cols} as {rows} values")
+        return m * np.eye(rows)
+    return m
+
+
+def _concat(node: Concat, parts: list[Blocks], shapes: list[tuple[int, ...]]) -> Blocks:
+    """Maps of a concatenation: stack the inputs' rows in the order of the flattened output."""
+    starts = np.cumsum([0] + [math.prod(s) for s in shapes])
+    idx = [torch.arange(int(starts[i]), int(starts[i + 1])).reshape(s) for i, s in enumerate(shapes)]
+    order = torch.cat(idx, dim=node.axis).reshape(-1).numpy()
+    acc: Blocks = {}
+    for i, p in enumerate(parts):
+        for k, m in p.items():
+            full = acc.setdefault(k, np.zeros((int(starts[-1]), m.shape[1])))
+            full[starts[i]:starts[i + 1]] += m
+    return {k: m[order] for k, m in acc.items()}
+

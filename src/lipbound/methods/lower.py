@@ -1,0 +1,335 @@
+"""Witnessed lower bound ``"lower"``: search the input for a large Jacobian norm (DESIGN §6).
+
+``L(f) = sup_x ||Df(x)||_2`` (Rademacher), so every input ``x`` and unit vector ``v`` give
+``||Df(x) v|| <= L(f)``: the result is a **witnessed lower bound**. Its witness (see
+:mod:`lipbound.witness`) is returned in ``Result.witness`` and re-checked by
+:func:`lipbound.witness_value`; the reported value *is* that float64 recomputation.
+
+The search, all batched over many starts (no Python loop per start):
+
+1. **Starts**: random points (mixtures of scales on ``R^n``, uniform in a box domain) and, when
+   ``data`` is given, the data points with the largest Jacobian norms.
+2. **Power iterations through autograd** at every start (``torch.func.jvp`` for ``J v``,
+   ``torch.func.vjp`` for ``J^T u``), warm-started from one step to the next.
+3. **Ascent that crosses region boundaries**: the Jacobian of a ReLU network is constant on each
+   linear region, so its norm has no useful gradient. The ascent therefore follows the gradient
+   of ``u^T J_tau(x) v`` (the top singular value, by the envelope theorem) for a *smoothed* copy
+   of the network (:func:`~lipbound.methods.piecewise.smoothed`: each ReLU/LeakyReLU replaced by a
+   softplus of width ``tau`` relative to its pre-activations' scale). That gradient pushes each
+   pre-activation towards the side where its neuron raises the norm (``d sigma / d D_kk = g_k h_k``
+   for the back- and forward-propagated singular vectors), weighted by how close the neuron is to
+   its boundary. ``tau`` shrinks from coarse to sharp; the true network's norm is measured at
+   every iterate and the best point of each start is kept. Smooth activations are left as they
+   are (their Jacobian norm has a gradient already).
+4. **Region walk** (:mod:`~lipbound.methods.region_walk`) from the best points of piecewise-linear
+   networks: hill climbing over adjacent linear regions, each move crossing the boundary of the
+   neuron whose flip raises ``u^T J v`` the most.
+5. **Pair search**: gradient ascent on ``||f(x) - f(y)|| / ||x - y||`` from the best points and
+   their top singular directions; valid even where ``f`` is not differentiable.
+6. **Refinement** of the best candidates in float64 (power method to convergence), then the
+   value is recomputed from the witness.
+
+On a box domain every iterate is projected back into the box, so the bound is for ``f``
+restricted to the box.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import InvalidInput
+from ..graph.ir import Activation, Graph
+from ..report import Result
+from ..witness import Box, as_box, jacobian_values, pair_values
+from ..jacobian import Linearization, power, recording, unit
+from .piecewise import smoothed, two_slope
+from .region_walk import walk
+
+__all__ = ["lower"]
+
+_TAU = (0.3, 0.003)  # smoothing width relative to the pre-activation scale: first and last step
+_STEP = (0.05, 0.0005)  # ascent step relative to the start's radius: first and last step
+_WALKERS = 64  # best ascent points that go on to the region walk
+_REFINED = 8  # best points refined in float64 and used for the pair search
+
+
+def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = None,
+          data: torch.Tensor | Iterable | None = None, starts: int = 64, steps: int = 200,
+          power_steps: int = 3, pairs: bool = True, time_budget: float = 10.0,
+          max_data: int = 4096, walk_rounds: int = 20, rounds: int = 1) -> Result:
+    """Witnessed lower bound of the Lipschitz constant (L2 -> L2) by Jacobian search (module doc).
+
+    Args:
+        graph: the network.
+        seed: seed of the random starts (same seed, same result).
+        progress: progress bar on stderr.
+        domain: None (all of ``R^n``) or ``(low, high)``, numbers or tensors of the input shape.
+        data: inputs ``(N, *input_shape)``, or an iterable of such batches (a DataLoader; in
+            ``(x, y)`` batches the first element is used): the ``max_data`` first are scored
+            and the best half of ``starts`` begin there.
+        starts: number of starts searched in parallel.
+        steps: ascent steps per start.
+        power_steps: power iterations per ascent step (warm-started).
+        pairs: also run the pair search (``steps // 4`` Adam steps).
+        time_budget: seconds; the search stops early when it is spent (the result stays valid):
+            at most half for the ascent, then the region walk (to 90%), then the pairs.
+        rounds: ascents from fresh random starts, one after the other while the ascent's share
+            of ``time_budget`` lasts (a large number: use the whole budget).
+        walk_rounds: most rounds of the region walk (it stops earlier when no move helps; 0 skips it).
+        max_data: most data points scored.
+
+    Returns:
+        A ``Result`` of kind ``witnessed_lower`` whose ``witness`` is a dict (``form`` "jacobian"
+        with ``x, v`` or "pair" with ``x, y``), ``details`` the search's statistics.
+    """
+    _check(starts=starts, steps=steps, power_steps=power_steps, time_budget=time_budget, rounds=rounds)
+    t0 = time.perf_counter()
+    deadline = t0 + time_budget
+    g = graph.fused()
+    box = as_box(domain, g.input_shape)
+    gen = torch.Generator().manual_seed(seed)
+    search = _Search(g, box, power_steps, gen)
+    found, n_data, done = [], 0, 0
+    while done < rounds and (done == 0 or time.perf_counter() < t0 + 0.5 * time_budget):
+        x0, n = _starts(g, box, data if done == 0 else None, starts, max_data, gen)
+        n_data = n_data or n
+        found.append(search.ascend(x0, steps, t0 + 0.5 * time_budget, progress))
+        done += 1
+    best_x, best_v, best_sigma = (torch.cat(parts) for parts in zip(*found))
+    t_ascent = time.perf_counter() - t0
+
+    g64 = g.to(dtype=torch.float64)
+    order = torch.argsort(best_sigma, descending=True)[:_WALKERS]
+    cand, v = best_x[order].to(torch.float64), best_v[order].to(torch.float64)
+    walked = bool(search.slopes) and walk_rounds > 0
+    if walked:
+        cand, v, _ = walk(g64, search.slopes, cand, v, box, rounds=walk_rounds, deadline=t0 + 0.9 * time_budget)
+    with torch.no_grad():
+        top = torch.argsort(jacobian_values(g64.forward, cand, v), descending=True)[:_REFINED]
+    cand, v = cand[top], v[top]
+    v = _power64(g64, cand, v, deadline + 0.1 * time_budget)
+    with torch.no_grad():
+        values = jacobian_values(g64.forward, cand, v)
+    i = int(torch.argmax(values))
+    witness: dict[str, Any] = {"form": "jacobian", "x": cand[i].cpu(), "v": v[i].cpu()}
+    value = float(values[i])
+    jac_value = value
+
+    pair_value = None
+    if pairs and time.perf_counter() < deadline:
+        px, py = search.pairs(cand, v, steps, deadline)
+        with torch.no_grad():
+            pv = pair_values(g64.forward, px.to(torch.float64), py.to(torch.float64))
+        j = int(torch.argmax(torch.nan_to_num(pv, nan=-1.0)))
+        pair_value = float(pv[j])
+        if pair_value > value:
+            value = pair_value
+            witness = {"form": "pair", "x": px[j].to(torch.float64).cpu(), "y": py[j].to(torch.float64).cpu()}
+
+    details = {"form": witness["form"], "jacobian_value": jac_value, "pair_value": pair_value,
+               "domain": "R^n" if box is None else box.describe(), "starts": starts, "data_starts": n_data,
+               "rounds": done,
+               "steps_done": search.steps_done, "steps": steps, "seconds_ascent": t_ascent,
+               "time_budget": time_budget, "stopped_by_time": time.perf_counter() >= deadline,
+               "smoothed_activations": len(search.tau), "region_walk": walked}
+    return Result("lower", value, "witnessed_lower", time.perf_counter() - t0, witness=witness, details=details)
+
+
+def _check(**kw: float) -> None:
+    for name, val in kw.items():
+        if not (isinstance(val, (int, float)) and val > 0 and math.isfinite(val)):
+            raise InvalidInput(f"lower: {name} must be a positive number, got {val!r}")
+        if name != "time_budget" and int(val) != val:
+            raise InvalidInput(f"lower: {name} must be an integer, got {val!r}")
+
+
+def _power64(g64: Graph, x: torch.Tensor, v: torch.Tensor, deadline: float, max_iter: int = 500,
+             tol: float = 1e-13) -> torch.Tensor:
+    """Top right singular vectors of the Jacobians at ``x`` (float64), to convergence or until
+    ``deadline`` (any unit vector gives a valid bound; this one only makes it larger), from ``v``."""
+    prev = None
+    for _ in range(max_iter // 10):
+        if time.perf_counter() > deadline and prev is not None:
+            break
+        s, v = power(g64.forward, x, v, 10)
+        if prev is not None and bool(((s - prev).abs() <= tol * s.clamp_min(1e-300)).all()):
+            break
+        prev = s
+    return v
+
+
+def _data_points(data, shape: tuple[int, ...], max_n: int) -> torch.Tensor:
+    batches = [data] if isinstance(data, torch.Tensor) else data
+    out, n = [], 0
+    try:
+        for b in batches:
+            if isinstance(b, (list, tuple)):
+                b = b[0]
+            b = torch.as_tensor(b)
+            if b.dim() >= 2 and math.prod(b.shape[1:]) == math.prod(shape):
+                b = b.reshape(len(b), *shape)  # e.g. flattened images
+            out.append(b)
+            n += out[-1].shape[0]
+            if n >= max_n:
+                break
+    except TypeError:
+        raise InvalidInput(f"data must be a tensor (N, {', '.join(map(str, shape))}) or an iterable of batches, "
+                           f"got {type(data).__name__}") from None
+    if not out:
+        raise InvalidInput("data is empty")
+    x = torch.cat(out)[:max_n]
+    if tuple(x.shape[1:]) != shape:
+        raise InvalidInput(f"data points must have the input shape {shape}, got {tuple(x.shape[1:])}")
+    if not torch.isfinite(x).all():
+        raise InvalidInput("data contains NaN or infinite values")
+    return x
+
+
+def _random_points(n: int, shape: tuple[int, ...], box: Box | None, gen: torch.Generator) -> torch.Tensor:
+    """In a box, a mixture: uniform, random vertices (each coordinate at ``low`` or ``high`` with
+    probability 1/2, or at ``high`` with probability 0.2: sparse images), uniform in the middle
+    tenth. On ``R^n`` a mixture: N(0, 1), U[0, 1] (image-like inputs), N(0, 0.1^2), N(0, 10^2)."""
+    kind = torch.arange(n) % 4
+    if box is not None:
+        u = torch.rand((n, *shape), generator=gen, dtype=torch.float64)
+        u[kind == 1] = (u[kind == 1] < 0.5).to(u.dtype)
+        u[kind == 2] = (u[kind == 2] < 0.2).to(u.dtype)
+        u[kind == 3] = 0.45 + 0.1 * u[kind == 3]
+        return box.low + u * (box.high - box.low)
+    x = torch.randn((n, *shape), generator=gen, dtype=torch.float64)
+    x[kind == 1] = torch.rand(((kind == 1).sum(), *shape), generator=gen, dtype=torch.float64)
+    x[kind == 2] *= 0.1
+    x[kind == 3] *= 10.0
+    return x
+
+
+def _starts(g: Graph, box: Box | None, data, starts: int, max_data: int,
+            gen: torch.Generator) -> tuple[torch.Tensor, int]:
+    shape = g.input_shape
+    n_data = 0
+    parts = []
+    if data is not None:
+        pts = _data_points(data, shape, max_data).to(device=g.device, dtype=g.dtype)
+        if box is not None:
+            pts = box.project(pts)
+        sig = torch.cat([power(g.forward, c, unit(torch.randn(c.shape, generator=gen, dtype=torch.float64)
+                                                     .to(c)), 8)[0] for c in pts.split(256)])
+        n_data = min(len(pts), max(1, starts // 2))
+        parts.append(pts[torch.argsort(sig, descending=True)[:n_data]])
+    parts.append(_random_points(starts - n_data, shape, box, gen).to(device=g.device, dtype=g.dtype))
+    return torch.cat(parts), n_data
+
+
+class _Search:
+    """The batched ascent (module doc, steps 2-4) on one graph."""
+
+    def __init__(self, g: Graph, box: Box | None, power_steps: int, gen: torch.Generator) -> None:
+        self.g, self.box, self.power_steps, self.gen = g, box, power_steps, gen
+        slopes = {n.name: two_slope(n) for n in g if isinstance(n, Activation)}
+        self.slopes = {k: ab for k, ab in slopes.items() if ab is not None}
+        self.pwl = list(self.slopes)
+        self.tau: dict[str, float] = {}
+        self.steps_done = 0
+
+    def _preactivation_scales(self, x: torch.Tensor) -> dict[str, float]:
+        store: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        with torch.no_grad():
+            recording(self.g, self.pwl, store).forward(x)
+        return {k: float(store[k][0].pow(2).mean().sqrt().clamp_min(1e-12)) for k in self.pwl}
+
+    def _radius(self, x: torch.Tensor) -> torch.Tensor:
+        if self.box is not None:
+            r = (self.box.high - self.box.low).norm().item()
+            return torch.full((x.shape[0],), r, dtype=x.dtype, device=x.device)
+        return x.flatten(1).norm(dim=1).clamp_min(1e-3 * math.sqrt(x[0].numel()))
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.box is None else self.box.project(x)
+
+    def ascend(self, x: torch.Tensor, steps: int, deadline: float,
+               progress: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Best point, its right singular vector and (power-method) norm, for each start."""
+        scale = self._preactivation_scales(x)
+        radius = self._radius(x).reshape(-1, *([1] * (x.dim() - 1)))
+        v = unit(torch.randn(x.shape, generator=self.gen, dtype=torch.float64).to(x))
+        v_s = v.clone()
+        sigma, v = power(self.g.forward, x, v, 2 * self.power_steps)
+        best_x, best_v, best_sigma = x.clone(), v.clone(), sigma.clone()
+        bar = tqdm(range(steps), desc="lower bound", unit="step", disable=not progress, leave=False)
+        for k in bar:
+            if time.perf_counter() >= deadline:
+                break
+            frac = k / max(1, steps - 1)
+            if self.pwl:
+                rel = _TAU[0] * (_TAU[1] / _TAU[0]) ** frac
+                self.tau = {n: rel * s for n, s in scale.items()}
+                fs = smoothed(self.g, self.tau, self.slopes).forward
+            else:
+                fs = self.g.forward
+            _, v_s = power(fs, x, v_s, self.power_steps)
+            grad = self._gradient(fs, x, v_s)
+            step = _STEP[0] * (_STEP[1] / _STEP[0]) ** frac
+            x = self._project(x + step * radius * unit(grad))
+            sigma, v = power(self.g.forward, x, v, self.power_steps)
+            better = sigma > best_sigma
+            best_x[better], best_v[better], best_sigma[better] = x[better], v[better], sigma[better]
+            self.steps_done += 1
+            if progress:
+                bar.set_postfix_str(f"best {best_sigma.max().item():.6g}")
+        return best_x, best_v, best_sigma
+
+    @staticmethod
+    def _gradient(fs, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Gradient in ``x`` of ``u^T J(x) v`` (``u = J v / ||J v||``), per batch element:
+        the derivative of the top singular value when ``v`` is the top right singular vector."""
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            y = fs(xg)
+            u = unit(Linearization(fs, x).jvp(v).detach())
+            (jtu,) = torch.autograd.grad(y, xg, grad_outputs=u, create_graph=True)
+            if not jtu.requires_grad:  # the network is affine: the Jacobian does not depend on x
+                return torch.zeros_like(x)
+            (g,) = torch.autograd.grad((jtu * v).sum(), xg)
+        return g
+
+    def pairs(self, x: torch.Tensor, v: torch.Tensor, steps: int, deadline: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Best pair of each start after Adam ascent on ``log ||f(x)-f(y)|| - log ||x-y||``,
+        starting from ``y = x + delta v`` with several ``delta``."""
+        g = self.g
+        deltas = torch.tensor([1e-3, 1e-2, 1e-1, 0.3], dtype=g.dtype, device=g.device)
+        x = x.to(g.dtype)
+        v = v.to(g.dtype)
+        radius = self._radius(x).reshape(-1, *([1] * (x.dim() - 1)))
+        ones = [1] * (x.dim() - 1)
+        xs = x.repeat(len(deltas), *ones)
+        dv = deltas.repeat_interleave(len(x)).reshape(-1, *ones) * radius.repeat(len(deltas), *ones) * v.repeat(
+            len(deltas), *ones)
+        ys = self._project(xs + dv)
+        xs = self._project(xs - dv)
+        min_dist = 1e-6 * (1 + xs.flatten(1).norm(dim=1))
+        px, py = xs.clone().requires_grad_(True), ys.clone().requires_grad_(True)
+        lr = 1e-3 * float(radius.mean()) / math.sqrt(x[0].numel())
+        opt = torch.optim.Adam([px, py], lr=lr)
+        best = torch.full((len(xs),), -1.0, dtype=g.dtype, device=g.device)
+        best_x, best_y = xs.clone(), ys.clone()
+        for _ in range(max(1, steps // 4)):
+            if time.perf_counter() >= deadline:
+                break
+            with torch.enable_grad():
+                ratio = pair_values(g.forward, px, py)
+                opt.zero_grad()
+                (-torch.log(ratio.clamp_min(torch.finfo(ratio.dtype).tiny))).sum().backward()
+            with torch.no_grad():
+                ok = ((px - py).flatten(1).norm(dim=1) > min_dist) & torch.isfinite(ratio)
+                better = ok & (ratio > best)
+                best[better] = ratio[better]
+                best_x[better], best_y[better] = px[better].detach(), py[better].detach()
+                opt.step()
+                px.copy_(self._project(px))
+                py.copy_(self._project(py))
+        return best_x, best_y

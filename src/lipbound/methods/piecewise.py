@@ -1,0 +1,160 @@
+"""Facts about piecewise-linear activations shared by the ``lower`` and ``exact`` methods.
+
+An activation is **two-slope** when ``s(t) = b t`` for ``t >= 0`` and ``s(t) = a t`` for ``t < 0``
+with scalars ``a, b`` (ReLU: ``a = 0, b = 1``; LeakyReLU(alpha): ``a = alpha, b = 1``; a PReLU with
+one shared weight). Such a network is affine on each *linear region* (a set of inputs with a
+fixed sign pattern of the pre-activations), and its Jacobian there is
+``W_K D_{K-1} W_{K-1} ... D_1 W_1`` with ``D_i`` diagonal, entries in ``{a_i, b_i}``.
+
+* :func:`two_slope` recognises such a node by evaluating it (not by its name).
+* :func:`smoothed` gives a copy of a graph where every two-slope activation is replaced by
+  ``a t + (b - a) tau softplus(t / tau)``, a smooth function within ``(b - a) tau log 2`` of it:
+  its Jacobian norm has a non-zero gradient in the input, which a piecewise-constant Jacobian has
+  not. Used as a search surrogate only; nothing is ever reported from the smoothed network.
+* :func:`mlp_layers` extracts ``(W_i, b_i, a_i, b_i)`` of a chain *affine, two-slope, affine,
+  ..., affine* as dense float64 matrices (the input flattened).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UnsupportedOperation
+from ..graph.ir import Activation, Affine, Graph, Input
+
+__all__ = ["two_slope", "smoothed", "DenseLayer", "mlp_layers", "count_two_slope_neurons"]
+
+_PROBE = torch.tensor([-3.0, -1.0, -0.25, 0.0, 0.25, 1.0, 3.0], dtype=torch.float64)
+
+
+def two_slope(node: Activation) -> tuple[float, float] | None:
+    """``(a, b)`` when ``node`` computes ``t -> b t (t >= 0), a t (t < 0)`` element-wise with the
+    same scalars for every element, else None. Checked by evaluating the node on probe values."""
+    shape = node.shape
+    dtype = _fn_dtype(node)
+    x = (_PROBE.reshape(-1, *([1] * len(shape))) * torch.ones((1, *shape), dtype=torch.float64)).to(dtype)
+    with torch.no_grad():
+        try:
+            y = node.evaluate(x).to(torch.float64)
+        except Exception:  # an activation that cannot run on probes is not two-slope
+            return None
+    xd = x.to(torch.float64)
+    b = float(y[_PROBE.tolist().index(1.0)].flatten()[0])
+    a = -float(y[_PROBE.tolist().index(-1.0)].flatten()[0])
+    expected = torch.where(xd >= 0, b * xd, a * xd)
+    tol = 1e-6 if dtype != torch.float64 else 1e-12
+    if y.shape != expected.shape or not torch.allclose(y, expected, rtol=tol, atol=tol):
+        return None
+    return a, b
+
+
+def _fn_dtype(node: Activation) -> torch.dtype:
+    fn = node.fn
+    if isinstance(fn, torch.nn.Module):
+        for p in fn.parameters():
+            return p.dtype
+    return torch.float64
+
+
+def smoothed(graph: Graph, tau: dict[str, float], slopes: dict[str, tuple[float, float]] | None = None) -> Graph:
+    """A copy of ``graph`` where each two-slope activation named in ``tau`` becomes
+    ``a t + (b - a) tau softplus(t / tau)`` (``tau > 0``, in the units of its input).
+    ``slopes`` may give the nodes' ``(a, b)`` when known (else :func:`two_slope` finds them)."""
+    nodes = {}
+    for name, node in graph.nodes.items():
+        if isinstance(node, Activation) and name in tau:
+            a, b = slopes[name] if slopes is not None else two_slope(node)
+            t = tau[name]
+            fn = (lambda z, a=a, b=b, t=t: a * z + (b - a) * t * F.softplus(z / t))
+            node = dataclasses.replace(node, fn=fn, label=f"smoothed {node.label}")
+        nodes[name] = node
+    return Graph(nodes, graph.input, graph.output, graph.name, list(graph.notes))
+
+
+@dataclass
+class DenseLayer:
+    """One affine layer ``z = W h + c`` of an MLP (float64, input flattened), followed (except for
+    the last layer) by a two-slope activation with slopes ``(neg, pos)``."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    slopes: tuple[float, float] | None
+    origin: str
+
+
+def count_two_slope_neurons(graph: Graph) -> int | None:
+    """Number of two-slope activation units of an MLP-like graph (see :func:`mlp_layers`), or None
+    when the graph is not of that form. Cheap: nothing is materialised."""
+    try:
+        chain = _chain(graph.fused())
+    except UnsupportedOperation:
+        return None
+    return sum(_numel(n.shape) for n in chain if isinstance(n, Activation))
+
+
+def mlp_layers(graph: Graph, *, method: str = "exact") -> list[DenseLayer]:
+    """The layers of ``graph`` as dense float64 matrices, when it is a chain
+    ``Input -> Affine -> two-slope -> Affine -> ... -> Affine`` (after fusing affine chains; the
+    first and last node may be an activation too: the missing affine map is the identity).
+
+    Raises:
+        UnsupportedOperation: for any other structure or activation, naming the node.
+    """
+    chain = _chain(graph.fused(), method)
+    layers: list[DenseLayer] = []
+    n_in = _numel(graph.input_shape)
+    pending: Affine | None = None
+    for node in chain:
+        if isinstance(node, Affine):
+            pending = node
+            continue
+        layers.append(_dense(pending, n_in, two_slope(node), node.origin))
+        n_in = _numel(node.shape)
+        pending = None
+    layers.append(_dense(pending, n_in, None, pending.origin if pending is not None else "output"))
+    return layers
+
+
+def _chain(g: Graph, method: str = "exact") -> list:
+    """The nodes after the input, checked to form a chain of affine and two-slope nodes."""
+    chain = []
+    prev = g.input
+    for node in g:
+        if isinstance(node, Input):
+            continue
+        if node.inputs != [prev]:
+            raise UnsupportedOperation(type(node).__name__, f"node '{node.origin}'",
+                                       f"{method} handles chains of affine layers and ReLU/LeakyReLU only "
+                                       "(no branches, sums or concatenations)")
+        if isinstance(node, Activation):
+            if two_slope(node) is None:
+                raise UnsupportedOperation(node.label or "activation", f"node '{node.origin}'",
+                                           f"{method} handles piecewise-linear ReLU/LeakyReLU activations only")
+        elif not isinstance(node, Affine):
+            raise UnsupportedOperation(type(node).__name__, f"node '{node.origin}'",
+                                       f"{method} handles chains of affine layers and ReLU/LeakyReLU only")
+        chain.append(node)
+        prev = node.name
+    if prev != g.output:
+        raise UnsupportedOperation("graph", f"output '{g.output}'", "the output is not the end of the chain")
+    return chain
+
+
+def _dense(node: Affine | None, n_in: int, slopes, origin: str) -> DenseLayer:
+    if node is None:  # identity between activations, or before the first one
+        return DenseLayer(torch.eye(n_in, dtype=torch.float64), torch.zeros(n_in, dtype=torch.float64), slopes, origin)
+    w = node.op.to(dtype=torch.float64).to_dense().to(torch.float64).reshape(_numel(node.shape), n_in)
+    c = (node.bias.to(torch.float64).reshape(-1) if node.bias is not None
+         else torch.zeros(w.shape[0], dtype=torch.float64))
+    return DenseLayer(w.cpu(), c.cpu(), slopes, origin)
+
+
+def _numel(shape) -> int:
+    out = 1
+    for s in shape:
+        out *= int(s)
+    return out

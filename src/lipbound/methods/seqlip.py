@@ -1,0 +1,356 @@
+"""SeqLip (paper, section on sequential networks; DESIGN §5): a tighter bound for the sequential
+chains of a network, composed with AutoLip over the rest of the graph.
+
+**Chains.** In the fused graph (:meth:`~lipbound.graph.ir.Graph.fused`) a *chain* is a maximal
+sequence ``M_1, s_1, M_2, ..., s_{K-1}, M_K`` of affine nodes ``M_i`` separated by element-wise
+activations ``s_i`` whose derivatives (and difference quotients) lie in ``[a_i, b_i]``, each node
+but the last read only by the next one. Max pooling, additions, concatenations, an activation
+followed by anything but an affine node, and a node read twice end a chain. The chain maps the
+value ``x`` of the node ``M_1`` reads to the value of ``M_K``, and for any two inputs
+``f(x) - f(y) = M_K D_{K-1} ... D_1 M_1 (x - y)`` with ``D_i`` diagonal, entries in
+``[a_i, b_i]`` (the difference quotients of each activation), so its Lipschitz constant is at
+most ``max_D ||M_K D_{K-1} ... D_1 M_1||_2``.
+
+**SeqLip.** With SVDs ``M_i = U_i S_i V_i^T`` and ``T_1 = S_1``, ``T_K = S_K``,
+``T_i = S_i^{1/2}`` otherwise (the middle ``S_i`` split in two halves), sub-multiplicativity
+gives::
+
+    max_D ||M_K D_{K-1} ... D_1 M_1|| <= prod_{i=1}^{K-1} max_{D_i} ||T_{i+1} V_{i+1}^T D_i U_i T_i||
+
+(``U_K`` and ``V_1^T`` are isometries and drop out; note ``V^T``, not ``V`` as in the 2018 code).
+A chain of one affine node is just its norm. Each factor is a *pair* problem solved by
+:mod:`~lipbound.methods.seqlip_solvers`; the chain's constant replaces the product of its AutoLip
+factors in AutoLip's propagation (:func:`~lipbound.methods.autolip.propagate`), so every model
+AutoLip supports gets a SeqLip number, never above AutoLip's.
+
+**Three solvers** (each a registered method):
+
+* ``"seqlip"`` — **certified upper bound**. Dense float64 SVDs of the chain's layers (materialised
+  when ``in * out <= svd_limit``); each pair's maximum over activation patterns solved exactly
+  (enumeration up to ``enumerate_max`` neurons, branch and bound with a convex relaxation beyond)
+  or bounded from above when ``time_budget`` runs out. A pair that cannot do better (layer too
+  large for an SVD, or a bound no better) keeps its **AutoLip factor**
+  ``||T_{i+1}|| max(|a_i|, |b_i|) ||T_i||`` with certified layer norms: the product of those
+  factors over a chain is exactly AutoLip's. ``details`` says which pairs were ``exact``,
+  ``bounded`` or ``fallback``. A rounding margin (``CERTIFIED_RTOL`` per pair, plus ``1e-12`` of
+  the chain's AutoLip product) covers float64 arithmetic.
+* ``"seqlip-greedy"`` — **estimate**: the paper's greedy SeqLip on the dense SVDs (each pair's
+  value is the norm at a vertex, never above the exact pair maximum, so the result never exceeds
+  the certified SeqLip), implemented with rank-one updates and warm-started power iterations.
+* ``"seqlip-topk"`` — **estimate**: the paper's heuristic for layers too large for an SVD: the
+  top ``topk`` singular triplets of each layer of a chain from the block power method
+  (:func:`~lipbound.linalg.spectral.power_method`) on the operator at its true input size, then
+  the greedy. Dropping the tail of the spectra can only lower each pair's value.
+
+For both estimates a pair whose layers cannot be used falls back to its certified AutoLip factor,
+as in ``"seqlip"``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import weakref
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..graph.ir import Activation, Affine, Graph
+from ..linalg.operators import LinearOperator
+from ..linalg.spectral import CERTIFIED_RTOL, power_method
+from ..report import Result
+from . import seqlip_solvers as solvers
+from .autolip import layer_norms, propagate
+
+__all__ = ["seqlip", "sequential_chains", "Chain", "SOLVERS"]
+
+SOLVERS = ("certified", "greedy", "topk")
+SVD_LIMIT = 1 << 25  # materialise a layer (float64) for an exact SVD when in * out <= this
+SVD_FLOPS = 3e10  # ... and in * out * min(in, out) <= this (seconds on a laptop core, not minutes)
+
+# spectral factors per operator, shared by the methods run on one graph (an operator moved to
+# another device or dtype is a new object, with no entry here)
+_SVD_CACHE: "weakref.WeakKeyDictionary[LinearOperator, dict]" = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class Chain:
+    """A maximal sequential chain of the fused graph: ``affines[0]``, ``activations[0]``, ...,
+    ``affines[-1]``; ``start`` is the node the first affine node reads."""
+
+    affines: list[str]
+    activations: list[str]
+    start: str
+
+    @property
+    def end(self) -> str:
+        return self.affines[-1]
+
+    @property
+    def interior(self) -> list[str]:
+        """Every node of the chain but the last (each read only by the next)."""
+        return self.affines[:-1] + self.activations
+
+
+def sequential_chains(graph: Graph) -> list[Chain]:
+    """The maximal chains of affine nodes separated by activations, in the fused graph, in
+    topological order (chains of one affine node included)."""
+    g = graph.fused()
+    users = g.users()
+
+    def single_user(name: str) -> str | None:
+        us = users[name]
+        return us[0] if len(us) == 1 and name != g.output else None
+
+    chains: list[Chain] = []
+    seen: set[str] = set()
+    for node in g:
+        if not isinstance(node, Affine) or node.name in seen:
+            continue
+        chain = Chain([node.name], [], node.inputs[0])
+        seen.add(node.name)
+        cur = node.name
+        while True:
+            act = single_user(cur)
+            if act is None or not isinstance(g.nodes[act], Activation):
+                break
+            nxt = single_user(act)
+            if nxt is None or not isinstance(g.nodes[nxt], Affine):
+                break
+            chain.activations.append(act)
+            chain.affines.append(nxt)
+            seen.add(nxt)
+            cur = nxt
+        chains.append(chain)
+    return chains
+
+
+# ---- spectral factors of one layer ---------------------------------------------------------
+
+@dataclass
+class _Factors:
+    """``M ~= U diag(s) V^T`` (``U``: ``(out, r)``, ``V``: ``(in, r)``), float64: the full thin
+    SVD (``full=True``) or the top-``r`` triplets of a power method."""
+
+    U: torch.Tensor
+    s: torch.Tensor
+    V: torch.Tensor
+    full: bool
+    how: str
+
+
+def _dense_svd(op: LinearOperator, svd_limit: int) -> _Factors | None:
+    """Thin SVD of the materialised matrix (cached on the operator); None when too large."""
+    cache = _SVD_CACHE.setdefault(op, {})
+    if "dense" in cache:
+        return cache["dense"]
+    if op.in_numel * op.out_numel > svd_limit or op.in_numel * op.out_numel * min(op.in_numel, op.out_numel) > SVD_FLOPS:
+        return None
+    m = op.to(dtype=torch.float64).to_dense().reshape(op.out_numel, op.in_numel)
+    U, s, Vh = torch.linalg.svd(m, full_matrices=False)
+    f = _Factors(U, s, Vh.T, True, "SVD of the materialised matrix (float64)")
+    cache["dense"] = f
+    return f
+
+
+def _topk_svd(op: LinearOperator, k: int, generator: torch.Generator, max_iter: int, tol: float,
+              oversample: int, dtype: torch.dtype) -> _Factors:
+    """Top-``k`` singular triplets by block power iteration on the operator (cached).
+
+    ``V <- orth(A^T A V)`` on ``k + oversample`` vectors, one forward and one backward pass of
+    the operator per step (:meth:`~lipbound.linalg.operators.LinearOperator.gram`); every 5 steps
+    the Ritz values (square roots of the eigenvalues of ``(A V)(A V)^T``) are compared and the
+    iteration stops when the top ``k`` change by less than ``tol`` (relative). The final
+    Rayleigh-Ritz step is :func:`~lipbound.linalg.spectral.power_method` warm-started from ``V``.
+    """
+    cache = _SVD_CACHE.setdefault(op, {})
+    key = ("topk", k, max_iter, tol, oversample, dtype)
+    if key in cache:
+        return cache[key]
+    o = op.to(dtype=dtype)
+    n = o.in_numel
+    block = min(k + oversample, n)
+    V = torch.randn((block, n), generator=generator, dtype=torch.float64).to(dtype=dtype, device=o.device)
+    V = torch.linalg.qr(V.T)[0].T
+    prev, it, converged = None, 0, False
+    for it in range(1, max_iter + 1):
+        y, z = o.gram(V.reshape(block, *o.in_shape))
+        if it % 5 == 0:
+            y = y.reshape(block, -1)
+            ritz = torch.linalg.eigvalsh(y @ y.T).flip(0)[:k].clamp_min(0).sqrt()
+            if prev is not None and ((ritz - prev).abs() / ritz.clamp_min(1e-300)).max().item() <= tol:
+                converged = True
+                break
+            prev = ritz
+        V = torch.linalg.qr(z.reshape(block, -1).T)[0].T
+    pm = power_method(o, k=block, max_iter=1, v0=V, generator=generator)  # Rayleigh-Ritz
+    r = min(k, pm.sigmas.numel())
+    U = pm.u[:r].reshape(r, -1).T.to(torch.float64)
+    Vk = pm.v[:r].reshape(r, -1).T.to(torch.float64)
+    f = _Factors(U, pm.sigmas[:r].to(torch.float64), Vk, False,
+                 f"top {r} triplets, block power method ({it} iterations, "
+                 f"{'converged' if converged else 'not converged'} to {tol:g})")
+    cache[key] = f
+    return f
+
+
+# ---- the method ------------------------------------------------------------------------------
+
+def seqlip(graph: Graph, *, solver: str = "certified", seed: int = 0, progress: bool = False,
+           time_budget: float = 2.0, total_budget: float = 60.0, enumerate_max: int = 20,
+           svd_limit: int = SVD_LIMIT,
+           topk: int = 200, topk_iter: int = 100, topk_tol: float = 1e-4, topk_oversample: int = 8,
+           topk_dtype: torch.dtype = torch.float64, greedy: str = "auto", **power_options: Any) -> Result:
+    """SeqLip on ``graph`` (module docstring): the sequential chains get SeqLip, the rest AutoLip.
+
+    Args:
+        graph: the model's graph (:func:`lipbound.as_graph`).
+        solver: ``"certified"`` (method ``"seqlip"``, a certified upper bound), ``"greedy"``
+            (``"seqlip-greedy"``, an estimate) or ``"topk"`` (``"seqlip-topk"``, an estimate).
+        seed: seeds the start vectors of the power methods and greedy subspaces.
+        progress: a progress bar over the pairs on stderr.
+        time_budget: seconds per pair for the certified solver's greedy start and branch and
+            bound (the enumeration of up to ``enumerate_max`` neurons is not limited).
+        total_budget: seconds for all the pairs of the certified solver; once spent, the
+            remaining pairs keep their AutoLip factors.
+        enumerate_max: widest pair solved by exhaustive enumeration (``2^n`` patterns).
+        svd_limit: largest ``in * out`` of a layer materialised for a dense SVD (and at most
+            ``SVD_FLOPS`` for ``in * out * min(in, out)``).
+        topk: singular triplets kept per layer by ``"topk"``; ``topk_iter``, ``topk_tol``,
+            ``topk_oversample`` (extra block vectors) and ``topk_dtype`` tune its power method.
+        greedy: ``"best"`` (the paper's best-improvement greedy), ``"sweep"`` (first-improvement
+            passes, the paper's top-k routine) or ``"auto"`` (best up to 16384 neurons).
+        **power_options: passed to the layer norms of the AutoLip part (``k``, ``max_iter``, ``tol``).
+
+    Returns:
+        A :class:`~lipbound.report.Result`; ``details["chains"]`` lists every chain with its
+        constant, its AutoLip product and each pair (status, value, AutoLip factor, neurons,
+        seconds, solver counters); ``details["pairs"]`` counts the pairs by status.
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+    if time_budget < 0 or total_budget < 0 or enumerate_max < 0 or topk < 1:
+        raise ValueError("time_budget, total_budget and enumerate_max must be >= 0 and topk >= 1")
+    t0 = time.perf_counter()
+    deadline = t0 + total_budget if solver == "certified" else math.inf
+    g = graph.fused()
+    norms = layer_norms(graph, seed=seed, progress=progress, **power_options)
+    gen = torch.Generator().manual_seed(seed)
+    chains = [c for c in sequential_chains(g) if len(c.affines) > 1]
+    n_pairs = sum(len(c.activations) for c in chains)
+    bar = tqdm(total=n_pairs, desc=f"seqlip ({solver})", unit="pair", disable=not progress, leave=False)
+    chain_rows = []
+    constants: dict[str, tuple[str, float, list[str]]] = {}
+    counts = {"exact": 0, "bounded": 0, "fallback": 0, "greedy": 0}
+    for chain in chains:
+        row = _solve_chain(g, chain, norms, solver=solver, gen=gen, bar=bar, time_budget=time_budget, deadline=deadline,
+                           enumerate_max=enumerate_max, svd_limit=svd_limit, topk=topk, topk_iter=topk_iter,
+                           topk_tol=topk_tol, topk_oversample=topk_oversample, topk_dtype=topk_dtype,
+                           greedy=greedy)
+        for p in row["pairs"]:
+            counts[p["status"]] += 1
+        chain_rows.append(row)
+        constants[chain.end] = (chain.start, row["constant"], chain.interior)
+    bar.close()
+    value, rows = propagate(g, norms, certified=True, chains=constants)
+    autolip_value, _ = propagate(g, norms, certified=True)
+    value = min(value, autolip_value)  # equal when every pair falls back, up to the order of products
+    name = {"certified": "seqlip", "greedy": "seqlip-greedy", "topk": "seqlip-topk"}[solver]
+    kind = "certified_upper" if solver == "certified" else "estimate"
+    details = {"solver": solver, "pairs": counts, "chains": chain_rows, "nodes": rows,
+               "options": {"time_budget": time_budget, "total_budget": total_budget, "enumerate_max": enumerate_max,
+                           "svd_limit": svd_limit,
+                           **({"topk": topk, "topk_iter": topk_iter} if solver == "topk" else {}),
+                           **({"greedy": greedy} if solver != "certified" else {})}}
+    return Result(name, value, kind, time.perf_counter() - t0, details=details)
+
+
+def _solve_chain(g: Graph, chain: Chain, norms: dict, *, solver: str, gen: torch.Generator, bar,
+                 time_budget: float, deadline: float, enumerate_max: int, svd_limit: int, topk: int, topk_iter: int,
+                 topk_tol: float, topk_oversample: int, topk_dtype: torch.dtype, greedy: str) -> dict:
+    K = len(chain.affines)
+    nodes = [g.nodes[a] for a in chain.affines]
+    uppers = [norms[a].upper for a in chain.affines]
+
+    def t_scale(i: int) -> float:  # certified ||T_i||
+        return uppers[i] if i in (0, K - 1) else math.sqrt(uppers[i])
+
+    computed: dict[int, _Factors | None] = {}
+
+    def factors(i: int) -> _Factors | None:  # computed when first needed
+        if i not in computed:
+            op = nodes[i].op
+            computed[i] = (_topk_svd(op, topk, gen, topk_iter, topk_tol, topk_oversample, topk_dtype)
+                           if solver == "topk" else _dense_svd(op, svd_limit))
+        return computed[i]
+
+    pairs = []
+    for i, act_name in enumerate(chain.activations):
+        act = g.nodes[act_name]
+        a, b = (float(v) for v in act.slope)
+        fallback = t_scale(i) * act.lipschitz * t_scale(i + 1)
+        row = {"between": [chain.affines[i], chain.affines[i + 1]], "activation": act.label, "slope": [a, b],
+               "neurons": nodes[i].op.out_numel, "autolip_factor": fallback}
+        bar.set_postfix_str(f"{act_name} ({row['neurons']} neurons)")
+        t1 = time.perf_counter()
+        left = deadline - time.perf_counter()
+        if a == b == 0:  # a constant activation: the chain is constant after it
+            row.update(status="exact", value=0.0)
+        elif left <= 0:
+            row.update(status="fallback", value=fallback, reason="total_budget spent")
+        elif solver == "certified" and row["neurons"] > enumerate_max and solvers.relaxation_seconds(
+                min(nodes[i + 1].op.in_numel, nodes[i + 1].op.out_numel),
+                min(nodes[i].op.in_numel, nodes[i].op.out_numel), row["neurons"]) > min(time_budget, left):
+            row.update(status="fallback", value=fallback,
+                       reason="too wide for time_budget (one relaxation step would take longer)")
+        elif (fi := factors(i)) is None or (fj := factors(i + 1)) is None:
+            too_big = [chain.affines[k] for k in (i, i + 1) if factors(k) is None]
+            row.update(status="fallback", value=fallback,
+                       reason=f"no dense SVD of {', '.join(too_big)} (too large: svd_limit {svd_limit} "
+                              f"entries, {SVD_FLOPS:.0e} flops){'; try seqlip-topk' if solver == 'greedy' else ''}")
+        else:
+            A, B = _pair_matrices(fi, fj, i, K)
+            lo = torch.full((A.shape[1],), a, dtype=torch.float64, device=A.device)
+            hi = torch.full((A.shape[1],), b, dtype=torch.float64, device=A.device)
+            if solver == "certified":
+                sol = solvers.certified_pair(A, B, lo, hi, enumerate_max=enumerate_max,
+                                             time_budget=min(time_budget, left), generator=gen)
+                cert = sol.upper * (1 + CERTIFIED_RTOL)
+                row.update(pattern_value=sol.lower, solver=sol.info.pop("solver", None), info=sol.info)
+                if cert < fallback:
+                    row.update(status=sol.status, value=cert)
+                else:
+                    row.update(status="fallback", value=fallback,
+                               reason=sol.info.pop("reason", "the certified bound is not below it"))
+            else:
+                sol = solvers.greedy_pair(A, B, lo, hi, strategy=greedy, generator=gen)
+                row.update(status="greedy", value=min(sol.upper, fallback), info=sol.info)
+            if sol.pattern is not None and sol.pattern.numel() <= 64:
+                row["pattern"] = sol.pattern.int().tolist()
+            row["spectra"] = [fi.how, fj.how]
+        row["seconds"] = time.perf_counter() - t1
+        pairs.append(row)
+        bar.update(1)
+    autolip_product = math.prod(uppers) * math.prod(g.nodes[s].lipschitz for s in chain.activations)
+    constant = math.prod(p["value"] for p in pairs)
+    if solver == "certified":
+        # rounding of the SVDs: an absolute margin relative to the chain's AutoLip product
+        constant = min(constant + 1e-12 * autolip_product, autolip_product)
+    else:
+        constant = min(constant, autolip_product)
+    return {"affines": chain.affines, "activations": chain.activations, "start": chain.start,
+            "constant": constant, "autolip": autolip_product, "pairs": pairs}
+
+
+def _pair_matrices(fi: _Factors, fj: _Factors, i: int, K: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``A = T_{i+1} V_{i+1}^T`` (``r_{i+1} x n``) and ``B = U_i T_i`` (``n x r_i``) for the pair
+    between layers ``i`` and ``i + 1`` (0-based) of a chain of ``K`` layers."""
+    ti = fi.s if i == 0 else fi.s.clamp_min(0).sqrt()
+    tj = fj.s if i + 1 == K - 1 else fj.s.clamp_min(0).sqrt()
+    A = tj[:, None] * fj.V.T
+    B = fi.U * ti[None, :]
+    return A, B
+

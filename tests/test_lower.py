@@ -1,0 +1,118 @@
+"""The witnessed lower bound "lower": below the true constant, re-checkable, on R^n or a box."""
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+import lipbound
+from lipbound.errors import InvalidInput
+from lipbound.methods.lower import lower
+from lipbound.witness import witness_value
+
+from conftest import jacobian_norm
+
+
+def one_hidden(n_in: int, hidden: int, n_out: int, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, n_out)).double()
+
+
+def brute_force(net: nn.Module) -> float:
+    """max over all 0/1 diagonals of ||W2 D W1||: the constant when every pattern is realisable
+    (hidden width <= input dim, generic weights)."""
+    w1, w2 = net[0].weight.detach(), net[2].weight.detach()
+    h = w1.shape[0]
+    return max(torch.linalg.matrix_norm(w2 @ torch.diag(torch.tensor(d, dtype=w1.dtype)) @ w1, ord=2).item()
+               for d in itertools.product([0.0, 1.0], repeat=h))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lower_reaches_the_brute_force_constant_from_below(seed):
+    net = one_hidden(5, 4, 3, seed)
+    true = brute_force(net)
+    res = lipbound.lower_bound(net, (5,), time_budget=20, steps=150, starts=32)
+    assert res.kind == "witnessed_lower"
+    assert res.value <= true * (1 + 1e-9)
+    assert res.value >= 0.999 * true  # 16 regions in 5-D: the search finds the best one
+
+
+def test_witness_recomputation_reproduces_the_value():
+    net = nn.Sequential(nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 3))
+    res = lipbound.lower_bound(net, (6,), time_budget=20, steps=60, starts=16)
+    again = witness_value(net, res.witness)
+    assert again == pytest.approx(res.value, rel=1e-12)
+    if res.witness["form"] == "jacobian":  # ||J v|| <= ||J||, the dense Jacobian's norm
+        assert res.value <= jacobian_norm(net, res.witness["x"]) * (1 + 1e-9)
+    assert res.value <= lipbound.autolip(net, (6,)).value
+
+
+def test_pair_witness_is_the_difference_quotient():
+    net = one_hidden(3, 3, 2, 0)
+    x, y = torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    expected = ((net(x) - net(y)).norm() / (x - y).norm()).item()
+    assert witness_value(net, {"form": "pair", "x": x, "y": y}) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(InvalidInput):
+        witness_value(net, {"form": "nonsense", "x": x})
+
+
+def test_box_domain_is_respected_and_seeded():
+    net = one_hidden(4, 8, 2, 3)
+    g = lipbound.as_graph(net, (4,))
+    a = lower(g, domain=(0.0, 1.0), time_budget=20, steps=50, starts=16, seed=5)
+    b = lower(g, domain=(0.0, 1.0), time_budget=20, steps=50, starts=16, seed=5)
+    assert a.value == b.value
+    xs = [a.witness["x"]] + ([a.witness["y"]] if a.witness["form"] == "pair" else [])
+    for x in xs:
+        assert bool((x >= 0).all() and (x <= 1).all())
+    assert a.details["domain"].startswith("box")
+    with pytest.raises(InvalidInput):
+        lower(g, domain=(1.0, 0.0))
+
+
+def test_data_starts_tensor_and_loader():
+    net = one_hidden(4, 6, 2, 4)
+    g = lipbound.as_graph(net, (4,))
+    data = torch.randn(100, 4, dtype=torch.float64)
+    r1 = lower(g, data=data, time_budget=20, steps=20, starts=8)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data, torch.zeros(100)), batch_size=32)
+    r2 = lower(g, data=loader, time_budget=20, steps=20, starts=8)
+    assert r1.details["data_starts"] == r2.details["data_starts"] == 4
+    with pytest.raises(InvalidInput):
+        lower(g, data=torch.randn(10, 5))
+    with pytest.raises(InvalidInput):
+        lower(g, starts=0)
+
+
+def test_cnn_with_maxpool():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 3 * 3, 3))
+    res = lipbound.lower_bound(net, (1, 8, 8), time_budget=20, steps=30, starts=8)
+    assert 0 < res.value <= lipbound.autolip(net, (1, 8, 8)).value
+    assert witness_value(net, res.witness) == pytest.approx(res.value, rel=1e-12)
+
+
+def test_lipsdp_random_net_reaches_its_known_constant(realnets):
+    import scipy.io
+
+    weights = [torch.as_tensor(w, dtype=torch.float64) for w in
+               scipy.io.loadmat(str(realnets / "lipsdp_random_weights.mat"))["weights"].ravel()]
+    layers = []
+    for i, w in enumerate(weights):
+        lin = nn.Linear(w.shape[1], w.shape[0], bias=False, dtype=torch.float64)
+        lin.weight.data.copy_(w)
+        layers += [lin] if i == len(weights) - 1 else [lin, nn.ReLU()]
+    res = lipbound.lower_bound(nn.Sequential(*layers), (2,), time_budget=20, steps=30, starts=16)
+    assert res.value >= 36.48  # LipSDP-Neuron proves <= 36.482
+    assert res.value <= 36.4823
+
+
+def test_estimate_routes_options_to_the_methods_that_take_them():
+    net = one_hidden(3, 3, 2, 7)
+    rep = lipbound.estimate(net, (3,), methods=["autolip", "lower"], progress=False, tol=1e-9,
+                            domain=(0.0, 1.0), method_options={"lower": {"steps": 20, "starts": 8}})
+    low = rep.result("lower")
+    assert low.details["steps"] == 20 and low.details["domain"].startswith("box")
+    assert bool(((low.witness["x"] >= 0) & (low.witness["x"] <= 1)).all())
+    assert rep.lower <= rep.upper
