@@ -15,11 +15,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
+# one BLAS/OpenMP thread unless told otherwise: on a shared 2-core machine two spinning threads per
+# process made torch's linear algebra 10-30x slower (measured); neither target needs them
 demo: $(STAMP)
-	$(VENV)/bin/lipbound demo
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/lipbound demo
 
 test: $(STAMP)
-	$(PY) -m pytest
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

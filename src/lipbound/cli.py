@@ -24,7 +24,7 @@ from .methods import METHODS
 
 DEMO_SPEC = f"{Path(__file__).parent / 'examples' / 'demo_net.py'}:demo_cnn"
 DEMO_SHAPE = "1,28,28"
-DEMO_METHODS = ["autolip", "autolip-power", "lower"]
+DEMO_METHODS = ["autolip", "autolip-power", "seqlip", "lower"]
 DEMO_BUDGET = 5.0
 
 

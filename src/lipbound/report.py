@@ -40,6 +40,8 @@ class Result:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind != "estimate" and math.isnan(self.value):
+            raise ValueError(f"{self.method} returned NaN as a {self.kind}: a bound is never NaN")
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "value": _num(self.value), "kind": self.kind,

@@ -443,6 +443,10 @@ class Compose(LinearOperator):
         bounds = [o.structural_bound() for o in self.ops]
         if any(b is None for b in bounds):
             return None
+        others = [b for o, b in zip(self.ops, bounds) if not isinstance(o, (Reshape, Permute))]
+        if len(others) <= 1:  # reshapes and permutations are unitary: ||U A V|| = ||A||
+            only = others[0] if others else StructuralBound(1.0, True, "isometry")
+            return StructuralBound(only.value, only.exact, only.how)
         return StructuralBound(math.prod(b.value for b in bounds), False, "product of factors")
 
 

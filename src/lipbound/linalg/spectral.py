@@ -202,8 +202,6 @@ def spectral_norm(layer: nn.Module | LinearOperator | torch.Tensor, input_shape:
     matrices and operators: a convolution's norm depends on its input size.
     Returns a :class:`SpectralNorm` with ``lower`` (power method) and ``upper`` (certified).
     """
-    from ..graph.from_torch import operator_of_module
-
     if isinstance(layer, LinearOperator):
         op = layer
     elif isinstance(layer, torch.Tensor):
@@ -214,5 +212,22 @@ def spectral_norm(layer: nn.Module | LinearOperator | torch.Tensor, input_shape:
     else:
         if input_shape is None:
             raise ValueError("input_shape (without batch axis) is required for a module")
-        op = operator_of_module(layer, tuple(input_shape))
+        op = _linear_part(layer, tuple(input_shape))
     return operator_norms(op, **options)
+
+
+def _linear_part(module: nn.Module, input_shape: tuple[int, ...]) -> LinearOperator:
+    """The operator of one affine layer, or of a module whose whole graph is affine (e.g.
+    ``Sequential(Flatten(), Linear(...))``, a conv followed by its BatchNorm)."""
+    from ..errors import InvalidInput, UnsupportedOperation
+    from ..graph.from_torch import from_torch, operator_of_module
+
+    try:
+        return operator_of_module(module, input_shape)
+    except UnsupportedOperation:
+        graph = from_torch(module, input_shape).fused()
+        nodes = [n for n in graph if n.kind != "input"]
+        if len(nodes) != 1 or nodes[0].kind != "affine":
+            raise InvalidInput(f"spectral_norm needs an affine module; {type(module).__name__} has "
+                               f"{', '.join(n.kind for n in nodes)} nodes") from None
+        return nodes[0].op

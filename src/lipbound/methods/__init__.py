@@ -10,28 +10,22 @@ from functools import partial
 from typing import Callable
 
 from ..report import Result
-from .autolip import autolip
-from .best import best
-from .eclipse import eclipse_fast
-from .exact import exact
-from .lipsdp import lipsdp
-from .lower import lower
-from .seqlip import seqlip
+from . import autolip, best, eclipse, exact, lipsdp, lower, seqlip  # the modules keep their names
 
 Method = Callable[..., Result]
 
 METHODS: dict[str, Method] = {
-    "autolip": partial(autolip, certified=True),
-    "autolip-power": partial(autolip, certified=False),
-    "seqlip": partial(seqlip, solver="certified"),
-    "seqlip-greedy": partial(seqlip, solver="greedy"),
-    "seqlip-topk": partial(seqlip, solver="topk"),
-    "eclipse-fast": eclipse_fast,
-    "lipsdp": lipsdp,
-    "lipsdp-layer": partial(lipsdp, variant="layer"),
-    "best": best,
-    "lower": lower,
-    "exact": exact,
+    "autolip": partial(autolip.autolip, certified=True),
+    "autolip-power": partial(autolip.autolip, certified=False),
+    "seqlip": partial(seqlip.seqlip, solver="certified"),
+    "seqlip-greedy": partial(seqlip.seqlip, solver="greedy"),
+    "seqlip-topk": partial(seqlip.seqlip, solver="topk"),
+    "eclipse-fast": eclipse.eclipse_fast,
+    "lipsdp": lipsdp.lipsdp,
+    "lipsdp-layer": partial(lipsdp.lipsdp, variant="layer"),
+    "best": best.best,
+    "lower": lower.lower,
+    "exact": exact.exact,
 }
 
 

@@ -42,7 +42,7 @@ from typing import Any, Iterable
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, LipboundError
 from ..graph.ir import Activation, Graph
 from ..report import Result
 from ..witness import Box, as_box, jacobian_values, pair_values
@@ -109,15 +109,18 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
     walked = bool(search.slopes) and walk_rounds > 0
     if walked:
         cand, v, _ = walk(g64, search.slopes, cand, v, box, rounds=walk_rounds, deadline=t0 + 0.9 * time_budget)
-    with torch.no_grad():
-        top = torch.argsort(jacobian_values(g64.forward, cand, v), descending=True)[:_REFINED]
+    with torch.no_grad():  # a NaN (a start that diverged) must never be picked
+        top = torch.argsort(torch.nan_to_num(jacobian_values(g64.forward, cand, v), nan=-1.0),
+                            descending=True)[:_REFINED]
     cand, v = cand[top], v[top]
     v = _power64(g64, cand, v, deadline + 0.1 * time_budget)
     with torch.no_grad():
-        values = jacobian_values(g64.forward, cand, v)
+        values = torch.nan_to_num(jacobian_values(g64.forward, cand, v), nan=-1.0)
     i = int(torch.argmax(values))
     witness: dict[str, Any] = {"form": "jacobian", "x": cand[i].cpu(), "v": v[i].cpu()}
     value = float(values[i])
+    if value < 0:
+        raise LipboundError("the lower-bound search found no input with a finite Jacobian norm")
     jac_value = value
 
     pair_value = None

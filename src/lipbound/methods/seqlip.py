@@ -26,7 +26,7 @@ AutoLip supports gets a SeqLip number, never above AutoLip's.
 **Three solvers** (each a registered method):
 
 * ``"seqlip"`` — **certified upper bound**. Dense float64 SVDs of the chain's layers (materialised
-  when ``in * out <= svd_limit``); each pair's maximum over activation patterns solved exactly
+  when ``in * out <= svd_limit`` and the SVD's cost is at most ``SVD_FLOPS``); each pair's maximum over activation patterns solved exactly
   (enumeration up to ``enumerate_max`` neurons, branch and bound with a convex relaxation beyond)
   or bounded from above when ``time_budget`` runs out. A pair that cannot do better (layer too
   large for an SVD, or a bound no better) keeps its **AutoLip factor**
@@ -40,7 +40,9 @@ AutoLip supports gets a SeqLip number, never above AutoLip's.
 * ``"seqlip-topk"`` — **estimate**: the paper's heuristic for layers too large for an SVD: the
   top ``topk`` singular triplets of each layer of a chain from the block power method
   (:func:`~lipbound.linalg.spectral.power_method`) on the operator at its true input size, then
-  the greedy. Dropping the tail of the spectra can only lower each pair's value.
+  the greedy. With exact triplets each truncated pair matrix is a sub-block of the full one (in
+  the singular bases), so dropping the tail of the spectra can only lower each pair's value:
+  top-k is below the full-spectrum SeqLip, and far below it when the spectra are flat.
 
 For both estimates a pair whose layers cannot be used falls back to its certified AutoLip factor,
 as in ``"seqlip"``.
@@ -52,7 +54,6 @@ import math
 import time
 import weakref
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import torch
@@ -147,10 +148,12 @@ def _dense_svd(op: LinearOperator, svd_limit: int) -> _Factors | None:
     cache = _SVD_CACHE.setdefault(op, {})
     if "dense" in cache:
         return cache["dense"]
-    if op.in_numel * op.out_numel > svd_limit or op.in_numel * op.out_numel * min(op.in_numel, op.out_numel) > SVD_FLOPS:
+    size = op.in_numel * op.out_numel
+    if size > svd_limit or size * min(op.in_numel, op.out_numel) > SVD_FLOPS:
         return None
-    m = op.to(dtype=torch.float64).to_dense().reshape(op.out_numel, op.in_numel)
-    U, s, Vh = torch.linalg.svd(m, full_matrices=False)
+    with solvers._few_threads(op.in_numel * op.out_numel <= 1 << 22 and op.device.type == "cpu"):
+        m = op.to(dtype=torch.float64).to_dense().reshape(op.out_numel, op.in_numel)
+        U, s, Vh = torch.linalg.svd(m, full_matrices=False)
     f = _Factors(U, s, Vh.T, True, "SVD of the materialised matrix (float64)")
     cache["dense"] = f
     return f
@@ -170,6 +173,15 @@ def _topk_svd(op: LinearOperator, k: int, generator: torch.Generator, max_iter: 
     key = ("topk", k, max_iter, tol, oversample, dtype)
     if key in cache:
         return cache[key]
+    with solvers._few_threads(op.in_numel * min(k + oversample, op.in_numel) <= solvers.SMALL
+                              and op.device.type == "cpu"):
+        f = _block_power(op, k, generator, max_iter, tol, oversample, dtype)
+    cache[key] = f
+    return f
+
+
+def _block_power(op: LinearOperator, k: int, generator: torch.Generator, max_iter: int, tol: float,
+                 oversample: int, dtype: torch.dtype) -> _Factors:
     o = op.to(dtype=dtype)
     n = o.in_numel
     block = min(k + oversample, n)
@@ -193,7 +205,6 @@ def _topk_svd(op: LinearOperator, k: int, generator: torch.Generator, max_iter: 
     f = _Factors(U, pm.sigmas[:r].to(torch.float64), Vk, False,
                  f"top {r} triplets, block power method ({it} iterations, "
                  f"{'converged' if converged else 'not converged'} to {tol:g})")
-    cache[key] = f
     return f
 
 

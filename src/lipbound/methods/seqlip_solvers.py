@@ -65,7 +65,7 @@ MAX_ENUMERATE = 26  # hard cap on the neurons of one exhaustive enumeration (2^2
 _EPS = torch.finfo(torch.float64).eps
 
 
-SMALL = 600 * 600  # pairs with p * q below this run on one thread (see _few_threads)
+SMALL = 1 << 24  # pairs with p * q up to this run on one thread (see _few_threads)
 
 
 @contextmanager
@@ -397,7 +397,8 @@ def branch_and_bound(A: torch.Tensor, B: torch.Tensor, lo, hi, *, deadline: floa
             cfree[j] = False
             nfree = int(cfree.sum())
             m = min(p, q)
-            if nfree == 0 or (nfree <= MAX_ENUMERATE and (2 ** nfree) * (nfree * p * q + m * m * max(p, q)) <= leaf_flops):
+            leaf_cost = (2 ** nfree) * (nfree * p * q + m * m * max(p, q))
+            if nfree == 0 or (nfree <= MAX_ENUMERATE and leaf_cost <= leaf_flops):
                 info["leaves"] += 1
                 fidx = torch.nonzero(cfree).flatten()
                 fixed = ~cfree
@@ -542,7 +543,7 @@ class _Greedy:
         self.flips += 1
         # warm start: the previous subspace plus the new direction b_j
         V0 = torch.cat([self.V, self.B[j][:, None]], 1)
-        U, s, V = _top_subspace(self.X, V0)
+        U, s, V = _top_subspace(self.X, V0, max_iter=8, tol=1e-10)
         self.U, self.s, self.V = U[:, : self.r], s[: self.r], V[:, : self.r]
         self._w = None
         self._d = None
@@ -560,9 +561,13 @@ def greedy_pair(A: torch.Tensor, B: torch.Tensor, lo, hi, *, strategy: str = "au
     ``"sweep"``: pass over the neurons in order and apply every flip that increases the norm,
     at most ``max_sweeps`` passes (the paper's top-k routine, for very wide layers). ``"auto"``:
     ``"best"`` up to ``sweep_threshold`` neurons, else ``"sweep"``. ``r``: size of the singular
-    subspace that scores the candidates; the ``refine`` best by score are sharpened by a few
-    batched power iterations on their updated matrices (and ``2 refine`` by more before the
-    greedy stops). The returned value is the exact norm at the final vertex. ``deadline`` / ``max_rounds`` stop early (the value stays a vertex value).
+    subspace that scores the candidates (first by ``O(1)`` one-step bounds, the best 64 by the
+    ``r x r`` compression); the ``refine`` best are sharpened by a few batched power iterations
+    on their updated matrices, and ``4 refine`` by more before the greedy stops. Every score is
+    a lower bound of the candidate's norm, compared with the current top Ritz value; a flip whose
+    gain the bounds miss (seen: gains of ``1e-5`` relative) can end the search a few flips before
+    the exact-score greedy, at a value within about 0.1 % of it on the pairs benchmarked. The returned value is the exact norm at the final
+    vertex. ``deadline`` / ``max_rounds`` stop early (the value stays a vertex value).
     """
     p, n = A.shape
     lo, hi = _vec(lo, n, A), _vec(hi, n, A)
@@ -589,7 +594,7 @@ def greedy_pair(A: torch.Tensor, B: torch.Tensor, lo, hi, *, strategy: str = "au
             # the best by the cheap scores get the compressed scores, the best few of those are
             # sharpened by power iterations on their updated matrices; before stopping, a longer
             # check of more candidates
-            for m_cheap, m, iters in ((64, refine, 4), (256, 2 * refine, 30)):
+            for m_cheap, m, iters in ((64, refine, 6), (4096, 4 * refine, 40)):
                 cand = torch.topk(cheap, min(m_cheap, n)).indices
                 sc = state.scores(cand)
                 order = torch.topk(sc, min(m, cand.numel())).indices
