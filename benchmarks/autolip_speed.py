@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
 import lipbound  # noqa: E402
-from alexnet import alexnet  # noqa: E402
+from alexnet_shaped import alexnet  # noqa: E402
 from lipbound.linalg.spectral import certified_norm, operator_norms, power_method  # noqa: E402
 from realnets import REALNETS, eran_conv_small, glipsdp_2c2f, glipsdp_lenet5_relu  # noqa: E402
 

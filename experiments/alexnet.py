@@ -1,6 +1,6 @@
 """(d) An AlexNet-shaped network with random weights at 3 x 224 x 224 (PAPER_NOTES §6d).
 
-The torchvision layout, defined here (no torchvision): five convolutions with ReLU and three
+The torchvision layout, defined in ``examples/alexnet_shaped.py`` (no torchvision): five convolutions with ReLU and three
 3x3/stride-2 max poolings, adaptive average pooling to 6x6 (the identity at 224), three linear
 layers; dropout vanishes in eval mode. PyTorch's default initialisation from a fixed seed (the
 paper used the 2018 pretrained weights, which are not downloaded here).
@@ -21,31 +21,20 @@ neurons). The paper's committed ``alex.py`` used one singular triplet; it had co
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
-from torch import nn
 
 from _common import machine, save, table  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from alexnet_shaped import alexnet  # noqa: E402  (one definition, shared with benchmarks/autolip_speed.py)
 
 import lipbound  # noqa: E402
 
 PAPER = (3.62e7, 5.45e6)
-
-
-def alexnet(num_classes: int = 1000, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, stride=2),
-        nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, stride=2),
-        nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, stride=2),
-        nn.AdaptiveAvgPool2d((6, 6)), nn.Flatten(),
-        nn.Dropout(0.5), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(),
-        nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(),
-        nn.Linear(4096, num_classes),
-    ).eval()
 
 
 def main() -> None:
