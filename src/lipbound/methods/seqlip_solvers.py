@@ -448,6 +448,15 @@ def _top_subspace(X: torch.Tensor, V: torch.Tensor, *, max_iter: int = 50, tol: 
     return P, s, V @ Qh.T
 
 
+def _stop_reason(rounds: int, max_rounds: int | None, deadline: float | None) -> str | None:
+    """Why a greedy loop stops before its next round: ``"max_rounds"``, ``"deadline"`` or None."""
+    if max_rounds is not None and rounds >= max_rounds:
+        return "max_rounds"
+    if deadline is not None and time.perf_counter() > deadline:
+        return "deadline"
+    return None
+
+
 class _Greedy:
     """State of one greedy run: ``X = A diag(d) B`` and its top-``r`` singular subspace."""
 
@@ -583,11 +592,8 @@ def greedy_pair(A: torch.Tensor, B: torch.Tensor, lo, hi, *, strategy: str = "au
     all_idx = torch.arange(n, device=A.device)
     if strategy == "best":
         while True:
-            if max_rounds is not None and rounds >= max_rounds:
-                stopped = "max_rounds"
-                break
-            if deadline is not None and time.perf_counter() > deadline:
-                stopped = "deadline"
+            stopped = _stop_reason(rounds, max_rounds, deadline)
+            if stopped:
                 break
             rounds += 1
             cheap = state.cheap_scores(all_idx)
@@ -651,13 +657,9 @@ def greedy_pair_reference(A: torch.Tensor, B: torch.Tensor, lo, hi, *, max_round
     cur = pair_norm(A, B, hi)
     rounds = 0
     svds = 1
-    stopped = None
     while True:
-        if max_rounds is not None and rounds >= max_rounds:
-            stopped = "max_rounds"
-            break
-        if deadline is not None and time.perf_counter() > deadline:
-            stopped = "deadline"
+        stopped = _stop_reason(rounds, max_rounds, deadline)
+        if stopped:
             break
         rounds += 1
         best, best_j = cur, -1
