@@ -96,7 +96,7 @@ def main() -> None:
     headers = ["net", "seed", "AutoLip (certified)", "AutoLip (power)", f"SeqLip top-{args.topk}", "greedy SeqLip (full)",
                "SeqLip (certified)", "pairs exact/bounded/fallback", "LB random", "LB ascent", "LB `lower`", "seconds"]
     rheaders = ["net", "seed", "AutoLip(power) / top-k", "AutoLip(power) / greedy", "certified AutoLip / certified SeqLip",
-                "paper AutoLip / greedy", "certified SeqLip / LB", "paper AutoLip / LB"]
+                "paper AutoLip / greedy", "certified SeqLip / LB", "paper greedy / LB (annealing)"]
     pheaders = ["net", "seed", "method", "pair", "neurons", "status", "value", "AutoLip factor", "gain", "seconds"]
     fig, ax = plt.subplots(figsize=(7, 4))
     labels = [f"{r[0]} s{r[1]}" for r in rows]
