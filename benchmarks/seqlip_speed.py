@@ -99,7 +99,10 @@ def main() -> None:
               "Same start (all slopes at 1), same rule (apply the best flip while one increases the norm). "
               "Ours scores each candidate by exact lower bounds of its norm from the top-16 singular subspace "
               "(rank-one updates, warm-started block power iterations), the reference by an SVD of the "
-              "updated matrix.", ""]
+              "updated matrix. Ours only accepts flips whose lower bound beats the current value, so "
+              "it can stop a few flips before the reference, on a value within about 0.1 % of it "
+              "(the reference's value column); where the reference did not finish in its time, its "
+              "total is extrapolated from its time per round (a lower estimate).", ""]
     for width, full in ((64, True), (256, False)):
         model = mlp(width)
         lines += [f"### 784-{width}x6-10" + ("" if full else f" (reference: {ref_seconds:.0f} s per pair, then extrapolated)"),
@@ -115,20 +118,18 @@ def main() -> None:
                 ref, s_part = timed(lambda: S.greedy_pair_reference(A, B, 0.0, 1.0,
                                                                     deadline=time.perf_counter() + ref_seconds))
                 done = ref.info["rounds"]
-                per_round = s_part / max(done, 1)
-                s_ref = per_round * max(ours.info["rounds"], done)
                 finished = "stopped" not in ref.info
+                # unfinished: at least the rounds done, and at least as many as ours made
+                s_ref = s_part if finished else s_part / max(done, 1) * max(ours.info["rounds"], done)
                 ref_val = f"{ref.upper:.6g}" + ("" if finished else f" (after {done} rounds)")
-                ref_rounds = str(done) if finished else f"{done} of ~{ours.info['rounds']}"
-                ref_s = f"{s_part:.2f}" if finished else f"~{s_ref:.0f} (extrapolated)"
-                if finished:
-                    s_ref = s_part
+                ref_rounds = str(done) if finished else f">= {max(done, ours.info['rounds'])} (stopped after {done})"
+                ref_s = f"{s_part:.2f}" if finished else f">= {s_ref:.0f} (extrapolated)"
             tot_ours += s_ours
             tot_ref += s_ref
             lines.append(f"| {k + 1} | {tuple(A.shape)}, {tuple(B.shape)} | {s_ours:.3f} | {ours.info['rounds']} | "
                          f"{ours.upper:.6g} | {ref_s} | {ref_rounds} | {ref_val} | {s_ref / s_ours:.0f}x |")
             print(lines[-1], flush=True)
-        lines += ["", f"Total: ours {tot_ours:.2f} s, reference {'~' if not full else ''}{tot_ref:.1f} s, "
+        lines += ["", f"Total: ours {tot_ours:.2f} s, reference {'>= ' if not full else ''}{tot_ref:.1f} s, "
                   f"ratio **{tot_ref / tot_ours:.0f}x**.", ""]
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text("\n".join(lines) + "\n")
