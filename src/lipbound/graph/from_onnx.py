@@ -520,12 +520,18 @@ class _Builder:
                                f"got shape {src.onnx_shape}")
         return src
 
-    def _op_Conv(self, node):
+    def _conv_parts(self, node):
+        """Attributes, weight, bias (or None), number of spatial axes and input of a Conv or
+        ConvTranspose node."""
         a = self._attrs(node)
         w = self._t(self._const(node.input[1], node, "weight"))
         b = self._const(node.input[2], node, "bias") if len(node.input) > 2 else None
         nd = w.dim() - 2
         src = self._spatial(node, nd)
+        return a, w, b, nd, src
+
+    def _op_Conv(self, node):
+        a, w, b, nd, src = self._conv_parts(node)
         k = tuple(w.shape[2:])
         stride, dil = a.get("strides", [1] * nd), a.get("dilations", [1] * nd)
         begin, end = _pads(a, src.shape[1:], k, stride, dil)
@@ -538,11 +544,7 @@ class _Builder:
         self._affine(node, src, op, None if b is None else self._t(b).reshape(-1, *[1] * nd))
 
     def _op_ConvTranspose(self, node):
-        a = self._attrs(node)
-        w = self._t(self._const(node.input[1], node, "weight"))
-        b = self._const(node.input[2], node, "bias") if len(node.input) > 2 else None
-        nd = w.dim() - 2
-        src = self._spatial(node, nd)
+        a, w, b, nd, src = self._conv_parts(node)
         stride, dil = list(a.get("strides", [1] * nd)), list(a.get("dilations", [1] * nd))
         groups = int(a.get("group", 1))
         k = list(w.shape[2:])
