@@ -380,77 +380,72 @@ class _Builder:
             raise UnsupportedOperation("Cast", _where(node), "a cast to a non-float type rounds: not Lipschitz")
         self._alias(node.output[0], self.dep[node.input[0]])
 
-    # ---- element-wise activations -----------------------------------------------------
-    def _activation(self, node, label: str, fn: Callable, slope: tuple[float, float]) -> None:
+    # ---- element-wise activations (facts from lipbound.graph.activations) ------------------
+    def _activation(self, node, label: str, fn: Callable, facts: activations.ActivationFacts) -> None:
         src = self.dep[node.input[0]]
         out = node.output[0]
         with torch.no_grad():
             value = fn(src.value)
         origin = f"{node.op_type} '{node.name or out}'"
-        self._add(Activation(out, [src.node], src.shape, origin, fn, (float(slope[0]), float(slope[1])), label),
-                  src.batched, value)
+        self._add(Activation(out, [src.node], src.shape, origin, fn, facts, label), src.batched, value)
 
     def _op_Relu(self, node):
-        self._activation(node, "ReLU", torch.relu, activations.MODULES[nn.ReLU].slope(None))
+        self._activation(node, "ReLU", torch.relu, activations.relu())
 
     def _op_LeakyRelu(self, node):
         alpha = float(self._attrs(node).get("alpha", 0.01))
-        self._activation(node, "LeakyReLU", lambda x, a=alpha: F.leaky_relu(x, a),
-                         activations.FUNCTIONS[F.leaky_relu].slope(negative_slope=alpha))
+        self._activation(node, "LeakyReLU", lambda x, a=alpha: F.leaky_relu(x, a), activations.leaky_relu(alpha))
 
     def _op_PRelu(self, node):
         src = self.dep[node.input[0]]
         w = self._align(self._const(node.input[1], node, "slope"), src.onnx_shape, src.batched, node)
-        slope = (min(float(w.min()), 1.0), max(float(w.max()), 1.0))
-        self._activation(node, "PReLU", _Fn(lambda x, c: torch.where(x >= 0, x, x * c), w), slope)
+        self._activation(node, "PReLU", _Fn(lambda x, c: torch.where(x >= 0, x, x * c), w), activations.prelu(w))
 
     def _op_Elu(self, node):
         alpha = float(self._attrs(node).get("alpha", 1.0))
-        self._activation(node, "ELU", lambda x, a=alpha: F.elu(x, a), activations.FUNCTIONS[F.elu].slope(alpha=alpha))
+        self._activation(node, "ELU", lambda x, a=alpha: F.elu(x, a), activations.elu(alpha))
 
     def _op_Celu(self, node):
         alpha = float(self._attrs(node).get("alpha", 1.0))
-        self._activation(node, "CELU", lambda x, a=alpha: F.celu(x, a), activations.MODULES[nn.CELU].slope(None))
+        self._activation(node, "CELU", lambda x, a=alpha: F.celu(x, a), activations.celu(alpha))
 
     def _op_Selu(self, node):
         a = self._attrs(node)
         alpha, gamma = float(a.get("alpha", 1.67326319217681884765625)), float(a.get("gamma", 1.05070102214813232421875))
-        # s'(t) = gamma for t > 0 and gamma * alpha * e^t for t < 0: the hull of {0, gamma, gamma alpha}
-        ends = (0.0, gamma, gamma * alpha)
         self._activation(node, "SELU", lambda x: gamma * torch.where(x > 0, x, alpha * torch.expm1(x)),
-                         (min(ends), max(ends)))
+                         activations.selu(alpha, gamma))
 
     def _op_Sigmoid(self, node):
-        self._activation(node, "Sigmoid", torch.sigmoid, activations.MODULES[nn.Sigmoid].slope(None))
+        self._activation(node, "Sigmoid", torch.sigmoid, activations.MODULES[nn.Sigmoid].facts(None))
 
     def _op_HardSigmoid(self, node):
         a = self._attrs(node)
         alpha, beta = float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))
-        # s(t) = clip(alpha t + beta, 0, 1): slopes 0 and alpha
         self._activation(node, "HardSigmoid", lambda x: torch.clamp(alpha * x + beta, 0.0, 1.0),
-                         (min(0.0, alpha), max(0.0, alpha)))
+                         activations.hard_sigmoid(alpha, beta))
 
     def _op_Tanh(self, node):
-        self._activation(node, "Tanh", torch.tanh, activations.MODULES[nn.Tanh].slope(None))
+        self._activation(node, "Tanh", torch.tanh, activations.MODULES[nn.Tanh].facts(None))
 
     def _op_Softplus(self, node):
-        self._activation(node, "Softplus", F.softplus, activations.MODULES[nn.Softplus].slope(None))
+        # ONNX Softplus is log(1 + e^x) exactly; torch's evaluation switches to x above 20
+        self._activation(node, "Softplus", F.softplus, activations.softplus())
 
     def _op_Softsign(self, node):
-        self._activation(node, "Softsign", F.softsign, activations.MODULES[nn.Softsign].slope(None))
+        self._activation(node, "Softsign", F.softsign, activations.MODULES[nn.Softsign].facts(None))
 
     def _op_Gelu(self, node):
         approx = self._attrs(node).get("approximate", "none")
-        self._activation(node, "GELU", lambda x: F.gelu(x, approximate=approx), activations.MODULES[nn.GELU].slope(None))
+        self._activation(node, "GELU", lambda x: F.gelu(x, approximate=approx), activations.MODULES[nn.GELU].facts(None))
 
     def _op_HardSwish(self, node):
-        self._activation(node, "Hardswish", F.hardswish, activations.MODULES[nn.Hardswish].slope(None))
+        self._activation(node, "Hardswish", F.hardswish, activations.HARDSWISH)
 
     def _op_Mish(self, node):
-        self._activation(node, "Mish", F.mish, activations.MODULES[nn.Mish].slope(None))
+        self._activation(node, "Mish", F.mish, activations.MODULES[nn.Mish].facts(None))
 
     def _op_Abs(self, node):
-        self._activation(node, "Abs", torch.abs, (-1.0, 1.0))
+        self._activation(node, "Abs", torch.abs, activations.absolute())
 
     def _op_Clip(self, node):
         a = self._attrs(node)
@@ -458,7 +453,7 @@ class _Builder:
         hi = self._const(node.input[2], node, "max") if len(node.input) > 2 else a.get("max")
         lo = None if lo is None else float(np.asarray(lo))
         hi = None if hi is None else float(np.asarray(hi))
-        self._activation(node, "Clip", lambda x: torch.clamp(x, lo, hi), (0.0, 1.0))
+        self._activation(node, "Clip", lambda x: torch.clamp(x, lo, hi), activations.hardtanh(lo, hi))
 
     # ---- affine layers ----------------------------------------------------------------
     def _op_Gemm(self, node):

@@ -243,7 +243,7 @@ class _Builder:
         origin = str(n.target)
         spec = activations.MODULES.get(type(m))
         if spec is not None:
-            self._add(Activation(n.name, [self._ref(src)], self._shape(n), origin, m, spec.slope(m), spec.name))
+            self._add(Activation(n.name, [self._ref(src)], self._shape(n), origin, m, spec.facts(m), spec.name))
         elif isinstance(m, _PASS):
             self.alias[n.name] = self._ref(src)
         elif isinstance(m, _MAXPOOL):
@@ -279,7 +279,11 @@ class _Builder:
             extra = [a for a in args[1:]]
             kw = {k: v for k, v in kwargs.items() if k != "inplace"}
             fn = _bind(t, extra, kw, method=n.op == "call_method")
-            self._add(Activation(n.name, [self._ref(deps[0])], self._shape(n), origin, fn, spec.slope(**kw), spec.name))
+            try:
+                facts = spec.facts(**activations.call_arguments(t, extra, kw))
+            except TypeError as exc:
+                raise UnsupportedOperation(name, where, str(exc)) from None
+            self._add(Activation(n.name, [self._ref(deps[0])], self._shape(n), origin, fn, facts, spec.name))
             return
         if key in _ADD or key in _SUB or key in _MUL or key in _DIV:
             # positional, with repeats: ``x + x`` reads the same node twice

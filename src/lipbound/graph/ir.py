@@ -25,6 +25,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from ..linalg.operators import LinearOperator, compose
+from .activations import ActivationFacts, PiecewiseLinear
 
 Shape = tuple[int, ...]
 
@@ -73,12 +74,17 @@ class Affine(Node):
 
 @dataclass
 class Activation(Node):
-    """Element-wise ``fn`` with derivatives in ``slope = (a, b)``; ``label`` names it (ReLU, ...)."""
+    """Element-wise ``fn``; ``facts`` (:class:`~lipbound.graph.activations.ActivationFacts`, from
+    the activation's definition) give its slope range, kinks and pieces; ``label`` names it."""
 
     fn: Callable[[torch.Tensor], torch.Tensor] = None  # type: ignore[assignment]
-    slope: tuple[float, float] = (0.0, 1.0)
+    facts: ActivationFacts = None  # type: ignore[assignment]
     label: str = ""
     kind = "activation"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.facts, ActivationFacts):
+            raise TypeError(f"activation node {self.name!r} needs its ActivationFacts, got {self.facts!r}")
 
     def evaluate(self, x):
         return self.fn(x)
@@ -87,8 +93,23 @@ class Activation(Node):
         return _fn_to(self, device, dtype)
 
     @property
+    def slope(self) -> tuple[float, float]:
+        """``(a, b)`` enclosing every derivative of ``fn``."""
+        return self.facts.slope
+
+    @property
+    def kinks(self) -> tuple[float, ...]:
+        """Inputs where ``fn`` is not continuously differentiable."""
+        return self.facts.kinks
+
+    @property
+    def pieces(self) -> PiecewiseLinear | None:
+        """The exact pieces of a piecewise-linear ``fn`` (same scalars on every element), else None."""
+        return self.facts.pieces
+
+    @property
     def lipschitz(self) -> float:
-        return max(abs(self.slope[0]), abs(self.slope[1]))
+        return self.facts.lipschitz
 
 
 @dataclass

@@ -6,7 +6,7 @@ one shared weight). Such a network is affine on each *linear region* (a set of i
 fixed sign pattern of the pre-activations), and its Jacobian there is
 ``W_K D_{K-1} W_{K-1} ... D_1 W_1`` with ``D_i`` diagonal, entries in ``{a_i, b_i}``.
 
-* :func:`two_slope` recognises such a node by evaluating it (not by its name).
+* :func:`two_slope` recognises such a node from its activation's definition (its exact pieces).
 * :func:`smoothed` gives a copy of a graph where every two-slope activation is replaced by
   ``a t + (b - a) tau softplus(t / tau)``, a smooth function within ``(b - a) tau log 2`` of it:
   its Jacobian norm has a non-zero gradient in the input, which a piecewise-constant Jacobian has
@@ -28,36 +28,11 @@ from ..graph.ir import Activation, Affine, Graph, Input
 
 __all__ = ["two_slope", "smoothed", "DenseLayer", "mlp_layers", "count_two_slope_neurons"]
 
-_PROBE = torch.tensor([-3.0, -1.0, -0.25, 0.0, 0.25, 1.0, 3.0], dtype=torch.float64)
-
-
 def two_slope(node: Activation) -> tuple[float, float] | None:
     """``(a, b)`` when ``node`` computes ``t -> b t (t >= 0), a t (t < 0)`` element-wise with the
-    same scalars for every element, else None. Checked by evaluating the node on probe values."""
-    shape = node.shape
-    dtype = _fn_dtype(node)
-    x = (_PROBE.reshape(-1, *([1] * len(shape))) * torch.ones((1, *shape), dtype=torch.float64)).to(dtype)
-    with torch.no_grad():
-        try:
-            y = node.evaluate(x).to(torch.float64)
-        except Exception:  # an activation that cannot run on probes is not two-slope
-            return None
-    xd = x.to(torch.float64)
-    b = float(y[_PROBE.tolist().index(1.0)].flatten()[0])
-    a = -float(y[_PROBE.tolist().index(-1.0)].flatten()[0])
-    expected = torch.where(xd >= 0, b * xd, a * xd)
-    tol = 1e-6 if dtype != torch.float64 else 1e-12
-    if y.shape != expected.shape or not torch.allclose(y, expected, rtol=tol, atol=tol):
-        return None
-    return a, b
-
-
-def _fn_dtype(node: Activation) -> torch.dtype:
-    fn = node.fn
-    if isinstance(fn, torch.nn.Module):
-        for p in fn.parameters():
-            return p.dtype
-    return torch.float64
+    same scalars for every element, else None: read from the activation's definition
+    (:class:`~lipbound.graph.activations.ActivationFacts`), never probed."""
+    return node.pieces.two_slope if node.pieces is not None else None
 
 
 def smoothed(graph: Graph, tau: dict[str, float], slopes: dict[str, tuple[float, float]] | None = None) -> Graph:
