@@ -53,6 +53,7 @@ from ..linalg.operators import Conv, Dense, Diagonal, Function, LinearOperator, 
 from . import activations
 from .from_torch import _check_shape, _pool_multiplicity
 from .ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool, Node
+from .onnx_composites import Composite, find_composites
 from .onnx_file import check_and_upgrade, read_onnx
 
 __all__ = ["from_onnx"]
@@ -226,6 +227,8 @@ class _Builder:
         self.nodes: dict[str, Node] = {}
         self.dep: dict[str, _Tensor] = {}
         self.after_softmax: set[str] = set()
+        self.slices: dict[str, tuple[str, tuple[range, ...]]] = {}  # Slice output -> (source, per-axis indices)
+        self.circular: dict[str, tuple[_Tensor, list[int], list[int]]] = {}  # circular pad -> (source, begin, end)
         self.bounded_output = self.output  # the ONNX tensor the graph computes (the logits)
 
     # ---- helpers ----------------------------------------------------------------------
@@ -287,12 +290,13 @@ class _Builder:
         return self._t(c[0] if batched else c)
 
     def _reference(self, node, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        from onnx.reference import ReferenceEvaluator
+        """``node`` evaluated by ``onnx.reference`` (constant folding, shapes)."""
         try:
-            return ReferenceEvaluator(node, opsets={"": self.opset}).run(None, feeds)
+            with np.errstate(all="ignore"):
+                return reference_evaluator(node, self.opset).run(None, feeds)
         except Exception as exc:
-            raise InvalidInput(f"{node.op_type} at {_where(node)} cannot be evaluated: {type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+            raise UnsupportedOperation(node.op_type, _where(node), f"onnx.reference cannot evaluate it on "
+                                       f"constants ({type(exc).__name__}: {_first_line(exc)})") from None
 
     def _attrs(self, node) -> dict[str, Any]:
         from onnx import helper
@@ -309,8 +313,14 @@ class _Builder:
         name = self.input.name
         self.nodes[name] = Input(name, [], self.input_shape, "input")
         self.dep[name] = _Tensor(name, self.input_shape, self.batched, x)
-        for node in self.model.graph.node:
-            self._visit(node)
+        onnx_nodes = list(self.model.graph.node)
+        folded = self._fold_constants(onnx_nodes)
+        composites = find_composites(onnx_nodes, self.consts, _dependent(onnx_nodes, name),
+                                     [o.name for o in self.model.graph.output])
+        absorbed = {i for c in composites.values() for i in c.nodes if i != c.root}
+        for i, node in enumerate(onnx_nodes):
+            if i not in folded and i not in absorbed:
+                self._visit(node, composites.get(i))
         if self.output not in self.dep:
             raise UnsupportedOperation("a constant output", f"model '{self.name}'",
                                        f"output '{self.output}' does not depend on the input")
@@ -320,35 +330,55 @@ class _Builder:
         graph = Graph(self.nodes, self.input.name, out.node, self.name, list(self.notes))
         return _prune(graph)
 
-    def _visit(self, node) -> None:
+    def _fold_constants(self, onnx_nodes) -> set[int]:
+        """Evaluate, in order, every node whose inputs are all constants (initializers,
+        ``Constant``, folded nodes), so that composite activations see their constants; returns
+        their indices. Constants computed from the ``Shape`` of an input-dependent tensor are
+        folded later, during the walk. Control flow is left to :meth:`_visit`, which refuses it."""
+        folded = set()
+        for i, node in enumerate(onnx_nodes):
+            if node.op_type not in ("If", "Loop", "Scan") and all(n in self.consts for n in node.input if n):
+                self._fold(node)
+                folded.add(i)
+        return folded
+
+    def _visit(self, node, composite: Composite | None = None) -> None:
         where = _where(node)
         if node.op_type in ("If", "Loop", "Scan"):  # their bodies may read the input implicitly
             raise UnsupportedOperation(node.op_type, where, _REFUSED[node.op_type])
-        if not any(i in self.dep for i in node.input if i):
+        inputs = [composite.variable] if composite else [i for i in node.input if i]
+        if composite and composite.variable not in self.dep:
+            raise UnsupportedOperation(composite.activation.label, where, f"its input '{composite.variable}' "
+                                       "is not a tensor lipbound follows")
+        if not any(i in self.dep for i in inputs):
             self._fold(node)
             return
         op = node.op_type
         if node.domain not in ("", "ai.onnx"):
             raise UnsupportedOperation(f"{node.domain}.{op}", where, "operators outside the standard ONNX domain")
-        for i in node.input:
+        for i in inputs:
             if i in self.after_softmax and op not in _SHAPE_ONLY:
                 raise UnsupportedOperation("Softmax", f"the input of {where}",
                                            "a softmax is only accepted as the last operation (it is then removed)")
-        handler = getattr(self, f"_op_{op}", None)
         if op in ("Shape", "Size"):
             src = self.dep[node.input[0]]
             value = self._reference(node, {node.input[0]: np.zeros(src.onnx_shape, np.float32)})[0]
             self.consts[node.output[0]] = value
             return
+        if composite:
+            handler: Callable | None = lambda n: self._composite(n, composite)  # noqa: E731
+        else:
+            handler = getattr(self, f"_op_{op}", None)
         if handler is None:
             raise UnsupportedOperation(op, where, _REFUSED.get(op, "no lipbound handler for this ONNX operator"))
         try:
             handler(node)
         except LipboundError:
             raise
-        except (ValueError, RuntimeError, IndexError, KeyError) as exc:
+        except (ValueError, RuntimeError, IndexError, KeyError, TypeError, ZeroDivisionError, OverflowError) as exc:
+            first = self.dep.get(inputs[0]) if inputs else None
             raise InvalidInput(f"{op} at {where} does not fit its input of shape "
-                               f"{self.dep[node.input[0]].onnx_shape if node.input[0] in self.dep else '?'}: "
+                               f"{first.onnx_shape if first else '?'}: "
                                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
         for out in node.output:
             if out in self.dep and 0 in self.dep[out].shape:
@@ -381,13 +411,24 @@ class _Builder:
         self._alias(node.output[0], self.dep[node.input[0]])
 
     # ---- element-wise activations (facts from lipbound.graph.activations) ------------------
-    def _activation(self, node, label: str, fn: Callable, facts: activations.ActivationFacts) -> None:
-        src = self.dep[node.input[0]]
+    def _activation(self, node, label: str, fn: Callable, facts: activations.ActivationFacts,
+                    src: _Tensor | None = None, origin: str | None = None) -> None:
+        src = src or self.dep[node.input[0]]
         out = node.output[0]
         with torch.no_grad():
             value = fn(src.value)
-        origin = f"{node.op_type} '{node.name or out}'"
+        origin = origin or f"{node.op_type} '{node.name or out}'"
         self._add(Activation(out, [src.node], src.shape, origin, fn, facts, label), src.batched, value)
+
+    def _composite(self, node, composite: Composite) -> None:
+        """A composite activation (:mod:`lipbound.graph.onnx_composites`) ending at ``node``."""
+        src = self.dep[composite.variable]
+        act = composite.activation
+        if composite.const_rank > len(src.onnx_shape):
+            raise UnsupportedOperation(act.label, _where(node), "a constant of the subgraph has more axes than its "
+                                       "input and broadcasts it to a larger shape")
+        origin = f"{act.label} from {len(composite.nodes)} ONNX nodes ending at '{node.name or node.output[0]}'"
+        self._activation(node, act.label, act.fn, act.facts, src, origin)
 
     def _op_Relu(self, node):
         self._activation(node, "ReLU", torch.relu, activations.relu())
@@ -658,10 +699,46 @@ class _Builder:
         if ts[0].batched and axis == 0:
             raise UnsupportedOperation("Concat", _where(node), "concatenation along the batch axis")
         axis -= 1 if ts[0].batched else 0
+        if self._circular_pad(node, axis):
+            return
         out = node.output[0]
         value = torch.cat([t.value for t in ts], dim=axis + 1)
         self._add(Concat(out, [t.node for t in ts], tuple(value.shape[1:]), f"Concat '{node.name or out}'", axis),
                   ts[0].batched, value)
+
+    def _circular_pad(self, node, axis: int) -> bool:
+        """Translate ``Concat([x[.., n-l:n], x, x[.., 0:r]], axis)`` (how ``torch.onnx`` writes
+        circular padding, one axis at a time) as the circular :class:`Function` pad the torch
+        frontend builds, merged with a circular pad of ``x`` along other axes; returns False
+        (a plain concatenation) for any other Concat. Exact: both compute the same map, and one
+        operator gets one norm where a Concat of slices gets ``sqrt(sum of squares)``."""
+        names = list(node.input)
+        for k, name in enumerate(names):
+            parts = [self.slices.get(n) for n in names[:k] + names[k + 1:]]
+            if any(p is None or p[0] != name for p in parts):
+                continue
+            src = self.dep[name]
+            full = [range(n) for n in src.shape]
+            if any(r != f for p in parts for ax, (r, f) in enumerate(zip(p[1], full)) if ax != axis):
+                return False
+            n = src.shape[axis]
+            left = [i for p in parts[:k] for i in p[1][axis]]
+            right = [i for p in parts[k:] for i in p[1][axis]]
+            if left != list(range(n - len(left), n)) or right != list(range(len(right))) or not (left or right):
+                return False
+            base, begin, end = self.circular.get(name, (src, [0] * len(src.shape), [0] * len(src.shape)))
+            if begin[axis] or end[axis]:  # padded along this axis already: pad the padded tensor
+                base, begin, end = src, [0] * len(src.shape), [0] * len(src.shape)
+            begin, end = list(begin), list(end)
+            begin[axis], end[axis] = len(left), len(right)
+            try:
+                op = self._pad_op(base.shape, begin, end, "wrap")
+            except (RuntimeError, NotImplementedError, ValueError):  # circular padding torch cannot do
+                return False
+            self._affine(node, base, op)
+            self.circular[node.output[0]] = (base, begin, end)
+            return True
+        return False
 
     # ---- pooling and padding ------------------------------------------------------------
     def _pool_args(self, node, nd: int):
@@ -801,6 +878,7 @@ class _Builder:
             index = index[1:]
         sel = (slice(None), *index)
         self._affine(node, src, Function(lambda z: z[sel], src.shape, "Slice", nonnegative=True, dtype=self.dtype))
+        self.slices[node.output[0]] = (node.input[0], tuple(range(*i.indices(n)) for i, n in zip(index, src.shape)))
 
     # ---- the final softmax ------------------------------------------------------------------
     def _op_Softmax(self, node):
@@ -894,6 +972,16 @@ def _resolve_input(vi, given: Sequence[int] | None) -> tuple[Shape, bool]:
     return tuple(rest), batched
 
 
+def _dependent(nodes, input_name: str) -> set[str]:
+    """Names of the tensors that depend on the network input (``Shape`` and ``Size`` of such a
+    tensor are constants: the shape per sample is fixed)."""
+    dep = {input_name}
+    for node in nodes:
+        if node.op_type not in ("Shape", "Size") and any(i in dep for i in node.input):
+            dep.update(o for o in node.output if o)
+    return dep
+
+
 def _prune(graph: Graph) -> Graph:
     """Drop nodes the output does not depend on (dead branches of the ONNX graph)."""
     keep = {graph.output}
@@ -906,12 +994,20 @@ def _prune(graph: Graph) -> Graph:
     return Graph(nodes, graph.input, graph.output, graph.name, graph.notes)
 
 
-def reference_evaluator(model):
-    """``onnx.reference.ReferenceEvaluator`` for ``model``, with inference-mode BatchNormalization:
-    the stock evaluator of opsets 9-13 mixes in batch statistics whenever ``momentum`` is set
-    (its schema default), although a one-output BatchNormalization is in test mode by the spec."""
-    from onnx.reference import ReferenceEvaluator
+def _reference_ops() -> list:
+    """Corrections to ``onnx.reference`` (1.23), passed to it as ``new_ops``:
+
+    * BatchNormalization in inference mode: the stock evaluator of opsets 9-13 mixes in batch
+      statistics whenever ``momentum`` is set (its schema default), although a one-output
+      BatchNormalization is in test mode by the spec;
+    * ConvTranspose with ``group > 1``: the stock evaluator slices the weight by output channel
+      instead of input channel, adds the whole bias to every group and keeps one output channel
+      per group. Each group is a ConvTranspose of its own channels (weight ``(C, M/group, k..)``:
+      input channels ``C/group`` per group, output channels ``M/group``), evaluated by the stock
+      code with ``group=1`` and concatenated.
+    """
     from onnx.reference.op_run import OpRun
+    from onnx.reference.ops.op_conv_transpose import ConvTranspose as StockConvTranspose
 
     class BatchNormalization(OpRun):
         op_domain = ""
@@ -924,26 +1020,81 @@ def reference_evaluator(model):
             y = scale.reshape(shape) * (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps)
             return ((y + bias.reshape(shape)).astype(x.dtype),)
 
-    return ReferenceEvaluator(model, new_ops=[BatchNormalization])
+    class ConvTranspose(StockConvTranspose):
+        op_domain = ""
+
+        def _run(self, X, W, B=None, auto_pad=None, dilations=None, group=None, kernel_shape=None,  # noqa: N803
+                 output_padding=None, output_shape=None, pads=None, strides=None):
+            attrs = dict(auto_pad=auto_pad, dilations=dilations, kernel_shape=kernel_shape, output_padding=output_padding,
+                         output_shape=output_shape, pads=pads, strides=strides)
+            group = group or 1
+            if group == 1:
+                return super()._run(X, W, B, group=1, **attrs)
+            if X.shape[1] % group or W.shape[0] != X.shape[1] or (B is not None and B.shape[0] != W.shape[1] * group):
+                raise ValueError(f"ConvTranspose with group={group}: input {X.shape}, weight {W.shape}")
+            parts = zip(np.split(X, group, axis=1), np.split(W, group, axis=0),
+                        np.split(B, group) if B is not None else [None] * group)
+            return (np.concatenate([super(ConvTranspose, self)._run(x, w, b, group=1, **attrs)[0]
+                                    for x, w, b in parts], axis=1),)
+
+    return [BatchNormalization, ConvTranspose]
+
+
+def reference_evaluator(model, opset: int | None = None):
+    """``onnx.reference.ReferenceEvaluator`` for ``model`` (a ModelProto, or a NodeProto with its
+    ``opset``), with the corrections of :func:`_reference_ops`."""
+    from onnx.reference import ReferenceEvaluator
+    opsets = None if opset is None else {"": opset}
+    return ReferenceEvaluator(model, opsets=opsets, new_ops=_reference_ops())
+
+
+def _reference_failure(model, feeds: dict[str, np.ndarray], exc: Exception) -> UnsupportedOperation:
+    """The error for a model ``onnx.reference`` cannot run: it names the first node that fails
+    when the nodes are evaluated one by one."""
+    reason = (f"onnx.reference, which checks lipbound's graph against the model, cannot evaluate it "
+              f"({type(exc).__name__}: {_first_line(exc)}); check=False skips the check")
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    from onnx import numpy_helper
+    results: dict[str, Any] = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    results.update(feeds)
+    for node in model.graph.node:
+        try:
+            values = reference_evaluator(node, opset).run(None, {i: results[i] for i in node.input if i})
+        except Exception as node_exc:
+            return UnsupportedOperation(node.op_type, _where(node), f"onnx.reference, which checks lipbound's graph "
+                                        f"against the model, cannot evaluate it ({type(node_exc).__name__}: "
+                                        f"{_first_line(node_exc)}); check=False skips the check")
+        results.update(zip(node.output, values))
+    return UnsupportedOperation("the ONNX model", "its graph", reason)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def check_against_reference(model, graph: Graph, batched: bool, output: str, samples: int = 2,
                             tol: float = 1e-4) -> float:
     """Largest difference between ``graph`` and ``onnx.reference`` on ``samples`` random inputs in
-    [0, 1), relative to the output's size; raises :class:`~lipbound.errors.LipboundError` above ``tol``."""
+    [0, 1), relative to the output's size; raises :class:`~lipbound.errors.LipboundError` above
+    ``tol``, and :class:`~lipbound.errors.UnsupportedOperation` naming the node when
+    ``onnx.reference`` cannot evaluate the model."""
     gen = torch.Generator().manual_seed(1)
     x = torch.rand((samples, *graph.input_shape), generator=gen, dtype=graph.dtype)
     with torch.no_grad():
         got = graph.forward(x).double().numpy()
-    ev = reference_evaluator(model)
     inp = next(i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
     np_dtype = np.float64 if graph.dtype == torch.float64 else np.float32
-    worst = 0.0
-    for i in range(samples):
-        xi = x[i:i + 1] if batched else x[i]
+    feeds = [{inp: (x[i:i + 1] if batched else x[i]).numpy().astype(np_dtype)} for i in range(samples)]
+    try:
+        ev = reference_evaluator(model)
         with np.errstate(all="ignore"):  # onnx.reference's sigmoid overflows harmlessly on large inputs
-            ref = np.asarray(ev.run([output], {inp: xi.numpy().astype(np_dtype)})[0], dtype=np.float64)
-        err = float(np.abs(ref.reshape(-1) - got[i].reshape(-1)).max()) / max(1.0, float(np.abs(ref).max()))
+            refs = [np.asarray(ev.run([output], f)[0], dtype=np.float64) for f in feeds]
+    except Exception as exc:  # a model onnx.reference cannot run: name the node
+        raise _reference_failure(model, feeds[0], exc) from None
+    worst = 0.0
+    for ref, out in zip(refs, got):
+        err = float(np.abs(ref.reshape(-1) - out.reshape(-1)).max()) / max(1.0, float(np.abs(ref).max()))
         worst = max(worst, err)
     if not worst <= tol:
         raise LipboundError(f"internal check failed: the graph of '{graph.name}' differs from the ONNX model by "
