@@ -512,7 +512,8 @@ class _Builder:
         hi = self._scalar(node, 2, "max", a.get("max"))
         if lo is not None and hi is not None and lo > hi:
             lo = hi
-        self._activation(node, "Clip", lambda x: torch.clamp(x, lo, hi), activations.hardtanh(lo, hi))
+        fn = (lambda x: x) if lo is None and hi is None else (lambda x: torch.clamp(x, lo, hi))  # noqa: E731
+        self._activation(node, "Clip", fn, activations.hardtanh(lo, hi))
 
     def _scalar(self, node, position: int, what: str, default: float | None) -> float | None:
         """An optional scalar input (None when absent or ``""``: then ``default``)."""
