@@ -276,6 +276,20 @@ def test_average_pool(attrs):
     assert certified(g) >= jacobian_lower(g, 1) * (1 - 1e-6)
 
 
+@pytest.mark.parametrize("op,attrs", [("MaxPool", {}), ("AveragePool", {}), ("AveragePool", {"count_include_pad": 1})])
+def test_pool_window_entirely_in_the_padding(op, attrs):
+    # kernel 2, stride 2, 2 units of padding in front: the first window holds no input element,
+    # its maximum would be -inf and its average without the pads 0 / 0; with the pads it is 0
+    m = make([helper.make_node(op, ["x"], ["y"], kernel_shape=[2], strides=[2], pads=[2, 0], **attrs)], {},
+             [1, 1, 4], out_shape=[1, 1, 3])
+    if attrs:
+        g = check_forward(m)
+        assert certified(g) >= jacobian_lower(g, 1) * (1 - 1e-6)
+    else:
+        with pytest.raises(InvalidInput, match="entirely in the padding"):
+            from_onnx(m)
+
+
 def test_global_pools():
     m = make([helper.make_node("GlobalAveragePool", ["x"], ["a"]), helper.make_node("GlobalMaxPool", ["x"], ["b"]),
               helper.make_node("Concat", ["a", "b"], ["y"], axis=1)], {}, [1, 3, 5, 5])
