@@ -315,7 +315,8 @@ def test_constant_folding_failure_names_the_node(tmp_path):
 
 # ---- a fixed-seed fuzz: mutated models get a lipbound error or a correct graph -------------------
 def _fuzz_seeds():
-    conv = model([helper.make_node("Conv", ["x", "W", "b"], ["c"], kernel_shape=[3, 3], pads=[1, 0, 1, 2], strides=[2, 1]),
+    conv = model([helper.make_node("Conv", ["x", "W", "b"], ["c"], kernel_shape=[3, 3], pads=[1, 0, 1, 2],
+                                   strides=[2, 1]),
                   helper.make_node("Clip", ["c", "", "six"], ["r"]),
                   helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], pads=[0, 0, 1, 1], ceil_mode=1),
                   helper.make_node("Pad", ["p", "pads", "v"], ["q"], mode="constant"),

@@ -14,7 +14,14 @@ checks, opset upgrade) and translated node by node, in the file's topological or
   -> :class:`Function`, ``Flatten``/``Reshape``/``Squeeze``/``Unsqueeze`` -> :class:`Reshape`,
   ``Transpose`` -> :class:`Permute`; element-wise activations with the slope ranges of
   :mod:`lipbound.graph.activations`; ``MaxPool``; sums of branches; ``Concat``. Every affine node's
-  bias is ``f(0)``, so the graph computes the model exactly.
+  bias is ``f(0)``, so the graph computes the model exactly;
+* activations that exporters write with several primitive operators (SiLU as
+  ``x * Sigmoid(x)``, GELU with ``Erf`` or its tanh form, Mish, Hardswish below opset 14) are
+  recognised as one activation when the subgraph is exactly the formula
+  (:mod:`lipbound.graph.onnx_composites`); any other product of two input-dependent tensors is
+  refused;
+* circular padding, which ``torch.onnx`` writes as ``Concat(x[.., n-l:], x, x[.., :r])`` per axis,
+  becomes one circular pad (the operator the torch frontend builds), not a concatenation of slices.
 
 Batch axis. The graph works on one sample (``input_shape`` has no batch axis). An ONNX input whose
 first axis is symbolic or 1 (and that has at least two axes) is taken as batched: that axis is
@@ -31,8 +38,11 @@ so ``v^T J v = Var_p(v) <= (max_i v_i - min_i v_i)^2 / 4 <= 1/2`` for ``||v|| = 
 hence ``L(softmax o f) <= L(f) / 2``.
 
 Anything else raises :class:`~lipbound.errors.UnsupportedOperation` with the ONNX operator and the
-node's name; the finished graph is compared with ``onnx.reference.ReferenceEvaluator`` on random
-inputs (``check=True``).
+node's name; a hostile or inconsistent model (bad attributes, pads or sizes) raises
+:class:`~lipbound.errors.InvalidInput`, never a raw exception. The finished graph is compared with
+``onnx.reference.ReferenceEvaluator`` on random inputs (``check=True``), with the corrections of
+:func:`_reference_ops` for the operators it gets wrong; a model it cannot evaluate is refused with
+the name of the failing node (``check=False`` skips the check).
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -381,10 +392,7 @@ class _Builder:
             value = self._reference(node, {node.input[0]: np.zeros(src.onnx_shape, np.float32)})[0]
             self.consts[node.output[0]] = value
             return
-        if composite:
-            handler: Callable | None = lambda n: self._composite(n, composite)  # noqa: E731
-        else:
-            handler = getattr(self, f"_op_{op}", None)
+        handler = partial(self._composite, composite=composite) if composite else getattr(self, f"_op_{op}", None)
         if handler is None:
             raise UnsupportedOperation(op, where, _REFUSED.get(op, "no lipbound handler for this ONNX operator"))
         try:
@@ -521,7 +529,8 @@ class _Builder:
         if value is None:
             return None if default is None else float(default)
         if value.size != 1:
-            raise InvalidInput(f"{node.op_type} at {_where(node)}: its {what} must be a scalar, got shape {value.shape}")
+            raise InvalidInput(f"{node.op_type} at {_where(node)}: its {what} must be a scalar, "
+                               f"got shape {value.shape}")
         return float(value.reshape(-1)[0])
 
     # ---- affine layers ----------------------------------------------------------------
@@ -638,7 +647,8 @@ class _Builder:
             op_: LinearOperator = Conv(w, src.shape, stride, begin, dil, groups, transposed=True, output_padding=outpad)
         else:
             conv = Conv(w, src.shape, stride, [0] * nd, dil, groups, transposed=True)
-            crop = self._pad_op(node, conv.out_shape, [-x for x in begin], [op - e for op, e in zip(outpad, end)], "constant")
+            crop = self._pad_op(node, conv.out_shape, [-x for x in begin], [op - e for op, e in zip(outpad, end)],
+                                "constant")
             op_ = compose(conv, crop)
         self._affine(node, src, op_, None if b is None else self._t(b).reshape(-1, *[1] * nd))
 
@@ -1078,8 +1088,8 @@ def _reference_ops() -> list:
 
         def _run(self, X, W, B=None, auto_pad=None, dilations=None, group=None, kernel_shape=None,  # noqa: N803
                  output_padding=None, output_shape=None, pads=None, strides=None):
-            attrs = dict(auto_pad=auto_pad, dilations=dilations, kernel_shape=kernel_shape, output_padding=output_padding,
-                         output_shape=output_shape, pads=pads, strides=strides)
+            attrs = dict(auto_pad=auto_pad, dilations=dilations, kernel_shape=kernel_shape,
+                         output_padding=output_padding, output_shape=output_shape, pads=pads, strides=strides)
             group = group or 1
             if group == 1:
                 return super()._run(X, W, B, group=1, **attrs)
