@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from onnx.reference import ReferenceEvaluator  # noqa: E402
 
 import lipbound  # noqa: E402
-from lipbound.errors import UnsupportedOperation  # noqa: E402
+from lipbound.errors import InvalidInput, UnsupportedOperation  # noqa: E402
 from lipbound.graph.from_onnx import from_onnx, reference_evaluator  # noqa: E402
 from lipbound.graph.ir import Activation, MaxPool  # noqa: E402
 from lipbound.linalg.operators import Conv, Dense, Diagonal, Function, Permute, Reshape  # noqa: E402
@@ -212,6 +212,41 @@ def test_prelu_and_clip():
     assert g.nodes["p"].slope == (pytest.approx(-0.3), pytest.approx(1.5))
 
 
+@pytest.mark.parametrize("lo,hi", [(None, 2.0), (-1.0, None), (None, None), (3.0, -1.0)])
+@pytest.mark.parametrize("omitted", ["empty name", "absent"])
+def test_clip_with_omitted_bounds(lo, hi, omitted):
+    """Clip's optional min / max, omitted as "" (torch.clamp(x, max=...) exports Clip(x, "", hi)) or
+    by leaving the trailing inputs out; min > max makes the constant max (ONNX and torch)."""
+    inputs, inits = ["x"], {}
+    for name, v in (("lo", lo), ("hi", hi)):
+        inputs.append(name if v is not None else "")
+        if v is not None:
+            inits[name] = np.array(v, np.float32)
+    if omitted == "absent":
+        while inputs[-1] == "":
+            inputs.pop()
+    m = make([helper.make_node("Clip", inputs, ["y"])], inits, [1, 64])
+    g = check_forward(m)
+    act = g.nodes["y"]
+    # hand-derived pieces of t -> min(max(t, lo), hi)
+    if lo is not None and hi is not None and lo > hi:
+        assert act.slope == (0.0, 0.0) and act.pieces.breakpoints == ()
+    else:
+        ends = tuple(v for v in (lo, hi) if v is not None)
+        assert act.slope == ((0.0, 1.0) if ends else (1.0, 1.0)) and act.pieces.breakpoints == ends
+
+
+def test_clip_and_pad_need_scalar_bounds():
+    m = make([helper.make_node("Clip", ["x", "lo"], ["y"])], {"lo": np.zeros(2, np.float32)}, [1, 2],
+             out_shape=[1, 2])
+    with pytest.raises(InvalidInput, match="Clip.*min must be a scalar"):
+        from_onnx(m)
+    m = make([helper.make_node("Pad", ["x", "pads", "v"], ["y"])],
+             {"pads": np.array([0, 1, 0, 1], np.int64), "v": np.zeros(2, np.float32)}, [1, 2], out_shape=[1, 4])
+    with pytest.raises(InvalidInput, match="Pad.*constant_value must be a scalar"):
+        from_onnx(m)
+
+
 # ---- pooling, padding, shapes ---------------------------------------------------------------------
 @pytest.mark.parametrize("attrs", [
     dict(kernel_shape=[2, 2], strides=[2, 2]),
@@ -239,6 +274,20 @@ def test_average_pool(attrs):
     g = check_forward(m)
     assert isinstance(g.nodes["y"].op, Function)
     assert certified(g) >= jacobian_lower(g, 1) * (1 - 1e-6)
+
+
+@pytest.mark.parametrize("op,attrs", [("MaxPool", {}), ("AveragePool", {}), ("AveragePool", {"count_include_pad": 1})])
+def test_pool_window_entirely_in_the_padding(op, attrs):
+    # kernel 2, stride 2, 2 units of padding in front: the first window holds no input element,
+    # its maximum would be -inf and its average without the pads 0 / 0; with the pads it is 0
+    m = make([helper.make_node(op, ["x"], ["y"], kernel_shape=[2], strides=[2], pads=[2, 0], **attrs)], {},
+             [1, 1, 4], out_shape=[1, 1, 3])
+    if attrs:
+        g = check_forward(m)
+        assert certified(g) >= jacobian_lower(g, 1) * (1 - 1e-6)
+    else:
+        with pytest.raises(InvalidInput, match="entirely in the padding"):
+            from_onnx(m)
 
 
 def test_global_pools():

@@ -287,3 +287,118 @@ def test_huge_declared_input_and_control_flow_are_refused(tmp_path, capsys):
     m = model([cond, branch], {}, out_shape=[1, 4])
     with pytest.raises(UnsupportedOperation, match="If at ONNX node 'branch'.*control flow"):
         lipbound.load(save(m, tmp_path / "if.onnx"))
+
+
+# ---- onnx.reference failures ------------------------------------------------------------------
+def _grouped_conv_transpose():
+    weight = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    return model([helper.make_node("ConvTranspose", ["x", "W"], ["y"], strides=[2, 2], group=2, name="up")],
+                 {"W": weight}, in_shape=(1, 4, 3, 3), out_shape=[1, 6, 7, 7])
+
+
+def test_a_model_onnx_reference_cannot_run_is_refused_naming_the_node(monkeypatch):
+    from lipbound.graph import from_onnx as frontend
+    assert frontend.from_onnx(_grouped_conv_transpose()).output_shape == (6, 7, 7)  # with the corrected reference
+    monkeypatch.setattr(frontend, "_reference_ops", lambda: [])  # the stock evaluator: grouped ConvTranspose fails
+    with pytest.raises(UnsupportedOperation, match="ConvTranspose at ONNX node 'up'.*onnx.reference.*check=False"):
+        frontend.from_onnx(_grouped_conv_transpose())
+    assert frontend.from_onnx(_grouped_conv_transpose(), check=False).output_shape == (6, 7, 7)
+
+
+def test_constant_folding_failure_names_the_node(tmp_path):
+    bad = model([helper.make_node("Gather", ["table", "idx"], ["k"], axis=0, name="lookup"),
+                 helper.make_node("Mul", ["x", "k"], ["y"])],
+                {"table": np.ones(3, np.float32), "idx": np.array([7], np.int64)}, out_shape=[1, 4])
+    with pytest.raises(UnsupportedOperation, match="Gather at ONNX node 'lookup'"):
+        lipbound.load(save(bad, tmp_path / "gather_oob.onnx"))
+
+
+# ---- a fixed-seed fuzz: mutated models get a lipbound error or a correct graph -------------------
+def _fuzz_seeds():
+    conv = model([helper.make_node("Conv", ["x", "W", "b"], ["c"], kernel_shape=[3, 3], pads=[1, 0, 1, 2],
+                                   strides=[2, 1]),
+                  helper.make_node("Clip", ["c", "", "six"], ["r"]),
+                  helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], pads=[0, 0, 1, 1], ceil_mode=1),
+                  helper.make_node("Pad", ["p", "pads", "v"], ["q"], mode="constant"),
+                  helper.make_node("Flatten", ["q"], ["f"]), helper.make_node("MatMul", ["f", "M"], ["y"])],
+                 {"W": RNG.standard_normal((3, 2, 3, 3)).astype(np.float32), "b": np.ones(3, np.float32),
+                  "six": np.array(6, np.float32), "pads": np.array([0, 0, 1, 0, 0, 0, 0, 1], np.int64),
+                  "v": np.array(0.5, np.float32), "M": RNG.standard_normal((72, 2)).astype(np.float32)},
+                 in_shape=(1, 2, 6, 5), out_shape=[1, 2])
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(2, 2, 3, padding=1, padding_mode="circular")
+            self.t = nn.ConvTranspose2d(2, 2, 2, stride=2, groups=2)
+            self.fc = nn.Linear(72, 3)
+
+        def forward(self, x):
+            h = nn.functional.silu(self.c(x)) + nn.functional.gelu(x)
+            return self.fc(nn.functional.hardswish(self.t(h)).flatten(1))
+
+    import io
+    import warnings
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Net().eval(), torch.zeros(1, 2, 3, 3), buf, dynamo=False, opset_version=13)
+    return [mlp(), conv, onnx.load_from_string(buf.getvalue())]
+
+
+def _mutate(m, rng):
+    """One random change: an attribute, an input name, an initializer's shape or values, an
+    operator type, or the declared input shape."""
+    m = onnx.ModelProto.FromString(m.SerializeToString())
+    g = m.graph
+    pos = int(rng.integers(len(g.node)))
+    n = g.node[pos]
+    kind = int(rng.integers(5))
+    if kind == 0 and n.attribute:
+        a = n.attribute[int(rng.integers(len(n.attribute)))]
+        if a.type == onnx.AttributeProto.INT:
+            a.i = int(rng.choice([-1, 0, 2, 7, 1 << 40]))
+        elif a.type == onnx.AttributeProto.INTS and a.ints:
+            a.ints[int(rng.integers(len(a.ints)))] = int(rng.choice([-2, 0, 3, 1 << 40]))
+        elif a.type == onnx.AttributeProto.FLOAT:
+            a.f = float(rng.choice([np.nan, -1.0, 0.0, 1e30]))
+        elif a.type == onnx.AttributeProto.STRING:
+            a.s = [b"", b"SAME_LOWER", b"wrap", b"reflect"][int(rng.integers(4))]
+    elif kind == 1 and n.input:
+        names = ["", g.input[0].name] + [o for k in g.node[:pos] for o in k.output] + [t.name for t in g.initializer]
+        n.input[int(rng.integers(len(n.input)))] = str(rng.choice(names))
+    elif kind == 2 and g.initializer:
+        t = g.initializer[int(rng.integers(len(g.initializer)))]
+        arr = numpy_helper.to_array(t)
+        shape = tuple(int(s) for s in rng.integers(0, 4, size=int(rng.integers(0, 4))))
+        new = rng.integers(-3, 8, size=shape) if arr.dtype.kind in "iu" else rng.standard_normal(shape)
+        t.CopyFrom(numpy_helper.from_array(np.asarray(new).astype(arr.dtype), t.name))
+    elif kind == 3:
+        n.op_type = str(rng.choice(["Relu", "Mul", "Div", "Concat", "Slice", "Pad", "Sigmoid", "Erf", "Clip", "Tanh"]))
+    else:
+        dim = g.input[0].type.tensor_type.shape.dim
+        dim[int(rng.integers(len(dim)))].dim_value = int(rng.choice([0, 1, 2, 9]))
+    return m
+
+
+def test_fuzzed_models_give_a_lipbound_error_or_a_correct_graph():
+    from lipbound.graph.from_onnx import from_onnx
+    rng = np.random.default_rng(7)
+    seeds = _fuzz_seeds()
+    assert all(from_onnx(m).input_shape for m in seeds)
+    loaded = 0
+    for i in range(240):
+        m = seeds[i % len(seeds)]
+        for _ in range(int(rng.integers(1, 3))):
+            m = _mutate(m, rng)
+        try:
+            g = from_onnx(m)  # check=True: compared with onnx.reference on random inputs
+        except LipboundError as exc:
+            assert "internal check failed" not in str(exc), (i, str(exc))
+            continue
+        loaded += 1
+        x = torch.randn(g.input_shape, generator=torch.Generator().manual_seed(i), dtype=torch.float64)
+        j = torch.autograd.functional.jacobian(lambda z: g.to(dtype=torch.float64).forward(z[None]).reshape(-1), x)
+        lower = torch.linalg.matrix_norm(j.reshape(j.shape[0], -1), ord=2).item()
+        assert lipbound.autolip(g, certified=True).value >= lower * (1 - 1e-6), i
+    assert loaded >= 20  # the mutants are not all refused

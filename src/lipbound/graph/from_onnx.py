@@ -14,7 +14,14 @@ checks, opset upgrade) and translated node by node, in the file's topological or
   -> :class:`Function`, ``Flatten``/``Reshape``/``Squeeze``/``Unsqueeze`` -> :class:`Reshape`,
   ``Transpose`` -> :class:`Permute`; element-wise activations with the slope ranges of
   :mod:`lipbound.graph.activations`; ``MaxPool``; sums of branches; ``Concat``. Every affine node's
-  bias is ``f(0)``, so the graph computes the model exactly.
+  bias is ``f(0)``, so the graph computes the model exactly;
+* activations that exporters write with several primitive operators (SiLU as
+  ``x * Sigmoid(x)``, GELU with ``Erf`` or its tanh form, Mish, Hardswish below opset 14) are
+  recognised as one activation when the subgraph is exactly the formula
+  (:mod:`lipbound.graph.onnx_composites`); any other product of two input-dependent tensors is
+  refused;
+* circular padding, which ``torch.onnx`` writes as ``Concat(x[.., n-l:], x, x[.., :r])`` per axis,
+  becomes one circular pad (the operator the torch frontend builds), not a concatenation of slices.
 
 Batch axis. The graph works on one sample (``input_shape`` has no batch axis). An ONNX input whose
 first axis is symbolic or 1 (and that has at least two axes) is taken as batched: that axis is
@@ -31,15 +38,20 @@ so ``v^T J v = Var_p(v) <= (max_i v_i - min_i v_i)^2 / 4 <= 1/2`` for ``||v|| = 
 hence ``L(softmax o f) <= L(f) / 2``.
 
 Anything else raises :class:`~lipbound.errors.UnsupportedOperation` with the ONNX operator and the
-node's name; the finished graph is compared with ``onnx.reference.ReferenceEvaluator`` on random
-inputs (``check=True``).
+node's name; a hostile or inconsistent model (bad attributes, pads or sizes) raises
+:class:`~lipbound.errors.InvalidInput`, never a raw exception. The finished graph is compared with
+``onnx.reference.ReferenceEvaluator`` on random inputs (``check=True``), with the corrections of
+:func:`_reference_ops` for the operators it gets wrong; a model it cannot evaluate is refused with
+the name of the failing node (``check=False`` skips the check).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -53,6 +65,7 @@ from ..linalg.operators import Conv, Dense, Diagonal, Function, LinearOperator, 
 from . import activations
 from .from_torch import _check_shape, _pool_multiplicity
 from .ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool, Node
+from .onnx_composites import Composite, find_composites
 from .onnx_file import check_and_upgrade, read_onnx
 
 __all__ = ["from_onnx"]
@@ -154,40 +167,48 @@ def _torch_pads(begin: Sequence[int], end: Sequence[int]) -> list[int]:
     return out
 
 
-class _MaxPoolFn:
-    """ONNX MaxPool on a batch: explicit ``-inf`` padding, then ``max_poolNd``."""
+def _pool_sizes(sizes: Sequence[int], k, stride, dil, begin, end, ceil_mode: bool) -> list[int]:
+    """Output sizes of an ONNX MaxPool / AveragePool (spec, opset 19): with ``e = (k - 1) d + 1``,
+    ``floor((h + pads - e) / s) + 1``; with ``ceil_mode`` the ceiling instead, less one when the
+    last window would start in the end padding (``(out - 1) s >= h + begin``)."""
+    out = []
+    for h, kk, s, d, b, e in zip(sizes, k, stride, dil, begin, end):
+        span = h + b + e - ((kk - 1) * d + 1)
+        n = (-(-span // s) if ceil_mode else span // s) + 1
+        if ceil_mode and (n - 1) * s >= h + b:
+            n -= 1
+        out.append(n)
+    return out
 
-    def __init__(self, kernel, stride, dilation, begin, end, ceil_mode: bool) -> None:
-        self.kernel, self.stride, self.dilation = tuple(kernel), tuple(stride), tuple(dilation)
+
+class _PoolFn:
+    """ONNX MaxPool or AveragePool on a batch: explicit padding (``-inf`` for max, 0 for the
+    average's sums), torch's pooling with ``ceil_mode``, cropped to the ONNX output sizes (torch
+    keeps a last window that starts in the end padding, ONNX does not). An average divides by the
+    window's size, or with ``count_include_pad=0`` by its number of input elements."""
+
+    def __init__(self, kind: str, kernel, stride, dilation, begin, end, out_sizes: Sequence[int], ceil_mode: bool,
+                 count_include_pad: bool = False) -> None:
+        self.kind, self.kernel, self.stride, self.dilation = kind, tuple(kernel), tuple(stride), tuple(dilation)
         self.pads = _torch_pads(begin, end) if any(begin) or any(end) else None
-        self.ceil_mode = ceil_mode
-
-    def __call__(self, x):
-        if self.pads:
-            x = F.pad(x, self.pads, value=-math.inf)
-        fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[len(self.kernel) - 1]
-        return fn(x, self.kernel, self.stride, 0, self.dilation, self.ceil_mode)
-
-
-class _AvgPoolFn:
-    """ONNX AveragePool on a batch (linear): zero padding, window sums, and the divisor the
-    attribute ``count_include_pad`` asks for."""
-
-    def __init__(self, kernel, stride, begin, end, ceil_mode: bool, count_include_pad: bool) -> None:
-        self.kernel, self.stride = tuple(kernel), tuple(stride)
-        self.pads = _torch_pads(begin, end) if any(begin) or any(end) else None
+        self.crop = (slice(None), slice(None), *(slice(0, n) for n in out_sizes))
         self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
 
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        nd = len(self.kernel)
+        if self.kind == "max":
+            fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[nd - 1]
+            return fn(x, self.kernel, self.stride, 0, self.dilation, self.ceil_mode)[self.crop]
+        fn = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[nd - 1]
+        return fn(x, self.kernel, self.stride, 0, self.ceil_mode)[self.crop]
+
     def __call__(self, x):
-        fn = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[len(self.kernel) - 1]
-        pool = lambda z: fn(z, self.kernel, self.stride, 0, self.ceil_mode)  # noqa: E731
         if not self.pads:
-            return pool(x)
-        y = pool(F.pad(x, self.pads))
-        if self.count_include_pad:
+            return self._pool(x)
+        y = self._pool(F.pad(x, self.pads, value=-math.inf if self.kind == "max" else 0.0))
+        if self.kind == "max" or self.count_include_pad:
             return y
-        ones = F.pad(torch.ones_like(x[:1]), self.pads)
-        return y / pool(ones)
+        return y / self._pool(F.pad(torch.ones_like(x[:1]), self.pads))
 
 
 class _Builder:
@@ -226,6 +247,8 @@ class _Builder:
         self.nodes: dict[str, Node] = {}
         self.dep: dict[str, _Tensor] = {}
         self.after_softmax: set[str] = set()
+        self.slices: dict[str, tuple[str, tuple[range, ...]]] = {}  # Slice output -> (source, per-axis indices)
+        self.circular: dict[str, tuple[_Tensor, list[int], list[int]]] = {}  # circular pad -> (source, begin, end)
         self.bounded_output = self.output  # the ONNX tensor the graph computes (the logits)
 
     # ---- helpers ----------------------------------------------------------------------
@@ -259,6 +282,13 @@ class _Builder:
             name, i = f"{base}#{i}", i + 1
         return name
 
+    def _bounded(self, node, shape: Sequence[int], what: str) -> None:
+        """Refuse a tensor of more than :data:`MAX_INPUT_NUMEL` elements per sample before it is
+        built (hostile pads or strides would exhaust memory)."""
+        if math.prod(shape) > MAX_INPUT_NUMEL:
+            raise InvalidInput(f"{node.op_type} at {_where(node)}: its {what} would have shape {tuple(shape)}, "
+                               f"more than {MAX_INPUT_NUMEL} elements per sample")
+
     def _affine(self, node, src: _Tensor, op: LinearOperator, bias: torch.Tensor | None = None,
                 batched: bool | None = None, out: str | None = None) -> None:
         out = out or node.output[0]
@@ -287,12 +317,13 @@ class _Builder:
         return self._t(c[0] if batched else c)
 
     def _reference(self, node, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        from onnx.reference import ReferenceEvaluator
+        """``node`` evaluated by ``onnx.reference`` (constant folding, shapes)."""
         try:
-            return ReferenceEvaluator(node, opsets={"": self.opset}).run(None, feeds)
+            with np.errstate(all="ignore"):
+                return reference_evaluator(node, self.opset).run(None, feeds)
         except Exception as exc:
-            raise InvalidInput(f"{node.op_type} at {_where(node)} cannot be evaluated: {type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+            raise UnsupportedOperation(node.op_type, _where(node), f"onnx.reference cannot evaluate it on "
+                                       f"constants ({type(exc).__name__}: {_first_line(exc)})") from None
 
     def _attrs(self, node) -> dict[str, Any]:
         from onnx import helper
@@ -309,8 +340,14 @@ class _Builder:
         name = self.input.name
         self.nodes[name] = Input(name, [], self.input_shape, "input")
         self.dep[name] = _Tensor(name, self.input_shape, self.batched, x)
-        for node in self.model.graph.node:
-            self._visit(node)
+        onnx_nodes = list(self.model.graph.node)
+        folded = self._fold_constants(onnx_nodes)
+        composites = find_composites(onnx_nodes, self.consts, _dependent(onnx_nodes, name),
+                                     [o.name for o in self.model.graph.output])
+        absorbed = {i for c in composites.values() for i in c.nodes if i != c.root}
+        for i, node in enumerate(onnx_nodes):
+            if i not in folded and i not in absorbed:
+                self._visit(node, composites.get(i))
         if self.output not in self.dep:
             raise UnsupportedOperation("a constant output", f"model '{self.name}'",
                                        f"output '{self.output}' does not depend on the input")
@@ -320,35 +357,52 @@ class _Builder:
         graph = Graph(self.nodes, self.input.name, out.node, self.name, list(self.notes))
         return _prune(graph)
 
-    def _visit(self, node) -> None:
+    def _fold_constants(self, onnx_nodes) -> set[int]:
+        """Evaluate, in order, every node whose inputs are all constants (initializers,
+        ``Constant``, folded nodes), so that composite activations see their constants; returns
+        their indices. Constants computed from the ``Shape`` of an input-dependent tensor are
+        folded later, during the walk. Control flow is left to :meth:`_visit`, which refuses it."""
+        folded = set()
+        for i, node in enumerate(onnx_nodes):
+            if node.op_type not in ("If", "Loop", "Scan") and all(n in self.consts for n in node.input if n):
+                self._fold(node)
+                folded.add(i)
+        return folded
+
+    def _visit(self, node, composite: Composite | None = None) -> None:
         where = _where(node)
         if node.op_type in ("If", "Loop", "Scan"):  # their bodies may read the input implicitly
             raise UnsupportedOperation(node.op_type, where, _REFUSED[node.op_type])
-        if not any(i in self.dep for i in node.input if i):
+        inputs = [composite.variable] if composite else [i for i in node.input if i]
+        if composite and composite.variable not in self.dep:
+            raise UnsupportedOperation(composite.activation.label, where, f"its input '{composite.variable}' "
+                                       "is not a tensor lipbound follows")
+        if not any(i in self.dep for i in inputs):
             self._fold(node)
             return
         op = node.op_type
         if node.domain not in ("", "ai.onnx"):
             raise UnsupportedOperation(f"{node.domain}.{op}", where, "operators outside the standard ONNX domain")
-        for i in node.input:
+        for i in inputs:
             if i in self.after_softmax and op not in _SHAPE_ONLY:
                 raise UnsupportedOperation("Softmax", f"the input of {where}",
                                            "a softmax is only accepted as the last operation (it is then removed)")
-        handler = getattr(self, f"_op_{op}", None)
         if op in ("Shape", "Size"):
             src = self.dep[node.input[0]]
             value = self._reference(node, {node.input[0]: np.zeros(src.onnx_shape, np.float32)})[0]
             self.consts[node.output[0]] = value
             return
+        handler = partial(self._composite, composite=composite) if composite else getattr(self, f"_op_{op}", None)
         if handler is None:
             raise UnsupportedOperation(op, where, _REFUSED.get(op, "no lipbound handler for this ONNX operator"))
         try:
             handler(node)
         except LipboundError:
             raise
-        except (ValueError, RuntimeError, IndexError, KeyError) as exc:
+        except (ValueError, RuntimeError, IndexError, KeyError, TypeError, ZeroDivisionError, OverflowError) as exc:
+            first = self.dep.get(inputs[0]) if inputs else None
             raise InvalidInput(f"{op} at {where} does not fit its input of shape "
-                               f"{self.dep[node.input[0]].onnx_shape if node.input[0] in self.dep else '?'}: "
+                               f"{first.onnx_shape if first else '?'}: "
                                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
         for out in node.output:
             if out in self.dep and 0 in self.dep[out].shape:
@@ -381,13 +435,24 @@ class _Builder:
         self._alias(node.output[0], self.dep[node.input[0]])
 
     # ---- element-wise activations (facts from lipbound.graph.activations) ------------------
-    def _activation(self, node, label: str, fn: Callable, facts: activations.ActivationFacts) -> None:
-        src = self.dep[node.input[0]]
+    def _activation(self, node, label: str, fn: Callable, facts: activations.ActivationFacts,
+                    src: _Tensor | None = None, origin: str | None = None) -> None:
+        src = src or self.dep[node.input[0]]
         out = node.output[0]
         with torch.no_grad():
             value = fn(src.value)
-        origin = f"{node.op_type} '{node.name or out}'"
+        origin = origin or f"{node.op_type} '{node.name or out}'"
         self._add(Activation(out, [src.node], src.shape, origin, fn, facts, label), src.batched, value)
+
+    def _composite(self, node, composite: Composite) -> None:
+        """A composite activation (:mod:`lipbound.graph.onnx_composites`) ending at ``node``."""
+        src = self.dep[composite.variable]
+        act = composite.activation
+        if composite.const_rank > len(src.onnx_shape):
+            raise UnsupportedOperation(act.label, _where(node), "a constant of the subgraph has more axes than its "
+                                       "input and broadcasts it to a larger shape")
+        origin = f"{act.label} from {len(composite.nodes)} ONNX nodes ending at '{node.name or node.output[0]}'"
+        self._activation(node, act.label, act.fn, act.facts, src, origin)
 
     def _op_Relu(self, node):
         self._activation(node, "ReLU", torch.relu, activations.relu())
@@ -448,12 +513,25 @@ class _Builder:
         self._activation(node, "Abs", torch.abs, activations.absolute())
 
     def _op_Clip(self, node):
+        """``min(max(x, lo), hi)``; an omitted bound (no input, ``""``, no attribute) is none.
+        With ``lo > hi`` it is the constant ``hi`` (ONNX's order of min and max, and torch's)."""
         a = self._attrs(node)
-        lo = self._const(node.input[1], node, "min") if len(node.input) > 1 else a.get("min")
-        hi = self._const(node.input[2], node, "max") if len(node.input) > 2 else a.get("max")
-        lo = None if lo is None else float(np.asarray(lo))
-        hi = None if hi is None else float(np.asarray(hi))
-        self._activation(node, "Clip", lambda x: torch.clamp(x, lo, hi), activations.hardtanh(lo, hi))
+        lo = self._scalar(node, 1, "min", a.get("min"))
+        hi = self._scalar(node, 2, "max", a.get("max"))
+        if lo is not None and hi is not None and lo > hi:
+            lo = hi
+        fn = (lambda x: x) if lo is None and hi is None else (lambda x: torch.clamp(x, lo, hi))  # noqa: E731
+        self._activation(node, "Clip", fn, activations.hardtanh(lo, hi))
+
+    def _scalar(self, node, position: int, what: str, default: float | None) -> float | None:
+        """An optional scalar input (None when absent or ``""``: then ``default``)."""
+        value = self._const(node.input[position], node, what) if len(node.input) > position else None
+        if value is None:
+            return None if default is None else float(default)
+        if value.size != 1:
+            raise InvalidInput(f"{node.op_type} at {_where(node)}: its {what} must be a scalar, "
+                               f"got shape {value.shape}")
+        return float(value.reshape(-1)[0])
 
     # ---- affine layers ----------------------------------------------------------------
     def _op_Gemm(self, node):
@@ -516,36 +594,39 @@ class _Builder:
         return src
 
     def _conv_parts(self, node):
-        """Attributes, weight, bias (or None), number of spatial axes and input of a Conv or
-        ConvTranspose node."""
+        """Attributes, weight, bias (or None), number of spatial axes, input, strides, dilations
+        and groups of a Conv or ConvTranspose node, checked."""
         a = self._attrs(node)
         w = self._t(self._const(node.input[1], node, "weight"))
         b = self._const(node.input[2], node, "bias") if len(node.input) > 2 else None
         nd = w.dim() - 2
         src = self._spatial(node, nd)
-        return a, w, b, nd, src
+        stride, dil = list(a.get("strides", [1] * nd)), list(a.get("dilations", [1] * nd))
+        groups = int(a.get("group", 1))
+        if not len(stride) == len(dil) == nd or min(stride + dil + [groups]) < 1:
+            raise InvalidInput(f"{node.op_type} at {_where(node)}: strides {stride}, dilations {dil} and group "
+                               f"{groups} must be positive, with {nd} strides and dilations")
+        return a, w, b, nd, src, stride, dil, groups
 
     def _op_Conv(self, node):
-        a, w, b, nd, src = self._conv_parts(node)
+        a, w, b, nd, src, stride, dil, groups = self._conv_parts(node)
         k = tuple(w.shape[2:])
-        stride, dil = a.get("strides", [1] * nd), a.get("dilations", [1] * nd)
         begin, end = _pads(a, src.shape[1:], k, stride, dil)
-        groups = int(a.get("group", 1))
+        self._bounded(node, [src.shape[0], *(h + p + q for h, p, q in zip(src.shape[1:], begin, end))], "padded input")
         if begin == end:
             op: LinearOperator = Conv(w, src.shape, stride, begin, dil, groups)
         else:
-            pad = self._pad_op(src.shape, begin, end, "constant")
+            pad = self._pad_op(node, src.shape, begin, end, "constant")
             op = compose(pad, Conv(w, pad.out_shape, stride, [0] * nd, dil, groups))
         self._affine(node, src, op, None if b is None else self._t(b).reshape(-1, *[1] * nd))
 
     def _op_ConvTranspose(self, node):
-        a, w, b, nd, src = self._conv_parts(node)
-        stride, dil = list(a.get("strides", [1] * nd)), list(a.get("dilations", [1] * nd))
-        groups = int(a.get("group", 1))
+        a, w, b, nd, src, stride, dil, groups = self._conv_parts(node)
         k = list(w.shape[2:])
         outpad = list(a.get("output_padding", [0] * nd))
         sizes = src.shape[1:]
         full = [(h - 1) * s + (kk - 1) * d + 1 for h, s, kk, d in zip(sizes, stride, k, dil)]
+        self._bounded(node, [w.shape[1] * groups, *(f + max(op, 0) for f, op in zip(full, outpad))], "output")
         auto = a.get("auto_pad", "NOTSET")
         if "output_shape" in a or auto in ("SAME_UPPER", "SAME_LOWER"):
             target = list(a["output_shape"])[-nd:] if "output_shape" in a else [h * s for h, s in zip(sizes, stride)]
@@ -566,7 +647,8 @@ class _Builder:
             op_: LinearOperator = Conv(w, src.shape, stride, begin, dil, groups, transposed=True, output_padding=outpad)
         else:
             conv = Conv(w, src.shape, stride, [0] * nd, dil, groups, transposed=True)
-            crop = self._pad_op(conv.out_shape, [-x for x in begin], [op - e for op, e in zip(outpad, end)], "constant")
+            crop = self._pad_op(node, conv.out_shape, [-x for x in begin], [op - e for op, e in zip(outpad, end)],
+                                "constant")
             op_ = compose(conv, crop)
         self._affine(node, src, op_, None if b is None else self._t(b).reshape(-1, *[1] * nd))
 
@@ -658,32 +740,84 @@ class _Builder:
         if ts[0].batched and axis == 0:
             raise UnsupportedOperation("Concat", _where(node), "concatenation along the batch axis")
         axis -= 1 if ts[0].batched else 0
+        if self._circular_pad(node, axis):
+            return
         out = node.output[0]
         value = torch.cat([t.value for t in ts], dim=axis + 1)
         self._add(Concat(out, [t.node for t in ts], tuple(value.shape[1:]), f"Concat '{node.name or out}'", axis),
                   ts[0].batched, value)
 
+    def _circular_pad(self, node, axis: int) -> bool:
+        """Translate ``Concat([x[.., n-l:n], x, x[.., 0:r]], axis)`` (how ``torch.onnx`` writes
+        circular padding, one axis at a time) as the circular :class:`Function` pad the torch
+        frontend builds, merged with a circular pad of ``x`` along other axes; returns False
+        (a plain concatenation) for any other Concat. Exact: both compute the same map, and one
+        operator gets one norm where a Concat of slices gets ``sqrt(sum of squares)``."""
+        names = list(node.input)
+        for k, name in enumerate(names):
+            parts = [self.slices.get(n) for n in names[:k] + names[k + 1:]]
+            if any(p is None or p[0] != name for p in parts):
+                continue
+            src = self.dep[name]
+            full = [range(n) for n in src.shape]
+            if any(r != f for p in parts for ax, (r, f) in enumerate(zip(p[1], full)) if ax != axis):
+                return False
+            n = src.shape[axis]
+            left = [i for p in parts[:k] for i in p[1][axis]]
+            right = [i for p in parts[k:] for i in p[1][axis]]
+            if left != list(range(n - len(left), n)) or right != list(range(len(right))) or not (left or right):
+                return False
+            base, begin, end = self.circular.get(name, (src, [0] * len(src.shape), [0] * len(src.shape)))
+            if begin[axis] or end[axis]:  # padded along this axis already: pad the padded tensor
+                base, begin, end = src, [0] * len(src.shape), [0] * len(src.shape)
+            begin, end = list(begin), list(end)
+            begin[axis], end[axis] = len(left), len(right)
+            try:
+                op = self._pad_op(node, base.shape, begin, end, "wrap")
+            except (RuntimeError, NotImplementedError, ValueError):  # circular padding torch cannot do
+                return False
+            self._affine(node, base, op)
+            self.circular[node.output[0]] = (base, begin, end)
+            return True
+        return False
+
     # ---- pooling and padding ------------------------------------------------------------
-    def _pool_args(self, node, nd: int):
+    def _pool(self, node, kind: str) -> tuple[_Tensor, _PoolFn, list[int], list[int], list[int]]:
+        """The input, the pooling function and ``kernel``, ``stride``, ``dilation`` of a MaxPool
+        or AveragePool node, checked."""
+        src = self.dep[node.input[0]]
+        nd = len(src.shape) - 1
+        src = self._spatial(node, nd)
         a = self._attrs(node)
-        k = list(a["kernel_shape"])
+        k = list(a.get("kernel_shape", []))
         stride, dil = list(a.get("strides", [1] * nd)), list(a.get("dilations", [1] * nd))
-        return a, k, stride, dil
+        if not len(k) == len(stride) == len(dil) == nd or min(k + stride + dil) < 1:
+            raise InvalidInput(f"{node.op_type} at {_where(node)}: kernel_shape {k}, strides {stride} and dilations "
+                               f"{dil} must have {nd} positive entries")
+        begin, end = _pads(a, src.shape[1:], k, stride, dil)
+        ceil_mode = bool(a.get("ceil_mode", 0)) and (a.get("auto_pad", "NOTSET") or "NOTSET") == "NOTSET"
+        sizes = _pool_sizes(src.shape[1:], k, stride, dil, begin, end, ceil_mode)
+        self._bounded(node, [src.shape[0], *(h + b + e for h, b, e in zip(src.shape[1:], begin, end))], "padded input")
+        if min(begin + end) < 0 or min(sizes) < 1:
+            raise InvalidInput(f"{node.op_type} at {_where(node)}: pads {begin} / {end} do not fit the input of "
+                               f"spatial shape {src.shape[1:]}")
+        fn = _PoolFn(kind, k, stride, dil, begin, end, sizes, ceil_mode, bool(a.get("count_include_pad", 0)))
+        with torch.no_grad():
+            probe = fn(torch.zeros((1, *src.shape), dtype=self.dtype))
+        if not bool(torch.isfinite(probe).all()):  # -inf (max) or 0 / 0 (average without the pads)
+            raise InvalidInput(f"{node.op_type} at {_where(node)}: some windows lie entirely in the padding "
+                               f"(pads {begin} / {end}, input of spatial shape {src.shape[1:]})")
+        return src, fn, k, stride, dil
 
     def _op_MaxPool(self, node):
         if len(node.output) > 1 and node.output[1]:
             raise UnsupportedOperation("MaxPool", _where(node), "the Indices output is not supported")
-        src = self.dep[node.input[0]]
-        nd = len(src.shape) - 1
-        src = self._spatial(node, nd)
-        a, k, stride, dil = self._pool_args(node, nd)
-        begin, end = _pads(a, src.shape[1:], k, stride, dil)
-        fn = _MaxPoolFn(k, stride, dil, begin, end, bool(a.get("ceil_mode", 0)))
+        src, fn, k, stride, dil = self._pool(node, "max")
         with torch.no_grad():
             value = fn(src.value)
         out = node.output[0]
         self._add(MaxPool(out, [src.node], tuple(value.shape[1:]), f"MaxPool '{node.name or out}'", fn,
-                          _pool_multiplicity(k, stride, dil, nd)), True, value)
+                          _pool_multiplicity(k, stride, dil, len(k))), True, value)
 
     def _op_GlobalMaxPool(self, node):
         src = self.dep[node.input[0]]
@@ -696,14 +830,9 @@ class _Builder:
                   True, value)
 
     def _op_AveragePool(self, node):
-        src = self.dep[node.input[0]]
-        nd = len(src.shape) - 1
-        src = self._spatial(node, nd)
-        a, k, stride, dil = self._pool_args(node, nd)
+        src, fn, _, _, dil = self._pool(node, "average")
         if any(d != 1 for d in dil):
             raise UnsupportedOperation("AveragePool", _where(node), "dilated average pooling")
-        begin, end = _pads(a, src.shape[1:], k, stride, dil)
-        fn = _AvgPoolFn(k, stride, begin, end, bool(a.get("ceil_mode", 0)), bool(a.get("count_include_pad", 0)))
         self._affine(node, src, Function(fn, src.shape, "AveragePool", nonnegative=True, dtype=self.dtype))
 
     def _op_GlobalAveragePool(self, node):
@@ -713,7 +842,13 @@ class _Builder:
         fn = lambda x: x.mean(dim=dims, keepdim=True)  # noqa: E731
         self._affine(node, src, Function(fn, src.shape, "GlobalAveragePool", nonnegative=True, dtype=self.dtype))
 
-    def _pad_op(self, shape: Shape, begin: Sequence[int], end: Sequence[int], mode: str) -> Function:
+    def _pad_op(self, node, shape: Shape, begin: Sequence[int], end: Sequence[int], mode: str) -> Function:
+        """Padding (negative: cropping) of a per-sample tensor of ``shape`` in an ONNX Pad ``mode``."""
+        out = [n + b + e for n, b, e in zip(shape, begin, end)]
+        if min(out) < 1:
+            raise InvalidInput(f"{node.op_type} at {_where(node)}: pads {list(begin)} / {list(end)} leave no "
+                               f"element of shape {tuple(shape)}")
+        self._bounded(node, out, "padded input")
         pads = _torch_pads(begin, end)
         torch_mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}[mode]
         label = "Crop" if all(p <= 0 for p in pads) else f"Pad({mode})"
@@ -726,9 +861,11 @@ class _Builder:
         if mode not in ("constant", "reflect", "edge", "wrap"):
             raise UnsupportedOperation("Pad", _where(node), f"mode {mode!r}")
         pads = self._const(node.input[1], node, "pads") if len(node.input) > 1 else a.get("pads")
-        value = self._const(node.input[2], node, "constant_value") if len(node.input) > 2 else a.get("value", 0.0)
+        value = self._scalar(node, 2, "constant_value", a.get("value", 0.0)) or 0.0
         axes = self._const(node.input[3], node, "axes") if len(node.input) > 3 else None
         rank = len(src.onnx_shape)
+        if pads is None or np.asarray(pads).dtype.kind not in "iu":
+            raise InvalidInput(f"Pad at {_where(node)} needs integer pads")
         pads = [int(p) for p in np.asarray(pads).reshape(-1)]
         axes = list(range(rank)) if axes is None else [int(x) % rank for x in np.asarray(axes).reshape(-1)]
         if len(pads) != 2 * len(axes):
@@ -741,11 +878,10 @@ class _Builder:
                 raise UnsupportedOperation("Pad", _where(node), "padding along the batch axis")
             begin, end = begin[1:], end[1:]
         try:
-            op = self._pad_op(src.shape, begin, end, mode)
+            op = self._pad_op(node, src.shape, begin, end, mode)
         except (RuntimeError, NotImplementedError, ValueError) as exc:
             raise UnsupportedOperation("Pad", _where(node), f"mode {mode!r} on this shape: {exc}") from None
         bias = None
-        value = float(np.asarray(value if value is not None else 0.0).reshape(-1)[0]) if np.size(value) else 0.0
         if mode == "constant" and value != 0.0:
             bias = F.pad(torch.zeros((1, *src.shape), dtype=self.dtype), _torch_pads(begin, end), value=value)[0]
         self._affine(node, src, op, bias)
@@ -801,6 +937,7 @@ class _Builder:
             index = index[1:]
         sel = (slice(None), *index)
         self._affine(node, src, Function(lambda z: z[sel], src.shape, "Slice", nonnegative=True, dtype=self.dtype))
+        self.slices[node.output[0]] = (node.input[0], tuple(range(*i.indices(n)) for i, n in zip(index, src.shape)))
 
     # ---- the final softmax ------------------------------------------------------------------
     def _op_Softmax(self, node):
@@ -894,6 +1031,16 @@ def _resolve_input(vi, given: Sequence[int] | None) -> tuple[Shape, bool]:
     return tuple(rest), batched
 
 
+def _dependent(nodes, input_name: str) -> set[str]:
+    """Names of the tensors that depend on the network input (``Shape`` and ``Size`` of such a
+    tensor are constants: the shape per sample is fixed)."""
+    dep = {input_name}
+    for node in nodes:
+        if node.op_type not in ("Shape", "Size") and any(i in dep for i in node.input):
+            dep.update(o for o in node.output if o)
+    return dep
+
+
 def _prune(graph: Graph) -> Graph:
     """Drop nodes the output does not depend on (dead branches of the ONNX graph)."""
     keep = {graph.output}
@@ -906,12 +1053,24 @@ def _prune(graph: Graph) -> Graph:
     return Graph(nodes, graph.input, graph.output, graph.name, graph.notes)
 
 
-def reference_evaluator(model):
-    """``onnx.reference.ReferenceEvaluator`` for ``model``, with inference-mode BatchNormalization:
-    the stock evaluator of opsets 9-13 mixes in batch statistics whenever ``momentum`` is set
-    (its schema default), although a one-output BatchNormalization is in test mode by the spec."""
-    from onnx.reference import ReferenceEvaluator
+def _reference_ops() -> list:
+    """Corrections to ``onnx.reference`` (1.23), passed to it as ``new_ops``:
+
+    * BatchNormalization in inference mode: the stock evaluator of opsets 9-13 mixes in batch
+      statistics whenever ``momentum`` is set (its schema default), although a one-output
+      BatchNormalization is in test mode by the spec;
+    * MaxPool and AveragePool: the stock evaluator reads 2-D ``pads`` in the wrong order
+      (``[top, bottom, left, right]`` instead of ``[top, left, bottom, right]``) on some paths,
+      gives SAME_LOWER the output size ``floor(h / s)`` and refuses ``ceil_mode`` with
+      ``auto_pad``. :func:`_spec_pool` follows the spec instead, in numpy;
+    * ConvTranspose with ``group > 1``: the stock evaluator slices the weight by output channel
+      instead of input channel, adds the whole bias to every group and keeps one output channel
+      per group. Each group is a ConvTranspose of its own channels (weight ``(C, M/group, k..)``:
+      input channels ``C/group`` per group, output channels ``M/group``), evaluated by the stock
+      code with ``group=1`` and concatenated.
+    """
     from onnx.reference.op_run import OpRun
+    from onnx.reference.ops.op_conv_transpose import ConvTranspose as StockConvTranspose
 
     class BatchNormalization(OpRun):
         op_domain = ""
@@ -924,26 +1083,142 @@ def reference_evaluator(model):
             y = scale.reshape(shape) * (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps)
             return ((y + bias.reshape(shape)).astype(x.dtype),)
 
-    return ReferenceEvaluator(model, new_ops=[BatchNormalization])
+    class ConvTranspose(StockConvTranspose):
+        op_domain = ""
+
+        def _run(self, X, W, B=None, auto_pad=None, dilations=None, group=None, kernel_shape=None,  # noqa: N803
+                 output_padding=None, output_shape=None, pads=None, strides=None):
+            attrs = dict(auto_pad=auto_pad, dilations=dilations, kernel_shape=kernel_shape,
+                         output_padding=output_padding, output_shape=output_shape, pads=pads, strides=strides)
+            group = group or 1
+            if group == 1:
+                return super()._run(X, W, B, group=1, **attrs)
+            if X.shape[1] % group or W.shape[0] != X.shape[1] or (B is not None and B.shape[0] != W.shape[1] * group):
+                raise ValueError(f"ConvTranspose with group={group}: input {X.shape}, weight {W.shape}")
+            parts = zip(np.split(X, group, axis=1), np.split(W, group, axis=0),
+                        np.split(B, group) if B is not None else [None] * group)
+            return (np.concatenate([super(ConvTranspose, self)._run(x, w, b, group=1, **attrs)[0]
+                                    for x, w, b in parts], axis=1),)
+
+    class MaxPool(OpRun):
+        op_domain = ""
+
+        def _run(self, x, auto_pad=None, ceil_mode=None, dilations=None, kernel_shape=None, pads=None,
+                 storage_order=None, strides=None):
+            if len(self.onnx_node.output) > 1:
+                raise NotImplementedError("MaxPool with the Indices output")
+            return (_spec_pool(x, "max", kernel_shape, strides, dilations, pads, auto_pad, ceil_mode),)
+
+    class AveragePool(OpRun):
+        op_domain = ""
+
+        def _run(self, x, auto_pad=None, ceil_mode=None, count_include_pad=None, dilations=None, kernel_shape=None,
+                 pads=None, strides=None):
+            kind = "average with pads" if count_include_pad else "average"
+            return (_spec_pool(x, kind, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode),)
+
+    return [BatchNormalization, ConvTranspose, MaxPool, AveragePool]
+
+
+def _spec_pool(x: np.ndarray, kind: str, kernel, strides, dilations, pads, auto_pad, ceil_mode) -> np.ndarray:
+    """MaxPool / AveragePool as the ONNX spec (opset 19) states them, in numpy, for the reference
+    check: the window starting at ``o s`` in the padded input, taps every ``d``. The output size
+    is ``floor((h + pads - e) / s) + 1`` (``e = (k - 1) d + 1``); with ``ceil_mode`` and explicit
+    pads the ceiling, less a last window that would start in the end padding; with SAME_* it is
+    ``ceil(h / s)``, the odd unit of padding at the end (UPPER) or the start (LOWER). Padding
+    counts as ``-inf`` for the maximum; for the average it counts as 0 when ``kind`` is
+    ``"average with pads"`` (``count_include_pad=1``) and is left out otherwise. Window parts past
+    the padded input (ceil mode) are always left out."""
+    nd = x.ndim - 2
+    sizes = x.shape[2:]
+    strides, dilations = list(strides or [1] * nd), list(dilations or [1] * nd)
+    span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    auto_pad = auto_pad or "NOTSET"
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        out = [-(-h // s) for h, s in zip(sizes, strides)]
+        total = [max(0, (o - 1) * s + e - h) for o, s, e, h in zip(out, strides, span, sizes)]
+        begin = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in total]
+        end = [t - b for t, b in zip(total, begin)]
+    else:
+        pads = [0] * 2 * nd if auto_pad == "VALID" or pads is None else list(pads)
+        begin, end = pads[:nd], pads[nd:]
+        ceil = bool(ceil_mode) and auto_pad == "NOTSET"
+        out = []
+        for h, s, e, b, f in zip(sizes, strides, span, begin, end):
+            n = (-(-(h + b + f - e) // s) if ceil else (h + b + f - e) // s) + 1
+            out.append(n - 1 if ceil and (n - 1) * s >= h + b else n)
+    pad_value = -np.inf if kind == "max" else 0.0 if kind == "average with pads" else np.nan
+    beyond = [max(0, (o - 1) * s + e - (h + b + f)) for o, s, e, h, b, f in zip(out, strides, span, sizes, begin, end)]
+    xp = np.pad(x.astype(np.float64), [(0, 0), (0, 0)] + list(zip(begin, end)), constant_values=pad_value)
+    xp = np.pad(xp, [(0, 0), (0, 0)] + [(0, m) for m in beyond], constant_values=np.nan)
+    windows = np.lib.stride_tricks.sliding_window_view(xp, span, axis=tuple(range(2, 2 + nd)))
+    windows = windows[(slice(None), slice(None), *(slice(0, o * s, s) for o, s in zip(out, strides)),
+                       *(slice(None, None, d) for d in dilations))]
+    axes = tuple(range(-nd, 0))
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows: NaN, refused by the frontend anyway
+        y = np.nanmax(windows, axis=axes) if kind == "max" else np.nanmean(windows, axis=axes)
+    return y.astype(x.dtype)
+
+
+def reference_evaluator(model, opset: int | None = None):
+    """``onnx.reference.ReferenceEvaluator`` for ``model`` (a ModelProto, or a NodeProto with its
+    ``opset``), with the corrections of :func:`_reference_ops`."""
+    from onnx.reference import ReferenceEvaluator
+    opsets = None if opset is None else {"": opset}
+    return ReferenceEvaluator(model, opsets=opsets, new_ops=_reference_ops())
+
+
+def _reference_failure(model, feeds: dict[str, np.ndarray], exc: Exception) -> UnsupportedOperation:
+    """The error for a model ``onnx.reference`` cannot run: it names the first node that fails
+    when the nodes are evaluated one by one."""
+    reason = (f"onnx.reference, which checks lipbound's graph against the model, cannot evaluate it "
+              f"({type(exc).__name__}: {_first_line(exc)}); check=False skips the check")
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    from onnx import numpy_helper
+    results: dict[str, Any] = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    results.update(feeds)
+    for node in model.graph.node:
+        try:
+            values = reference_evaluator(node, opset).run(None, {i: results[i] for i in node.input if i})
+        except Exception as node_exc:
+            return UnsupportedOperation(node.op_type, _where(node), f"onnx.reference, which checks lipbound's graph "
+                                        f"against the model, cannot evaluate it ({type(node_exc).__name__}: "
+                                        f"{_first_line(node_exc)}); check=False skips the check")
+        results.update(zip(node.output, values))
+    return UnsupportedOperation("the ONNX model", "its graph", reason)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def check_against_reference(model, graph: Graph, batched: bool, output: str, samples: int = 2,
                             tol: float = 1e-4) -> float:
     """Largest difference between ``graph`` and ``onnx.reference`` on ``samples`` random inputs in
-    [0, 1), relative to the output's size; raises :class:`~lipbound.errors.LipboundError` above ``tol``."""
+    [0, 1), relative to the output's size; raises :class:`~lipbound.errors.LipboundError` above
+    ``tol``, and :class:`~lipbound.errors.UnsupportedOperation` naming the node when
+    ``onnx.reference`` cannot evaluate the model."""
     gen = torch.Generator().manual_seed(1)
     x = torch.rand((samples, *graph.input_shape), generator=gen, dtype=graph.dtype)
     with torch.no_grad():
         got = graph.forward(x).double().numpy()
-    ev = reference_evaluator(model)
     inp = next(i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
     np_dtype = np.float64 if graph.dtype == torch.float64 else np.float32
-    worst = 0.0
-    for i in range(samples):
-        xi = x[i:i + 1] if batched else x[i]
+    feeds = [{inp: (x[i:i + 1] if batched else x[i]).numpy().astype(np_dtype)} for i in range(samples)]
+    try:
+        ev = reference_evaluator(model)
         with np.errstate(all="ignore"):  # onnx.reference's sigmoid overflows harmlessly on large inputs
-            ref = np.asarray(ev.run([output], {inp: xi.numpy().astype(np_dtype)})[0], dtype=np.float64)
-        err = float(np.abs(ref.reshape(-1) - got[i].reshape(-1)).max()) / max(1.0, float(np.abs(ref).max()))
+            refs = [np.asarray(ev.run([output], f)[0], dtype=np.float64) for f in feeds]
+    except Exception as exc:  # a model onnx.reference cannot run: name the node
+        raise _reference_failure(model, feeds[0], exc) from None
+    worst = 0.0
+    for ref, out in zip(refs, got):
+        if ref.size != out.size:
+            raise LipboundError(f"internal check failed: the graph of '{graph.name}' has {out.size} outputs per "
+                                f"sample where the ONNX model has {ref.size}; please report this model")
+        err = float(np.abs(ref.reshape(-1) - out.reshape(-1)).max()) / max(1.0, float(np.abs(ref).max()))
         worst = max(worst, err)
     if not worst <= tol:
         raise LipboundError(f"internal check failed: the graph of '{graph.name}' differs from the ONNX model by "
