@@ -7,8 +7,10 @@ pass, as the paper's power method (its Algorithm 2) does.
 
 Each subclass also states what it knows of its own norm through :meth:`LinearOperator.structural_bound`:
 a number ``>= ||A||_2`` by proof (``exact=True`` when it is the norm itself), e.g. ``max |d|`` for a
-diagonal, 1 for a reshape, the kernel's DFT bound for a convolution. :mod:`lipbound.linalg.spectral`
-chooses between that and an SVD of the materialised matrix.
+diagonal, 1 for a reshape, the kernel's DFT bound for a convolution. Every such bound is computed
+from the tensors the operator applies, never from a caller's claim about them.
+:mod:`lipbound.linalg.spectral` chooses between that and an SVD of the materialised matrix.
+Separable maps (pooling, resizing, padding) and selections are in :mod:`lipbound.linalg.structured`.
 """
 
 from __future__ import annotations
@@ -95,10 +97,24 @@ class LinearOperator:
         """A certified ``>= ||A||_2`` from the structure, or None when there is none cheap."""
         return None
 
-    @property
-    def nonnegative(self) -> bool:
-        """True when every matrix entry is >= 0 (pooling, padding, selection)."""
-        return False
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The tensors that define the map (weights, factors, indices)."""
+        return ()
+
+    def norm_cache(self) -> dict:
+        """A memo for norms of this operator (used by :mod:`lipbound.linalg.spectral`).
+
+        It holds only while the operator computes what it computed when the memo was filled: it
+        is emptied when its dtype or device changes, or when one of its :meth:`tensors` is
+        replaced or changed in place (torch's version counter, which a weight shares with the
+        parameter it was detached from). A copy made by :meth:`to` starts with an empty memo.
+        """
+        stamp = (self.dtype, self.device, *((t, t._version) for t in self.tensors()))
+        held = self.__dict__.get("_norm_cache")
+        if held is None or not _same_stamp(held[0], stamp):
+            held = (stamp, {})
+            self.__dict__["_norm_cache"] = held
+        return held[1]
 
     @property
     def device(self) -> torch.device:
@@ -112,7 +128,7 @@ class LinearOperator:
         """A copy for another device or dtype (the tensors it works on, and its own if any)."""
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
-        new.__dict__.pop("_lipbound_norms", None)
+        new.__dict__.pop("_norm_cache", None)
         if dtype is not None:
             new._dtype = dtype
         if device is not None:
@@ -129,6 +145,12 @@ class LinearOperator:
             eye[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
             cols.append(self.matvec(eye.reshape(-1, *self.in_shape)).reshape(stop - start, -1))
         return torch.cat(cols, 0).T
+
+
+def _same_stamp(a: tuple, b: tuple) -> bool:
+    """Equal stamps: same dtype and device, the same tensor objects at the same versions."""
+    return len(a) == len(b) and a[:2] == b[:2] and all(
+        ta is tb and va == vb for (ta, va), (tb, vb) in zip(a[2:], b[2:]))
 
 
 def _check_batch(x: torch.Tensor, shape: Shape, what: str) -> None:
@@ -151,6 +173,9 @@ class _TensorOperator(LinearOperator):
     @property
     def dtype(self) -> torch.dtype:
         return self._first().dtype
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return tuple(getattr(self, name) for name in self._tensors)
 
     def to(self, device=None, dtype=None):
         new = super().to(device, dtype)
@@ -199,6 +224,8 @@ class Diagonal(_TensorOperator):
 
     def __init__(self, scale: torch.Tensor, in_shape: Sequence[int], label: str = "Scale") -> None:
         super().__init__(in_shape, in_shape)
+        if tuple(torch.broadcast_shapes(scale.shape, self.in_shape)) != self.in_shape:
+            raise ValueError(f"a scale of shape {tuple(scale.shape)} does not broadcast to the input {self.in_shape}")
         self.scale = scale.detach()
         self.label = label
 
@@ -210,15 +237,16 @@ class Diagonal(_TensorOperator):
     def structural_bound(self):
         return StructuralBound(self.scale.abs().max().item(), True, "max |diagonal|")
 
-    @property
-    def nonnegative(self):
-        return bool((self.scale >= 0).all())
-
 
 class Reshape(LinearOperator):
-    """Flatten / view / reshape: a permutation-free isometry, ``||A|| = 1``."""
+    """Flatten / view / reshape: the same entries in the same order, ``||A|| = 1``."""
 
     label = "Reshape"
+
+    def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int]) -> None:
+        super().__init__(in_shape, out_shape)
+        if self.in_numel != self.out_numel:
+            raise ValueError(f"cannot reshape {self.in_shape} ({self.in_numel} entries) to {self.out_shape}")
 
     def _matvec(self, x):
         return x.reshape(x.shape[0], *self.out_shape)
@@ -229,10 +257,6 @@ class Reshape(LinearOperator):
     def structural_bound(self):
         return StructuralBound(1.0, True, "isometry")
 
-    @property
-    def nonnegative(self):
-        return True
-
 
 class Permute(LinearOperator):
     """A permutation of the non-batch axes (e.g. NHWC -> NCHW): ``||A|| = 1``."""
@@ -241,6 +265,8 @@ class Permute(LinearOperator):
 
     def __init__(self, perm: Sequence[int], in_shape: Sequence[int]) -> None:
         self.perm = tuple(perm)
+        if sorted(self.perm) != list(range(len(in_shape))):
+            raise ValueError(f"{self.perm} is not a permutation of the axes of {tuple(in_shape)}")
         super().__init__(in_shape, tuple(in_shape[p] for p in self.perm))
         self._inverse = tuple(sorted(range(len(self.perm)), key=lambda i: self.perm[i]))
 
@@ -253,27 +279,17 @@ class Permute(LinearOperator):
     def structural_bound(self):
         return StructuralBound(1.0, True, "isometry")
 
-    @property
-    def nonnegative(self):
-        return True
-
 
 class Function(LinearOperator):
-    """A linear map given as a function (pooling, padding, upsampling, ...).
-
-    When the caller states ``nonnegative=True`` (every matrix entry >= 0) the Schur test gives a
-    certified bound from two products: ``||A||_2 <= sqrt(max_i (A 1)_i * max_j (A^T 1)_j)``
-    (``||A||_2^2 <= ||A||_1 ||A||_inf``; for a non-negative matrix these are the largest column and
-    row sums). It is exact for padding and selections, and for average pooling it gives
-    ``sqrt(prod_d ceil(k_d/s_d)) / prod_d k_d^{1/2}`` at most (``1/k`` per 2-D non-overlapping window).
-    """
+    """A linear map given only as a function: a black box. No structural bound: its certified
+    norm is the SVD of its materialised matrix when that is small enough, else none. Maps with a
+    known structure are built as such instead (:mod:`lipbound.linalg.structured`)."""
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], in_shape: Sequence[int],
-                 label: str, nonnegative: bool = False, dtype: torch.dtype | None = None,
+                 label: str, dtype: torch.dtype | None = None,
                  device: torch.device | str | None = None) -> None:
         self.fn = fn
         self.label = label
-        self._nonnegative = nonnegative
         self._dtype = dtype
         self._device = torch.device(device) if device is not None else None
         out = fn(torch.zeros((1, *in_shape), dtype=self.dtype, device=self.device))
@@ -281,19 +297,6 @@ class Function(LinearOperator):
 
     def _matvec(self, x):
         return self.fn(x)
-
-    @property
-    def nonnegative(self):
-        return self._nonnegative
-
-    def structural_bound(self):
-        if not self._nonnegative:
-            return None
-        ones_in = torch.ones((1, *self.in_shape), dtype=torch.float64, device=self.device)
-        ones_out = torch.ones((1, *self.out_shape), dtype=torch.float64, device=self.device)
-        rows = self.fn(ones_in).max().item()
-        cols = self._rmatvec(ones_out).max().item()
-        return StructuralBound(math.sqrt(max(rows, 0.0) * max(cols, 0.0)), False, "Schur test")
 
 
 class Conv(_TensorOperator):
@@ -421,9 +424,8 @@ class Compose(LinearOperator):
             y = op._rmatvec(y)
         return y
 
-    @property
-    def nonnegative(self):
-        return all(o.nonnegative for o in self.ops)
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return tuple(t for o in self.ops for t in o.tensors())
 
     @property
     def device(self):
@@ -434,7 +436,7 @@ class Compose(LinearOperator):
         return self._tensor_op().dtype
 
     def _tensor_op(self) -> LinearOperator:
-        return next((o for o in self.ops if isinstance(o, _TensorOperator)), self.ops[0])
+        return next((o for o in self.ops if o.tensors()), self.ops[0])
 
     def to(self, device=None, dtype=None):
         return Compose([o.to(device, dtype) for o in self.ops])
