@@ -224,7 +224,11 @@ class Diagonal(_TensorOperator):
 
     def __init__(self, scale: torch.Tensor, in_shape: Sequence[int], label: str = "Scale") -> None:
         super().__init__(in_shape, in_shape)
-        if tuple(torch.broadcast_shapes(scale.shape, self.in_shape)) != self.in_shape:
+        try:
+            fits = tuple(torch.broadcast_shapes(scale.shape, self.in_shape)) == self.in_shape
+        except RuntimeError:
+            fits = False
+        if not fits:
             raise ValueError(f"a scale of shape {tuple(scale.shape)} does not broadcast to the input {self.in_shape}")
         self.scale = scale.detach()
         self.label = label

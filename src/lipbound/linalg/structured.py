@@ -40,11 +40,17 @@ class Kronecker(LinearOperator):
     The map applies one factor per axis, as a sparse product: row ``i`` of ``B_k`` is kept as the
     columns of its non-zero entries and their weights (padded with zero weights to the longest
     row), so a resize or a pooling costs a few multiply-adds per output entry.
+
+    ``factors`` are kept as given (e.g. float64 read-offs) and applied in ``dtype`` (default: theirs);
+    the norm is the one of the factors applied, and :meth:`to` rounds from the factors as given,
+    so a float32 operator cast back to float64 is the float64 map again.
     """
 
-    def __init__(self, factors: Sequence[torch.Tensor], in_shape: Sequence[int], label: str) -> None:
+    def __init__(self, factors: Sequence[torch.Tensor], in_shape: Sequence[int], label: str,
+                 dtype: torch.dtype | None = None) -> None:
         in_shape = tuple(int(s) for s in in_shape)
-        factors = [f.detach() for f in factors]
+        self._given = [f.detach() for f in factors]
+        factors = [f.to(dtype or f.dtype) for f in self._given]
         d = len(factors)
         if not 1 <= d <= len(in_shape) or any(f.dim() != 2 or f.shape[1] != n or f.shape[0] == 0
                                                for f, n in zip(factors, in_shape[len(in_shape) - d:])):
@@ -79,7 +85,7 @@ class Kronecker(LinearOperator):
         return self.factors[0].dtype
 
     def to(self, device=None, dtype=None) -> "Kronecker":
-        return Kronecker([f.to(device=device, dtype=dtype) for f in self.factors], self.in_shape, self.label)
+        return Kronecker([f.to(device=device) for f in self._given], self.in_shape, self.label, dtype or self.dtype)
 
 
 def _nonzero_rows(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,7 +144,7 @@ def separable(fn: Callable[[torch.Tensor], torch.Tensor], in_shape: Sequence[int
         factors.append(torch.cat(cols).T)
     factors[0] = factors[0] / z[r] ** (axes - 1)
     _check_reproduces(Kronecker(factors, in_shape, label), fn, where, f"a separable map of its last {axes} axes")
-    return Kronecker([f.to(dtype or torch.get_default_dtype()) for f in factors], in_shape, label)
+    return Kronecker(factors, in_shape, label, dtype or torch.get_default_dtype())
 
 
 class Gather(LinearOperator):
@@ -190,7 +196,8 @@ def selection(fn: Callable[[torch.Tensor], torch.Tensor], in_shape: Sequence[int
     in_shape = tuple(int(s) for s in in_shape)
     positions = torch.arange(math.prod(in_shape), dtype=torch.float64, device=device).reshape(1, *in_shape)
     index = _call(fn, positions, label, where)
-    if index.shape[:1] != (1,) or index.numel() == 0 or not bool((index == index.round()).all()):
+    if index.shape[:1] != (1,) or index.numel() == 0 or not bool(
+            ((index == index.round()) & (index >= 0) & (index < positions.numel())).all()):
         raise UnsupportedOperation(label, where, "it does not pick entries of its input")
     op = Gather(index[0].long(), in_shape, label, dtype)
     _check_reproduces(op.to(dtype=torch.float64), fn, where, "a selection of its input entries")
