@@ -498,6 +498,10 @@ def _conv_operator(m: nn.Module, in_shape: tuple[int, ...], where: str) -> Linea
     if len(in_shape) != nd + 1:
         raise InvalidInput(f"{type(m).__name__} at {where} expects inputs (C, {'x'.join('.' * nd)}), got {in_shape}")
     transposed = isinstance(m, _CONVT)
+    if m.padding_mode == "circular":
+        pads = m._reversed_padding_repeated_twice  # (before, after) per axis, the last axis first
+        pairs = [(pads[2 * i], pads[2 * i + 1]) for i in reversed(range(nd))]
+        return Conv(m.weight, in_shape, m.stride, (0,) * nd, m.dilation, m.groups, circular=pairs)
     if m.padding_mode != "zeros":
         pad = separable(lambda z: F.pad(z, m._reversed_padding_repeated_twice, mode=m.padding_mode), in_shape,
                         f"Pad({m.padding_mode})", nd, m.weight.dtype, m.weight.device, where)
