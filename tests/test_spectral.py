@@ -175,7 +175,8 @@ def _resize_cases():
         for size in [dict(scale_factor=2), dict(scale_factor=0.5), dict(size=(5, 11)), dict(scale_factor=(1.7, 0.6))]:
             if mode == "area" and "scale_factor" in size and size["scale_factor"] == (1.7, 0.6):
                 continue
-            yield (lambda z, kw=size, m=mode, a=ac, x=aa: F.interpolate(z, mode=m, align_corners=a, antialias=x, **kw)), (2, 7, 9)
+            yield (lambda z, kw=size, m=mode, a=ac, x=aa:
+                   F.interpolate(z, mode=m, align_corners=a, antialias=x, **kw)), (2, 7, 9)
     yield (lambda z: F.interpolate(z, scale_factor=1.5, mode="linear", align_corners=True)), (2, 7)
     yield (lambda z: F.interpolate(z, size=4, mode="linear")), (2, 9)
     yield (lambda z: F.interpolate(z, scale_factor=(1.5, 2, 0.7), mode="trilinear")), (2, 3, 4, 5)
@@ -339,7 +340,8 @@ def _random_conv(rng: random.Random):
         return cls[1](cin, cout, k, s, p, out_pad, g, False, d), shape
     if rng.random() < 0.15 and s == 1:
         return cls[0](cin, cout, k, 1, "same", d, g, False), shape
-    return cls[0](cin, cout, k, s, p, d, g, False, rng.choice(["zeros", "zeros", "reflect", "replicate", "circular"])), shape
+    mode = rng.choice(["zeros", "zeros", "reflect", "replicate", "circular"])
+    return cls[0](cin, cout, k, s, p, d, g, False, mode), shape
 
 
 def test_conv_bounds_hold_on_random_layers():

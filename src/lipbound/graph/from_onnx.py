@@ -11,7 +11,8 @@ checks, opset upgrade) and translated node by node, in the file's topological or
   (both ``x @ W`` and ``W @ x``) -> :class:`Dense`, ``Conv``/``ConvTranspose`` -> :class:`Conv`
   (asymmetric or ``auto_pad`` padding as an explicit zero pad or crop), ``BatchNormalization`` and
   products/quotients by constants -> :class:`Diagonal`, ``Pad``/``AveragePool``/``GlobalAveragePool``
-  -> :class:`Kronecker`, ``Slice`` -> :class:`Gather`, ``Flatten``/``Reshape``/``Squeeze``/``Unsqueeze`` -> :class:`Reshape`,
+  -> :class:`Kronecker`, ``Slice`` -> :class:`Gather`,
+  ``Flatten``/``Reshape``/``Squeeze``/``Unsqueeze`` -> :class:`Reshape`,
   ``Transpose`` -> :class:`Permute`; element-wise activations with the slope ranges of
   :mod:`lipbound.graph.activations`; ``MaxPool``; sums of branches; ``Concat``. Every affine node's
   bias is ``f(0)``, so the graph computes the model exactly.
@@ -712,7 +713,8 @@ class _Builder:
         src = self._spatial(node, len(src.shape) - 1)
         dims = tuple(range(2, len(src.shape) + 1))
         fn = lambda x: x.mean(dim=dims, keepdim=True)  # noqa: E731
-        self._affine(node, src, separable(fn, src.shape, "GlobalAveragePool", len(dims), self.dtype, where=_where(node)))
+        op = separable(fn, src.shape, "GlobalAveragePool", len(dims), self.dtype, where=_where(node))
+        self._affine(node, src, op)
 
     def _pad_op(self, shape: Shape, begin: Sequence[int], end: Sequence[int], mode: str) -> Kronecker:
         pads = _torch_pads(begin, end)

@@ -362,9 +362,11 @@ class Conv(_TensorOperator):
         if nd not in (1, 2, 3):
             raise ValueError(f"convolution with {nd} spatial axes")
         self.circular = None if circular is None else tuple((int(b), int(a)) for b, a in circular)
-        if self.circular is not None and (transposed or isinstance(padding, str) or any(padding) or len(self.circular) != nd
-                                          or any(not 0 <= p <= h for pair, h in zip(self.circular, in_shape[1:]) for p in pair)):
-            raise ValueError(f"circular padding {circular} needs a convolution without zero padding and pads <= {in_shape[1:]}")
+        if self.circular is not None and (
+                transposed or isinstance(padding, str) or any(padding) or len(self.circular) != nd
+                or any(not 0 <= p <= h for pair, h in zip(self.circular, in_shape[1:]) for p in pair)):
+            raise ValueError(f"circular padding {circular} needs a convolution without zero padding "
+                             f"and pads <= {in_shape[1:]}")
         self.nd = nd
         self.stride = tuple(stride)
         self.padding = padding if isinstance(padding, str) else tuple(padding)

@@ -209,7 +209,8 @@ def _call(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, label: st
         try:
             return fn(x)
         except (RuntimeError, ValueError, IndexError, TypeError, NotImplementedError) as exc:
-            raise UnsupportedOperation(label, where, f"it fails on a probe input ({type(exc).__name__}: {exc})") from None
+            reason = f"it fails on a probe input ({type(exc).__name__}: {exc})"
+            raise UnsupportedOperation(label, where, reason) from None
 
 
 def _check_reproduces(op: LinearOperator, fn: Callable[[torch.Tensor], torch.Tensor], where: str, what: str) -> None:
