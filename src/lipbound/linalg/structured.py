@@ -37,9 +37,8 @@ class Kronecker(LinearOperator):
     are 1, so ``||A||_2 = prod_k ||B_k||_2``: the SVD norms of ``d`` small matrices, in float64.
     No sign of the weights is assumed (bicubic weights are negative).
 
-    The map applies one factor per axis, as a sparse product: row ``i`` of ``B_k`` is kept as the
-    columns of its non-zero entries and their weights (padded with zero weights to the longest
-    row), so a resize or a pooling costs a few multiply-adds per output entry.
+    The map applies one factor per axis, as a matrix product over that axis (BLAS beats a sparse
+    gather of the few non-zero weights per row at the sizes of pooling and resizing layers).
 
     ``factors`` are kept as given (e.g. float64 read-offs) and applied in ``dtype`` (default: theirs);
     the norm is the one of the factors applied, and :meth:`to` rounds from the factors as given,
@@ -57,16 +56,13 @@ class Kronecker(LinearOperator):
             raise ValueError(f"factors {[tuple(f.shape) for f in factors]} do not act on the last axes of {in_shape}")
         self.factors = factors
         self.label = label
-        self._rows = [_nonzero_rows(f) for f in factors]
         super().__init__(in_shape, (*in_shape[: len(in_shape) - d], *(f.shape[0] for f in factors)))
 
     def _matvec(self, x: torch.Tensor) -> torch.Tensor:
         d = len(self.factors)
-        for k, (index, weight) in enumerate(self._rows):
+        for k, b in enumerate(self.factors):
             axis = x.dim() - d + k
-            m, w = index.shape
-            picked = x.index_select(axis, index.reshape(-1)).unflatten(axis, (m, w))
-            x = (picked * weight.reshape(m, w, *[1] * (x.dim() - axis - 1))).sum(axis + 1)
+            x = torch.matmul(x.movedim(axis, -1), b.T).movedim(-1, axis)
         return x
 
     def structural_bound(self) -> StructuralBound:
@@ -86,14 +82,6 @@ class Kronecker(LinearOperator):
 
     def to(self, device=None, dtype=None) -> "Kronecker":
         return Kronecker([f.to(device=device) for f in self._given], self.in_shape, self.label, dtype or self.dtype)
-
-
-def _nonzero_rows(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(index, weight)`` of shape ``(m, w)`` with ``b[i] @ v = sum_t weight[i, t] v[index[i, t]]``."""
-    nonzero = b != 0
-    width = max(1, int(nonzero.sum(1).max()))
-    index = torch.argsort(nonzero.to(torch.int8), dim=1, descending=True, stable=True)[:, :width]
-    return index, torch.gather(b, 1, index)
 
 
 def separable(fn: Callable[[torch.Tensor], torch.Tensor], in_shape: Sequence[int], label: str, axes: int,
