@@ -141,3 +141,49 @@ def test_a_graph_is_accepted_without_input_shape():
     assert lipbound.estimate(graph, progress=False).upper > 0
     with pytest.raises(InvalidInput, match="input shape"):
         lipbound.estimate(graph, (7,), progress=False)
+
+
+class Resizer(nn.Module):
+    """Conv, bicubic resize (functional), average pool, reflect pad, indexing: every structured map."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.up = nn.Upsample(scale_factor=2, mode="bicubic", align_corners=True)
+        self.pool = nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
+
+    def forward(self, x):
+        x = F.interpolate(self.conv(x), size=(7, 5), mode="bicubic", antialias=True)
+        x = self.pool(torch.tanh(self.up(x)))
+        return F.pad(x, (1, 1, 2, 0), mode="reflect")[:, [0, 2, 2], 1:]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_resizing_padding_and_indexing_are_structured_operators(dtype):
+    from lipbound.linalg.structured import Gather, Kronecker
+    torch.manual_seed(0)
+    model = Resizer().to(dtype)
+    graph = lipbound.as_graph(model, (2, 6, 6))
+    kinds = [type(n.op).__name__ for n in graph.affine_nodes()]
+    assert kinds == ["Conv", "Kronecker", "Kronecker", "Kronecker", "Kronecker", "Gather"]
+    assert all(n.op.dtype == dtype for n in graph.affine_nodes())
+    x = torch.randn(4, 2, 6, 6, dtype=dtype)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12  # float32: the recorded biases are rounded
+    with torch.no_grad():
+        assert torch.allclose(graph(x), model(x), atol=tol)
+        assert torch.allclose(graph.to(dtype=torch.float64)(x.double()), model.double()(x.double()), atol=tol)
+    ops = [n.op for n in graph.affine_nodes()]
+    assert isinstance(ops[1], Kronecker) and isinstance(ops[-1], Gather)
+
+
+def test_a_bicubic_net_is_bounded_above_its_jacobian_norms():
+    """``nn.Upsample(mode='bicubic')`` (refused before) gets a certified bound that holds: it is
+    above the Jacobian norm of the torch model at random points."""
+    from conftest import jacobian_norm
+    torch.manual_seed(1)
+    model = Resizer().double()
+    r = lipbound.estimate(model, (2, 6, 6), methods=["autolip"], progress=False).results[0]
+    assert r.kind == "certified_upper"
+    for seed in range(5):
+        x = torch.randn(2, 6, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        assert jacobian_norm(model, x) <= r.value

@@ -11,7 +11,8 @@ checks, opset upgrade) and translated node by node, in the file's topological or
   (both ``x @ W`` and ``W @ x``) -> :class:`Dense`, ``Conv``/``ConvTranspose`` -> :class:`Conv`
   (asymmetric or ``auto_pad`` padding as an explicit zero pad or crop), ``BatchNormalization`` and
   products/quotients by constants -> :class:`Diagonal`, ``Pad``/``AveragePool``/``GlobalAveragePool``
-  -> :class:`Function`, ``Flatten``/``Reshape``/``Squeeze``/``Unsqueeze`` -> :class:`Reshape`,
+  -> :class:`Kronecker`, ``Slice`` -> :class:`Gather`,
+  ``Flatten``/``Reshape``/``Squeeze``/``Unsqueeze`` -> :class:`Reshape`,
   ``Transpose`` -> :class:`Permute`; element-wise activations with the slope ranges of
   :mod:`lipbound.graph.activations`; ``MaxPool``; sums of branches; ``Concat``. Every affine node's
   bias is ``f(0)``, so the graph computes the model exactly;
@@ -61,7 +62,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInput, LipboundError, UnsupportedOperation
-from ..linalg.operators import Conv, Dense, Diagonal, Function, LinearOperator, Permute, Reshape, compose
+from ..linalg.operators import Conv, Dense, Diagonal, LinearOperator, Permute, Reshape, compose
+from ..linalg.structured import Kronecker, selection, separable
 from . import activations
 from .from_torch import _check_shape, _pool_multiplicity
 from .ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool, Node
@@ -749,7 +751,7 @@ class _Builder:
 
     def _circular_pad(self, node, axis: int) -> bool:
         """Translate ``Concat([x[.., n-l:n], x, x[.., 0:r]], axis)`` (how ``torch.onnx`` writes
-        circular padding, one axis at a time) as the circular :class:`Function` pad the torch
+        circular padding, one axis at a time) as the circular pad operator the torch
         frontend builds, merged with a circular pad of ``x`` along other axes; returns False
         (a plain concatenation) for any other Concat. Exact: both compute the same map, and one
         operator gets one norm where a Concat of slices gets ``sqrt(sum of squares)``."""
@@ -833,16 +835,18 @@ class _Builder:
         src, fn, _, _, dil = self._pool(node, "average")
         if any(d != 1 for d in dil):
             raise UnsupportedOperation("AveragePool", _where(node), "dilated average pooling")
-        self._affine(node, src, Function(fn, src.shape, "AveragePool", nonnegative=True, dtype=self.dtype))
+        self._affine(node, src, separable(fn, src.shape, "AveragePool", len(src.shape) - 1, self.dtype,
+                                          where=_where(node)))
 
     def _op_GlobalAveragePool(self, node):
         src = self.dep[node.input[0]]
         src = self._spatial(node, len(src.shape) - 1)
         dims = tuple(range(2, len(src.shape) + 1))
         fn = lambda x: x.mean(dim=dims, keepdim=True)  # noqa: E731
-        self._affine(node, src, Function(fn, src.shape, "GlobalAveragePool", nonnegative=True, dtype=self.dtype))
+        op = separable(fn, src.shape, "GlobalAveragePool", len(dims), self.dtype, where=_where(node))
+        self._affine(node, src, op)
 
-    def _pad_op(self, node, shape: Shape, begin: Sequence[int], end: Sequence[int], mode: str) -> Function:
+    def _pad_op(self, node, shape: Shape, begin: Sequence[int], end: Sequence[int], mode: str) -> Kronecker:
         """Padding (negative: cropping) of a per-sample tensor of ``shape`` in an ONNX Pad ``mode``."""
         out = [n + b + e for n, b, e in zip(shape, begin, end)]
         if min(out) < 1:
@@ -850,9 +854,11 @@ class _Builder:
                                f"element of shape {tuple(shape)}")
         self._bounded(node, out, "padded input")
         pads = _torch_pads(begin, end)
+        while len(pads) > 2 and pads[-2:] == [0, 0]:  # the leading axes it leaves alone
+            pads = pads[:-2]
         torch_mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}[mode]
         label = "Crop" if all(p <= 0 for p in pads) else f"Pad({mode})"
-        return Function(lambda z: F.pad(z, pads, mode=torch_mode), shape, label, nonnegative=True, dtype=self.dtype)
+        return separable(lambda z: F.pad(z, pads, mode=torch_mode), shape, label, len(pads) // 2, self.dtype)
 
     def _op_Pad(self, node):
         a = self._attrs(node)
@@ -936,7 +942,7 @@ class _Builder:
                 raise UnsupportedOperation("Slice", _where(node), "slicing the batch axis")
             index = index[1:]
         sel = (slice(None), *index)
-        self._affine(node, src, Function(lambda z: z[sel], src.shape, "Slice", nonnegative=True, dtype=self.dtype))
+        self._affine(node, src, selection(lambda z: z[sel], src.shape, "Slice", self.dtype, where=_where(node)))
         self.slices[node.output[0]] = (node.input[0], tuple(range(*i.indices(n)) for i, n in zip(index, src.shape)))
 
     # ---- the final softmax ------------------------------------------------------------------

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInput, LipboundError, UnsupportedOperation
-from ..linalg.operators import Conv, Dense, Diagonal, Function, LinearOperator, Permute, Reshape, compose
+from ..linalg.operators import Conv, Dense, Diagonal, LinearOperator, Permute, Reshape, compose
+from ..linalg.structured import selection, separable
 from . import activations
 from .ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool, Node
 
@@ -254,7 +255,8 @@ class _Builder:
             mult = _adaptive_multiplicity(in_shape[1:], self._shape(n)[1:])
             self._maxpool(n, src, m, origin, mult)
         else:
-            self._affine(n, src, operator_of_module(m, in_shape, where, self.dtype), origin)
+            op = operator_of_module(m, in_shape, where, self.dtype, self.values[src.name].device)
+            self._affine(n, src, op, origin)
 
     def _maxpool(self, n, src, m, origin, multiplicity: int) -> None:
         if getattr(m, "return_indices", False):
@@ -338,16 +340,18 @@ class _Builder:
             return
         if key in _AVG_FN or t is F.pad:
             self._single(n, deps, name)
+            axes = len(in_shape) - 1  # pooling and resizing act on every axis but the channels
             if t is F.pad:
                 mode = _get(args, kwargs, 2, "mode") or "constant"
                 kwargs = {k: v for k, v in kwargs.items() if k != "value"}
                 args = args[:3]
                 label = f"Pad({mode})"
+                axes = len(_get(args, kwargs, 1, "pad")) // 2
             else:
                 label = name
             fn = _bind(t, args[1:], kwargs)
-            op = Function(fn, in_shape, label, nonnegative=True, dtype=self.dtype)
-            self._affine(n, deps[0], op, origin)
+            device = self.values[deps[0].name].device
+            self._affine(n, deps[0], separable(fn, in_shape, label, axes, self.dtype, device, where), origin)
             return
         if t in (F.linear, operator.matmul, torch.matmul, torch.mm) or key in ("matmul", "__matmul__"):
             self._matmul(n, args, kwargs, deps, name, where, origin)
@@ -368,7 +372,8 @@ class _Builder:
             idx = args[1] if isinstance(args[1], tuple) else (args[1],)
             if not idx or not (isinstance(idx[0], slice) and idx[0] == slice(None)) and idx[0] is not Ellipsis:
                 raise UnsupportedOperation("indexing", where, "the index must keep the batch axis whole (x[:, ...])")
-            op = Function(lambda z, i=args[1]: z[i], in_shape, "Select", nonnegative=True, dtype=self.dtype)
+            op = selection(lambda z, i=args[1]: z[i], in_shape, "Select", self.dtype,
+                           self.values[deps[0].name].device, where)
             self._affine(n, deps[0], op, origin)
             return
         reason = "no lipbound handler for this operation"
@@ -452,9 +457,11 @@ class _Builder:
 
 
 def operator_of_module(m: nn.Module, in_shape: Sequence[int], where: str | None = None,
-                       dtype: torch.dtype | None = None) -> LinearOperator:
+                       dtype: torch.dtype | None = None, device: torch.device | None = None) -> LinearOperator:
     """The linear part of an affine module (Linear, ConvNd, ConvTransposeNd, BatchNorm in eval
-    mode, average pooling, padding, flatten, upsampling) acting on inputs of ``in_shape``."""
+    mode, average pooling, padding, flatten, upsampling) acting on inputs of ``in_shape``.
+    Pooling, upsampling (every mode) and padding are separable maps of the spatial axes
+    (:func:`~lipbound.linalg.structured.separable`)."""
     in_shape = tuple(in_shape)
     where = where or f"module {type(m).__name__}"
     dtype = dtype or _model_dtype(m)
@@ -471,15 +478,13 @@ def operator_of_module(m: nn.Module, in_shape: Sequence[int], where: str | None 
             scale = scale * m.weight.detach()
         return Diagonal(scale.reshape(-1, *([1] * (len(in_shape) - 1))), in_shape, "BatchNorm")
     if isinstance(m, _AVGPOOL) or isinstance(m, nn.Upsample):
-        if isinstance(m, nn.Upsample) and m.mode not in ("nearest", "linear", "bilinear", "trilinear"):
-            raise UnsupportedOperation(type(m).__name__, where, f"mode {m.mode!r} has negative weights")
-        return Function(m, in_shape, type(m).__name__, nonnegative=True, dtype=dtype)
+        return separable(m, in_shape, type(m).__name__, len(in_shape) - 1, dtype, device, where)
     if isinstance(m, _PAD):
         mode = getattr(m, "mode", None) or ("circular" if "Circular" in type(m).__name__ else
                                              "reflect" if "Reflection" in type(m).__name__ else
                                              "replicate" if "Replication" in type(m).__name__ else "constant")
         fn = lambda z, p=tuple(m.padding), md=mode: F.pad(z, p, mode=md)  # noqa: E731 (value 0: linear part)
-        return Function(fn, in_shape, f"Pad({mode})", nonnegative=True, dtype=dtype)
+        return separable(fn, in_shape, f"Pad({mode})", len(m.padding) // 2, dtype, device, where)
     if isinstance(m, (nn.Flatten, nn.Unflatten)):
         out = m(torch.zeros((BATCH, *in_shape), dtype=dtype))
         if out.shape[0] != BATCH:
@@ -493,9 +498,13 @@ def _conv_operator(m: nn.Module, in_shape: tuple[int, ...], where: str) -> Linea
     if len(in_shape) != nd + 1:
         raise InvalidInput(f"{type(m).__name__} at {where} expects inputs (C, {'x'.join('.' * nd)}), got {in_shape}")
     transposed = isinstance(m, _CONVT)
+    if m.padding_mode == "circular":
+        pads = m._reversed_padding_repeated_twice  # (before, after) per axis, the last axis first
+        pairs = [(pads[2 * i], pads[2 * i + 1]) for i in reversed(range(nd))]
+        return Conv(m.weight, in_shape, m.stride, (0,) * nd, m.dilation, m.groups, circular=pairs)
     if m.padding_mode != "zeros":
-        pad = Function(lambda z: F.pad(z, m._reversed_padding_repeated_twice, mode=m.padding_mode), in_shape,
-                       f"Pad({m.padding_mode})", nonnegative=True, dtype=m.weight.dtype)
+        pad = separable(lambda z: F.pad(z, m._reversed_padding_repeated_twice, mode=m.padding_mode), in_shape,
+                        f"Pad({m.padding_mode})", nd, m.weight.dtype, m.weight.device, where)
         conv = Conv(m.weight, pad.out_shape, m.stride, (0,) * nd, m.dilation, m.groups)
         return compose(pad, conv)
     return Conv(m.weight, in_shape, m.stride, m.padding, m.dilation, m.groups, transposed,

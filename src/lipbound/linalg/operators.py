@@ -7,8 +7,10 @@ pass, as the paper's power method (its Algorithm 2) does.
 
 Each subclass also states what it knows of its own norm through :meth:`LinearOperator.structural_bound`:
 a number ``>= ||A||_2`` by proof (``exact=True`` when it is the norm itself), e.g. ``max |d|`` for a
-diagonal, 1 for a reshape, the kernel's DFT bound for a convolution. :mod:`lipbound.linalg.spectral`
-chooses between that and an SVD of the materialised matrix.
+diagonal, 1 for a reshape, the kernel's DFT bound for a convolution. Every such bound is computed
+from the tensors the operator applies, never from a caller's claim about them.
+:mod:`lipbound.linalg.spectral` chooses between that and an SVD of the materialised matrix.
+Separable maps (pooling, resizing, padding) and selections are in :mod:`lipbound.linalg.structured`.
 """
 
 from __future__ import annotations
@@ -95,10 +97,24 @@ class LinearOperator:
         """A certified ``>= ||A||_2`` from the structure, or None when there is none cheap."""
         return None
 
-    @property
-    def nonnegative(self) -> bool:
-        """True when every matrix entry is >= 0 (pooling, padding, selection)."""
-        return False
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The tensors that define the map (weights, factors, indices)."""
+        return ()
+
+    def norm_cache(self) -> dict:
+        """A memo for norms of this operator (used by :mod:`lipbound.linalg.spectral`).
+
+        It holds only while the operator computes what it computed when the memo was filled: it
+        is emptied when its dtype or device changes, or when one of its :meth:`tensors` is
+        replaced or changed in place (torch's version counter, which a weight shares with the
+        parameter it was detached from). A copy made by :meth:`to` starts with an empty memo.
+        """
+        stamp = (self.dtype, self.device, *((t, t._version) for t in self.tensors()))
+        held = self.__dict__.get("_norm_cache")
+        if held is None or not _same_stamp(held[0], stamp):
+            held = (stamp, {})
+            self.__dict__["_norm_cache"] = held
+        return held[1]
 
     @property
     def device(self) -> torch.device:
@@ -112,7 +128,7 @@ class LinearOperator:
         """A copy for another device or dtype (the tensors it works on, and its own if any)."""
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
-        new.__dict__.pop("_lipbound_norms", None)
+        new.__dict__.pop("_norm_cache", None)
         if dtype is not None:
             new._dtype = dtype
         if device is not None:
@@ -129,6 +145,12 @@ class LinearOperator:
             eye[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
             cols.append(self.matvec(eye.reshape(-1, *self.in_shape)).reshape(stop - start, -1))
         return torch.cat(cols, 0).T
+
+
+def _same_stamp(a: tuple, b: tuple) -> bool:
+    """Equal stamps: same dtype and device, the same tensor objects at the same versions."""
+    return len(a) == len(b) and a[:2] == b[:2] and all(
+        ta is tb and va == vb for (ta, va), (tb, vb) in zip(a[2:], b[2:]))
 
 
 def _check_batch(x: torch.Tensor, shape: Shape, what: str) -> None:
@@ -151,6 +173,9 @@ class _TensorOperator(LinearOperator):
     @property
     def dtype(self) -> torch.dtype:
         return self._first().dtype
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return tuple(getattr(self, name) for name in self._tensors)
 
     def to(self, device=None, dtype=None):
         new = super().to(device, dtype)
@@ -199,6 +224,12 @@ class Diagonal(_TensorOperator):
 
     def __init__(self, scale: torch.Tensor, in_shape: Sequence[int], label: str = "Scale") -> None:
         super().__init__(in_shape, in_shape)
+        try:
+            fits = tuple(torch.broadcast_shapes(scale.shape, self.in_shape)) == self.in_shape
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(f"a scale of shape {tuple(scale.shape)} does not broadcast to the input {self.in_shape}")
         self.scale = scale.detach()
         self.label = label
 
@@ -210,15 +241,16 @@ class Diagonal(_TensorOperator):
     def structural_bound(self):
         return StructuralBound(self.scale.abs().max().item(), True, "max |diagonal|")
 
-    @property
-    def nonnegative(self):
-        return bool((self.scale >= 0).all())
-
 
 class Reshape(LinearOperator):
-    """Flatten / view / reshape: a permutation-free isometry, ``||A|| = 1``."""
+    """Flatten / view / reshape: the same entries in the same order, ``||A|| = 1``."""
 
     label = "Reshape"
+
+    def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int]) -> None:
+        super().__init__(in_shape, out_shape)
+        if self.in_numel != self.out_numel:
+            raise ValueError(f"cannot reshape {self.in_shape} ({self.in_numel} entries) to {self.out_shape}")
 
     def _matvec(self, x):
         return x.reshape(x.shape[0], *self.out_shape)
@@ -229,10 +261,6 @@ class Reshape(LinearOperator):
     def structural_bound(self):
         return StructuralBound(1.0, True, "isometry")
 
-    @property
-    def nonnegative(self):
-        return True
-
 
 class Permute(LinearOperator):
     """A permutation of the non-batch axes (e.g. NHWC -> NCHW): ``||A|| = 1``."""
@@ -241,6 +269,8 @@ class Permute(LinearOperator):
 
     def __init__(self, perm: Sequence[int], in_shape: Sequence[int]) -> None:
         self.perm = tuple(perm)
+        if sorted(self.perm) != list(range(len(in_shape))):
+            raise ValueError(f"{self.perm} is not a permutation of the axes of {tuple(in_shape)}")
         super().__init__(in_shape, tuple(in_shape[p] for p in self.perm))
         self._inverse = tuple(sorted(range(len(self.perm)), key=lambda i: self.perm[i]))
 
@@ -253,27 +283,17 @@ class Permute(LinearOperator):
     def structural_bound(self):
         return StructuralBound(1.0, True, "isometry")
 
-    @property
-    def nonnegative(self):
-        return True
-
 
 class Function(LinearOperator):
-    """A linear map given as a function (pooling, padding, upsampling, ...).
-
-    When the caller states ``nonnegative=True`` (every matrix entry >= 0) the Schur test gives a
-    certified bound from two products: ``||A||_2 <= sqrt(max_i (A 1)_i * max_j (A^T 1)_j)``
-    (``||A||_2^2 <= ||A||_1 ||A||_inf``; for a non-negative matrix these are the largest column and
-    row sums). It is exact for padding and selections, and for average pooling it gives
-    ``sqrt(prod_d ceil(k_d/s_d)) / prod_d k_d^{1/2}`` at most (``1/k`` per 2-D non-overlapping window).
-    """
+    """A linear map given only as a function: a black box. No structural bound: its certified
+    norm is the SVD of its materialised matrix when that is small enough, else none. Maps with a
+    known structure are built as such instead (:mod:`lipbound.linalg.structured`)."""
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], in_shape: Sequence[int],
-                 label: str, nonnegative: bool = False, dtype: torch.dtype | None = None,
+                 label: str, dtype: torch.dtype | None = None,
                  device: torch.device | str | None = None) -> None:
         self.fn = fn
         self.label = label
-        self._nonnegative = nonnegative
         self._dtype = dtype
         self._device = torch.device(device) if device is not None else None
         out = fn(torch.zeros((1, *in_shape), dtype=self.dtype, device=self.device))
@@ -281,19 +301,6 @@ class Function(LinearOperator):
 
     def _matvec(self, x):
         return self.fn(x)
-
-    @property
-    def nonnegative(self):
-        return self._nonnegative
-
-    def structural_bound(self):
-        if not self._nonnegative:
-            return None
-        ones_in = torch.ones((1, *self.in_shape), dtype=torch.float64, device=self.device)
-        ones_out = torch.ones((1, *self.out_shape), dtype=torch.float64, device=self.device)
-        rows = self.fn(ones_in).max().item()
-        cols = self._rmatvec(ones_out).max().item()
-        return StructuralBound(math.sqrt(max(rows, 0.0) * max(cols, 0.0)), False, "Schur test")
 
 
 class Conv(_TensorOperator):
@@ -326,6 +333,20 @@ class Conv(_TensorOperator):
     * *Transposed convolution* is the adjoint of the convolution with the same weight, stride,
       padding and dilation acting on the transposed layer's output grid; adjoints have the same
       norm, so the same bound applies with ``H`` the output size.
+    * *Circular padding* (``circular``: ``(before, after)`` per axis, each ``<= H``, applied before
+      a convolution without zero padding): ``x_pad[i] = x[(i - b) mod H]``, so
+      ``y[o] = sum_a w[a] x[(s o + a d - b) mod H] = (C x)[(s o - b) mod H]`` with ``C`` the
+      stride-1 circular convolution on the torus of size ``H`` itself (taps at ``a d mod H``):
+      ``y = R C x`` with ``R`` a selection of rows, ``||R|| = sqrt(m)``, ``m`` the most outputs
+      that pick one row. The DFT on that torus gives ``||C||`` exactly, so
+      ``||A|| <= sqrt(m) ||C||``. When ``s`` divides ``H`` (and the dilated kernel spans at most
+      ``H`` on each axis), every row picked lies in one phase class ``-b mod s``, and a circular
+      shift (unitary) takes that class to the rows ``s j``: ``C`` may then be replaced by the
+      circular *strided* convolution, whose exact norm is the polyphase DFT above on the grid
+      ``H``. Either way the bound is the norm itself when ``R`` is a bijection onto the rows
+      (``m = 1`` and ``H / s`` outputs, e.g. stride 1 with ``(k - 1) d = b + after``). The other
+      route, the padding's norm times the bound of the convolution without padding, is valid
+      too: the smaller one is used.
 
     The computation is in float64 and costs one FFT of the kernel and one small SVD per frequency.
     """
@@ -334,11 +355,18 @@ class Conv(_TensorOperator):
 
     def __init__(self, weight: torch.Tensor, in_shape: Sequence[int], stride: Sequence[int],
                  padding: Sequence[int] | str, dilation: Sequence[int], groups: int = 1,
-                 transposed: bool = False, output_padding: Sequence[int] | None = None) -> None:
+                 transposed: bool = False, output_padding: Sequence[int] | None = None,
+                 circular: Sequence[tuple[int, int]] | None = None) -> None:
         self.weight = weight.detach()
         nd = weight.dim() - 2
         if nd not in (1, 2, 3):
             raise ValueError(f"convolution with {nd} spatial axes")
+        self.circular = None if circular is None else tuple((int(b), int(a)) for b, a in circular)
+        if self.circular is not None and (
+                transposed or isinstance(padding, str) or any(padding) or len(self.circular) != nd
+                or any(not 0 <= p <= h for pair, h in zip(self.circular, in_shape[1:]) for p in pair)):
+            raise ValueError(f"circular padding {circular} needs a convolution without zero padding "
+                             f"and pads <= {in_shape[1:]}")
         self.nd = nd
         self.stride = tuple(stride)
         self.padding = padding if isinstance(padding, str) else tuple(padding)
@@ -356,6 +384,8 @@ class Conv(_TensorOperator):
             return fn(x, self.weight, None, self.stride, self.padding, self.output_padding,
                       self.groups, self.dilation)
         fn = (F.conv1d, F.conv2d, F.conv3d)[self.nd - 1]
+        if self.circular is not None:
+            x = F.pad(x, [p for pair in reversed(self.circular) for p in pair], mode="circular")
         return fn(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
 
     def _total_padding(self) -> tuple[int, ...]:
@@ -365,11 +395,35 @@ class Conv(_TensorOperator):
         return tuple(2 * p for p in self.padding)
 
     def structural_bound(self):
+        if self.circular is not None:
+            return self._circular_bound()
         grid = self.out_shape[1:] if self.transposed else self.in_shape[1:]
         extra = self.output_padding if self.transposed else (0,) * self.nd
         sizes = tuple(h + pt + op for h, pt, op in zip(grid, self._total_padding(), extra))
         value = conv_dft_bound(self.weight, sizes, self.stride, self.dilation, self.groups)
         return StructuralBound(value, False, "DFT of the kernel (polyphase for strides)")
+
+    def _circular_bound(self) -> StructuralBound:
+        """``min(sqrt(m) ||C||, ||pad|| * bound of the unpadded convolution)`` (class docstring)."""
+        sizes, outs = self.in_shape[1:], self.out_shape[1:]
+        rows = [(s * torch.arange(n) - b) % h for (b, _), s, n, h in zip(self.circular, self.stride, outs, sizes)]
+        reads = [(torch.arange(-b, h + a) % h) for (b, a), h in zip(self.circular, sizes)]
+        m_rows = math.prod(int(torch.bincount(r).max()) for r in rows)
+        m_pad = math.prod(int(torch.bincount(r).max()) for r in reads)
+        k = self.weight.shape[2:]
+        if all(h % s == 0 and (kk - 1) * d < h for h, s, kk, d in zip(sizes, self.stride, k, self.dilation)):
+            torus = conv_dft_bound(self.weight, sizes, self.stride, self.dilation, self.groups)
+            covered = tuple(h // s for h, s in zip(sizes, self.stride))
+        else:
+            torus = circular_conv_norm(self.weight, sizes, self.dilation, self.groups)
+            covered = tuple(sizes)
+        torus *= math.sqrt(m_rows)
+        padded = tuple(h + b + a for (b, a), h in zip(self.circular, sizes))
+        product = math.sqrt(m_pad) * conv_dft_bound(self.weight, padded, self.stride, self.dilation, self.groups)
+        bijective = m_rows == 1 and tuple(outs) == covered
+        if torus <= product:
+            return StructuralBound(torus, bijective, "DFT of the kernel on the input's torus (circular padding)")
+        return StructuralBound(product, False, "circular padding's norm times the DFT bound")
 
 
 def conv_dft_bound(weight: torch.Tensor, padded_sizes: Sequence[int], stride: Sequence[int],
@@ -399,6 +453,21 @@ def conv_dft_bound(weight: torch.Tensor, padded_sizes: Sequence[int], stride: Se
     return torch.linalg.matrix_norm(sym, ord=2).max().item()
 
 
+def circular_conv_norm(weight: torch.Tensor, sizes: Sequence[int], dilation: Sequence[int], groups: int) -> float:
+    """Exact norm of the stride-1 circular convolution ``(C x)[m] = sum_a w[a] x[(m + a d) mod H]``
+    on the torus ``sizes``: the largest singular value over frequencies ``f`` of the
+    ``c_out x c_in`` matrices ``sum_a w[a] exp(-2 pi i f a d / H)`` (per group), in float64."""
+    g = groups
+    c_out, cig, *k = weight.shape
+    w = weight.detach().to(torch.complex128).reshape(g, c_out // g, cig, *k)
+    for axis, (kk, d, h) in enumerate(zip(k, dilation, sizes)):
+        phase = torch.outer(torch.arange(h, dtype=torch.float64), torch.arange(kk, dtype=torch.float64) * d) / h
+        dft = torch.exp(-2j * math.pi * phase).to(w.device)  # (H, k) on this axis
+        w = torch.tensordot(w, dft, dims=([3 + axis], [1])).movedim(-1, 3 + axis)
+    sym = w.reshape(g, c_out // g, cig, -1).permute(0, 3, 1, 2)
+    return torch.linalg.matrix_norm(sym, ord=2).max().item()
+
+
 class Compose(LinearOperator):
     """``A_n ... A_2 A_1`` (``ops`` in the order they are applied). Certified bound: the product
     of the factors' bounds (the SVD of the materialised product is used instead when small)."""
@@ -421,9 +490,8 @@ class Compose(LinearOperator):
             y = op._rmatvec(y)
         return y
 
-    @property
-    def nonnegative(self):
-        return all(o.nonnegative for o in self.ops)
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return tuple(t for o in self.ops for t in o.tensors())
 
     @property
     def device(self):
@@ -434,7 +502,7 @@ class Compose(LinearOperator):
         return self._tensor_op().dtype
 
     def _tensor_op(self) -> LinearOperator:
-        return next((o for o in self.ops if isinstance(o, _TensorOperator)), self.ops[0])
+        return next((o for o in self.ops if o.tensors()), self.ops[0])
 
     def to(self, device=None, dtype=None):
         return Compose([o.to(device, dtype) for o in self.ops])
@@ -516,4 +584,4 @@ def _fold(first: LinearOperator, second: LinearOperator) -> LinearOperator | Non
 
 def _conv_like(conv: Conv, weight: torch.Tensor) -> Conv:
     return Conv(weight, conv.in_shape, conv.stride, conv.padding, conv.dilation, conv.groups,
-                conv.transposed, conv.output_padding)
+                conv.transposed, conv.output_padding, conv.circular)

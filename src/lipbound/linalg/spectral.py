@@ -9,7 +9,8 @@
   step instead of ``(s_2/s_1)^2`` and give the top-``k`` singular triplets (for SeqLip top-k).
 * :func:`certified_norm` — a number ``>= ||A||_2`` by proof: the SVD of the materialised matrix
   (float64) when it is small enough, otherwise the operator's structural bound (DFT bound for
-  convolutions, Schur test for pooling, products for compositions). The value is multiplied by
+  convolutions, exact per-axis norms for pooling/resizing/padding, products for compositions),
+  computed from the operator's own tensors. The value is multiplied by
   ``1 + CERTIFIED_RTOL`` to cover float64 rounding, which is far below that margin for every
   computation used here.
 * :func:`spectral_norm` — both ends for one layer or operator.
@@ -152,20 +153,21 @@ class SpectralNorm:
 
 
 def _cached_certified(op: LinearOperator, dense_limit: int) -> CertifiedNorm:
-    cache = op.__dict__.setdefault("_lipbound_certified", {})
-    if dense_limit not in cache:
-        cache[dense_limit] = certified_norm(op, dense_limit)
-    return cache[dense_limit]
+    cache = op.norm_cache()
+    key = ("certified", dense_limit)
+    if key not in cache:
+        cache[key] = certified_norm(op, dense_limit)
+    return cache[key]
 
 
 def _known_exact(op: LinearOperator) -> CertifiedNorm | None:
     """An exact certified norm already computed for ``op``, if any."""
-    return next((c for c in op.__dict__.get("_lipbound_certified", {}).values() if c.exact), None)
+    return next((c for key, c in op.norm_cache().items() if key[0] == "certified" and c.exact), None)
 
 
 def _cached_power(op: LinearOperator, generator, k: int, max_iter: int, tol: float) -> PowerResult:
-    cache = op.__dict__.setdefault("_lipbound_power", {})
-    key = (k, max_iter, tol)
+    cache = op.norm_cache()
+    key = ("power", k, max_iter, tol)
     if key not in cache:
         cache[key] = power_method(op, k=k, max_iter=max_iter, tol=tol, generator=generator)
     return cache[key]
@@ -174,7 +176,9 @@ def _cached_power(op: LinearOperator, generator, k: int, max_iter: int, tol: flo
 def operator_norms(op: LinearOperator, *, which: str = "both", generator: torch.Generator | None = None,
                    k: int = 4, max_iter: int = 1000, tol: float = 1e-5,
                    dense_limit: int = DENSE_LIMIT) -> SpectralNorm:
-    """Power-method (``lower``) and/or certified (``upper``) norm of one operator, cached on it.
+    """Power-method (``lower``) and/or certified (``upper``) norm of one operator, cached on it
+    (:meth:`~lipbound.linalg.operators.LinearOperator.norm_cache`: the memo does not outlive the
+    operator's tensors).
 
     ``which`` is ``"both"``, ``"certified"`` (no power iteration: certified AutoLip needs none) or
     ``"power"`` (no certified computation). An exact certified value (SVD of the matrix, diagonal,
