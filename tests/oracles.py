@@ -1,4 +1,4 @@
-"""Independent oracles for the tests: nothing here calls lipbound.
+"""Independent oracles for the tests: nothing here calls a lipbound method.
 
 * :func:`dense_linear` materialises the linear part of an affine torch function (its Jacobian at
   0, by autograd on the original module) as a numpy matrix.
@@ -13,17 +13,26 @@
   module), plus points 1e-9 either side of small integers, where kinks sit.
 * :func:`witnessed_lower` is the largest Jacobian norm and pair quotient at sampled inputs of the
   original module: a lower bound of the true constant that every certified upper bound must reach.
+* :func:`reference_autolip` applies AutoLip's rules again to exact layer norms; it reads only the
+  structure of lipbound's graph (nodes, slope ranges, pooling multiplicities) and materialises each
+  layer by autograd through its operator.
+* :func:`relu_witness_value` re-checks a lower bound's witness on a ReLU MLP from its weights alone:
+  a pair quotient in exact rational arithmetic, or a Jacobian rebuilt from the activation pattern
+  (refused at a kink).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from fractions import Fraction
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+
+import lipbound
 
 
 def dense_linear(fn: Callable[[torch.Tensor], torch.Tensor], in_shape: Sequence[int]) -> np.ndarray:
@@ -148,3 +157,75 @@ def witnessed_lower(model: nn.Module, shape: Sequence[int], n: int = 12, seed: i
     with torch.no_grad():
         q = (model(xs) - model(ys)).reshape(n, -1).norm(dim=1) / (xs - ys).reshape(n, -1).norm(dim=1)
     return max(jacobian_norms(model, xs).max().item(), q.max().item())
+
+
+def reference_autolip(model, shape=None) -> float:
+    """AutoLip's rules (DESIGN §4) over lipbound's fused graph of ``model``, with the exact norm of
+    every affine node (numpy SVD of its matrix, materialised by autograd through the node's
+    operator), ``max(|a|, |b|)`` per activation, ``sqrt(m)`` per max pool (``m`` windows per
+    input), sums at additions and root-sum-of-squares at concatenations."""
+    g = lipbound.as_graph(model, shape).fused().to(dtype=torch.float64)
+    L: dict[str, float] = {}
+    for node in g:
+        ins = [L[i] for i in node.inputs]
+        if node.kind == "input":
+            L[node.name] = 1.0
+        elif node.kind == "affine":
+            L[node.name] = norm2(dense_linear(node.op.matvec, node.op.in_shape)) * ins[0]
+        elif node.kind == "activation":
+            L[node.name] = max(abs(s) for s in node.slope) * ins[0]
+        elif node.kind == "maxpool":
+            L[node.name] = math.sqrt(node.multiplicity) * ins[0]
+        elif node.kind == "add":
+            L[node.name] = sum(ins)
+        else:
+            assert node.kind == "concat", node.kind
+            L[node.name] = math.sqrt(sum(v * v for v in ins))
+    return L[g.output]
+
+
+def _exact(t: torch.Tensor) -> list[Fraction]:
+    return [Fraction(float(v)) for v in t.double().reshape(-1)]
+
+
+def _sqrt_down(q2: Fraction) -> float:
+    """The largest float whose square is at most ``q2``."""
+    q = math.sqrt(float(q2))
+    while Fraction(q) ** 2 > q2:
+        q = math.nextafter(q, 0.0)
+    while Fraction(math.nextafter(q, math.inf)) ** 2 <= q2:
+        q = math.nextafter(q, math.inf)
+    return q
+
+
+def relu_witness_value(ws: Sequence[np.ndarray], witness: dict) -> float:
+    """The value a lower bound's witness proves for the bias-free ReLU MLP ``W_K relu(... W_1 x)``,
+    in exact rational arithmetic on the floats of the weights and the witness (rounded down).
+
+    ``form="pair"``: ``||f(x) - f(y)|| / ||x - y||``. ``form="jacobian"``: ``||Df(x) v|| / ||v||``,
+    where ``Df(x)`` is the product along the activation pattern at ``x``; every pre-activation at
+    ``x`` must be non-zero (else an AssertionError: a Jacobian at a kink proves nothing), which makes
+    ``x`` interior to its linear region."""
+    mats = [[[Fraction(float(v)) for v in row] for row in W] for W in ws]
+
+    def run(x: list[Fraction], v: list[Fraction] | None = None) -> tuple[list[Fraction], list[Fraction] | None]:
+        for k, W in enumerate(mats):
+            x = [sum((w * a for w, a in zip(row, x)), Fraction(0)) for row in W]
+            v = None if v is None else [sum((w * a for w, a in zip(row, v)), Fraction(0)) for row in W]
+            if k < len(mats) - 1:
+                assert v is None or all(a != 0 for a in x), "Jacobian witness at a kink"
+                v = None if v is None else [b if a > 0 else Fraction(0) for a, b in zip(x, v)]
+                x = [max(a, Fraction(0)) for a in x]
+        return x, v
+
+    def sq(u: list[Fraction]) -> Fraction:
+        return sum((a * a for a in u), Fraction(0))
+
+    x = _exact(witness["x"])
+    if witness["form"] == "pair":
+        y = _exact(witness["y"])
+        fx, fy = run(x)[0], run(y)[0]
+        return _sqrt_down(sq([a - b for a, b in zip(fx, fy)]) / sq([a - b for a, b in zip(x, y)]))
+    assert witness["form"] == "jacobian", witness["form"]
+    v = _exact(witness["v"])
+    return _sqrt_down(sq(run(x, v)[1]) / sq(v))

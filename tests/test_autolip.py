@@ -10,35 +10,10 @@ import torch
 from torch import nn
 
 import lipbound
-from oracles import dense_linear, norm2, slope_range, witnessed_lower
+from oracles import dense_linear, norm2, reference_autolip, slope_range, witnessed_lower
 from zoo import zoo
 
 MODELS = zoo()
-
-
-def reference_autolip(model: nn.Module, shape) -> float:
-    """AutoLip's rules (DESIGN §4) over the fused graph, with the exact norm of every affine node
-    (numpy SVD of its matrix, materialised by autograd through the node's operator),
-    ``max(|a|, |b|)`` per activation, ``sqrt(m)`` per max pool (``m`` windows per input), sums at
-    additions and root-sum-of-squares at concatenations."""
-    g = lipbound.as_graph(model, shape).fused().to(dtype=torch.float64)
-    L: dict[str, float] = {}
-    for node in g:
-        ins = [L[i] for i in node.inputs]
-        if node.kind == "input":
-            L[node.name] = 1.0
-        elif node.kind == "affine":
-            L[node.name] = norm2(dense_linear(node.op.matvec, node.op.in_shape)) * ins[0]
-        elif node.kind == "activation":
-            L[node.name] = max(abs(s) for s in node.slope) * ins[0]
-        elif node.kind == "maxpool":
-            L[node.name] = math.sqrt(node.multiplicity) * ins[0]
-        elif node.kind == "add":
-            L[node.name] = sum(ins)
-        else:
-            assert node.kind == "concat", node.kind
-            L[node.name] = math.sqrt(sum(v * v for v in ins))
-    return L[g.output]
 
 
 @pytest.mark.parametrize("name", list(MODELS))
