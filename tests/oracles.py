@@ -142,7 +142,8 @@ class SeqLipOracle:
 def jacobian_norms(model: nn.Module, xs: torch.Tensor) -> torch.Tensor:
     """Spectral norms of the Jacobian of ``model`` (float64) at each input of the batch ``xs``."""
     model = model.double().eval()
-    jac = torch.stack([torch.autograd.functional.jacobian(lambda z: model(z[None]).reshape(-1), x) for x in xs.double()])
+    f = lambda z: model(z[None]).reshape(-1)  # noqa: E731
+    jac = torch.stack([torch.autograd.functional.jacobian(f, x) for x in xs.double()])
     return torch.linalg.matrix_norm(jac.reshape(len(xs), jac.shape[1], -1), ord=2)
 
 
@@ -152,7 +153,8 @@ def witnessed_lower(model: nn.Module, shape: Sequence[int], n: int = 12, seed: i
     constant, up to float64 rounding (relative 1e-9 is ample at these sizes)."""
     g = torch.Generator().manual_seed(seed)
     model = model.double().eval()
-    xs = torch.randn(n, *shape, generator=g, dtype=torch.float64) * (1 + torch.arange(n) % 3).reshape(-1, *[1] * len(shape))
+    scales = (1 + torch.arange(n) % 3).reshape(-1, *[1] * len(shape))
+    xs = torch.randn(n, *shape, generator=g, dtype=torch.float64) * scales
     ys = xs + 1e-3 * torch.randn(xs.shape, generator=g, dtype=torch.float64)
     with torch.no_grad():
         q = (model(xs) - model(ys)).reshape(n, -1).norm(dim=1) / (xs - ys).reshape(n, -1).norm(dim=1)

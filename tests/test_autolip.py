@@ -58,7 +58,8 @@ def random_net(rng: torch.Generator, kind: str) -> tuple[nn.Module, tuple[int, .
     c = int(torch.randint(1, 4, (1,), generator=rng))
     (act1, lip1), (act2, lip2) = pick(), pick()
     conv1, conv2 = nn.Conv2d(c, 3, 3, padding=1), nn.Conv2d(3, 2, 2, stride=1)
-    value = norm2(dense_linear(conv1.double(), (c, 6, 6))) * lip1 * 2 * norm2(dense_linear(conv2.double(), (3, 3, 3))) * lip2
+    norms = norm2(dense_linear(conv1.double(), (c, 6, 6))) * norm2(dense_linear(conv2.double(), (3, 3, 3)))
+    value = norms * lip1 * 2 * lip2
     return nn.Sequential(conv1, act1, nn.MaxPool2d(3, stride=2, padding=1), conv2, act2, nn.Flatten()), (c, 6, 6), value
 
 

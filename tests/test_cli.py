@@ -68,7 +68,8 @@ def assert_certified(value: float, exact: float) -> None:
 
 
 def test_estimate_prints_the_table_and_the_bracket(model_file, capsys):
-    code, out, err = run(["estimate", f"{model_file}:mlp", "--input-shape", "4", "--quiet", "--time-budget", "2"], capsys)
+    code, out, err = run(["estimate", f"{model_file}:mlp", "--input-shape", "4", "--quiet", "--time-budget", "2"],
+                         capsys)
     assert code == 0, err
     model, n1, autolip = mlp_oracle()
     layer = re.search(r"^0 +Linear +\(8,\) +(\S+) +(\S+)", out, re.M)

@@ -114,7 +114,8 @@ def test_bundled_network_forward_and_autolip(name):
 def lipsdp_random() -> tuple[lipbound.Graph, list[np.ndarray]]:
     """The LipSDP random net, loaded as a Graph through a factory, and its weights read by scipy."""
     import scipy.io
-    ws = [np.asarray(w, dtype=np.float64) for w in scipy.io.loadmat(str(DATA / "lipsdp_random_weights.mat"))["weights"].ravel()]
+    mat = scipy.io.loadmat(str(DATA / "lipsdp_random_weights.mat"))
+    ws = [np.asarray(w, dtype=np.float64) for w in mat["weights"].ravel()]
     graph = lipbound.load(DATA / "lipsdp_random_weights.mat", factory=f"{REPO / 'examples' / 'realnets.py'}:lipsdp_mat")
     return graph, ws
 

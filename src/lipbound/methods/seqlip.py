@@ -238,9 +238,10 @@ def seqlip(graph: Graph, *, solver: str = "certified", seed: int = 0, progress: 
 
     Returns:
         A :class:`~lipbound.report.Result`; ``details["chains"]`` lists every chain with its
-        constant, ``product`` (the product of its pair values before the clamp to the chain's
-        AutoLip product, so tests can see that the clamp never acts), its AutoLip product and each pair (status, value, AutoLip factor, neurons,
-        seconds, solver counters); ``details["pairs"]`` counts the pairs by status.
+        constant, its ``product`` of pair values before the clamp to its AutoLip product (so
+        tests can see that the clamp never acts), its AutoLip product and each pair (status,
+        value, AutoLip factor, neurons, seconds, solver counters); ``details["pairs"]`` counts
+        the pairs by status.
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
