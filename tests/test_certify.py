@@ -1,5 +1,10 @@
-"""Certified radii: margin / (sqrt(2) U), sound against random perturbations, and the CLI."""
+"""Certified radii (DESIGN §1): ``radius = margin / (sqrt(2) U)`` recomputed by hand from the
+logits of the original module; the computed ``U`` checked against the true constant (brute force
+over activation patterns, tests/oracles.py); and no perturbation inside the radius changes the
+class: random directions and a projected-gradient attack in the ball, which does flip classes
+once the ball is twice as large (so it can fail)."""
 
+import json
 import math
 
 import pytest
@@ -9,57 +14,113 @@ from torch import nn
 import lipbound
 from lipbound.cli import main
 from lipbound.errors import InvalidInput
+from oracles import pair_max
 
 
-def classifier(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 4)).double()
+def classifier(seed: int = 0) -> nn.Module:
+    """Hidden width 5 <= input dim 6 with generic biases: every activation pattern is realisable,
+    so the Lipschitz constant is ``max_D ||W2 D W1||`` over ``D in {0, 1}^5`` (DESIGN §5)."""
+    g = torch.Generator().manual_seed(seed)
+    net = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4)).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    return net
+
+
+def true_constant(net: nn.Module) -> float:
+    return pair_max(net[2].weight.detach().numpy(), net[0].weight.detach().numpy(), 0.0, 1.0)[0]
+
+
+def by_hand(logits: torch.Tensor, upper: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Predicted class, margin (top logit minus the runner-up) and ``margin / (sqrt(2) U)``."""
+    top = logits.sort(dim=1, descending=True).values
+    margin = top[:, 0] - top[:, 1]
+    return logits.argmax(1), margin, margin / (math.sqrt(2) * upper)
+
+
+def worst_gap(net: nn.Module, x: torch.Tensor, radius: torch.Tensor, steps: int = 80) -> torch.Tensor:
+    """Per input, the largest ``max_{j != y} f_j - f_y`` found in the closed L2 ball of ``radius``
+    around it (``y`` the class at ``x``) by projected normalised-gradient ascent; positive means the
+    class flips inside the ball."""
+    y = net(x).argmax(1)
+    mask = nn.functional.one_hot(y, net(x).shape[1]).bool()
+    r = radius[:, None]
+    g = torch.Generator().manual_seed(0)
+    delta = torch.randn(x.shape, generator=g, dtype=x.dtype)
+    delta = delta / delta.norm(dim=1, keepdim=True) * r * 0.5
+    best = torch.full((len(x),), -math.inf, dtype=x.dtype)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        logits = net(x + delta)
+        gap = logits.masked_fill(mask, -math.inf).max(1).values - logits[mask]
+        best = torch.maximum(best, gap.detach())
+        (grad,) = torch.autograd.grad(gap.sum(), delta)
+        with torch.no_grad():
+            delta = delta + 0.1 * r * grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-30)
+            delta = delta * (r / delta.norm(dim=1, keepdim=True).clamp_min(1e-30)).clamp(max=1.0)
+    with torch.no_grad():
+        logits = net(x + delta)
+        return torch.maximum(best, logits.masked_fill(mask, -math.inf).max(1).values - logits[mask])
 
 
 def test_radius_formula_with_a_given_bound():
     net = classifier()
-    x = torch.randn(20, 3, dtype=torch.float64)
+    x = torch.randn(20, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     cert = lipbound.certify(net, x, upper=2.0)
-    logits = net(x).detach()
-    top = logits.topk(2, dim=1).values
-    assert torch.equal(cert.predicted, logits.argmax(1))
-    assert torch.allclose(cert.margin, top[:, 0] - top[:, 1])
-    assert torch.allclose(cert.radius, cert.margin / (math.sqrt(2) * 2.0))
-    assert cert.source == "given" and "radius" in cert.table()
+    predicted, margin, radius = by_hand(net(x).detach(), 2.0)
+    assert torch.equal(cert.predicted, predicted)
+    assert torch.allclose(cert.margin, margin, rtol=1e-12, atol=0)
+    assert torch.allclose(cert.radius, radius, rtol=1e-12, atol=0)
+    assert cert.upper == 2.0 and cert.source == "given" and "radius" in cert.table()
 
 
-def test_certified_radius_is_sound_for_random_perturbations():
+def test_computed_bound_is_the_true_constant_and_no_perturbation_inside_the_radius_flips_the_class():
     net = classifier(1)
-    x = torch.randn(30, 3, dtype=torch.float64)
-    cert = lipbound.certify(net, x)  # U computed: exact for this small net
-    assert cert.upper == pytest.approx(lipbound.estimate(net, (3,), methods=["exact"], progress=False).upper)
+    x = torch.randn(40, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 2
+    cert = lipbound.certify(net, x)  # U computed by the default certified methods: exact for this net
+    L = true_constant(net)
+    assert L * (1 - 1e-12) <= cert.upper <= L * (1 + 1e-6)
+    _, margin, radius = by_hand(net(x).detach(), cert.upper)
+    assert torch.allclose(cert.radius, radius, rtol=1e-12, atol=0) and torch.all(margin > 0)
     gen = torch.Generator().manual_seed(0)
     for _ in range(20):
         d = torch.randn(x.shape, generator=gen, dtype=torch.float64)
         d = d / d.norm(dim=1, keepdim=True) * cert.radius.unsqueeze(1) * 0.999
         assert torch.equal(net(x + d).argmax(1), cert.predicted)
+    assert worst_gap(net, x, cert.radius * 0.999).max() < 0
+    # the attack has teeth: in balls twice as large it flips classes (9 of the 40 when written)
+    assert (worst_gap(net, x, cert.radius * 2) > 0).sum() >= 3
 
 
 def test_bad_inputs():
     net = classifier()
     with pytest.raises(InvalidInput):
-        lipbound.certify(net, torch.randn(3, dtype=torch.float64))
+        lipbound.certify(net, torch.randn(6, dtype=torch.float64))
     with pytest.raises(InvalidInput):
         lipbound.certify(nn.Linear(3, 1), torch.randn(4, 3))
     with pytest.raises(InvalidInput):
-        lipbound.certify(net, torch.randn(4, 3, dtype=torch.float64), upper=-1.0)
+        lipbound.certify(net, torch.randn(4, 6, dtype=torch.float64), upper=-1.0)
+    with pytest.raises(InvalidInput, match="NaN"):
+        lipbound.certify(net, torch.full((2, 6), math.nan, dtype=torch.float64), upper=1.0)
 
 
 def test_cli_certify(tmp_path, capsys):
     (tmp_path / "m.py").write_text("import torch\nfrom torch import nn\n"
                                    "def net():\n    torch.manual_seed(0)\n"
                                    "    return nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 4))\n")
-    torch.save(torch.randn(5, 3), tmp_path / "x.pt")
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(3))
+    torch.save(x, tmp_path / "x.pt")
     code = main(["certify", f"{tmp_path / 'm.py'}:net", "--inputs", str(tmp_path / "x.pt"), "--upper", "1.5",
                  "--json", "-q"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert '"radius"' in out and '"upper": 1.5' in out
+    torch.manual_seed(0)
+    same = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 4))
+    predicted, margin, radius = by_hand(same(x).detach().double(), 1.5)
+    d = json.loads(out)
+    assert d["upper"] == 1.5 and d["predicted"] == predicted.tolist()
+    assert d["radius"] == pytest.approx(radius.tolist(), rel=1e-5, abs=1e-6)  # float32 logits
     code = main(["certify", f"{tmp_path / 'm.py'}:net", "--inputs", str(tmp_path / "missing.pt")])
     _, err = capsys.readouterr()
     assert code == 2 and "not found" in err and len(err.strip().splitlines()) == 1

@@ -1,6 +1,8 @@
-"""CLI: exit codes and one-line errors."""
+"""CLI: the printed numbers against numpy norms of the model's weights, exit codes and one-line
+errors."""
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -10,6 +12,7 @@ import torch
 from torch import nn
 
 from lipbound.cli import main
+from oracles import norm2, witnessed_lower
 
 MODEL_PY = textwrap.dedent("""
     import torch
@@ -48,28 +51,56 @@ def run(args, capsys):
     return code, out, err
 
 
+def mlp_oracle(state: dict | None = None) -> tuple[nn.Module, float, float]:
+    """``models.py:mlp`` rebuilt here (with ``state`` loaded), its first layer's norm and its AutoLip
+    value ``||W1|| ||W2||`` (ReLU: factor 1), from numpy SVDs."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    if state is not None:
+        model.load_state_dict(state)
+    n1, n2 = (norm2(model[i].weight.detach().double().numpy()) for i in (0, 2))
+    return model, n1, n1 * n2
+
+
+def assert_certified(value: float, exact: float) -> None:
+    """A certified AutoLip value: the exact product plus the rounding margin (1e-9 per layer)."""
+    assert exact * (1 + 1e-10) <= value <= exact * (1 + 1e-6)
+
+
 def test_estimate_prints_the_table_and_the_bracket(model_file, capsys):
-    code, out, err = run(["estimate", f"{model_file}:mlp", "--input-shape", "4", "--quiet"], capsys)
+    code, out, err = run(["estimate", f"{model_file}:mlp", "--input-shape", "4", "--quiet", "--time-budget", "2"],
+                         capsys)
     assert code == 0, err
-    assert "autolip" in out and "certified_upper" in out and "bracket:" in out
-    assert "Linear" in out and "ReLU" in out
+    model, n1, autolip = mlp_oracle()
+    layer = re.search(r"^0 +Linear +\(8,\) +(\S+) +(\S+)", out, re.M)
+    assert layer and float(layer[2]) == pytest.approx(n1, rel=1e-4)  # 5 digits
+    value = re.search(r"^autolip +(\S+) +certified_upper", out, re.M)
+    assert value and float(value[1]) == pytest.approx(autolip, rel=1e-5)  # 6 digits
+    bracket = re.search(r"^bracket: lower (\S+) +upper (\S+)", out, re.M)
+    assert bracket, out
+    lower, upper = float(bracket[1]), float(bracket[2])
+    witnessed = witnessed_lower(model, (4,))
+    assert witnessed * (1 - 1e-5) <= lower <= upper * (1 + 1e-5) and upper <= autolip * (1 + 1e-5)
 
 
 def test_json_output_is_the_report(model_file, capsys):
     code, out, _ = run(["estimate", f"{model_file}:mlp", "-s", "4", "--json", "-m", "autolip"], capsys)
     assert code == 0
     d = json.loads(out)
-    assert d["input_shape"] == [4] and d["results"][0]["method"] == "autolip"
+    assert d["input_shape"] == [4] and [r["method"] for r in d["results"]] == ["autolip"]
     assert d["upper"] == d["results"][0]["value"]
+    assert_certified(d["upper"], mlp_oracle()[2])
 
 
 def test_weights_are_loaded(model_file, tmp_path, capsys):
     torch.manual_seed(5)
     other = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     torch.save(other.state_dict(), tmp_path / "w.pt")
-    _, out1, _ = run(["estimate", f"{model_file}:mlp", "-s", "4", "--json", "-m", "autolip"], capsys)
-    _, out2, _ = run(["estimate", f"{model_file}:mlp", "-s", "4", "--json", "-m", "autolip", "-w", tmp_path / "w.pt"], capsys)
-    assert json.loads(out1)["upper"] != json.loads(out2)["upper"]
+    _, out, _ = run(["estimate", f"{model_file}:mlp", "-s", "4", "--json", "-m", "autolip", "-w", tmp_path / "w.pt"],
+                    capsys)
+    loaded, original = mlp_oracle(other.state_dict())[2], mlp_oracle()[2]
+    assert abs(loaded - original) > 1e-3 * original
+    assert_certified(json.loads(out)["upper"], loaded)
 
 
 @pytest.mark.parametrize("args,message", [
@@ -103,8 +134,15 @@ def test_corrupt_weights_file(model_file, tmp_path, capsys):
     assert code == 2 and "could not read weights" in err and len(err.strip().splitlines()) == 1
 
 
-def test_demo_and_console_script():
-    proc = subprocess.run([sys.executable, "-m", "lipbound.cli", "demo", "--quiet"], capture_output=True, text=True,
-                          timeout=300)
+def test_demo_through_the_console_entry():
+    """``python -m lipbound.cli demo`` with its default methods (a shorter time budget): a
+    consistent bracket."""
+    proc = subprocess.run([sys.executable, "-m", "lipbound.cli", "demo", "--quiet", "--json", "--time-budget", "1"],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "bracket:" in proc.stdout
+    d = json.loads(proc.stdout)
+    kinds = {r["method"]: r["kind"] for r in d["results"]}
+    assert kinds == {"autolip": "certified_upper", "autolip-power": "estimate", "seqlip": "certified_upper",
+                     "lower": "witnessed_lower"}
+    assert d["upper"] == min(r["value"] for r in d["results"] if r["kind"] == "certified_upper")
+    assert 0 < d["lower"] <= d["upper"] and d["ratio"] == pytest.approx(d["upper"] / d["lower"])

@@ -238,8 +238,10 @@ def seqlip(graph: Graph, *, solver: str = "certified", seed: int = 0, progress: 
 
     Returns:
         A :class:`~lipbound.report.Result`; ``details["chains"]`` lists every chain with its
-        constant, its AutoLip product and each pair (status, value, AutoLip factor, neurons,
-        seconds, solver counters); ``details["pairs"]`` counts the pairs by status.
+        constant, its ``product`` of pair values before the clamp to its AutoLip product (so
+        tests can see that the clamp never acts), its AutoLip product and each pair (status,
+        value, AutoLip factor, neurons, seconds, solver counters); ``details["pairs"]`` counts
+        the pairs by status.
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
@@ -346,14 +348,14 @@ def _solve_chain(g: Graph, chain: Chain, norms: dict, *, solver: str, gen: torch
         pairs.append(row)
         bar.update(1)
     autolip_product = math.prod(uppers) * math.prod(g.nodes[s].lipschitz for s in chain.activations)
-    constant = math.prod(p["value"] for p in pairs)
+    product = math.prod(p["value"] for p in pairs)
     if solver == "certified":
         # rounding of the SVDs: an absolute margin relative to the chain's AutoLip product
-        constant = min(constant + 1e-12 * autolip_product, autolip_product)
+        constant = min(product + 1e-12 * autolip_product, autolip_product)
     else:
-        constant = min(constant, autolip_product)
+        constant = min(product, autolip_product)
     return {"affines": chain.affines, "activations": chain.activations, "start": chain.start,
-            "constant": constant, "autolip": autolip_product, "pairs": pairs}
+            "constant": constant, "product": product, "autolip": autolip_product, "pairs": pairs}
 
 
 def _pair_matrices(fi: _Factors, fj: _Factors, i: int, K: int) -> tuple[torch.Tensor, torch.Tensor]:
