@@ -82,11 +82,13 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
     start = time.perf_counter()
     lmi = balanced(lmi_of_graph(graph, max_size=max_size))
     red = lmi.reduced()
+    interior, _ = fast_multipliers(lmi)  # strictly feasible: the first-order start and the check's fallback
     if solver == "auto":
         solver = "clarabel" if red.size <= ipm_max_order and _cvxpy_available() else "first-order"
     t_solve = time.perf_counter()
     if solver == "first-order":
-        t, claimed, info = solve_first_order(red, variant=variant, time_limit=time_limit, max_iter=max_iter)
+        t, claimed, info = solve_first_order(red, variant=variant, time_limit=time_limit, max_iter=max_iter,
+                                             t0=interior)
     else:
         t, claimed, info = solve_cvxpy(red, variant=variant, solver=solver)
     info.update(solver=solver, solver_seconds=time.perf_counter() - t_solve, lmi_order=lmi.size,
@@ -95,7 +97,7 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
     claimed_value = lmi.scale * math.sqrt(max(claimed, 0.0))
     info["solver_value"] = claimed_value
     try:
-        cert = certify(lmi, t, claimed_rho=claimed)
+        cert = certify(lmi, t, claimed_rho=claimed, interior=interior)
     except CertificateRejected as exc:
         info.update(verified=False, reason=str(exc), rss_peak_mb=_rss_mb())
         return Result(name, claimed_value, "estimate", time.perf_counter() - start, details=info)
