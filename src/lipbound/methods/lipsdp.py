@@ -126,28 +126,16 @@ def _cvxpy_available() -> bool:
 # ---- the problem data as coefficient matrices -----------------------------------------------------
 def _coefficients(lmi: LipschitzLMI, variant: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``N(rho, t) = C0 + rho E + sum_k u_k F_k`` with ``u`` the free multipliers of the variant:
-    returns ``(C0, E, F)`` with ``F`` of shape ``(n*n, k)`` (vectorised, row-major)."""
-    n = lmi.size
-    c0 = lmi.dense_N(0.0, np.zeros(lmi.n_neurons))
-    e = np.zeros((n, n))
-    n0 = lmi.blocks[0].size
-    e[:n0, :n0] = np.eye(n0)
-    off = lmi.offsets
-    cols = []
-    for j, blk in enumerate(lmi.blocks[1:], start=1):
-        p = np.zeros((blk.size, n))
-        for r, m in blk.pre.items():
-            p[:, off[r]:off[r + 1]] = m
-        ab, c = blk.a * blk.b, blk.a + blk.b
-        idx = np.arange(off[j], off[j + 1])
-        # F_i = 2ab p p^T - c (e_i p^T + p e_i^T) + 2 e_i e_i^T for neuron i of this block
-        fi = 2 * ab * np.einsum("ia,ib->iab", p, p)
-        fi[np.arange(blk.size), idx, :] -= c * p
-        fi[np.arange(blk.size), :, idx] -= c * p
-        fi[np.arange(blk.size), idx, idx] += 2.0
-        fi = fi.reshape(blk.size, n * n).T
-        cols.append(fi.sum(1, keepdims=True) if variant == "layer" else fi)
-    return c0, e, np.concatenate(cols, 1)
+    returns ``(C0, E, F)`` with ``F`` of shape ``(n*n, k)`` (vectorised, row-major). ``N`` is
+    affine in ``(rho, t)``, so each coefficient is a difference of two assemblies of ``N``
+    (:meth:`~lipbound.methods.lmi.LipschitzLMI.dense_N`, the same matrix the check factorises)."""
+    zeros = np.zeros(lmi.n_neurons)
+    c0 = lmi.dense_N(0.0, zeros)
+    e = lmi.dense_N(1.0, zeros) - c0
+    units = np.eye(lmi.n_neurons) if variant == "neuron" else np.stack([_expand(lmi, u, variant) for u in
+                                                                         np.eye(len(lmi.blocks) - 1)])
+    f = np.stack([(lmi.dense_N(0.0, u) - c0).reshape(-1) for u in units], 1)
+    return c0, e, f
 
 
 def _expand(lmi: LipschitzLMI, u: np.ndarray, variant: str) -> np.ndarray:
