@@ -54,7 +54,8 @@ class Block(nn.Module):
 
 def resnet(seed=0, n_in=6, w=5, blocks=3, act=nn.ReLU):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(n_in, w), act(), *[Block(w, act) for _ in range(blocks)], nn.Linear(w, 3)).double().eval()
+    blocks = [Block(w, act) for _ in range(blocks)]
+    return nn.Sequential(nn.Linear(n_in, w), act(), *blocks, nn.Linear(w, 3)).double().eval()
 
 
 class Mixed(nn.Module):

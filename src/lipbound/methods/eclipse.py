@@ -27,8 +27,8 @@ then the S-procedure of :mod:`lipbound.methods.lmi` applies with the multipliers
 *Choosing ``s`` in closed form, in topological order.* Build the form one activation at a time
 and eliminate the blocks one by one (block ``LDL^T``). When activation ``j`` is reached, the form
 ``K_<j`` of the blocks before it does not involve ``s_j`` or later multipliers, and the Schur
-complement of ``K_<j`` in ``K~_<=j`` is ``D_j = 2 s_j I - s_j^2 G_j`` with ``G_j = (b_j - a_j)^2 A_j K_<j^{-1} A_j^T`` (in the
-transformed coordinates, which do not change ``K_<j``). With ``g_j = ||G_j||_2``,
+complement of ``K_<j`` in ``K~_<=j`` is ``D_j = 2 s_j I - s_j^2 G_j`` with
+``G_j = (b_j - a_j)^2 A_j K_<j^{-1} A_j^T`` (the transformed coordinates do not change ``K_<j``). With ``g_j = ||G_j||_2``,
 ``D_j >= (2 s_j - s_j^2 g_j) I``, maximal at ``s_j = 1 / g_j`` where ``D_j >= s_j I > 0``; so by
 induction every ``K_<=j`` is positive definite, and so is ``K``. Only the blocks of ``K^{-1}`` among
 blocks still read later are kept (``(K^{-1})`` restricted to a set of blocks is the inverse of the

@@ -2,8 +2,10 @@
 
 **What is bounded.** ``L(f)`` for the Euclidean norm on input and output, for networks made of
 affine maps (dense layers, and small convolutions once materialised), element-wise activations
-with slopes in ``[a, b]`` (ReLU, leaky ReLU, tanh, sigmoid, GELU, ...), sums of branches (residual
-blocks) and concatenations. The LMI ``M(rho, t) <= 0`` of :mod:`lipbound.methods.lmi` with one
+with slopes in any ``[a, b]`` (ReLU, leaky ReLU, tanh, sigmoid; and, with ``a < 0 < b``, GELU, SiLU,
+Mish, Hardswish, ELU with ``alpha < 0``, LeakyReLU with a negative slope, Abs: the sector
+constraint of :mod:`lipbound.methods.lmi` holds for any ``a <= b`` on every solver path), sums of
+branches (residual blocks) and concatenations. The LMI ``M(rho, t) <= 0`` of :mod:`lipbound.methods.lmi` with one
 multiplier per neuron is **LipSDP-Neuron**; with one multiplier per activation node it is
 **LipSDP-Layer** (``variant="layer"``). On a residual net the LMI couples all blocks at once, as
 GLipSDP (Pauli et al. 2024) does, rather than multiplying per-block bounds. Biases cancel in every
@@ -26,14 +28,19 @@ increment ``f(x) - f(y)``, so they do not enter: the bound is for the global con
   Schur complement applied through triangular solves. Memory is that of the neuron block
   (dense, or banded for chains) and of the layers' matrices; 1534 x 1534 for a 784-500-200-50-10
   MLP. It stops at ``time_limit``; whatever it reached is then checked.
+  Where ``a + b = 0`` (Abs, LeakyReLU(-1)) the neuron block decouples from the input and the
+  optimum lies where that block is singular, on the edge of the solver's domain: it then stays
+  near its start (the eclipse-fast multipliers); the interior-point path reaches the optimum.
 * ``solver="auto"`` (default): interior point when the reduced LMI has order <= ``ipm_max_order``
   and cvxpy is installed, first-order otherwise.
 
 **Certified only once checked.** Whatever the solver returns (``rho``, ``t``) is an estimate until
 :func:`~lipbound.methods.sdp_verify.certify` has recomputed the least ``rho`` for the clipped
 multipliers with a margin and proved the LMI by a float64 Cholesky factorisation; only then is the
-result ``certified_upper``. If the check fails, the solver's value is returned as an ``estimate``
-with ``details["verified"] = False``.
+result ``certified_upper``. When the solver's multipliers leave no room for the margin (an optimum
+where the neuron block is singular), the check moves them a little towards the strictly feasible
+eclipse-fast multipliers (``certify(..., interior=...)``). If the check fails, the solver's value
+is returned as an ``estimate`` with ``details["verified"] = False``.
 """
 
 from __future__ import annotations

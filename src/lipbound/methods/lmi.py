@@ -5,7 +5,8 @@ Setting (Fazlyab et al. 2019; the graph form of Pauli et al. 2024, GLipSDP). Wri
 nodes, in topological order. Every pre-activation is linear in the earlier ones,
 ``v_j = A_j xi + b_j``, and so is the output, ``y = A_out xi + b_out`` (affine nodes, sums of
 branches and concatenations compose into these maps). Activation ``j`` acts element-wise,
-``w_j = phi_j(v_j)``, with every difference quotient in ``[a_j, b_j]``. For two inputs, the
+``w_j = phi_j(v_j)``, with every difference quotient in ``[a_j, b_j]`` for any ``a_j <= b_j``
+(slopes on both sides of 0 included: GELU, SiLU, Abs, ...). For two inputs, the
 increments ``dv = A_j dxi``, ``dw = dw_j`` of one neuron satisfy the incremental quadratic
 constraint ``(dw - a dv)(b dv - dw) >= 0``, i.e. ``t (-2ab dv^2 + 2(a+b) dv dw - 2 dw^2) >= 0``
 for every ``t >= 0``. **Biases cancel in every increment**, so they play no part in the global
@@ -210,14 +211,15 @@ class LipschitzLMI:
         ``j`` moves ``2 a b P^T T P`` by at most ``2 |ab| max t (2 ||P^||_F e + e^2)`` and its
         off-diagonal block ``-(a + b) T P`` by ``|a + b| max t e``; the output term
         ``A_out^T A_out`` moves by at most ``2 ||A_out^||_F e + e^2``."""
-        def moved(maps: Blocks, errs: dict[int, float]) -> tuple[float, float]:
-            e = math.sqrt(sum(v * v for v in errs.values()))
-            return math.sqrt(sum(float(np.linalg.norm(m)) ** 2 for m in maps.values())), e
+        def norm_and_error(maps: Blocks, errs: dict[int, float]) -> tuple[float, float]:
+            """Frobenius norms of the whole map ``[P_k]_k`` and of its error bound."""
+            return (math.sqrt(sum(float(np.linalg.norm(m)) ** 2 for m in maps.values())),
+                    math.sqrt(sum(v * v for v in errs.values())))
 
-        f, e = moved(self.out, self.out_err)
+        f, e = norm_and_error(self.out, self.out_err)
         total = 2 * f * e + e * e
         for blk, sl in zip(self.blocks[1:], self.neuron_slices):
-            f, e = moved(blk.pre, blk.pre_err)
+            f, e = norm_and_error(blk.pre, blk.pre_err)
             if e > 0 and blk.size:
                 tmax = float(np.max(np.abs(t[sl])))
                 total += tmax * (2 * abs(blk.a * blk.b) * (2 * f * e + e * e) + abs(blk.a + blk.b) * e)

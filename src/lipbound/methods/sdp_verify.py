@@ -141,13 +141,15 @@ def certify(lmi: LipschitzLMI, t: np.ndarray, *, claimed_rho: float | None = Non
     if interior is not None:
         interior = _multipliers(lmi, interior)
     # the size of rho sets the rounding margin: the claim when there is a plausible one, else recomputed
-    rho0 = claimed_rho if claimed_rho is not None and math.isfinite(claimed_rho) and claimed_rho > 0 else lmi.schur(t).rho
+    plausible = claimed_rho is not None and math.isfinite(claimed_rho) and claimed_rho > 0
+    rho0 = claimed_rho if plausible else lmi.schur(t).rho
     if not math.isfinite(rho0) and interior is None:
         raise CertificateRejected("the neuron block of the LMI is not positive definite at these multipliers")
     _, width = _layout(lmi)
     tau = 2.0 * cholesky_shift(lmi, rho0 if math.isfinite(rho0) else lmi.schur(interior).rho, t, width)
     for attempt in range(1, max_attempts + 1):
-        tk = t if interior is None or attempt == 1 else (1 - 10.0 ** (attempt - 9)) * t + 10.0 ** (attempt - 9) * interior
+        lam = 0.0 if interior is None or attempt == 1 else 10.0 ** (attempt - 9)
+        tk = t if lam == 0.0 else (1 - lam) * t + lam * interior
         rho = lmi.schur(tk, tau).rho
         if math.isfinite(rho):
             rho = max(rho, tau) * (1 + 1e-12)
