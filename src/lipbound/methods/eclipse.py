@@ -6,10 +6,17 @@ homogeneity, ``N(rho, t) = rho K(t / rho) - A_out^T A_out``, where ``K(s)`` has 
 
 * ``I`` on the input block, ``2 s_j I`` on the block of activation ``j``;
 * ``-(a_j + b_j) s_j A_{j,r}`` between activation ``j`` and each block ``r`` it reads;
-* ``+2 a_j b_j s_j A_j^T A_j`` on the blocks it reads. For ``a_j b_j >= 0`` (ReLU, leaky ReLU,
-  sigmoid, tanh, ...) this term is positive semidefinite and is **left out** here: a smaller ``K``
-  only makes the condition below harder, so every bound stays valid. Slopes with ``a_j b_j < 0``
-  (GELU, SiLU) are not handled (:class:`~lipbound.errors.NotApplicable`).
+* ``+2 a_j b_j s_j A_j^T A_j`` on the blocks it reads (negative semidefinite when ``a_j < 0 < b_j``:
+  GELU, SiLU, Mish, Hardswish, LeakyReLU with a negative slope, Abs).
+
+Any ``a_j <= b_j`` is handled, through a **loop transformation** per activation: with
+``v_j = A_j xi`` and ``w_j = w~_j + a_j v_j``, the three terms of activation ``j`` in the quadratic
+form ``xi^T K xi`` are ``2 a b s |v|^2 - 2 (a + b) s v.w + 2 s |w|^2 = -2 (b - a) s v.w~ + 2 s |w~|^2``,
+the terms of an activation with slopes in ``[0, b_j - a_j]``. So adding activation ``j`` to the
+form of the blocks before it, ``K_<j``, gives ``K_<=j = S^{-T} K~_<=j S^{-1}`` with
+``K~_<=j = [[K_<j, -(b_j - a_j) s_j A_j^T], [-(b_j - a_j) s_j A_j, 2 s_j I]]`` and
+``S = [[I, 0], [a_j A_j, I]]``: ``K_<=j > 0`` iff ``K~_<=j > 0``, and
+``K_<=j^{-1} = S K~_<=j^{-1} S^T``. For ``a_j = 0`` (ReLU, sigmoid, tanh) nothing changes.
 
 *Claim.* If ``K(s) > 0``, then ``N(rho, rho s) >= 0`` for ``rho = lambda_max(A_out K(s)^{-1} A_out^T)``,
 so ``L(f) <= scale * sqrt(rho)``. *Proof.* ``rho K - A_out^T A_out >= 0`` iff
@@ -17,10 +24,11 @@ so ``L(f) <= scale * sqrt(rho)``. *Proof.* ``rho K - A_out^T A_out >= 0`` iff
 ``||A_out K^{-1/2}||^2 <= rho``, and ``||A_out K^{-1/2}||^2 = lambda_max(A_out K^{-1} A_out^T)``;
 then the S-procedure of :mod:`lipbound.methods.lmi` applies with the multipliers ``t = rho s >= 0``.
 
-*Choosing ``s`` in closed form, in topological order.* Eliminate the blocks one by one (block
-``LDL^T`` of ``K``). When activation ``j`` is reached, the blocks before it form ``K_<j`` (which does
-not involve ``s_j`` or later multipliers), and the Schur complement of ``K_<j`` in ``K_<=j`` is
-``D_j = 2 s_j I - s_j^2 G_j`` with ``G_j = (a_j + b_j)^2 A_j K_<j^{-1} A_j^T``. With ``g_j = ||G_j||_2``,
+*Choosing ``s`` in closed form, in topological order.* Build the form one activation at a time
+and eliminate the blocks one by one (block ``LDL^T``). When activation ``j`` is reached, the form
+``K_<j`` of the blocks before it does not involve ``s_j`` or later multipliers, and the Schur
+complement of ``K_<j`` in ``K~_<=j`` is ``D_j = 2 s_j I - s_j^2 G_j`` with
+``G_j = (b_j - a_j)^2 A_j K_<j^{-1} A_j^T`` (the transformed coordinates do not change ``K_<j``). With ``g_j = ||G_j||_2``,
 ``D_j >= (2 s_j - s_j^2 g_j) I``, maximal at ``s_j = 1 / g_j`` where ``D_j >= s_j I > 0``; so by
 induction every ``K_<=j`` is positive definite, and so is ``K``. Only the blocks of ``K^{-1}`` among
 blocks still read later are kept (``(K^{-1})`` restricted to a set of blocks is the inverse of the
@@ -42,7 +50,13 @@ neuron) is tighter still, by 5-10% on one hidden layer and by up to 4x on deep r
 ``rho <= prod ||W_i||^2``; ``theta = 1`` is always among the candidates, and the check below
 only lowers ``rho``.
 
-**Verification.** The multipliers ``t = rho s`` go through the same check as LipSDP
+**Strictly feasible multipliers.** At ``t = rho s`` the matrix ``N`` is singular, and when
+``a_j + b_j = 0`` (Abs, LeakyReLU(-1)) the input block decouples and its null vector can lie in
+the neuron block, where the check needs a margin. Since ``K(s) > 0``,
+``N(rho', rho' s) >= (rho' - rho) K(s) > 0`` for ``rho' > rho``: the multipliers returned are
+``t = (1 + INTERIOR) rho s``, feasible for ``rho (1 + INTERIOR)``.
+
+**Verification.** The multipliers ``t`` go through the same check as LipSDP
 (:func:`~lipbound.methods.sdp_verify.certify`): the least ``rho`` for them is recomputed (it is
 at most the recursion's, often lower) and proved in float64 by a Cholesky factorisation. Cost: one
 eigenvalue problem and a few products per activation (``O(sum n_j^3)`` for a chain), plus the
@@ -57,15 +71,16 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import NotApplicable
 from ..graph.ir import Graph
 from ..report import Result
 from .lmi import LipschitzLMI, pow2, lmi_of_graph
 from .sdp_verify import CertificateRejected, certify
 
+INTERIOR = 1e-6  # relative step into the interior of the feasible set (see "Strictly feasible multipliers")
+
 
 def fast_multipliers(lmi: LipschitzLMI, *, evaluations: int = 8) -> tuple[np.ndarray, float]:
-    """The multipliers ``t`` (one per neuron) and ``rho`` of the recursion above, for the best
+    """The multipliers ``t`` (one per neuron, strictly feasible) and ``rho`` of the recursion above, for the best
     ``theta`` found by golden-section search on ``log theta`` with ``evaluations`` runs of
     :func:`_recursion` (``theta = 1``, ECLipsE-Fast's choice, is always one of them)."""
     chain = lmi.is_chain()
@@ -95,9 +110,7 @@ def balanced(lmi: LipschitzLMI) -> LipschitzLMI:
     two nearest ``sqrt(max diag (K^{-1})_jj)``, ``d_out`` nearest ``sqrt(rho)``). The AutoLip
     scaling of :func:`~lipbound.methods.lmi.lmi_of_graph` can be off by orders of magnitude on deep
     nets whose true constant is far below the product of norms, which would leave ``rho`` below
-    the rounding margins of the check. Returns ``lmi`` unchanged when the recursion does not apply."""
-    if any(b.a * b.b < 0 for b in lmi.blocks[1:]):
-        return lmi
+    the rounding margins of the check."""
     memo: dict = {}
     _, rho = _recursion(lmi, 1.0, lmi.is_chain(), memo)
     d = [1.0] + [pow2(memo["spread"][j]) for j in range(1, len(lmi.blocks))]
@@ -107,14 +120,12 @@ def balanced(lmi: LipschitzLMI) -> LipschitzLMI:
 def _recursion(lmi: LipschitzLMI, theta: float, every_node: bool, memo: dict) -> tuple[np.ndarray, float]:
     """The recursion with ``s_j = theta_j / g_j``: ``theta_j = theta`` for every activation
     (``every_node``, used for chains) or only for an activation some of whose inputs are read
-    again later (a residual branch: eliminating it also adds ``c^2 s_j K^{-1} P^T (2 I - s_j G_j)^{-1}
+    again later (a residual branch: eliminating it also adds ``w^2 s_j K^{-1} P^T (2 I - s_j G_j)^{-1}
     P K^{-1}`` to those inputs' block of ``K^{-1}``, so a smaller ``s_j`` trades its own block
     against theirs), ``theta_j = 1`` otherwise. ``D_j >= s_j (2 - theta_j) I > 0`` for
-    ``0 < theta_j < 2``. ``memo`` keeps what does not depend on ``theta`` between calls."""
-    for blk in lmi.blocks[1:]:
-        if blk.a * blk.b < 0:
-            raise NotApplicable(f"activation {blk.name!r} has slopes [{blk.a:g}, {blk.b:g}] on both sides of 0; "
-                                "the fast compositional bound needs a * b >= 0 (use lipsdp)")
+    ``0 < theta_j < 2``. Block ``j`` is eliminated in the loop-transformed coordinates
+    ``w~_j = w_j - a_j v_j`` (module docstring) and ``K^{-1}`` is mapped back with
+    ``S = [[I, 0], [a_j P, I]]``. ``memo`` keeps what does not depend on ``theta`` between calls."""
     last_reader = {0: 0}
     for j, blk in enumerate(lmi.blocks[1:], start=1):
         last_reader[j] = j
@@ -126,35 +137,38 @@ def _recursion(lmi: LipschitzLMI, theta: float, every_node: bool, memo: dict) ->
     s = []
     for j, blk in enumerate(lmi.blocks[1:], start=1):
         p = np.concatenate([blk.pre.get(r, np.zeros((blk.size, lmi.blocks[r].size))) for r in live], 1)
-        c = blk.a + blk.b
+        width = blk.b - blk.a  # slopes of the transformed activation: [0, width]
         if j == 1:  # K^{-1} is the identity on the input: G_1 and g_1 do not depend on theta
             if "g1" not in memo:
-                g1 = c * c * (p @ p.T)
+                g1 = width * width * (p @ p.T)
                 memo.update(g1=g1, gn1=float(np.linalg.eigvalsh(0.5 * (g1 + g1.T))[-1]))
             pk, g_mat, g = p, memo["g1"], memo["gn1"]
         else:
             pk = p @ kinv
-            g_mat = c * c * (pk @ p.T)
+            g_mat = width * width * (pk @ p.T)
             g = float(np.linalg.eigvalsh(0.5 * (g_mat + g_mat.T))[-1]) if blk.size else 0.0
         reread = any(last_reader[r] > j or r in out_reads for r in blk.pre)
         sj = (theta if reread or every_node else 1.0) / g if g > 0 else 1.0
         s.append(np.full(blk.size, sj))
-        b_kinv = -c * sj * pk  # B K^{-1} with B = -c s P
+        b_kinv = -width * sj * pk  # B K^{-1} with B = -(b - a) s P
         d = 2 * sj * np.eye(blk.size) - sj * sj * g_mat
         dinv = np.linalg.inv(0.5 * (d + d.T))
-        memo.setdefault("spread", {})[j] = math.sqrt(max(float(np.max(np.diag(dinv))), 0.0))
-        # block inverse of [[K, B^T], [B, D + B K^{-1} B^T]], kept only for blocks still read later
+        # block inverse of K~ = [[K, B^T], [B, D + B K^{-1} B^T]] on the live blocks and j
+        corner = -b_kinv.T @ dinv
+        x = kinv - corner @ b_kinv
+        if blk.a != 0.0:  # back to w_j = w~_j + a P xi: K^{-1} = S K~^{-1} S^T
+            xp = blk.a * (x @ p.T)
+            dinv = dinv + blk.a * (p @ corner + corner.T @ p.T) + blk.a * (p @ xp)
+            corner = corner + xp
+        memo.setdefault("spread", {})[j] = math.sqrt(max(float(np.max(np.diag(dinv))), 0.0)) if blk.size else 1.0
         keep = [i for i, r in enumerate(live) if last_reader[r] > j or r in out_reads]
         idx = np.concatenate([_flat(lmi, live, i) for i in keep]) if keep else np.zeros(0, dtype=int)
-        corner = b_kinv[:, idx].T @ dinv
-        old = kinv[np.ix_(idx, idx)] + corner @ b_kinv[:, idx]
-        kinv = np.block([[old, -corner], [-corner.T, dinv]])
+        kinv = np.block([[x[np.ix_(idx, idx)], corner[idx]], [corner[idx].T, dinv]])
         live = [live[i] for i in keep] + [j]
     po = np.concatenate([lmi.out.get(r, np.zeros((_rows(lmi), lmi.blocks[r].size))) for r in live], 1)
     q = po @ kinv @ po.T
     rho = float(np.linalg.eigvalsh(0.5 * (q + q.T))[-1])
-    t = rho * np.concatenate(s)
-    return t, rho
+    return (1 + INTERIOR) * rho * np.concatenate(s), rho
 
 
 def _rows(lmi: LipschitzLMI) -> int:
@@ -171,8 +185,8 @@ def eclipse_fast(graph: Graph, *, seed: int = 0, progress: bool = False, max_siz
     """Certified upper bound of ``L(f)`` (L2 -> L2) from the sequential closed-form multipliers
     (see the module docstring), checked in float64 before it is reported.
 
-    Applies to graphs of affine maps, element-wise activations with slopes ``a * b >= 0``, sums
-    and concatenations whose LMI has order (input size + neurons) at most ``max_size``;
+    Applies to graphs of affine maps, element-wise activations with any slope range ``[a, b]``,
+    sums and concatenations whose LMI has order (input size + neurons) at most ``max_size``;
     raises :class:`~lipbound.errors.NotApplicable` otherwise. ``details``: the recursion's value
     (``recursion``), the verified ``rho``, timings."""
     t0 = time.perf_counter()

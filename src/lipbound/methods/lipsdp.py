@@ -2,8 +2,10 @@
 
 **What is bounded.** ``L(f)`` for the Euclidean norm on input and output, for networks made of
 affine maps (dense layers, and small convolutions once materialised), element-wise activations
-with slopes in ``[a, b]`` (ReLU, leaky ReLU, tanh, sigmoid, GELU, ...), sums of branches (residual
-blocks) and concatenations. The LMI ``M(rho, t) <= 0`` of :mod:`lipbound.methods.lmi` with one
+with slopes in any ``[a, b]`` (ReLU, leaky ReLU, tanh, sigmoid; and, with ``a < 0 < b``, GELU, SiLU,
+Mish, Hardswish, ELU with ``alpha < 0``, LeakyReLU with a negative slope, Abs: the sector
+constraint of :mod:`lipbound.methods.lmi` holds for any ``a <= b`` on every solver path), sums of
+branches (residual blocks) and concatenations. The LMI ``M(rho, t) <= 0`` of :mod:`lipbound.methods.lmi` with one
 multiplier per neuron is **LipSDP-Neuron**; with one multiplier per activation node it is
 **LipSDP-Layer** (``variant="layer"``). On a residual net the LMI couples all blocks at once, as
 GLipSDP (Pauli et al. 2024) does, rather than multiplying per-block bounds. Biases cancel in every
@@ -26,14 +28,19 @@ increment ``f(x) - f(y)``, so they do not enter: the bound is for the global con
   Schur complement applied through triangular solves. Memory is that of the neuron block
   (dense, or banded for chains) and of the layers' matrices; 1534 x 1534 for a 784-500-200-50-10
   MLP. It stops at ``time_limit``; whatever it reached is then checked.
+  Where ``a + b = 0`` (Abs, LeakyReLU(-1)) the neuron block decouples from the input and the
+  optimum lies where that block is singular, on the edge of the solver's domain: it then stays
+  near its start (the eclipse-fast multipliers); the interior-point path reaches the optimum.
 * ``solver="auto"`` (default): interior point when the reduced LMI has order <= ``ipm_max_order``
   and cvxpy is installed, first-order otherwise.
 
 **Certified only once checked.** Whatever the solver returns (``rho``, ``t``) is an estimate until
 :func:`~lipbound.methods.sdp_verify.certify` has recomputed the least ``rho`` for the clipped
 multipliers with a margin and proved the LMI by a float64 Cholesky factorisation; only then is the
-result ``certified_upper``. If the check fails, the solver's value is returned as an ``estimate``
-with ``details["verified"] = False``.
+result ``certified_upper``. When the solver's multipliers leave no room for the margin (an optimum
+where the neuron block is singular), the check moves them a little towards the strictly feasible
+eclipse-fast multipliers (``certify(..., interior=...)``). If the check fails, the solver's value
+is returned as an ``estimate`` with ``details["verified"] = False``.
 """
 
 from __future__ import annotations
@@ -82,11 +89,13 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
     start = time.perf_counter()
     lmi = balanced(lmi_of_graph(graph, max_size=max_size))
     red = lmi.reduced()
+    interior, _ = fast_multipliers(lmi)  # strictly feasible: the first-order start and the check's fallback
     if solver == "auto":
         solver = "clarabel" if red.size <= ipm_max_order and _cvxpy_available() else "first-order"
     t_solve = time.perf_counter()
     if solver == "first-order":
-        t, claimed, info = solve_first_order(red, variant=variant, time_limit=time_limit, max_iter=max_iter)
+        t, claimed, info = solve_first_order(red, variant=variant, time_limit=time_limit, max_iter=max_iter,
+                                             t0=interior)
     else:
         t, claimed, info = solve_cvxpy(red, variant=variant, solver=solver)
     info.update(solver=solver, solver_seconds=time.perf_counter() - t_solve, lmi_order=lmi.size,
@@ -95,7 +104,7 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
     claimed_value = lmi.scale * math.sqrt(max(claimed, 0.0))
     info["solver_value"] = claimed_value
     try:
-        cert = certify(lmi, t, claimed_rho=claimed)
+        cert = certify(lmi, t, claimed_rho=claimed, interior=interior)
     except CertificateRejected as exc:
         info.update(verified=False, reason=str(exc), rss_peak_mb=_rss_mb())
         return Result(name, claimed_value, "estimate", time.perf_counter() - start, details=info)
@@ -124,28 +133,16 @@ def _cvxpy_available() -> bool:
 # ---- the problem data as coefficient matrices -----------------------------------------------------
 def _coefficients(lmi: LipschitzLMI, variant: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``N(rho, t) = C0 + rho E + sum_k u_k F_k`` with ``u`` the free multipliers of the variant:
-    returns ``(C0, E, F)`` with ``F`` of shape ``(n*n, k)`` (vectorised, row-major)."""
-    n = lmi.size
-    c0 = lmi.dense_N(0.0, np.zeros(lmi.n_neurons))
-    e = np.zeros((n, n))
-    n0 = lmi.blocks[0].size
-    e[:n0, :n0] = np.eye(n0)
-    off = lmi.offsets
-    cols = []
-    for j, blk in enumerate(lmi.blocks[1:], start=1):
-        p = np.zeros((blk.size, n))
-        for r, m in blk.pre.items():
-            p[:, off[r]:off[r + 1]] = m
-        ab, c = blk.a * blk.b, blk.a + blk.b
-        idx = np.arange(off[j], off[j + 1])
-        # F_i = 2ab p p^T - c (e_i p^T + p e_i^T) + 2 e_i e_i^T for neuron i of this block
-        fi = 2 * ab * np.einsum("ia,ib->iab", p, p)
-        fi[np.arange(blk.size), idx, :] -= c * p
-        fi[np.arange(blk.size), :, idx] -= c * p
-        fi[np.arange(blk.size), idx, idx] += 2.0
-        fi = fi.reshape(blk.size, n * n).T
-        cols.append(fi.sum(1, keepdims=True) if variant == "layer" else fi)
-    return c0, e, np.concatenate(cols, 1)
+    returns ``(C0, E, F)`` with ``F`` of shape ``(n*n, k)`` (vectorised, row-major). ``N`` is
+    affine in ``(rho, t)``, so each coefficient is a difference of two assemblies of ``N``
+    (:meth:`~lipbound.methods.lmi.LipschitzLMI.dense_N`, the same matrix the check factorises)."""
+    zeros = np.zeros(lmi.n_neurons)
+    c0 = lmi.dense_N(0.0, zeros)
+    e = lmi.dense_N(1.0, zeros) - c0
+    units = np.eye(lmi.n_neurons) if variant == "neuron" else np.stack([_expand(lmi, u, variant) for u in
+                                                                         np.eye(len(lmi.blocks) - 1)])
+    f = np.stack([(lmi.dense_N(0.0, u) - c0).reshape(-1) for u in units], 1)
+    return c0, e, f
 
 
 def _expand(lmi: LipschitzLMI, u: np.ndarray, variant: str) -> np.ndarray:

@@ -5,7 +5,8 @@ Setting (Fazlyab et al. 2019; the graph form of Pauli et al. 2024, GLipSDP). Wri
 nodes, in topological order. Every pre-activation is linear in the earlier ones,
 ``v_j = A_j xi + b_j``, and so is the output, ``y = A_out xi + b_out`` (affine nodes, sums of
 branches and concatenations compose into these maps). Activation ``j`` acts element-wise,
-``w_j = phi_j(v_j)``, with every difference quotient in ``[a_j, b_j]``. For two inputs, the
+``w_j = phi_j(v_j)``, with every difference quotient in ``[a_j, b_j]`` for any ``a_j <= b_j``
+(slopes on both sides of 0 included: GELU, SiLU, Abs, ...). For two inputs, the
 increments ``dv = A_j dxi``, ``dw = dw_j`` of one neuron satisfy the incremental quadratic
 constraint ``(dw - a dv)(b dv - dw) >= 0``, i.e. ``t (-2ab dv^2 + 2(a+b) dv dw - 2 dw^2) >= 0``
 for every ``t >= 0``. **Biases cancel in every increment**, so they play no part in the global
@@ -31,6 +32,25 @@ activation conjugated by a positive scalar, ``u -> phi(s u) / s``, has the same 
 scaled network belongs to the same class and ``L(f) = s_out L(f~)``; powers of two make the
 rescaled weights exact in floating point. This keeps the LMI well conditioned for deep nets whose
 layer norms multiply to 1e7.
+
+**Rounding of the data.** The graph's operators are taken as exact (their weights as the frontend
+built them). Everything computed from them here is rounded, and each block map carries a bound of
+the Frobenius norm of its error (``pre_err``, ``out_err``):
+
+* an affine node's matrix comes from :meth:`~lipbound.linalg.operators.LinearOperator.to_dense`
+  (its factors applied to unit vectors, float64, CPU kernels or CUDA without cuDNN). Each factor
+  ``A_i`` computes every output as a sum of at most ``in_numel_i`` products of weights known to a
+  few roundings, so ``|fl(A_m ... A_1 e) - A_m ... A_1 e| <= gamma_K |A_m| ... |A_1| e`` with
+  ``K = sum_i (in_numel_i + 16)`` (Higham, *Accuracy and Stability of Numerical Algorithms*, §3.5,
+  for any order of summation), and ``|| |A_m| ... |A_1| ||_F <= || |A_1| ||_F prod_{i>1} || |A_i| ||_2``
+  with ``|| |A| ||_2 <= (||A||_1 ||A||_inf)^{1/2}``; reshapes and permutations are exact;
+* a product ``W M`` of such maps (residual paths, sums) adds
+  ``e_W (||M||_F + e_M) + ||W||_F e_M + gamma_k ||W||_F ||M||_F`` (``k`` the inner dimension), a
+  sum of ``q`` maps ``gamma_{q-1}`` times their norms, a concatenation nothing;
+* scalings by powers of two are exact.
+
+:meth:`LipschitzLMI.data_margin` turns these into a bound of ``||N - N^||_2`` (``N^`` built from the
+stored maps), which the check of :mod:`lipbound.methods.sdp_verify` adds to its shift.
 """
 
 from __future__ import annotations
@@ -45,21 +65,34 @@ import torch
 
 from ..errors import NotApplicable, UnsupportedOperation
 from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input
+from ..linalg.operators import Compose, LinearOperator, Permute, Reshape
 
 MAX_WORK = 4e10  # refuse LMIs whose Cholesky factorisation needs more operations (minutes on a CPU)
 LANCZOS_MIN = 200  # input blocks larger than this are iterated on (Lanczos) when optimising
 Blocks = dict[int, np.ndarray]  # basis block index -> matrix (rows of the map, columns of the block)
+UNIT_ROUNDOFF = 2.0 ** -53
+
+
+def gamma(k: int) -> float:
+    """``gamma_k = k u / (1 - k u)``: the relative error bound of ``k`` successive float64
+    operations (Higham, ASNA §3.1), ``u = 2^-53``; 0 for ``k <= 0``."""
+    k = max(k, 0)
+    if k * UNIT_ROUNDOFF >= 0.5:
+        raise NotApplicable(f"{k} terms per inner product is too many for a float64 rounding bound")
+    return k * UNIT_ROUNDOFF / (1 - k * UNIT_ROUNDOFF)
 
 
 @dataclass
 class BasisBlock:
     """One block of basis variables: the input (``slope`` None) or one activation node's output.
-    ``pre`` maps earlier block indices to the (scaled) matrices of its pre-activation."""
+    ``pre`` maps earlier block indices to the (scaled) matrices of its pre-activation, ``pre_err``
+    to bounds of the Frobenius norm of their rounding errors (module docstring)."""
 
     name: str
     size: int
     slope: tuple[float, float] | None = None
     pre: Blocks = field(default_factory=dict)
+    pre_err: dict[int, float] = field(default_factory=dict)
 
     @property
     def a(self) -> float:
@@ -72,12 +105,16 @@ class BasisBlock:
 
 @dataclass
 class LipschitzLMI:
-    """The data of ``M(rho, t)``: the basis blocks, the output map ``out``, and ``scale`` with
-    ``L(f) <= scale * sqrt(rho)`` whenever ``M(rho, t) <= 0`` for some ``t >= 0``."""
+    """The data of ``M(rho, t)``: the basis blocks, the output map ``out`` (``out_err``: bounds of
+    its rounding errors), and ``scale`` with ``L(f) <= scale * sqrt(rho)`` whenever
+    ``M(rho, t) <= 0`` for some ``t >= 0``. ``solving_only`` marks an LMI that is only close to the
+    network's (:meth:`reduced`): certificates are never checked on it."""
 
     blocks: list[BasisBlock]
     out: Blocks
     scale: float
+    out_err: dict[int, float] = field(default_factory=dict)
+    solving_only: bool = False
 
     # ---- sizes ---------------------------------------------------------------------------
     @property
@@ -147,8 +184,9 @@ class LipschitzLMI:
         return bw
 
     def abs_scale(self, rho: float, t: np.ndarray) -> float:
-        """An upper bound of the Frobenius norm of the entrywise absolute value of every term of
-        ``N`` (``|| |P|^T |T| |P| ||_F <= max t ||P||_F^2``), for rounding margins."""
+        """A bound of the sum over the terms of ``N(rho, t)`` of the Frobenius norms of their
+        entrywise absolute values (``|| |P|^T |T| |P| ||_F <= max t ||P||_F^2``): times
+        :attr:`assembly_gamma`, it bounds the rounding error of the assembled ``N``."""
         total = abs(rho) * math.sqrt(self.blocks[0].size)
         total += sum(np.linalg.norm(m) for m in self.out.values()) ** 2
         for blk, sl in zip(self.blocks[1:], self.neuron_slices):
@@ -156,6 +194,35 @@ class LipschitzLMI:
             fro = math.sqrt(sum(float(np.linalg.norm(m)) ** 2 for m in blk.pre.values()))
             total += tmax * (2 * abs(blk.a * blk.b) * fro ** 2 + 2 * abs(blk.a + blk.b) * fro * math.sqrt(blk.size)
                              + 2 * math.sqrt(blk.size))
+        return total
+
+    @property
+    def assembly_gamma(self) -> float:
+        """``gamma_W`` for the assembly of one entry of ``N``: an inner product of at most
+        ``max(output size, block size)`` terms, each a product of at most four factors, plus one
+        addition per term (at most ``len(blocks) + 3`` terms: ``rho`` or the shift, the output,
+        each activation, the diagonal)."""
+        n_out = next(iter(self.out.values())).shape[0]
+        return gamma(max(n_out, *self.sizes) + 4 + len(self.blocks) + 3)
+
+    def data_margin(self, t: np.ndarray) -> float:
+        """A bound of ``||N(rho, t) - N^(rho, t)||_2`` for any ``rho``, where ``N^`` is built from
+        the stored maps ``P^`` and ``N`` from the exact ones, ``||P - P^||_F <= e``: activation
+        ``j`` moves ``2 a b P^T T P`` by at most ``2 |ab| max t (2 ||P^||_F e + e^2)`` and its
+        off-diagonal block ``-(a + b) T P`` by ``|a + b| max t e``; the output term
+        ``A_out^T A_out`` moves by at most ``2 ||A_out^||_F e + e^2``."""
+        def norm_and_error(maps: Blocks, errs: dict[int, float]) -> tuple[float, float]:
+            """Frobenius norms of the whole map ``[P_k]_k`` and of its error bound."""
+            return (math.sqrt(sum(float(np.linalg.norm(m)) ** 2 for m in maps.values())),
+                    math.sqrt(sum(v * v for v in errs.values())))
+
+        f, e = norm_and_error(self.out, self.out_err)
+        total = 2 * f * e + e * e
+        for blk, sl in zip(self.blocks[1:], self.neuron_slices):
+            f, e = norm_and_error(blk.pre, blk.pre_err)
+            if e > 0 and blk.size:
+                tmax = float(np.max(np.abs(t[sl])))
+                total += tmax * (2 * abs(blk.a * blk.b) * (2 * f * e + e * e) + abs(blk.a + blk.b) * e)
         return total
 
     # ---- dense / banded assembly ----------------------------------------------------------
@@ -263,9 +330,11 @@ class LipschitzLMI:
         (``d[0] = 1``; powers of two keep it exact, see the module docstring)."""
         blocks = [BasisBlock(self.blocks[0].name, self.blocks[0].size)]
         for j, b in enumerate(self.blocks[1:], start=1):
-            blocks.append(BasisBlock(b.name, b.size, b.slope, {k: m * (d[k] / d[j]) for k, m in b.pre.items()}))
+            blocks.append(BasisBlock(b.name, b.size, b.slope, {k: m * (d[k] / d[j]) for k, m in b.pre.items()},
+                                     {k: e * (d[k] / d[j]) for k, e in b.pre_err.items()}))
         out = {k: m * (d[k] / d_out) for k, m in self.out.items()}
-        return LipschitzLMI(blocks, out, self.scale * d_out)
+        out_err = {k: e * (d[k] / d_out) for k, e in self.out_err.items()}
+        return LipschitzLMI(blocks, out, self.scale * d_out, out_err, self.solving_only)
 
     def reduced(self) -> "LipschitzLMI":
         """An equivalent LMI whose input block has the rank ``r`` of the maps that read ``x``.
@@ -273,7 +342,8 @@ class LipschitzLMI:
         Every term reads ``x`` only through ``X x`` (``X`` stacks those maps) except
         ``-rho ||x||^2``; with ``X = U S V^T`` and ``x = V y + x_perp``, ``x_perp`` adds only
         ``-rho ||x_perp||^2 <= 0``, so ``M <= 0`` iff the LMI in ``y`` (maps ``A V``) is.
-        Used to solve; certificates are checked on the full LMI."""
+        Singular values below ``1e-13`` times the largest are dropped, so the result is only close
+        to the LMI: it is marked ``solving_only`` and certificates are checked on the full LMI."""
         readers = [b.pre[0] for b in self.blocks[1:] if 0 in b.pre] + ([self.out[0]] if 0 in self.out else [])
         stacked = np.concatenate(readers, 0)
         _, s, vt = np.linalg.svd(stacked, full_matrices=False)
@@ -283,7 +353,7 @@ class LipschitzLMI:
         for b in self.blocks[1:]:
             blocks.append(BasisBlock(b.name, b.size, b.slope, {k: (m @ v if k == 0 else m) for k, m in b.pre.items()}))
         out = {k: (m @ v if k == 0 else m) for k, m in self.out.items()}
-        return LipschitzLMI(blocks, out, self.scale)
+        return LipschitzLMI(blocks, out, self.scale, solving_only=True)
 
 
 @dataclass
@@ -306,52 +376,51 @@ def pow2(x: float) -> float:
     return 2.0 ** round(math.log2(x))
 
 
+Tracked = dict[int, tuple[np.ndarray | float, float]]  # block -> (map, bound of its error's Frobenius norm)
+
+
 def lmi_of_graph(graph: Graph, *, max_size: int = 20000, max_work: float = MAX_WORK) -> LipschitzLMI:
     """The LMI data of ``graph``: its affine nodes materialised as dense float64 matrices, its
-    activations as basis blocks, sums and concatenations composed. Raises
-    :class:`NotApplicable` for max pooling, an LMI of order larger than ``max_size``, or one whose
-    factorisation (order x bandwidth^2) would exceed ``max_work`` operations."""
+    activations as basis blocks, sums and concatenations composed, each map with a bound of its
+    rounding error (module docstring). Raises :class:`NotApplicable` for max pooling, an LMI of
+    order larger than ``max_size``, or one whose factorisation (order x bandwidth^2) would exceed
+    ``max_work`` operations."""
     g = graph.fused()
-    env: dict[str, dict[int, np.ndarray | float]] = {}  # a float stands for that multiple of the identity
+    env: dict[str, Tracked] = {}  # a float map stands for that multiple of the identity
     blocks: list[BasisBlock] = []
     total = 0
     for node in g:
         if isinstance(node, Input):
             n0 = math.prod(node.shape)
             blocks.append(BasisBlock(node.name, n0))
-            env[node.name] = {0: 1.0}
+            env[node.name] = {0: (1.0, 0.0)}
             total = n0
         elif isinstance(node, Affine):
             if node.op.in_numel * node.op.out_numel > 4 * max_size ** 2:
                 raise NotApplicable(f"affine node {node.origin!r} is too large to materialise for an SDP")
-            w = node.op.to(dtype=torch.float64).to_dense().detach().cpu().numpy()
-            env[node.name] = {k: w * m if isinstance(m, float) else w @ m for k, m in env[node.inputs[0]].items()}
+            w, ew = _materialise(node.op, 4 * max_size ** 2)
+            env[node.name] = {k: _product(w, ew, m, e, blocks[k].size) for k, (m, e) in env[node.inputs[0]].items()}
         elif isinstance(node, Activation):
             size = math.prod(node.shape)
-            pre = {k: _dense(m, size, blocks[k].size) for k, m in env[node.inputs[0]].items()}
+            pre = {k: (_dense(m, size, blocks[k].size), e) for k, (m, e) in env[node.inputs[0]].items()}
             total += size
             if total > max_size:
                 raise NotApplicable(f"the LMI would have order > {max_size} (input + neurons); raise max_size "
                                     "or use a compositional method")
-            s = pow2(sum(float(np.linalg.norm(m)) for m in pre.values()))
+            s = pow2(sum(float(np.linalg.norm(m)) for m, _ in pre.values()))
             idx = len(blocks)
             blocks.append(BasisBlock(node.name, size, (float(node.slope[0]), float(node.slope[1])),
-                                     {k: m / s for k, m in pre.items()}))
-            env[node.name] = {idx: s}
+                                     {k: m / s for k, (m, _) in pre.items()}, {k: e / s for k, (_, e) in pre.items()}))
+            env[node.name] = {idx: (s, 0.0)}
         elif isinstance(node, Add):
             size = math.prod(node.shape)
-            acc: dict[int, np.ndarray | float] = {}
+            terms: dict[int, list[tuple[np.ndarray | float, float]]] = {}
             for i in node.inputs:
-                for k, m in env[i].items():
-                    if k not in acc:
-                        acc[k] = m
-                    elif isinstance(acc[k], float) and isinstance(m, float):
-                        acc[k] = acc[k] + m
-                    else:
-                        acc[k] = _dense(acc[k], size, blocks[k].size) + _dense(m, size, blocks[k].size)
-            env[node.name] = acc
+                for k, me in env[i].items():
+                    terms.setdefault(k, []).append(me)
+            env[node.name] = {k: _sum(ts, size, blocks[k].size) for k, ts in terms.items()}
         elif isinstance(node, Concat):
-            parts = [{k: _dense(m, math.prod(g.nodes[i].shape), blocks[k].size) for k, m in env[i].items()}
+            parts = [{k: (_dense(m, math.prod(g.nodes[i].shape), blocks[k].size), e) for k, (m, e) in env[i].items()}
                      for i in node.inputs]
             env[node.name] = _concat(node, parts, [g.nodes[i].shape for i in node.inputs])
         else:
@@ -361,14 +430,55 @@ def lmi_of_graph(graph: Graph, *, max_size: int = 20000, max_work: float = MAX_W
     if len(blocks) < 2:
         raise NotApplicable("the network has no activation: its constant is the norm of one affine map")
     n_out = math.prod(g.nodes[g.output].shape)
-    out = {k: _dense(m, n_out, blocks[k].size) for k, m in env[g.output].items()}
-    s_out = pow2(sum(float(np.linalg.norm(m)) for m in out.values()))
-    lmi = LipschitzLMI(blocks, {k: m / s_out for k, m in out.items()}, s_out)
+    out = {k: (_dense(m, n_out, blocks[k].size), e) for k, (m, e) in env[g.output].items()}
+    s_out = pow2(sum(float(np.linalg.norm(m)) for m, _ in out.values()))
+    lmi = LipschitzLMI(blocks, {k: m / s_out for k, (m, _) in out.items()}, s_out,
+                       {k: e / s_out for k, (_, e) in out.items()})
     bw = lmi.bandwidth(0)
     if lmi.size * (bw + 1) ** 2 > max_work:
         raise NotApplicable(f"the LMI has order {lmi.size} and bandwidth {bw}: about {lmi.size * (bw + 1) ** 2:.2g} "
                             f"operations per factorisation (> max_work {max_work:.2g}); use autolip or seqlip")
     return lmi
+
+
+def _materialise(op: LinearOperator, max_entries: int) -> tuple[np.ndarray, float]:
+    """The matrix of ``op`` in float64 and a bound of the Frobenius norm of its rounding error:
+    ``gamma_K || |A_m| ... |A_1| ||_F`` over its factors (module docstring)."""
+    with torch.backends.cudnn.flags(enabled=False):  # no FFT / Winograd convolutions
+        op = op.to(dtype=torch.float64)
+        w = op.to_dense().detach().cpu().numpy()
+        factors = [f for f in (op.ops if isinstance(op, Compose) else [op]) if not isinstance(f, (Reshape, Permute))]
+        if len(factors) <= 1:
+            size = float(np.linalg.norm(w))
+        else:
+            if any(f.in_numel * f.out_numel > max_entries for f in factors):
+                raise NotApplicable(f"a factor of {op.label!r} is too large to materialise for an SDP")
+            mats = [np.abs(f.to_dense().detach().cpu().numpy()) for f in factors]
+            size = float(np.linalg.norm(mats[0]))
+            for m in mats[1:]:
+                size *= math.sqrt(float(m.sum(0).max()) * float(m.sum(1).max()))
+    return w, gamma(sum(f.in_numel + 16 for f in factors)) * size
+
+
+def _product(w: np.ndarray, ew: float, m: np.ndarray | float, em: float, cols: int) -> tuple[np.ndarray, float]:
+    """``w @ m`` (``m`` a matrix, or a float for that multiple of the identity of order ``cols``)
+    and a bound of its error, given those of ``w`` and ``m`` (module docstring)."""
+    wf = float(np.linalg.norm(w))
+    if isinstance(m, float):
+        return w * m, abs(m) * ew + (wf + ew) * em + UNIT_ROUNDOFF * abs(m) * wf
+    mf = float(np.linalg.norm(m))
+    return w @ m, ew * (mf + em) + wf * em + gamma(w.shape[1]) * wf * mf
+
+
+def _sum(terms: list[tuple[np.ndarray | float, float]], rows: int, cols: int) -> tuple[np.ndarray | float, float]:
+    """The sum of block maps and a bound of its error: theirs plus ``gamma_{q-1}`` times their norms."""
+    maps = [m for m, _ in terms]
+    if all(isinstance(m, float) for m in maps):
+        value: np.ndarray | float = float(sum(maps))
+    else:
+        value = sum(_dense(m, rows, cols) for m in maps)
+    norms = sum(abs(m) * math.sqrt(cols) if isinstance(m, float) else float(np.linalg.norm(m)) for m in maps)
+    return value, sum(e for _, e in terms) + gamma(len(terms) - 1) * norms
 
 
 def _dense(m: np.ndarray | float, rows: int, cols: int) -> np.ndarray:
@@ -380,15 +490,17 @@ def _dense(m: np.ndarray | float, rows: int, cols: int) -> np.ndarray:
     return m
 
 
-def _concat(node: Concat, parts: list[Blocks], shapes: list[tuple[int, ...]]) -> Blocks:
-    """Maps of a concatenation: stack the inputs' rows in the order of the flattened output."""
+def _concat(node: Concat, parts: list[Tracked], shapes: list[tuple[int, ...]]) -> Tracked:
+    """Maps of a concatenation: stack the inputs' rows in the order of the flattened output (exact;
+    the errors add in quadrature)."""
     starts = np.cumsum([0] + [math.prod(s) for s in shapes])
     idx = [torch.arange(int(starts[i]), int(starts[i + 1])).reshape(s) for i, s in enumerate(shapes)]
     order = torch.cat(idx, dim=node.axis).reshape(-1).numpy()
-    acc: Blocks = {}
+    acc: dict[int, np.ndarray] = {}
+    err: dict[int, float] = {}
     for i, p in enumerate(parts):
-        for k, m in p.items():
+        for k, (m, e) in p.items():
             full = acc.setdefault(k, np.zeros((int(starts[-1]), m.shape[1])))
             full[starts[i]:starts[i + 1]] += m
-    return {k: m[order] for k, m in acc.items()}
-
+            err[k] = math.hypot(err.get(k, 0.0), e)
+    return {k: (m[order], err[k]) for k, m in acc.items()}

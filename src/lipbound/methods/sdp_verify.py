@@ -9,21 +9,37 @@ A solver (interior point, first-order, or a closed-form recursion) returns multi
    (:meth:`~lipbound.methods.lmi.LipschitzLMI.schur`: Schur complement on the input block), for a
    margin ``tau`` that covers rounding (step 3); the claimed ``rho`` only sets the size of that
    margin, so an inaccurate solver answer can only cost tightness, never validity;
-3. **proves** ``N(rho, t) >= 0`` by a Cholesky factorisation in float64 of ``N(rho, t) - c I``
-   (dense, or banded for chains): after Demmel (1989) and Rump (2006, *Verification of positive
-   definiteness*), a floating-point Cholesky factorisation of a symmetric ``A - c I`` that
-   completes, with ``c >= gamma_{w+1} trace|A| / (1 - gamma_{w+1})`` (``w`` the number of terms in
-   each inner product, ``gamma_k = k u / (1 - k u)``, ``u = 2^-53``), shows that ``A`` is positive
-   definite. ``c`` used here is four times that, plus ``gamma_n`` times a bound of the rounding
-   made when the entries of ``N`` are formed (:meth:`~lipbound.methods.lmi.LipschitzLMI.abs_scale`).
-   ``tau = 2c`` leaves room for it; if the factorisation still fails, ``tau`` grows by 4x (at most
-   six times) and otherwise the certificate is rejected (:class:`CertificateRejected`);
+3. **proves** ``N(rho, t) >= 0`` by a Cholesky factorisation in float64 of the assembled
+   ``A = fl(N^(rho, t) - c I)`` (dense, or banded for chains), with the shift ``c`` of
+   :func:`cholesky_shift`; if it fails, ``tau`` grows by 4x (at most ``max_attempts`` times) and
+   otherwise the certificate is rejected (:class:`CertificateRejected`);
 4. returns ``L = scale * sqrt(rho)``, widened by the library's relative margin ``CERTIFIED_RTOL``
-   for the square root and the product.
+   for the square root and the product (``scale`` is a power of two).
 
-The LMI entries are formed from the network's weights in float64 (the weights themselves are taken
-as exact); as elsewhere in lipbound, the bound is certified given exact arithmetic for the weights'
-products, with rounding covered by the margins above.
+**Why a completed factorisation proves ``N >= 0``.** Let every row of ``A`` have at most ``w``
+entries on and left of the diagonal (``w = n`` dense, the band width plus one banded). If the
+float64 Cholesky factorisation of ``A`` runs to completion (every pivot ``> 0``), its computed
+factor satisfies ``G^T G = A + D`` with ``|D| <= gamma_{w+2} |G^T| |G|`` (Demmel 1989; Higham,
+ASNA Thm 10.3, with one more rounding for LAPACK's division by a pivot through its reciprocal;
+the bound holds for any order of the inner products, so for blocked LAPACK and BLAS, though not
+for Strassen-type products, which they do not use). Column by column
+``(|G^T| |G|)_ik <= ||g_i|| ||g_k||`` and ``||g_i||^2 <= a_ii / (1 - gamma)``, so
+``||D||_2 <= gamma / (1 - gamma) trace(A)`` and ``A >= -gamma / (1 - gamma) trace(A) I``
+(Rump, *Verification of positive definiteness*, BIT 2006, who adds ``4 n (2n + 2 + max a_ii) eta``,
+``eta = 2^-1074``, for underflow). Then, with ``N`` the LMI of the exact maps,
+
+    N - c I = A + (fl error of the assembly) + (N - N^)  >=  -(gamma' trace + E_asm + E_data) I,
+
+where ``E_asm <= gamma_W (abs_scale + c sqrt(n))`` bounds the rounding of forming the entries
+(:meth:`~lipbound.methods.lmi.LipschitzLMI.abs_scale`, ``gamma_W`` its
+:attr:`~lipbound.methods.lmi.LipschitzLMI.assembly_gamma`) and ``E_data`` the rounding of the maps
+themselves (:meth:`~lipbound.methods.lmi.LipschitzLMI.data_margin`). So ``N >= 0`` whenever
+``c (1 - gamma_W sqrt(n)) >= gamma' trace + gamma_W abs_scale + E_data + underflow``;
+:func:`cholesky_shift` takes twice that. An LMI marked ``solving_only`` (the rank-reduced one) is
+never checked.
+
+The graph's operators are taken as exact; everything lipbound computes from them is covered
+above, so the value is certified given exact arithmetic for the operators themselves.
 """
 
 from __future__ import annotations
@@ -37,9 +53,9 @@ import scipy.linalg as sla
 
 from ..errors import LipboundError
 from ..linalg.spectral import CERTIFIED_RTOL
-from .lmi import LipschitzLMI
+from .lmi import LipschitzLMI, gamma
 
-_U = 2.0 ** -53
+_ETA = 2.0 ** -1074  # the smallest positive float64 (underflow)
 
 
 class CertificateRejected(LipboundError):
@@ -66,16 +82,18 @@ class Certificate:
                 "cholesky_shift": self.shift, "verify_attempts": self.attempts, "verify_seconds": self.seconds}
 
 
-def _gamma(k: int) -> float:
-    return k * _U / (1 - k * _U)
-
-
 def cholesky_shift(lmi: LipschitzLMI, rho: float, t: np.ndarray, width: int) -> float:
-    """The shift ``c`` of step 3 for ``N(rho, t)`` with ``width`` terms per inner product."""
+    """The shift ``c`` of step 3 for ``N(rho, t)`` with ``width`` entries per row of the factor:
+    twice the least ``c`` of the module docstring's condition."""
     parts = lmi.blocks_of_N(rho, t)
-    trace = sum(float(np.abs(np.diag(m)).sum()) for (r, c), m in parts.items() if r == c)
-    g = _gamma(width + 1)
-    return 4.0 * g / (1 - g) * trace + _gamma(lmi.size) * lmi.abs_scale(rho, t)
+    diag = [np.abs(np.diag(m)) for (r, c), m in parts.items() if r == c]
+    n = lmi.size
+    trace = sum(float(d.sum()) for d in diag) * (1 + gamma(n))
+    g = gamma(width + 2)
+    g_asm = lmi.assembly_gamma
+    underflow = 4 * n * (2 * n + 2 + max(float(d.max()) for d in diag if d.size)) * _ETA
+    need = g / (1 - g) * trace + g_asm * lmi.abs_scale(rho, t) + lmi.data_margin(t) + underflow
+    return 2.0 * need / (1 - g_asm * math.sqrt(n))
 
 
 def _layout(lmi: LipschitzLMI) -> tuple[int | None, int]:
@@ -89,7 +107,7 @@ def _layout(lmi: LipschitzLMI) -> tuple[int | None, int]:
 def is_certificate(lmi: LipschitzLMI, rho: float, t: np.ndarray) -> bool:
     """True when float64 proves ``N(rho, t) = -M(rho, t) >= 0`` with ``t >= 0`` (step 3)."""
     t = np.asarray(t, dtype=np.float64)
-    if not (np.all(np.isfinite(t)) and math.isfinite(rho)) or np.any(t < 0):
+    if lmi.solving_only or not (np.all(np.isfinite(t)) and math.isfinite(rho)) or np.any(t < 0):
         return False
     band, width = _layout(lmi)
     c = cholesky_shift(lmi, rho, t, width)
@@ -104,34 +122,53 @@ def is_certificate(lmi: LipschitzLMI, rho: float, t: np.ndarray) -> bool:
     return True
 
 
-def certify(lmi: LipschitzLMI, t: np.ndarray, *, claimed_rho: float | None = None, max_attempts: int = 6) -> Certificate:
+def certify(lmi: LipschitzLMI, t: np.ndarray, *, claimed_rho: float | None = None, interior: np.ndarray | None = None,
+            max_attempts: int = 6) -> Certificate:
     """Check the multipliers ``t`` and return the certified bound they give (see module doc).
+
+    ``interior``: optional multipliers at which the neuron block of ``N`` is positive definite
+    (:func:`~lipbound.methods.eclipse.fast_multipliers`). An optimum on the boundary of that
+    block's cone (activations with ``a + b = 0`` decouple it from the input) leaves no room for
+    the rounding margin; the later attempts then check ``(1 - lam) t + lam interior`` with
+    ``lam = 10^(attempt - 9)``, which is in the interior and, ``rho*`` being convex in ``t``, costs
+    at most ``lam (rho*(interior) - rho*(t))``.
 
     Raises :class:`CertificateRejected` when no ``rho`` can be proved for these multipliers."""
     t0 = time.perf_counter()
+    if lmi.solving_only:
+        raise CertificateRejected("this LMI is only close to the network's (reduced for solving): check the full one")
+    t = _multipliers(lmi, t)
+    if interior is not None:
+        interior = _multipliers(lmi, interior)
+    # the size of rho sets the rounding margin: the claim when there is a plausible one, else recomputed
+    plausible = claimed_rho is not None and math.isfinite(claimed_rho) and claimed_rho > 0
+    rho0 = claimed_rho if plausible else lmi.schur(t).rho
+    if not math.isfinite(rho0) and interior is None:
+        raise CertificateRejected("the neuron block of the LMI is not positive definite at these multipliers")
+    _, width = _layout(lmi)
+    tau = 2.0 * cholesky_shift(lmi, rho0 if math.isfinite(rho0) else lmi.schur(interior).rho, t, width)
+    for attempt in range(1, max_attempts + 1):
+        lam = 0.0 if interior is None or attempt == 1 else 10.0 ** (attempt - 9)
+        tk = t if lam == 0.0 else (1 - lam) * t + lam * interior
+        rho = lmi.schur(tk, tau).rho
+        if math.isfinite(rho):
+            rho = max(rho, tau) * (1 + 1e-12)
+            if is_certificate(lmi, rho, tk):
+                value = lmi.scale * math.sqrt(rho) * (1 + CERTIFIED_RTOL)
+                return Certificate(value, rho, claimed_rho, tau, cholesky_shift(lmi, rho, tk, width), attempt,
+                                   time.perf_counter() - t0, tk)
+        elif attempt == 1 and interior is None and not math.isfinite(lmi.schur(t).rho):
+            raise CertificateRejected("the neuron block of the LMI is not positive definite at these multipliers")
+        tau *= 4.0
+    raise CertificateRejected(f"float64 could not prove the LMI feasible at these multipliers "
+                              f"(least rho {rho0:.6g}; {max_attempts} margins tried)")
+
+
+def _multipliers(lmi: LipschitzLMI, t: np.ndarray) -> np.ndarray:
+    """``t`` as a float64 vector of the right length, clipped to ``t >= 0`` (step 1)."""
     t = np.asarray(t, dtype=np.float64).reshape(-1)
     if t.shape[0] != lmi.n_neurons:
         raise CertificateRejected(f"expected {lmi.n_neurons} multipliers, got {t.shape[0]}")
     if not np.all(np.isfinite(t)):
         raise CertificateRejected("the multipliers are not finite")
-    t = np.maximum(t, 0.0)
-    # the size of rho sets the rounding margin: the claim when there is a plausible one, else recomputed
-    rho0 = claimed_rho if claimed_rho is not None and math.isfinite(claimed_rho) and claimed_rho > 0 else lmi.schur(t).rho
-    if not math.isfinite(rho0):
-        raise CertificateRejected("the neuron block of the LMI is not positive definite at these multipliers")
-    _, width = _layout(lmi)
-    c0 = cholesky_shift(lmi, max(rho0, 0.0), t, width)
-    tau = 2.0 * c0
-    for attempt in range(1, max_attempts + 1):
-        rho = lmi.schur(t, tau).rho
-        if math.isfinite(rho):
-            rho = max(rho, tau) * (1 + 1e-12)
-            if is_certificate(lmi, rho, t):
-                value = lmi.scale * math.sqrt(rho) * (1 + CERTIFIED_RTOL)
-                return Certificate(value, rho, claimed_rho, tau, cholesky_shift(lmi, rho, t, width), attempt,
-                                   time.perf_counter() - t0, t)
-        elif attempt == 1 and not math.isfinite(lmi.schur(t).rho):
-            raise CertificateRejected("the neuron block of the LMI is not positive definite at these multipliers")
-        tau *= 4.0
-    raise CertificateRejected(f"float64 could not prove the LMI feasible at these multipliers "
-                              f"(least rho {rho0:.6g}; {max_attempts} margins tried)")
+    return np.maximum(t, 0.0)
