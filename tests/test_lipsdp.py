@@ -343,14 +343,14 @@ def test_bad_options():
         lipsdp(g, max_size=6)
 
 
-def test_first_order_respects_time_limit():
+def test_first_order_respects_time_budget():
     net = mlp([6, 12, 12, 2], act=nn.SiLU, seed=1)
     g = lipbound.as_graph(net, (6,))
     lmi = lmi_of_graph(g)
-    t, rho, info = solve_first_order(lmi.reduced(), time_limit=0.0)
+    t, rho, info = solve_first_order(lmi.reduced(), time_budget=0.0)
     assert info["solver_status"] == "time limit"
     assert certify(lmi, t).rho >= rho * (1 - 1e-9)
-    quick = lipsdp(g, solver="first-order", time_limit=0.0)  # one step, still checked
+    quick = lipsdp(g, solver="first-order", time_budget=0.0)  # one step, still checked
     assert quick.kind == "certified_upper" and quick.details["solver_status"] == "time limit"
     full = lipsdp(g, solver="first-order")  # the default time limit
     assert full.kind == "certified_upper" and full.details["solver_status"].startswith("converged")
@@ -371,7 +371,7 @@ def test_best_takes_the_least_certified():
 
 def test_best_default_order_on_a_small_relu_net():
     net = mlp([6, 5, 2], seed=4)
-    res = best(lipbound.as_graph(net, (6,)), budget=60)
+    res = best(lipbound.as_graph(net, (6,)), time_budget=60)
     ran = [r["method"] for r in res.details["ran"]]
     assert ran[:2] == ["autolip", "eclipse-fast"] and ran[-1] == "exact"
     certified = [r["value"] for r in res.details["ran"] if r.get("kind") in ("certified_upper", "exact")]
@@ -381,17 +381,19 @@ def test_best_default_order_on_a_small_relu_net():
 
 def test_best_skips_what_does_not_apply_and_respects_budget():
     g = lipbound.as_graph(mlp([4, 6, 2], act=nn.GELU), (4,))
-    res = best(g, budget=60)
+    res = best(g, time_budget=60)
     ran = {r["method"]: r for r in res.details["ran"]}
     assert "skipped" not in ran["eclipse-fast"] and "skipped" not in ran["lipsdp"]  # slopes across 0 are fine
     assert ran["lipsdp"]["kind"] == ran["eclipse-fast"]["kind"] == "certified_upper"
     assert res.value == min(r["value"] for r in ran.values() if r.get("kind") == "certified_upper")
     assert ran["exact"]["skipped"]  # exact needs piecewise-linear activations
     assert res.value <= autolip(g).value
-    with pytest.raises(ValueError, match="best cannot run"):
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
         best(g, methods=("nope",))
+    with pytest.raises(ValueError, match="best cannot run"):
+        best(g, methods=("autolip", "lower"))  # not an upper bound
     with pytest.raises(NotApplicable, match="no certified method"):
-        best(g, budget=0)
+        best(g, time_budget=0)
 
 
 def _realnet(realnets, name):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Any, Iterable, Sequence
@@ -15,7 +16,7 @@ from .graph.input_scale import with_input_scale
 from .loading import load
 from .methods import get_method
 from .methods.autolip import autolip as _autolip
-from .methods.selection import method_kwargs, select_methods
+from .methods.selection import budget_share, check_options, method_kwargs, select_methods
 from .report import Report, Result
 
 Model = nn.Module | Graph
@@ -54,7 +55,8 @@ def as_graph(model: Model, input_shape: Sequence[int] | None = None, device: str
 def estimate(model: Model, input_shape: Sequence[int] | None = None, methods: Iterable[str] | str | None = None,
              device: str | torch.device | None = None, seed: int = 0, progress: bool = True,
              input_scale: float | Sequence[float] | None = None, domain: Any = None, data: Any = None,
-             method_options: dict[str, dict[str, Any]] | None = None, **options: Any) -> Report:
+             time_budget: float | None = None, method_options: dict[str, dict[str, Any]] | None = None,
+             **options: Any) -> Report:
     """Bracket the Lipschitz constant (L2 -> L2) of ``model``.
 
     Args:
@@ -73,9 +75,14 @@ def estimate(model: Model, input_shape: Sequence[int] | None = None, methods: It
         domain: None (all of ``R^n``) or a box ``(low, high)``, given to the methods that take it
             (``lower``, ``exact``); the others bound the constant over ``R^n``, valid on the box too.
         data: inputs (tensor or DataLoader) where ``lower`` starts its search.
+        time_budget: total seconds for the whole call, shared by the methods that can run long
+            (each gets an equal share of the time left when it starts; time one does not use
+            passes to the next); None: each method's own default. A method stopped by its share
+            returns the best bound it found and says so in its details.
         method_options: ``{method name: {option: value}}`` for one method only, e.g.
-            ``{"lower": {"time_budget": 5}}``.
-        **options: passed to every method (e.g. ``tol``, ``max_iter`` of the power method).
+            ``{"lower": {"starts": 128}}``; an option the method does not know raises.
+        **options: passed to every method that takes them (e.g. ``tol``, ``max_iter`` of the
+            power method); an option no selected method takes raises.
 
     Returns:
         A :class:`~lipbound.report.Report`: ``.upper`` (best certified), ``.lower`` (best witnessed),
@@ -83,24 +90,33 @@ def estimate(model: Model, input_shape: Sequence[int] | None = None, methods: It
     """
     if methods is not None and not isinstance(methods, str):
         methods = list(methods)
-        if methods == ["all"]:
-            methods = "all"
-        for m in methods if isinstance(methods, list) else ():
-            get_method(m)  # unknown names fail before any work
+        for m in methods:
+            if m != "all":
+                get_method(m)  # unknown names fail before any work
+    if time_budget is not None and not (time_budget > 0 and math.isfinite(time_budget)):
+        raise InvalidInput(f"time_budget must be a positive number of seconds, got {time_budget!r}")
     graph = as_graph(model, input_shape, device, input_scale)
     names, explicit = select_methods(graph, methods)
+    check_options(names, options, method_options)
+    specs = [get_method(n) for n in names]
     report = Report(graph.name, graph.input_shape)
-    for name in names:
+    start = time.perf_counter()
+    for i, spec in enumerate(specs):
         t0 = time.perf_counter()
-        kwargs = method_kwargs(name, options, method_options, domain=domain, data=data)
+        share = None if time_budget is None else budget_share(time_budget, time_budget - (t0 - start), specs[i:])
+        kwargs = method_kwargs(spec, options, method_options, domain=domain, data=data, time_budget=share)
+        name = spec.name
         try:
-            result = get_method(name)(graph, seed=seed, progress=progress, **kwargs)
+            result = spec(graph, seed=seed, progress=progress, **kwargs)
         except (NotApplicable, UnsupportedOperation) as exc:
             if explicit:
                 raise
             report.skipped[name] = str(exc)
             continue
         result.seconds = time.perf_counter() - t0
+        result.options = {k: ("given" if k == "data" else v) for k, v in kwargs.items()}
+        if share is not None:
+            result.details["time_share"] = share
         report.results.append(result)
     return report
 

@@ -58,7 +58,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--domain", default=None, metavar="LOW,HIGH",
                    help="input box for the lower and exact methods, e.g. 0,1 (default: all of R^n)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                   help="time budget of the lower and exact methods")
+                   help="total seconds for the run, shared by the methods that can run long "
+                   "(default: each method's own limit)")
     p.add_argument("--plot", default=None, metavar="OUT.png", help="draw the bracket and the layer norms")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -124,9 +125,8 @@ def _run(args: argparse.Namespace, model_spec: str, shape_text: str | None, weig
     methods = args.methods or (DEMO_METHODS if args.command == "demo" else None)
     progress = not args.quiet and sys.stderr.isatty()
     budget = args.time_budget if args.time_budget is not None else (DEMO_BUDGET if args.command == "demo" else None)
-    per_method = {} if budget is None else {m: {"time_budget": budget} for m in ("lower", "exact")}
     report = api.estimate(graph, methods=methods, device=args.device, seed=args.seed, progress=progress,
-                          domain=parse_domain(args.domain), method_options=per_method)
+                          domain=parse_domain(args.domain), time_budget=budget)
     if args.plot:
         report.plot(args.plot)
     if args.json:
@@ -158,12 +158,22 @@ def _certify(args: argparse.Namespace) -> int:
     return 0
 
 
+def methods_table() -> str:
+    """One block per registered method: name, guarantee, what it computes, what it applies to, cost."""
+    blocks = []
+    for spec in METHODS.values():
+        tags = [t for t, on in (("region", spec.takes_domain), ("time budget", spec.budgeted),
+                                ("in best", spec.in_best), ("default", spec.in_default is not False)) if on]
+        blocks.append(f"{spec.name}  [{spec.guarantee.value}]{'  (' + ', '.join(tags) + ')' if tags else ''}\n"
+                      f"    {spec.summary}\n    applies to: {spec.applies_to}\n    cost: {spec.cost}")
+    return "\n".join(blocks)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "methods":
-            for name in METHODS:
-                print(name)
+            print(methods_table())
             return 0
         if args.command == "demo":
             return _run(args, DEMO_SPEC, DEMO_SHAPE, None)

@@ -9,11 +9,34 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import torch
 
-KINDS = ("certified_upper", "witnessed_lower", "estimate", "exact")
+
+class Kind(str, Enum):
+    """What a number guarantees (DESIGN §1). A ``str`` enum: ``Kind.EXACT == "exact"`` and JSON
+    holds the string."""
+
+    CERTIFIED_UPPER = "certified_upper"  # >= L(f) by proof
+    WITNESSED_LOWER = "witnessed_lower"  # <= L(f), with a witness anyone can re-check
+    EXACT = "exact"  # both, within the method's tolerance
+    ESTIMATE = "estimate"  # neither guaranteed
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+    @property
+    def is_upper(self) -> bool:
+        return self in (Kind.CERTIFIED_UPPER, Kind.EXACT)
+
+    @property
+    def is_lower(self) -> bool:
+        return self in (Kind.WITNESSED_LOWER, Kind.EXACT)
+
+
+KINDS = tuple(k.value for k in Kind)
 
 
 @dataclass
@@ -23,30 +46,60 @@ class Result:
     Attributes:
         method: the method's name (``"autolip"``, ...).
         value: the number; its meaning is given by ``kind``.
-        kind: ``"certified_upper"`` (``>= L(f)`` by proof), ``"witnessed_lower"`` (``<= L(f)``,
-            with a witness), ``"exact"`` (both) or ``"estimate"`` (neither guaranteed).
+        kind: a :class:`Kind` (a plain string is converted): ``certified_upper`` (``>= L(f)`` by
+            proof), ``witnessed_lower`` (``<= L(f)``, with a witness), ``exact`` (both) or
+            ``estimate`` (neither guaranteed).
         seconds: wall-clock time of the method.
         witness: for a lower bound, the input(s) that realise it; else None.
         details: method-specific facts (per-node factors, options, solver status), JSON-ready.
+        bracket: for an ``exact`` result, ``(witnessed lower, certified upper)`` it proved, which
+            meet within the method's tolerance (``value`` lies between them); the report's bracket
+            uses these ends, so that rounding never puts ``value`` on the wrong side of ``L(f)``.
+        options: the options the method ran with (set by :func:`lipbound.estimate`).
     """
 
     method: str
     value: float
-    kind: str
+    kind: Kind
     seconds: float = 0.0
     witness: Any = None
     details: dict[str, Any] = field(default_factory=dict)
+    bracket: tuple[float, float] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if self.kind != "estimate" and math.isnan(self.value):
+        try:
+            self.kind = Kind(self.kind)
+        except ValueError:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}") from None
+        if self.kind != Kind.ESTIMATE and math.isnan(self.value):
             raise ValueError(f"{self.method} returned NaN as a {self.kind}: a bound is never NaN")
+        if self.bracket is not None and not self.bracket[0] <= self.bracket[1]:
+            raise ValueError(f"{self.method}: bracket {self.bracket} has lower > upper")
+
+    @property
+    def upper(self) -> float | None:
+        """The certified upper bound this result proves (None when it proves none)."""
+        if not self.kind.is_upper:
+            return None
+        return self.bracket[1] if self.bracket is not None else self.value
+
+    @property
+    def lower(self) -> float | None:
+        """The witnessed lower bound this result proves (None when it proves none)."""
+        if not self.kind.is_lower:
+            return None
+        return self.bracket[0] if self.bracket is not None else self.value
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "value": _num(self.value), "kind": self.kind,
-                "seconds": round(self.seconds, 6), "witness": _jsonable(self.witness),
-                "details": _jsonable(self.details)}
+        out = {"method": self.method, "value": _num(self.value), "kind": self.kind.value,
+               "seconds": round(self.seconds, 6), "witness": _jsonable(self.witness),
+               "details": _jsonable(self.details)}
+        if self.bracket is not None:
+            out["bracket"] = [_num(v) for v in self.bracket]
+        if self.options:
+            out["options"] = _jsonable(self.options)
+        return out
 
 
 @dataclass
@@ -61,13 +114,13 @@ class Report:
     @property
     def upper(self) -> float:
         """Best certified upper bound (``inf`` when no method certified one)."""
-        vals = [r.value for r in self.results if r.kind in ("certified_upper", "exact")]
+        vals = [r.upper for r in self.results if r.upper is not None]
         return min(vals) if vals else math.inf
 
     @property
     def lower(self) -> float | None:
         """Best witnessed lower bound (None when no method gave one)."""
-        vals = [r.value for r in self.results if r.kind in ("witnessed_lower", "exact")]
+        vals = [r.lower for r in self.results if r.lower is not None]
         return max(vals) if vals else None
 
     @property
@@ -122,7 +175,7 @@ class Report:
             lines.append("")
         lines.append(f"{'method':<16} {'value':>14}  {'kind':<16} {'seconds':>8}")
         for r in self.results:
-            lines.append(f"{r.method:<16} {r.value:>14.6g}  {r.kind:<16} {r.seconds:>8.2f}")
+            lines.append(f"{r.method:<16} {r.value:>14.6g}  {r.kind.value:<16} {r.seconds:>8.2f}")
         for name, why in self.skipped.items():
             lines.append(f"{name:<16} {'-':>14}  skipped: {why}")
         lines.append(self.bracket_line())
@@ -158,4 +211,6 @@ def _jsonable(obj: Any) -> Any:
         return [_jsonable(v) for v in obj]
     if isinstance(obj, float):
         return _num(obj)
-    return obj
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    return str(obj)  # e.g. a dtype or a region among the options

@@ -1,36 +1,154 @@
 """The methods: each takes a Graph and options and returns a Result (one file each).
 
-``METHODS`` maps a method's public name to its function; :func:`lipbound.estimate` dispatches on
-it. Every function has the signature ``fn(graph, *, seed, progress, **options) -> Result``.
+Every method is registered once, as a :class:`MethodSpec` in :data:`METHODS`: its public name, the
+function, what its number guarantees, what it applies to, whether it takes an input region, whether
+``best`` and the default set use it, and a cost hint. :func:`lipbound.estimate`, ``best``, the
+default selection, the CLI and ``lipbound methods`` all read this one table.
+
+A method function has the signature ``fn(graph, *, seed, progress, **options) -> Result``. A method
+that can run long takes ``time_budget``: total wall-clock seconds for the whole call. It stops on
+its own iteration counts and tolerances, and the budget only caps it: when the budget ends the
+search, the method returns the best bound found so far and says so in its details.
 """
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable
+from typing import Any, Callable
 
-from ..report import Result
+from ..errors import InvalidInput
+from ..graph.ir import Graph
+from ..report import Kind, Result
 from . import autolip, best, eclipse, exact, lipsdp, lower, seqlip  # the modules keep their names
+from .piecewise import count_two_slope_neurons
 
-Method = Callable[..., Result]
+__all__ = ["MethodSpec", "METHODS", "get_method", "EXACT_DEFAULT_NEURONS"]
 
-METHODS: dict[str, Method] = {
-    "autolip": partial(autolip.autolip, certified=True),
-    "autolip-power": partial(autolip.autolip, certified=False),
-    "seqlip": partial(seqlip.seqlip, solver="certified"),
-    "seqlip-greedy": partial(seqlip.seqlip, solver="greedy"),
-    "seqlip-topk": partial(seqlip.seqlip, solver="topk"),
-    "eclipse-fast": eclipse.eclipse_fast,
-    "lipsdp": lipsdp.lipsdp,
-    "lipsdp-layer": partial(lipsdp.lipsdp, variant="layer"),
-    "best": best.best,
-    "lower": lower.lower,
-    "exact": exact.exact,
-}
+EXACT_DEFAULT_NEURONS = 32  # ``exact`` joins the default set up to this many ReLU units
 
 
-def get_method(name: str) -> Method:
+@dataclass(frozen=True)
+class MethodSpec:
+    """One registered method.
+
+    Attributes:
+        name: its public name (``estimate(methods=[name])``, ``--method name``).
+        fn: the function, ``fn(graph, *, seed, progress, **options) -> Result``.
+        guarantee: the kind of its value when it succeeds.
+        summary: one line: what it computes.
+        applies_to: the models it takes (others raise ``NotApplicable``/``UnsupportedOperation``).
+        cost: a hint of its cost and how it scales.
+        in_best: ``best`` tries it (in registry order, cheapest first).
+        in_default: it belongs to the default set, for every model or for those the callable accepts.
+        aggregate: it only reruns other methods (left out of ``"all"``).
+    """
+
+    name: str
+    fn: Callable[..., Result]
+    guarantee: Kind
+    summary: str
+    applies_to: str
+    cost: str
+    in_best: bool = False
+    in_default: bool | Callable[[Graph], bool] = False
+    aggregate: bool = False
+    parameters: dict[str, inspect.Parameter] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        params = dict(inspect.signature(self.fn).parameters)
+        params.pop("graph", None)
+        object.__setattr__(self, "parameters", params)
+
+    def __call__(self, graph: Graph, **options: Any) -> Result:
+        return self.fn(graph, **options)
+
+    @property
+    def takes_domain(self) -> bool:
+        """It bounds the constant on an input region given as ``domain`` (the others bound it on
+        all of ``R^n``, which is valid on any region too)."""
+        return "domain" in self.parameters
+
+    @property
+    def budgeted(self) -> bool:
+        """It takes ``time_budget`` (total seconds of the call)."""
+        return "time_budget" in self.parameters
+
+    @property
+    def open_options(self) -> bool:
+        """It passes unnamed options on (AutoLip's power-method options)."""
+        return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in self.parameters.values())
+
+    def options(self) -> list[str]:
+        """Names of the options it accepts (besides ``seed`` and ``progress``)."""
+        return [n for n, p in self.parameters.items()
+                if p.kind is not inspect.Parameter.VAR_KEYWORD and n not in ("seed", "progress")]
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        """Raise :class:`~lipbound.errors.InvalidInput` for an option it does not know."""
+        if self.open_options:
+            return
+        unknown = sorted(set(options) - set(self.options()))
+        if unknown:
+            raise InvalidInput(f"method {self.name!r} has no option {', '.join(map(repr, unknown))}; "
+                               f"its options: {', '.join(self.options()) or 'none'}")
+
+    def default_for(self, graph: Graph) -> bool:
+        return self.in_default(graph) if callable(self.in_default) else bool(self.in_default)
+
+
+def _small_relu_net(graph: Graph) -> bool:
+    n = count_two_slope_neurons(graph)
+    return n is not None and n <= EXACT_DEFAULT_NEURONS
+
+
+_SPECS = [
+    MethodSpec("autolip", partial(autolip.autolip, certified=True), Kind.CERTIFIED_UPPER,
+               "AutoLip (paper Alg. 1) over the graph with certified layer norms",
+               "any graph", "one certified norm per layer: milliseconds to seconds", in_best=True, in_default=True),
+    MethodSpec("autolip-power", partial(autolip.autolip, certified=False), Kind.ESTIMATE,
+               "AutoLip with power-method layer norms (the paper's figure)",
+               "any graph", "a power method per layer"),
+    MethodSpec("eclipse-fast", eclipse.eclipse_fast, Kind.CERTIFIED_UPPER,
+               "closed-form sequential LMI multipliers (ECLipsE-Fast family), checked in float64",
+               "affine maps, activations, sums, concatenations; LMI order <= max_size",
+               "dense matrices of the LMI's blocks: milliseconds to seconds", in_best=True),
+    MethodSpec("seqlip", partial(seqlip.seqlip, solver="certified"), Kind.CERTIFIED_UPPER,
+               "SeqLip on every sequential chain, each pair's maximum over activation patterns solved "
+               "or bounded; AutoLip elsewhere",
+               "any graph (chains of affine layers and activations get SeqLip)",
+               "an SVD per layer, then exponential in the narrower layer of each pair (capped by the budget)",
+               in_best=True, in_default=True),
+    MethodSpec("seqlip-greedy", partial(seqlip.seqlip, solver="greedy"), Kind.ESTIMATE,
+               "the paper's greedy SeqLip on the dense SVDs", "any graph", "an SVD per layer, greedy flips"),
+    MethodSpec("seqlip-topk", partial(seqlip.seqlip, solver="topk"), Kind.ESTIMATE,
+               "the paper's top-k SeqLip heuristic for layers too large for an SVD",
+               "any graph", "a block power method per layer for the top-k triplets"),
+    MethodSpec("lipsdp", lipsdp.lipsdp, Kind.CERTIFIED_UPPER,
+               "LipSDP-Neuron: one LMI over the whole network, certificate checked in float64",
+               "affine maps, activations, sums, concatenations; LMI order <= max_size",
+               "interior point up to ~60, first-order beyond: seconds to minutes", in_best=True),
+    MethodSpec("lipsdp-layer", partial(lipsdp.lipsdp, variant="layer"), Kind.CERTIFIED_UPPER,
+               "LipSDP with one multiplier per activation layer", "as lipsdp", "as lipsdp, fewer variables"),
+    MethodSpec("exact", exact.exact, Kind.EXACT,
+               "branch and bound over activation patterns with LP existence checks",
+               "chains of affine layers and piecewise-linear activations with few neurons",
+               "exponential in the number of neurons (NP-hard)", in_best=True, in_default=_small_relu_net),
+    MethodSpec("lower", lower.lower, Kind.WITNESSED_LOWER,
+               "Jacobian-norm and pair search over inputs, with a re-checkable witness",
+               "any graph", "batched autograd ascent within the time budget", in_default=True),
+    MethodSpec("best", best.best, Kind.CERTIFIED_UPPER,
+               "the least certified bound of the methods marked for best, cheapest first",
+               "any graph", "the sum of the methods it runs, within the time budget", aggregate=True),
+]
+
+#: The registry: public name -> :class:`MethodSpec` (calling a spec calls its method).
+METHODS: dict[str, MethodSpec] = {s.name: s for s in _SPECS}
+
+
+def get_method(name: str) -> MethodSpec:
     try:
         return METHODS[name]
     except KeyError:
-        raise ValueError(f"unknown method {name!r}; choose from {', '.join(sorted(METHODS))}") from None
+        raise InvalidInput(f"unknown method {name!r}; choose from {', '.join(METHODS)}") from None

@@ -180,8 +180,7 @@ def _flat(lmi: LipschitzLMI, live: list[int], i: int) -> np.ndarray:
     return np.arange(start, start + lmi.blocks[live[i]].size)
 
 
-def eclipse_fast(graph: Graph, *, seed: int = 0, progress: bool = False, max_size: int = 20000,
-                 **_: Any) -> Result:
+def eclipse_fast(graph: Graph, *, seed: int = 0, progress: bool = False, max_size: int = 20000) -> Result:
     """Certified upper bound of ``L(f)`` (L2 -> L2) from the sequential closed-form multipliers
     (see the module docstring), checked in float64 before it is reported.
 

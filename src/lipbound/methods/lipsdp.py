@@ -27,7 +27,7 @@ increment ``f(x) - f(y)``, so they do not enter: the bound is for the global con
   dense eigensolver or, for large input blocks, Lanczos (``scipy.sparse.linalg.eigsh``) on the
   Schur complement applied through triangular solves. Memory is that of the neuron block
   (dense, or banded for chains) and of the layers' matrices; 1534 x 1534 for a 784-500-200-50-10
-  MLP. It stops at ``time_limit``; whatever it reached is then checked.
+  MLP. It stops at ``time_budget``; whatever it reached is then checked.
   Where ``a + b = 0`` (Abs, LeakyReLU(-1)) the neuron block decouples from the input and the
   optimum lies where that block is singular, on the edge of the solver's domain: it then stays
   near its start (the eclipse-fast multipliers); the interior-point path reaches the optimum.
@@ -63,8 +63,7 @@ SOLVERS = ("auto", "clarabel", "scs", "first-order")
 
 
 def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed: int = 0, progress: bool = False,
-           time_limit: float = 300.0, max_iter: int = 3000, ipm_max_order: int = 60, max_size: int = 20000,
-           **_: Any) -> Result:
+           time_budget: float = 300.0, lbfgs_iter: int = 3000, ipm_max_order: int = 60, max_size: int = 20000) -> Result:
     """LipSDP-Neuron (or -Layer) bound of ``L(f)``, certified after a float64 check.
 
     Args:
@@ -72,8 +71,9 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
         variant: ``"neuron"`` (one multiplier per neuron) or ``"layer"`` (one per activation node).
         solver: ``"auto"``, ``"clarabel"``, ``"scs"`` (interior point / splitting through cvxpy,
             extra ``lipbound[sdp]``) or ``"first-order"`` (no extra dependency).
-        time_limit: seconds for the first-order solver (it stops earlier when converged).
-        max_iter: iterations of the first-order solver.
+        time_budget: seconds for the first-order solver (it stops earlier when converged; what
+            it reached is then checked).
+        lbfgs_iter: most L-BFGS iterations of the first-order solver.
         ipm_max_order: largest reduced LMI order sent to cvxpy by ``solver="auto"``.
         max_size: refuse (:class:`~lipbound.errors.NotApplicable`) LMIs of larger order.
 
@@ -94,10 +94,10 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
         solver = "clarabel" if red.size <= ipm_max_order and _cvxpy_available() else "first-order"
     t_solve = time.perf_counter()
     if solver == "first-order":
-        t, claimed, info = solve_first_order(red, variant=variant, time_limit=time_limit, max_iter=max_iter,
+        t, claimed, info = solve_first_order(red, variant=variant, time_budget=time_budget, max_iter=lbfgs_iter,
                                              t0=interior)
     else:
-        t, claimed, info = solve_cvxpy(red, variant=variant, solver=solver)
+        t, claimed, info = solve_cvxpy(red, variant=variant, solver=solver, time_budget=time_budget)
     info.update(solver=solver, solver_seconds=time.perf_counter() - t_solve, lmi_order=lmi.size,
                 reduced_order=red.size)
     name = "lipsdp" if variant == "neuron" else "lipsdp-layer"
@@ -165,9 +165,11 @@ def _import_cvxpy(solver: str):
     return cp, name
 
 
-def solve_cvxpy(lmi: LipschitzLMI, *, variant: str = "neuron", solver: str = "clarabel") -> tuple[np.ndarray, float, dict]:
+def solve_cvxpy(lmi: LipschitzLMI, *, variant: str = "neuron", solver: str = "clarabel",
+                time_budget: float = 300.0) -> tuple[np.ndarray, float, dict]:
     """Minimise ``rho`` s.t. ``N(rho, t) >= 0``, ``t >= 0`` with cvxpy; Clarabel falls back to SCS
-    when it fails. Returns ``(t per neuron, rho, info)``; nothing here is trusted yet."""
+    when it fails; each solver gets the time left of ``time_budget``. Returns
+    ``(t per neuron, rho, info)``; nothing here is trusted yet."""
     cp, name = _import_cvxpy(solver)
     c0, e, f = _coefficients(lmi, variant)
     n = lmi.size
@@ -177,9 +179,12 @@ def solve_cvxpy(lmi: LipschitzLMI, *, variant: str = "neuron", solver: str = "cl
     sym = 0.5 * (expr + expr.T)
     problem = cp.Problem(cp.Minimize(rho), [sym >> 0])
     tried = []
+    deadline = time.perf_counter() + time_budget
     for solver_name in ([name, "SCS"] if name == "CLARABEL" and "SCS" in cp.installed_solvers() else [name]):
+        left = max(deadline - time.perf_counter(), 1e-3)
+        limit = {"time_limit": left} if solver_name == "CLARABEL" else {"time_limit_secs": left}
         try:
-            problem.solve(solver=solver_name)
+            problem.solve(solver=solver_name, **limit)
         except cp.error.SolverError as exc:
             tried.append(f"{solver_name}: {exc}")
             continue
@@ -190,7 +195,7 @@ def solve_cvxpy(lmi: LipschitzLMI, *, variant: str = "neuron", solver: str = "cl
     raise NotApplicable(f"the SDP solver failed ({'; '.join(tried)})")
 
 
-def solve_first_order(lmi: LipschitzLMI, *, variant: str = "neuron", time_limit: float = 300.0,
+def solve_first_order(lmi: LipschitzLMI, *, variant: str = "neuron", time_budget: float = 300.0,
                       max_iter: int = 3000, t0: np.ndarray | None = None, top: int = 16,
                       smoothing: tuple[float, ...] = (1e-2, 1e-3, 1e-4, 0.0)) -> tuple[np.ndarray, float, dict]:
     """Minimise ``rho*(t)`` (the eigenvalue form, module docstring) by L-BFGS over ``s = log t``
@@ -205,7 +210,7 @@ def solve_first_order(lmi: LipschitzLMI, *, variant: str = "neuron", time_limit:
         s0 = np.log(np.array([max(float(t0[sl].mean()), 1e-300) for sl in slices]))
     else:
         s0 = np.log(np.maximum(t0, 1e-300))
-    deadline = time.perf_counter() + time_limit
+    deadline = time.perf_counter() + time_budget
     evals = [0]
     mu = [0.0]
 

@@ -28,7 +28,7 @@ AutoLip supports gets a SeqLip number, never above AutoLip's.
 * ``"seqlip"`` — **certified upper bound**. Dense float64 SVDs of the chain's layers (materialised
   when ``in * out <= svd_limit`` and the SVD's cost is at most ``SVD_FLOPS``); each pair's maximum over activation patterns solved exactly
   (enumeration up to ``enumerate_max`` neurons, branch and bound with a convex relaxation beyond)
-  or bounded from above when ``time_budget`` runs out. A pair that cannot do better (layer too
+  or bounded from above when ``pair_budget`` (or the call's ``time_budget``) runs out. A pair that cannot do better (layer too
   large for an SVD, or a bound no better) keeps its **AutoLip factor**
   ``||T_{i+1}|| max(|a_i|, |b_i|) ||T_i||`` with certified layer norms: the product of those
   factors over a chain is exactly AutoLip's. ``details`` says which pairs were ``exact``,
@@ -59,6 +59,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import InvalidInput
 from ..graph.ir import Activation, Affine, Graph
 from ..linalg.operators import LinearOperator
 from ..linalg.spectral import CERTIFIED_RTOL, power_method
@@ -160,7 +161,7 @@ def _dense_svd(op: LinearOperator, svd_limit: int) -> _Factors | None:
 
 
 def _topk_svd(op: LinearOperator, k: int, generator: torch.Generator, max_iter: int, tol: float,
-              oversample: int, dtype: torch.dtype) -> _Factors:
+              oversample: int, dtype: torch.dtype, deadline: float = math.inf) -> _Factors:
     """Top-``k`` singular triplets by block power iteration on the operator (cached).
 
     ``V <- orth(A^T A V)`` on ``k + oversample`` vectors, one forward and one backward pass of
@@ -168,6 +169,7 @@ def _topk_svd(op: LinearOperator, k: int, generator: torch.Generator, max_iter: 
     the Ritz values (square roots of the eigenvalues of ``(A V)(A V)^T``) are compared and the
     iteration stops when the top ``k`` change by less than ``tol`` (relative). The final
     Rayleigh-Ritz step is :func:`~lipbound.linalg.spectral.power_method` warm-started from ``V``.
+    At ``deadline`` the iteration stops where it is (the triplets are then not cached).
     """
     cache = _SVD_CACHE.setdefault(op, {})
     key = ("topk", k, max_iter, tol, oversample, dtype)
@@ -175,20 +177,24 @@ def _topk_svd(op: LinearOperator, k: int, generator: torch.Generator, max_iter: 
         return cache[key]
     with solvers._few_threads(op.in_numel * min(k + oversample, op.in_numel) <= solvers.SMALL
                               and op.device.type == "cpu"):
-        f = _block_power(op, k, generator, max_iter, tol, oversample, dtype)
-    cache[key] = f
+        f, stopped = _block_power(op, k, generator, max_iter, tol, oversample, dtype, deadline)
+    if not stopped:
+        cache[key] = f
     return f
 
 
 def _block_power(op: LinearOperator, k: int, generator: torch.Generator, max_iter: int, tol: float,
-                 oversample: int, dtype: torch.dtype) -> _Factors:
+                 oversample: int, dtype: torch.dtype, deadline: float) -> tuple[_Factors, bool]:
     o = op.to(dtype=dtype)
     n = o.in_numel
     block = min(k + oversample, n)
     V = torch.randn((block, n), generator=generator, dtype=torch.float64).to(dtype=dtype, device=o.device)
     V = torch.linalg.qr(V.T)[0].T
-    prev, it, converged = None, 0, False
+    prev, it, converged, stopped = None, 0, False, False
     for it in range(1, max_iter + 1):
+        if time.perf_counter() >= deadline:
+            stopped = True
+            break
         y, z = o.gram(V.reshape(block, *o.in_shape))
         if it % 5 == 0:
             y = y.reshape(block, -1)
@@ -204,14 +210,15 @@ def _block_power(op: LinearOperator, k: int, generator: torch.Generator, max_ite
     Vk = pm.v[:r].reshape(r, -1).T.to(torch.float64)
     f = _Factors(U, pm.sigmas[:r].to(torch.float64), Vk, False,
                  f"top {r} triplets, block power method ({it} iterations, "
-                 f"{'converged' if converged else 'not converged'} to {tol:g})")
-    return f
+                 f"{'converged' if converged else 'not converged'} to {tol:g}"
+                 f"{', stopped by the time budget' if stopped else ''})")
+    return f, stopped
 
 
 # ---- the method ------------------------------------------------------------------------------
 
 def seqlip(graph: Graph, *, solver: str = "certified", seed: int = 0, progress: bool = False,
-           time_budget: float = 2.0, total_budget: float = 60.0, enumerate_max: int = 20,
+           time_budget: float = 60.0, pair_budget: float = 2.0, enumerate_max: int = 20,
            svd_limit: int = SVD_LIMIT,
            topk: int = 200, topk_iter: int = 100, topk_tol: float = 1e-4, topk_oversample: int = 8,
            topk_dtype: torch.dtype = torch.float64, greedy: str = "auto", **power_options: Any) -> Result:
@@ -223,10 +230,11 @@ def seqlip(graph: Graph, *, solver: str = "certified", seed: int = 0, progress: 
             (``"seqlip-greedy"``, an estimate) or ``"topk"`` (``"seqlip-topk"``, an estimate).
         seed: seeds the start vectors of the power methods and greedy subspaces.
         progress: a progress bar over the pairs on stderr.
-        time_budget: seconds per pair for the certified solver's greedy start and branch and
+        time_budget: seconds for the whole call; once spent, the certified solver's remaining
+            pairs keep their AutoLip factors (``details["pairs"]["fallback"]`` counts them) and the
+            estimates stop their greedy searches where they are.
+        pair_budget: seconds per pair for the certified solver's greedy start and branch and
             bound (the enumeration of up to ``enumerate_max`` neurons is not limited).
-        total_budget: seconds for all the pairs of the certified solver; once spent, the
-            remaining pairs keep their AutoLip factors.
         enumerate_max: widest pair solved by exhaustive enumeration (``2^n`` patterns).
         svd_limit: largest ``in * out`` of a layer materialised for a dense SVD (and at most
             ``SVD_FLOPS`` for ``in * out * min(in, out)``).
@@ -245,10 +253,10 @@ def seqlip(graph: Graph, *, solver: str = "certified", seed: int = 0, progress: 
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
-    if time_budget < 0 or total_budget < 0 or enumerate_max < 0 or topk < 1:
-        raise ValueError("time_budget, total_budget and enumerate_max must be >= 0 and topk >= 1")
+    if time_budget < 0 or pair_budget < 0 or enumerate_max < 0 or topk < 1:
+        raise InvalidInput("time_budget, pair_budget and enumerate_max must be >= 0 and topk >= 1")
     t0 = time.perf_counter()
-    deadline = t0 + total_budget if solver == "certified" else math.inf
+    deadline = t0 + time_budget
     g = graph.fused()
     norms = layer_norms(graph, seed=seed, progress=progress, **power_options)
     gen = torch.Generator().manual_seed(seed)
@@ -259,7 +267,7 @@ def seqlip(graph: Graph, *, solver: str = "certified", seed: int = 0, progress: 
     constants: dict[str, tuple[str, float, list[str]]] = {}
     counts = {"exact": 0, "bounded": 0, "fallback": 0, "greedy": 0}
     for chain in chains:
-        row = _solve_chain(g, chain, norms, solver=solver, gen=gen, bar=bar, time_budget=time_budget, deadline=deadline,
+        row = _solve_chain(g, chain, norms, solver=solver, gen=gen, bar=bar, pair_budget=pair_budget, deadline=deadline,
                            enumerate_max=enumerate_max, svd_limit=svd_limit, topk=topk, topk_iter=topk_iter,
                            topk_tol=topk_tol, topk_oversample=topk_oversample, topk_dtype=topk_dtype,
                            greedy=greedy)
@@ -274,7 +282,7 @@ def seqlip(graph: Graph, *, solver: str = "certified", seed: int = 0, progress: 
     name = {"certified": "seqlip", "greedy": "seqlip-greedy", "topk": "seqlip-topk"}[solver]
     kind = "certified_upper" if solver == "certified" else "estimate"
     details = {"solver": solver, "pairs": counts, "chains": chain_rows, "nodes": rows,
-               "options": {"time_budget": time_budget, "total_budget": total_budget, "enumerate_max": enumerate_max,
+               "options": {"time_budget": time_budget, "pair_budget": pair_budget, "enumerate_max": enumerate_max,
                            "svd_limit": svd_limit,
                            **({"topk": topk, "topk_iter": topk_iter} if solver == "topk" else {}),
                            **({"greedy": greedy} if solver != "certified" else {})}}
@@ -282,7 +290,7 @@ def seqlip(graph: Graph, *, solver: str = "certified", seed: int = 0, progress: 
 
 
 def _solve_chain(g: Graph, chain: Chain, norms: dict, *, solver: str, gen: torch.Generator, bar,
-                 time_budget: float, deadline: float, enumerate_max: int, svd_limit: int, topk: int, topk_iter: int,
+                 pair_budget: float, deadline: float, enumerate_max: int, svd_limit: int, topk: int, topk_iter: int,
                  topk_tol: float, topk_oversample: int, topk_dtype: torch.dtype, greedy: str) -> dict:
     K = len(chain.affines)
     nodes = [g.nodes[a] for a in chain.affines]
@@ -296,7 +304,7 @@ def _solve_chain(g: Graph, chain: Chain, norms: dict, *, solver: str, gen: torch
     def factors(i: int) -> _Factors | None:  # computed when first needed
         if i not in computed:
             op = nodes[i].op
-            computed[i] = (_topk_svd(op, topk, gen, topk_iter, topk_tol, topk_oversample, topk_dtype)
+            computed[i] = (_topk_svd(op, topk, gen, topk_iter, topk_tol, topk_oversample, topk_dtype, deadline)
                            if solver == "topk" else _dense_svd(op, svd_limit))
         return computed[i]
 
@@ -313,12 +321,12 @@ def _solve_chain(g: Graph, chain: Chain, norms: dict, *, solver: str, gen: torch
         if a == b == 0:  # a constant activation: the chain is constant after it
             row.update(status="exact", value=0.0)
         elif left <= 0:
-            row.update(status="fallback", value=fallback, reason="total_budget spent")
+            row.update(status="fallback", value=fallback, reason="time_budget spent")
         elif solver == "certified" and row["neurons"] > enumerate_max and solvers.relaxation_seconds(
                 min(nodes[i + 1].op.in_numel, nodes[i + 1].op.out_numel),
-                min(nodes[i].op.in_numel, nodes[i].op.out_numel), row["neurons"]) > min(time_budget, left):
+                min(nodes[i].op.in_numel, nodes[i].op.out_numel), row["neurons"]) > min(pair_budget, left):
             row.update(status="fallback", value=fallback,
-                       reason="too wide for time_budget (one relaxation step would take longer)")
+                       reason="too wide for pair_budget (one relaxation step would take longer)")
         elif (fi := factors(i)) is None or (fj := factors(i + 1)) is None:
             too_big = [chain.affines[k] for k in (i, i + 1) if factors(k) is None]
             row.update(status="fallback", value=fallback,
@@ -330,7 +338,7 @@ def _solve_chain(g: Graph, chain: Chain, norms: dict, *, solver: str, gen: torch
             hi = torch.full((A.shape[1],), b, dtype=torch.float64, device=A.device)
             if solver == "certified":
                 sol = solvers.certified_pair(A, B, lo, hi, enumerate_max=enumerate_max,
-                                             time_budget=min(time_budget, left), generator=gen)
+                                             time_budget=min(pair_budget, left), generator=gen)
                 cert = sol.upper * (1 + CERTIFIED_RTOL)
                 row.update(pattern_value=sol.lower, solver=sol.info.pop("solver", None), info=sol.info)
                 if cert < fallback:
