@@ -18,7 +18,7 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from lipbound.errors import UnsupportedOperation  # noqa: E402
-from lipbound.graph.from_onnx import from_onnx, reference_evaluator  # noqa: E402
+from lipbound.frontends.from_onnx import from_onnx, reference_evaluator  # noqa: E402
 from lipbound.graph.ir import Activation  # noqa: E402
 
 N = 64  # width of the input

@@ -21,7 +21,7 @@ from onnx.reference import ReferenceEvaluator  # noqa: E402
 
 import lipbound  # noqa: E402
 from lipbound.errors import InvalidInput, UnsupportedOperation  # noqa: E402
-from lipbound.graph.from_onnx import from_onnx, reference_evaluator  # noqa: E402
+from lipbound.frontends.from_onnx import from_onnx, reference_evaluator  # noqa: E402
 from lipbound.graph.ir import Activation, MaxPool  # noqa: E402
 from lipbound.linalg.operators import Conv, Dense, Diagonal, Permute, Reshape  # noqa: E402
 from lipbound.linalg.structured import Kronecker  # noqa: E402

@@ -188,7 +188,7 @@ def test_several_inputs_or_outputs_are_refused(tmp_path):
                              helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 4])])
     with pytest.raises(UnsupportedOperation, match="2 outputs"):
         lipbound.load(save(two_out, tmp_path / "two_out.onnx"))
-    from lipbound.graph.from_onnx import from_onnx
+    from lipbound.frontends.from_onnx import from_onnx
     assert from_onnx(tmp_path / "two_out.onnx", output="t").nodes["t"].label == "Tanh"
 
 
@@ -297,7 +297,7 @@ def _grouped_conv_transpose():
 
 
 def test_a_model_onnx_reference_cannot_run_is_refused_naming_the_node(monkeypatch):
-    from lipbound.graph import from_onnx as frontend
+    from lipbound.frontends import from_onnx as frontend
     assert frontend.from_onnx(_grouped_conv_transpose()).output_shape == (6, 7, 7)  # with the corrected reference
     monkeypatch.setattr(frontend, "_reference_ops", lambda: [])  # the stock evaluator: grouped ConvTranspose fails
     with pytest.raises(UnsupportedOperation, match="ConvTranspose at ONNX node 'up'.*onnx.reference.*check=False"):
@@ -382,7 +382,7 @@ def _mutate(m, rng):
 
 
 def test_fuzzed_models_give_a_lipbound_error_or_a_correct_graph():
-    from lipbound.graph.from_onnx import from_onnx
+    from lipbound.frontends.from_onnx import from_onnx
     rng = np.random.default_rng(7)
     seeds = _fuzz_seeds()
     assert all(from_onnx(m).input_shape for m in seeds)

@@ -22,7 +22,7 @@ import torch
 onnx = pytest.importorskip("onnx")
 
 import lipbound  # noqa: E402
-from lipbound.graph.from_onnx import reference_evaluator  # noqa: E402
+from lipbound.frontends.from_onnx import reference_evaluator  # noqa: E402
 
 from conftest import REPO  # noqa: E402
 from oracles import reference_autolip, relu_witness_value  # noqa: E402

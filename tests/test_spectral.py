@@ -11,7 +11,7 @@ from torch import nn
 
 import lipbound
 from lipbound import spectral_norm
-from lipbound.graph.from_torch import operator_of_module
+from lipbound.frontends.from_torch import operator_of_module
 from lipbound.linalg import Compose, Conv, Dense, Diagonal, Function, Permute, Reshape, compose, power_method
 from lipbound.linalg.operators import conv_dft_bound
 from lipbound.linalg.spectral import certified_norm, operator_norms

@@ -8,12 +8,13 @@ and a witnessed lower bound.
 True
 """
 
-from .api import as_graph, autolip, estimate, lower_bound, seqlip
+from .api import as_graph, autolip, estimate, lower_bound, seqlip, spectral_norm
 from .certify import Certificate, certify
 from .errors import InvalidInput, LipboundError, NotApplicable, UnsupportedOperation
-from .graph import Graph, from_torch
-from .loading import load
-from .linalg import LinearOperator, power_method, spectral_norm
+from .frontends import from_torch
+from .graph import Graph
+from .frontends.loading import load
+from .linalg import LinearOperator, power_method
 from .methods import METHODS
 from .regularizer import LipschitzRegularizer, certify_training, regularizer
 from .report import Report, Result

@@ -11,12 +11,15 @@ import torch
 from torch import nn
 
 from .errors import InvalidInput, LipboundError, NotApplicable, UnsupportedOperation
-from .graph import Graph, from_torch
+from .frontends import from_torch, operator_of_module
+from .graph import Graph
 from .graph.input_scale import with_input_scale
-from .loading import load
+from .frontends.loading import load
 from .methods import get_method
 from .methods.autolip import autolip as _autolip
 from .methods.selection import budget_share, check_options, method_kwargs, select_methods
+from .linalg.operators import Dense, LinearOperator
+from .linalg.spectral import SpectralNorm, operator_norms
 from .report import Report, Result
 
 Model = nn.Module | Graph
@@ -148,4 +151,42 @@ def lower_bound(model: Model, input_shape: Sequence[int] | None = None, seed: in
     return lower(as_graph(model, input_shape), seed=seed, progress=progress, **options)
 
 
-__all__ = ["estimate", "autolip", "seqlip", "lower_bound", "as_graph", "LipboundError"]
+def spectral_norm(layer: nn.Module | LinearOperator | torch.Tensor, input_shape: Sequence[int] | None = None,
+                  **options: Any) -> SpectralNorm:
+    """Spectral norm of one linear layer or operator, from below and from above.
+
+    ``layer`` is an ``nn.Linear``, ``nn.ConvNd``, ``nn.ConvTransposeNd``, ``nn.BatchNorm`` (eval),
+    a pooling layer, any other linear module the graph frontend knows (or a module whose whole
+    graph is affine, e.g. ``Sequential(Flatten(), Linear(...))``), a weight matrix, or a
+    :class:`~lipbound.linalg.operators.LinearOperator`. ``input_shape`` (without batch axis) is
+    needed for everything but matrices and operators: a convolution's norm depends on its input
+    size. Returns a :class:`~lipbound.linalg.spectral.SpectralNorm` with ``lower`` (power method)
+    and ``upper`` (certified); ``options`` go to :func:`~lipbound.linalg.spectral.operator_norms`.
+    """
+    if isinstance(layer, LinearOperator):
+        op = layer
+    elif isinstance(layer, torch.Tensor):
+        if layer.dim() != 2:
+            raise InvalidInput(f"a weight matrix must be 2-D, got shape {tuple(layer.shape)}")
+        op = Dense(layer, (layer.shape[1],))
+    else:
+        if input_shape is None:
+            raise InvalidInput("input_shape (without batch axis) is required for a module")
+        op = _linear_part(layer, tuple(input_shape))
+    return operator_norms(op, **options)
+
+
+def _linear_part(module: nn.Module, input_shape: tuple[int, ...]) -> LinearOperator:
+    """The operator of one affine layer, or of a module whose whole graph is affine."""
+    try:
+        return operator_of_module(module, input_shape)
+    except UnsupportedOperation:
+        graph = from_torch(module, input_shape).fused()
+        nodes = [n for n in graph if n.kind != "input"]
+        if len(nodes) != 1 or nodes[0].kind != "affine":
+            raise InvalidInput(f"spectral_norm needs an affine module; {type(module).__name__} has "
+                               f"{', '.join(n.kind for n in nodes)} nodes") from None
+        return nodes[0].op
+
+
+__all__ = ["spectral_norm", "estimate", "autolip", "seqlip", "lower_bound", "as_graph", "LipboundError"]

@@ -19,7 +19,7 @@ import torch
 from . import api
 from .errors import InvalidInput, LipboundError
 from .graph.input_scale import parse_scale, with_input_scale
-from .loading import load, load_factory
+from .frontends.loading import load, load_factory
 from .methods import METHODS
 
 DEMO_SPEC = f"{Path(__file__).parent / 'examples' / 'demo_net.py'}:demo_cnn"

@@ -7,7 +7,7 @@ set. Add it to the loss: ``loss = task_loss + lam * reg()``.
 
 How it stays cheap per step, after ``torch.nn.utils.parametrizations.spectral_norm``:
 
-* The model is traced once (:func:`lipbound.graph.from_torch`); the graph gives the topology,
+* The model is traced once (:func:`lipbound.frontends.from_torch`); the graph gives the topology,
   the activations' slopes, the max-pool factors, and the chains of consecutive affine layers.
   Each chain becomes one linear map ``A_theta`` evaluated with the user's **live** parameters
   (``F.linear``/convolution with the module's weight, BatchNorm as ``gamma / sqrt(var + eps)``
@@ -36,7 +36,7 @@ from torch import nn
 
 from .api import estimate
 from .errors import InvalidInput
-from .graph import from_torch
+from .frontends import from_torch
 from .graph.ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool
 from .report import Report
 

@@ -1,7 +1,5 @@
-"""The graph IR and its frontends."""
+"""The graph IR (:mod:`lipbound.graph.ir`) and the activation registry it refers to."""
 
-from .from_torch import from_torch, operator_of_module
 from .ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool, Node
 
-__all__ = ["Graph", "Node", "Input", "Affine", "Activation", "MaxPool", "Add", "Concat", "from_torch",
-           "operator_of_module"]
+__all__ = ["Graph", "Node", "Input", "Affine", "Activation", "MaxPool", "Add", "Concat"]

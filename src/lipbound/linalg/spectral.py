@@ -13,7 +13,7 @@
   computed from the operator's own tensors. The value is multiplied by
   ``1 + CERTIFIED_RTOL`` to cover float64 rounding, which is far below that margin for every
   computation used here.
-* :func:`spectral_norm` — both ends for one layer or operator.
+* :func:`operator_norms` — both ends for one operator (:func:`lipbound.spectral_norm` takes modules too).
 """
 
 from __future__ import annotations
@@ -194,44 +194,3 @@ def operator_norms(op: LinearOperator, *, which: str = "both", generator: torch.
     pm = _cached_power(op, generator, k, max_iter, tol)
     upper = None if cert is None else cert.value
     return SpectralNorm(pm.sigma, upper, "" if cert is None else cert.how, False, pm.iterations, pm.v[0], pm.u[0])
-
-
-def spectral_norm(layer: nn.Module | LinearOperator | torch.Tensor, input_shape: Sequence[int] | None = None,
-                  **options) -> SpectralNorm:
-    """Spectral norm of one linear layer or operator, from below and from above.
-
-    ``layer`` is an ``nn.Linear``, ``nn.ConvNd``, ``nn.ConvTransposeNd``, ``nn.BatchNorm`` (eval),
-    a pooling layer, any other linear module the graph frontend knows, a weight matrix, or a
-    :class:`LinearOperator`. ``input_shape`` (without batch axis) is needed for everything but
-    matrices and operators: a convolution's norm depends on its input size.
-    Returns a :class:`SpectralNorm` with ``lower`` (power method) and ``upper`` (certified).
-    """
-    if isinstance(layer, LinearOperator):
-        op = layer
-    elif isinstance(layer, torch.Tensor):
-        if layer.dim() != 2:
-            raise ValueError(f"a weight matrix must be 2-D, got shape {tuple(layer.shape)}")
-        from .operators import Dense
-        op = Dense(layer, (layer.shape[1],))
-    else:
-        if input_shape is None:
-            raise ValueError("input_shape (without batch axis) is required for a module")
-        op = _linear_part(layer, tuple(input_shape))
-    return operator_norms(op, **options)
-
-
-def _linear_part(module: nn.Module, input_shape: tuple[int, ...]) -> LinearOperator:
-    """The operator of one affine layer, or of a module whose whole graph is affine (e.g.
-    ``Sequential(Flatten(), Linear(...))``, a conv followed by its BatchNorm)."""
-    from ..errors import InvalidInput, UnsupportedOperation
-    from ..graph.from_torch import from_torch, operator_of_module
-
-    try:
-        return operator_of_module(module, input_shape)
-    except UnsupportedOperation:
-        graph = from_torch(module, input_shape).fused()
-        nodes = [n for n in graph if n.kind != "input"]
-        if len(nodes) != 1 or nodes[0].kind != "affine":
-            raise InvalidInput(f"spectral_norm needs an affine module; {type(module).__name__} has "
-                               f"{', '.join(n.kind for n in nodes)} nodes") from None
-        return nodes[0].op

@@ -23,8 +23,8 @@ from torch import nn
 from ..errors import InvalidInput, LipboundError, UnsupportedOperation
 from ..linalg.operators import Conv, Dense, Diagonal, LinearOperator, Permute, Reshape, compose
 from ..linalg.structured import selection, separable
-from . import activations
-from .ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool, Node
+from ..graph import activations
+from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool, Node
 
 BATCH = 2  # batch size of the recording pass; a reshape that changes it mixes the batch axis
 

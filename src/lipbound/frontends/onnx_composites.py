@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import activations
+from ..graph import activations
 
 __all__ = ["Composite", "CompositeActivation", "CATALOGUE", "find_composites", "RTOL"]
 

@@ -1,6 +1,6 @@
 """ONNX frontend: an ONNX model -> :class:`~lipbound.graph.ir.Graph` (DESIGN §2).
 
-The file is read by :func:`~lipbound.graph.onnx_file.read_onnx` (safe parsing, external-data
+The file is read by :func:`~lipbound.frontends.onnx_file.read_onnx` (safe parsing, external-data
 checks, opset upgrade) and translated node by node, in the file's topological order, with the
 ``onnx`` package only (no onnx2torch, no onnxruntime):
 
@@ -19,7 +19,7 @@ checks, opset upgrade) and translated node by node, in the file's topological or
 * activations that exporters write with several primitive operators (SiLU as
   ``x * Sigmoid(x)``, GELU with ``Erf`` or its tanh form, Mish, Hardswish below opset 14) are
   recognised as one activation when the subgraph is exactly the formula
-  (:mod:`lipbound.graph.onnx_composites`); any other product of two input-dependent tensors is
+  (:mod:`lipbound.frontends.onnx_composites`); any other product of two input-dependent tensors is
   refused;
 * circular padding, which ``torch.onnx`` writes as ``Concat(x[.., n-l:], x, x[.., :r])`` per axis,
   becomes one circular pad (the operator the torch frontend builds), not a concatenation of slices.
@@ -64,9 +64,9 @@ from torch import nn
 from ..errors import InvalidInput, LipboundError, UnsupportedOperation
 from ..linalg.operators import Conv, Dense, Diagonal, LinearOperator, Permute, Reshape, compose
 from ..linalg.structured import Kronecker, selection, separable
-from . import activations
+from ..graph import activations
 from .from_torch import _check_shape, _pool_multiplicity
-from .ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool, Node
+from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool, Node
 from .onnx_composites import Composite, find_composites
 from .onnx_file import check_and_upgrade, read_onnx
 
@@ -447,7 +447,7 @@ class _Builder:
         self._add(Activation(out, [src.node], src.shape, origin, fn, facts, label), src.batched, value)
 
     def _composite(self, node, composite: Composite) -> None:
-        """A composite activation (:mod:`lipbound.graph.onnx_composites`) ending at ``node``."""
+        """A composite activation (:mod:`lipbound.frontends.onnx_composites`) ending at ``node``."""
         src = self.dep[composite.variable]
         act = composite.activation
         if composite.const_rank > len(src.onnx_shape):

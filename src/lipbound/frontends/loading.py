@@ -13,8 +13,9 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .errors import InvalidInput
-from .graph import Graph, from_torch
+from ..errors import InvalidInput
+from ..graph.ir import Graph
+from .from_torch import from_torch
 
 
 def load_factory(spec: str, weights: str | Path | None = None) -> nn.Module:
@@ -92,7 +93,7 @@ def load(path: str | Path, input_shape: Sequence[int] | None = None, *, factory:
 
     Args:
         path: one of
-            * ``model.onnx``: read with the ``onnx`` package (:func:`~lipbound.graph.from_onnx.from_onnx`);
+            * ``model.onnx``: read with the ``onnx`` package (:func:`~lipbound.frontends.from_onnx.from_onnx`);
               the input shape comes from the model when it is static;
             * ``path/to/file.py:function``: the function returns the ``nn.Module``;
             * a weights file together with ``factory="path/to/file.py:function"``: a function with
@@ -106,7 +107,7 @@ def load(path: str | Path, input_shape: Sequence[int] | None = None, *, factory:
             factory returns it, and for ONNX models whose input has symbolic axes.
         factory: the architecture for a weights file, as ``path/to/file.py:function``.
         trust_pickle: allow unpickling a full model (executes code from the file).
-        keep_softmax: ONNX only; see :func:`~lipbound.graph.from_onnx.from_onnx`.
+        keep_softmax: ONNX only; see :func:`~lipbound.frontends.from_onnx.from_onnx`.
 
     Raises:
         InvalidInput: missing or unreadable file, unknown format, missing input shape, a pickled
@@ -127,7 +128,7 @@ def load(path: str | Path, input_shape: Sequence[int] | None = None, *, factory:
     if suffix == ".py":
         raise InvalidInput(f"model must be given as path/to/file.py:factory, got {text!r}")
     if suffix == ".onnx":
-        from .graph.from_onnx import from_onnx
+        from .from_onnx import from_onnx
         return from_onnx(p, input_shape, keep_softmax=keep_softmax)
     if suffix in TORCH_SUFFIXES:
         return _graph(_load_pickled(p, trust_pickle), input_shape, p.stem)

@@ -1,6 +1,6 @@
 """Reading an ONNX file safely: parse, refuse hostile external data, check, upgrade old opsets.
 
-This module only turns bytes into a checked ``onnx.ModelProto``; :mod:`lipbound.graph.from_onnx`
+This module only turns bytes into a checked ``onnx.ModelProto``; :mod:`lipbound.frontends.from_onnx`
 translates it. Every failure is an :class:`~lipbound.errors.InvalidInput` with one readable line:
 
 * a missing file, a file that is not a protobuf ONNX model (truncated, corrupt, another format);
