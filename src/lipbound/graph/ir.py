@@ -1,7 +1,7 @@
 """The graph: lipbound's one intermediate representation (DESIGN §2).
 
 A :class:`Graph` is a small DAG of typed nodes in topological order, built by a frontend
-(:mod:`lipbound.graph.from_torch`, later ONNX) for a fixed input shape (without batch axis).
+(:mod:`lipbound.frontends`: PyTorch and ONNX) for a fixed input shape (without batch axis).
 Node kinds and the partial Lipschitz constant AutoLip gives each (DESIGN §4):
 
 * :class:`Input` — the network input, ``L = 1``.
