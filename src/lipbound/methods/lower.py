@@ -43,9 +43,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import InvalidInput, LipboundError
-from ..graph.ir import Activation, Graph
+from ..graph.ir import Activation, Graph, MaxPool
 from ..report import Result
-from ..witness import Box, as_box, jacobian_values, pair_values
+from ..witness import Box, as_box, jacobian_values, jacobian_witness_values, pair_bounds, pair_values
 from ..jacobian import Linearization, power, recording, unit
 from .piecewise import smoothed, two_slope
 from .region_walk import walk
@@ -56,6 +56,7 @@ _TAU = (0.3, 0.003)  # smoothing width relative to the pre-activation scale: fir
 _STEP = (0.05, 0.0005)  # ascent step relative to the start's radius: first and last step
 _WALKERS = 64  # best ascent points that go on to the region walk
 _REFINED = 8  # best points refined in float64 and used for the pair search
+_NUDGES = (1e-9, 1e-6, 1e-3)  # relative sizes of the moves off a kink or a face (_nudged, _segments)
 
 
 def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = None,
@@ -93,6 +94,12 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
     g = graph.fused()
     box = as_box(domain, g.input_shape)
     gen = torch.Generator().manual_seed(seed)
+    g64 = g.to(dtype=torch.float64)
+    checked = graph.to(device="cpu", dtype=torch.float64)  # witnesses are checked and valued on this one
+    details: dict[str, Any] = {"domain": "R^n" if box is None else box.describe(), "starts": starts,
+                               "steps": steps, "time_budget": time_budget}
+    if _constant_jacobian(g):
+        return _affine_result(g64, checked, box, gen, t0, deadline, details)
     search = _Search(g, box, power_steps, gen)
     found, n_data, done = [], 0, 0
     while done < rounds and (done == 0 or time.perf_counter() < t0 + 0.5 * time_budget):
@@ -103,7 +110,6 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
     best_x, best_v, best_sigma = (torch.cat(parts) for parts in zip(*found))
     t_ascent = time.perf_counter() - t0
 
-    g64 = g.to(dtype=torch.float64)
     order = torch.argsort(best_sigma, descending=True)[:_WALKERS]
     cand, v = best_x[order].to(torch.float64), best_v[order].to(torch.float64)
     walked = bool(search.slopes) and walk_rounds > 0
@@ -113,34 +119,104 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
         top = torch.argsort(torch.nan_to_num(jacobian_values(g64.forward, cand, v), nan=-1.0),
                             descending=True)[:_REFINED]
     cand, v = cand[top], v[top]
-    v = _power64(g64, cand, v, deadline + 0.1 * time_budget)
-    with torch.no_grad():
-        values = torch.nan_to_num(jacobian_values(g64.forward, cand, v), nan=-1.0)
-    i = int(torch.argmax(values))
-    witness: dict[str, Any] = {"form": "jacobian", "x": cand[i].cpu(), "v": v[i].cpu()}
-    value = float(values[i])
-    if value < 0:
-        raise LipboundError("the lower-bound search found no input with a finite Jacobian norm")
-    jac_value = value
+    jac = _jacobian_witness(g64, checked, cand, v, box, gen, deadline + 0.1 * time_budget)
 
-    pair_value = None
+    pair = None
     if pairs and time.perf_counter() < deadline:
         px, py = search.pairs(cand, v, steps, deadline)
-        with torch.no_grad():
-            pv = pair_values(g64.forward, px.to(torch.float64), py.to(torch.float64))
-        j = int(torch.argmax(torch.nan_to_num(pv, nan=-1.0)))
-        pair_value = float(pv[j])
-        if pair_value > value:
-            value = pair_value
-            witness = {"form": "pair", "x": px[j].to(torch.float64).cpu(), "y": py[j].to(torch.float64).cpu()}
-
-    details = {"form": witness["form"], "jacobian_value": jac_value, "pair_value": pair_value,
-               "domain": "R^n" if box is None else box.describe(), "starts": starts, "data_starts": n_data,
-               "rounds": done,
-               "steps_done": search.steps_done, "steps": steps, "seconds_ascent": t_ascent,
-               "time_budget": time_budget, "stopped_by_time": time.perf_counter() >= deadline,
-               "smoothed_activations": len(search.tau), "region_walk": walked}
+        pair = _best_pair(checked, px, py)
+    if jac is None and pair is None:  # every candidate sits on a kink: pairs along its singular vector
+        pair = _best_pair(checked, *_segments(cand, v, box))
+    if jac is None and pair is None:
+        raise LipboundError("the lower-bound search found no valid witness (every point gave NaN or infinite values)")
+    value, witness = max((w for w in (jac, pair) if w is not None), key=lambda w: w[0])
+    details.update({"form": witness["form"], "jacobian_value": None if jac is None else jac[0],
+                    "pair_value": None if pair is None else pair[0], "data_starts": n_data, "rounds": done,
+                    "steps_done": search.steps_done, "seconds_ascent": t_ascent,
+                    "stopped_by_time": time.perf_counter() >= deadline,
+                    "smoothed_activations": len(search.tau), "region_walk": walked})
     return Result("lower", value, "witnessed_lower", time.perf_counter() - t0, witness=witness, details=details)
+
+
+Witness = tuple[float, dict[str, Any]]
+
+
+def _constant_jacobian(g: Graph) -> bool:
+    """True when ``Df`` is the same at every input: no max pooling, and every activation is affine
+    (its exact pieces have one slope). Searching is then pointless."""
+    return not any(isinstance(n, MaxPool) or (isinstance(n, Activation) and (n.pieces is None or len(set(n.pieces.slopes)) > 1))
+                   for n in g)
+
+
+def _affine_result(g64: Graph, checked: Graph, box: Box | None, gen: torch.Generator, t0: float,
+                   deadline: float, details: dict[str, Any]) -> Result:
+    """An affine ``f``: its constant is the norm of its one Jacobian ``J``; the power method to
+    convergence at one point (the box centre, or 0) gives ``||J v|| <= ||J||`` with ``v`` its top
+    right singular vector."""
+    x = (box.center if box is not None else torch.zeros(g64.input_shape, dtype=torch.float64)).unsqueeze(0)
+    x = x.to(device=g64.device)
+    v = unit(torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x))
+    v = _power64(g64, x, v, deadline)
+    jac = _jacobian_witness(g64, checked, x, v, box, gen, deadline, nudge=False)
+    if jac is None:
+        raise LipboundError("the network is affine but its Jacobian witness failed its re-check")
+    details.update({"form": "jacobian", "jacobian_value": jac[0], "pair_value": None, "constant_jacobian": True})
+    return Result("lower", jac[0], "witnessed_lower", time.perf_counter() - t0, witness=jac[1], details=details)
+
+
+def _jacobian_witness(g64: Graph, checked: Graph, x: torch.Tensor, v: torch.Tensor, box: Box | None,
+                      gen: torch.Generator, deadline: float, nudge: bool = True) -> Witness | None:
+    """The best valid Jacobian witness (:func:`~lipbound.witness.jacobian_witness_values`) among the
+    points ``x`` and, with ``nudge``, their nudges into nearby region interiors (:func:`_nudged`:
+    a point on a kink or on a box face shows nothing by itself), after power iterations to
+    convergence in float64; None when none is valid."""
+    if nudge:
+        x = torch.cat([x, _nudged(x, box, gen)])
+        v = v.repeat(len(x) // len(v), *([1] * (v.dim() - 1)))
+    v = _power64(g64, x, v, deadline)
+    x, v = x.cpu(), v.cpu()
+    values, _ = jacobian_witness_values(checked, x, v, box)
+    values = torch.nan_to_num(values, nan=-1.0)
+    i = int(torch.argmax(values))
+    if values[i] < 0:
+        return None
+    return float(values[i]), {"form": "jacobian", "x": x[i], "v": v[i]}
+
+
+def _nudged(x: torch.Tensor, box: Box | None, gen: torch.Generator) -> torch.Tensor:
+    """For each radius ``r`` of :data:`_NUDGES`, each point moved by a random ``r``-relative step (on
+    a box: then pulled towards the centre by the fraction ``r``, off every face)."""
+    out = []
+    for r in _NUDGES:
+        xi = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x)
+        if box is None:
+            size = x.flatten(1).abs().amax(dim=1).clamp_min(1.0).reshape(-1, *([1] * (x.dim() - 1)))
+            out.append(x + r * size * xi)
+        else:
+            low, high = box.low.to(x), box.high.to(x)
+            y = box.project(x + r * (high - low) * xi)
+            out.append(box.project(y + r * ((low + high) / 2 - y)))
+    return torch.cat(out)
+
+
+def _segments(x: torch.Tensor, v: torch.Tensor, box: Box | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairs ``(x, x + d v)`` along the candidates' singular directions, ``d`` in :data:`_NUDGES`
+    relative to the point's size (kept in the box)."""
+    size = x.flatten(1).norm(dim=1).clamp_min(1.0).reshape(-1, *([1] * (x.dim() - 1)))
+    ys = [x + r * size * unit(v) for r in _NUDGES]
+    ys = torch.cat(ys if box is None else [box.project(y) for y in ys])
+    return x.repeat(len(_NUDGES), *([1] * (x.dim() - 1))), ys
+
+
+def _best_pair(checked: Graph, x: torch.Tensor, y: torch.Tensor) -> Witness | None:
+    """The pair with the largest rigorous lower bound of its quotient (:func:`~lipbound.witness.pair_bounds`),
+    None when no pair has a finite one."""
+    x, y = x.to(device="cpu", dtype=torch.float64), y.to(device="cpu", dtype=torch.float64)
+    low = torch.nan_to_num(pair_bounds(checked, x, y)[0], nan=-1.0)
+    j = int(torch.argmax(low))
+    if low[j] < 0:
+        return None
+    return float(low[j]), {"form": "pair", "x": x[j], "y": y[j]}
 
 
 def _check(**kw: float) -> None:
@@ -295,10 +371,10 @@ class _Search:
             y = fs(xg)
             u = unit(Linearization(fs, x).jvp(v).detach())
             (jtu,) = torch.autograd.grad(y, xg, grad_outputs=u, create_graph=True)
-            if not jtu.requires_grad:  # the network is affine: the Jacobian does not depend on x
+            if not jtu.requires_grad:  # this Jacobian does not depend on x
                 return torch.zeros_like(x)
-            (g,) = torch.autograd.grad((jtu * v).sum(), xg)
-        return g
+            (g,) = torch.autograd.grad((jtu * v).sum(), xg, allow_unused=True)
+        return torch.zeros_like(x) if g is None else g
 
     def pairs(self, x: torch.Tensor, v: torch.Tensor, steps: int, deadline: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Best pair of each start after Adam ascent on ``log ||f(x)-f(y)|| - log ||x-y||``,
