@@ -237,7 +237,7 @@ def _derivative(node: Activation, z: torch.Tensor) -> torch.Tensor:
 
 def _activation_tangent(node: Activation, z: torch.Tensor, e_z: torch.Tensor, t: torch.Tensor,
                         e_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``s'(z) t`` and its error bound ``|s'~ - s'(z)| |t| + Lip e_t + u |s'~ t|`` (:func:`enclose`)."""
+    """``s'(z) t`` and its error bound ``|s'~ - s'(z)| (|t| + e_t) + |s'~| e_t + u |s'~ t|`` (:func:`enclose`)."""
     d = _derivative(node, z)
     out = d * t
     if node.pieces is not None:  # the slope of z's piece, exactly, where the piece is certain
@@ -245,7 +245,7 @@ def _activation_tangent(node: Activation, z: torch.Tensor, e_z: torch.Tensor, t:
     else:
         secant = torch.maximum((_derivative(node, z + e_z) - d).abs(), (_derivative(node, z - e_z) - d).abs())
         slope_error = 2 * secant + 16 * _U * (d.abs() + node.lipschitz)
-    return out, _up(slope_error * t.abs() + node.lipschitz * e_t + _U * out.abs(), 3)
+    return out, _up(slope_error * t.abs() + (d.abs() + slope_error) * e_t + _U * out.abs(), 3)
 
 
 def _linear(op: LinearOperator, h: torch.Tensor, e: torch.Tensor,
@@ -315,11 +315,15 @@ def region_check(graph: Graph, x: torch.Tensor, box: Box | None = None,
                  enclosure: Enclosure | None = None) -> RegionCheck:
     """Decide, for each point of the batch ``x``, whether a Jacobian witness there is valid: ``x``
     is finite and in the closed ``box``; every activation input is farther from each of the
-    activation's ``kinks`` than its rounding error bound (:func:`enclose`); every max-pooling
-    window's largest input, lowered by its error bound, exceeds every other input of the window
-    raised by its bound. Then ``f`` is ``C^1`` near ``x`` and its autograd Jacobian is the true one
-    (module doc). ``graph`` must be float64 on the CPU; ``enclosure`` is :func:`enclose` at ``x``
-    when already computed."""
+    activation's ``kinks`` than its rounding error bound (:func:`enclose`); in every max-pooling
+    window, either the largest input lowered by its error bound exceeds every other input raised by
+    its bound, or every input that could be the largest is *locally constant* (a tie of inactive
+    ReLUs: the maximum is then constant near ``x``). An element is locally constant when it
+    depends on no input near ``x``: through affine maps only on locally constant elements (zero
+    weights elsewhere), an activation on a certain piece of slope 0, a window whose maximum is
+    certainly a constant one. Then ``f`` is ``C^1`` near ``x`` and its autograd Jacobian is the true
+    one (module doc). ``graph`` must be float64 on the CPU; ``enclosure`` is :func:`enclose` at
+    ``x`` when already computed."""
     n = x.shape[0]
     valid = torch.ones(n, dtype=torch.bool)
     reasons: list[str | None] = [None] * n
@@ -334,26 +338,59 @@ def region_check(graph: Graph, x: torch.Tensor, box: Box | None = None,
         fail(~box.contains(x), "x lies outside the domain box")
     enc = enclosure if enclosure is not None else enclose(graph, x)
     room: dict[str, torch.Tensor] = {}
+    moving: dict[str, torch.Tensor] = {}  # elements that are not locally constant
     for node in graph:
-        if isinstance(node, Activation) and node.kinks:
+        ins = [moving[i] for i in node.inputs]
+        if isinstance(node, Input):
+            moving[node.name] = torch.ones_like(x, dtype=torch.bool)
+        elif isinstance(node, Affine):
+            moving[node.name] = _reaches(node.op, ins[0])
+        elif isinstance(node, Activation):
             z, e = enc.values[node.inputs[0]], enc.errors[node.inputs[0]]
-            kinks = torch.tensor(node.kinks, dtype=z.dtype)
-            dist = (z.unsqueeze(-1) - kinks).abs().amin(dim=-1)  # fl(|z - k|) is within u of it
-            room[node.name] = dist * (1 - 4 * _U) - e
-            what = f"an input of {node.label or 'activation'} '{node.origin}' is within its rounding error of a kink"
+            certain = torch.ones_like(z, dtype=torch.bool)
+            if node.kinks:
+                kinks = torch.tensor(node.kinks, dtype=z.dtype)
+                dist = (z.unsqueeze(-1) - kinks).abs().amin(dim=-1)  # fl(|z - k|) is within u of it
+                room[node.name] = dist * (1 - 4 * _U) - e
+                certain = room[node.name] > 0
+                fail(~certain.flatten(1).all(dim=1),
+                     f"an input of {node.label or 'activation'} '{node.origin}' is within its rounding error of a kink")
+            flat = torch.zeros_like(certain)
+            if node.pieces is not None:
+                breaks = torch.tensor(node.pieces.breakpoints, dtype=z.dtype)
+                slopes = torch.tensor(node.pieces.slopes, dtype=z.dtype)
+                flat = slopes[torch.bucketize(z, breaks)] == 0
+            moving[node.name] = ins[0] & ~(flat & certain)
         elif isinstance(node, MaxPool):
-            room[node.name] = _window_room(node, enc.values[node.inputs[0]], enc.errors[node.inputs[0]])
-            what = f"a window of max pooling '{node.origin}' has no certain maximum (a tie, up to rounding)"
-        else:
-            continue
-        fail(~(room[node.name] > 0).flatten(1).all(dim=1), what)
+            room[node.name], moving[node.name] = _window_room(node, enc.values[node.inputs[0]],
+                                                              enc.errors[node.inputs[0]], ins[0])
+            fail(~(room[node.name] > 0).flatten(1).all(dim=1),
+                 f"a window of max pooling '{node.origin}' has no certain maximum (a tie, up to rounding)")
+        else:  # Add, Concat
+            moving[node.name] = node.evaluate(*[m.to(x.dtype) for m in ins]) != 0
     return RegionCheck(valid, reasons, room)
 
 
-def _window_room(node: MaxPool, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-    """Per window of ``node.fn`` at ``h`` (error bound ``e``): ``(h_top - e_top) - max over the
-    other inputs j of the window of (h_j + e_j)``, rounded to the safe side; NaN where it cannot
-    be decided.
+def _reaches(op: LinearOperator, moving: torch.Tensor) -> torch.Tensor:
+    """The outputs of ``A`` that have a non-zero weight on a moving input (all of them when ``|A|``
+    is not known)."""
+    if isinstance(op, Compose):
+        for sub in op.ops:
+            moving = _reaches(sub, moving)
+        return moving
+    mag = op if isinstance(op, (Reshape, Permute)) else _magnitude(op)
+    if mag is None:
+        return torch.ones((moving.shape[0], *op.out_shape), dtype=torch.bool)
+    return mag.matvec(moving.to(torch.float64)) != 0
+
+
+def _window_room(node: MaxPool, h: torch.Tensor, e: torch.Tensor,
+                 moving: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per window of ``node.fn`` at ``h`` (error bound ``e``; ``moving``: the inputs that are not
+    locally constant), the larger of ``(h_top - e_top) - max over the other inputs j of
+    (h_j + e_j)`` (a certain maximum) and ``(h_top - e_top) - max over the moving inputs j of
+    (h_j + e_j)`` (only constant inputs can be the maximum), rounded to the safe side, NaN where it
+    cannot be decided; and which windows' maxima are not locally constant.
 
     Works for any max-pooling function, from its values alone: the window's selected input ``top``
     is read by a forward-mode derivative along the tangent ``t_j = j`` (the flat index); the
@@ -371,13 +408,12 @@ def _window_room(node: MaxPool, h: torch.Tensor, e: torch.Tensor) -> torch.Tenso
     top_value = top_value.detach()
     integral = picked == picked.round()  # a tie split by the derivative (amax) gives a fraction
     top = picked.round().clamp(0, n - 1).long().flatten(1)
-    e_flat = e.flatten(1)
-    e_top = e_flat.gather(1, top).reshape(top_value.shape)
-    low_top = top_value - e_top - 4 * _U * (top_value.abs() + e_top) - _TINY
+    e_top = e.flatten(1).gather(1, top).reshape(top_value.shape)
+    low_top = (top_value - e_top - 4 * _U * (top_value.abs() + e_top) - _TINY).flatten(1)
     raised = (h + e + 4 * _U * (h.abs() + e) + _TINY).flatten(1)
+    minus_inf = torch.full_like(raised, -math.inf)
     runner = torch.full(top.shape, math.nan, dtype=h.dtype)
     pending = integral.flatten(1).clone()
-    minus_inf = torch.full_like(raised, -math.inf)
     for k in range(1, 6):
         colour, colours = _colouring(top_value.shape[1:], k)
         for c in range(colours):
@@ -397,7 +433,11 @@ def _window_room(node: MaxPool, h: torch.Tensor, e: torch.Tensor) -> torch.Tenso
             pending &= ~alone
         if not pending.any():
             break
-    return (low_top.flatten(1) - runner).reshape(top_value.shape)
+    moving_max = node.evaluate(torch.where(moving.flatten(1), raised, minus_inf).reshape(h.shape)).flatten(1)
+    constant = low_top > moving_max
+    room = torch.fmax(low_top - runner, low_top - moving_max)
+    moving_out = ~constant & moving.flatten(1).gather(1, top)
+    return room.reshape(top_value.shape), moving_out.reshape(top_value.shape)
 
 
 def _colouring(shape: tuple[int, ...], k: int) -> tuple[torch.Tensor, int]:

@@ -114,16 +114,16 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
     cand, v = best_x[order].to(torch.float64), best_v[order].to(torch.float64)
     walked = bool(search.slopes) and walk_rounds > 0
     if walked:
-        cand, v, _ = walk(g64, search.slopes, cand, v, box, rounds=walk_rounds, deadline=t0 + 0.9 * time_budget)
+        cand, v, _ = walk(g64, search.slopes, cand, v, box, rounds=walk_rounds, deadline=t0 + 0.75 * time_budget)
     with torch.no_grad():  # a NaN (a start that diverged) must never be picked
         top = torch.argsort(torch.nan_to_num(jacobian_values(g64.forward, cand, v), nan=-1.0),
                             descending=True)[:_REFINED]
-    cand, v = cand[top], v[top]
-    jac = _jacobian_witness(g64, checked, cand, v, box, gen, deadline + 0.1 * time_budget)
+    cand, v = cand[top], _power64(g64, cand[top], v[top], t0 + 0.85 * time_budget)
+    jac = _jacobian_witness(g64, checked, cand, v, box, gen, deadline)
 
     pair = None
-    if pairs and time.perf_counter() < deadline:
-        px, py = search.pairs(cand, v, steps, deadline)
+    if pairs and time.perf_counter() < t0 + 0.95 * time_budget:
+        px, py = search.pairs(cand, v, steps, t0 + 0.95 * time_budget)
         pair = _best_pair(checked, px, py)
     if jac is None and pair is None:  # every candidate sits on a kink: pairs along its singular vector
         pair = _best_pair(checked, *_segments(cand, v, box))
@@ -156,8 +156,7 @@ def _affine_result(g64: Graph, checked: Graph, box: Box | None, gen: torch.Gener
     x = (box.center if box is not None else torch.zeros(g64.input_shape, dtype=torch.float64)).unsqueeze(0)
     x = x.to(device=g64.device)
     v = unit(torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x))
-    v = _power64(g64, x, v, deadline)
-    jac = _jacobian_witness(g64, checked, x, v, box, gen, deadline, nudge=False)
+    jac = _jacobian_witness(g64, checked, x, _power64(g64, x, v, deadline), box, gen, deadline)
     if jac is None:
         raise LipboundError("the network is affine but its Jacobian witness failed its re-check")
     details.update({"form": "jacobian", "jacobian_value": jac[0], "pair_value": None, "constant_jacobian": True})
@@ -165,22 +164,29 @@ def _affine_result(g64: Graph, checked: Graph, box: Box | None, gen: torch.Gener
 
 
 def _jacobian_witness(g64: Graph, checked: Graph, x: torch.Tensor, v: torch.Tensor, box: Box | None,
-                      gen: torch.Generator, deadline: float, nudge: bool = True) -> Witness | None:
+                      gen: torch.Generator, deadline: float) -> Witness | None:
     """The best valid Jacobian witness (:func:`~lipbound.witness.jacobian_witness_values`) among the
-    points ``x`` and, with ``nudge``, their nudges into nearby region interiors (:func:`_nudged`:
-    a point on a kink or on a box face shows nothing by itself), after power iterations to
-    convergence in float64; None when none is valid."""
-    if nudge:
-        x = torch.cat([x, _nudged(x, box, gen)])
-        v = v.repeat(len(x) // len(v), *([1] * (v.dim() - 1)))
-    v = _power64(g64, x, v, deadline)
-    x, v = x.cpu(), v.cpu()
-    values, _ = jacobian_witness_values(checked, x, v, box)
+    points ``x`` (with their singular vectors ``v``) and, for those that fail the check with a larger
+    autograd value than the best valid one, their nudges off the kink or face (:func:`_nudged`), with
+    power iterations there until ``deadline``; None when none is valid."""
+    values = _checked_values(checked, x, v, box)
+    with torch.no_grad():
+        claimed = torch.nan_to_num(jacobian_values(g64.forward, x, v), nan=-1.0).cpu()
+    retry = torch.isnan(values) & (claimed > torch.nan_to_num(values, nan=-1.0).max())
+    if retry.any():
+        nx = _nudged(x[retry.to(x.device)], box, gen)
+        nv = _power64(g64, nx, v[retry.to(v.device)].repeat(len(_NUDGES), *([1] * (v.dim() - 1))), deadline)
+        x, v, values = torch.cat([x, nx]), torch.cat([v, nv]), torch.cat([values, _checked_values(checked, nx, nv, box)])
     values = torch.nan_to_num(values, nan=-1.0)
     i = int(torch.argmax(values))
     if values[i] < 0:
         return None
-    return float(values[i]), {"form": "jacobian", "x": x[i], "v": v[i]}
+    return float(values[i]), {"form": "jacobian", "x": x[i].cpu(), "v": v[i].cpu()}
+
+
+def _checked_values(checked: Graph, x: torch.Tensor, v: torch.Tensor, box: Box | None) -> torch.Tensor:
+    return jacobian_witness_values(checked, x.to(device="cpu", dtype=torch.float64),
+                                   v.to(device="cpu", dtype=torch.float64), box)[0]
 
 
 def _nudged(x: torch.Tensor, box: Box | None, gen: torch.Generator) -> torch.Tensor:
@@ -340,8 +346,10 @@ class _Search:
         sigma, v = power(self.g.forward, x, v, 2 * self.power_steps)
         best_x, best_v, best_sigma = x.clone(), v.clone(), sigma.clone()
         bar = tqdm(range(steps), desc="lower bound", unit="step", disable=not progress, leave=False)
+        last = 0.0  # duration of the previous step: stop when the next one would pass the deadline
         for k in bar:
-            if time.perf_counter() >= deadline:
+            begin = time.perf_counter()
+            if begin + last >= deadline:
                 break
             frac = k / max(1, steps - 1)
             if self.pwl:
@@ -358,6 +366,7 @@ class _Search:
             better = sigma > best_sigma
             best_x[better], best_v[better], best_sigma[better] = x[better], v[better], sigma[better]
             self.steps_done += 1
+            last = time.perf_counter() - begin
             if progress:
                 bar.set_postfix_str(f"best {best_sigma.max().item():.6g}")
         return best_x, best_v, best_sigma
@@ -396,8 +405,10 @@ class _Search:
         opt = torch.optim.Adam([px, py], lr=lr)
         best = torch.full((len(xs),), -1.0, dtype=g.dtype, device=g.device)
         best_x, best_y = xs.clone(), ys.clone()
+        last = 0.0
         for _ in range(max(1, steps // 4)):
-            if time.perf_counter() >= deadline:
+            begin = time.perf_counter()
+            if begin + last >= deadline:
                 break
             with torch.enable_grad():
                 ratio = pair_values(g.forward, px, py)
@@ -411,4 +422,5 @@ class _Search:
                 opt.step()
                 px.copy_(self._project(px))
                 py.copy_(self._project(py))
+            last = time.perf_counter() - begin
         return best_x, best_y

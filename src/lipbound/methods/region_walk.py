@@ -42,8 +42,10 @@ def walk(g: Graph, slopes: dict[str, tuple[float, float]], x: torch.Tensor, v: t
         return x, v, sigma
     store: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     rec = recording(g, names, store)
+    last = 0.0  # duration of the previous round: stop when the next one would pass the deadline
     for _ in range(rounds):
-        if time.perf_counter() >= deadline:
+        begin = time.perf_counter()
+        if begin + last >= deadline:
             break
         gain, z = _gains(rec, store, names, slopes, x, v)
         k = min(candidates, gain.shape[1])
@@ -60,6 +62,7 @@ def walk(g: Graph, slopes: dict[str, tuple[float, float]], x: torch.Tensor, v: t
         x = torch.where(_expand(better, x), moved[pick], x)
         v = torch.where(_expand(better, v), v_new[pick], v)
         sigma = torch.where(better, best, sigma)
+        last = time.perf_counter() - begin
     return x, v, sigma
 
 
