@@ -57,7 +57,7 @@ from .jacobian import Linearization, recording, tangents
 from .linalg.operators import Compose, Conv, Dense, Diagonal, Function, LinearOperator, Permute, Reshape
 from .linalg.spectral import certified_norm
 
-__all__ = ["Box", "as_box", "witness_value", "jacobian_values", "pair_values", "Enclosure", "enclose",
+__all__ = ["Box", "as_box", "witness_value", "recheck", "jacobian_values", "pair_values", "Enclosure", "enclose",
            "RegionCheck", "region_check", "pair_bounds", "jacobian_witness_values"]
 
 _U = 2.0 ** -53  # unit roundoff of float64
@@ -359,7 +359,7 @@ def region_check(graph: Graph, x: torch.Tensor, box: Box | None = None,
             if node.pieces is not None:
                 breaks = torch.tensor(node.pieces.breakpoints, dtype=z.dtype)
                 slopes = torch.tensor(node.pieces.slopes, dtype=z.dtype)
-                flat = slopes[torch.bucketize(z, breaks)] == 0
+                flat = slopes[torch.bucketize(z.contiguous(), breaks)] == 0
             moving[node.name] = ins[0] & ~(flat & certain)
         elif isinstance(node, MaxPool):
             room[node.name], moving[node.name] = _window_room(node, enc.values[node.inputs[0]],
@@ -563,8 +563,16 @@ def witness_value(model, witness: dict[str, Any], input_shape: Sequence[int] | N
     if x.numel() != math.prod(shape) or other.numel() != math.prod(shape):
         raise InvalidInput(f"the witness's tensors must have the input shape {shape}")
     graph = as_graph(model, shape).to(device="cpu", dtype=torch.float64)
-    box = as_box(domain, shape)
-    x, other = x.reshape(1, *shape), other.reshape(1, *shape)
+    return recheck(graph, {"form": witness["form"], "x": x.reshape(shape), second: other.reshape(shape)},
+                   as_box(domain, shape))
+
+
+def recheck(graph: Graph, witness: dict[str, Any], box: Box | None = None) -> float:
+    """The core of :func:`witness_value`: the value of a well-formed witness (float64 tensors of
+    the input shape) for a float64 CPU ``graph``, one point at a time (so that every caller gets
+    the same float64 operations, hence the same number). Raises InvalidInput for an invalid one."""
+    x = witness["x"].unsqueeze(0)
+    other = (witness["v"] if witness["form"] == "jacobian" else witness["y"]).unsqueeze(0)
     if not bool(torch.isfinite(x).all() and torch.isfinite(other).all()):
         raise InvalidInput("the witness contains NaN or infinite values")
     if witness["form"] == "jacobian":

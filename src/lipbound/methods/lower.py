@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from tqdm.auto import tqdm
@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from ..errors import InvalidInput, LipboundError
 from ..graph.ir import Activation, Graph, MaxPool
 from ..report import Result
-from ..witness import Box, as_box, jacobian_values, jacobian_witness_values, pair_bounds, pair_values
+from ..witness import Box, as_box, jacobian_values, jacobian_witness_values, pair_bounds, pair_values, recheck
 from ..jacobian import Linearization, power, recording, unit
 from .piecewise import smoothed, two_slope
 from .region_walk import walk
@@ -124,9 +124,9 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
     pair = None
     if pairs and time.perf_counter() < t0 + 0.95 * time_budget:
         px, py = search.pairs(cand, v, steps, t0 + 0.95 * time_budget)
-        pair = _best_pair(checked, px, py)
+        pair = _best_pair(checked, px, py, box)
     if jac is None and pair is None:  # every candidate sits on a kink: pairs along its singular vector
-        pair = _best_pair(checked, *_segments(cand, v, box))
+        pair = _best_pair(checked, *_segments(cand, v, box), box)
     if jac is None and pair is None:
         raise LipboundError("the lower-bound search found no valid witness (every point gave NaN or infinite values)")
     value, witness = max((w for w in (jac, pair) if w is not None), key=lambda w: w[0])
@@ -177,11 +177,24 @@ def _jacobian_witness(g64: Graph, checked: Graph, x: torch.Tensor, v: torch.Tens
         nx = _nudged(x[retry.to(x.device)], box, gen)
         nv = _power64(g64, nx, v[retry.to(v.device)].repeat(len(_NUDGES), *([1] * (v.dim() - 1))), deadline)
         x, v, values = torch.cat([x, nx]), torch.cat([v, nv]), torch.cat([values, _checked_values(checked, nx, nv, box)])
+    return _confirmed(checked, values, lambda i: {"form": "jacobian", "x": x[i].cpu(), "v": v[i].cpu()}, box)
+
+
+def _confirmed(checked: Graph, values: torch.Tensor, witness_at: Callable[[int], dict[str, Any]],
+               box: Box | None) -> Witness | None:
+    """The witness with the largest batched value (NaN: invalid) that its one-point re-check
+    (:func:`~lipbound.witness.recheck`, the computation of :func:`~lipbound.witness_value`)
+    confirms, with the re-checked value; None when there is none."""
     values = torch.nan_to_num(values, nan=-1.0)
-    i = int(torch.argmax(values))
-    if values[i] < 0:
-        return None
-    return float(values[i]), {"form": "jacobian", "x": x[i].cpu(), "v": v[i].cpu()}
+    for i in torch.argsort(values, descending=True).tolist():
+        if values[i] < 0:
+            break
+        witness = witness_at(i)
+        try:
+            return recheck(checked, witness, box), witness
+        except InvalidInput:
+            continue
+    return None
 
 
 def _checked_values(checked: Graph, x: torch.Tensor, v: torch.Tensor, box: Box | None) -> torch.Tensor:
@@ -214,15 +227,11 @@ def _segments(x: torch.Tensor, v: torch.Tensor, box: Box | None) -> tuple[torch.
     return x.repeat(len(_NUDGES), *([1] * (x.dim() - 1))), ys
 
 
-def _best_pair(checked: Graph, x: torch.Tensor, y: torch.Tensor) -> Witness | None:
+def _best_pair(checked: Graph, x: torch.Tensor, y: torch.Tensor, box: Box | None) -> Witness | None:
     """The pair with the largest rigorous lower bound of its quotient (:func:`~lipbound.witness.pair_bounds`),
     None when no pair has a finite one."""
     x, y = x.to(device="cpu", dtype=torch.float64), y.to(device="cpu", dtype=torch.float64)
-    low = torch.nan_to_num(pair_bounds(checked, x, y)[0], nan=-1.0)
-    j = int(torch.argmax(low))
-    if low[j] < 0:
-        return None
-    return float(low[j]), {"form": "pair", "x": x[j], "y": y[j]}
+    return _confirmed(checked, pair_bounds(checked, x, y)[0], lambda j: {"form": "pair", "x": x[j], "y": y[j]}, box)
 
 
 def _check(**kw: float) -> None:
