@@ -52,7 +52,7 @@ from typing import Any, Sequence
 import torch
 
 from .errors import InvalidInput, UnsupportedOperation
-from .graph.ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool
+from .graph.ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool, Node
 from .jacobian import Linearization, recording, tangents
 from .linalg.operators import Compose, Conv, Dense, Diagonal, Function, LinearOperator, Permute, Reshape
 from .linalg.spectral import certified_norm
@@ -174,7 +174,6 @@ def enclose(graph: Graph, x: torch.Tensor, v: torch.Tensor | None = None) -> Enc
         UnsupportedOperation: for a node kind the error analysis does not know.
     """
     enc = Enclosure({}, {})
-    norms: dict[int, float] = {}
     with torch.no_grad():
         for node in graph:
             if isinstance(node, Input):
@@ -184,7 +183,7 @@ def enclose(graph: Graph, x: torch.Tensor, v: torch.Tensor | None = None) -> Enc
                 continue
             ins = [enc.values[i] for i in node.inputs]
             errs = [enc.errors[i] for i in node.inputs]
-            enc.values[node.name], enc.errors[node.name] = _node_enclosure(node, ins, errs, norms, bias=True)
+            enc.values[node.name], enc.errors[node.name] = _node_enclosure(node, ins, errs, bias=True)
             if v is None:
                 continue
             ts = [enc.tangents[i] for i in node.inputs]
@@ -197,17 +196,17 @@ def enclose(graph: Graph, x: torch.Tensor, v: torch.Tensor | None = None) -> Enc
                     (t,) = tangents([node.evaluate(hg)], hg, ts[0])
                 e = node.evaluate(t_errs[0])  # the selected input's error is at most the window's largest
             else:
-                t, e = _node_enclosure(node, ts, t_errs, norms, bias=False)
+                t, e = _node_enclosure(node, ts, t_errs, bias=False)
             enc.tangents[node.name], enc.tangent_errors[node.name] = t, e
     return enc
 
 
-def _node_enclosure(node, ins: list[torch.Tensor], errs: list[torch.Tensor], norms: dict[int, float],
+def _node_enclosure(node: Node, ins: list[torch.Tensor], errs: list[torch.Tensor],
                     bias: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Value and error bound of one node from its inputs' values and error bounds (``bias=False``:
     the affine nodes' linear part only)."""
     if isinstance(node, Affine):
-        y, e = _linear(node.op, ins[0], errs[0], norms)
+        y, e = _linear(node.op, ins[0], errs[0])
         if bias and node.bias is not None:
             k = node.op.in_numel + 1
             e = _up(e + _gamma(k) * node.bias.abs(), k)  # one more term in every sum
@@ -235,26 +234,33 @@ def _derivative(node: Activation, z: torch.Tensor) -> torch.Tensor:
     return d
 
 
+def _piece_slopes(node: Activation, z: torch.Tensor) -> torch.Tensor:
+    """The slope of the piece each element of ``z`` lies in (the left one on a breakpoint), from
+    the activation's exact pieces."""
+    breaks = torch.tensor(node.pieces.breakpoints, dtype=z.dtype)
+    return torch.tensor(node.pieces.slopes, dtype=z.dtype)[torch.bucketize(z.contiguous(), breaks)]
+
+
 def _activation_tangent(node: Activation, z: torch.Tensor, e_z: torch.Tensor, t: torch.Tensor,
                         e_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``s'(z) t`` and its error bound ``|s'~ - s'(z)| (|t| + e_t) + |s'~| e_t + u |s'~ t|`` (:func:`enclose`)."""
-    d = _derivative(node, z)
-    out = d * t
     if node.pieces is not None:  # the slope of z's piece, exactly, where the piece is certain
+        d = _piece_slopes(node, z)
         slope_error = torch.zeros_like(d)
     else:
+        d = _derivative(node, z)
         secant = torch.maximum((_derivative(node, z + e_z) - d).abs(), (_derivative(node, z - e_z) - d).abs())
         slope_error = 2 * secant + 16 * _U * (d.abs() + node.lipschitz)
+    out = d * t
     return out, _up(slope_error * t.abs() + (d.abs() + slope_error) * e_t + _U * out.abs(), 3)
 
 
-def _linear(op: LinearOperator, h: torch.Tensor, e: torch.Tensor,
-            norms: dict[int, float]) -> tuple[torch.Tensor, torch.Tensor]:
+def _linear(op: LinearOperator, h: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``A h`` and a bound of its error ``|A| e + gamma_k |A| |h|`` (stage by stage for a
     composition, as it is evaluated)."""
     if isinstance(op, Compose):
         for sub in op.ops:
-            h, e = _linear(sub, h, e, norms)
+            h, e = _linear(sub, h, e)
         return h, e
     y = op.matvec(h)
     k = op.in_numel
@@ -267,9 +273,9 @@ def _linear(op: LinearOperator, h: torch.Tensor, e: torch.Tensor,
     if mag is not None:
         bound = mag.matvec(w)
     else:  # (|A| w)_i <= ||row_i||_2 ||w||_2 <= ||A||_2 ||w||_2
-        if id(op) not in norms:
-            norms[id(op)] = certified_norm(op.to(dtype=torch.float64)).value
-        scale = norms[id(op)] * _up(w.flatten(1).norm(dim=1), w[0].numel())
+        if "_lipbound_row_bound" not in op.__dict__:
+            op.__dict__["_lipbound_row_bound"] = certified_norm(op.to(dtype=torch.float64)).value
+        scale = op.__dict__["_lipbound_row_bound"] * _up(w.flatten(1).norm(dim=1), w[0].numel())
         bound = scale.reshape(-1, *([1] * (y.dim() - 1))).expand_as(y)
     return y, _up(bound, k) + k * _TINY
 
@@ -355,11 +361,7 @@ def region_check(graph: Graph, x: torch.Tensor, box: Box | None = None,
                 certain = room[node.name] > 0
                 fail(~certain.flatten(1).all(dim=1),
                      f"an input of {node.label or 'activation'} '{node.origin}' is within its rounding error of a kink")
-            flat = torch.zeros_like(certain)
-            if node.pieces is not None:
-                breaks = torch.tensor(node.pieces.breakpoints, dtype=z.dtype)
-                slopes = torch.tensor(node.pieces.slopes, dtype=z.dtype)
-                flat = slopes[torch.bucketize(z.contiguous(), breaks)] == 0
+            flat = _piece_slopes(node, z) == 0 if node.pieces is not None else torch.zeros_like(certain)
             moving[node.name] = ins[0] & ~(flat & certain)
         elif isinstance(node, MaxPool):
             room[node.name], moving[node.name] = _window_room(node, enc.values[node.inputs[0]],

@@ -1,9 +1,15 @@
 """Witnessed lower bound ``"lower"``: search the input for a large Jacobian norm (DESIGN §6).
 
 ``L(f) = sup_x ||Df(x)||_2`` (Rademacher), so every input ``x`` and unit vector ``v`` give
-``||Df(x) v|| <= L(f)``: the result is a **witnessed lower bound**. Its witness (see
-:mod:`lipbound.witness`) is returned in ``Result.witness`` and re-checked by
-:func:`lipbound.witness_value`; the reported value *is* that float64 recomputation.
+``||Df(x) v|| <= L(f)`` wherever ``f`` is continuously differentiable near ``x``: the result is a
+**witnessed lower bound**. Its witness (see :mod:`lipbound.witness`) is returned in
+``Result.witness``; only witnesses that pass :func:`lipbound.witness_value` are returned (a
+Jacobian witness off every kink and max-pool tie by more than the rounding error, confirmed by a
+central difference; a pair with a rigorous rounding margin), and the reported value *is* that
+re-check's number.
+
+An **affine** graph (no max pooling, every activation affine) has one Jacobian ``J``: no search,
+the power method to convergence at one point gives ``||J v||``, its norm up to the convergence.
 
 The search, all batched over many starts (no Python loop per start):
 
@@ -27,7 +33,13 @@ The search, all batched over many starts (no Python loop per start):
 5. **Pair search**: gradient ascent on ``||f(x) - f(y)|| / ||x - y||`` from the best points and
    their top singular directions; valid even where ``f`` is not differentiable.
 6. **Refinement** of the best candidates in float64 (power method to convergence), then the
-   value is recomputed from the witness.
+   **validity check** (:func:`~lipbound.witness.jacobian_witness_values`) on the float64 graph as
+   given (not fused). A candidate that fails it with a larger norm than every valid one (on a
+   kink, or on a box face where a kink passes) is **nudged** off it (random relative moves of
+   ``1e-9, 1e-6, 1e-3``; on a box, pulled towards the centre) and checked again. Pairs are valued
+   by the rigorous lower end of their quotient (:func:`~lipbound.witness.pair_bounds`). When no
+   Jacobian witness is valid and no pair was searched, short pairs along the candidates' singular
+   directions are the witnesses.
 
 On a box domain every iterate is projected back into the box, so the bound is for ``f``
 restricted to the box.
@@ -78,7 +90,9 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
         power_steps: power iterations per ascent step (warm-started).
         pairs: also run the pair search (``steps // 4`` Adam steps).
         time_budget: seconds; the search stops early when it is spent (the result stays valid):
-            at most half for the ascent, then the region walk (to 90%), then the pairs.
+            at most half for the ascent, then the region walk (to 75%), the refinement (to 85%),
+            the pairs (to 95%) and the checks. Each loop stops when its next step would pass its
+            share, so the budget holds up to one ascent step (the first always runs).
         rounds: ascents from fresh random starts, one after the other while the ascent's share
             of ``time_budget`` lasts (a large number: use the whole budget).
         walk_rounds: most rounds of the region walk (it stops earlier when no move helps; 0 skips it).
@@ -144,8 +158,11 @@ Witness = tuple[float, dict[str, Any]]
 def _constant_jacobian(g: Graph) -> bool:
     """True when ``Df`` is the same at every input: no max pooling, and every activation is affine
     (its exact pieces have one slope). Searching is then pointless."""
-    return not any(isinstance(n, MaxPool) or (isinstance(n, Activation) and (n.pieces is None or len(set(n.pieces.slopes)) > 1))
-                   for n in g)
+    return not any(isinstance(n, MaxPool) or (isinstance(n, Activation) and not _affine_activation(n)) for n in g)
+
+
+def _affine_activation(node: Activation) -> bool:
+    return node.pieces is not None and len(set(node.pieces.slopes)) == 1
 
 
 def _affine_result(g64: Graph, checked: Graph, box: Box | None, gen: torch.Generator, t0: float,
@@ -176,7 +193,8 @@ def _jacobian_witness(g64: Graph, checked: Graph, x: torch.Tensor, v: torch.Tens
     if retry.any():
         nx = _nudged(x[retry.to(x.device)], box, gen)
         nv = _power64(g64, nx, v[retry.to(v.device)].repeat(len(_NUDGES), *([1] * (v.dim() - 1))), deadline)
-        x, v, values = torch.cat([x, nx]), torch.cat([v, nv]), torch.cat([values, _checked_values(checked, nx, nv, box)])
+        values = torch.cat([values, _checked_values(checked, nx, nv, box)])
+        x, v = torch.cat([x, nx]), torch.cat([v, nv])
     return _confirmed(checked, values, lambda i: {"form": "jacobian", "x": x[i].cpu(), "v": v[i].cpu()}, box)
 
 

@@ -13,7 +13,8 @@ That step may cross other neurons' boundaries first, so the point just past the 
 the way (found from the pre-activations' directional derivatives) is
 tried as well: it lies in a region adjacent to the current one. Directional derivatives come
 from double backward (:func:`~lipbound.jacobian.tangents`), which every operation supports.
-Every value it reports is a measured ``||J(x') v'||``, so nothing here needs to be trusted.
+Every value it reports is a measured ``||J(x') v'||``, so nothing here needs to be trusted; its
+points may still sit on a kink or a box face, which ``lower``'s validity check handles.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ..witness import Box
 __all__ = ["walk"]
 
 _ETA = 1e-3  # relative overshoot past the boundary
+_PARTS = 8  # batches per round when there is a deadline
 
 
 def walk(g: Graph, slopes: dict[str, tuple[float, float]], x: torch.Tensor, v: torch.Tensor, box: Box | None,
@@ -36,8 +38,8 @@ def walk(g: Graph, slopes: dict[str, tuple[float, float]], x: torch.Tensor, v: t
          power_steps: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Walk every point of the batch ``x`` (module doc); returns ``(x, v, sigma)`` improved or
     unchanged per point. ``slopes`` maps the two-slope activation nodes to ``(a, b)``. Before a
-    ``deadline`` the points are walked a few at a time, as many as keep one batch under a fiftieth
-    of the time left (doubling from one), and the walk stops when the next batch would pass it."""
+    ``deadline`` the points are walked in :data:`_PARTS` fixed batches (the same ones every run: the
+    float64 results do not depend on the timing), and the walk stops when the next batch would pass it."""
     names = list(slopes)
     sigma, v = power(g.forward, x, v, power_steps)
     if not names:
@@ -45,8 +47,7 @@ def walk(g: Graph, slopes: dict[str, tuple[float, float]], x: torch.Tensor, v: t
     store: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     rec = recording(g, names, store)
     x, v = x.clone(), v.clone()
-    target = (deadline - time.perf_counter()) / 50
-    size = len(x) if target == float("inf") else 1  # points per batch
+    size = len(x) if deadline == float("inf") else -(-len(x) // _PARTS)  # points per batch
     last = 0.0  # duration of the previous batch
     for _ in range(rounds):
         improved, start = False, 0
@@ -60,8 +61,6 @@ def walk(g: Graph, slopes: dict[str, tuple[float, float]], x: torch.Tensor, v: t
             improved |= bool(better.any())
             start += size
             last = time.perf_counter() - begin
-            if last < target / 2:
-                size = min(2 * size, len(x))
         if not improved:
             break
     return x, v, sigma
