@@ -256,3 +256,14 @@ def test_lower_on_an_affine_graph_is_the_norm_of_its_jacobian(act):
     res = lipbound.lower_bound(net, (2, 6), time_budget=5)
     assert res.details["constant_jacobian"] and res.witness["form"] == "jacobian"
     assert true * (1 - 1e-9) <= res.value <= true
+
+
+def test_lower_through_hardsigmoid_which_has_no_double_backward():
+    # f(x) = 6 hardsigmoid(x) = x + 3 on (-3, 3), constant outside: L = 1. On the box [0, 1] with
+    # g(x) = 6 hardsigmoid(0.1 x + 10): the input stays above 3, g is constant there: L = 0.
+    f = _mlp(nn.Hardsigmoid(), [[1.0]], [0.0], [[6.0]])
+    res = lipbound.lower_bound(f, (1,), time_budget=5, steps=30, starts=8)
+    assert 1 - 1e-12 <= res.value <= 1.0
+    g = _mlp(nn.Hardsigmoid(), [[0.1]], [10.0], [[6.0]])
+    res = lipbound.lower_bound(g, (1,), domain=(0.0, 1.0), time_budget=5, steps=30, starts=8)
+    assert res.value == 0.0 and witness_value(g, res.witness, domain=(0.0, 1.0)) == 0.0

@@ -53,7 +53,7 @@ import torch
 
 from .errors import InvalidInput, UnsupportedOperation
 from .graph.ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool, Node
-from .jacobian import Linearization, recording, tangents
+from .jacobian import Linearization, tangents
 from .linalg.operators import Compose, Conv, Dense, Diagonal, Function, LinearOperator, Permute, Reshape
 from .linalg.spectral import certified_norm
 
@@ -453,26 +453,19 @@ def _colouring(shape: tuple[int, ...], k: int) -> tuple[torch.Tensor, int]:
     return colour.reshape(1, -1).expand(shape[0], -1).reshape(1, -1), k ** len(spatial)
 
 
-def _step_along(graph: Graph, x: torch.Tensor, v: torch.Tensor, room: dict[str, torch.Tensor]) -> torch.Tensor:
+def _step_along(graph: Graph, enc: Enclosure, room: dict[str, torch.Tensor]) -> torch.Tensor:
     """Largest ``t`` per point such that the first-order motion of every checked quantity along
-    ``x + s v``, ``|s| <= t``, stays within its ``room`` (exact for piecewise-linear networks,
-    whose pre-activations are affine in ``s`` inside a region); ``inf`` when nothing is checked."""
-    step = torch.full((x.shape[0],), math.inf, dtype=x.dtype)
-    names = list(room)
-    if not names:
-        return step
-    store: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    with torch.enable_grad():
-        xg = x.detach().requires_grad_(True)
-        recording(graph, names, store).forward(xg)
-        rates = tangents([store[n][0] for n in names], xg, v)
-    for name, rate in zip(names, rates):
-        rate = rate.detach().abs()
+    ``x + s v``, ``|s| <= t``, stays within its ``room`` (exact for piecewise-linear networks, whose
+    pre-activations are affine in ``s`` inside a region), from the tangents of ``enc``; ``inf``
+    when nothing is checked."""
+    step = torch.full((next(iter(enc.values.values())).shape[0],), math.inf, dtype=torch.float64)
+    for name, r in room.items():
         node = graph.nodes[name]
+        rate = enc.tangents[node.inputs[0]].abs()
         if isinstance(node, MaxPool):
             rate = 2 * node.evaluate(rate)  # the top and the runner-up move by at most the window's max
-        ratio = room[name].clamp_min(0) / rate
-        step = torch.minimum(step, torch.nan_to_num(ratio, nan=math.inf).flatten(1).amin(dim=1))
+        ratio = torch.nan_to_num(r.clamp_min(0) / rate, nan=math.inf)
+        step = torch.minimum(step, ratio.flatten(1).amin(dim=1))
     return step
 
 
@@ -521,7 +514,7 @@ def jacobian_witness_values(graph: Graph, x: torch.Tensor, v: torch.Tensor,
     low = ((t.norm(dim=1) * (1 - g) - spread).clamp_min(0) / nv_high) * (1 - 2 * _U)
     high = ((t.norm(dim=1) * (1 + g) + spread) / nv_low) * (1 + 2 * _U)
     scale = x.flatten(1).norm(dim=1).clamp_min(1.0)
-    h = torch.minimum(0.5 * _step_along(graph, x, v, check.room), _H_REL * scale / nv)
+    h = torch.minimum(0.5 * _step_along(graph, enc, check.room), _H_REL * scale / nv)
     h = torch.nan_to_num(h, nan=0.0, posinf=0.0).reshape(-1, *([1] * (x.dim() - 1)))
     q_low, q_high = pair_bounds(graph, x - h * v, x + h * v)
     agree = (q_low <= high * (1 + _RTOL)) & (low <= q_high * (1 + _RTOL))

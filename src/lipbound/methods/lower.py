@@ -58,7 +58,7 @@ from ..errors import InvalidInput, LipboundError
 from ..graph.ir import Activation, Graph, MaxPool
 from ..report import Result
 from ..witness import Box, as_box, jacobian_values, jacobian_witness_values, pair_bounds, pair_values, recheck
-from ..jacobian import Linearization, power, recording, unit
+from ..jacobian import Linearization, power, recording, through_pieces, unit
 from .piecewise import smoothed, two_slope
 from .region_walk import walk
 
@@ -105,7 +105,7 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
     _check(starts=starts, steps=steps, power_steps=power_steps, time_budget=time_budget, rounds=rounds)
     t0 = time.perf_counter()
     deadline = t0 + time_budget
-    g = graph.fused()
+    g = through_pieces(graph.fused())  # the search's copy: double backward works through every node
     box = as_box(domain, g.input_shape)
     gen = torch.Generator().manual_seed(seed)
     g64 = g.to(dtype=torch.float64)
