@@ -15,13 +15,14 @@ arithmetic; every float64 evaluation of it carries rounding, which this module b
   kinks it can exceed ``L(f)``). :func:`region_check` decides it: ``x`` is in the closed domain
   box, every activation's input is off that activation's ``kinks`` by more than the rounding
   error bound of its float64 computation, and every max-pooling window's maximum beats its
-  runner-up by more than that bound (a tie is a kink too). Then ``f`` is ``C^1`` on a
-  neighbourhood of ``x`` (for piecewise-linear networks: affine on it) and the autograd Jacobian is
-  the true one up to the relative rounding of its own float64 products. On a box domain such a
-  neighbourhood meets the box's interior, so a point on a face is fine as long as it is off every
-  kink. The value is the autograd ``||Df(x) v|| / ||v||``, **re-checked by another evaluation
-  path**: the central difference pair ``(x - h v, x + h v)``, with ``h`` inside the region found by
-  the check and the rigorous rounding interval of :func:`pair_bounds`, must agree with it to a
+  runner-up by more than that bound (a tie is a kink too, unless every tied input is locally
+  constant, e.g. inactive ReLUs). Then ``f`` is ``C^1`` on a neighbourhood of ``x`` (for
+  piecewise-linear networks: affine on it). On a box domain such a neighbourhood meets the box's
+  interior, so a point on a face is fine as long as it is off every kink. The value is the lower
+  end of a rigorous enclosure of ``||Df(x) v|| / ||v||`` (the tangent ``Df(x) v`` propagated
+  forward with its rounding bound, :func:`enclose`), **re-checked by another evaluation path**:
+  the central difference pair ``(x - h v, x + h v)``, with ``h`` inside the region found by the
+  check and the rigorous rounding interval of :func:`pair_bounds`, must agree with it to a
   relative ``1e-6``.
 
 A witness that fails these checks is rejected with :class:`~lipbound.errors.InvalidInput`; it is
@@ -62,7 +63,7 @@ __all__ = ["Box", "as_box", "witness_value", "recheck", "jacobian_values", "pair
 
 _U = 2.0 ** -53  # unit roundoff of float64
 _TINY = 2.0 ** -1022  # smallest normal float64: bounds the absolute error of an underflow
-_RTOL = 1e-6  # agreement required between the autograd value and the central difference
+_RTOL = 1e-6  # agreement required between the tangent and the central difference
 _H_REL = 1e-6  # central difference step, relative to max(1, ||x||), at most
 
 
@@ -410,7 +411,7 @@ def _window_room(node: MaxPool, h: torch.Tensor, e: torch.Tensor,
     top_value = top_value.detach()
     integral = picked == picked.round()  # a tie split by the derivative (amax) gives a fraction
     top = picked.round().clamp(0, n - 1).long().flatten(1)
-    e_top = e.flatten(1).gather(1, top).reshape(top_value.shape)
+    e_top = node.evaluate(e)  # the window's largest error bounds the selected input's
     low_top = (top_value - e_top - 4 * _U * (top_value.abs() + e_top) - _TINY).flatten(1)
     raised = (h + e + 4 * _U * (h.abs() + e) + _TINY).flatten(1)
     minus_inf = torch.full_like(raised, -math.inf)
@@ -510,7 +511,8 @@ def jacobian_witness_values(graph: Graph, x: torch.Tensor, v: torch.Tensor,
     g = 2 * _gamma(t.shape[1] + 4)
     spread = _up(e, t.shape[1]).norm(dim=1) * (1 + g)
     nv = v.flatten(1).norm(dim=1)
-    nv_low, nv_high = nv * (1 - 2 * _gamma(nv.numel() + 4)), nv * (1 + 2 * _gamma(v[0].numel() + 4))
+    gv = 2 * _gamma(v[0].numel() + 4)
+    nv_low, nv_high = nv * (1 - gv), nv * (1 + gv)
     low = ((t.norm(dim=1) * (1 - g) - spread).clamp_min(0) / nv_high) * (1 - 2 * _U)
     high = ((t.norm(dim=1) * (1 + g) + spread) / nv_low) * (1 + 2 * _U)
     scale = x.flatten(1).norm(dim=1).clamp_min(1.0)
