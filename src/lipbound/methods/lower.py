@@ -111,7 +111,7 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
     g64 = g.to(dtype=torch.float64)
     checked = graph.to(device="cpu", dtype=torch.float64)  # witnesses are checked and valued on this one
     details: dict[str, Any] = {"domain": "R^n" if box is None else box.describe(), "starts": starts,
-                               "steps": steps, "time_budget": time_budget}
+                               "steps": steps, "time_budget": time_budget, "constant_jacobian": False}
     if _constant_jacobian(g):
         return _affine_result(g64, checked, box, gen, t0, deadline, details)
     search = _Search(g, box, power_steps, gen)
