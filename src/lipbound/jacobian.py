@@ -13,9 +13,9 @@ import dataclasses
 
 import torch
 
-from .graph.ir import Graph
+from .graph.ir import Activation, Graph
 
-__all__ = ["unit", "Linearization", "power", "tangents", "recording"]
+__all__ = ["unit", "Linearization", "power", "tangents", "recording", "through_pieces"]
 
 
 def unit(v: torch.Tensor) -> torch.Tensor:
@@ -59,17 +59,21 @@ def tangents(outputs: list[torch.Tensor], x: torch.Tensor, v: torch.Tensor) -> l
 
 def power(fn, x: torch.Tensor, v: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``steps`` power iterations on ``J_b^T J_b`` for every batch element ``b`` at once, from
-    ``v``; returns ``(||J_b v_b||, v_b)`` with ``v_b`` unit (a zero ``v_b``, left where ``J_b`` was
-    zero, restarts from the normalised all-ones vector)."""
-    v = unit(v)
-    dead = v.flatten(1).norm(dim=1) == 0
-    if dead.any():
-        v = torch.where(dead.reshape(-1, *([1] * (v.dim() - 1))), unit(torch.ones_like(v)), v)
+    ``v``; returns ``(||J_b v_b||, v_b)`` with ``v_b`` unit (a zero ``v_b``, as ``J_b^T J_b`` leaves
+    where ``J_b`` is zero, is replaced by the normalised all-ones vector)."""
+    v = _nonzero(unit(v))
     lin = Linearization(fn, x)
     for _ in range(steps):
-        v = unit(lin.vjp(lin.jvp(v)).detach())
+        v = _nonzero(unit(lin.vjp(lin.jvp(v)).detach()))
     jv = lin.jvp(v).detach()
     return jv.flatten(1).norm(dim=1), v
+
+
+def _nonzero(v: torch.Tensor) -> torch.Tensor:
+    dead = v.flatten(1).norm(dim=1) == 0
+    if not dead.any():
+        return v
+    return torch.where(dead.reshape(-1, *([1] * (v.dim() - 1))), unit(torch.ones_like(v)), v)
 
 
 def recording(graph: Graph, names: list[str], store: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> Graph:
@@ -83,4 +87,14 @@ def recording(graph: Graph, names: list[str], store: dict[str, tuple[torch.Tenso
         return wrapped
 
     nodes = {k: (dataclasses.replace(n, fn=wrap(n.fn, k)) if k in names else n) for k, n in graph.nodes.items()}
+    return Graph(nodes, graph.input, graph.output, graph.name, list(graph.notes))
+
+
+def through_pieces(graph: Graph) -> Graph:
+    """A copy of ``graph`` whose piecewise-linear activations evaluate through their exact pieces
+    (:class:`~lipbound.graph.activations.PiecewiseLinear`): the same function, written with
+    indexing, products and sums, which double backward supports (torch's Hardsigmoid has no double
+    backward). For the searches; witnesses are valued on the graph as given."""
+    nodes = {k: (dataclasses.replace(n, fn=n.pieces) if isinstance(n, Activation) and n.pieces is not None else n)
+             for k, n in graph.nodes.items()}
     return Graph(nodes, graph.input, graph.output, graph.name, list(graph.notes))

@@ -1,9 +1,15 @@
 """Witnessed lower bound ``"lower"``: search the input for a large Jacobian norm (DESIGN §6).
 
 ``L(f) = sup_x ||Df(x)||_2`` (Rademacher), so every input ``x`` and unit vector ``v`` give
-``||Df(x) v|| <= L(f)``: the result is a **witnessed lower bound**. Its witness (see
-:mod:`lipbound.witness`) is returned in ``Result.witness`` and re-checked by
-:func:`lipbound.witness_value`; the reported value *is* that float64 recomputation.
+``||Df(x) v|| <= L(f)`` wherever ``f`` is continuously differentiable near ``x``: the result is a
+**witnessed lower bound**. Its witness (see :mod:`lipbound.witness`) is returned in
+``Result.witness``; only witnesses that pass :func:`lipbound.witness_value` are returned (a
+Jacobian witness off every kink and max-pool tie by more than the rounding error, confirmed by a
+central difference; a pair with a rigorous rounding margin), and the reported value *is* that
+re-check's number.
+
+An **affine** graph (no max pooling, every activation affine) has one Jacobian ``J``: no search,
+the power method to convergence at one point gives ``||J v||``, its norm up to the convergence.
 
 The search, all batched over many starts (no Python loop per start):
 
@@ -27,7 +33,13 @@ The search, all batched over many starts (no Python loop per start):
 5. **Pair search**: gradient ascent on ``||f(x) - f(y)|| / ||x - y||`` from the best points and
    their top singular directions; valid even where ``f`` is not differentiable.
 6. **Refinement** of the best candidates in float64 (power method to convergence), then the
-   value is recomputed from the witness.
+   **validity check** (:func:`~lipbound.witness.jacobian_witness_values`) on the float64 graph as
+   given (not fused). A candidate that fails it with a larger norm than every valid one (on a
+   kink, or on a box face where a kink passes) is **nudged** off it (random relative moves of
+   ``1e-9, 1e-6, 1e-3``; on a box, pulled towards the centre) and checked again. Pairs are valued
+   by the rigorous lower end of their quotient (:func:`~lipbound.witness.pair_bounds`). When no
+   Jacobian witness is valid and no pair was searched, short pairs along the candidates' singular
+   directions are the witnesses.
 
 On a box domain every iterate is projected back into the box, so the bound is for ``f``
 restricted to the box.
@@ -37,16 +49,16 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from tqdm.auto import tqdm
 
 from ..errors import InvalidInput, LipboundError
-from ..graph.ir import Activation, Graph
+from ..graph.ir import Activation, Graph, MaxPool
 from ..report import Result
-from ..witness import Box, as_box, jacobian_values, pair_values
-from ..jacobian import Linearization, power, recording, unit
+from ..witness import Box, as_box, jacobian_values, jacobian_witness_values, pair_bounds, pair_values, recheck
+from ..jacobian import Linearization, power, recording, through_pieces, unit
 from .piecewise import smoothed, two_slope
 from .region_walk import walk
 
@@ -56,6 +68,7 @@ _TAU = (0.3, 0.003)  # smoothing width relative to the pre-activation scale: fir
 _STEP = (0.05, 0.0005)  # ascent step relative to the start's radius: first and last step
 _WALKERS = 64  # best ascent points that go on to the region walk
 _REFINED = 8  # best points refined in float64 and used for the pair search
+_NUDGES = (1e-9, 1e-6, 1e-3)  # relative sizes of the moves off a kink or a face (_nudged, _segments)
 
 
 def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = None,
@@ -77,7 +90,9 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
         power_steps: power iterations per ascent step (warm-started).
         pairs: also run the pair search (``steps // 4`` Adam steps).
         time_budget: seconds; the search stops early when it is spent (the result stays valid):
-            at most half for the ascent, then the region walk (to 90%), then the pairs.
+            at most half for the ascent, then the region walk (to 75%), the refinement (to 85%),
+            the pairs (to 95%) and the checks. Each loop stops when its next step would pass its
+            share, so the budget holds up to one ascent step (the first always runs).
         rounds: ascents from fresh random starts, one after the other while the ascent's share
             of ``time_budget`` lasts (a large number: use the whole budget).
         walk_rounds: most rounds of the region walk (it stops earlier when no move helps; 0 skips it).
@@ -90,9 +105,15 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
     _check(starts=starts, steps=steps, power_steps=power_steps, time_budget=time_budget, rounds=rounds)
     t0 = time.perf_counter()
     deadline = t0 + time_budget
-    g = graph.fused()
+    g = through_pieces(graph.fused())  # the search's copy: double backward works through every node
     box = as_box(domain, g.input_shape)
     gen = torch.Generator().manual_seed(seed)
+    g64 = g.to(dtype=torch.float64)
+    checked = graph.to(device="cpu", dtype=torch.float64)  # witnesses are checked and valued on this one
+    details: dict[str, Any] = {"domain": "R^n" if box is None else box.describe(), "starts": starts,
+                               "steps": steps, "time_budget": time_budget, "constant_jacobian": False}
+    if _constant_jacobian(g):
+        return _affine_result(g64, checked, box, gen, t0, deadline, details)
     search = _Search(g, box, power_steps, gen)
     found, n_data, done = [], 0, 0
     while done < rounds and (done == 0 or time.perf_counter() < t0 + 0.5 * time_budget):
@@ -103,44 +124,132 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
     best_x, best_v, best_sigma = (torch.cat(parts) for parts in zip(*found))
     t_ascent = time.perf_counter() - t0
 
-    g64 = g.to(dtype=torch.float64)
     order = torch.argsort(best_sigma, descending=True)[:_WALKERS]
     cand, v = best_x[order].to(torch.float64), best_v[order].to(torch.float64)
     walked = bool(search.slopes) and walk_rounds > 0
     if walked:
-        cand, v, _ = walk(g64, search.slopes, cand, v, box, rounds=walk_rounds, deadline=t0 + 0.9 * time_budget)
+        cand, v, _ = walk(g64, search.slopes, cand, v, box, rounds=walk_rounds, deadline=t0 + 0.75 * time_budget)
     with torch.no_grad():  # a NaN (a start that diverged) must never be picked
         top = torch.argsort(torch.nan_to_num(jacobian_values(g64.forward, cand, v), nan=-1.0),
                             descending=True)[:_REFINED]
-    cand, v = cand[top], v[top]
-    v = _power64(g64, cand, v, deadline + 0.1 * time_budget)
-    with torch.no_grad():
-        values = torch.nan_to_num(jacobian_values(g64.forward, cand, v), nan=-1.0)
-    i = int(torch.argmax(values))
-    witness: dict[str, Any] = {"form": "jacobian", "x": cand[i].cpu(), "v": v[i].cpu()}
-    value = float(values[i])
-    if value < 0:
-        raise LipboundError("the lower-bound search found no input with a finite Jacobian norm")
-    jac_value = value
+    cand, v = cand[top], _power64(g64, cand[top], v[top], t0 + 0.85 * time_budget)
+    jac = _jacobian_witness(g64, checked, cand, v, box, gen, deadline)
 
-    pair_value = None
-    if pairs and time.perf_counter() < deadline:
-        px, py = search.pairs(cand, v, steps, deadline)
-        with torch.no_grad():
-            pv = pair_values(g64.forward, px.to(torch.float64), py.to(torch.float64))
-        j = int(torch.argmax(torch.nan_to_num(pv, nan=-1.0)))
-        pair_value = float(pv[j])
-        if pair_value > value:
-            value = pair_value
-            witness = {"form": "pair", "x": px[j].to(torch.float64).cpu(), "y": py[j].to(torch.float64).cpu()}
-
-    details = {"form": witness["form"], "jacobian_value": jac_value, "pair_value": pair_value,
-               "domain": "R^n" if box is None else box.describe(), "starts": starts, "data_starts": n_data,
-               "rounds": done,
-               "steps_done": search.steps_done, "steps": steps, "seconds_ascent": t_ascent,
-               "time_budget": time_budget, "stopped_by_time": time.perf_counter() >= deadline,
-               "smoothed_activations": len(search.tau), "region_walk": walked}
+    pair = None
+    if pairs and time.perf_counter() < t0 + 0.95 * time_budget:
+        px, py = search.pairs(cand, v, steps, t0 + 0.95 * time_budget)
+        pair = _best_pair(checked, px, py, box)
+    if jac is None and pair is None:  # every candidate sits on a kink: pairs along its singular vector
+        pair = _best_pair(checked, *_segments(cand, v, box), box)
+    if jac is None and pair is None:
+        raise LipboundError("the lower-bound search found no valid witness (every point gave NaN or infinite values)")
+    value, witness = max((w for w in (jac, pair) if w is not None), key=lambda w: w[0])
+    details.update({"form": witness["form"], "jacobian_value": None if jac is None else jac[0],
+                    "pair_value": None if pair is None else pair[0], "data_starts": n_data, "rounds": done,
+                    "steps_done": search.steps_done, "seconds_ascent": t_ascent,
+                    "stopped_by_time": time.perf_counter() >= deadline,
+                    "smoothed_activations": len(search.tau), "region_walk": walked})
     return Result("lower", value, "witnessed_lower", time.perf_counter() - t0, witness=witness, details=details)
+
+
+Witness = tuple[float, dict[str, Any]]
+
+
+def _constant_jacobian(g: Graph) -> bool:
+    """True when ``Df`` is the same at every input: no max pooling, and every activation is affine
+    (its exact pieces have one slope). Searching is then pointless."""
+    return not any(isinstance(n, MaxPool) or (isinstance(n, Activation) and not _affine_activation(n)) for n in g)
+
+
+def _affine_activation(node: Activation) -> bool:
+    return node.pieces is not None and len(set(node.pieces.slopes)) == 1
+
+
+def _affine_result(g64: Graph, checked: Graph, box: Box | None, gen: torch.Generator, t0: float,
+                   deadline: float, details: dict[str, Any]) -> Result:
+    """An affine ``f``: its constant is the norm of its one Jacobian ``J``; the power method to
+    convergence at one point (the box centre, or 0) gives ``||J v|| <= ||J||`` with ``v`` its top
+    right singular vector."""
+    x = (box.center if box is not None else torch.zeros(g64.input_shape, dtype=torch.float64)).unsqueeze(0)
+    x = x.to(device=g64.device)
+    v = unit(torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x))
+    jac = _jacobian_witness(g64, checked, x, _power64(g64, x, v, deadline), box, gen, deadline)
+    if jac is None:
+        raise LipboundError("the network is affine but its Jacobian witness failed its re-check")
+    details.update({"form": "jacobian", "jacobian_value": jac[0], "pair_value": None, "constant_jacobian": True})
+    return Result("lower", jac[0], "witnessed_lower", time.perf_counter() - t0, witness=jac[1], details=details)
+
+
+def _jacobian_witness(g64: Graph, checked: Graph, x: torch.Tensor, v: torch.Tensor, box: Box | None,
+                      gen: torch.Generator, deadline: float) -> Witness | None:
+    """The best valid Jacobian witness (:func:`~lipbound.witness.jacobian_witness_values`) among the
+    points ``x`` (with their singular vectors ``v``) and, for those that fail the check with a larger
+    autograd value than the best valid one, their nudges off the kink or face (:func:`_nudged`), with
+    power iterations there until ``deadline``; None when none is valid."""
+    values = _checked_values(checked, x, v, box)
+    with torch.no_grad():
+        claimed = torch.nan_to_num(jacobian_values(g64.forward, x, v), nan=-1.0).cpu()
+    retry = torch.isnan(values) & (claimed > torch.nan_to_num(values, nan=-1.0).max())
+    if retry.any():
+        nx = _nudged(x[retry.to(x.device)], box, gen)
+        nv = _power64(g64, nx, v[retry.to(v.device)].repeat(len(_NUDGES), *([1] * (v.dim() - 1))), deadline)
+        values = torch.cat([values, _checked_values(checked, nx, nv, box)])
+        x, v = torch.cat([x, nx]), torch.cat([v, nv])
+    return _confirmed(checked, values, lambda i: {"form": "jacobian", "x": x[i].cpu(), "v": v[i].cpu()}, box)
+
+
+def _confirmed(checked: Graph, values: torch.Tensor, witness_at: Callable[[int], dict[str, Any]],
+               box: Box | None) -> Witness | None:
+    """The witness with the largest batched value (NaN: invalid) that its one-point re-check
+    (:func:`~lipbound.witness.recheck`, the computation of :func:`~lipbound.witness_value`)
+    confirms, with the re-checked value; None when there is none."""
+    values = torch.nan_to_num(values, nan=-1.0)
+    for i in torch.argsort(values, descending=True).tolist():
+        if values[i] < 0:
+            break
+        witness = witness_at(i)
+        try:
+            return recheck(checked, witness, box), witness
+        except InvalidInput:
+            continue
+    return None
+
+
+def _checked_values(checked: Graph, x: torch.Tensor, v: torch.Tensor, box: Box | None) -> torch.Tensor:
+    return jacobian_witness_values(checked, x.to(device="cpu", dtype=torch.float64),
+                                   v.to(device="cpu", dtype=torch.float64), box)[0]
+
+
+def _nudged(x: torch.Tensor, box: Box | None, gen: torch.Generator) -> torch.Tensor:
+    """For each radius ``r`` of :data:`_NUDGES`, each point moved by a random ``r``-relative step (on
+    a box: then pulled towards the centre by the fraction ``r``, off every face)."""
+    out = []
+    for r in _NUDGES:
+        xi = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x)
+        if box is None:
+            size = x.flatten(1).abs().amax(dim=1).clamp_min(1.0).reshape(-1, *([1] * (x.dim() - 1)))
+            out.append(x + r * size * xi)
+        else:
+            low, high = box.low.to(x), box.high.to(x)
+            y = box.project(x + r * (high - low) * xi)
+            out.append(box.project(y + r * ((low + high) / 2 - y)))
+    return torch.cat(out)
+
+
+def _segments(x: torch.Tensor, v: torch.Tensor, box: Box | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairs ``(x, x + d v)`` along the candidates' singular directions, ``d`` in :data:`_NUDGES`
+    relative to the point's size (kept in the box)."""
+    size = x.flatten(1).norm(dim=1).clamp_min(1.0).reshape(-1, *([1] * (x.dim() - 1)))
+    ys = [x + r * size * unit(v) for r in _NUDGES]
+    ys = torch.cat(ys if box is None else [box.project(y) for y in ys])
+    return x.repeat(len(_NUDGES), *([1] * (x.dim() - 1))), ys
+
+
+def _best_pair(checked: Graph, x: torch.Tensor, y: torch.Tensor, box: Box | None) -> Witness | None:
+    """The pair with the largest rigorous lower bound of its quotient (:func:`~lipbound.witness.pair_bounds`),
+    None when no pair has a finite one."""
+    x, y = x.to(device="cpu", dtype=torch.float64), y.to(device="cpu", dtype=torch.float64)
+    return _confirmed(checked, pair_bounds(checked, x, y)[0], lambda j: {"form": "pair", "x": x[j], "y": y[j]}, box)
 
 
 def _check(**kw: float) -> None:
@@ -264,8 +373,10 @@ class _Search:
         sigma, v = power(self.g.forward, x, v, 2 * self.power_steps)
         best_x, best_v, best_sigma = x.clone(), v.clone(), sigma.clone()
         bar = tqdm(range(steps), desc="lower bound", unit="step", disable=not progress, leave=False)
+        last = 0.0  # duration of the previous step: stop when the next one would pass the deadline
         for k in bar:
-            if time.perf_counter() >= deadline:
+            begin = time.perf_counter()
+            if begin + last >= deadline:
                 break
             frac = k / max(1, steps - 1)
             if self.pwl:
@@ -282,6 +393,7 @@ class _Search:
             better = sigma > best_sigma
             best_x[better], best_v[better], best_sigma[better] = x[better], v[better], sigma[better]
             self.steps_done += 1
+            last = time.perf_counter() - begin
             if progress:
                 bar.set_postfix_str(f"best {best_sigma.max().item():.6g}")
         return best_x, best_v, best_sigma
@@ -295,10 +407,10 @@ class _Search:
             y = fs(xg)
             u = unit(Linearization(fs, x).jvp(v).detach())
             (jtu,) = torch.autograd.grad(y, xg, grad_outputs=u, create_graph=True)
-            if not jtu.requires_grad:  # the network is affine: the Jacobian does not depend on x
+            if not jtu.requires_grad:  # this Jacobian does not depend on x
                 return torch.zeros_like(x)
-            (g,) = torch.autograd.grad((jtu * v).sum(), xg)
-        return g
+            (g,) = torch.autograd.grad((jtu * v).sum(), xg, allow_unused=True)
+        return torch.zeros_like(x) if g is None else g
 
     def pairs(self, x: torch.Tensor, v: torch.Tensor, steps: int, deadline: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Best pair of each start after Adam ascent on ``log ||f(x)-f(y)|| - log ||x-y||``,
@@ -320,8 +432,10 @@ class _Search:
         opt = torch.optim.Adam([px, py], lr=lr)
         best = torch.full((len(xs),), -1.0, dtype=g.dtype, device=g.device)
         best_x, best_y = xs.clone(), ys.clone()
+        last = 0.0
         for _ in range(max(1, steps // 4)):
-            if time.perf_counter() >= deadline:
+            begin = time.perf_counter()
+            if begin + last >= deadline:
                 break
             with torch.enable_grad():
                 ratio = pair_values(g.forward, px, py)
@@ -335,4 +449,5 @@ class _Search:
                 opt.step()
                 px.copy_(self._project(px))
                 py.copy_(self._project(py))
+            last = time.perf_counter() - begin
         return best_x, best_y

@@ -13,7 +13,8 @@ That step may cross other neurons' boundaries first, so the point just past the 
 the way (found from the pre-activations' directional derivatives) is
 tried as well: it lies in a region adjacent to the current one. Directional derivatives come
 from double backward (:func:`~lipbound.jacobian.tangents`), which every operation supports.
-Every value it reports is a measured ``||J(x') v'||``, so nothing here needs to be trusted.
+Every value it reports is a measured ``||J(x') v'||``, so nothing here needs to be trusted; its
+points may still sit on a kink or a box face, which ``lower``'s validity check handles.
 """
 
 from __future__ import annotations
@@ -29,38 +30,59 @@ from ..witness import Box
 __all__ = ["walk"]
 
 _ETA = 1e-3  # relative overshoot past the boundary
+_PARTS = 8  # batches per round when there is a deadline
 
 
 def walk(g: Graph, slopes: dict[str, tuple[float, float]], x: torch.Tensor, v: torch.Tensor, box: Box | None,
          *, candidates: int = 8, rounds: int = 30, deadline: float = float("inf"),
          power_steps: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Walk every point of the batch ``x`` (module doc); returns ``(x, v, sigma)`` improved or
-    unchanged per point. ``slopes`` maps the two-slope activation nodes to ``(a, b)``."""
+    unchanged per point. ``slopes`` maps the two-slope activation nodes to ``(a, b)``. Before a
+    ``deadline`` the points are walked in :data:`_PARTS` fixed batches (the same ones every run: the
+    float64 results do not depend on the timing), and the walk stops when the next batch would pass it."""
     names = list(slopes)
     sigma, v = power(g.forward, x, v, power_steps)
     if not names:
         return x, v, sigma
     store: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     rec = recording(g, names, store)
+    x, v = x.clone(), v.clone()
+    size = len(x) if deadline == float("inf") else -(-len(x) // _PARTS)  # points per batch
+    last = 0.0  # duration of the previous batch
     for _ in range(rounds):
-        if time.perf_counter() >= deadline:
+        improved, start = False, 0
+        while start < len(x):
+            begin = time.perf_counter()
+            if begin + last >= deadline:
+                return x, v, sigma
+            part = slice(start, start + size)
+            x[part], v[part], sigma[part], better = _step(g, rec, store, names, slopes, x[part], v[part],
+                                                          sigma[part], box, candidates, power_steps)
+            improved |= bool(better.any())
+            start += size
+            last = time.perf_counter() - begin
+        if not improved:
             break
-        gain, z = _gains(rec, store, names, slopes, x, v)
-        k = min(candidates, gain.shape[1])
-        idx = gain.topk(k, dim=1).indices  # the most promising flips first (measured, not trusted)
-        moved = _cross(rec, store, names, z, x, idx, box)  # (2, B, k) moves, flattened
-        s_new, v_new = power(g.forward, moved, v.repeat_interleave(k, 0).repeat(2, *([1] * (v.dim() - 1))),
-                             power_steps)
-        s_new = s_new.reshape(2, len(x), k).permute(1, 0, 2).reshape(len(x), 2 * k)
-        best, j = s_new.max(dim=1)
-        better = best > sigma * (1 + 1e-12)
-        if not better.any():
-            break
-        pick = (j // k) * (len(x) * k) + torch.arange(len(x), device=x.device) * k + j % k
-        x = torch.where(_expand(better, x), moved[pick], x)
-        v = torch.where(_expand(better, v), v_new[pick], v)
-        sigma = torch.where(better, best, sigma)
     return x, v, sigma
+
+
+def _step(g: Graph, rec: Graph, store, names, slopes, x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor,
+          box: Box | None, candidates: int, power_steps: int):
+    """One move of every point of the batch: ``(x, v, sigma, better)``, ``better`` marking the
+    points that moved."""
+    gain, z = _gains(rec, store, names, slopes, x, v)
+    k = min(candidates, gain.shape[1])
+    idx = gain.topk(k, dim=1).indices  # the most promising flips first (measured, not trusted)
+    moved = _cross(rec, store, names, z, x, idx, box)  # (2, B, k) moves, flattened
+    s_new, v_new = power(g.forward, moved, v.repeat_interleave(k, 0).repeat(2, *([1] * (v.dim() - 1))),
+                         power_steps)
+    s_new = s_new.reshape(2, len(x), k).permute(1, 0, 2).reshape(len(x), 2 * k)
+    best, j = s_new.max(dim=1)
+    better = best > sigma * (1 + 1e-12)
+    pick = (j // k) * (len(x) * k) + torch.arange(len(x), device=x.device) * k + j % k
+    x = torch.where(_expand(better, x), moved[pick], x)
+    v = torch.where(_expand(better, v), v_new[pick], v)
+    return x, v, torch.where(better, best, sigma), better
 
 
 def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
