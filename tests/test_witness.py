@@ -110,16 +110,28 @@ def test_witness_on_a_box_face_at_a_kink_is_rejected():
 
 
 def test_kinks_of_smooth_activations_are_checked():
-    # Softplus(beta=1, threshold=2) switches to the identity at t = 2 (s' jumps from sigmoid(2) to 1);
-    # f(x) = 3 softplus(x): at x = 1, f' = 3 sigmoid(1). ReLU6 kinks at 0 and 6.
-    soft = _mlp(nn.Softplus(beta=1.0, threshold=2.0), [[1.0]], [0.0], [[3.0]])
+    # ELU(alpha=2): s'(0-) = 2, s'(0+) = 1, a kink at 0; f(x) = 3 elu(x): at x = 1, f' = 3,
+    # at x = -1, f' = 3 * 2 e^{-1}. ReLU6 kinks at 0 and 6.
+    elu = _mlp(nn.ELU(alpha=2.0), [[1.0]], [0.0], [[3.0]])
     with pytest.raises(InvalidInput, match="kink"):
-        witness_value(soft, _jac([2.0], [1.0]))
-    assert witness_value(soft, _jac([1.0], [1.0])) == pytest.approx(3 / (1 + np.exp(-1.0)), rel=1e-12)
+        witness_value(elu, _jac([0.0], [1.0]))
+    assert witness_value(elu, _jac([1.0], [1.0])) == pytest.approx(3.0, rel=1e-12)
+    assert witness_value(elu, _jac([-1.0], [1.0])) == pytest.approx(6 * np.exp(-1.0), rel=1e-12)
     relu6 = _mlp(nn.ReLU6(), [[1.0]], [0.0], [[2.0]])
     with pytest.raises(InvalidInput, match="kink"):
         witness_value(relu6, _jac([6.0], [1.0]))
     assert 2.0 * (1 - 1e-14) <= witness_value(relu6, _jac([5.0], [1.0])) <= 2.0  # f = 2 relu6(x): slope 2 on (0, 6)
+
+
+def test_softplus_is_bounded_as_the_smooth_function_and_a_large_jump_is_refused():
+    # torch's Softplus(threshold=2) jumps by log(1 + e^-2) = 0.127 at t = 2: not Lipschitz
+    with pytest.raises(lipbound.UnsupportedOperation, match="discontinuous"):
+        lipbound.as_graph(_mlp(nn.Softplus(beta=1.0, threshold=2.0), [[1.0]], [0.0], [[3.0]]), (1,))
+    # with the default threshold 20 the graph evaluates log(1 + e^x) itself: f = 3 softplus(x),
+    # f'(1) = 3 sigmoid(1), and the witness at the threshold is valid (no kink)
+    soft = _mlp(nn.Softplus(), [[1.0]], [0.0], [[3.0]])
+    assert witness_value(soft, _jac([1.0], [1.0])) == pytest.approx(3 / (1 + np.exp(-1.0)), rel=1e-12)
+    assert witness_value(soft, _jac([20.0], [1.0])) == pytest.approx(3 / (1 + np.exp(-20.0)), rel=1e-12)
 
 
 def _pool_sum() -> nn.Module:

@@ -495,8 +495,8 @@ class _Builder:
         self._activation(node, "Tanh", torch.tanh, activations.MODULES[nn.Tanh].facts(None))
 
     def _op_Softplus(self, node):
-        # ONNX Softplus is log(1 + e^x) exactly; torch's evaluation switches to x above 20
-        self._activation(node, "Softplus", F.softplus, activations.softplus())
+        # ONNX Softplus is log(1 + e^x) exactly (torch's F.softplus switches to x above 20)
+        self._activation(node, "Softplus", activations.softplus_function(), activations.softplus())
 
     def _op_Softsign(self, node):
         self._activation(node, "Softsign", F.softsign, activations.MODULES[nn.Softsign].facts(None))

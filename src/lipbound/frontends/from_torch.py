@@ -244,7 +244,12 @@ class _Builder:
         origin = str(n.target)
         spec = activations.MODULES.get(type(m))
         if spec is not None:
-            self._add(Activation(n.name, [self._ref(src)], self._shape(n), origin, m, spec.facts(m), spec.name))
+            try:
+                facts = spec.facts(m)
+            except ValueError as exc:
+                raise UnsupportedOperation(type(m).__name__, where, str(exc)) from None
+            fn = spec.function(m) if spec.function is not None else m
+            self._add(Activation(n.name, [self._ref(src)], self._shape(n), origin, fn, facts, spec.name))
         elif isinstance(m, _PASS):
             self.alias[n.name] = self._ref(src)
         elif isinstance(m, _MAXPOOL):
@@ -282,9 +287,12 @@ class _Builder:
             kw = {k: v for k, v in kwargs.items() if k != "inplace"}
             fn = _bind(t, extra, kw, method=n.op == "call_method")
             try:
-                facts = spec.facts(**activations.call_arguments(t, extra, kw))
-            except TypeError as exc:
+                bound = activations.call_arguments(t, extra, kw)
+                facts = spec.facts(**bound)
+            except (TypeError, ValueError) as exc:
                 raise UnsupportedOperation(name, where, str(exc)) from None
+            if spec.function is not None:
+                fn = spec.function(**bound)
             self._add(Activation(n.name, [self._ref(deps[0])], self._shape(n), origin, fn, facts, spec.name))
             return
         if key in _ADD or key in _SUB or key in _MUL or key in _DIV:

@@ -8,7 +8,7 @@ of inputs (a probe of ``|t| <= 3`` cannot tell ReLU6 from ReLU). An activation `
   quotient ``(s(t) - s(u)) / (t - u)``) for all real ``t``. Its Lipschitz constant is
   ``max(|a|, |b|)``; SeqLip and the SDP methods use the interval.
 * ``kinks``: the points where ``s`` is not continuously differentiable (ReLU: ``0``; ReLU6:
-  ``0, 6``; ELU with ``alpha != 1``: ``0``; Softplus: its linear threshold ``threshold / beta``).
+  ``0, 6``; ELU with ``alpha != 1``: ``0``).
   A Jacobian at an input where some pre-activation sits on a kink belongs to no linear region
   (DESIGN §8): witnesses must stay off them.
 * ``pieces``: for a piecewise-linear activation with the same scalars on every element, its exact
@@ -49,7 +49,7 @@ Slope = tuple[float, float]
 
 __all__ = ["Slope", "PiecewiseLinear", "ActivationFacts", "ActivationSpec", "MODULES", "FUNCTIONS", "METHODS",
            "lipschitz_of_slope", "relu", "leaky_relu", "prelu", "hardtanh", "hard_sigmoid", "elu", "celu",
-           "selu", "softplus", "absolute", "smooth"]
+           "selu", "softplus", "softplus_function", "absolute", "smooth"]
 
 
 @dataclass(frozen=True)
@@ -171,10 +171,26 @@ def selu(alpha: float = _SELU_ALPHA, scale: float = _SELU_SCALE) -> ActivationFa
     return ActivationFacts((min(ends), max(ends)), () if alpha == 1.0 else (0.0,))
 
 
+SOFTPLUS_MAX_JUMP = 1e-7  # the largest jump of torch's thresholded Softplus taken for rounding
+
+
 def softplus(beta: float = 1.0, threshold: float = 20.0) -> ActivationFacts:
-    """``log(1 + e^{beta t}) / beta``, linear for ``beta t > threshold`` (torch's switch, where
-    ``s'`` jumps from ``sigmoid(threshold)`` to 1: a kink)."""
-    return ActivationFacts((0.0, 1.0), (threshold / beta,))
+    """``log(1 + e^{beta t}) / beta``: smooth, slopes in ``[0, 1]``. lipbound evaluates this
+    function (:func:`softplus_function`), not torch's, which switches to ``t`` above
+    ``threshold / beta``: a jump of ``log(1 + e^{-threshold}) / beta`` that makes torch's function
+    discontinuous (no finite constant holds for it). A jump above :data:`SOFTPLUS_MAX_JUMP` (2e-9
+    with the default threshold 20) is refused with a ``ValueError``."""
+    jump = math.log1p(math.exp(-threshold)) / beta
+    if jump > SOFTPLUS_MAX_JUMP:
+        raise ValueError(f"Softplus(beta={beta:g}, threshold={threshold:g}) jumps by {jump:.3g} at "
+                         f"{threshold / beta:g}: it is discontinuous, no finite Lipschitz constant holds "
+                         "(use a threshold of at least 20)")
+    return ActivationFacts((0.0, 1.0))
+
+
+def softplus_function(beta: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The mathematical softplus ``log(1 + e^{beta t}) / beta``, evaluated stably for every ``t``."""
+    return lambda t: torch.logaddexp(beta * t, torch.zeros_like(t)) / beta
 
 
 def absolute() -> ActivationFacts:
@@ -196,10 +212,13 @@ HARDSWISH = ActivationFacts((-0.5, 1.5), (-3.0, 3.0))  # t relu6(t + 3) / 6: s' 
 @dataclass(frozen=True)
 class ActivationSpec:
     """One registered activation: its ``name`` and ``facts``, called with the module, or with the
-    call's arguments bound to the function's parameter names (see :func:`call_arguments`)."""
+    call's arguments bound to the function's parameter names (see :func:`call_arguments`).
+    ``function``, called the same way, gives the function lipbound evaluates when it is not
+    torch's own (Softplus: the mathematical one, see :func:`softplus`)."""
 
     name: str
     facts: Callable[..., ActivationFacts]
+    function: Callable[..., Callable[[torch.Tensor], torch.Tensor]] | None = None
 
 
 def _const(facts: ActivationFacts) -> Callable[..., ActivationFacts]:
@@ -219,7 +238,7 @@ MODULES: dict[type[nn.Module], ActivationSpec] = {
     nn.Tanh: ActivationSpec("Tanh", _const(_UNIT)),
     nn.Hardtanh: ActivationSpec("Hardtanh", lambda m: hardtanh(m.min_val, m.max_val)),
     nn.Softsign: ActivationSpec("Softsign", _const(_UNIT)),
-    nn.Softplus: ActivationSpec("Softplus", lambda m: softplus(m.beta, m.threshold)),
+    nn.Softplus: ActivationSpec("Softplus", lambda m: softplus(m.beta, m.threshold), lambda m: softplus_function(m.beta)),
     nn.LogSigmoid: ActivationSpec("LogSigmoid", _const(_UNIT)),
     nn.Tanhshrink: ActivationSpec("Tanhshrink", _const(_UNIT)),
     nn.GELU: ActivationSpec("GELU", _const(_GELU)),
@@ -244,7 +263,8 @@ FUNCTIONS: dict[Any, ActivationSpec] = {
     F.tanh: MODULES[nn.Tanh],
     F.hardtanh: ActivationSpec("Hardtanh", lambda min_val=-1.0, max_val=1.0, **_: hardtanh(min_val, max_val)),
     F.softsign: MODULES[nn.Softsign],
-    F.softplus: ActivationSpec("Softplus", lambda beta=1.0, threshold=20.0, **_: softplus(beta, threshold)),
+    F.softplus: ActivationSpec("Softplus", lambda beta=1.0, threshold=20.0, **_: softplus(beta, threshold),
+                               lambda beta=1.0, **_: softplus_function(beta)),
     F.logsigmoid: MODULES[nn.LogSigmoid],
     F.tanhshrink: MODULES[nn.Tanhshrink],
     F.gelu: MODULES[nn.GELU],
@@ -280,5 +300,5 @@ def call_arguments(fn: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> dict
     out.update(kwargs)
     out.pop("inplace", None)
     if any(isinstance(v, float) and not math.isfinite(v) for v in out.values()):
-        raise TypeError(f"{getattr(fn, '__name__', fn)}: parameters must be finite, got {out}")
+        raise ValueError(f"{getattr(fn, '__name__', fn)}: parameters must be finite, got {out}")
     return out
