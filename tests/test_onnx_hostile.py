@@ -297,9 +297,9 @@ def _grouped_conv_transpose():
 
 
 def test_a_model_onnx_reference_cannot_run_is_refused_naming_the_node(monkeypatch):
-    from lipbound.frontends import from_onnx as frontend
+    from lipbound.frontends import from_onnx as frontend, onnx_reference
     assert frontend.from_onnx(_grouped_conv_transpose()).output_shape == (6, 7, 7)  # with the corrected reference
-    monkeypatch.setattr(frontend, "_reference_ops", lambda: [])  # the stock evaluator: grouped ConvTranspose fails
+    monkeypatch.setattr(onnx_reference, "_reference_ops", lambda: [])  # the stock evaluator: grouped ConvTranspose fails
     with pytest.raises(UnsupportedOperation, match="ConvTranspose at ONNX node 'up'.*onnx.reference.*check=False"):
         frontend.from_onnx(_grouped_conv_transpose())
     assert frontend.from_onnx(_grouped_conv_transpose(), check=False).output_shape == (6, 7, 7)

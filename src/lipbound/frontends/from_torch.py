@@ -242,14 +242,15 @@ class _Builder:
         src = deps[0]
         in_shape = self._shape(src)
         origin = str(n.target)
-        spec = activations.MODULES.get(type(m))
-        if spec is not None:
+        entry = activations.MODULES.get(type(m))
+        if entry is not None:
             try:
-                facts = spec.facts(m)
+                params = entry.module_params(m)
+                facts = entry.facts(**params)
             except ValueError as exc:
                 raise UnsupportedOperation(type(m).__name__, where, str(exc)) from None
-            fn = spec.function(m) if spec.function is not None else m
-            self._add(Activation(n.name, [self._ref(src)], self._shape(n), origin, fn, facts, spec.name))
+            fn = entry.function(**params) if entry.replaces_torch else m
+            self._add(Activation(n.name, [self._ref(src)], self._shape(n), origin, fn, facts, entry.name))
         elif isinstance(m, _PASS):
             self.alias[n.name] = self._ref(src)
         elif isinstance(m, _MAXPOOL):
@@ -280,20 +281,18 @@ class _Builder:
         origin = f"{name} (fx node '{n.name}')"
         key = t if n.op == "call_function" else str(t)
 
-        spec = activations.FUNCTIONS.get(t) if n.op == "call_function" else activations.METHODS.get(str(t))
-        if spec is not None:
+        entry = activations.FUNCTIONS.get(t) if n.op == "call_function" else activations.METHODS.get(str(t))
+        if entry is not None:
             self._single(n, deps, name)
-            extra = [a for a in args[1:]]
+            extra = list(args[1:])
             kw = {k: v for k, v in kwargs.items() if k != "inplace"}
-            fn = _bind(t, extra, kw, method=n.op == "call_method")
             try:
-                bound = activations.call_arguments(t, extra, kw)
-                facts = spec.facts(**bound)
+                params = entry.call_params(extra, kw)
+                facts = entry.facts(**params)
             except (TypeError, ValueError) as exc:
                 raise UnsupportedOperation(name, where, str(exc)) from None
-            if spec.function is not None:
-                fn = spec.function(**bound)
-            self._add(Activation(n.name, [self._ref(deps[0])], self._shape(n), origin, fn, facts, spec.name))
+            fn = entry.function(**params) if entry.replaces_torch else _bind(t, extra, kw, method=n.op == "call_method")
+            self._add(Activation(n.name, [self._ref(deps[0])], self._shape(n), origin, fn, facts, entry.name))
             return
         if key in _ADD or key in _SUB or key in _MUL or key in _DIV:
             # positional, with repeats: ``x + x`` reads the same node twice

@@ -32,8 +32,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ..graph import activations
 
@@ -147,33 +145,29 @@ class CompositeActivation:
     facts: activations.ActivationFacts
 
 
-def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    return F.gelu(x, approximate="tanh")
+def _registered(label: str, form: Poly, name: str, **params: Any) -> CompositeActivation:
+    """The catalogue entry ``form`` of the registry's activation ``name`` with ``params``."""
+    entry = activations.REGISTRY[name]
+    return CompositeActivation(label, form, entry.function(**params), entry.facts(**params))
 
 
 def _catalogue() -> tuple[CompositeActivation, ...]:
     half, one = _const(0.5), _const(1.0)
-    gelu = activations.MODULES[nn.GELU].facts(None)
     cube = _mul(X, _mul(X, X))
     tanh_argument = _scale(_add(X, _scale(cube, 0.044715)), math.sqrt(2.0 / math.pi))
-    hardswish = activations.HARDSWISH
     return (
-        CompositeActivation("SiLU", _mul(X, _atom("Sigmoid", (), X)), F.silu,
-                            activations.MODULES[nn.SiLU].facts(None)),
+        _registered("SiLU", _mul(X, _atom("Sigmoid", (), X)), "SiLU"),
         # x Phi(x) = x (1 + erf(x / sqrt 2)) / 2
-        CompositeActivation("GELU", _mul(_mul(half, X), _add(one, _atom("Erf", (), _scale(X, 1.0 / math.sqrt(2.0))))),
-                            F.gelu, gelu),
+        _registered("GELU", _mul(_mul(half, X), _add(one, _atom("Erf", (), _scale(X, 1.0 / math.sqrt(2.0))))), "GELU"),
         # x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))) / 2
-        CompositeActivation("GELU(tanh)", _mul(_mul(half, X), _add(one, _atom("Tanh", (), tanh_argument))),
-                            _gelu_tanh, gelu),
-        CompositeActivation("Mish", _mul(X, _atom("Tanh", (), _atom("Softplus", (), X))), F.mish,
-                            activations.MODULES[nn.Mish].facts(None)),
+        _registered("GELU(tanh)", _mul(_mul(half, X), _add(one, _atom("Tanh", (), tanh_argument))), "GELU",
+                    approximate="tanh"),
+        _registered("Mish", _mul(X, _atom("Tanh", (), _atom("Softplus", (), X))), "Mish"),
         # x hardsigmoid(x) with hardsigmoid(t) = clamp(t / 6 + 1/2, 0, 1), as HardSigmoid or as Clip
-        CompositeActivation("Hardswish", _mul(X, _atom("HardSigmoid", (1.0 / 6.0, 0.5), X)), F.hardswish, hardswish),
-        CompositeActivation("Hardswish", _mul(_scale(X, 1.0 / 6.0), _atom("Clip", (0.0, 6.0), _add(X, _const(3.0)))),
-                            F.hardswish, hardswish),
-        CompositeActivation("Hardswish", _mul(X, _atom("Clip", (0.0, 1.0), _add(_scale(X, 1.0 / 6.0), half))),
-                            F.hardswish, hardswish),
+        _registered("Hardswish", _mul(X, _atom("HardSigmoid", (1.0 / 6.0, 0.5), X)), "Hardswish"),
+        _registered("Hardswish", _mul(_scale(X, 1.0 / 6.0), _atom("Clip", (0.0, 6.0), _add(X, _const(3.0)))),
+                    "Hardswish"),
+        _registered("Hardswish", _mul(X, _atom("Clip", (0.0, 1.0), _add(_scale(X, 1.0 / 6.0), half))), "Hardswish"),
     )
 
 
