@@ -110,7 +110,7 @@ class PiecewiseLinear:
             out = c0 + a0 * t
             for d, bp in zip(jumps, bps):
                 if d:
-                    out = out + d * h * F.softplus((t - bp) / h, beta=1.0, threshold=math.inf)
+                    out = out + d * h * torch.logaddexp((t - bp) / h, torch.zeros_like(t))
             return out
         return fn
 
