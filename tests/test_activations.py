@@ -189,3 +189,14 @@ def test_registry_entries_reach_both_frontends():
     from lipbound.graph.activations import ONNX
     assert {"Relu", "Shrink", "ThresholdedRelu", "Clip", "PRelu"} <= set(ONNX)
     assert math.isclose(MODULES[nn.RReLU].facts(lower=0.1, upper=0.3).slope[0], 0.2)
+
+
+def test_smoothed_abs_within_tau():
+    """|t| = -t + 2 relu(t): a slope jump of 2, so each softplus term needs h = tau / (2 log 2);
+    the error at 0 is then exactly tau."""
+    from lipbound.graph.activations import REGISTRY
+    entry = REGISTRY["Abs"]
+    t = torch.linspace(-1, 1, 200_001, dtype=torch.float64)
+    tau = 1e-2
+    err = (smoothed(entry.facts(), entry.function(), tau)(t) - t.abs()).abs().max().item()
+    assert tau * 0.99 <= err <= tau * (1 + 1e-9)
