@@ -167,7 +167,7 @@ def test_pooling_with_ceil_mode_round_trip(pool):
 def test_spec_pool_of_the_reference_check_agrees_with_torch_pooling():
     """The numpy MaxPool / AveragePool the reference check uses, against torch's own pooling
     (ONNX and torch agree for symmetric padding, also in ceil mode)."""
-    from lipbound.frontends.from_onnx import _spec_pool
+    from lipbound.frontends.onnx_reference import _spec_pool
     x = np.random.default_rng(0).standard_normal((2, 3, 7, 8)).astype(np.float32)
     t = torch.as_tensor(x)
     for k, s, p, ceil in [(3, 2, 1, True), (2, 2, 0, True), (3, 3, 1, False), (2, 1, 1, True)]:
