@@ -22,7 +22,7 @@ from torch import nn
 import lipbound
 from lipbound.errors import NotApplicable
 from lipbound.methods.autolip import autolip
-from lipbound.methods.best import best
+from lipbound.methods import METHODS
 from lipbound.methods.eclipse import INTERIOR, eclipse_fast, fast_multipliers
 from lipbound.methods.lipsdp import lipsdp, solve_cvxpy, solve_first_order
 from lipbound.methods.lmi import lmi_of_graph
@@ -371,7 +371,7 @@ def test_best_takes_the_least_certified():
 
 def test_best_default_order_on_a_small_relu_net():
     net = mlp([6, 5, 2], seed=4)
-    res = best(lipbound.as_graph(net, (6,)), time_budget=60)
+    res = METHODS["best"](lipbound.as_graph(net, (6,)), time_budget=60)
     ran = [r["method"] for r in res.details["ran"]]
     assert ran[:2] == ["autolip", "eclipse-fast"] and ran[-1] == "exact"
     certified = [r["value"] for r in res.details["ran"] if r.get("kind") in ("certified_upper", "exact")]
@@ -381,7 +381,7 @@ def test_best_default_order_on_a_small_relu_net():
 
 def test_best_skips_what_does_not_apply_and_respects_budget():
     g = lipbound.as_graph(mlp([4, 6, 2], act=nn.GELU), (4,))
-    res = best(g, time_budget=60)
+    res = METHODS["best"](g, time_budget=60)
     ran = {r["method"]: r for r in res.details["ran"]}
     assert "skipped" not in ran["eclipse-fast"] and "skipped" not in ran["lipsdp"]  # slopes across 0 are fine
     assert ran["lipsdp"]["kind"] == ran["eclipse-fast"]["kind"] == "certified_upper"

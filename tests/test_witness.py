@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import lipbound
-import lipbound.witness as witness_module
+import lipbound.methods.witness as witness_module
 from lipbound.errors import InvalidInput
 from lipbound.witness import pair_bounds, witness_value
 
