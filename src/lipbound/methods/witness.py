@@ -49,12 +49,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, NamedTuple, Sequence
 
 import torch
 
-from ..errors import InvalidInput, UnsupportedOperation
-from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool, Node
+from ..errors import InvalidInput
+from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool
+from ..graph.walk import GraphInterpreter
 from .jacobian import Linearization, tangents
 from ..linalg.operators import Compose, Conv, Dense, Diagonal, Function, LinearOperator, Permute, Reshape
 from ..linalg.spectral import certified_norm
@@ -175,57 +176,79 @@ def enclose(graph: Graph, x: torch.Tensor, v: torch.Tensor | None = None) -> Enc
     Raises:
         UnsupportedOperation: for a node kind the error analysis does not know.
     """
-    enc = Enclosure({}, {})
     with torch.no_grad():
-        for node in graph:
-            if isinstance(node, Input):
-                enc.values[node.name], enc.errors[node.name] = x, torch.zeros_like(x)
-                if v is not None:
-                    enc.tangents[node.name], enc.tangent_errors[node.name] = v, torch.zeros_like(v)
-                continue
-            ins = [enc.values[i] for i in node.inputs]
-            errs = [enc.errors[i] for i in node.inputs]
-            enc.values[node.name], enc.errors[node.name] = _node_enclosure(node, ins, errs, bias=True)
-            if v is None:
-                continue
-            ts = [enc.tangents[i] for i in node.inputs]
-            t_errs = [enc.tangent_errors[i] for i in node.inputs]
-            if isinstance(node, Activation):
-                t, e = _activation_tangent(node, ins[0], errs[0], ts[0], t_errs[0])
-            elif isinstance(node, MaxPool):
-                with torch.enable_grad():
-                    hg = ins[0].detach().requires_grad_(True)
-                    (t,) = tangents([node.evaluate(hg)], hg, ts[0])
-                e = node.evaluate(t_errs[0])  # the selected input's error is at most the window's largest
-            else:
-                t, e = _node_enclosure(node, ts, t_errs, bias=False)
-            enc.tangents[node.name], enc.tangent_errors[node.name] = t, e
+        env = _Enclose(x, v).run(graph)
+    enc = Enclosure({k: e.value for k, e in env.items()}, {k: e.error for k, e in env.items()})
+    if v is not None:
+        enc.tangents = {k: e.tangent for k, e in env.items()}
+        enc.tangent_errors = {k: e.tangent_error for k, e in env.items()}
     return enc
 
 
-def _node_enclosure(node: Node, ins: list[torch.Tensor], errs: list[torch.Tensor],
-                    bias: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Value and error bound of one node from its inputs' values and error bounds (``bias=False``:
-    the affine nodes' linear part only)."""
-    if isinstance(node, Affine):
-        y, e = _linear(node.op, ins[0], errs[0])
-        if bias and node.bias is not None:
+class _Enclosed(NamedTuple):
+    """One node's float64 value and error bound; its tangent and the tangent's bound (None without ``v``)."""
+
+    value: torch.Tensor
+    error: torch.Tensor
+    tangent: torch.Tensor | None = None
+    tangent_error: torch.Tensor | None = None
+
+
+class _Enclose(GraphInterpreter[_Enclosed]):
+    """The visits of :func:`enclose`, one per node kind (module doc, rounding model)."""
+
+    name = "the rounding-error analysis of witnesses"
+
+    def __init__(self, x: torch.Tensor, v: torch.Tensor | None) -> None:
+        self.x, self.v = x, v
+
+    def visit_input(self, node: Input) -> _Enclosed:
+        if self.v is None:
+            return _Enclosed(self.x, torch.zeros_like(self.x))
+        return _Enclosed(self.x, torch.zeros_like(self.x), self.v, torch.zeros_like(self.v))
+
+    def visit_affine(self, node: Affine, h: _Enclosed) -> _Enclosed:
+        y, e = _linear(node.op, h.value, h.error)
+        if node.bias is not None:
             k = node.op.in_numel + 1
             e = _up(e + _gamma(k) * node.bias.abs(), k)  # one more term in every sum
             y = y + node.bias
-        return y, e
-    if isinstance(node, Activation):
-        y = node.evaluate(ins[0])
-        return y, _up(node.lipschitz * errs[0] + _activation_rounding(node, ins[0], y), 4)
-    if isinstance(node, MaxPool):
-        return node.evaluate(ins[0]), node.evaluate(errs[0])  # |max a - max b| <= max |a - b|
-    if isinstance(node, Add):
-        k = len(ins)
-        return node.evaluate(*ins), _up(sum(errs) + _gamma(k) * sum(t.abs() for t in ins), k)
-    if isinstance(node, Concat):
-        return node.evaluate(*ins), node.evaluate(*errs)
-    raise UnsupportedOperation(type(node).__name__, f"node '{node.origin}'",
-                               "no rounding-error analysis for this node kind")
+        if h.tangent is None:
+            return _Enclosed(y, e)
+        return _Enclosed(y, e, *_linear(node.op, h.tangent, h.tangent_error))
+
+    def visit_activation(self, node: Activation, h: _Enclosed) -> _Enclosed:
+        y = node.evaluate(h.value)
+        e = _up(node.lipschitz * h.error + _activation_rounding(node, h.value, y), 4)
+        if h.tangent is None:
+            return _Enclosed(y, e)
+        return _Enclosed(y, e, *_activation_tangent(node, h.value, h.error, h.tangent, h.tangent_error))
+
+    def visit_maxpool(self, node: MaxPool, h: _Enclosed) -> _Enclosed:
+        y, e = node.evaluate(h.value), node.evaluate(h.error)  # |max a - max b| <= max |a - b|
+        if h.tangent is None:
+            return _Enclosed(y, e)
+        with torch.enable_grad():
+            hg = h.value.detach().requires_grad_(True)
+            (t,) = tangents([node.evaluate(hg)], hg, h.tangent)
+        # the selected input's error is at most the window's largest
+        return _Enclosed(y, e, t, node.evaluate(h.tangent_error))
+
+    def visit_add(self, node: Add, *hs: _Enclosed) -> _Enclosed:
+        def total(ts: list[torch.Tensor], es: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            k = len(ts)
+            return node.evaluate(*ts), _up(sum(es) + _gamma(k) * sum(t.abs() for t in ts), k)
+
+        y, e = total([h.value for h in hs], [h.error for h in hs])
+        if hs[0].tangent is None:
+            return _Enclosed(y, e)
+        return _Enclosed(y, e, *total([h.tangent for h in hs], [h.tangent_error for h in hs]))
+
+    def visit_concat(self, node: Concat, *hs: _Enclosed) -> _Enclosed:
+        y, e = node.evaluate(*[h.value for h in hs]), node.evaluate(*[h.error for h in hs])
+        if hs[0].tangent is None:
+            return _Enclosed(y, e)
+        return _Enclosed(y, e, node.evaluate(*[h.tangent for h in hs]), node.evaluate(*[h.tangent_error for h in hs]))
 
 
 def _derivative(node: Activation, z: torch.Tensor) -> torch.Tensor:
