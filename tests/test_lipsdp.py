@@ -22,7 +22,7 @@ from torch import nn
 import lipbound
 from lipbound.errors import NotApplicable
 from lipbound.methods.autolip import autolip
-from lipbound.methods.best import best
+from lipbound.methods import METHODS
 from lipbound.methods.eclipse import INTERIOR, eclipse_fast, fast_multipliers
 from lipbound.methods.lipsdp import lipsdp, solve_cvxpy, solve_first_order
 from lipbound.methods.lmi import lmi_of_graph
@@ -30,6 +30,8 @@ from lipbound.methods.sdp_verify import CertificateRejected, certify, is_certifi
 
 from conftest import REPO
 from test_eclipse import ACROSS_ZERO, ALL, exact_one_hidden, mixed, mlp, resnet, vertex_witness, witnessed
+
+best = METHODS["best"]  # best with the registry bound (methods.best.best takes it as an argument)
 
 lipsdp_module = importlib.import_module("lipbound.methods.lipsdp")
 

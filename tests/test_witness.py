@@ -6,6 +6,7 @@ evaluation (``fractions``) of small ReLU nets, central differences on the ``nn.M
 values derived by hand for hand-built nets (derivations in the comments).
 """
 
+import json
 from fractions import Fraction
 
 import numpy as np
@@ -14,9 +15,9 @@ import torch
 from torch import nn
 
 import lipbound
-import lipbound.witness as witness_module
+import lipbound.methods.witness as witness_module
 from lipbound.errors import InvalidInput
-from lipbound.witness import pair_bounds, witness_value
+from lipbound.witness import PairWitness, PointWitness, pair_bounds, witness_value
 
 _DERIVATIVES = {nn.ReLU: lambda z: (z > 0).astype(float), nn.Tanh: lambda z: 1 - np.tanh(z) ** 2,
                 nn.LeakyReLU: lambda z: np.where(z > 0, 1.0, 0.1)}
@@ -279,3 +280,34 @@ def test_lower_through_hardsigmoid_which_has_no_double_backward():
     g = _mlp(nn.Hardsigmoid(), [[0.1]], [10.0], [[6.0]])
     res = lipbound.lower_bound(g, (1,), domain=(0.0, 1.0), time_budget=5, steps=30, starts=8)
     assert res.value == 0.0 and witness_value(g, res.witness, domain=(0.0, 1.0)) == 0.0
+
+
+def test_typed_witnesses_recheck_alike_on_every_path_and_keep_their_json_form():
+    # f(x) = [relu(x1 + 1) + relu(x1), ...]: at x = 1 both units are active, Df = [[2]], so the point
+    # witness (1, v) shows 2 (hand-derived), as does the pair (1, 2): f(2) - f(1) = (5 - 3) = 2.
+    net = _mlp(nn.ReLU(), [[1.0], [1.0]], [1.0, 0.0], [[1.0, 1.0]])
+    graph = lipbound.as_graph(net, (1,))
+    one, two = torch.ones(1, dtype=torch.float64), torch.full((1,), 2.0, dtype=torch.float64)
+    for witness, form, second in ((PointWitness(one, one), "jacobian", "v"), (PairWitness(one, two), "pair", "y")):
+        as_json = json.loads(json.dumps(lipbound.Result("lower", 1.0, "witnessed_lower", witness=witness).to_dict()))
+        assert as_json["witness"] == {"form": form, "x": [1.0], second: [witness[second].item()]}
+        values = {witness.recheck(graph), witness_value(net, witness), witness_value(net, as_json["witness"]),
+                  witness_value(graph, witness.to_dict(), domain=(0.0, 2.0))}
+        assert len(values) == 1 and 2 * (1 - 1e-12) <= values.pop() <= 2
+        with pytest.raises(InvalidInput, match="witness_value"):
+            witness.recheck(net)  # a module needs the frontend: lipbound.witness_value
+        with pytest.raises(InvalidInput, match="outside the domain"):
+            witness.recheck(graph, domain=(1.5, 3.0))
+
+
+def test_lower_returns_a_typed_witness_carrying_its_rechecked_value():
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 2)).double()
+    res = lipbound.lower_bound(net, (3,), time_budget=2, starts=8, steps=20)
+    w = res.witness
+    assert isinstance(w, (PointWitness, PairWitness)) and w.value == res.value == res.details[f"{w.form}_value"]
+    assert w.recheck(lipbound.as_graph(net, (3,))) == res.value
+    if w.form == "jacobian":  # the hand-written Jacobian: another evaluation path
+        assert jacobian_quotient(net, w.x, w.v) == pytest.approx(res.value, rel=1e-9)
+    else:
+        assert (net(w.x) - net(w.y)).norm().item() / (w.x - w.y).norm().item() == pytest.approx(res.value, rel=1e-9)

@@ -8,7 +8,7 @@ and a witnessed lower bound.
 True
 """
 
-from .api import as_graph, autolip, estimate, lower_bound, seqlip, spectral_norm
+from .api import as_graph, autolip, estimate, lower_bound, seqlip, spectral_norm, witness_value
 from .certify import Certificate, certify
 from .errors import InvalidInput, LipboundError, NotApplicable, UnsupportedOperation
 from .frontends import from_torch
@@ -18,11 +18,11 @@ from .linalg import LinearOperator, power_method
 from .methods import METHODS
 from .regularizer import LipschitzRegularizer, certify_training, regularizer
 from .report import Report, Result
-from .witness import witness_value
+from .methods.witness import PairWitness, PointWitness, Witness
 
 __version__ = "0.1.0"
 
 __all__ = ["estimate", "autolip", "seqlip", "as_graph", "load", "spectral_norm", "power_method", "from_torch", "Graph",
            "LinearOperator", "Report", "Result", "METHODS", "LipboundError", "UnsupportedOperation",
            "InvalidInput", "__version__", "lower_bound", "certify", "Certificate", "witness_value", "NotApplicable",
-           "regularizer", "LipschitzRegularizer", "certify_training"]
+           "regularizer", "LipschitzRegularizer", "certify_training", "Witness", "PointWitness", "PairWitness"]

@@ -1,4 +1,4 @@
-"""Public entry points: :func:`estimate`, :func:`autolip`, :func:`as_graph`."""
+"""Public entry points: :func:`estimate`, :func:`autolip`, :func:`as_graph`, :func:`witness_value`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from .frontends.loading import load
 from .methods import get_method
 from .methods.autolip import autolip as _autolip
 from .methods.selection import budget_share, check_options, method_kwargs, select_methods
+from .methods.witness import Witness, as_witness
 from .linalg.operators import Dense, LinearOperator
 from .linalg.spectral import SpectralNorm, operator_norms
 from .report import Report, Result
@@ -151,6 +152,33 @@ def lower_bound(model: Model, input_shape: Sequence[int] | None = None, seed: in
     return lower(as_graph(model, input_shape), seed=seed, progress=progress, **options)
 
 
+def witness_value(model: Model, witness: Witness | dict[str, Any], input_shape: Sequence[int] | None = None,
+                  domain: Any = None) -> float:
+    """Re-check a witness in float64 from the model alone and return the lower bound it shows
+    (:mod:`lipbound.methods.witness`): for a pair, the rigorous lower end of its quotient; for a
+    Jacobian witness, the enclosure of ``||Df(x) v|| / ||v||`` after the region check and the
+    central-difference re-check.
+
+    Args:
+        model: the ``nn.Module``, :class:`~lipbound.graph.Graph` or model file the witness is for.
+        witness: a ``Result.witness`` (:class:`~lipbound.methods.witness.Witness`) or its dict form
+            (``{"form": "jacobian", "x", "v"}`` or ``{"form": "pair", "x", "y"}``, e.g. read back
+            from ``Result.to_dict()``).
+        input_shape: the input shape without batch axis (default: the graph's, or for a module the
+            shape of the witness's ``x``).
+        domain: None, or the box ``(low, high)`` the witness must lie in (closed).
+
+    Raises:
+        InvalidInput: a malformed witness, or one that is not valid (a Jacobian witness at a kink,
+            outside the domain, or not confirmed by the central difference; a pair with ``x == y``
+            or outside the domain).
+    """
+    witness = as_witness(witness)
+    if input_shape is None and not isinstance(model, Graph):
+        input_shape = tuple(torch.as_tensor(witness.x).shape)
+    return witness.recheck(as_graph(model, input_shape), domain)
+
+
 def spectral_norm(layer: nn.Module | LinearOperator | torch.Tensor, input_shape: Sequence[int] | None = None,
                   **options: Any) -> SpectralNorm:
     """Spectral norm of one linear layer or operator, from below and from above.
@@ -189,4 +217,5 @@ def _linear_part(module: nn.Module, input_shape: tuple[int, ...]) -> LinearOpera
         return nodes[0].op
 
 
-__all__ = ["spectral_norm", "estimate", "autolip", "seqlip", "lower_bound", "as_graph", "LipboundError"]
+__all__ = ["spectral_norm", "estimate", "autolip", "seqlip", "lower_bound", "as_graph", "witness_value",
+           "LipboundError"]

@@ -15,7 +15,9 @@ from typing import Any, Sequence
 
 import torch
 
+from .api import as_graph, estimate
 from .errors import InvalidInput
+from .methods.selection import default_methods
 
 __all__ = ["Certificate", "certify"]
 
@@ -64,9 +66,6 @@ def certify(model, x: torch.Tensor, upper: float | None = None, *, input_shape: 
     Returns:
         A :class:`Certificate`.
     """
-    from .api import as_graph, estimate
-    from .methods.selection import default_methods
-
     if not isinstance(x, torch.Tensor) or x.dim() < 2:
         raise InvalidInput("x must be a tensor of inputs (N, *input_shape)")
     graph = as_graph(model, input_shape if input_shape is not None else tuple(x.shape[1:]))

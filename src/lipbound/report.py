@@ -213,4 +213,6 @@ def _jsonable(obj: Any) -> Any:
         return _num(obj)
     if obj is None or isinstance(obj, (str, int, bool)):
         return obj
+    if callable(getattr(obj, "to_dict", None)):  # e.g. a witness
+        return _jsonable(obj.to_dict())
     return str(obj)  # e.g. a dtype or a region among the options

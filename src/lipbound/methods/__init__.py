@@ -103,6 +103,9 @@ def _small_relu_net(graph: Graph) -> bool:
     return n is not None and n <= EXACT_DEFAULT_NEURONS
 
 
+#: The registry: public name -> :class:`MethodSpec` (calling a spec calls its method); filled below.
+METHODS: dict[str, MethodSpec] = {}
+
 _SPECS = [
     MethodSpec("autolip", partial(autolip.autolip, certified=True), Kind.CERTIFIED_UPPER,
                "AutoLip (paper Alg. 1) over the graph with certified layer norms",
@@ -138,13 +141,12 @@ _SPECS = [
     MethodSpec("lower", lower.lower, Kind.WITNESSED_LOWER,
                "Jacobian-norm and pair search over inputs, with a re-checkable witness",
                "any graph", "batched autograd ascent within the time budget", in_default=True),
-    MethodSpec("best", best.best, Kind.CERTIFIED_UPPER,
+    MethodSpec("best", partial(best.best, registry=METHODS), Kind.CERTIFIED_UPPER,
                "the least certified bound of the methods marked for best, cheapest first",
                "any graph", "the sum of the methods it runs, within the time budget", aggregate=True),
 ]
 
-#: The registry: public name -> :class:`MethodSpec` (calling a spec calls its method).
-METHODS: dict[str, MethodSpec] = {s.name: s for s in _SPECS}
+METHODS.update((s.name, s) for s in _SPECS)
 
 
 def get_method(name: str) -> MethodSpec:

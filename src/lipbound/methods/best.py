@@ -13,30 +13,38 @@ certified upper bound.
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from ..errors import InvalidInput, NotApplicable, UnsupportedOperation
 from ..graph.ir import Graph
 from ..report import Result
 
 
-def best(graph: Graph, *, time_budget: float = 60.0, methods: Sequence[str] | None = None, seed: int = 0,
-         progress: bool = False, method_options: dict[str, dict[str, Any]] | None = None) -> Result:
+def best(graph: Graph, *, registry: Mapping[str, Any], time_budget: float = 60.0,
+         methods: Sequence[str] | None = None, seed: int = 0, progress: bool = False,
+         method_options: dict[str, dict[str, Any]] | None = None) -> Result:
     """Run ``methods`` (default: those marked for ``best``) in order until ``time_budget``
     seconds are spent; return the least certified bound.
+
+    ``registry`` is the method registry (name -> :class:`~lipbound.methods.MethodSpec`); the
+    registry's own ``"best"`` entry binds it (this module cannot import the registry, which
+    imports it).
 
     ``method_options`` gives options to one method by name. ``details["ran"]`` lists every method
     tried (value, kind, seconds, or why it was skipped) and ``details["chosen"]`` the one that
     gave the minimum.
     """
-    from . import METHODS, get_method  # the registry imports this module
+    def get_method(name: str) -> Any:
+        if name not in registry:
+            raise InvalidInput(f"unknown method {name!r}; choose from {', '.join(registry)}")
+        return registry[name]
 
-    names = [n for n, s in METHODS.items() if s.in_best] if methods is None else list(methods)
+    names = [n for n, s in registry.items() if s.in_best] if methods is None else list(methods)
     specs = [get_method(n) for n in names]
     bad = [s.name for s in specs if s.aggregate or not s.guarantee.is_upper]
     if bad:
         raise InvalidInput(f"best cannot run {bad}; choose from "
-                           f"{', '.join(n for n, s in METHODS.items() if s.guarantee.is_upper and not s.aggregate)}")
+                           f"{', '.join(n for n, s in registry.items() if s.guarantee.is_upper and not s.aggregate)}")
     for name, opts in (method_options or {}).items():
         get_method(name).check_options(opts)
     start = time.perf_counter()

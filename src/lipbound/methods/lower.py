@@ -2,7 +2,7 @@
 
 ``L(f) = sup_x ||Df(x)||_2`` (Rademacher), so every input ``x`` and unit vector ``v`` give
 ``||Df(x) v|| <= L(f)`` wherever ``f`` is continuously differentiable near ``x``: the result is a
-**witnessed lower bound**. Its witness (see :mod:`lipbound.witness`) is returned in
+**witnessed lower bound**. Its witness (see :mod:`lipbound.methods.witness`) is returned in
 ``Result.witness``; only witnesses that pass :func:`lipbound.witness_value` are returned (a
 Jacobian witness off every kink and max-pool tie by more than the rounding error, confirmed by a
 central difference; a pair with a rigorous rounding margin), and the reported value *is* that
@@ -33,11 +33,11 @@ The search, all batched over many starts (no Python loop per start):
 5. **Pair search**: gradient ascent on ``||f(x) - f(y)|| / ||x - y||`` from the best points and
    their top singular directions; valid even where ``f`` is not differentiable.
 6. **Refinement** of the best candidates in float64 (power method to convergence), then the
-   **validity check** (:func:`~lipbound.witness.jacobian_witness_values`) on the float64 graph as
+   **validity check** (:func:`~lipbound.methods.witness.jacobian_witness_values`) on the float64 graph as
    given (not fused). A candidate that fails it with a larger norm than every valid one (on a
    kink, or on a box face where a kink passes) is **nudged** off it (random relative moves of
    ``1e-9, 1e-6, 1e-3``; on a box, pulled towards the centre) and checked again. Pairs are valued
-   by the rigorous lower end of their quotient (:func:`~lipbound.witness.pair_bounds`). When no
+   by the rigorous lower end of their quotient (:func:`~lipbound.methods.witness.pair_bounds`). When no
    Jacobian witness is valid and no pair was searched, short pairs along the candidates' singular
    directions are the witnesses.
 
@@ -47,6 +47,7 @@ restricted to the box.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any, Callable, Iterable
@@ -57,8 +58,9 @@ from tqdm.auto import tqdm
 from ..errors import InvalidInput, LipboundError
 from ..graph.ir import Activation, Graph, MaxPool
 from ..report import Result
-from ..witness import Box, as_box, jacobian_values, jacobian_witness_values, pair_bounds, pair_values, recheck
-from ..jacobian import Linearization, power, recording, through_pieces, unit
+from .witness import (Box, PairWitness, PointWitness, Witness, as_box, jacobian_values, jacobian_witness_values,
+                      pair_bounds, pair_values)
+from .jacobian import Linearization, power, recording, through_pieces, unit
 from .piecewise import smoothed, two_slope
 from .region_walk import walk
 
@@ -99,8 +101,10 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
         max_data: most data points scored.
 
     Returns:
-        A ``Result`` of kind ``witnessed_lower`` whose ``witness`` is a dict (``form`` "jacobian"
-        with ``x, v`` or "pair" with ``x, y``), ``details`` the search's statistics.
+        A ``Result`` of kind ``witnessed_lower`` whose ``witness`` is a
+        :class:`~lipbound.methods.witness.PointWitness` ``(x, v)`` or a
+        :class:`~lipbound.methods.witness.PairWitness` ``(x, y)`` carrying ``value``,
+        ``details`` the search's statistics.
     """
     _check(starts=starts, steps=steps, power_steps=power_steps, time_budget=time_budget, rounds=rounds)
     t0 = time.perf_counter()
@@ -143,16 +147,13 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
         pair = _best_pair(checked, *_segments(cand, v, box), box)
     if jac is None and pair is None:
         raise LipboundError("the lower-bound search found no valid witness (every point gave NaN or infinite values)")
-    value, witness = max((w for w in (jac, pair) if w is not None), key=lambda w: w[0])
-    details.update({"form": witness["form"], "jacobian_value": None if jac is None else jac[0],
-                    "pair_value": None if pair is None else pair[0], "data_starts": n_data, "rounds": done,
+    witness = max((w for w in (jac, pair) if w is not None), key=lambda w: w.value)
+    details.update({"form": witness.form, "jacobian_value": None if jac is None else jac.value,
+                    "pair_value": None if pair is None else pair.value, "data_starts": n_data, "rounds": done,
                     "steps_done": search.steps_done, "seconds_ascent": t_ascent,
                     "stopped_by_time": time.perf_counter() >= deadline,
                     "smoothed_activations": len(search.tau), "region_walk": walked})
-    return Result("lower", value, "witnessed_lower", time.perf_counter() - t0, witness=witness, details=details)
-
-
-Witness = tuple[float, dict[str, Any]]
+    return Result("lower", witness.value, "witnessed_lower", time.perf_counter() - t0, witness=witness, details=details)
 
 
 def _constant_jacobian(g: Graph) -> bool:
@@ -176,13 +177,13 @@ def _affine_result(g64: Graph, checked: Graph, box: Box | None, gen: torch.Gener
     jac = _jacobian_witness(g64, checked, x, _power64(g64, x, v, deadline), box, gen, deadline)
     if jac is None:
         raise LipboundError("the network is affine but its Jacobian witness failed its re-check")
-    details.update({"form": "jacobian", "jacobian_value": jac[0], "pair_value": None, "constant_jacobian": True})
-    return Result("lower", jac[0], "witnessed_lower", time.perf_counter() - t0, witness=jac[1], details=details)
+    details.update({"form": jac.form, "jacobian_value": jac.value, "pair_value": None, "constant_jacobian": True})
+    return Result("lower", jac.value, "witnessed_lower", time.perf_counter() - t0, witness=jac, details=details)
 
 
 def _jacobian_witness(g64: Graph, checked: Graph, x: torch.Tensor, v: torch.Tensor, box: Box | None,
-                      gen: torch.Generator, deadline: float) -> Witness | None:
-    """The best valid Jacobian witness (:func:`~lipbound.witness.jacobian_witness_values`) among the
+                      gen: torch.Generator, deadline: float) -> PointWitness | None:
+    """The best valid Jacobian witness (:func:`~lipbound.methods.witness.jacobian_witness_values`) among the
     points ``x`` (with their singular vectors ``v``) and, for those that fail the check with a larger
     autograd value than the best valid one, their nudges off the kink or face (:func:`_nudged`), with
     power iterations there until ``deadline``; None when none is valid."""
@@ -195,21 +196,21 @@ def _jacobian_witness(g64: Graph, checked: Graph, x: torch.Tensor, v: torch.Tens
         nv = _power64(g64, nx, v[retry.to(v.device)].repeat(len(_NUDGES), *([1] * (v.dim() - 1))), deadline)
         values = torch.cat([values, _checked_values(checked, nx, nv, box)])
         x, v = torch.cat([x, nx]), torch.cat([v, nv])
-    return _confirmed(checked, values, lambda i: {"form": "jacobian", "x": x[i].cpu(), "v": v[i].cpu()}, box)
+    return _confirmed(checked, values, lambda i: PointWitness(x[i].cpu(), v[i].cpu()), box)
 
 
-def _confirmed(checked: Graph, values: torch.Tensor, witness_at: Callable[[int], dict[str, Any]],
+def _confirmed(checked: Graph, values: torch.Tensor, witness_at: Callable[[int], Witness],
                box: Box | None) -> Witness | None:
     """The witness with the largest batched value (NaN: invalid) that its one-point re-check
-    (:func:`~lipbound.witness.recheck`, the computation of :func:`~lipbound.witness_value`)
-    confirms, with the re-checked value; None when there is none."""
+    (:meth:`~lipbound.methods.witness.Witness.recheck`, the computation of :func:`~lipbound.witness_value`)
+    confirms, carrying the re-checked value; None when there is none."""
     values = torch.nan_to_num(values, nan=-1.0)
     for i in torch.argsort(values, descending=True).tolist():
         if values[i] < 0:
             break
         witness = witness_at(i)
         try:
-            return recheck(checked, witness, box), witness
+            return dataclasses.replace(witness, value=witness.recheck(checked, box))
         except InvalidInput:
             continue
     return None
@@ -245,11 +246,11 @@ def _segments(x: torch.Tensor, v: torch.Tensor, box: Box | None) -> tuple[torch.
     return x.repeat(len(_NUDGES), *([1] * (x.dim() - 1))), ys
 
 
-def _best_pair(checked: Graph, x: torch.Tensor, y: torch.Tensor, box: Box | None) -> Witness | None:
-    """The pair with the largest rigorous lower bound of its quotient (:func:`~lipbound.witness.pair_bounds`),
+def _best_pair(checked: Graph, x: torch.Tensor, y: torch.Tensor, box: Box | None) -> PairWitness | None:
+    """The pair with the largest rigorous lower bound of its quotient (:func:`~lipbound.methods.witness.pair_bounds`),
     None when no pair has a finite one."""
     x, y = x.to(device="cpu", dtype=torch.float64), y.to(device="cpu", dtype=torch.float64)
-    return _confirmed(checked, pair_bounds(checked, x, y)[0], lambda j: {"form": "pair", "x": x[j], "y": y[j]}, box)
+    return _confirmed(checked, pair_bounds(checked, x, y)[0], lambda j: PairWitness(x[j], y[j]), box)
 
 
 def _check(**kw: float) -> None:

@@ -12,7 +12,7 @@ true norm there, keeps the best move, and repeats: the explicit counterpart of t
 That step may cross other neurons' boundaries first, so the point just past the *first* boundary on
 the way (found from the pre-activations' directional derivatives) is
 tried as well: it lies in a region adjacent to the current one. Directional derivatives come
-from double backward (:func:`~lipbound.jacobian.tangents`), which every operation supports.
+from double backward (:func:`~lipbound.methods.jacobian.tangents`), which every operation supports.
 Every value it reports is a measured ``||J(x') v'||``, so nothing here needs to be trusted; its
 points may still sit on a kink or a box face, which ``lower``'s validity check handles.
 """
@@ -24,8 +24,8 @@ import time
 import torch
 
 from ..graph.ir import Graph
-from ..jacobian import power, recording, tangents, unit
-from ..witness import Box
+from .jacobian import power, recording, tangents, unit
+from .witness import Box
 
 __all__ = ["walk"]
 

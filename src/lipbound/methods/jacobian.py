@@ -13,7 +13,7 @@ import dataclasses
 
 import torch
 
-from .graph.ir import Activation, Graph
+from ..graph.ir import Activation, Graph
 
 __all__ = ["unit", "Linearization", "power", "tangents", "recording", "through_pieces"]
 
