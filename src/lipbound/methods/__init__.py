@@ -55,11 +55,15 @@ class MethodSpec:
     in_default: bool | Callable[[Graph], bool] = False
     aggregate: bool = False
     parameters: dict[str, inspect.Parameter] = field(init=False, repr=False, compare=False)
+    fixed: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         params = dict(inspect.signature(self.fn).parameters)
-        params.pop("graph", None)
+        fixed = self.fn.keywords if isinstance(self.fn, partial) else {}
+        for name in ("graph", *fixed):  # the options a partial fixed (solver, variant, ...) are not the user's
+            params.pop(name, None)
         object.__setattr__(self, "parameters", params)
+        object.__setattr__(self, "fixed", tuple(fixed))
 
     def __call__(self, graph: Graph, **options: Any) -> Result:
         return self.fn(graph, **options)
@@ -86,7 +90,12 @@ class MethodSpec:
                 if p.kind is not inspect.Parameter.VAR_KEYWORD and n not in ("seed", "progress")]
 
     def check_options(self, options: dict[str, Any]) -> None:
-        """Raise :class:`~lipbound.errors.InvalidInput` for an option it does not know."""
+        """Raise :class:`~lipbound.errors.InvalidInput` for an option it does not know, or one that
+        its registration fixes (e.g. ``solver`` of ``seqlip``: choose ``seqlip-greedy`` instead)."""
+        taken = sorted(set(options) & set(self.fixed))
+        if taken:
+            raise InvalidInput(f"method {self.name!r} fixes {', '.join(map(repr, taken))}: choose another method name "
+                               f"({', '.join(n for n in METHODS if n.startswith(self.name.split('-')[0]))})")
         if self.open_options:
             return
         unknown = sorted(set(options) - set(self.options()))

@@ -70,7 +70,8 @@ def method_kwargs(spec: MethodSpec, options: dict[str, Any], method_options: dic
     """Keyword arguments for one method: the ``options`` it accepts (all of them when it passes
     unnamed options on), then ``method_options[spec.name]``, then each entry of ``problem``
     (``domain``, ``data``, ``time_budget``) that is not None and that it names."""
-    kwargs = {k: v for k, v in options.items() if spec.open_options or k in spec.parameters}
+    kwargs = {k: v for k, v in options.items()
+              if k not in spec.fixed and (spec.open_options or k in spec.parameters)}
     kwargs.update((method_options or {}).get(spec.name, {}))
     for key, value in problem.items():
         if value is not None and key in spec.parameters:
