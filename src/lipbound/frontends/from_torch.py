@@ -11,7 +11,6 @@ raises :class:`~lipbound.errors.UnsupportedOperation` naming the operation and i
 from __future__ import annotations
 
 import copy
-import math
 import operator
 from typing import Any, Callable, Sequence
 
@@ -23,22 +22,14 @@ from torch import nn
 from ..errors import InvalidInput, LipboundError, UnsupportedOperation
 from ..linalg.operators import Conv, Dense, Diagonal, LinearOperator, Permute, Reshape, compose
 from ..linalg.structured import selection, separable
+from .torch_modules import BATCH, _adaptive_multiplicity, _model_dtype, _pool_multiplicity, _tup, operator_of_module
 from ..graph import activations
 from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool, Node
 
-BATCH = 2  # batch size of the recording pass; a reshape that changes it mixes the batch axis
 
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_CONVT = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _PASS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout, nn.Identity)
-_AVGPOOL = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
 _MAXPOOL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 _ADAPTIVE_MAX = (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
-_PAD = (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
-        nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d,
-        nn.ReplicationPad2d, nn.ReplicationPad3d, nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d)
-
 _ADD = {operator.add, operator.iadd, torch.add, "add", "add_"}
 _SUB = {operator.sub, operator.isub, torch.sub, "sub", "sub_"}
 _MUL = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
@@ -94,13 +85,6 @@ def _check_finite(model: nn.Module) -> None:
     for pname, t in list(model.named_parameters()) + list(model.named_buffers()):
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise InvalidInput(f"weight '{pname}' contains NaN or infinite values")
-
-
-def _model_dtype(module: nn.Module) -> torch.dtype:
-    for p in module.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.get_default_dtype()
 
 
 class _Builder:
@@ -463,68 +447,9 @@ class _Builder:
         self._affine(n, src, Dense(w, in_shape), origin)
 
 
-def operator_of_module(m: nn.Module, in_shape: Sequence[int], where: str | None = None,
-                       dtype: torch.dtype | None = None, device: torch.device | None = None) -> LinearOperator:
-    """The linear part of an affine module (Linear, ConvNd, ConvTransposeNd, BatchNorm in eval
-    mode, average pooling, padding, flatten, upsampling) acting on inputs of ``in_shape``.
-    Pooling, upsampling (every mode) and padding are separable maps of the spatial axes
-    (:func:`~lipbound.linalg.structured.separable`)."""
-    in_shape = tuple(in_shape)
-    where = where or f"module {type(m).__name__}"
-    dtype = dtype or _model_dtype(m)
-    if isinstance(m, nn.Linear):
-        return Dense(m.weight, in_shape)
-    if isinstance(m, _CONV + _CONVT):
-        return _conv_operator(m, in_shape, where)
-    if isinstance(m, _BN):
-        if m.training or m.running_var is None:
-            raise UnsupportedOperation(type(m).__name__, where, "batch statistics (track_running_stats=False) "
-                                       "make the layer depend on the batch")
-        scale = torch.rsqrt(m.running_var + m.eps)
-        if m.weight is not None:
-            scale = scale * m.weight.detach()
-        return Diagonal(scale.reshape(-1, *([1] * (len(in_shape) - 1))), in_shape, "BatchNorm")
-    if isinstance(m, _AVGPOOL) or isinstance(m, nn.Upsample):
-        return separable(m, in_shape, type(m).__name__, len(in_shape) - 1, dtype, device, where)
-    if isinstance(m, _PAD):
-        mode = getattr(m, "mode", None) or ("circular" if "Circular" in type(m).__name__ else
-                                             "reflect" if "Reflection" in type(m).__name__ else
-                                             "replicate" if "Replication" in type(m).__name__ else "constant")
-        fn = lambda z, p=tuple(m.padding), md=mode: F.pad(z, p, mode=md)  # noqa: E731 (value 0: linear part)
-        return separable(fn, in_shape, f"Pad({mode})", len(m.padding) // 2, dtype, device, where)
-    if isinstance(m, (nn.Flatten, nn.Unflatten)):
-        out = m(torch.zeros((BATCH, *in_shape), dtype=dtype))
-        if out.shape[0] != BATCH:
-            raise UnsupportedOperation(type(m).__name__, where, "it mixes the batch axis")
-        return Reshape(in_shape, out.shape[1:])
-    raise UnsupportedOperation(type(m).__name__, where, "no lipbound handler for this layer")
-
-
-def _conv_operator(m: nn.Module, in_shape: tuple[int, ...], where: str) -> LinearOperator:
-    nd = m.weight.dim() - 2
-    if len(in_shape) != nd + 1:
-        raise InvalidInput(f"{type(m).__name__} at {where} expects inputs (C, {'x'.join('.' * nd)}), got {in_shape}")
-    transposed = isinstance(m, _CONVT)
-    if m.padding_mode == "circular":
-        pads = m._reversed_padding_repeated_twice  # (before, after) per axis, the last axis first
-        pairs = [(pads[2 * i], pads[2 * i + 1]) for i in reversed(range(nd))]
-        return Conv(m.weight, in_shape, m.stride, (0,) * nd, m.dilation, m.groups, circular=pairs)
-    if m.padding_mode != "zeros":
-        pad = separable(lambda z: F.pad(z, m._reversed_padding_repeated_twice, mode=m.padding_mode), in_shape,
-                        f"Pad({m.padding_mode})", nd, m.weight.dtype, m.weight.device, where)
-        conv = Conv(m.weight, pad.out_shape, m.stride, (0,) * nd, m.dilation, m.groups)
-        return compose(pad, conv)
-    return Conv(m.weight, in_shape, m.stride, m.padding, m.dilation, m.groups, transposed,
-                m.output_padding if transposed else None)
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else ""
-
-
-def _tup(v: Any, n: int) -> tuple[int, ...]:
-    return tuple(v) if isinstance(v, (tuple, list)) else (int(v),) * n
 
 
 def _get(args: Sequence[Any], kwargs: dict[str, Any], i: int, key: str) -> Any:
@@ -537,24 +462,6 @@ def _bind(target: Any, args: Sequence[Any], kwargs: dict[str, Any], method: bool
     if method:
         return lambda x: getattr(x, target)(*args, **kwargs)
     return lambda x: target(x, *args, **kwargs)
-
-
-def _pool_multiplicity(kernel, stride, dilation, nd: int) -> int:
-    """Most windows containing one input: ``prod_d min(k_d, ceil(((k_d - 1) dil_d + 1) / s_d))``."""
-    k, s, d = _tup(kernel, nd), _tup(stride if stride else kernel, nd), _tup(dilation, nd)
-    return math.prod(min(kk, -(-((kk - 1) * dd + 1) // ss)) for kk, ss, dd in zip(k, s, d))
-
-
-def _adaptive_multiplicity(in_sizes: Sequence[int], out_sizes: Sequence[int]) -> int:
-    """Most adaptive-pooling windows (``[floor(i n/m), ceil((i+1) n/m))``) containing one input."""
-    total = 1
-    for n, m in zip(in_sizes, out_sizes):
-        count = [0] * n
-        for i in range(m):
-            for j in range((i * n) // m, -(-((i + 1) * n) // m)):
-                count[j] += 1
-        total *= max(count)
-    return total
 
 
 def _swap_last(nd: int) -> tuple[int, ...]:

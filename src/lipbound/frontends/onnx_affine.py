@@ -3,21 +3,12 @@ constants and sums of branches (a mixin of the ONNX builder, :mod:`lipbound.fron
 
 from __future__ import annotations
 
-import math
-import warnings
-from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
-from ..errors import InvalidInput, LipboundError, UnsupportedOperation
-from ..linalg.operators import Conv, Dense, Diagonal, LinearOperator, Permute, Reshape, compose
-from ..linalg.structured import Kronecker, selection, separable
-from ..graph import activations
-from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool, Node
+from ..errors import InvalidInput, UnsupportedOperation
+from ..linalg.operators import Conv, Dense, Diagonal, LinearOperator, Permute, compose
+from ..graph.ir import Add
 from .onnx_common import OnnxTensor as _Tensor, pads as _pads, where as _where
 
 

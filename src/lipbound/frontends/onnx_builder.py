@@ -6,20 +6,16 @@ one generic handler; affine, shape and pooling operators from the mixins."""
 from __future__ import annotations
 
 import math
-import warnings
 from functools import partial
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ..errors import InvalidInput, LipboundError, UnsupportedOperation
-from ..linalg.operators import Conv, Dense, Diagonal, LinearOperator, Permute, Reshape, compose
-from ..linalg.structured import Kronecker, selection, separable
+from ..linalg.operators import LinearOperator
 from ..graph import activations
-from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool, Node
+from ..graph.ir import Activation, Affine, Graph, Input, Node
 from .onnx_affine import AffineOps
 from .onnx_common import (BATCH, MAX_INPUT_NUMEL, OnnxTensor as _Tensor, Shape, dependent as _dependent,
                           first_line as _first_line, input_dtype as _input_dtype, prune as _prune,
@@ -46,7 +42,6 @@ _REFUSED = {
     "Dropout": "dropout in training mode is random",
     "If": "control flow", "Loop": "control flow", "Scan": "control flow",
 }
-MAX_INPUT_NUMEL = 1 << 27  # a larger declared input is refused (hostile shapes would exhaust memory)
 _SHAPE_ONLY = {"Identity", "Dropout", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Cast"}
 
 

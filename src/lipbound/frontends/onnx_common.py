@@ -3,21 +3,13 @@ padding arithmetic, the model's input (dtype, shape, batch axis), dependency and
 
 from __future__ import annotations
 
-import math
-import warnings
-from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from ..errors import InvalidInput, LipboundError, UnsupportedOperation
-from ..linalg.operators import Conv, Dense, Diagonal, LinearOperator, Permute, Reshape, compose
-from ..linalg.structured import Kronecker, selection, separable
-from ..graph import activations
-from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool, Node
+from ..errors import InvalidInput, UnsupportedOperation
+from ..graph.ir import Graph
 from .from_torch import _check_shape
 
 BATCH = 2  # size of the recording batch

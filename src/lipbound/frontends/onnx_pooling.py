@@ -4,21 +4,16 @@ of the ONNX builder, :mod:`lipbound.frontends.onnx_builder`)."""
 from __future__ import annotations
 
 import math
-import warnings
-from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ..errors import InvalidInput, LipboundError, UnsupportedOperation
-from ..linalg.operators import Conv, Dense, Diagonal, LinearOperator, Permute, Reshape, compose
-from ..linalg.structured import Kronecker, selection, separable
-from ..graph import activations
-from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool, Node
-from .from_torch import _pool_multiplicity
+from ..errors import InvalidInput, UnsupportedOperation
+from ..linalg.structured import Kronecker, separable
+from ..graph.ir import MaxPool
+from .torch_modules import _pool_multiplicity
 from .onnx_common import OnnxTensor as _Tensor, Shape, pads as _pads, torch_pads as _torch_pads, where as _where
 
 

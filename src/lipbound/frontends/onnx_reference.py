@@ -3,21 +3,14 @@ wrong (:func:`_reference_ops`), the evaluator, and the comparison of a finished 
 
 from __future__ import annotations
 
-import math
 import warnings
-from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from ..errors import InvalidInput, LipboundError, UnsupportedOperation
-from ..linalg.operators import Conv, Dense, Diagonal, LinearOperator, Permute, Reshape, compose
-from ..linalg.structured import Kronecker, selection, separable
-from ..graph import activations
-from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool, Node
+from ..errors import LipboundError, UnsupportedOperation
+from ..graph.ir import Graph
 from .onnx_common import first_line as _first_line, where as _where
 
 

@@ -3,21 +3,15 @@ Unsqueeze, Transpose, Slice (a mixin of the ONNX builder, :mod:`lipbound.fronten
 
 from __future__ import annotations
 
-import math
-import warnings
-from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from ..errors import InvalidInput, LipboundError, UnsupportedOperation
-from ..linalg.operators import Conv, Dense, Diagonal, LinearOperator, Permute, Reshape, compose
-from ..linalg.structured import Kronecker, selection, separable
-from ..graph import activations
-from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool, Node
+from ..errors import UnsupportedOperation
+from ..linalg.operators import Permute, Reshape
+from ..linalg.structured import selection
+from ..graph.ir import Concat
 from .onnx_common import where as _where
 
 

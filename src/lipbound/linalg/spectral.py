@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
-from torch import nn
 
 from .operators import LinearOperator, StructuralBound
 
