@@ -64,7 +64,7 @@ from ..errors import InvalidInput, NotApplicable, UnsupportedOperation
 from ..graph.ir import Graph
 from ..linalg.spectral import CERTIFIED_RTOL
 from ..report import Result
-from .witness import Box, as_box
+from .region import Box, as_box
 from .lower import lower as lower_search
 from .lp import DenseLP
 from .piecewise import DenseLayer, mlp_layers

@@ -33,11 +33,11 @@ The search, all batched over many starts (no Python loop per start):
 5. **Pair search**: gradient ascent on ``||f(x) - f(y)|| / ||x - y||`` from the best points and
    their top singular directions; valid even where ``f`` is not differentiable.
 6. **Refinement** of the best candidates in float64 (power method to convergence), then the
-   **validity check** (:func:`~lipbound.methods.witness.jacobian_witness_values`) on the float64 graph as
+   **validity check** (:func:`~lipbound.methods.rounding.jacobian_witness_values`) on the float64 graph as
    given (not fused). A candidate that fails it with a larger norm than every valid one (on a
    kink, or on a box face where a kink passes) is **nudged** off it (random relative moves of
    ``1e-9, 1e-6, 1e-3``; on a box, pulled towards the centre) and checked again. Pairs are valued
-   by the rigorous lower end of their quotient (:func:`~lipbound.methods.witness.pair_bounds`). When no
+   by the rigorous lower end of their quotient (:func:`~lipbound.methods.rounding.pair_bounds`). When no
    Jacobian witness is valid and no pair was searched, short pairs along the candidates' singular
    directions are the witnesses.
 
@@ -58,8 +58,9 @@ from tqdm.auto import tqdm
 from ..errors import InvalidInput, LipboundError
 from ..graph.ir import Activation, Graph, MaxPool
 from ..report import Result
-from .witness import (Box, PairWitness, PointWitness, Witness, as_box, jacobian_values, jacobian_witness_values,
-                      pair_bounds, pair_values)
+from .region import Box, as_box
+from .rounding import jacobian_witness_values, pair_bounds
+from .witness import PairWitness, PointWitness, Witness, jacobian_values, pair_values
 from .jacobian import Linearization, power, recording, through_pieces, unit
 from .piecewise import smoothed, two_slope
 from .region_walk import walk
@@ -183,7 +184,7 @@ def _affine_result(g64: Graph, checked: Graph, box: Box | None, gen: torch.Gener
 
 def _jacobian_witness(g64: Graph, checked: Graph, x: torch.Tensor, v: torch.Tensor, box: Box | None,
                       gen: torch.Generator, deadline: float) -> PointWitness | None:
-    """The best valid Jacobian witness (:func:`~lipbound.methods.witness.jacobian_witness_values`) among the
+    """The best valid Jacobian witness (:func:`~lipbound.methods.rounding.jacobian_witness_values`) among the
     points ``x`` (with their singular vectors ``v``) and, for those that fail the check with a larger
     autograd value than the best valid one, their nudges off the kink or face (:func:`_nudged`), with
     power iterations there until ``deadline``; None when none is valid."""
@@ -247,7 +248,7 @@ def _segments(x: torch.Tensor, v: torch.Tensor, box: Box | None) -> tuple[torch.
 
 
 def _best_pair(checked: Graph, x: torch.Tensor, y: torch.Tensor, box: Box | None) -> PairWitness | None:
-    """The pair with the largest rigorous lower bound of its quotient (:func:`~lipbound.methods.witness.pair_bounds`),
+    """The pair with the largest rigorous lower bound of its quotient (:func:`~lipbound.methods.rounding.pair_bounds`),
     None when no pair has a finite one."""
     x, y = x.to(device="cpu", dtype=torch.float64), y.to(device="cpu", dtype=torch.float64)
     return _confirmed(checked, pair_bounds(checked, x, y)[0], lambda j: PairWitness(x[j], y[j]), box)

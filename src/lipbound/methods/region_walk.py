@@ -25,7 +25,7 @@ import torch
 
 from ..graph.ir import Graph
 from .jacobian import power, recording, tangents, unit
-from .witness import Box
+from .region import Box
 
 __all__ = ["walk"]
 
