@@ -285,9 +285,10 @@ def seqlip(graph: Graph, *, solver: str = "certified", seed: int = 0, progress: 
         chain_rows.append(row)
         constants[chain.end] = (chain.start, row["constant"], chain.interior)
     bar.close()
-    value, rows = propagate(g, norms, certified=True, chains=constants)
-    autolip_value, _ = propagate(g, norms, certified=True)
-    value = min(value, autolip_value)  # equal when every pair falls back, up to the order of products
+    # never above AutoLip: equal when every pair falls back, up to the order of products (the rows
+    # are those of the smaller value, so their running bound at the output is the result's value)
+    value, rows = min(propagate(g, norms, certified=True, chains=constants), propagate(g, norms, certified=True),
+                      key=lambda value_rows: value_rows[0])
     name = {"certified": "seqlip", "greedy": "seqlip-greedy", "topk": "seqlip-topk"}[solver]
     kind = "certified_upper" if solver == "certified" else "estimate"
     details = {"solver": solver, "pairs": counts, "chains": chain_rows,
