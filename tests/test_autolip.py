@@ -4,12 +4,16 @@ weights, hand-derived constants of tiny nets, and witnessed Jacobian norms and p
 (tests/oracles.py) that every certified value must exceed."""
 
 import math
+from collections import OrderedDict
 
 import pytest
 import torch
 from torch import nn
 
 import lipbound
+from lipbound.errors import UnsupportedOperation
+from lipbound.graph.ir import Node
+from lipbound.methods.seqlip import sequential_chains
 from oracles import dense_linear, norm2, reference_autolip, slope_range, witnessed_lower
 from zoo import zoo
 
@@ -155,3 +159,72 @@ def test_report_to_dict_is_json_ready():
     assert d["lower"] is None and d["ratio"] is None
     assert [r["kind"] for r in d["results"]] == ["certified_upper", "estimate"]
     assert d["results"][0]["details"]["nodes"][0]["certified"] > 0
+
+
+# ---- per-layer rows and the walker ------------------------------------------------------------
+
+def test_layer_rows_hold_the_exact_layer_norms_and_the_running_bound():
+    """One row per node of the fused graph; an affine row's power value is below and its certified
+    value above the exact norm (numpy SVD of the weights, or of their product for the two fused
+    Linear layers), and the running bound is the product of the factors (hand-derived: ReLU and
+    Tanh have factor 1), ending at the result's value. The table prints every name in full."""
+    torch.manual_seed(3)
+    features = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 6), nn.Linear(6, 6), nn.Tanh())
+    model = nn.Sequential(OrderedDict(features=features, classifier_head_linear=nn.Linear(6, 3))).double()
+    w = [m.weight.detach().numpy() for m in (features[0], features[2], features[3], model.classifier_head_linear)]
+    exact = [norm2(w[0]), norm2(w[2] @ w[1]), norm2(w[3])]
+    report = lipbound.estimate(model, (5,), methods=("autolip", "autolip-power"), progress=False)
+    for method in ("autolip", "autolip-power"):
+        rows = report.result(method).layers
+        affine = [r for r in rows if r.type.endswith("Linear")]
+        assert [r.origin for r in affine] == ["features.0", "features.2 + features.3", "classifier_head_linear"]
+        assert [r.type for r in rows] == ["Linear", "ReLU", "Linear+Linear", "Tanh", "Linear"]
+        for r, norm in zip(affine, exact):
+            known = r.certified if method == "autolip" else r.power
+            assert known is not None and (r.power is None or r.power <= norm * (1 + 1e-9))
+            assert r.certified is None or r.certified >= norm * (1 + 1e-10)
+        running = 1.0
+        for r in rows:
+            running *= r.factor
+            assert r.L == pytest.approx(running, rel=1e-12)
+        assert rows[-1].L == report.result(method).value
+    merged = report.layers  # autolip's rows with autolip-power's values filled in
+    assert all(r.power <= r.certified * (1 + 1e-9) for r in merged if r.certified is not None)
+    table = report.table()
+    for r in merged:
+        assert r.origin in table and r.type in table
+
+
+def test_every_affine_node_of_a_branching_graph_has_a_row():
+    """Residual additions and concatenations: every affine node of the fused graph has a row with
+    both norms, the rows follow the graph, and the last running bound is the value (autolip and
+    seqlip; an interior node of a SeqLip chain has no bound of its own)."""
+    for name in ("resnet", "inception"):
+        model, shape = MODELS[name]
+        g = lipbound.as_graph(model, shape).fused()
+        report = lipbound.estimate(model, shape, methods=("autolip", "seqlip"), progress=False,
+                                   method_options={"seqlip": {"pair_budget": 0.1}})
+        for result in report.results:
+            rows = result.layers
+            assert [r.name for r in rows] == [n.name for n in g if n.kind != "input"]
+            affine = [r for r in rows if r.name in {n.name for n in g.affine_nodes()}]
+            assert len(affine) == len(g.affine_nodes())
+            assert all(r.power <= r.certified * (1 + 1e-9) for r in affine)
+            assert rows[-1].L == result.value
+        d = report.to_dict()["results"][0]["details"]["nodes"]
+        assert [row["name"] for row in d] == [r.name for r in report.result("autolip").layers]
+
+
+class Mystery(Node):
+    kind = "mystery"
+
+
+def test_a_node_kind_without_a_rule_is_refused_by_name():
+    g = lipbound.as_graph(nn.Sequential(nn.Linear(3, 3), nn.ReLU()), (3,))
+    last = list(g.nodes.values())[-1]
+    g.nodes["odd"] = Mystery("odd", [last.name], last.shape, "blocks.7.odd_op")
+    g.output = "odd"
+    with pytest.raises(UnsupportedOperation, match=r"blocks\.7\.odd_op.*AutoLip has no rule for mystery"):
+        lipbound.autolip(g)
+    with pytest.raises(UnsupportedOperation, match=r"blocks\.7\.odd_op.*chain finder has no rule for mystery"):
+        sequential_chains(g)

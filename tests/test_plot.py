@@ -70,3 +70,18 @@ def test_cli_plot_all_and_domain(tmp_path, capsys):
     code = main(["estimate", f"{tmp_path / 'm.py'}:net", "-s", "2", "--domain", "1"])
     _, err = capsys.readouterr()
     assert code == 2 and "--domain" in err
+
+
+def test_layer_rows_of_several_results_are_merged_and_drawn():
+    """Hand-built rows: the first result's rows, with norms another result computed filled in;
+    the bars show the power values, then the certified values; the table prints each name whole."""
+    from lipbound.report import LayerRow, Report, Result
+
+    long = "features.0.block.conv + features.0.block.bn"
+    first = [LayerRow("a", long, "Conv2d+BatchNorm2d", (4, 8, 8), certified=3.0), LayerRow("r", "relu", "ReLU", (4, 8, 8))]
+    other = [LayerRow("a", long, "Conv2d+BatchNorm2d", (4, 8, 8), power=2.0, certified=9.0)]
+    rep = Report("m", (2, 8, 8), [Result("autolip", 3.0, "certified_upper", layers=first),
+                                  Result("autolip-power", 2.0, "estimate", layers=other)])
+    assert [(r.power, r.certified) for r in rep.layers] == [(2.0, 3.0), (None, None)]
+    assert [p.get_height() for p in rep.plot().axes[1].patches] == [2.0, 3.0]
+    assert long in rep.table()

@@ -147,3 +147,27 @@ def test_certify_training_reports_the_bracket():
     report = certify_training(mlp(3), (4,), methods=("autolip",))
     product = math.exp(log_norm_product(mlp(3)).item())  # ReLU and Tanh: factor 1
     assert product * (1 + 1e-10) <= report.upper <= product * (1 + 1e-6)
+
+
+def test_concatenation_and_fused_layers_follow_autolips_rule():
+    """Hand-derived from numpy norms: ``[A x, tanh(C B x)]`` has AutoLip value
+    ``sqrt(||A||^2 + ||C B||^2)`` (concatenation: root of the sum of squares; B and C fuse into one
+    factor, the norm of their product; tanh has factor 1)."""
+    torch.manual_seed(5)
+
+    class Cat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(4, 3), nn.Linear(4, 5), nn.Linear(5, 2)
+
+        def forward(self, x):
+            return torch.cat([self.a(x), torch.tanh(self.c(self.b(x)))], dim=1)
+
+    net = Cat().double()
+    w = {k: getattr(net, k).weight.detach().numpy() for k in "abc"}
+    expected = math.hypot(norm2(w["a"]), norm2(w["c"] @ w["b"]))
+    reg = regularizer(net, (4,))
+    reg.refresh(500)
+    assert reg.bound(update=False).item() == pytest.approx(expected, rel=1e-9)
+    reg(update=False).backward()
+    assert all(getattr(net, k).weight.grad.abs().sum() > 0 for k in "abc")

@@ -280,3 +280,29 @@ def test_greedy_strategies_give_vertex_values():
 def test_unknown_solver_is_refused():
     with pytest.raises(ValueError, match="certified, greedy, topk"):
         lipbound.seqlip(nn.Linear(2, 2), (2,), solver="magic")
+
+
+def test_a_node_read_twice_ends_its_chain():
+    """Hand-derived chains (module doc: each node but the last read only by the next): a linear
+    layer read by an activation and by an addition, and an activation read by two linear layers,
+    end their chains there."""
+    torch.manual_seed(0)
+
+    class Skip(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2, self.fc3, self.fc4, self.fc5 = (nn.Linear(4, 4) for _ in range(5))
+
+        def forward(self, x):
+            h = self.fc1(x)
+            r = torch.relu(self.fc2(torch.relu(h)) + h)  # fc1 is read twice: chain [fc1], then [fc2]
+            t = torch.tanh(self.fc3(r))
+            return self.fc4(t) + self.fc5(t)  # t is read twice: chains [fc3], [fc4] and [fc5]
+
+    g = lipbound.as_graph(Skip(), (4,)).fused()
+    chains = [[g.nodes[a].origin for a in c.affines] for c in sequential_chains(g)]
+    assert chains == [["fc1"], ["fc2"], ["fc3"], ["fc4"], ["fc5"]]
+    chain = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+    g = lipbound.as_graph(chain, (4,)).fused()
+    [c] = sequential_chains(g)
+    assert [g.nodes[a].origin for a in c.affines] == ["0", "2", "4"] and len(c.activations) == 2

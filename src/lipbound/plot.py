@@ -9,9 +9,13 @@ power-method value (a lower estimate) and the certified value (an upper bound), 
 from __future__ import annotations
 
 import math
-from typing import Any
+import textwrap
+from typing import TYPE_CHECKING, Any
 
 from .errors import LipboundError
+
+if TYPE_CHECKING:  # report.py imports this module when it plots
+    from .report import LayerRow
 
 __all__ = ["plot_report", "STYLE"]
 
@@ -73,8 +77,8 @@ def _bracket(ax, report) -> None:
     ax.legend(loc="best", fontsize=8)
 
 
-def _layers(ax, rows: list[dict[str, Any]]) -> None:
-    rows = [r for r in rows if r.get("certified") is not None or r.get("power") is not None]
+def _layers(ax, rows: list[LayerRow]) -> None:
+    rows = [r for r in rows if r.certified is not None or r.power is not None]
     if not rows:
         ax.text(0.5, 0.5, "no per-layer norms\n(run autolip for them)", ha="center", va="center",
                 transform=ax.transAxes)
@@ -82,11 +86,12 @@ def _layers(ax, rows: list[dict[str, Any]]) -> None:
         return
     xs = range(len(rows))
     width = 0.38
-    power = [r.get("power") or float("nan") for r in rows]
-    cert = [r.get("certified") or float("nan") for r in rows]
+    power = [r.power or float("nan") for r in rows]
+    cert = [r.certified or float("nan") for r in rows]
     ax.bar([x - width / 2 for x in xs], power, width, color="tab:gray", label="power method (lower)")
     ax.bar([x + width / 2 for x in xs], cert, width, color="tab:blue", label="certified (upper)")
-    ax.set_xticks(list(xs), [f"{r['origin'][:14]}\n{r['type'][:14]}" for r in rows], fontsize=7, rotation=30,
+    # names wrapped, never cut: the layers of a fused node ("a + b") stay told apart
+    ax.set_xticks(list(xs), [f"{textwrap.fill(r.origin, 16)}\n{r.type}" for r in rows], fontsize=7, rotation=30,
                   ha="right")
     ax.set_yscale("log")
     ax.set_ylabel("operator norm ||A||_2")

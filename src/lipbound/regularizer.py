@@ -17,7 +17,8 @@ How it stays cheap per step, after ``torch.nn.utils.parametrizations.spectral_no
   when the weights move a little), then ``sigma = ||A_theta v||`` *with* gradient. At a converged
   ``v`` this is the top singular value and its gradient ``u v^T`` (for a dense layer) is the
   gradient of ``||A||_2``.
-* AutoLip's rules then combine the ``sigma`` (products along the graph, sums at residual
+* AutoLip's rule (:class:`~lipbound.methods.autolip.AutoLipRule`, the one AutoLip itself runs)
+  then combines the ``sigma`` over the fused graph (products along the graph, sums at residual
   additions, root-sum-of-squares at concatenations), all differentiable.
 
 The value is an **estimate** (power-method norms; a lower estimate of each layer's norm), as in
@@ -37,7 +38,8 @@ from torch import nn
 from .api import estimate
 from .errors import InvalidInput
 from .frontends import from_torch
-from .graph.ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool
+from .graph.ir import Affine, Graph
+from .methods.autolip import AutoLipRule
 from .report import Report
 
 LinearMap = Callable[[torch.Tensor], torch.Tensor]
@@ -110,27 +112,16 @@ class LipschitzRegularizer(nn.Module):
         self.target = target
         self.n_power_iterations = n_power_iterations
         graph: Graph = from_torch(model, input_shape)
+        self._fused = graph.fused()
         modules = dict(model.named_modules())
         param = next(model.parameters(), torch.empty(0))
-        users = graph.users()
-        tails: dict[str, list[Affine]] = {}  # last node of each chain of affine nodes -> its nodes
-        self._plan: dict[str, tuple[str, list[str], object]] = {}
-        for node in graph:
-            if isinstance(node, Affine):
-                src = node.inputs[0]
-                joins = src in tails and len(users[src]) == 1 and src != graph.output
-                tails[node.name] = (tails.pop(src) if joins else []) + [node]
-            else:
-                self._plan[node.name] = (node.kind, list(node.inputs), _factor(node))
-        self.chains = nn.ModuleDict()
-        for tail, nodes in tails.items():
-            name = f"c{len(self.chains)}"
-            self.chains[name] = _Chain([_live_map(n, modules) for n in nodes], nodes[0].op.in_shape,
-                                       seed + len(self.chains), param)
-            self._plan[tail] = ("chain", [nodes[0].inputs[0]], name)
-        _check_covered(model, [n for nodes in tails.values() for n in nodes], modules)
-        self._output = graph.output
-        self._order = [n.name for n in graph if n.name in self._plan]
+        self.chains = nn.ModuleDict()  # c0, c1, ...: the fused affine nodes, by the position of their last layer
+        self._chain_of: dict[str, str] = {}  # fused affine node -> its key in self.chains
+        for node, nodes in _fused_chains(graph, self._fused).items():
+            self._chain_of[node] = key = f"c{len(self.chains)}"
+            self.chains[key] = _Chain([_live_map(n, modules) for n in nodes], nodes[0].op.in_shape,
+                                      seed + len(self.chains), param)
+        _check_covered(model, graph.affine_nodes(), modules)
         self.refresh(warmup_iterations)
 
     @torch.no_grad()
@@ -141,20 +132,8 @@ class LipschitzRegularizer(nn.Module):
 
     def bound(self, update: bool = True) -> torch.Tensor:
         """The AutoLip estimate ``L`` with the current parameters (differentiable)."""
-        L: dict[str, torch.Tensor | float] = {}
-        for name in self._order:
-            kind, inputs, extra = self._plan[name]
-            if kind == "input":
-                L[name] = 1.0
-            elif kind == "chain":
-                L[name] = self.chains[extra].sigma(self.n_power_iterations, update) * L[inputs[0]]
-            elif kind in ("activation", "maxpool"):
-                L[name] = extra * L[inputs[0]]
-            elif kind == "add":
-                L[name] = sum(L[i] for i in inputs)
-            elif kind == "concat":
-                L[name] = torch.sqrt(sum(torch.as_tensor(L[i]) ** 2 for i in inputs))
-        out = L[self._output]
+        rule = AutoLipRule(lambda node: self.chains[self._chain_of[node.name]].sigma(self.n_power_iterations, update))
+        out = rule.output(self._fused)
         return out if isinstance(out, torch.Tensor) else torch.tensor(float(out))
 
     def forward(self, update: bool = True) -> torch.Tensor:
@@ -176,12 +155,17 @@ def _check_covered(model: nn.Module, affine: list[Affine], modules: dict[str, nn
                            "and the like would be frozen at their traced values)")
 
 
-def _factor(node) -> float | None:
-    if isinstance(node, (Activation, MaxPool)):
-        return node.lipschitz
-    if isinstance(node, (Input, Add, Concat)):
-        return None
-    raise InvalidInput(f"the regulariser has no rule for {type(node).__name__}")  # pragma: no cover
+def _fused_chains(graph: Graph, fused: Graph) -> dict[str, list[Affine]]:
+    """The affine nodes of ``graph`` that each affine node of ``fused`` (:meth:`Graph.fused`) merges,
+    in order, ordered by the position of their last node: a fused node keeps its first node's
+    name, and a node that is not in ``fused`` was merged into the chain of the affine node it reads."""
+    chains: dict[str, list[Affine]] = {}
+    head: dict[str, str] = {}  # affine node of graph -> the fused node it belongs to
+    for node in graph.affine_nodes():
+        head[node.name] = node.name if node.name in fused.nodes else head[node.inputs[0]]
+        chains.setdefault(head[node.name], []).append(node)
+    position = {name: i for i, name in enumerate(graph.nodes)}
+    return dict(sorted(chains.items(), key=lambda item: position[item[1][-1].name]))
 
 
 def regularizer(model: nn.Module, input_shape: Sequence[int], method: str = "autolip", *,

@@ -8,7 +8,7 @@ and the best certified upper bound over all results (an ``exact`` result is both
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -40,6 +40,46 @@ KINDS = tuple(k.value for k in Kind)
 
 
 @dataclass
+class LayerRow:
+    """One node of the fused graph in a per-layer table, written by the propagations (AutoLip,
+    SeqLip: :func:`lipbound.methods.autolip.propagate`).
+
+    Attributes:
+        name, origin: the node's name and where it comes from in the user's model (a fused node's
+            origin joins its layers' origins with ``" + "``).
+        type: the operator's label (``Linear``, ``Conv2d``, ...), the activation's, ``MaxPool``,
+            ``add`` or ``concat``.
+        shape: output shape without batch axis.
+        factor: the partial Lipschitz constant the propagation used: ``||A||_2`` of an affine node
+            (certified or power-method, per the method), ``max |slope|`` of an activation,
+            ``sqrt(m)`` of a max pooling; None for additions and concatenations.
+        L: the running bound (L2 -> L2) from the input to this node; None inside a SeqLip chain,
+            whose nodes get no bound of their own.
+        power: affine only: power-method value of ``||A||_2`` (a lower estimate).
+        certified: affine only: certified upper bound of ``||A||_2``; ``certified_how`` says how,
+            ``exact`` whether it is the exact SVD, ``iterations`` counts the power steps.
+        chain_constant: SeqLip only, on the last node of a sequential chain: the chain's constant,
+            which replaced the product of its factors.
+    """
+
+    name: str
+    origin: str
+    type: str
+    shape: tuple[int, ...]
+    factor: float | None = None
+    L: float | None = None
+    power: float | None = None
+    certified: float | None = None
+    certified_how: str | None = None
+    exact: bool | None = None
+    iterations: int | None = None
+    chain_constant: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable({**asdict(self), "shape": list(self.shape)})
+
+
+@dataclass
 class Result:
     """One method's answer.
 
@@ -56,6 +96,8 @@ class Result:
             meet within the method's tolerance (``value`` lies between them); the report's bracket
             uses these ends, so that rounding never puts ``value`` on the wrong side of ``L(f)``.
         options: the options the method ran with (set by :func:`lipbound.estimate`).
+        layers: one :class:`LayerRow` per node of the fused graph, for methods with per-node data
+            (AutoLip, SeqLip); empty otherwise.
     """
 
     method: str
@@ -66,6 +108,7 @@ class Result:
     details: dict[str, Any] = field(default_factory=dict)
     bracket: tuple[float, float] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    layers: list[LayerRow] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         try:
@@ -92,9 +135,13 @@ class Result:
         return self.bracket[0] if self.bracket is not None else self.value
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict. The layer rows go to ``details["nodes"]`` (where they always were), one
+        dict per row with every :class:`LayerRow` field (None where a field does not apply)."""
+        details = _jsonable(self.details)
+        if self.layers:
+            details["nodes"] = [row.to_dict() for row in self.layers]
         out = {"method": self.method, "value": _num(self.value), "kind": self.kind.value,
-               "seconds": round(self.seconds, 6), "witness": _jsonable(self.witness),
-               "details": _jsonable(self.details)}
+               "seconds": round(self.seconds, 6), "witness": _jsonable(self.witness), "details": details}
         if self.bracket is not None:
             out["bracket"] = [_num(v) for v in self.bracket]
         if self.options:
@@ -138,19 +185,18 @@ class Report:
         raise KeyError(f"no result for method {method!r}; have {[r.method for r in self.results]}")
 
     @property
-    def layers(self) -> list[dict[str, Any]]:
-        """Per-node rows of the first result that has them (AutoLip's layer table), with the
-        power-method and certified norms other results computed filled in."""
-        tables = [r.details["nodes"] for r in self.results if "nodes" in r.details]
+    def layers(self) -> list[LayerRow]:
+        """The layer rows of the first result that has them (AutoLip's, when it ran), with the
+        power-method and certified norms that other results computed filled in where missing."""
+        tables = [r.layers for r in self.results if r.layers]
         if not tables:
             return []
-        rows = [dict(row) for row in tables[0]]
-        for other in tables[1:]:
-            by_name = {row["name"]: row for row in other}
-            for row in rows:
-                for key in ("power", "certified"):
-                    if row.get(key) is None and by_name.get(row["name"], {}).get(key) is not None:
-                        row[key] = by_name[row["name"]][key]
+        rows = []
+        for row in tables[0]:
+            same = [r for other in tables[1:] for r in other if r.name == row.name]
+            fill = {key: next((getattr(r, key) for r in same if getattr(r, key) is not None), None)
+                    for key in ("power", "certified") if getattr(row, key) is None}
+            rows.append(replace(row, **{k: v for k, v in fill.items() if v is not None}))
         return rows
 
     def to_dict(self) -> dict[str, Any]:
@@ -168,10 +214,15 @@ class Report:
         lines = []
         rows = self.layers
         if rows:
-            lines.append(f"{'node':<22} {'type':<22} {'output shape':<16} {'power norm':>12} {'certified':>12}  {'L so far':>11}")
+            # columns as wide as their longest entry: names are never cut, so fused layers stay told apart
+            wn, wt, ws = (max(len(head), *(len(v) for v in vals)) for head, vals in
+                          (("node", [r.origin for r in rows]), ("type", [r.type for r in rows]),
+                           ("output shape", [str(tuple(r.shape)) for r in rows])))
+            lines.append(f"{'node':<{wn}} {'type':<{wt}} {'output shape':<{ws}} {'power norm':>12} {'certified':>12}  "
+                         f"{'L so far':>11}")
             for r in rows:
-                lines.append(f"{r['origin'][:22]:<22} {r['type'][:22]:<22} {str(tuple(r['shape']))[:16]:<16} "
-                             f"{_fmt(r.get('power')):>12} {_fmt(r.get('certified')):>12}  {_fmt(r.get('L')):>11}")
+                lines.append(f"{r.origin:<{wn}} {r.type:<{wt}} {str(tuple(r.shape)):<{ws}} {_fmt(r.power):>12} "
+                             f"{_fmt(r.certified):>12}  {_fmt(r.L):>11}")
             lines.append("")
         lines.append(f"{'method':<16} {'value':>14}  {'kind':<16} {'seconds':>8}")
         for r in self.results:

@@ -60,7 +60,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import InvalidInput
-from ..graph.ir import Activation, Affine, Graph
+from ..graph.ir import Activation, Affine, Graph, Node
+from ..graph.walk import GraphInterpreter
 from ..linalg.operators import LinearOperator
 from ..linalg.spectral import CERTIFIED_RTOL, power_method
 from ..report import Result
@@ -101,33 +102,41 @@ def sequential_chains(graph: Graph) -> list[Chain]:
     """The maximal chains of affine nodes separated by activations, in the fused graph, in
     topological order (chains of one affine node included)."""
     g = graph.fused()
-    users = g.users()
+    finder = _ChainFinder(g)
+    finder.run(g)
+    return finder.chains
 
-    def single_user(name: str) -> str | None:
-        us = users[name]
-        return us[0] if len(us) == 1 and name != g.output else None
 
-    chains: list[Chain] = []
-    seen: set[str] = set()
-    for node in g:
-        if not isinstance(node, Affine) or node.name in seen:
-            continue
-        chain = Chain([node.name], [], node.inputs[0])
-        seen.add(node.name)
-        cur = node.name
-        while True:
-            act = single_user(cur)
-            if act is None or not isinstance(g.nodes[act], Activation):
-                break
-            nxt = single_user(act)
-            if nxt is None or not isinstance(g.nodes[nxt], Affine):
-                break
-            chain.activations.append(act)
-            chain.affines.append(nxt)
-            seen.add(nxt)
-            cur = nxt
-        chains.append(chain)
-    return chains
+class _ChainFinder(GraphInterpreter["Chain | None"]):
+    """:func:`sequential_chains` as a walk: an affine node's value is the chain ending at it; an
+    activation's is the chain it continues (it reads the chain's last affine node, read by nothing
+    else), else None; any other node ends chains (None). An affine node continues the chain of the
+    activation it reads when that activation is read by nothing else, and starts a chain otherwise.
+    "Read by nothing else" also excludes the graph's output."""
+
+    name = "SeqLip's chain finder"
+
+    def __init__(self, g: Graph) -> None:
+        self.single_user = {n for n, users in g.users().items() if len(users) == 1 and n != g.output}
+        self.chains: list[Chain] = []
+
+    def visit_affine(self, node: Affine, chain: Chain | None) -> Chain:
+        src = node.inputs[0]
+        if chain is not None and chain.end != src and src in self.single_user:  # src: an activation
+            chain.activations.append(src)
+            chain.affines.append(node.name)
+            return chain
+        self.chains.append(Chain([node.name], [], src))
+        return self.chains[-1]
+
+    def visit_activation(self, node: Activation, chain: Chain | None) -> Chain | None:
+        continues = chain is not None and chain.end == node.inputs[0] and chain.end in self.single_user
+        return chain if continues else None
+
+    def _ends_chains(self, node: Node, *chains: Chain | None) -> None:
+        return None
+
+    visit_input = visit_maxpool = visit_add = visit_concat = _ends_chains
 
 
 # ---- spectral factors of one layer ---------------------------------------------------------
@@ -276,17 +285,18 @@ def seqlip(graph: Graph, *, solver: str = "certified", seed: int = 0, progress: 
         chain_rows.append(row)
         constants[chain.end] = (chain.start, row["constant"], chain.interior)
     bar.close()
-    value, rows = propagate(g, norms, certified=True, chains=constants)
-    autolip_value, _ = propagate(g, norms, certified=True)
-    value = min(value, autolip_value)  # equal when every pair falls back, up to the order of products
+    # never above AutoLip: equal when every pair falls back, up to the order of products (the rows
+    # are those of the smaller value, so their running bound at the output is the result's value)
+    value, rows = min(propagate(g, norms, certified=True, chains=constants), propagate(g, norms, certified=True),
+                      key=lambda value_rows: value_rows[0])
     name = {"certified": "seqlip", "greedy": "seqlip-greedy", "topk": "seqlip-topk"}[solver]
     kind = "certified_upper" if solver == "certified" else "estimate"
-    details = {"solver": solver, "pairs": counts, "chains": chain_rows, "nodes": rows,
+    details = {"solver": solver, "pairs": counts, "chains": chain_rows,
                "options": {"time_budget": time_budget, "pair_budget": pair_budget, "enumerate_max": enumerate_max,
                            "svd_limit": svd_limit,
                            **({"topk": topk, "topk_iter": topk_iter} if solver == "topk" else {}),
                            **({"greedy": greedy} if solver != "certified" else {})}}
-    return Result(name, value, kind, time.perf_counter() - t0, details=details)
+    return Result(name, value, kind, time.perf_counter() - t0, details=details, layers=rows)
 
 
 def _solve_chain(g: Graph, chain: Chain, norms: dict, *, solver: str, gen: torch.Generator, bar,
