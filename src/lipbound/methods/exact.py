@@ -89,6 +89,8 @@ MAX_DENSE = 20_000_000  # refuse networks whose interval matrices (neurons x inp
 _T_CAP = 1.0  # cap of the LP's ball radius (unbounded regions), relative to the problem's scale
 _VERTEX_FREE = 8  # with at most this many free neurons, bound a node by enumerating its completions
 _VERTEX_SIZE = 4_000_000  # ... when the batch of Jacobians has at most this many entries
+_REFINE = 3  # LPs zooming in on a region whose first LP point is neither verified nor proved empty
+_ZOOM = 1e-6  # their first magnification (relative to the scale) when that LP found no positive radius
 _UNIT_ROUNDOFF = 2.0 ** -53  # float64
 
 
@@ -382,47 +384,59 @@ class _BranchAndBound:
         j, s, bp = self._constraints(pieces)
         if len(j) == 0:  # only neurons without breakpoints are fixed: the whole domain
             return "uncertain", None
-        self.lps += 1
         a, c, _ = self._forms(pieces, self.num)
         ga, gc = s[:, None] * a[j], s * (c[j] - bp)  # the region: ga x + gc >= 0
-        norms = np.linalg.norm(ga, axis=1)
-        norms[norms == 0] = 1.0  # a constant row: t can still go below it, the LP stays feasible
-        # ga x + gc >= t ||ga||   <=>   -ga x + ||ga|| t <= gc
-        cost = np.zeros(self.dim + 1)
-        cost[-1] = -1.0
-        res = self.lp.solve(cost, np.hstack([-ga, norms[:, None]]), gc, np.append(self.lo, -np.inf),
-                            np.append(self.hi, _T_CAP * self.scale))
-        if res.status != "optimal":
+        x, t, y = self._centre(ga, gc, np.zeros(self.dim), 1.0)
+        if x is None:
             return "uncertain", None
-        x = np.clip(res.x[:-1], self.lo, self.hi)  # the solver's tolerance may step outside the box
         if self._inside(pieces, x):
             return "exists", x
-        if self._proves_empty(pieces, j, s, bp, ga, res.y):
+        if self._proves_empty(pieces, j, s, bp, y):
             self.empty += 1
             return "none", None
+        sigma = t if t > 0 else _ZOOM * self.scale
+        for _ in range(_REFINE):  # a thin region, blurred by the solver's tolerance: zoom in on it
+            x, t, _ = self._centre(ga, gc, x, sigma)
+            if x is None or not t > 0:
+                break
+            if self._inside(pieces, x):
+                return "exists", x
+            sigma = t
         return "uncertain", None
 
-    def _proves_empty(self, pieces: np.ndarray, j: np.ndarray, s: np.ndarray, bp: np.ndarray,
-                      ga: np.ndarray, y: np.ndarray) -> bool:
+    def _centre(self, ga: np.ndarray, gc: np.ndarray, x0: np.ndarray,
+                sigma: float) -> tuple[np.ndarray | None, float, np.ndarray | None]:
+        """``(x, t, y)``: an LP's well-centred point ``x`` of ``{ga x + gc >= 0}`` in the box (the
+        centre of a ball of radius ``t`` in it: ``max t`` s.t. ``ga x + gc >= t ||ga||``), and the
+        LP's multipliers ``y`` of those rows; ``(None, 0, None)`` when the LP fails. Solved in the
+        coordinates ``x = x0 + sigma d``, which magnify a region of width ``sigma`` around ``x0`` to
+        the solver's scale."""
+        self.lps += 1
+        norms = np.linalg.norm(ga, axis=1)
+        norms[norms == 0] = 1.0  # a constant row: t can still go below it, the LP stays feasible
+        # ga (x0 + sigma d) + gc >= sigma t ||ga||   <=>   -ga d + ||ga|| t <= (ga x0 + gc) / sigma
+        cost = np.zeros(self.dim + 1)
+        cost[-1] = -1.0
+        res = self.lp.solve(cost, np.hstack([-ga, norms[:, None]]), (ga @ x0 + gc) / sigma,
+                            np.append((self.lo - x0) / sigma, -np.inf), np.append((self.hi - x0) / sigma,
+                                                                                  _T_CAP * self.scale / sigma))
+        if res.status != "optimal":
+            return None, 0.0, None
+        x = np.clip(x0 + sigma * res.x[:-1], self.lo, self.hi)  # the solver's tolerance may step outside
+        return x, sigma * float(res.x[-1]), res.y
+
+    def _proves_empty(self, pieces: np.ndarray, j: np.ndarray, s: np.ndarray, bp: np.ndarray, y: np.ndarray) -> bool:
         """The region of ``pieces`` and the box share no interior point, by a certificate checked
-        in exact rational arithmetic (:func:`~lipbound.methods.lp.proves_no_interior`) on the
-        rows of the region and of the box, proposed by the LP's multipliers ``y`` of the region's
-        rows (and, for the box's rows, by the residual ``ga^T y`` they must cancel)."""
+        in exact arithmetic (:func:`~lipbound.methods.lp.proves_no_interior`) on the region's
+        rows, proposed by the LP's multipliers ``y`` of those rows."""
         if self._integers is None:
             self._integers = self.num.integer()
         a, c, scale = self._forms(pieces, self._integers)
         used = np.flatnonzero(y > 0)
         rows_a = [[Fraction(int(s[r]) * v, scale[j[r]]) for v in a[j[r]]] for r in used]
         rows_c = [int(s[r]) * (Fraction(c[j[r]], scale[j[r]]) - Fraction(float(bp[r]))) for r in used]
-        hints = [y[used]]
-        residual = ga.T @ y
-        for i in np.flatnonzero(np.isfinite(self.lo)):  # x_i - lo_i >= 0 and hi_i - x_i >= 0
-            unit = [Fraction(int(i == k)) for k in range(self.dim)]
-            rows_a += [unit, [-v for v in unit]]
-            rows_c += [-Fraction(float(self.lo[i])), Fraction(float(self.hi[i]))]
-            hints.append(np.array([max(-residual[i], 0.0), max(residual[i], 0.0)]))
-        return proves_no_interior(np.array(rows_a, dtype=object).reshape(-1, self.dim),
-                                  np.array(rows_c, dtype=object), np.concatenate(hints))
+        return proves_no_interior(np.array(rows_a, dtype=object).reshape(-1, self.dim), np.array(rows_c, dtype=object),
+                                  y[used], self.lo, self.hi)
 
     # ---- bounds -------------------------------------------------------------------------
     def _upper(self, pieces: np.ndarray) -> float:
