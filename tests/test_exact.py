@@ -279,9 +279,10 @@ def test_thin_slab_is_a_region():
     check(net, res, pairs=[([0.0], [eps])])
 
 
-@pytest.mark.parametrize("width,bias", [(1e-7, 1e3), (1e-10, 1.0)])
+@pytest.mark.parametrize("width,bias", [(1e-7, 1e3), (1e-10, 1.0), (1e-15, 1.0)])
 def test_thin_slab_in_four_dimensions(width, bias):
-    # relu(u.x), relu(-u.x), relu(u.x - width), relu(bias + x_0): slope 1 + K across the slab
+    # relu(u.x), relu(-u.x), relu(u.x - width), relu(bias + x_0): slope 1 + K across the slab (the
+    # LP solver's tolerance, 1e-7, hides the slab of width 1e-15: its point is re-centred by zooming)
     k = 9.0
     u = np.random.default_rng(0).normal(size=4)
     u /= np.linalg.norm(u)
@@ -290,6 +291,19 @@ def test_thin_slab_in_four_dimensions(width, bias):
     res = exact(graph_of(net), lower_budget=0)
     assert res.kind == "exact" and res.value == pytest.approx(1 + k, rel=1e-9)
     check(net, res, pairs=[(np.zeros(4), width / 2 * u)])
+
+
+def test_region_without_a_float64_point_stays_in_the_upper_bound():
+    # f(x) = x + K (relu(x - 1) - relu(x - b)), b = the float64 after 1: slope 1 + K on (1, b), an
+    # interval with no float64 inside. It is a region (the pair (1, b) shows 1 + K), no float64
+    # Jacobian witness exists in it, and it cannot be proved empty: certified upper 1 + K.
+    k, b = 9.0, float(np.nextafter(1.0, 2.0))
+    net = build([[[1.0], [-1.0], [1.0], [1.0]], [[1.0, -1.0, k, -k]]], [[0.0, 0.0, -1.0, -b], [0.0]], [nn.ReLU()])
+    res = exact(graph_of(net), lower_budget=0)
+    assert res.kind == "certified_upper" and res.details["uncertain_regions"] >= 1
+    assert res.value == pytest.approx(1 + k, rel=2e-9)  # with the 1e-9 margin of certified bounds
+    assert res.details["lower"] == pytest.approx(1.0, rel=1e-12)
+    check(net, res, pairs=[([1.0], [b])])
 
 
 def test_witness_on_the_box_face_is_rejected():
@@ -317,14 +331,15 @@ def test_rounding_that_hides_a_kink_is_caught_by_the_margin():
 
 
 def test_constant_neuron_on_a_breakpoint_keeps_its_region():
-    # The second layer's first neuron reads only the first layer's first neuron, which is off for
-    # x < 0: there it is identically 0, on its kink, and the region x < 0 must not vanish with both
-    # of its children. f = -2 x on x < 0 (through the second neuron), 1 x on x > 0: L = 2.
-    net = build([[[1.0], [-1.0]], [[1.0, 0.0], [0.0, 1.0]], [[1.0, 2.0]]], [[0.0, 0.0], [0.0, 0.0], [0.0]],
-                [nn.ReLU(), nn.ReLU()])
-    res = exact(graph_of(net), lower_budget=0)
-    assert res.kind == "exact" and res.value == pytest.approx(2.0, rel=1e-12)
-    check(net, res, pairs=[([-1.0], [-2.0])])
+    # Layer 1: relu(x), relu(-x). Layer 2: q = relu(relu(-x)), r = relu(relu(x) - 1), p = relu(relu(x));
+    # f = 0.5 q - 2 r + 3 p: slope 3 on (0, 1), 1 beyond, -0.5 below 0, L = 3. On x > 0, q is
+    # identically 0, on its kink: it must be branched as the constant it is there (one child, no
+    # constraint), or every region below it stays undecided (both children have no interior).
+    net = build([[[1.0], [-1.0]], [[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]], [[0.5, -2.0, 3.0]]],
+                [[0.0, 0.0], [0.0, -1.0, 0.0], [0.0]], [nn.ReLU(), nn.ReLU()])
+    res = exact(graph_of(net), lower_budget=0, samples=0)
+    assert res.kind == "exact" and res.value == pytest.approx(3.0, rel=1e-12)
+    check(net, res, pairs=[([0.25], [0.75])])
 
 
 def test_network_without_activation_is_one_matrix():
