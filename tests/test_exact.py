@@ -11,7 +11,6 @@ show to be clearly empty.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 from fractions import Fraction
 
@@ -346,10 +345,21 @@ def test_network_without_activation_is_one_matrix():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv1d(2, 3, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(18, 1)).double()
     res = exact(lipbound.as_graph(net, (2, 6)))
-    dense = torch.autograd.functional.jacobian(lambda x: net(x.reshape(1, 2, 6)).reshape(-1), torch.zeros(12, dtype=torch.float64))
+    dense = torch.autograd.functional.jacobian(lambda x: net(x.reshape(1, 2, 6)).reshape(-1),
+                                               torch.zeros(12, dtype=torch.float64))
     assert res.kind == "exact"
     assert res.value == pytest.approx(torch.linalg.matrix_norm(dense, ord=2).item(), rel=1e-12)
     assert witness_value(net, res.witness) == pytest.approx(res.value, rel=1e-12)
+
+
+@pytest.mark.parametrize("act", [lambda: nn.LeakyReLU(1.0), lambda: nn.Hardtanh(-math.inf, math.inf)])
+def test_activation_without_kinks_makes_one_affine_map(act):
+    # LeakyReLU(1) and Hardtanh(-inf, inf) are the identity: f = W2 W1 x + c, L = ||W2 W1||
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(3, 4), act(), nn.Linear(4, 2)).double()
+    res = exact(lipbound.as_graph(net, (3,)))
+    assert res.kind == "exact"
+    assert res.value == pytest.approx(torch.linalg.matrix_norm(net[2].weight @ net[0].weight, ord=2).item(), rel=1e-12)
 
 
 # ---- families against the oracle ----------------------------------------------------------------

@@ -27,7 +27,8 @@ def random_net(seed: int) -> tuple[Net, tuple | None, list]:
     widths = [int(w) for w in rng.integers(2, 5 - len(bps), size=int(rng.integers(1, 3)))]  # 2-3, or 2 with two kinks
     scale = 1.0 + float(max(abs(b) for b in bps))  # pre-activations of the size of the breakpoints
     sizes = [n] + widths + [int(rng.integers(1, 3))]
-    ws = [rng.normal(size=(b, a)) * (scale if k < len(widths) else 1.0) for k, (a, b) in enumerate(zip(sizes, sizes[1:]))]
+    ws = [rng.normal(size=(b, a)) * (scale if k < len(widths) else 1.0)
+          for k, (a, b) in enumerate(zip(sizes, sizes[1:]))]
     bs = [rng.normal(size=b) * scale for b in sizes[1:]]
     box = None if seed % 4 < 2 else (-1.0, 2.0)
     net = Net(ws, bs, [make() for _ in widths])

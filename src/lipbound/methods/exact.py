@@ -21,15 +21,25 @@ left out.
   ``s (z_j(x) - bp) >= t ||a_j||`` for each breakpoint ``bp`` bounding the piece of a fixed neuron
   ``j`` (``z_j = a_j x + c_j``, ``s = +1`` below it, ``-1`` above), ``x`` in the box domain.
   - The region **exists** when the LP's point (clipped to the box) has every fixed pre-activation
-    inside its piece by more than the rounding bound of its float64 evaluation (:meth:`_BranchAndBound.pieces_at`):
-    a neighbourhood of that point of the closed box lies in the region and meets the open box.
+    inside its piece by more than the rounding bound of its float64 evaluation
+    (:meth:`_BranchAndBound.pieces_at`): a neighbourhood of that point of the closed box lies in the
+    region and meets the open box.
   - The region is **empty** (dropped) only on a certificate, read from the LP's dual and checked
-    in exact rational arithmetic from the float64 weights (:func:`~lipbound.methods.lp.proves_no_interior`),
-    that the region and the box have no common interior point.
+    in exact rational arithmetic from the float64 weights
+    (:func:`~lipbound.methods.lp.proves_no_interior`), that the region and the box have no common
+    interior point.
+  - A thin region is blurred by the solver's tolerance (``1e-7``): when the first LP's point is
+    neither verified nor proved empty, up to 3 more LPs re-solve it in coordinates magnified around
+    that point (slabs down to ``1e-15`` wide are found).
   - Otherwise it is **uncertain**: it is kept and branched; an uncertain leaf's ``||J_P||`` stays in
     the upper bound and gives no lower bound, so the result is at worst ``certified_upper``. A
-    tiny LP radius proves nothing: a slab of width ``1e-9`` is a region.
-  A child that contains its parent's verified point (with the same margin) needs no LP.
+    tiny LP radius proves nothing: a slab of width ``1e-9`` is a region (and one with no float64
+    point inside can be neither verified nor refuted).
+  A child that contains its parent's verified point (with the same margin) needs no LP. A neuron
+  whose pre-activation is constant on the region (no path of non-zero weights and slopes reaches
+  it from the input) constrains nothing: its one child takes the piece of its exact value (either
+  one on a breakpoint: its slope multiplies a zero row), and witnesses need no margin from its
+  breakpoints.
 * **Certified upper bound** of a node: the Jacobians of all completions lie in an interval matrix
   ``[C - R, C + R]`` obtained by midpoint-radius interval arithmetic through the layers (fixed
   neurons contribute their exact slope, free ones the hull ``[a, b]`` of their activation's
@@ -92,6 +102,7 @@ _VERTEX_SIZE = 4_000_000  # ... when the batch of Jacobians has at most this man
 _REFINE = 3  # LPs zooming in on a region whose first LP point is neither verified nor proved empty
 _ZOOM = 1e-6  # their first magnification (relative to the scale) when that LP found no positive radius
 _UNIT_ROUNDOFF = 2.0 ** -53  # float64
+_TINY = float(np.finfo(np.float64).tiny)  # the least normal float64: a bound of each operation's underflow
 
 
 def exact(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = None,
@@ -265,23 +276,26 @@ class _BranchAndBound:
         ``|fl(W h^ + c) - (W h + c)| <= |W| e_h + gamma_{k+1} (|W| |h^| + |c|)``; the activation,
         ``fl(a z^ + o)`` with the slope and offset of ``z^``'s piece, then has
         ``e_h' = lip e_z + gamma_2 (|a z^| + |o|)`` (``lip``: the activation's Lipschitz constant).
+        Each operation adds at most the least normal number by underflow (even flushed to zero).
         Each bound is evaluated in float64 and doubled, which covers the rounding of its own
         evaluation (a relative ``gamma_{k+2} << 1``).
         """
         h, e, moving = x, np.zeros_like(x), np.ones_like(x, dtype=bool)
-        out = [[np.zeros((len(x), 0), dtype=int)], [np.ones((len(x), 0), dtype=bool)], [np.ones((len(x), 0), dtype=bool)]]
+        out = [[np.zeros((len(x), 0), dtype=int)], [np.ones((len(x), 0), dtype=bool)],
+               [np.ones((len(x), 0), dtype=bool)]]
         for m in range(len(self.sizes)):
             w, b, bp = self.w[m], self.num.b[m], self.num.breakpoints[m]
             aw = np.abs(w)
             z = h @ w.T + b
-            ez = 2 * (e @ aw.T + _gamma(w.shape[1] + 1) * (np.abs(h) @ aw.T + np.abs(b)))
+            ez = 2 * (e @ aw.T + _gamma(w.shape[1] + 1) * (np.abs(h) @ aw.T + np.abs(b))
+                      + (w.shape[1] + 1) * _TINY)
             piece = np.searchsorted(bp, z)
             varies = moving.astype(np.float64) @ (w != 0).T > 0
             for part, value in zip(out, (piece, (np.abs(z[..., None] - bp) > ez[..., None]).all(-1), varies)):
                 part.append(value)
             a, o = self.num.slopes[m][piece], self.num.offsets[m][piece]
             h = a * z + o
-            e = 2 * (self.lips[m] * ez + _gamma(2) * (np.abs(a * z) + np.abs(o)))
+            e = 2 * (self.lips[m] * ez + _gamma(2) * (np.abs(a * z) + np.abs(o)) + 2 * _TINY)
             moving = varies & (a != 0)
         return tuple(np.concatenate(part, 1) for part in out)
 
@@ -425,7 +439,8 @@ class _BranchAndBound:
         x = np.clip(x0 + sigma * res.x[:-1], self.lo, self.hi)  # the solver's tolerance may step outside
         return x, sigma * float(res.x[-1]), res.y
 
-    def _proves_empty(self, pieces: np.ndarray, j: np.ndarray, s: np.ndarray, bp: np.ndarray, y: np.ndarray) -> bool:
+    def _proves_empty(self, pieces: np.ndarray, j: np.ndarray, s: np.ndarray, bp: np.ndarray,
+                      y: np.ndarray) -> bool:
         """The region of ``pieces`` and the box share no interior point, by a certificate checked
         in exact arithmetic (:func:`~lipbound.methods.lp.proves_no_interior`) on the region's
         rows, proposed by the LP's multipliers ``y`` of those rows."""

@@ -30,6 +30,7 @@ An activation is **two-slope** when ``s(t) = b t`` for ``t >= 0`` and ``s(t) = a
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -112,13 +113,15 @@ def mlp_layers(graph: Graph, *, method: str = "exact") -> list[DenseLayer]:
 
 
 def _kinks_only(pieces: PiecewiseLinear) -> PiecewiseLinear:
-    """The same function with the breakpoints where nothing changes (same slope and offset on both
-    sides) removed."""
-    keep = [k for k in range(len(pieces.breakpoints))
-            if (pieces.slopes[k], pieces.offsets[k]) != (pieces.slopes[k + 1], pieces.offsets[k + 1])]
-    return PiecewiseLinear(tuple(pieces.breakpoints[k] for k in keep),
-                           (pieces.slopes[0],) + tuple(pieces.slopes[k + 1] for k in keep),
-                           (pieces.offsets[0],) + tuple(pieces.offsets[k + 1] for k in keep))
+    """The same function on the reals with only its kinks as breakpoints: without breakpoints at
+    ``-inf`` or ``inf`` (``Hardtanh(-inf, m)``: their outer piece is never reached) and without those
+    where nothing changes (same slope and offset on both sides)."""
+    bps, slopes, offsets = pieces.breakpoints, pieces.slopes, pieces.offsets
+    first = sum(b == -math.inf for b in bps)  # the first piece a real input reaches ...
+    last = len(bps) - sum(b == math.inf for b in bps)  # ... and the last
+    keep = [k for k in range(first, last) if (slopes[k], offsets[k]) != (slopes[k + 1], offsets[k + 1])]
+    return PiecewiseLinear(tuple(bps[k] for k in keep), (slopes[first],) + tuple(slopes[k + 1] for k in keep),
+                           (offsets[first],) + tuple(offsets[k + 1] for k in keep))
 
 
 def _chain(g: Graph, method: str = "exact") -> list:
@@ -140,7 +143,8 @@ def _chain(g: Graph, method: str = "exact") -> list:
                                            "Clip, HardSigmoid)")
         elif not isinstance(node, Affine):
             raise UnsupportedOperation(type(node).__name__, f"node '{node.origin}'",
-                                       f"{method} handles chains of affine layers and piecewise-linear activations only")
+                                       f"{method} handles chains of affine layers and piecewise-linear "
+                                       "activations only")
         chain.append(node)
         prev = node.name
     if prev != g.output:
