@@ -22,7 +22,7 @@ from torch import nn
 
 import lipbound
 from lipbound.errors import NotApplicable
-from lipbound.graph.activations import absolute
+from lipbound.graph.activations import REGISTRY
 from lipbound.graph.ir import Activation
 from lipbound.methods.exact import exact
 from lipbound.witness import witness_value
@@ -112,7 +112,7 @@ def graph_of(net: Net):
     """lipbound's graph of ``net`` (Abs placeholders replaced by ``|t|`` with its facts)."""
     g = lipbound.as_graph(net.module(), (net.ws[0].shape[1],))
     abs_at = iter(isinstance(a, Abs) for a in net.acts)
-    nodes = {name: (dataclasses.replace(n, fn=torch.abs, facts=absolute(), label="Abs")
+    nodes = {name: (dataclasses.replace(n, fn=torch.abs, facts=REGISTRY["Abs"].facts(), label="Abs")
                     if isinstance(n, Activation) and next(abs_at) else n) for name, n in g.nodes.items()}
     return type(g)(nodes, g.input, g.output, g.name, list(g.notes))
 

@@ -387,7 +387,7 @@ _ENTRIES = (
         positional=("inplace",), onnx="Mish"),
     _op("Hardswish", lambda: _CONST_FACTS["Hardswish"], _fixed(F.hardswish), modules=(nn.Hardswish,),
         functions=(F.hardswish,), positional=("inplace",), onnx="HardSwish"),
-    _op("Abs", lambda: _CONST_FACTS["Abs"], _fixed(torch.abs), onnx="Abs"),
+    _op("Abs", lambda: _CONST_FACTS["Abs"], _fixed(torch.abs), functions=(torch.abs,), methods=("abs",), onnx="Abs"),
 )
 
 

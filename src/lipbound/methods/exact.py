@@ -89,6 +89,7 @@ from ..graph.ir import Graph
 from ..linalg.spectral import CERTIFIED_RTOL
 from ..report import Result
 from .region import Box, as_box
+from .witness import PointWitness
 from .lower import lower as lower_search
 from .lp import DenseLP, proves_no_interior
 from .piecewise import DenseLayer, mlp_layers
@@ -150,17 +151,22 @@ def exact(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
     center = np.zeros(bb.dim) if box is None else ((box.low + box.high) / 2).flatten().numpy()
     status = bb.run(t0 + time_budget, progress, center)
     upper = bb.upper() * (1 + CERTIFIED_RTOL)
-    lower = bb.best
-    witness = None
-    if bb.best_x is not None:
-        witness = {"form": "jacobian", "x": torch.from_numpy(bb.best_x).reshape(graph.input_shape),
-                   "v": torch.from_numpy(bb.best_v).reshape(graph.input_shape)}
+    lower, witness = bb.best, None
+    if bb.best_x is not None:  # the reported lower bound is the witness's re-checked value (rounding margins)
+        x, v = (torch.from_numpy(t).reshape(graph.input_shape) for t in (bb.best_x, bb.best_v))
+        try:
+            lower = PointWitness(x, v).recheck(graph, domain)
+            witness = PointWitness(x, v, value=lower)
+        except InvalidInput:
+            lower = -math.inf
     details = {"lower": lower if lower > -math.inf else None, "upper": upper, "status": status,
                "neurons": bb.n_neurons, "search_nodes": bb.nodes, "lps": bb.lps, "empty_regions": bb.empty,
                "uncertain_regions": bb.uncertain, "domain": "R^n" if box is None else box.describe()}
-    is_exact = status == "solved" and lower > -math.inf and upper <= lower * (1 + rtol) + 1e-300
+    # exact: the search's bound (before the certified rounding margin) meets the re-checked lower bound
+    is_exact = status == "solved" and lower > -math.inf and bb.upper() <= lower * (1 + rtol) + 1e-300
     if is_exact:
-        return Result("exact", lower, "exact", time.perf_counter() - t0, witness=witness, details=details)
+        return Result("exact", lower, "exact", time.perf_counter() - t0, witness=witness, details=details,
+                      bracket=(lower, max(upper, lower)))
     return Result("exact", upper, "certified_upper", time.perf_counter() - t0, witness=witness, details=details)
 
 

@@ -246,8 +246,8 @@ class RegionCheck:
 def region_check(graph: Graph, x: torch.Tensor, box: Box | None = None,
                  enclosure: Enclosure | None = None) -> RegionCheck:
     """Decide, for each point of the batch ``x``, whether a Jacobian witness there is valid: ``x``
-    is finite and in the closed ``box``; every activation input is farther from each of the
-    activation's ``kinks`` than its rounding error bound (:func:`enclose`); in every max-pooling
+    is finite and in the closed ``box``; every activation input that is not locally constant is
+    farther from each of the activation's ``kinks`` than its rounding error bound (:func:`enclose`); in every max-pooling
     window, either the largest input lowered by its error bound exceeds every other input raised by
     its bound, or every input that could be the largest is *locally constant* (a tie of inactive
     ReLUs: the maximum is then constant near ``x``). An element is locally constant when it
@@ -285,7 +285,8 @@ def region_check(graph: Graph, x: torch.Tensor, box: Box | None = None,
                 dist = (z.unsqueeze(-1) - kinks).abs().amin(dim=-1)  # fl(|z - k|) is within u of it
                 room[node.name] = dist * (1 - 4 * _U) - e
                 certain = room[node.name] > 0
-                fail(~certain.flatten(1).all(dim=1),
+                # a locally constant input may sit on a kink: the output is then locally constant too
+                fail((~certain & ins[0]).flatten(1).any(dim=1),
                      f"an input of {node.label or 'activation'} '{node.origin}' is within its rounding error of a kink")
             flat = _piece_slopes(node, z) == 0 if node.pieces is not None else torch.zeros_like(certain)
             moving[node.name] = ins[0] & ~(flat & certain)
