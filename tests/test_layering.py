@@ -41,7 +41,12 @@ def import_edges(root: Path) -> dict[str, set[str]]:
     for name, path in files.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         targets: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        type_only = {id(n) for block in ast.walk(tree) if _is_type_checking(block)
+                     for stmt in block.body for n in ast.walk(stmt)}  # never run: no runtime edge
+        for node in ast.walk(tree):
+            if id(node) in type_only:
+                continue
             if isinstance(node, ast.Import):
                 targets.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
@@ -53,6 +58,15 @@ def import_edges(root: Path) -> dict[str, set[str]]:
                     targets.add(f"{mod}.{alias.name}" if f"{mod}.{alias.name}" in files else mod)
         edges[name] = {t for t in targets if (t in files or t.startswith(root.name + ".")) and t != name}
     return edges
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    """``if TYPE_CHECKING:`` (or ``typing.TYPE_CHECKING``)."""
+    if not isinstance(node, ast.If):
+        return False
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def unresolved(edges: dict[str, set[str]]) -> list[str]:
