@@ -64,7 +64,8 @@ def best(graph: Graph, *, registry: Mapping[str, Any], time_budget: float = 60.0
         except (NotApplicable, UnsupportedOperation) as exc:
             ran.append({"method": spec.name, "skipped": str(exc), "seconds": time.perf_counter() - t0})
             continue
-        ran.append({"method": spec.name, "value": res.value, "kind": res.kind.value, "seconds": time.perf_counter() - t0})
+        ran.append({"method": spec.name, "value": res.value, "upper": res.upper, "kind": res.kind.value,
+                    "seconds": time.perf_counter() - t0})
         if res.upper is not None and (chosen is None or res.upper < chosen.upper):
             chosen = res
     if chosen is None:
