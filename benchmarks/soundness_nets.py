@@ -154,7 +154,7 @@ def _prelu(r: Rng, channels: int) -> tuple[nn.Module, ActInfo]:
             m.weight.copy_(r.normal(channels) * 0.7)
         else:
             m.weight.fill_(r.choice((0.25, -0.3, 0.0, 1.5, -1.0)))
-    w = float(m.weight[0])
+    w = float(m.weight.detach()[0])
     return m, (_leaky(w) if not per_channel else ActInfo((0.0,)))
 
 
