@@ -66,12 +66,12 @@ NOISE = 1e-10  # absolute slack of re-evaluated values, relative to the net's Au
 OPTIONS: dict[str, dict[str, Any]] = {
     "lower": {"time_budget": 0.05, "starts": 16, "steps": 30, "walk_rounds": 5},
     "exact": {"time_budget": 0.5, "lower_budget": 0.05, "samples": 32},
-    "best": {"budget": 0.4},
-    "lipsdp": {"time_limit": 0.3, "max_iter": 300, "max_size": 2000},
-    "lipsdp-layer": {"time_limit": 0.3, "max_iter": 300, "max_size": 2000},
+    "best": {"time_budget": 0.4},
+    "lipsdp": {"time_budget": 0.3, "lbfgs_iter": 300, "max_size": 2000},
+    "lipsdp-layer": {"time_budget": 0.3, "lbfgs_iter": 300, "max_size": 2000},
     "eclipse-fast": {"max_size": 2000},  # an LMI of order 2000+ takes tens of seconds
-    "seqlip": {"time_budget": 0.05, "total_budget": 0.3},
-    "seqlip-greedy": {"time_budget": 0.05, "total_budget": 0.3},
+    "seqlip": {"pair_budget": 0.05, "time_budget": 0.3},
+    "seqlip-greedy": {"pair_budget": 0.05, "time_budget": 0.3},
     "seqlip-topk": {"topk_iter": 30},
 }
 #: Methods run only on small nets (input size at most ``SMALL_INPUTS``): they are meant for small
@@ -93,7 +93,7 @@ def plan(case: Case) -> list[str]:
 
 def takes_domain(method: str) -> bool:
     """Whether ``method`` bounds the constant on the given domain (else on all of ``R^n``)."""
-    return "domain" in inspect.signature(METHODS[method]).parameters
+    return METHODS[method].takes_domain
 
 
 @dataclass

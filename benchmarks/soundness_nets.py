@@ -227,7 +227,9 @@ def _catalogue() -> dict[Any, ActBuilder]:
 
     def softplus(r: Rng, ch: int, functional: bool) -> tuple[nn.Module, ActInfo]:
         beta, threshold = _softplus_args(r)
-        info = ActInfo((threshold / beta,))  # torch switches to the identity for beta t > threshold
+        # torch switches to the identity for beta t > threshold, a jump of log(1 + e^-threshold) / beta:
+        # lipbound refuses it above 1e-7 and otherwise bounds (and evaluates) the smooth softplus
+        info = ActInfo() if math.log1p(math.exp(-threshold)) / beta <= 1e-7 else ActInfo((threshold / beta,))
         if not functional:
             return nn.Softplus(beta, threshold), info
         return (Fn(F.softplus, beta, threshold) if r.chance(0.5) else Fn(F.softplus, beta=beta, threshold=threshold)), info
@@ -240,6 +242,35 @@ def _catalogue() -> dict[Any, ActBuilder]:
                                     (nn.Softplus, F.softplus, softplus), (nn.GELU, F.gelu, gelu)):
         c[module] = lambda r, ch, b=build: b(r, ch, False)
         c[function] = lambda r, ch, b=build: b(r, ch, True)
+    def shrink(r: Rng, ch: int, kind: str) -> tuple[nn.Module, ActInfo]:
+        lam = r.choice((0.5, 1.0, 0.0))
+        if kind == "soft":  # continuous: t + lam, 0, t - lam
+            info = _pwl((-lam, lam), (1, 0, 1), (lam, 0, -lam)) if lam > 0 else ActInfo()
+            return (nn.Softshrink(lam) if r.chance(0.5) else Fn(F.softshrink, lam)), info
+        info = ActInfo() if lam == 0 else ActInfo((-lam, lam))  # hardshrink jumps at +-lam: refused
+        return (nn.Hardshrink(lam) if r.chance(0.5) else Fn(torch.hardshrink, lam)), info
+
+    def threshold(r: Rng, ch: int, functional: bool) -> tuple[nn.Module, ActInfo]:
+        th = r.choice((0.0, 0.5, -1.0))
+        value = th if r.chance(0.8) else th - 1.0  # value != threshold jumps: refused
+        info = _pwl((th,), (0, 1), (th, 0)) if value == th else ActInfo((th,))
+        return (Fn(F.threshold, th, value) if functional else nn.Threshold(th, value)), info
+
+    def rrelu(r: Rng, ch: int, functional: bool) -> tuple[nn.Module, ActInfo]:
+        lower, upper = r.choice(((1 / 8, 1 / 3), (0.1, 0.3), (0.0, 0.5)))
+        info = _leaky((lower + upper) / 2)  # eval mode: the mean slope
+        return (Fn(F.rrelu, lower, upper) if functional else nn.RReLU(lower, upper).eval()), info
+
+    c[nn.Softshrink] = lambda r, ch: shrink(r, ch, "soft")
+    c[F.softshrink] = lambda r, ch: shrink(r, ch, "soft")
+    c[nn.Hardshrink] = lambda r, ch: shrink(r, ch, "hard")
+    c[torch.hardshrink] = lambda r, ch: shrink(r, ch, "hard")
+    c[nn.Threshold] = lambda r, ch: threshold(r, ch, False)
+    c[F.threshold] = lambda r, ch: threshold(r, ch, True)
+    c[nn.RReLU] = lambda r, ch: rrelu(r, ch, False)
+    c[F.rrelu] = lambda r, ch: rrelu(r, ch, True)
+    c[torch.abs] = lambda r, ch: (Fn(torch.abs), _pwl((0,), (-1, 1), (0, 0)))
+    c["abs"] = lambda r, ch: (TensorMethod("abs"), _pwl((0,), (-1, 1), (0, 0)))
     c[nn.ELU] = lambda r, ch: elu(r, ch, False, False)
     c[F.elu] = lambda r, ch: elu(r, ch, True, False)
     c[nn.CELU] = lambda r, ch: elu(r, ch, False, True)
@@ -663,11 +694,11 @@ class Probe:
     def off_kinks(self, x: torch.Tensor) -> torch.Tensor:
         """Mask of the points of the batch where every activation input and every max-pool
         window sits off its kinks / ties by more than the margin :data:`KINK_RTOL` (and is
-        finite). A kink or tie that persists at a randomly moved point is structural (an input
+        finite). A kink or tie that persists at a point moved randomly by 1e-7 (relative) is structural (an input
         that does not depend on ``x``, two copies of one value in a window): autograd's choice
         is then the derivative, and it does not count."""
         gen = torch.Generator().manual_seed(0)
-        moved = x + 1e-3 * (1.0 + x.abs()) * torch.randn(x.shape, generator=gen, dtype=x.dtype)
+        moved = x + 1e-7 * (1.0 + x.abs()) * torch.randn(x.shape, generator=gen, dtype=x.dtype)
         with torch.no_grad():
             self.forward(x, record=True)
             here = self.records
@@ -1052,6 +1083,8 @@ def recheck_witness(case: Case, witness: dict[str, Any], claimed: float, on_doma
     if not on_domain:
         probe.box = None
     problems: list[tuple[str, str]] = []
+    if hasattr(witness, "to_dict"):  # a lipbound.PointWitness / PairWitness: check its plain tensors
+        witness = witness.to_dict()
     form = witness.get("form") if isinstance(witness, dict) else None
     if form not in ("jacobian", "pair"):
         return [("witness-form", f"unknown witness {type(witness).__name__} {form!r}")]

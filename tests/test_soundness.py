@@ -10,6 +10,8 @@ its own oracles and checks are right and can fail.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import sys
 from pathlib import Path
@@ -172,12 +174,14 @@ def test_max_pool_ties() -> None:
 
 # ---- the checks catch mutated methods ---------------------------------------------------------
 def _mutated(monkeypatch, name: str, mutate) -> None:
+    """Replace method ``name`` in the registry by ``mutate(its result, graph)`` (same signature)."""
     original = lipbound.methods.METHODS[name]
 
+    @functools.wraps(original.fn)
     def method(graph, **kwargs):
-        return mutate(original(graph, **kwargs), graph)
+        return mutate(original.fn(graph, **kwargs), graph)
 
-    monkeypatch.setitem(lipbound.methods.METHODS, name, method)
+    monkeypatch.setitem(lipbound.methods.METHODS, name, dataclasses.replace(original, fn=method))
 
 
 def test_a_certified_bound_below_the_truth_is_caught(monkeypatch) -> None:

@@ -29,6 +29,7 @@ from ..graph.walk import GraphInterpreter
 from .jacobian import tangents
 from ..linalg.operators import Compose, Conv, Dense, Diagonal, Function, LinearOperator, Permute, Reshape
 from ..linalg.spectral import certified_norm
+from ..linalg.structured import Gather, Kronecker
 from .region import Box
 
 __all__ = ["Enclosure", "enclose", "RegionCheck", "region_check", "pair_bounds", "jacobian_witness_values"]
@@ -207,16 +208,23 @@ def _linear(op: LinearOperator, h: torch.Tensor, e: torch.Tensor) -> tuple[torch
 
 
 def _magnitude(op: LinearOperator) -> LinearOperator | None:
-    """The operator ``|A|`` (entry-wise absolute values) when it is cheap, else None."""
+    """The operator ``|A|`` (entry-wise absolute values) when it is cheap, else None: dense and
+    convolution weights (circular padding kept), diagonals and the per-axis factors of a separable
+    map in absolute value; selections, reshapes and permutations are their own (0/1 entries)."""
     if isinstance(op, Dense):
         return Dense(op.weight.abs(), op.in_shape)
     if isinstance(op, Conv):
         return Conv(op.weight.abs(), op.in_shape, op.stride, op.padding, op.dilation, op.groups, op.transposed,
-                    op.output_padding)
+                    op.output_padding, op.circular)
     if isinstance(op, Diagonal):
         return Diagonal(op.scale.abs(), op.in_shape)
-    if op.nonnegative:
+    if isinstance(op, Kronecker):
+        return Kronecker([f.abs() for f in op.factors], op.in_shape, op.label)
+    if isinstance(op, (Gather, Reshape, Permute)):
         return op
+    if isinstance(op, Compose):
+        mags = [_magnitude(sub) for sub in op.ops]  # |A B| <= |A| |B| entry-wise
+        return None if any(m is None for m in mags) else Compose(mags)
     return None
 
 
