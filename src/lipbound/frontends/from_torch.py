@@ -202,12 +202,23 @@ class _Builder:
         return [a for a in n.all_input_nodes if a.name in self.dependent]
 
     def _affine(self, n: fx.Node, src: fx.Node, op: LinearOperator, origin: str) -> None:
-        """Add ``n`` as an affine node on ``src``; its bias is the recorded ``f(0)``, found as
-        ``f(x) - A x`` on the recording batch (exact for an affine map)."""
-        x = self.values[src.name]
-        y = self.values[n.name]
+        """Add ``n`` as an affine node on ``src``; its bias is ``f(0)``: the node's own call
+        evaluated with ``src`` replaced by zeros (``f(x) - A x`` on the recorded batch would carry
+        the rounding of both terms as a spurious bias, moving every kink of the next activation)."""
+        zero = torch.zeros_like(self.values[src.name])
+
+        def at_zero(a: Any) -> Any:
+            return (zero if a.name == src.name else self.values[a.name]) if isinstance(a, fx.Node) else a
+
+        args, kwargs = fx.node.map_aggregate(n.args, at_zero), fx.node.map_aggregate(n.kwargs, at_zero)
         with torch.no_grad():
-            bias = (y - op.matvec(x))[0]
+            if n.op == "call_module":
+                f0 = self.gm.get_submodule(n.target)(*args, **kwargs)
+            elif n.op == "call_method":
+                f0 = getattr(args[0], n.target)(*args[1:], **kwargs)
+            else:
+                f0 = n.target(*args, **kwargs)
+        bias = f0[0].detach().clone()
         bias = None if bool((bias == 0).all()) else bias
         self._add(Affine(n.name, [self._ref(src)], self._shape(n), origin, op, bias))
 
