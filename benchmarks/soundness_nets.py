@@ -243,11 +243,11 @@ def _catalogue() -> dict[Any, ActBuilder]:
         c[module] = lambda r, ch, b=build: b(r, ch, False)
         c[function] = lambda r, ch, b=build: b(r, ch, True)
     def shrink(r: Rng, ch: int, kind: str) -> tuple[nn.Module, ActInfo]:
-        lam = r.choice((0.5, 1.0, 0.0))
+        lam = r.choice((0.5, 1.0))  # lambd = 0 is the identity, whose torch derivative at 0 is 0: not drawn
         if kind == "soft":  # continuous: t + lam, 0, t - lam
-            info = _pwl((-lam, lam), (1, 0, 1), (lam, 0, -lam)) if lam > 0 else ActInfo()
+            info = _pwl((-lam, lam), (1, 0, 1), (lam, 0, -lam))
             return (nn.Softshrink(lam) if r.chance(0.5) else Fn(F.softshrink, lam)), info
-        info = ActInfo() if lam == 0 else ActInfo((-lam, lam))  # hardshrink jumps at +-lam: refused
+        info = ActInfo((-lam, lam))  # hardshrink jumps at +-lam: refused
         return (nn.Hardshrink(lam) if r.chance(0.5) else Fn(torch.hardshrink, lam)), info
 
     def threshold(r: Rng, ch: int, functional: bool) -> tuple[nn.Module, ActInfo]:

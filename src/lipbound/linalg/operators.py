@@ -125,7 +125,12 @@ class LinearOperator:
         return getattr(self, "_dtype", None) or torch.get_default_dtype()
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "LinearOperator":
-        """A copy for another device or dtype (the tensors it works on, and its own if any)."""
+        """A copy for another device or dtype (the tensors it works on, and its own if any). An
+        operator folded from others in a lower precision (:func:`compose`) keeps its float64 fold:
+        ``to(dtype=torch.float64)`` returns that one, not the rounded weights cast back."""
+        exact = self.__dict__.get("_exact64")
+        if dtype == torch.float64 and exact is not None:
+            return exact.to(device=device)
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
         new.__dict__.pop("_norm_cache", None)
@@ -178,6 +183,9 @@ class _TensorOperator(LinearOperator):
         return tuple(getattr(self, name) for name in self._tensors)
 
     def to(self, device=None, dtype=None):
+        exact = self.__dict__.get("_exact64")
+        if dtype == torch.float64 and exact is not None:  # a fold kept in float64 (see LinearOperator.to)
+            return exact.to(device=device)
         new = super().to(device, dtype)
         for name in self._tensors:
             setattr(new, name, getattr(self, name).to(device=device, dtype=dtype))
@@ -554,6 +562,22 @@ def _channel_scale(d: Diagonal, channels: int, channel_axis: int) -> torch.Tenso
 
 
 def _fold(first: LinearOperator, second: LinearOperator) -> LinearOperator | None:
+    """``second o first`` as one operator when a simplification applies (:func:`compose`), else
+    None. The products of weights are taken in float64 (exact for float32 weights) and rounded to
+    the operators' dtype for evaluation; the float64 fold stays attached (see :meth:`LinearOperator.to`),
+    so that certified norms are those of the unrounded composition."""
+    dtype = first.dtype
+    if dtype == torch.float64:
+        return _fold64(first, second)
+    folded = _fold64(first.to(dtype=torch.float64), second.to(dtype=torch.float64))
+    if folded is None:
+        return None
+    rounded = folded.to(dtype=dtype)
+    rounded.__dict__["_exact64"] = folded
+    return rounded
+
+
+def _fold64(first: LinearOperator, second: LinearOperator) -> LinearOperator | None:
     if isinstance(first, Reshape) and isinstance(second, Reshape):
         return Reshape(first.in_shape, second.out_shape)
     if isinstance(first, Diagonal) and isinstance(second, Diagonal):

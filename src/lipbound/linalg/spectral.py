@@ -116,7 +116,10 @@ class CertifiedNorm:
 
 
 def certified_norm(op: LinearOperator, dense_limit: int = DENSE_LIMIT) -> CertifiedNorm:
-    """A certified upper bound of ``||op||_2`` (see the module docstring)."""
+    """A certified upper bound of ``||op||_2`` (see the module docstring), computed on the
+    operator in float64 (for a fold of lower-precision layers: the unrounded fold)."""
+    if op.dtype != torch.float64:
+        op = op.to(dtype=torch.float64)
     sb: StructuralBound | None = op.structural_bound()
     if sb is not None and sb.exact:
         return CertifiedNorm(sb.value * (1 + CERTIFIED_RTOL), sb.how, True)
