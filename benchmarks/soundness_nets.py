@@ -608,14 +608,16 @@ def make_case(seed: int, index: int, family: str | None = None) -> Case:
     r = Rng(seed, index)
     family = family or r.choice(FAMILIES)
     mlp = None
-    if family == "tiny":
-        module, shape, acts, notes, mlp = _tiny(r)
-    elif family == "mlp":
-        module, shape, acts, notes = _mlp(r)
-    elif family == "operator":
-        module, shape, acts, notes = _operator(r)
-    else:
-        module, shape, acts, notes = _conv(r, 1 if family == "conv1d" else 2)
+    with torch.random.fork_rng(devices=[]):  # layers' default initialisations draw from the global generator
+        torch.manual_seed(r.py.getrandbits(62))
+        if family == "tiny":
+            module, shape, acts, notes, mlp = _tiny(r)
+        elif family == "mlp":
+            module, shape, acts, notes = _mlp(r)
+        elif family == "operator":
+            module, shape, acts, notes = _operator(r)
+        else:
+            module, shape, acts, notes = _conv(r, 1 if family == "conv1d" else 2)
     domain = None
     if r.chance(0.4):
         low = r.choice((0.0, -1.0, r.uniform(-3.0, 1.0)))
