@@ -188,17 +188,20 @@ class Graph:
     def affine_nodes(self) -> list[Affine]:
         return [n for n in self if isinstance(n, Affine)]
 
+    def _weighted_op(self) -> LinearOperator | None:
+        """The first affine operator with tensors of its own (a reshape has none, hence no dtype)."""
+        ops = [n.op for n in self.affine_nodes()]
+        return next((op for op in ops if op.tensors()), ops[0] if ops else None)
+
     @property
     def device(self) -> torch.device:
-        for n in self.affine_nodes():
-            return n.op.device
-        return torch.device("cpu")
+        op = self._weighted_op()
+        return op.device if op is not None else torch.device("cpu")
 
     @property
     def dtype(self) -> torch.dtype:
-        for n in self.affine_nodes():
-            return n.op.dtype
-        return torch.get_default_dtype()
+        op = self._weighted_op()
+        return op.dtype if op is not None else torch.get_default_dtype()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Evaluate on a batch ``(B, *input_shape)``."""

@@ -566,7 +566,7 @@ def _fold(first: LinearOperator, second: LinearOperator) -> LinearOperator | Non
     None. The products of weights are taken in float64 (exact for float32 weights) and rounded to
     the operators' dtype for evaluation; the float64 fold stays attached (see :meth:`LinearOperator.to`),
     so that certified norms are those of the unrounded composition."""
-    dtype = first.dtype
+    dtype = torch.promote_types(first.dtype, second.dtype)  # what the product of their tensors would be
     if dtype == torch.float64:
         return _fold64(first, second)
     folded = _fold64(first.to(dtype=torch.float64), second.to(dtype=torch.float64))
