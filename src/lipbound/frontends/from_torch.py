@@ -211,16 +211,27 @@ class _Builder:
             return (zero if a.name == src.name else self.values[a.name]) if isinstance(a, fx.Node) else a
 
         args, kwargs = fx.node.map_aggregate(n.args, at_zero), fx.node.map_aggregate(n.kwargs, at_zero)
+        f0 = self._call(n, args, kwargs)
+        bias = None if bool((f0 == 0).all()) else f0
+        bias64 = None
+        if bias is not None and bias.dtype != torch.float64:  # f(0) of the model's parameters, unrounded
+            double = lambda a: a.double() if isinstance(a, torch.Tensor) and a.is_floating_point() else a  # noqa: E731
+            bias64 = self._call(n, fx.node.map_aggregate(args, double), fx.node.map_aggregate(kwargs, double),
+                                float64=True)
+        self._add(Affine(n.name, [self._ref(src)], self._shape(n), origin, op, bias, bias64))
+
+    def _call(self, n: fx.Node, args: Any, kwargs: Any, float64: bool = False) -> torch.Tensor:
+        """The first batch element of node ``n``'s own call on ``args`` (with ``float64``: of a
+        float64 copy of its module)."""
         with torch.no_grad():
             if n.op == "call_module":
-                f0 = self.gm.get_submodule(n.target)(*args, **kwargs)
+                module = self.gm.get_submodule(n.target)
+                out = (copy.deepcopy(module).double() if float64 else module)(*args, **kwargs)
             elif n.op == "call_method":
-                f0 = getattr(args[0], n.target)(*args[1:], **kwargs)
+                out = getattr(args[0], n.target)(*args[1:], **kwargs)
             else:
-                f0 = n.target(*args, **kwargs)
-        bias = f0[0].detach().clone()
-        bias = None if bool((bias == 0).all()) else bias
-        self._add(Affine(n.name, [self._ref(src)], self._shape(n), origin, op, bias))
+                out = n.target(*args, **kwargs)
+        return out[0].detach().clone()
 
     def _translate(self, n: fx.Node) -> None:
         if n.op == "call_module":

@@ -49,10 +49,16 @@ def operator_of_module(m: nn.Module, in_shape: Sequence[int], where: str | None 
         if m.training or m.running_var is None:
             raise UnsupportedOperation(type(m).__name__, where, "batch statistics (track_running_stats=False) "
                                        "make the layer depend on the batch")
-        scale = torch.rsqrt(m.running_var + m.eps)
+        # the scale in float64 (the model's buffers exactly), rounded to the model's dtype for evaluation
+        scale = torch.rsqrt(m.running_var.double() + m.eps)
         if m.weight is not None:
-            scale = scale * m.weight.detach()
-        return Diagonal(scale.reshape(-1, *([1] * (len(in_shape) - 1))), in_shape, "BatchNorm")
+            scale = scale * m.weight.detach().double()
+        exact = Diagonal(scale.reshape(-1, *([1] * (len(in_shape) - 1))), in_shape, "BatchNorm")
+        if m.running_var.dtype == torch.float64:
+            return exact
+        rounded = exact.to(dtype=m.running_var.dtype)
+        rounded.__dict__["_exact64"] = exact
+        return rounded
     if isinstance(m, _AVGPOOL) or isinstance(m, nn.Upsample):
         return separable(m, in_shape, type(m).__name__, len(in_shape) - 1, dtype, device, where)
     if isinstance(m, _PAD):

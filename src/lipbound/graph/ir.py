@@ -57,10 +57,13 @@ class Input(Node):
 
 @dataclass
 class Affine(Node):
-    """``y = op(x) + bias``; ``bias`` has the output shape (or is None)."""
+    """``y = op(x) + bias``; ``bias`` has the output shape (or is None). ``bias64``: the bias in
+    float64 when ``bias`` is a rounding of it (a float32 model's ``f(0)``): :meth:`to` in float64
+    uses it, as :meth:`~lipbound.linalg.operators.LinearOperator.to` uses an operator's float64 fold."""
 
     op: LinearOperator = None  # type: ignore[assignment]
     bias: torch.Tensor | None = None
+    bias64: torch.Tensor | None = field(default=None, repr=False)
     kind = "affine"
 
     def evaluate(self, x):
@@ -68,8 +71,10 @@ class Affine(Node):
         return y if self.bias is None else y + self.bias
 
     def to(self, device=None, dtype=None):
-        bias = None if self.bias is None else self.bias.to(device=device, dtype=dtype)
-        return Affine(self.name, list(self.inputs), self.shape, self.origin, self.op.to(device, dtype), bias)
+        source = self.bias64 if dtype == torch.float64 and self.bias64 is not None else self.bias
+        bias = None if source is None else source.to(device=device, dtype=dtype)
+        return Affine(self.name, list(self.inputs), self.shape, self.origin, self.op.to(device, dtype), bias,
+                      None if self.bias64 is None else self.bias64.to(device=device))
 
 
 @dataclass
@@ -239,11 +244,12 @@ class Graph:
             prev = nodes.get(inputs[0]) if len(inputs) == 1 else None
             if (isinstance(node, Affine) and isinstance(prev, Affine) and len(users[_orig(rename, prev.name)]) == 1
                     and prev.name != self.output):
-                bias = node.op.matvec(prev.bias.unsqueeze(0))[0] if prev.bias is not None else None
-                if node.bias is not None:
-                    bias = node.bias if bias is None else bias + node.bias
+                bias = _fused_bias(node.op, prev.bias, node.bias)
+                bias64 = None
+                if prev.bias64 is not None or node.bias64 is not None:  # the same in float64, from the exact parts
+                    bias64 = _fused_bias(node.op.to(dtype=torch.float64), _as64(prev), _as64(node))
                 fused = Affine(prev.name, prev.inputs, node.shape, f"{prev.origin} + {node.origin}",
-                               compose(prev.op, node.op), bias)
+                               compose(prev.op, node.op), bias, bias64)
                 nodes[prev.name] = fused
                 rename[node.name] = prev.name
                 continue
@@ -256,6 +262,20 @@ class Graph:
         for n in self:
             lines.append(f"  {n.name:<24} {n.kind:<10} {str(n.shape):<18} <- {', '.join(n.inputs)}   [{n.origin}]")
         return "\n".join(lines)
+
+
+def _fused_bias(second: LinearOperator, b1: torch.Tensor | None, b2: torch.Tensor | None) -> torch.Tensor | None:
+    """The bias ``A2 b1 + b2`` of ``x -> A2 (A1 x + b1) + b2`` (``second`` is ``A2``)."""
+    bias = second.matvec(b1.unsqueeze(0))[0] if b1 is not None else None
+    if b2 is not None:
+        bias = b2 if bias is None else bias + b2
+    return bias
+
+
+def _as64(node: Affine) -> torch.Tensor | None:
+    """A node's bias in float64 (its exact one when it has it)."""
+    b = node.bias64 if node.bias64 is not None else node.bias
+    return None if b is None else b.to(torch.float64)
 
 
 def _fn_to(node: Node, device, dtype) -> Node:
