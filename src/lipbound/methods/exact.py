@@ -92,10 +92,11 @@ from .region import Box, as_box
 from .witness import PointWitness
 from .lower import lower as lower_search
 from .lp import DenseLP, proves_no_interior
-from .piecewise import DenseLayer, mlp_layers
+from .piecewise import DenseLayer, count_two_slope_neurons, mlp_layers
 
 __all__ = ["exact", "MAX_DENSE"]
 
+MAX_UNITS = 2048  # refuse networks with more piecewise-linear units (kinks of all neurons) than this
 MAX_DENSE = 20_000_000  # refuse networks whose interval matrices (neurons x inputs) exceed this
 _T_CAP = 1.0  # cap of the LP's ball radius (unbounded regions), relative to the problem's scale
 _VERTEX_FREE = 8  # with at most this many free neurons, bound a node by enumerating its completions
@@ -133,6 +134,10 @@ def exact(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
     if not (time_budget > 0 and rtol >= 0 and samples >= 0):
         raise InvalidInput("exact: time_budget must be > 0, rtol >= 0 and samples >= 0")
     t0 = time.perf_counter()
+    units = count_two_slope_neurons(graph)
+    if units is not None and units > MAX_UNITS:  # before anything is materialised
+        raise NotApplicable(f"exact: {units} piecewise-linear units (> {MAX_UNITS}): a branch and bound over "
+                            "their patterns cannot finish; exact is for nets with a few dozen")
     try:
         layers = mlp_layers(graph, method="exact")
     except UnsupportedOperation as exc:

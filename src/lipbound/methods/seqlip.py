@@ -73,6 +73,7 @@ __all__ = ["seqlip", "sequential_chains", "Chain", "SOLVERS"]
 SOLVERS = ("certified", "greedy", "topk")
 SVD_LIMIT = 1 << 25  # materialise a layer (float64) for an exact SVD when in * out <= this
 SVD_FLOPS = 3e10  # ... and in * out * min(in, out) <= this (seconds on a laptop core, not minutes)
+SVD_FLOPS_PER_SECOND = 3e9  # a conservative speed of one CPU core on an SVD: a layer whose SVD would outlast the budget gets none
 
 # spectral factors per operator, shared by the methods run on one graph (an operator moved to
 # another device or dtype is a new object, with no entry here)
@@ -314,6 +315,9 @@ def _solve_chain(g: Graph, chain: Chain, norms: dict, *, solver: str, gen: torch
     def factors(i: int) -> _Factors | None:  # computed when first needed
         if i not in computed:
             op = nodes[i].op
+            cost = op.in_numel * op.out_numel * min(op.in_numel, op.out_numel) / SVD_FLOPS_PER_SECOND
+            if solver != "topk" and "dense" not in _SVD_CACHE.get(op, {}) and cost > deadline - time.perf_counter():
+                return None  # its SVD would not end within the time budget: not cached, the pair falls back
             computed[i] = (_topk_svd(op, topk, gen, topk_iter, topk_tol, topk_oversample, topk_dtype, deadline)
                            if solver == "topk" else _dense_svd(op, svd_limit))
         return computed[i]
@@ -341,7 +345,7 @@ def _solve_chain(g: Graph, chain: Chain, norms: dict, *, solver: str, gen: torch
             too_big = [chain.affines[k] for k in (i, i + 1) if factors(k) is None]
             row.update(status="fallback", value=fallback,
                        reason=f"no dense SVD of {', '.join(too_big)} (too large: svd_limit {svd_limit} "
-                              f"entries, {SVD_FLOPS:.0e} flops){'; try seqlip-topk' if solver == 'greedy' else ''}")
+                              f"entries, {SVD_FLOPS:.0e} flops, or longer than the time left){'; try seqlip-topk' if solver == 'greedy' else ''}")
         else:
             A, B = _pair_matrices(fi, fj, i, K)
             lo = torch.full((A.shape[1],), a, dtype=torch.float64, device=A.device)
@@ -357,7 +361,7 @@ def _solve_chain(g: Graph, chain: Chain, norms: dict, *, solver: str, gen: torch
                     row.update(status="fallback", value=fallback,
                                reason=sol.info.pop("reason", "the certified bound is not below it"))
             else:
-                sol = solvers.greedy_pair(A, B, lo, hi, strategy=greedy, generator=gen)
+                sol = solvers.greedy_pair(A, B, lo, hi, strategy=greedy, generator=gen, deadline=deadline)
                 row.update(status="greedy", value=min(sol.upper, fallback), info=sol.info)
             if sol.pattern is not None and sol.pattern.numel() <= 64:
                 row["pattern"] = sol.pattern.int().tolist()
