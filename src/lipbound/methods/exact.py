@@ -152,7 +152,8 @@ def exact(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
     if lower_budget > 0 and bb.kinked:  # a good lower bound early prunes most of the tree
         found = lower_search(graph, seed=seed, domain=domain, time_budget=min(lower_budget, time_budget / 4),
                              steps=100, pairs=False)
-        bb.sample(found.witness["x"].reshape(1, -1).to(torch.float64).numpy())
+        if found.witness is not None:
+            bb.sample(found.witness["x"].reshape(1, -1).to(torch.float64).numpy())
     center = np.zeros(bb.dim) if box is None else ((box.low + box.high) / 2).flatten().numpy()
     status = bb.run(t0 + time_budget, progress, center)
     upper = bb.upper() * (1 + CERTIFIED_RTOL)

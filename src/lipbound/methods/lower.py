@@ -146,8 +146,11 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
         pair = _best_pair(checked, px, py, box)
     if jac is None and pair is None:  # every candidate sits on a kink: pairs along its singular vector
         pair = _best_pair(checked, *_segments(cand, v, box), box)
-    if jac is None and pair is None:
-        raise LipboundError("the lower-bound search found no valid witness (every point gave NaN or infinite values)")
+    if jac is None and pair is None:  # nothing above 0 re-checks (e.g. a constant net): 0 <= L(f) needs no witness
+        details.update({"form": None, "jacobian_value": None, "pair_value": None, "data_starts": n_data,
+                        "rounds": done, "steps_done": search.steps_done, "seconds_ascent": t_ascent,
+                        "note": "no candidate re-checked above 0 (every point on a kink, or the net constant there)"})
+        return Result("lower", 0.0, "witnessed_lower", time.perf_counter() - t0, details=details)
     witness = max((w for w in (jac, pair) if w is not None), key=lambda w: w.value)
     details.update({"form": witness.form, "jacobian_value": None if jac is None else jac.value,
                     "pair_value": None if pair is None else pair.value, "data_starts": n_data, "rounds": done,
