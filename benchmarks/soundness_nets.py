@@ -402,7 +402,8 @@ class _Builder:
 
     def activation(self, key: Any | None = None) -> None:
         key = self.r.choice(ACTIVATION_KEYS) if key is None else key
-        module, info = ACTIVATIONS[key](self.r, self.shape[0] if len(self.shape) > 1 or len(self.layers) else 1)
+        # channels for a per-channel PReLU (axis 1); an activation on the raw input gets one weight
+        module, info = ACTIVATIONS[key](self.r, self.shape[0] if len(self.shape) > 1 or self.layers else 1)
         self.try_add(module, info)
 
 
@@ -813,16 +814,11 @@ class Oracle:
 
     value: float = 0.0
     how: str = "none"
-    points: int = 0
-    at: torch.Tensor | None = None
 
-    def offer(self, values: torch.Tensor, how: str, points: torch.Tensor | None = None) -> None:
+    def offer(self, values: torch.Tensor, how: str) -> None:
         values = torch.nan_to_num(values.detach(), nan=0.0, posinf=0.0)
-        self.points += values.numel()
         if values.numel() and float(values.max()) > self.value:
-            i = int(values.argmax())
-            self.value, self.how = float(values[i]), how
-            self.at = None if points is None else points[i].detach().clone()
+            self.value, self.how = float(values.max()), how
 
 
 def spectral(j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -844,7 +840,7 @@ def jacobian_oracle(probe: Probe, x: torch.Tensor, oracle: Oracle, how: str) -> 
         s, v = spectral(probe.jacobians(x))
     else:
         s, v = probe.power(x)
-    oracle.offer(s, how, x)
+    oracle.offer(s, how)
     return x, s, v
 
 
@@ -880,7 +876,7 @@ def lower_oracle(case: Case, *, samples: int = 24, ascent_steps: int = 20, seed:
     scale = 1e-3 * (1.0 + x0.flatten(1).norm(dim=1)).reshape(-1, *[1] * len(probe.shape))
     px, py = probe.project(x0 - scale * v0), probe.project(x0 + scale * v0)
     low, _, _ = probe.pair_quotients(px, py)
-    oracle.offer(low, "pair", px)
+    oracle.offer(low, "pair")
     if ascent_steps:
         _pair_ascent(probe, px, py, ascent_steps, oracle)
     _kink_pairs(probe, x0, oracle)
@@ -903,7 +899,7 @@ def _pair_ascent(probe: Probe, x: torch.Tensor, y: torch.Tensor, steps: int, ora
     with torch.no_grad():
         ok = (x - y).flatten(1).norm(dim=1) > 0
         low, _, _ = probe.pair_quotients(x[ok], y[ok])
-    oracle.offer(low, "pair-ascent", x[ok])
+    oracle.offer(low, "pair-ascent")
 
 
 def _kink_pairs(probe: Probe, x0: torch.Tensor, oracle: Oracle, newton: int = 4) -> None:
@@ -939,7 +935,7 @@ def _kink_pairs(probe: Probe, x0: torch.Tensor, oracle: Oracle, newton: int = 4)
         px, py = torch.cat(pairs_x), torch.cat(pairs_y)
         ok = (px - py).flatten(1).norm(dim=1) > 0
         low, _, _ = probe.pair_quotients(px[ok], py[ok])
-        oracle.offer(low, "kink-pair", px[ok])
+        oracle.offer(low, "kink-pair")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -949,12 +945,11 @@ def _kink_pairs(probe: Probe, x0: torch.Tensor, oracle: Oracle, newton: int = 4)
 class Regions:
     """Result of :func:`region_bound`: ``upper`` (max Jacobian norm over every region not proved
     empty), ``centres`` (LP points of the regions with interior, for the lower oracle),
-    ``regions`` and ``lps`` counted."""
+    and the number of ``regions`` (leaves) kept."""
 
     upper: float
     centres: torch.Tensor
     regions: int
-    lps: int
 
 
 def region_bound(case: Case, *, cap: float = 1.0) -> Regions | None:
@@ -968,15 +963,12 @@ def region_bound(case: Case, *, cap: float = 1.0) -> Regions | None:
         return None
     n = case.n_inputs
     box = case.domain
-    lps = 0
     best = 0.0
     centres: list[np.ndarray] = []
     leaves = 0
 
     def lp(rows: list[tuple[np.ndarray, float]]) -> tuple[float, np.ndarray]:
         """max t s.t. a.x + t ||a|| <= c for each (a, c), x in box shrunk by t, t <= cap."""
-        nonlocal lps
-        lps += 1
         a_ub = np.array([np.append(a, np.linalg.norm(a)) for a, _ in rows]).reshape(-1, n + 1)
         b_ub = np.array([c for _, c in rows])
         bounds = [(None, None)] * n + [(-cap, cap)]
@@ -1027,7 +1019,7 @@ def region_bound(case: Case, *, cap: float = 1.0) -> Regions | None:
     t0, x0 = lp([])
     descend(0, np.eye(n), np.zeros(n), 0, [], [], [], x0, t0)
     pts = torch.tensor(np.array(centres), dtype=torch.float64).reshape(-1, *case.input_shape)
-    return Regions(best, pts, leaves, lps)
+    return Regions(best, pts, leaves)
 
 
 def grid_points(case: Case, per_axis: int) -> torch.Tensor | None:
@@ -1062,7 +1054,7 @@ def grid_oracle(case: Case, per_axis: int, oracle: Oracle) -> None:
         a = g.narrow(axis, 0, per_axis - 1).reshape(-1, *case.input_shape)
         b = g.narrow(axis, 1, per_axis - 1).reshape(-1, *case.input_shape)
         low, _, _ = probe.pair_quotients(a, b)
-        oracle.offer(low, "grid-pair", a)
+        oracle.offer(low, "grid-pair")
 
 
 # ---------------------------------------------------------------------------------------------
