@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import math
 import multiprocessing
 import os
