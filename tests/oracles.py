@@ -231,3 +231,18 @@ def relu_witness_value(ws: Sequence[np.ndarray], witness: dict) -> float:
     assert witness["form"] == "jacobian", witness["form"]
     v = _exact(witness["v"])
     return _sqrt_down(sq(run(x, v)[1]) / sq(v))
+
+
+class ZeroNet(nn.Module):
+    """``f(x) = 10 x - 10 relu(x) + 10 relu(-x)``: identically 0 (L = 0). At ``x = 0`` both neurons
+    kink and autograd's slopes ``relu'(0) = 0`` give 10; off the kink ``J = 10 - 10 = 0`` exactly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(1, 2, bias=False).double(), nn.Linear(2, 1, bias=False).double()
+        with torch.no_grad():
+            self.l1.weight.copy_(torch.tensor([[1.0], [-1.0]]))
+            self.l2.weight.copy_(torch.tensor([[-10.0, 10.0]]))
+
+    def forward(self, x):
+        return 10 * x + self.l2(torch.relu(self.l1(x)))

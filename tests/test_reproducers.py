@@ -14,6 +14,7 @@ from torch import nn
 
 import lipbound
 from lipbound.errors import InvalidInput, NotApplicable
+from oracles import ZeroNet
 
 UPPER_KINDS = ("exact", "certified_upper")
 
@@ -167,22 +168,8 @@ def test_pair_witness_with_large_offset_stays_below_certified_bounds():
 
 
 # ---- 6. Jacobian witnesses at coinciding kinks --------------------------------------------------
-class _Zero(nn.Module):
-    """``10 x - 10 relu(x) + 10 relu(-x)``: identically 0 (L = 0)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.l1, self.l2 = nn.Linear(1, 2, bias=False).double(), nn.Linear(2, 1, bias=False).double()
-        with torch.no_grad():
-            self.l1.weight.copy_(torch.tensor([[1.0], [-1.0]]))
-            self.l2.weight.copy_(torch.tensor([[-10.0, 10.0]]))
-
-    def forward(self, x):
-        return 10 * x + self.l2(torch.relu(self.l1(x)))
-
-
 def test_witness_at_coinciding_kinks_is_rejected():
-    f = _Zero()
+    f = ZeroNet()  # identically 0 (L = 0)
     with torch.no_grad():
         assert float(f(torch.linspace(-3, 3, 13, dtype=torch.float64).reshape(-1, 1)).abs().max()) == 0.0
     witness = {"form": "jacobian", "x": torch.zeros(1, dtype=torch.float64), "v": torch.ones(1, dtype=torch.float64)}

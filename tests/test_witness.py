@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import lipbound
+from oracles import ZeroNet
 import lipbound.methods.rounding as rounding_module
 from lipbound.errors import InvalidInput
 from lipbound.witness import PairWitness, PointWitness, pair_bounds, witness_value
@@ -75,18 +76,7 @@ def test_jacobian_witness_equals_the_hand_written_jacobian(act):
 def test_witness_at_coinciding_kinks_is_rejected():
     # f(x) = 10 x - 10 relu(x) + 10 relu(-x) = 0 for every x (L = 0). At x = 0 both neurons kink and
     # autograd's slopes relu'(0) = 0 give 10. Off the kink, J = 10 - 10 = 0 exactly.
-    class Zero(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.l1, self.l2 = nn.Linear(1, 2, bias=False).double(), nn.Linear(2, 1, bias=False).double()
-            with torch.no_grad():
-                self.l1.weight.copy_(torch.tensor([[1.0], [-1.0]]))
-                self.l2.weight.copy_(torch.tensor([[-10.0, 10.0]]))
-
-        def forward(self, x):
-            return 10 * x + self.l2(torch.relu(self.l1(x)))
-
-    f = Zero()
+    f = ZeroNet()
     with pytest.raises(InvalidInput, match="kink"):
         witness_value(f, _jac([0.0], [1.0]))
     assert witness_value(f, _jac([0.5], [1.0])) == 0.0
