@@ -1105,7 +1105,7 @@ def recheck_witness(case: Case, witness: dict[str, Any], claimed: float, on_doma
     with torch.no_grad():
         fx, fy = probe.forward(x)[0], probe.forward(y)[0]
     ulp = torch.tensor(np.spacing(np.maximum(fx.abs().numpy(), fy.abs().numpy()))).norm()
-    if claimed * dist > float(value) * dist - 0.5 * float(ulp):
+    if claimed > 0 and claimed * dist > float(value) * dist - 0.5 * float(ulp):  # 0 <= L needs no margin
         problems.append(("pair-no-margin", f"claimed {claimed:.10g} >= float64 quotient {float(value):.10g} minus "
                                            f"half an ulp of the outputs ({0.5 * float(ulp) / dist:.3g})"))
     return problems
