@@ -101,7 +101,7 @@ def run_one(case: str, method: str) -> dict:
     import lipbound
 
     graph = lipbound.as_graph(model, shape)
-    options = {"time_limit": 250.0 if case in ("mnist_784-500-200-50-10", "glipsdp_FC-R18") else 30.0} \
+    options = {"time_budget": 250.0 if case in ("mnist_784-500-200-50-10", "glipsdp_FC-R18") else 30.0} \
         if method == "lipsdp" else {}
     t0 = time.perf_counter()
     try:

@@ -76,7 +76,7 @@ def main() -> None:
                 g = lipbound.as_graph(net, (2,))
                 auto = lipbound.autolip(g).value
                 greedy = lipbound.seqlip(g, solver="greedy")
-                cert = lipbound.seqlip(g, time_budget=args.budget)
+                cert = lipbound.seqlip(g, pair_budget=args.budget)
                 pairs = greedy.details["chains"][0]["pairs"]
                 # the paper's convention: the pair next to the scalar output keeps its AutoLip factor
                 paper = greedy.value / pairs[-1]["value"] * pairs[-1]["autolip_factor"]

@@ -67,7 +67,7 @@ def main() -> None:
             power = lipbound.autolip(g, certified=False)
             topk = lipbound.seqlip(g, solver="topk", topk=args.topk)
             greedy = None if args.quick else lipbound.seqlip(g, solver="greedy")
-            cert = lipbound.seqlip(g, time_budget=args.budget, total_budget=10 * args.budget)
+            cert = lipbound.seqlip(g, pair_budget=args.budget, time_budget=10 * args.budget)
             gen = torch.Generator().manual_seed(seed)
             xs = 2 * torch.rand(512, 1, 28, 28, generator=gen, dtype=torch.float64) - 1
             jn = jacobian_norms(model, xs)
