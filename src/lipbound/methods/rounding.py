@@ -315,7 +315,7 @@ def _reaches(op: LinearOperator, moving: torch.Tensor) -> torch.Tensor:
         for sub in op.ops:
             moving = _reaches(sub, moving)
         return moving
-    mag = op if isinstance(op, (Reshape, Permute)) else _magnitude(op)
+    mag = _magnitude(op)
     if mag is None:
         return torch.ones((moving.shape[0], *op.out_shape), dtype=torch.bool)
     return mag.matvec(moving.to(torch.float64)) != 0
