@@ -12,6 +12,17 @@ Node kinds and the partial Lipschitz constant AutoLip gives each (DESIGN §4):
 * :class:`Add` — sum of its inputs: partial constants 1 each.
 * :class:`Concat` — concatenation: ``sqrt(sum_i L_i^2)``.
 
+**Regions and per-neuron slopes.** A graph may carry an input region (``Graph.region``, see
+:mod:`lipbound.methods.region`) and, for every activation, per-neuron bounds ``pre = (l, u)`` of
+its input over that region (filled by :func:`lipbound.methods.propagation.localize`). Then
+:meth:`Activation.slope_bounds` gives each neuron the slope interval of ``fn`` on ``[l_i, u_i]``;
+without a region it gives the global slope range to every neuron. Every method reads slopes
+through it, so one code path serves the global and the local constant. Why that is sound: for
+``x, y`` in a convex region, every neuron's input stays in ``[l_i, u_i]`` along the segment, so
+``s(z_x) - s(z_y) = d_i (z_x - z_y)`` with the secant slope ``d_i`` in the neuron's interval;
+``f(x) - f(y)`` is therefore ``W_k D_{k-1} ... D_1 W_1 (x - y)`` with every ``D`` a diagonal of
+admissible slopes, exactly the set each method maximises over.
+
 The graph evaluates itself (:meth:`Graph.forward`) so that every method can be checked against
 the model it came from.
 """
@@ -20,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -85,6 +96,7 @@ class Activation(Node):
     fn: Callable[[torch.Tensor], torch.Tensor] = None  # type: ignore[assignment]
     facts: ActivationFacts = None  # type: ignore[assignment]
     label: str = ""
+    pre: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)  # input bounds on the region
     kind = "activation"
 
     def __post_init__(self) -> None:
@@ -96,6 +108,25 @@ class Activation(Node):
 
     def to(self, device=None, dtype=None):
         return _fn_to(self, device, dtype)
+
+    def slope_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-neuron slope interval ``(lo, hi)``, float64 CPU tensors of ``self.shape``: on the
+        graph's region (``pre`` set) the exact or enclosing range of ``s'`` on ``[l_i, u_i]``
+        (:meth:`~lipbound.graph.activations.ActivationFacts.slopes_on`), which holds every secant
+        slope there; otherwise the global range ``slope`` for every neuron. A neuron with
+        ``lo == hi`` is stable: the activation is affine on its interval."""
+        if self.pre is None:
+            a, b = self.slope
+            return (torch.full(self.shape, float(a), dtype=torch.float64),
+                    torch.full(self.shape, float(b), dtype=torch.float64))
+        l, u = self.pre
+        return self.facts.slopes_on(l.to(torch.float64), u.to(torch.float64))
+
+    def lipschitz_bounds(self) -> torch.Tensor:
+        """Per neuron ``max(|lo|, |hi|)`` of :meth:`slope_bounds`: the neuron's Lipschitz constant
+        on the region (or globally)."""
+        lo, hi = self.slope_bounds()
+        return torch.maximum(lo.abs(), hi.abs())
 
     @property
     def slope(self) -> tuple[float, float]:
@@ -123,6 +154,7 @@ class MaxPool(Node):
 
     fn: Callable[[torch.Tensor], torch.Tensor] = None  # type: ignore[assignment]
     multiplicity: int = 1  # the most windows that contain one input
+    pre: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)  # input bounds on the region
     kind = "maxpool"
 
     def evaluate(self, x):
@@ -161,13 +193,35 @@ class Concat(Node):
 @dataclass
 class Graph:
     """Typed DAG in topological order. ``nodes`` maps names to nodes; ``output`` names the
-    output node; ``input_shape`` is the input shape without batch axis."""
+    output node; ``input_shape`` is the input shape without batch axis. ``region``: the input
+    region the activations' ``pre`` bounds hold on (None: all of ``R^n``, no bounds)."""
 
     nodes: dict[str, Node]
     input: str
     output: str
     name: str = "model"
     notes: list[str] = field(default_factory=list)
+    region: Any = None
+
+    def rebuilt(self, nodes: dict[str, Node], output: str | None = None) -> "Graph":
+        """A graph with other ``nodes`` (same function on the same region), keeping the input,
+        name, notes and region."""
+        return Graph(nodes, self.input, self.output if output is None else output, self.name, list(self.notes),
+                     self.region)
+
+    def localized(self, region: Any, pre: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> "Graph":
+        """A copy on ``region``: each activation or max-pool node named in ``pre`` gets those
+        bounds ``(l, u)`` of its input (float64, the node's input shape), valid for every input
+        in the region. The caller (:func:`lipbound.methods.propagation.localize`) proves them."""
+        import copy
+        nodes: dict[str, Node] = {}
+        for name, node in self.nodes.items():
+            if name in pre and isinstance(node, (Activation, MaxPool)):
+                node = copy.copy(node)
+                node.pre = pre[name]
+            nodes[name] = node
+        out = Graph(nodes, self.input, self.output, self.name, list(self.notes), region)
+        return out
 
     @property
     def input_shape(self) -> Shape:
@@ -221,8 +275,7 @@ class Graph:
 
     def to(self, device=None, dtype=None) -> "Graph":
         """A copy with every tensor on ``device`` / in ``dtype``."""
-        return Graph({k: n.to(device, dtype) for k, n in self.nodes.items()}, self.input, self.output,
-                     self.name, list(self.notes))
+        return self.rebuilt({k: n.to(device, dtype) for k, n in self.nodes.items()})
 
     def fused(self) -> "Graph":
         """:meth:`fuse_affine`, computed once per graph (methods share its operators and the
@@ -255,7 +308,7 @@ class Graph:
                 continue
             node = _with_inputs(node, inputs)
             nodes[node.name] = node
-        return Graph(nodes, self.input, rename.get(self.output, self.output), self.name, list(self.notes))
+        return self.rebuilt(nodes, rename.get(self.output, self.output))
 
     def describe(self) -> str:
         lines = [f"Graph {self.name}: input {self.input_shape} -> output {self.output_shape}"]

@@ -87,7 +87,7 @@ def recording(graph: Graph, names: list[str], store: dict[str, tuple[torch.Tenso
         return wrapped
 
     nodes = {k: (dataclasses.replace(n, fn=wrap(n.fn, k)) if k in names else n) for k, n in graph.nodes.items()}
-    return Graph(nodes, graph.input, graph.output, graph.name, list(graph.notes))
+    return graph.rebuilt(nodes)
 
 
 def through_pieces(graph: Graph) -> Graph:
@@ -97,4 +97,4 @@ def through_pieces(graph: Graph) -> Graph:
     backward). For the searches; witnesses are valued on the graph as given."""
     nodes = {k: (dataclasses.replace(n, fn=n.pieces) if isinstance(n, Activation) and n.pieces is not None else n)
              for k, n in graph.nodes.items()}
-    return Graph(nodes, graph.input, graph.output, graph.name, list(graph.notes))
+    return graph.rebuilt(nodes)

@@ -61,7 +61,7 @@ def smoothed(graph: Graph, tau: dict[str, float], slopes: dict[str, tuple[float,
             fn = (lambda z, a=a, b=b, t=t: a * z + (b - a) * t * F.softplus(z / t))
             node = dataclasses.replace(node, fn=fn, label=f"smoothed {node.label}")
         nodes[name] = node
-    return Graph(nodes, graph.input, graph.output, graph.name, list(graph.notes))
+    return graph.rebuilt(nodes)
 
 
 @dataclass
