@@ -15,7 +15,7 @@ from torch import nn
 from lipbound.errors import InvalidInput
 from lipbound.frontends.from_torch import from_torch
 from lipbound.graph.ir import Activation, Graph, Input, MaxPool
-from lipbound.methods.propagation import interval_bounds, localize
+from lipbound.methods.propagation import crown_bounds, interval_bounds, localize
 from lipbound.methods.region import Box
 
 ACTS = [nn.ReLU, lambda: nn.LeakyReLU(0.1), nn.Hardtanh, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU,
@@ -128,4 +128,28 @@ def test_bounds_hold_inside_and_on_the_boundary_of_the_region(kind):
         region = random_region(g, shape)
         x = points_of(region, 40, g)
         assert_holds(graph, interval_bounds(graph, region), x, f"IBP {kind} {i}")
-        pass
+        assert_holds(graph, crown_bounds(graph, region), x, f"CROWN {kind} {i}")
+
+
+def widths(pre: dict) -> float:
+    return sum(float((u - l).sum()) for l, u in pre.values())
+
+
+def test_crown_is_never_looser_than_ibp_and_tighter_on_deeper_nets():
+    """Element-wise CROWN within IBP on random nets of the three kinds; on 5-layer MLPs the total
+    width is strictly smaller."""
+    g = torch.Generator().manual_seed(7)
+    for i in range(30):
+        torch.manual_seed(100 + i)
+        model, shape = random_net(g, ["mlp", "cnn", "rescat"][i % 3])
+        graph = from_torch(model.eval(), shape)
+        region = random_region(g, shape)
+        ibp, crown = interval_bounds(graph, region), crown_bounds(graph, region)
+        for name in ibp:
+            assert bool((crown[name][0] >= ibp[name][0]).all() and (crown[name][1] <= ibp[name][1]).all()), (i, name)
+    for i in range(5):
+        torch.manual_seed(200 + i)
+        model = nn.Sequential(*[m for _ in range(4) for m in (nn.Linear(8, 8), nn.ReLU())], nn.Linear(8, 2))
+        graph = from_torch(model.eval(), (8,))
+        region = random_region(g, (8,))
+        assert widths(crown_bounds(graph, region)) < widths(interval_bounds(graph, region)), i
