@@ -153,3 +153,157 @@ def test_crown_is_never_looser_than_ibp_and_tighter_on_deeper_nets():
         graph = from_torch(model.eval(), (8,))
         region = random_region(g, (8,))
         assert widths(crown_bounds(graph, region)) < widths(interval_bounds(graph, region)), i
+
+
+def _relu_lp(w1, b1, w2, b2, low, high, l1, u1, triangle: bool) -> tuple[list[float], list[float]]:
+    """min and max of each output of ``W2 relu(W1 x + b1) + b2`` over the box, with each hidden ReLU
+    replaced by its relaxation on ``[l1, u1]`` (scipy linprog, HiGHS): the full triangle, or the
+    CROWN lines (upper chord, lower line ``y >= z`` when ``u > -l``, else ``y >= 0``)."""
+    import numpy as np
+    from scipy.optimize import linprog
+
+    n0, n1 = w1.shape[1], w1.shape[0]
+    a_ub, b_ub, a_eq, b_eq = [], [], [], []
+    for j in range(n1):
+        row_z = np.concatenate([w1[j], np.zeros(n1)])
+        e_y = np.zeros(n0 + n1)
+        e_y[n0 + j] = 1.0
+        if l1[j] >= 0:  # y = z
+            a_eq.append(e_y - row_z), b_eq.append(b1[j])
+            continue
+        if u1[j] <= 0:  # y = 0
+            a_eq.append(e_y), b_eq.append(0.0)
+            continue
+        slope = u1[j] / (u1[j] - l1[j])
+        a_ub.append(e_y - slope * row_z), b_ub.append(slope * (b1[j] - l1[j]))  # y <= slope (z - l)
+        if triangle or u1[j] > -l1[j]:
+            a_ub.append(row_z - e_y), b_ub.append(-b1[j])  # y >= z
+        if triangle or not u1[j] > -l1[j]:
+            a_ub.append(-e_y), b_ub.append(0.0)  # y >= 0
+    bounds = [(float(a), float(b)) for a, b in zip(low, high)] + [(None, None)] * n1
+    mins, maxs = [], []
+    for i in range(w2.shape[0]):
+        c = np.concatenate([np.zeros(n0), w2[i]])
+        out = []
+        for sign in (1.0, -1.0):
+            res = linprog(sign * c, A_ub=np.array(a_ub) if a_ub else None, b_ub=b_ub or None,
+                          A_eq=np.array(a_eq) if a_eq else None, b_eq=b_eq or None, bounds=bounds, method="highs")
+            assert res.status == 0
+            out.append(sign * res.fun + b2[i])
+        mins.append(out[0]), maxs.append(out[1])
+    return mins, maxs
+
+
+def test_two_layer_relu_bounds_are_the_lp_of_the_relaxation():
+    """On 2-layer ReLU nets over boxes: IBP's first layer is the exact range (numpy); CROWN's bounds
+    of the second layer's unstable neurons equal the LP optimum over its own relaxation (within
+    1e-7) and contain the LP over the full triangle relaxation; stable ones keep IBP."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(11)
+    for i in range(15):
+        torch.manual_seed(300 + i)
+        n0, n1 = 3, 6
+        model = nn.Sequential(nn.Linear(n0, n1), nn.ReLU(), nn.Linear(n1, 2), nn.ReLU())
+        graph = from_torch(model.eval(), (n0,))
+        region = random_region(g, (n0,))
+        region = Box(region.low, region.high)
+        ibp, crown = interval_bounds(graph, region), crown_bounds(graph, region)
+        first, second = (n.name for n in graph if isinstance(n, Activation))
+        w1, b1 = (t.detach().double().numpy() for t in (model[0].weight, model[0].bias))
+        w2, b2 = (t.detach().double().numpy() for t in (model[2].weight, model[2].bias))
+        low, high = region.low.numpy(), region.high.numpy()
+        c, r = (low + high) / 2, (high - low) / 2
+        exact_l, exact_u = w1 @ c + b1 - np.abs(w1) @ r, w1 @ c + b1 + np.abs(w1) @ r
+        assert np.allclose(ibp[first][0].numpy(), exact_l, rtol=0, atol=1e-12), i
+        assert np.allclose(ibp[first][1].numpy(), exact_u, rtol=0, atol=1e-12), i
+        lo_own, hi_own = _relu_lp(w1, b1, w2, b2, low, high, exact_l, exact_u, triangle=False)
+        lo_tri, hi_tri = _relu_lp(w1, b1, w2, b2, low, high, exact_l, exact_u, triangle=True)
+        l2, u2 = crown[second]
+        for k in range(2):
+            if float(ibp[second][0][k]) >= 0 or float(ibp[second][1][k]) <= 0:  # stable: IBP is kept
+                assert torch.allclose(torch.stack([l2[k], u2[k]]), torch.stack([ibp[second][0][k], ibp[second][1][k]]),
+                                      rtol=1e-12, atol=1e-12), (i, k)
+                continue
+            want_l, want_u = max(lo_own[k], float(ibp[second][0][k])), min(hi_own[k], float(ibp[second][1][k]))
+            assert abs(float(l2[k]) - want_l) <= 1e-7 * (1 + abs(want_l)), (i, k)
+            assert abs(float(u2[k]) - want_u) <= 1e-7 * (1 + abs(want_u)), (i, k)
+            assert float(l2[k]) <= lo_tri[k] + 1e-9 and hi_tri[k] <= float(u2[k]) + 1e-9, (i, k)
+
+
+def _exact_pre(model: nn.Sequential, x: torch.Tensor) -> list[list]:
+    """The inputs of each activation of a Linear/ReLU/LeakyReLU MLP at one point, in exact
+    rational arithmetic (Fraction) from the float64 weights."""
+    from fractions import Fraction
+
+    h = [Fraction(float(v)) for v in x]
+    out = []
+    for m in model:
+        if isinstance(m, nn.Linear):
+            w, b = m.weight.detach().double().tolist(), m.bias.detach().double().tolist()
+            h = [sum((Fraction(wij) * hj for wij, hj in zip(row, h)), Fraction(bi)) for row, bi in zip(w, b)]
+        else:
+            out.append(h)
+            slope = Fraction(m.negative_slope) if isinstance(m, nn.LeakyReLU) else Fraction(0)
+            h = [v if v >= 0 else slope * v for v in h]
+    return out
+
+
+def test_bounds_hold_in_exact_arithmetic_on_degenerate_boxes():
+    """On a point (low == high) and on boxes of width 1e-12, the pre bounds of IBP and CROWN contain
+    the exact rational pre-activations: the rounding margin is what makes this hold."""
+    from fractions import Fraction
+
+    g = torch.Generator().manual_seed(5)
+    for i in range(12):
+        torch.manual_seed(400 + i)
+        model = nn.Sequential(nn.Linear(6, 12), nn.LeakyReLU(0.3), nn.Linear(12, 12), nn.ReLU(),
+                              nn.Linear(12, 4), nn.ReLU()).double()
+        graph = from_torch(model.eval(), (6,))
+        x0 = torch.randn(6, generator=g, dtype=torch.float64) * 3
+        width = 0.0 if i % 2 == 0 else 1e-12
+        region = Box(x0, x0 + width)
+        exact = _exact_pre(model, x0)
+        names = [n.name for n in graph if isinstance(n, Activation)]
+        for pre in (interval_bounds(graph, region), crown_bounds(graph, region)):
+            for name, values in zip(names, exact):
+                l, u = pre[name]
+                for j, v in enumerate(values):
+                    assert Fraction(float(l[j])) <= v <= Fraction(float(u[j])), (i, name, j)
+
+
+def test_localize_sets_every_pre_bound_and_notes_the_budget():
+    """localize: a localized copy with pre on every activation and max pool, the region kept, the
+    original untouched; a zero time budget leaves IBP everywhere and says so."""
+    torch.manual_seed(0)
+    model, shape = random_net(torch.Generator().manual_seed(3), "cnn")
+    graph = from_torch(model.eval(), shape)
+    region = Box(torch.zeros(shape, dtype=torch.float64), torch.full(shape, 0.1, dtype=torch.float64))
+    local = localize(graph, region)
+    assert local.region is region and all(n.pre is None for n in graph if isinstance(n, (Activation, MaxPool)))
+    crown = crown_bounds(graph, region)
+    for n in local:
+        if isinstance(n, (Activation, MaxPool)):
+            assert torch.equal(n.pre[0], crown[n.name][0]) and torch.equal(n.pre[1], crown[n.name][1])
+    assert "CROWN" in local.notes[-1]
+    cut = localize(graph, region, time_budget=0.0)
+    assert "IBP only" in cut.notes[-1]
+    ibp = localize(graph, region, method="ibp")
+    for a, b in zip(cut, ibp):
+        if isinstance(a, (Activation, MaxPool)):
+            assert bool((a.pre[0] >= b.pre[0]).all() and (a.pre[1] <= b.pre[1]).all())
+
+
+def test_bad_input_is_refused_with_a_clear_error():
+    graph = from_torch(nn.Sequential(nn.Linear(3, 2), nn.ReLU()).eval(), (3,))
+    box = Box(torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64))
+    with pytest.raises(InvalidInput, match="region"):
+        localize(graph, None)
+    with pytest.raises(InvalidInput, match="shape"):
+        localize(graph, Box(torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)))
+    with pytest.raises(InvalidInput, match="empty"):
+        localize(graph, Box(torch.ones(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)))
+    with pytest.raises(InvalidInput, match="finite"):
+        localize(graph, Box(torch.zeros(3, dtype=torch.float64), torch.full((3,), math.inf, dtype=torch.float64)))
+    with pytest.raises(InvalidInput, match="unknown"):
+        localize(graph, box, method="lp")
