@@ -82,14 +82,14 @@ def stable_count(net: Net, pre: list) -> int:
     return count
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(8))
 def test_local_exact_matches_brute_force_on_the_box(seed):
     """(a) the value on a small box is the brute force's over all patterns meeting the box; (b) its
     witness lies in the box and re-checks in exact arithmetic (``check``)."""
-    net = random_net(seed)
+    net = random_net(seed, widths=(4, 4))
     rng = np.random.default_rng(100 + seed)
     c = rng.normal(size=2)
-    low, high = c - 0.4, c + 0.4
+    low, high = c - 0.8, c + 0.8
     pre = interval_pre(net, low, high)
     assert stable_count(net, pre) > 0
     res = exact(localized(net, box_of(low, high), pre), time_budget=30, lower_budget=0)
@@ -124,10 +124,10 @@ def test_wide_net_on_a_tiny_box_is_exact_and_fast(monkeypatch):
     net = random_net(8, widths=(200, 200), n=3)
     net.ws[1] /= 10.0
     c = np.array([0.1, -0.2, 0.3])
-    low, high = c - 1e-3, c + 1e-3
+    low, high = c - 3e-3, c + 3e-3
     pre = interval_pre(net, low, high)
     unstable = 400 - stable_count(net, pre)
-    assert 0 < unstable <= 12
+    assert 4 <= unstable <= 20
     monkeypatch.setattr(exact_module, "MAX_UNITS", 100)
     with pytest.raises(NotApplicable, match="unstable"):
         exact(graph_of(net), domain=(torch.from_numpy(low), torch.from_numpy(high)))
