@@ -9,6 +9,7 @@ re-checked in exact arithmetic) and against Jacobians sampled by autograd inside
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -214,3 +215,19 @@ def test_best_passes_the_domain_to_exact():
     on_box = exact(graph_of(net), domain=domain, lower_budget=0)
     assert res.value == pytest.approx(on_box.upper, rel=1e-12)
     assert on_box.value < exact(graph_of(net), lower_budget=0).value
+
+
+def test_l2_ball_region_whose_lp_point_is_outside_the_ball():
+    """``f = x1 + 5 relu((x1 + x2)/sqrt 2 - 0.9)`` on the unit L2 ball, with the ``pre`` of its
+    bounding box: the active region meets the ball in a thin cap, and its LP point (near the box's
+    corner) lies outside the ball. It must stay in the upper bound, and never become the witness."""
+    s = 1 / math.sqrt(2)
+    net = Net([np.array([[1.0, 0.0], [s, s]]), np.array([[1.0, 5.0]])], [np.array([2.0, -0.9]), np.array([-2.0])],
+              [nn.ReLU()])
+    low, high = -np.ones(2), np.ones(2)
+    ball = L2Ball(np.zeros(2), 1.0)
+    res = exact(localized(net, ball, interval_pre(net, low, high)), samples=0, lower_budget=0, time_budget=30)
+    cap, centre = jacobian_norms(net, np.array([[0.69, 0.69], [0.0, 0.0]]))
+    assert res.kind == "certified_upper" and res.upper >= cap > 4
+    assert res.details["lower"] == pytest.approx(centre, rel=1e-9)  # the witness at the centre, inside the ball
+    assert bool(ball.contains(res.witness["x"].reshape(1, -1)))
