@@ -8,6 +8,11 @@ the time that is left. A method that does not apply to the model
 skipped with its reason; a result that is not ``certified_upper`` or ``exact`` (e.g. an SDP answer
 whose check failed) is listed but never used. The minimum of certified upper bounds is itself a
 certified upper bound.
+
+On a region (a localized graph, ``domain``) the members run on the graph they are given, reading
+its per-neuron slopes, and those that take ``domain``
+(:attr:`~lipbound.methods.MethodSpec.takes_domain`) get it: each value is a certified bound on the
+region, and so is their minimum.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from ..report import Result
 
 def best(graph: Graph, *, registry: Mapping[str, Any], time_budget: float = 60.0,
          methods: Sequence[str] | None = None, seed: int = 0, progress: bool = False,
-         method_options: dict[str, dict[str, Any]] | None = None) -> Result:
+         method_options: dict[str, dict[str, Any]] | None = None, domain: Any = None) -> Result:
     """Run ``methods`` (default: those marked for ``best``) in order until ``time_budget``
     seconds are spent; return the least certified bound.
 
@@ -32,7 +37,7 @@ def best(graph: Graph, *, registry: Mapping[str, Any], time_budget: float = 60.0
 
     ``method_options`` gives options to one method by name. ``details["ran"]`` lists every method
     tried (value, kind, seconds, or why it was skipped) and ``details["chosen"]`` the one that
-    gave the minimum.
+    gave the minimum. ``domain`` goes to the methods that take one (module doc).
     """
     def get_method(name: str) -> Any:
         if name not in registry:
@@ -56,6 +61,8 @@ def best(graph: Graph, *, registry: Mapping[str, Any], time_budget: float = 60.0
             ran.append({"method": spec.name, "skipped": "time budget spent"})
             continue
         kwargs = dict((method_options or {}).get(spec.name, {}))
+        if domain is not None and spec.takes_domain:
+            kwargs.setdefault("domain", domain)
         if spec.budgeted:
             kwargs["time_budget"] = min(left, kwargs.get("time_budget", left))
         t0 = time.perf_counter()

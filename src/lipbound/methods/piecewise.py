@@ -24,7 +24,10 @@ An activation is **two-slope** when ``s(t) = b t`` for ``t >= 0`` and ``s(t) = a
   its Jacobian norm has a non-zero gradient in the input, which a piecewise-constant Jacobian has
   not. Used as a search surrogate only; nothing is ever reported from the smoothed network.
 * :func:`mlp_layers` extracts ``(W_i, c_i, pieces_i)`` of a chain *affine, piecewise-linear,
-  affine, ..., affine* as dense float64 matrices (the input flattened).
+  affine, ..., affine* as dense float64 matrices (the input flattened), with each activation's
+  bounds ``pre`` on an input region when the graph is localized.
+* :func:`piece_range` gives the pieces a neuron can use on a region: those whose open interval
+  meets ``[l, u]``.
 """
 
 from __future__ import annotations
@@ -33,14 +36,15 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import UnsupportedOperation
+from ..errors import InvalidInput, UnsupportedOperation
 from ..graph.activations import PiecewiseLinear
 from ..graph.ir import Activation, Affine, Graph, Input
 
-__all__ = ["two_slope", "smoothed", "DenseLayer", "mlp_layers", "count_two_slope_neurons"]
+__all__ = ["two_slope", "smoothed", "DenseLayer", "mlp_layers", "count_two_slope_neurons", "piece_range"]
 
 def two_slope(node: Activation) -> tuple[float, float] | None:
     """``(a, b)`` when ``node`` computes ``t -> b t (t >= 0), a t (t < 0)`` element-wise with the
@@ -68,24 +72,53 @@ def smoothed(graph: Graph, tau: dict[str, float], slopes: dict[str, tuple[float,
 class DenseLayer:
     """One layer ``h -> s(W h + c)`` of an MLP (float64, input flattened): ``pieces`` are the exact
     pieces of the activation ``s`` applied to every element, with only its kinks as breakpoints;
-    None for the last layer, which is affine."""
+    None for the last layer, which is affine. ``pre``: bounds ``(l, u)`` of ``W h + c`` (flat,
+    float64) valid on the graph's region, None without one."""
 
     weight: torch.Tensor
     bias: torch.Tensor
     pieces: PiecewiseLinear | None
     origin: str
+    pre: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+def piece_range(breakpoints: np.ndarray, l: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(first, last)``: per neuron whose input stays in ``[l, u]``, the range of piece indices
+    whose open interval ``(bp_{p-1}, bp_p)`` meets ``[l, u]``; for ``l == u`` on a breakpoint, the
+    piece below it. Every linear region with an interior point where ``z in [l, u]`` uses such a
+    piece, or has ``z`` constant on it (a zero row), where the piece closed around that value gives
+    the same function and Jacobian. ``first == last``: the neuron is **stable** (one piece)."""
+    last = np.searchsorted(breakpoints, u, side="left")
+    return np.minimum(np.searchsorted(breakpoints, l, side="right"), last), last
 
 
 def count_two_slope_neurons(graph: Graph) -> int | None:
     """Number of ReLU units of the equivalent ReLU network (module doc: one per kink of each
     neuron's activation; ReLU and LeakyReLU neurons count one, ReLU6 and Hardtanh neurons two) of
-    an MLP-like graph (see :func:`mlp_layers`), or None when the graph is not of that form.
-    Cheap: nothing is materialised."""
+    an MLP-like graph (see :func:`mlp_layers`), or None when the graph is not of that form. On a
+    localized graph (activations with ``pre``) only the kinks a neuron can cross on the region
+    count (:func:`piece_range`): stable neurons count zero. Cheap: nothing is materialised."""
     try:
         chain = _chain(graph.fused())
     except UnsupportedOperation:
         return None
-    return sum(_numel(n.shape) * len(_kinks_only(n.pieces).breakpoints) for n in chain if isinstance(n, Activation))
+    return sum(_units(n) for n in chain if isinstance(n, Activation))
+
+
+def _units(node: Activation) -> int:
+    bps = _kinks_only(node.pieces).breakpoints
+    if node.pre is None:
+        return _numel(node.shape) * len(bps)
+    first, last = piece_range(np.array(bps, dtype=np.float64), *_flat_pre(node.pre))
+    return int((last - first).sum())
+
+
+def _flat_pre(pre: tuple[torch.Tensor, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    """An activation's bounds ``(l, u)`` as flat float64 arrays, checked."""
+    l, u = (torch.as_tensor(t, dtype=torch.float64).cpu().reshape(-1).numpy() for t in pre)
+    if l.shape != u.shape or np.isnan(l).any() or np.isnan(u).any() or (l > u).any():
+        raise InvalidInput("an activation's region bounds pre = (l, u) must have one l <= u per neuron, no NaN")
+    return l, u
 
 
 def mlp_layers(graph: Graph, *, method: str = "exact") -> list[DenseLayer]:
@@ -105,7 +138,13 @@ def mlp_layers(graph: Graph, *, method: str = "exact") -> list[DenseLayer]:
         if isinstance(node, Affine):
             pending = node
             continue
-        layers.append(_dense(pending, n_in, _kinks_only(node.pieces), node.origin))
+        layer = _dense(pending, n_in, _kinks_only(node.pieces), node.origin)
+        if node.pre is not None:
+            l, u = _flat_pre(node.pre)
+            if len(l) != len(layer.bias):
+                raise InvalidInput(f"node '{node.origin}': pre bounds for {len(l)} neurons, the layer has {len(layer.bias)}")
+            layer.pre = (torch.from_numpy(l), torch.from_numpy(u))
+        layers.append(layer)
         n_in = _numel(node.shape)
         pending = None
     layers.append(_dense(pending, n_in, None, pending.origin if pending is not None else "output"))

@@ -1,0 +1,199 @@
+"""The network behind ``exact`` (:mod:`~lipbound.methods.exact`): an MLP of continuous
+piecewise-linear activations as float64 arrays, evaluated at points with rigorous rounding bounds
+(:meth:`PiecewiseNet.pieces_at`), and as affine forms of the input on the region of a partial
+piece pattern (:meth:`PiecewiseNet.forms`), in float64 or in exact integers.
+
+On a region (layers with ``pre`` bounds: :func:`~lipbound.methods.piecewise.piece_range`) each
+neuron may only use the pieces ``first[j] .. last[j]``; its slope interval ``[slope_lo[j],
+slope_hi[j]]`` is the hull of those pieces' slopes. Without a region every neuron may use every
+piece of its activation (the global case).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .piecewise import DenseLayer, piece_range
+
+__all__ = ["PiecewiseNet", "Numbers", "spectral"]
+
+_UNIT_ROUNDOFF = 2.0 ** -53  # float64
+_TINY = float(np.finfo(np.float64).tiny)  # the least normal float64: a bound of each operation's underflow
+
+def _gamma(k: int) -> float:
+    """``gamma_k = k u / (1 - k u)``: ``|fl(sum of k terms) - sum| <= gamma_k sum |terms|`` for a
+    float64 sum of ``k`` exact products or ``k - 1`` rounded ones, in any order (Higham, Accuracy
+    and Stability of Numerical Algorithms, §3.1)."""
+    return k * _UNIT_ROUNDOFF / (1 - k * _UNIT_ROUNDOFF)
+
+
+@dataclass
+class Numbers:
+    """The network's numbers in one arithmetic: float64 arrays (``unit = 1``), or exact integers
+    ``value * unit`` (Python ints in object arrays, ``unit = 2^E``: products of integers are exact
+    and about 50 times faster than of fractions). Per hidden layer ``m``, its activation's
+    ``breakpoints[m]`` and, per piece, ``slopes[m]`` and ``offsets[m]``."""
+
+    w: list[np.ndarray]
+    b: list[np.ndarray]
+    breakpoints: list[np.ndarray]
+    slopes: list[np.ndarray]
+    offsets: list[np.ndarray]
+    unit: float | int = 1.0
+
+    @staticmethod
+    def of(layers: list[DenseLayer]) -> "Numbers":
+        hidden = [l.pieces for l in layers[:-1]]
+        return Numbers([l.weight.numpy() for l in layers], [l.bias.numpy() for l in layers],
+                        [np.array(p.breakpoints, dtype=np.float64) for p in hidden],
+                        [np.array(p.slopes, dtype=np.float64) for p in hidden],
+                        [np.array(p.offsets, dtype=np.float64) for p in hidden])
+
+    def integer(self) -> "Numbers":
+        """The same numbers as exact integers ``value * 2^E``, ``E`` the least exponent that makes
+        every float64 value here an integer."""
+        groups = (self.w, self.b, self.breakpoints, self.slopes, self.offsets)
+        ratios = [[[float(v).as_integer_ratio() for v in np.ravel(x)] for x in group] for group in groups]
+        unit = max((q for group in ratios for x in group for _, q in x), default=1)  # powers of 2
+        return Numbers(*([np.array([p * (unit // q) for p, q in r], dtype=object).reshape(np.shape(x))
+                           for x, r in zip(group, group_ratios)]
+                          for group, group_ratios in zip(groups, ratios)), unit=unit)
+
+
+class PiecewiseNet:
+    """An MLP ``W_K s(W_{K-1} ... s(W_0 x + c_0) ...) + c_K`` (hidden layer ``m``: ``sizes[m]``
+    neurons, numbered ``offsets[m] .. offsets[m+1]-1`` across layers) with its per-neuron pieces
+    (module doc)."""
+
+    def __init__(self, layers: list[DenseLayer]) -> None:
+        self.num = Numbers.of(layers)
+        self._integers: Numbers | None = None  # exact, built on first use
+        self.w = self.num.w
+        self.sizes = [w.shape[0] for w in self.w[:-1]]
+        self.offsets = np.cumsum([0] + self.sizes)
+        self.n_neurons = int(self.offsets[-1])
+        self.layer = np.repeat(np.arange(len(self.sizes)), self.sizes)  # hidden layer of each neuron
+        self.dim = self.w[0].shape[1]
+        # the activation's Lipschitz constant on all of R (rounding bounds hold at any point)
+        self.act_lips = [float(np.abs(s).max(initial=0.0)) for s in self.num.slopes]
+        ranges = [self._piece_ranges(layer, m) for m, layer in enumerate(layers[:-1])]
+        self.first, self.last, self.slope_lo, self.slope_hi = (
+            np.concatenate([r[k] for r in ranges]) if ranges else np.zeros(0, dtype=int if k < 2 else float)
+            for k in range(4))
+        self.stable = self.first == self.last
+        self.kinked = not self.stable.all()
+        self.norms = [spectral(w) for w in self.w]
+
+    def _piece_ranges(self, layer: DenseLayer, m: int) -> tuple[np.ndarray, ...]:
+        """``(first, last, slope_lo, slope_hi)`` of the neurons of hidden layer ``m``."""
+        bps, slopes = self.num.breakpoints[m], self.num.slopes[m]
+        if layer.pre is None:
+            first, last = np.zeros(self.sizes[m], dtype=int), np.full(self.sizes[m], len(bps))
+        else:
+            first, last = piece_range(bps, layer.pre[0].numpy(), layer.pre[1].numpy())
+        usable = (np.arange(len(slopes)) >= first[:, None]) & (np.arange(len(slopes)) <= last[:, None])
+        return (first, last, np.where(usable, slopes, np.inf).min(1), np.where(usable, slopes, -np.inf).max(1))
+
+    @property
+    def integers(self) -> Numbers:
+        """The network's numbers as exact integers (:meth:`Numbers.integer`), built once."""
+        if self._integers is None:
+            self._integers = self.num.integer()
+        return self._integers
+
+    def slopes(self, pieces: np.ndarray) -> np.ndarray:
+        """Slopes of the first ``pieces.shape[-1]`` neurons in the given pieces (any batch shape)."""
+        out = np.empty(pieces.shape, dtype=np.float64)
+        for m in range(len(self.sizes)):
+            lo, hi = self.offsets[m], min(self.offsets[m + 1], pieces.shape[-1])
+            if hi > lo:
+                out[..., lo:hi] = self.num.slopes[m][pieces[..., lo:hi]]
+        return out
+
+    def pieces_at(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(piece, clear, varies)`` of every neuron at a batch ``x (B, n)``: the piece of the
+        float64 pre-activation ``z^``; whether ``z^`` is off every breakpoint by more than a bound
+        ``e`` of ``|z^ - z|``, ``z`` the exact pre-activation (which then lies strictly inside that
+        piece); and whether ``z`` may vary near ``x`` (False: constant on a neighbourhood, as
+        :meth:`varying` decides from the pieces found).
+
+        Forward error analysis, ``u = 2^-53``, ``gamma_k = k u / (1 - k u)``: with ``h^`` the float
+        input of a layer ``W h + c`` (fan-in ``k``) and ``|h^ - h| <= e_h`` (``e_h = 0`` for ``x``),
+        ``|fl(W h^ + c) - (W h + c)| <= |W| e_h + gamma_{k+1} (|W| |h^| + |c|)``; the activation,
+        ``fl(a z^ + o)`` with the slope and offset of ``z^``'s piece, then has
+        ``e_h' = lip e_z + gamma_2 (|a z^| + |o|)`` (``lip``: the activation's Lipschitz constant).
+        Each operation adds at most the least normal number by underflow (even flushed to zero).
+        Each bound is evaluated in float64 and doubled, which covers the rounding of its own
+        evaluation (a relative ``gamma_{k+2} << 1``).
+        """
+        h, e, moving = x, np.zeros_like(x), np.ones_like(x, dtype=bool)
+        out = [[np.zeros((len(x), 0), dtype=int)], [np.ones((len(x), 0), dtype=bool)],
+               [np.ones((len(x), 0), dtype=bool)]]
+        for m in range(len(self.sizes)):
+            w, b, bp = self.w[m], self.num.b[m], self.num.breakpoints[m]
+            aw = np.abs(w)
+            z = h @ w.T + b
+            ez = 2 * (e @ aw.T + _gamma(w.shape[1] + 1) * (np.abs(h) @ aw.T + np.abs(b))
+                      + (w.shape[1] + 1) * _TINY)
+            piece = np.searchsorted(bp, z)
+            varies = moving.astype(np.float64) @ (w != 0).T > 0
+            for part, value in zip(out, (piece, (np.abs(z[..., None] - bp) > ez[..., None]).all(-1), varies)):
+                part.append(value)
+            a, o = self.num.slopes[m][piece], self.num.offsets[m][piece]
+            h = a * z + o
+            e = 2 * (self.act_lips[m] * ez + _gamma(2) * (np.abs(a * z) + np.abs(o)) + 2 * _TINY)
+            moving = varies & (a != 0)
+        return tuple(np.concatenate(part, 1) for part in out)
+
+    def varying(self, pieces: np.ndarray) -> np.ndarray:
+        """Whether each neuron up to the end of the layer of neuron ``len(pieces)`` may depend on
+        ``x`` on the region of ``pieces``. False is exact: no path of non-zero weights and slopes
+        reaches it from the input, so its pre-activation is a constant there (its row of ``A`` in
+        :meth:`forms` is zero)."""
+        moving, out = np.ones(self.dim, dtype=bool), []
+        for m in range(len(self.sizes)):
+            varies = (self.w[m] != 0).astype(np.float64) @ moving > 0
+            out.append(varies)
+            lo, hi = self.offsets[m], self.offsets[m + 1]
+            if len(pieces) < hi:
+                break
+            moving = varies & (self.num.slopes[m][pieces[lo:hi]] != 0)
+        return np.concatenate(out)
+
+    def jacobians(self, d: np.ndarray) -> np.ndarray:
+        """``W_K D_{K-1} ... D_0 W_0`` for each row of slopes ``d (B, n_neurons)``, ``(B, out, in)``."""
+        j = np.broadcast_to(self.w[0], (len(d), *self.w[0].shape))
+        for m in range(len(self.sizes)):
+            j = self.w[m + 1] @ (d[:, self.offsets[m]:self.offsets[m + 1], None] * j)
+        return j
+
+    def forms(self, pieces: np.ndarray, num: Numbers) -> tuple[np.ndarray, np.ndarray, list]:
+        """``(A, c, scale)`` with ``z_j(x) = (A_j . x + c_j) / scale_j`` the pre-activation of each
+        fixed neuron ``j`` on the region of ``pieces`` (the layers before ``j``'s are fully
+        fixed), in ``num``'s arithmetic (``scale`` is a power of ``num.unit``: 1 in float64)."""
+        forms_a, forms_c, scales = [], [], []
+        a = c = None  # the last hidden layer's output as an affine map of x (None: x itself) ...
+        scale = 1  # ... times scale
+        for m in range(len(self.sizes)):
+            lo = self.offsets[m]
+            k = min(len(pieces), self.offsets[m + 1]) - lo
+            if k <= 0:
+                break
+            w, b = num.w[m], num.b[m]
+            a, c, scale = (w, b, num.unit) if a is None else (w @ a, w @ c + b * scale, scale * num.unit)
+            forms_a.append(a[:k])
+            forms_c.append(c[:k])
+            scales += [scale] * k
+            if k < self.sizes[m]:
+                break
+            p = pieces[lo:lo + k]
+            d, o = num.slopes[m][p], num.offsets[m][p]
+            a, c, scale = d[:, None] * a, d * c + o * scale, scale * num.unit
+        return np.concatenate(forms_a), np.concatenate(forms_c), scales
+
+
+def spectral(m: np.ndarray) -> float:
+    """``||M||_2`` by a float64 SVD (LAPACK, accurate to a few ulps)."""
+    return float(np.linalg.svd(m, compute_uv=False)[0]) if m.size else 0.0
