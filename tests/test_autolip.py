@@ -228,3 +228,25 @@ def test_a_node_kind_without_a_rule_is_refused_by_name():
         lipbound.autolip(g)
     with pytest.raises(UnsupportedOperation, match=r"blocks\.7\.odd_op.*chain finder has no rule for mystery"):
         sequential_chains(g)
+
+
+# ---- time budget ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["cnn_bn_pool", "resnet"])
+def test_time_budget_cut_keeps_a_certified_bound(name):
+    """With no time left every layer gets its cheap certified bound: still above the exact-norm
+    reference (numpy SVDs, tests/oracles.py), never below the unbudgeted value, and the details
+    name every cut layer. A generous budget changes nothing; a negative one is refused."""
+    model, shape = MODELS[name]
+    full = lipbound.autolip(model, shape)
+    graph = lipbound.api.as_graph(model, shape)
+    cut = lipbound.methods.autolip.autolip(graph, time_budget=0.0)
+    assert cut.value >= full.value * (1 - 1e-12)
+    assert cut.value >= reference_autolip(model, shape)
+    rows = [r for r in cut.layers if r.certified is not None]
+    assert len(cut.details["budget_cut"]) == len(rows) > 0 and "time budget" in cut.details["note"]
+    assert lipbound.methods.autolip.autolip(graph, time_budget=60.0).value == full.value
+    power = lipbound.methods.autolip.autolip(graph, certified=False, time_budget=0.0)
+    assert power.kind == "estimate" and math.isfinite(power.value) and power.details["budget_cut"]
+    with pytest.raises(lipbound.errors.InvalidInput, match="time_budget"):
+        lipbound.methods.autolip.autolip(graph, time_budget=-1.0)
