@@ -185,7 +185,7 @@ def autolip(graph: Graph, *, certified: bool = True, seed: int = 0, progress: bo
                         scales=scales, deadline=None if time_budget is None else t0 + time_budget, **power_options)
     value, rows = propagate(g, norms, certified=certified, scales=scales)
     cut = [name for name, n in norms.items() if n.how.startswith(BUDGET_CUT)]
-    details: dict[str, Any] = {"options": {"time_budget": time_budget, **power_options}}
+    details: dict[str, Any] = {}
     if scales:
         details["slope_scaled"] = sorted(scales)
     if cut:
