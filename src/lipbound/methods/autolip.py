@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from typing import Any, Callable, Sequence, TypeVar
 
 import torch
@@ -47,13 +48,14 @@ from ..errors import InvalidInput
 from ..graph.ir import Activation, Affine, Graph, MaxPool, Node
 from ..graph.walk import GraphInterpreter
 from ..linalg.operators import Diagonal, LinearOperator, compose
-from ..linalg.spectral import SpectralNorm, certified_norm, operator_norms
+from ..linalg.spectral import DENSE_LIMIT, SpectralNorm, certified_norm, operator_norms
 from ..report import LayerRow, Result
 
 __all__ = ["AutoLipRule", "autolip", "layer_norms", "propagate", "slope_scales"]
 
 Number = TypeVar("Number", float, torch.Tensor)
 BUDGET_CUT = "time budget spent: "  # prefix of ``SpectralNorm.how`` for a norm the budget cut short
+SVD_RATE = 1e9  # m n min(m, n) per second: a float64 SVD on one slow core (measured 1.0-1.8e9), conservative
 
 
 def slope_scales(g: Graph) -> dict[str, torch.Tensor]:
@@ -130,10 +132,11 @@ def layer_norms(graph: Graph, *, which: str = "both", seed: int = 0, progress: b
 
     ``scales`` (:func:`slope_scales`): those nodes get the norms of ``diag(s) A``. ``deadline``
     (a ``time.perf_counter()`` value): power iterations are capped to the steps that fit before
-    it (timed on one step of the layer), and after it each remaining layer gets only its cheap
+    it (timed on one step of the layer), an SVD of a materialised matrix that is not expected to
+    end before it is replaced by the structural bound (:func:`_svd_fits`), and after it each remaining layer gets only its cheap
     certified bound (the operator's structural bound: the DFT bound of a convolution, the SVD of
     a dense weight, products for compositions; no materialised SVD), as ``upper`` and without
-    ``lower``, its ``how`` prefixed with :data:`BUDGET_CUT`."""
+    ``lower``. The ``how`` of a norm the budget changed starts with :data:`BUDGET_CUT`."""
     g = graph.fused()
     scales = scales or {}
     nodes = g.affine_nodes()
@@ -152,8 +155,23 @@ def layer_norms(graph: Graph, *, which: str = "both", seed: int = 0, progress: b
             options = dict(power_options)
             if which != "certified":
                 options["max_iter"] = _steps_before(op, deadline, options.get("k", 4), options.get("max_iter", 1000))
-            out[node.name] = operator_norms(op, which=which, generator=gen, **options)
+            cut = which != "power" and not _svd_fits(op, deadline, options.get("dense_limit", DENSE_LIMIT))
+            if cut:
+                options["dense_limit"] = 0
+            n = operator_norms(op, which=which, generator=gen, **options)
+            out[node.name] = replace(n, how=BUDGET_CUT + n.how) if cut else n
     return out
+
+
+def _svd_fits(op: LinearOperator, deadline: float, dense_limit: int) -> bool:
+    """False when :func:`~lipbound.linalg.spectral.certified_norm` would take the SVD of ``op``'s
+    materialised ``m x n`` matrix, that SVD is not expected to end before ``deadline``
+    (``m n min(m, n) / SVD_RATE`` seconds) and the operator has a structural bound to use instead."""
+    m, n = op.out_numel, op.in_numel
+    if m * n > dense_limit or time.perf_counter() + m * n * min(m, n) / SVD_RATE <= deadline:
+        return True
+    bound = op.structural_bound()
+    return bound is None or bound.exact
 
 
 def _steps_before(op: LinearOperator, deadline: float, k: int, max_iter: int) -> int:
@@ -174,8 +192,9 @@ def autolip(graph: Graph, *, certified: bool = True, seed: int = 0, progress: bo
     graph the per-neuron slopes enter as in the module doc (*Regions*).
 
     ``time_budget``: total seconds of the call (None: no limit). Power iterations stop at the
-    deadline; layers reached after it get their cheap certified bound (:func:`layer_norms`), so
-    ``autolip`` stays a certified upper bound. ``details["budget_cut"]`` names those layers."""
+    deadline; an SVD that would overrun it, and every layer reached after it, get the layer's
+    cheap certified bound instead (:func:`layer_norms`), so ``autolip`` stays a certified upper
+    bound. ``details["budget_cut"]`` names those layers."""
     if time_budget is not None and not time_budget >= 0:
         raise InvalidInput(f"autolip: time_budget must be >= 0 seconds, got {time_budget}")
     t0 = time.perf_counter()
