@@ -228,3 +228,44 @@ def test_a_node_kind_without_a_rule_is_refused_by_name():
         lipbound.autolip(g)
     with pytest.raises(UnsupportedOperation, match=r"blocks\.7\.odd_op.*chain finder has no rule for mystery"):
         sequential_chains(g)
+
+
+# ---- time budget ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["cnn_bn_pool", "resnet"])
+def test_time_budget_cut_keeps_a_certified_bound(name):
+    """With no time left every layer gets its cheap certified bound: still above the exact-norm
+    reference (numpy SVDs, tests/oracles.py), never below the unbudgeted value, and the details
+    name every cut layer. A generous budget changes nothing; a negative one is refused."""
+    model, shape = MODELS[name]
+    full = lipbound.autolip(model, shape)
+    graph = lipbound.api.as_graph(model, shape)
+    cut = lipbound.methods.autolip.autolip(graph, time_budget=0.0)
+    assert cut.value >= full.value * (1 - 1e-12)
+    assert cut.value >= reference_autolip(model, shape)
+    rows = [r for r in cut.layers if r.certified is not None]
+    assert len(cut.details["budget_cut"]) == len(rows) > 0 and "time budget" in cut.details["note"]
+    assert lipbound.methods.autolip.autolip(graph, time_budget=60.0).value == full.value
+    power = lipbound.methods.autolip.autolip(graph, certified=False, time_budget=0.0)
+    assert power.kind == "estimate" and math.isfinite(power.value) and power.details["budget_cut"]
+    with pytest.raises(lipbound.errors.InvalidInput, match="time_budget"):
+        lipbound.methods.autolip.autolip(graph, time_budget=-1.0)
+
+
+def test_an_svd_that_would_overrun_the_budget_gives_way_to_the_structural_bound():
+    """A convolution small enough for an exact SVD (288 x 1152) but with 20 ms left: its
+    certified norm is the kernel's DFT bound instead, flagged as cut, and still above the exact
+    norm (numpy SVD of the layer's materialised matrix); without a deadline it is the SVD."""
+    import time
+
+    from lipbound.methods.autolip import BUDGET_CUT, layer_norms
+    torch.manual_seed(4)
+    conv = nn.Conv2d(2, 8, 3, padding=1).double()
+    graph = lipbound.api.as_graph(conv, (2, 12, 12))
+    exact = norm2(dense_linear(lambda x: conv(x) - conv(torch.zeros_like(x)), (2, 12, 12)))
+    (full,) = layer_norms(graph, which="certified").values()
+    (cut,) = layer_norms(graph, which="certified", deadline=time.perf_counter() + 0.02).values()
+    assert full.exact and not full.how.startswith(BUDGET_CUT)
+    assert cut.how.startswith(BUDGET_CUT) and not cut.exact
+    assert exact * (1 + 1e-10) <= full.upper <= exact * (1 + 1e-8)
+    assert cut.upper >= exact * (1 + 1e-10)

@@ -187,3 +187,27 @@ def test_a_bicubic_net_is_bounded_above_its_jacobian_norms():
     for seed in range(5):
         x = torch.randn(2, 6, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         assert jacobian_norm(model, x) <= r.value
+
+
+def test_load_factory_keeps_the_factorys_input_shape(tmp_path, capsys):
+    """A factory returning ``(module, shape)`` gives the shape to ``load_factory`` and to the CLI's
+    ``--weights`` route (no ``--input-shape``); the weights are loaded: the graph computes the
+    saved model (a fresh module with other weights, evaluated by torch, is the reference)."""
+    from lipbound.cli import main
+    from lipbound.frontends.loading import load_factory
+
+    src = tmp_path / "net.py"
+    src.write_text("import torch\nfrom torch import nn\n\ndef net():\n    torch.manual_seed(5)\n"
+                   "    return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), (3,)\n")
+    torch.manual_seed(9)
+    trained = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    weights = tmp_path / "w.pt"
+    torch.save(trained.state_dict(), weights)
+    graph = load_factory(f"{src}:net", weights)
+    assert graph.input_shape == (3,)
+    x = torch.randn(6, 3)
+    with torch.no_grad():
+        assert torch.allclose(graph(x), trained(x), atol=1e-6)
+    assert load_factory(f"{src}:net", None, (3,)).input_shape == (3,)
+    assert main(["estimate", f"{src}:net", "-w", str(weights), "--method", "autolip", "--json", "-q"]) == 0
+    assert '"input_shape"' in capsys.readouterr().out

@@ -111,7 +111,7 @@ def _load_graph(args: argparse.Namespace, model_spec: str, shape_text: str | Non
         raise InvalidInput("give --weights (with MODEL as file.py:factory) or --factory (with MODEL as the "
                            "weights file), not both")
     if weights is not None:
-        graph = api.as_graph(load_factory(model_spec, weights), shape)
+        graph = load_factory(model_spec, weights, shape)
     else:
         graph = load(model_spec, shape, factory=factory, trust_pickle=getattr(args, "trust_pickle", False))
     scale = getattr(args, "input_scale", None)

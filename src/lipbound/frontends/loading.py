@@ -18,22 +18,12 @@ from ..graph.ir import Graph
 from .from_torch import from_torch
 
 
-def load_factory(spec: str, weights: str | Path | None = None) -> nn.Module:
-    """Call ``factory()`` from ``path/to/file.py:factory`` and load ``weights`` (a state dict,
-    read with ``weights_only=True``) into the module it returns."""
-    factory = _import_function(spec)
-    func = spec.rpartition(":")[2]
-    try:
-        model = factory()
-    except Exception as exc:
-        raise InvalidInput(f"factory {func!r} failed: {type(exc).__name__}: {exc}") from None
-    if isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], nn.Module):
-        model = model[0]  # (module, input_shape)
-    if not isinstance(model, nn.Module):
-        raise InvalidInput(f"factory {func!r} returned {type(model).__name__}, not a torch.nn.Module")
-    if weights is not None:
-        load_weights(model, weights)
-    return model
+def load_factory(spec: str, weights: str | Path | None = None, input_shape: Sequence[int] | None = None) -> Graph:
+    """The graph of the model that ``function`` in ``path/to/file.py:function`` builds, with
+    ``weights`` (a state dict, read with ``weights_only=True``) loaded into it; a function with one
+    required argument is given the weights path instead (as in :func:`load`). A factory that
+    returns ``(module, input_shape)`` gives the shape; ``input_shape``, when given, overrides it."""
+    return _graph(_call_factory(spec, None if weights is None else Path(weights)), input_shape, spec)
 
 
 def _import_function(spec: str) -> Callable[..., Any]:
