@@ -191,11 +191,15 @@ def _affine_result(g64: Graph, checked: Graph, region: Region | None, gen: torch
     x = (region.center if region is not None else torch.zeros(g64.input_shape, dtype=torch.float64)).unsqueeze(0)
     x = x.to(device=g64.device)
     v = unit(torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x))
-    jac = _jacobian_witness(g64, checked, x, _power64(g64, x, v, deadline), region, gen, deadline)
-    if jac is None:
-        raise LipboundError("the network is affine but its Jacobian witness failed its re-check")
-    details.update({"form": jac.form, "jacobian_value": jac.value, "pair_value": None, "constant_jacobian": True})
-    return Result("lower", jac.value, "witnessed_lower", time.perf_counter() - t0, witness=jac, details=details)
+    v = _power64(g64, x, v, deadline)
+    found = _jacobian_witness(g64, checked, x, v, region, gen, deadline)
+    if found is None:  # a box flat in some elements refuses v: pairs inside it instead
+        found = _best_pair(checked, *_segments(x, v, region), region)
+    if found is None:
+        raise LipboundError("the network is affine but neither its Jacobian nor a pair witness passed its re-check")
+    details.update({"form": found.form, "jacobian_value": found.value if found.form == "jacobian" else None,
+                    "pair_value": found.value if found.form == "pair" else None, "constant_jacobian": True})
+    return Result("lower", found.value, "witnessed_lower", time.perf_counter() - t0, witness=found, details=details)
 
 
 def _jacobian_witness(g64: Graph, checked: Graph, x: torch.Tensor, v: torch.Tensor, region: Region | None,
