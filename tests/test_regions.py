@@ -33,7 +33,11 @@ def near_boundary(ball: Ball, n: int, gen: torch.Generator) -> torch.Tensor:
     g = g / (g.norm(dim=1, keepdim=True) if ball.norm == 2 else g.abs().amax(dim=1, keepdim=True))
     eps = torch.tensor([-1e-12, -1e-15, -2e-16, 0.0, 2e-16, 1e-15, 1e-12], dtype=torch.float64)
     scale = ball.radius * (1 + eps.repeat_interleave(n // len(eps) + 1)[:n]).unsqueeze(1)
-    return (ball.center.flatten() + g * scale).reshape(n, *ball.center.shape)
+    x = ball.center.flatten() + g * scale
+    walks = [x]  # and each point moved outwards ulp by ulp in every coordinate: some cross the sphere
+    for _ in range(6):
+        walks.append(torch.nextafter(walks[-1], walks[-1] + torch.sign(g) * math.inf))
+    return torch.cat(walks).reshape(-1, *ball.center.shape)
 
 
 @pytest.mark.parametrize("norm", [2, "inf"])
@@ -48,6 +52,10 @@ def test_ball_contains_is_rigorous_and_project_sample_land_inside(norm, center_s
         if ok:
             assert exactly_inside(ball, x)
     assert inside.any()  # conservative, not empty-handed: points well inside count
+    assert not all(exactly_inside(ball, x) for x in pts)  # the test points do straddle the sphere
+    far = ball.center + 10 * (pts - ball.center)
+    dist = (ball.project(far) - ball.center).flatten(1).norm(dim=1, p=ball.norm)
+    assert (dist >= ball.radius * (1 - 1e-9)).all()  # projected onto the sphere, not deep inside
     for x in list(ball.project(pts)) + list(ball.sample(50, gen)):
         assert exactly_inside(ball, x) and bool(ball.contains(x[None]))
     assert bool(ball.contains(ball.center[None]))

@@ -94,3 +94,11 @@ def test_input_count_must_fit_the_shape(tmp_path):
     assert as_region(path, (2,)).low.tolist() == [-0.5, -0.25]
     with pytest.raises(InvalidInput, match="cannot read"):
         lipbound.load_vnnlib(tmp_path / "missing.vnnlib")
+
+
+def test_number_first_atoms_and_a_partial_disjunction():
+    text = DECLARE + "(assert (>= 0.5 X_0))\n(assert (<= -0.5 X_0))\n(assert (= X_1 0.25))\n" + \
+        "(assert (or (and (>= Y_1 Y_0))))\n"  # Y_2 is missing: not a robustness property of class 0
+    prop = parse_vnnlib(text)
+    assert prop.region.low.tolist() == [-0.5, 0.25] and prop.region.high.tolist() == [0.5, 0.25]
+    assert prop.label is None
