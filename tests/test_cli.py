@@ -146,3 +146,48 @@ def test_demo_through_the_console_entry():
                      "lower": "witnessed_lower"}
     assert d["upper"] == min(r["value"] for r in d["results"] if r["kind"] == "certified_upper")
     assert 0 < d["lower"] <= d["upper"] and d["ratio"] == pytest.approx(d["upper"] / d["lower"])
+
+
+VNNLIB_4 = "".join(f"(declare-const X_{i} Real)\n(assert (<= X_{i} 0.5))\n(assert (>= X_{i} -0.5))\n" for i in range(4))
+
+
+@pytest.mark.parametrize("setup,message", [
+    ({"prop.vnnlib": VNNLIB_4 + "(assert (< X_0 0.1))\n"}, "prop.vnnlib, line 13: unknown or malformed expression"),
+    ({"prop.vnnlib": VNNLIB_4.replace("(declare-const X_3 Real)\n(assert (<= X_3 0.5))\n(assert (>= X_3 -0.5))\n", "")},
+     "declares 3 input variables but the input shape (4,)"),
+    ({"--domain": "1,0"}, "low > high at index (0,)"),
+    ({"center.pt": torch.zeros(4), "--radius": "-1"}, "radius must be a positive finite number"),
+    ({"center.pt": torch.tensor([0.0, float("nan"), 0.0, 0.0]), "--radius": "1"}, "NaN"),
+    ({"center.pt": torch.zeros(3), "--radius": "1"}, "shape (3,) but the model's input shape is (4,)"),
+    ({"center.pt": torch.zeros(4)}, "--center and --radius go together"),
+])
+def test_bad_region_exits_2_with_one_line(model_file, tmp_path, capsys, setup, message):
+    args = ["estimate", f"{model_file}:mlp", "-s", "4", "-m", "autolip", "-q"]
+    for key, value in setup.items():
+        if key.endswith(".vnnlib"):
+            (tmp_path / key).write_text(value)
+            args += ["--domain", tmp_path / key]
+        elif key.endswith(".pt"):
+            torch.save(value, tmp_path / key)
+            args += ["--center", tmp_path / key]
+        else:
+            args += [key, value]
+    code, _, err = run(args, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("lipbound: error:"), err
+    assert message in lines[0]
+
+
+def test_ball_and_vnnlib_regions_reach_the_report(model_file, tmp_path, capsys):
+    np = pytest.importorskip("numpy")
+    np.save(tmp_path / "c.npy", np.full(4, 0.25))
+    code, out, _ = run(["estimate", f"{model_file}:mlp", "-s", "4", "-m", "lower", "--time-budget", "1", "-q",
+                        "--center", tmp_path / "c.npy", "--radius", "0.1", "--norm", "inf", "--json"], capsys)
+    report = json.loads(out)
+    assert code == 0 and report["region"]["type"] == "ball" and report["region"]["norm"] == "inf"
+    x = torch.tensor(report["results"][0]["witness"]["x"], dtype=torch.float64)
+    assert ((x - 0.25).abs() <= 0.1).all()
+    (tmp_path / "p.vnnlib").write_text(VNNLIB_4)
+    code, out, _ = run(["estimate", f"{model_file}:mlp", "-s", "4", "-m", "autolip", "-q",
+                        "--domain", tmp_path / "p.vnnlib"], capsys)
+    assert code == 0 and "region: box [-0.5, 0.5]^n" in out

@@ -157,3 +157,22 @@ def test_estimate_routes_options_to_the_methods_that_take_them():
     inside = torch.rand(2048, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert sampled_norm(net, inside) * (1 - 1e-12) <= low.value <= brute_force(net)
     assert rep.lower <= rep.upper
+
+
+@pytest.mark.parametrize("norm", [2, "inf"])
+def test_lower_on_a_ball_stays_inside_and_below_the_layer_norm_product(norm):
+    from fractions import Fraction
+
+    net = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)).double()
+    torch.manual_seed(3)
+    center = torch.randn(5, dtype=torch.float64)
+    ball = lipbound.Ball(center, 0.05, norm)
+    res = lipbound.lower_bound(net, (5,), domain=ball, time_budget=3, starts=16, steps=40)
+    upper = float(np.prod([np.linalg.norm(m.weight.detach().numpy(), 2) for m in net if isinstance(m, nn.Linear)]))
+    assert 0 < res.value <= upper
+    w = res.witness
+    for point in [w["x"]] + ([w["y"]] if w["form"] == "pair" else []):
+        d = [Fraction(a) - Fraction(c) for a, c in zip(point.double().tolist(), center.tolist())]
+        size = sum(v * v for v in d) if norm == 2 else max(abs(v) for v in d)
+        assert size <= (Fraction(0.05) ** 2 if norm == 2 else Fraction(0.05))  # exactly inside the ball
+    assert witness_value(net, w, domain=ball) == pytest.approx(res.value, rel=1e-12)

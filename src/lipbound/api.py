@@ -17,6 +17,7 @@ from .graph.input_scale import with_input_scale
 from .frontends.loading import load
 from .methods import get_method
 from .methods.autolip import autolip as _autolip
+from .methods.region import Ball, Box, BoxUnion, Region, as_region
 from .methods.selection import budget_share, check_options, method_kwargs, select_methods
 from .methods.witness import Witness, as_witness
 from .linalg.operators import Dense, LinearOperator
@@ -76,8 +77,15 @@ def estimate(model: Model, input_shape: Sequence[int] | None = None, methods: It
         progress: show progress bars on stderr.
         input_scale: std of an input normalisation outside the model (one value or one per
             channel): the bounds are then for raw inputs, ``f o diag(1/std)``.
-        domain: None (all of ``R^n``) or a box ``(low, high)``, given to the methods that take it
-            (``lower``, ``exact``); the others bound the constant over ``R^n``, valid on the box too.
+        domain: the input region (:func:`~lipbound.methods.region.as_region`): None (all of ``R^n``),
+            a box ``(low, high)`` (numbers or tensors), :class:`~lipbound.methods.region.Box`,
+            :class:`~lipbound.methods.region.Ball` (L2 or L-infinity), a
+            :class:`~lipbound.frontends.vnnlib.VnnlibProperty` or a ``.vnnlib`` path. The graph is
+            localized to it once; the methods that take a domain (``lower``, ``exact``, ...) get
+            it, and every certified bound then holds for all pairs in the region. A union of boxes
+            (a VNN-LIB ``or``) is not convex: the methods run on its hull (the report's bracket,
+            valid for every pair in the union) and on each part (``Report.parts``: pairs inside
+            one part only).
         data: inputs (tensor or DataLoader) where ``lower`` starts its search.
         time_budget: total seconds for the whole call, shared by the methods that can run long
             (each gets an equal share of the time left when it starts; time one does not use
@@ -100,25 +108,50 @@ def estimate(model: Model, input_shape: Sequence[int] | None = None, methods: It
     if time_budget is not None and not (time_budget > 0 and math.isfinite(time_budget)):
         raise InvalidInput(f"time_budget must be a positive number of seconds, got {time_budget!r}")
     graph = as_graph(model, input_shape, device, input_scale)
+    region = as_region(domain, graph.input_shape)
     names, explicit = select_methods(graph, methods)
     check_options(names, options, method_options)
     specs = [get_method(n) for n in names]
-    report = Report(graph.name, graph.input_shape)
+    if not isinstance(region, BoxUnion):
+        return _run_methods(graph, region, specs, explicit, seed, progress, data, time_budget, options, method_options)
+    # not convex: the hull bounds every pair of the union; each part only the pairs inside it
+    share = None if time_budget is None else time_budget / (1 + len(region.parts))
+    report = _run_methods(graph, region.hull(), specs, explicit, seed, progress, data, share, options, method_options)
+    report.region = region
+    report.parts = [_run_methods(graph, part, specs, explicit, seed, progress, data, share, options, method_options)
+                    for part in region.parts]
+    return report
+
+
+def _localized(graph: Graph, region: Region | None) -> Graph:
+    """The graph on ``region`` with sound per-neuron pre-activation bounds: for now none (each
+    activation keeps its global slope range, which is sound on any region)."""
+    return graph.localized(region, {})
+
+
+def _run_methods(graph: Graph, region: Region | None, specs: list, explicit: bool, seed: int, progress: bool,
+                 data: Any, time_budget: float | None, options: dict[str, Any],
+                 method_options: dict[str, dict[str, Any]] | None) -> Report:
+    """Run ``specs`` one after the other on ``graph`` localized once to the convex ``region`` (the
+    methods that take a domain get ``domain=region``), sharing ``time_budget``."""
+    local = graph if region is None else _localized(graph, region)
+    report = Report(graph.name, graph.input_shape, region=region)
     start = time.perf_counter()
     for i, spec in enumerate(specs):
         t0 = time.perf_counter()
         share = None if time_budget is None else budget_share(time_budget, time_budget - (t0 - start), specs[i:])
-        kwargs = method_kwargs(spec, options, method_options, domain=domain, data=data, time_budget=share)
+        kwargs = method_kwargs(spec, options, method_options, domain=region, data=data, time_budget=share)
         name = spec.name
         try:
-            result = spec(graph, seed=seed, progress=progress, **kwargs)
+            result = spec(local, seed=seed, progress=progress, **kwargs)
         except (NotApplicable, UnsupportedOperation) as exc:
             if explicit:
                 raise
             report.skipped[name] = str(exc)
             continue
         result.seconds = time.perf_counter() - t0
-        result.options = {k: ("given" if k == "data" else v) for k, v in kwargs.items()}
+        result.options = {k: ("given" if k == "data" else region.describe() if k == "domain" else v)
+                          for k, v in kwargs.items()}
         if share is not None:
             result.details["time_share"] = share
         report.results.append(result)
@@ -149,7 +182,10 @@ def lower_bound(model: Model, input_shape: Sequence[int] | None = None, seed: in
     :func:`lipbound.witness_value` re-checks ``Result.witness``."""
     from .methods.lower import lower
 
-    return lower(as_graph(model, input_shape), seed=seed, progress=progress, **options)
+    graph = as_graph(model, input_shape)
+    if options.get("domain") is not None:
+        options["domain"] = as_region(options["domain"], graph.input_shape)
+    return lower(graph, seed=seed, progress=progress, **options)
 
 
 def witness_value(model: Model, witness: Witness | dict[str, Any], input_shape: Sequence[int] | None = None,
@@ -166,7 +202,8 @@ def witness_value(model: Model, witness: Witness | dict[str, Any], input_shape: 
             from ``Result.to_dict()``).
         input_shape: the input shape without batch axis (default: the graph's, or for a module the
             shape of the witness's ``x``).
-        domain: None, or the box ``(low, high)`` the witness must lie in (closed).
+        domain: None, or the region the witness must lie in (anything
+            :func:`~lipbound.methods.region.as_region` takes; closed).
 
     Raises:
         InvalidInput: a malformed witness, or one that is not valid (a Jacobian witness at a kink,
@@ -176,7 +213,8 @@ def witness_value(model: Model, witness: Witness | dict[str, Any], input_shape: 
     witness = as_witness(witness)
     if input_shape is None and not isinstance(model, Graph):
         input_shape = tuple(torch.as_tensor(witness.x).shape)
-    return witness.recheck(as_graph(model, input_shape), domain)
+    graph = as_graph(model, input_shape)
+    return witness.recheck(graph, as_region(domain, graph.input_shape))
 
 
 def spectral_norm(layer: nn.Module | LinearOperator | torch.Tensor, input_shape: Sequence[int] | None = None,
@@ -218,4 +256,4 @@ def _linear_part(module: nn.Module, input_shape: tuple[int, ...]) -> LinearOpera
 
 
 __all__ = ["spectral_norm", "estimate", "autolip", "seqlip", "lower_bound", "as_graph", "witness_value",
-           "LipboundError"]
+           "LipboundError", "Ball", "Box", "BoxUnion"]

@@ -40,23 +40,64 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def parse_domain(text: str | None) -> tuple[float, float] | None:
-    """``"0,1"`` -> ``(0.0, 1.0)``; None stays None (all of R^n)."""
+def parse_domain(text: str | None) -> tuple[float, float] | str | None:
+    """``"0,1"`` -> ``(0.0, 1.0)``; a ``.vnnlib`` path stays a path (read by
+    :func:`lipbound.load_vnnlib` against the model's input shape); None stays None (all of R^n)."""
     if text is None:
         return None
+    if text.lower().endswith(".vnnlib"):
+        if not Path(text).is_file():
+            raise InvalidInput(f"--domain: VNN-LIB file not found: {text}")
+        return text
     try:
         low, high = (float(p) for p in text.split(","))
     except ValueError:
-        raise InvalidInput(f"--domain must be LOW,HIGH (two numbers), got {text!r}") from None
+        raise InvalidInput(f"--domain must be LOW,HIGH (two numbers) or a .vnnlib file, got {text!r}") from None
     return low, high
+
+
+def load_center(path: str) -> torch.Tensor:
+    """The tensor in ``path``: saved with ``torch.save`` (read with ``weights_only=True``) or a
+    NumPy ``.npy`` file."""
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidInput(f"--center file not found: {p}")
+    try:
+        if p.suffix.lower() == ".npy":
+            import numpy as np
+
+            return torch.as_tensor(np.load(p, allow_pickle=False))
+        x = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InvalidInput(f"could not read --center {p} as a tensor: {type(exc).__name__}") from None
+    if not isinstance(x, torch.Tensor):
+        raise InvalidInput(f"--center {p} must hold one tensor, got {type(x).__name__}")
+    return x
+
+
+def region_of(args: argparse.Namespace):
+    """The ``domain`` of the command line: ``--domain`` (a box or a VNN-LIB file), or the ball
+    ``--center`` / ``--radius`` / ``--norm``; None for all of R^n."""
+    ball = (args.center, args.radius)
+    if args.domain is not None and any(v is not None for v in ball):
+        raise InvalidInput("give --domain or --center/--radius, not both")
+    if all(v is None for v in ball):
+        return parse_domain(args.domain)
+    if None in ball:
+        raise InvalidInput("--center and --radius go together")
+    return api.Ball(load_center(args.center), args.radius, args.norm)
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", "-m", action="append", dest="methods", metavar="NAME",
                    help="method to run (repeatable; default: a set sized for the model; 'all': every method "
                    f"that applies): {', '.join(METHODS)}")
-    p.add_argument("--domain", default=None, metavar="LOW,HIGH",
-                   help="input box for the lower and exact methods, e.g. 0,1 (default: all of R^n)")
+    p.add_argument("--domain", default=None, metavar="LOW,HIGH|PROP.vnnlib",
+                   help="input region: a box, e.g. 0,1, or a VNN-LIB property file (default: all of R^n)")
+    p.add_argument("--center", default=None, metavar="X.pt|X.npy",
+                   help="center of a ball region (a tensor of the input shape, torch.save or .npy); with --radius")
+    p.add_argument("--radius", type=float, default=None, help="radius of the ball region around --center")
+    p.add_argument("--norm", default="2", choices=["2", "inf"], help="norm of the ball region (default 2)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="total seconds for the run, shared by the methods that can run long "
                    "(default: each method's own limit)")
@@ -126,7 +167,7 @@ def _run(args: argparse.Namespace, model_spec: str, shape_text: str | None, weig
     progress = not args.quiet and sys.stderr.isatty()
     budget = args.time_budget if args.time_budget is not None else (DEMO_BUDGET if args.command == "demo" else None)
     report = api.estimate(graph, methods=methods, device=args.device, seed=args.seed, progress=progress,
-                          domain=parse_domain(args.domain), time_budget=budget)
+                          domain=region_of(args), time_budget=budget)
     if args.plot:
         report.plot(args.plot)
     if args.json:

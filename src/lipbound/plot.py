@@ -43,7 +43,7 @@ def plot_report(report, path: str | None = None) -> Any:
     ax_b, ax_l = fig.subplots(1, 2, width_ratios=(1.1, 1.0))
     _bracket(ax_b, report)
     _layers(ax_l, report.layers)
-    fig.suptitle(f"{report.model}: input {tuple(report.input_shape)}")
+    fig.suptitle(f"{report.model}: input {tuple(report.input_shape)}, region {report.region_text}")
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig

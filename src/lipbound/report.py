@@ -149,14 +149,28 @@ class Result:
         return out
 
 
+PARTS_NOTE = "max over parts: pairs inside one part only"
+
+
 @dataclass
 class Report:
-    """All results for one model, with the bracket."""
+    """All results for one model on one input region, with the bracket.
+
+    ``region`` is the input region the bounds hold on (None: all of ``R^n``, the global constant;
+    see :mod:`lipbound.methods.region`). For a union of boxes (not convex) ``results`` and the
+    bracket are the hull's, valid for every pair in the union, and ``parts`` holds one report per
+    box, whose bounds hold only for pairs inside that box."""
 
     model: str
     input_shape: tuple[int, ...]
     results: list[Result] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # method -> why it does not apply
+    region: Any = None
+    parts: list["Report"] = field(default_factory=list)
+
+    @property
+    def region_text(self) -> str:
+        return "R^n (global)" if self.region is None else self.region.describe()
 
     @property
     def upper(self) -> float:
@@ -200,9 +214,16 @@ class Report:
         return rows
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "input_shape": list(self.input_shape), "upper": _num(self.upper),
-                "lower": _num(self.lower), "ratio": _num(self.ratio),
-                "results": [r.to_dict() for r in self.results], "skipped": dict(self.skipped)}
+        out = {"model": self.model, "input_shape": list(self.input_shape),
+               "region": {"type": "R^n"} if self.region is None else self.region.to_dict(),
+               "region_text": self.region_text, "upper": _num(self.upper), "lower": _num(self.lower),
+               "ratio": _num(self.ratio), "results": [r.to_dict() for r in self.results],
+               "skipped": dict(self.skipped)}
+        if self.parts:
+            out["parts_note"] = (f"upper/lower above: the hull's, valid for every pair in the union; parts: {PARTS_NOTE}")
+            out["parts"] = [p.to_dict() for p in self.parts]
+            out["max_over_parts"] = {"upper": _num(max(p.upper for p in self.parts)), "note": PARTS_NOTE}
+        return out
 
     def bracket_line(self) -> str:
         lo = "none" if self.lower is None else f"{self.lower:.6g}"
@@ -224,12 +245,18 @@ class Report:
                 lines.append(f"{r.origin:<{wn}} {r.type:<{wt}} {str(tuple(r.shape)):<{ws}} {_fmt(r.power):>12} "
                              f"{_fmt(r.certified):>12}  {_fmt(r.L):>11}")
             lines.append("")
+        lines.append(f"region: {self.region_text}" + ("  (results below: its hull)" if self.parts else ""))
         lines.append(f"{'method':<16} {'value':>14}  {'kind':<16} {'seconds':>8}")
         for r in self.results:
             lines.append(f"{r.method:<16} {r.value:>14.6g}  {r.kind.value:<16} {r.seconds:>8.2f}")
         for name, why in self.skipped.items():
             lines.append(f"{name:<16} {'-':>14}  skipped: {why}")
         lines.append(self.bracket_line())
+        for i, part in enumerate(self.parts):
+            lines.append(f"part {i}: {part.region_text}: {part.bracket_line()}")
+        if self.parts:
+            lines.append(f"{PARTS_NOTE}: upper {max(p.upper for p in self.parts):.6g}; the bracket above (the hull's) "
+                         "holds for every pair in the union")
         return "\n".join(lines)
 
     def __str__(self) -> str:

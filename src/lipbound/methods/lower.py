@@ -13,7 +13,8 @@ the power method to convergence at one point gives ``||J v||``, its norm up to t
 
 The search, all batched over many starts (no Python loop per start):
 
-1. **Starts**: random points (mixtures of scales on ``R^n``, uniform in a box domain) and, when
+1. **Starts**: random points (mixtures of scales on ``R^n``; in a region, a mixture of uniform
+   samples, vertices of its bounding box and points near its centre, projected into it) and, when
    ``data`` is given, the data points with the largest Jacobian norms.
 2. **Power iterations through autograd** at every start (``torch.func.jvp`` for ``J v``,
    ``torch.func.vjp`` for ``J^T u``), warm-started from one step to the next.
@@ -35,14 +36,21 @@ The search, all batched over many starts (no Python loop per start):
 6. **Refinement** of the best candidates in float64 (power method to convergence), then the
    **validity check** (:func:`~lipbound.methods.rounding.jacobian_witness_values`) on the float64 graph as
    given (not fused). A candidate that fails it with a larger norm than every valid one (on a
-   kink, or on a box face where a kink passes) is **nudged** off it (random relative moves of
-   ``1e-9, 1e-6, 1e-3``; on a box, pulled towards the centre) and checked again. Pairs are valued
+   kink, or on a region's boundary where a kink passes) is **nudged** off it (random relative moves of
+   ``1e-9, 1e-6, 1e-3``; in a region, pulled towards the centre) and checked again. Pairs are valued
    by the rigorous lower end of their quotient (:func:`~lipbound.methods.rounding.pair_bounds`). When no
    Jacobian witness is valid and no pair was searched, short pairs along the candidates' singular
    directions are the witnesses.
 
-On a box domain every iterate is projected back into the box, so the bound is for ``f``
-restricted to the box.
+On a region (a :class:`~lipbound.methods.region.Box` or a :class:`~lipbound.methods.region.Ball`,
+:func:`~lipbound.methods.region.as_region`) every start is sampled in it and every iterate is
+projected back into it, and each witness is accepted only after the region's rigorous
+``contains`` (in :func:`~lipbound.methods.rounding.region_check` and the pair re-check), so the bound
+is for ``f`` restricted to the region: a pair inside ``X`` bounds ``L_X`` by definition, and
+``||Df(x) v||`` at a point of a convex ``X`` with an interior, where ``f`` is ``C^1``, is a limit of
+Jacobian norms at interior points, hence at most ``L_X`` (DESIGN §7). On a box that is flat in some
+elements (``low == high``, e.g. ACAS Xu property 4) a Jacobian witness counts only when ``v`` is 0
+there (the witness re-check refuses it otherwise); pairs stay valid.
 """
 
 from __future__ import annotations
@@ -58,7 +66,7 @@ from tqdm.auto import tqdm
 from ..errors import InvalidInput, LipboundError
 from ..graph.ir import Activation, Graph, MaxPool
 from ..report import Result
-from .region import Box, as_box
+from .region import Ball, BoxUnion, Region, as_region
 from .rounding import jacobian_witness_values, pair_bounds
 from .witness import PairWitness, PointWitness, Witness, jacobian_values, pair_values
 from .jacobian import Linearization, power, recording, through_pieces, unit
@@ -84,7 +92,9 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
         graph: the network.
         seed: seed of the random starts (same seed, same result).
         progress: progress bar on stderr.
-        domain: None (all of ``R^n``) or ``(low, high)``, numbers or tensors of the input shape.
+        domain: None (all of ``R^n``), ``(low, high)`` (numbers or tensors of the input shape), a
+            :class:`~lipbound.methods.region.Box` or :class:`~lipbound.methods.region.Ball`; anything
+            :func:`~lipbound.methods.region.as_region` takes except a union of boxes (not convex).
         data: inputs ``(N, *input_shape)``, or an iterable of such batches (a DataLoader; in
             ``(x, y)`` batches the first element is used): the ``max_data`` first are scored
             and the best half of ``starts`` begin there.
@@ -111,18 +121,21 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
     t0 = time.perf_counter()
     deadline = t0 + time_budget
     g = through_pieces(graph.fused())  # the search's copy: double backward works through every node
-    box = as_box(domain, g.input_shape)
+    region = as_region(domain, g.input_shape)
+    if isinstance(region, BoxUnion):
+        raise InvalidInput("lower: a union of boxes is not convex; run it on each part or on its hull() "
+                           "(lipbound.estimate does both)")
     gen = torch.Generator().manual_seed(seed)
     g64 = g.to(dtype=torch.float64)
     checked = graph.to(device="cpu", dtype=torch.float64)  # witnesses are checked and valued on this one
-    details: dict[str, Any] = {"domain": "R^n" if box is None else box.describe(), "starts": starts,
+    details: dict[str, Any] = {"domain": "R^n" if region is None else region.describe(), "starts": starts,
                                "steps": steps, "time_budget": time_budget, "constant_jacobian": False}
     if _constant_jacobian(g):
-        return _affine_result(g64, checked, box, gen, t0, deadline, details)
-    search = _Search(g, box, power_steps, gen)
+        return _affine_result(g64, checked, region, gen, t0, deadline, details)
+    search = _Search(g, region, power_steps, gen)
     found, n_data, done = [], 0, 0
     while done < rounds and (done == 0 or time.perf_counter() < t0 + 0.5 * time_budget):
-        x0, n = _starts(g, box, data if done == 0 else None, starts, max_data, gen)
+        x0, n = _starts(g, region, data if done == 0 else None, starts, max_data, gen)
         n_data = n_data or n
         found.append(search.ascend(x0, steps, t0 + 0.5 * time_budget, progress))
         done += 1
@@ -133,19 +146,19 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
     cand, v = best_x[order].to(torch.float64), best_v[order].to(torch.float64)
     walked = bool(search.slopes) and walk_rounds > 0
     if walked:
-        cand, v, _ = walk(g64, search.slopes, cand, v, box, rounds=walk_rounds, deadline=t0 + 0.75 * time_budget)
+        cand, v, _ = walk(g64, search.slopes, cand, v, region, rounds=walk_rounds, deadline=t0 + 0.75 * time_budget)
     with torch.no_grad():  # a NaN (a start that diverged) must never be picked
         top = torch.argsort(torch.nan_to_num(jacobian_values(g64.forward, cand, v), nan=-1.0),
                             descending=True)[:_REFINED]
     cand, v = cand[top], _power64(g64, cand[top], v[top], t0 + 0.85 * time_budget)
-    jac = _jacobian_witness(g64, checked, cand, v, box, gen, deadline)
+    jac = _jacobian_witness(g64, checked, cand, v, region, gen, deadline)
 
     pair = None
     if pairs and time.perf_counter() < t0 + 0.95 * time_budget:
         px, py = search.pairs(cand, v, steps, t0 + 0.95 * time_budget)
-        pair = _best_pair(checked, px, py, box)
+        pair = _best_pair(checked, px, py, region)
     if jac is None and pair is None:  # every candidate sits on a kink: pairs along its singular vector
-        pair = _best_pair(checked, *_segments(cand, v, box), box)
+        pair = _best_pair(checked, *_segments(cand, v, region), region)
     if jac is None and pair is None:  # nothing above 0 re-checks (e.g. a constant net): 0 <= L(f) needs no witness
         details.update({"form": None, "jacobian_value": None, "pair_value": None, "data_starts": n_data,
                         "rounds": done, "steps_done": search.steps_done, "seconds_ascent": t_ascent,
@@ -170,41 +183,45 @@ def _affine_activation(node: Activation) -> bool:
     return node.pieces is not None and len(set(node.pieces.slopes)) == 1
 
 
-def _affine_result(g64: Graph, checked: Graph, box: Box | None, gen: torch.Generator, t0: float,
+def _affine_result(g64: Graph, checked: Graph, region: Region | None, gen: torch.Generator, t0: float,
                    deadline: float, details: dict[str, Any]) -> Result:
     """An affine ``f``: its constant is the norm of its one Jacobian ``J``; the power method to
-    convergence at one point (the box centre, or 0) gives ``||J v|| <= ||J||`` with ``v`` its top
+    convergence at one point (the region's centre, or 0) gives ``||J v|| <= ||J||`` with ``v`` its top
     right singular vector."""
-    x = (box.center if box is not None else torch.zeros(g64.input_shape, dtype=torch.float64)).unsqueeze(0)
+    x = (region.center if region is not None else torch.zeros(g64.input_shape, dtype=torch.float64)).unsqueeze(0)
     x = x.to(device=g64.device)
     v = unit(torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x))
-    jac = _jacobian_witness(g64, checked, x, _power64(g64, x, v, deadline), box, gen, deadline)
-    if jac is None:
-        raise LipboundError("the network is affine but its Jacobian witness failed its re-check")
-    details.update({"form": jac.form, "jacobian_value": jac.value, "pair_value": None, "constant_jacobian": True})
-    return Result("lower", jac.value, "witnessed_lower", time.perf_counter() - t0, witness=jac, details=details)
+    v = _power64(g64, x, v, deadline)
+    found = _jacobian_witness(g64, checked, x, v, region, gen, deadline)
+    if found is None:  # a box flat in some elements refuses v: pairs inside it instead
+        found = _best_pair(checked, *_segments(x, v, region), region)
+    if found is None:
+        raise LipboundError("the network is affine but neither its Jacobian nor a pair witness passed its re-check")
+    details.update({"form": found.form, "jacobian_value": found.value if found.form == "jacobian" else None,
+                    "pair_value": found.value if found.form == "pair" else None, "constant_jacobian": True})
+    return Result("lower", found.value, "witnessed_lower", time.perf_counter() - t0, witness=found, details=details)
 
 
-def _jacobian_witness(g64: Graph, checked: Graph, x: torch.Tensor, v: torch.Tensor, box: Box | None,
+def _jacobian_witness(g64: Graph, checked: Graph, x: torch.Tensor, v: torch.Tensor, region: Region | None,
                       gen: torch.Generator, deadline: float) -> PointWitness | None:
     """The best valid Jacobian witness (:func:`~lipbound.methods.rounding.jacobian_witness_values`) among the
     points ``x`` (with their singular vectors ``v``) and, for those that fail the check with a larger
     autograd value than the best valid one, their nudges off the kink or face (:func:`_nudged`), with
     power iterations there until ``deadline``; None when none is valid."""
-    values = _checked_values(checked, x, v, box)
+    values = _checked_values(checked, x, v, region)
     with torch.no_grad():
         claimed = torch.nan_to_num(jacobian_values(g64.forward, x, v), nan=-1.0).cpu()
     retry = torch.isnan(values) & (claimed > torch.nan_to_num(values, nan=-1.0).max())
     if retry.any():
-        nx = _nudged(x[retry.to(x.device)], box, gen)
+        nx = _nudged(x[retry.to(x.device)], region, gen)
         nv = _power64(g64, nx, v[retry.to(v.device)].repeat(len(_NUDGES), *([1] * (v.dim() - 1))), deadline)
-        values = torch.cat([values, _checked_values(checked, nx, nv, box)])
+        values = torch.cat([values, _checked_values(checked, nx, nv, region)])
         x, v = torch.cat([x, nx]), torch.cat([v, nv])
-    return _confirmed(checked, values, lambda i: PointWitness(x[i].cpu(), v[i].cpu()), box)
+    return _confirmed(checked, values, lambda i: PointWitness(x[i].cpu(), v[i].cpu()), region)
 
 
 def _confirmed(checked: Graph, values: torch.Tensor, witness_at: Callable[[int], Witness],
-               box: Box | None) -> Witness | None:
+               region: Region | None) -> Witness | None:
     """The witness with the largest batched value (NaN: invalid) that its one-point re-check
     (:meth:`~lipbound.methods.witness.Witness.recheck`, the computation of :func:`~lipbound.witness_value`)
     confirms, carrying the re-checked value; None when there is none."""
@@ -214,47 +231,47 @@ def _confirmed(checked: Graph, values: torch.Tensor, witness_at: Callable[[int],
             break
         witness = witness_at(i)
         try:
-            return dataclasses.replace(witness, value=witness.recheck(checked, box))
+            return dataclasses.replace(witness, value=witness.recheck(checked, region))
         except InvalidInput:
             continue
     return None
 
 
-def _checked_values(checked: Graph, x: torch.Tensor, v: torch.Tensor, box: Box | None) -> torch.Tensor:
+def _checked_values(checked: Graph, x: torch.Tensor, v: torch.Tensor, region: Region | None) -> torch.Tensor:
     return jacobian_witness_values(checked, x.to(device="cpu", dtype=torch.float64),
-                                   v.to(device="cpu", dtype=torch.float64), box)[0]
+                                   v.to(device="cpu", dtype=torch.float64), region)[0]
 
 
-def _nudged(x: torch.Tensor, box: Box | None, gen: torch.Generator) -> torch.Tensor:
+def _nudged(x: torch.Tensor, region: Region | None, gen: torch.Generator) -> torch.Tensor:
     """For each radius ``r`` of :data:`_NUDGES`, each point moved by a random ``r``-relative step (on
-    a box: then pulled towards the centre by the fraction ``r``, off every face)."""
+    a region: then pulled towards its centre by the fraction ``r``, off every face)."""
     out = []
     for r in _NUDGES:
         xi = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x)
-        if box is None:
+        if region is None:
             size = x.flatten(1).abs().amax(dim=1).clamp_min(1.0).reshape(-1, *([1] * (x.dim() - 1)))
             out.append(x + r * size * xi)
         else:
-            low, high = box.low.to(x), box.high.to(x)
-            y = box.project(x + r * (high - low) * xi)
-            out.append(box.project(y + r * ((low + high) / 2 - y)))
+            low, high = region.low.to(x), region.high.to(x)
+            y = region.project(x + r * (high - low) * xi)
+            out.append(region.project(y + r * (region.center.to(x) - y)))
     return torch.cat(out)
 
 
-def _segments(x: torch.Tensor, v: torch.Tensor, box: Box | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _segments(x: torch.Tensor, v: torch.Tensor, region: Region | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Pairs ``(x, x + d v)`` along the candidates' singular directions, ``d`` in :data:`_NUDGES`
-    relative to the point's size (kept in the box)."""
+    relative to the point's size (kept in the region)."""
     size = x.flatten(1).norm(dim=1).clamp_min(1.0).reshape(-1, *([1] * (x.dim() - 1)))
     ys = [x + r * size * unit(v) for r in _NUDGES]
-    ys = torch.cat(ys if box is None else [box.project(y) for y in ys])
+    ys = torch.cat(ys if region is None else [region.project(y) for y in ys])
     return x.repeat(len(_NUDGES), *([1] * (x.dim() - 1))), ys
 
 
-def _best_pair(checked: Graph, x: torch.Tensor, y: torch.Tensor, box: Box | None) -> PairWitness | None:
+def _best_pair(checked: Graph, x: torch.Tensor, y: torch.Tensor, region: Region | None) -> PairWitness | None:
     """The pair with the largest rigorous lower bound of its quotient (:func:`~lipbound.methods.rounding.pair_bounds`),
     None when no pair has a finite one."""
     x, y = x.to(device="cpu", dtype=torch.float64), y.to(device="cpu", dtype=torch.float64)
-    return _confirmed(checked, pair_bounds(checked, x, y)[0], lambda j: PairWitness(x[j], y[j]), box)
+    return _confirmed(checked, pair_bounds(checked, x, y)[0], lambda j: PairWitness(x[j], y[j]), region)
 
 
 def _check(**kw: float) -> None:
@@ -307,17 +324,21 @@ def _data_points(data, shape: tuple[int, ...], max_n: int) -> torch.Tensor:
     return x
 
 
-def _random_points(n: int, shape: tuple[int, ...], box: Box | None, gen: torch.Generator) -> torch.Tensor:
-    """In a box, a mixture: uniform, random vertices (each coordinate at ``low`` or ``high`` with
-    probability 1/2, or at ``high`` with probability 0.2: sparse images), uniform in the middle
-    tenth. On ``R^n`` a mixture: N(0, 1), U[0, 1] (image-like inputs), N(0, 0.1^2), N(0, 10^2)."""
+def _random_points(n: int, shape: tuple[int, ...], region: Region | None, gen: torch.Generator) -> torch.Tensor:
+    """In a region, a mixture over its bounding box ``[low, high]``: uniform (a ball: uniform in the
+    ball), random vertices (each coordinate at ``low`` or ``high`` with probability 1/2, or at
+    ``high`` with probability 0.2: sparse images), uniform in the middle tenth; all projected into
+    the region. On ``R^n`` a mixture: N(0, 1), U[0, 1] (image-like inputs), N(0, 0.1^2), N(0, 10^2)."""
     kind = torch.arange(n) % 4
-    if box is not None:
+    if region is not None:
         u = torch.rand((n, *shape), generator=gen, dtype=torch.float64)
         u[kind == 1] = (u[kind == 1] < 0.5).to(u.dtype)
         u[kind == 2] = (u[kind == 2] < 0.2).to(u.dtype)
         u[kind == 3] = 0.45 + 0.1 * u[kind == 3]
-        return box.low + u * (box.high - box.low)
+        x = region.low + u * (region.high - region.low)
+        if isinstance(region, Ball):
+            x[kind == 0] = region.sample(int((kind == 0).sum()), gen)
+        return region.project(x)
     x = torch.randn((n, *shape), generator=gen, dtype=torch.float64)
     x[kind == 1] = torch.rand(((kind == 1).sum(), *shape), generator=gen, dtype=torch.float64)
     x[kind == 2] *= 0.1
@@ -325,28 +346,28 @@ def _random_points(n: int, shape: tuple[int, ...], box: Box | None, gen: torch.G
     return x
 
 
-def _starts(g: Graph, box: Box | None, data, starts: int, max_data: int,
+def _starts(g: Graph, region: Region | None, data, starts: int, max_data: int,
             gen: torch.Generator) -> tuple[torch.Tensor, int]:
     shape = g.input_shape
     n_data = 0
     parts = []
     if data is not None:
         pts = _data_points(data, shape, max_data).to(device=g.device, dtype=g.dtype)
-        if box is not None:
-            pts = box.project(pts)
+        if region is not None:
+            pts = region.project(pts)
         sig = torch.cat([power(g.forward, c, unit(torch.randn(c.shape, generator=gen, dtype=torch.float64)
                                                      .to(c)), 8)[0] for c in pts.split(256)])
         n_data = min(len(pts), max(1, starts // 2))
         parts.append(pts[torch.argsort(sig, descending=True)[:n_data]])
-    parts.append(_random_points(starts - n_data, shape, box, gen).to(device=g.device, dtype=g.dtype))
+    parts.append(_random_points(starts - n_data, shape, region, gen).to(device=g.device, dtype=g.dtype))
     return torch.cat(parts), n_data
 
 
 class _Search:
     """The batched ascent (module doc, steps 2-4) on one graph."""
 
-    def __init__(self, g: Graph, box: Box | None, power_steps: int, gen: torch.Generator) -> None:
-        self.g, self.box, self.power_steps, self.gen = g, box, power_steps, gen
+    def __init__(self, g: Graph, region: Region | None, power_steps: int, gen: torch.Generator) -> None:
+        self.g, self.region, self.power_steps, self.gen = g, region, power_steps, gen
         slopes = {n.name: two_slope(n) for n in g if isinstance(n, Activation)}
         self.slopes = {k: ab for k, ab in slopes.items() if ab is not None}
         self.pwl = list(self.slopes)
@@ -360,13 +381,14 @@ class _Search:
         return {k: float(store[k][0].pow(2).mean().sqrt().clamp_min(1e-12)) for k in self.pwl}
 
     def _radius(self, x: torch.Tensor) -> torch.Tensor:
-        if self.box is not None:
-            r = (self.box.high - self.box.low).norm().item()
+        if self.region is not None:
+            r = 2 * self.region.radius if isinstance(self.region, Ball) and self.region.norm == 2 else \
+                (self.region.high - self.region.low).norm().item()
             return torch.full((x.shape[0],), r, dtype=x.dtype, device=x.device)
         return x.flatten(1).norm(dim=1).clamp_min(1e-3 * math.sqrt(x[0].numel()))
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.box is None else self.box.project(x)
+        return x if self.region is None else self.region.project(x)
 
     def ascend(self, x: torch.Tensor, steps: int, deadline: float,
                progress: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -25,7 +25,7 @@ import torch
 
 from ..graph.ir import Graph
 from .jacobian import power, recording, tangents, unit
-from .region import Box
+from .region import Region
 
 __all__ = ["walk"]
 
@@ -33,7 +33,7 @@ _ETA = 1e-3  # relative overshoot past the boundary
 _PARTS = 8  # batches per round when there is a deadline
 
 
-def walk(g: Graph, slopes: dict[str, tuple[float, float]], x: torch.Tensor, v: torch.Tensor, box: Box | None,
+def walk(g: Graph, slopes: dict[str, tuple[float, float]], x: torch.Tensor, v: torch.Tensor, box: Region | None,
          *, candidates: int = 8, rounds: int = 30, deadline: float = float("inf"),
          power_steps: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Walk every point of the batch ``x`` (module doc); returns ``(x, v, sigma)`` improved or
@@ -67,7 +67,7 @@ def walk(g: Graph, slopes: dict[str, tuple[float, float]], x: torch.Tensor, v: t
 
 
 def _step(g: Graph, rec: Graph, store, names, slopes, x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor,
-          box: Box | None, candidates: int, power_steps: int):
+          box: Region | None, candidates: int, power_steps: int):
     """One move of every point of the batch: ``(x, v, sigma, better)``, ``better`` marking the
     points that moved."""
     gain, z = _gains(rec, store, names, slopes, x, v)
@@ -109,7 +109,7 @@ def _gains(rec: Graph, store, names, slopes, x, v) -> tuple[torch.Tensor, torch.
 
 
 def _cross(rec: Graph, store, names, z: torch.Tensor, x: torch.Tensor, idx: torch.Tensor,
-           box: Box | None) -> torch.Tensor:
+           box: Region | None) -> torch.Tensor:
     """For each point and each chosen neuron ``k``: the point just past the first boundary met
     on the way to ``k``'s hyperplane (an adjacent region), then the point just past ``k``'s
     hyperplane itself; batch ``(2 * B * k, ...)``, each half point-major."""

@@ -30,7 +30,7 @@ from .jacobian import tangents
 from ..linalg.operators import Compose, Conv, Dense, Diagonal, Function, LinearOperator, Permute, Reshape
 from ..linalg.spectral import certified_norm
 from ..linalg.structured import Gather, Kronecker
-from .region import Box
+from .region import Region
 
 __all__ = ["Enclosure", "enclose", "RegionCheck", "region_check", "pair_bounds", "jacobian_witness_values"]
 
@@ -251,10 +251,10 @@ class RegionCheck:
     room: dict[str, torch.Tensor]
 
 
-def region_check(graph: Graph, x: torch.Tensor, box: Box | None = None,
+def region_check(graph: Graph, x: torch.Tensor, box: Region | None = None,
                  enclosure: Enclosure | None = None) -> RegionCheck:
     """Decide, for each point of the batch ``x``, whether a Jacobian witness there is valid: ``x``
-    is finite and in the closed ``box``; every activation input that is not locally constant is
+    is finite and in the closed region ``box`` (its rigorous ``contains``); every activation input that is not locally constant is
     farther from each of the activation's ``kinks`` than its rounding error bound (:func:`enclose`); in every max-pooling
     window, either the largest input lowered by its error bound exceeds every other input raised by
     its bound, or every input that could be the largest is *locally constant* (a tie of inactive
@@ -275,7 +275,7 @@ def region_check(graph: Graph, x: torch.Tensor, box: Box | None = None,
 
     fail(~torch.isfinite(x).flatten(1).all(dim=1), "x is not finite")
     if box is not None:
-        fail(~box.contains(x), "x lies outside the domain box")
+        fail(~box.contains(x), f"x lies outside the domain ({box.describe()})")
     enc = enclosure if enclosure is not None else enclose(graph, x)
     room: dict[str, torch.Tensor] = {}
     moving: dict[str, torch.Tensor] = {}  # elements that are not locally constant
@@ -432,7 +432,7 @@ def pair_bounds(graph: Graph, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.T
 
 
 def jacobian_witness_values(graph: Graph, x: torch.Tensor, v: torch.Tensor,
-                            box: Box | None = None) -> tuple[torch.Tensor, list[str | None]]:
+                            box: Region | None = None) -> tuple[torch.Tensor, list[str | None]]:
     """Values of the Jacobian witnesses ``(x_b, v_b)`` (module doc) and the reason of each failure:
     where :func:`region_check` passes, the rigorous lower end of ``||Df(x) v|| / ||v||`` from the
     forward tangent of :func:`enclose`, once the central difference pair ``(x - h v, x + h v)``

@@ -44,7 +44,7 @@ import torch
 from ..errors import InvalidInput
 from ..graph.ir import Graph
 from .jacobian import Linearization
-from .region import Box, as_box
+from .region import Box, Region, along_region, as_box, as_region
 from .rounding import jacobian_witness_values, pair_bounds
 
 __all__ = ["Box", "as_box", "Witness", "PointWitness", "PairWitness", "as_witness", "jacobian_values", "pair_values"]
@@ -109,9 +109,9 @@ class Witness:
         x, other = x.reshape(1, *shape), other.reshape(1, *shape)
         if not bool(torch.isfinite(x).all() and torch.isfinite(other).all()):
             raise InvalidInput("the witness contains NaN or infinite values")
-        return self._value(graph, x, other, as_box(domain, shape))
+        return self._value(graph, x, other, as_region(domain, shape))
 
-    def _value(self, graph: Graph, x: torch.Tensor, other: torch.Tensor, box: Box | None) -> float:
+    def _value(self, graph: Graph, x: torch.Tensor, other: torch.Tensor, box: Region | None) -> float:
         raise NotImplementedError
 
 
@@ -126,7 +126,9 @@ class PointWitness(Witness):
     form: ClassVar[str] = "jacobian"
     second: ClassVar[str] = "v"
 
-    def _value(self, graph: Graph, x: torch.Tensor, v: torch.Tensor, box: Box | None) -> float:
+    def _value(self, graph: Graph, x: torch.Tensor, v: torch.Tensor, box: Region | None) -> float:
+        if not bool(along_region(box, x, v).all()):
+            raise InvalidInput("invalid Jacobian witness: v leaves the domain (it moves an element the domain fixes)")
         value, reasons = jacobian_witness_values(graph, x, v, box)
         if reasons[0] is not None:
             raise InvalidInput(f"invalid Jacobian witness: {reasons[0]} (use a pair witness there)")
@@ -143,9 +145,9 @@ class PairWitness(Witness):
     form: ClassVar[str] = "pair"
     second: ClassVar[str] = "y"
 
-    def _value(self, graph: Graph, x: torch.Tensor, y: torch.Tensor, box: Box | None) -> float:
+    def _value(self, graph: Graph, x: torch.Tensor, y: torch.Tensor, box: Region | None) -> float:
         if box is not None and not bool(box.contains(torch.cat([x, y])).all()):
-            raise InvalidInput("invalid pair witness: a point lies outside the domain box")
+            raise InvalidInput("invalid pair witness: a point lies outside the domain")
         low, _ = pair_bounds(graph, x, y)
         if not bool(torch.isfinite(low[0])):
             raise InvalidInput("invalid pair witness: x == y, or the rounding error of f cannot be bounded")
