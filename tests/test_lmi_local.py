@@ -195,6 +195,7 @@ def test_stable_neurons_are_eliminated_from_the_lmi():
     glob, loc = lmi_of_graph(g), lmi_of_graph(gl)
     assert (glob.size, glob.eliminated) == (3 + 12, 0)
     assert (loc.size, loc.eliminated) == (3 + 3, 9)
+    assert loc.is_chain()  # neurons of slope 0 leave no (zero) map behind
     res = lipsdp(gl)
     assert res.details["lmi_order"] == 6 and res.details["eliminated_neurons"] == 9
     assert eclipse_fast(gl).details["lmi_order"] == 6

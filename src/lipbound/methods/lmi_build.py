@@ -25,7 +25,7 @@ import math
 import numpy as np
 import torch
 
-from ..errors import NotApplicable
+from ..errors import InvalidInput, NotApplicable
 from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input
 from ..graph.walk import GraphInterpreter
 from ..linalg.operators import Compose, LinearOperator, Permute, Reshape
@@ -35,14 +35,25 @@ MAX_WORK = 4e10  # refuse LMIs whose Cholesky factorisation needs more operation
 Tracked = dict[int, tuple[np.ndarray | float, float]]  # block -> (map, bound of its error's Frobenius norm)
 
 
-def lmi_of_graph(graph: Graph, *, max_size: int = 20000, max_work: float = MAX_WORK) -> LipschitzLMI:
+ELIMINATE = ("stable", "constant")
+
+
+def lmi_of_graph(graph: Graph, *, max_size: int = 20000, max_work: float = MAX_WORK,
+                 eliminate: str = "stable") -> LipschitzLMI:
     """The LMI data of ``graph`` (module docstring), each map with a bound of its rounding error.
     Raises :class:`NotApplicable` for an LMI of order (input + unstable neurons) larger than
     ``max_size``, one whose factorisation (order x bandwidth^2) would exceed ``max_work``
     operations, or a network with no unstable neuron (it is affine on its region);
-    :class:`~lipbound.errors.UnsupportedOperation` for max pooling."""
+    :class:`~lipbound.errors.UnsupportedOperation` for max pooling.
+
+    ``eliminate``: ``"stable"`` folds every stable neuron into the maps (the smallest LMI: LipSDP);
+    ``"constant"`` only those of slope 0, so that a chain stays a chain (a stable neuron of slope
+    ``a != 0`` then stays a basis neuron with the equality sector ``[a, a]``, which is valid too):
+    the sequential recursion of :mod:`lipbound.methods.eclipse` is tighter on chains."""
+    if eliminate not in ELIMINATE:
+        raise InvalidInput(f"eliminate must be one of {ELIMINATE}, got {eliminate!r}")
     g = graph.fused()
-    builder = _Builder(g, max_size)
+    builder = _Builder(g, max_size, eliminate == "constant")
     env = builder.run(g)
     blocks = builder.blocks
     if len(blocks) < 2:
@@ -65,8 +76,9 @@ class _Builder(GraphInterpreter[Tracked]):
 
     name = "the LMI builder (lipsdp, lipsdp-layer, eclipse-fast)"
 
-    def __init__(self, graph: Graph, max_size: int) -> None:
+    def __init__(self, graph: Graph, max_size: int, only_constant: bool) -> None:
         self.graph = graph
+        self.only_constant = only_constant
         self.max_size = max_size
         self.blocks: list[BasisBlock] = []
         self.total = 0  # order of the LMI so far
@@ -88,13 +100,13 @@ class _Builder(GraphInterpreter[Tracked]):
         size = math.prod(node.shape)
         lo, hi = (v.reshape(-1).numpy() for v in node.slope_bounds())
         pre = {k: (_dense(m, size, self.blocks[k].size), e) for k, (m, e) in x.items()}
-        live = lo != hi
+        live = (lo != hi) | ((lo != 0) & self.only_constant)
         n = int(live.sum())
         out: Tracked = {}
-        if n < size:  # stable neurons: the output is lo_i times the pre-activation
-            fixed = np.where(live, 0.0, lo)
+        fixed = np.where(live, 0.0, lo)
+        if np.any(fixed):  # stable neurons of slope != 0: the output is lo_i times the pre-activation
             out = {k: _scale_rows(fixed, m, e) for k, (m, e) in pre.items()}
-            self.eliminated += size - n
+        self.eliminated += size - n
         if n == 0:
             return out
         self.total += n
