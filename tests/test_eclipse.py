@@ -19,7 +19,7 @@ from torch import nn
 import lipbound
 from lipbound.methods.autolip import autolip
 from lipbound.methods.eclipse import INTERIOR, eclipse_fast, fast_multipliers
-from lipbound.methods.lmi import lmi_of_graph
+from lipbound.methods.lmi_build import lmi_of_graph
 from lipbound.methods.sdp_verify import certify, is_certificate
 
 from conftest import REPO, jacobian_norm

@@ -25,7 +25,7 @@ from lipbound.methods.autolip import autolip
 from lipbound.methods import METHODS
 from lipbound.methods.eclipse import INTERIOR, eclipse_fast, fast_multipliers
 from lipbound.methods.lipsdp import lipsdp, solve_cvxpy, solve_first_order
-from lipbound.methods.lmi import lmi_of_graph
+from lipbound.methods.lmi_build import lmi_of_graph
 from lipbound.methods.sdp_verify import CertificateRejected, certify, is_certificate
 
 from conftest import REPO
@@ -64,8 +64,8 @@ def exact_N(lmi, rho: float, t: np.ndarray, pre: dict | None = None) -> list[lis
                 out[r][c] -= x * y
     k = 0
     for j, blk in enumerate(lmi.blocks[1:], start=1):
-        a, b = Fraction(blk.a), Fraction(blk.b)
         for i, p in enumerate(_rows(lmi, (pre or {}).get(j, blk.pre))):
+            a, b = Fraction(float(blk.lo[i])), Fraction(float(blk.hi[i]))
             ti = Fraction(float(t[k]))
             k += 1
             u = {c: -a * x for c, x in p.items()}  # dw - a dv

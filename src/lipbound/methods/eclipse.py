@@ -18,6 +18,17 @@ form of the blocks before it, ``K_<j``, gives ``K_<=j = S^{-T} K~_<=j S^{-1}`` w
 ``S = [[I, 0], [a_j A_j, I]]``: ``K_<=j > 0`` iff ``K~_<=j > 0``, and
 ``K_<=j^{-1} = S K~_<=j^{-1} S^T``. For ``a_j = 0`` (ReLU, sigmoid, tanh) nothing changes.
 
+**Per-neuron sectors.** Everything above and below holds with ``a_j``, ``b_j`` the *diagonal
+matrices* of the sector ends of activation ``j``'s neurons (the loop transformation is per neuron;
+``b_j - a_j`` becomes ``diag(b - a)``, so ``G_j = diag(b - a) A_j K_<j^{-1} A_j^T diag(b - a)``).
+Globally every neuron has its node's range; on a region each neuron has its slope interval
+(:meth:`~lipbound.graph.ir.Activation.slope_bounds`), and the stable ones are already folded into
+the linear maps by the builder (:mod:`lipbound.methods.lmi_build`). **Why the local value is
+sound:** for ``x, y`` in a convex region, each neuron's input stays in its bounds along the
+segment, so its increment is its pre-activation's times a secant slope in its interval, and the
+sector constraints hold for every such pair: the certified value bounds
+``||f(x) - f(y)|| / ||x - y||`` over all pairs in the region (:mod:`lipbound.methods.lmi`).
+
 *Claim.* If ``K(s) > 0``, then ``N(rho, rho s) >= 0`` for ``rho = lambda_max(A_out K(s)^{-1} A_out^T)``,
 so ``L(f) <= scale * sqrt(rho)``. *Proof.* ``rho K - A_out^T A_out >= 0`` iff
 ``I - rho^{-1/2} K^{-1/2} A_out^T A_out K^{-1/2} rho^{-1/2} >= 0`` iff
@@ -40,7 +51,7 @@ restricted activations (residual blocks included). The greedy choice ``s_j = 1 /
 the final ``rho``: ``s_j = theta / g_j`` with one ``theta`` in ``(0, 2)`` for all activations (for
 all residual-branch activations in a graph whose earlier blocks stay in use, where eliminating
 block ``j`` also inflates the kept blocks of ``K^{-1}`` by a term proportional to ``s_j``) is chosen
-by a short golden-section search on the final ``rho``, ``theta = 1`` included; any
+by a short search on the final ``rho`` (a grid, then golden section), ``theta = 1`` included; any
 ``0 < theta < 2`` keeps ``D_j >= s_j (2 - theta) I > 0``, so every choice is valid. On the LipSDP
 files this comes within 0.2% of the LipSDP-Layer optimum; LipSDP-Neuron (one multiplier per
 neuron) is tighter still, by 5-10% on one hidden layer and by up to 4x on deep random nets.
@@ -73,16 +84,22 @@ import numpy as np
 
 from ..graph.ir import Graph
 from ..report import Result
-from .lmi import LipschitzLMI, pow2, lmi_of_graph
+from .lmi import LipschitzLMI, pow2
+from .lmi_build import lmi_of_graph
 from .sdp_verify import CertificateRejected, certify
+
 
 INTERIOR = 1e-6  # relative step into the interior of the feasible set (see "Strictly feasible multipliers")
 
 
-def fast_multipliers(lmi: LipschitzLMI, *, evaluations: int = 8) -> tuple[np.ndarray, float]:
+def fast_multipliers(lmi: LipschitzLMI, *, grid: int = 7, evaluations: int = 14,
+                     deadline: float | None = None) -> tuple[np.ndarray, float]:
     """The multipliers ``t`` (one per neuron, strictly feasible) and ``rho`` of the recursion above, for the best
-    ``theta`` found by golden-section search on ``log theta`` with ``evaluations`` runs of
-    :func:`_recursion` (``theta = 1``, ECLipsE-Fast's choice, is always one of them)."""
+    ``theta`` found on ``log theta``: ``grid`` points spread over the range, then golden-section
+    search between the best one's neighbours, ``evaluations`` runs of :func:`_recursion` in all
+    (``theta = 1``, ECLipsE-Fast's choice, is always one of them; ``rho(theta)`` rises steeply
+    near ``theta = 2``, where a golden-section search alone can miss the minimum). The search
+    stops early at ``deadline`` (a ``time.perf_counter()`` value)."""
     chain = lmi.is_chain()
     memo: dict = {}
     cache: dict[float, tuple[np.ndarray, float]] = {0.0: _recursion(lmi, 1.0, chain, memo)}
@@ -94,8 +111,20 @@ def fast_multipliers(lmi: LipschitzLMI, *, evaluations: int = 8) -> tuple[np.nda
             cache[u] = _recursion(lmi, math.exp(u), chain, memo)
         return cache[u][1]
 
+    def timed_out() -> bool:
+        return deadline is not None and time.perf_counter() >= deadline
+
+    points = np.linspace(lo, hi, grid).tolist()
+    for u in points:
+        if timed_out():
+            break
+        rho_of(u)
+    done = [u for u in points if u in cache]
+    if done:
+        i = int(np.argmin([cache[u][1] for u in done]))
+        lo, hi = done[max(i - 1, 0)], done[min(i + 1, len(done) - 1)]
     a, b = hi - golden * (hi - lo), lo + golden * (hi - lo)
-    while len(cache) + 1 < evaluations:
+    while len(cache) + 1 < evaluations and not timed_out():
         if rho_of(a) <= rho_of(b):
             hi, b = b, a
             a = hi - golden * (hi - lo)
@@ -137,30 +166,31 @@ def _recursion(lmi: LipschitzLMI, theta: float, every_node: bool, memo: dict) ->
     s = []
     for j, blk in enumerate(lmi.blocks[1:], start=1):
         p = np.concatenate([blk.pre.get(r, np.zeros((blk.size, lmi.blocks[r].size))) for r in live], 1)
-        width = blk.b - blk.a  # slopes of the transformed activation: [0, width]
+        width = (blk.hi - blk.lo)[:, None]  # per neuron, slopes of the transformed activation: [0, width]
         if j == 1:  # K^{-1} is the identity on the input: G_1 and g_1 do not depend on theta
             if "g1" not in memo:
-                g1 = width * width * (p @ p.T)
+                g1 = (width * p) @ (width * p).T
                 memo.update(g1=g1, gn1=float(np.linalg.eigvalsh(0.5 * (g1 + g1.T))[-1]))
             pk, g_mat, g = p, memo["g1"], memo["gn1"]
         else:
             pk = p @ kinv
-            g_mat = width * width * (pk @ p.T)
-            g = float(np.linalg.eigvalsh(0.5 * (g_mat + g_mat.T))[-1]) if blk.size else 0.0
+            g_mat = (width * pk) @ (width * p).T
+            g = float(np.linalg.eigvalsh(0.5 * (g_mat + g_mat.T))[-1])
         reread = any(last_reader[r] > j or r in out_reads for r in blk.pre)
         sj = (theta if reread or every_node else 1.0) / g if g > 0 else 1.0
         s.append(np.full(blk.size, sj))
-        b_kinv = -width * sj * pk  # B K^{-1} with B = -(b - a) s P
+        b_kinv = -sj * width * pk  # B K^{-1} with B = -s diag(b - a) P
         d = 2 * sj * np.eye(blk.size) - sj * sj * g_mat
         dinv = np.linalg.inv(0.5 * (d + d.T))
         # block inverse of K~ = [[K, B^T], [B, D + B K^{-1} B^T]] on the live blocks and j
         corner = -b_kinv.T @ dinv
         x = kinv - corner @ b_kinv
-        if blk.a != 0.0:  # back to w_j = w~_j + a P xi: K^{-1} = S K~^{-1} S^T
-            xp = blk.a * (x @ p.T)
-            dinv = dinv + blk.a * (p @ corner + corner.T @ p.T) + blk.a * (p @ xp)
+        if np.any(blk.lo):  # back to w_j = w~_j + diag(a) P xi: K^{-1} = S K~^{-1} S^T
+            ap = blk.lo[:, None] * p
+            xp = x @ ap.T
+            dinv = dinv + ap @ corner + corner.T @ ap.T + ap @ xp
             corner = corner + xp
-        memo.setdefault("spread", {})[j] = math.sqrt(max(float(np.max(np.diag(dinv))), 0.0)) if blk.size else 1.0
+        memo.setdefault("spread", {})[j] = math.sqrt(max(float(np.max(np.diag(dinv))), 0.0))
         keep = [i for i, r in enumerate(live) if last_reader[r] > j or r in out_reads]
         idx = np.concatenate([_flat(lmi, live, i) for i in keep]) if keep else np.zeros(0, dtype=int)
         kinv = np.block([[x[np.ix_(idx, idx)], corner[idx]], [corner[idx].T, dinv]])
@@ -180,20 +210,39 @@ def _flat(lmi: LipschitzLMI, live: list[int], i: int) -> np.ndarray:
     return np.arange(start, start + lmi.blocks[live[i]].size)
 
 
-def eclipse_fast(graph: Graph, *, seed: int = 0, progress: bool = False, max_size: int = 20000) -> Result:
+def _candidates(graph: Graph, max_size: int) -> list[LipschitzLMI]:
+    """The LMI with every stable neuron eliminated and, when it differs, the one that keeps the
+    stable neurons of slope ``!= 0`` (equality sectors), so that a chain stays a chain: the
+    recursion is tighter on chains (deep nets: ACAS Xu), the smaller LMI wins on shallow ones."""
+    full = lmi_of_graph(graph, max_size=max_size)
+    chain = lmi_of_graph(graph, max_size=max_size, eliminate="constant")
+    return [full] if chain.size == full.size else [full, chain]
+
+
+def eclipse_fast(graph: Graph, *, seed: int = 0, progress: bool = False, max_size: int = 20000,
+                 time_budget: float | None = None) -> Result:
     """Certified upper bound of ``L(f)`` (L2 -> L2) from the sequential closed-form multipliers
     (see the module docstring), checked in float64 before it is reported.
 
     Applies to graphs of affine maps, element-wise activations with any slope range ``[a, b]``,
     sums and concatenations whose LMI has order (input size + neurons) at most ``max_size``;
-    raises :class:`~lipbound.errors.NotApplicable` otherwise. ``details``: the recursion's value
-    (``recursion``), the verified ``rho``, timings."""
+    raises :class:`~lipbound.errors.NotApplicable` otherwise. On a localized graph it reads each
+    neuron's slope interval, stable neurons eliminated: a certified bound over all pairs in the
+    region (module docstring); the recursion runs on both LMIs of :func:`_candidates` and the
+    smaller value is checked. ``time_budget`` (seconds) cuts the search over ``theta`` short; the
+    recursion at ``theta = 1`` and the check always run. ``details``: the recursion's value
+    (``recursion``), the LMI's order and eliminated stable neurons, the verified ``rho``, timings."""
     t0 = time.perf_counter()
-    lmi = balanced(lmi_of_graph(graph, max_size=max_size))
-    t, rho = fast_multipliers(lmi)
+    deadline = None if time_budget is None else t0 + time_budget
+    runs = []
+    for lmi in _candidates(graph, max_size):
+        lmi = balanced(lmi)
+        t, rho = fast_multipliers(lmi, deadline=deadline)
+        runs.append((lmi.scale * math.sqrt(max(rho, 0.0)), lmi, t, rho))
+    _, lmi, t, rho = min(runs, key=lambda run: run[0])
     t1 = time.perf_counter()
     details: dict[str, Any] = {"recursion": lmi.scale * math.sqrt(max(rho, 0.0)), "lmi_order": lmi.size,
-                               "recursion_seconds": t1 - t0}
+                               "eliminated_neurons": lmi.eliminated, "recursion_seconds": t1 - t0}
     try:
         cert = certify(lmi, t, claimed_rho=rho)
     except CertificateRejected as exc:

@@ -9,7 +9,20 @@ branches (residual blocks) and concatenations. The LMI ``M(rho, t) <= 0`` of :mo
 multiplier per neuron is **LipSDP-Neuron**; with one multiplier per activation node it is
 **LipSDP-Layer** (``variant="layer"``). On a residual net the LMI couples all blocks at once, as
 GLipSDP (Pauli et al. 2024) does, rather than multiplying per-block bounds. Biases cancel in every
-increment ``f(x) - f(y)``, so they do not enter: the bound is for the global constant.
+increment ``f(x) - f(y)``, so they do not enter.
+
+**Local constants.** Every neuron has its own sector ``[lo_i, hi_i]``
+(:meth:`~lipbound.graph.ir.Activation.slope_bounds`): the node's global range without a region,
+the neuron's slope interval on a localized graph. Why the local value is sound: for ``x, y`` in a
+convex region, each neuron's input stays in its bounds along the segment, so
+``s(z_x) - s(z_y) = d_i (z_x - z_y)`` with the secant slope ``d_i`` in ``[lo_i, hi_i]``; the
+sector constraint ``(dphi_i - lo_i dz_i)(hi_i dz_i - dphi_i) >= 0`` then holds for every pair in
+the region, and the checked ``sqrt(rho)`` bounds ``||f(x) - f(y)|| / ||x - y||`` over all of them
+(:mod:`lipbound.methods.lmi`). Stable neurons (``lo_i == hi_i``) are eliminated before solving
+(:mod:`lipbound.methods.lmi_build`): the LMI keeps only the unstable ones, which is what makes local
+LipSDP fast (``details["eliminated_neurons"]``, ``details["lmi_order"]``). LipSDP-Layer shares one
+multiplier ``t_j`` among the neurons of a node but keeps their own sectors: ``t_j`` times the sum of
+the per-neuron constraints is still ``>= 0``, so it never needs the node's hull ``[min lo, max hi]``.
 
 **Solving.** Minimise ``rho`` over ``t >= 0`` subject to the LMI.
 
@@ -54,7 +67,8 @@ from ..errors import InvalidInput, NotApplicable
 from ..graph.ir import Graph
 from ..report import Result
 from .eclipse import balanced, fast_multipliers
-from .lmi import LipschitzLMI, lmi_of_graph
+from .lmi import LipschitzLMI
+from .lmi_build import lmi_of_graph
 from .sdp_verify import CertificateRejected, certify
 
 VARIANTS = ("neuron", "layer")
@@ -70,8 +84,8 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
         variant: ``"neuron"`` (one multiplier per neuron) or ``"layer"`` (one per activation node).
         solver: ``"auto"``, ``"clarabel"``, ``"scs"`` (interior point / splitting through cvxpy,
             extra ``lipbound[sdp]``) or ``"first-order"`` (no extra dependency).
-        time_budget: seconds for the first-order solver (it stops earlier when converged; what
-            it reached is then checked).
+        time_budget: seconds for the whole call; the solver gets what the LMI's construction left
+            (it stops earlier when converged; what it reached is then checked).
         lbfgs_iter: most L-BFGS iterations of the first-order solver.
         ipm_max_order: largest reduced LMI order sent to cvxpy by ``solver="auto"``.
         max_size: refuse (:class:`~lipbound.errors.NotApplicable`) LMIs of larger order.
@@ -92,13 +106,14 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
     if solver == "auto":
         solver = "clarabel" if red.size <= ipm_max_order and _cvxpy_available() else "first-order"
     t_solve = time.perf_counter()
+    left = max(time_budget - (t_solve - start), 1e-3)  # the budget is for the whole call
     if solver == "first-order":
-        t, claimed, info = solve_first_order(red, variant=variant, time_budget=time_budget, max_iter=lbfgs_iter,
+        t, claimed, info = solve_first_order(red, variant=variant, time_budget=left, max_iter=lbfgs_iter,
                                              t0=interior)
     else:
-        t, claimed, info = solve_cvxpy(red, variant=variant, solver=solver, time_budget=time_budget)
+        t, claimed, info = solve_cvxpy(red, variant=variant, solver=solver, time_budget=left)
     info.update(solver=solver, solver_seconds=time.perf_counter() - t_solve, lmi_order=lmi.size,
-                reduced_order=red.size)
+                reduced_order=red.size, eliminated_neurons=lmi.eliminated)
     name = "lipsdp" if variant == "neuron" else "lipsdp-layer"
     claimed_value = lmi.scale * math.sqrt(max(claimed, 0.0))
     info["solver_value"] = claimed_value

@@ -5,22 +5,36 @@ Setting (Fazlyab et al. 2019; the graph form of Pauli et al. 2024, GLipSDP). Wri
 nodes, in topological order. Every pre-activation is linear in the earlier ones,
 ``v_j = A_j xi + b_j``, and so is the output, ``y = A_out xi + b_out`` (affine nodes, sums of
 branches and concatenations compose into these maps). Activation ``j`` acts element-wise,
-``w_j = phi_j(v_j)``, with every difference quotient in ``[a_j, b_j]`` for any ``a_j <= b_j``
-(slopes on both sides of 0 included: GELU, SiLU, Abs, ...). For two inputs, the
+``w_j = phi_j(v_j)``, neuron ``i`` with every difference quotient in its own sector
+``[a_i, b_i]`` for any ``a_i <= b_i`` (slopes on both sides of 0 included: GELU, SiLU, Abs, ...;
+globally every neuron of a node has the node's range, on a region the slope interval of
+:meth:`~lipbound.graph.ir.Activation.slope_bounds`). For two inputs, the
 increments ``dv = A_j dxi``, ``dw = dw_j`` of one neuron satisfy the incremental quadratic
 constraint ``(dw - a dv)(b dv - dw) >= 0``, i.e. ``t (-2ab dv^2 + 2(a+b) dv dw - 2 dw^2) >= 0``
-for every ``t >= 0``. **Biases cancel in every increment**, so they play no part in the global
+for every ``t >= 0``. **Biases cancel in every increment**, so they play no part in the
 constant. If, for multipliers ``t >= 0`` (one per neuron) and ``rho``,
 
     M(rho, t) = A_out^T A_out - rho E_x^T E_x + sum_j QC_j(t_j)  <=  0      (negative semidefinite)
 
-with ``QC_j(t_j) = [A_j; E_j]^T [[-2ab T_j, (a+b) T_j], [(a+b) T_j, -2 T_j]] [A_j; E_j]``, then for
+with ``QC_j(t_j) = [A_j; E_j]^T [[-2 A_j B_j T_j, (A_j + B_j) T_j], [(A_j + B_j) T_j, -2 T_j]] [A_j; E_j]``
+(``A_j``, ``B_j``, ``T_j``: diagonals of the sectors' ends and of the multipliers), then for
 any two inputs ``||dy||^2 - rho ||dx||^2 <= -sum_j (QC terms >= 0) <= 0``: the network is
 ``sqrt(rho)``-Lipschitz (S-procedure; DESIGN §1 calls ``sqrt(rho)`` certified once the LMI is
 *checked*, see :mod:`lipbound.methods.sdp_verify`). A chain (MLP) is the special case
 ``A_j = W_j E_{j-1}``; residual blocks simply read several earlier blocks.
 
-This module builds the blocks of ``N(rho, t) = -M(rho, t)`` from a :class:`~lipbound.graph.Graph`
+**Local constants.** On a convex input region ``X`` (``Graph.region``), every neuron's input stays
+in its bounds ``[l_i, u_i]`` along the segment between two inputs of ``X``, so each increment
+satisfies ``dw_i = d_i dv_i`` with the secant slope ``d_i`` in the neuron's slope interval
+``[a_i, b_i]``: the sector constraint above holds for every pair ``x, y`` in ``X``, and
+``sqrt(rho)`` bounds ``||f(x) - f(y)|| / ||x - y||`` over all of them. A **stable** neuron
+(``a_i = b_i``) has ``dw_i = a_i dv_i`` exactly; the builder (:mod:`lipbound.methods.lmi_build`)
+eliminates it: its output is folded into the maps that read it as ``a_i`` times its
+pre-activation's row (a neuron with slope 0 disappears), so the LMI keeps only the unstable
+neurons.
+
+:func:`lipbound.methods.lmi_build.lmi_of_graph` builds this data from a
+:class:`~lipbound.graph.Graph`; this module assembles the blocks of ``N(rho, t) = -M(rho, t)``
 and evaluates, for given multipliers, the least ``rho`` that makes ``N >= tau I`` by the Schur
 complement on the input block (``N_hh - tau I > 0`` and
 ``rho >= tau + lambda_max(N_hx^T (N_hh - tau I)^{-1} N_hx - N_xx^0)``), with its gradient in
@@ -47,7 +61,8 @@ the Frobenius norm of its error (``pre_err``, ``out_err``):
 * a product ``W M`` of such maps (residual paths, sums) adds
   ``e_W (||M||_F + e_M) + ||W||_F e_M + gamma_k ||W||_F ||M||_F`` (``k`` the inner dimension), a
   sum of ``q`` maps ``gamma_{q-1}`` times their norms, a concatenation nothing;
-* scalings by powers of two are exact.
+* scalings by powers of two are exact; folding a stable neuron's slope ``a_i`` into a map
+  (``diag(a) M``) adds ``max |a| (e_M + u ||M||_F)``, ``u = 2^-53`` (one rounding per entry).
 
 :meth:`LipschitzLMI.data_margin` turns these into a bound of ``||N - N^||_2`` (``N^`` built from the
 stored maps), which the check of :mod:`lipbound.methods.sdp_verify` adds to its shift.
@@ -61,13 +76,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse.linalg as spla
-import torch
 
-from ..errors import NotApplicable, UnsupportedOperation
-from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input
-from ..linalg.operators import Compose, LinearOperator, Permute, Reshape
+from ..errors import NotApplicable
 
-MAX_WORK = 4e10  # refuse LMIs whose Cholesky factorisation needs more operations (minutes on a CPU)
 LANCZOS_MIN = 200  # input blocks larger than this are iterated on (Lanczos) when optimising
 Blocks = dict[int, np.ndarray]  # basis block index -> matrix (rows of the map, columns of the block)
 UNIT_ROUNDOFF = 2.0 ** -53
@@ -84,23 +95,21 @@ def gamma(k: int) -> float:
 
 @dataclass
 class BasisBlock:
-    """One block of basis variables: the input (``slope`` None) or one activation node's output.
-    ``pre`` maps earlier block indices to the (scaled) matrices of its pre-activation, ``pre_err``
-    to bounds of the Frobenius norm of their rounding errors (module docstring)."""
+    """One block of basis variables: the input (``lo``, ``hi`` None) or the unstable neurons of one
+    activation node, neuron ``i`` with its sector ``[lo_i, hi_i]``. ``pre`` maps earlier block
+    indices to the (scaled) matrices of its pre-activation, ``pre_err`` to bounds of the Frobenius
+    norm of their rounding errors (module docstring)."""
 
     name: str
     size: int
-    slope: tuple[float, float] | None = None
+    lo: np.ndarray | None = None
+    hi: np.ndarray | None = None
     pre: Blocks = field(default_factory=dict)
     pre_err: dict[int, float] = field(default_factory=dict)
 
-    @property
-    def a(self) -> float:
-        return self.slope[0]
-
-    @property
-    def b(self) -> float:
-        return self.slope[1]
+    def sector(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per neuron ``(a b, a + b)`` of the sector ``[a, b] = [lo, hi]``."""
+        return self.lo * self.hi, self.lo + self.hi
 
 
 @dataclass
@@ -108,13 +117,15 @@ class LipschitzLMI:
     """The data of ``M(rho, t)``: the basis blocks, the output map ``out`` (``out_err``: bounds of
     its rounding errors), and ``scale`` with ``L(f) <= scale * sqrt(rho)`` whenever
     ``M(rho, t) <= 0`` for some ``t >= 0``. ``solving_only`` marks an LMI that is only close to the
-    network's (:meth:`reduced`): certificates are never checked on it."""
+    network's (:meth:`reduced`): certificates are never checked on it. ``eliminated``: how many
+    stable neurons the builder folded into linear maps (they are not in the LMI)."""
 
     blocks: list[BasisBlock]
     out: Blocks
     scale: float
     out_err: dict[int, float] = field(default_factory=dict)
     solving_only: bool = False
+    eliminated: int = 0
 
     # ---- sizes ---------------------------------------------------------------------------
     @property
@@ -160,14 +171,15 @@ class LipschitzLMI:
                     add(r, c, -(ar.T @ ac))
         for j, (blk, sl) in enumerate(zip(self.blocks[1:], self.neuron_slices), start=1):
             tj = t[sl]
-            ab, cc = blk.a * blk.b, blk.a + blk.b
-            if ab != 0.0:
+            ab, cc = blk.sector()
+            if np.any(ab):
+                tab = tj * ab
                 for r, ar in blk.pre.items():
                     for c, ac in blk.pre.items():
                         if r >= c:
-                            add(r, c, 2.0 * ab * (ar.T * tj) @ ac)
+                            add(r, c, 2.0 * (ar.T * tab) @ ac)
             for r, ar in blk.pre.items():
-                add(j, r, -cc * tj[:, None] * ar)
+                add(j, r, -(cc * tj)[:, None] * ar)
             add(j, j, np.diag(2.0 * tj - tau))
         return out
 
@@ -177,7 +189,7 @@ class LipschitzLMI:
         bw = max(self.sizes[first:]) - 1
         pairs = [(j, r) for j, blk in enumerate(self.blocks) if j > 0 for r in blk.pre]
         pairs += [(r, c) for r in self.out for c in self.out if r > c]
-        pairs += [(r, c) for blk in self.blocks[1:] if blk.a * blk.b != 0 for r in blk.pre for c in blk.pre if r > c]
+        pairs += [(r, c) for blk in self.blocks[1:] if np.any(blk.sector()[0]) for r in blk.pre for c in blk.pre if r > c]
         for r, c in pairs:
             if c >= first:
                 bw = max(bw, off[r + 1] - 1 - off[c])
@@ -186,14 +198,15 @@ class LipschitzLMI:
     def abs_scale(self, rho: float, t: np.ndarray) -> float:
         """A bound of the sum over the terms of ``N(rho, t)`` of the Frobenius norms of their
         entrywise absolute values (``|| |P|^T |T| |P| ||_F <= max t ||P||_F^2``): times
-        :attr:`assembly_gamma`, it bounds the rounding error of the assembled ``N``."""
+        :attr:`assembly_gamma`, it bounds the rounding error of the assembled ``N``. Per-neuron
+        sectors enter through ``max |a b|`` and ``max |a + b|`` over the block's neurons."""
         total = abs(rho) * math.sqrt(self.blocks[0].size)
         total += sum(np.linalg.norm(m) for m in self.out.values()) ** 2
         for blk, sl in zip(self.blocks[1:], self.neuron_slices):
-            tmax = float(np.max(np.abs(t[sl]))) if blk.size else 0.0
+            tmax = float(np.max(np.abs(t[sl])))
+            ab, cc = (float(np.max(np.abs(v))) for v in blk.sector())
             fro = math.sqrt(sum(float(np.linalg.norm(m)) ** 2 for m in blk.pre.values()))
-            total += tmax * (2 * abs(blk.a * blk.b) * fro ** 2 + 2 * abs(blk.a + blk.b) * fro * math.sqrt(blk.size)
-                             + 2 * math.sqrt(blk.size))
+            total += tmax * (2 * ab * fro ** 2 + 2 * cc * fro * math.sqrt(blk.size) + 2 * math.sqrt(blk.size))
         return total
 
     @property
@@ -208,8 +221,8 @@ class LipschitzLMI:
     def data_margin(self, t: np.ndarray) -> float:
         """A bound of ``||N(rho, t) - N^(rho, t)||_2`` for any ``rho``, where ``N^`` is built from
         the stored maps ``P^`` and ``N`` from the exact ones, ``||P - P^||_F <= e``: activation
-        ``j`` moves ``2 a b P^T T P`` by at most ``2 |ab| max t (2 ||P^||_F e + e^2)`` and its
-        off-diagonal block ``-(a + b) T P`` by ``|a + b| max t e``; the output term
+        ``j`` moves ``2 P^T A B T P`` by at most ``2 max |ab| max t (2 ||P^||_F e + e^2)`` and its
+        off-diagonal block ``-(A + B) T P`` by ``max |a + b| max t e``; the output term
         ``A_out^T A_out`` moves by at most ``2 ||A_out^||_F e + e^2``."""
         def norm_and_error(maps: Blocks, errs: dict[int, float]) -> tuple[float, float]:
             """Frobenius norms of the whole map ``[P_k]_k`` and of its error bound."""
@@ -220,9 +233,10 @@ class LipschitzLMI:
         total = 2 * f * e + e * e
         for blk, sl in zip(self.blocks[1:], self.neuron_slices):
             f, e = norm_and_error(blk.pre, blk.pre_err)
-            if e > 0 and blk.size:
+            if e > 0:
                 tmax = float(np.max(np.abs(t[sl])))
-                total += tmax * (2 * abs(blk.a * blk.b) * (2 * f * e + e * e) + abs(blk.a + blk.b) * e)
+                ab, cc = (float(np.max(np.abs(v))) for v in blk.sector())
+                total += tmax * (2 * ab * (2 * f * e + e * e) + cc * e)
         return total
 
     # ---- dense / banded assembly ----------------------------------------------------------
@@ -265,7 +279,7 @@ class LipschitzLMI:
 
         With ``gradient``, also the ``top`` largest eigenvalues of ``Q`` and their gradients in
         ``t``: for a unit eigenvector ``u``, ``z = (u, -(N_hh - tau I)^{-1} N_hx u)`` and
-        ``d lambda / d t_i = -z^T (dN / dt_i) z = -2ab p_i^2 + 2(a+b) p_i q_i - 2 q_i^2`` with
+        ``d lambda / d t_i = -z^T (dN / dt_i) z = -2a_ib_i p_i^2 + 2(a_i+b_i) p_i q_i - 2 q_i^2`` with
         ``p = A_j z``, ``q = z_j`` (neuron ``i`` of activation ``j``); for the largest one this
         is the gradient of ``rho*`` where it is differentiable."""
         parts = self.blocks_of_N(0.0, t, tau)
@@ -322,7 +336,8 @@ class LipschitzLMI:
         for j, blk in enumerate(self.blocks[1:], start=1):
             p = sum(m @ zb[r] for r, m in blk.pre.items())
             q = zb[j]
-            grads.append(-2 * blk.a * blk.b * p * p + 2 * (blk.a + blk.b) * p * q - 2 * q * q)
+            ab, cc = (v.reshape(-1, *([1] * (q.ndim - 1))) for v in blk.sector())
+            grads.append(-2 * ab * p * p + 2 * cc * p * q - 2 * q * q)
         return np.concatenate(grads) / np.sum(zb[0] * zb[0], axis=0)
 
     def rescaled(self, d: list[float], d_out: float) -> "LipschitzLMI":
@@ -330,11 +345,11 @@ class LipschitzLMI:
         (``d[0] = 1``; powers of two keep it exact, see the module docstring)."""
         blocks = [BasisBlock(self.blocks[0].name, self.blocks[0].size)]
         for j, b in enumerate(self.blocks[1:], start=1):
-            blocks.append(BasisBlock(b.name, b.size, b.slope, {k: m * (d[k] / d[j]) for k, m in b.pre.items()},
+            blocks.append(BasisBlock(b.name, b.size, b.lo, b.hi, {k: m * (d[k] / d[j]) for k, m in b.pre.items()},
                                      {k: e * (d[k] / d[j]) for k, e in b.pre_err.items()}))
         out = {k: m * (d[k] / d_out) for k, m in self.out.items()}
         out_err = {k: e * (d[k] / d_out) for k, e in self.out_err.items()}
-        return LipschitzLMI(blocks, out, self.scale * d_out, out_err, self.solving_only)
+        return LipschitzLMI(blocks, out, self.scale * d_out, out_err, self.solving_only, self.eliminated)
 
     def reduced(self) -> "LipschitzLMI":
         """An equivalent LMI whose input block has the rank ``r`` of the maps that read ``x``.
@@ -351,9 +366,9 @@ class LipschitzLMI:
         v = vt[:r].T
         blocks = [BasisBlock(self.blocks[0].name, r)]
         for b in self.blocks[1:]:
-            blocks.append(BasisBlock(b.name, b.size, b.slope, {k: (m @ v if k == 0 else m) for k, m in b.pre.items()}))
+            blocks.append(BasisBlock(b.name, b.size, b.lo, b.hi, {k: (m @ v if k == 0 else m) for k, m in b.pre.items()}))
         out = {k: (m @ v if k == 0 else m) for k, m in self.out.items()}
-        return LipschitzLMI(blocks, out, self.scale, solving_only=True)
+        return LipschitzLMI(blocks, out, self.scale, solving_only=True, eliminated=self.eliminated)
 
 
 @dataclass
@@ -374,133 +389,3 @@ def pow2(x: float) -> float:
     if not (x > 0 and math.isfinite(x)):
         return 1.0
     return 2.0 ** round(math.log2(x))
-
-
-Tracked = dict[int, tuple[np.ndarray | float, float]]  # block -> (map, bound of its error's Frobenius norm)
-
-
-def lmi_of_graph(graph: Graph, *, max_size: int = 20000, max_work: float = MAX_WORK) -> LipschitzLMI:
-    """The LMI data of ``graph``: its affine nodes materialised as dense float64 matrices, its
-    activations as basis blocks, sums and concatenations composed, each map with a bound of its
-    rounding error (module docstring). Raises :class:`NotApplicable` for max pooling, an LMI of
-    order larger than ``max_size``, or one whose factorisation (order x bandwidth^2) would exceed
-    ``max_work`` operations."""
-    g = graph.fused()
-    env: dict[str, Tracked] = {}  # a float map stands for that multiple of the identity
-    blocks: list[BasisBlock] = []
-    total = 0
-    for node in g:
-        if isinstance(node, Input):
-            n0 = math.prod(node.shape)
-            blocks.append(BasisBlock(node.name, n0))
-            env[node.name] = {0: (1.0, 0.0)}
-            total = n0
-        elif isinstance(node, Affine):
-            if node.op.in_numel * node.op.out_numel > 4 * max_size ** 2:
-                raise NotApplicable(f"affine node {node.origin!r} is too large to materialise for an SDP")
-            w, ew = _materialise(node.op, 4 * max_size ** 2)
-            env[node.name] = {k: _product(w, ew, m, e, blocks[k].size) for k, (m, e) in env[node.inputs[0]].items()}
-        elif isinstance(node, Activation):
-            size = math.prod(node.shape)
-            pre = {k: (_dense(m, size, blocks[k].size), e) for k, (m, e) in env[node.inputs[0]].items()}
-            total += size
-            if total > max_size:
-                raise NotApplicable(f"the LMI would have order > {max_size} (input + neurons); raise max_size "
-                                    "or use a compositional method")
-            s = pow2(sum(float(np.linalg.norm(m)) for m, _ in pre.values()))
-            idx = len(blocks)
-            blocks.append(BasisBlock(node.name, size, (float(node.slope[0]), float(node.slope[1])),
-                                     {k: m / s for k, (m, _) in pre.items()}, {k: e / s for k, (_, e) in pre.items()}))
-            env[node.name] = {idx: (s, 0.0)}
-        elif isinstance(node, Add):
-            size = math.prod(node.shape)
-            terms: dict[int, list[tuple[np.ndarray | float, float]]] = {}
-            for i in node.inputs:
-                for k, me in env[i].items():
-                    terms.setdefault(k, []).append(me)
-            env[node.name] = {k: _sum(ts, size, blocks[k].size) for k, ts in terms.items()}
-        elif isinstance(node, Concat):
-            parts = [{k: (_dense(m, math.prod(g.nodes[i].shape), blocks[k].size), e) for k, (m, e) in env[i].items()}
-                     for i in node.inputs]
-            env[node.name] = _concat(node, parts, [g.nodes[i].shape for i in node.inputs])
-        else:
-            raise UnsupportedOperation(type(node).__name__, f"node {node.name!r} ({node.origin})",
-                                       "the SDP methods handle affine maps, element-wise activations, sums and "
-                                       "concatenations")
-    if len(blocks) < 2:
-        raise NotApplicable("the network has no activation: its constant is the norm of one affine map")
-    n_out = math.prod(g.nodes[g.output].shape)
-    out = {k: (_dense(m, n_out, blocks[k].size), e) for k, (m, e) in env[g.output].items()}
-    s_out = pow2(sum(float(np.linalg.norm(m)) for m, _ in out.values()))
-    lmi = LipschitzLMI(blocks, {k: m / s_out for k, (m, _) in out.items()}, s_out,
-                       {k: e / s_out for k, (_, e) in out.items()})
-    bw = lmi.bandwidth(0)
-    if lmi.size * (bw + 1) ** 2 > max_work:
-        raise NotApplicable(f"the LMI has order {lmi.size} and bandwidth {bw}: about {lmi.size * (bw + 1) ** 2:.2g} "
-                            f"operations per factorisation (> max_work {max_work:.2g}); use autolip or seqlip")
-    return lmi
-
-
-def _materialise(op: LinearOperator, max_entries: int) -> tuple[np.ndarray, float]:
-    """The matrix of ``op`` in float64 and a bound of the Frobenius norm of its rounding error:
-    ``gamma_K || |A_m| ... |A_1| ||_F`` over its factors (module docstring)."""
-    with torch.backends.cudnn.flags(enabled=False):  # no FFT / Winograd convolutions
-        op = op.to(dtype=torch.float64)
-        w = op.to_dense().detach().cpu().numpy()
-        factors = [f for f in (op.ops if isinstance(op, Compose) else [op]) if not isinstance(f, (Reshape, Permute))]
-        if len(factors) <= 1:
-            size = float(np.linalg.norm(w))
-        else:
-            if any(f.in_numel * f.out_numel > max_entries for f in factors):
-                raise NotApplicable(f"a factor of {op.label!r} is too large to materialise for an SDP")
-            mats = [np.abs(f.to_dense().detach().cpu().numpy()) for f in factors]
-            size = float(np.linalg.norm(mats[0]))
-            for m in mats[1:]:
-                size *= math.sqrt(float(m.sum(0).max()) * float(m.sum(1).max()))
-    return w, gamma(sum(f.in_numel + 16 for f in factors)) * size
-
-
-def _product(w: np.ndarray, ew: float, m: np.ndarray | float, em: float, cols: int) -> tuple[np.ndarray, float]:
-    """``w @ m`` (``m`` a matrix, or a float for that multiple of the identity of order ``cols``)
-    and a bound of its error, given those of ``w`` and ``m`` (module docstring)."""
-    wf = float(np.linalg.norm(w))
-    if isinstance(m, float):
-        return w * m, abs(m) * ew + (wf + ew) * em + UNIT_ROUNDOFF * abs(m) * wf
-    mf = float(np.linalg.norm(m))
-    return w @ m, ew * (mf + em) + wf * em + gamma(w.shape[1]) * wf * mf
-
-
-def _sum(terms: list[tuple[np.ndarray | float, float]], rows: int, cols: int) -> tuple[np.ndarray | float, float]:
-    """The sum of block maps and a bound of its error: theirs plus ``gamma_{q-1}`` times their norms."""
-    maps = [m for m, _ in terms]
-    if all(isinstance(m, float) for m in maps):
-        value: np.ndarray | float = float(sum(maps))
-    else:
-        value = sum(_dense(m, rows, cols) for m in maps)
-    norms = sum(abs(m) * math.sqrt(cols) if isinstance(m, float) else float(np.linalg.norm(m)) for m in maps)
-    return value, sum(e for _, e in terms) + gamma(len(terms) - 1) * norms
-
-
-def _dense(m: np.ndarray | float, rows: int, cols: int) -> np.ndarray:
-    """A block map as a matrix (a float stands for that multiple of the identity)."""
-    if isinstance(m, float):
-        if rows != cols:
-            raise NotApplicable(f"cannot read a block of size {cols} as {rows} values")
-        return m * np.eye(rows)
-    return m
-
-
-def _concat(node: Concat, parts: list[Tracked], shapes: list[tuple[int, ...]]) -> Tracked:
-    """Maps of a concatenation: stack the inputs' rows in the order of the flattened output (exact;
-    the errors add in quadrature)."""
-    starts = np.cumsum([0] + [math.prod(s) for s in shapes])
-    idx = [torch.arange(int(starts[i]), int(starts[i + 1])).reshape(s) for i, s in enumerate(shapes)]
-    order = torch.cat(idx, dim=node.axis).reshape(-1).numpy()
-    acc: dict[int, np.ndarray] = {}
-    err: dict[int, float] = {}
-    for i, p in enumerate(parts):
-        for k, (m, e) in p.items():
-            full = acc.setdefault(k, np.zeros((int(starts[-1]), m.shape[1])))
-            full[starts[i]:starts[i + 1]] += m
-            err[k] = math.hypot(err.get(k, 0.0), e)
-    return {k: (m[order], err[k]) for k, m in acc.items()}

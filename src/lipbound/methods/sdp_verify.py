@@ -38,6 +38,14 @@ themselves (:meth:`~lipbound.methods.lmi.LipschitzLMI.data_margin`). So ``N >= 0
 :func:`cholesky_shift` takes twice that. An LMI marked ``solving_only`` (the rank-reduced one) is
 never checked.
 
+**Per-neuron sectors, local constants.** The matrix checked is the LMI's own assembly
+(:meth:`~lipbound.methods.lmi.LipschitzLMI.blocks_of_N`), with each unstable neuron's sector
+``[lo_i, hi_i]`` (the global range, or its slope interval on a localized graph; stable neurons are
+folded into the linear maps by :mod:`lipbound.methods.lmi_build`), and the rounding bounds take
+``max |lo_i hi_i|`` and ``max |lo_i + hi_i|`` over each block. A checked certificate on a localized
+graph bounds ``||f(x) - f(y)|| / ||x - y||`` for every pair in its (convex) region
+(:mod:`lipbound.methods.lmi`, *Local constants*).
+
 The graph's operators are taken as exact; everything lipbound computes from them is covered
 above, so the value is certified given exact arithmetic for the operators themselves.
 """
