@@ -66,6 +66,7 @@ from ..linalg.operators import LinearOperator
 from ..linalg.spectral import CERTIFIED_RTOL, power_method
 from ..report import Result
 from . import seqlip_solvers as solvers
+from .seqlip_pair import SMALL, _few_threads
 from .autolip import layer_norms, propagate
 
 __all__ = ["seqlip", "sequential_chains", "Chain", "SOLVERS"]
@@ -162,7 +163,7 @@ def _dense_svd(op: LinearOperator, svd_limit: int) -> _Factors | None:
     size = op.in_numel * op.out_numel
     if size > svd_limit or size * min(op.in_numel, op.out_numel) > SVD_FLOPS:
         return None
-    with solvers._few_threads(op.in_numel * op.out_numel <= 1 << 22 and op.device.type == "cpu"):
+    with _few_threads(op.in_numel * op.out_numel <= 1 << 22 and op.device.type == "cpu"):
         m = op.to(dtype=torch.float64).to_dense().reshape(op.out_numel, op.in_numel)
         U, s, Vh = torch.linalg.svd(m, full_matrices=False)
     f = _Factors(U, s, Vh.T, True, "SVD of the materialised matrix (float64)")
@@ -185,7 +186,7 @@ def _topk_svd(op: LinearOperator, k: int, generator: torch.Generator, max_iter: 
     key = ("topk", k, max_iter, tol, oversample, dtype)
     if key in cache:
         return cache[key]
-    with solvers._few_threads(op.in_numel * min(k + oversample, op.in_numel) <= solvers.SMALL
+    with _few_threads(op.in_numel * min(k + oversample, op.in_numel) <= SMALL
                               and op.device.type == "cpu"):
         f, stopped = _block_power(op, k, generator, max_iter, tol, oversample, dtype, deadline)
     if not stopped:
