@@ -323,23 +323,27 @@ def _solve_chain(g: Graph, chain: Chain, norms: dict, *, solver: str, gen: torch
                            if solver == "topk" else _dense_svd(op, svd_limit))
         return computed[i]
 
-    pairs = []
+    pairs, slopes = [], []
     for i, act_name in enumerate(chain.activations):
         act = g.nodes[act_name]
-        a, b = (float(v) for v in act.slope)
-        fallback = t_scale(i) * act.lipschitz * t_scale(i + 1)
-        row = {"between": [chain.affines[i], chain.affines[i + 1]], "activation": act.label, "slope": [a, b],
-               "neurons": nodes[i].op.out_numel, "autolip_factor": fallback}
-        bar.set_postfix_str(f"{act_name} ({row['neurons']} neurons)")
+        lo, hi = (t.reshape(-1) for t in act.slope_bounds())
+        lip = torch.maximum(lo.abs(), hi.abs())  # each neuron's Lipschitz constant on the region
+        unstable = int((hi > lo).sum())
+        slopes.append(float(lip.max()))
+        fallback = t_scale(i) * slopes[-1] * t_scale(i + 1)
+        row = {"between": [chain.affines[i], chain.affines[i + 1]], "activation": act.label,
+               "slope": [float(lo.min()), float(hi.max())], "neurons": nodes[i].op.out_numel,
+               "unstable": unstable, "autolip_factor": fallback}
+        bar.set_postfix_str(f"{act_name} ({unstable}/{row['neurons']} unstable neurons)")
         t1 = time.perf_counter()
         left = deadline - time.perf_counter()
-        if a == b == 0:  # a constant activation: the chain is constant after it
+        if not bool(lip.any()):  # every slope 0: the chain is constant after it
             row.update(status="exact", value=0.0)
         elif left <= 0:
             row.update(status="fallback", value=fallback, reason="time_budget spent")
-        elif solver == "certified" and row["neurons"] > enumerate_max and solvers.relaxation_seconds(
+        elif solver == "certified" and unstable > enumerate_max and solvers.relaxation_seconds(
                 min(nodes[i + 1].op.in_numel, nodes[i + 1].op.out_numel),
-                min(nodes[i].op.in_numel, nodes[i].op.out_numel), row["neurons"]) > min(pair_budget, left):
+                min(nodes[i].op.in_numel, nodes[i].op.out_numel), unstable) > min(pair_budget, left):
             row.update(status="fallback", value=fallback,
                        reason="too wide for pair_budget (one relaxation step would take longer)")
         elif (fi := factors(i)) is None or (fj := factors(i + 1)) is None:
@@ -349,11 +353,15 @@ def _solve_chain(g: Graph, chain: Chain, norms: dict, *, solver: str, gen: torch
                               f"entries, {SVD_FLOPS:.0e} flops, or longer than the time left){'; try seqlip-topk' if solver == 'greedy' else ''}")
         else:
             A, B = _pair_matrices(fi, fj, i, K)
-            lo = torch.full((A.shape[1],), a, dtype=torch.float64, device=A.device)
-            hi = torch.full((A.shape[1],), b, dtype=torch.float64, device=A.device)
+            lo, hi, lip = lo.to(A.device), hi.to(A.device), lip.to(A.device)
+            if bool((lip != lip[0]).any()):  # per-neuron slopes: the diag-scaled factor is tighter
+                scaled = _scaled_factor(A, B, lip) * (1 + CERTIFIED_RTOL)
+                row["scaled_factor"] = scaled
+                fallback = min(fallback, scaled)
+            budget = min(pair_budget, left)
             if solver == "certified":
-                sol = solvers.certified_pair(A, B, lo, hi, enumerate_max=enumerate_max,
-                                             time_budget=min(pair_budget, left), generator=gen)
+                sol = solvers.certified_pair(A, B, lo, hi, enumerate_max=enumerate_max, time_budget=budget,
+                                             generator=gen)
                 cert = sol.upper * (1 + CERTIFIED_RTOL)
                 row.update(pattern_value=sol.lower, solver=sol.info.pop("solver", None), info=sol.info)
                 if cert < fallback:
@@ -362,23 +370,35 @@ def _solve_chain(g: Graph, chain: Chain, norms: dict, *, solver: str, gen: torch
                     row.update(status="fallback", value=fallback,
                                reason=sol.info.pop("reason", "the certified bound is not below it"))
             else:
-                sol = solvers.greedy_pair(A, B, lo, hi, strategy=greedy, generator=gen, deadline=deadline)
+                sol = solvers.greedy_pair(A, B, lo, hi, strategy=greedy, generator=gen, deadline=t1 + budget)
                 row.update(status="greedy", value=min(sol.upper, fallback), info=sol.info)
+            if "stopped" in sol.info:
+                row["cut"] = f"stopped after {budget:.3g} s (pair_budget or the call's time_budget)"
             if sol.pattern is not None and sol.pattern.numel() <= 64:
                 row["pattern"] = sol.pattern.int().tolist()
             row["spectra"] = [fi.how, fj.how]
         row["seconds"] = time.perf_counter() - t1
         pairs.append(row)
         bar.update(1)
-    autolip_product = math.prod(uppers) * math.prod(g.nodes[s].lipschitz for s in chain.activations)
+    autolip_product = math.prod(uppers) * math.prod(slopes)  # certified norms, the region's slopes
     product = math.prod(p["value"] for p in pairs)
     if solver == "certified":
-        # rounding of the SVDs: an absolute margin relative to the chain's AutoLip product
-        constant = min(product + 1e-12 * autolip_product, autolip_product)
+        # rounding of the SVDs: an absolute margin relative to the chain's global AutoLip product
+        margin = 1e-12 * math.prod(uppers) * math.prod(g.nodes[s].lipschitz for s in chain.activations)
+        constant = min(product + margin, autolip_product)
     else:
         constant = min(product, autolip_product)
     return {"affines": chain.affines, "activations": chain.activations, "start": chain.start,
             "constant": constant, "product": product, "autolip": autolip_product, "pairs": pairs}
+
+
+def _scaled_factor(A: torch.Tensor, B: torch.Tensor, lip: torch.Tensor) -> float:
+    """``||A diag(l)^{1/2}|| ||diag(l)^{1/2} B||`` (``l = lip``): an upper bound of
+    ``||A diag(d) B||`` for every ``|d_j| <= l_j``, since ``A diag(d) B = (A L^{1/2}) E (L^{1/2} B)``
+    with ``E = diag(d_j / l_j)`` (0 where ``l_j = 0``), ``||E|| <= 1``. It is the pair's AutoLip
+    factor ``||A|| max_j l_j ||B||`` at most, and far below it when few neurons are active."""
+    r = lip.sqrt()
+    return torch.linalg.matrix_norm(A * r, ord=2).item() * torch.linalg.matrix_norm(r[:, None] * B, ord=2).item()
 
 
 def _pair_matrices(fi: _Factors, fj: _Factors, i: int, K: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -88,13 +88,16 @@ def pair_norm(A: torch.Tensor, B: torch.Tensor, d: torch.Tensor) -> float:
 
 @_threaded
 def enumerate_pair(A: torch.Tensor, B: torch.Tensor, lo, hi, *, lower: float = 0.0,
-                   C0: torch.Tensor | None = None, chunk: int | None = None) -> PairSolution:
+                   C0: torch.Tensor | None = None, chunk: int | None = None,
+                   deadline: float | None = None) -> PairSolution:
     """Exact ``max_{d_j in {lo_j, hi_j}} ||C0 + A diag(d) B||`` over all ``2^n`` vertices.
 
     ``lower`` is the value of some vertex already known (e.g. the greedy's), used to discard
     patterns early; ``C0`` an optional fixed part (branch and bound leaves). Cost ``2^n`` times a
-    ``p x q`` product and Gram matrix, with ``p, q <= n`` after :func:`reduce_pair`; about 5 s for
-    ``n = p = q = 20`` on two CPU cores. The pattern of the maximum is returned.
+    ``p x q`` product and Gram matrix; about 5 s for ``n = p = q = 20`` on two CPU cores. The
+    pattern of the maximum is returned. At ``deadline`` (a ``time.perf_counter()`` value, checked
+    between chunks) it stops: ``status="bounded"``, ``upper = inf`` (the patterns left are not
+    bounded), ``lower`` the best vertex seen and ``info["stopped"] = "time_budget"``.
     """
     p, n = A.shape
     q = B.shape[1]
@@ -120,6 +123,10 @@ def enumerate_pair(A: torch.Tensor, B: torch.Tensor, lo, hi, *, lower: float = 0
     total = 1 << n
     lo_idx = torch.arange(n_lo, device=dev)
     for k0 in range(0, 1 << (n - h), per):
+        if deadline is not None and time.perf_counter() > deadline:
+            value = math.sqrt(max(best2, 0.0)) if best_idx is not None else lower
+            return PairSolution(math.inf, value, _pattern(best_idx, n, dev), "bounded",
+                                {"patterns": total, "eigensolves": evaluated, "stopped": "time_budget"})
         ks = torch.arange(k0, min(1 << (n - h), k0 + per), device=dev)
         X = (X_hi[ks][:, None, :] + X_lo[None, :, :]).reshape(-1, p, q)
         idx = (ks[:, None] * n_lo + lo_idx[None, :]).reshape(-1)
@@ -139,11 +146,15 @@ def enumerate_pair(A: torch.Tensor, B: torch.Tensor, lo, hi, *, lower: float = 0
         k = int(torch.argmax(lam))
         if lam[k].item() > best2 or best_idx is None and lam[k].item() >= best2:
             best2, best_idx = lam[k].item(), int(idx[k])
-    pattern = None
-    if best_idx is not None:
-        pattern = (torch.tensor(best_idx, device=dev) & (1 << torch.arange(n, device=dev))) != 0
     value = math.sqrt(max(best2, 0.0))
-    return PairSolution(value, value, pattern, "exact", {"patterns": total, "eigensolves": evaluated})
+    return PairSolution(value, value, _pattern(best_idx, n, dev), "exact", {"patterns": total, "eigensolves": evaluated})
+
+
+def _pattern(idx: int | None, n: int, device) -> torch.Tensor | None:
+    """The vertex numbered ``idx`` (bit ``j``: neuron ``j`` at ``hi``), or None."""
+    if idx is None:
+        return None
+    return (torch.tensor(idx, device=device) & (1 << torch.arange(n, device=device))) != 0
 
 
 def _bits(m: int, device) -> torch.Tensor:
