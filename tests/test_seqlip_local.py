@@ -194,3 +194,26 @@ def test_without_a_region_the_numbers_are_the_global_ones():
     graph = lipbound.as_graph(net, (4,))
     assert seqlip(graph.localized(None, {}), **FAST).value == seqlip(graph, **FAST).value
     assert not math.isnan(seqlip(graph, **FAST).value)
+
+
+def test_a_pair_cut_by_its_budget_stays_certified():
+    """An enumeration stopped by the time budget returns the relaxation's bound on the whole box:
+    above the brute-force maximum, marked bounded and stopped; SeqLip's row says ``cut``."""
+    from lipbound.methods import seqlip_solvers as S
+
+    g = torch.Generator().manual_seed(11)
+    A = torch.randn((10, 14), generator=g, dtype=torch.float64)
+    B = torch.randn((14, 9), generator=g, dtype=torch.float64)
+    lo, hi = torch.zeros(14, dtype=torch.float64), torch.ones(14, dtype=torch.float64)
+    truth = brute_force(B.numpy(), A.numpy(), lo.numpy(), hi.numpy())
+    cut = S.certified_pair(A, B, lo, hi, time_budget=1e-9)
+    assert cut.status == "bounded" and cut.info["stopped"] == "time_budget"
+    assert cut.upper >= truth * (1 - 1e-12) and cut.lower <= truth * (1 + 1e-12)
+    full = S.certified_pair(A, B, lo, hi, time_budget=30.0)
+    assert full.status == "exact" and full.upper == pytest.approx(truth, rel=1e-10)
+
+    net = mlp(g, [5, 14, 4], nn.ReLU())
+    result = seqlip(lipbound.as_graph(net, (5,)), time_budget=5.0, pair_budget=1e-9)
+    (pair,) = result.details["chains"][0]["pairs"]
+    assert "cut" in pair and pair["status"] in ("bounded", "fallback")
+    assert result.value >= sampled_constant(net, -np.ones(5), np.ones(5), g)
