@@ -11,6 +11,19 @@ value ``x`` of the node ``M_1`` reads to the value of ``M_K``, and for any two i
 ``[a_i, b_i]`` (the difference quotients of each activation), so its Lipschitz constant is at
 most ``max_D ||M_K D_{K-1} ... D_1 M_1||_2``.
 
+**On a region** (``Graph.region``, the activations' ``pre`` bounds set by
+:func:`lipbound.methods.propagation.localize`) each neuron ``j`` of ``s_i`` gets its own slope
+interval ``[lo_j, hi_j]`` (:meth:`~lipbound.graph.ir.Activation.slope_bounds`); with no region
+every neuron gets ``[a_i, b_i]`` and the numbers are the global ones. Why the bound then holds for
+all pairs ``x, y`` of a convex region ``X``: along the segment from ``x`` to ``y`` (inside ``X``)
+each neuron's input stays in its ``[l_j, u_j]``, so ``s(z_x) - s(z_y) = d_j (z_x - z_y)`` with the
+secant slope ``d_j`` in ``[lo_j, hi_j]``, and ``f(x) - f(y) = M_K D_{K-1} ... D_1 M_1 (x - y)`` with
+every ``D_i`` in the per-neuron slope box. SeqLip bounds the maximum of the norm over that box, so
+it bounds ``||f(x) - f(y)|| / ||x - y||`` on ``X``. A **stable** neuron (``lo_j = hi_j``, e.g. a
+ReLU stably on or off) is a constant of its pair, not a branching variable
+(:func:`~lipbound.methods.seqlip_solvers.certified_pair`), so a pair with few unstable neurons is
+solved exactly however wide its layer.
+
 **SeqLip.** With SVDs ``M_i = U_i S_i V_i^T`` and ``T_1 = S_1``, ``T_K = S_K``,
 ``T_i = S_i^{1/2}`` otherwise (the middle ``S_i`` split in two halves), sub-multiplicativity
 gives::
@@ -25,13 +38,17 @@ AutoLip supports gets a SeqLip number, never above AutoLip's.
 
 **Three solvers** (each a registered method):
 
-* ``"seqlip"`` — **certified upper bound**. Dense float64 SVDs of the chain's layers (materialised
+* ``"seqlip"`` — **certified upper bound**. Dense float64 SVDs of the chain's layers (:mod:`~lipbound.methods.seqlip_spectra`) (materialised
   when ``in * out <= svd_limit`` and the SVD's cost is at most ``SVD_FLOPS``); each pair's maximum over activation patterns solved exactly
   (enumeration up to ``enumerate_max`` neurons, branch and bound with a convex relaxation beyond)
-  or bounded from above when ``pair_budget`` (or the call's ``time_budget``) runs out. A pair that cannot do better (layer too
+  or bounded from above when ``pair_budget`` (or the call's ``time_budget``) runs out (the
+  relaxation's bound, ``details`` marks the pair ``cut``). A pair that cannot do better (layer too
   large for an SVD, or a bound no better) keeps its **AutoLip factor**
-  ``||T_{i+1}|| max(|a_i|, |b_i|) ||T_i||`` with certified layer norms: the product of those
-  factors over a chain is exactly AutoLip's. ``details`` says which pairs were ``exact``,
+  ``||T_{i+1}|| max_j max(|lo_j|, |hi_j|) ||T_i||`` with certified layer norms (globally
+  ``max(|a_i|, |b_i|)``: the product of those factors over a chain is exactly AutoLip's), or, with
+  per-neuron slopes and the SVDs at hand, the diag-scaled factor
+  ``||T_{i+1} V_{i+1}^T L^{1/2}|| ||L^{1/2} U_i T_i||`` (``L = diag(max(|lo_j|, |hi_j|))``) when
+  smaller. ``details`` says which pairs were ``exact``,
   ``bounded`` or ``fallback``. A rounding margin (``CERTIFIED_RTOL`` per pair, plus ``1e-12`` of
   the chain's AutoLip product) covers float64 arithmetic.
 * ``"seqlip-greedy"`` — **estimate**: the paper's greedy SeqLip on the dense SVDs (each pair's
@@ -52,7 +69,6 @@ from __future__ import annotations
 
 import math
 import time
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,22 +78,15 @@ from tqdm.auto import tqdm
 from ..errors import InvalidInput
 from ..graph.ir import Activation, Affine, Graph, Node
 from ..graph.walk import GraphInterpreter
-from ..linalg.operators import LinearOperator
-from ..linalg.spectral import CERTIFIED_RTOL, power_method
+from ..linalg.spectral import CERTIFIED_RTOL
 from ..report import Result
 from . import seqlip_solvers as solvers
 from .autolip import layer_norms, propagate
+from .seqlip_spectra import SVD_FLOPS, SVD_FLOPS_PER_SECOND, SVD_LIMIT, _SVD_CACHE, _dense_svd, _Factors, _topk_svd
 
 __all__ = ["seqlip", "sequential_chains", "Chain", "SOLVERS"]
 
 SOLVERS = ("certified", "greedy", "topk")
-SVD_LIMIT = 1 << 25  # materialise a layer (float64) for an exact SVD when in * out <= this
-SVD_FLOPS = 3e10  # ... and in * out * min(in, out) <= this (seconds on a laptop core, not minutes)
-SVD_FLOPS_PER_SECOND = 3e9  # a conservative speed of one CPU core on an SVD: a layer whose SVD would outlast the budget gets none
-
-# spectral factors per operator, shared by the methods run on one graph (an operator moved to
-# another device or dtype is a new object, with no entry here)
-_SVD_CACHE: "weakref.WeakKeyDictionary[LinearOperator, dict]" = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -140,91 +149,6 @@ class _ChainFinder(GraphInterpreter["Chain | None"]):
     visit_input = visit_maxpool = visit_add = visit_concat = _ends_chains
 
 
-# ---- spectral factors of one layer ---------------------------------------------------------
-
-@dataclass
-class _Factors:
-    """``M ~= U diag(s) V^T`` (``U``: ``(out, r)``, ``V``: ``(in, r)``), float64: the full thin
-    SVD (``full=True``) or the top-``r`` triplets of a power method."""
-
-    U: torch.Tensor
-    s: torch.Tensor
-    V: torch.Tensor
-    full: bool
-    how: str
-
-
-def _dense_svd(op: LinearOperator, svd_limit: int) -> _Factors | None:
-    """Thin SVD of the materialised matrix (cached on the operator); None when too large."""
-    cache = _SVD_CACHE.setdefault(op, {})
-    if "dense" in cache:
-        return cache["dense"]
-    size = op.in_numel * op.out_numel
-    if size > svd_limit or size * min(op.in_numel, op.out_numel) > SVD_FLOPS:
-        return None
-    with solvers._few_threads(op.in_numel * op.out_numel <= 1 << 22 and op.device.type == "cpu"):
-        m = op.to(dtype=torch.float64).to_dense().reshape(op.out_numel, op.in_numel)
-        U, s, Vh = torch.linalg.svd(m, full_matrices=False)
-    f = _Factors(U, s, Vh.T, True, "SVD of the materialised matrix (float64)")
-    cache["dense"] = f
-    return f
-
-
-def _topk_svd(op: LinearOperator, k: int, generator: torch.Generator, max_iter: int, tol: float,
-              oversample: int, dtype: torch.dtype, deadline: float = math.inf) -> _Factors:
-    """Top-``k`` singular triplets by block power iteration on the operator (cached).
-
-    ``V <- orth(A^T A V)`` on ``k + oversample`` vectors, one forward and one backward pass of
-    the operator per step (:meth:`~lipbound.linalg.operators.LinearOperator.gram`); every 5 steps
-    the Ritz values (square roots of the eigenvalues of ``(A V)(A V)^T``) are compared and the
-    iteration stops when the top ``k`` change by less than ``tol`` (relative). The final
-    Rayleigh-Ritz step is :func:`~lipbound.linalg.spectral.power_method` warm-started from ``V``.
-    At ``deadline`` the iteration stops where it is (the triplets are then not cached).
-    """
-    cache = _SVD_CACHE.setdefault(op, {})
-    key = ("topk", k, max_iter, tol, oversample, dtype)
-    if key in cache:
-        return cache[key]
-    with solvers._few_threads(op.in_numel * min(k + oversample, op.in_numel) <= solvers.SMALL
-                              and op.device.type == "cpu"):
-        f, stopped = _block_power(op, k, generator, max_iter, tol, oversample, dtype, deadline)
-    if not stopped:
-        cache[key] = f
-    return f
-
-
-def _block_power(op: LinearOperator, k: int, generator: torch.Generator, max_iter: int, tol: float,
-                 oversample: int, dtype: torch.dtype, deadline: float) -> tuple[_Factors, bool]:
-    o = op.to(dtype=dtype)
-    n = o.in_numel
-    block = min(k + oversample, n)
-    V = torch.randn((block, n), generator=generator, dtype=torch.float64).to(dtype=dtype, device=o.device)
-    V = torch.linalg.qr(V.T)[0].T
-    prev, it, converged, stopped = None, 0, False, False
-    for it in range(1, max_iter + 1):
-        if time.perf_counter() >= deadline:
-            stopped = True
-            break
-        y, z = o.gram(V.reshape(block, *o.in_shape))
-        if it % 5 == 0:
-            y = y.reshape(block, -1)
-            ritz = torch.linalg.eigvalsh(y @ y.T).flip(0)[:k].clamp_min(0).sqrt()
-            if prev is not None and ((ritz - prev).abs() / ritz.clamp_min(1e-300)).max().item() <= tol:
-                converged = True
-                break
-            prev = ritz
-        V = torch.linalg.qr(z.reshape(block, -1).T)[0].T
-    pm = power_method(o, k=block, max_iter=1, v0=V, generator=generator)  # Rayleigh-Ritz
-    r = min(k, pm.sigmas.numel())
-    U = pm.u[:r].reshape(r, -1).T.to(torch.float64)
-    Vk = pm.v[:r].reshape(r, -1).T.to(torch.float64)
-    f = _Factors(U, pm.sigmas[:r].to(torch.float64), Vk, False,
-                 f"top {r} triplets, block power method ({it} iterations, "
-                 f"{'converged' if converged else 'not converged'} to {tol:g}"
-                 f"{', stopped by the time budget' if stopped else ''})")
-    return f, stopped
-
-
 # ---- the method ------------------------------------------------------------------------------
 
 def seqlip(graph: Graph, *, solver: str = "certified", seed: int = 0, progress: bool = False,
@@ -243,9 +167,12 @@ def seqlip(graph: Graph, *, solver: str = "certified", seed: int = 0, progress: 
         time_budget: seconds for the whole call; once spent, the certified solver's remaining
             pairs keep their AutoLip factors (``details["pairs"]["fallback"]`` counts them) and the
             estimates stop their greedy searches where they are.
-        pair_budget: seconds per pair for the certified solver's greedy start and branch and
-            bound (the enumeration of up to ``enumerate_max`` neurons is not limited).
-        enumerate_max: widest pair solved by exhaustive enumeration (``2^n`` patterns).
+        pair_budget: seconds per pair (at most what is left of ``time_budget``) for every
+            solver: the certified solver's greedy start, enumeration and branch and bound (a pair
+            cut short keeps a certified bound: the relaxation's, or its AutoLip factor; its row
+            says ``cut``), and the estimates' greedy searches.
+        enumerate_max: most free (unstable) neurons of a pair solved by exhaustive enumeration
+            (``2^n`` patterns; stable neurons are constants).
         svd_limit: largest ``in * out`` of a layer materialised for a dense SVD (and at most
             ``SVD_FLOPS`` for ``in * out * min(in, out)``).
         topk: singular triplets kept per layer by ``"topk"``; ``topk_iter``, ``topk_tol``,
@@ -258,7 +185,7 @@ def seqlip(graph: Graph, *, solver: str = "certified", seed: int = 0, progress: 
         A :class:`~lipbound.report.Result`; ``details["chains"]`` lists every chain with its
         constant, its ``product`` of pair values before the clamp to its AutoLip product (so
         tests can see that the clamp never acts), its AutoLip product and each pair (status,
-        value, AutoLip factor, neurons, seconds, solver counters); ``details["pairs"]`` counts
+        value, AutoLip factor, neurons and unstable neurons, seconds, solver counters, ``cut`` when a budget stopped it); ``details["pairs"]`` counts
         the pairs by status.
     """
     if solver not in SOLVERS:
@@ -322,23 +249,27 @@ def _solve_chain(g: Graph, chain: Chain, norms: dict, *, solver: str, gen: torch
                            if solver == "topk" else _dense_svd(op, svd_limit))
         return computed[i]
 
-    pairs = []
+    pairs, slopes = [], []
     for i, act_name in enumerate(chain.activations):
         act = g.nodes[act_name]
-        a, b = (float(v) for v in act.slope)
-        fallback = t_scale(i) * act.lipschitz * t_scale(i + 1)
-        row = {"between": [chain.affines[i], chain.affines[i + 1]], "activation": act.label, "slope": [a, b],
-               "neurons": nodes[i].op.out_numel, "autolip_factor": fallback}
-        bar.set_postfix_str(f"{act_name} ({row['neurons']} neurons)")
+        lo, hi = (t.reshape(-1) for t in act.slope_bounds())
+        lip = torch.maximum(lo.abs(), hi.abs())  # each neuron's Lipschitz constant on the region
+        unstable = int((hi > lo).sum())
+        slopes.append(float(lip.max()))
+        fallback = t_scale(i) * slopes[-1] * t_scale(i + 1)
+        row = {"between": [chain.affines[i], chain.affines[i + 1]], "activation": act.label,
+               "slope": [float(lo.min()), float(hi.max())], "neurons": nodes[i].op.out_numel,
+               "unstable": unstable, "autolip_factor": fallback}
+        bar.set_postfix_str(f"{act_name} ({unstable}/{row['neurons']} unstable neurons)")
         t1 = time.perf_counter()
         left = deadline - time.perf_counter()
-        if a == b == 0:  # a constant activation: the chain is constant after it
+        if not bool(lip.any()):  # every slope 0: the chain is constant after it
             row.update(status="exact", value=0.0)
         elif left <= 0:
             row.update(status="fallback", value=fallback, reason="time_budget spent")
-        elif solver == "certified" and row["neurons"] > enumerate_max and solvers.relaxation_seconds(
+        elif solver == "certified" and unstable > enumerate_max and solvers.relaxation_seconds(
                 min(nodes[i + 1].op.in_numel, nodes[i + 1].op.out_numel),
-                min(nodes[i].op.in_numel, nodes[i].op.out_numel), row["neurons"]) > min(pair_budget, left):
+                min(nodes[i].op.in_numel, nodes[i].op.out_numel), unstable) > min(pair_budget, left):
             row.update(status="fallback", value=fallback,
                        reason="too wide for pair_budget (one relaxation step would take longer)")
         elif (fi := factors(i)) is None or (fj := factors(i + 1)) is None:
@@ -348,11 +279,15 @@ def _solve_chain(g: Graph, chain: Chain, norms: dict, *, solver: str, gen: torch
                               f"entries, {SVD_FLOPS:.0e} flops, or longer than the time left){'; try seqlip-topk' if solver == 'greedy' else ''}")
         else:
             A, B = _pair_matrices(fi, fj, i, K)
-            lo = torch.full((A.shape[1],), a, dtype=torch.float64, device=A.device)
-            hi = torch.full((A.shape[1],), b, dtype=torch.float64, device=A.device)
+            lo, hi, lip = lo.to(A.device), hi.to(A.device), lip.to(A.device)
+            if bool((lip != lip[0]).any()):  # per-neuron slopes: the diag-scaled factor is tighter
+                scaled = _scaled_factor(A, B, lip) * (1 + CERTIFIED_RTOL)
+                row["scaled_factor"] = scaled
+                fallback = min(fallback, scaled)
+            budget = min(pair_budget, left)
             if solver == "certified":
-                sol = solvers.certified_pair(A, B, lo, hi, enumerate_max=enumerate_max,
-                                             time_budget=min(pair_budget, left), generator=gen)
+                sol = solvers.certified_pair(A, B, lo, hi, enumerate_max=enumerate_max, time_budget=budget,
+                                             generator=gen)
                 cert = sol.upper * (1 + CERTIFIED_RTOL)
                 row.update(pattern_value=sol.lower, solver=sol.info.pop("solver", None), info=sol.info)
                 if cert < fallback:
@@ -361,23 +296,35 @@ def _solve_chain(g: Graph, chain: Chain, norms: dict, *, solver: str, gen: torch
                     row.update(status="fallback", value=fallback,
                                reason=sol.info.pop("reason", "the certified bound is not below it"))
             else:
-                sol = solvers.greedy_pair(A, B, lo, hi, strategy=greedy, generator=gen, deadline=deadline)
+                sol = solvers.greedy_pair(A, B, lo, hi, strategy=greedy, generator=gen, deadline=t1 + budget)
                 row.update(status="greedy", value=min(sol.upper, fallback), info=sol.info)
+            if "stopped" in sol.info:
+                row["cut"] = f"stopped after {budget:.3g} s (pair_budget or the call's time_budget)"
             if sol.pattern is not None and sol.pattern.numel() <= 64:
                 row["pattern"] = sol.pattern.int().tolist()
             row["spectra"] = [fi.how, fj.how]
         row["seconds"] = time.perf_counter() - t1
         pairs.append(row)
         bar.update(1)
-    autolip_product = math.prod(uppers) * math.prod(g.nodes[s].lipschitz for s in chain.activations)
+    autolip_product = math.prod(uppers) * math.prod(slopes)  # certified norms, the region's slopes
     product = math.prod(p["value"] for p in pairs)
     if solver == "certified":
-        # rounding of the SVDs: an absolute margin relative to the chain's AutoLip product
-        constant = min(product + 1e-12 * autolip_product, autolip_product)
+        # rounding of the SVDs: an absolute margin relative to the chain's global AutoLip product
+        margin = 1e-12 * math.prod(uppers) * math.prod(g.nodes[s].lipschitz for s in chain.activations)
+        constant = min(product + margin, autolip_product)
     else:
         constant = min(product, autolip_product)
     return {"affines": chain.affines, "activations": chain.activations, "start": chain.start,
             "constant": constant, "product": product, "autolip": autolip_product, "pairs": pairs}
+
+
+def _scaled_factor(A: torch.Tensor, B: torch.Tensor, lip: torch.Tensor) -> float:
+    """``||A diag(l)^{1/2}|| ||diag(l)^{1/2} B||`` (``l = lip``): an upper bound of
+    ``||A diag(d) B||`` for every ``|d_j| <= l_j``, since ``A diag(d) B = (A L^{1/2}) E (L^{1/2} B)``
+    with ``E = diag(d_j / l_j)`` (0 where ``l_j = 0``), ``||E|| <= 1``. It is the pair's AutoLip
+    factor ``||A|| max_j l_j ||B||`` at most, and far below it when few neurons are active."""
+    r = lip.sqrt()
+    return torch.linalg.matrix_norm(A * r, ord=2).item() * torch.linalg.matrix_norm(r[:, None] * B, ord=2).item()
 
 
 def _pair_matrices(fi: _Factors, fj: _Factors, i: int, K: int) -> tuple[torch.Tensor, torch.Tensor]:
