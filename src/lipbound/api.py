@@ -16,6 +16,7 @@ from .graph import Graph
 from .graph.input_scale import with_input_scale
 from .frontends.loading import load
 from .methods import get_method
+from .methods.propagation import localize
 from .methods.autolip import autolip as _autolip
 from .methods.region import Ball, Box, BoxUnion, Region, as_region
 from .methods.selection import budget_share, check_options, method_kwargs, select_methods
@@ -124,9 +125,10 @@ def estimate(model: Model, input_shape: Sequence[int] | None = None, methods: It
 
 
 def _localized(graph: Graph, region: Region | None) -> Graph:
-    """The graph on ``region`` with sound per-neuron pre-activation bounds: for now none (each
-    activation keeps its global slope range, which is sound on any region)."""
-    return graph.localized(region, {})
+    """The graph on ``region`` with sound per-neuron bounds of every activation's input
+    (:func:`~lipbound.methods.propagation.localize`: IBP and CROWN), from which every method reads
+    per-neuron slope intervals."""
+    return localize(graph, region)
 
 
 def _run_methods(graph: Graph, region: Region | None, specs: list, explicit: bool, seed: int, progress: bool,

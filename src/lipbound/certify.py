@@ -5,6 +5,17 @@ For a classifier ``f : R^n -> R^m`` (logits) with ``||f(x) - f(y)|| <= U ||x - y
 ``j`` the map ``z -> f_i(z) - f_j(z)`` is ``sqrt(2) U``-Lipschitz (``|d_i - d_j| <= sqrt(2)
 ||d||``), so no perturbation with ``||delta|| < M / (sqrt(2) U)`` changes the predicted class.
 That **certified radius** is only as good as ``U``: it must be a certified upper bound.
+
+**Local certificates** (``local=True``). On the L2 ball ``B(x, r)`` only the constant of ``f`` on
+that ball matters. With ``L_yj`` a certified bound of the constant of ``g_j = f_y - f_j`` on
+``B(x, r)`` (the network with one more output row ``e_y - e_j``, bounded on the ball localized by
+bound propagation), ``g_j(x') >= g_j(x) - L_yj ||x' - x|| > 0`` for every ``x'`` in the ball when
+``g_j(x) > r L_yj`` for every ``j``: the ball is certified, with no ``sqrt(2)``. Each ``L_yj`` is
+the least of the certified methods' values on the pair network and of ``sqrt(2)`` times the local
+constant of ``f`` itself. The largest certified radius is searched by bisection on ``r``, each
+candidate ball bounded anew; it starts at the global radius (whose ball is certified by the global
+constant, so the local radius is never smaller). Margins are the float64 logits' margins minus a
+rigorous bound of their rounding error (:func:`lipbound.methods.rounding.enclose`).
 """
 
 from __future__ import annotations
@@ -16,7 +27,13 @@ from typing import Any, Sequence
 import torch
 
 from .api import as_graph, estimate
-from .errors import InvalidInput
+from .errors import InvalidInput, NotApplicable, UnsupportedOperation
+from .graph.ir import Affine, Graph
+from .linalg.operators import Dense, Reshape, compose
+from .methods import get_method
+from .methods.propagation import localize
+from .methods.region import Ball
+from .methods.rounding import enclose
 from .methods.selection import default_methods
 
 __all__ = ["Certificate", "certify"]
@@ -32,16 +49,26 @@ class Certificate:
     radius: torch.Tensor
     upper: float
     source: str
+    global_radius: torch.Tensor | None = None  # with local=True: the radius from the global constant
 
     def to_dict(self) -> dict[str, Any]:
-        return {"upper": self.upper, "source": self.source, "predicted": self.predicted.tolist(),
-                "margin": self.margin.tolist(), "radius": self.radius.tolist()}
+        out = {"upper": self.upper, "source": self.source, "predicted": self.predicted.tolist(),
+               "margin": self.margin.tolist(), "radius": self.radius.tolist()}
+        if self.global_radius is not None:
+            out["global_radius"] = self.global_radius.tolist()
+        return out
 
     def table(self) -> str:
-        lines = [f"certified Lipschitz bound U = {self.upper:.6g} ({self.source}); radius = margin / (sqrt(2) U)",
-                 f"{'input':>6} {'class':>6} {'margin':>12} {'radius':>12}"]
-        for i, (c, m, r) in enumerate(zip(self.predicted.tolist(), self.margin.tolist(), self.radius.tolist())):
-            lines.append(f"{i:>6} {c:>6} {m:>12.6g} {r:>12.6g}")
+        head = f"certified Lipschitz bound U = {self.upper:.6g} ({self.source}); "
+        if self.global_radius is None:
+            lines = [head + "radius = margin / (sqrt(2) U)", f"{'input':>6} {'class':>6} {'margin':>12} {'radius':>12}"]
+            rows = [(m, r) for m, r in zip(self.margin.tolist(), self.radius.tolist())]
+        else:
+            lines = [head + "radius: the largest L2 ball certified by local constants (global radius beside it)",
+                     f"{'input':>6} {'class':>6} {'margin':>12} {'radius':>12} {'global':>12}"]
+            rows = [(m, r, g) for m, r, g in zip(self.margin.tolist(), self.radius.tolist(), self.global_radius.tolist())]
+        for i, (c, row) in enumerate(zip(self.predicted.tolist(), rows)):
+            lines.append(f"{i:>6} {c:>6} " + " ".join(f"{v:>12.6g}" for v in row))
         if len(self.radius):
             lines.append(f"median radius {self.radius.median().item():.6g}, min {self.radius.min().item():.6g}")
         return "\n".join(lines)
@@ -51,7 +78,9 @@ class Certificate:
 
 
 def certify(model, x: torch.Tensor, upper: float | None = None, *, input_shape: Sequence[int] | None = None,
-            seed: int = 0, progress: bool = False) -> Certificate:
+            seed: int = 0, progress: bool = False, local: bool = False,
+            local_methods: Sequence[str] = ("autolip", "seqlip"), bisection_steps: int = 10,
+            time_budget: float | None = None) -> Certificate:
     """Logit margins and certified radii of ``model`` at the inputs ``x``.
 
     Args:
@@ -62,6 +91,12 @@ def certify(model, x: torch.Tensor, upper: float | None = None, *, input_shape: 
             methods (AutoLip, SeqLip when available, exact for small ReLU nets).
         input_shape: the input shape without batch axis (default: ``x.shape[1:]``).
         seed, progress: as in :func:`lipbound.estimate`.
+        local: also search, per input, the largest L2 ball certified by local pair constants
+            (module doc); ``radius`` is then that radius and ``global_radius`` the global one.
+        local_methods: the certified methods that bound each pair network on a ball.
+        bisection_steps: bisection steps on the radius (after doubling finds a failing radius).
+        time_budget: seconds for the local search of each input (None: no cap); when it ends,
+            the largest radius certified so far is kept.
 
     Returns:
         A :class:`Certificate`.
@@ -84,9 +119,111 @@ def certify(model, x: torch.Tensor, upper: float | None = None, *, input_shape: 
         upper, source = float(upper), "given"
     if not upper > 0 or math.isnan(upper):
         raise InvalidInput(f"the Lipschitz upper bound must be positive, got {upper}")
-    with torch.no_grad():
-        logits = graph.forward(x.to(device=graph.device, dtype=graph.dtype)).reshape(len(x), -1).to(torch.float64)
-    top2 = logits.topk(2, dim=1)
-    margin = (top2.values[:, 0] - top2.values[:, 1]).cpu()
+    logits, error = _logits(graph, x)
+    predicted = logits.argmax(dim=1)
+    margins = _pair_margins(logits, error, predicted)
+    margin = margins.min(dim=1).values.clamp_min(0.0)
     radius = margin / (math.sqrt(2.0) * upper)
-    return Certificate(top2.indices[:, 0].cpu(), margin, radius, upper, source)
+    if not local:
+        return Certificate(predicted, margin, radius, upper, source)
+    for m in local_methods:
+        if not get_method(m).guarantee.is_upper:
+            raise InvalidInput(f"local_methods must give certified upper bounds; {m!r} does not")
+    local_radius = torch.stack([
+        torch.tensor(_local_radius(graph, x[i], int(predicted[i]), margins[i], float(radius[i]), upper,
+                                   local_methods, bisection_steps, seed, time_budget), dtype=torch.float64)
+        for i in range(len(x))]) if len(x) else radius.clone()
+    return Certificate(predicted, margin, local_radius, upper, source + "; local pair constants on L2 balls",
+                       global_radius=radius)
+
+
+def _logits(graph: Graph, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float64 logits ``(N, m)`` at ``x`` and rigorous bounds of their rounding errors."""
+    g64 = graph.to(device="cpu", dtype=torch.float64)
+    enc = enclose(g64, x.detach().to(device="cpu", dtype=torch.float64))
+    n = len(x)
+    return enc.values[g64.output].reshape(n, -1), enc.errors[g64.output].reshape(n, -1)
+
+
+def _pair_margins(logits: torch.Tensor, error: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+    """``(N, m)``: a rigorous lower bound of ``f_y(x) - f_j(x)`` (``y`` predicted), ``+inf`` at ``j = y``."""
+    idx = predicted[:, None]
+    diff = logits.gather(1, idx) - logits - error.gather(1, idx) - error
+    diff = diff - diff.abs() * 2.0 ** -52  # the subtraction's own rounding
+    return diff.scatter(1, idx, math.inf)
+
+
+def _local_radius(graph: Graph, x: torch.Tensor, y: int, margins: torch.Tensor, r_global: float, upper: float,
+                  methods: Sequence[str], steps: int, seed: int, time_budget: float | None) -> float:
+    """The largest ``r`` found with every ``margins[j] > r L_yj(B(x, r))`` (module doc), at least
+    ``r_global``; doubling from ``r_global`` until a radius fails, then bisection."""
+    import time
+    deadline = None if time_budget is None else time.perf_counter() + time_budget
+
+    def holds(r: float) -> bool:
+        ball = Ball(x.detach().to(torch.float64).cpu(), r, 2)
+        local = localize(graph, ball, time_budget=None if deadline is None else max(deadline - time.perf_counter(), 0))
+        f_const = min(upper, _least_upper(local, methods, seed, ball))
+        for j in range(len(margins)):
+            if j == y:
+                continue
+            bound = min(math.sqrt(2.0) * f_const, _least_upper(_pair_graph(local, y, j), methods, seed, ball))
+            if not float(margins[j]) > r * bound:
+                return False
+        return True
+
+    def out_of_time() -> bool:
+        return deadline is not None and time.perf_counter() > deadline
+    if not r_global > 0:
+        return 0.0
+    good, bad = r_global, None
+    r = 2 * r_global
+    for _ in range(30):
+        if out_of_time():
+            return good
+        if holds(r):
+            good, r = r, 2 * r
+        else:
+            bad = r
+            break
+    if bad is None:
+        return good
+    for _ in range(steps):
+        if out_of_time():
+            break
+        mid = (good + bad) / 2
+        if holds(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
+def _least_upper(graph: Graph, methods: Sequence[str], seed: int, ball: Ball) -> float:
+    """The least certified upper bound of ``methods`` on the localized ``graph`` (inf if none applies)."""
+    best = math.inf
+    for name in methods:
+        spec = get_method(name)
+        kwargs = {"domain": ball} if spec.takes_domain else {}
+        try:
+            res = spec(graph, seed=seed, **kwargs)
+        except (NotApplicable, UnsupportedOperation):
+            continue
+        if res.upper is not None:
+            best = min(best, res.upper)
+    return best
+
+
+def _pair_graph(graph: Graph, y: int, j: int) -> Graph:
+    """``graph`` followed by the row ``e_y - e_j`` on its flattened output: the map ``f_y - f_j``."""
+    out = graph.nodes[graph.output]
+    m = math.prod(out.shape)
+    row = torch.zeros(1, m, dtype=graph.dtype, device=graph.device)
+    row[0, y], row[0, j] = 1.0, -1.0
+    op = Dense(row, (m,))
+    if len(out.shape) != 1:
+        op = compose(Reshape(out.shape, (m,)), op)
+    name = f"{graph.output}__margin_{y}_{j}"
+    nodes = dict(graph.nodes)
+    nodes[name] = Affine(name, [graph.output], (1,), f"logit {y} - logit {j}", op, None)
+    return graph.rebuilt(nodes, name)

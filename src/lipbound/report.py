@@ -92,9 +92,11 @@ class Result:
         seconds: wall-clock time of the method.
         witness: for a lower bound, the input(s) that realise it; else None.
         details: method-specific facts (per-node factors, options, solver status), JSON-ready.
-        bracket: for an ``exact`` result, ``(witnessed lower, certified upper)`` it proved, which
-            meet within the method's tolerance (``value`` lies between them); the report's bracket
-            uses these ends, so that rounding never puts ``value`` on the wrong side of ``L(f)``.
+        bracket: ``(witnessed lower, certified upper)`` that the method proved: for an ``exact``
+            result they meet within the method's tolerance (``value`` lies between them), and the
+            report's bracket uses these ends, so that rounding never puts ``value`` on the wrong
+            side of ``L(f)``; a ``certified_upper`` result with a witness (``local-bab``) also
+            gives its witnessed lower end.
         options: the options the method ran with (set by :func:`lipbound.estimate`).
         layers: one :class:`LayerRow` per node of the fused graph, for methods with per-node data
             (AutoLip, SeqLip); empty otherwise.
@@ -129,9 +131,10 @@ class Result:
 
     @property
     def lower(self) -> float | None:
-        """The witnessed lower bound this result proves (None when it proves none)."""
+        """The witnessed lower bound this result proves (None when it proves none): its value for
+        a lower bound, else the lower end of its bracket when a witness backs it (``local-bab``)."""
         if not self.kind.is_lower:
-            return None
+            return self.bracket[0] if self.bracket is not None and self.witness is not None else None
         return self.bracket[0] if self.bracket is not None else self.value
 
     def to_dict(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from ..errors import InvalidInput
 from ..graph.ir import Graph
 from ..report import Kind, Result
-from . import autolip, best, eclipse, exact, lipsdp, lower, seqlip  # the modules keep their names
+from . import autolip, best, eclipse, exact, lipsdp, local_bab, lower, seqlip  # the modules keep their names
 from .piecewise import count_two_slope_neurons
 
 __all__ = ["MethodSpec", "METHODS", "get_method", "EXACT_DEFAULT_NEURONS"]
@@ -147,6 +147,12 @@ _SPECS = [
                "branch and bound over activation patterns with LP existence checks",
                "chains of affine layers and piecewise-linear activations with few neurons",
                "exponential in the number of neurons (NP-hard)", in_best=True, in_default=_small_relu_net),
+    MethodSpec("local-bab", partial(local_bab.local_bab, registry=METHODS), Kind.CERTIFIED_UPPER,
+               "branch and bound over the input region: the largest certified bound over its parts, "
+               "lower bounds from Jacobians inside them",
+               "a box or infinity ball; splits inputs of at most 32 elements, bounds larger ones once",
+               "parts x (bound propagation + the part's certified methods), within the time budget",
+               aggregate=True),
     MethodSpec("lower", lower.lower, Kind.WITNESSED_LOWER,
                "Jacobian-norm and pair search over inputs, with a re-checkable witness",
                "any graph", "batched autograd ascent within the time budget", in_default=True),

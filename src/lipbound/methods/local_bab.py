@@ -1,0 +1,323 @@
+"""``"local-bab"``: the Lipschitz constant on an input region by branch and bound over the region.
+
+**Why splitting is sound.** Let a convex region ``X`` be covered by closed convex parts
+``P_1, ..., P_m`` (boxes cut by axis-aligned planes). For ``x, y`` in ``X`` the segment
+``[x, y]`` crosses the parts in finitely many sub-segments ``[t_{k-1}, t_k]``, each inside one
+part, so ``||f(x) - f(y)|| <= sum_k L(P_k) ||t_k - t_{k-1}|| <= max_k L(P_k) ||x - y||``: the
+largest certified bound over the parts is a **certified upper bound** of ``L`` on ``X``. Any
+Jacobian norm at a point of a part, re-checked (:class:`~lipbound.methods.witness.PointWitness`),
+is a **witnessed lower bound** on ``X``.
+
+**The search** (anytime, under ``time_budget``).
+
+1. Each part is bounded on its own localized graph
+   (:func:`~lipbound.methods.propagation.localize`): the per-neuron slope intervals from bound
+   propagation on that part feed the certified methods ``upper_methods`` (cheapest first, the
+   least value kept). When a part has at most ``exact_units`` unstable piecewise-linear neurons,
+   ``exact`` runs on it too: its value is then the part's exact constant.
+2. The lower bound starts from ``lower`` on the whole region (``lower_share`` of the budget), and
+   improves with the Jacobian norms at the centres of the parts (dense Jacobians: the input is
+   small), each re-checked as a witness.
+3. The part with the largest upper bound is split in two along the input axis with the largest
+   ``width_d * ||A e_d||`` (``A`` the first affine layer, ``e_d`` the ``d``-th unit vector): the
+   axis along which the network's first pre-activations move most.
+4. It stops when ``upper <= (1 + tol) lower``, when the part with the largest bound is exact, or
+   when the budget is spent. It reports the bracket reached, never a guess.
+
+A box that is flat in some inputs (``low == high``, e.g. ACAS Xu's property 4) is searched in its
+free inputs only: the network composed with the embedding ``x_free -> x`` (fixed inputs as a
+constant) has, on the full-dimensional box of the free inputs, exactly the constant of the network
+on the flat box, since pairs and their distances correspond one to one. Witnesses are mapped back
+and re-checked on the original network and region.
+
+Input splitting pays off in low dimensions (controllers such as ACAS Xu, 5 inputs). Above
+``max_split_dim`` inputs the region is bounded once, without splitting (neuron splitting with
+constrained propagation is not implemented), and the details say so.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from ..errors import InvalidInput, NotApplicable, UnsupportedOperation
+from ..graph.ir import Activation, Affine, Graph, Input
+from ..linalg.operators import Dense, Reshape, compose
+from ..report import Kind, Result
+from .propagation import localize
+from .region import Box, as_region
+from .witness import PairWitness, PointWitness, Witness
+
+__all__ = ["local_bab"]
+
+#: options of the methods bounding one part: exact's own lower-bound search is left to the part
+#: centres' Jacobians, and a part never takes more than a few seconds
+_PART_OPTIONS: dict[str, dict[str, Any]] = {"exact": {"lower_budget": 0.0, "samples": 16, "time_budget": 10.0}}
+
+
+@dataclass(order=True)
+class _Part:
+    """A part of the region in the search's heap (largest upper bound first)."""
+
+    key: float
+    order: int
+    low: torch.Tensor = field(compare=False)
+    high: torch.Tensor = field(compare=False)
+    upper: float = field(compare=False)
+    method: str = field(compare=False)
+    exact: bool = field(compare=False)
+
+
+def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progress: bool = False,
+              domain: Any = None, time_budget: float = 60.0, tol: float = 1e-3,
+              upper_methods: Sequence[str] = ("autolip", "eclipse-fast"), exact_units: int = 12,
+              max_split_dim: int = 32, lower_share: float = 0.1) -> Result:
+    """Bracket the Lipschitz constant (L2 -> L2) of ``graph`` on the region ``domain`` by branch
+    and bound over the region (module doc).
+
+    Args:
+        graph: the network (localized or not: each part is localized anew).
+        registry: the method registry (bound by the registry's own entry).
+        domain: the region: a box ``(low, high)``, a :class:`~lipbound.methods.region.Box` or an
+            infinity ball; required.
+        time_budget: total seconds of the call.
+        tol: stop when ``upper <= (1 + tol) * lower``.
+        upper_methods: certified methods bounding each part, least value kept.
+        exact_units: run ``exact`` on a part with at most this many unstable neurons.
+        max_split_dim: split the region only when the input has at most this many elements.
+        lower_share: the share of the budget for ``lower`` on the whole region at the start.
+
+    Returns:
+        A :class:`~lipbound.report.Result` of kind ``certified_upper`` (``exact`` when the bracket
+        closed within ``tol`` = 0) whose ``bracket`` is the (witnessed lower, certified upper) pair.
+    """
+    start = time.perf_counter()
+    deadline = start + time_budget
+    if domain is None:
+        raise InvalidInput("local-bab bounds the constant on a region: give a domain (a box or a ball)")
+    region = as_region(domain, graph.input_shape)
+    full_graph, full_region = graph, region
+    graph, region, expand = _free_inputs(graph, _as_box(region))
+    box = region
+    for name in (*upper_methods, "exact", "lower"):
+        if name not in registry:
+            raise InvalidInput(f"local-bab: unknown method {name!r}")
+    bad = [n for n in upper_methods if not registry[n].guarantee.is_upper or registry[n].aggregate]
+    if bad:
+        raise InvalidInput(f"local-bab: {bad} give no certified upper bound")
+    n_in = math.prod(graph.input_shape)
+    split = n_in <= max_split_dim
+    search = _Search(graph, registry, region, seed, upper_methods, exact_units, deadline)
+
+    found = registry["lower"](graph, seed=seed, domain=region, time_budget=lower_share * time_budget)
+    if found.witness is not None and found.value > 0:
+        search.offer(found.value, found.witness)
+    root = search.bound(box.low, box.high)
+    if root is None:
+        raise NotApplicable("local-bab: no certified method applied to the region")
+    heap = [root]
+    weights = _axis_weights(graph) if split else None
+    parts_bounded = 1
+    while split and time.perf_counter() < deadline:
+        top = heap[0]
+        if top.exact or top.upper <= (1 + tol) * search.lower:
+            break
+        heapq.heappop(heap)
+        children = [search.bound(lo, hi) for lo, hi in _halves(top.low, top.high, weights)]
+        parts_bounded += 2
+        if any(c is None for c in children):  # the budget ended inside: keep the parent's bound
+            heapq.heappush(heap, top)
+            break
+        for c in children:
+            heapq.heappush(heap, c)
+    upper = max(p.upper for p in heap)
+    lower, witness = _expanded(search, expand, full_graph, full_region)
+    closed = lower > 0 and upper <= lower
+    kind = Kind.EXACT if closed else Kind.CERTIFIED_UPPER
+    stopped = ("bracket within tol" if lower > 0 and upper <= (1 + tol) * lower else
+               "largest part exact" if heap[0].exact else
+               "no split (input too large)" if not split else "time budget")
+    details = {"domain": region.describe(), "parts": len(heap), "parts_bounded": parts_bounded,
+               "stopped": stopped, "upper_methods": list(upper_methods), "lower_from": search.lower_from,
+               "bound_methods": sorted({p.method for p in heap}), "time_budget": time_budget}
+    if not split:
+        details["note"] = (f"the input has {n_in} elements (> max_split_dim={max_split_dim}): the region was "
+                           "bounded once, without splitting")
+    if expand is not None:
+        details["free_inputs"] = math.prod(graph.input_shape)
+    return Result("local-bab", upper, kind, time.perf_counter() - start, witness=witness,
+                  details=details, bracket=(min(lower, upper), upper))
+
+
+class _Search:
+    """Bounds parts and keeps the best witnessed lower bound."""
+
+    def __init__(self, graph: Graph, registry: Mapping[str, Any], region: Any, seed: int,
+                 upper_methods: Sequence[str], exact_units: int, deadline: float) -> None:
+        self.graph, self.registry, self.region, self.seed = graph, registry, region, seed
+        self.upper_methods, self.exact_units, self.deadline = upper_methods, exact_units, deadline
+        self.lower, self.witness, self.lower_from = 0.0, None, None
+        self.count = itertools.count()
+
+    def offer(self, value: float, witness: Witness, source: str = "lower") -> None:
+        if value > self.lower:
+            self.lower, self.witness, self.lower_from = value, witness, source
+
+    def bound(self, low: torch.Tensor, high: torch.Tensor) -> _Part | None:
+        """The part ``[low, high]`` (intersected with the region) bounded, or None when the budget
+        ended before any certified method finished on it."""
+        part = _part_region(self.region, low, high)
+        left = self.deadline - time.perf_counter()
+        if left <= 0:
+            return None
+        g = localize(self.graph, part, time_budget=left / 4)
+        best: tuple[float, str, bool] | None = None
+        names = list(self.upper_methods)
+        if _unstable_units(g) <= self.exact_units:
+            names.append("exact")
+        for name in names:
+            spec = self.registry[name]
+            left = self.deadline - time.perf_counter()
+            if left <= 0:
+                break
+            kwargs: dict[str, Any] = dict(_PART_OPTIONS.get(name, {}))
+            if spec.takes_domain:
+                kwargs["domain"] = part
+            if spec.budgeted:
+                kwargs["time_budget"] = min(left, kwargs.get("time_budget", left))
+            try:
+                res = spec(g, seed=self.seed, **kwargs)
+            except (NotApplicable, UnsupportedOperation):
+                continue
+            if res.upper is not None and (best is None or res.upper < best[0]):
+                best = (res.upper, name, res.kind is Kind.EXACT)
+            if res.lower is not None and res.witness is not None:
+                self.offer(res.lower, res.witness, name)
+            if best is not None and best[2]:
+                break
+        self._centre_witness(part, low, high)
+        if best is None:
+            return None
+        return _Part(-best[0], next(self.count), low, high, best[0], best[1], best[2])
+
+    def _centre_witness(self, part: Any, low: torch.Tensor, high: torch.Tensor) -> None:
+        """The Jacobian norm at the part's centre, re-checked as a witness on the whole region."""
+        x = ((low + high) / 2).to(torch.float64)
+        g64 = self.graph.to(device="cpu", dtype=torch.float64)
+        J = torch.autograd.functional.jacobian(lambda t: g64(t[None])[0].reshape(-1), x).reshape(-1, x.numel())
+        if not torch.isfinite(J).all() or not J.any():
+            return
+        v = torch.linalg.svd(J, full_matrices=False).Vh[0].reshape(x.shape)
+        try:
+            value = PointWitness(x, v).recheck(self.graph, self.region)
+        except InvalidInput:  # on a kink or a tie: not a valid witness
+            return
+        self.offer(value, PointWitness(x, v, value), "part centres")
+
+
+def _as_box(region: Any) -> Box:
+    """The region's bounding box, refusing what local-bab cannot split soundly."""
+    norm = getattr(region, "norm", math.inf)
+    if norm != math.inf:
+        raise NotApplicable("local-bab splits boxes: give a box or an infinity ball (an L2 ball's parts are "
+                            "not implemented)")
+    return Box(region.low.clone(), region.high.clone())
+
+
+def _free_inputs(graph: Graph, box: Box) -> tuple[Graph, Box, Any]:
+    """``(graph o embedding, box of the free inputs, free mask)`` for a box flat in some inputs
+    (module doc); ``(graph, box, None)`` when no input is fixed."""
+    free = (box.high > box.low).flatten()
+    if bool(free.all()):
+        return graph, box, None
+    if not bool(free.any()):
+        raise InvalidInput("local-bab: the box is a single point (every input fixed)")
+    shape, n, k = graph.input_shape, free.numel(), int(free.sum())
+    embed = torch.zeros(n, k, dtype=torch.float64)
+    embed[free.nonzero().flatten(), torch.arange(k)] = 1.0
+    fixed = torch.where(free, torch.zeros(n, dtype=torch.float64), box.low.flatten())
+    op = Dense(embed.to(dtype=graph.dtype, device=graph.device), (k,))
+    if len(shape) != 1:
+        op = compose(op, Reshape((n,), shape))
+    source, name = "free_inputs", "embed_free_inputs"
+    nodes = {source: Input(source, [], (k,), f"{k} free inputs of {n}"),
+             name: Affine(name, [source], shape, "fixed inputs of the flat box", op,
+                          fixed.reshape(shape).to(dtype=graph.dtype, device=graph.device), fixed.reshape(shape))}
+    for key, node in graph.nodes.items():
+        if key != graph.input:
+            nodes[key] = node if graph.input not in node.inputs else _reading(node, graph.input, name)
+    reduced = Graph(nodes, source, graph.output, graph.name, list(graph.notes))
+    return reduced, Box(box.low.flatten()[free].clone(), box.high.flatten()[free].clone()), (free, fixed, shape)
+
+
+def _reading(node: Any, old: str, new: str) -> Any:
+    import copy
+    node = copy.copy(node)
+    node.inputs = [new if i == old else i for i in node.inputs]
+    return node
+
+
+def _expanded(search: "_Search", expand: Any, graph: Graph, region: Any) -> tuple[float, Witness | None]:
+    """The search's best lower bound and witness, mapped back to the original inputs and
+    re-checked on the original network and region (0 and None when it does not re-check)."""
+    if expand is None or search.witness is None:
+        return search.lower, search.witness
+    free, fixed, shape = expand
+    w = search.witness
+
+    def full(t: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        out = base.clone()
+        out[free] = t.detach().to(torch.float64).flatten()
+        return out.reshape(shape)
+    zero = torch.zeros_like(fixed)
+    x = full(w.x, fixed)
+    other = full(w.other, zero if isinstance(w, PointWitness) else fixed)
+    rebuilt = PointWitness(x, other) if isinstance(w, PointWitness) else PairWitness(x, other)
+    try:
+        value = rebuilt.recheck(graph, region)
+    except InvalidInput:
+        return 0.0, None
+    rebuilt.value = value
+    return value, rebuilt
+
+
+def _part_region(region: Any, low: torch.Tensor, high: torch.Tensor) -> Box:
+    return Box(low, high)
+
+
+def _unstable_units(graph: Graph) -> int:
+    """Neurons of the localized graph whose slope interval is not a point."""
+    total = 0
+    for node in graph:
+        if isinstance(node, Activation):
+            lo, hi = node.slope_bounds()
+            total += int((lo != hi).sum())
+    return total
+
+
+def _axis_weights(graph: Graph) -> torch.Tensor:
+    """``||A e_d||`` per input element ``d`` for the first affine node ``A`` reading the input
+    (ones when the input feeds something else first)."""
+    shape, graph = graph.input_shape, graph.fused()
+    first = next((n for n in graph if isinstance(n, Affine) and n.inputs == [graph.input]), None)
+    if first is None:
+        return torch.ones(shape, dtype=torch.float64)
+    eye = torch.eye(math.prod(shape), dtype=first.op.dtype, device=first.op.device).reshape(-1, *shape)
+    cols = first.op.matvec(eye).reshape(len(eye), -1)
+    return cols.norm(dim=1).to(torch.float64).cpu().reshape(shape)
+
+
+def _halves(low: torch.Tensor, high: torch.Tensor, weights: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The two halves of the box along the axis with the largest ``width * weight``."""
+    d = int(((high - low) * weights).flatten().argmax())
+    mid = (low.flatten()[d] + high.flatten()[d]) / 2
+    h1, l2 = high.clone(), low.clone()
+    h1.view(-1)[d] = mid
+    l2.view(-1)[d] = mid
+    return [(low, h1), (l2, high)]
