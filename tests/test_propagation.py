@@ -249,6 +249,32 @@ def _exact_pre(model: nn.Sequential, x: torch.Tensor) -> list[list]:
     return out
 
 
+def test_first_layer_bounds_hold_in_exact_arithmetic_where_they_are_attained():
+    """The first layer's exact range over a box is attained at a vertex, so a bound computed without
+    its rounding margin misses it about half the time: IBP's and CROWN's pre bounds must contain
+    the exact rational range (CROWN reaches the unstable neurons, which it tightens)."""
+    from fractions import Fraction
+
+    g = torch.Generator().manual_seed(6)
+    for i in range(10):
+        torch.manual_seed(500 + i)
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2)).double()
+        graph = from_torch(model.eval(), (8,))
+        x0 = torch.randn(8, generator=g, dtype=torch.float64) * 0.1
+        region = Box(x0 - 1.0 / 3, x0 + 1.0 / 3)
+        low, high = (Fraction(float(v)) for v in region.low), (Fraction(float(v)) for v in region.high)
+        low, high = list(low), list(high)
+        name = next(n.name for n in graph if isinstance(n, Activation))
+        w, b = model[0].weight.detach().tolist(), model[0].bias.detach().tolist()
+        for pre in (interval_bounds(graph, region), crown_bounds(graph, region)):
+            l, u = pre[name]
+            for j, (row, bj) in enumerate(zip(w, b)):
+                terms = [(Fraction(wi) * lo, Fraction(wi) * hi) for wi, lo, hi in zip(row, low, high)]
+                exact_min = Fraction(bj) + sum(min(t) for t in terms)
+                exact_max = Fraction(bj) + sum(max(t) for t in terms)
+                assert Fraction(float(l[j])) <= exact_min and exact_max <= Fraction(float(u[j])), (i, j)
+
+
 def test_bounds_hold_in_exact_arithmetic_on_degenerate_boxes():
     """On a point (low == high) and on boxes of width 1e-12, the pre bounds of IBP and CROWN contain
     the exact rational pre-activations: the rounding margin is what makes this hold."""
