@@ -24,6 +24,11 @@ with every ``D`` a diagonal of admissible slopes.
   and ``s(z) in s(u) + [min(0, -hi w), max(0, -lo w)]`` with ``w = u - l``, intersected;
 * max pooling: ``[pool(l), pool(u)]`` (the max is monotone); add: the sum; concat: the concatenation.
 
+**CROWN** (:func:`crown_bounds`, the default of :func:`localize`): for each activation/max-pool input
+node, the back-substitution of the linear relaxations of :mod:`.relaxations` to the input,
+concretised over the region and intersected with IBP; max pooling enters by the IBP interval of
+its output.
+
 **Rounding.** Every step runs in float64 and is widened outwards by a rigorous margin, so the
 bounds hold for the exact network: the affine step is :func:`.rounding._linear` (error
 ``gamma_k (|A| |c|)`` plus ``|A| r``, ``gamma_k = k u / (1 - k u)``, ``u = 2^-53``, ``k`` the
@@ -37,12 +42,15 @@ that torch's float64 kernels are accurate to a few ulp, as in :mod:`.rounding`).
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import torch
 
 from ..errors import InvalidInput, UnsupportedOperation
 from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool, Node
+from ..linalg.operators import Compose, Function, Permute, Reshape
+from .relaxations import Relaxation, relax
 from .rounding import _TINY, _U, _activation_rounding, _gamma, _linear, _up
 
 __all__ = ["localize", "interval_bounds", "crown_bounds", "Bounds"]
@@ -198,7 +206,7 @@ class _Backward:
     node's inputs; ``slack`` collects the rigorous rounding bound of each replacement (module doc
     of :func:`crown_bounds`), ``mag`` the magnitudes summed into ``const``."""
 
-    def __init__(self, graph: Graph, bounds: dict[str, Bounds], relaxations: dict[str, "Relaxation"],
+    def __init__(self, graph: Graph, bounds: dict[str, Bounds], relaxations: dict[str, Relaxation],
                  region: Any, cache: dict[str, torch.Tensor]) -> None:
         self.graph, self.bounds, self.relaxations, self.region, self.cache = graph, bounds, relaxations, region, cache
 
@@ -213,7 +221,6 @@ class _Backward:
         adjoint's sums over all stages (``in + out`` sizes; none for reshapes and permutations);
         a black-box stage adds ``gamma_K max(|A| m_h)``, as in :mod:`.rounding`."""
         if node.name not in self.cache:
-            from ..linalg.operators import Compose, Function, Permute, Reshape
             stages = node.op.ops if isinstance(node.op, Compose) else [node.op]
             k = sum(0 if isinstance(o, (Reshape, Permute)) else o.in_numel + o.out_numel for o in stages)
             m = self.magnitude(node.inputs[0]).unsqueeze(0)
@@ -246,7 +253,8 @@ class _Backward:
                     a_in = coef[into] + a_in
                 coef[into] = a_in
             const, mag, slack, terms = const + c, mag + c.abs(), slack + e, terms + 1
-        return const - slack - _up(_gamma(terms + 8) * (mag + const.abs()), 4) - _TINY
+        # the running sums of const and slack round too: gamma_terms of their magnitudes
+        return const - _up(slack, terms + 1) - _up(_gamma(terms + 8) * (mag + const.abs()), 4) - _TINY
 
     @staticmethod
     def _dot(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -298,7 +306,7 @@ class _Backward:
         return c, e
 
 
-def _rows_needed(graph: Graph, target: str, consumers: list[Node], bounds: Bounds) -> torch.Tensor:
+def _rows_needed(consumers: list[Node], bounds: Bounds) -> torch.Tensor:
     """Flat indices of the target's neurons worth a CROWN pass: all of them, unless every consumer
     is a piecewise-linear activation; then those with a breakpoint strictly inside ``(l, u)``
     (the others are on one piece, whose relaxation is exact whatever the bounds)."""
@@ -320,17 +328,15 @@ def _crown_pass(graph: Graph, region: Any, time_budget: float | None,
                 chunk_bytes: int) -> tuple[dict[str, Bounds], list[str], list[str]]:
     """Bounds of every node of the float64 ``graph``: IBP from the inputs' bounds, intersected with
     plain IBP, and for each activation/max-pool input node a CROWN pass intersected with that,
-    while the budget lasts. Returns the bounds and the
-    names of the targets that got CROWN and those that kept IBP."""
-    import time
-    from .relaxations import relax
+    while the budget lasts. Returns the bounds and the names of the targets that got CROWN and
+    those that kept IBP."""
     start = time.perf_counter()
     box = region_box(region, graph)
     users = graph.users()
     targets = set(_targets(graph).values())
     bounds: dict[str, Bounds] = {}
     ibp: dict[str, Bounds] = {}  # plain IBP: the non-monotone activations' rule is not inclusion-isotone
-    relaxations: dict = {}
+    relaxations: dict[str, Relaxation] = {}
     backward = _Backward(graph, bounds, relaxations, region, {})
     widest = max(math.prod(n.shape) for n in graph)
     crowned, kept = [], []
@@ -342,7 +348,7 @@ def _crown_pass(graph: Graph, region: Any, time_budget: float | None,
             relaxations[node.name] = relax(node, *h, _slopes(node, *h))
         if node.name in targets and not isinstance(node, Input):
             consumers = [graph.nodes[c] for c in users[node.name] if isinstance(graph.nodes[c], (Activation, MaxPool))]
-            rows = _rows_needed(graph, node.name, consumers, lu)
+            rows = _rows_needed(consumers, lu)
             l, u = lu[0].flatten().clone(), lu[1].flatten().clone()
             chunk = max(1, chunk_bytes // (16 * widest * 4))
             done = True
