@@ -399,3 +399,27 @@ def test_crown_is_textbook_crown_on_deep_relu_mlps():
         for k, name in enumerate(names):
             for mine, theirs in zip(got[name], want[k]):
                 assert np.allclose(mine.numpy(), theirs, rtol=1e-9, atol=1e-9), (i, k)
+
+
+def test_l2_ball_enters_the_first_layer_exactly_and_chunking_changes_nothing():
+    """Over an L2 ball, CROWN's first-layer bounds are ``w.c + b -+ r ||w||_2`` (numpy) within 1e-12,
+    tighter than the bounding box's; back-substituting one row at a time gives the same bounds."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(17)
+    for i in range(5):
+        torch.manual_seed(700 + i)
+        model = nn.Sequential(nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 2))
+        graph = from_torch(model.eval(), (6,))
+        ball = L2Ball(torch.randn(6, generator=g, dtype=torch.float64), 0.5)
+        crown = crown_bounds(graph, ball)
+        name = next(n.name for n in graph if isinstance(n, Activation))
+        w, b = model[0].weight.detach().double().numpy(), model[0].bias.detach().double().numpy()
+        mid, half = w @ ball.center.numpy() + b, 0.5 * np.linalg.norm(w, axis=1)
+        assert np.allclose(crown[name][0].numpy(), mid - half, rtol=0, atol=1e-12), i
+        assert np.allclose(crown[name][1].numpy(), mid + half, rtol=0, atol=1e-12), i
+        assert widths(crown) < widths(interval_bounds(graph, ball)), i
+        one_by_one = crown_bounds(graph, ball, chunk_bytes=1)
+        for k in crown:
+            for x, y in zip(crown[k], one_by_one[k]):
+                assert torch.allclose(x, y, rtol=1e-13, atol=1e-13), (i, k)
