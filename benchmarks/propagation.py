@@ -2,7 +2,8 @@
 
 For each network of ../shared/realnets with its VNN-LIB properties (skipped when absent): the
 fraction of unstable ReLUs (``l < 0 < u``) per activation layer under IBP and under CROWN, and
-the seconds of each. Fewer unstable neurons mean tighter local slope intervals.
+the mean width of the last activation layer's input bounds, and the seconds of each. Fewer
+unstable neurons mean tighter local slope intervals.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/propagation.py [--props 1] [--budget 120] [--only NAME ...]
 """
@@ -34,14 +35,14 @@ _BOUND = re.compile(r"\(assert\s+\((<=|>=)\s+X_(\d+)\s+([-+0-9.eE]+)\)\)")
 
 
 def input_box(path: Path, shape: tuple[int, ...]) -> Box:
-    """The input box of a VNN-LIB file: through lipbound's parser when there is one, else from its
-    ``(assert (<= X_i v))`` / ``(>= X_i v)`` lines."""
+    """The input box of a VNN-LIB file: through lipbound's parser when it is there and reads it
+    (its API is being written in parallel), else from the ``(assert (<= X_i v))`` / ``(>= X_i v)`` lines."""
     try:
-        from lipbound.frontends.vnnlib import load_vnnlib  # written in parallel
-        spec = load_vnnlib(path, shape)
+        from lipbound.frontends.vnnlib import load_vnnlib
+        spec = load_vnnlib(path)
         region = getattr(spec, "region", spec)
-        return Box(region.low.reshape(shape), region.high.reshape(shape))
-    except ImportError:
+        return Box(region.low.reshape(shape).double(), region.high.reshape(shape).double())
+    except (ImportError, TypeError, AttributeError, ValueError):
         pass
     n = 1
     for s in shape:
@@ -78,8 +79,9 @@ def main() -> None:
         print(f"{REALNETS} is absent: nothing to do")
         return
     torch.set_num_threads(1)
-    print("| network | property | unstable ReLUs per layer, IBP | same, CROWN | IBP s | CROWN s |")
-    print("|---|---|---|---|---|---|")
+    print("| network | property | unstable ReLUs per layer, IBP | same, CROWN | last layer's mean width, IBP -> CROWN "
+          "| IBP s | CROWN s |")
+    print("|---|---|---|---|---|---|---|")
     for net, pattern in CASES:
         if args.only and not any(o in net for o in args.only):
             continue
@@ -92,8 +94,10 @@ def main() -> None:
             crown = crown_bounds(graph, box, time_budget=args.budget)
             t2 = time.perf_counter()
             fmt = lambda fs: " ".join(f"{f:.2f}" for f in fs)  # noqa: E731
+            last = list(ibp)[-1]
+            width = lambda pre: float((pre[last][1] - pre[last][0]).mean())  # noqa: E731
             print(f"| {net} | {prop.name} | {fmt(unstable(graph, ibp))} | {fmt(unstable(graph, crown))} | "
-                  f"{t1 - t0:.2f} | {t2 - t1:.2f} |")
+                  f"{width(ibp):.4g} -> {width(crown):.4g} | {t1 - t0:.2f} | {t2 - t1:.2f} |")
             sys.stdout.flush()
 
 
