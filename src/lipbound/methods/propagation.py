@@ -18,10 +18,9 @@ with every ``D`` a diagonal of admissible slopes.
 * affine ``A h + b``: center/radius form ``A c + b +- |A| r`` with ``c = (l + u) / 2``,
   ``r = (u - l) / 2``; ``|A|`` is the operator with absolute weights where it is cheap, else the
   certified-norm substitute ``(|A| r)_i <= ||A||_2 ||r||_2`` (both from :mod:`.rounding`);
-* activation: piecewise-linear ones exactly, as the min and max of ``s`` over the ends and the
-  breakpoints inside ``[l, u]``; the others from the slope interval ``[lo, hi]`` of ``s`` on
-  ``[l, u]`` (``facts.slopes_on``), anchored at both ends: ``s(z) in s(l) + [min(0, lo w), max(0, hi w)]``
-  and ``s(z) in s(u) + [min(0, -hi w), max(0, -lo w)]`` with ``w = u - l``, intersected;
+* activation: its range on ``[l, u]`` (:func:`.relaxations.value_range`): exact for piecewise-linear
+  ones (the ends and the breakpoints inside), from slope intervals on pieces of ``[l, u]`` for the
+  others;
 * max pooling: ``[pool(l), pool(u)]`` (the max is monotone); add: the sum; concat: the concatenation.
 
 **CROWN** (:func:`crown_bounds`, the default of :func:`localize`): for each activation/max-pool input
@@ -36,7 +35,8 @@ operator's input size, bounded whatever the order of summation: Higham §3.1); a
 ``m <= 6`` floating-point operations on terms whose absolute values sum to ``M`` is widened by
 ``gamma_8 M + 2^-1022`` (:func:`_widen`); activation values carry the error bound of
 :func:`.rounding._activation_rounding` (exact pieces: ``gamma_4``; smooth: 16 ulp, the assumption
-that torch's float64 kernels are accurate to a few ulp, as in :mod:`.rounding`).
+that torch's float64 kernels are accurate to a few ulp, as in :mod:`.rounding`), and slope
+intervals come from ``facts.slopes_on``, padded outwards by its own rule.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ import torch
 from ..errors import InvalidInput, UnsupportedOperation
 from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool, Node
 from ..linalg.operators import Compose, Function, Permute, Reshape
-from .relaxations import Relaxation, relax
-from .rounding import _TINY, _U, _activation_rounding, _gamma, _linear, _up
+from .relaxations import Relaxation, relax, value_range
+from .rounding import _TINY, _U, _gamma, _linear, _up
 
 __all__ = ["localize", "interval_bounds", "crown_bounds", "Bounds"]
 
@@ -108,43 +108,6 @@ def _ibp_affine(node: Affine, h: Bounds) -> Bounds:
     return _widen(y - e, y + e, y.abs() + e)
 
 
-def _pwl_candidates(node: Activation, l: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """The ends and every breakpoint clamped into ``[l, u]``, stacked on a new first axis: a
-    piecewise-linear function minus a linear one takes its extremes on ``[l, u]`` there."""
-    points = [l, u] + [torch.clamp(torch.full_like(l, b), l, u) for b in node.pieces.breakpoints]
-    return torch.stack(points)
-
-
-def _pwl_values(node: Activation, p: torch.Tensor) -> Bounds:
-    """``s(p)`` from the exact pieces and its rounding error bound (``gamma_4``, :mod:`.rounding`)."""
-    s = node.pieces(p)
-    return s, _activation_rounding(node, p, s)
-
-
-def _slopes(node: Activation, l: torch.Tensor, u: torch.Tensor) -> Bounds:
-    """``facts.slopes_on(l, u)`` on ``l``'s device (its first call locates ``s''``'s sign changes by autograd)."""
-    with torch.enable_grad():
-        lo, hi = node.facts.slopes_on(l.cpu(), u.cpu())
-    return lo.to(l.device), hi.to(l.device)
-
-
-def _ibp_activation(node: Activation, h: Bounds) -> Bounds:
-    """The activation's range over the box ``h`` (module doc)."""
-    l, u = h
-    if node.pieces is not None:
-        s, e = _pwl_values(node, _pwl_candidates(node, l, u))
-        lo, hi = (s - e).amin(0), (s + e).amax(0)
-        return _widen(lo, hi, (s.abs() + e).amax(0))
-    lo_s, hi_s = _slopes(node, l, u)
-    w = _up(u - l, 1)
-    sl, su = node.evaluate(l), node.evaluate(u)
-    el, eu = _activation_rounding(node, l, sl), _activation_rounding(node, u, su)
-    low = torch.maximum(sl - el + torch.clamp(lo_s * w, max=0), su - eu + torch.clamp(-hi_s * w, max=0))
-    high = torch.minimum(sl + el + torch.clamp(hi_s * w, min=0), su + eu + torch.clamp(-lo_s * w, min=0))
-    mag = torch.maximum(sl.abs(), su.abs()) + el + eu + (lo_s.abs() + hi_s.abs()) * w
-    return _widen(low, high, mag)
-
-
 def _ibp_add(node: Add, *hs: Bounds) -> Bounds:
     lo, hi = sum(h[0] for h in hs), sum(h[1] for h in hs)
     return _widen(lo, hi, sum(h[0].abs() + h[1].abs() for h in hs))
@@ -158,7 +121,7 @@ def interval(node: Node, ins: list[Bounds], box: Bounds) -> Bounds:
     if isinstance(node, Affine):
         return _ibp_affine(node, ins[0])
     if isinstance(node, Activation):
-        return _ibp_activation(node, ins[0])
+        return value_range(node, *ins[0])
     if isinstance(node, MaxPool):
         l, u = ins[0]
         return node.evaluate(l.unsqueeze(0))[0], node.evaluate(u.unsqueeze(0))[0]
@@ -345,7 +308,7 @@ def _crown_pass(graph: Graph, region: Any, time_budget: float | None,
         lu = _intersect(interval(node, [bounds[i] for i in node.inputs], box), ibp[node.name])
         if isinstance(node, Activation):
             h = bounds[node.inputs[0]]
-            relaxations[node.name] = relax(node, *h, _slopes(node, *h))
+            relaxations[node.name] = relax(node, *h)
         if node.name in targets and not isinstance(node, Input):
             consumers = [graph.nodes[c] for c in users[node.name] if isinstance(graph.nodes[c], (Activation, MaxPool))]
             rows = _rows_needed(consumers, lu)
