@@ -32,8 +32,8 @@ its output.
 bounds hold for the exact network: the affine step is :func:`.rounding._linear` (error
 ``gamma_k (|A| |c|)`` plus ``|A| r``, ``gamma_k = k u / (1 - k u)``, ``u = 2^-53``, ``k`` the
 operator's input size, bounded whatever the order of summation: Higham §3.1); a result of at most
-``m <= 6`` floating-point operations on terms whose absolute values sum to ``M`` is widened by
-``gamma_8 M + 2^-1022`` (:func:`_widen`); activation values carry the error bound of
+``m`` floating-point operations on terms whose absolute values sum to ``M`` is widened by
+``gamma_{m+2} M + 2^-1022`` (:func:`_widen`); activation values carry the error bound of
 :func:`.rounding._activation_rounding` (exact pieces: ``gamma_4``; smooth: 16 ulp, the assumption
 that torch's float64 kernels are accurate to a few ulp, as in :mod:`.rounding`), and slope
 intervals come from ``facts.slopes_on``, padded outwards by its own rule.
@@ -58,11 +58,11 @@ __all__ = ["localize", "interval_bounds", "crown_bounds", "Bounds"]
 Bounds = tuple[torch.Tensor, torch.Tensor]  # (l, u), element-wise, float64
 
 
-def _widen(lo: torch.Tensor, hi: torch.Tensor, mag: torch.Tensor) -> Bounds:
-    """``[lo, hi]`` computed by at most 6 float64 operations on terms whose absolute values sum to
-    at most ``mag``, widened to a rigorous enclosure of the exact values: ``-+ (gamma_8 mag + tiny)``
-    (the widening's own rounding is within the ``gamma_8`` headroom)."""
-    pad = _gamma(8) * (mag + lo.abs() + hi.abs()) + _TINY
+def _widen(lo: torch.Tensor, hi: torch.Tensor, mag: torch.Tensor, ops: int = 6) -> Bounds:
+    """``[lo, hi]`` computed by at most ``ops`` float64 operations on terms whose absolute values
+    sum to at most ``mag``, widened to a rigorous enclosure of the exact values:
+    ``-+ (gamma_{ops+2} mag + tiny)`` (the widening's own rounding is within the headroom)."""
+    pad = _gamma(ops + 2) * (mag + lo.abs() + hi.abs()) + _TINY
     return lo - pad, hi + pad
 
 
@@ -110,7 +110,7 @@ def _ibp_affine(node: Affine, h: Bounds) -> Bounds:
 
 def _ibp_add(node: Add, *hs: Bounds) -> Bounds:
     lo, hi = sum(h[0] for h in hs), sum(h[1] for h in hs)
-    return _widen(lo, hi, sum(h[0].abs() + h[1].abs() for h in hs))
+    return _widen(lo, hi, sum(h[0].abs() + h[1].abs() for h in hs), len(hs))
 
 
 def interval(node: Node, ins: list[Bounds], box: Bounds) -> Bounds:
