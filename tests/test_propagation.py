@@ -333,6 +333,8 @@ def test_bad_input_is_refused_with_a_clear_error():
         localize(graph, Box(torch.zeros(3, dtype=torch.float64), torch.full((3,), math.inf, dtype=torch.float64)))
     with pytest.raises(InvalidInput, match="unknown"):
         localize(graph, box, method="lp")
+    with pytest.raises(InvalidInput, match="time_budget"):
+        localize(graph, box, time_budget=-1.0)
 
 
 

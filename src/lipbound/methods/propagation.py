@@ -358,6 +358,8 @@ def crown_bounds(graph: Graph, region: Any, *, time_budget: float | None = None,
 
 def _crown(graph: Graph, region: Any, time_budget: float | None, chunk_bytes: int = 2 ** 28) -> tuple[dict[str, Bounds], str]:
     """:func:`crown_bounds` and the note saying which layers got which bounds."""
+    if time_budget is not None and not time_budget >= 0:
+        raise InvalidInput(f"time_budget must be a number of seconds >= 0 or None, got {time_budget!r}")
     g = _float64(graph)
     with torch.no_grad():
         bounds, crowned, kept = _crown_pass(g, region, time_budget, chunk_bytes)
