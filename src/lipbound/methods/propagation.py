@@ -18,43 +18,51 @@ with every ``D`` a diagonal of admissible slopes.
 * affine ``A h + b``: center/radius form ``A c + b +- |A| r`` with ``c = (l + u) / 2``,
   ``r = (u - l) / 2``; ``|A|`` is the operator with absolute weights where it is cheap, else the
   certified-norm substitute ``(|A| r)_i <= ||A||_2 ||r||_2`` (both from :mod:`.rounding`);
-* activation: piecewise-linear ones exactly, as the min and max of ``s`` over the ends and the
-  breakpoints inside ``[l, u]``; the others from the slope interval ``[lo, hi]`` of ``s`` on
-  ``[l, u]`` (``facts.slopes_on``), anchored at both ends: ``s(z) in s(l) + [min(0, lo w), max(0, hi w)]``
-  and ``s(z) in s(u) + [min(0, -hi w), max(0, -lo w)]`` with ``w = u - l``, intersected;
+* activation: its range on ``[l, u]`` (:func:`.relaxations.value_range`): exact for piecewise-linear
+  ones (the ends and the breakpoints inside), from slope intervals on pieces of ``[l, u]`` for the
+  others;
 * max pooling: ``[pool(l), pool(u)]`` (the max is monotone); add: the sum; concat: the concatenation.
+
+**CROWN** (:func:`crown_bounds`, the default of :func:`localize`): for each activation/max-pool input
+node, the back-substitution of the linear relaxations of :mod:`.relaxations` to the input,
+concretised over the region and intersected with IBP; max pooling enters by the IBP interval of
+its output.
 
 **Rounding.** Every step runs in float64 and is widened outwards by a rigorous margin, so the
 bounds hold for the exact network: the affine step is :func:`.rounding._linear` (error
 ``gamma_k (|A| |c|)`` plus ``|A| r``, ``gamma_k = k u / (1 - k u)``, ``u = 2^-53``, ``k`` the
 operator's input size, bounded whatever the order of summation: Higham §3.1); a result of at most
-``m <= 6`` floating-point operations on terms whose absolute values sum to ``M`` is widened by
-``gamma_8 M + 2^-1022`` (:func:`_widen`); activation values carry the error bound of
+``m`` floating-point operations on terms whose absolute values sum to ``M`` is widened by
+``gamma_{m+2} M + 2^-1022`` (:func:`_widen`); activation values carry the error bound of
 :func:`.rounding._activation_rounding` (exact pieces: ``gamma_4``; smooth: 16 ulp, the assumption
-that torch's float64 kernels are accurate to a few ulp, as in :mod:`.rounding`).
+that torch's float64 kernels are accurate to a few ulp, as in :mod:`.rounding`), and slope
+intervals come from ``facts.slopes_on``, padded outwards by its own rule.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import torch
 
 from ..errors import InvalidInput, UnsupportedOperation
 from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool, Node
-from .rounding import _TINY, _U, _activation_rounding, _gamma, _linear, _up
+from ..linalg.operators import Compose, Function, Permute, Reshape
+from .relaxations import Relaxation, relax, value_range
+from .rounding import _TINY, _U, _gamma, _linear, _up
 
 __all__ = ["localize", "interval_bounds", "crown_bounds", "Bounds"]
 
 Bounds = tuple[torch.Tensor, torch.Tensor]  # (l, u), element-wise, float64
 
 
-def _widen(lo: torch.Tensor, hi: torch.Tensor, mag: torch.Tensor) -> Bounds:
-    """``[lo, hi]`` computed by at most 6 float64 operations on terms whose absolute values sum to
-    at most ``mag``, widened to a rigorous enclosure of the exact values: ``-+ (gamma_8 mag + tiny)``
-    (the widening's own rounding is within the ``gamma_8`` headroom)."""
-    pad = _gamma(8) * (mag + lo.abs() + hi.abs()) + _TINY
+def _widen(lo: torch.Tensor, hi: torch.Tensor, mag: torch.Tensor, ops: int = 6) -> Bounds:
+    """``[lo, hi]`` computed by at most ``ops`` float64 operations on terms whose absolute values
+    sum to at most ``mag``, widened to a rigorous enclosure of the exact values:
+    ``-+ (gamma_{ops+2} mag + tiny)`` (the widening's own rounding is within the headroom)."""
+    pad = _gamma(ops + 2) * (mag + lo.abs() + hi.abs()) + _TINY
     return lo - pad, hi + pad
 
 
@@ -100,46 +108,9 @@ def _ibp_affine(node: Affine, h: Bounds) -> Bounds:
     return _widen(y - e, y + e, y.abs() + e)
 
 
-def _pwl_candidates(node: Activation, l: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """The ends and every breakpoint clamped into ``[l, u]``, stacked on a new first axis: a
-    piecewise-linear function minus a linear one takes its extremes on ``[l, u]`` there."""
-    points = [l, u] + [torch.clamp(torch.full_like(l, b), l, u) for b in node.pieces.breakpoints]
-    return torch.stack(points)
-
-
-def _pwl_values(node: Activation, p: torch.Tensor) -> Bounds:
-    """``s(p)`` from the exact pieces and its rounding error bound (``gamma_4``, :mod:`.rounding`)."""
-    s = node.pieces(p)
-    return s, _activation_rounding(node, p, s)
-
-
-def _slopes(node: Activation, l: torch.Tensor, u: torch.Tensor) -> Bounds:
-    """``facts.slopes_on(l, u)`` on ``l``'s device (its first call locates ``s''``'s sign changes by autograd)."""
-    with torch.enable_grad():
-        lo, hi = node.facts.slopes_on(l.cpu(), u.cpu())
-    return lo.to(l.device), hi.to(l.device)
-
-
-def _ibp_activation(node: Activation, h: Bounds) -> Bounds:
-    """The activation's range over the box ``h`` (module doc)."""
-    l, u = h
-    if node.pieces is not None:
-        s, e = _pwl_values(node, _pwl_candidates(node, l, u))
-        lo, hi = (s - e).amin(0), (s + e).amax(0)
-        return _widen(lo, hi, (s.abs() + e).amax(0))
-    lo_s, hi_s = _slopes(node, l, u)
-    w = _up(u - l, 1)
-    sl, su = node.evaluate(l), node.evaluate(u)
-    el, eu = _activation_rounding(node, l, sl), _activation_rounding(node, u, su)
-    low = torch.maximum(sl - el + torch.clamp(lo_s * w, max=0), su - eu + torch.clamp(-hi_s * w, max=0))
-    high = torch.minimum(sl + el + torch.clamp(hi_s * w, min=0), su + eu + torch.clamp(-lo_s * w, min=0))
-    mag = torch.maximum(sl.abs(), su.abs()) + el + eu + (lo_s.abs() + hi_s.abs()) * w
-    return _widen(low, high, mag)
-
-
 def _ibp_add(node: Add, *hs: Bounds) -> Bounds:
     lo, hi = sum(h[0] for h in hs), sum(h[1] for h in hs)
-    return _widen(lo, hi, sum(h[0].abs() + h[1].abs() for h in hs))
+    return _widen(lo, hi, sum(h[0].abs() + h[1].abs() for h in hs), len(hs))
 
 
 def interval(node: Node, ins: list[Bounds], box: Bounds) -> Bounds:
@@ -150,7 +121,7 @@ def interval(node: Node, ins: list[Bounds], box: Bounds) -> Bounds:
     if isinstance(node, Affine):
         return _ibp_affine(node, ins[0])
     if isinstance(node, Activation):
-        return _ibp_activation(node, ins[0])
+        return value_range(node, *ins[0])
     if isinstance(node, MaxPool):
         l, u = ins[0]
         return node.evaluate(l.unsqueeze(0))[0], node.evaluate(u.unsqueeze(0))[0]
@@ -198,7 +169,7 @@ class _Backward:
     node's inputs; ``slack`` collects the rigorous rounding bound of each replacement (module doc
     of :func:`crown_bounds`), ``mag`` the magnitudes summed into ``const``."""
 
-    def __init__(self, graph: Graph, bounds: dict[str, Bounds], relaxations: dict[str, "Relaxation"],
+    def __init__(self, graph: Graph, bounds: dict[str, Bounds], relaxations: dict[str, Relaxation],
                  region: Any, cache: dict[str, torch.Tensor]) -> None:
         self.graph, self.bounds, self.relaxations, self.region, self.cache = graph, bounds, relaxations, region, cache
 
@@ -213,7 +184,6 @@ class _Backward:
         adjoint's sums over all stages (``in + out`` sizes; none for reshapes and permutations);
         a black-box stage adds ``gamma_K max(|A| m_h)``, as in :mod:`.rounding`."""
         if node.name not in self.cache:
-            from ..linalg.operators import Compose, Function, Permute, Reshape
             stages = node.op.ops if isinstance(node.op, Compose) else [node.op]
             k = sum(0 if isinstance(o, (Reshape, Permute)) else o.in_numel + o.out_numel for o in stages)
             m = self.magnitude(node.inputs[0]).unsqueeze(0)
@@ -246,7 +216,8 @@ class _Backward:
                     a_in = coef[into] + a_in
                 coef[into] = a_in
             const, mag, slack, terms = const + c, mag + c.abs(), slack + e, terms + 1
-        return const - slack - _up(_gamma(terms + 8) * (mag + const.abs()), 4) - _TINY
+        # the running sums of const and slack round too: gamma_terms of their magnitudes
+        return const - _up(slack, terms + 1) - _up(_gamma(terms + 8) * (mag + const.abs()), 4) - _TINY
 
     @staticmethod
     def _dot(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -298,7 +269,7 @@ class _Backward:
         return c, e
 
 
-def _rows_needed(graph: Graph, target: str, consumers: list[Node], bounds: Bounds) -> torch.Tensor:
+def _rows_needed(consumers: list[Node], bounds: Bounds) -> torch.Tensor:
     """Flat indices of the target's neurons worth a CROWN pass: all of them, unless every consumer
     is a piecewise-linear activation; then those with a breakpoint strictly inside ``(l, u)``
     (the others are on one piece, whose relaxation is exact whatever the bounds)."""
@@ -320,17 +291,15 @@ def _crown_pass(graph: Graph, region: Any, time_budget: float | None,
                 chunk_bytes: int) -> tuple[dict[str, Bounds], list[str], list[str]]:
     """Bounds of every node of the float64 ``graph``: IBP from the inputs' bounds, intersected with
     plain IBP, and for each activation/max-pool input node a CROWN pass intersected with that,
-    while the budget lasts. Returns the bounds and the
-    names of the targets that got CROWN and those that kept IBP."""
-    import time
-    from .relaxations import relax
+    while the budget lasts. Returns the bounds and the names of the targets that got CROWN and
+    those that kept IBP."""
     start = time.perf_counter()
     box = region_box(region, graph)
     users = graph.users()
     targets = set(_targets(graph).values())
     bounds: dict[str, Bounds] = {}
     ibp: dict[str, Bounds] = {}  # plain IBP: the non-monotone activations' rule is not inclusion-isotone
-    relaxations: dict = {}
+    relaxations: dict[str, Relaxation] = {}
     backward = _Backward(graph, bounds, relaxations, region, {})
     widest = max(math.prod(n.shape) for n in graph)
     crowned, kept = [], []
@@ -339,10 +308,10 @@ def _crown_pass(graph: Graph, region: Any, time_budget: float | None,
         lu = _intersect(interval(node, [bounds[i] for i in node.inputs], box), ibp[node.name])
         if isinstance(node, Activation):
             h = bounds[node.inputs[0]]
-            relaxations[node.name] = relax(node, *h, _slopes(node, *h))
+            relaxations[node.name] = relax(node, *h)
         if node.name in targets and not isinstance(node, Input):
             consumers = [graph.nodes[c] for c in users[node.name] if isinstance(graph.nodes[c], (Activation, MaxPool))]
-            rows = _rows_needed(graph, node.name, consumers, lu)
+            rows = _rows_needed(consumers, lu)
             l, u = lu[0].flatten().clone(), lu[1].flatten().clone()
             chunk = max(1, chunk_bytes // (16 * widest * 4))
             done = True
@@ -389,6 +358,8 @@ def crown_bounds(graph: Graph, region: Any, *, time_budget: float | None = None,
 
 def _crown(graph: Graph, region: Any, time_budget: float | None, chunk_bytes: int = 2 ** 28) -> tuple[dict[str, Bounds], str]:
     """:func:`crown_bounds` and the note saying which layers got which bounds."""
+    if time_budget is not None and not time_budget >= 0:
+        raise InvalidInput(f"time_budget must be a number of seconds >= 0 or None, got {time_budget!r}")
     g = _float64(graph)
     with torch.no_grad():
         bounds, crowned, kept = _crown_pass(g, region, time_budget, chunk_bytes)
