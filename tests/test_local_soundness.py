@@ -19,6 +19,7 @@ A failing case names its seed: ``make_case(SEED, index)`` rebuilds it.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import random
 from dataclasses import dataclass
@@ -347,3 +348,63 @@ def test_eclipse_fast_local_vs_global() -> None:
         if upper is not None and upper > upper_of("eclipse-fast", graph, None) * (1 + 1e-9):
             above.append(index)
     assert above == ECLIPSE_ABOVE_GLOBAL
+
+
+def test_union_hull_bounds_pairs_across_parts() -> None:
+    """(e) ``estimate(..., domain=BoxUnion)``: the hull's certified bound >= pair quotients with
+    x and y in different parts; each part's >= quotients inside that part."""
+    for index in range(0, 100, 10):  # MLPs
+        case = make_case(SEED, index)
+        gen = torch.Generator().manual_seed(index)
+        parts = [Box(*_box_of(case.shape, gen, shift)) for shift in (-2.0, 0.0, 1.5)]
+        rep = lipbound.estimate(case.net, case.shape, methods=["autolip", "seqlip"], domain=BoxUnion(parts),
+                                progress=False)
+        pts = [region_points(p, 30, gen) for p in parts]
+        across = torch.cat([pair_quotients(case.net, pts[i], pts[j]) for i in range(3) for j in range(3) if i != j])
+        assert rep.upper >= float(across.max()) * (1 - REL) - ABS, f"make_case(SEED, {index}): hull below a pair"
+        for part, p in zip(rep.parts, pts):
+            inside = pair_quotients(case.net, p[:15], p[15:])
+            assert part.upper >= float(inside.max()) * (1 - REL) - ABS, f"make_case(SEED, {index}): part"
+
+
+def _box_of(shape: tuple[int, ...], gen: torch.Generator, shift: float) -> tuple[torch.Tensor, torch.Tensor]:
+    low = torch.rand(shape, generator=gen, dtype=torch.float64) + shift
+    return low, low + 0.5 * torch.rand(shape, generator=gen, dtype=torch.float64)
+
+
+def _ibp_pre(w1: torch.Tensor, b1: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> tuple:
+    """Float64 interval bounds of ``W1 x + b1`` on a box, widened by a relative 1e-9 (an oracle
+    written here, not lipbound's propagation)."""
+    c, r = (low + high) / 2, (high - low) / 2
+    mid, rad = w1 @ c + b1, w1.abs() @ r
+    pad = 1e-9 * (w1.abs() @ c.abs() + b1.abs() + rad) + 1e-300
+    return mid - rad - pad, mid + rad + pad
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.1])
+def test_methods_reach_the_vertex_maximum_of_the_slope_box(alpha: float) -> None:
+    """(d') one hidden (Leaky)ReLU layer, ``pre`` from the oracle above: a method that bounds the
+    sup over the slope box must reach ``max over D in {lo_i, hi_i}^n ||W2 D W1||`` (brute force
+    over the vertices; the sup of a convex function of D is at a vertex)."""
+    rng = random.Random(7)
+    for k in range(15):
+        n, h, m = rng.randint(2, 4), rng.randint(3, 7), rng.randint(1, 3)
+        torch.manual_seed(k)
+        net = nn.Sequential(nn.Linear(n, h), nn.LeakyReLU(alpha) if alpha else nn.ReLU(), nn.Linear(h, m)).double()
+        low = torch.randn(n, dtype=torch.float64)
+        high = low + 10 ** rng.uniform(-1, 0.5) * torch.rand(n, dtype=torch.float64)
+        w1, b1, w2 = net[0].weight.detach(), net[0].bias.detach(), net[2].weight.detach()
+        l, u = _ibp_pre(w1, b1, low, high)
+        lo = torch.where(l >= 0, 1.0, alpha).to(torch.float64)
+        hi = torch.where(u <= 0, alpha, 1.0).to(torch.float64)
+        brute = max(float(torch.linalg.matrix_norm(w2 @ torch.diag(torch.where(torch.tensor(bits), hi, lo)) @ w1, ord=2))
+                    for bits in itertools.product([False, True], repeat=h))
+        graph = lipbound.api.as_graph(net, (n,))
+        acts = [node for node in graph if isinstance(node, Activation)]
+        local = graph.localized(Box(low, high), {acts[0].name: (l, u)})
+        for name in ("autolip", "seqlip", "eclipse-fast", "lipsdp"):
+            upper = upper_of(name, local, Box(low, high))
+            if upper is None:
+                assert name in ("eclipse-fast", "lipsdp"), name
+                continue
+            assert upper >= brute * (1 - (SDP_RTOL if name in SDP else 1e-12)), f"net {k}: {name} {upper} < {brute}"
