@@ -124,3 +124,96 @@ def test_cli_certify(tmp_path, capsys):
     code = main(["certify", f"{tmp_path / 'm.py'}:net", "--inputs", str(tmp_path / "missing.pt")])
     _, err = capsys.readouterr()
     assert code == 2 and "not found" in err and len(err.strip().splitlines()) == 1
+
+
+# ---- local certificates ------------------------------------------------------------------------
+def test_local_radius_at_least_global_and_no_attack_inside():
+    net = classifier(2)
+    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    cert = lipbound.certify(net, x, local=True, bisection_steps=4)
+    assert torch.all(cert.radius >= cert.global_radius) and torch.any(cert.radius > cert.global_radius * 1.01)
+    _, _, by_hand_radius = by_hand(net(x).detach(), cert.upper)
+    assert torch.allclose(cert.global_radius, by_hand_radius, rtol=1e-12, atol=0)
+    assert worst_gap(net, x, cert.radius * 0.999, steps=150).max() < 0
+    assert (worst_gap(net, x, cert.radius * 3) > 0).sum() >= 1  # the attack can flip classes
+
+
+def boundary_distance_2d(net: nn.Module, x: torch.Tensor, reach: float, rays: int = 720, steps: int = 600) -> float:
+    """An upper bound of the L2 distance from ``x`` (2-D) to the nearest point of another class:
+    along ``rays`` directions, the first of ``steps`` points up to ``reach`` whose class differs
+    (every such point is at least as far as the boundary)."""
+    y = net(x[None]).argmax(1)
+    angle = torch.linspace(0, 2 * math.pi, rays + 1, dtype=torch.float64)[:-1]
+    t = torch.linspace(reach / steps, reach, steps, dtype=torch.float64)
+    d = torch.stack([angle.cos(), angle.sin()], 1)
+    pts = x + t[:, None, None] * d[None]  # (steps, rays, 2)
+    with torch.no_grad():
+        other = net(pts.reshape(-1, 2)).argmax(1).reshape(steps, rays) != y
+    return float(t[:, None].expand(steps, rays)[other].min()) if other.any() else math.inf
+
+
+def test_local_radius_below_the_true_distance_to_the_boundary_in_2d():
+    g = torch.Generator().manual_seed(5)
+    net = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    x = torch.randn(6, 2, generator=g, dtype=torch.float64)
+    cert = lipbound.certify(net, x, local=True, bisection_steps=8)
+    for i in range(len(x)):
+        dist = boundary_distance_2d(net, x[i], reach=4 * float(cert.radius[i]) + 1e-9)
+        assert cert.global_radius[i] <= cert.radius[i] <= dist, (i, cert.radius[i], dist)
+    assert torch.any(cert.radius > cert.global_radius * 1.01)
+
+
+def test_radius_check_constants_above_sampled_pair_slopes():
+    """``radius=R``: inside the global radius always certified; each ``L_yj`` >= the slopes of
+    ``f_y - f_j`` sampled in ``B(x, R)``; no attack flips a certified ball."""
+    net = classifier(3)
+    x = torch.randn(6, 6, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    glob = lipbound.certify(net, x)
+    R = float(glob.radius.median()) * 1.5
+    cert = lipbound.certify(net, x, radius=R)
+    assert cert.checked_radius == R and cert.certified.shape == (6,) and cert.pair_constants.shape == (6, 4)
+    assert torch.all(cert.certified[glob.radius > R])
+    assert torch.any(cert.certified[glob.radius <= R])  # local constants certify more than the global one
+    ok = cert.certified
+    assert worst_gap(net, x[ok], torch.full((int(ok.sum()),), R, dtype=torch.float64), steps=150).max() < 0
+    gen = torch.Generator().manual_seed(7)
+    for i in range(len(x)):
+        d = torch.randn(200, 6, generator=gen, dtype=torch.float64)
+        a = x[i] + d / d.norm(dim=1, keepdim=True) * R * torch.rand(200, 1, generator=gen, dtype=torch.float64)
+        b = a[torch.randperm(200, generator=gen)]
+        with torch.no_grad():
+            fa, fb = net(a), net(b)
+        y = int(cert.predicted[i])
+        for j in range(4):
+            if j == y:
+                assert cert.pair_constants[i, j] == math.inf
+                continue
+            ga, gb = fa[:, y] - fa[:, j], fb[:, y] - fb[:, j]
+            slope = ((ga - gb).abs() / (a - b).norm(dim=1).clamp_min(1e-12)).max()
+            assert cert.pair_constants[i, j] >= slope * (1 - 1e-9)
+    with pytest.raises(InvalidInput, match="radius"):
+        lipbound.certify(net, x, radius=-1.0)
+
+
+def test_cli_certify_local_and_radius(tmp_path, capsys):
+    (tmp_path / "m.py").write_text("import torch\nfrom torch import nn\n"
+                                   "def net():\n    torch.manual_seed(0)\n"
+                                   "    return nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 4))\n")
+    x = torch.randn(3, 3, generator=torch.Generator().manual_seed(3))
+    torch.save(x, tmp_path / "x.pt")
+    base = ["certify", f"{tmp_path / 'm.py'}:net", "--inputs", str(tmp_path / "x.pt"), "-q"]
+    assert main(base + ["--local", "--time-budget", "5", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert len(d["radius"]) == 3 and all(r >= g for r, g in zip(d["radius"], d["global_radius"]))
+    assert main(base + ["--local"]) == 0
+    assert "global" in capsys.readouterr().out
+    assert main(base + ["--radius", "0.05", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["checked_radius"] == 0.05 and len(d["certified"]) == 3 and len(d["pair_constants"][0]) == 4
+    for bad in (["--radius", "-1"], ["--time-budget", "0", "--local"]):
+        assert main(base + bad) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("lipbound: error:")

@@ -15,12 +15,14 @@ the least of the certified methods' values on the pair network and of ``sqrt(2)`
 constant of ``f`` itself. The largest certified radius is searched by bisection on ``r``, each
 candidate ball bounded anew; it starts at the global radius (whose ball is certified by the global
 constant, so the local radius is never smaller). Margins are the float64 logits' margins minus a
-rigorous bound of their rounding error (:func:`lipbound.methods.rounding.enclose`).
+rigorous bound of their rounding error (:func:`lipbound.methods.rounding.enclose`). With
+``radius=R`` one ball ``B(x, R)`` per input is checked instead of searched, every ``L_yj`` bounded.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -50,12 +52,20 @@ class Certificate:
     upper: float
     source: str
     global_radius: torch.Tensor | None = None  # with local=True: the radius from the global constant
+    checked_radius: float | None = None  # with radius=R: R, and per input:
+    certified: torch.Tensor | None = None  # whether B(x, R) is certified
+    pair_constants: torch.Tensor | None = None  # (N, m): the L_yj used on B(x, R), inf at j = y
 
     def to_dict(self) -> dict[str, Any]:
         out = {"upper": self.upper, "source": self.source, "predicted": self.predicted.tolist(),
                "margin": self.margin.tolist(), "radius": self.radius.tolist()}
         if self.global_radius is not None:
             out["global_radius"] = self.global_radius.tolist()
+        if self.checked_radius is not None:
+            out["checked_radius"] = self.checked_radius
+            out["certified"] = self.certified.tolist()
+            out["pair_constants"] = [[c if math.isfinite(c) else None for c in row]
+                                     for row in self.pair_constants.tolist()]
         return out
 
     def table(self) -> str:
@@ -69,6 +79,12 @@ class Certificate:
             rows = [(m, r, g) for m, r, g in zip(self.margin.tolist(), self.radius.tolist(), self.global_radius.tolist())]
         for i, (c, row) in enumerate(zip(self.predicted.tolist(), rows)):
             lines.append(f"{i:>6} {c:>6} " + " ".join(f"{v:>12.6g}" for v in row))
+        if self.checked_radius is not None:
+            lines.append(f"L2 radius {self.checked_radius:.6g} checked with local pair constants L_yj:")
+            lines.append(f"{'input':>6} {'certified':>10} {'max L_yj':>12}")
+            for i, (ok, row) in enumerate(zip(self.certified.tolist(), self.pair_constants.tolist())):
+                finite = [c for c in row if math.isfinite(c)]
+                lines.append(f"{i:>6} {'yes' if ok else 'no':>10} {max(finite) if finite else math.nan:>12.6g}")
         if len(self.radius):
             lines.append(f"median radius {self.radius.median().item():.6g}, min {self.radius.min().item():.6g}")
         return "\n".join(lines)
@@ -80,7 +96,7 @@ class Certificate:
 def certify(model, x: torch.Tensor, upper: float | None = None, *, input_shape: Sequence[int] | None = None,
             seed: int = 0, progress: bool = False, local: bool = False,
             local_methods: Sequence[str] = ("autolip", "seqlip"), bisection_steps: int = 10,
-            time_budget: float | None = None) -> Certificate:
+            time_budget: float | None = None, radius: float | None = None) -> Certificate:
     """Logit margins and certified radii of ``model`` at the inputs ``x``.
 
     Args:
@@ -96,7 +112,11 @@ def certify(model, x: torch.Tensor, upper: float | None = None, *, input_shape: 
         local_methods: the certified methods that bound each pair network on a ball.
         bisection_steps: bisection steps on the radius (after doubling finds a failing radius).
         time_budget: seconds for the local search of each input (None: no cap); when it ends,
-            the largest radius certified so far is kept.
+            the largest radius certified so far is kept. With ``radius``: seconds for the bound
+            propagation of each input's ball (the certified methods then run to the end).
+        radius: check this one L2 radius instead of searching: ``certified[i]`` says whether
+            ``B(x_i, radius)`` is certified by the local pair constants ``L_yj`` on it
+            (``pair_constants``, ``inf`` at the predicted class; every ``j`` is bounded).
 
     Returns:
         A :class:`Certificate`.
@@ -108,6 +128,12 @@ def certify(model, x: torch.Tensor, upper: float | None = None, *, input_shape: 
         raise InvalidInput(f"inputs must have shape (N, {', '.join(map(str, graph.input_shape))}), got {tuple(x.shape)}")
     if not torch.isfinite(x).all():
         raise InvalidInput("inputs contain NaN or infinite values")
+    if radius is not None:
+        radius = float(radius)
+        if not (math.isfinite(radius) and radius > 0):
+            raise InvalidInput(f"the radius to check must be a positive finite number, got {radius}")
+    if time_budget is not None and not (time_budget > 0 and math.isfinite(time_budget)):
+        raise InvalidInput(f"time_budget must be a positive number of seconds, got {time_budget!r}")
     n_out = math.prod(graph.output_shape)
     if n_out < 2:
         raise InvalidInput(f"certify needs a classifier with at least 2 logits, the output has {n_out}")
@@ -123,18 +149,28 @@ def certify(model, x: torch.Tensor, upper: float | None = None, *, input_shape: 
     predicted = logits.argmax(dim=1)
     margins = _pair_margins(logits, error, predicted)
     margin = margins.min(dim=1).values.clamp_min(0.0)
-    radius = margin / (math.sqrt(2.0) * upper)
-    if not local:
-        return Certificate(predicted, margin, radius, upper, source)
+    global_radius = margin / (math.sqrt(2.0) * upper)
+    if not local and radius is None:
+        return Certificate(predicted, margin, global_radius, upper, source)
     for m in local_methods:
         if not get_method(m).guarantee.is_upper:
             raise InvalidInput(f"local_methods must give certified upper bounds; {m!r} does not")
-    local_radius = torch.stack([
-        torch.tensor(_local_radius(graph, x[i], int(predicted[i]), margins[i], float(radius[i]), upper,
-                                   local_methods, bisection_steps, seed, time_budget), dtype=torch.float64)
-        for i in range(len(x))]) if len(x) else radius.clone()
-    return Certificate(predicted, margin, local_radius, upper, source + "; local pair constants on L2 balls",
-                       global_radius=radius)
+    cert = Certificate(predicted, margin, global_radius, upper, source + "; local pair constants on L2 balls")
+    if radius is not None:
+        cert.checked_radius = radius
+        checks = [_ball_check(graph, x[i], int(predicted[i]), margins[i], radius, upper, local_methods, seed,
+                              None if time_budget is None else time.perf_counter() + time_budget, every=True)
+                  for i in range(len(x))]
+        cert.certified = torch.tensor([ok for ok, _ in checks], dtype=torch.bool)
+        cert.pair_constants = (torch.stack([c for _, c in checks]) if checks
+                               else torch.empty(0, n_out, dtype=torch.float64))
+    if local:
+        cert.global_radius = global_radius
+        cert.radius = torch.stack([
+            torch.tensor(_local_radius(graph, x[i], int(predicted[i]), margins[i], float(global_radius[i]), upper,
+                                       local_methods, bisection_steps, seed, time_budget), dtype=torch.float64)
+            for i in range(len(x))]) if len(x) else global_radius.clone()
+    return cert
 
 
 def _logits(graph: Graph, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,24 +189,37 @@ def _pair_margins(logits: torch.Tensor, error: torch.Tensor, predicted: torch.Te
     return diff.scatter(1, idx, math.inf)
 
 
+def _ball_check(graph: Graph, x: torch.Tensor, y: int, margins: torch.Tensor, r: float, upper: float,
+                methods: Sequence[str], seed: int, deadline: float | None,
+                every: bool = False) -> tuple[bool, torch.Tensor]:
+    """Is ``B(x, r)`` certified, ``margins[j] > r L_yj(B(x, r))`` for every ``j != y`` (module doc)?
+    Returns that and the constants ``L_yj`` (``inf`` at ``y`` and, unless ``every``, after the first
+    ``j`` that fails)."""
+    ball = Ball(x.detach().to(torch.float64).cpu(), r, 2)
+    left = None if deadline is None else max(deadline - time.perf_counter(), 0.0)
+    local = localize(graph, ball, time_budget=left)
+    f_const = min(upper, _least_upper(local, methods, seed, ball))
+    constants = torch.full((len(margins),), math.inf, dtype=torch.float64)
+    ok = True
+    for j in range(len(margins)):
+        if j == y:
+            continue
+        constants[j] = min(math.sqrt(2.0) * f_const, _least_upper(_pair_graph(local, y, j), methods, seed, ball))
+        if not float(margins[j]) > r * float(constants[j]):
+            ok = False
+            if not every:
+                break
+    return ok, constants
+
+
 def _local_radius(graph: Graph, x: torch.Tensor, y: int, margins: torch.Tensor, r_global: float, upper: float,
                   methods: Sequence[str], steps: int, seed: int, time_budget: float | None) -> float:
     """The largest ``r`` found with every ``margins[j] > r L_yj(B(x, r))`` (module doc), at least
     ``r_global``; doubling from ``r_global`` until a radius fails, then bisection."""
-    import time
     deadline = None if time_budget is None else time.perf_counter() + time_budget
 
     def holds(r: float) -> bool:
-        ball = Ball(x.detach().to(torch.float64).cpu(), r, 2)
-        local = localize(graph, ball, time_budget=None if deadline is None else max(deadline - time.perf_counter(), 0))
-        f_const = min(upper, _least_upper(local, methods, seed, ball))
-        for j in range(len(margins)):
-            if j == y:
-                continue
-            bound = min(math.sqrt(2.0) * f_const, _least_upper(_pair_graph(local, y, j), methods, seed, ball))
-            if not float(margins[j]) > r * bound:
-                return False
-        return True
+        return _ball_check(graph, x, y, margins, r, upper, methods, seed, deadline)[0]
 
     def out_of_time() -> bool:
         return deadline is not None and time.perf_counter() > deadline

@@ -135,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     cert.add_argument("--factory", default=None, metavar="FILE.py:FUNCTION", help="as for estimate")
     cert.add_argument("--upper", type=float, default=None, help="a certified Lipschitz upper bound to use "
                       "(default: computed)")
+    cert.add_argument("--local", action="store_true", help="also search the largest L2 ball certified by local "
+                      "logit-pair constants (printed beside the global radius)")
+    cert.add_argument("--radius", type=float, default=None, help="check this L2 radius around each input with "
+                      "local logit-pair constants (certified yes/no per input)")
+    cert.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                      help="seconds of the local search per input (default: no cap)")
     cert.add_argument("--json", action="store_true", help="print the certificate as JSON")
     cert.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     cert.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
@@ -194,7 +200,8 @@ def _certify(args: argparse.Namespace) -> int:
         raise InvalidInput(f"{path} must hold one tensor (N, *input shape), got {type(x).__name__}")
     shape_text = args.input_shape or ",".join(map(str, x.shape[1:]))
     graph = _load_graph(args, args.model, shape_text, args.weights)
-    cert = certify(graph, x, args.upper, seed=args.seed, progress=not args.quiet and sys.stderr.isatty())
+    cert = certify(graph, x, args.upper, seed=args.seed, progress=not args.quiet and sys.stderr.isatty(),
+                   local=args.local, radius=args.radius, time_budget=args.time_budget)
     print(json.dumps(cert.to_dict(), indent=2) if args.json else cert.table())
     return 0
 

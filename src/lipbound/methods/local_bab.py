@@ -41,7 +41,7 @@ import heapq
 import itertools
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -283,7 +283,7 @@ def _expanded(search: "_Search", expand: Any, graph: Graph, region: Any) -> tupl
         value = rebuilt.recheck(graph, region)
     except InvalidInput:
         return 0.0, None
-    rebuilt.value = value
+    rebuilt = replace(rebuilt, value=value)
     return value, rebuilt
 
 
