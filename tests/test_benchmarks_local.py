@@ -149,3 +149,10 @@ def test_peer_gets_the_networks_weights_and_a_centre_inside_both_boxes(realnets)
         h = h.clamp_min(0) if i < len(weights) - 1 else h
     assert torch.allclose(h, graph.forward(x.reshape(1, *graph.input_shape)).reshape(-1), rtol=1e-9, atol=1e-9)
     assert not math.isnan(h.sum().item())
+
+
+@pytest.mark.parametrize("ratios, verdict", [([0.3] * 100, "PASS"), ([0.3] * 94 + [1.2] * 6, "FAIL"),
+                                             ([0.6] * 100, "FAIL"), ([0.3] * 50, "FAIL")])
+def test_peer_verdict_counts_every_ball(ratios, verdict):
+    line = local_peer.peer_verdict(ratios, len(ratios), None)
+    assert line.endswith(f"{verdict}.")
