@@ -306,12 +306,15 @@ def render(results: list[tuple[dict, dict]], globals_: dict, header: list[str]) 
               "|---|---:|---:|---:|---:|---|---|"]
     for family in dict.fromkeys(s["family"] for s, _ in results):
         lines.append(family_summary(family, [(s, r) for s, r in results if s["family"] == family], globals_))
-    lines += ["", "Global brackets (`methods=['best', 'lower']`, no domain; cached in "
-              "`benchmarks/results/local_global.json`):", ""]
-    lines += [f"- {net}: lower {fmt(g.get('lower'))}, upper {fmt(g.get('upper'))}, ratio {fmt(g.get('ratio'))}"
+    return lines + [""] + global_lines(globals_)
+
+
+def global_lines(globals_: dict) -> list[str]:
+    lines = ["Global brackets (`methods=['best', 'lower']`, no domain; cached in "
+             "`benchmarks/results/local_global.json`):", ""]
+    return lines + [f"- {net}: lower {fmt(g.get('lower'))}, upper {fmt(g.get('upper'))}, ratio {fmt(g.get('ratio'))}"
               + (f" ({g['seconds']:.1f} s)" if "seconds" in g else f" (CRASH: {g.get('crash')})")
               for net, g in sorted(globals_.items())]
-    return lines
 
 
 def globals_for(nets: list[str], budget: float) -> dict:
@@ -352,7 +355,9 @@ def main() -> int:
               f"methods per row: {args.methods}; {'--quick' if args.quick else 'full run'}."]
     why = missing_api()
     if why:
-        Path(args.out).write_text("\n".join(header + ["", f"Local rows not run: {why}.", ""] + peer_lines) + "\n")
+        cached = json.loads(GLOBAL_CACHE.read_text()) if GLOBAL_CACHE.exists() else {}
+        text = header + ["", f"Local rows not run: {why}.", ""] + global_lines(cached) + [""] + peer_lines
+        Path(args.out).write_text("\n".join(text) + "\n")
         print(f"local.py: {why}", file=sys.stderr)
         return 2
     specs = [s for s in row_specs(args.quick) if args.only in (None, s["family"])]

@@ -212,7 +212,7 @@ def section(quick: bool) -> list[str]:
         ratio = o["upper"] / p["value"] if "upper" in o and p["value"] else None
         if ratio is not None:
             ratios.append(ratio)
-        check = "; ".join(notes) or ("ok" if o else why or "-")
+        check = "; ".join(notes) or ("ok" if o else "ours not run")
         lines.append(f"| {net} | {i} | {r:.4g} | {fmt(p['value'])} | {p['seconds']:.0f} | {p.get('where', '-')} "
                      f"| {fmt(p['sampled'])} | {fmt(o.get('upper'))} | {fmt(ratio, '.3g')} | {check} |")
     lines += ["", peer_verdict(ratios, len(done), why)]
