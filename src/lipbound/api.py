@@ -110,35 +110,39 @@ def estimate(model: Model, input_shape: Sequence[int] | None = None, methods: It
         raise InvalidInput(f"time_budget must be a positive number of seconds, got {time_budget!r}")
     graph = as_graph(model, input_shape, device, input_scale)
     region = as_region(domain, graph.input_shape)
-    names, explicit = select_methods(graph, methods)
-    check_options(names, options, method_options)
-    specs = [get_method(n) for n in names]
+    hull = region.hull() if isinstance(region, BoxUnion) else region
+    names, _ = select_methods(graph if hull is None else graph.localized(hull, {}), methods)
+    check_options(names, options, method_options)  # before any work; the set is chosen again once localized
     if not isinstance(region, BoxUnion):
-        return _run_methods(graph, region, specs, explicit, seed, progress, data, time_budget, options, method_options)
+        return _run_methods(graph, region, methods, seed, progress, data, time_budget, options, method_options)
     # not convex: the hull bounds every pair of the union; each part only the pairs inside it
     share = None if time_budget is None else time_budget / (1 + len(region.parts))
-    report = _run_methods(graph, region.hull(), specs, explicit, seed, progress, data, share, options, method_options)
+    report = _run_methods(graph, hull, methods, seed, progress, data, share, options, method_options)
     report.region = region
-    report.parts = [_run_methods(graph, part, specs, explicit, seed, progress, data, share, options, method_options)
+    report.parts = [_run_methods(graph, part, methods, seed, progress, data, share, options, method_options)
                     for part in region.parts]
     return report
 
 
-def _localized(graph: Graph, region: Region | None) -> Graph:
+def _localized(graph: Graph, region: Region, time_budget: float | None) -> Graph:
     """The graph on ``region`` with sound per-neuron bounds of every activation's input
-    (:func:`~lipbound.methods.propagation.localize`: IBP and CROWN), from which every method reads
-    per-neuron slope intervals."""
-    return localize(graph, region)
+    (:func:`~lipbound.methods.propagation.localize`: IBP and CROWN, CROWN capped by
+    ``time_budget``), from which every method reads per-neuron slope intervals."""
+    return localize(graph, region, time_budget=time_budget)
 
 
-def _run_methods(graph: Graph, region: Region | None, specs: list, explicit: bool, seed: int, progress: bool,
+def _run_methods(graph: Graph, region: Region | None, methods: Any, seed: int, progress: bool,
                  data: Any, time_budget: float | None, options: dict[str, Any],
                  method_options: dict[str, dict[str, Any]] | None) -> Report:
-    """Run ``specs`` one after the other on ``graph`` localized once to the convex ``region`` (the
-    methods that take a domain get ``domain=region``), sharing ``time_budget``."""
-    local = graph if region is None else _localized(graph, region)
-    report = Report(graph.name, graph.input_shape, region=region)
+    """Run ``methods`` (as :func:`~lipbound.methods.selection.select_methods` takes them, the
+    default set chosen on the localized graph) one after the other on ``graph`` localized once to
+    the convex ``region`` (the methods that take a domain get ``domain=region``), sharing
+    ``time_budget``; the localization takes at most a quarter of it."""
     start = time.perf_counter()
+    local = graph if region is None else _localized(graph, region, None if time_budget is None else time_budget / 4)
+    names, explicit = select_methods(local, methods)
+    specs = [get_method(n) for n in names]
+    report = Report(graph.name, graph.input_shape, region=region)
     for i, spec in enumerate(specs):
         t0 = time.perf_counter()
         share = None if time_budget is None else budget_share(time_budget, time_budget - (t0 - start), specs[i:])

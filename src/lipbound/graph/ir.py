@@ -244,6 +244,20 @@ class Graph:
                 out[i].append(node.name)
         return out
 
+    def without_region(self) -> "Graph":
+        """The same network on all of ``R^n``: no region, no ``pre`` bounds (global slopes)."""
+        return self.localized(None, {n.name: None for n in self if isinstance(n, (Activation, MaxPool))})
+
+    def unstable_neurons(self) -> int:
+        """Activation neurons whose slope interval on the region is not a point (every neuron of a
+        non-affine activation when the graph has no region)."""
+        total = 0
+        for node in self:
+            if isinstance(node, Activation):
+                lo, hi = node.slope_bounds()
+                total += int((lo != hi).sum())
+        return total
+
     def affine_nodes(self) -> list[Affine]:
         return [n for n in self if isinstance(n, Affine)]
 

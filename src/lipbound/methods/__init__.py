@@ -14,6 +14,7 @@ search, the method returns the best bound found so far and says so in its detail
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable
@@ -107,6 +108,22 @@ class MethodSpec:
         return self.in_default(graph) if callable(self.in_default) else bool(self.in_default)
 
 
+LOCAL_LIPSDP_NEURONS = 400  # ``lipsdp`` joins the default set on a region up to this many unstable neurons
+LOCAL_BAB_INPUTS = 32  # ``local-bab`` joins the default set on a region when the input is at most this large
+
+
+def _on_region(graph: Graph) -> bool:
+    return graph.region is not None
+
+
+def _small_local_lmi(graph: Graph) -> bool:
+    return graph.region is not None and graph.unstable_neurons() <= LOCAL_LIPSDP_NEURONS
+
+
+def _small_input_region(graph: Graph) -> bool:
+    return graph.region is not None and math.prod(graph.input_shape) <= LOCAL_BAB_INPUTS
+
+
 def _small_relu_net(graph: Graph) -> bool:
     n = count_two_slope_neurons(graph)
     return n is not None and n <= EXACT_DEFAULT_NEURONS
@@ -125,7 +142,7 @@ _SPECS = [
     MethodSpec("eclipse-fast", eclipse.eclipse_fast, Kind.CERTIFIED_UPPER,
                "closed-form sequential LMI multipliers (ECLipsE-Fast family), checked in float64",
                "affine maps, activations, sums, concatenations; LMI order <= max_size",
-               "dense matrices of the LMI's blocks: milliseconds to seconds", in_best=True),
+               "dense matrices of the LMI's blocks: milliseconds to seconds", in_best=True, in_default=_on_region),
     MethodSpec("seqlip", partial(seqlip.seqlip, solver="certified"), Kind.CERTIFIED_UPPER,
                "SeqLip on every sequential chain, each pair's maximum over activation patterns solved "
                "or bounded; AutoLip elsewhere",
@@ -140,7 +157,8 @@ _SPECS = [
     MethodSpec("lipsdp", lipsdp.lipsdp, Kind.CERTIFIED_UPPER,
                "LipSDP-Neuron: one LMI over the whole network, certificate checked in float64",
                "affine maps, activations, sums, concatenations; LMI order <= max_size",
-               "interior point up to ~60, first-order beyond: seconds to minutes", in_best=True),
+               "interior point up to ~60, first-order beyond: seconds to minutes", in_best=True,
+               in_default=_small_local_lmi),
     MethodSpec("lipsdp-layer", partial(lipsdp.lipsdp, variant="layer"), Kind.CERTIFIED_UPPER,
                "LipSDP with one multiplier per activation layer", "as lipsdp", "as lipsdp, fewer variables"),
     MethodSpec("exact", exact.exact, Kind.EXACT,
@@ -152,7 +170,7 @@ _SPECS = [
                "lower bounds from Jacobians inside them",
                "a box or infinity ball; splits inputs of at most 32 elements, bounds larger ones once",
                "parts x (bound propagation + the part's certified methods), within the time budget",
-               aggregate=True),
+               aggregate=True, in_default=_small_input_region),
     MethodSpec("lower", lower.lower, Kind.WITNESSED_LOWER,
                "Jacobian-norm and pair search over inputs, with a re-checkable witness",
                "any graph", "batched autograd ascent within the time budget", in_default=True),

@@ -2,7 +2,11 @@
 
 * ``methods=None``: the **default set** (:attr:`MethodSpec.in_default`): the certified AutoLip and
   SeqLip bounds, the witnessed ``lower`` bound, and ``exact`` when the model is an MLP-like
-  piecewise-linear network with at most :data:`~lipbound.methods.EXACT_DEFAULT_NEURONS` neurons.
+  piecewise-linear network with at most :data:`~lipbound.methods.EXACT_DEFAULT_NEURONS` neurons
+  (counting only the neurons not stable on the region). On a region the default set is chosen on
+  the localized graph and adds the methods that per-neuron slopes make tight: ``eclipse-fast``,
+  ``lipsdp`` up to :data:`~lipbound.methods.LOCAL_LIPSDP_NEURONS` unstable neurons, and
+  ``local-bab`` for inputs of at most :data:`~lipbound.methods.LOCAL_BAB_INPUTS` elements.
 * ``methods="all"``: every registered method except aggregates of the others (``"best"``).
 * an explicit list: exactly those methods.
 
