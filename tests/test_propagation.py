@@ -313,7 +313,7 @@ def test_localize_sets_every_pre_bound_and_notes_the_budget():
             assert torch.equal(n.pre[0], crown[n.name][0]) and torch.equal(n.pre[1], crown[n.name][1])
     assert "CROWN" in local.notes[-1]
     cut = localize(graph, region, time_budget=0.0)
-    assert "IBP only" in cut.notes[-1]
+    assert "CROWN (with IBP) on the inputs of 0 layers" in cut.notes[-1]
     ibp = localize(graph, region, method="ibp")
     for a, b in zip(cut, ibp):
         if isinstance(a, (Activation, MaxPool)):

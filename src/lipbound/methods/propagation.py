@@ -287,12 +287,16 @@ def _intersect(a: Bounds, b: Bounds) -> Bounds:
     return torch.maximum(a[0], b[0]), torch.minimum(a[1], b[1])
 
 
-def _crown_pass(graph: Graph, region: Any, time_budget: float | None,
-                chunk_bytes: int) -> tuple[dict[str, Bounds], list[str], list[str]]:
+def _crown_pass(graph: Graph, region: Any, time_budget: float | None, chunk_bytes: int,
+                max_work: float = 2e8) -> tuple[dict[str, Bounds], list[str], list[str], list[str], list[str]]:
     """Bounds of every node of the float64 ``graph``: IBP from the inputs' bounds, intersected with
     plain IBP, and for each activation/max-pool input node a CROWN pass intersected with that,
-    while the budget lasts. Returns the bounds and the names of the targets that got CROWN and
-    those that kept IBP."""
+    while the budget lasts. A target is left to IBP when no relaxed node lies before it and the
+    region is a box (IBP of an affine map of a box is exact) or when its pass would touch more than
+    ``max_work`` elements (rows x the elements of the nodes it depends on: a deterministic cap, so
+    the same inputs give the same bounds on any machine). Returns the bounds and the names of the
+    targets that got CROWN, kept IBP after the time budget, kept IBP by the work cap, and kept IBP
+    as exact."""
     start = time.perf_counter()
     box = region_box(region, graph)
     users = graph.users()
@@ -302,7 +306,9 @@ def _crown_pass(graph: Graph, region: Any, time_budget: float | None,
     relaxations: dict[str, Relaxation] = {}
     backward = _Backward(graph, bounds, relaxations, region, {})
     widest = max(math.prod(n.shape) for n in graph)
-    crowned, kept = [], []
+    crowned, kept, kept_work, exact_ibp = [], [], [], []
+    ball = region if getattr(region, "norm", None) == 2 else None
+    upstream = _upstream(graph)
     for node in graph:
         ibp[node.name] = interval(node, [ibp[i] for i in node.inputs], box)
         lu = _intersect(interval(node, [bounds[i] for i in node.inputs], box), ibp[node.name])
@@ -312,6 +318,12 @@ def _crown_pass(graph: Graph, region: Any, time_budget: float | None,
         if node.name in targets and not isinstance(node, Input):
             consumers = [graph.nodes[c] for c in users[node.name] if isinstance(graph.nodes[c], (Activation, MaxPool))]
             rows = _rows_needed(consumers, lu)
+            cost = rows.numel() * 2 * upstream[node.name][1]
+            if (ball is None and not upstream[node.name][0]) or cost > max_work:
+                # IBP is already exact for an affine map of a box; or the pass would cost too much
+                (kept_work if cost > max_work else exact_ibp).append(node.name)
+                bounds[node.name] = lu
+                continue
             l, u = lu[0].flatten().clone(), lu[1].flatten().clone()
             chunk = max(1, chunk_bytes // (16 * widest * 4))
             done = True
@@ -327,9 +339,24 @@ def _crown_pass(graph: Graph, region: Any, time_budget: float | None,
                 l[idx] = torch.maximum(l[idx], low[: idx.numel()])
                 u[idx] = torch.minimum(u[idx], -low[idx.numel():])
             lu = (l.reshape(node.shape), u.reshape(node.shape))
-            (crowned if done else kept).append(node.name)
+            if rows.numel():  # a target with every neuron on one piece needs no pass
+                (crowned if done else kept).append(node.name)
         bounds[node.name] = lu
-    return bounds, crowned, kept
+    return bounds, crowned, kept, kept_work, exact_ibp
+
+
+def _upstream(graph: Graph) -> dict[str, tuple[bool, int]]:
+    """Per node: whether a relaxed node (activation or max pooling) lies between it and the input,
+    and the number of elements of the nodes it depends on (its own included): the size of one
+    coefficient row's back-substitution."""
+    out: dict[str, tuple[bool, int]] = {}
+    seen: dict[str, set[str]] = {}
+    for node in graph:
+        anc = set().union(*(seen[i] for i in node.inputs)) | {node.name} if node.inputs else {node.name}
+        seen[node.name] = anc
+        relaxed = any(isinstance(graph.nodes[a], (Activation, MaxPool)) for a in anc if a != node.name)
+        out[node.name] = (relaxed, sum(math.prod(graph.nodes[a].shape) for a in anc))
+    return out
 
 
 def crown_bounds(graph: Graph, region: Any, *, time_budget: float | None = None,
@@ -362,10 +389,14 @@ def _crown(graph: Graph, region: Any, time_budget: float | None, chunk_bytes: in
         raise InvalidInput(f"time_budget must be a number of seconds >= 0 or None, got {time_budget!r}")
     g = _float64(graph)
     with torch.no_grad():
-        bounds, crowned, kept = _crown_pass(g, region, time_budget, chunk_bytes)
+        bounds, crowned, kept, heavy, exact = _crown_pass(g, region, time_budget, chunk_bytes)
     note = f"pre bounds: CROWN (with IBP) on the inputs of {len(crowned)} layers"
     if kept:
         note += f"; IBP only, after the time budget of {time_budget:g} s, on {', '.join(kept)}"
+    if heavy:
+        note += f"; IBP only, CROWN's pass too large, on {', '.join(heavy)}"
+    if exact:
+        note += f"; IBP (exact for an affine map of the box) on {', '.join(exact)}"
     return _pre(g, bounds), note
 
 
