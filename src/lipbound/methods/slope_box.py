@@ -106,7 +106,8 @@ def slope_box_bound(graph: Graph, vertex_units: int = 10) -> SlopeBoxBound:
         lo, hi = g.nodes[name].slope_bounds()
         vertex[name] = torch.stack([torch.where(p[best], hi.flatten()[i], lo.flatten()[i]) for i, p in picks])
     return SlopeBoxBound(float(values[best]), k == len(unstable), len(unstable), vertex,
-                         walk.smear.reshape(graph.input_shape))
+                         walk.smear.reshape(graph.input_shape) if walk.smear.numel() else
+                         torch.zeros(graph.input_shape, dtype=torch.float64))
 
 
 class _IntervalJacobian(GraphInterpreter[_Interval]):
@@ -116,7 +117,7 @@ class _IntervalJacobian(GraphInterpreter[_Interval]):
 
     def __init__(self, fixed: dict[str, list[tuple[int, torch.Tensor]]], batch: int) -> None:
         self.fixed, self.batch = fixed, batch
-        self.smear: torch.Tensor | float = 0.0
+        self.smear = torch.zeros(0)
 
     def visit_input(self, node: Input) -> _Interval:
         n = math.prod(node.shape)
@@ -138,7 +139,8 @@ class _IntervalJacobian(GraphInterpreter[_Interval]):
             moving = (lo != hi).flatten() & (u > l).flatten()
             width = (u - l).flatten()[moving].to(torch.float64)
             reach = (c.abs() + r).flatten(2)[:, :, moving].amax(dim=0)  # (n_in, unstable)
-            self.smear = self.smear + (reach / width).sum(dim=1)
+            smear = (reach / width).sum(dim=1)
+            self.smear = smear if not self.smear.numel() else self.smear + smear
         lo, hi = lo.flatten().repeat(self.batch, 1), hi.flatten().repeat(self.batch, 1)
         for i, pick in self.fixed.get(node.name, []):
             value = torch.where(pick, hi[:, i], lo[:, i])
