@@ -87,13 +87,19 @@ def test_slope_box_is_the_jacobian_norm_when_every_neuron_is_stable():
 
 
 # ---- local-bab --------------------------------------------------------------------------------------
+SPLITTING = {"exact_units": 0, "vertex_units": 1, "lower_share": 0.0}  # many parts, lower from centres
+
+
 @pytest.mark.parametrize("seed", range(8))
-def test_bracket_contains_the_exact_local_constant(seed):
+@pytest.mark.parametrize("options", [{}, SPLITTING], ids=["default", "splitting"])
+def test_bracket_contains_the_exact_local_constant(seed, options):
     n = 2 + seed % 2
     net = random_net(seed, widths=(4, 4), n=n)
     centre = np.random.default_rng(seed).normal(size=n)
     low, high = centre - 0.6, centre + 0.6
-    res = local_bab(net, low, high, time_budget=2.0)
+    res = local_bab(net, low, high, time_budget=1.0, **options)
+    if options:
+        assert res.details["parts_bounded"] > 1 or res.details["stopped"] == "bracket within tol"
     lower, upper = res.bracket
     truth_low, truth_up = region_oracle(net, (low.tolist(), high.tolist()))
     assert upper >= truth_low * (1 - 1e-9), "certified upper below a region of the box"

@@ -100,7 +100,7 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
             when it has at most this many unstable neurons.
         vertex_units: unstable neurons whose slope vertices the slope-box bound enumerates.
         max_split_dim: split the region only when the input has at most this many elements.
-        lower_share: the share of the budget for ``lower`` on the whole region at the start.
+        lower_share: the share of the budget for ``lower`` on the whole region at the start (0: none).
 
     Returns:
         A :class:`~lipbound.report.Result` of kind ``certified_upper`` (``exact`` when the bracket
@@ -124,10 +124,11 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
     split = n_in <= max_split_dim
     search = _Search(graph, registry, region, seed, upper_methods, vertex_units, deadline)
 
-    found = registry["lower"](graph, seed=seed, domain=region, time_budget=lower_share * time_budget)
-    if found.witness is not None and found.value > 0:
-        search.offer(found.value, found.witness)
-    root = search.bound(box.low, box.high)
+    if lower_share > 0:
+        found = registry["lower"](graph, seed=seed, domain=region, time_budget=lower_share * time_budget)
+        if found.witness is not None and found.value > 0:
+            search.offer(found.value, found.witness)
+    root = search.bound(box.low, box.high, root=True)
     if root is None:
         raise NotApplicable("local-bab: no certified method applied to the region")
     heap = [root]
@@ -187,15 +188,16 @@ class _Search:
         if value > self.lower:
             self.lower, self.witness, self.lower_from = value, witness, source
 
-    def bound(self, low: torch.Tensor, high: torch.Tensor) -> _Part | None:
+    def bound(self, low: torch.Tensor, high: torch.Tensor, root: bool = False) -> _Part | None:
         """The part ``[low, high]`` bounded by the slope-box bound
         (:func:`~lipbound.methods.slope_box.slope_box_bound`) and ``upper_methods`` on its localized
-        graph, the least value kept; None when the budget ended before any bound finished."""
+        graph, the least value kept; None when the budget ended before any bound finished (the
+        ``root`` is bounded whatever the budget left)."""
         part = Box(low, high)
         left = self.deadline - time.perf_counter()
-        if left <= 0:
+        if left <= 0 and not root:
             return None
-        g = localize(self.graph, part, time_budget=left / 4)
+        g = localize(self.graph, part, time_budget=None if root else left / 4)
         best: tuple[float, str] | None = None
         unstable, smear = -1, None
         try:
