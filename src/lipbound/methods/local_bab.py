@@ -11,16 +11,19 @@ is a **witnessed lower bound** on ``X``.
 **The search** (anytime, under ``time_budget``).
 
 1. Each part is bounded on its own localized graph
-   (:func:`~lipbound.methods.propagation.localize`): the per-neuron slope intervals from bound
-   propagation on that part feed the certified methods ``upper_methods`` (cheapest first, the
-   least value kept). When a part has at most ``exact_units`` unstable piecewise-linear neurons,
-   ``exact`` runs on it too: its value is then the part's exact constant.
-2. The lower bound starts from ``lower`` on the whole region (``lower_share`` of the budget), and
+   (:func:`~lipbound.methods.propagation.localize`) by the slope-box bound
+   (:func:`~lipbound.methods.slope_box.slope_box_bound`: interval Jacobians with the slope
+   vertices of the first ``vertex_units`` unstable neurons enumerated; exact when every neuron
+   is stable, a few milliseconds on ACAS Xu) and by the certified ``upper_methods``, the least
+   value kept. A part of a part keeps its parent's bound when its own is larger.
+2. The part with the largest bound is refined: when it has at most ``exact_units`` unstable
+   neurons, ``exact`` runs on it (its value is then the part's exact constant); otherwise it is
+   split in two along the input axis with the largest smear (the sum over the unstable neurons of
+   ``|dz_i/dx_d| / (u_i - l_i)`` from the interval Jacobian: the axis that unsettles them most).
+3. The lower bound starts from ``lower`` on the whole region (``lower_share`` of the budget), and
    improves with the Jacobian norms at the centres of the parts (dense Jacobians: the input is
-   small), each re-checked as a witness.
-3. The part with the largest upper bound is split in two along the input axis with the largest
-   ``width_d * ||A e_d||`` (``A`` the first affine layer, ``e_d`` the ``d``-th unit vector): the
-   axis along which the network's first pre-activations move most.
+   small), each re-checked as a witness, and with ``lower`` on the part with the largest bound
+   every ``lower_every`` parts.
 4. It stops when ``upper <= (1 + tol) lower``, when the part with the largest bound is exact, or
    when the budget is spent. It reports the bracket reached, never a guess.
 
@@ -32,7 +35,8 @@ and re-checked on the original network and region.
 
 Input splitting pays off in low dimensions (controllers such as ACAS Xu, 5 inputs). Above
 ``max_split_dim`` inputs the region is bounded once, without splitting (neuron splitting with
-constrained propagation is not implemented), and the details say so.
+constrained propagation is not implemented), then by ``exact`` when few neurons are unstable; the
+details say so.
 """
 
 from __future__ import annotations
@@ -83,7 +87,7 @@ class _Part:
 def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progress: bool = False,
               domain: Any = None, time_budget: float = 60.0, tol: float = 1e-3,
               upper_methods: Sequence[str] = (), exact_units: int = 12, vertex_units: int = 8,
-              max_split_dim: int = 32, lower_share: float = 0.1) -> Result:
+              max_split_dim: int = 32, lower_share: float = 0.1, lower_every: int = 32) -> Result:
     """Bracket the Lipschitz constant (L2 -> L2) of ``graph`` on the region ``domain`` by branch
     and bound over the region (module doc).
 
@@ -100,7 +104,9 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
             when it has at most this many unstable neurons.
         vertex_units: unstable neurons whose slope vertices the slope-box bound enumerates.
         max_split_dim: split the region only when the input has at most this many elements.
-        lower_share: the share of the budget for ``lower`` on the whole region at the start (0: none).
+        lower_share: the share of the budget for ``lower`` on the whole region at the start (0: none);
+            a tenth of it again for ``lower`` on the part with the largest bound, every
+            ``lower_every`` parts bounded.
 
     Returns:
         A :class:`~lipbound.report.Result` of kind ``certified_upper`` (``exact`` when the bracket
@@ -225,6 +231,12 @@ class _Search:
             return dataclasses.replace(top, unstable=-1)
         return dataclasses.replace(top, key=-res.upper, upper=res.upper, method="exact",
                                    exact=res.kind is Kind.EXACT, unstable=-1)
+
+    def search_part(self, top: _Part, budget: float) -> None:
+        """``lower``'s search on the part ``top`` for ``budget`` seconds: lower bounds rise where
+        the upper bounds are (its witness lies in the part, so in the region)."""
+        if budget > 0:
+            self._run("lower", self.graph, Box(top.low, top.high), {"time_budget": budget})
 
     def _run(self, name: str, g: Graph, part: Box, options: Mapping[str, Any]) -> Result | None:
         """Method ``name`` on a part's localized graph (None when it does not apply), its witness
