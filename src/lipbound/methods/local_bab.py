@@ -56,7 +56,7 @@ from ..graph.ir import Activation, Affine, Graph, Input
 from ..linalg.operators import Dense, Reshape, compose
 from ..report import Kind, Result
 from .propagation import localize
-from .slope_box import slope_box_bound
+from .slope_box import slope_box_bound, unstable_neurons
 from .region import Box, as_region
 from .witness import PairWitness, PointWitness, Witness
 
@@ -64,6 +64,8 @@ __all__ = ["local_bab"]
 
 #: options of ``exact`` on one part: its own lower-bound search is left to the part centres'
 #: Jacobians, and a part never takes more than a few seconds
+#: the part bounds of a region bounded once (too many inputs to split)
+_UNSPLIT_METHODS = ("eclipse-fast", "lipsdp-layer")
 _EXACT_OPTIONS: dict[str, Any] = {"lower_budget": 0.0, "samples": 16, "time_budget": 10.0}
 
 
@@ -86,7 +88,7 @@ class _Part:
 
 def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progress: bool = False,
               domain: Any = None, time_budget: float = 60.0, tol: float = 1e-3,
-              upper_methods: Sequence[str] = (), exact_units: int = 12, vertex_units: int = 8,
+              upper_methods: Sequence[str] | None = None, exact_units: int = 12, vertex_units: int = 8,
               max_split_dim: int = 32, lower_share: float = 0.1, lower_every: int = 32) -> Result:
     """Bracket the Lipschitz constant (L2 -> L2) of ``graph`` on the region ``domain`` by branch
     and bound over the region (module doc).
@@ -99,7 +101,8 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
         time_budget: total seconds of the call.
         tol: stop when ``upper <= (1 + tol) * lower``.
         upper_methods: certified methods bounding each part besides the slope-box bound, least
-            value kept.
+            value kept; by default none when the region is split, else ``_UNSPLIT_METHODS`` (the
+            slope-box bound runs only on split regions: it carries one Jacobian column per input).
         exact_units: run ``exact`` on the part with the largest bound, instead of splitting it,
             when it has at most this many unstable neurons.
         vertex_units: unstable neurons whose slope vertices the slope-box bound enumerates.
@@ -120,15 +123,17 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
     full_graph, full_region = graph, region
     graph, region, expand = _free_inputs(graph, _as_box(region))
     box = region
+    n_in = math.prod(graph.input_shape)
+    split = n_in <= max_split_dim
+    if upper_methods is None:
+        upper_methods = () if split else _UNSPLIT_METHODS
     for name in (*upper_methods, "exact", "lower"):
         if name not in registry:
             raise InvalidInput(f"local-bab: unknown method {name!r}")
     bad = [n for n in upper_methods if not registry[n].guarantee.is_upper or registry[n].aggregate]
     if bad:
         raise InvalidInput(f"local-bab: {bad} give no certified upper bound")
-    n_in = math.prod(graph.input_shape)
-    split = n_in <= max_split_dim
-    search = _Search(graph, registry, region, seed, upper_methods, vertex_units, deadline)
+    search = _Search(graph, registry, region, seed, upper_methods, vertex_units if split else None, deadline)
 
     if lower_share > 0:
         found = registry["lower"](graph, seed=seed, domain=region, time_budget=lower_share * time_budget)
@@ -159,6 +164,8 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
         for c in children:  # a part of the parent: the parent's bound holds on it too
             heapq.heappush(heap, c if c.upper <= top.upper else dataclasses.replace(
                 c, key=top.key, upper=top.upper, method=top.method))
+    if not split and not heap[0].exact:  # no refinement left: the rest of the budget to the lower bound
+        search.search_part(heap[0], 0.9 * (deadline - time.perf_counter()))
     upper = max(p.upper for p in heap)
     lower, witness = _expanded(search, expand, full_graph, full_region)
     closed = lower > 0 and upper <= lower
@@ -184,7 +191,7 @@ class _Search:
     """Bounds parts and keeps the best witnessed lower bound."""
 
     def __init__(self, graph: Graph, registry: Mapping[str, Any], region: Any, seed: int,
-                 upper_methods: Sequence[str], vertex_units: int, deadline: float) -> None:
+                 upper_methods: Sequence[str], vertex_units: int | None, deadline: float) -> None:
         self.graph, self.registry, self.region, self.seed = graph, registry, region, seed
         self.upper_methods, self.vertex_units, self.deadline = upper_methods, vertex_units, deadline
         self.lower, self.witness, self.lower_from = 0.0, None, None
@@ -207,8 +214,11 @@ class _Search:
         best: tuple[float, str] | None = None
         unstable, smear = -1, None
         try:
-            sb = slope_box_bound(g, self.vertex_units)
-            best, unstable, smear = (sb.value, "slope-box"), sb.unstable, sb.smear
+            if self.vertex_units is None:
+                unstable = len(unstable_neurons(g))
+            else:
+                sb = slope_box_bound(g, self.vertex_units)
+                best, unstable, smear = (sb.value, "slope-box"), sb.unstable, sb.smear
         except (NotApplicable, UnsupportedOperation):
             pass
         for name in self.upper_methods:
