@@ -248,15 +248,15 @@ class Graph:
         """The same network on all of ``R^n``: no region, no ``pre`` bounds (global slopes)."""
         return self.localized(None, {n.name: None for n in self if isinstance(n, (Activation, MaxPool))})
 
-    def unstable_neurons(self) -> int:
-        """Activation neurons whose slope interval on the region is not a point (every neuron of a
-        non-affine activation when the graph has no region)."""
-        total = 0
+    def unstable_neurons(self) -> list[tuple[str, int]]:
+        """``(activation name, flat index)`` of every neuron whose slope interval on the region is
+        not a point, in topological order (every neuron of a non-affine activation without a region)."""
+        out: list[tuple[str, int]] = []
         for node in self:
             if isinstance(node, Activation):
                 lo, hi = node.slope_bounds()
-                total += int((lo != hi).sum())
-        return total
+                out += [(node.name, int(i)) for i in (lo != hi).flatten().nonzero().flatten()]
+        return out
 
     def affine_nodes(self) -> list[Affine]:
         return [n for n in self if isinstance(n, Affine)]

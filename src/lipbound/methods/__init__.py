@@ -117,7 +117,7 @@ def _on_region(graph: Graph) -> bool:
 
 
 def _small_local_lmi(graph: Graph) -> bool:
-    return graph.region is not None and graph.unstable_neurons() <= LOCAL_LIPSDP_NEURONS
+    return graph.region is not None and len(graph.unstable_neurons()) <= LOCAL_LIPSDP_NEURONS
 
 
 def _small_input_region(graph: Graph) -> bool:

@@ -11,16 +11,19 @@ is a **witnessed lower bound** on ``X``.
 **The search** (anytime, under ``time_budget``).
 
 1. Each part is bounded on its own localized graph
-   (:func:`~lipbound.methods.propagation.localize`): the per-neuron slope intervals from bound
-   propagation on that part feed the certified methods ``upper_methods`` (cheapest first, the
-   least value kept). When a part has at most ``exact_units`` unstable piecewise-linear neurons,
-   ``exact`` runs on it too: its value is then the part's exact constant.
-2. The lower bound starts from ``lower`` on the whole region (``lower_share`` of the budget), and
+   (:func:`~lipbound.methods.propagation.localize`) by the slope-box bound
+   (:func:`~lipbound.methods.slope_box.slope_box_bound`: interval Jacobians with the slope
+   vertices of the first ``vertex_units`` unstable neurons enumerated; exact when every neuron
+   is stable, a few milliseconds on ACAS Xu) and by the certified ``upper_methods``, the least
+   value kept. A part of a part keeps its parent's bound when its own is larger.
+2. The part with the largest bound is refined: when it has at most ``exact_units`` unstable
+   neurons, ``exact`` runs on it (its value is then the part's exact constant); otherwise it is
+   split in two along the input axis with the largest smear (the sum over the unstable neurons of
+   ``|dz_i/dx_d| / (u_i - l_i)`` from the interval Jacobian: the axis that unsettles them most).
+3. The lower bound starts from ``lower`` on the whole region (``lower_share`` of the budget), and
    improves with the Jacobian norms at the centres of the parts (dense Jacobians: the input is
-   small), each re-checked as a witness.
-3. The part with the largest upper bound is split in two along the input axis with the largest
-   ``width_d * ||A e_d||`` (``A`` the first affine layer, ``e_d`` the ``d``-th unit vector): the
-   axis along which the network's first pre-activations move most.
+   small), each re-checked as a witness, and with ``lower`` on the part with the largest bound
+   every ``lower_every`` parts.
 4. It stops when ``upper <= (1 + tol) lower``, when the part with the largest bound is exact, or
    when the budget is spent. It reports the bracket reached, never a guess.
 
@@ -32,38 +35,44 @@ and re-checked on the original network and region.
 
 Input splitting pays off in low dimensions (controllers such as ACAS Xu, 5 inputs). Above
 ``max_split_dim`` inputs the region is bounded once, without splitting (neuron splitting with
-constrained propagation is not implemented), and the details say so.
+constrained propagation is not implemented), then by ``exact`` when few neurons are unstable; the
+details say so.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import torch
 
 from ..errors import InvalidInput, NotApplicable, UnsupportedOperation
-from ..graph.ir import Activation, Affine, Graph, Input
+from ..graph.ir import Affine, Graph, Input
 from ..linalg.operators import Dense, Reshape, compose
 from ..report import Kind, Result
 from .propagation import localize
+from .slope_box import slope_box_bound
 from .region import Box, as_region
 from .witness import PairWitness, PointWitness, Witness
 
 __all__ = ["local_bab"]
 
-#: options of the methods bounding one part: exact's own lower-bound search is left to the part
-#: centres' Jacobians, and a part never takes more than a few seconds
-_PART_OPTIONS: dict[str, dict[str, Any]] = {"exact": {"lower_budget": 0.0, "samples": 16, "time_budget": 10.0}}
+#: options of ``exact`` on one part: its own lower-bound search is left to the part centres'
+#: Jacobians, and a part never takes more than a few seconds
+#: the part bounds of a region bounded once (too many inputs to split)
+_UNSPLIT_METHODS = ("eclipse-fast", "lipsdp-layer")
+_EXACT_OPTIONS: dict[str, Any] = {"lower_budget": 0.0, "samples": 16, "time_budget": 10.0}
 
 
 @dataclass(order=True)
 class _Part:
-    """A part of the region in the search's heap (largest upper bound first)."""
+    """A part of the region in the search's heap (largest upper bound first); ``unstable``: its
+    unstable neurons (-1 once ``exact`` ran on it, or unknown)."""
 
     key: float
     order: int
@@ -72,12 +81,15 @@ class _Part:
     upper: float = field(compare=False)
     method: str = field(compare=False)
     exact: bool = field(compare=False)
+    unstable: int = field(compare=False)
+    graph: Graph = field(compare=False, repr=False)
+    smear: torch.Tensor | None = field(compare=False, repr=False)
 
 
 def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progress: bool = False,
               domain: Any = None, time_budget: float = 60.0, tol: float = 1e-3,
-              upper_methods: Sequence[str] = ("autolip", "eclipse-fast"), exact_units: int = 12,
-              max_split_dim: int = 32, lower_share: float = 0.1) -> Result:
+              upper_methods: Sequence[str] | None = None, exact_units: int = 12, vertex_units: int = 8,
+              max_split_dim: int = 32, lower_share: float = 0.1, lower_every: int = 32) -> Result:
     """Bracket the Lipschitz constant (L2 -> L2) of ``graph`` on the region ``domain`` by branch
     and bound over the region (module doc).
 
@@ -88,10 +100,16 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
             infinity ball; required.
         time_budget: total seconds of the call.
         tol: stop when ``upper <= (1 + tol) * lower``.
-        upper_methods: certified methods bounding each part, least value kept.
-        exact_units: run ``exact`` on a part with at most this many unstable neurons.
+        upper_methods: certified methods bounding each part besides the slope-box bound, least
+            value kept; by default none when the region is split, else ``_UNSPLIT_METHODS`` (the
+            slope-box bound runs only on split regions: it carries one Jacobian column per input).
+        exact_units: run ``exact`` on the part with the largest bound, instead of splitting it,
+            when it has at most this many unstable neurons.
+        vertex_units: unstable neurons whose slope vertices the slope-box bound enumerates.
         max_split_dim: split the region only when the input has at most this many elements.
-        lower_share: the share of the budget for ``lower`` on the whole region at the start.
+        lower_share: the share of the budget for ``lower`` on the whole region at the start (0: none);
+            a tenth of it again for ``lower`` on the part with the largest bound, every
+            ``lower_every`` parts bounded.
 
     Returns:
         A :class:`~lipbound.report.Result` of kind ``certified_upper`` (``exact`` when the bracket
@@ -105,37 +123,49 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
     full_graph, full_region = graph, region
     graph, region, expand = _free_inputs(graph, _as_box(region))
     box = region
+    n_in = math.prod(graph.input_shape)
+    split = n_in <= max_split_dim
+    if upper_methods is None:
+        upper_methods = () if split else _UNSPLIT_METHODS
     for name in (*upper_methods, "exact", "lower"):
         if name not in registry:
             raise InvalidInput(f"local-bab: unknown method {name!r}")
     bad = [n for n in upper_methods if not registry[n].guarantee.is_upper or registry[n].aggregate]
     if bad:
         raise InvalidInput(f"local-bab: {bad} give no certified upper bound")
-    n_in = math.prod(graph.input_shape)
-    split = n_in <= max_split_dim
-    search = _Search(graph, registry, region, seed, upper_methods, exact_units, deadline)
+    search = _Search(graph, registry, region, seed, upper_methods, vertex_units if split else None, deadline)
 
-    found = registry["lower"](graph, seed=seed, domain=region, time_budget=lower_share * time_budget)
-    if found.witness is not None and found.value > 0:
-        search.offer(found.value, found.witness)
-    root = search.bound(box.low, box.high)
+    if lower_share > 0:
+        found = registry["lower"](graph, seed=seed, domain=region, time_budget=lower_share * time_budget)
+        if found.witness is not None and found.value > 0:
+            search.offer(found.value, found.witness)
+    root = search.bound(box.low, box.high, root=True)
     if root is None:
         raise NotApplicable("local-bab: no certified method applied to the region")
     heap = [root]
     weights = _axis_weights(graph) if split else None
     parts_bounded = 1
-    while split and time.perf_counter() < deadline:
+    while time.perf_counter() < deadline:
         top = heap[0]
         if top.exact or top.upper <= (1 + tol) * search.lower:
             break
+        if 0 <= top.unstable <= exact_units:
+            heapq.heapreplace(heap, search.settle(top))
+            continue
+        if not split:
+            break
         heapq.heappop(heap)
-        children = [search.bound(lo, hi) for lo, hi in _halves(top.low, top.high, weights)]
+        axis_score = weights if top.smear is None or not top.smear.any() else top.smear
+        children = [search.bound(lo, hi) for lo, hi in _halves(top.low, top.high, axis_score)]
         parts_bounded += 2
         if any(c is None for c in children):  # the budget ended inside: keep the parent's bound
             heapq.heappush(heap, top)
             break
-        for c in children:
-            heapq.heappush(heap, c)
+        for c in children:  # a part of the parent: the parent's bound holds on it too
+            heapq.heappush(heap, c if c.upper <= top.upper else dataclasses.replace(
+                c, key=top.key, upper=top.upper, method=top.method))
+    if not split and not heap[0].exact:  # no refinement left: the rest of the budget to the lower bound
+        search.search_part(heap[0], 0.9 * (deadline - time.perf_counter()))
     upper = max(p.upper for p in heap)
     lower, witness = _expanded(search, expand, full_graph, full_region)
     closed = lower > 0 and upper <= lower
@@ -145,7 +175,9 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
                "no split (input too large)" if not split else "time budget")
     details = {"domain": region.describe(), "parts": len(heap), "parts_bounded": parts_bounded,
                "stopped": stopped, "upper_methods": list(upper_methods), "lower_from": search.lower_from,
-               "bound_methods": sorted({p.method for p in heap}), "time_budget": time_budget}
+               "bound_methods": sorted({p.method for p in heap}), "time_budget": time_budget,
+               "largest_parts": [{"upper": p.upper, "method": p.method, "unstable": p.unstable,
+                                  "width": (p.high - p.low).flatten().tolist()} for p in heapq.nsmallest(5, heap)]}
     if not split:
         details["note"] = (f"the input has {n_in} elements (> max_split_dim={max_split_dim}): the region was "
                            "bounded once, without splitting")
@@ -159,9 +191,9 @@ class _Search:
     """Bounds parts and keeps the best witnessed lower bound."""
 
     def __init__(self, graph: Graph, registry: Mapping[str, Any], region: Any, seed: int,
-                 upper_methods: Sequence[str], exact_units: int, deadline: float) -> None:
+                 upper_methods: Sequence[str], vertex_units: int | None, deadline: float) -> None:
         self.graph, self.registry, self.region, self.seed = graph, registry, region, seed
-        self.upper_methods, self.exact_units, self.deadline = upper_methods, exact_units, deadline
+        self.upper_methods, self.vertex_units, self.deadline = upper_methods, vertex_units, deadline
         self.lower, self.witness, self.lower_from = 0.0, None, None
         self.count = itertools.count()
 
@@ -169,42 +201,70 @@ class _Search:
         if value > self.lower:
             self.lower, self.witness, self.lower_from = value, witness, source
 
-    def bound(self, low: torch.Tensor, high: torch.Tensor) -> _Part | None:
-        """The part ``[low, high]`` (intersected with the region) bounded, or None when the budget
-        ended before any certified method finished on it."""
-        part = _part_region(self.region, low, high)
+    def bound(self, low: torch.Tensor, high: torch.Tensor, root: bool = False) -> _Part | None:
+        """The part ``[low, high]`` bounded by the slope-box bound
+        (:func:`~lipbound.methods.slope_box.slope_box_bound`) and ``upper_methods`` on its localized
+        graph, the least value kept; None when the budget ended before any bound finished (the
+        ``root`` is bounded whatever the budget left)."""
+        part = Box(low, high)
         left = self.deadline - time.perf_counter()
-        if left <= 0:
+        if left <= 0 and not root:
             return None
-        g = localize(self.graph, part, time_budget=left / 4)
-        best: tuple[float, str, bool] | None = None
-        names = list(self.upper_methods)
-        if _unstable_units(g) <= self.exact_units:
-            names.append("exact")
-        for name in names:
-            spec = self.registry[name]
-            left = self.deadline - time.perf_counter()
-            if left <= 0:
+        g = localize(self.graph, part, time_budget=None if root else left / 4)
+        best: tuple[float, str] | None = None
+        unstable, smear = -1, None
+        try:
+            if self.vertex_units is None:
+                unstable = len(g.unstable_neurons())
+            else:
+                sb = slope_box_bound(g, self.vertex_units)
+                best, unstable, smear = (sb.value, "slope-box"), sb.unstable, sb.smear
+        except (NotApplicable, UnsupportedOperation):
+            pass
+        for name in self.upper_methods:
+            if time.perf_counter() >= self.deadline:
                 break
-            kwargs: dict[str, Any] = dict(_PART_OPTIONS.get(name, {}))
-            if spec.takes_domain:
-                kwargs["domain"] = part
-            if spec.budgeted:
-                kwargs["time_budget"] = min(left, kwargs.get("time_budget", left))
-            try:
-                res = spec(g, seed=self.seed, **kwargs)
-            except (NotApplicable, UnsupportedOperation):
-                continue
-            if res.upper is not None and (best is None or res.upper < best[0]):
-                best = (res.upper, name, res.kind is Kind.EXACT)
-            if res.lower is not None and res.witness is not None:
-                self.offer(res.lower, res.witness, name)
-            if best is not None and best[2]:
-                break
+            res = self._run(name, g, part, {})
+            if res is not None and res.upper is not None and (best is None or res.upper < best[0]):
+                best = (res.upper, name)
         self._centre_witness(part, low, high)
         if best is None:
             return None
-        return _Part(-best[0], next(self.count), low, high, best[0], best[1], best[2])
+        return _Part(-best[0], next(self.count), low, high, best[0], best[1], False, unstable, g, smear)
+
+    def settle(self, top: _Part) -> _Part:
+        """``top`` bounded by ``exact`` on its own localized graph: its value is then the part's
+        exact constant (a tighter certified bound when exact runs out of time)."""
+        part = Box(top.low, top.high)
+        res = self._run("exact", top.graph, part, _EXACT_OPTIONS)
+        if res is None or res.upper is None or res.upper > top.upper:
+            return dataclasses.replace(top, unstable=-1)
+        return dataclasses.replace(top, key=-res.upper, upper=res.upper, method="exact",
+                                   exact=res.kind is Kind.EXACT, unstable=-1)
+
+    def search_part(self, top: _Part, budget: float) -> None:
+        """``lower``'s search on the part ``top`` for ``budget`` seconds: lower bounds rise where
+        the upper bounds are (its witness lies in the part, so in the region)."""
+        if budget > 0:
+            self._run("lower", self.graph, Box(top.low, top.high), {"time_budget": budget})
+
+    def _run(self, name: str, g: Graph, part: Box, options: Mapping[str, Any]) -> Result | None:
+        """Method ``name`` on a part's localized graph (None when it does not apply), its witness
+        offered as a lower bound."""
+        spec = self.registry[name]
+        left = self.deadline - time.perf_counter()
+        kwargs: dict[str, Any] = dict(options)
+        if spec.takes_domain:
+            kwargs["domain"] = part
+        if spec.budgeted:
+            kwargs["time_budget"] = max(1e-3, min(left, kwargs.get("time_budget", left)))
+        try:
+            res = spec(g, seed=self.seed, **kwargs)
+        except (NotApplicable, UnsupportedOperation):
+            return None
+        if res.lower is not None and res.witness is not None:
+            self.offer(res.lower, res.witness, name)
+        return res
 
     def _centre_witness(self, part: Any, low: torch.Tensor, high: torch.Tensor) -> None:
         """The Jacobian norm at the part's centre, re-checked as a witness on the whole region."""
@@ -278,27 +338,12 @@ def _expanded(search: "_Search", expand: Any, graph: Graph, region: Any) -> tupl
     zero = torch.zeros_like(fixed)
     x = full(w.x, fixed)
     other = full(w.other, zero if isinstance(w, PointWitness) else fixed)
-    rebuilt = PointWitness(x, other) if isinstance(w, PointWitness) else PairWitness(x, other)
+    form = PointWitness if isinstance(w, PointWitness) else PairWitness
     try:
-        value = rebuilt.recheck(graph, region)
+        value = form(x, other).recheck(graph, region)
     except InvalidInput:
         return 0.0, None
-    rebuilt = replace(rebuilt, value=value)
-    return value, rebuilt
-
-
-def _part_region(region: Any, low: torch.Tensor, high: torch.Tensor) -> Box:
-    return Box(low, high)
-
-
-def _unstable_units(graph: Graph) -> int:
-    """Neurons of the localized graph whose slope interval is not a point."""
-    total = 0
-    for node in graph:
-        if isinstance(node, Activation):
-            lo, hi = node.slope_bounds()
-            total += int((lo != hi).sum())
-    return total
+    return value, form(x, other, value)
 
 
 def _axis_weights(graph: Graph) -> torch.Tensor:

@@ -1,0 +1,64 @@
+"""``local-bab`` on the VNN-LIB boxes of ``../shared/realnets`` (issue 10): bracket, ratio, time.
+
+For every chosen network and property file, runs ``local-bab`` with the given budget and prints
+one row: lower, upper, ratio, seconds, parts, why it stopped, and where the lower bound came from.
+A union of boxes (VNN-LIB ``or``) is run on its hull.
+
+Usage: ``OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/local_bab.py [--nets acasxu_1_1]
+[--props acasxu_prop_3] [--budget 120] [--json out.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from lipbound.api import as_graph
+from lipbound.frontends.vnnlib import load_vnnlib
+from lipbound.methods import METHODS
+from lipbound.methods.region import BoxUnion
+
+REALNETS = Path(__file__).resolve().parents[1].parent / "shared" / "realnets"
+
+
+def run(net: str, prop: str, budget: float, options: dict) -> dict:
+    """One ``local-bab`` run: a row of the table."""
+    graph = as_graph(str(REALNETS / f"{net}.onnx"))
+    region = load_vnnlib(REALNETS / "vnnlib" / f"{prop}.vnnlib", graph.input_shape).region
+    if isinstance(region, BoxUnion):
+        region = region.hull
+    t0 = time.perf_counter()
+    res = METHODS["local-bab"](graph, domain=region, time_budget=budget, **options)
+    lower, upper = res.bracket
+    d = res.details
+    return {"net": net, "prop": prop, "lower": lower, "upper": upper,
+            "ratio": upper / lower if lower > 0 else float("inf"), "seconds": time.perf_counter() - t0,
+            "parts": d["parts"], "parts_bounded": d["parts_bounded"], "stopped": d["stopped"],
+            "lower_from": d["lower_from"], "bound_methods": d["bound_methods"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nets", nargs="+", default=["acasxu_1_1", "acasxu_2_1", "acasxu_3_3"])
+    ap.add_argument("--props", nargs="+", default=[f"acasxu_prop_{i}" for i in range(1, 5)])
+    ap.add_argument("--budget", type=float, default=120.0)
+    ap.add_argument("--option", nargs="*", default=[], help="local-bab options as key=value (Python literals)")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    options = {k: eval(v) for k, v in (o.split("=", 1) for o in args.option)}  # noqa: S307 (local script)
+    rows = []
+    print(f"{'net':<12} {'prop':<16} {'lower':>10} {'upper':>10} {'ratio':>8} {'s':>6} {'parts':>6}  stopped")
+    for net in args.nets:
+        for prop in args.props:
+            r = run(net, prop, args.budget, options)
+            rows.append(r)
+            print(f"{net:<12} {prop:<16} {r['lower']:10.4g} {r['upper']:10.4g} {r['ratio']:8.4f} {r['seconds']:6.1f} "
+                  f"{r['parts']:6d}  {r['stopped']} (lower: {r['lower_from']})", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""``local-bab`` and its part bound, the slope-box bound (issue 10), against independent oracles.
+
+* The exact local constant on a box: ``test_exact``'s brute force over activation patterns with an
+  LP per partial pattern (scipy's ``linprog``), witnesses re-checked in exact arithmetic.
+* The slope box of a localized graph: ``pre`` bounds from ``test_exact_local``'s float64 interval
+  arithmetic (relative margin 1e-9), and the supremum over the slope box by brute force over its
+  vertices, ``max ||W_K D_{K-1} ... D_1 W_1||`` with numpy's SVD.
+* Jacobian norms sampled inside the region by autograd (float64).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from lipbound.methods import METHODS
+from lipbound.methods.slope_box import slope_box_bound
+
+from test_exact import Net, graph_of, inside, region_oracle, witness_quotient
+from test_exact_local import box_of, interval_pre, jacobian_norms, localized, random_net
+
+
+def local_bab(net, low, high, **options):
+    options.setdefault("time_budget", 3.0)
+    return METHODS["local-bab"](graph_of(net), domain=box_of(low, high), **options)
+
+
+def samples(low, high, n: int = 64, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+    return low + (high - low) * rng.random((n, len(low)))
+
+
+def vertex_sup(net, pre) -> float:
+    """``max ||W_K D_{K-1} ... D_1 W_1||_2`` over the vertices of the slope box of ``pre`` (ReLU:
+    slope 1 above, 0 below, {0, 1} across 0)."""
+    choices = []
+    for l, u in pre:
+        choices += [(1.0,) if a >= 0 else (0.0,) if b <= 0 else (0.0, 1.0) for a, b in zip(l, u)]
+    best = 0.0
+    for d in itertools.product(*choices):
+        j, start = net.ws[0], 0
+        for k in range(len(net.acts)):
+            width = net.ws[k].shape[0]
+            j = net.ws[k + 1] @ (np.array(d[start:start + width])[:, None] * j)
+            start += width
+        best = max(best, np.linalg.norm(j, 2))
+    return best
+
+
+# ---- the slope-box bound ------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("half", [0.05, 0.4, 3.0])
+def test_slope_box_meets_the_vertex_brute_force(seed, half):
+    net = random_net(3 * seed, widths=(4, 3), n=2)  # seed % 3 == 0: ReLU
+    centre = np.random.default_rng(seed).normal(size=2)
+    low, high = centre - half, centre + half
+    pre = interval_pre(net, low, high)
+    g = localized(net, box_of(low, high), pre)
+    sup = vertex_sup(net, pre)
+    tight = slope_box_bound(g, vertex_units=7)
+    assert tight.tight and sup <= tight.value <= sup * (1 + 1e-8)  # every unstable neuron enumerated
+    loose = slope_box_bound(g, vertex_units=0)  # interval Jacobian alone: above the supremum
+    assert loose.value >= sup * (1 - 1e-12)
+    assert loose.value >= tight.value * (1 - 1e-8)  # both within rounding of their values
+    sampled = jacobian_norms(net, samples(low, high, 32, seed)).max()
+    assert tight.value >= sampled * (1 - 1e-12)
+    assert tight.value <= slope_box_bound(graph_of(net), vertex_units=7).value * (1 + 1e-12)  # <= global
+
+
+def test_slope_box_is_the_jacobian_norm_when_every_neuron_is_stable():
+    net = random_net(0, widths=(6, 6), n=3)
+    low = np.array([0.1, -0.2, 0.3])
+    pre = interval_pre(net, low, low + 1e-4)
+    assert all(((l > 0) | (u < 0)).all() for l, u in pre)
+    g = localized(net, box_of(low, low + 1e-4), pre)
+    res = slope_box_bound(g, vertex_units=0)
+    norm = jacobian_norms(net, low[None] + 5e-5)[0]
+    assert res.unstable == 0 and norm <= res.value <= norm * (1 + 1e-8)
+    global_value = slope_box_bound(graph_of(net), vertex_units=0).value
+    assert res.value < 0.5 * global_value  # (c): strictly tighter with stable neurons
+
+
+# ---- local-bab --------------------------------------------------------------------------------------
+SPLITTING = {"exact_units": 0, "vertex_units": 1, "lower_share": 0.0}  # many parts, lower from centres
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("options", [{}, SPLITTING], ids=["default", "splitting"])
+def test_bracket_contains_the_exact_local_constant(seed, options):
+    n = 2 + seed % 2
+    net = random_net(seed, widths=(4, 4), n=n)
+    centre = np.random.default_rng(seed).normal(size=n)
+    low, high = centre - 0.6, centre + 0.6
+    res = local_bab(net, low, high, time_budget=1.0, **options)
+    if options:
+        assert res.details["parts_bounded"] > 1 or res.details["stopped"] == "bracket within tol"
+    lower, upper = res.bracket
+    truth_low, truth_up = region_oracle(net, (low.tolist(), high.tolist()))
+    assert upper >= truth_low * (1 - 1e-9), "certified upper below a region of the box"
+    assert lower <= truth_up * (1 + 1e-9), "witnessed lower above every region of the box"
+    assert upper >= jacobian_norms(net, samples(low, high, 48, seed)).max() * (1 - 1e-12)
+    x, v = (res.witness[k].reshape(-1).numpy() for k in ("x", "v"))
+    assert inside(net, [], x, (low.tolist(), high.tolist())), "witness outside the box"
+    assert witness_quotient(net, x, v) == pytest.approx(lower, rel=1e-9)
+
+
+def test_flat_box_witness_fixes_the_input_and_rechecks_on_the_network():
+    net = random_net(4, widths=(5, 5), n=3)
+    low, high = np.array([-0.5, 0.2, -1.0]), np.array([0.5, 0.2, 1.0])  # input 1 fixed
+    res = local_bab(net, low, high, time_budget=2.0)
+    x, v = (res.witness[k].reshape(-1).numpy() for k in ("x", "v"))
+    assert x[1] == 0.2 and v[1] == 0.0
+    assert witness_quotient(net, x, v) == pytest.approx(res.bracket[0], rel=1e-9)
+    # the constant on the flat box is the one of the net with input 1 folded into the first bias
+    folded = Net([np.delete(net.ws[0], 1, axis=1), *net.ws[1:]],
+                 [net.bs[0] + 0.2 * net.ws[0][:, 1], *net.bs[1:]], net.acts)
+    truth_low, truth_up = region_oracle(folded, ([-0.5, -1.0], [0.5, 1.0]))
+    assert res.bracket[1] >= truth_low * (1 - 1e-9) and res.bracket[0] <= truth_up * (1 + 1e-9)
+
+
+def test_time_budget_is_honoured():
+    net = random_net(5, widths=(40, 40, 40), n=4)
+    low, high = -np.ones(4) * 2, np.ones(4) * 2
+    t0 = time.perf_counter()
+    res = local_bab(net, low, high, time_budget=1.0, exact_units=0)
+    elapsed = time.perf_counter() - t0
+    assert res.details["stopped"] == "time budget"
+    assert elapsed <= 1.1 + 0.3, elapsed  # 10%, plus one part's bound
+
+
+def test_same_seed_same_numbers():
+    net = random_net(6, widths=(4, 4), n=2)
+    low, high = np.array([-0.5, -0.5]), np.array([0.5, 0.5])
+    # no time-budgeted lower search, and a stop by the bracket: else the numbers depend on the clock
+    a, b = (local_bab(net, low, high, seed=3, time_budget=5.0, lower_share=0.0) for _ in range(2))
+    assert a.details["stopped"] != "time budget"
+    assert a.bracket == b.bracket and a.details["parts"] == b.details["parts"]
+    assert torch.equal(a.witness["x"], b.witness["x"])
