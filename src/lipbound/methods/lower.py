@@ -101,9 +101,11 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
         power_steps: power iterations per ascent step (warm-started).
         pairs: also run the pair search (``steps // 4`` Adam steps).
         time_budget: seconds; the search stops early when it is spent (the result stays valid):
-            at most half for the ascent, then the region walk (to 75%), the refinement (to 85%),
-            the pairs (to 95%) and the checks. Each loop stops when its next step would pass its
-            share, so the budget holds up to one ascent step (the first always runs).
+            at most half for the ascent, then the region walk (to 70%), the refinement (to 80%),
+            the pairs (started before 85%, to 90%) and the re-checks (one past the deadline at
+            most). A phase whose share is spent is skipped, and each loop stops when its next step
+            would pass its share, so the budget holds up to about one step of the slowest phase
+            (the first ascent step always runs).
         rounds: ascents from fresh random starts, one after the other while the ascent's share
             of ``time_budget`` lasts (a large number: use the whole budget).
         walk_rounds: most rounds of the region walk (it stops earlier when no move helps; 0 skips it).
@@ -143,21 +145,22 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
 
     order = torch.argsort(best_sigma, descending=True)[:_WALKERS]
     cand, v = best_x[order].to(torch.float64), best_v[order].to(torch.float64)
-    walked = bool(search.slopes) and walk_rounds > 0
+    walked = bool(search.slopes) and walk_rounds > 0 and mark() < t0 + 0.7 * time_budget
     if walked:
-        cand, v, _ = walk(g64, search.slopes, cand, v, region, rounds=walk_rounds, deadline=t0 + 0.75 * time_budget)
+        cand, v, _ = walk(g64, search.slopes, cand, v, region, rounds=walk_rounds,
+                          deadline=t0 + 0.7 * time_budget, power_steps=2)
     seconds["walk"] = mark() - t0 - sum(seconds.values())
     with torch.no_grad():  # a NaN (a start that diverged) must never be picked
         top = torch.argsort(torch.nan_to_num(jacobian_values(g64.forward, cand, v), nan=-1.0),
                             descending=True)[:_REFINED]
-    cand, v = cand[top], _power64(g64, cand[top], v[top], t0 + 0.85 * time_budget)
+    cand, v = cand[top], _power64(g64, cand[top], v[top], t0 + 0.8 * time_budget)
     seconds["refine"] = mark() - t0 - sum(seconds.values())
     jac = _jacobian_witness(g64, checked, cand, v, region, gen, deadline)
     seconds["check"] = mark() - t0 - sum(seconds.values())
 
     pair = None
-    if pairs and time.perf_counter() < t0 + 0.95 * time_budget:
-        px, py = search.pairs(cand, v, steps, t0 + 0.95 * time_budget)
+    if pairs and time.perf_counter() < t0 + 0.85 * time_budget:
+        px, py = search.pairs(cand, v, steps, t0 + 0.9 * time_budget)
         pair = _best_pair(checked, px, py, region, deadline)
     if jac is None and pair is None:  # every candidate sits on a kink: pairs along its singular vector
         pair = _best_pair(checked, *_segments(cand, v, region), region, deadline)
@@ -293,7 +296,7 @@ def _power64(g64: Graph, x: torch.Tensor, v: torch.Tensor, deadline: float, max_
     ``deadline`` (any unit vector gives a valid bound; this one only makes it larger), from ``v``."""
     prev = None
     for _ in range(max_iter // 10):
-        if time.perf_counter() > deadline and prev is not None:
+        if time.perf_counter() > deadline:
             break
         s, v = power(g64.forward, x, v, 10)
         if prev is not None and bool(((s - prev).abs() <= tol * s.clamp_min(1e-300)).all()):
