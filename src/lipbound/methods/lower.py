@@ -61,22 +61,20 @@ import time
 from typing import Any, Callable, Iterable
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import InvalidInput, LipboundError
 from ..graph.ir import Activation, Graph, MaxPool
 from ..report import Result
-from .region import Ball, BoxUnion, Region, as_region
-from .rounding import jacobian_witness_values, pair_bounds
-from .witness import PairWitness, PointWitness, Witness, jacobian_values, pair_values
-from .jacobian import Linearization, power, recording, through_pieces, unit
-from .piecewise import smoothed, two_slope
+from .ascent import Search
+from .jacobian import power, through_pieces, unit
+from .lower_starts import starts as start_points
+from .region import BoxUnion, Region, as_region
 from .region_walk import walk
+from .rounding import jacobian_witness_values, pair_bounds
+from .witness import PairWitness, PointWitness, Witness, jacobian_values
 
 __all__ = ["lower"]
 
-_TAU = (0.3, 0.003)  # smoothing width relative to the pre-activation scale: first and last step
-_STEP = (0.05, 0.0005)  # ascent step relative to the start's radius: first and last step
 _WALKERS = 64  # best ascent points that go on to the region walk
 _REFINED = 8  # best points refined in float64 and used for the pair search
 _NUDGES = (1e-9, 1e-6, 1e-3)  # relative sizes of the moves off a kink or a face (_nudged, _segments)
@@ -103,9 +101,11 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
         power_steps: power iterations per ascent step (warm-started).
         pairs: also run the pair search (``steps // 4`` Adam steps).
         time_budget: seconds; the search stops early when it is spent (the result stays valid):
-            at most half for the ascent, then the region walk (to 75%), the refinement (to 85%),
-            the pairs (to 95%) and the checks. Each loop stops when its next step would pass its
-            share, so the budget holds up to one ascent step (the first always runs).
+            at most half for the ascent, then the region walk (to 70%), the refinement (to 80%),
+            the pairs (started before 85%, to 90%) and the re-checks (one past the deadline at
+            most). A phase whose share is spent is skipped, and each loop stops when its next step
+            would pass its share, so the budget holds up to about one step of the slowest phase
+            (the first ascent step always runs).
         rounds: ascents from fresh random starts, one after the other while the ascent's share
             of ``time_budget`` lasts (a large number: use the whole budget).
         walk_rounds: most rounds of the region walk (it stops earlier when no move helps; 0 skips it).
@@ -132,42 +132,48 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
                                "steps": steps, "time_budget": time_budget, "constant_jacobian": False}
     if _constant_jacobian(g):
         return _affine_result(g64, checked, region, gen, t0, deadline, details)
-    search = _Search(g, region, power_steps, gen)
+    search = Search(g, region, power_steps, gen)
     found, n_data, done = [], 0, 0
     while done < rounds and (done == 0 or time.perf_counter() < t0 + 0.5 * time_budget):
-        x0, n = _starts(g, region, data if done == 0 else None, starts, max_data, gen)
+        x0, n = start_points(g, region, data if done == 0 else None, starts, max_data, gen)
         n_data = n_data or n
         found.append(search.ascend(x0, steps, t0 + 0.5 * time_budget, progress))
         done += 1
     best_x, best_v, best_sigma = (torch.cat(parts) for parts in zip(*found))
-    t_ascent = time.perf_counter() - t0
+    seconds = {"ascent": time.perf_counter() - t0}
+    mark = time.perf_counter
 
     order = torch.argsort(best_sigma, descending=True)[:_WALKERS]
     cand, v = best_x[order].to(torch.float64), best_v[order].to(torch.float64)
-    walked = bool(search.slopes) and walk_rounds > 0
+    walked = bool(search.slopes) and walk_rounds > 0 and mark() < t0 + 0.7 * time_budget
     if walked:
-        cand, v, _ = walk(g64, search.slopes, cand, v, region, rounds=walk_rounds, deadline=t0 + 0.75 * time_budget)
+        cand, v, _ = walk(g64, search.slopes, cand, v, region, rounds=walk_rounds,
+                          deadline=t0 + 0.7 * time_budget, power_steps=2)
+    seconds["walk"] = mark() - t0 - sum(seconds.values())
     with torch.no_grad():  # a NaN (a start that diverged) must never be picked
         top = torch.argsort(torch.nan_to_num(jacobian_values(g64.forward, cand, v), nan=-1.0),
                             descending=True)[:_REFINED]
-    cand, v = cand[top], _power64(g64, cand[top], v[top], t0 + 0.85 * time_budget)
+    cand, v = cand[top], _power64(g64, cand[top], v[top], t0 + 0.8 * time_budget)
+    seconds["refine"] = mark() - t0 - sum(seconds.values())
     jac = _jacobian_witness(g64, checked, cand, v, region, gen, deadline)
+    seconds["check"] = mark() - t0 - sum(seconds.values())
 
     pair = None
-    if pairs and time.perf_counter() < t0 + 0.95 * time_budget:
-        px, py = search.pairs(cand, v, steps, t0 + 0.95 * time_budget)
-        pair = _best_pair(checked, px, py, region)
+    if pairs and time.perf_counter() < t0 + 0.85 * time_budget:
+        px, py = search.pairs(cand, v, steps, t0 + 0.9 * time_budget)
+        pair = _best_pair(checked, px, py, region, deadline)
     if jac is None and pair is None:  # every candidate sits on a kink: pairs along its singular vector
-        pair = _best_pair(checked, *_segments(cand, v, region), region)
+        pair = _best_pair(checked, *_segments(cand, v, region), region, deadline)
+    seconds["pairs"] = mark() - t0 - sum(seconds.values())
     if jac is None and pair is None:  # nothing above 0 re-checks (e.g. a constant net): 0 <= L(f) needs no witness
         details.update({"form": None, "jacobian_value": None, "pair_value": None, "data_starts": n_data,
-                        "rounds": done, "steps_done": search.steps_done, "seconds_ascent": t_ascent,
+                        "rounds": done, "steps_done": search.steps_done, "seconds": seconds,
                         "note": "no candidate re-checked above 0 (every point on a kink, or the net constant there)"})
         return Result("lower", 0.0, "witnessed_lower", time.perf_counter() - t0, details=details)
     witness = max((w for w in (jac, pair) if w is not None), key=lambda w: w.value)
     details.update({"form": witness.form, "jacobian_value": None if jac is None else jac.value,
                     "pair_value": None if pair is None else pair.value, "data_starts": n_data, "rounds": done,
-                    "steps_done": search.steps_done, "seconds_ascent": t_ascent,
+                    "steps_done": search.steps_done, "seconds": seconds,
                     "stopped_by_time": time.perf_counter() >= deadline,
                     "smoothed_activations": len(search.tau), "region_walk": walked})
     return Result("lower", witness.value, "witnessed_lower", time.perf_counter() - t0, witness=witness, details=details)
@@ -194,7 +200,7 @@ def _affine_result(g64: Graph, checked: Graph, region: Region | None, gen: torch
     v = _power64(g64, x, v, deadline)
     found = _jacobian_witness(g64, checked, x, v, region, gen, deadline)
     if found is None:  # a box flat in some elements refuses v: pairs inside it instead
-        found = _best_pair(checked, *_segments(x, v, region), region)
+        found = _best_pair(checked, *_segments(x, v, region), region, deadline)
     if found is None:
         raise LipboundError("the network is affine but neither its Jacobian nor a pair witness passed its re-check")
     details.update({"form": found.form, "jacobian_value": found.value if found.form == "jacobian" else None,
@@ -217,17 +223,18 @@ def _jacobian_witness(g64: Graph, checked: Graph, x: torch.Tensor, v: torch.Tens
         nv = _power64(g64, nx, v[retry.to(v.device)].repeat(len(_NUDGES), *([1] * (v.dim() - 1))), deadline)
         values = torch.cat([values, _checked_values(checked, nx, nv, region)])
         x, v = torch.cat([x, nx]), torch.cat([v, nv])
-    return _confirmed(checked, values, lambda i: PointWitness(x[i].cpu(), v[i].cpu()), region)
+    return _confirmed(checked, values, lambda i: PointWitness(x[i].cpu(), v[i].cpu()), region, deadline)
 
 
 def _confirmed(checked: Graph, values: torch.Tensor, witness_at: Callable[[int], Witness],
-               region: Region | None) -> Witness | None:
+               region: Region | None, deadline: float) -> Witness | None:
     """The witness with the largest batched value (NaN: invalid) that its one-point re-check
     (:meth:`~lipbound.methods.witness.Witness.recheck`, the computation of :func:`~lipbound.witness_value`)
-    confirms, carrying the re-checked value; None when there is none."""
+    confirms, carrying the re-checked value; None when there is none, or when the first re-check
+    fails and ``deadline`` has passed (each further candidate costs one more re-check)."""
     values = torch.nan_to_num(values, nan=-1.0)
-    for i in torch.argsort(values, descending=True).tolist():
-        if values[i] < 0:
+    for j, i in enumerate(torch.argsort(values, descending=True).tolist()):
+        if values[i] < 0 or (j > 0 and time.perf_counter() > deadline):
             break
         witness = witness_at(i)
         try:
@@ -267,11 +274,12 @@ def _segments(x: torch.Tensor, v: torch.Tensor, region: Region | None) -> tuple[
     return x.repeat(len(_NUDGES), *([1] * (x.dim() - 1))), ys
 
 
-def _best_pair(checked: Graph, x: torch.Tensor, y: torch.Tensor, region: Region | None) -> PairWitness | None:
+def _best_pair(checked: Graph, x: torch.Tensor, y: torch.Tensor, region: Region | None,
+               deadline: float) -> PairWitness | None:
     """The pair with the largest rigorous lower bound of its quotient (:func:`~lipbound.methods.rounding.pair_bounds`),
     None when no pair has a finite one."""
     x, y = x.to(device="cpu", dtype=torch.float64), y.to(device="cpu", dtype=torch.float64)
-    return _confirmed(checked, pair_bounds(checked, x, y)[0], lambda j: PairWitness(x[j], y[j]), region)
+    return _confirmed(checked, pair_bounds(checked, x, y)[0], lambda j: PairWitness(x[j], y[j]), region, deadline)
 
 
 def _check(**kw: float) -> None:
@@ -288,193 +296,10 @@ def _power64(g64: Graph, x: torch.Tensor, v: torch.Tensor, deadline: float, max_
     ``deadline`` (any unit vector gives a valid bound; this one only makes it larger), from ``v``."""
     prev = None
     for _ in range(max_iter // 10):
-        if time.perf_counter() > deadline and prev is not None:
+        if time.perf_counter() > deadline:
             break
         s, v = power(g64.forward, x, v, 10)
         if prev is not None and bool(((s - prev).abs() <= tol * s.clamp_min(1e-300)).all()):
             break
         prev = s
     return v
-
-
-def _data_points(data, shape: tuple[int, ...], max_n: int) -> torch.Tensor:
-    batches = [data] if isinstance(data, torch.Tensor) else data
-    out, n = [], 0
-    try:
-        for b in batches:
-            if isinstance(b, (list, tuple)):
-                b = b[0]
-            b = torch.as_tensor(b)
-            if b.dim() >= 2 and math.prod(b.shape[1:]) == math.prod(shape):
-                b = b.reshape(len(b), *shape)  # e.g. flattened images
-            out.append(b)
-            n += out[-1].shape[0]
-            if n >= max_n:
-                break
-    except TypeError:
-        raise InvalidInput(f"data must be a tensor (N, {', '.join(map(str, shape))}) or an iterable of batches, "
-                           f"got {type(data).__name__}") from None
-    if not out:
-        raise InvalidInput("data is empty")
-    x = torch.cat(out)[:max_n]
-    if tuple(x.shape[1:]) != shape:
-        raise InvalidInput(f"data points must have the input shape {shape}, got {tuple(x.shape[1:])}")
-    if not torch.isfinite(x).all():
-        raise InvalidInput("data contains NaN or infinite values")
-    return x
-
-
-def _random_points(n: int, shape: tuple[int, ...], region: Region | None, gen: torch.Generator) -> torch.Tensor:
-    """In a region, a mixture over its bounding box ``[low, high]``: uniform (a ball: uniform in the
-    ball), random vertices (each coordinate at ``low`` or ``high`` with probability 1/2, or at
-    ``high`` with probability 0.2: sparse images), uniform in the middle tenth; all projected into
-    the region. On ``R^n`` a mixture: N(0, 1), U[0, 1] (image-like inputs), N(0, 0.1^2), N(0, 10^2)."""
-    kind = torch.arange(n) % 4
-    if region is not None:
-        u = torch.rand((n, *shape), generator=gen, dtype=torch.float64)
-        u[kind == 1] = (u[kind == 1] < 0.5).to(u.dtype)
-        u[kind == 2] = (u[kind == 2] < 0.2).to(u.dtype)
-        u[kind == 3] = 0.45 + 0.1 * u[kind == 3]
-        x = region.low + u * (region.high - region.low)
-        if isinstance(region, Ball):
-            x[kind == 0] = region.sample(int((kind == 0).sum()), gen)
-        return region.project(x)
-    x = torch.randn((n, *shape), generator=gen, dtype=torch.float64)
-    x[kind == 1] = torch.rand(((kind == 1).sum(), *shape), generator=gen, dtype=torch.float64)
-    x[kind == 2] *= 0.1
-    x[kind == 3] *= 10.0
-    return x
-
-
-def _starts(g: Graph, region: Region | None, data, starts: int, max_data: int,
-            gen: torch.Generator) -> tuple[torch.Tensor, int]:
-    shape = g.input_shape
-    n_data = 0
-    parts = []
-    if data is not None:
-        pts = _data_points(data, shape, max_data).to(device=g.device, dtype=g.dtype)
-        if region is not None:
-            pts = region.project(pts)
-        sig = torch.cat([power(g.forward, c, unit(torch.randn(c.shape, generator=gen, dtype=torch.float64)
-                                                     .to(c)), 8)[0] for c in pts.split(256)])
-        n_data = min(len(pts), max(1, starts // 2))
-        parts.append(pts[torch.argsort(sig, descending=True)[:n_data]])
-    parts.append(_random_points(starts - n_data, shape, region, gen).to(device=g.device, dtype=g.dtype))
-    return torch.cat(parts), n_data
-
-
-class _Search:
-    """The batched ascent (module doc, steps 2-4) on one graph."""
-
-    def __init__(self, g: Graph, region: Region | None, power_steps: int, gen: torch.Generator) -> None:
-        self.g, self.region, self.power_steps, self.gen = g, region, power_steps, gen
-        slopes = {n.name: two_slope(n) for n in g if isinstance(n, Activation)}
-        self.slopes = {k: ab for k, ab in slopes.items() if ab is not None}
-        self.pwl = list(self.slopes)
-        self.tau: dict[str, float] = {}
-        self.steps_done = 0
-
-    def _preactivation_scales(self, x: torch.Tensor) -> dict[str, float]:
-        store: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        with torch.no_grad():
-            recording(self.g, self.pwl, store).forward(x)
-        return {k: float(store[k][0].pow(2).mean().sqrt().clamp_min(1e-12)) for k in self.pwl}
-
-    def _radius(self, x: torch.Tensor) -> torch.Tensor:
-        if self.region is not None:
-            r = 2 * self.region.radius if isinstance(self.region, Ball) and self.region.norm == 2 else \
-                (self.region.high - self.region.low).norm().item()
-            return torch.full((x.shape[0],), r, dtype=x.dtype, device=x.device)
-        return x.flatten(1).norm(dim=1).clamp_min(1e-3 * math.sqrt(x[0].numel()))
-
-    def _project(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.region is None else self.region.project(x)
-
-    def ascend(self, x: torch.Tensor, steps: int, deadline: float,
-               progress: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Best point, its right singular vector and (power-method) norm, for each start."""
-        scale = self._preactivation_scales(x)
-        radius = self._radius(x).reshape(-1, *([1] * (x.dim() - 1)))
-        v = unit(torch.randn(x.shape, generator=self.gen, dtype=torch.float64).to(x))
-        v_s = v.clone()
-        sigma, v = power(self.g.forward, x, v, 2 * self.power_steps)
-        best_x, best_v, best_sigma = x.clone(), v.clone(), sigma.clone()
-        bar = tqdm(range(steps), desc="lower bound", unit="step", disable=not progress, leave=False)
-        last = 0.0  # duration of the previous step: stop when the next one would pass the deadline
-        for k in bar:
-            begin = time.perf_counter()
-            if begin + last >= deadline:
-                break
-            frac = k / max(1, steps - 1)
-            if self.pwl:
-                rel = _TAU[0] * (_TAU[1] / _TAU[0]) ** frac
-                self.tau = {n: rel * s for n, s in scale.items()}
-                fs = smoothed(self.g, self.tau, self.slopes).forward
-            else:
-                fs = self.g.forward
-            _, v_s = power(fs, x, v_s, self.power_steps)
-            grad = self._gradient(fs, x, v_s)
-            step = _STEP[0] * (_STEP[1] / _STEP[0]) ** frac
-            x = self._project(x + step * radius * unit(grad))
-            sigma, v = power(self.g.forward, x, v, self.power_steps)
-            better = sigma > best_sigma
-            best_x[better], best_v[better], best_sigma[better] = x[better], v[better], sigma[better]
-            self.steps_done += 1
-            last = time.perf_counter() - begin
-            if progress:
-                bar.set_postfix_str(f"best {best_sigma.max().item():.6g}")
-        return best_x, best_v, best_sigma
-
-    @staticmethod
-    def _gradient(fs, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Gradient in ``x`` of ``u^T J(x) v`` (``u = J v / ||J v||``), per batch element:
-        the derivative of the top singular value when ``v`` is the top right singular vector."""
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            y = fs(xg)
-            u = unit(Linearization(fs, x).jvp(v).detach())
-            (jtu,) = torch.autograd.grad(y, xg, grad_outputs=u, create_graph=True)
-            if not jtu.requires_grad:  # this Jacobian does not depend on x
-                return torch.zeros_like(x)
-            (g,) = torch.autograd.grad((jtu * v).sum(), xg, allow_unused=True)
-        return torch.zeros_like(x) if g is None else g
-
-    def pairs(self, x: torch.Tensor, v: torch.Tensor, steps: int, deadline: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Best pair of each start after Adam ascent on ``log ||f(x)-f(y)|| - log ||x-y||``,
-        starting from ``y = x + delta v`` with several ``delta``."""
-        g = self.g
-        deltas = torch.tensor([1e-3, 1e-2, 1e-1, 0.3], dtype=g.dtype, device=g.device)
-        x = x.to(g.dtype)
-        v = v.to(g.dtype)
-        radius = self._radius(x).reshape(-1, *([1] * (x.dim() - 1)))
-        ones = [1] * (x.dim() - 1)
-        xs = x.repeat(len(deltas), *ones)
-        dv = deltas.repeat_interleave(len(x)).reshape(-1, *ones) * radius.repeat(len(deltas), *ones) * v.repeat(
-            len(deltas), *ones)
-        ys = self._project(xs + dv)
-        xs = self._project(xs - dv)
-        min_dist = 1e-6 * (1 + xs.flatten(1).norm(dim=1))
-        px, py = xs.clone().requires_grad_(True), ys.clone().requires_grad_(True)
-        lr = 1e-3 * float(radius.mean()) / math.sqrt(x[0].numel())
-        opt = torch.optim.Adam([px, py], lr=lr)
-        best = torch.full((len(xs),), -1.0, dtype=g.dtype, device=g.device)
-        best_x, best_y = xs.clone(), ys.clone()
-        last = 0.0
-        for _ in range(max(1, steps // 4)):
-            begin = time.perf_counter()
-            if begin + last >= deadline:
-                break
-            with torch.enable_grad():
-                ratio = pair_values(g.forward, px, py)
-                opt.zero_grad()
-                (-torch.log(ratio.clamp_min(torch.finfo(ratio.dtype).tiny))).sum().backward()
-            with torch.no_grad():
-                ok = ((px - py).flatten(1).norm(dim=1) > min_dist) & torch.isfinite(ratio)
-                better = ok & (ratio > best)
-                best[better] = ratio[better]
-                best_x[better], best_y[better] = px[better].detach(), py[better].detach()
-                opt.step()
-                px.copy_(self._project(px))
-                py.copy_(self._project(py))
-            last = time.perf_counter() - begin
-        return best_x, best_y

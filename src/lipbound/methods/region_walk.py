@@ -30,7 +30,7 @@ from .region import Region
 __all__ = ["walk"]
 
 _ETA = 1e-3  # relative overshoot past the boundary
-_PARTS = 8  # batches per round when there is a deadline
+_PARTS = 16  # batches per round when there is a deadline
 
 
 def walk(g: Graph, slopes: dict[str, tuple[float, float]], x: torch.Tensor, v: torch.Tensor, box: Region | None,
