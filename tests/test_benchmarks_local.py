@@ -102,8 +102,8 @@ def mocked_api(monkeypatch):
 
 def test_measure_runs_a_row_through_the_public_api(mocked_api):
     spec = {"family": "mnistfc_256x2", "net": "tiny", "props": ["p"], "budget": 5.0}
-    row = local.measure(spec, ["best", "local-bab", "lower"], samples=16)
-    assert mocked_api["seen"][0] == ["best", "lower"]  # "local-bab" is unknown today, so dropped
+    row = local.measure(spec, ["best", "no-such-method", "lower"], samples=16)
+    assert mocked_api["seen"][0] == ["best", "lower"]  # a method lipbound does not know is dropped
     assert mocked_api["seen"][1] is BOX
     assert row["ratio"] == pytest.approx(2.0) and row["flags"] == []
     mocked_api["scale"] = 0.5  # a bound below the sampled Jacobian norms must be caught
