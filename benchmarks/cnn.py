@@ -69,6 +69,7 @@ def main() -> None:
         svd_auto, t_svd = with_method("svd", lambda: lipbound.autolip(build(), certified=True).value)
         auto, t_auto = with_method("auto", lambda: lipbound.autolip(build(), certified=True).value)
         nets.append((name, svd_auto, t_svd, auto, t_auto))
+        print(nets[-1], flush=True)
         for node in build().fused().affine_nodes():
             convs = [o for o in getattr(node.op, "ops", [node.op]) if isinstance(o, Conv)]
             for conv in convs:
@@ -79,6 +80,7 @@ def main() -> None:
                                                           generator=torch.Generator().manual_seed(0)).sigma)
                 rows.append((name, conv.label, str(conv.in_shape), gram.value, t_gram, svd.value, t_dft,
                              gram.value / svd.value - 1, power, t_pow, svd.value / power - 1))
+                print(rows[-1], flush=True)
     lines = ["# CNN layer norms and certified AutoLip", "",
              f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU", "",
              "## Convolutions: Gram iteration vs DFT/SVD (both certified), power method (lower bound, k=1, tol 1e-5, at most 500 steps)", "",
