@@ -9,6 +9,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .gram import BlockNorm, max_block_norm
 from .linear_operator import StructuralBound, _TensorOperator
 
 __all__ = ["Conv", "conv_dft_bound", "circular_conv_norm"]
@@ -59,10 +60,14 @@ class Conv(_TensorOperator):
       route, the padding's norm times the bound of the convolution without padding, is valid
       too: the smaller one is used.
 
-    The computation is in float64 and costs one FFT of the kernel and one small SVD per frequency.
+    The computation is in float64 and costs one FFT of the kernel (half the spectrum: a real
+    kernel's is conjugate-symmetric), then per frequency either an SVD (the exact maximum) or Gram
+    iteration (a certified bound within ``GRAM_RTOL``, :mod:`lipbound.linalg.gram`), chosen by
+    cost per layer (``method``); the bound's ``how`` says which.
     """
 
     _tensors = ("weight",)
+    method = "auto"  # per-frequency norms: "svd", "gram" or "auto" (by cost; see max_block_norm)
 
     def __init__(self, weight: torch.Tensor, in_shape: Sequence[int], stride: Sequence[int],
                  padding: Sequence[int] | str, dilation: Sequence[int], groups: int = 1,
@@ -111,8 +116,8 @@ class Conv(_TensorOperator):
         grid = self.out_shape[1:] if self.transposed else self.in_shape[1:]
         extra = self.output_padding if self.transposed else (0,) * self.nd
         sizes = tuple(h + pt + op for h, pt, op in zip(grid, self._total_padding(), extra))
-        value = conv_dft_bound(self.weight, sizes, self.stride, self.dilation, self.groups)
-        return StructuralBound(value, False, "DFT of the kernel (polyphase for strides)")
+        norm = conv_dft_bound(self.weight, sizes, self.stride, self.dilation, self.groups, self.method)
+        return StructuralBound(norm.value, False, f"DFT of the kernel (polyphase for strides), {norm.how}")
 
     def _circular_bound(self) -> StructuralBound:
         """``min(sqrt(m) ||C||, ||pad|| * bound of the unpadded convolution)`` (class docstring)."""
@@ -123,23 +128,25 @@ class Conv(_TensorOperator):
         m_pad = math.prod(int(torch.bincount(r).max()) for r in reads)
         k = self.weight.shape[2:]
         if all(h % s == 0 and (kk - 1) * d < h for h, s, kk, d in zip(sizes, self.stride, k, self.dilation)):
-            torus = conv_dft_bound(self.weight, sizes, self.stride, self.dilation, self.groups)
+            torus = conv_dft_bound(self.weight, sizes, self.stride, self.dilation, self.groups, self.method)
             covered = tuple(h // s for h, s in zip(sizes, self.stride))
         else:
-            torus = circular_conv_norm(self.weight, sizes, self.dilation, self.groups)
+            torus = circular_conv_norm(self.weight, sizes, self.dilation, self.groups, self.method)
             covered = tuple(sizes)
-        torus *= math.sqrt(m_rows)
         padded = tuple(h + b + a for (b, a), h in zip(self.circular, sizes))
-        product = math.sqrt(m_pad) * conv_dft_bound(self.weight, padded, self.stride, self.dilation, self.groups)
-        bijective = m_rows == 1 and tuple(outs) == covered
-        if torus <= product:
-            return StructuralBound(torus, bijective, "DFT of the kernel on the input's torus (circular padding)")
-        return StructuralBound(product, False, "circular padding's norm times the DFT bound")
+        inner = conv_dft_bound(self.weight, padded, self.stride, self.dilation, self.groups, self.method)
+        on_torus, product = math.sqrt(m_rows) * torus.value, math.sqrt(m_pad) * inner.value
+        bijective = m_rows == 1 and tuple(outs) == covered and torus.exact
+        if on_torus <= product:
+            return StructuralBound(on_torus, bijective, f"DFT of the kernel on the input's torus (circular padding), {torus.how}")
+        return StructuralBound(product, False, f"circular padding's norm times the DFT bound, {inner.how}")
 
 
 def conv_dft_bound(weight: torch.Tensor, padded_sizes: Sequence[int], stride: Sequence[int],
-                   dilation: Sequence[int], groups: int) -> float:
-    """Exact norm of the circular strided convolution that contains the zero-padded layer.
+                   dilation: Sequence[int], groups: int, method: str = "auto") -> BlockNorm:
+    """Norm of the circular strided convolution that contains the zero-padded layer: exact with
+    ``method="svd"``, a certified bound within ``GRAM_RTOL`` of it with ``"gram"``
+    (:func:`max_block_norm`).
 
     ``weight`` has shape ``(c_out, c_in / groups, *k)``; ``padded_sizes`` are ``H + total padding``
     per axis. See :class:`Conv` for the proof that the result bounds the layer's norm.
@@ -159,21 +166,27 @@ def conv_dft_bound(weight: torch.Tensor, padded_sizes: Sequence[int], stride: Se
     r_axes = [4 + 2 * i for i in range(nd)]
     wd = wd.permute(0, 1, 2, *r_axes, *q_axes).reshape(g, cog, cig * math.prod(stride), *qmax)
     grid = [max(-(-h // s), q) for h, s, q in zip(padded_sizes, stride, qmax)]
-    sym = torch.fft.fftn(wd, s=grid, dim=tuple(range(3, 3 + nd)))
+    # a real kernel's DFT is conjugate-symmetric, W(-f) = conj(W(f)), with the same singular
+    # values: the half spectrum of rfftn holds every block norm
+    sym = torch.fft.rfftn(wd, s=grid, dim=tuple(range(3, 3 + nd)))
     sym = sym.reshape(g, cog, cig * math.prod(stride), -1).permute(0, 3, 1, 2)
-    return torch.linalg.matrix_norm(sym, ord=2).max().item()
+    return max_block_norm(sym, method)
 
 
-def circular_conv_norm(weight: torch.Tensor, sizes: Sequence[int], dilation: Sequence[int], groups: int) -> float:
-    """Exact norm of the stride-1 circular convolution ``(C x)[m] = sum_a w[a] x[(m + a d) mod H]``
+def circular_conv_norm(weight: torch.Tensor, sizes: Sequence[int], dilation: Sequence[int], groups: int,
+                       method: str = "auto") -> BlockNorm:
+    """Norm of the stride-1 circular convolution ``(C x)[m] = sum_a w[a] x[(m + a d) mod H]``
     on the torus ``sizes``: the largest singular value over frequencies ``f`` of the
-    ``c_out x c_in`` matrices ``sum_a w[a] exp(-2 pi i f a d / H)`` (per group), in float64."""
+    ``c_out x c_in`` matrices ``sum_a w[a] exp(-2 pi i f a d / H)`` (per group), in float64
+    (exact with ``method="svd"``, certified within ``GRAM_RTOL`` with ``"gram"``). The last axis
+    keeps the frequencies ``0 .. H // 2``: the others are their conjugates."""
     g = groups
     c_out, cig, *k = weight.shape
     w = weight.detach().to(torch.complex128).reshape(g, c_out // g, cig, *k)
     for axis, (kk, d, h) in enumerate(zip(k, dilation, sizes)):
-        phase = torch.outer(torch.arange(h, dtype=torch.float64), torch.arange(kk, dtype=torch.float64) * d) / h
+        freqs = h // 2 + 1 if axis == len(k) - 1 else h
+        phase = torch.outer(torch.arange(freqs, dtype=torch.float64), torch.arange(kk, dtype=torch.float64) * d) / h
         dft = torch.exp(-2j * math.pi * phase).to(w.device)  # (H, k) on this axis
         w = torch.tensordot(w, dft, dims=([3 + axis], [1])).movedim(-1, 3 + axis)
     sym = w.reshape(g, c_out // g, cig, -1).permute(0, 3, 1, 2)
-    return torch.linalg.matrix_norm(sym, ord=2).max().item()
+    return max_block_norm(sym, method)
