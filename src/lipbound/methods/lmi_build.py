@@ -149,7 +149,16 @@ def _scale_rows(d: np.ndarray, m: np.ndarray, e: float) -> tuple[np.ndarray, flo
 
 def _materialise(op: LinearOperator, max_entries: int) -> tuple[np.ndarray, float]:
     """The matrix of ``op`` in float64 and a bound of the Frobenius norm of its rounding error:
-    ``gamma_K || |A_m| ... |A_1| ||_F`` over its factors (module docstring)."""
+    ``gamma_K || |A_m| ... |A_1| ||_F`` over its factors (module docstring). Kept in the
+    operator's memo (:meth:`~lipbound.linalg.linear_operator.LinearOperator.norm_cache`, emptied
+    when a weight changes), so the SDP methods run on one graph materialise each layer once."""
+    memo = op.norm_cache()
+    if "lmi_dense" not in memo:
+        memo["lmi_dense"] = _materialised(op, max_entries)
+    return memo["lmi_dense"]
+
+
+def _materialised(op: LinearOperator, max_entries: int) -> tuple[np.ndarray, float]:
     with torch.backends.cudnn.flags(enabled=False):  # no FFT / Winograd convolutions
         op = op.to(dtype=torch.float64)
         w = op.to_dense().detach().cpu().numpy()
