@@ -158,10 +158,9 @@ class _IntervalJacobian(GraphInterpreter[_Interval]):
         return y, _up(sum(r for _, r in hs) + _gamma(k) * sum(c.abs() for c, _ in hs), k)
 
     def visit_concat(self, node: Concat, *hs: _Interval) -> _Interval:
-        cs = torch.broadcast_tensors(*[c for c, _ in hs], *[r for _, r in hs])
-        n = len(hs)
-        lead = cs[0].shape[:2]
+        lead = torch.broadcast_shapes(*[t.shape[:2] for pair in hs for t in pair])  # (vertex batch, input)
 
         def cat(ts):
-            return node.evaluate(*[t.reshape(-1, *t.shape[2:]) for t in ts]).reshape(*lead, *node.shape)
-        return cat(cs[:n]), cat(cs[n:])
+            parts = [t.expand(*lead, *t.shape[2:]).reshape(-1, *t.shape[2:]) for t in ts]
+            return node.evaluate(*parts).reshape(*lead, *node.shape)
+        return cat([c for c, _ in hs]), cat([r for _, r in hs])
