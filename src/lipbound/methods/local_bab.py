@@ -84,12 +84,13 @@ class _Part:
     unstable: int = field(compare=False)
     graph: Graph = field(compare=False, repr=False)
     smear: torch.Tensor | None = field(compare=False, repr=False)
+    lower: float = field(compare=False, default=0.0)
 
 
 def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progress: bool = False,
               domain: Any = None, time_budget: float = 60.0, tol: float = 1e-3,
               upper_methods: Sequence[str] | None = None, exact_units: int = 12, vertex_units: int = 8,
-              max_split_dim: int = 32, lower_share: float = 0.1, lower_every: int = 32) -> Result:
+              max_split_dim: int = 32, lower_share: float = 0.1, samples: int = 16) -> Result:
     """Bracket the Lipschitz constant (L2 -> L2) of ``graph`` on the region ``domain`` by branch
     and bound over the region (module doc).
 
@@ -122,6 +123,7 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
     region = as_region(domain, graph.input_shape)
     full_graph, full_region = graph, region
     graph, region, expand = _free_inputs(graph, _as_box(region))
+    graph = graph.to(device="cpu", dtype=torch.float64)  # once: every part is localized and bounded on it
     box = region
     n_in = math.prod(graph.input_shape)
     split = n_in <= max_split_dim
@@ -133,7 +135,8 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
     bad = [n for n in upper_methods if not registry[n].guarantee.is_upper or registry[n].aggregate]
     if bad:
         raise InvalidInput(f"local-bab: {bad} give no certified upper bound")
-    search = _Search(graph, registry, region, seed, upper_methods, vertex_units if split else None, deadline)
+    search = _Search(graph, registry, region, seed, upper_methods, vertex_units if split else None, deadline,
+                     samples if split else 1)
 
     if lower_share > 0:
         found = registry["lower"](graph, seed=seed, domain=region, time_budget=lower_share * time_budget)
@@ -191,9 +194,10 @@ class _Search:
     """Bounds parts and keeps the best witnessed lower bound."""
 
     def __init__(self, graph: Graph, registry: Mapping[str, Any], region: Any, seed: int,
-                 upper_methods: Sequence[str], vertex_units: int | None, deadline: float) -> None:
+                 upper_methods: Sequence[str], vertex_units: int | None, deadline: float, samples: int) -> None:
         self.graph, self.registry, self.region, self.seed = graph, registry, region, seed
         self.upper_methods, self.vertex_units, self.deadline = upper_methods, vertex_units, deadline
+        self.samples, self.generator = samples, torch.Generator().manual_seed(seed)
         self.lower, self.witness, self.lower_from = 0.0, None, None
         self.count = itertools.count()
 
@@ -227,10 +231,11 @@ class _Search:
             res = self._run(name, g, part, {})
             if res is not None and res.upper is not None and (best is None or res.upper < best[0]):
                 best = (res.upper, name)
-        self._centre_witness(part, low, high)
+        found = self._sample_witness(low, high)
         if best is None:
             return None
-        return _Part(-best[0], next(self.count), low, high, best[0], best[1], False, unstable, g, smear)
+        closed = unstable == 0 and best[1] == "slope-box"  # one Jacobian on the part: its bound is exact
+        return _Part(-best[0], next(self.count), low, high, best[0], best[1], closed, unstable, g, smear, found)
 
     def settle(self, top: _Part) -> _Part:
         """``top`` bounded by ``exact`` on its own localized graph: its value is then the part's
@@ -266,19 +271,30 @@ class _Search:
             self.offer(res.lower, res.witness, name)
         return res
 
-    def _centre_witness(self, part: Any, low: torch.Tensor, high: torch.Tensor) -> None:
-        """The Jacobian norm at the part's centre, re-checked as a witness on the whole region."""
-        x = ((low + high) / 2).to(torch.float64)
-        g64 = self.graph.to(device="cpu", dtype=torch.float64)
-        J = torch.autograd.functional.jacobian(lambda t: g64(t[None])[0].reshape(-1), x).reshape(-1, x.numel())
-        if not torch.isfinite(J).all() or not J.any():
-            return
-        v = torch.linalg.svd(J, full_matrices=False).Vh[0].reshape(x.shape)
+    def _sample_witness(self, low: torch.Tensor, high: torch.Tensor) -> float:
+        """The largest Jacobian norm (float64 autograd, one backward pass per output) at the part's
+        centre and ``samples - 1`` uniform points of it; the best point is re-checked as a witness
+        on the whole region when it would raise the lower bound. Returns the re-checked value
+        (0 when none was re-checked or it did not re-check: on a kink or a tie)."""
+        n = max(1, self.samples)
+        u = torch.rand((n - 1, *low.shape), generator=self.generator, dtype=torch.float64)
+        x = torch.cat([((low + high) / 2)[None], low + (high - low) * u]).requires_grad_(True)
+        out = self.graph(x).reshape(n, -1)
+        rows = [torch.autograd.grad(out[:, k].sum(), x, retain_graph=k + 1 < out.shape[1])[0].reshape(n, -1)
+                for k in range(out.shape[1])]
+        J = torch.stack(rows, dim=1).detach()  # (n, outputs, inputs)
+        norms = torch.linalg.matrix_norm(J, ord=2)
+        best = int(norms.argmax())
+        if not math.isfinite(float(norms[best])) or float(norms[best]) <= self.lower:
+            return 0.0
+        v = torch.linalg.svd(J[best], full_matrices=False).Vh[0].reshape(low.shape)
+        point = x[best].detach()
         try:
-            value = PointWitness(x, v).recheck(self.graph, self.region)
-        except InvalidInput:  # on a kink or a tie: not a valid witness
-            return
-        self.offer(value, PointWitness(x, v, value), "part centres")
+            value = PointWitness(point, v).recheck(self.graph, self.region)
+        except InvalidInput:
+            return 0.0
+        self.offer(value, PointWitness(point, v, value), "part samples")
+        return value
 
 
 def _as_box(region: Any) -> Box:
