@@ -71,7 +71,8 @@ __all__ = ["local_bab"]
 #: options of ``exact`` on one part: its own lower-bound search is left to the part centres'
 #: Jacobians, and a part never takes more than a few seconds
 #: the part bounds of a region bounded once (too many inputs to split)
-_UNSPLIT_METHODS = ("eclipse-fast", "lipsdp-layer")
+#: (lipsdp, per neuron, last: each method gets at most half the time left)
+_UNSPLIT_METHODS = ("eclipse-fast", "lipsdp-layer", "lipsdp")
 _EXACT_OPTIONS: dict[str, Any] = {"lower_budget": 0.0, "samples": 16, "time_budget": 10.0}
 
 
@@ -142,7 +143,7 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
     if bad:
         raise InvalidInput(f"local-bab: {bad} give no certified upper bound")
     search = _Search(graph, registry, region, seed, upper_methods, vertex_units if split else None, deadline,
-                     samples if split else 1)
+                     samples)
 
     if lower_share > 0:
         found = registry["lower"](graph, seed=seed, domain=region, time_budget=lower_share * time_budget)
@@ -234,7 +235,7 @@ class _Search:
         for name in self.upper_methods:
             if time.perf_counter() >= self.deadline:
                 break
-            res = self._run(name, g, part, {})
+            res = self._run(name, g, part, {"time_budget": (self.deadline - time.perf_counter()) / 2})
             if res is not None and res.upper is not None and (best is None or res.upper < best[0]):
                 best = (res.upper, name)
         found = self._sample_witness(low, high)
