@@ -68,11 +68,11 @@ from .witness import PairWitness, PointWitness, Witness
 
 __all__ = ["local_bab"]
 
-#: options of ``exact`` on one part: its own lower-bound search is left to the part centres'
-#: Jacobians, and a part never takes more than a few seconds
-#: the part bounds of a region bounded once (too many inputs to split)
-#: (lipsdp, per neuron, last: each method gets at most half the time left)
+#: the part bounds of a region bounded once (too many inputs to split); lipsdp (per neuron) last:
+#: each method gets at most half the time left
 _UNSPLIT_METHODS = ("eclipse-fast", "lipsdp-layer", "lipsdp")
+#: options of ``exact`` on one part: its own lower-bound search is left to the part samples'
+#: Jacobians, and a part never takes more than a few seconds
 _EXACT_OPTIONS: dict[str, Any] = {"lower_budget": 0.0, "samples": 16, "time_budget": 10.0}
 
 
