@@ -142,3 +142,23 @@ def test_same_seed_same_numbers():
     assert a.details["stopped"] != "time budget"
     assert a.bracket == b.bracket and a.details["parts"] == b.details["parts"]
     assert torch.equal(a.witness["x"], b.witness["x"])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_all_stable_part_is_closed_with_its_exact_value(seed):
+    """A box on which every neuron is stable: the root part is closed at once (never split, no
+    ``exact`` run, no ``lower`` run), and the bracket is the constant Jacobian's norm (numpy oracle)."""
+    net = random_net(3 * seed, widths=(6, 5), n=3)
+    centre = np.random.default_rng(seed).normal(size=3)
+    low, high = centre - 1e-4, centre + 1e-4
+    pre = interval_pre(net, low, high)
+    assert all(((l > 0) | (u < 0)).all() for l, u in pre)
+    truth = jacobian_norms(net, centre[None])[0]
+    res = local_bab(net, low, high, tol=0.0, lower_share=0.0, exact_units=0, time_budget=2.0)
+    lower, upper = res.bracket
+    assert res.details["stopped"] == "largest part exact" and res.details["parts_bounded"] == 1
+    assert res.details["bound_methods"] == ["slope-box"], "closed by its own bound, without exact"
+    assert lower <= truth * (1 + 1e-12) and upper >= truth * (1 - 1e-12)
+    assert upper <= lower * (1 + 1e-8), "a closed part's bracket is its exact value"
+    x, v = (res.witness[k].reshape(-1).numpy() for k in ("x", "v"))
+    assert witness_quotient(net, x, v) == pytest.approx(lower, rel=1e-9)

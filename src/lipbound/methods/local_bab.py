@@ -15,16 +15,22 @@ is a **witnessed lower bound** on ``X``.
    (:func:`~lipbound.methods.slope_box.slope_box_bound`: interval Jacobians with the slope
    vertices of the first ``vertex_units`` unstable neurons enumerated; exact when every neuron
    is stable, a few milliseconds on ACAS Xu) and by the certified ``upper_methods``, the least
-   value kept. A part of a part keeps its parent's bound when its own is larger.
-2. The part with the largest bound is refined: when it has at most ``exact_units`` unstable
+   value kept. A part of a part keeps its parent's bound when its own is larger. The network is
+   converted to float64 once; every part is localized and bounded on that copy.
+2. A part whose neurons are all stable is **closed**: the network is affine on it, its Jacobian is
+   one matrix, and its slope-box bound is that matrix's norm (up to rounding), which the part's
+   centre witnesses. A closed part is never refined again.
+3. The part with the largest bound is refined: when it has at most ``exact_units`` unstable
    neurons, ``exact`` runs on it (its value is then the part's exact constant); otherwise it is
    split in two along the input axis with the largest smear (the sum over the unstable neurons of
    ``|dz_i/dx_d| / (u_i - l_i)`` from the interval Jacobian: the axis that unsettles them most).
-3. The lower bound starts from ``lower`` on the whole region (``lower_share`` of the budget), and
-   improves with the Jacobian norms at the centres of the parts (dense Jacobians: the input is
-   small), each re-checked as a witness, and with ``lower`` on the part with the largest bound
-   every ``lower_every`` parts.
-4. It stops when ``upper <= (1 + tol) lower``, when the part with the largest bound is exact, or
+   (Measured against trying every axis and keeping the pair with the least larger bound: on ACAS
+   Xu the trials cost more than their better cuts bring.)
+4. The lower bound starts from ``lower`` on the whole region (``lower_share`` of the budget), and
+   improves where the upper bounds are: each part's Jacobians at its centre and ``samples - 1``
+   uniform points (float64, batched: one backward pass per output), the best re-checked as a
+   witness only when it would raise the lower bound.
+5. It stops when ``upper <= (1 + tol) lower``, when the part with the largest bound is exact, or
    when the budget is spent. It reports the bracket reached, never a guess.
 
 A box that is flat in some inputs (``low == high``, e.g. ACAS Xu's property 4) is searched in its
@@ -62,17 +68,19 @@ from .witness import PairWitness, PointWitness, Witness
 
 __all__ = ["local_bab"]
 
-#: options of ``exact`` on one part: its own lower-bound search is left to the part centres'
+#: the part bounds of a region bounded once (too many inputs to split); lipsdp (per neuron) last:
+#: each method gets at most half the time left
+_UNSPLIT_METHODS = ("eclipse-fast", "lipsdp-layer", "lipsdp")
+#: options of ``exact`` on one part: its own lower-bound search is left to the part samples'
 #: Jacobians, and a part never takes more than a few seconds
-#: the part bounds of a region bounded once (too many inputs to split)
-_UNSPLIT_METHODS = ("eclipse-fast", "lipsdp-layer")
 _EXACT_OPTIONS: dict[str, Any] = {"lower_budget": 0.0, "samples": 16, "time_budget": 10.0}
 
 
 @dataclass(order=True)
 class _Part:
     """A part of the region in the search's heap (largest upper bound first); ``unstable``: its
-    unstable neurons (-1 once ``exact`` ran on it, or unknown)."""
+    unstable neurons (-1 once ``exact`` ran on it, or unknown); ``lower``: its witness re-checked
+    when it raised the search's lower bound, else 0."""
 
     key: float
     order: int
@@ -84,12 +92,13 @@ class _Part:
     unstable: int = field(compare=False)
     graph: Graph = field(compare=False, repr=False)
     smear: torch.Tensor | None = field(compare=False, repr=False)
+    lower: float = field(compare=False, default=0.0)
 
 
 def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progress: bool = False,
               domain: Any = None, time_budget: float = 60.0, tol: float = 1e-3,
               upper_methods: Sequence[str] | None = None, exact_units: int = 12, vertex_units: int = 8,
-              max_split_dim: int = 32, lower_share: float = 0.1, lower_every: int = 32) -> Result:
+              max_split_dim: int = 32, lower_share: float = 0.1, samples: int = 16) -> Result:
     """Bracket the Lipschitz constant (L2 -> L2) of ``graph`` on the region ``domain`` by branch
     and bound over the region (module doc).
 
@@ -107,9 +116,8 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
             when it has at most this many unstable neurons.
         vertex_units: unstable neurons whose slope vertices the slope-box bound enumerates.
         max_split_dim: split the region only when the input has at most this many elements.
-        lower_share: the share of the budget for ``lower`` on the whole region at the start (0: none);
-            a tenth of it again for ``lower`` on the part with the largest bound, every
-            ``lower_every`` parts bounded.
+        lower_share: the share of the budget for ``lower`` on the whole region at the start (0: none).
+        samples: points per part (its centre included) whose Jacobian norms feed the lower bound.
 
     Returns:
         A :class:`~lipbound.report.Result` of kind ``certified_upper`` (``exact`` when the bracket
@@ -122,6 +130,7 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
     region = as_region(domain, graph.input_shape)
     full_graph, full_region = graph, region
     graph, region, expand = _free_inputs(graph, _as_box(region))
+    graph = graph.to(device="cpu", dtype=torch.float64)  # once: every part is localized and bounded on it
     box = region
     n_in = math.prod(graph.input_shape)
     split = n_in <= max_split_dim
@@ -133,7 +142,8 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
     bad = [n for n in upper_methods if not registry[n].guarantee.is_upper or registry[n].aggregate]
     if bad:
         raise InvalidInput(f"local-bab: {bad} give no certified upper bound")
-    search = _Search(graph, registry, region, seed, upper_methods, vertex_units if split else None, deadline)
+    search = _Search(graph, registry, region, seed, upper_methods, vertex_units if split else None, deadline,
+                     samples)
 
     if lower_share > 0:
         found = registry["lower"](graph, seed=seed, domain=region, time_budget=lower_share * time_budget)
@@ -176,7 +186,7 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
     details = {"domain": region.describe(), "parts": len(heap), "parts_bounded": parts_bounded,
                "stopped": stopped, "upper_methods": list(upper_methods), "lower_from": search.lower_from,
                "bound_methods": sorted({p.method for p in heap}), "time_budget": time_budget,
-               "largest_parts": [{"upper": p.upper, "method": p.method, "unstable": p.unstable,
+               "largest_parts": [{"upper": p.upper, "lower": p.lower, "method": p.method, "unstable": p.unstable,
                                   "width": (p.high - p.low).flatten().tolist()} for p in heapq.nsmallest(5, heap)]}
     if not split:
         details["note"] = (f"the input has {n_in} elements (> max_split_dim={max_split_dim}): the region was "
@@ -191,9 +201,10 @@ class _Search:
     """Bounds parts and keeps the best witnessed lower bound."""
 
     def __init__(self, graph: Graph, registry: Mapping[str, Any], region: Any, seed: int,
-                 upper_methods: Sequence[str], vertex_units: int | None, deadline: float) -> None:
+                 upper_methods: Sequence[str], vertex_units: int | None, deadline: float, samples: int) -> None:
         self.graph, self.registry, self.region, self.seed = graph, registry, region, seed
         self.upper_methods, self.vertex_units, self.deadline = upper_methods, vertex_units, deadline
+        self.samples, self.generator = samples, torch.Generator().manual_seed(seed)
         self.lower, self.witness, self.lower_from = 0.0, None, None
         self.count = itertools.count()
 
@@ -224,13 +235,14 @@ class _Search:
         for name in self.upper_methods:
             if time.perf_counter() >= self.deadline:
                 break
-            res = self._run(name, g, part, {})
+            res = self._run(name, g, part, {"time_budget": (self.deadline - time.perf_counter()) / 2})
             if res is not None and res.upper is not None and (best is None or res.upper < best[0]):
                 best = (res.upper, name)
-        self._centre_witness(part, low, high)
+        found = self._sample_witness(low, high)
         if best is None:
             return None
-        return _Part(-best[0], next(self.count), low, high, best[0], best[1], False, unstable, g, smear)
+        closed = unstable == 0 and best[1] == "slope-box"  # one Jacobian on the part: its bound is exact
+        return _Part(-best[0], next(self.count), low, high, best[0], best[1], closed, unstable, g, smear, found)
 
     def settle(self, top: _Part) -> _Part:
         """``top`` bounded by ``exact`` on its own localized graph: its value is then the part's
@@ -266,19 +278,30 @@ class _Search:
             self.offer(res.lower, res.witness, name)
         return res
 
-    def _centre_witness(self, part: Any, low: torch.Tensor, high: torch.Tensor) -> None:
-        """The Jacobian norm at the part's centre, re-checked as a witness on the whole region."""
-        x = ((low + high) / 2).to(torch.float64)
-        g64 = self.graph.to(device="cpu", dtype=torch.float64)
-        J = torch.autograd.functional.jacobian(lambda t: g64(t[None])[0].reshape(-1), x).reshape(-1, x.numel())
-        if not torch.isfinite(J).all() or not J.any():
-            return
-        v = torch.linalg.svd(J, full_matrices=False).Vh[0].reshape(x.shape)
+    def _sample_witness(self, low: torch.Tensor, high: torch.Tensor) -> float:
+        """The largest Jacobian norm (float64 autograd, one backward pass per output) at the part's
+        centre and ``samples - 1`` uniform points of it; the best point is re-checked as a witness
+        on the whole region when it would raise the lower bound. Returns the re-checked value
+        (0 when none was re-checked or it did not re-check: on a kink or a tie)."""
+        n = max(1, self.samples)
+        u = torch.rand((n - 1, *low.shape), generator=self.generator, dtype=torch.float64)
+        x = torch.cat([((low + high) / 2)[None], low + (high - low) * u]).requires_grad_(True)
+        out = self.graph(x).reshape(n, -1)
+        rows = [torch.autograd.grad(out[:, k].sum(), x, retain_graph=k + 1 < out.shape[1])[0].reshape(n, -1)
+                for k in range(out.shape[1])]
+        J = torch.stack(rows, dim=1).detach()  # (n, outputs, inputs)
+        norms = torch.linalg.matrix_norm(J, ord=2)
+        best = int(norms.argmax())
+        if not math.isfinite(float(norms[best])) or float(norms[best]) <= self.lower:
+            return 0.0
+        v = torch.linalg.svd(J[best], full_matrices=False).Vh[0].reshape(low.shape)
+        point = x[best].detach()
         try:
-            value = PointWitness(x, v).recheck(self.graph, self.region)
-        except InvalidInput:  # on a kink or a tie: not a valid witness
-            return
-        self.offer(value, PointWitness(x, v, value), "part centres")
+            value = PointWitness(point, v).recheck(self.graph, self.region)
+        except InvalidInput:
+            return 0.0
+        self.offer(value, PointWitness(point, v, value), "part samples")
+        return value
 
 
 def _as_box(region: Any) -> Box:

@@ -72,7 +72,7 @@ def slope_box_bound(graph: Graph, vertex_units: int = 10) -> SlopeBoxBound:
     n_in = math.prod(graph.input_shape)
     if n_in > 4096:
         raise NotApplicable(f"slope-box bound: {n_in} inputs, one Jacobian column each, is too many")
-    g = graph.to(device="cpu", dtype=torch.float64)
+    g = graph if graph.dtype == torch.float64 and graph.device.type == "cpu" else graph.to(device="cpu", dtype=torch.float64)
     unstable = g.unstable_neurons()
     chosen = unstable[:vertex_units]
     k = len(chosen)
