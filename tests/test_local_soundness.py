@@ -325,10 +325,9 @@ def test_witnesses_inside_the_region(offset: int) -> None:
             _bab_witness(case, local)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: local-bab puts its Jacobian witness on a corner of the "
-                   "outward-rounded bounding box of an L-infinity ball, ~1e-16 outside the ball")
 def test_local_bab_witness_inside_an_infinity_ball() -> None:
-    """(c) for local-bab on L-infinity balls: reproducer ``make_case(SEED, 20)``."""
+    """(c) for local-bab on L-infinity balls: ``make_case(SEED, 20)`` once had its witness on a corner
+    of the ball's outward-rounded bounding box, 3.5e-16 outside the ball."""
     case, _, local = prepared(20)
     _bab_witness(case, local)
 

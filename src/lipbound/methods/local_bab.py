@@ -142,8 +142,10 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
     bad = [n for n in upper_methods if not registry[n].guarantee.is_upper or registry[n].aggregate]
     if bad:
         raise InvalidInput(f"local-bab: {bad} give no certified upper bound")
-    search = _Search(graph, registry, region, seed, upper_methods, vertex_units if split else None, deadline,
-                     samples)
+    # witnesses are searched and re-checked in the region itself: its bounding box (rounded
+    # outwards, for the bounds) may stick out of it, as the corners of an infinity ball's do
+    search = _Search(graph, registry, full_region if expand is None else region, seed, upper_methods,
+                     vertex_units if split else None, deadline, samples)
 
     if lower_share > 0:
         found = registry["lower"](graph, seed=seed, domain=region, time_budget=lower_share * time_budget)
@@ -208,9 +210,19 @@ class _Search:
         self.lower, self.witness, self.lower_from = 0.0, None, None
         self.count = itertools.count()
 
-    def offer(self, value: float, witness: Witness, source: str = "lower") -> None:
-        if value > self.lower:
-            self.lower, self.witness, self.lower_from = value, witness, source
+    def offer(self, value: float, witness: Witness, source: str = "lower", checked: bool = False) -> None:
+        """Keep ``witness`` when it beats the best lower bound, re-checked in the region itself
+        unless ``checked`` (a part's box may stick out of the region it bounds)."""
+        if value <= self.lower:
+            return
+        if not checked:
+            try:
+                value = witness.recheck(self.graph, self.region)
+            except InvalidInput:
+                return
+            if value <= self.lower:
+                return
+        self.lower, self.witness, self.lower_from = value, witness, source
 
     def bound(self, low: torch.Tensor, high: torch.Tensor, root: bool = False) -> _Part | None:
         """The part ``[low, high]`` bounded by the slope-box bound
@@ -238,6 +250,10 @@ class _Search:
             res = self._run(name, g, part, {"time_budget": (self.deadline - time.perf_counter()) / 2})
             if res is not None and res.upper is not None and (best is None or res.upper < best[0]):
                 best = (res.upper, name)
+        if best is None and root:  # the whole region always gets a bound: AutoLip applies to any graph
+            res = self._run("autolip", g, part, {})
+            if res is not None and res.upper is not None:
+                best = (res.upper, "autolip")
         found = self._sample_witness(low, high)
         if best is None:
             return None
@@ -300,7 +316,7 @@ class _Search:
             value = PointWitness(point, v).recheck(self.graph, self.region)
         except InvalidInput:
             return 0.0
-        self.offer(value, PointWitness(point, v, value), "part samples")
+        self.offer(value, PointWitness(point, v, value), "part samples", checked=True)
         return value
 
 

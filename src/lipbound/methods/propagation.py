@@ -134,7 +134,10 @@ def interval(node: Node, ins: list[Bounds], box: Bounds) -> Bounds:
 
 
 def _float64(graph: Graph) -> Graph:
-    """The graph in float64 on its own device (a float32 model's exact float64 fold where it has one)."""
+    """The graph in float64 on its own device (a float32 model's exact float64 fold where it has
+    one); a float64 graph as it is (a conversion rebuilds every operator)."""
+    if graph.dtype == torch.float64:
+        return graph
     return graph.to(device=graph.device, dtype=torch.float64)
 
 
