@@ -336,6 +336,9 @@ def main() -> int:
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                     help="methods of each local row (names lipbound does not know are dropped)")
     ap.add_argument("--samples", type=int, default=None, help="points per region for the soundness check")
+    ap.add_argument("--rows", type=int, default=None, help="at most this many rows per family (the first ones)")
+    ap.add_argument("--skip", default="", help="families to leave out, comma-separated")
+    ap.add_argument("--global-budget", type=float, default=None, help="seconds of each network's global bracket")
     ap.add_argument("--out", default=str(HERE / "results" / "local.md"))
     ap.add_argument("--task", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -360,8 +363,12 @@ def main() -> int:
         Path(args.out).write_text("\n".join(text) + "\n")
         print(f"local.py: {why}", file=sys.stderr)
         return 2
-    specs = [s for s in row_specs(args.quick) if args.only in (None, s["family"])]
-    globals_ = globals_for(list(dict.fromkeys(s["net"] for s in specs)), 20.0 if args.quick else 120.0)
+    skip = set(filter(None, args.skip.split(",")))
+    specs = [s for s in row_specs(args.quick) if args.only in (None, s["family"]) and s["family"] not in skip]
+    if args.rows is not None:
+        specs = [s for s in specs if [t["family"] for t in specs].index(s["family"]) + args.rows > specs.index(s)]
+    globals_ = globals_for(list(dict.fromkeys(s["net"] for s in specs)),
+                           args.global_budget or (20.0 if args.quick else 120.0))
     samples = args.samples or (16 if args.quick else 64)
     results = []
     for spec in specs:
