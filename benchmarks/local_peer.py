@@ -150,6 +150,9 @@ def our_balls(net: str, items: list, budget: float, samples: int) -> dict:
     return out
 
 
+CERTIFY_BUDGET = 15.0  # seconds of the local radius search per centre
+
+
 def certify_radii(net: str, upper: float) -> dict:
     """At the 10 centres: the certified L2 radius from the global bound ``upper`` and the local one
     (``lipbound.certify(..., local=True)``, SKIP while that signature does not exist)."""
@@ -159,7 +162,8 @@ def certify_radii(net: str, upper: float) -> dict:
     x = torch.stack([mnist_centre(i).reshape(graph.input_shape) for i in range(10)])
     glob = lipbound.certify(graph, x, upper=upper).radius.tolist()
     try:
-        local = lipbound.certify(graph, x, input_shape=graph.input_shape, local=True).radius.tolist()
+        local = lipbound.certify(graph, x, input_shape=graph.input_shape, local=True,
+                                 time_budget=CERTIFY_BUDGET).radius.tolist()
     except TypeError as exc:
         return {"global": glob, "skip": f"certify(..., local=True) is not available: {exc}"[:160]}
     return {"global": glob, "local": local}
