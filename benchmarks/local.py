@@ -339,6 +339,7 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=None, help="at most this many rows per family (the first ones)")
     ap.add_argument("--skip", default="", help="families to leave out, comma-separated")
     ap.add_argument("--global-budget", type=float, default=None, help="seconds of each network's global bracket")
+    ap.add_argument("--no-peer", action="store_true", help="leave out the peer comparison and the certify row")
     ap.add_argument("--out", default=str(HERE / "results" / "local.md"))
     ap.add_argument("--task", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -352,7 +353,7 @@ def main() -> int:
         ap.error(f"--only must be one of {', '.join(TARGETS)}")
     import local_peer
 
-    peer_lines = local_peer.section(quick=args.quick)
+    peer_lines = [] if args.no_peer else local_peer.section(quick=args.quick)
     header = ["# Local Lipschitz bounds on input regions (issue 10)", "",
               f"Code: {git_rev()}; machine: {os.cpu_count()} CPU cores, shared, one BLAS thread per row; "
               f"methods per row: {args.methods}; {'--quick' if args.quick else 'full run'}."]
