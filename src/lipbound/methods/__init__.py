@@ -44,6 +44,7 @@ class MethodSpec:
         in_best: ``best`` tries it (in registry order, cheapest first).
         in_default: it belongs to the default set, for every model or for those the callable accepts.
         aggregate: it only reruns other methods (left out of ``"all"``).
+        budget_weight: its weight when a run's time budget is shared (1: an equal share).
     """
 
     name: str
@@ -55,6 +56,7 @@ class MethodSpec:
     in_best: bool = False
     in_default: bool | Callable[[Graph], bool] = False
     aggregate: bool = False
+    budget_weight: float = 1.0
     parameters: dict[str, inspect.Parameter] = field(init=False, repr=False, compare=False)
     fixed: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
@@ -170,7 +172,7 @@ _SPECS = [
                "lower bounds from Jacobians inside them",
                "a box or infinity ball; splits inputs of at most 32 elements, bounds larger ones once",
                "parts x (bound propagation + the part's certified methods), within the time budget",
-               aggregate=True, in_default=_small_input_region),
+               aggregate=True, in_default=_small_input_region, budget_weight=6.0),
     MethodSpec("lower", lower.lower, Kind.WITNESSED_LOWER,
                "Jacobian-norm and pair search over inputs, with a re-checkable witness",
                "any graph", "batched autograd ascent within the time budget", in_default=True),

@@ -87,9 +87,10 @@ MIN_SHARE = 0.05  # the least share of the run's budget a method gets, even when
 
 
 def budget_share(total: float, left: float, remaining: list[MethodSpec]) -> float:
-    """Seconds for the next of ``remaining`` budgeted methods: an equal share of the time ``left``
-    of the run's ``total`` (time a method does not use passes to the next ones), and at least
-    ``MIN_SHARE * total``, so that a method that starts late still returns a bound (the run may
-    then overrun its budget by that much per method)."""
-    budgeted = sum(1 for s in remaining if s.budgeted)
-    return max(left / max(budgeted, 1), MIN_SHARE * total)
+    """Seconds for the next of ``remaining`` budgeted methods: its share of the time ``left`` of the
+    run's ``total`` in proportion to the methods' ``budget_weight`` (equal shares by default; time a
+    method does not use passes to the next ones), and at least ``MIN_SHARE * total``, so that a
+    method that starts late still returns a bound (the run may then overrun its budget by that
+    much per method)."""
+    weights = sum(s.budget_weight for s in remaining if s.budgeted)
+    return max(left * remaining[0].budget_weight / weights if weights else left, MIN_SHARE * total)
