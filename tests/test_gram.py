@@ -6,26 +6,16 @@ for tightness."""
 
 from __future__ import annotations
 
-import random
 
 import pytest
 import torch
 
 from lipbound.errors import InvalidInput
-from lipbound.frontends.from_torch import operator_of_module
 from lipbound.linalg.conv import Conv
 from lipbound.linalg.gram import GRAM_RTOL, gram_bounds, gram_norm, max_block_norm
-from test_spectral import _random_conv, svd_norm, torch_matrix
+from test_spectral import float64, random_conv_cases, svd_norm  # noqa: F401 (float64: an autouse fixture)
 
 F64 = torch.float64
-
-
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
 
 
 def _with_singular_values(s: torch.Tensor, m: int, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -115,16 +105,7 @@ def test_conv_gram_bounds_hold_on_random_layers(monkeypatch):
     """>= 200 random convolutions (1-D/2-D/3-D, strides, groups, dilations, paddings, transposed,
     circular): the Gram bound is >= the SVD norm of torch's own matrix, and within GRAM_RTOL of
     the DFT/SVD bound of the same layer (the reference path)."""
-    rng = random.Random(13)
-    torch.manual_seed(13)
-    checked = 0
-    while checked < 220:
-        layer, shape = _random_conv(rng)
-        try:
-            matrix = torch_matrix(layer.double(), shape)
-        except RuntimeError:  # an empty output, or a reflect pad wider than the input
-            continue
-        op = operator_of_module(layer, shape)
+    for layer, shape, matrix, op in random_conv_cases(13, 220):
         convs = [o for o in getattr(op, "ops", [op]) if isinstance(o, Conv)]
         monkeypatch.setattr(Conv, "method", "svd")
         reference = op.structural_bound()
@@ -135,4 +116,3 @@ def test_conv_gram_bounds_hold_on_random_layers(monkeypatch):
         assert gram.value <= reference.value * (1 + 2 * GRAM_RTOL), (layer, shape, gram, reference)
         assert not gram.exact and convs
         assert all("Gram iteration per frequency" in c.structural_bound().how for c in convs)
-        checked += 1

@@ -344,19 +344,26 @@ def _random_conv(rng: random.Random):
     return cls[0](cin, cout, k, s, p, d, g, False, mode), shape
 
 
-def test_conv_bounds_hold_on_random_layers():
-    """The DFT bound (polyphase for strides, adjoint for transposed layers, product with the pad
-    for reflect/replicate/circular padding) is >= the SVD norm of torch's own matrix."""
-    rng = random.Random(11)
-    torch.manual_seed(11)
-    checked = 0
-    while checked < 250:
+def random_conv_cases(seed: int, count: int):
+    """``count`` random convolution layers that torch evaluates (:func:`_random_conv`), each as
+    ``(layer, input shape, torch's own matrix of it, lipbound's operator)``."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    made = 0
+    while made < count:
         layer, shape = _random_conv(rng)
         try:
             matrix = torch_matrix(layer.double(), shape)
         except RuntimeError:  # an empty output, or a reflect pad wider than the input
             continue
-        op = operator_of_module(layer, shape)
+        made += 1
+        yield layer, shape, matrix, operator_of_module(layer, shape)
+
+
+def test_conv_bounds_hold_on_random_layers():
+    """The DFT bound (polyphase for strides, adjoint for transposed layers, product with the pad
+    for reflect/replicate/circular padding) is >= the SVD norm of torch's own matrix."""
+    for layer, shape, matrix, op in random_conv_cases(11, 250):
         x = torch.randn(2, *shape)
         assert torch.allclose(op.matvec(x), layer(x), atol=1e-12)
         exact = svd_norm(matrix)
@@ -364,7 +371,6 @@ def test_conv_bounds_hold_on_random_layers():
         assert bound.value >= exact * (1 - 1e-12), (layer, shape, bound, exact)
         if bound.exact:
             assert bound.value == pytest.approx(exact, rel=3e-9), (layer, shape, bound, exact)  # 1e-9 margin
-        checked += 1
 
 
 @pytest.mark.parametrize("stride,padding,shape", [(1, 1, (3, 8, 6)), (2, 1, (3, 8, 6)), (1, 2, (2, 5, 7)),
