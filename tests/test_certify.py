@@ -105,12 +105,18 @@ def test_bad_inputs():
         lipbound.certify(net, torch.full((2, 6), math.nan, dtype=torch.float64), upper=1.0)
 
 
-def test_cli_certify(tmp_path, capsys):
+def _cli_model(tmp_path, n: int) -> torch.Tensor:
+    """``m.py:net`` (a 3-6-4 ReLU MLP) and ``x.pt`` (``n`` inputs, returned) in ``tmp_path``, for the CLI."""
     (tmp_path / "m.py").write_text("import torch\nfrom torch import nn\n"
                                    "def net():\n    torch.manual_seed(0)\n"
                                    "    return nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 4))\n")
-    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(n, 3, generator=torch.Generator().manual_seed(3))
     torch.save(x, tmp_path / "x.pt")
+    return x
+
+
+def test_cli_certify(tmp_path, capsys):
+    x = _cli_model(tmp_path, 5)
     code = main(["certify", f"{tmp_path / 'm.py'}:net", "--inputs", str(tmp_path / "x.pt"), "--upper", "1.5",
                  "--json", "-q"])
     out, err = capsys.readouterr()
@@ -199,11 +205,7 @@ def test_radius_check_constants_above_sampled_pair_slopes():
 
 
 def test_cli_certify_local_and_radius(tmp_path, capsys):
-    (tmp_path / "m.py").write_text("import torch\nfrom torch import nn\n"
-                                   "def net():\n    torch.manual_seed(0)\n"
-                                   "    return nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 4))\n")
-    x = torch.randn(3, 3, generator=torch.Generator().manual_seed(3))
-    torch.save(x, tmp_path / "x.pt")
+    _cli_model(tmp_path, 3)
     base = ["certify", f"{tmp_path / 'm.py'}:net", "--inputs", str(tmp_path / "x.pt"), "-q"]
     assert main(base + ["--local", "--time-budget", "5", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
