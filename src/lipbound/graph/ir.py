@@ -320,7 +320,7 @@ class Graph:
                 nodes[prev.name] = fused
                 rename[node.name] = prev.name
                 continue
-            node = _with_inputs(node, inputs)
+            node = with_inputs(node, inputs)
             nodes[node.name] = node
         return self.rebuilt(nodes, rename.get(self.output, self.output))
 
@@ -363,7 +363,8 @@ def _orig(rename: dict[str, str], name: str) -> str:
     return last
 
 
-def _with_inputs(node: Node, inputs: Sequence[str]) -> Node:
+def with_inputs(node: Node, inputs: Sequence[str]) -> Node:
+    """``node`` reading ``inputs`` instead of its own (a copy; the node itself when they are the same)."""
     if list(node.inputs) == list(inputs):
         return node
     import copy

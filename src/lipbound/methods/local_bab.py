@@ -58,7 +58,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..errors import InvalidInput, NotApplicable, UnsupportedOperation
-from ..graph.ir import Affine, Graph, Input
+from ..graph.ir import Affine, Graph, Input, with_inputs
 from ..linalg.operators import Dense, Reshape, compose
 from ..report import Kind, Result
 from .propagation import localize
@@ -350,16 +350,9 @@ def _free_inputs(graph: Graph, box: Box) -> tuple[Graph, Box, Any]:
                           fixed.reshape(shape).to(dtype=graph.dtype, device=graph.device), fixed.reshape(shape))}
     for key, node in graph.nodes.items():
         if key != graph.input:
-            nodes[key] = node if graph.input not in node.inputs else _reading(node, graph.input, name)
+            nodes[key] = with_inputs(node, [name if i == graph.input else i for i in node.inputs])
     reduced = Graph(nodes, source, graph.output, graph.name, list(graph.notes))
     return reduced, Box(box.low.flatten()[free].clone(), box.high.flatten()[free].clone()), (free, fixed, shape)
-
-
-def _reading(node: Any, old: str, new: str) -> Any:
-    import copy
-    node = copy.copy(node)
-    node.inputs = [new if i == old else i for i in node.inputs]
-    return node
 
 
 def _expanded(search: "_Search", expand: Any, graph: Graph, region: Any) -> tuple[float, Witness | None]:
