@@ -13,11 +13,14 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from . import report_format
+from .errors import InvalidInput
+from .report_format import PARTS_NOTE
+from .report_io import number, region_from_dict
 
 
 class Kind(str, Enum):
@@ -82,6 +85,11 @@ class LayerRow:
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable({**asdict(self), "shape": list(self.shape)})
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LayerRow":
+        numbers = {k: number(d[k]) for k in ("factor", "L", "power", "certified", "chain_constant") if k in d}
+        return cls(**{**d, **numbers, "shape": tuple(d["shape"])})
 
 
 @dataclass
@@ -156,8 +164,15 @@ class Result:
             out["options"] = _jsonable(self.options)
         return out
 
-
-PARTS_NOTE = "max over parts: pairs inside one part only"
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Result":
+        """The result whose :meth:`to_dict` is ``d`` (the witness stays a dict of lists)."""
+        details = dict(d.get("details", {}))
+        rows = details.pop("nodes", None) if _layer_dicts(details.get("nodes")) else None
+        bracket = d.get("bracket")
+        return cls(d["method"], number(d["value"]), d["kind"], d.get("seconds", 0.0), d.get("witness"), details,
+                   None if bracket is None else (number(bracket[0]), number(bracket[1])), d.get("options", {}),
+                   [LayerRow.from_dict(r) for r in rows or []])
 
 
 @dataclass
@@ -248,15 +263,16 @@ class Report:
         """``bracket: lower L (method)  upper U (method)  ratio R`` (:func:`~lipbound.report_format.bracket_line`)."""
         return report_format.bracket_line(self)
 
-    def hint(self) -> str | None:
-        """One line on what would tighten a bracket of ratio > 10, else None
-        (:func:`~lipbound.report_format.hint_line`)."""
-        return report_format.hint_line(self)
+    def hint(self, untried: Sequence[str] = ()) -> str | None:
+        """One line on what would tighten a bracket of ratio > 10, else None; ``untried``: certified
+        methods worth naming when they were not run (:func:`~lipbound.report_format.hint_line`)."""
+        return report_format.hint_line(self, untried)
 
-    def table(self) -> str:
+    def table(self, untried: Sequence[str] = ()) -> str:
         """Plain-text tables: the layers (when known; long names wrapped, never cut), then one line
-        per result, then the bracket and, when the ratio is large, the hint."""
-        return report_format.table(self)
+        per result, then the bracket and, when the ratio is large, the hint (``untried``: as for
+        :meth:`hint`)."""
+        return report_format.table(self, untried)
 
     def __str__(self) -> str:
         return self.table()
@@ -283,11 +299,19 @@ class Report:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Report":
-        """The report :meth:`save` wrote (:func:`lipbound.report_io.report_from_dict`): every field
-        of :meth:`to_dict` comes back; witnesses come back as dicts of lists."""
-        from .report_io import report_from_dict
+        """The report :meth:`save` wrote: every field of :meth:`to_dict` comes back (witnesses as
+        dicts of lists, see :mod:`lipbound.report_io`)."""
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidInput(f"{path} is not a saved lipbound report ({type(exc).__name__}: {exc})") from None
 
-        return report_from_dict(json.loads(Path(path).read_text()))
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Report":
+        """The report whose :meth:`to_dict` is ``d``."""
+        return cls(d["model"], tuple(d["input_shape"]), [Result.from_dict(r) for r in d["results"]],
+                   dict(d.get("skipped", {})), region_from_dict(d["region"]),
+                   [cls.from_dict(p) for p in d.get("parts", [])])
 
     def plot(self, path: str | None = None):
         """Draw the bracket and the per-layer norms (:func:`lipbound.plot.plot_report`; needs
@@ -295,6 +319,11 @@ class Report:
         from .plot import plot_report
 
         return plot_report(self, path)
+
+
+def _layer_dicts(rows: Any) -> bool:
+    """``rows`` are :meth:`LayerRow.to_dict` dicts (``Result.to_dict`` writes them to ``details["nodes"]``)."""
+    return isinstance(rows, list) and bool(rows) and all(isinstance(r, dict) and "origin" in r for r in rows)
 
 
 def _best_method(results: list[Result], end: str, pick: Any) -> str | None:

@@ -14,12 +14,13 @@ import html
 import io
 import math
 import textwrap
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
     from .report import Report, Result
 
 NAME_WIDTH = 40  # the plain-text table wraps longer node names
+PARTS_NOTE = "max over parts: pairs inside one part only"
 HINT_RATIO = 10.0  # above this ratio the table adds one line on what would tighten the bracket
 
 LAYER_HEAD = ("node", "type", "output shape", "power norm", "certified", "L so far")
@@ -57,23 +58,22 @@ def bracket_line(report: Report) -> str:
     return f"bracket: lower {lo}  upper {up}  ratio {ratio}"
 
 
-def hint_line(report: Report) -> str | None:
+def hint_line(report: Report, untried: Sequence[str] = ()) -> str | None:
     """When the ratio exceeds :data:`HINT_RATIO`, one line on what would tighten the bracket, read
     from the report: a region when the run was global, data points for ``lower`` when it had none,
-    certified methods that were neither run nor found not to apply, a larger time budget for the
-    results a budget cut short. None otherwise."""
+    the certified methods ``untried`` (the caller knows the registry, which sits above this
+    module) that were neither run nor found not to apply, a larger time budget for the results a
+    budget cut short. None otherwise."""
     ratio = report.ratio
     if ratio is None or ratio <= HINT_RATIO:
         return None
-    from .methods import METHODS  # the registry imports this package's Result
-
     tips = []
     if report.region is None:
         tips.append("bound a region, not all of R^n (--domain LOW,HIGH or --center/--radius)")
     if any(r.method == "lower" and "data" not in r.options for r in report.results):
         tips.append("start lower from data points (estimate(..., data=X))")
     tried = {r.method for r in report.results} | set(report.skipped)
-    untried = [n for n, s in METHODS.items() if s.guarantee.is_upper and not s.aggregate and n not in tried]
+    untried = [n for n in untried if n not in tried]
     if untried:
         tips.append("try " + ", ".join(f"-m {n}" for n in untried))
     cut = [r.method for r in report.results if stopped_by_time(r)]
@@ -100,9 +100,10 @@ def _text_table(head: tuple[str, ...], rows: list[tuple[str, ...]], right: set[i
             for r in (head, *rows)]
 
 
-def table(report: Report) -> str:
+def table(report: Report, untried: Sequence[str] = ()) -> str:
     """Plain text: the layers (when known), the region, one line per result and per skipped
-    method, the bracket, the hint (when the ratio is large), and the parts of a union."""
+    method, the bracket, the hint (when the ratio is large; ``untried`` as for :func:`hint_line`),
+    and the parts of a union."""
     lines = []
     layers = layer_cells(report)
     if layers:
@@ -112,14 +113,12 @@ def table(report: Report) -> str:
     rows += [(name, "-", "skipped", "", why) for name, why in report.skipped.items()]
     lines += _text_table((*RESULT_HEAD[:4], ""), rows, right={1, 3})
     lines.append(bracket_line(report))
-    hint = hint_line(report)
+    hint = hint_line(report, untried)
     if hint:
         lines.append(hint)
     for i, part in enumerate(report.parts):
         lines.append(f"part {i}: {part.region_text}: {bracket_line(part)}")
     if report.parts:
-        from .report import PARTS_NOTE
-
         lines.append(f"{PARTS_NOTE}: upper {max(p.upper for p in report.parts):.6g}; the bracket above (the "
                      "hull's) holds for every pair in the union")
     return "\n".join(lines)
