@@ -356,7 +356,7 @@ def _summary(value: Any, width: int = 60) -> str:
     item, a linear operator by its label and shapes, a function by its name, anything else by its
     ``repr`` cut to ``width`` characters."""
     if isinstance(value, torch.Tensor):
-        return f"tensor{tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}"
+        return f"<tensor {tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}>"
     if isinstance(value, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in value):
         return "(" + ", ".join(_summary(v, width) for v in value) + ")"
     if callable(value) and not isinstance(value, LinearOperator):
