@@ -20,6 +20,8 @@ def blocks(text: str) -> dict[str, str]:
     """``{method name: its block}`` of the guide (a block starts at an unindented ``name:`` line)."""
     out: dict[str, str] = {}
     for line in text.split("\n\n")[0].splitlines():
+        if line.startswith("("):  # the note on how the times were measured
+            continue
         if not line.startswith(" "):
             name = line.split(":")[0]
             out[name] = line
