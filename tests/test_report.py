@@ -24,7 +24,8 @@ from lipbound.report_format import HINT_RATIO, NAME_WIDTH
 
 def hand_report(**kw) -> Report:
     results = [Result("autolip", 1.5, "certified_upper"), Result("lipsdp", 1.02, "certified_upper"),
-               Result("autolip-power", 0.5, "estimate"), Result("lower", 0.87, "witnessed_lower", options={"data": "given"})]
+               Result("autolip-power", 0.5, "estimate"),
+               Result("lower", 0.87, "witnessed_lower", options={"data": "given"})]
     return Report("net", (4,), results, **kw)
 
 
@@ -94,8 +95,8 @@ def test_save_and_load_give_back_every_field(mlp, tmp_path, domain):
         boxes = [lipbound.Box(torch.full((4,), a, dtype=torch.float64), torch.full((4,), a + 0.5, dtype=torch.float64))
                  for a in (0.0, 1.0)]
         domain = lipbound.BoxUnion(boxes)
-    rep = lipbound.estimate(mlp, (4,), methods=["autolip", "seqlip", "lower"], domain=domain, progress=False, time_budget=1,
-                            method_options={"lower": {"starts": 4, "steps": 10, "pairs": False}})
+    rep = lipbound.estimate(mlp, (4,), methods=["autolip", "seqlip", "lower"], domain=domain, progress=False,
+                            time_budget=1, method_options={"lower": {"starts": 4, "steps": 10, "pairs": False}})
     rep.results.append(Result("odd", math.inf, "estimate", details={"x": torch.ones(2), "nan": math.nan}))
     rep.save(tmp_path / "r.json")
     back = Report.load(tmp_path / "r.json")
