@@ -76,7 +76,7 @@ def test_estimate_prints_the_table_and_the_bracket(model_file, capsys):
     assert layer and float(layer[2]) == pytest.approx(n1, rel=1e-4)  # 5 digits
     value = re.search(r"^autolip +(\S+) +certified_upper", out, re.M)
     assert value and float(value[1]) == pytest.approx(autolip, rel=1e-5)  # 6 digits
-    bracket = re.search(r"^bracket: lower (\S+) +upper (\S+)", out, re.M)
+    bracket = re.search(r"^bracket: lower (\S+) \(\S+\) +upper (\S+) \(\S+\)", out, re.M)
     assert bracket, out
     lower, upper = float(bracket[1]), float(bracket[2])
     witnessed = witnessed_lower(model, (4,))

@@ -7,12 +7,20 @@ and the best certified upper bound over all results (an ``exact`` result is both
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
+
+from . import report_format
+from .errors import InvalidInput
+from .report_format import PARTS_NOTE
+from .report_io import number, region_from_dict
 
 
 class Kind(str, Enum):
@@ -77,6 +85,11 @@ class LayerRow:
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable({**asdict(self), "shape": list(self.shape)})
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LayerRow":
+        numbers = {k: number(d[k]) for k in ("factor", "L", "power", "certified", "chain_constant") if k in d}
+        return cls(**{**d, **numbers, "shape": tuple(d["shape"])})
 
 
 @dataclass
@@ -151,8 +164,15 @@ class Result:
             out["options"] = _jsonable(self.options)
         return out
 
-
-PARTS_NOTE = "max over parts: pairs inside one part only"
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Result":
+        """The result whose :meth:`to_dict` is ``d`` (the witness stays a dict of lists)."""
+        details = dict(d.get("details", {}))
+        rows = details.pop("nodes", None) if _layer_dicts(details.get("nodes")) else None
+        bracket = d.get("bracket")
+        return cls(d["method"], number(d["value"]), d["kind"], d.get("seconds", 0.0), d.get("witness"), details,
+                   None if bracket is None else (number(bracket[0]), number(bracket[1])), d.get("options", {}),
+                   [LayerRow.from_dict(r) for r in rows or []])
 
 
 @dataclass
@@ -188,6 +208,16 @@ class Report:
         return max(vals) if vals else None
 
     @property
+    def upper_method(self) -> str | None:
+        """The method that gave :attr:`upper` (the first, on a tie); None when none certified one."""
+        return _best_method(self.results, "upper", min)
+
+    @property
+    def lower_method(self) -> str | None:
+        """The method that gave :attr:`lower` (the first, on a tie); None when none gave one."""
+        return _best_method(self.results, "lower", max)
+
+    @property
     def ratio(self) -> float | None:
         """``upper / lower``: 1 means the constant is known exactly; None without a lower bound."""
         lo = self.lower
@@ -220,6 +250,7 @@ class Report:
         out = {"model": self.model, "input_shape": list(self.input_shape),
                "region": {"type": "R^n"} if self.region is None else self.region.to_dict(),
                "region_text": self.region_text, "upper": _num(self.upper), "lower": _num(self.lower),
+               "upper_method": self.upper_method, "lower_method": self.lower_method,
                "ratio": _num(self.ratio), "results": [r.to_dict() for r in self.results],
                "skipped": dict(self.skipped)}
         if self.parts:
@@ -229,41 +260,58 @@ class Report:
         return out
 
     def bracket_line(self) -> str:
-        lo = "none" if self.lower is None else f"{self.lower:.6g}"
-        ratio = "n/a" if self.ratio is None else f"{self.ratio:.4g}"
-        return f"bracket: lower {lo}  upper {self.upper:.6g}  ratio {ratio}"
+        """``bracket: lower L (method)  upper U (method)  ratio R`` (:func:`~lipbound.report_format.bracket_line`)."""
+        return report_format.bracket_line(self)
 
-    def table(self) -> str:
-        """Plain-text tables: the layers (when known), then one line per result, then the bracket."""
-        lines = []
-        rows = self.layers
-        if rows:
-            # columns as wide as their longest entry: names are never cut, so fused layers stay told apart
-            wn, wt, ws = (max(len(head), *(len(v) for v in vals)) for head, vals in
-                          (("node", [r.origin for r in rows]), ("type", [r.type for r in rows]),
-                           ("output shape", [str(tuple(r.shape)) for r in rows])))
-            lines.append(f"{'node':<{wn}} {'type':<{wt}} {'output shape':<{ws}} {'power norm':>12} {'certified':>12}  "
-                         f"{'L so far':>11}")
-            for r in rows:
-                lines.append(f"{r.origin:<{wn}} {r.type:<{wt}} {str(tuple(r.shape)):<{ws}} {_fmt(r.power):>12} "
-                             f"{_fmt(r.certified):>12}  {_fmt(r.L):>11}")
-            lines.append("")
-        lines.append(f"region: {self.region_text}" + ("  (results below: its hull)" if self.parts else ""))
-        lines.append(f"{'method':<16} {'value':>14}  {'kind':<16} {'seconds':>8}")
-        for r in self.results:
-            lines.append(f"{r.method:<16} {r.value:>14.6g}  {r.kind.value:<16} {r.seconds:>8.2f}")
-        for name, why in self.skipped.items():
-            lines.append(f"{name:<16} {'-':>14}  skipped: {why}")
-        lines.append(self.bracket_line())
-        for i, part in enumerate(self.parts):
-            lines.append(f"part {i}: {part.region_text}: {part.bracket_line()}")
-        if self.parts:
-            lines.append(f"{PARTS_NOTE}: upper {max(p.upper for p in self.parts):.6g}; the bracket above (the hull's) "
-                         "holds for every pair in the union")
-        return "\n".join(lines)
+    def hint(self, untried: Sequence[str] = ()) -> str | None:
+        """One line on what would tighten a bracket of ratio > 10, else None; ``untried``: certified
+        methods worth naming when they were not run (:func:`~lipbound.report_format.hint_line`)."""
+        return report_format.hint_line(self, untried)
+
+    def table(self, untried: Sequence[str] = ()) -> str:
+        """Plain-text tables: the layers (when known; long names wrapped, never cut), then one line
+        per result, then the bracket and, when the ratio is large, the hint (``untried``: as for
+        :meth:`hint`)."""
+        return report_format.table(self, untried)
 
     def __str__(self) -> str:
         return self.table()
+
+    def __repr__(self) -> str:
+        lo = "none" if self.lower is None else f"{self.lower:.4g}"
+        return (f"<Report {self.model!r} input {tuple(self.input_shape)}, {self.region_text}: bracket [{lo}, "
+                f"{self.upper:.4g}] by {self.lower_method or '-'}/{self.upper_method or '-'}, methods "
+                f"{', '.join(r.method for r in self.results) or 'none'}>")
+
+    def _repr_html_(self) -> str:
+        return report_format.to_html(self)
+
+    def to_markdown(self) -> str:
+        return report_format.markdown(self)
+
+    def to_csv(self, layers: bool = False) -> str:
+        """One CSV row per result (or per layer row with ``layers=True``), with a header."""
+        return report_format.to_csv(self, layers)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write :meth:`to_dict` as JSON to ``path``; :meth:`load` reads it back."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Report":
+        """The report :meth:`save` wrote: every field of :meth:`to_dict` comes back (witnesses as
+        dicts of lists, see :mod:`lipbound.report_io`)."""
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidInput(f"{path} is not a saved lipbound report ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Report":
+        """The report whose :meth:`to_dict` is ``d``."""
+        return cls(d["model"], tuple(d["input_shape"]), [Result.from_dict(r) for r in d["results"]],
+                   dict(d.get("skipped", {})), region_from_dict(d["region"]),
+                   [cls.from_dict(p) for p in d.get("parts", [])])
 
     def plot(self, path: str | None = None):
         """Draw the bracket and the per-layer norms (:func:`lipbound.plot.plot_report`; needs
@@ -273,8 +321,18 @@ class Report:
         return plot_report(self, path)
 
 
-def _fmt(v: Any) -> str:
-    return "-" if v is None else f"{v:.5g}"
+def _layer_dicts(rows: Any) -> bool:
+    """``rows`` are :meth:`LayerRow.to_dict` dicts (``Result.to_dict`` writes them to ``details["nodes"]``)."""
+    return isinstance(rows, list) and bool(rows) and all(isinstance(r, dict) and "origin" in r for r in rows)
+
+
+def _best_method(results: list[Result], end: str, pick: Any) -> str | None:
+    """The first result whose ``end`` (``"upper"``/``"lower"``) equals the ``pick`` over all of them."""
+    vals = [(getattr(r, end), r.method) for r in results if getattr(r, end) is not None]
+    if not vals:
+        return None
+    best = pick(v for v, _ in vals)
+    return next(m for v, m in vals if v == best)
 
 
 def _num(v: float | None) -> float | None | str:

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from .. import api
+from ..methods import METHODS
 from .common import add_model_options, add_run_options, load_graph, progress_of, region_of
 
 
@@ -26,11 +27,18 @@ def run(args: argparse.Namespace, model_spec: str, shape_text: str | None, weigh
                           progress=progress_of(args), domain=region_of(args), time_budget=budget)
     if args.plot:
         report.plot(args.plot)
+    untried = certified_methods()
     if args.json:
-        print(json.dumps({**report.to_dict(), "notes": list(graph.notes)}, indent=2))
+        print(json.dumps({**report.to_dict(), "hint": report.hint(untried), "notes": list(graph.notes)}, indent=2))
     else:
         print(f"model {report.model}, input shape {report.input_shape}")
         for note in graph.notes:
             print(f"note: {note}")
-        print(report.table())
+        print(report.table(untried))
     return 0
+
+
+def certified_methods() -> list[str]:
+    """The registered methods that certify an upper bound on their own (not the aggregates), which
+    the hint of a loose bracket names when they were not run."""
+    return [name for name, spec in METHODS.items() if spec.guarantee.is_upper and not spec.aggregate]

@@ -30,7 +30,7 @@ the model it came from.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -41,7 +41,7 @@ from .activations import ActivationFacts, PiecewiseLinear
 Shape = tuple[int, ...]
 
 
-@dataclass
+@dataclass(repr=False)
 class Node:
     """Common part of every node: ``name`` (unique), ``inputs`` (names of the nodes it reads),
     ``shape`` (output shape without batch axis) and ``origin`` (where it comes from in the user's
@@ -54,6 +54,14 @@ class Node:
 
     kind = "node"
 
+    def __repr__(self) -> str:
+        """One line that never prints a tensor's values: the class, name, output shape, inputs,
+        origin, and every other field that is set, summarised (:func:`_summary`)."""
+        extra = "".join(f", {f.name}={_summary(getattr(self, f.name))}" for f in fields(self)
+                        if f.name not in ("name", "inputs", "shape", "origin") and getattr(self, f.name) is not None)
+        return (f"{type(self).__name__}({self.name!r}, {self.shape} <- {', '.join(self.inputs) or '-'}, "
+                f"origin {self.origin!r}{extra})")
+
     def evaluate(self, *args: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -61,12 +69,12 @@ class Node:
         return self
 
 
-@dataclass
+@dataclass(repr=False)
 class Input(Node):
     kind = "input"
 
 
-@dataclass
+@dataclass(repr=False)
 class Affine(Node):
     """``y = op(x) + bias``; ``bias`` has the output shape (or is None). ``bias64``: the bias in
     float64 when ``bias`` is a rounding of it (a float32 model's ``f(0)``): :meth:`to` in float64
@@ -88,7 +96,7 @@ class Affine(Node):
                       None if self.bias64 is None else self.bias64.to(device=device))
 
 
-@dataclass
+@dataclass(repr=False)
 class Activation(Node):
     """Element-wise ``fn``; ``facts`` (:class:`~lipbound.graph.activations.ActivationFacts`, from
     the activation's definition) give its slope range, kinks and pieces; ``label`` names it."""
@@ -148,7 +156,7 @@ class Activation(Node):
         return self.facts.lipschitz
 
 
-@dataclass
+@dataclass(repr=False)
 class MaxPool(Node):
     """Max pooling; ``fn`` evaluates it, ``kernel``/``stride``/``dilation`` per spatial axis."""
 
@@ -170,7 +178,7 @@ class MaxPool(Node):
         return math.sqrt(self.multiplicity)
 
 
-@dataclass
+@dataclass(repr=False)
 class Add(Node):
     kind = "add"
 
@@ -181,7 +189,7 @@ class Add(Node):
         return out
 
 
-@dataclass
+@dataclass(repr=False)
 class Concat(Node):
     axis: int = 0  # axis without the batch axis
     kind = "concat"
@@ -190,7 +198,7 @@ class Concat(Node):
         return torch.cat(xs, dim=self.axis + 1)
 
 
-@dataclass
+@dataclass(repr=False)
 class Graph:
     """Typed DAG in topological order. ``nodes`` maps names to nodes; ``output`` names the
     output node; ``input_shape`` is the input shape without batch axis. ``region``: the input
@@ -324,11 +332,37 @@ class Graph:
             nodes[node.name] = node
         return self.rebuilt(nodes, rename.get(self.output, self.output))
 
+    def __repr__(self) -> str:
+        """One line: name, shapes, node count by kind, region; no tensor values."""
+        kinds: dict[str, int] = {}
+        for n in self:
+            kinds[n.kind] = kinds.get(n.kind, 0) + 1
+        region = "" if self.region is None else f", region {self.region.describe()}"
+        return (f"<Graph {self.name!r}: input {self.input_shape} -> output {self.output_shape}, {len(self)} nodes "
+                f"({', '.join(f'{c} {k}' for k, c in kinds.items())}){region}>")
+
+    def __str__(self) -> str:
+        return self.describe()
+
     def describe(self) -> str:
         lines = [f"Graph {self.name}: input {self.input_shape} -> output {self.output_shape}"]
         for n in self:
             lines.append(f"  {n.name:<24} {n.kind:<10} {str(n.shape):<18} <- {', '.join(n.inputs)}   [{n.origin}]")
         return "\n".join(lines)
+
+
+def _summary(value: Any, width: int = 60) -> str:
+    """A short text for a node's field: a tensor by its shape and dtype, a tuple or list item by
+    item, a linear operator by its label and shapes, a function by its name, anything else by its
+    ``repr`` cut to ``width`` characters."""
+    if isinstance(value, torch.Tensor):
+        return f"<tensor {tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}>"
+    if isinstance(value, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in value):
+        return "(" + ", ".join(_summary(v, width) for v in value) + ")"
+    if callable(value) and not isinstance(value, LinearOperator):
+        return getattr(value, "__name__", type(value).__name__)
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def _fused_bias(second: LinearOperator, b1: torch.Tensor | None, b2: torch.Tensor | None) -> torch.Tensor | None:

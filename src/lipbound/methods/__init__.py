@@ -25,9 +25,16 @@ from ..report import Kind, Result
 from . import autolip, best, eclipse, exact, lipsdp, local_bab, lower, seqlip  # the modules keep their names
 from .piecewise import count_two_slope_neurons
 
-__all__ = ["MethodSpec", "METHODS", "get_method", "EXACT_DEFAULT_NEURONS"]
+__all__ = ["MethodSpec", "METHODS", "SIZES", "get_method", "EXACT_DEFAULT_NEURONS"]
 
 EXACT_DEFAULT_NEURONS = 32  # ``exact`` joins the default set up to this many ReLU units
+
+#: :attr:`MethodSpec.size`: the models a method is meant for
+SIZES = {
+    "any": "any size",
+    "medium": "up to a few thousand neurons",
+    "small": "tens of neurons or input elements",
+}
 
 
 @dataclass(frozen=True)
@@ -40,7 +47,9 @@ class MethodSpec:
         guarantee: the kind of its value when it succeeds.
         summary: one line: what it computes.
         applies_to: the models it takes (others raise ``NotApplicable``/``UnsupportedOperation``).
-        cost: a hint of its cost and how it scales.
+        scaling: how its cost grows with the model (``lipbound methods`` prints it).
+        size: the largest models it is meant for, a key of :data:`SIZES` (``any``, ``medium``,
+            ``small``); the guide's recommendation groups the methods by it.
         in_best: ``best`` tries it (in registry order, cheapest first).
         in_default: it belongs to the default set, for every model or for those the callable accepts.
         aggregate: it only reruns other methods (left out of ``"all"``).
@@ -52,7 +61,8 @@ class MethodSpec:
     guarantee: Kind
     summary: str
     applies_to: str
-    cost: str
+    scaling: str
+    size: str = "any"
     in_best: bool = False
     in_default: bool | Callable[[Graph], bool] = False
     aggregate: bool = False
@@ -61,6 +71,8 @@ class MethodSpec:
     fixed: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.size not in SIZES:
+            raise ValueError(f"method {self.name!r}: size must be one of {', '.join(SIZES)}, got {self.size!r}")
         params = dict(inspect.signature(self.fn).parameters)
         fixed = self.fn.keywords if isinstance(self.fn, partial) else {}
         for name in ("graph", *fixed):  # the options a partial fixed (solver, variant, ...) are not the user's
@@ -137,45 +149,51 @@ METHODS: dict[str, MethodSpec] = {}
 _SPECS = [
     MethodSpec("autolip", partial(autolip.autolip, certified=True), Kind.CERTIFIED_UPPER,
                "AutoLip (paper Alg. 1) over the graph with certified layer norms",
-               "any graph", "one certified norm per layer: milliseconds to seconds", in_best=True, in_default=True),
+               "any graph",
+               "linear in the layers; per layer an SVD (dense) or small SVDs of the kernel's DFT (convolution)",
+               in_best=True, in_default=True),
     MethodSpec("autolip-power", partial(autolip.autolip, certified=False), Kind.ESTIMATE,
                "AutoLip with power-method layer norms (the paper's figure)",
-               "any graph", "a power method per layer"),
+               "any graph", "linear in the layers; per layer power iterations, each a forward and a backward pass"),
     MethodSpec("eclipse-fast", eclipse.eclipse_fast, Kind.CERTIFIED_UPPER,
                "closed-form sequential LMI multipliers (ECLipsE-Fast family), checked in float64",
                "affine maps, activations, sums, concatenations; LMI order <= max_size",
-               "dense matrices of the LMI's blocks: milliseconds to seconds", in_best=True, in_default=_on_region),
+               "dense blocks of the LMI: cubic in each layer's width, linear in the layers", size="medium",
+               in_best=True, in_default=_on_region),
     MethodSpec("seqlip", partial(seqlip.seqlip, solver="certified"), Kind.CERTIFIED_UPPER,
                "SeqLip on every sequential chain, each pair's maximum over activation patterns solved "
                "or bounded; AutoLip elsewhere",
                "any graph (chains of affine layers and activations get SeqLip)",
                "an SVD per layer, then exponential in the narrower layer of each pair (capped by the budget)",
-               in_best=True, in_default=True),
+               size="medium", in_best=True, in_default=True),
     MethodSpec("seqlip-greedy", partial(seqlip.seqlip, solver="greedy"), Kind.ESTIMATE,
-               "the paper's greedy SeqLip on the dense SVDs", "any graph", "an SVD per layer, greedy flips"),
+               "the paper's greedy SeqLip on the dense SVDs", "any graph",
+               "an SVD per layer, then greedy flips: polynomial in the layers' widths", size="medium"),
     MethodSpec("seqlip-topk", partial(seqlip.seqlip, solver="topk"), Kind.ESTIMATE,
                "the paper's top-k SeqLip heuristic for layers too large for an SVD",
-               "any graph", "a block power method per layer for the top-k triplets"),
+               "any graph", "a block power method of k vectors per layer: linear in the layer's size times k"),
     MethodSpec("lipsdp", lipsdp.lipsdp, Kind.CERTIFIED_UPPER,
                "LipSDP-Neuron: one LMI over the whole network, certificate checked in float64",
                "affine maps, activations, sums, concatenations; LMI order <= max_size",
-               "interior point up to ~60, first-order beyond: seconds to minutes", in_best=True,
-               in_default=_small_local_lmi),
+               "one SDP of order ~ the neurons: interior point (cubic or worse) up to ~60, first-order beyond",
+               size="medium", in_best=True, in_default=_small_local_lmi),
     MethodSpec("lipsdp-layer", partial(lipsdp.lipsdp, variant="layer"), Kind.CERTIFIED_UPPER,
-               "LipSDP with one multiplier per activation layer", "as lipsdp", "as lipsdp, fewer variables"),
+               "LipSDP with one multiplier per activation layer", "as lipsdp",
+               "as lipsdp (same LMI order), one variable per layer instead of per neuron", size="medium"),
     MethodSpec("exact", exact.exact, Kind.EXACT,
                "branch and bound over activation patterns with LP existence checks",
                "chains of affine layers and piecewise-linear activations with few neurons",
-               "exponential in the number of neurons (NP-hard)", in_best=True, in_default=_small_relu_net),
+               "exponential in the number of unstable neurons (NP-hard)", size="small", in_best=True,
+               in_default=_small_relu_net),
     MethodSpec("local-bab", partial(local_bab.local_bab, registry=METHODS), Kind.CERTIFIED_UPPER,
                "branch and bound over the input region: the largest certified bound over its parts, "
                "lower bounds from Jacobians inside them",
                "a box or infinity ball; splits inputs of at most 32 elements, bounds larger ones once",
-               "parts x (bound propagation + the part's certified methods), within the time budget",
-               aggregate=True, in_default=_small_input_region, budget_weight=6.0),
+               "parts x (bound propagation + the part's certified methods); parts exponential in the input size",
+               size="small", aggregate=True, in_default=_small_input_region, budget_weight=6.0),
     MethodSpec("lower", lower.lower, Kind.WITNESSED_LOWER,
                "Jacobian-norm and pair search over inputs, with a re-checkable witness",
-               "any graph", "batched autograd ascent within the time budget", in_default=True),
+               "any graph", "starts x steps forward and backward passes: linear in the model", in_default=True),
     MethodSpec("best", partial(best.best, registry=METHODS), Kind.CERTIFIED_UPPER,
                "the least certified bound of the methods marked for best, cheapest first",
                "any graph", "the sum of the methods it runs, within the time budget", aggregate=True),
