@@ -247,3 +247,113 @@ def test_resize_with_input_dependent_scales_is_refused():
               out_shape=["N", 1, 2, 2])
     with pytest.raises(UnsupportedOperation, match="Resize at .*scales must be a constant"):
         from_onnx(m, check=False)
+
+
+# ---- Split and Gather: selections ---------------------------------------------------------------
+SPLITS = [  # (opset, attributes, the split input or None, number of outputs)
+    (13, dict(axis=2), [2, 3], 2),
+    (13, dict(axis=-1), None, 2),
+    (18, dict(axis=1, num_outputs=3), None, 3),
+    (18, dict(axis=3), [1, 2, 3], 3),
+]
+
+
+@pytest.mark.parametrize("opset,attrs,split,parts", SPLITS)
+def test_split_each_output_matches_the_reference_and_torch(opset, attrs, split, parts):
+    shape = (7, 5, 6)
+    inits = {} if split is None else {"split": np.array(split, np.int64)}
+    outs = [f"p{k}" for k in range(parts)]
+    sizes = split or -(-shape[attrs["axis"] % 4 - 1] // parts)  # torch.split: chunks of this size
+    for k, out in enumerate(outs):
+        m = model([helper.make_node("Split", ["x", *inits], outs, **attrs)], ["N", *shape], inits, opset, out=out)
+        g, ref = check_linear(m, shape)
+        assert np.linalg.norm(ref, 2) == pytest.approx(1.0)
+        x = torch.randn(2, *shape)
+        expected = torch.split(x, sizes, dim=attrs["axis"] % 4)[k]
+        assert torch.equal(g.forward(x), expected)
+
+
+def test_split_outputs_recombined_keep_the_map():
+    """Split, then Concat of the parts in another order and a sum of two parts: both branches
+    of the same selections, compared with the reference's matrix."""
+    m = model([helper.make_node("Split", ["x", "split"], ["a", "b", "c"], axis=1),
+               helper.make_node("Concat", ["c", "a", "b"], ["p"], axis=1),
+               helper.make_node("Add", ["a", "b"], ["s"]),
+               helper.make_node("Concat", ["p", "s"], ["y"], axis=1)], ["N", 6, 3], {"split": np.array([2, 2, 2])})
+    g = check(m, (6, 3))
+    ref = reference_matrix(m, (6, 3))
+    assert np.allclose(graph_matrix(g), ref, atol=1e-6)
+    assert lipbound.autolip(g, certified=True).value >= np.linalg.norm(ref, 2) * (1 - 1e-6)
+
+
+GATHERS = [  # (axis, indices)
+    (1, np.array(2)),
+    (2, np.array([0, -1, 0, 2])),
+    (-1, np.array([[1, 3], [3, 0]])),
+    (3, np.array([-5])),
+]
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+@pytest.mark.parametrize("axis,indices", GATHERS)
+def test_gather_with_constant_indices_matches_the_reference_and_torch(axis, indices, opset):
+    shape = (3, 4, 5)
+    m = model([helper.make_node("Gather", ["x", "idx"], ["y"], axis=axis)], ["N", *shape],
+              {"idx": indices.astype(np.int64)}, opset)
+    g, ref = check_linear(m, shape)
+    repeats = np.bincount((indices % shape[axis % 4 - 1]).reshape(-1)).max()
+    assert np.linalg.norm(ref, 2) == pytest.approx(np.sqrt(repeats))  # a repeated index reads an input twice
+    x = torch.randn(2, *shape)
+    expected = torch.as_tensor(np.take(x.numpy(), indices, axis=axis))
+    assert torch.equal(g.forward(x), expected)
+
+
+def test_gather_on_an_unbatched_input():
+    m = model([helper.make_node("Gather", ["x", "idx"], ["y"], axis=0)], [6], {"idx": np.array([5, 0, 5])})
+    g = check(m, (6,), batched=False)
+    assert lipbound.autolip(g, certified=True).value == pytest.approx(np.sqrt(2))
+
+
+def test_selection_refusals_name_the_node():
+    def gather(inputs, inits, axis=1, out_shape=None):
+        return model([helper.make_node("Gather", inputs, ["y"], axis=axis, name="pick")], ["N", 4, 3], inits,
+                     out_shape=out_shape)
+    with pytest.raises(UnsupportedOperation, match="Gather at ONNX node 'pick'.*batch axis"):
+        from_onnx(gather(["x", "i"], {"i": np.array([0])}, axis=0), check=False)
+    with pytest.raises(UnsupportedOperation, match="Gather at ONNX node 'pick'.*indices must be a constant"):
+        from_onnx(gather(["x", "x"], {}, out_shape=["N", 4, 3]), check=False)
+    with pytest.raises(InvalidInput, match="Gather at ONNX node 'pick'.*indices must be integers in"):
+        from_onnx(gather(["x", "i"], {"i": np.array([4])}, out_shape=["N", 1, 3]), check=False)
+    split = model([helper.make_node("Split", ["x"], ["a", "b"], axis=0, name="cut")], ["N", 4], out="a",
+                  out_shape=["N", 4])
+    with pytest.raises(UnsupportedOperation, match="Split at ONNX node 'cut'.*batch axis"):
+        from_onnx(split, check=False)
+
+
+# ---- arithmetic with constant operands, and products of two data tensors -------------------------
+def test_constant_div_mul_matmul_and_folded_weight_normalisation():
+    """The Scalability nets' pattern: the weight divided by its power-iteration estimate
+    ``u^T W v`` (MatMul/Div on constants, folded), then a Gemm and a scalar Mul, a Div by a
+    per-feature constant and a MatMul by a constant."""
+    wt, u, v = (RNG.standard_normal(s).astype(np.float32) for s in [(4, 6), (4,), (6,)])
+    c, d, mm = np.float32(1.7), (RNG.random(4) + 0.5).astype(np.float32), RNG.standard_normal((4, 3)).astype(np.float32)
+    m = model([helper.make_node("MatMul", ["W", "v"], ["wv"]), helper.make_node("MatMul", ["u", "wv"], ["sigma"]),
+               helper.make_node("Div", ["W", "sigma"], ["Wn"]),
+               helper.make_node("Gemm", ["x", "Wn"], ["h"], transB=1), helper.make_node("Mul", ["h", "c"], ["hc"]),
+               helper.make_node("Div", ["hc", "d"], ["hd"]), helper.make_node("MatMul", ["hd", "M"], ["y"])],
+              ["N", 6], {"W": wt, "u": u, "v": v, "c": c, "d": d, "M": mm})
+    g = check(m, (6,))
+    ref = reference_matrix(m, (6,))
+    expected = (wt / (u @ wt @ v)).T @ np.diag(c / d) @ mm
+    assert np.allclose(ref, expected.T, rtol=1e-4, atol=1e-6) and np.allclose(graph_matrix(g), ref, atol=1e-5)
+    assert lipbound.autolip(g, certified=True).value >= np.linalg.norm(ref, 2) * (1 - 1e-6)
+
+
+@pytest.mark.parametrize("op,inputs", [("Mul", ["x", "x"]), ("Div", ["x", "r"]), ("Div", ["c", "x"]),
+                                       ("MatMul", ["x", "t"])])
+def test_products_of_two_data_tensors_are_refused_naming_the_node(op, inputs):
+    m = model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1]),
+               helper.make_node(op, inputs, ["y"], name="product")], ["N", 3, 3], {"c": np.float32(2.0)},
+              out_shape=["N", 3, 3])
+    with pytest.raises(UnsupportedOperation, match=f"{op} at ONNX node 'product'"):
+        from_onnx(m, check=False)
