@@ -181,6 +181,7 @@ RESIZES = [  # (opset, resize arguments, attributes)
     (13, dict(sizes=[1, 2, 3, 11]), dict(mode="linear", coordinate_transformation_mode="pytorch_half_pixel")),
     (13, dict(sizes=[1, 2, 1, 4]), dict(mode="linear", coordinate_transformation_mode="pytorch_half_pixel")),
     (13, dict(sizes=[1, 2, 9, 4]), dict(mode="linear", coordinate_transformation_mode="align_corners")),
+    (13, dict(scales=[1, 1, 2, 0.5]), dict(mode="linear", coordinate_transformation_mode="align_corners")),
     (13, dict(scales=[1, 1, 2, 2]), dict(mode="cubic")),
     (13, dict(sizes=[1, 2, 9, 3]), dict(mode="cubic", cubic_coeff_a=-0.5, exclude_outside=1)),
     (13, dict(scales=[1, 2, 1.7, 1]), dict(mode="cubic", coordinate_transformation_mode="asymmetric")),
@@ -231,6 +232,10 @@ def test_bicubic_norm_is_exact_where_row_sums_would_be_wrong():
     (dict(sizes=[1, 2, 4, 4]), dict(mode="linear", coordinate_transformation_mode="tf_crop_and_resize"),
      UnsupportedOperation, "tf_crop_and_resize"),
     (dict(scales=[1, 1, 2, 2]), dict(mode="nearest", antialias=1), InvalidInput, "antialias"),
+    (dict(scales=[1, 1, 1.5, 0.7]), dict(mode="linear", coordinate_transformation_mode="align_corners"),
+     UnsupportedOperation, "fractional output length is ambiguous"),
+    (dict(scales=[1, 1, 1, 0.3]), dict(mode="nearest", coordinate_transformation_mode="pytorch_half_pixel"),
+     UnsupportedOperation, "fractional output length is ambiguous"),
 ])
 def test_resize_refusals(args, attrs, error, match):
     inits = {"roi": np.zeros(0, np.float32), "scales": np.array(args.get("scales", []), np.float32)}

@@ -22,7 +22,10 @@ operator applies these matrices, so its norm is a proof about the map the graph 
 the map is the model's Resize is checked against ``onnx.reference`` with the rest of the graph
 (``from_onnx(check=True)``), and tests compare the dense matrices with it and with torch.
 
-``tf_crop_and_resize`` (extrapolated constants, ``roi``) is refused.
+``tf_crop_and_resize`` (extrapolated constants, ``roi``) is refused, and so are ``align_corners`` and
+``pytorch_half_pixel`` with scales whose output length ``scale x n`` is fractional: the spec divides
+by the (integer) output length there and ``onnx.reference`` by ``scale x n``, so the model's map
+is ambiguous.
 """
 
 from __future__ import annotations
@@ -175,6 +178,11 @@ class ResizeOps:
                 raise UnsupportedOperation("Resize", where, "it resizes the batch axis")
             factor, out, resized = factor[1:], out[1:], [i - 1 for i in resized]
         self._bounded(node, out, "output")
+        if coordinate_mode in ("align_corners", "pytorch_half_pixel") and any(
+                not math.isclose(factor[i] * src.shape[i], out[i], rel_tol=1e-9) for i in resized):
+            raise UnsupportedOperation("Resize", where, f"{coordinate_mode} with scales that give a fractional output "
+                                       "length is ambiguous (the ONNX spec divides by the output length, "
+                                       "onnx.reference by scale x input length); give sizes")
         if min(out) < 1:
             raise InvalidInput(f"Resize at {where}: the output shape {out} has an empty axis")
         factors = [torch.as_tensor(resize_matrix(n, o, f, mode, coordinate_mode, nearest_mode,
