@@ -10,8 +10,10 @@ checks, opset upgrade) and translated node by node, in the file's topological or
   :mod:`lipbound.linalg.operators` so that every method works unchanged: ``Gemm``/``MatMul``
   (both ``x @ W`` and ``W @ x``) -> :class:`Dense`, ``Conv``/``ConvTranspose`` -> :class:`Conv`
   (asymmetric or ``auto_pad`` padding as an explicit zero pad or crop), ``BatchNormalization`` and
-  products/quotients by constants -> :class:`Diagonal`, ``Pad``/``AveragePool``/``GlobalAveragePool``
-  -> :class:`Kronecker`, ``Slice`` -> :class:`Gather`,
+  products/quotients by constants -> :class:`Diagonal`, ``Pad``/``AveragePool``/``GlobalAveragePool``,
+  ``ReduceMean``/``ReduceSum`` over non-batch axes and ``Resize`` (nearest, linear, cubic, antialias;
+  :mod:`~lipbound.frontends.onnx_resize`) -> :class:`Kronecker`, ``Slice``/``Split``/``Gather`` with
+  constant indices -> :class:`Gather`,
   ``Flatten``/``Reshape``/``Squeeze``/``Unsqueeze`` -> :class:`Reshape`,
   ``Transpose`` -> :class:`Permute`; element-wise activations with the slope ranges of
   :mod:`lipbound.graph.activations`; ``MaxPool``; sums of branches; ``Concat``. Every affine node's

@@ -23,6 +23,7 @@ from .onnx_common import (BATCH, MAX_INPUT_NUMEL, OnnxTensor as _Tensor, Shape, 
 from .onnx_composites import Composite, find_composites
 from .onnx_pooling import PoolingOps
 from .onnx_reference import reference_evaluator
+from .onnx_resize import ResizeOps
 from .onnx_shapes import ShapeOps
 
 # Operators refused on purpose, with the reason given to the user.
@@ -45,7 +46,7 @@ _REFUSED = {
 _SHAPE_ONLY = {"Identity", "Dropout", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Cast"}
 
 
-class OnnxBuilder(AffineOps, ShapeOps, PoolingOps):
+class OnnxBuilder(AffineOps, ShapeOps, PoolingOps, ResizeOps):
     """Translates one checked ONNX model into a Graph (one ``_op_<OpType>`` handler per operator)."""
 
     def __init__(self, model, input_shape, name: str, keep_softmax: bool, output: str | None,

@@ -1,5 +1,5 @@
-"""ONNX pooling and padding: MaxPool, GlobalMaxPool, AveragePool, GlobalAveragePool, Pad (a mixin
-of the ONNX builder, :mod:`lipbound.frontends.onnx_builder`)."""
+"""ONNX pooling, reductions and padding: MaxPool, GlobalMaxPool, AveragePool, GlobalAveragePool,
+ReduceMean, ReduceSum, Pad (a mixin of the ONNX builder, :mod:`lipbound.frontends.onnx_builder`)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidInput, UnsupportedOperation
+from ..linalg.operators import LinearOperator, Reshape, compose
 from ..linalg.structured import Kronecker, separable
 from ..graph.ir import MaxPool
 from .torch_modules import _pool_multiplicity
@@ -127,6 +128,52 @@ class PoolingOps:
         fn = lambda x: x.mean(dim=dims, keepdim=True)  # noqa: E731
         op = separable(fn, src.shape, "GlobalAveragePool", len(dims), self.dtype, where=_where(node))
         self._affine(node, src, op)
+
+    def _reduce(self, node, kind: str) -> None:
+        """ReduceMean / ReduceSum over constant axes that leave the batch axis alone: a linear map.
+
+        Over the reduced axes ``R`` the map is ``y = c sum_{i in R} x_i`` with ``c = 1 / prod_R n``
+        (mean) or 1 (sum), i.e. the Kronecker product of ``c_k 1^T`` on each reduced axis of size
+        ``n_k`` and identities on the others. :func:`~lipbound.linalg.structured.separable` reads
+        those factors off the map and checks them, so the norm is exact: ``prod_R sqrt(n_k)`` for
+        a sum, ``prod_R 1 / sqrt(n_k)`` for a mean (a global average pool over ``H x W``:
+        ``1 / sqrt(H W)``). ``keepdims=0`` adds a reshape (norm 1). The axes come from the
+        attribute (opset < 18) or the second input (opset 18); no axes reduce every axis, unless
+        ``noop_with_empty_axes`` makes the node the identity.
+        """
+        src = self.dep[node.input[0]]
+        a = self._attrs(node)
+        axes = self._const(node.input[1], node, "axes") if len(node.input) > 1 and node.input[1] else a.get("axes")
+        axes = [] if axes is None else [int(v) for v in np.asarray(axes).reshape(-1)]
+        rank = len(src.onnx_shape)
+        if not axes and a.get("noop_with_empty_axes", 0):
+            self._alias(node.output[0], src)
+            return
+        if any(not -rank <= ax < rank for ax in axes):
+            raise InvalidInput(f"{node.op_type} at {_where(node)}: axes {axes} out of range for rank {rank}")
+        axes = sorted({ax % rank for ax in axes}) if axes else list(range(rank))
+        if src.batched:
+            if 0 in axes:
+                raise UnsupportedOperation(node.op_type, _where(node), "it reduces over the batch axis, "
+                                           "mixing the samples")
+            axes = [ax - 1 for ax in axes]
+        dims = tuple(ax + 1 for ax in axes)  # on the batch of the recording and the probes
+        fn = (lambda x: x.mean(dim=dims, keepdim=True)) if kind == "mean" else (lambda x: x.sum(dim=dims, keepdim=True))
+        op: LinearOperator = separable(fn, src.shape, node.op_type, len(src.shape) - axes[0], self.dtype,
+                                       where=_where(node))
+        if not a.get("keepdims", 1):
+            kept = tuple(n for i, n in enumerate(src.shape) if i not in axes)
+            if not kept:
+                raise UnsupportedOperation(node.op_type, _where(node), "it reduces each sample to a scalar "
+                                           "without an axis; keep at least one axis (keepdims=1)")
+            op = compose(op, Reshape(op.out_shape, kept))
+        self._affine(node, src, op)
+
+    def _op_ReduceMean(self, node):
+        self._reduce(node, "mean")
+
+    def _op_ReduceSum(self, node):
+        self._reduce(node, "sum")
 
     def _pad_op(self, node, shape: Shape, begin: Sequence[int], end: Sequence[int], mode: str) -> Kronecker:
         """Padding (negative: cropping) of a per-sample tensor of ``shape`` in an ONNX Pad ``mode``."""

@@ -1,5 +1,10 @@
 """ONNX shape operators: Concat (with torch.onnx's circular padding), Flatten, Reshape, Squeeze,
-Unsqueeze, Transpose, Slice (a mixin of the ONNX builder, :mod:`lipbound.frontends.onnx_builder`)."""
+Unsqueeze, Transpose, and the selections Slice, Split and Gather with constant indices (a mixin of
+the ONNX builder, :mod:`lipbound.frontends.onnx_builder`).
+
+A selection ``y_i = x_{index_i}`` is linear; as a :class:`~lipbound.linalg.structured.Gather` its
+norm is exact, ``sqrt(most reads of one input)`` (1 for Slice and Split, which read each input at
+most once per output; Gather may repeat an index)."""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from ..errors import UnsupportedOperation
+from ..errors import InvalidInput, UnsupportedOperation
 from ..linalg.operators import Permute, Reshape
 from ..linalg.structured import selection
 from ..graph.ir import Concat
@@ -121,3 +126,49 @@ class ShapeOps:
         sel = (slice(None), *index)
         self._affine(node, src, selection(lambda z: z[sel], src.shape, "Slice", self.dtype, where=_where(node)))
         self.slices[node.output[0]] = (node.input[0], tuple(range(*i.indices(n)) for i, n in zip(index, src.shape)))
+
+    def _data_axis(self, node, axis: int) -> int:
+        """The per-sample axis of the ONNX ``axis`` of the node's first input (never the batch axis)."""
+        src = self.dep[node.input[0]]
+        rank = len(src.onnx_shape)
+        if not -rank <= axis < rank:
+            raise InvalidInput(f"{node.op_type} at {_where(node)}: axis {axis} out of range for rank {rank}")
+        axis %= rank
+        if src.batched and axis == 0:
+            raise UnsupportedOperation(node.op_type, _where(node), "it selects along the batch axis")
+        return axis - (1 if src.batched else 0)
+
+    def _op_Split(self, node):
+        """Each output is the slice ``[start, start + size)`` along ``axis``; the sizes come from
+        ``onnx.reference`` (``split`` input, ``num_outputs`` of opset 18, or equal parts)."""
+        src = self.dep[node.input[0]]
+        axis = self._data_axis(node, int(self._attrs(node).get("axis", 0)))
+        feeds = {node.input[0]: np.zeros(src.onnx_shape, np.float32)}
+        if len(node.input) > 1 and node.input[1]:
+            feeds[node.input[1]] = self._const(node.input[1], node, "split")
+        sizes = [int(v.shape[axis + (1 if src.batched else 0)]) for v in self._reference(node, feeds)]
+        start = 0
+        for out, size in zip(node.output, sizes):
+            if out:
+                def part(z, begin=start, n=size):
+                    return z.narrow(axis + 1, begin, n)
+                self._affine(node, src, selection(part, src.shape, "Split", self.dtype, where=_where(node)), out=out)
+            start += size
+
+    def _op_Gather(self, node):
+        """``y = x.take(indices, axis)`` with constant indices (negative ones count from the end):
+        the output has the indices' axes in place of ``axis``."""
+        indices = self._const(node.input[1], node, "indices")  # refuses input-dependent indices
+        src = self.dep[node.input[0]]
+        axis = self._data_axis(node, int(self._attrs(node).get("axis", 0)))
+        n = src.shape[axis]
+        indices = np.asarray(indices)
+        if indices.dtype.kind not in "iu" or indices.size and not bool(((indices >= -n) & (indices < n)).all()):
+            raise InvalidInput(f"Gather at {_where(node)}: indices must be integers in [-{n}, {n}) for an axis of "
+                               f"size {n}")
+        index = torch.as_tensor(indices % n, dtype=torch.long)
+
+        def take(z):
+            picked = z.index_select(axis + 1, index.reshape(-1).to(z.device))
+            return picked.reshape(*z.shape[:axis + 1], *index.shape, *z.shape[axis + 2:])
+        self._affine(node, src, selection(take, src.shape, "Gather", self.dtype, where=_where(node)))
