@@ -114,16 +114,16 @@ def test_optimisation_tightens_deep_relu_nets_and_is_deterministic():
         assert all(torch.equal(alpha[k][0], again[k][0]) and torch.equal(alpha[k][1], again[k][1]) for k in alpha)
 
 
-def test_localize_defaults_to_alpha_crown_and_says_what_stopped_it():
+def test_localize_with_alpha_crown_says_what_stopped_it():
     torch.manual_seed(0)
     graph = from_torch(nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
                                      nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2)).eval(), (4,))
     box = Box(torch.full((4,), -1.0, dtype=torch.float64), torch.ones(4, dtype=torch.float64))
-    local = localize(graph, box)
+    local = localize(graph, box, method="alpha-crown")
     assert "alpha-CROWN (20 iterations of Adam, stopped_by: iterations)" in local.notes[-1]
     assert "on 0 of them" not in local.notes[-1]
-    assert "stopped_by: time" in localize(graph, box, time_budget=0.0).notes[-1]
-    crown = localize(graph, box, method="crown")
+    assert "stopped_by: time" in localize(graph, box, method="alpha-crown", time_budget=0.0).notes[-1]
+    crown = localize(graph, box)
     assert "alpha" not in crown.notes[-1]
     for a, c in zip(local, crown):
         if isinstance(a, Activation):

@@ -23,12 +23,12 @@ with every ``D`` a diagonal of admissible slopes.
   others;
 * max pooling: ``[pool(l), pool(u)]`` (the max is monotone); add: the sum; concat: the concatenation.
 
-**CROWN** (:func:`crown_bounds`): for each activation/max-pool input node, the back-substitution
+**CROWN** (:func:`crown_bounds`, the default of :func:`localize`): for each activation/max-pool input node, the back-substitution
 (:mod:`.backsubstitution`) of the linear relaxations of :mod:`.relaxations` to the input,
 concretised over the region and intersected with IBP; max pooling enters by the IBP interval of
 its output.
 
-**alpha-CROWN** (:func:`alpha_crown_bounds`, the default of :func:`localize`): CROWN's bounds, then
+**alpha-CROWN** (:func:`alpha_crown_bounds`, ``localize(method="alpha-crown")``): CROWN's bounds, then
 per layer the neurons still unstable are bounded again with the lower (and, for non-convex
 activations, upper) relaxation slopes of the earlier piecewise-linear activations optimised per
 bound by Adam (:mod:`.alpha_crown`: the optimiser only picks numbers; each iterate's bound comes
@@ -376,11 +376,13 @@ def alpha_crown_bounds(graph: Graph, region: Any, *, time_budget: float | None =
     return pre
 
 
-def localize(graph: Graph, region: Any, *, method: str = "alpha-crown", time_budget: float | None = None) -> Graph:
+def localize(graph: Graph, region: Any, *, method: str = "crown", time_budget: float | None = None) -> Graph:
     """``graph.localized(region, pre)`` with sound pre bounds of every activation and max-pool node
     over the convex ``region`` (module doc): ``method="ibp"`` (:func:`interval_bounds`), ``"crown"``
-    (:func:`crown_bounds`, intersected with IBP) or ``"alpha-crown"`` (:func:`alpha_crown_bounds`,
-    intersected with CROWN's; the default); ``time_budget`` caps the pass. The returned graph's notes
+    (:func:`crown_bounds`, intersected with IBP; the default) or ``"alpha-crown"``
+    (:func:`alpha_crown_bounds`, intersected with CROWN's: not the default, as measured in
+    benchmarks/results/local.md it costs the later methods more than it gains within the API's
+    budget); ``time_budget`` caps the pass. The returned graph's notes
     say which layers got which bounds and what stopped alpha-CROWN."""
     if method == "ibp":
         pre, note = interval_bounds(graph, region), "pre bounds: IBP on every layer"
