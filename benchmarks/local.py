@@ -211,8 +211,8 @@ def estimate_bracket(lipbound, graph, methods: list[str], budget: float, domain=
 
 
 def use_propagation(method: str) -> None:
-    """Make the API localize regions with ``method`` ("alpha-crown", the default, or "crown", the
-    bounds before alpha-CROWN), for a before/after comparison in the same run."""
+    """Make the API and local-bab localize regions with ``method`` ("crown", localize's default, or
+    "alpha-crown"), for a before/after comparison in the same run."""
     import functools
 
     import lipbound.api
@@ -222,7 +222,7 @@ def use_propagation(method: str) -> None:
     lipbound.api.localize = lipbound.methods.local_bab.localize = functools.partial(localize, method=method)
 
 
-def measure(spec: dict, methods: list[str], samples: int, propagation: str = "alpha-crown") -> dict:
+def measure(spec: dict, methods: list[str], samples: int, propagation: str = "crown") -> dict:
     """One row in this process: the local bracket and the independent soundness check."""
     import lipbound
 
@@ -275,7 +275,7 @@ def run_task(task: dict) -> dict:
             if "balls" in task:
                 return local_peer.our_balls(task["balls"], task["items"], task["budget"], task["samples"])
             return local_peer.certify_radii(task["certify"], task["upper"])
-        return measure(task["row"], task["methods"], task["samples"], task.get("propagation", "alpha-crown"))
+        return measure(task["row"], task["methods"], task["samples"], task.get("propagation", "crown"))
     except Exception as exc:  # one row's failure, whatever it is, must not lose the table
         return {"crash": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:160]}
 
@@ -359,8 +359,8 @@ def main() -> int:
     ap.add_argument("--skip", default="", help="families to leave out, comma-separated")
     ap.add_argument("--global-budget", type=float, default=None, help="seconds of each network's global bracket")
     ap.add_argument("--no-peer", action="store_true", help="leave out the peer comparison and the certify row")
-    ap.add_argument("--propagation", default="alpha-crown", choices=["alpha-crown", "crown"],
-                    help="pre-activation bounds of each local row (crown: as before alpha-CROWN)")
+    ap.add_argument("--propagation", default="crown", choices=["crown", "alpha-crown"],
+                    help="pre-activation bounds of each local row (crown: localize's default)")
     ap.add_argument("--out", default=str(HERE / "results" / "local.md"))
     ap.add_argument("--task", help=argparse.SUPPRESS)
     args = ap.parse_args()
