@@ -210,9 +210,23 @@ def estimate_bracket(lipbound, graph, methods: list[str], budget: float, domain=
     return report, time.perf_counter() - t0
 
 
-def measure(spec: dict, methods: list[str], samples: int) -> dict:
+def use_propagation(method: str) -> None:
+    """Make the API and local-bab localize regions with ``method`` ("crown", localize's default, or
+    "alpha-crown"), for a before/after comparison in the same run."""
+    import functools
+
+    import lipbound.api
+    import lipbound.methods.local_bab
+    from lipbound.methods.propagation import localize
+
+    lipbound.api.localize = lipbound.methods.local_bab.localize = functools.partial(localize, method=method)
+
+
+def measure(spec: dict, methods: list[str], samples: int, propagation: str = "crown") -> dict:
     """One row in this process: the local bracket and the independent soundness check."""
     import lipbound
+
+    use_propagation(propagation)
 
     why = missing_api()
     if why:
@@ -261,7 +275,7 @@ def run_task(task: dict) -> dict:
             if "balls" in task:
                 return local_peer.our_balls(task["balls"], task["items"], task["budget"], task["samples"])
             return local_peer.certify_radii(task["certify"], task["upper"])
-        return measure(task["row"], task["methods"], task["samples"])
+        return measure(task["row"], task["methods"], task["samples"], task.get("propagation", "crown"))
     except Exception as exc:  # one row's failure, whatever it is, must not lose the table
         return {"crash": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:160]}
 
@@ -345,6 +359,8 @@ def main() -> int:
     ap.add_argument("--skip", default="", help="families to leave out, comma-separated")
     ap.add_argument("--global-budget", type=float, default=None, help="seconds of each network's global bracket")
     ap.add_argument("--no-peer", action="store_true", help="leave out the peer comparison and the certify row")
+    ap.add_argument("--propagation", default="crown", choices=["crown", "alpha-crown"],
+                    help="pre-activation bounds of each local row (crown: localize's default)")
     ap.add_argument("--out", default=str(HERE / "results" / "local.md"))
     ap.add_argument("--task", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -361,7 +377,7 @@ def main() -> int:
     peer_lines = [] if args.no_peer else local_peer.section(quick=args.quick)
     header = ["# Local Lipschitz bounds on input regions (issue 10)", "",
               f"Code: {git_rev()}; machine: {os.cpu_count()} CPU cores, shared, one BLAS thread per row; "
-              f"methods per row: {args.methods}; {'--quick' if args.quick else 'full run'}."]
+              f"methods per row: {args.methods}; pre bounds: {args.propagation}; {'--quick' if args.quick else 'full run'}."]
     why = missing_api()
     if why:
         cached = json.loads(GLOBAL_CACHE.read_text()) if GLOBAL_CACHE.exists() else {}
@@ -378,7 +394,7 @@ def main() -> int:
     samples = args.samples or (16 if args.quick else 64)
     results = []
     for spec in specs:
-        task = {"row": spec, "methods": args.methods.split(","), "samples": samples}
+        task = {"row": spec, "methods": args.methods.split(","), "samples": samples, "propagation": args.propagation}
         results.append((spec, in_child(task, timeout=1.5 * spec["budget"] + 300)))
         print(spec["family"], spec["net"], spec["props"], results[-1][1], flush=True)
     text = "\n".join(render(results, globals_, header) + [""] + peer_lines) + "\n"

@@ -305,7 +305,7 @@ def test_localize_sets_every_pre_bound_and_notes_the_budget():
     model, shape = random_net(torch.Generator().manual_seed(3), "cnn")
     graph = from_torch(model.eval(), shape)
     region = Box(torch.zeros(shape, dtype=torch.float64), torch.full(shape, 0.1, dtype=torch.float64))
-    local = localize(graph, region)
+    local = localize(graph, region, method="crown")
     assert local.region is region and all(n.pre is None for n in graph if isinstance(n, (Activation, MaxPool)))
     crown = crown_bounds(graph, region)
     for n in local:

@@ -23,10 +23,16 @@ with every ``D`` a diagonal of admissible slopes.
   others;
 * max pooling: ``[pool(l), pool(u)]`` (the max is monotone); add: the sum; concat: the concatenation.
 
-**CROWN** (:func:`crown_bounds`, the default of :func:`localize`): for each activation/max-pool input
-node, the back-substitution of the linear relaxations of :mod:`.relaxations` to the input,
+**CROWN** (:func:`crown_bounds`, the default of :func:`localize`): for each activation/max-pool input node, the back-substitution
+(:mod:`.backsubstitution`) of the linear relaxations of :mod:`.relaxations` to the input,
 concretised over the region and intersected with IBP; max pooling enters by the IBP interval of
 its output.
+
+**alpha-CROWN** (:func:`alpha_crown_bounds`, ``localize(method="alpha-crown")``): CROWN's bounds, then
+per layer the neurons still unstable are bounded again with the lower (and, for non-convex
+activations, upper) relaxation slopes of the earlier piecewise-linear activations optimised per
+bound by Adam (:mod:`.alpha_crown`: the optimiser only picks numbers; each iterate's bound comes
+from the same rigorous back-substitution, so it is sound whatever they are), intersected.
 
 **Rounding.** Every step runs in float64 and is widened outwards by a rigorous margin, so the
 bounds hold for the exact network: the affine step is :func:`.rounding._linear` (error
@@ -43,19 +49,21 @@ from __future__ import annotations
 
 import math
 import time
+from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ..errors import InvalidInput, UnsupportedOperation
 from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool, Node
-from ..linalg.operators import Compose, Function, Permute, Reshape
+from .backsubstitution import Backward, Bounds, center_radius
+from .alpha_crown import AlphaOptions, FreeLines, free_lines, optimise
 from .relaxations import Relaxation, relax, value_range
-from .rounding import _TINY, _U, _gamma, _linear, _up
+from .rounding import _TINY, _gamma, _linear, _up
 
-__all__ = ["localize", "interval_bounds", "crown_bounds", "Bounds"]
+__all__ = ["localize", "interval_bounds", "crown_bounds", "alpha_crown_bounds", "AlphaOptions", "Bounds"]
 
-Bounds = tuple[torch.Tensor, torch.Tensor]  # (l, u), element-wise, float64
 
 
 def _widen(lo: torch.Tensor, hi: torch.Tensor, mag: torch.Tensor, ops: int = 6) -> Bounds:
@@ -88,17 +96,9 @@ def region_box(region: Any, graph: Graph) -> Bounds:
     return low.to(device), high.to(device)
 
 
-def _center_radius(l: torch.Tensor, u: torch.Tensor) -> Bounds:
-    """``(c, r)`` in float64 with ``[c - r, c + r]`` containing ``[l, u]`` exactly: ``c = fl((l + u) / 2)``
-    is within ``u |c| + tiny`` of the midpoint, which the radius absorbs."""
-    c = (l + u) / 2
-    r = (u - l) / 2
-    return c, _up(r + 2 * _U * c.abs(), 2)
-
-
 def _ibp_affine(node: Affine, h: Bounds) -> Bounds:
     """``A h + b`` over the box ``h`` (module doc)."""
-    c, r = _center_radius(*h)
+    c, r = center_radius(*h)
     y, e = _linear(node.op, c.unsqueeze(0), r.unsqueeze(0))
     y, e = y[0], e[0]
     if node.bias is not None:
@@ -164,114 +164,6 @@ def interval_bounds(graph: Graph, region: Any) -> dict[str, Bounds]:
     return _pre(g, bounds)
 
 
-# ---- CROWN ----------------------------------------------------------------------------------------
-class _Backward:
-    """Back-substitution of lower bounds ``sum_n <A_n, v_n> + const`` of a batch of rows (linear
-    forms of one target node's value) down to the input, through the relaxations of the nodes
-    already bounded (:func:`crown_bounds`). Every step replaces ``<A_y, y>`` by a lower bound in the
-    node's inputs; ``slack`` collects the rigorous rounding bound of each replacement (module doc
-    of :func:`crown_bounds`), ``mag`` the magnitudes summed into ``const``."""
-
-    def __init__(self, graph: Graph, bounds: dict[str, Bounds], relaxations: dict[str, Relaxation],
-                 region: Any, cache: dict[str, torch.Tensor]) -> None:
-        self.graph, self.bounds, self.relaxations, self.region, self.cache = graph, bounds, relaxations, region, cache
-
-    def magnitude(self, name: str) -> torch.Tensor:
-        """``max(|l|, |u|)`` of a node's interval: bounds ``|v|`` over the region."""
-        l, u = self.bounds[name]
-        return torch.maximum(l.abs(), u.abs())
-
-    def affine_error(self, node: Affine) -> torch.Tensor:
-        """``E`` with ``|<fl(A^T a) - A^T a, h>| + |fl(<a, b>) - <a, b>| <= <|a|, E>`` for every
-        ``h`` in the input's interval: ``gamma_K |A| m_h + gamma_n |b|`` with ``K`` the terms of the
-        adjoint's sums over all stages (``in + out`` sizes; none for reshapes and permutations);
-        a black-box stage adds ``gamma_K max(|A| m_h)``, as in :mod:`.rounding`."""
-        if node.name not in self.cache:
-            stages = node.op.ops if isinstance(node.op, Compose) else [node.op]
-            k = sum(0 if isinstance(o, (Reshape, Permute)) else o.in_numel + o.out_numel for o in stages)
-            m = self.magnitude(node.inputs[0]).unsqueeze(0)
-            _, am = _linear(node.op, torch.zeros_like(m), m)
-            err = _gamma(k + 4) * am[0]
-            if any(isinstance(o, Function) for o in stages):
-                err = err + _gamma(k + 4) * am.max()
-            if node.bias is not None:
-                err = err + _gamma(node.op.out_numel + 4) * node.bias.abs()
-            self.cache[node.name] = _up(err, 4)
-        return self.cache[node.name]
-
-    def run(self, target: str, rows: torch.Tensor) -> torch.Tensor:
-        """Rigorous lower bounds of the linear forms ``rows`` (``(R, *shape)``) of the target's value."""
-        coef: dict[str, torch.Tensor] = {target: rows}
-        n = rows.shape[0]
-        const = torch.zeros(n, dtype=rows.dtype, device=rows.device)
-        slack, mag = torch.zeros_like(const), torch.zeros_like(const)
-        terms = 0
-        order = list(self.graph.nodes)
-        for name in reversed(order[: order.index(target) + 1]):
-            a = coef.pop(name, None)
-            if a is None:
-                continue
-            node = self.graph.nodes[name]
-            c, e, pushed = self.step(node, a)
-            for into, a_in in pushed:
-                if into in coef:  # the sum rounds: |fl(x + y) - (x + y)| <= u |x + y|
-                    e = e + self._dot(a_in.abs() + coef[into].abs(), 2 * _U * self.magnitude(into))
-                    a_in = coef[into] + a_in
-                coef[into] = a_in
-            const, mag, slack, terms = const + c, mag + c.abs(), slack + e, terms + 1
-        # the running sums of const and slack round too: gamma_terms of their magnitudes
-        return const - _up(slack, terms + 1) - _up(_gamma(terms + 8) * (mag + const.abs()), 4) - _TINY
-
-    @staticmethod
-    def _dot(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """Upper bound of ``<a, w>`` per row for non-negative ``a`` and ``w``."""
-        return _up((a * w).flatten(1).sum(1), w.numel())
-
-    def step(self, node: Node, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, torch.Tensor]]]:
-        """``<a, v_node> >= <a', v_inputs> + c - e``: returns ``c``, ``e`` and the ``(input, a')``."""
-        zero = torch.zeros(a.shape[0], dtype=a.dtype, device=a.device)
-        flat = lambda t: t.flatten(1).sum(1)  # noqa: E731
-        if isinstance(node, Input):
-            return (*self.concretize(a), [])
-        if isinstance(node, Affine):
-            c = zero if node.bias is None else flat(a * node.bias)
-            return c, self._dot(a.abs(), self.affine_error(node)), [(node.inputs[0], node.op.rmatvec(a))]
-        pos, neg = a.clamp(min=0), a.clamp(max=0)
-        if isinstance(node, Activation):
-            r = self.relaxations[node.name]
-            c = flat(pos * r.b_low + neg * r.b_up)
-            slopes = torch.maximum(r.a_low.abs(), r.a_up.abs())
-            bias = torch.maximum(r.b_low.abs(), r.b_up.abs())
-            e = self._dot(a.abs(), 2 * _U * slopes * self.magnitude(node.inputs[0]) + _gamma(a[0].numel() + 4) * bias)
-            return c, e, [(node.inputs[0], pos * r.a_low + neg * r.a_up)]
-        if isinstance(node, MaxPool):  # IBP of its output: <a, y> >= <a+, l_y> + <a-, u_y>
-            l, u = self.bounds[node.name]
-            return flat(pos * l + neg * u), self._dot(a.abs(), _gamma(l.numel() + 4) * self.magnitude(node.name)), []
-        if isinstance(node, Add):
-            return zero, zero, [(i, a) for i in node.inputs]
-        if isinstance(node, Concat):
-            sizes = [self.graph.nodes[i].shape[node.axis] for i in node.inputs]
-            return zero, zero, list(zip(node.inputs, torch.split(a, sizes, dim=node.axis + 1)))
-        raise UnsupportedOperation(type(node).__name__, f"node '{node.origin}'", "CROWN has no rule for it")
-
-    def concretize(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``min over the region of <a, x>`` as ``c - e``: over the box ``<a, c> - <|a|, r>``; over an
-        L2 ball also ``<a, center> - radius ||a||_2``; the larger of the two (both are sound)."""
-        flat = lambda t: t.flatten(1).sum(1)  # noqa: E731
-        n = a[0].numel()
-        center, radius = _center_radius(*self.bounds[self.graph.input])
-        c = flat(a * center) - flat(a.abs() * radius)
-        e = self._dot(a.abs(), _gamma(n + 4) * (center.abs() + radius))
-        if getattr(self.region, "norm", None) == 2:
-            x0 = torch.as_tensor(self.region.center, dtype=torch.float64).to(a.device)
-            norm = _up(a.flatten(1).norm(dim=1), n)
-            c2 = flat(a * x0) - float(self.region.radius) * norm
-            e2 = self._dot(a.abs(), _gamma(n + 4) * x0.abs()) + _gamma(4) * float(self.region.radius) * norm
-            better = c2 - e2 > c - e
-            c, e = torch.where(better, c2, c), torch.where(better, e2, e)
-        return c, e
-
-
 def _rows_needed(consumers: list[Node], bounds: Bounds) -> torch.Tensor:
     """Flat indices of the target's neurons worth a CROWN pass: all of them, unless every consumer
     is a piecewise-linear activation; then those with a breakpoint strictly inside ``(l, u)``
@@ -290,75 +182,127 @@ def _intersect(a: Bounds, b: Bounds) -> Bounds:
     return torch.maximum(a[0], b[0]), torch.minimum(a[1], b[1])
 
 
+@dataclass
+class _Pass:
+    """What :func:`_crown_pass` did: the bounds of every node, and per kind of bound the names of
+    the targets that got it (``"crown"``; ``"ibp-time"``, ``"ibp-work"``, ``"ibp-exact"``: kept IBP
+    after the time budget, by the work cap, as exact; ``"alpha"``; ``"alpha-time"``: cut short
+    by the time budget; ``"alpha-work"``: kept CROWN by alpha-CROWN's work cap)."""
+
+    bounds: dict[str, Bounds]
+    layers: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+
+def _unit_rows(idx: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """The linear forms ``z_i`` and ``-z_i`` for ``i`` in ``idx`` (flat), ``(2 len(idx), *shape)``."""
+    eye = torch.zeros((idx.numel(), math.prod(shape)), dtype=torch.float64, device=idx.device)
+    eye[torch.arange(idx.numel(), device=idx.device), idx] = 1.0
+    eye = eye.reshape(-1, *shape)
+    return torch.cat([eye, -eye])
+
+
+def _tighten(backward: Backward, node: Node, lu: Bounds, rows: torch.Tensor, chunk: int, deadline: float | None,
+             alpha: tuple[dict[str, FreeLines], AlphaOptions] | None) -> tuple[Bounds, bool]:
+    """``lu`` intersected with the back-substituted bounds of the neurons ``rows`` of ``node``, in
+    chunks of ``chunk`` neurons, with CROWN's lines or, given ``alpha``, the best of alpha-CROWN's
+    iterates (:func:`.alpha_crown.optimise`). Returns the bounds and whether the deadline was met
+    (False: some neurons kept ``lu``, or some optimisation was cut short)."""
+    l, u = lu[0].flatten().clone(), lu[1].flatten().clone()
+    on_time = True
+    for s in range(0, rows.numel(), chunk):
+        if deadline is not None and time.perf_counter() > deadline:
+            return (l.reshape(node.shape), u.reshape(node.shape)), False
+        idx = rows[s: s + chunk]
+        both = _unit_rows(idx, node.shape)
+        if alpha is None:
+            low = backward.run(node.name, both)
+        else:
+            frees, options = alpha
+            low, stopped, _ = optimise(lambda rel: backward.run(node.name, both, rel), both.shape[0], frees,
+                                       options, deadline)
+            on_time = on_time and stopped != "time"
+        l[idx] = torch.maximum(l[idx], low[: idx.numel()])
+        u[idx] = torch.minimum(u[idx], -low[idx.numel():])
+    return (l.reshape(node.shape), u.reshape(node.shape)), on_time
+
+
 def _crown_pass(graph: Graph, region: Any, time_budget: float | None, chunk_bytes: int,
-                max_work: float = 2e8) -> tuple[dict[str, Bounds], list[str], list[str], list[str], list[str]]:
+                alpha: AlphaOptions | None = None, prior: dict[str, Bounds] | None = None,
+                max_work: float = 2e8) -> _Pass:
     """Bounds of every node of the float64 ``graph``: IBP from the inputs' bounds, intersected with
-    plain IBP, and for each activation/max-pool input node a CROWN pass intersected with that,
-    while the budget lasts. A target is left to IBP when no relaxed node lies before it and the
-    region is a box (IBP of an affine map of a box is exact) or when its pass would touch more than
-    ``max_work`` elements (rows x the elements of the nodes it depends on: a deterministic cap, so
-    the same inputs give the same bounds on any machine). Returns the bounds and the names of the
-    targets that got CROWN, kept IBP after the time budget, kept IBP by the work cap, and kept IBP
-    as exact."""
+    plain IBP, and for each activation/max-pool input node (a target) a CROWN pass intersected with
+    that, while the budget lasts; with ``alpha``, then alpha-CROWN on the neurons CROWN left
+    unstable, intersected again. A target is left to IBP when no relaxed node lies before it and
+    the region is a box (IBP of an affine map of a box is exact) or when its pass would touch more
+    than ``max_work`` elements (rows x the elements of the nodes it depends on: a deterministic
+    cap, so the same inputs give the same bounds on any machine); alpha-CROWN is skipped where
+    its ``iterations`` passes would touch more than ``alpha.max_work``. Each target's optimisation
+    may use the time left in proportion to its share of the remaining targets' sizes. Every node's
+    bounds are also intersected with its ``prior`` ones (sound bounds from an earlier pass)."""
     start = time.perf_counter()
+    deadline = None if time_budget is None else start + time_budget
     box = region_box(region, graph)
     users = graph.users()
     targets = set(_targets(graph).values())
-    bounds: dict[str, Bounds] = {}
+    out = _Pass({})
+    bounds = out.bounds
     ibp: dict[str, Bounds] = {}  # plain IBP: the non-monotone activations' rule is not inclusion-isotone
     relaxations: dict[str, Relaxation] = {}
-    backward = _Backward(graph, bounds, relaxations, region, {})
+    frees: dict[str, FreeLines] = {}
+    backward = Backward(graph, bounds, relaxations, region, {})
     widest = max(math.prod(n.shape) for n in graph)
-    crowned, kept, kept_work, exact_ibp = [], [], [], []
     ball = region if getattr(region, "norm", None) == 2 else None
     upstream = _upstream(graph)
+    weight = {t: math.prod(graph.nodes[t].shape) * upstream[t][1] for t in targets}
     for node in graph:
         ibp[node.name] = interval(node, [ibp[i] for i in node.inputs], box)
         lu = _intersect(interval(node, [bounds[i] for i in node.inputs], box), ibp[node.name])
+        if prior is not None:
+            lu = _intersect(lu, prior[node.name])
         if isinstance(node, Activation):
             h = bounds[node.inputs[0]]
             relaxations[node.name] = relax(node, *h)
+            free = None if alpha is None else free_lines(node, *h, relaxations[node.name])
+            if free is not None:
+                frees[node.name] = free
         if node.name in targets and not isinstance(node, Input):
+            relaxed, size, ancestors = upstream[node.name]
             consumers = [graph.nodes[c] for c in users[node.name] if isinstance(graph.nodes[c], (Activation, MaxPool))]
             rows = _rows_needed(consumers, lu)
-            cost = rows.numel() * 2 * upstream[node.name][1]
-            if (ball is None and not upstream[node.name][0]) or cost > max_work:
+            cost = rows.numel() * 2 * size
+            if (ball is None and not relaxed) or cost > max_work:
                 # IBP is already exact for an affine map of a box; or the pass would cost too much
-                (kept_work if cost > max_work else exact_ibp).append(node.name)
+                out.layers["ibp-work" if cost > max_work else "ibp-exact"].append(node.name)
                 bounds[node.name] = lu
                 continue
-            l, u = lu[0].flatten().clone(), lu[1].flatten().clone()
-            chunk = max(1, chunk_bytes // (16 * widest * 4))
-            done = True
-            for s in range(0, rows.numel(), chunk):
-                if time_budget is not None and time.perf_counter() - start > time_budget:
-                    done = False
-                    break
-                idx = rows[s: s + chunk]
-                eye = torch.zeros((idx.numel(), l.numel()), dtype=torch.float64, device=l.device)
-                eye[torch.arange(idx.numel(), device=l.device), idx] = 1.0
-                eye = eye.reshape(-1, *node.shape)
-                low = backward.run(node.name, torch.cat([eye, -eye]))
-                l[idx] = torch.maximum(l[idx], low[: idx.numel()])
-                u[idx] = torch.minimum(u[idx], -low[idx.numel():])
-            lu = (l.reshape(node.shape), u.reshape(node.shape))
+            lu, on_time = _tighten(backward, node, lu, rows, max(1, chunk_bytes // (16 * widest * 4)), deadline, None)
             if rows.numel():  # a target with every neuron on one piece needs no pass
-                (crowned if done else kept).append(node.name)
+                out.layers["crown" if on_time else "ibp-time" if alpha is None else "alpha-time"].append(node.name)
+            mine = {a: frees[a] for a in ancestors if a in frees}
+            rows = _rows_needed(consumers, lu)
+            if alpha is not None and on_time and rows.numel() and mine:
+                if rows.numel() * 2 * size * alpha.iterations > alpha.max_work:
+                    out.layers["alpha-work"].append(node.name)
+                else:
+                    left = sum(weight[t] for t in targets if t not in bounds)
+                    share = None if deadline is None else time.perf_counter() + (
+                        deadline - time.perf_counter()) * weight[node.name] / left
+                    lu, on_time = _tighten(backward, node, lu, rows, max(1, chunk_bytes // (64 * size * 8)),
+                                           share, (mine, alpha))
+                    out.layers["alpha" if on_time else "alpha-time"].append(node.name)
         bounds[node.name] = lu
-    return bounds, crowned, kept, kept_work, exact_ibp
+    return out
 
 
-def _upstream(graph: Graph) -> dict[str, tuple[bool, int]]:
+def _upstream(graph: Graph) -> dict[str, tuple[bool, int, set[str]]]:
     """Per node: whether a relaxed node (activation or max pooling) lies between it and the input,
-    and the number of elements of the nodes it depends on (its own included): the size of one
-    coefficient row's back-substitution."""
-    out: dict[str, tuple[bool, int]] = {}
-    seen: dict[str, set[str]] = {}
+    the number of elements of the nodes it depends on (its own included: the size of one
+    coefficient row's back-substitution), and their names."""
+    out: dict[str, tuple[bool, int, set[str]]] = {}
     for node in graph:
-        anc = set().union(*(seen[i] for i in node.inputs)) | {node.name} if node.inputs else {node.name}
-        seen[node.name] = anc
+        anc = set().union(*(out[i][2] for i in node.inputs)) | {node.name} if node.inputs else {node.name}
         relaxed = any(isinstance(graph.nodes[a], (Activation, MaxPool)) for a in anc if a != node.name)
-        out[node.name] = (relaxed, sum(math.prod(graph.nodes[a].shape) for a in anc))
+        out[node.name] = (relaxed, sum(math.prod(graph.nodes[a].shape) for a in anc), anc)
     return out
 
 
@@ -386,34 +330,66 @@ def crown_bounds(graph: Graph, region: Any, *, time_budget: float | None = None,
     return pre
 
 
-def _crown(graph: Graph, region: Any, time_budget: float | None, chunk_bytes: int = 2 ** 28) -> tuple[dict[str, Bounds], str]:
-    """:func:`crown_bounds` and the note saying which layers got which bounds."""
+_NOTES = {  # kind of bound (_Pass.layers) -> how the note names it
+    "ibp-time": "IBP only, after the time budget, on",
+    "ibp-work": "IBP only, CROWN's pass too large, on",
+    "ibp-exact": "IBP (exact for an affine map of the box) on",
+    "alpha-time": "alpha-CROWN cut short by the time budget (stopped_by: time) on",
+    "alpha-work": "CROWN only, alpha-CROWN over its work cap (stopped_by: work), on",
+}
+
+
+def _crown(graph: Graph, region: Any, time_budget: float | None, chunk_bytes: int = 2 ** 28,
+           alpha: AlphaOptions | None = None) -> tuple[dict[str, Bounds], str]:
+    """:func:`crown_bounds` (with ``alpha``: :func:`alpha_crown_bounds`) and the note saying which
+    layers got which bounds."""
     if time_budget is not None and not time_budget >= 0:
         raise InvalidInput(f"time_budget must be a number of seconds >= 0 or None, got {time_budget!r}")
     g = _float64(graph)
+    start = time.perf_counter()
     with torch.no_grad():
-        bounds, crowned, kept, heavy, exact = _crown_pass(g, region, time_budget, chunk_bytes)
-    note = f"pre bounds: CROWN (with IBP) on the inputs of {len(crowned)} layers"
-    if kept:
-        note += f"; IBP only, after the time budget of {time_budget:g} s, on {', '.join(kept)}"
-    if heavy:
-        note += f"; IBP only, CROWN's pass too large, on {', '.join(heavy)}"
-    if exact:
-        note += f"; IBP (exact for an affine map of the box) on {', '.join(exact)}"
-    return _pre(g, bounds), note
+        done = _crown_pass(g, region, time_budget, chunk_bytes)
+        if alpha is not None:  # CROWN's bounds first, so that alpha-CROWN's are never looser
+            left = None if time_budget is None else max(0.0, time_budget - (time.perf_counter() - start))
+            crown = done
+            done = _crown_pass(g, region, left, chunk_bytes, alpha, prior=crown.bounds)
+            done.layers.update({k: v for k, v in crown.layers.items() if not k.startswith("alpha")})
+    note = f"pre bounds: CROWN (with IBP) on the inputs of {len(done.layers['crown'])} layers"
+    if alpha is not None:
+        note += (f"; alpha-CROWN ({alpha.iterations} iterations of Adam, stopped_by: iterations) on "
+                 f"{len(done.layers['alpha'])} of them")
+    for kind, text in _NOTES.items():
+        if done.layers[kind]:
+            note += f"; {text} {', '.join(done.layers[kind])}"
+    return _pre(g, done.bounds), note
+
+
+def alpha_crown_bounds(graph: Graph, region: Any, *, time_budget: float | None = None,
+                       options: AlphaOptions = AlphaOptions(), chunk_bytes: int = 2 ** 28) -> dict[str, Bounds]:
+    """alpha-CROWN pre bounds ``{node name: (l, u)}`` (:mod:`.alpha_crown`): :func:`crown_bounds`,
+    then, per target in topological order, the neurons CROWN left unstable are bounded again with
+    the relaxation slopes of the earlier piecewise-linear activations optimised per bound
+    (``options.iterations`` of Adam, capped by ``options.max_work`` and ``time_budget``) and
+    intersected; later targets use the tighter bounds. Sound whatever the optimiser returns: each
+    iterate is evaluated by the rigorous back-substitution (module doc of :mod:`.alpha_crown`)."""
+    pre, _ = _crown(graph, region, time_budget, chunk_bytes, options)
+    return pre
 
 
 def localize(graph: Graph, region: Any, *, method: str = "crown", time_budget: float | None = None) -> Graph:
     """``graph.localized(region, pre)`` with sound pre bounds of every activation and max-pool node
-    over the convex ``region`` (module doc): ``method="ibp"`` (:func:`interval_bounds`) or
-    ``"crown"`` (:func:`crown_bounds`, intersected with IBP; ``time_budget`` caps its pass). The
-    returned graph's notes say which layers got which bounds."""
+    over the convex ``region`` (module doc): ``method="ibp"`` (:func:`interval_bounds`), ``"crown"``
+    (:func:`crown_bounds`, intersected with IBP; the default) or ``"alpha-crown"``
+    (:func:`alpha_crown_bounds`, intersected with CROWN's: not the default, as measured in
+    benchmarks/results/local.md it costs the later methods more than it gains within the API's
+    budget); ``time_budget`` caps the pass. The returned graph's notes
+    say which layers got which bounds and what stopped alpha-CROWN."""
     if method == "ibp":
         pre, note = interval_bounds(graph, region), "pre bounds: IBP on every layer"
-    elif method == "crown":
-        pre, note = _crown(graph, region, time_budget)
+    elif method in ("crown", "alpha-crown"):
+        pre, note = _crown(graph, region, time_budget, alpha=AlphaOptions() if method == "alpha-crown" else None)
     else:
-        raise InvalidInput(f"unknown bound propagation method {method!r}: use 'crown' or 'ibp'")
+        raise InvalidInput(f"unknown bound propagation method {method!r}: use 'alpha-crown', 'crown' or 'ibp'")
     out = graph.localized(region, pre)
     out.notes.append(note)
     return out
