@@ -87,7 +87,7 @@ def test_demo_reports_the_accuracies_it_claims(demo_text):
     accuracy = accuracy_oracle()[0]
     printed = float(re.search(r"accuracy (\S+)%", out).group(1)) / 100
     assert printed == pytest.approx(accuracy, abs=5e-4)  # printed to 0.1%
-    certified = float(re.search(rf"certified robust accuracy at L2 radius {RADIUS:g}: (\S+)%", out).group(1)) / 100
+    certified = float(re.search(rf"certified robust accuracy at L2 radius {RADIUS:g} \(pixels in \[0, 1\]\): (\S+)%", out).group(1)) / 100
     assert certified == pytest.approx(certified_accuracy_oracle(bracket_of(out)["upper"], RADIUS), abs=5e-4)
     assert 0 < certified <= accuracy
 

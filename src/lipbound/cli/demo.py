@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
           f"input shape {report.input_shape}")
     print(report.table())
     print(f"test split: {len(labels)} held-out images, accuracy {accuracy:.1%}")
-    print(f"certified robust accuracy at L2 radius {args.radius:g}: {robust:.1%} "
+    print(f"certified robust accuracy at L2 radius {args.radius:g} (pixels in [0, 1]): {robust:.1%} "
           f"(correct, with margin / (sqrt(2) U) > {args.radius:g} for U = {report.upper:.6g})")
     print(f"plot: {args.plot}" if plotted else "plot: not drawn (it needs matplotlib: pip install 'lipbound[plot]')")
     return 0
