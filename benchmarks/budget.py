@@ -3,7 +3,7 @@
 Runs the CLI in a subprocess on three models and prints, for each, the wall time of the whole
 command and each method's time, share of the budget (``options.time_budget``) and value:
 
-* the demo CNN (:mod:`lipbound.examples.demo_net`);
+* the paper's random-weight CNN (:mod:`lipbound.examples.paper_cnn`);
 * :func:`mnist_cnn`: a 3-conv MNIST CNN with BatchNorm and max pooling, random weights, input
   ``1 x 28 x 28``, saved as a state dict in a temporary file and loaded through ``--factory``;
 * ``oval21_cifar_base_kw.onnx`` from ``../shared/realnets`` (skipped when absent).
@@ -71,7 +71,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "mnist_cnn.pt"
         torch.save(mnist_cnn()[0].state_dict(), weights)
-        runs = [("demo CNN", [f"{ROOT / 'src/lipbound/examples/demo_net.py'}:demo_cnn", "--input-shape", "1,28,28"]),
+        runs = [("paper CNN (random weights)", [f"{ROOT / 'src/lipbound/examples/paper_cnn.py'}:random_mnist4", "--input-shape", "1,28,28"]),
                 ("3-conv MNIST CNN (BN, max-pool)", [str(weights), "--factory", f"{Path(__file__).resolve()}:mnist_cnn"])]
         oval = REALNETS / "oval21_cifar_base_kw.onnx"
         if oval.is_file():

@@ -2,7 +2,7 @@
 
 For each network: the value of ``lower`` (a witnessed lower bound, L2 -> L2), the wall time of the
 call against its ``time_budget``, the ascent steps completed and the witness form. Networks: the
-bundled demo CNN (:mod:`lipbound.examples.demo_net`), and from ``../shared/realnets`` (skipped when
+random-weight paper CNN (:mod:`lipbound.examples.paper_cnn`), and from ``../shared/realnets`` (skipped when
 absent) ``oval21_cifar_base_kw.onnx``, ``cifar10_resnet_2b.onnx`` and ``glipsdp_LeNet5ReLU.pt``
 (GLipSDP's published sampled lower bound for it: 9.519).
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import lipbound
-from lipbound.examples.demo_net import demo_cnn
+from lipbound.examples.paper_cnn import random_mnist4
 from lipbound.methods.lower import lower
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def _realnet(name: str) -> lipbound.Graph:
 
 def networks(budget: float, lenet_budget: float) -> list[tuple[str, float, object]]:
     """``(name, budget, graph loader)`` for each network that is present."""
-    nets = [("demo CNN", budget, lambda: lipbound.as_graph(demo_cnn(), (1, 28, 28)))]
+    nets = [("paper CNN (random weights)", budget, lambda: lipbound.as_graph(random_mnist4(), (1, 28, 28)))]
     for name, b in (("oval21_cifar_base_kw.onnx", budget), ("cifar10_resnet_2b.onnx", budget),
                     ("glipsdp_LeNet5ReLU.pt", lenet_budget)):
         if (REALNETS / name).is_file():

@@ -1,6 +1,6 @@
 """(c) The paper's 4- and 5-layer MNIST CNNs (PAPER_NOTES §6c) with random weights.
 
-4 layers (``lipbound.examples.demo_net.mnist4``, the bundled demo net): conv(1->32, k5, s2) -
+4 layers (``lipbound.examples.paper_cnn.mnist4``): conv(1->32, k5, s2) -
 ReLU - conv(32->64, k3, s2) - ReLU - conv(64->128, k3, s2) - ReLU - conv(128->10, k2).
 5 layers: the same with conv(64->64, k3, s1, p1) - ReLU inserted after the second convolution.
 Weights: PyTorch's default initialisation from fixed seeds (the paper's nets were trained on
@@ -32,7 +32,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from _common import RESULTS, ascent, jacobian_norms, machine, save, table  # noqa: E402
 
 import lipbound  # noqa: E402
-from lipbound.examples.demo_net import mnist4  # noqa: E402
+from lipbound.examples.paper_cnn import mnist4  # noqa: E402
 
 PAPER = {4: (174, 86, 2.0, 25.5), 5: (790.1, 335, 2.4, 22.2)}
 
