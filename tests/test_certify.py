@@ -110,6 +110,26 @@ def test_pair_radius_by_hand_never_below_the_global_one_and_not_violated():
     assert (worst_gap(net, x, cert.radius * 1.5) > 0).sum() >= 3  # the attack has teeth
 
 
+def test_weaker_pair_constants_never_lower_the_radius():
+    """AutoLip's pair constants on a two-hidden-layer net, against SeqLip's ``U``: some exceed
+    ``sqrt(2) U``, and there the global radius is kept; the radius is never below either."""
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).double()
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    x = torch.randn(20, 4, generator=g, dtype=torch.float64)
+    U = lipbound.estimate(net, (4,), methods=["seqlip"], progress=False).upper
+    P = lipbound.margin_constants(net, (4,), methods=["autolip"])
+    cert = lipbound.certify(net, x, upper=U, pair_constants=P)
+    assert P.max() > math.sqrt(2) * U  # the case this test is about
+    _, _, glob = by_hand(net(x).detach(), U)
+    pair = pair_radius_by_hand(net(x).detach(), P)
+    assert torch.any(pair < glob * 0.99)
+    rel = (cert.radius / torch.maximum(pair, glob) - 1).abs().max()
+    assert rel < 1e-9, rel  # the margins are lowered by their rounding-error bound
+
+
 def test_default_methods_give_the_true_constant_and_pair_radii_at_least_global():
     net = classifier(1)
     x = torch.randn(12, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
