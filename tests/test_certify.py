@@ -262,14 +262,17 @@ def test_cli_labels_radii_and_bad_labels(tmp_path, capsys):
     """``--labels`` (a tensor file, or the class of a VNN-LIB robustness property) and ``--radii``:
     the accuracies match a count over the per-input records; bad labels exit 2 with one line."""
     x = _cli_model(tmp_path, 6)
-    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    torch.manual_seed(0)
+    predicted = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 4))(x).argmax(1)
+    labels = predicted.clone()
+    labels[:2] = (labels[:2] + 1) % 4  # two of six wrong
     torch.save(labels, tmp_path / "y.pt")
     base = ["certify", f"{tmp_path / 'm.py'}:net", "--inputs", str(tmp_path / "x.pt"), "-q", "--method", "seqlip"]
     assert main(base + ["--labels", str(tmp_path / "y.pt"), "--radii", "0,0.05", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     recs = d["inputs"]
-    assert [r["label"] for r in recs] == labels.tolist()
-    assert d["clean_accuracy"] == pytest.approx(sum(r["predicted"] == r["label"] for r in recs) / 6)
+    assert [r["label"] for r in recs] == labels.tolist() and [r["predicted"] for r in recs] == predicted.tolist()
+    assert d["clean_accuracy"] == pytest.approx(4 / 6)
     assert d["certified_accuracy"] == pytest.approx(
         [sum(r["predicted"] == r["label"] and r["radius"] > rad for r in recs) / 6 for rad in (0, 0.05)])
     box = "".join(f"(declare-const X_{i} Real)\n(assert (>= X_{i} -5))\n(assert (<= X_{i} 5))\n" for i in range(3))

@@ -38,7 +38,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .api import Model, as_graph, estimate
+from .api import Model, as_graph
 from .certificate import Certificate
 from .errors import InvalidInput
 from .graph.ir import Graph
