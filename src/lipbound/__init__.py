@@ -12,6 +12,7 @@ from .api import as_graph, autolip, estimate, lower_bound, seqlip, spectral_norm
 from .frontends.vnnlib import VnnlibProperty, load_vnnlib
 from .methods.region import Ball, Box, BoxUnion
 from .certify import Certificate, certify
+from .margins import margin_constants
 from .errors import InvalidInput, LipboundError, NotApplicable, UnsupportedOperation
 from .frontends import from_torch
 from .graph import Graph
@@ -26,6 +27,6 @@ __version__ = "0.1.0"
 
 __all__ = ["estimate", "autolip", "seqlip", "as_graph", "load", "spectral_norm", "power_method", "from_torch", "Graph",
            "LinearOperator", "Report", "Result", "METHODS", "LipboundError", "UnsupportedOperation",
-           "InvalidInput", "__version__", "lower_bound", "certify", "Certificate", "witness_value", "NotApplicable",
+           "InvalidInput", "__version__", "lower_bound", "certify", "Certificate", "margin_constants", "witness_value", "NotApplicable",
            "regularizer", "LipschitzRegularizer", "certify_training", "Witness", "PointWitness", "PairWitness",
            "Ball", "Box", "BoxUnion", "load_vnnlib", "VnnlibProperty"]

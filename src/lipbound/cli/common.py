@@ -44,12 +44,12 @@ def parse_domain(text: str | None) -> tuple[float, float] | str | None:
     return low, high
 
 
-def load_center(path: str) -> torch.Tensor:
-    """The tensor in ``path``: saved with ``torch.save`` (read with ``weights_only=True``) or a
-    NumPy ``.npy`` file."""
+def load_tensor(path: str, what: str) -> torch.Tensor:
+    """The tensor in ``path`` (``what`` names the option in errors): saved with ``torch.save``
+    (read with ``weights_only=True``) or a NumPy ``.npy`` file."""
     p = Path(path)
     if not p.is_file():
-        raise InvalidInput(f"--center file not found: {p}")
+        raise InvalidInput(f"{what} file not found: {p}")
     try:
         if p.suffix.lower() == ".npy":
             import numpy as np
@@ -57,10 +57,15 @@ def load_center(path: str) -> torch.Tensor:
             return torch.as_tensor(np.load(p, allow_pickle=False))
         x = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise InvalidInput(f"could not read --center {p} as a tensor: {type(exc).__name__}") from None
+        raise InvalidInput(f"could not read {what} {p} as a tensor: {type(exc).__name__}") from None
     if not isinstance(x, torch.Tensor):
-        raise InvalidInput(f"--center {p} must hold one tensor, got {type(x).__name__}")
+        raise InvalidInput(f"{what} {p} must hold one tensor, got {type(x).__name__}")
     return x
+
+
+def load_center(path: str) -> torch.Tensor:
+    """The tensor of ``--center`` (:func:`load_tensor`)."""
+    return load_tensor(path, "--center")
 
 
 def region_of(args: argparse.Namespace):
@@ -96,12 +101,20 @@ def progress_of(args: argparse.Namespace) -> bool:
     return not args.quiet and sys.stderr.isatty()
 
 
-def add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", "-m", action="append", dest="methods", metavar="NAME",
-                   help="method to run (repeatable; default: a set sized for the model; 'all': every method "
-                   f"that applies): {', '.join(METHODS)}")
+def add_method_options(p: argparse.ArgumentParser, method_help: str) -> None:
+    """--method, --domain, --device, --seed, --json, --quiet: shared by estimate and certify."""
+    p.add_argument("--method", "-m", action="append", dest="methods", metavar="NAME", help=method_help)
     p.add_argument("--domain", default=None, metavar="LOW,HIGH|PROP.vnnlib",
                    help="input region: a box, e.g. 0,1, or a VNN-LIB property file (default: all of R^n)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    add_method_options(p, "method to run (repeatable; default: a set sized for the model; 'all': every method "
+                       f"that applies): {', '.join(METHODS)}")
     p.add_argument("--center", default=None, metavar="X.pt|X.npy",
                    help="center of a ball region (a tensor of the input shape, torch.save or .npy); with --radius")
     p.add_argument("--radius", type=float, default=None, help="radius of the ball region around --center")
@@ -110,10 +123,6 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="total seconds for the run, shared by the methods that can run long "
                    "(default: each method's own limit)")
     p.add_argument("--plot", default=None, metavar="OUT.png", help="draw the bracket and the layer norms")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
 
 
 def load_graph(args: argparse.Namespace, model_spec: str, shape_text: str | None, weights: str | None):
