@@ -17,6 +17,7 @@ import argparse
 import importlib.util
 import json
 import math
+from pathlib import Path
 
 import torch
 
@@ -26,6 +27,9 @@ from ..errors import InvalidInput
 from ..examples.demo_net import INPUT_SHAPE, demo_net, load_test_split
 from .common import progress_of
 
+# the demo network as a model spec, for scripts and tests that load it like a user's model
+DEMO_SPEC = f"{Path(__file__).parents[1] / 'examples' / 'demo_net.py'}:demo_net"
+DEMO_SHAPE = ",".join(map(str, INPUT_SHAPE))
 DEMO_RADIUS = 0.1  # L2, on pixels in [0, 1] (an 8 x 8 image has norm about 4)
 DEMO_BUDGET = 10.0  # seconds: a cap on the run, so that the demo ends within half a minute
 DEMO_PLOT = "lipbound_demo.png"
