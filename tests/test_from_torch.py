@@ -88,7 +88,7 @@ class SoftmaxHead(nn.Module):
         self.fc = nn.Linear(3, 2)
 
     def forward(self, x):
-        return torch.softmax(self.fc(x), dim=1)
+        return torch.softmax(self.fc(x), dim=1) * 2
 
 
 @pytest.mark.parametrize("model,shape,op,where", [
@@ -97,8 +97,8 @@ class SoftmaxHead(nn.Module):
     (Attention(), (3, 4), "matmul", "fx node 'matmul'"),
     (Branchy(), (3,), "Branchy", "forward"),
     (TwoInputs(), (3,), "2 inputs", "TwoInputs"),
-    (SoftmaxHead(), (3,), "softmax", "fx node 'softmax'"),
-    (nn.Sequential(nn.Linear(4, 4), nn.Softmax(dim=1)), (4,), "Softmax", "module '1'"),
+    (SoftmaxHead(), (3,), "softmax", "fx node 'softmax'"),  # not the last operation
+    (nn.Sequential(nn.Linear(4, 4), nn.Softmax(dim=1), nn.Linear(4, 2)), (4,), "Softmax", "module '1'"),
     (nn.Sequential(nn.Conv2d(1, 2, 3), nn.LocalResponseNorm(2)), (1, 5, 5), "LocalResponseNorm", "module '1'"),
     (nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4, track_running_stats=False)), (4,), "BatchNorm1d", "module '1'"),
 ])

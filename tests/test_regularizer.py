@@ -1,7 +1,9 @@
 """The training regulariser: right gradient, reduces the certified bound, survives weight changes."""
 
 import copy
+import logging
 import math
+import warnings
 
 import pytest
 import torch
@@ -10,7 +12,11 @@ from torch import nn
 import lipbound
 from lipbound import InvalidInput
 from lipbound.regularizer import certify_training, regularizer
+from lipbound.regularizer_watch import RegularizerWarning
 from oracles import dense_linear, norm2
+
+# the regulariser's once-per-regulariser warnings are checked in their own test
+pytestmark = pytest.mark.filterwarnings("ignore::lipbound.regularizer_watch.RegularizerWarning")
 
 
 def mlp(seed: int = 0, dtype=torch.float64) -> nn.Module:
@@ -171,3 +177,116 @@ def test_concatenation_and_fused_layers_follow_autolips_rule():
     assert reg.bound(update=False).item() == pytest.approx(expected, rel=1e-9)
     reg(update=False).backward()
     assert all(getattr(net, k).weight.grad.abs().sum() > 0 for k in "abc")
+
+
+# ---- its limits: warnings, periodic certification, BatchNorm --------------------------------------
+
+def bn_mlp(seed: int = 0) -> nn.Module:
+    """Linear -> BN -> ReLU -> BN -> Linear: one BN folds into the layer before, one into the layer after."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.BatchNorm1d(6), nn.Linear(6, 3)).double()
+    with torch.no_grad():
+        for bn in (net[1], net[3]):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.2, 3)
+            bn.weight.uniform_(-2, 2)
+            bn.bias.uniform_(-1, 1)
+    return net
+
+
+def regulariser_warnings(reg, calls: int) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(calls):
+            reg()
+    return [str(w.message) for w in caught if issubclass(w.category, RegularizerWarning)]
+
+
+def test_each_limit_is_warned_about_once_per_regulariser():
+    net = bn_mlp().train()
+    got = regulariser_warnings(regularizer(net, (4,)), 5)
+    assert len(got) == 2
+    assert sum("estimate" in m for m in got) == 1
+    assert sum("BatchNorm in training mode ('1', '3')" in m for m in got) == 1
+    assert len(regulariser_warnings(regularizer(net, (4,)), 3)) == 2  # once per regulariser, not per process
+    # in eval mode no BatchNorm warning; with certifications no estimate warning; freeze: none
+    assert [("estimate" in m) for m in regulariser_warnings(regularizer(net.eval(), (4,)), 3)] == [True]
+    assert regulariser_warnings(regularizer(net.train(), (4,), certified_every=100, batchnorm="freeze"), 3) == []
+
+
+def sampled_jacobian_norm(net: nn.Module, points: torch.Tensor) -> float:
+    """max over the points of ||Df(x)||_2, Jacobians by autograd on the module itself."""
+    jac = torch.func.vmap(torch.func.jacrev(net))(points)
+    return torch.linalg.matrix_norm(jac, ord=2).max().item()
+
+
+def test_certified_every_logs_brackets_above_the_sampled_jacobian_norm_of_the_live_model(caplog):
+    """Training that *maximises* the estimate makes the weights grow, so a certification of stale
+    weights falls below the live model's sampled Jacobian norms."""
+    net = mlp(4)
+    reg = regularizer(net, (4,), certified_every=3, certified_lower_steps=20)
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    points = torch.randn(64, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    first = sampled_jacobian_norm(net, points)
+    with caplog.at_level(logging.INFO, logger="lipbound.regularizer"):
+        for step in range(1, 10):
+            opt.zero_grad()
+            value = reg()
+            if step % 3 == 0:  # certified in this call, with the weights the model has now
+                record = reg.history[-1]
+                assert record.call == step
+                assert record.upper >= sampled_jacobian_norm(net, points)
+                assert 0 < record.lower <= record.upper
+                assert record.estimate <= record.upper * (1 + 1e-9)  # power norms <= certified norms
+            (-value).backward()
+            opt.step()
+    assert [r.call for r in reg.history] == [3, 6, 9]
+    assert sampled_jacobian_norm(net, points) > 2 * first  # the weights did grow
+    messages = [r.getMessage() for r in caplog.records if r.name == "lipbound.regularizer"]
+    assert len(messages) == 3 and all(f"upper {r.upper:.4g}" in m for r, m in zip(reg.history, messages))
+
+
+def test_freeze_keeps_batchnorm_statistics_while_training_in_train_mode():
+    net = bn_mlp().train()
+    before = [t.clone() for name, t in net.named_buffers() if "running" in name]
+    reg = regularizer(net, (4,), batchnorm="freeze")
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    x = torch.randn(32, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for _ in range(5):
+        opt.zero_grad()
+        (net(x).square().mean() + 0.1 * reg()).backward()
+        opt.step()
+    assert net.training
+    after = [t for name, t in net.named_buffers() if "running" in name]
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    reg.release_batchnorm()  # BatchNorm follows the model's mode again: the statistics move
+    net(x)
+    assert not torch.equal(before[0], net[1].running_mean)
+
+
+def test_fold_equals_certified_autolip_of_the_model_folded_by_hand():
+    """BN1 folds into the Linear before it (rows scaled), BN3 into the Linear after it (columns
+    scaled, its shift into the bias); the folded model computes the same function in eval mode."""
+    net = bn_mlp(1).train()
+    (l1, bn1, _, bn3, l4) = net
+    s1 = bn1.weight / torch.sqrt(bn1.running_var + bn1.eps)
+    s3 = bn3.weight / torch.sqrt(bn3.running_var + bn3.eps)
+    folded = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).double()
+    with torch.no_grad():
+        folded[0].weight.copy_(s1[:, None] * l1.weight)
+        folded[0].bias.copy_(s1 * (l1.bias - bn1.running_mean) + bn1.bias)
+        folded[2].weight.copy_(l4.weight * s3[None, :])
+        folded[2].bias.copy_(l4.weight @ (bn3.bias - s3 * bn3.running_mean) + l4.bias)
+    x = torch.randn(16, 4, dtype=torch.float64)
+    assert torch.allclose(folded(x), copy.deepcopy(net).eval()(x), atol=1e-12)
+    reg = regularizer(net, (4,), batchnorm="fold")
+    reg.refresh(500)
+    expected = lipbound.autolip(folded, (4,), certified=True).value
+    assert reg.bound(update=False).item() == pytest.approx(expected, rel=1e-8)
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(InvalidInput, match="batchnorm"):
+        regularizer(mlp(), (4,), batchnorm="live")
+    with pytest.raises(InvalidInput, match="certified_every"):
+        regularizer(mlp(), (4,), certified_every=0)

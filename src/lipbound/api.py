@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from typing import Any, Iterable, Sequence
 
@@ -59,7 +60,7 @@ def as_graph(model: Model, input_shape: Sequence[int] | None = None, device: str
 
 
 def estimate(model: Model, input_shape: Sequence[int] | None = None, methods: Iterable[str] | str | None = None,
-             device: str | torch.device | None = None, seed: int = 0, progress: bool = True,
+             device: str | torch.device | None = None, seed: int = 0, progress: bool | None = None,
              input_scale: float | Sequence[float] | None = None, domain: Any = None, data: Any = None,
              time_budget: float | None = None, method_options: dict[str, dict[str, Any]] | None = None,
              **options: Any) -> Report:
@@ -75,7 +76,8 @@ def estimate(model: Model, input_shape: Sequence[int] | None = None, methods: It
             ``"all"``: every method that applies (see :mod:`lipbound.methods.selection`).
         device: where to compute (``"cpu"``, ``"cuda"``); default: where the model's weights are.
         seed: seed of every random choice (start vectors, ...): same seed, same numbers.
-        progress: show progress bars on stderr.
+        progress: show progress bars on stderr; None (default): only when stderr is a terminal,
+            so that logs and pipes get no bars.
         input_scale: std of an input normalisation outside the model (one value or one per
             channel): the bounds are then for raw inputs, ``f o diag(1/std)``.
         domain: the input region (:func:`~lipbound.methods.region.as_region`): None (all of ``R^n``),
@@ -108,6 +110,8 @@ def estimate(model: Model, input_shape: Sequence[int] | None = None, methods: It
                 get_method(m)  # unknown names fail before any work
     if time_budget is not None and not (time_budget > 0 and math.isfinite(time_budget)):
         raise InvalidInput(f"time_budget must be a positive number of seconds, got {time_budget!r}")
+    if progress is None:
+        progress = sys.stderr.isatty()
     graph = as_graph(model, input_shape, device, input_scale)
     region = as_region(domain, graph.input_shape)
     hull = region.hull() if isinstance(region, BoxUnion) else region

@@ -91,6 +91,8 @@ def add_model_options(p: argparse.ArgumentParser, shape_help: str) -> None:
                    help="architecture for a weights file given as MODEL (see lipbound.load)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow a pickled full model (torch.save(model)): unpickling executes code from the file")
+    p.add_argument("--module-path", default=None, metavar="DIR",
+                   help="with --trust-pickle: folder of the module that defines the pickled model's class")
     p.add_argument("--input-scale", default=None, metavar="STD",
                    help="std of an input normalisation outside the model, one value or one per channel "
                    "(e.g. 0.2471,0.2435,0.2616): bound f(x / std), the constant for raw inputs")
@@ -135,7 +137,8 @@ def load_graph(args: argparse.Namespace, model_spec: str, shape_text: str | None
     if weights is not None:
         graph = load_factory(model_spec, weights, shape)
     else:
-        graph = load(model_spec, shape, factory=factory, trust_pickle=getattr(args, "trust_pickle", False))
+        graph = load(model_spec, shape, factory=factory, trust_pickle=getattr(args, "trust_pickle", False),
+                     module_path=getattr(args, "module_path", None))
     scale = getattr(args, "input_scale", None)
     if scale is not None:
         graph = with_input_scale(graph, parse_scale(scale))

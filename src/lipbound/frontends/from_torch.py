@@ -16,12 +16,14 @@ from typing import Any, Sequence
 
 import torch
 import torch.fx as fx
+import torch.utils._pytree as pytree
 from torch import nn
 
 from ..errors import InvalidInput, LipboundError, UnsupportedOperation
 from ..linalg.operators import LinearOperator
 from .torch_functions import FunctionCalls
-from .torch_modules import BATCH, _adaptive_multiplicity, _model_dtype, _pool_multiplicity, operator_of_module
+from .torch_modules import (BATCH, _adaptive_multiplicity, _model_dtype, _pool_multiplicity, operator_of_module,
+                            refusal_reason)
 from ..graph import activations
 from ..graph.ir import Activation, Affine, Graph, Input, MaxPool, Node
 
@@ -85,6 +87,8 @@ class _Builder(FunctionCalls):
         self.dependent: set[str] = set()
         self.nodes: dict[str, Node] = {}
         self.alias: dict[str, str] = {}  # fx node -> graph node it equals (dropout, identity)
+        self.notes: list[str] = []
+        self.stripped: fx.Node | None = None  # the input of a removed final softmax
 
     # ---- recording pass ---------------------------------------------------------------
     def _record(self) -> tuple[torch.Tensor, Any]:
@@ -131,14 +135,24 @@ class _Builder(FunctionCalls):
                 self._check_batch(n)
                 self.dependent.add(n.name)
                 self._translate(n)
-        graph = Graph(self.nodes, placeholders[0].name, output_name, self.name)
-        _check_reproduces(graph, x, expected)
+        graph = Graph(self.nodes, placeholders[0].name, output_name, self.name, self.notes)
+        _check_reproduces(graph, x, expected if self.stripped is None else self.values[self.stripped.name])
         return graph
 
     def _depends(self, n: fx.Node) -> bool:
-        if not isinstance(self.values.get(n.name), torch.Tensor):
-            return False  # sizes, shapes, flags: not values of the input
-        return any(a.name in self.dependent for a in n.all_input_nodes)
+        """Whether ``n`` is a value of the input. Sizes, shapes and flags read from the input are
+        constants; a tuple or list of input-dependent tensors (``nn.MultiheadAttention``,
+        ``torch.split``) is refused here, since its items would otherwise pass for constants."""
+        if not any(a.name in self.dependent for a in n.all_input_nodes):
+            return False
+        value = self.values.get(n.name)
+        if isinstance(value, torch.Tensor):
+            return True
+        if any(isinstance(v, torch.Tensor) for v in pytree.tree_leaves(value)):
+            module = self.gm.get_submodule(n.target) if n.op == "call_module" else None
+            raise UnsupportedOperation(self._opname(n), self._where(n), refusal_reason(module) if module is not None
+                                       else "it returns several tensors; lipbound handles operations with one output")
+        return False
 
     def _check_batch(self, n: fx.Node) -> None:
         v = self.values[n.name]
@@ -245,6 +259,8 @@ class _Builder(FunctionCalls):
             self._add(Activation(n.name, [self._ref(src)], self._shape(n), origin, fn, facts, entry.name))
         elif isinstance(m, _PASS):
             self.alias[n.name] = self._ref(src)
+        elif isinstance(m, (nn.Softmax, nn.LogSoftmax)):
+            self._softmax(n, src)
         elif isinstance(m, _MAXPOOL):
             self._maxpool(n, src, m, origin, _pool_multiplicity(m.kernel_size, m.stride, m.dilation, len(in_shape) - 1))
         elif isinstance(m, _ADAPTIVE_MAX):
@@ -255,6 +271,18 @@ class _Builder(FunctionCalls):
         else:
             op = operator_of_module(m, in_shape, where, self.dtype, self.values[src.name].device)
             self._affine(n, src, op, origin)
+
+    def _softmax(self, n: fx.Node, src: fx.Node) -> None:
+        """A final softmax (or log-softmax) is removed with a note, as the ONNX frontend does: the
+        bounds are those of the logits, the quantity certificates use (``L(softmax o f) <= L(f) / 2``:
+        the softmax's Jacobian ``diag(p) - p p^T`` has norm at most 1/2). Elsewhere it is refused."""
+        name, where = self._opname(n), self._where(n)
+        if [u.op for u in n.users] != ["output"]:
+            raise UnsupportedOperation(name, where, "a softmax is only accepted as the last operation (it is then "
+                                       "removed: lipbound bounds the logits)")
+        self.alias[n.name] = self._ref(src)
+        self.stripped = src
+        self.notes.append(f"the final {name} ({where}) was removed: the bounds are those of the logits")
 
     def _maxpool(self, n, src, m, origin, multiplicity: int) -> None:
         if getattr(m, "return_indices", False):

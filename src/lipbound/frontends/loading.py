@@ -77,7 +77,8 @@ TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")
 
 
 def load(path: str | Path, input_shape: Sequence[int] | None = None, *, factory: str | None = None,
-         trust_pickle: bool = False, keep_softmax: bool = False) -> Graph:
+         trust_pickle: bool = False, keep_softmax: bool = False,
+         module_path: str | Path | None = None) -> Graph:
     """The :class:`~lipbound.graph.Graph` of a model stored in a file; it carries its input shape,
     so ``lipbound.estimate(graph)`` needs no other argument.
 
@@ -97,6 +98,8 @@ def load(path: str | Path, input_shape: Sequence[int] | None = None, *, factory:
             factory returns it, and for ONNX models whose input has symbolic axes.
         factory: the architecture for a weights file, as ``path/to/file.py:function``.
         trust_pickle: allow unpickling a full model (executes code from the file).
+        module_path: a folder searched first, while unpickling, for the modules that define the
+            pickled model's classes (e.g. the folder of ``models.py``; CLI ``--module-path``).
         keep_softmax: ONNX only; see :func:`~lipbound.frontends.from_onnx.from_onnx`.
 
     Raises:
@@ -121,7 +124,7 @@ def load(path: str | Path, input_shape: Sequence[int] | None = None, *, factory:
         from .from_onnx import from_onnx
         return from_onnx(p, input_shape, keep_softmax=keep_softmax)
     if suffix in TORCH_SUFFIXES:
-        return _graph(_load_pickled(p, trust_pickle), input_shape, p.stem)
+        return _graph(_load_pickled(p, trust_pickle, module_path), input_shape, p.stem)
     raise InvalidInput(f"cannot tell the format of {p.name}: give an .onnx file, path/to/file.py:function, a "
                        f"weights file ({', '.join(TORCH_SUFFIXES)}) with factory=..., or a pickled model")
 
@@ -163,9 +166,10 @@ def _graph(made: Any, input_shape: Sequence[int] | None, name: str) -> Graph:
     return from_torch(model, shape, name=name)
 
 
-def _load_pickled(path: Path, trust_pickle: bool) -> nn.Module:
+def _load_pickled(path: Path, trust_pickle: bool, module_path: str | Path | None = None) -> nn.Module:
     """A full model saved with ``torch.save(model)``; refuses state dicts (they need a factory) and,
-    unless ``trust_pickle``, anything that would run pickled code."""
+    unless ``trust_pickle``, anything that would run pickled code. ``module_path`` is put first on
+    ``sys.path`` while unpickling (the classes' modules are imported by name)."""
     with open(path, "rb") as fh:
         head = fh.read(4)
     if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):  # a zip archive or a pickle
@@ -179,10 +183,7 @@ def _load_pickled(path: Path, trust_pickle: bool) -> nn.Module:
             raise InvalidInput(f"{path} is a pickled model: loading it executes code stored in the file. Pass "
                                "trust_pickle=True (CLI --trust-pickle) only if you trust its source, or save a "
                                "state dict and give its architecture with factory=... (CLI --factory)") from None
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc2:
-            raise InvalidInput(f"could not unpickle {path}: {type(exc2).__name__}: {_first(exc2)}") from None
+        state = _unpickle(path, module_path)
     except Exception as exc:
         raise InvalidInput(f"{path} is not a readable PyTorch file (truncated or corrupt?): "
                            f"{type(exc).__name__}: {_first(exc)}") from None
@@ -192,6 +193,27 @@ def _load_pickled(path: Path, trust_pickle: bool) -> nn.Module:
         raise InvalidInput(f"{path} holds a state dict (weights only): give the architecture with "
                            "factory='path/to/file.py:function' (CLI --factory)")
     raise InvalidInput(f"{path} holds a {type(state).__name__}, not a model")
+
+
+def _unpickle(path: Path, module_path: str | Path | None) -> Any:
+    """``torch.load`` with pickled code allowed, ``module_path`` first on ``sys.path`` meanwhile."""
+    folder = None if module_path is None else str(Path(module_path).resolve())
+    if folder is not None and not Path(folder).is_dir():
+        raise InvalidInput(f"module path is not a folder: {module_path}")
+    if folder is not None:
+        sys.path.insert(0, folder)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except ModuleNotFoundError as exc:
+        where = "" if folder is None else f" (not in {folder} either)"
+        raise InvalidInput(f"could not unpickle {path}: the model needs module {exc.name!r} (where its classes are "
+                           f"defined), which Python cannot import{where}: add the folder that holds {exc.name}.py to PYTHONPATH, or "
+                           "give it with module_path=DIR (CLI --module-path DIR)") from None
+    except Exception as exc:
+        raise InvalidInput(f"could not unpickle {path}: {type(exc).__name__}: {_first(exc)}") from None
+    finally:
+        if folder is not None:
+            sys.path.remove(folder)
 
 
 def _first(exc: BaseException) -> str:

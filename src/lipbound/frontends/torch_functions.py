@@ -37,6 +37,7 @@ _CAT = {torch.cat, torch.concat}
 _AVG_FN = {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
            F.adaptive_avg_pool3d, F.interpolate}
 _MAX_FN = {F.max_pool1d, F.max_pool2d, F.max_pool3d}
+_SOFTMAX = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
 _IDENTITY_FN = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, "clone", "detach"}
 
 
@@ -157,10 +158,11 @@ class FunctionCalls:
                            self.values[deps[0].name].device, where)
             self._affine(n, deps[0], op, origin)
             return
-        reason = "no lipbound handler for this operation"
-        if t in (F.softmax, F.log_softmax, torch.softmax) or key in ("softmax", "log_softmax"):
-            reason = "remove the final softmax: lipbound bounds the logits"
-        raise UnsupportedOperation(name, where, reason)
+        if t in _SOFTMAX or key in ("softmax", "log_softmax"):
+            self._single(n, deps, name)
+            self._softmax(n, deps[0])
+            return
+        raise UnsupportedOperation(name, where, "no lipbound handler for this operation")
 
     def _single(self, n: fx.Node, deps: list[fx.Node], name: str) -> None:
         if len(deps) != 1:

@@ -26,6 +26,8 @@ _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONVT = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _AVGPOOL = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+_ATTENTION = (nn.MultiheadAttention, nn.Transformer, nn.TransformerEncoder, nn.TransformerDecoder,
+              nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 _PAD = (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
         nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d,
         nn.ReplicationPad2d, nn.ReplicationPad3d, nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d)
@@ -72,7 +74,15 @@ def operator_of_module(m: nn.Module, in_shape: Sequence[int], where: str | None 
         if out.shape[0] != BATCH:
             raise UnsupportedOperation(type(m).__name__, where, "it mixes the batch axis")
         return Reshape(in_shape, out.shape[1:])
-    raise UnsupportedOperation(type(m).__name__, where, "no lipbound handler for this layer")
+    raise UnsupportedOperation(type(m).__name__, where, refusal_reason(m))
+
+
+def refusal_reason(m: nn.Module) -> str:
+    """Why a module without a handler is refused (attention is named: it has no global constant)."""
+    if isinstance(m, _ATTENTION):
+        return ("dot-product attention multiplies input-dependent tensors, so it has no Lipschitz constant "
+                "on all of R^n (Kim et al., 2021); lipbound has no handler for it")
+    return "no lipbound handler for this layer"
 
 
 def _conv_operator(m: nn.Module, in_shape: tuple[int, ...], where: str) -> LinearOperator:
