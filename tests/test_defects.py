@@ -120,7 +120,6 @@ def test_a_final_softmax_is_removed_with_a_note_as_for_onnx(head):
         lipbound.as_graph(nn.Sequential(logits, head, nn.Linear(3, 2)), (4,))
 
 
-@pytest.mark.xfail(strict=True, reason="needs the change to frontends/onnx_common.py described in the h/reg report")
 def test_a_wrong_onnx_input_shape_names_the_shape_to_give():
     with pytest.raises(InvalidInput, match=r"\(1, 1, 5\) without the batch axis: give --input-shape 1,1,5"):
         lipbound.load(DATA / "acasxu_1_1.onnx", (5,))

@@ -83,6 +83,16 @@ def input_dtype(vi) -> torch.dtype:
                        "a network of integers has no Lipschitz constant in lipbound's sense")
 
 
+def _shape_hint(dims: list[int | None]) -> str:
+    """What to give instead: the model's own input shape without its batch axis (empty when it is
+    not static)."""
+    rest = dims[1:] if len(dims) >= 2 and dims[0] in (None, 1) else dims
+    if not rest or any(d is None for d in rest):
+        return ""
+    return (f": this model's input is {tuple(rest)} without the batch axis: give --input-shape "
+            f"{','.join(map(str, rest))} (input_shape={tuple(rest)}) or omit it")
+
+
 def resolve_input(vi, given: Sequence[int] | None) -> tuple[Shape, bool]:
     """The input shape per sample and whether the model's input has a batch axis."""
     tt = vi.type.tensor_type
@@ -102,9 +112,11 @@ def resolve_input(vi, given: Sequence[int] | None) -> tuple[Shape, bool]:
         elif len(dims) == len(given):
             batched, rest = False, dims
         else:
-            raise InvalidInput(f"input shape {given} does not fit the model's input '{vi.name}' of shape {pretty}")
+            raise InvalidInput(f"input shape {given} does not fit the model's input '{vi.name}' of shape {pretty}"
+                               f"{_shape_hint(dims)}")
         if any(r is not None and r != g for r, g in zip(rest, given)):
-            raise InvalidInput(f"input shape {given} does not fit the model's input '{vi.name}' of shape {pretty}")
+            raise InvalidInput(f"input shape {given} does not fit the model's input '{vi.name}' of shape {pretty}"
+                               f"{_shape_hint(dims)}")
         return given, batched
     if dims is None or not dims:
         raise InvalidInput(f"the model's input '{vi.name}' has no static shape: give it without batch axis "
