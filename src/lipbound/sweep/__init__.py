@@ -7,7 +7,9 @@ Both run on a process pool (default), on Ray (``backend="ray"``) or serially, ap
 line per finished instance to ``out`` and skip on a rerun what ``out`` already holds.
 """
 
+from .accuracy import DatasetSummary
+from .dataset import certify_dataset
 from .instances import instances_table, read_instances, run_instances
 from .runner import BACKENDS, SweepRun
 
-__all__ = ["run_instances", "read_instances", "instances_table", "SweepRun", "BACKENDS"]
+__all__ = ["certify_dataset", "DatasetSummary", "run_instances", "read_instances", "instances_table", "SweepRun", "BACKENDS"]
