@@ -14,6 +14,7 @@ them is then rerun alone in a fresh one-worker pool, where a second death marks 
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -28,6 +29,7 @@ _JOB: Job | None = None  # the job of this worker process, set by _init_worker
 
 def _init_worker(job: Job) -> None:
     global _JOB
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
     single_threaded()
     job.setup()
     _JOB = job
