@@ -133,10 +133,20 @@ def _best(report, lower: bool) -> str | None:
     return None
 
 
-def _stopped_by(details: dict[str, Any]) -> str | None:
-    if details.get("stopped_by") is not None:
-        return details["stopped_by"]
-    return "time" if details.get("stopped_by_time") else None
+def _stopped_by(details: Any) -> str | None:
+    """``"time"`` when the method's details say a time budget cut it short (``stopped_by``, or the
+    older ``stopped_by_time`` flag and SeqLip's per-chain ``cut``), else its ``stopped_by``."""
+    if isinstance(details, dict):
+        if details.get("stopped_by") is not None:
+            return details["stopped_by"]
+        if details.get("stopped_by_time") or details.get("cut"):
+            return "time"
+        values = details.values()
+    elif isinstance(details, list):
+        values = details
+    else:
+        return None
+    return next((s for s in map(_stopped_by, values) if s is not None), None)
 
 
 def _finite(value: Any) -> Any:
