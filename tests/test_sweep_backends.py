@@ -70,11 +70,11 @@ def test_dataset_pool_matches_serial_and_the_net():
     pooled = certify_dataset(net, x, y, radii, domain=(0, 1), workers=2)
     assert [without_timings(r) for r in pooled.run.records] == [without_timings(r) for r in serial.run.records]
     assert serial.clean_accuracy == (logits.argmax(1) == y).double().mean().item()
-    # oracle: float64 margins of the torch net against the reported bound
+    # oracle: float64 margins of the torch net against the reported bound, input by input
     top2 = logits.topk(2, dim=1).values
     radius = (top2[:, 0] - top2[:, 1]) / (math.sqrt(2) * serial.constants["upper"])
     correct = logits.argmax(1) == y
     for k, r in enumerate(radii):
-        expected = (correct & (radius > r)).double().mean().item()
-        assert serial.certified_accuracy[k] == pytest.approx(expected, abs=1.5 / len(x))
+        assert ((radius - r).abs() > 1e-9).all(), "a radius on the edge: pick other radii"
+        assert serial.certified_accuracy[k] == (correct & (radius > r)).double().mean().item()
     assert serial.certified_radii[0] == 0.0

@@ -104,25 +104,67 @@ def test_verdicts_agree_with_the_net(tmp_path):
     net = tiny_net()
     c = torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64)
     with torch.no_grad():
-        label = int(net.double()(c[None]).argmax())
+        logits = net.double()(c[None])[0]
+    label = int(logits.argmax())
     wrong = (label + 1) % 3
     folder = tmp_path / "v"
     _, csv = write_benchmark(folder, n=1)
-    boxes = [(c - 1e-3, c + 1e-3, label), (c - 1e-3, c + 1e-3, wrong), (c - 3.0, c + 3.0, label)]
+    boxes = [(c - 1e-3, c + 1e-3, label), (c - 1e-3, c + 1e-3, wrong), (c - 0.1, c + 0.1, label),
+             (c - 3.0, c + 3.0, label)]
     rows = []
     for i, (lo, hi, y) in enumerate(boxes):
         (folder / f"v{i}.vnnlib").write_text(property_text(lo, hi, y))
         rows.append(f"net.onnx,v{i}.vnnlib,600")
     csv.write_text("\n".join(rows) + "\n")
     run = run_instances(csv, METHODS, backend="serial", method_options=OPTIONS)
-    certified, violated, wide = run.records
-    assert certified["verdict"] == "certified"
-    assert _sampled_min_margin(net, *boxes[0][:2], label) > 0
-    assert violated["verdict"] == "violated"
-    x = torch.tensor(violated["counterexample"], dtype=torch.float64)
+    assert [r["verdict"] for r in run.records[:2]] == ["certified", "violated"]
+    assert {r["verdict"] for r in run.records[2:]} <= {"certified", "unknown", "violated"}
+    margin = (logits[label] - torch.cat([logits[:label], logits[label + 1:]]).max()).item()
+    for (lo, hi, y), record in zip(boxes, run.records):
+        if record["verdict"] == "certified":  # the Lipschitz argument holds, and no sample breaks it
+            reach = torch.linalg.vector_norm((hi - lo) / 2).item()
+            assert margin > math.sqrt(2) * record["upper"] * reach
+            assert _sampled_min_margin(net, lo, hi, y) > 0
+    x = torch.tensor(run.records[1]["counterexample"], dtype=torch.float64)
     assert bool(((x >= boxes[1][0]) & (x <= boxes[1][1])).all())
     with torch.no_grad():
         out = net.double()(x[None])[0]
     assert max(out[j] for j in range(3) if j != wrong) >= out[wrong]  # the unsafe set: some Y_j >= Y_wrong
-    if _sampled_min_margin(net, *boxes[2][:2], label) <= 0:  # sampling finds a violation: never certified
-        assert wide["verdict"] != "certified"
+
+
+def test_cli_run_instances_writes_and_resumes(tmp_path, capsys):
+    _, csv = write_benchmark(tmp_path / "b", n=2)
+    out = tmp_path / "r.jsonl"
+    argv = ["run-instances", str(csv), "-m", "autolip", "--backend", "serial", "--out", str(out), "-q"]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert "2/2 instances done" in first and len(out.read_text().splitlines()) == 2
+    assert main(argv) == 0
+    assert "2 read back from the results file" in capsys.readouterr().out
+    assert len(out.read_text().splitlines()) == 2
+
+
+def test_dataset_cli_options_and_plot(tmp_path, capsys):
+    import argparse
+
+    from lipbound import as_graph
+    from lipbound.cli.sweep import add_sweep_options, load_array, run_dataset
+
+    pytest.importorskip("matplotlib")
+    parser = argparse.ArgumentParser()
+    add_sweep_options(parser)
+    parser.add_argument("--quiet", "-q", action="store_true")  # as lipbound certify has
+    np_labels = tmp_path / "y.npz"
+    import numpy as np
+
+    np.savez(np_labels, labels=Y.numpy())
+    png = tmp_path / "acc.png"
+    args = parser.parse_args(["--labels", str(np_labels), "--radii", "0.3,0.05", "--backend", "serial",
+                              "--domain", "0,1", "--plot", str(png)])
+    assert run_dataset(args, as_graph(NET, (3,)), X, load_array(args.labels, "labels")) == 0
+    text = capsys.readouterr().out
+    assert "clean accuracy" in text and "0.05" in text and png.stat().st_size > 0
+    with pytest.raises(InvalidInput, match="--radii"):
+        run_dataset(parser.parse_args(["--radii", "a,b"]), as_graph(NET, (3,)), X, Y)
+    with pytest.raises(InvalidInput, match="labels file not found"):
+        load_array(str(tmp_path / "absent.pt"), "labels")
