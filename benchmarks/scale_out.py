@@ -24,7 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 CSV = HERE / "instances_mnistfc.csv"
 METHODS = ["autolip", "lipsdp", "lower"]
-OPTIONS = {"lower": {"starts": 16, "steps": 60}}
+OPTIONS = {"lower": {"starts": 8, "steps": 30, "walk_rounds": 2}}
 CONFIGS = [("process", 1), ("process", 2), ("ray", 2)]
 
 
