@@ -66,8 +66,9 @@ def without_timings(record: dict[str, Any]) -> dict[str, Any]:
 
 
 class CrashJob:
-    """A job whose worker process dies (``os._exit``) on the payload ``"crash"``; any other
-    payload ``p`` gives ``{"value": p}``."""
+    """A job whose worker process dies (``os._exit``) on the payload ``"crash"``, that runs out of
+    memory on ``"memory"`` and is interrupted (Ctrl-C) on ``"interrupt"``; any other payload ``p``
+    gives ``{"value": p}``."""
 
     seed = 0
 
@@ -79,4 +80,6 @@ class CrashJob:
             os._exit(3)
         if payload == "memory":
             raise MemoryError
+        if payload == "interrupt":
+            raise KeyboardInterrupt
         return {"value": payload}

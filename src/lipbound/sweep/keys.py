@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import types
 from enum import Enum
 from typing import Any
 
@@ -64,8 +65,8 @@ def _feed(h: "hashlib._Hash", obj: Any, seen: set[int]) -> None:
     else:
         seen.add(id(obj))
         h.update(type(obj).__qualname__.encode())
-        if callable(obj) and not hasattr(obj, "__dict__"):
-            h.update(getattr(obj, "__qualname__", "").encode())
+        if isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType, types.MethodType)):
+            h.update(f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', repr(obj))}".encode())
         elif dataclasses.is_dataclass(obj):
             _feed(h, {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}, seen)
         elif hasattr(obj, "__dict__"):

@@ -18,7 +18,7 @@ import signal
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Iterable, Iterator
+from typing import Any, Generator, Iterable
 
 from .tasks import Job, Task, error_record, run_task, single_threaded
 
@@ -40,7 +40,7 @@ def _run_in_worker(task: Task) -> dict[str, Any]:
     return run_task(_JOB, task)
 
 
-def run_pool(job: Job, tasks: Iterable[Task], workers: int) -> Iterator[dict[str, Any]]:
+def run_pool(job: Job, tasks: Iterable[Task], workers: int) -> Generator[dict[str, Any], None, None]:
     """Yield one record per task, in the order they finish, computed by ``workers`` processes."""
     queue = deque(tasks)
     suspects: deque[Task] = deque()

@@ -11,7 +11,7 @@ task ``error`` and is replaced.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Iterable, Iterator
+from typing import Any, Generator, Iterable
 
 from ..errors import InvalidInput
 from .tasks import Job, Task, error_record, run_task, single_threaded
@@ -39,7 +39,7 @@ class _Worker:
         return run_task(self.job, task)
 
 
-def run_ray(job: Job, tasks: Iterable[Task], workers: int, address: str | None = None) -> Iterator[dict[str, Any]]:
+def run_ray(job: Job, tasks: Iterable[Task], workers: int, address: str | None = None) -> Generator[dict[str, Any], None, None]:
     """Yield one record per task, in the order they finish, computed by ``workers`` Ray actors."""
     ray = _ray()
     started = not ray.is_initialized()
@@ -65,7 +65,7 @@ def run_ray(job: Job, tasks: Iterable[Task], workers: int, address: str | None =
                 task, actor = running.pop(ref)
                 try:
                     record = ray.get(ref)
-                except ray.exceptions.RayActorError as exc:
+                except ray.exceptions.RayError as exc:  # the actor died (a crash, out of memory)
                     record = error_record(task, f"the Ray worker died: {exc}")
                     ray.kill(actor)
                     actor = actor_class.remote(job_ref)

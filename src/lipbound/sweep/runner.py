@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Generator, Sequence
 
 import torch
 
@@ -64,14 +64,16 @@ def execute(job: Job, tasks: Sequence[Task], out: str | os.PathLike | None = Non
         todo = [t for t in tasks if t.key not in results.done]
         run.resumed = len(tasks) - len(todo)
         bar = _bar(len(tasks), run.resumed, progress)
+        records = _records(job, todo, workers, backend, address)
         try:
-            for record in _records(job, todo, workers, backend, address):
+            for record in records:
                 results.append(record)
                 if bar is not None:
                     bar.update(1)
         except KeyboardInterrupt:
             run.interrupted = True
         finally:
+            records.close()  # stops the workers still running
             if bar is not None:
                 bar.close()
         keys = {t.key: t.index for t in tasks}
@@ -79,9 +81,9 @@ def execute(job: Job, tasks: Sequence[Task], out: str | os.PathLike | None = Non
     return run
 
 
-def _records(job: Job, tasks: list[Task], workers: int, backend: str, address: str | None) -> Iterator[dict[str, Any]]:
+def _records(job: Job, tasks: list[Task], workers: int, backend: str, address: str | None) -> Generator[dict[str, Any], None, None]:
     if not tasks:
-        return iter(())
+        return _serial(job, [])
     if backend == "ray":
         from .ray_backend import run_ray
 
@@ -93,8 +95,10 @@ def _records(job: Job, tasks: list[Task], workers: int, backend: str, address: s
     return _serial(job, tasks)
 
 
-def _serial(job: Job, tasks: list[Task]) -> Iterator[dict[str, Any]]:
+def _serial(job: Job, tasks: list[Task]) -> Generator[dict[str, Any], None, None]:
     """The tasks one after the other in this process, on one thread (restored afterwards)."""
+    if not tasks:
+        return
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
