@@ -12,4 +12,5 @@ from .dataset import certify_dataset
 from .instances import instances_table, read_instances, run_instances
 from .runner import BACKENDS, SweepRun
 
-__all__ = ["certify_dataset", "DatasetSummary", "run_instances", "read_instances", "instances_table", "SweepRun", "BACKENDS"]
+__all__ = ["certify_dataset", "DatasetSummary", "run_instances", "read_instances", "instances_table", "SweepRun",
+           "BACKENDS"]

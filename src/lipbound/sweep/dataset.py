@@ -56,7 +56,8 @@ class DatasetJob:
         return {"label": label, **out}
 
 
-def check_dataset(graph: Graph, inputs: Any, labels: Any, radii: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+def check_dataset(graph: Graph, inputs: Any, labels: Any,
+                  radii: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """``inputs`` (N, *input shape) as float tensor, ``labels`` (N,) as int64 and the sorted radii;
     :class:`~lipbound.errors.InvalidInput` names the first problem: lengths that differ, a shape
     that does not match the model, a NaN or infinite input, a label outside ``0..classes-1``, a
@@ -83,7 +84,8 @@ def check_dataset(graph: Graph, inputs: Any, labels: Any, radii: Sequence[float]
     out = torch.nonzero((y < 0) | (y >= classes)).flatten()
     if len(out):
         i = out[0].item()
-        raise InvalidInput(f"label {y[i].item()} of input {i} is outside 0..{classes - 1} (the model has {classes} logits)")
+        raise InvalidInput(f"label {y[i].item()} of input {i} is outside 0..{classes - 1} "
+                           f"(the model has {classes} logits)")
     radii = sorted(float(r) for r in radii)
     if not radii or not all(r > 0 and math.isfinite(r) for r in radii):
         raise InvalidInput(f"radii must be positive finite numbers, got {radii}")

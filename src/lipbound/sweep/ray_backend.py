@@ -39,7 +39,8 @@ class _Worker:
         return run_task(self.job, task)
 
 
-def run_ray(job: Job, tasks: Iterable[Task], workers: int, address: str | None = None) -> Generator[dict[str, Any], None, None]:
+def run_ray(job: Job, tasks: Iterable[Task], workers: int,
+            address: str | None = None) -> Generator[dict[str, Any], None, None]:
     """Yield one record per task, in the order they finish, computed by ``workers`` Ray actors."""
     ray = _ray()
     started = not ray.is_initialized()

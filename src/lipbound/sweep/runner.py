@@ -81,7 +81,8 @@ def execute(job: Job, tasks: Sequence[Task], out: str | os.PathLike | None = Non
     return run
 
 
-def _records(job: Job, tasks: list[Task], workers: int, backend: str, address: str | None) -> Generator[dict[str, Any], None, None]:
+def _records(job: Job, tasks: list[Task], workers: int, backend: str,
+             address: str | None) -> Generator[dict[str, Any], None, None]:
     if not tasks:
         return _serial(job, [])
     if backend == "ray":

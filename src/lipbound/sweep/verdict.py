@@ -11,9 +11,10 @@ A robustness property of class ``y`` on the input box ``X`` states as unsafe "so
   no ``x`` in ``X`` reaches the unsafe set: the radius ``margin / (sqrt(2) U)`` of
   :func:`~lipbound.sweep.adapter.certify_one` exceeds ``R``.
 * ``violated``: only with a witness. The centre and the points the methods found (their
-  witnesses) are evaluated in float64 with a rigorous bound of the rounding error
-  (:func:`~lipbound.methods.rounding.enclose`); a point of the closed box whose output lies in
-  the unsafe set even at the worst rounding is a counterexample, returned with the verdict.
+  witnesses) that lie in the input set itself (for a union: in one of its boxes) are evaluated
+  in float64 with a rigorous bound of the rounding error (:func:`~lipbound.methods.rounding.enclose`);
+  such a point whose output lies in the unsafe set even at the worst rounding is a
+  counterexample, returned with the verdict.
 * ``unknown`` otherwise.
 """
 
@@ -39,7 +40,7 @@ def robustness_verdict(graph: Graph, prop: VnnlibProperty, report: Report, seed:
     robustness property ``prop`` (``prop.label`` set) with the report of the local bracket on its
     input set (module doc); a violation adds ``counterexample`` (the input, flattened)."""
     box = prop.region.hull() if isinstance(prop.region, BoxUnion) else prop.region
-    for x in _candidates(report, box):
+    for x in _candidates(report, prop.region, box.center):
         if _in_unsafe_set(graph, prop, x):
             return {"verdict": "violated", "verdict_reason": "a point of the input set reaches the unsafe outputs",
                     "counterexample": x.flatten().tolist()}
@@ -60,17 +61,18 @@ def robustness_verdict(graph: Graph, prop: VnnlibProperty, report: Report, seed:
     return {"verdict": "unknown", "verdict_reason": why}
 
 
-def _candidates(report: Report, box: Box) -> list[torch.Tensor]:
-    """The centre of ``box`` and every witness point of the report that lies in the closed box."""
-    points = [box.center]
+def _candidates(report: Report, region: Box | BoxUnion, center: torch.Tensor) -> list[torch.Tensor]:
+    """``center`` and every witness point of the report, those that lie in the closed ``region``
+    (for a union of boxes: in one of its boxes, not just in the hull)."""
+    points = [center]
     for result in report.results:
         w = result.witness
         if w is None:
             continue
         for p in (w.x, getattr(w, "y", None)):
             if p is not None:
-                points.append(torch.as_tensor(p, dtype=torch.float64).reshape(box.low.shape))
-    return [p for p in points if bool(box.contains(p[None])[0])]
+                points.append(torch.as_tensor(p, dtype=torch.float64).reshape(center.shape))
+    return [p for p in points if bool(region.contains(p[None])[0])]
 
 
 def _in_unsafe_set(graph: Graph, prop: VnnlibProperty, x: torch.Tensor) -> bool:
