@@ -81,3 +81,32 @@ def test_a_corrupt_line_before_the_last_is_refused(tmp_path):
     out.write_text('{"key": "a"}\nnot json\n{"key": "b"}\n')
     with pytest.raises(Exception, match="line 2"):
         read_results(out)
+
+
+def test_ctrl_c_stops_the_pool_and_prints_the_summary_so_far(tmp_path):
+    _, csv = write_benchmark(tmp_path / "bench", n=8)
+    out = tmp_path / "results.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "lipbound.cli", "run-instances", str(csv), "--workers", "2", "--out", str(out),
+            "-q"] + [a for m in METHODS for a in ("-m", m)]
+    proc = subprocess.Popen(argv, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while _lines(out) < 1 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, stderr
+    done = _lines(out)
+    assert f"{done}/8 instances done (interrupted)" in stdout
+    left = b"?"
+    for _ in range(100):  # the fork server and resource tracker leave once they see the parent gone
+        left = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True).stdout
+        if not left:
+            break
+        time.sleep(0.1)
+    assert left == b"", "a worker outlived the run"
