@@ -13,9 +13,9 @@ import sys
 from typing import Sequence
 
 from ..errors import LipboundError
-from . import certify, demo, estimate, methods
+from . import certify, demo, estimate, methods, run_instances
 
-SUBCOMMANDS = (estimate, certify, demo, methods)
+SUBCOMMANDS = (estimate, certify, demo, methods, run_instances)
 
 
 def build_parser() -> argparse.ArgumentParser:
