@@ -145,26 +145,22 @@ def test_cli_run_instances_writes_and_resumes(tmp_path, capsys):
 
 
 def test_dataset_cli_options_and_plot(tmp_path, capsys):
-    import argparse
-
-    from lipbound import as_graph
-    from lipbound.cli.sweep import add_sweep_options, load_array, run_dataset
-
-    pytest.importorskip("matplotlib")
-    parser = argparse.ArgumentParser()
-    add_sweep_options(parser)
-    parser.add_argument("--quiet", "-q", action="store_true")  # as lipbound certify has
-    np_labels = tmp_path / "y.npz"
+    """``lipbound certify --labels ... --plot`` runs the sweep (labels from an .npz file)."""
     import numpy as np
 
-    np.savez(np_labels, labels=Y.numpy())
-    png = tmp_path / "acc.png"
-    args = parser.parse_args(["--labels", str(np_labels), "--radii", "0.3,0.05", "--backend", "serial",
-                              "--domain", "0,1", "--plot", str(png)])
-    assert run_dataset(args, as_graph(NET, (3,)), X, load_array(args.labels, "labels")) == 0
+    pytest.importorskip("matplotlib")
+    factory = tmp_path / "net.py"
+    factory.write_text("from test_sweep_support import tiny_net\n")
+    inputs, labels, png = tmp_path / "x.pt", tmp_path / "y.npz", tmp_path / "acc.png"
+    torch.save(X, inputs)
+    np.savez(labels, labels=Y.numpy())
+    base = ["certify", f"{factory}:tiny_net", "--inputs", str(inputs), "--labels", str(labels), "--backend", "serial",
+            "--domain", "0,1", "-q"]
+    assert main(base + ["--radii", "0.3,0.05", "--plot", str(png)]) == 0
     text = capsys.readouterr().out
     assert "clean accuracy" in text and "0.05" in text and png.stat().st_size > 0
-    with pytest.raises(InvalidInput, match="--radii"):
-        run_dataset(parser.parse_args(["--radii", "a,b"]), as_graph(NET, (3,)), X, Y)
-    with pytest.raises(InvalidInput, match="labels file not found"):
-        load_array(str(tmp_path / "absent.pt"), "labels")
+    assert main(base + ["--radii", "a,b"]) == 2
+    assert "--radii" in capsys.readouterr().err
+    assert main(["certify", f"{factory}:tiny_net", "--inputs", str(inputs), "--labels", str(tmp_path / "absent.pt"),
+                 "--backend", "serial"]) == 2
+    assert "--labels file not found" in capsys.readouterr().err

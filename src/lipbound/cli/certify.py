@@ -10,7 +10,9 @@ import torch
 
 from ..errors import InvalidInput
 from ..methods import METHODS
-from .common import add_method_options, add_model_options, load_graph, load_tensor, parse_domain, progress_of
+from .sweep import add_sweep_options, run_dataset, wants_sweep
+from .common import (add_method_options, add_model_options, load_graph, load_tensor, parse_domain, parse_radii,
+                     progress_of)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,17 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                       "local logit-pair constants (certified yes/no per input)")
     cert.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                       help="seconds of the local search per input (default: no cap)")
+    add_sweep_options(cert)
     cert.set_defaults(func=run)
-
-
-def parse_radii(text: str | None) -> tuple[float, ...]:
-    """``"0.1,0.25"`` -> ``(0.1, 0.25)``."""
-    if text is None:
-        return ()
-    try:
-        return tuple(float(p) for p in text.split(",") if p.strip())
-    except ValueError:
-        raise InvalidInput(f"--radii must be numbers separated by commas, e.g. 0.1,0.25; got {text!r}") from None
 
 
 def load_labels(path: str, input_shape: tuple[int, ...]) -> torch.Tensor | int:
@@ -69,6 +62,12 @@ def run(args: argparse.Namespace) -> int:
     shape_text = args.input_shape or ",".join(map(str, x.shape[1:]))
     graph = load_graph(args, args.model, shape_text, args.weights)
     labels = None if args.labels is None else load_labels(args.labels, graph.input_shape)
+    if wants_sweep(args):
+        if labels is None:
+            raise InvalidInput("--workers, --backend, --address, --out and --plot need --labels (a data-set sweep)")
+        if isinstance(labels, int):
+            labels = torch.full((len(x),), labels, dtype=torch.int64)
+        return run_dataset(args, graph, x, labels)
     cert = certify(graph, x, args.upper, labels=labels, radii=parse_radii(args.radii),
                    pair_constants=not args.no_pair_constants, methods=args.methods, domain=parse_domain(args.domain),
                    device=args.device, seed=args.seed, progress=progress_of(args), local=args.local,

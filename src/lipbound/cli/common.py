@@ -46,21 +46,40 @@ def parse_domain(text: str | None) -> tuple[float, float] | str | None:
 
 def load_tensor(path: str, what: str) -> torch.Tensor:
     """The tensor in ``path`` (``what`` names the option in errors): saved with ``torch.save``
-    (read with ``weights_only=True``) or a NumPy ``.npy`` file."""
+    (read with ``weights_only=True``), a NumPy ``.npy`` file, or an ``.npz`` holding one array (or
+    several, one of them named ``what`` without its dashes)."""
     p = Path(path)
     if not p.is_file():
         raise InvalidInput(f"{what} file not found: {p}")
     try:
-        if p.suffix.lower() == ".npy":
+        if p.suffix.lower() in (".npy", ".npz"):
             import numpy as np
 
-            return torch.as_tensor(np.load(p, allow_pickle=False))
+            data = np.load(p, allow_pickle=False)
+            if p.suffix.lower() == ".npz":
+                names, key = list(data.files), what.lstrip("-")
+                if key not in names and len(names) != 1:
+                    raise InvalidInput(f"{what} {p} holds arrays {names}: name one {key!r} or keep one")
+                data = data[key if key in names else names[0]]
+            return torch.as_tensor(data)
         x = torch.load(p, map_location="cpu", weights_only=True)
+    except InvalidInput:
+        raise
     except Exception as exc:
         raise InvalidInput(f"could not read {what} {p} as a tensor: {type(exc).__name__}") from None
     if not isinstance(x, torch.Tensor):
         raise InvalidInput(f"{what} {p} must hold one tensor, got {type(x).__name__}")
     return x
+
+
+def parse_radii(text: str | None) -> tuple[float, ...]:
+    """``"0.1,0.25"`` -> ``(0.1, 0.25)`` (None -> ``()``)."""
+    if text is None:
+        return ()
+    try:
+        return tuple(float(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise InvalidInput(f"--radii must be numbers separated by commas, e.g. 0.1,0.25; got {text!r}") from None
 
 
 def load_center(path: str) -> torch.Tensor:

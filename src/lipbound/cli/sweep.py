@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
 
 from ..errors import InvalidInput
-from .common import parse_domain, progress_of
+from .common import parse_domain, parse_radii, progress_of
 
 
 def add_execution_options(p: argparse.ArgumentParser) -> None:
@@ -26,51 +25,17 @@ def add_execution_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_sweep_options(p: argparse.ArgumentParser) -> None:
-    """The data-set options of ``lipbound certify``: ``--labels`` (which turns the sweep on),
-    ``--radii``, ``--domain``, ``--plot`` and the execution options."""
-    p.add_argument("--labels", default=None, metavar="Y.pt|Y.npy|Y.npz",
-                   help="true class per input: report certified accuracy over the inputs")
-    p.add_argument("--radii", default="0.1,0.25,0.5", help="with --labels: L2 radii of the certified accuracy "
-                   "(default 0.1,0.25,0.5)")
-    p.add_argument("--domain", default=None, metavar="LOW,HIGH",
-                   help="with --labels: input box the Lipschitz bound is for, e.g. 0,1 (default: all of R^n)")
+    """The data-set options of ``lipbound certify`` beside its own (``--labels``, ``--radii``,
+    ``--domain``): ``--plot`` and the execution options; any of them runs the sweep."""
     p.add_argument("--plot", default=None, metavar="OUT.png", help="with --labels: draw certified accuracy "
-                   "against radius")
+                   "against radius (runs the data-set sweep)")
     add_execution_options(p)
 
 
-def load_array(path: str, what: str) -> torch.Tensor:
-    """The tensor in ``path``: ``torch.save`` (read with ``weights_only=True``), ``.npy``, or
-    ``.npz`` holding one array (or an array named ``what``)."""
-    p = Path(path)
-    if not p.is_file():
-        raise InvalidInput(f"{what} file not found: {p}")
-    try:
-        if p.suffix.lower() in (".npy", ".npz"):
-            import numpy as np
-
-            data = np.load(p, allow_pickle=False)
-            if p.suffix.lower() == ".npz":
-                names = list(data.files)
-                if what not in names and len(names) != 1:
-                    raise InvalidInput(f"{p} holds arrays {names}: name one {what!r} or keep one")
-                data = data[what if what in names else names[0]]
-            return torch.as_tensor(data)
-        value = torch.load(p, map_location="cpu", weights_only=True)
-    except InvalidInput:
-        raise
-    except Exception as exc:
-        raise InvalidInput(f"could not read {what} {p} as a tensor: {type(exc).__name__}") from None
-    if not isinstance(value, torch.Tensor):
-        raise InvalidInput(f"{p} must hold one tensor of {what}, got {type(value).__name__}")
-    return value
-
-
-def parse_radii(text: str) -> list[float]:
-    try:
-        return [float(r) for r in text.split(",") if r.strip()]
-    except ValueError:
-        raise InvalidInput(f"--radii must be numbers separated by commas, e.g. 0.1,0.25,0.5; got {text!r}") from None
+def wants_sweep(args: argparse.Namespace) -> bool:
+    """``lipbound certify`` runs the data-set sweep when an execution option or ``--plot`` is given."""
+    return (args.workers is not None or args.out is not None or args.backend != "process"
+            or args.address is not None or args.plot is not None)
 
 
 def run_dataset(args: argparse.Namespace, graph, inputs: torch.Tensor, labels: torch.Tensor) -> int:
@@ -82,8 +47,10 @@ def run_dataset(args: argparse.Namespace, graph, inputs: torch.Tensor, labels: t
     domain = parse_domain(args.domain)
     if isinstance(domain, str):
         raise InvalidInput("--domain with --labels must be a box LOW,HIGH")
-    summary = certify_dataset(graph, inputs, labels, parse_radii(args.radii), domain=domain,
+    radii = parse_radii(args.radii) if args.radii else [0.1, 0.25, 0.5]
+    summary = certify_dataset(graph, inputs, labels, radii, domain=domain, methods=args.methods,
                               upper=getattr(args, "upper", None), local=getattr(args, "local", False),
+                              pair_constants=not getattr(args, "no_pair_constants", False),
                               workers=args.workers, backend=args.backend, out=args.out, seed=getattr(args, "seed", 0),
                               time_budget=getattr(args, "time_budget", None), progress=progress_of(args),
                               address=args.address)

@@ -53,6 +53,7 @@ class DatasetSummary:
         c = self.constants
         lines = [f"certified Lipschitz bound U = {c['upper']:.6g} ({c['source']}) on {c['domain']}"
                  + ("; local logit-pair constants per input" if c.get("local") else ""),
+                 *([_pair_line(c["pair_constants"])] if c.get("pair_constants") else []),
                  f"inputs: {self.n}/{self.total} done" + (" (interrupted: summary so far)" if self.run and
                                                           self.run.interrupted else "")
                  + (f", {len(self.errors)} in error" if self.errors else ""),
@@ -94,6 +95,13 @@ class DatasetSummary:
 
 def _fraction(radii: Sequence[float], r: float, n: int) -> float:
     return sum(1 for v in radii if v > r) / n if n else 0.0
+
+
+def _pair_line(pairs: list[list[float]]) -> str:
+    """One line on the certified logit-pair constants ``L_yj`` (off the diagonal)."""
+    values = [v for i, row in enumerate(pairs) for j, v in enumerate(row) if i != j]
+    return (f"certified logit-pair constants L_yj: min {min(values):.6g}, max {max(values):.6g} "
+            f"(radius min_j margin_yj / L_yj when larger than margin / (sqrt(2) U))")
 
 
 def summarize(run: SweepRun, radii: Sequence[float], constants: dict[str, Any]) -> DatasetSummary:

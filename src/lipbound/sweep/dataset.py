@@ -1,8 +1,9 @@
 """Certified accuracy of a classifier over a data set: :func:`certify_dataset`.
 
 One instance per input ``x_i`` with label ``y_i``: its predicted class, rigorous logit margin and
-certified L2 radius from a certified Lipschitz bound ``U`` (computed once, before the sweep, by
-:func:`lipbound.estimate` with certified methods only, or given), through
+certified L2 radius from a certified Lipschitz bound ``U`` and the certified constants ``L_yj`` of
+the logit differences (both computed once, before the sweep, by :func:`lipbound.estimate` and
+:func:`lipbound.margin_constants` with certified methods only; ``U`` may be given), through
 :func:`~lipbound.sweep.adapter.certify_one`. With ``domain`` (a convex set, e.g. the pixel box
 ``(0, 1)``), ``U`` bounds the constant on the domain only, and a certificate covers the
 perturbations that stay inside it: ``B(x, r) ∩ domain`` (the segment from ``x`` to such a point
@@ -23,6 +24,7 @@ import torch
 from ..api import as_graph, estimate
 from ..errors import InvalidInput
 from ..graph.ir import Graph
+from ..margins import margin_constants
 from ..methods.region import BoxUnion, as_region
 from ..methods.selection import default_methods
 from .accuracy import DatasetSummary, summarize
@@ -45,14 +47,15 @@ class DatasetJob:
     local: bool = False
     seed: int = 0
     time_budget: float | None = None
+    pair_constants: torch.Tensor | None = None
 
     def setup(self) -> None:
         pass
 
     def run(self, payload: tuple[torch.Tensor, int]) -> dict[str, Any]:
         x, label = payload
-        out = certify_one(self.graph, x, self.upper, self.radii, local=self.local, seed=self.seed,
-                          time_budget=self.time_budget)
+        out = certify_one(self.graph, x, self.upper, self.radii, pair_constants=self.pair_constants,
+                          local=self.local, seed=self.seed, time_budget=self.time_budget)
         return {"label": label, **out}
 
 
@@ -94,7 +97,8 @@ def check_dataset(graph: Graph, inputs: Any, labels: Any,
 
 def certify_dataset(model: Any, inputs: Any, labels: Any, radii: Sequence[float] = (0.1, 0.25, 0.5), *,
                     domain: Any = None, methods: Sequence[str] | None = None, upper: float | None = None,
-                    local: bool = False, workers: int | None = None, backend: str = "process",
+                    pair_constants: bool = True, local: bool = False, workers: int | None = None,
+                    backend: str = "process",
                     out: str | os.PathLike | None = None, seed: int = 0, time_budget: float | None = None,
                     input_shape: Sequence[int] | None = None, progress: bool = False,
                     address: str | None = None) -> DatasetSummary:
@@ -107,6 +111,9 @@ def certify_dataset(model: Any, inputs: Any, labels: Any, radii: Sequence[float]
         domain: None (``R^n``) or a convex input region (e.g. ``(0, 1)``) the bound ``U`` is for.
         methods: certified methods that compute ``U`` (default: the default set's upper bounds).
         upper: a certified bound ``U`` to use instead (valid on ``domain``).
+        pair_constants: also compute, once before the sweep, the certified constants of the logit
+            differences (:func:`lipbound.margin_constants` with ``methods``, on ``domain``): each
+            radius is then the larger of ``min_j (f_y - f_j) / L_yj`` and ``margin / (sqrt(2) U)``.
         local: also search a larger radius per input with local logit-pair constants.
         workers, backend, address, out, progress: as for :func:`~lipbound.sweep.run_instances`.
         seed: seed of every random choice; time_budget: seconds for ``U`` and, with ``local``,
@@ -129,12 +136,15 @@ def certify_dataset(model: Any, inputs: Any, labels: Any, radii: Sequence[float]
             raise InvalidInput(f"input {outside[0].item()} lies outside the domain {region.describe()}")
     constants = _constant(graph, region, methods, upper, seed, time_budget)
     constants["local"] = local
+    pairs = margin_constants(graph, methods=methods, domain=region, seed=seed) if pair_constants else None
+    constants["pair_constants"] = None if pairs is None else pairs.tolist()
     settings = settings_digest({"radii": radii, "upper": constants["upper"], "local": local, "seed": seed,
-                                "time_budget": time_budget if local else None})
+                                "time_budget": time_budget if local else None,
+                                "pair_constants": constants["pair_constants"]})
     model_digest = graph_digest(graph)
     tasks = [Task(i, instance_key(model_digest, _input_id(i, x[i], int(y[i])), settings), f"input {i}",
                   (x[i], int(y[i]))) for i in range(len(x))]
-    job = DatasetJob(graph, constants["upper"], radii, local, seed, time_budget if local else None)
+    job = DatasetJob(graph, constants["upper"], radii, local, seed, time_budget if local else None, pairs)
     run = execute(job, tasks, out, workers, backend, progress, address)
     return summarize(run, radii, constants)
 
