@@ -59,7 +59,7 @@ def test_a_small_mlp_gets_the_lmi_methods_tightest_first_and_lower_last() -> Non
 
 
 def test_an_mlp_of_a_few_thousand_neurons_still_gets_lipsdp() -> None:
-    names = default_methods(mlp(784, [512] * 4))  # 2048 neurons
+    names = default_methods(mlp(784, [256] * 8))  # 2048 neurons
     assert "lipsdp" in names and "eclipse-fast" in names
 
 
@@ -70,7 +70,7 @@ def test_a_large_cnn_does_not_get_the_lmi_methods() -> None:
 
 
 def test_a_budget_too_small_for_lipsdp_drops_it() -> None:
-    graph = mlp(784, [512] * 4)
+    graph = mlp(784, [256] * 8)
     need = METHODS["lipsdp"].predicted_seconds(graph_sizes(graph))
     assert "lipsdp" in default_methods(graph, time_budget=2 * need)
     assert "lipsdp" not in default_methods(graph, time_budget=need / 2)
