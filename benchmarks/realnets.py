@@ -1,20 +1,24 @@
 """The real-network suite: every network of ../shared/realnets (tests/data when it is absent),
-loaded through lipbound.load / the loaders of examples/realnets.py, and the main methods on it.
+loaded through lipbound.load / the loaders of examples/realnets.py, and the **default run** on it.
 
-For each network: load time, AutoLip certified and its power-method estimate, SeqLip and the
-lower bound (when those methods are registered; a method that refuses a network or runs past the
-time limit is reported as such), the **ratio** best certified upper / best witnessed lower, and
-the seconds of each method. Bounds are L2 -> L2 on the model's own input and output: in-graph
-normalisation included, external normalisation not (the table gives the constant for raw inputs
-separately when the manifest documents an external std), a final softmax removed.
+For each network: load time, the default run (``lipbound.estimate(graph)``: the methods the cost
+model of :mod:`lipbound.methods.selection` chose for the network within the default time budget),
+its certified upper bound, witnessed lower bound and **ratio** upper / lower, its wall time, which
+method gave the upper bound, and each method's seconds. On the MLPs the upper bound is compared
+with a **reference**: the least certified bound of ``REFERENCE_METHODS``, each run alone with a
+generous budget (cached in ``benchmarks/results/realnets_reference.json``; ``--refresh`` recomputes
+it). Bounds are L2 -> L2 on the model's own input and output: in-graph normalisation included,
+external normalisation not (the table gives the constant for raw inputs separately when the
+manifest documents an external std), a final softmax removed.
 
-    .venv/bin/python benchmarks/realnets.py [--timeout 120] [--only NAME ...]
+    .venv/bin/python benchmarks/realnets.py [--timeout 120] [--only NAME ...] [--refresh]
     # prints the table and writes benchmarks/results/realnets.md
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import multiprocessing as mp
 import sys
@@ -28,121 +32,154 @@ import lipbound  # noqa: E402
 from lipbound.methods import METHODS  # noqa: E402
 from realnets import REALNETS, SUITE, load_realnet  # noqa: E402
 
-UPPER = ("autolip", "seqlip")  # certified upper bounds, in table order
 OUT = ROOT / "benchmarks" / "results" / "realnets.md"
+CACHE = ROOT / "benchmarks" / "results" / "realnets_reference.json"
+#: GLipSDP's trained MNIST MLPs of the Scalability folder that the suite runs (ONNX, external data)
+SCALABILITY = [f"glipsdp_scalability/mlp_L{d}_W{w}.onnx" for d in (3, 5, 9, 17) for w in (16, 32)]
+#: the certified methods run alone for the reference bound of an MLP, each with this time budget
+#: (None: the method's own limits); SeqLip's pair search is far from the others on these nets
+REFERENCE_METHODS = {"autolip": None, "eclipse-fast": None, "seqlip": 30.0, "lipsdp": 120.0}
 
 
-def _child(path: Path, method: str, queue) -> None:
-    graph = load_realnet(path)
+def load(path: Path):
+    """The Graph of one file: the suite's loader, or lipbound.load for the Scalability ONNX files."""
+    return load_realnet(path) if path.name in SUITE else lipbound.load(path)
+
+
+def is_mlp(graph) -> bool:
+    """Affine layers and activations in one chain, no convolution (the nets the cost model's
+    MLP rules are about)."""
+    from lipbound.methods.cost import graph_sizes
+
+    return graph_sizes(graph).kind == "mlp"
+
+
+def _child(path: Path, methods, time_budget, queue) -> None:
+    graph = load(path)
     t0 = time.perf_counter()
     try:
-        r = lipbound.estimate(graph, methods=[method], progress=False).results[0]
-        queue.put(("ok", r.value, r.kind, time.perf_counter() - t0))
+        rep = lipbound.estimate(graph, methods=methods, progress=False, time_budget=time_budget)
+        queue.put(("ok", {"upper": rep.upper, "lower": rep.lower, "seconds": time.perf_counter() - t0,
+                          "skipped": dict(rep.skipped),
+                          "results": [{"method": r.method, "value": r.value, "kind": str(r.kind),
+                                       "seconds": r.seconds, "share": r.details.get("time_share"),
+                                       "stopped_by": r.details.get("stopped_by")} for r in rep.results]}))
     except lipbound.LipboundError as exc:
-        queue.put(("refused", str(exc).splitlines()[0][:80], None, time.perf_counter() - t0))
+        queue.put(("refused", str(exc).splitlines()[0][:80]))
     except Exception as exc:  # a bug in a method: reported, the benchmark goes on
-        queue.put(("error", f"{type(exc).__name__}: {exc}"[:80], None, time.perf_counter() - t0))
+        queue.put(("error", f"{type(exc).__name__}: {exc}"[:80]))
 
 
-def run_method(path: Path, method: str, timeout: float) -> dict:
-    """One method in a fresh process (spawned: a forked child can deadlock in torch's thread
-    pool) that loads the network again, killed after ``timeout`` seconds (start-up included);
-    the seconds reported are those of the method alone."""
-    if method not in METHODS:
-        return {"status": "absent"}
+def run(path: Path, methods, time_budget: float | None, timeout: float) -> dict:
+    """``estimate(methods=..., time_budget=...)`` in a fresh process (spawned: a forked child can
+    deadlock in torch's thread pool) that loads the network again, killed after ``timeout`` s."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     t0 = time.perf_counter()
-    proc = ctx.Process(target=_child, args=(path, method, queue))
+    proc = ctx.Process(target=_child, args=(path, methods, time_budget, queue))
     proc.start()
     proc.join(timeout)
-    seconds = time.perf_counter() - t0
     if proc.is_alive():
         proc.kill()
         proc.join()
-        return {"status": "timeout", "seconds": seconds}
+        return {"status": "timeout", "seconds": time.perf_counter() - t0}
     if queue.empty():
-        return {"status": "error", "detail": f"exit code {proc.exitcode}", "seconds": seconds}
-    status, value, kind, seconds = queue.get()
-    out = {"status": status, "seconds": seconds}
-    if status == "ok":
-        out.update(value=value, kind=kind)
-    else:
-        out["detail"] = value
+        return {"status": "error", "detail": f"exit code {proc.exitcode}"}
+    status, payload = queue.get()
+    return {"status": status, **payload} if status == "ok" else {"status": status, "detail": payload}
+
+
+def reference(path: Path, refresh: bool) -> dict:
+    """``{method: certified value or status}`` of REFERENCE_METHODS alone on ``path`` (cached)."""
+    cache = json.loads(CACHE.read_text()) if CACHE.is_file() else {}
+    out = {} if refresh else dict(cache.get(path.name, {}))
+    for m in REFERENCE_METHODS:
+        if m in out:
+            continue
+        budget = REFERENCE_METHODS[m]
+        r = run(path, [m], budget, (budget or 120.0) + 60)
+        ok = r["status"] == "ok" and r["results"] and r["results"][0]["kind"] in ("certified_upper", "exact")
+        out[m] = {"value": r["results"][0]["value"], "seconds": r["results"][0]["seconds"]} if ok else \
+            {"status": r["status"] if r["status"] != "ok" else "not certified"}
+        print(f"  reference {path.name} {m}: {out[m]}", file=sys.stderr, flush=True)
+        cache = json.loads(CACHE.read_text()) if CACHE.is_file() else {}
+        cache[path.name] = out
+        CACHE.write_text(json.dumps(cache, indent=1, sort_keys=True))
     return out
 
 
-def fmt(r: dict) -> str:
-    if r["status"] == "ok":
-        return f"{r['value']:.5g}"
-    return {"absent": "-", "timeout": "timeout", "refused": "refused", "error": "error"}[r["status"]]
-
-
-def secs(r: dict) -> str:
-    return f"{r['seconds']:.1f}" if "seconds" in r else "-"
-
-
-def bench(path: Path, timeout: float) -> dict:
+def bench(path: Path, timeout: float, refresh: bool) -> dict:
     t0 = time.perf_counter()
-    graph = load_realnet(path)
+    graph = load(path)
     load_s = time.perf_counter() - t0
     row = {"name": path.name, "shape": graph.input_shape, "load": load_s,
-           "relus": sum(math.prod(n.shape) for n in graph if n.kind == "activation")}
-    for m in ("autolip", "autolip-power", "seqlip", "lower"):
-        row[m] = run_method(path, m, timeout)
-    uppers = [row[m]["value"] for m in UPPER if row[m]["status"] == "ok" and row[m]["kind"] in ("certified_upper", "exact")]
-    low = row["lower"]
-    row["upper"] = min(uppers) if uppers else math.inf
-    ok = low["status"] == "ok" and low["value"] > 0 and row["upper"] < math.inf
-    row["ratio"] = row["upper"] / low["value"] if ok else None
-    std = SUITE[path.name][1]
-    if std is not None and row["upper"] < math.inf:
-        # f o diag(1/std) for raw pixels: at most upper / min(std) (exact when std is one number)
-        row["raw"] = row["upper"] / min(std)
+           "units": sum(math.prod(n.shape) for n in graph if n.kind == "activation"), "mlp": is_mlp(graph)}
+    row["default"] = run(path, None, None, timeout)
+    if row["mlp"]:
+        ref = reference(path, refresh)
+        values = {m: v["value"] for m, v in ref.items() if "value" in v}
+        if values:
+            row["ref_method"] = min(values, key=values.get)
+            row["ref"] = values[row["ref_method"]]
     return row
 
 
+def _g(x: float | None) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.5g}"
+
+
 def table(rows: list[dict]) -> str:
-    head = ("| network | input | act. units | load s | AutoLip (cert.) | AutoLip (power est.) | SeqLip | lower | "
-            "ratio upper/lower | s: AutoLip / SeqLip / lower | raw-pixel upper |")
+    head = ("| network | input | act. units | default: upper | lower | ratio | s | upper from | "
+            "MLP reference (method) | upper / reference | s per method (share) |")
     lines = [head, "|" + "---|" * 11]
     for r in rows:
-        ratio = f"**{r['ratio']:.3g}**" if r["ratio"] is not None else "-"
-        raw = f"{r['raw']:.4g}" if "raw" in r else ""
-        lines.append(f"| {r['name']} | {'x'.join(map(str, r['shape']))} | {r['relus']} | {r['load']:.2f} | "
-                     f"{fmt(r['autolip'])} | {fmt(r['autolip-power'])} | {fmt(r['seqlip'])} | {fmt(r['lower'])} | "
-                     f"{ratio} | {secs(r['autolip'])} / {secs(r['seqlip'])} / {secs(r['lower'])} | {raw} |")
+        d = r["default"]
+        if d["status"] != "ok":
+            lines.append(f"| {r['name']} | {'x'.join(map(str, r['shape']))} | {r['units']} | {d['status']} | | | | | | | |")
+            continue
+        certified = [x for x in d["results"] if x["kind"] in ("certified_upper", "exact")]
+        src = min(certified, key=lambda x: x["value"])["method"] if certified else "-"
+        ratio = d["upper"] / d["lower"] if d["lower"] and math.isfinite(d["upper"]) else None
+        ref = f"{_g(r['ref'])} ({r['ref_method']})" if "ref" in r else ""
+        rel = f"{d['upper'] / r['ref']:.3f}" if "ref" in r and math.isfinite(d["upper"]) else ""
+        per = ", ".join(f"{x['method']} {x['seconds']:.1f}" + (f" ({x['share']:.0f})" if x["share"] else "")
+                        + (" cut" if x["stopped_by"] == "time" else "") for x in d["results"])
+        lines.append(f"| {r['name']} | {'x'.join(map(str, r['shape']))} | {r['units']} | {_g(d['upper'])} | "
+                     f"{_g(d['lower'])} | {'**%.3g**' % ratio if ratio else '-'} | {d['seconds']:.1f} | {src} | "
+                     f"{ref} | {rel} | {per} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds allowed per method (default 120)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds allowed per default run (default 120)")
     parser.add_argument("--only", nargs="*", default=None, help="file names to run (default: the whole suite)")
+    parser.add_argument("--refresh", action="store_true", help="recompute the cached MLP references")
+    parser.add_argument("--reference-only", action="store_true", help="only fill the reference cache of the MLPs")
     args = parser.parse_args()
     folder = REALNETS if REALNETS.is_dir() else ROOT / "tests" / "data"
-    names = [n for n in SUITE if (folder / n).is_file() and (args.only is None or n in args.only)]
+    names = [n for n in [*SUITE, *SCALABILITY] if (folder / n).is_file()
+             and (args.only is None or n in args.only or Path(n).name in args.only)]
+    if args.reference_only:
+        for name in names:
+            if is_mlp(load(folder / name)):
+                reference(folder / name, args.refresh)
+        return
     rows = []
     for name in names:
-        row = bench(folder / name, args.timeout)
+        row = bench(folder / name, args.timeout, args.refresh)
         rows.append(row)
-        print(f"{name}: upper {row['upper']:.5g}, ratio {row['ratio']}", file=sys.stderr, flush=True)
-    notes = []
-    for r in rows:
-        for m in ("autolip", "seqlip", "lower"):
-            if r[m]["status"] in ("refused", "error"):
-                notes.append(f"- {r['name']}, {m}: {r[m]['status']}: {r[m].get('detail', '')}")
-    text = (f"# Real-network suite\n\nNetworks from `{folder.relative_to(ROOT.parent) if folder.is_relative_to(ROOT.parent) else folder}`; "
-            f"L2 -> L2 on the model's input (in-graph normalisation included, external not; final softmax removed). "
-            f"`upper` = best certified (AutoLip, SeqLip), `lower` = witnessed lower bound, ratio = upper / lower "
-            f"(1 = the constant is known). Each method ran in its own process with a {args.timeout:.0f} s limit. "
-            f"Timings on a shared, loaded 2-core CPU machine (other jobs running): compare orders of magnitude only. "
-            f"`raw-pixel upper` = upper / min(std) for the nets whose normalisation (x - mean) / std lives outside "
-            f"the model.\n\n{table(rows)}\n")
-    if notes:
-        text += "\nRefusals and errors:\n" + "\n".join(notes) + "\n"
+        print(f"{name}: {row['default'].get('upper')} / {row['default'].get('lower')}", file=sys.stderr, flush=True)
+    budget = lipbound.methods.selection.DEFAULT_TIME_BUDGET
+    text = (f"# Real-network suite: the default run\n\nNetworks from `shared/realnets`; L2 -> L2 on the model's "
+            f"input (in-graph normalisation included, external not; final softmax removed). Each row is one "
+            f"default run, `lipbound.estimate(graph)` (no method named, no time budget: the default budget of "
+            f"{budget:.0f} s), in its own process with a {args.timeout:.0f} s limit. `upper` = best certified, "
+            f"`lower` = best witnessed, ratio = upper / lower. On the MLPs, `reference` = the least certified "
+            f"bound of {', '.join(f'{m} ({b:.0f} s)' if b else m for m, b in REFERENCE_METHODS.items())}, "
+            f"each run alone with that budget (`realnets_reference.json`). Timings on a shared, loaded 2-core CPU machine (other jobs "
+            f"running, OMP_NUM_THREADS=1): compare orders of magnitude only.\n\n{table(rows)}\n")
     print(text)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(text)
 
 

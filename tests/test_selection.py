@@ -1,29 +1,154 @@
-"""How a run's time budget is shared (lipbound.methods.selection.budget_share): by the methods'
-weights, among the budgeted methods still to run, never below MIN_SHARE of the total."""
+"""The default set and the time shares (lipbound.methods.selection): the methods chosen by the cost
+model within the run's budget, in the expected-tightest order, and the shares of the budget by the
+methods' weights, a method that finishes on its own getting no more than it is predicted to need."""
 
 from __future__ import annotations
 
-import pytest
+import math
 
+import pytest
+import torch
+from torch import nn
+
+import lipbound
 from lipbound.methods import METHODS
-from lipbound.methods.selection import MIN_SHARE, budget_share
+from lipbound.methods.cost import graph_sizes
+from lipbound.methods.selection import (DEFAULT_TIME_BUDGET, MIN_SHARE, NEED_FACTOR, budget_share,
+                                        default_methods, select_methods)
+
+
+def mlp(n_in: int, widths: list[int], seed: int = 0) -> lipbound.Graph:
+    torch.manual_seed(seed)
+    dims = [n_in, *widths]
+    layers: list[nn.Module] = []
+    for a, b in zip(dims, dims[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return lipbound.as_graph(nn.Sequential(*layers, nn.Linear(dims[-1], 10)).eval(), (n_in,))
+
+
+def big_cnn() -> lipbound.Graph:
+    """A CNN whose LMI has order ~ 25,000 (input 3x32x32, 2 x 8 x 32 x 32 neurons)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(8 * 32 * 32, 10))
+    return lipbound.as_graph(model.eval(), (3, 32, 32))
+
+
+def test_every_registered_method_has_a_cost_model() -> None:
+    sizes = graph_sizes(mlp(8, [16, 16]))
+    for name, spec in METHODS.items():
+        assert spec.cost is not None, name
+        seconds = spec.predicted_seconds(sizes)
+        assert seconds > 0 and not math.isnan(seconds), name
+
+
+def test_graph_sizes_count_what_the_models_read() -> None:
+    # oracle: the sizes written by hand for 20 -> 30 -> 40 -> 10
+    s = graph_sizes(mlp(20, [30, 40]))
+    assert (s.kind, s.input_size, s.neurons, s.unstable, s.widths, s.lmi_order) == ("mlp", 20, 70, 70, (30, 40), 90)
+    assert s.dense_svd_work == 30 * 20 * 20 + 40 * 30 * 30 + 10 * 40 * 10
+    assert s.relu_units == 70
+    assert graph_sizes(big_cnn()).kind == "cnn"
+
+
+def test_a_small_mlp_gets_the_lmi_methods_tightest_first_and_lower_last() -> None:
+    names = default_methods(mlp(8, [16, 16]))
+    assert {"lipsdp", "eclipse-fast", "autolip", "seqlip", "lower"} <= set(names)
+    assert names.index("lipsdp") < names.index("eclipse-fast") < names.index("autolip")
+    assert names[-1] == "lower"
+
+
+def test_an_mlp_of_a_few_thousand_neurons_still_gets_lipsdp() -> None:
+    names = default_methods(mlp(784, [256] * 8))  # 2048 neurons
+    assert "lipsdp" in names and "eclipse-fast" in names
+
+
+def test_a_large_cnn_does_not_get_the_lmi_methods() -> None:
+    names = default_methods(big_cnn())
+    assert "lipsdp" not in names and "eclipse-fast" not in names
+    assert "autolip" in names and "lower" in names
+
+
+def test_a_budget_too_small_for_lipsdp_drops_it() -> None:
+    graph = mlp(784, [256] * 8)
+    need = METHODS["lipsdp"].predicted_seconds(graph_sizes(graph))
+    assert "lipsdp" in default_methods(graph, time_budget=2 * need)
+    assert "lipsdp" not in default_methods(graph, time_budget=need / 2)
+    assert "lipsdp" in select_methods(graph, None, 2 * need)[0]
+    assert "lipsdp" not in select_methods(graph, None, need / 2)[0]
+
+
+def test_the_choice_depends_only_on_the_graph_and_the_budget() -> None:
+    a, b = mlp(784, [256] * 3, seed=1), mlp(784, [256] * 3, seed=2)  # same sizes, other weights
+    for budget in (None, 1.0, 10.0, 300.0):
+        assert default_methods(a, time_budget=budget) == default_methods(b, time_budget=budget)
+        assert default_methods(a, time_budget=budget) == default_methods(a, time_budget=budget)
+    assert default_methods(a) == default_methods(a, time_budget=DEFAULT_TIME_BUDGET)
+
+
+def test_no_lower_keeps_only_upper_bounds() -> None:
+    names = default_methods(mlp(8, [16, 16]), lower=False)
+    assert names and all(METHODS[n].guarantee.is_upper for n in names)
 
 
 def test_shares_follow_the_weights_of_the_budgeted_methods_left() -> None:
     bab, lower, autolip = METHODS["local-bab"], METHODS["lower"], METHODS["autolip"]
-    w_bab = bab.budget_weight
-    assert w_bab > 1 and lower.budget_weight == 1  # the registry's choice; the arithmetic below follows it
-    # 60 s left, local-bab then lower: local-bab gets w/(w+1) of it, lower the rest
-    assert budget_share(60.0, 60.0, [bab, lower]) == pytest.approx(60.0 * w_bab / (w_bab + 1))
+    w_bab, w_low = bab.budget_weight, lower.budget_weight
+    assert w_bab > w_low and bab.anytime and lower.anytime  # the registry's choice; the arithmetic follows it
+    # 60 s left, local-bab then lower: local-bab gets w/(w+w_low) of it, lower the rest
+    assert budget_share(60.0, 60.0, [bab, lower]) == pytest.approx(60.0 * w_bab / (w_bab + w_low))
     assert budget_share(60.0, 10.0, [lower]) == pytest.approx(10.0)
-    # autolip first among three: 1 / (1 + w + 1) of the time left
-    assert budget_share(60.0, 60.0, [autolip, bab, lower]) == pytest.approx(60.0 / (w_bab + 2))
+    # autolip first among three, without sizes: its weight's part of the time left
+    assert budget_share(60.0, 60.0, [autolip, bab, lower]) == pytest.approx(
+        60.0 * autolip.budget_weight / (autolip.budget_weight + w_bab + w_low))
 
 
-def test_unbudgeted_methods_take_no_share_and_a_late_method_keeps_a_minimum() -> None:
-    budgeted = [s for s in METHODS.values() if s.budgeted and s.budget_weight == 1]
-    unbudgeted = [s for s in METHODS.values() if not s.budgeted]
-    a, b = budgeted[:2]
-    if unbudgeted:
-        assert budget_share(20.0, 20.0, [a, unbudgeted[0], b]) == pytest.approx(10.0)
+def test_a_cheap_method_does_not_take_a_big_share_from_the_tight_one() -> None:
+    sizes = graph_sizes(mlp(8, [16, 16]))
+    sdp, fast, low = METHODS["lipsdp"], METHODS["eclipse-fast"], METHODS["lower"]
+    assert sdp.anytime and not fast.anytime and fast.budgeted
+    need = NEED_FACTOR * fast.predicted_seconds(sizes)
+    assert need < 1.0  # cheap on this net: the arithmetic below relies on it
+    total = 60.0
+    # eclipse-fast gets what it needs, the two others share the rest by weight
+    assert budget_share(total, total, [fast, sdp, low], sizes) == pytest.approx(max(need, MIN_SHARE * total))
+    share = budget_share(total, total, [sdp, fast, low], sizes)
+    assert share == pytest.approx((total - need) * sdp.budget_weight / (sdp.budget_weight + low.budget_weight))
+    # without the cost model's sizes, equal treatment by weight (the old rule)
+    assert budget_share(total, total, [sdp, fast, low]) == pytest.approx(
+        total * sdp.budget_weight / (sdp.budget_weight + fast.budget_weight + low.budget_weight))
+
+
+def test_when_every_method_is_capped_the_rest_is_shared_by_weight() -> None:
+    sizes = graph_sizes(mlp(8, [16, 16]))
+    fast = METHODS["eclipse-fast"]
+    assert budget_share(60.0, 60.0, [fast], sizes) == pytest.approx(60.0)
+
+
+def test_a_late_method_keeps_a_minimum() -> None:
+    a, b = METHODS["lipsdp"], METHODS["lower"]
     assert budget_share(20.0, 0.01, [a, b]) == pytest.approx(MIN_SHARE * 20.0)
+
+
+def test_a_default_run_has_the_default_budget_and_reports_the_shares() -> None:
+    report = lipbound.estimate(mlp(4, [6, 6]), progress=False,
+                               method_options={"lower": {"starts": 4, "steps": 10}})
+    ran = [r.method for r in report.results]
+    assert "lipsdp" in ran and ran[-1] == "lower"
+    shares = {r.method: r.details["time_share"] for r in report.results if "time_share" in r.details}
+    assert set(shares) >= {"lipsdp", "lower", "eclipse-fast"}
+    assert all(MIN_SHARE * DEFAULT_TIME_BUDGET <= s <= DEFAULT_TIME_BUDGET for s in shares.values())
+    assert report.upper >= report.lower
+
+
+def test_graph_sizes_on_a_region_count_only_unstable_neurons() -> None:
+    from lipbound.methods.propagation import localize
+    from lipbound.methods.region import as_region
+
+    graph = mlp(3, [8, 8])
+    assert graph_sizes(graph).unstable == 16
+    local = localize(graph, as_region((-1e-2, 1e-2), graph.input_shape))
+    # oracle: a ReLU neuron is unstable when its pre-activation bounds straddle 0
+    straddle = sum(int(((n.pre[0] < 0) & (n.pre[1] > 0)).sum()) for n in local if n.kind == "activation")
+    sizes = graph_sizes(local)
+    assert sizes.unstable == straddle < 16 and sizes.lmi_order == 3 + straddle

@@ -20,7 +20,8 @@ from .methods import get_method
 from .methods.propagation import localize
 from .methods.autolip import autolip as _autolip
 from .methods.region import Ball, Box, BoxUnion, Region, as_region
-from .methods.selection import budget_share, check_options, method_kwargs, select_methods
+from .methods.cost import graph_sizes
+from .methods.selection import DEFAULT_TIME_BUDGET, budget_share, check_options, method_kwargs, select_methods
 from .methods.witness import Witness, as_witness
 from .linalg.operators import Dense, LinearOperator
 from .linalg.spectral import SpectralNorm, operator_norms
@@ -91,9 +92,13 @@ def estimate(model: Model, input_shape: Sequence[int] | None = None, methods: It
             one part only).
         data: inputs (tensor or DataLoader) where ``lower`` starts its search.
         time_budget: total seconds for the whole call, shared by the methods that can run long
-            (each gets an equal share of the time left when it starts; time one does not use
-            passes to the next); None: each method's own default. A method stopped by its share
-            returns the best bound it found and says so in its details.
+            (each gets its share of the time left when it starts, by the methods' weights, a
+            method that finishes on its own no more than its cost model predicts it needs; time
+            one does not use passes to the next; see :func:`~lipbound.methods.selection.budget_share`).
+            The default set is chosen to fit it. None: a default run (``methods=None``) gets
+            :data:`~lipbound.methods.selection.DEFAULT_TIME_BUDGET` (30 s); named methods their
+            own defaults. A method stopped by its share returns the best bound it found and says
+            so in its details.
         method_options: ``{method name: {option: value}}`` for one method only, e.g.
             ``{"lower": {"starts": 128}}``; an option the method does not know raises.
         **options: passed to every method that takes them (e.g. ``tol``, ``max_iter`` of the
@@ -112,10 +117,12 @@ def estimate(model: Model, input_shape: Sequence[int] | None = None, methods: It
         raise InvalidInput(f"time_budget must be a positive number of seconds, got {time_budget!r}")
     if progress is None:
         progress = sys.stderr.isatty()
+    if methods is None and time_budget is None:
+        time_budget = DEFAULT_TIME_BUDGET  # the default set is chosen for, and shares, this budget
     graph = as_graph(model, input_shape, device, input_scale)
     region = as_region(domain, graph.input_shape)
     hull = region.hull() if isinstance(region, BoxUnion) else region
-    names, _ = select_methods(graph if hull is None else graph.localized(hull, {}), methods)
+    names, _ = select_methods(graph if hull is None else graph.localized(hull, {}), methods, time_budget)
     check_options(names, options, method_options)  # before any work; the set is chosen again once localized
     if not isinstance(region, BoxUnion):
         return _run_methods(graph, region, methods, seed, progress, data, time_budget, options, method_options)
@@ -144,12 +151,13 @@ def _run_methods(graph: Graph, region: Region | None, methods: Any, seed: int, p
     ``time_budget``; the localization takes at most a quarter of it."""
     start = time.perf_counter()
     local = graph if region is None else _localized(graph, region, None if time_budget is None else time_budget / 4)
-    names, explicit = select_methods(local, methods)
+    names, explicit = select_methods(local, methods, time_budget)
     specs = [get_method(n) for n in names]
+    sizes = graph_sizes(local)
     report = Report(graph.name, graph.input_shape, region=region)
     for i, spec in enumerate(specs):
         t0 = time.perf_counter()
-        share = None if time_budget is None else budget_share(time_budget, time_budget - (t0 - start), specs[i:])
+        share = None if time_budget is None else budget_share(time_budget, time_budget - (t0 - start), specs[i:], sizes)
         kwargs = method_kwargs(spec, options, method_options, domain=region, data=data, time_budget=share)
         name = spec.name
         try:

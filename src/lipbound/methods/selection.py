@@ -1,12 +1,22 @@
 """Which methods :func:`lipbound.estimate` runs, with which options and which share of the time.
 
-* ``methods=None``: the **default set** (:attr:`MethodSpec.in_default`): the certified AutoLip and
-  SeqLip bounds, the witnessed ``lower`` bound, and ``exact`` when the model is an MLP-like
-  piecewise-linear network with at most :data:`~lipbound.methods.EXACT_DEFAULT_NEURONS` neurons
-  (counting only the neurons not stable on the region). On a region the default set is chosen on
-  the localized graph and adds the methods that per-neuron slopes make tight: ``eclipse-fast``,
-  ``lipsdp`` up to :data:`~lipbound.methods.LOCAL_LIPSDP_NEURONS` unstable neurons, and
-  ``local-bab`` for inputs of at most :data:`~lipbound.methods.LOCAL_BAB_INPUTS` elements.
+* ``methods=None``: the **default set**, chosen by the cost model (:mod:`lipbound.methods.cost`)
+  within the run's time budget (:data:`DEFAULT_TIME_BUDGET` seconds when none is given), by
+  :func:`default_methods`:
+
+  1. the candidates: the methods marked :attr:`MethodSpec.in_default` whose structural rule
+     accepts the graph (``exact`` on MLP-like piecewise-linear nets of at most
+     :data:`~lipbound.methods.EXACT_DEFAULT_NEURONS` unstable ReLU units; ``local-bab`` on a
+     region of at most :data:`~lipbound.methods.LOCAL_BAB_INPUTS` input elements; the others on
+     every graph);
+  2. kept when their predicted time fits the budget (:func:`fits`): on MLPs of up to a few
+     thousand neurons this keeps ``eclipse-fast`` and ``lipsdp``; on a large CNN their LMI does
+     not fit and AutoLip, SeqLip and ``lower`` remain;
+  3. in the order of :func:`tightness_order`: the expected-tightest upper bound first, the
+     witnessed lower bound last.
+
+  The choice reads only the graph's sizes and the budget, never a measured time: the same graph
+  and budget give the same set, and, with the same seed, the same numbers (up to the time caps).
 * ``methods="all"``: every registered method except aggregates of the others (``"best"``).
 * an explicit list: exactly those methods.
 
@@ -18,24 +28,44 @@ A method receives the run's common options that it accepts, the entries of
 ``method_options[name]`` (an option it does not know raises
 :class:`~lipbound.errors.InvalidInput`), ``domain`` / ``data`` when it takes them (a bound that
 does not take the domain into account is a bound over all of ``R^n``, which stays a valid *upper*
-bound on any region), and, when the run has a ``time_budget``, its share of the time left.
+bound on any region), and, when the run has a ``time_budget`` (a default run always has one), its
+share of the time left (:func:`budget_share`).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable
 
 from ..errors import InvalidInput
 from ..graph.ir import Graph
 from . import METHODS, MethodSpec, get_method
+from .cost import GraphSizes, graph_sizes
 
-__all__ = ["select_methods", "default_methods", "method_kwargs", "check_options", "budget_share"]
+__all__ = ["select_methods", "default_methods", "fits", "tightness_order", "method_kwargs", "check_options",
+           "budget_share", "DEFAULT_TIME_BUDGET", "TIGHTNESS"]
+
+#: seconds of a default run (``methods=None``) without a ``time_budget``: the methods are chosen to
+#: fit it and share it (ACAS Xu's bracket in 30 s is the issue's target; a default run overruns it
+#: only by a method whose set-up its budget cannot cut)
+DEFAULT_TIME_BUDGET = 30.0
+
+#: the upper-bound methods from the expected tightest to the loosest. ``exact`` is the constant;
+#: ``local-bab`` takes the least of the certified methods on each part of the region; LipSDP-Neuron's
+#: optimum is below every bound of its LMI with fewer multipliers (``lipsdp-layer``, ECLipsE-Fast's
+#: multipliers are feasible points of it); SeqLip is below AutoLip (same layer norms, the pairs
+#: maximised jointly); the estimates last. A method not listed comes after those listed.
+TIGHTNESS = ("exact", "local-bab", "lipsdp", "lipsdp-layer", "eclipse-fast", "seqlip", "autolip",
+             "seqlip-greedy", "seqlip-topk", "autolip-power")
 
 
-def select_methods(graph: Graph, methods: Iterable[str] | str | None) -> tuple[list[str], bool]:
-    """``(names, explicit)``: the methods to run and whether the user named them one by one."""
+def select_methods(graph: Graph, methods: Iterable[str] | str | None,
+                   time_budget: float | None = None) -> tuple[list[str], bool]:
+    """``(names, explicit)``: the methods to run and whether the user named them one by one;
+    ``time_budget`` is the run's (the default set is chosen to fit it, or
+    :data:`DEFAULT_TIME_BUDGET` when None)."""
     if methods is None:
-        return default_methods(graph), False
+        return default_methods(graph, time_budget=time_budget), False
     if isinstance(methods, str):
         if methods == "all":
             return [name for name, spec in METHODS.items() if not spec.aggregate], False
@@ -43,18 +73,39 @@ def select_methods(graph: Graph, methods: Iterable[str] | str | None) -> tuple[l
     names = list(methods)
     if "all" in names:
         if names == ["all"]:
-            return select_methods(graph, "all")
+            return select_methods(graph, "all", time_budget)
         raise InvalidInput("'all' cannot be combined with other method names")
     for m in names:
         get_method(m)  # unknown names fail with the list of valid ones
     return names, True
 
 
-def default_methods(graph: Graph, *, lower: bool = True) -> list[str]:
-    """The default set (module doc); ``lower=False`` keeps only the upper bounds (e.g. for
+def default_methods(graph: Graph, *, lower: bool = True, time_budget: float | None = None) -> list[str]:
+    """The default set for a run of ``time_budget`` seconds (None: :data:`DEFAULT_TIME_BUDGET`), in
+    the order it runs (module doc); ``lower=False`` keeps only the upper bounds (e.g. for
     certificates)."""
-    return [name for name, spec in METHODS.items()
-            if spec.default_for(graph) and (lower or spec.guarantee.is_upper)]
+    budget = DEFAULT_TIME_BUDGET if time_budget is None else time_budget
+    sizes = graph_sizes(graph)
+    specs = [spec for spec in METHODS.values()
+             if spec.default_for(graph) and (lower or spec.guarantee.is_upper) and fits(spec, sizes, budget)]
+    return [spec.name for spec in sorted(specs, key=tightness_order)]
+
+
+def fits(spec: MethodSpec, sizes: GraphSizes, budget: float) -> bool:
+    """The method's predicted time (:attr:`MethodSpec.cost`) is within the run's budget. A method
+    whose budget only caps an improving search (``anytime``) is predicted to its first useful bound,
+    so fitting means it returns one; the others must finish. Why the whole budget and not a share:
+    the shares follow the chosen set, and a method that fits alone is worth a larger share than an
+    equal one (:func:`budget_share` gives the cheap ones only what they are predicted to need)."""
+    return spec.predicted_seconds(sizes) <= budget
+
+
+def tightness_order(spec: MethodSpec) -> tuple[int, int]:
+    """Sort key of the run order: the upper bounds by :data:`TIGHTNESS` (the expected-tightest
+    first, so that it runs while the whole budget is left), then the lower bounds, which improve
+    the bracket from below with whatever time the upper bounds left. Same rank: registry order."""
+    rank = TIGHTNESS.index(spec.name) if spec.name in TIGHTNESS else len(TIGHTNESS)
+    return (0 if spec.guarantee.is_upper else 1, rank)
 
 
 def check_options(names: list[str], options: dict[str, Any],
@@ -86,11 +137,43 @@ def method_kwargs(spec: MethodSpec, options: dict[str, Any], method_options: dic
 MIN_SHARE = 0.05  # the least share of the run's budget a method gets, even when the time is spent
 
 
-def budget_share(total: float, left: float, remaining: list[MethodSpec]) -> float:
-    """Seconds for the next of ``remaining`` budgeted methods: its share of the time ``left`` of the
-    run's ``total`` in proportion to the methods' ``budget_weight`` (equal shares by default; time a
-    method does not use passes to the next ones), and at least ``MIN_SHARE * total``, so that a
-    method that starts late still returns a bound (the run may then overrun its budget by that
-    much per method)."""
-    weights = sum(s.budget_weight for s in remaining if s.budgeted)
-    return max(left * remaining[0].budget_weight / weights if weights else left, MIN_SHARE * total)
+NEED_FACTOR = 3.0  # a method that finishes on its own gets at most this times its predicted time
+
+
+def budget_share(total: float, left: float, remaining: list[MethodSpec], sizes: GraphSizes | None = None) -> float:
+    """Seconds for the next of ``remaining`` methods: its share of the time ``left`` of the run's
+    ``total``, and at least ``MIN_SHARE * total``, so that a method that starts late still returns a
+    bound (the run may then overrun its budget by that much per method).
+
+    The budgeted methods share ``left`` in proportion to their ``budget_weight``, except that a
+    method that finishes on its own (not ``anytime``) is given at most ``NEED_FACTOR`` times its
+    predicted time on ``sizes``: a cheap method does not hold a large share that the expensive
+    tight one could use (water filling: what the capped ones do not take is shared by weight among
+    the others; if every method is capped, the rest is shared by weight). Time a method does not
+    use passes to the next ones. The shares depend on the sizes and the time left only."""
+    budgeted = [s for s in remaining if s.budgeted]
+    if not remaining[0].budgeted or not budgeted:
+        return max(left, MIN_SHARE * total)
+    needs = [NEED_FACTOR * s.predicted_seconds(sizes) if sizes is not None and not s.anytime else math.inf
+             for s in budgeted]
+    shares = _water_fill(left, [s.budget_weight for s in budgeted], needs)
+    return max(shares[budgeted.index(remaining[0])], MIN_SHARE * total)
+
+
+def _water_fill(total: float, weights: list[float], caps: list[float]) -> list[float]:
+    """Shares ``min(cap_i, lam w_i)`` of ``total`` with ``lam`` such that they add up to ``total``;
+    when every cap is reached below that, the caps plus the rest in proportion to the weights."""
+    shares = [0.0] * len(weights)
+    free, rest = set(range(len(weights))), total
+    while free:
+        lam = rest / sum(weights[i] for i in free)
+        capped = {i for i in free if caps[i] < lam * weights[i]}
+        if not capped:
+            for i in free:
+                shares[i] = lam * weights[i]
+            return shares
+        for i in capped:
+            shares[i] = caps[i]
+            rest -= caps[i]
+        free -= capped
+    return [s + rest * w / sum(weights) for s, w in zip(shares, weights)]

@@ -1,0 +1,179 @@
+"""The cost model: what a method is predicted to cost on a graph, from the graph's sizes alone.
+
+The default set (:mod:`lipbound.methods.selection`) keeps every method whose predicted time fits
+the run's budget, and the budget is shared so that a method predicted to be cheap does not take a
+big share from an expensive one. A prediction is a function of :class:`GraphSizes` (neurons, LMI
+order, unstable neurons, input size, layer widths, convolution sizes), never of a measured wall
+time, so the choice is the same on every run: same graph, same budget, same methods, same numbers.
+
+Each model predicts the seconds a method needs to **return its bound**: to finish, for the methods
+that stop on their own (AutoLip, ECLipsE-Fast, exact), and to its first useful bound for those
+that improve until their budget ends (LipSDP's first-order solver: its set-up and
+:data:`SDP_USEFUL_ITERATIONS` iterations; ``lower``: one round of starts; SeqLip: the SVDs and one
+pass over the pairs). The constants (:data:`CONSTANTS`, seconds per unit of work, on one CPU thread)
+were fitted by ``benchmarks/cost_model.py`` on this project's 2-core CPU machine; a GPU or a faster
+CPU only makes the predictions pessimistic, which keeps the choice on the safe side.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+from ..graph.ir import Activation, Add, Concat, Graph, MaxPool
+from ..linalg.conv import Conv
+from ..linalg.operators import Dense
+from .piecewise import count_two_slope_neurons
+
+__all__ = ["GraphSizes", "graph_sizes", "CONSTANTS", "autolip_cost", "power_cost", "seqlip_cost", "eclipse_cost",
+           "lipsdp_cost", "lower_cost", "exact_cost", "total"]
+
+
+@dataclass(frozen=True)
+class GraphSizes:
+    """What the cost models read from a graph.
+
+    Attributes:
+        kind: ``"mlp"`` (a chain of dense layers and activations), ``"residual"`` (dense layers
+            with sums or concatenations), ``"cnn"`` (any convolution or max-pooling).
+        input_size: elements of the input.
+        neurons: elements of all activation outputs.
+        unstable: neurons whose slope interval is not a point (all of them without a region).
+        widths: the unstable neurons of each activation node, in topological order.
+        lmi_order: the order of the LipSDP LMI, ``input_size + unstable``.
+        chain_work: ``sum_j w_j^2 (w_j + w_{j-1})`` over the activation widths (``w_0`` the input):
+            the flops of one pass of dense block operations along a chain (one Cholesky of the
+            block-tridiagonal LMI, one ECLipsE-Fast recursion); ``lmi_order^3`` for other graphs,
+            whose LMI is factorised densely.
+        svd_work: ``sum m n min(m, n)`` over the linear layers, convolutions materialised (their SVDs).
+        dense_svd_work: the same over the dense layers only.
+        matvec_work: multiply-adds of one forward pass through the linear layers.
+        conv_work: ``sum`` over convolutions of output elements times input channels times kernel
+            taps (their part of a forward pass).
+        relu_units: ReLU units of the equivalent ReLU network when the graph is an MLP of
+            piecewise-linear activations (:func:`~lipbound.methods.piecewise.count_two_slope_neurons`,
+            stable ones left out), else None.
+    """
+
+    kind: str
+    input_size: int
+    neurons: int
+    unstable: int
+    widths: tuple[int, ...]
+    lmi_order: int
+    chain_work: float
+    svd_work: float
+    dense_svd_work: float
+    matvec_work: float
+    conv_work: float
+    relu_units: int | None
+
+
+def graph_sizes(graph: Graph) -> GraphSizes:
+    """The :class:`GraphSizes` of ``graph`` (cheap: nothing is materialised or evaluated)."""
+    nodes = list(graph)
+    acts = [n for n in nodes if isinstance(n, Activation)]
+    widths = tuple(_unstable(n) for n in acts)
+    convs = [op for op in _ops(graph, Conv) if math.prod(op.out_shape[1:]) > 1]  # a 1x1 output is a dense layer
+    kind = ("cnn" if convs or any(isinstance(n, MaxPool) for n in nodes)
+            else "residual" if any(isinstance(n, (Add, Concat)) for n in nodes) else "mlp")
+    input_size = math.prod(graph.input_shape)
+    unstable = sum(widths)
+    order = input_size + unstable
+    chain = [input_size, *widths]
+    chain_work = (sum(w * w * (w + v) for v, w in zip(chain, chain[1:])) if kind == "mlp" else float(order) ** 3)
+    dense = [op for op in [*_ops(graph, Dense), *_ops(graph, Conv)] if op not in convs]
+    dense_svd = sum(_svd(op) for op in dense)
+    conv_work = sum(math.prod(op.out_shape) * op.weight.shape[1] * math.prod(op.weight.shape[2:]) for op in convs)
+    matvec = sum(math.prod(op.out_shape) * math.prod(op.in_shape) for op in dense) + conv_work
+    units = count_two_slope_neurons(graph) if kind == "mlp" else None
+    return GraphSizes(kind, input_size, sum(math.prod(n.shape) for n in acts), unstable, widths, order,
+                      float(chain_work), float(dense_svd + sum(_svd(op) for op in convs)), float(dense_svd),
+                      float(matvec), float(conv_work), units)
+
+
+def _svd(op) -> int:
+    """Flops of the SVD of ``op`` materialised, ``m n min(m, n)``."""
+    m, n = math.prod(op.out_shape), math.prod(op.in_shape)
+    return m * n * min(m, n)
+
+
+def _unstable(node: Activation) -> int:
+    """Neurons of ``node`` whose slope interval is not a point."""
+    lo, hi = node.slope_bounds()
+    return int((lo != hi).sum())
+
+
+def _ops(graph: Graph, cls: type) -> list:
+    """The operators of class ``cls`` in the graph's affine nodes, composed ones included."""
+    def walk(op):
+        return [op] if isinstance(op, cls) else [q for p in getattr(op, "ops", ()) for q in walk(p)]
+    return [op for node in graph.affine_nodes() for op in walk(node.op)]
+
+
+#: Seconds per unit of work of each model on one CPU thread, fitted by benchmarks/cost_model.py
+#: (total measured seconds / total work over random MLPs and a CNN, 2026 run on the shared 2-core CPU;
+#: ``power``, ``ipm``, ``exact`` not fitted: set by hand).
+CONSTANTS = {
+    "start": 0.2,         # fixed overhead of a method call
+    "autolip": 1.6e-9,       # per flop of the dense SVDs and convolution DFT bounds
+    "power": 2e-9,         # per multiply-add of the power iterations
+    "seqlip": 4e-8,        # per flop of the SVDs (convolutions materialised) and the pair products
+    "eclipse": 2.8e-9,       # per flop of the block recursions and the check
+    "lipsdp": 1e-9,        # per flop of the first-order solver's iterations
+    "ipm": 2e-8,           # per (LMI order)^3.5 of an interior-point solve
+    "lower": 5e-8,         # per multiply-add of the search's forward and backward passes
+    "exact": 1e-3,         # per activation pattern visited
+}
+SDP_USEFUL_ITERATIONS = 10   # L-BFGS iterations of LipSDP's first-order solver that make its bound worth it
+ECLIPSE_PASSES = 16          # recursions of ECLipsE-Fast's search over theta (14) and its check
+POWER_PASSES = 200           # forward and backward passes of AutoLip's power method per layer
+LOWER_PASSES = 64 * 4        # starts x (power steps + 1) of the first ascent step of ``lower`` (its defaults)
+IPM_MAX_ORDER = 60           # LipSDP's ``ipm_max_order``: interior point up to this reduced order
+EXACT_LOG2_PATTERNS = 16      # log2 of the most patterns exact is predicted to visit (it prunes; its budget caps it)
+
+
+def work(s: GraphSizes) -> dict[str, float]:
+    """The unit of work each model counts on ``s`` (multiply by :data:`CONSTANTS`)."""
+    first_order = s.unstable + min(s.input_size, s.widths[0] if s.widths else 0) > IPM_MAX_ORDER
+    return {
+        "autolip": s.dense_svd_work + s.conv_work,
+        "power": POWER_PASSES * s.matvec_work,
+        "seqlip": s.svd_work + (s.chain_work if s.kind == "mlp" else 0.0),
+        "eclipse": ECLIPSE_PASSES * s.chain_work,
+        "lipsdp": (ECLIPSE_PASSES + 2 * SDP_USEFUL_ITERATIONS) * s.chain_work if first_order else 0.0,
+        "ipm": 0.0 if first_order else float(s.lmi_order) ** 3.5,
+        "lower": LOWER_PASSES * s.matvec_work,
+        "exact": math.inf if s.relu_units is None else 2.0 ** min(s.relu_units, EXACT_LOG2_PATTERNS),
+    }
+
+
+def _model(*keys: str) -> Callable[[GraphSizes], float]:
+    def cost(s: GraphSizes) -> float:
+        w = work(s)
+        return CONSTANTS["start"] + sum(CONSTANTS[k] * w[k] for k in keys)
+    return cost
+
+
+autolip_cost = _model("autolip")
+autolip_cost.__doc__ = "An SVD per dense layer and the DFT bound of each convolution: linear in the layers."
+power_cost = _model("power")
+power_cost.__doc__ = "Power iterations per layer, each a forward and a backward pass."
+seqlip_cost = _model("seqlip")
+seqlip_cost.__doc__ = "The SVDs (convolutions materialised), then one pass over the pairs (its search is capped)."
+eclipse_cost = _model("eclipse")
+eclipse_cost.__doc__ = "Recursions of dense block operations along the LMI, then a checked Cholesky."
+lipsdp_cost = _model("eclipse", "lipsdp", "ipm")
+lipsdp_cost.__doc__ = ("Interior point up to IPM_MAX_ORDER (~order^3.5); beyond, the first-order solver's start "
+                       "(ECLipsE-Fast) and SDP_USEFUL_ITERATIONS iterations of a Cholesky and top eigenvalues.")
+lower_cost = _model("lower")
+lower_cost.__doc__ = ("Its first ascent step (it always runs; the rest is capped by its budget): forward and "
+                      "backward passes of every start, linear in the model.")
+exact_cost = _model("exact")
+exact_cost.__doc__ = "Branch and bound over activation patterns: exponential in the unstable ReLU units."
+
+
+def total(*models: Callable[[GraphSizes], float]) -> Callable[[GraphSizes], float]:
+    """The cost model of a method that runs ``models`` one after the other (``best``, ``local-bab``)."""
+    return lambda s: sum(m(s) for m in models)
