@@ -74,12 +74,37 @@ def test_demo_upper_reaches_a_sampled_lower_bound(demo_text):
     assert bracket_of(demo_text[0])["upper"] >= sampled * (1 - 1e-9)
 
 
-def certified_accuracy_oracle(upper: float, r: float) -> float:
-    """Share of test images classified correctly with ``margin / (sqrt(2) upper) > r`` (DESIGN §1)."""
+def global_certified_oracle(upper: float, r: float) -> float:
+    """Share of test images classified correctly with ``margin / (sqrt(2) upper) > r`` (DESIGN §1):
+    a floor of what the demo may claim (its pair constants can only certify more)."""
     _, logits, labels = accuracy_oracle()
     top2 = logits.topk(2, dim=1).values
     radius = (top2[:, 0] - top2[:, 1]) / (math.sqrt(2) * upper)
     return ((logits.argmax(dim=1) == labels) & (radius > r)).double().mean().item()
+
+
+def attack_oracle(r: float, steps: int = 40) -> float:
+    """Share of test images that an L2 projected-gradient attack of radius ``r`` on the margin does
+    not break (correct at the image and at every iterate): a ceiling of what may be certified."""
+    images, labels = load_test_split()
+    net = demo_net().double()
+    x0 = images.double()
+    delta = torch.zeros_like(x0)
+    intact = net(x0).argmax(dim=1) == labels
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        logits = net(x0 + delta)
+        true = logits.gather(1, labels[:, None])[:, 0]
+        other = logits.masked_fill(torch.nn.functional.one_hot(labels, 10).bool(), -math.inf).amax(dim=1)
+        intact &= (logits.argmax(dim=1) == labels).detach()
+        (grad,) = torch.autograd.grad((other - true).sum(), delta)
+        with torch.no_grad():
+            g = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-30)[:, None, None, None]
+            delta = delta + 0.25 * r * g
+            delta = delta * (r / delta.flatten(1).norm(dim=1).clamp_min(r))[:, None, None, None]
+    with torch.no_grad():
+        intact &= net(x0 + delta).argmax(dim=1) == labels
+    return intact.double().mean().item()
 
 
 def test_demo_reports_the_accuracies_it_claims(demo_text):
@@ -88,7 +113,8 @@ def test_demo_reports_the_accuracies_it_claims(demo_text):
     printed = float(re.search(r"accuracy (\S+)%", out).group(1)) / 100
     assert printed == pytest.approx(accuracy, abs=5e-4)  # printed to 0.1%
     certified = float(re.search(rf"certified robust accuracy at L2 radius {RADIUS:g} \(pixels in \[0, 1\]\): (\S+)%", out).group(1)) / 100
-    assert certified == pytest.approx(certified_accuracy_oracle(bracket_of(out)["upper"], RADIUS), abs=5e-4)
+    # between the global-constant certificate and what an attack leaves standing
+    assert global_certified_oracle(bracket_of(out)["upper"], RADIUS) - 5e-4 <= certified <= attack_oracle(RADIUS) + 5e-4
     assert 0 < certified <= accuracy
 
 
@@ -109,7 +135,7 @@ def test_demo_json(tmp_path, capsys):
     assert kinds["lower"] == "witnessed_lower" and kinds["autolip"] == "certified_upper"
     assert d["upper"] == min(r["value"] for r in d["results"] if r["kind"] in ("certified_upper", "exact"))
     assert d["accuracy"] == pytest.approx(accuracy_oracle()[0])
-    assert d["certified_accuracy"] == pytest.approx(certified_accuracy_oracle(d["upper"], 0.01), abs=1e-12)
+    assert global_certified_oracle(d["upper"], 0.01) <= d["certified_accuracy"] <= attack_oracle(0.01)
     assert d["plot"] == str(plot) and plot.is_file()
 
 

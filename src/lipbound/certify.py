@@ -47,7 +47,7 @@ from .methods import get_method
 from .methods.propagation import localize
 from .methods.region import Ball, BoxUnion, as_region
 from .methods.rounding import enclose
-from .methods.selection import default_methods
+from .methods.selection import DEFAULT_TIME_BUDGET, default_methods
 
 __all__ = ["Certificate", "certify"]
 
@@ -110,7 +110,7 @@ def certify(model: Model, x: torch.Tensor, upper: float | None = None, *, labels
     on = _on_domain(graph, domain, x)
     chosen = names if names is not None else default_methods(on, lower=False)
     if upper is None:
-        upper, best = least_certified(on, chosen, seed, progress=progress)
+        upper, best = least_certified(on, chosen, seed, DEFAULT_TIME_BUDGET, progress=progress)
         source = f"{best}, the least of {', '.join(chosen)}"
     else:
         upper, source = float(upper), "given"

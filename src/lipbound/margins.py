@@ -32,7 +32,7 @@ from .linalg.operators import Dense, Reshape, compose
 from .methods import get_method
 from .methods.propagation import localize
 from .methods.region import BoxUnion, as_region
-from .methods.selection import default_methods
+from .methods.selection import DEFAULT_TIME_BUDGET, default_methods
 
 __all__ = ["margin_constants", "with_output_map", "margin_rows", "least_certified", "pair_methods"]
 
@@ -84,12 +84,13 @@ def least_certified(graph: Graph, methods: Sequence[str], seed: int = 0, time_bu
     return best, source
 
 
-def pair_methods(graph: Graph) -> list[str]:
-    """The default certified methods for pair graphs: the default set's certified methods but
-    ``exact``, whose time goes mostly to its witnessed lower end, which a certificate does not use
-    (on a net with one hidden layer certified SeqLip already solves each pair's maximum over
-    activation patterns; name ``exact`` in ``methods`` to run it)."""
-    return [name for name in default_methods(graph, lower=False) if name != "exact"]
+def pair_methods(graph: Graph, time_budget: float) -> list[str]:
+    """The default certified methods for one pair graph within its share ``time_budget`` of the
+    run (:func:`~lipbound.methods.selection.default_methods`, whose cost model drops what does not
+    fit) but ``exact``, whose time goes mostly to its witnessed lower end, which a certificate does
+    not use (name it in ``methods`` to run it); AutoLip when nothing else fits."""
+    return [name for name in default_methods(graph, lower=False, time_budget=time_budget) if name != "exact"] \
+        or ["autolip"]
 
 
 def margin_constants(model: Model, input_shape: Sequence[int] | None = None, label: int | None = None,
@@ -104,12 +105,14 @@ def margin_constants(model: Model, input_shape: Sequence[int] | None = None, lab
             flattened output is the ``m >= 2`` logits.
         label: None for every pair, or one class ``y`` for its row only.
         methods: certified methods (``certified_upper`` or ``exact``) to run on each pair graph;
-            the least value is kept. Default: :func:`pair_methods` of each pair graph (AutoLip,
-            SeqLip; on a region also eclipse-fast and LipSDP).
+            the least value is kept. Default: :func:`pair_methods` of each pair graph (the
+            default set's certified methods that fit the pair's share of the time).
         domain: an input region (as in :func:`lipbound.estimate`): the constants on it (default:
             the region of a localized Graph, else all of ``R^n``).
         seed, device, input_scale: as in :func:`lipbound.estimate`.
-        time_budget: seconds in all, shared equally by the pairs (None: each method's own limit).
+        time_budget: seconds in all, shared equally by the pairs (None:
+            :data:`~lipbound.methods.selection.DEFAULT_TIME_BUDGET`); with the default ``methods``
+            each pair runs the certified methods the cost model fits in its share.
 
     Returns:
         float64 ``(m, m)``, symmetric, ``[y, j]`` bounding ``L(f_y - f_j)``, 0 on the diagonal;
@@ -132,10 +135,10 @@ def margin_constants(model: Model, input_shape: Sequence[int] | None = None, lab
     if region is not None:
         graph = localize(graph, region.hull() if isinstance(region, BoxUnion) else region)
     pairs = [(y, j) for y in range(m) for j in range(y + 1, m) if label is None or label in (y, j)]
-    share = None if time_budget is None else time_budget / len(pairs)
+    share = (DEFAULT_TIME_BUDGET if time_budget is None else time_budget) / len(pairs)
     out = torch.zeros(m, m, dtype=torch.float64)
     for y, j in pairs:
         pair = with_output_map(graph, margin_rows(m, y, j), f"logit {y} - logit {j}")
-        chosen = names if names is not None else pair_methods(pair)
+        chosen = names if names is not None else pair_methods(pair, share)
         out[y, j] = out[j, y] = least_certified(pair, chosen, seed, share)[0]
     return out if label is None else out[label]

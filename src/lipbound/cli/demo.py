@@ -5,9 +5,9 @@ The network is :func:`lipbound.examples.demo_net.demo_net`, a small CNN trained 
 (input shape ``(1, 8, 8)``). The demo prints the report of :func:`lipbound.estimate` with the
 default method set (its bracket: a witnessed lower and a certified upper bound of the L2 -> L2
 constant), then the **certified robust accuracy** at the L2 radius ``--radius``: the share of the
-shipped test images that are classified correctly *and* whose certified radius
-``margin / (sqrt(2) U)`` (:func:`lipbound.certify` with the report's certified upper bound ``U``)
-exceeds the radius, so that no perturbation of L2 norm <= radius changes their class. It writes the
+shipped test images that are classified correctly *and* whose certified radius (:func:`lipbound.certify`
+with the report's certified upper bound ``U`` and the certified constants ``L_yj`` of the logit
+differences: ``max(min_j (f_y - f_j) / L_yj, margin / (sqrt(2) U))``) exceeds the radius, so that no perturbation of L2 norm <= radius changes their class. It writes the
 report's plot (:meth:`lipbound.Report.plot`) to ``--plot`` and names the file.
 """
 
@@ -19,7 +19,6 @@ import json
 import math
 from pathlib import Path
 
-import torch
 
 from .. import api
 from ..certify import certify
@@ -49,20 +48,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.set_defaults(func=run)
 
 
-def certified_accuracy(predicted: torch.Tensor, radius: torch.Tensor, labels: torch.Tensor, r: float) -> float:
-    """Share of inputs predicted as their label with a certified radius ``> r``."""
-    return ((predicted == labels) & (radius > r)).double().mean().item()
-
-
 def run(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.radius) and args.radius > 0):
         raise InvalidInput(f"--radius must be a positive number, got {args.radius}")
     graph = api.as_graph(demo_net(), INPUT_SHAPE)
     report = api.estimate(graph, seed=args.seed, progress=progress_of(args), time_budget=args.time_budget)
     images, labels = load_test_split()
-    cert = certify(graph, images, report.upper)
-    accuracy = (cert.predicted == labels).double().mean().item()
-    robust = certified_accuracy(cert.predicted, cert.radius, labels, args.radius)
+    cert = certify(graph, images, report.upper, labels=labels, radii=(args.radius,), seed=args.seed)
+    accuracy, robust = cert.clean_accuracy, cert.certified_accuracy()[args.radius]
     plotted = importlib.util.find_spec("matplotlib") is not None
     if plotted:
         report.plot(args.plot)
@@ -76,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     print(report.table())
     print(f"test split: {len(labels)} held-out images, accuracy {accuracy:.1%}")
     print(f"certified robust accuracy at L2 radius {args.radius:g} (pixels in [0, 1]): {robust:.1%} "
-          f"(correct, with margin / (sqrt(2) U) > {args.radius:g} for U = {report.upper:.6g})")
+          f"(correct, and no L2 perturbation below the radius changes the class: logit-pair constants, "
+          f"and U = {report.upper:.6g})")
     print(f"plot: {args.plot}" if plotted else "plot: not drawn (it needs matplotlib: pip install 'lipbound[plot]')")
     return 0
