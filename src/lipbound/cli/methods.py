@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..methods import METHODS, SIZES, MethodSpec
+from ..methods.selection import DEFAULT_TIME_BUDGET
 from ..report import Kind
 
 TIMES_FILE = Path(__file__).with_name("methods_times.json")
@@ -76,8 +77,10 @@ def recommendation(times: dict[str, Any]) -> str:
         return ", ".join(s.name for s in specs if keep(s)) or "none"
 
     certified = lambda s: s.guarantee is Kind.CERTIFIED_UPPER and not s.aggregate  # noqa: E731
-    text = [f"Which to use. Without -m, lipbound runs {names(lambda s: s.in_default is True)} on every model, and "
-            f"adds {names(lambda s: callable(s.in_default))} where they apply (a region, a small network)."]
+    text = [f"Which to use. Without -m, lipbound chooses from {names(lambda s: s.in_default is True)} (and "
+            f"{names(lambda s: callable(s.in_default))} where they apply: a small network, a small input region) "
+            f"those whose predicted time on the model fits the run's --time-budget ({DEFAULT_TIME_BUDGET:g} s "
+            "when none is given), the expected-tightest first and the lower bound last."]
     for size, what in SIZES.items():
         if any(certified(s) and s.size == size for s in specs):
             text.append(f"Certified upper bounds for models of {what}: "
