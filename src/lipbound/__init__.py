@@ -13,6 +13,7 @@ from .frontends.vnnlib import VnnlibProperty, load_vnnlib
 from .methods.region import Ball, Box, BoxUnion
 from .certify import Certificate, certify
 from .margins import margin_constants
+from .sweep import certify_dataset, run_instances
 from .errors import InvalidInput, LipboundError, NotApplicable, UnsupportedOperation
 from .frontends import from_torch
 from .graph import Graph
@@ -29,4 +30,4 @@ __all__ = ["estimate", "autolip", "seqlip", "as_graph", "load", "spectral_norm",
            "LinearOperator", "Report", "Result", "METHODS", "LipboundError", "UnsupportedOperation",
            "InvalidInput", "__version__", "lower_bound", "certify", "Certificate", "margin_constants", "witness_value", "NotApplicable",
            "regularizer", "LipschitzRegularizer", "certify_training", "Witness", "PointWitness", "PairWitness",
-           "Ball", "Box", "BoxUnion", "load_vnnlib", "VnnlibProperty"]
+           "Ball", "Box", "BoxUnion", "load_vnnlib", "VnnlibProperty", "certify_dataset", "run_instances"]

@@ -1,4 +1,5 @@
-"""Command line: ``lipbound estimate | certify | demo | methods``, one module per subcommand.
+"""Command line: ``lipbound estimate | certify | demo | methods | run-instances``, one module per
+subcommand.
 
 Bad input (missing file, bad shape, unsupported layer, NaN weights, failing factory) exits with
 status 2 and one line on stderr; an internal error exits with status 1 and one line (set
