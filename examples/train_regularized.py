@@ -82,8 +82,8 @@ def main() -> None:
             acc = (model(xte).argmax(1) == yte).float().mean().item()
         report = lipbound.estimate(model, (1, 8, 8), methods=(*uppers, "lower"), progress=False,
                                    method_options={"lower": {"data": xtr, "time_budget": 10.0}})
-        cert = lipbound.certify(model, xte, upper=report.upper)
-        certified = ((cert.predicted == yte) & (cert.radius >= args.eps)).float().mean().item()
+        cert = lipbound.certify(model, xte, upper=report.upper, labels=yte, radii=(args.eps,))
+        certified = cert.certified_accuracy()[args.eps]
         rows.append((lam, acc, report.upper, report.lower, report.ratio, certified, t_train))
         print(f"lam={lam:<5} acc={acc:.3f} upper={report.upper:.4g} lower={report.lower:.4g} "
               f"certified@{args.eps}={certified:.3f} ({t_train:.0f} s training)", flush=True)
