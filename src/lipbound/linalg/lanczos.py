@@ -16,13 +16,14 @@ unit Ritz vector ``x = Q_j s`` re-applied to the operator, a Rayleigh quotient a
 re-check with one forward pass (``||A x|| <= ||A|| ||x||``).
 
 **Stopping** (deterministic: a seeded start, step counts and tolerances; a wall-clock deadline
-only caps them). Step ``j`` gives the residual ``r = ||M x - theta x|| = beta_j |s_j|`` and the
-Ritz gap ``g = theta_1 - theta_2``; the standard a-posteriori estimate of the eigenvalue error is
-``min(r, r^2 / g)``. The iteration stops (``stopped_by="converged"``) when that estimate is below
+only caps them). Step ``j`` gives the residual ``r = ||M x - theta x|| = beta_j |s_j|``: some
+eigenvalue of ``M`` lies within ``r`` of ``theta`` (the sharper ``r^2 / gap`` with the Ritz gap is
+not used: on a rank-deficient matrix it stopped two steps in, on the second singular value).
+The iteration stops (``stopped_by="converged"``) when ``r`` is below
 ``2 tol theta`` (``tol`` relative on ``sigma``, hence ``2 tol`` on ``sigma^2``), or when the gain
 of ``sqrt(theta)`` over the last 5 steps and the gain a geometric convergence at the observed
-rate still predicts are both below ``tol`` (the power method's rule, on windows: a clustered top
-of the spectrum makes ``g`` tiny and the first estimate pessimistic), after ``max_iter``
+rate still predicts are both below ``tol`` (the power method's rule, on windows: on a clustered
+top of the spectrum ``r`` falls slowly), after ``max_iter``
 steps (``"iterations"``), when the Krylov space is invariant (``beta = 0``: ``theta`` is then an
 eigenvalue, ``"converged"``) or at the deadline (``"time"``). The estimate only decides when to
 stop; the value is a lower bound in every case. A basis larger than ``max_basis`` vectors restarts
@@ -148,11 +149,9 @@ def _lanczos_run(op: LinearOperator, q: torch.Tensor, steps: int, tol: float,
         vals, vecs = _ritz(alpha, beta)
         theta = float(vals[0])
         resid = b * abs(float(vecs[-1, 0]))
-        gap = float(vals[0] - vals[1]) if j > 1 else math.inf
-        estimate = min(resid, resid * resid / gap) if gap > 0 else resid
         sigmas.append(math.sqrt(max(theta, 0.0)))
         if b <= 1e-12 * max(abs(theta), 1e-300) or (tol > 0 and j > 1 and (
-                estimate <= 2 * tol * abs(theta) or _settled(sigmas, tol))):
+                resid <= 2 * tol * abs(theta) or _settled(sigmas, tol))):
             reason = "converged"
             break
         q = w / b

@@ -72,7 +72,8 @@ def _certify(mats: torch.Tensor, tau: torch.Tensor, err: float) -> torch.Tensor:
 
 def _frobenius_up(mats: torch.Tensor) -> torch.Tensor:
     terms = 2 * mats.shape[-1] * mats.shape[-2]
-    return torch.linalg.matrix_norm(mats, ord="fro") * (1 + _gamma(terms + 4)) * _UP
+    real = torch.view_as_real(mats) if mats.is_complex() else mats
+    return torch.linalg.vector_norm(real.reshape(mats.shape[0], -1), dim=-1) * (1 + _gamma(terms + 4)) * _UP
 
 
 def _rayleigh(mats: torch.Tensor, steps: int = POWER_STEPS) -> torch.Tensor:
@@ -102,7 +103,7 @@ def max_eigenvalue_bound(mats: torch.Tensor, err: float, rtol: float = 1e-4, flo
     if not bool(open_.any()):
         return EigBound(float(bounds.max()), 0.0, 0, 0)
     idx = open_.nonzero().reshape(-1)
-    theta = _rayleigh(mats[idx])
+    theta = _rayleigh(mats if bool(open_.all()) else mats[idx])
     estimate = float(theta.max())
     target = max(estimate * (1 + 2 * rtol), floor)
     need = fro[idx] > target
@@ -110,7 +111,7 @@ def max_eigenvalue_bound(mats: torch.Tensor, err: float, rtol: float = 1e-4, flo
     factorised = int(idx.numel())
     if factorised:
         tau = torch.full((factorised,), target, dtype=torch.float64, device=mats.device)
-        got = _certify(mats[idx], tau, err)
+        got = _certify(mats if factorised == mats.shape[0] else mats[idx], tau, err)
         failed = ~torch.isfinite(got)
         if bool(failed.any()):
             redo = idx[failed]
