@@ -9,6 +9,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .conv_gram import conv_cholesky_bound
 from .gram import BlockNorm, max_block_norm
 from .linear_operator import StructuralBound, _TensorOperator
 
@@ -67,7 +68,7 @@ class Conv(_TensorOperator):
     """
 
     _tensors = ("weight",)
-    method = "auto"  # per-frequency norms: "svd", "gram" or "auto" (by cost; see max_block_norm)
+    method = "auto"  # per-frequency norms: "svd", "gram", "cholesky" or "auto" (by cost; see _use_cholesky, max_block_norm)
 
     def __init__(self, weight: torch.Tensor, in_shape: Sequence[int], stride: Sequence[int],
                  padding: Sequence[int] | str, dilation: Sequence[int], groups: int = 1,
@@ -168,9 +169,29 @@ def conv_dft_bound(weight: torch.Tensor, padded_sizes: Sequence[int], stride: Se
     grid = [max(-(-h // s), q) for h, s, q in zip(padded_sizes, stride, qmax)]
     # a real kernel's DFT is conjugate-symmetric, W(-f) = conj(W(f)), with the same singular
     # values: the half spectrum of rfftn holds every block norm
+    if _use_cholesky(method, wd):
+        b = conv_cholesky_bound(wd, grid)
+        return BlockNorm(b.value, "cholesky")
     sym = torch.fft.rfftn(wd, s=grid, dim=tuple(range(3, 3 + nd)))
     sym = sym.reshape(g, cog, cig * math.prod(stride), -1).permute(0, 3, 1, 2)
     return max_block_norm(sym, method)
+
+
+CHOLESKY_MIN_DIM = 16  # "auto" on a CPU: shifted Cholesky from this smaller block side on
+CHOLESKY_MAX_TAPS = 49  # ... for kernels (after the polyphase split) of at most this many taps
+
+
+def _use_cholesky(method: str, wd: torch.Tensor) -> bool:
+    """``method="cholesky"``, or ``"auto"`` on a CPU with blocks whose smaller side is at least
+    :data:`CHOLESKY_MIN_DIM` and at most :data:`CHOLESKY_MAX_TAPS` taps: forming the Gram blocks
+    from the spatial kernel costs ``T^2 m n^2`` once, and one batched Cholesky ``n^3 / 3`` per
+    block, against an SVD of ``~4 m n^2`` per block (measured on the AlexNet-shaped and the
+    256-channel convolutions, benchmarks/cnn.py)."""
+    if method == "cholesky":
+        return True
+    taps = math.prod(wd.shape[3:])
+    return (method == "auto" and not wd.is_cuda and min(wd.shape[1:3]) >= CHOLESKY_MIN_DIM
+            and taps <= CHOLESKY_MAX_TAPS)
 
 
 def circular_conv_norm(weight: torch.Tensor, sizes: Sequence[int], dilation: Sequence[int], groups: int,

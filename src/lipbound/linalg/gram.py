@@ -161,8 +161,9 @@ GRAM_MIN_DIM = 32  # "auto": SVD below this smaller side of the blocks, Gram ite
 
 class BlockNorm(NamedTuple):
     """``value >= max_b ||A_b||_2`` for a batch of blocks, and how it was computed:
-    ``"svd"`` (the exact maximum, up to rounding) or ``"gram"`` (a certified bound within
-    ``GRAM_RTOL`` of it, by Gram iteration)."""
+    ``"svd"`` (the exact maximum, up to rounding), ``"gram"`` (a certified bound within
+    ``GRAM_RTOL`` of it, by Gram iteration) or ``"cholesky"`` (a certified bound aimed within
+    ``1e-4`` of it, :mod:`lipbound.linalg.conv_gram`)."""
 
     value: float
     method: str
@@ -173,7 +174,8 @@ class BlockNorm(NamedTuple):
 
     @property
     def how(self) -> str:
-        return "SVD per frequency" if self.exact else "Gram iteration per frequency"
+        return {"svd": "SVD per frequency", "gram": "Gram iteration per frequency",
+                "cholesky": "shifted Cholesky per frequency"}[self.method]
 
 
 def max_block_norm(blocks: torch.Tensor, method: str = "auto") -> BlockNorm:
@@ -184,11 +186,12 @@ def max_block_norm(blocks: torch.Tensor, method: str = "auto") -> BlockNorm:
     blocks, each far cheaper than a batched SVD on a GPU. On a CPU, measured on the AlexNet-shaped
     convolutions (benchmarks/cnn.py), six complex128 products cost more than LAPACK's SVD, so
     ``"auto"`` takes the SVD there, and Gram iteration on CUDA blocks whose smaller side is at
-    least ``GRAM_MIN_DIM``.
+    least ``GRAM_MIN_DIM``. ``"cholesky"`` needs the kernel, not the blocks
+    (:mod:`lipbound.linalg.conv_gram`): for blocks already formed it chooses as ``"auto"``.
     """
-    if method not in ("auto", "svd", "gram"):
-        raise InvalidInput(f"method must be 'auto', 'svd' or 'gram', got {method!r}")
-    if method == "auto":
+    if method not in ("auto", "svd", "gram", "cholesky"):
+        raise InvalidInput(f"method must be 'auto', 'svd', 'gram' or 'cholesky', got {method!r}")
+    if method in ("auto", "cholesky"):
         method = "gram" if blocks.is_cuda and min(blocks.shape[-2:]) >= GRAM_MIN_DIM else "svd"
     if method == "svd":
         return BlockNorm(torch.linalg.matrix_norm(blocks, ord=2).max().item(), "svd")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .lanczos import lanczos_norm
 from .operators import LinearOperator, StructuralBound
 
 CERTIFIED_RTOL = 1e-9
@@ -40,6 +41,7 @@ class PowerResult:
     v: torch.Tensor
     iterations: int
     converged: bool
+    stopped_by: str = ""  # "converged", "iterations" or "time" (see :func:`lanczos_norm`)
 
     @property
     def sigma(self) -> float:
@@ -105,7 +107,8 @@ def power_method(op: LinearOperator, *, k: int = 1, max_iter: int = 1000, tol: f
             prev_change = change
         prev = s
         v = _orthonormal_rows(p.T @ z.reshape(k, -1)) if k > 1 else z.reshape(1, -1) / z.norm().clamp_min(1e-300)
-    return PowerResult(s.detach(), qh.reshape(-1, *op.out_shape), v_ritz.reshape(-1, *op.in_shape), it, converged)
+    return PowerResult(s.detach(), qh.reshape(-1, *op.out_shape), v_ritz.reshape(-1, *op.in_shape), it, converged,
+                       "converged" if converged else "iterations")
 
 
 @dataclass
@@ -167,22 +170,28 @@ def _known_exact(op: LinearOperator) -> CertifiedNorm | None:
 
 
 def _cached_power(op: LinearOperator, generator, k: int, max_iter: int, tol: float) -> PowerResult:
+    """The lower end: Lanczos (:func:`~lipbound.linalg.lanczos.lanczos_norm`) for ``k = 1``, the
+    block power method on ``k`` vectors otherwise."""
     cache = op.norm_cache()
     key = ("power", k, max_iter, tol)
     if key not in cache:
-        cache[key] = power_method(op, k=k, max_iter=max_iter, tol=tol, generator=generator)
+        if k == 1:
+            cache[key] = lanczos_norm(op, max_iter=max_iter, tol=tol, generator=generator)
+        else:
+            cache[key] = power_method(op, k=k, max_iter=max_iter, tol=tol, generator=generator)
     return cache[key]
 
 
 def operator_norms(op: LinearOperator, *, which: str = "both", generator: torch.Generator | None = None,
-                   k: int = 4, max_iter: int = 1000, tol: float = 1e-5,
+                   k: int = 1, max_iter: int = 1000, tol: float = 1e-5,
                    dense_limit: int = DENSE_LIMIT) -> SpectralNorm:
     """Power-method (``lower``) and/or certified (``upper``) norm of one operator, cached on it
     (:meth:`~lipbound.linalg.operators.LinearOperator.norm_cache`: the memo does not outlive the
     operator's tensors).
 
     ``which`` is ``"both"``, ``"certified"`` (no power iteration: certified AutoLip needs none) or
-    ``"power"`` (no certified computation). An exact certified value (SVD of the matrix, diagonal,
+    ``"power"`` (no certified computation). The lower end is Lanczos on ``A^T A`` (``k = 1``, the
+    default: a Ritz value, ``<= ||A||``) or the block power method on ``k > 1`` vectors. An exact certified value (SVD of the matrix, diagonal,
     isometry) is also the lower value (without the rounding margin): no power iteration then.
     """
     if which not in ("both", "certified", "power"):

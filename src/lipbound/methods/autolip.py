@@ -154,7 +154,7 @@ def layer_norms(graph: Graph, *, which: str = "both", seed: int = 0, progress: b
         else:
             options = dict(power_options)
             if which != "certified":
-                options["max_iter"] = _steps_before(op, deadline, options.get("k", 4), options.get("max_iter", 1000))
+                options["max_iter"] = _steps_before(op, deadline, options.get("k", 1), options.get("max_iter", 1000))
             cut = which != "power" and not _svd_fits(op, deadline, options.get("dense_limit", DENSE_LIMIT))
             if cut:
                 options["dense_limit"] = 0
