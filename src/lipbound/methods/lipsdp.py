@@ -69,6 +69,7 @@ from ..report import Result
 from .eclipse import balanced, fast_multipliers
 from .lmi import LipschitzLMI
 from .lmi_build import lmi_of_graph
+from .lipsdp_dual import first_order_dual, gap, psd_factor, repaired_dual
 from .sdp_verify import CertificateRejected, certify
 
 VARIANTS = ("neuron", "layer")
@@ -117,6 +118,7 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
     name = "lipsdp" if variant == "neuron" else "lipsdp-layer"
     claimed_value = lmi.scale * math.sqrt(max(claimed, 0.0))
     info["solver_value"] = claimed_value
+    info["sdp_lower"] = lmi.scale * math.sqrt(max(info.pop("dual_rho", 0.0), 0.0))
     try:
         cert = certify(lmi, t, claimed_rho=claimed, interior=interior)
     except CertificateRejected as exc:
@@ -124,6 +126,7 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
         return Result(name, claimed_value, "estimate", time.perf_counter() - start, details=info)
     info.update(cert.summary())
     info["rss_peak_mb"] = _rss_mb()
+    info["sdp_gap"] = gap(cert.value, info["sdp_lower"])
     return Result(name, cert.value, "certified_upper", time.perf_counter() - start, details=info)
 
 
@@ -191,7 +194,8 @@ def solve_cvxpy(lmi: LipschitzLMI, *, variant: str = "neuron", solver: str = "cl
     u = cp.Variable(f.shape[1], nonneg=True)
     expr = c0 + rho * e + cp.reshape(f @ u, (n, n), order="C")
     sym = 0.5 * (expr + expr.T)
-    problem = cp.Problem(cp.Minimize(rho), [sym >> 0])
+    lmi_constraint = sym >> 0
+    problem = cp.Problem(cp.Minimize(rho), [lmi_constraint])
     tried = []
     deadline = time.perf_counter() + time_budget
     for solver_name in ([name, "SCS"] if name == "CLARABEL" and "SCS" in cp.installed_solvers() else [name]):
@@ -204,8 +208,11 @@ def solve_cvxpy(lmi: LipschitzLMI, *, variant: str = "neuron", solver: str = "cl
             continue
         tried.append(f"{solver_name}: {problem.status}")
         if problem.status in ("optimal", "optimal_inaccurate") and u.value is not None:
+            dual = lmi_constraint.dual_value
+            dual_rho = repaired_dual(lmi, psd_factor(np.asarray(dual))) if dual is not None else 0.0
             return (np.maximum(_expand(lmi, u.value, variant), 0.0), float(rho.value),
-                    {"solver_status": problem.status, "solver_used": solver_name, "tried": tried})
+                    {"solver_status": problem.status, "solver_used": solver_name, "tried": tried,
+                     "dual_rho": dual_rho})
     raise NotApplicable(f"the SDP solver failed ({'; '.join(tried)})")
 
 
@@ -254,8 +261,9 @@ def solve_first_order(lmi: LipschitzLMI, *, variant: str = "neuron", time_budget
         if status == "time limit" or iters >= max_iter:
             break
     t = _expand(lmi, np.exp(s), variant)
-    return t, lmi.schur(t).rho, {"solver_status": status, "iterations": iters, "evaluations": evals[0],
-                                 "smoothing": list(smoothing)}
+    final = lmi.schur(t, gradient=True, top=top)
+    return t, final.rho, {"solver_status": status, "iterations": iters, "evaluations": evals[0],
+                          "smoothing": list(smoothing), "dual_rho": first_order_dual(lmi, final, t)}
 
 
 def _lbfgs(fun, x0: np.ndarray, *, max_iter: int, deadline: float, memory: int = 20,
