@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 
 import numpy as np
 
@@ -69,6 +70,7 @@ from ..report import Result
 from .eclipse import balanced, fast_multipliers
 from .lmi import LipschitzLMI
 from .lmi_build import lmi_of_graph
+from .lipsdp_chain import chain_schur
 from .lipsdp_dual import first_order_dual, gap, psd_factor, repaired_dual
 from .sdp_verify import CertificateRejected, certify
 
@@ -232,13 +234,14 @@ def solve_first_order(lmi: LipschitzLMI, *, variant: str = "neuron", time_budget
     else:
         s0 = np.log(np.maximum(t0, 1e-300))
     deadline = time.perf_counter() + time_budget
+    schur = partial(chain_schur, lmi) if lmi.is_chain() else lmi.schur
     evals = [0]
     mu = [0.0]
 
     def fun(s: np.ndarray) -> tuple[float, np.ndarray | None]:
         evals[0] += 1
         t = _expand(lmi, np.exp(s), variant)
-        res = lmi.schur(t, gradient=True, top=top if mu[0] > 0 else 1)
+        res = schur(t, gradient=True, top=top if mu[0] > 0 else 1)
         if not (math.isfinite(res.rho) and res.rho > 0):
             return math.inf, None
         if mu[0] > 0:  # soft maximum of the top eigenvalues: lam_1 <= f <= lam_1 + mu log(top)
@@ -253,7 +256,7 @@ def solve_first_order(lmi: LipschitzLMI, *, variant: str = "neuron", time_budget
         return math.log(f), g
 
     s, iters, status = s0, 0, "converged"
-    rho0 = lmi.schur(_expand(lmi, np.exp(s0), variant)).rho
+    rho0 = schur(_expand(lmi, np.exp(s0), variant)).rho
     for mu_rel in smoothing:
         mu[0] = mu_rel * rho0
         s, _, status, it = _lbfgs(fun, s, max_iter=max_iter - iters, deadline=deadline, rtol=1e-6 if mu_rel else 1e-8)
@@ -261,7 +264,7 @@ def solve_first_order(lmi: LipschitzLMI, *, variant: str = "neuron", time_budget
         if status == "time limit" or iters >= max_iter:
             break
     t = _expand(lmi, np.exp(s), variant)
-    final = lmi.schur(t, gradient=True, top=top)
+    final = schur(t, gradient=True, top=top)
     return t, final.rho, {"solver_status": status, "iterations": iters, "evaluations": evals[0],
                           "smoothing": list(smoothing), "dual_rho": first_order_dual(lmi, final, t)}
 
