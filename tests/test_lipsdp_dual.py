@@ -128,6 +128,13 @@ def test_perturbed_multipliers_are_rejected_and_labelled_estimate(monkeypatch):
     bad[lmi.neuron_slices[0]] *= -1.0
     rho = (good.value / lmi.scale) ** 2
     assert not is_certificate(lmi, rho, bad)
+    shrunk = t.copy()
+    shrunk[lmi.neuron_slices[0]] *= 1e-3  # positive, but too small for the optimum's rho
+    assert not is_certificate(lmi, rho, shrunk)
+    try:  # certify checks their own least rho instead: never below the optimum, or rejected
+        assert certify(lmi, shrunk).value >= good.value * (1 - 1e-6)
+    except CertificateRejected:
+        pass
     with pytest.raises(CertificateRejected):
         certify(lmi, bad, claimed_rho=rho)
     monkeypatch.setattr(lipsdp_module, "solve_first_order", lambda red, **k: (bad, rho, {"dual_rho": rho}))
