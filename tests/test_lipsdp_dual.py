@@ -67,6 +67,16 @@ def test_dual_below_the_optimum_below_the_certificate(seed):
         assert d["sdp_lower"] <= oracle * (1 + 1e-6) and oracle <= res.value * (1 + 1e-6)
         assert d["sdp_lower"] >= oracle * (1 - 1e-2)  # measured: within 3e-4
         assert d["sdp_gap"] == pytest.approx(res.value / d["sdp_lower"] - 1)
+        assert d["stopped_by"] == "converged"
+
+
+def test_cut_short_by_time_says_so():
+    """With no time, the first-order solver stops after one step: its value is still checked,
+    its dual bound still below the SDP optimum, and it says ``stopped_by="time"``."""
+    net = mlp([5, 9, 7, 3], seed=8)
+    res = lipsdp(lipbound.as_graph(net, (5,)), solver="first-order", time_budget=0.0)
+    assert res.kind == "certified_upper" and res.details["stopped_by"] == "time"
+    assert res.details["sdp_lower"] <= fazlyab_lipsdp(net) * (1 + 1e-6) <= res.value * (1 + 1e-6)
 
 
 @pytest.mark.parametrize("act", [nn.Tanh, nn.GELU, lambda: nn.LeakyReLU(0.1)])
@@ -137,7 +147,7 @@ def test_perturbed_multipliers_are_rejected_and_labelled_estimate(monkeypatch):
         pass
     with pytest.raises(CertificateRejected):
         certify(lmi, bad, claimed_rho=rho)
-    monkeypatch.setattr(lipsdp_module, "solve_first_order", lambda red, **k: (bad, rho, {"dual_rho": rho}))
+    monkeypatch.setattr(lipsdp_module, "solve_first_order", lambda red, **k: (bad, rho, {"dual_rho": rho, "solver_status": "converged"}))
     monkeypatch.setattr(lipsdp_module, "fast_multipliers", lambda lmi_: (np.zeros(lmi_.n_neurons), 0.0))
     res = lipsdp(g, solver="first-order")
     assert res.kind == "estimate" and res.details["verified"] is False

@@ -36,7 +36,8 @@ the per-neuron constraints is still ``>= 0``, so it never needs the node's hull 
   ``{N_hh(t) > 0}`` whose gradient comes from the null vector of ``N(rho*, t)``. It is minimised by
   L-BFGS over ``log t`` from the closed-form multipliers of :mod:`lipbound.methods.eclipse`, on a
   soft maximum of the top eigenvalues whose temperature decreases to 0, with one Cholesky
-  factorisation of the neuron block (banded for chains) per step and the top eigenvalues from a
+  factorisation of the neuron block per step (for chains, a block elimination layer by layer,
+  :mod:`lipbound.methods.lipsdp_chain`; banded otherwise) and the top eigenvalues from a
   dense eigensolver or, for large input blocks, Lanczos (``scipy.sparse.linalg.eigsh``) on the
   Schur complement applied through triangular solves. Memory is that of the neuron block
   (dense, or banded for chains) and of the layers' matrices; 1534 x 1534 for a 784-500-200-50-10
@@ -46,6 +47,13 @@ the per-neuron constraints is still ``>= 0``, so it never needs the node's hull 
   near its start (the eclipse-fast multipliers); the interior-point path reaches the optimum.
 * ``solver="auto"`` (default): interior point when the reduced LMI has order <= ``ipm_max_order``
   and cvxpy is installed, first-order otherwise.
+
+**Dual bound and gap.** Each solver path also reports ``details["sdp_lower"]``, a lower bound of
+the SDP's optimum by weak duality (a dual feasible matrix built from the interior-point solver's
+dual, or from the first-order solver's top eigenvectors, then repaired to be feasible:
+:mod:`lipbound.methods.lipsdp_dual`), and ``details["sdp_gap"] = value / sdp_lower - 1``: no
+multipliers of this LMI can certify less than ``sdp_lower``. ``details["stopped_by"]`` says
+whether the time budget (``"time"``), the iteration cap (``"iterations"``) or convergence ended it.
 
 **Certified only once checked.** Whatever the solver returns (``rho``, ``t``) is an estimate until
 :func:`~lipbound.methods.sdp_verify.certify` has recomputed the least ``rho`` for the clipped
@@ -95,8 +103,11 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
 
     Returns:
         A :class:`~lipbound.report.Result`; ``details`` holds the solver, its status, value and
-        time, the check (``verified``, ``rho``, margins, time) and ``rss_peak_mb``, the process's
-        peak resident memory when the method ended (an upper bound of what it used).
+        time, ``stopped_by`` (``"time"``, ``"iterations"`` or ``"converged"``), the check
+        (``verified``, ``rho``, margins, time), ``sdp_lower`` (a lower bound of the SDP's optimum,
+        :mod:`lipbound.methods.lipsdp_dual`) and ``sdp_gap`` (``value / sdp_lower - 1``: how much
+        the certified value could still fall by solving the SDP exactly), and ``rss_peak_mb``, the
+        process's peak resident memory when the method ended (an upper bound of what it used).
     """
     if variant not in VARIANTS:
         raise InvalidInput(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -116,6 +127,7 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
     else:
         t, claimed, info = solve_cvxpy(red, variant=variant, solver=solver, time_budget=left)
     info.update(solver=solver, solver_seconds=time.perf_counter() - t_solve, lmi_order=lmi.size,
+                stopped_by=_stopped_by(info["solver_status"]),
                 reduced_order=red.size, eliminated_neurons=lmi.eliminated)
     name = "lipsdp" if variant == "neuron" else "lipsdp-layer"
     claimed_value = lmi.scale * math.sqrt(max(claimed, 0.0))
@@ -130,6 +142,14 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
     info["rss_peak_mb"] = _rss_mb()
     info["sdp_gap"] = gap(cert.value, info["sdp_lower"])
     return Result(name, cert.value, "certified_upper", time.perf_counter() - start, details=info)
+
+
+def _stopped_by(status: str) -> str:
+    """The session's convention for what ended a solver: ``"time"`` (the budget cut it short),
+    ``"iterations"`` (its iteration cap) or ``"converged"``."""
+    if status == "time limit":
+        return "time"
+    return "iterations" if status == "iteration limit" else "converged"
 
 
 def _rss_mb() -> float | None:

@@ -77,25 +77,27 @@ def psd_factor(z: np.ndarray) -> np.ndarray:
 
 
 def first_order_dual(lmi: LipschitzLMI, res: SchurResult, t: np.ndarray,
-                     tolerances: tuple[float, ...] = (0.0, 1e-6, 1e-4, 1e-3, 1e-2)) -> float:
+                     tolerances: tuple[float, ...] = (0.0, 1e-4, 1e-3, 1e-2, 3e-2, 0.1),
+                     penalties: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)) -> float:
     """The best repaired dual built from the null vectors ``res.zs`` at the multipliers ``t``.
 
     At the optimum of ``rho*(t)`` the dual matrix lives on the top eigenspace of the Schur
     complement: ``Z = Z_k S Z_k^T`` with ``Z_k`` the vectors ``z = (u, -N_hh^{-1} N_hx u)`` of the
     top eigenvalues (orthonormal ``u``, so ``trace Z_xx = trace S``), ``S >= 0``, ``trace S = 1``,
     and ``t_i <F_i, Z> = 0`` for every neuron (the optimality condition in ``log t``; neurons with
-    ``t_i -> 0`` only need ``<F_i, Z> <= 0``, which the repair provides). For each tolerance, the
-    eigenvalues within it (relative) of the largest span ``Z_k`` and ``S`` minimises
-    ``sum_i t_i^2 <F_i, Z>^2`` on the spectraplex (:func:`_least_violation`); each candidate is
-    repaired and gives a bound, and the largest is returned."""
+    ``t_i -> 0`` only need ``<F_i, Z> <= 0``, which the repair provides). Away from the optimum the
+    top eigenvalues are not equal, so ``S`` is chosen two ways (:func:`_dual_subproblem`): on the
+    eigenvalues within each relative tolerance of the largest, the least violation
+    ``sum_i t_i^2 <F_i, Z>^2``; on all of them, the proximal bundle trade-off
+    ``<diag(lams), S> - sum_i t_i^2 <F_i, Z>^2 / (2 c lams_0)`` for each ``c`` in ``penalties``.
+    Each candidate is repaired and gives a bound; the largest is returned."""
     zs, lams = res.zs, res.lams
     h = _sector_forms(lmi, zs) * t[:, None, None]
+    candidates = [(int(np.sum(lams >= lams[0] - tol * abs(lams[0]))), None) for tol in tolerances]
+    candidates += [(lams.size, 1.0 / (c * abs(lams[0]))) for c in penalties]
     best = 0.0
-    for tol in tolerances:
-        k = int(np.sum(lams >= lams[0] - tol * abs(lams[0])))
-        if tol > 0 and k == 1:
-            continue
-        s = _least_violation(h[:, :k, :k]) if k > 1 else np.ones((1, 1))
+    for k, weight in dict.fromkeys(candidates):
+        s = _dual_subproblem(h[:, :k, :k], lams[:k], weight) if k > 1 else np.ones((1, 1))
         lam, u = np.linalg.eigh(s)
         best = max(best, repaired_dual(lmi, zs[:, :k] @ (u * np.sqrt(np.maximum(lam, 0.0)))))
     return best
@@ -117,18 +119,20 @@ def _sector_forms(lmi: LipschitzLMI, zs: np.ndarray) -> np.ndarray:
     return np.concatenate(forms)
 
 
-def _least_violation(h: np.ndarray, iterations: int = 300) -> np.ndarray:
-    """``argmin sum_i <H_i, S>^2`` over ``{S >= 0, trace S = 1}`` by accelerated projected gradient
-    (the projection: eigenvalues onto the simplex). Any point of the set gives a valid candidate;
-    the iteration count only sets how good it is."""
+def _dual_subproblem(h: np.ndarray, lams: np.ndarray, weight: float | None, iterations: int = 300) -> np.ndarray:
+    """Over ``{S >= 0, trace S = 1}``, maximise ``<diag(lams), S> - weight sum_i <H_i, S>^2 / 2``, or
+    (``weight=None``) minimise ``sum_i <H_i, S>^2``, by accelerated projected gradient (the
+    projection: eigenvalues onto the simplex). Any point of the set gives a valid candidate; the
+    iteration count only sets how good it is."""
     k = h.shape[1]
     flat = h.reshape(h.shape[0], -1)
-    quad = flat.T @ flat
+    quad = flat.T @ flat * (1.0 if weight is None else weight)
+    linear = np.zeros((k, k)) if weight is None else np.diag(lams)
     step = 1.0 / max(float(np.linalg.eigvalsh(quad)[-1]), 1e-300)
     s = y = np.eye(k) / k
     momentum = 1.0
     for _ in range(iterations):
-        grad = (quad @ y.reshape(-1)).reshape(k, k)
+        grad = (quad @ y.reshape(-1)).reshape(k, k) - linear
         s_new = _project_spectraplex(y - step * grad)
         m_new = 0.5 * (1 + math.sqrt(1 + 4 * momentum ** 2))
         y = s_new + (momentum - 1) / m_new * (s_new - s)
