@@ -45,8 +45,12 @@ the per-neuron constraints is still ``>= 0``, so it never needs the node's hull 
   Where ``a + b = 0`` (Abs, LeakyReLU(-1)) the neuron block decouples from the input and the
   optimum lies where that block is singular, on the edge of the solver's domain: it then stays
   near its start (the eclipse-fast multipliers); the interior-point path reaches the optimum.
-* ``solver="auto"`` (default): interior point when the reduced LMI has order <= ``ipm_max_order``
-  and cvxpy is installed, first-order otherwise.
+* ``solver="chordal"``: for chains (MLPs), interior point on the chordal decomposition of the
+  block-tridiagonal LMI (Chordal-LipSDP; :mod:`lipbound.methods.lipsdp_chordal`): one PSD cone per
+  pair of consecutive layers, so its cost grows linearly with depth.
+* ``solver="auto"`` (default): with cvxpy installed, interior point when the reduced LMI has order
+  <= ``ipm_max_order``, chordal interior point for chains whose consecutive blocks have at most
+  ``chordal_max_clique`` neurons together; first-order otherwise.
 
 **Dual bound and gap.** Each solver path also reports ``details["sdp_lower"]``, a lower bound of
 the SDP's optimum by weak duality (a dual feasible matrix built from the interior-point solver's
@@ -79,26 +83,32 @@ from .eclipse import balanced, fast_multipliers
 from .lmi import LipschitzLMI
 from .lmi_build import lmi_of_graph
 from .lipsdp_chain import chain_schur
+from .lipsdp_chordal import solve_chordal
 from .lipsdp_dual import first_order_dual, gap, psd_factor, repaired_dual
 from .sdp_verify import CertificateRejected, certify
 
 VARIANTS = ("neuron", "layer")
-SOLVERS = ("auto", "clarabel", "scs", "first-order")
+SOLVERS = ("auto", "clarabel", "scs", "chordal", "first-order")
 
 
 def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed: int = 0, progress: bool = False,
-           time_budget: float = 300.0, lbfgs_iter: int = 3000, ipm_max_order: int = 60, max_size: int = 20000) -> Result:
+           time_budget: float = 300.0, lbfgs_iter: int = 3000, ipm_max_order: int = 60, chordal_max_clique: int = 40,
+           max_size: int = 20000) -> Result:
     """LipSDP-Neuron (or -Layer) bound of ``L(f)``, certified after a float64 check.
 
     Args:
         graph: the network (see the module docstring for what it may contain).
         variant: ``"neuron"`` (one multiplier per neuron) or ``"layer"`` (one per activation node).
         solver: ``"auto"``, ``"clarabel"``, ``"scs"`` (interior point / splitting through cvxpy,
-            extra ``lipbound[sdp]``) or ``"first-order"`` (no extra dependency).
+            extra ``lipbound[sdp]``), ``"chordal"`` (interior point on the chordal decomposition of
+            a chain's LMI, :mod:`lipbound.methods.lipsdp_chordal`, same extra) or ``"first-order"``
+            (no extra dependency).
         time_budget: seconds for the whole call; the solver gets what the LMI's construction left
             (it stops earlier when converged; what it reached is then checked).
         lbfgs_iter: most L-BFGS iterations of the first-order solver.
         ipm_max_order: largest reduced LMI order sent to cvxpy by ``solver="auto"``.
+        chordal_max_clique: ``solver="auto"`` sends a chain whose two consecutive blocks have at
+            most this many neurons (input: its reduced rank) to the chordal interior point.
         max_size: refuse (:class:`~lipbound.errors.NotApplicable`) LMIs of larger order.
 
     Returns:
@@ -117,13 +127,25 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
     lmi = balanced(lmi_of_graph(graph, max_size=max_size))
     red = lmi.reduced()
     interior, _ = fast_multipliers(lmi)  # strictly feasible: the first-order start and the check's fallback
-    if solver == "auto":
-        solver = "clarabel" if red.size <= ipm_max_order and _cvxpy_available() else "first-order"
+    automatic = solver == "auto"
+    if automatic:
+        solver = _auto_solver(red, ipm_max_order, chordal_max_clique)
     t_solve = time.perf_counter()
     left = max(time_budget - (t_solve - start), 1e-3)  # the budget is for the whole call
     if solver == "first-order":
         t, claimed, info = solve_first_order(red, variant=variant, time_budget=left, max_iter=lbfgs_iter,
                                              t0=interior)
+    elif solver == "chordal":
+        _import_cvxpy("clarabel")
+        try:
+            t, claimed, info = solve_chordal(red, variant=variant, time_budget=left)
+        except NotApplicable as exc:  # e.g. out of time: auto falls back to the first-order solver
+            if not automatic:
+                raise
+            left = max(time_budget - (time.perf_counter() - start), 1e-3)
+            t, claimed, info = solve_first_order(red, variant=variant, time_budget=left, max_iter=lbfgs_iter,
+                                                 t0=interior)
+            solver, info["fallback_from"] = "first-order", f"chordal: {exc}"
     else:
         t, claimed, info = solve_cvxpy(red, variant=variant, solver=solver, time_budget=left)
     info.update(solver=solver, solver_seconds=time.perf_counter() - t_solve, lmi_order=lmi.size,
@@ -142,6 +164,20 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
     info["rss_peak_mb"] = _rss_mb()
     info["sdp_gap"] = gap(cert.value, info["sdp_lower"])
     return Result(name, cert.value, "certified_upper", time.perf_counter() - start, details=info)
+
+
+def _auto_solver(red: LipschitzLMI, ipm_max_order: int, chordal_max_clique: int) -> str:
+    """Interior point on the whole LMI when it is small, on its chordal decomposition for a chain of
+    narrow layers (its cost grows with depth times the clique order to the sixth power), else
+    first order; interior point only with cvxpy installed."""
+    if not _cvxpy_available():
+        return "first-order"
+    if red.size <= ipm_max_order:
+        return "clarabel"
+    sizes = red.sizes
+    if red.is_chain() and max(a + b for a, b in zip(sizes, sizes[1:])) <= chordal_max_clique:
+        return "chordal"
+    return "first-order"
 
 
 def _stopped_by(status: str) -> str:
