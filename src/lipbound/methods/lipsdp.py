@@ -56,7 +56,8 @@ the per-neuron constraints is still ``>= 0``, so it never needs the node's hull 
 the SDP's optimum by weak duality (a dual feasible matrix built from the interior-point solver's
 dual, or from the first-order solver's top eigenvectors, then repaired to be feasible:
 :mod:`lipbound.methods.lipsdp_dual`), and ``details["sdp_gap"] = value / sdp_lower - 1``: no
-multipliers of this LMI can certify less than ``sdp_lower``. ``details["stopped_by"]`` says
+multipliers of this LMI can certify less than ``sdp_lower`` (up to the float64 rounding of that
+computation: it is a diagnostic, not a bound of ``L(f)``). ``details["stopped_by"]`` says
 whether the time budget (``"time"``), the iteration cap (``"iterations"``) or convergence ended it.
 
 **Certified only once checked.** Whatever the solver returns (``rho``, ``t``) is an estimate until
