@@ -304,7 +304,7 @@ def test_perturbed_multipliers_never_pass_the_check():
 
 def test_bad_solver_answer_is_reported_as_estimate(monkeypatch):
     net, lmi, t, rho = _solved()
-    monkeypatch.setattr(lipsdp_module, "solve_cvxpy", lambda red, **k: (np.zeros_like(t), rho * 0.5, {}))
+    monkeypatch.setattr(lipsdp_module, "solve_cvxpy", lambda red, **k: (np.zeros_like(t), rho * 0.5, {"solver_status": "optimal"}))
     res = lipsdp(lipbound.as_graph(net, (6,)), solver="clarabel")
     assert res.kind == "estimate" and res.details["verified"] is False
     assert "could not prove" in res.details["reason"]

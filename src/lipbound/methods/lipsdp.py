@@ -36,7 +36,8 @@ the per-neuron constraints is still ``>= 0``, so it never needs the node's hull 
   ``{N_hh(t) > 0}`` whose gradient comes from the null vector of ``N(rho*, t)``. It is minimised by
   L-BFGS over ``log t`` from the closed-form multipliers of :mod:`lipbound.methods.eclipse`, on a
   soft maximum of the top eigenvalues whose temperature decreases to 0, with one Cholesky
-  factorisation of the neuron block (banded for chains) per step and the top eigenvalues from a
+  factorisation of the neuron block per step (for chains, a block elimination layer by layer,
+  :mod:`lipbound.methods.lipsdp_chain`; banded otherwise) and the top eigenvalues from a
   dense eigensolver or, for large input blocks, Lanczos (``scipy.sparse.linalg.eigsh``) on the
   Schur complement applied through triangular solves. Memory is that of the neuron block
   (dense, or banded for chains) and of the layers' matrices; 1534 x 1534 for a 784-500-200-50-10
@@ -44,8 +45,20 @@ the per-neuron constraints is still ``>= 0``, so it never needs the node's hull 
   Where ``a + b = 0`` (Abs, LeakyReLU(-1)) the neuron block decouples from the input and the
   optimum lies where that block is singular, on the edge of the solver's domain: it then stays
   near its start (the eclipse-fast multipliers); the interior-point path reaches the optimum.
-* ``solver="auto"`` (default): interior point when the reduced LMI has order <= ``ipm_max_order``
-  and cvxpy is installed, first-order otherwise.
+* ``solver="chordal"``: for chains (MLPs), interior point on the chordal decomposition of the
+  block-tridiagonal LMI (Chordal-LipSDP; :mod:`lipbound.methods.lipsdp_chordal`): one PSD cone per
+  pair of consecutive layers, so its cost grows linearly with depth.
+* ``solver="auto"`` (default): with cvxpy installed, interior point when the reduced LMI has order
+  <= ``ipm_max_order``, chordal interior point for chains whose estimated solve time fits in half
+  the time budget (narrow layers); first-order otherwise.
+
+**Dual bound and gap.** Each solver path also reports ``details["sdp_lower"]``, a lower bound of
+the SDP's optimum by weak duality (a dual feasible matrix built from the interior-point solver's
+dual, or from the first-order solver's top eigenvectors, then repaired to be feasible:
+:mod:`lipbound.methods.lipsdp_dual`), and ``details["sdp_gap"] = value / sdp_lower - 1``: no
+multipliers of this LMI can certify less than ``sdp_lower`` (up to the float64 rounding of that
+computation: it is a diagnostic, not a bound of ``L(f)``). ``details["stopped_by"]`` says
+whether the time budget (``"time"``), the iteration cap (``"iterations"``) or convergence ended it.
 
 **Certified only once checked.** Whatever the solver returns (``rho``, ``t``) is an estimate until
 :func:`~lipbound.methods.sdp_verify.certify` has recomputed the least ``rho`` for the clipped
@@ -60,6 +73,7 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 
 import numpy as np
 
@@ -69,10 +83,13 @@ from ..report import Result
 from .eclipse import balanced, fast_multipliers
 from .lmi import LipschitzLMI
 from .lmi_build import lmi_of_graph
+from .lipsdp_chain import chain_schur
+from .lipsdp_chordal import solve_chordal
+from .lipsdp_dual import first_order_dual, gap, psd_factor, repaired_dual
 from .sdp_verify import CertificateRejected, certify
 
 VARIANTS = ("neuron", "layer")
-SOLVERS = ("auto", "clarabel", "scs", "first-order")
+SOLVERS = ("auto", "clarabel", "scs", "chordal", "first-order")
 
 
 def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed: int = 0, progress: bool = False,
@@ -83,7 +100,9 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
         graph: the network (see the module docstring for what it may contain).
         variant: ``"neuron"`` (one multiplier per neuron) or ``"layer"`` (one per activation node).
         solver: ``"auto"``, ``"clarabel"``, ``"scs"`` (interior point / splitting through cvxpy,
-            extra ``lipbound[sdp]``) or ``"first-order"`` (no extra dependency).
+            extra ``lipbound[sdp]``), ``"chordal"`` (interior point on the chordal decomposition of
+            a chain's LMI, :mod:`lipbound.methods.lipsdp_chordal`, same extra) or ``"first-order"``
+            (no extra dependency).
         time_budget: seconds for the whole call; the solver gets what the LMI's construction left
             (it stops earlier when converged; what it reached is then checked).
         lbfgs_iter: most L-BFGS iterations of the first-order solver.
@@ -92,8 +111,11 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
 
     Returns:
         A :class:`~lipbound.report.Result`; ``details`` holds the solver, its status, value and
-        time, the check (``verified``, ``rho``, margins, time) and ``rss_peak_mb``, the process's
-        peak resident memory when the method ended (an upper bound of what it used).
+        time, ``stopped_by`` (``"time"``, ``"iterations"`` or ``"converged"``), the check
+        (``verified``, ``rho``, margins, time), ``sdp_lower`` (a lower bound of the SDP's optimum,
+        :mod:`lipbound.methods.lipsdp_dual`) and ``sdp_gap`` (``value / sdp_lower - 1``: how much
+        the certified value could still fall by solving the SDP exactly), and ``rss_peak_mb``, the
+        process's peak resident memory when the method ended (an upper bound of what it used).
     """
     if variant not in VARIANTS:
         raise InvalidInput(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -103,20 +125,34 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
     lmi = balanced(lmi_of_graph(graph, max_size=max_size))
     red = lmi.reduced()
     interior, _ = fast_multipliers(lmi)  # strictly feasible: the first-order start and the check's fallback
-    if solver == "auto":
-        solver = "clarabel" if red.size <= ipm_max_order and _cvxpy_available() else "first-order"
+    automatic = solver == "auto"
+    if automatic:
+        solver = _auto_solver(red, ipm_max_order, time_budget)
     t_solve = time.perf_counter()
     left = max(time_budget - (t_solve - start), 1e-3)  # the budget is for the whole call
     if solver == "first-order":
         t, claimed, info = solve_first_order(red, variant=variant, time_budget=left, max_iter=lbfgs_iter,
                                              t0=interior)
+    elif solver == "chordal":
+        _import_cvxpy("clarabel")
+        try:
+            t, claimed, info = solve_chordal(red, variant=variant, time_budget=left)
+        except NotApplicable as exc:  # e.g. out of time: auto falls back to the first-order solver
+            if not automatic:
+                raise
+            left = max(time_budget - (time.perf_counter() - start), 1e-3)
+            t, claimed, info = solve_first_order(red, variant=variant, time_budget=left, max_iter=lbfgs_iter,
+                                                 t0=interior)
+            solver, info["fallback_from"] = "first-order", f"chordal: {exc}"
     else:
         t, claimed, info = solve_cvxpy(red, variant=variant, solver=solver, time_budget=left)
     info.update(solver=solver, solver_seconds=time.perf_counter() - t_solve, lmi_order=lmi.size,
+                stopped_by=_stopped_by(info["solver_status"]),
                 reduced_order=red.size, eliminated_neurons=lmi.eliminated)
     name = "lipsdp" if variant == "neuron" else "lipsdp-layer"
     claimed_value = lmi.scale * math.sqrt(max(claimed, 0.0))
     info["solver_value"] = claimed_value
+    info["sdp_lower"] = lmi.scale * math.sqrt(max(info.pop("dual_rho", 0.0), 0.0))
     try:
         cert = certify(lmi, t, claimed_rho=claimed, interior=interior)
     except CertificateRejected as exc:
@@ -124,7 +160,35 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
         return Result(name, claimed_value, "estimate", time.perf_counter() - start, details=info)
     info.update(cert.summary())
     info["rss_peak_mb"] = _rss_mb()
+    info["sdp_gap"] = gap(cert.value, info["sdp_lower"])
     return Result(name, cert.value, "certified_upper", time.perf_counter() - start, details=info)
+
+
+CHORDAL_SECONDS = 2.0  # measured seconds per clique of order 32 (Clarabel, one core of a loaded 2-core CPU)
+
+
+def _auto_solver(red: LipschitzLMI, ipm_max_order: int, time_budget: float) -> str:
+    """Interior point on the whole LMI when it is small; on its chordal decomposition for a chain
+    whose estimated time (``CHORDAL_SECONDS`` per clique, times ``(order / 32)^6``, the cube of a
+    cone's Hessian order; measured on the Scalability MLPs, 9 to 65 layers of 16) fits in half the
+    budget; else first order.
+    Interior point only with cvxpy installed."""
+    if not _cvxpy_available():
+        return "first-order"
+    if red.size <= ipm_max_order:
+        return "clarabel"
+    sizes = red.sizes
+    if red.is_chain() and CHORDAL_SECONDS * sum(((a + b) / 32) ** 6 for a, b in zip(sizes, sizes[1:])) <= time_budget / 2:
+        return "chordal"
+    return "first-order"
+
+
+def _stopped_by(status: str) -> str:
+    """The session's convention for what ended a solver: ``"time"`` (the budget cut it short),
+    ``"iterations"`` (its iteration cap) or ``"converged"``."""
+    if status == "time limit":
+        return "time"
+    return "iterations" if status == "iteration limit" else "converged"
 
 
 def _rss_mb() -> float | None:
@@ -191,7 +255,8 @@ def solve_cvxpy(lmi: LipschitzLMI, *, variant: str = "neuron", solver: str = "cl
     u = cp.Variable(f.shape[1], nonneg=True)
     expr = c0 + rho * e + cp.reshape(f @ u, (n, n), order="C")
     sym = 0.5 * (expr + expr.T)
-    problem = cp.Problem(cp.Minimize(rho), [sym >> 0])
+    lmi_constraint = sym >> 0
+    problem = cp.Problem(cp.Minimize(rho), [lmi_constraint])
     tried = []
     deadline = time.perf_counter() + time_budget
     for solver_name in ([name, "SCS"] if name == "CLARABEL" and "SCS" in cp.installed_solvers() else [name]):
@@ -204,8 +269,11 @@ def solve_cvxpy(lmi: LipschitzLMI, *, variant: str = "neuron", solver: str = "cl
             continue
         tried.append(f"{solver_name}: {problem.status}")
         if problem.status in ("optimal", "optimal_inaccurate") and u.value is not None:
+            dual = lmi_constraint.dual_value
+            dual_rho = repaired_dual(lmi, psd_factor(np.asarray(dual))) if dual is not None else 0.0
             return (np.maximum(_expand(lmi, u.value, variant), 0.0), float(rho.value),
-                    {"solver_status": problem.status, "solver_used": solver_name, "tried": tried})
+                    {"solver_status": problem.status, "solver_used": solver_name, "tried": tried,
+                     "dual_rho": dual_rho})
     raise NotApplicable(f"the SDP solver failed ({'; '.join(tried)})")
 
 
@@ -225,13 +293,14 @@ def solve_first_order(lmi: LipschitzLMI, *, variant: str = "neuron", time_budget
     else:
         s0 = np.log(np.maximum(t0, 1e-300))
     deadline = time.perf_counter() + time_budget
+    schur = partial(chain_schur, lmi) if lmi.is_chain() else lmi.schur
     evals = [0]
     mu = [0.0]
 
     def fun(s: np.ndarray) -> tuple[float, np.ndarray | None]:
         evals[0] += 1
         t = _expand(lmi, np.exp(s), variant)
-        res = lmi.schur(t, gradient=True, top=top if mu[0] > 0 else 1)
+        res = schur(t, gradient=True, top=top if mu[0] > 0 else 1)
         if not (math.isfinite(res.rho) and res.rho > 0):
             return math.inf, None
         if mu[0] > 0:  # soft maximum of the top eigenvalues: lam_1 <= f <= lam_1 + mu log(top)
@@ -246,7 +315,7 @@ def solve_first_order(lmi: LipschitzLMI, *, variant: str = "neuron", time_budget
         return math.log(f), g
 
     s, iters, status = s0, 0, "converged"
-    rho0 = lmi.schur(_expand(lmi, np.exp(s0), variant)).rho
+    rho0 = schur(_expand(lmi, np.exp(s0), variant)).rho
     for mu_rel in smoothing:
         mu[0] = mu_rel * rho0
         s, _, status, it = _lbfgs(fun, s, max_iter=max_iter - iters, deadline=deadline, rtol=1e-6 if mu_rel else 1e-8)
@@ -254,8 +323,9 @@ def solve_first_order(lmi: LipschitzLMI, *, variant: str = "neuron", time_budget
         if status == "time limit" or iters >= max_iter:
             break
     t = _expand(lmi, np.exp(s), variant)
-    return t, lmi.schur(t).rho, {"solver_status": status, "iterations": iters, "evaluations": evals[0],
-                                 "smoothing": list(smoothing)}
+    final = schur(t, gradient=True, top=top)
+    return t, final.rho, {"solver_status": status, "iterations": iters, "evaluations": evals[0],
+                          "smoothing": list(smoothing), "dual_rho": first_order_dual(lmi, final, t)}
 
 
 def _lbfgs(fun, x0: np.ndarray, *, max_iter: int, deadline: float, memory: int = 20,

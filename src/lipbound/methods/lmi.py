@@ -326,7 +326,7 @@ class LipschitzLMI:
             return SchurResult(float(lam[0]), None, None)
         z = np.concatenate([u, -solve(hx @ u)], 0)
         grads = self.gradient_at(z)
-        return SchurResult(float(lam[0]), grads[:, 0], z[:, 0], lam, grads)
+        return SchurResult(float(lam[0]), grads[:, 0], z[:, 0], lam, grads, z)
 
     def gradient_at(self, z: np.ndarray) -> np.ndarray:
         """``-z^T (dN/dt_i) z / ||z_x||^2`` for every neuron ``i``; ``z`` of shape ``(N,)`` or ``(N, k)``."""
@@ -374,14 +374,15 @@ class LipschitzLMI:
 @dataclass
 class SchurResult:
     """``rho`` (least feasible), the gradient ``grad`` of ``rho*`` and null vector ``z``; with
-    ``top > 1`` also the largest eigenvalues ``lams`` of the Schur complement and their ``grads``
-    (one column each)."""
+    ``top > 1`` also the largest eigenvalues ``lams`` of the Schur complement, their ``grads`` and
+    their vectors ``zs`` (one column each)."""
 
     rho: float
     grad: np.ndarray | None
     z: np.ndarray | None
     lams: np.ndarray | None = None
     grads: np.ndarray | None = None
+    zs: np.ndarray | None = None
 
 
 def pow2(x: float) -> float:

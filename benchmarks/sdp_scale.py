@@ -1,0 +1,146 @@
+"""LipSDP at depth: lipbound's lipsdp (value, dual gap, seconds) beside eclipse-fast, AutoLip and
+the ``eclipse-nn`` package (ECLipsE-Fast, ECLipsE), same networks, same machine, one run.
+
+    .venv/bin/python benchmarks/sdp_scale.py [--budget 60] [--only NAME ...]
+    # prints the table and writes benchmarks/results/sdp_scale.md
+
+Networks (from ``../shared/realnets``; the script exits when it is absent): every ``mlp_*`` net of
+GLipSDP's Scalability study (``glipsdp_scalability/``, LeakyReLU MLPs on MNIST), GLipSDP's
+residual FC-R18, ACAS Xu 1_1, mnistfc 256x2 and 256x6. ``lipsdp`` gets ``--budget`` seconds
+(its whole call; ``details["sdp_lower"]`` is its dual bound on the SDP optimum, the gap is
+``value / sdp_lower - 1``). ``eclipse-nn`` is installed by ``benchmarks/peers.py`` into
+``benchmarks/.peers`` (no dependencies); it takes the weights of plain MLPs and assumes slopes in
+``[0, 1]``, which holds for ReLU and LeakyReLU(alpha >= 0): its values are unverified estimates of
+certified bounds. Every (network, method) runs in a fresh subprocess with one BLAS thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+REALNETS = REPO.parent / "shared" / "realnets"
+SCALABILITY = REALNETS / "glipsdp_scalability"
+OTHERS = ("glipsdp_FC-R18.pt", "acasxu_1_1.onnx", "mnistfc_256x2.onnx", "mnistfc_256x6.onnx")
+METHODS = ("lipsdp", "eclipse-fast", "autolip", "eclipse-nn ECLipsE-Fast", "eclipse-nn ECLipsE")
+
+
+def cases() -> list[str]:
+    mlps = sorted(SCALABILITY.glob("mlp_*.onnx"), key=lambda p: (int(p.stem.split("_W")[1]), int(p.stem[5:].split("_")[0])))
+    return [str(p) for p in mlps] + [str(REALNETS / name) for name in OTHERS]
+
+
+def _graph(path: str):
+    import lipbound
+
+    sys.path.insert(0, str(REPO / "examples"))
+    from realnets import SUITE, load_realnet
+
+    return load_realnet(Path(path)) if Path(path).name in SUITE else lipbound.load(path)
+
+
+def _chain_weights(graph) -> list:
+    """The dense weights of a plain chain affine -> activation -> ... -> affine (else None)."""
+    from lipbound.graph.ir import Activation, Affine, Input
+
+    g = graph.fused()
+    order = list(g.nodes.values())  # topological order
+    kinds = [type(n) for n in order if not isinstance(n, Input) and type(n).__name__ != "Output"]
+    if not kinds or any(k not in (Affine, Activation) for k in kinds):
+        return None
+    if kinds[::2] != [Affine] * len(kinds[::2]) or kinds[1::2] != [Activation] * len(kinds[1::2]) or kinds[-1] is not Affine:
+        return None
+    return [n.op.to_dense().double() for n in order if isinstance(n, Affine)]
+
+
+def run_one(path: str, method: str, budget: float) -> dict:
+    """One method on one network, in this process."""
+    import lipbound
+
+    graph = _graph(path)
+    t0 = time.perf_counter()
+    if method.startswith("eclipse-nn"):
+        sys.path.insert(0, str(HERE / ".peers"))
+        from eclipse_nn.LipConstEstimator import LipConstEstimator
+
+        weights = _chain_weights(graph)
+        if weights is None:
+            return {"value": None, "kind": "n/a", "note": "eclipse-nn takes plain MLPs only"}
+        t0 = time.perf_counter()
+        value = float(LipConstEstimator(weights=weights).estimate("ECLipsE_Fast" if method.endswith("Fast") else "ECLipsE"))
+        return {"value": value, "kind": "estimate (unverified)", "seconds": time.perf_counter() - t0}
+    options = {"time_budget": budget} if method == "lipsdp" else {}
+    try:
+        res = lipbound.methods.METHODS[method](graph, **options)
+    except lipbound.LipboundError as exc:
+        return {"value": None, "kind": "n/a", "note": str(exc)[:80]}
+    out = {"value": res.value, "kind": res.kind, "seconds": time.perf_counter() - t0}
+    if method == "lipsdp":
+        d = res.details
+        out.update(gap=d.get("sdp_gap"), note=f"{d['solver']}, {d['solver_status']}, order {d['lmi_order']}, "
+                                               f"dual {d.get('sdp_lower', float('nan')):.6g}")
+    return out
+
+
+def child(path: str, method: str, budget: float, timeout: float) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, str(Path(__file__)), "--one", path, method, "--budget", str(budget)]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"value": None, "kind": "timeout", "seconds": time.perf_counter() - t0, "note": f"killed after {timeout:.0f} s"}
+    if proc.returncode != 0:
+        return {"value": None, "kind": "failed", "note": ((proc.stderr.strip().splitlines() or ["?"])[-1])[:90]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--budget", type=float, default=60.0, help="lipsdp's time budget (seconds)")
+    ap.add_argument("--timeout", type=float, default=120.0, help="kill a peer run after this many seconds")
+    ap.add_argument("--only", nargs="*", help="network file names (stems) to run")
+    ap.add_argument("--out", default=str(HERE / "results" / "sdp_scale.md"))
+    ap.add_argument("--one", nargs=2, metavar=("PATH", "METHOD"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(run_one(*args.one, args.budget)))
+        return
+    if not REALNETS.is_dir():
+        sys.exit(f"{REALNETS} is absent: nothing to run")
+    sys.path.insert(0, str(HERE))
+    from peers import install_peer
+
+    status = install_peer()
+    lines = ["# LipSDP at depth (L2 -> L2 certified bounds)", "",
+             f"Machine: {os.cpu_count()} CPU cores shared with other jobs (timings are noisy); one BLAS thread per run, "
+             f"each run in a fresh process. lipsdp budget {args.budget:.0f} s. gap = lipsdp value / its dual bound on "
+             f"the SDP optimum - 1. {status}; its values are unverified.", "",
+             "| network | method | value | kind | gap | seconds | note |", "|---|---|---:|---|---:|---:|---|"]
+    for path in cases():
+        name = Path(path).name.split(".")[0]
+        if args.only and name not in args.only:
+            continue
+        for method in METHODS:
+            r = child(path, method, args.budget, args.budget + 60 if method == "lipsdp" else args.timeout)
+            print(name, method, r, flush=True)
+            v = "-" if r.get("value") is None else f"{r['value']:.6g}"
+            gp = "-" if r.get("gap") is None else f"{100 * r['gap']:.2f}%"
+            s = "-" if r.get("seconds") is None else f"{r['seconds']:.1f}"
+            lines.append(f"| {name} | {method} | {v} | {r['kind']} | {gp} | {s} | {r.get('note', '')} |")
+    text = "\n".join(lines) + "\n"
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
