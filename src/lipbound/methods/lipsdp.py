@@ -50,9 +50,10 @@ the per-neuron constraints is still ``>= 0``, so it never needs the node's hull 
   pair of consecutive layers, so its cost grows linearly with depth.
 * ``solver="blocks"``: chains too large to assemble (CNNs such as LeNet5 and 2C2F), first order
   with a block Cholesky check (:mod:`lipbound.methods.lipsdp_conv`).
-* ``solver="auto"`` (default): such chains go to ``"blocks"``; otherwise, with cvxpy installed, interior point when the reduced LMI has order
-  <= ``ipm_max_order``, chordal interior point for chains whose estimated solve time fits in half
-  the time budget (narrow layers); first-order otherwise.
+* ``solver="auto"`` (default): such chains go to ``"blocks"``; otherwise, with cvxpy installed,
+  interior point when the reduced LMI has order <= ``ipm_max_order``, chordal interior point for
+  chains whose estimated solve time fits in half the time budget (narrow layers); first-order
+  otherwise.
 
 **Dual bound and gap.** Each solver path also reports ``details["sdp_lower"]``, a lower bound of
 the SDP's optimum by weak duality (a dual feasible matrix built from the interior-point solver's
@@ -105,9 +106,9 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
         solver: ``"auto"``, ``"clarabel"``, ``"scs"`` (interior point / splitting through cvxpy,
             extra ``lipbound[sdp]``), ``"chordal"`` (interior point on the chordal decomposition of
             a chain's LMI, :mod:`lipbound.methods.lipsdp_chordal`, same extra) or ``"first-order"``
-            (no extra dependency) or ``"blocks"`` (first order on a chain too large to assemble, checked by
-            a block Cholesky: CNNs, :mod:`lipbound.methods.lipsdp_conv`; ``"auto"`` picks it for
-            chains that the assembled LMI's work cap refuses).
+            (no extra dependency) or ``"blocks"`` (first order on a chain too large to assemble,
+            checked by a block Cholesky: CNNs, :mod:`lipbound.methods.lipsdp_conv`; ``"auto"``
+            picks it for chains that the assembled LMI's work cap refuses).
         time_budget: seconds for the whole call; the solver gets what the LMI's construction left
             (it stops earlier when converged; what it reached is then checked).
         lbfgs_iter: most L-BFGS iterations of the first-order solver.

@@ -64,6 +64,7 @@ from .sdp_verify import CertificateRejected, certify, cholesky_shift
 
 WORK_RATE = 1e10  # float64 flops per second (measured ~1.2e10: chain_schur on LeNet5, one core of the shared CPU)
 SETUP_EVALUATIONS = 8  # balancing, start, first and last evaluation, and the check, in evaluations' work
+CHECK_EVALUATIONS = 5  # the solver's last evaluation (top eigenvectors, dual bound) and the check
 MAX_ENTRIES = 3e8  # float64 entries of the layers' matrices and the largest block (2.4 GB)
 
 
@@ -156,7 +157,7 @@ def lipsdp_blocks(graph: Graph, *, variant: str = "neuron", time_budget: float =
     lmi = balanced(lmi)
     interior, rho_start = fast_multipliers(lmi, deadline=time.perf_counter())  # theta = 1 only
     t_solve = time.perf_counter()
-    left = time_budget - (t_solve - start) - 3 * seconds  # keep time for the check
+    left = time_budget - (t_solve - start) - CHECK_EVALUATIONS * seconds  # keep time for the last step and the check
     red = lmi.reduced()
     if left > 2 * seconds:
         t, claimed, info = solve_first_order(red, variant=variant, time_budget=left, max_iter=lbfgs_iter, t0=interior)
