@@ -48,9 +48,12 @@ the per-neuron constraints is still ``>= 0``, so it never needs the node's hull 
 * ``solver="chordal"``: for chains (MLPs), interior point on the chordal decomposition of the
   block-tridiagonal LMI (Chordal-LipSDP; :mod:`lipbound.methods.lipsdp_chordal`): one PSD cone per
   pair of consecutive layers, so its cost grows linearly with depth.
-* ``solver="auto"`` (default): with cvxpy installed, interior point when the reduced LMI has order
-  <= ``ipm_max_order``, chordal interior point for chains whose estimated solve time fits in half
-  the time budget (narrow layers); first-order otherwise.
+* ``solver="blocks"``: chains too large to assemble (CNNs such as LeNet5 and 2C2F), first order
+  with a block Cholesky check (:mod:`lipbound.methods.lipsdp_conv`).
+* ``solver="auto"`` (default): such chains go to ``"blocks"``; otherwise, with cvxpy installed,
+  interior point when the reduced LMI has order <= ``ipm_max_order``, chordal interior point for
+  chains whose estimated solve time fits in half the time budget (narrow layers); first-order
+  otherwise.
 
 **Dual bound and gap.** Each solver path also reports ``details["sdp_lower"]``, a lower bound of
 the SDP's optimum by weak duality (a dual feasible matrix built from the interior-point solver's
@@ -85,11 +88,12 @@ from .lmi import LipschitzLMI
 from .lmi_build import lmi_of_graph
 from .lipsdp_chain import chain_schur
 from .lipsdp_chordal import solve_chordal
+from .lipsdp_conv import lipsdp_blocks, routes_to_blocks
 from .lipsdp_dual import first_order_dual, gap, psd_factor, repaired_dual
 from .sdp_verify import CertificateRejected, certify
 
 VARIANTS = ("neuron", "layer")
-SOLVERS = ("auto", "clarabel", "scs", "chordal", "first-order")
+SOLVERS = ("auto", "clarabel", "scs", "chordal", "first-order", "blocks")
 
 
 def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed: int = 0, progress: bool = False,
@@ -102,7 +106,9 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
         solver: ``"auto"``, ``"clarabel"``, ``"scs"`` (interior point / splitting through cvxpy,
             extra ``lipbound[sdp]``), ``"chordal"`` (interior point on the chordal decomposition of
             a chain's LMI, :mod:`lipbound.methods.lipsdp_chordal`, same extra) or ``"first-order"``
-            (no extra dependency).
+            (no extra dependency) or ``"blocks"`` (first order on a chain too large to assemble,
+            checked by a block Cholesky: CNNs, :mod:`lipbound.methods.lipsdp_conv`; ``"auto"``
+            picks it for chains that the assembled LMI's work cap refuses).
         time_budget: seconds for the whole call; the solver gets what the LMI's construction left
             (it stops earlier when converged; what it reached is then checked).
         lbfgs_iter: most L-BFGS iterations of the first-order solver.
@@ -121,6 +127,8 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
         raise InvalidInput(f"variant must be one of {VARIANTS}, got {variant!r}")
     if solver not in SOLVERS:
         raise InvalidInput(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if solver == "blocks" or (solver == "auto" and routes_to_blocks(graph)):  # CNN chains: lipsdp_conv
+        return lipsdp_blocks(graph, variant=variant, time_budget=time_budget, lbfgs_iter=lbfgs_iter)
     start = time.perf_counter()
     lmi = balanced(lmi_of_graph(graph, max_size=max_size))
     red = lmi.reduced()

@@ -54,7 +54,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import scipy.linalg as sla
@@ -131,7 +133,8 @@ def is_certificate(lmi: LipschitzLMI, rho: float, t: np.ndarray) -> bool:
 
 
 def certify(lmi: LipschitzLMI, t: np.ndarray, *, claimed_rho: float | None = None, interior: np.ndarray | None = None,
-            max_attempts: int = 6) -> Certificate:
+            max_attempts: int = 6, schur: Callable | None = None, prove: Callable | None = None,
+            width: int | None = None) -> Certificate:
     """Check the multipliers ``t`` and return the certified bound they give (see module doc).
 
     ``interior``: optional multipliers at which the neuron block of ``N`` is positive definite
@@ -141,7 +144,14 @@ def certify(lmi: LipschitzLMI, t: np.ndarray, *, claimed_rho: float | None = Non
     ``lam = 10^(attempt - 9)``, which is in the interior and, ``rho*`` being convex in ``t``, costs
     at most ``lam (rho*(interior) - rho*(t))``.
 
+    ``schur(t, tau)``, ``prove(rho, t)`` and ``width`` replace :meth:`~lipbound.methods.lmi.
+    LipschitzLMI.schur`, :func:`is_certificate` and its factor's row width for a structure that
+    has its own factorisation (chains too large to assemble: :mod:`lipbound.methods.lipsdp_conv`);
+    ``prove`` must be a proof of the same kind (step 3).
+
     Raises :class:`CertificateRejected` when no ``rho`` can be proved for these multipliers."""
+    schur = schur or lmi.schur
+    prove = prove or partial(is_certificate, lmi)
     t0 = time.perf_counter()
     if lmi.solving_only:
         raise CertificateRejected("this LMI is only close to the network's (reduced for solving): check the full one")
@@ -150,22 +160,22 @@ def certify(lmi: LipschitzLMI, t: np.ndarray, *, claimed_rho: float | None = Non
         interior = _multipliers(lmi, interior)
     # the size of rho sets the rounding margin: the claim when there is a plausible one, else recomputed
     plausible = claimed_rho is not None and math.isfinite(claimed_rho) and claimed_rho > 0
-    rho0 = claimed_rho if plausible else lmi.schur(t).rho
+    rho0 = claimed_rho if plausible else schur(t).rho
     if not math.isfinite(rho0) and interior is None:
         raise CertificateRejected("the neuron block of the LMI is not positive definite at these multipliers")
-    _, width = _layout(lmi)
-    tau = 2.0 * cholesky_shift(lmi, rho0 if math.isfinite(rho0) else lmi.schur(interior).rho, t, width)
+    width = width or _layout(lmi)[1]
+    tau = 2.0 * cholesky_shift(lmi, rho0 if math.isfinite(rho0) else schur(interior).rho, t, width)
     for attempt in range(1, max_attempts + 1):
         lam = 0.0 if interior is None or attempt == 1 else 10.0 ** (attempt - 9)
         tk = t if lam == 0.0 else (1 - lam) * t + lam * interior
-        rho = lmi.schur(tk, tau).rho
+        rho = schur(tk, tau).rho
         if math.isfinite(rho):
             rho = max(rho, tau) * (1 + 1e-12)
-            if is_certificate(lmi, rho, tk):
+            if prove(rho, tk):
                 value = lmi.scale * math.sqrt(rho) * (1 + CERTIFIED_RTOL)
                 return Certificate(value, rho, claimed_rho, tau, cholesky_shift(lmi, rho, tk, width), attempt,
                                    time.perf_counter() - t0, tk)
-        elif attempt == 1 and interior is None and not math.isfinite(lmi.schur(t).rho):
+        elif attempt == 1 and interior is None and not math.isfinite(schur(t).rho):
             raise CertificateRejected("the neuron block of the LMI is not positive definite at these multipliers")
         tau *= 4.0
     raise CertificateRejected(f"float64 could not prove the LMI feasible at these multipliers "
