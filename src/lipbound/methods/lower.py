@@ -76,6 +76,7 @@ from .witness import PairWitness, PointWitness, Witness, jacobian_values
 __all__ = ["lower"]
 
 _WALKERS = 64  # best ascent points that go on to the region walk
+_CANDIDATES = 8  # neurons whose flip the region walk tries per point and round
 _REFINED = 8  # best points refined in float64 and used for the pair search
 _NUDGES = (1e-9, 1e-6, 1e-3)  # relative sizes of the moves off a kink or a face (_nudged, _segments)
 _RECHECKS = 16  # most candidates re-checked one by one for each witness form (_confirmed)
@@ -83,7 +84,7 @@ _RECHECKS = 16  # most candidates re-checked one by one for each witness form (_
 
 def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = None,
           data: torch.Tensor | Iterable | None = None, starts: int = 64, steps: int = 200,
-          power_steps: int = 3, pairs: bool = True, time_budget: float = 30.0, work: float = 4e9,
+          power_steps: int = 3, pairs: bool = True, time_budget: float = 60.0, work: float = 4e9,
           max_data: int = 4096, walk_rounds: int = 20, rounds: int = 1) -> Result:
     """Witnessed lower bound of the Lipschitz constant (L2 -> L2) by Jacobian search (module doc).
 
@@ -108,9 +109,11 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
             re-checks (one past the deadline at most) by the end. The result stays valid, and
             ``details["stopped_by"]`` is then ``"time"``.
         work: most multiply-accumulates of each ascent,
-            ``starts * steps * graph_macs(graph)`` (:func:`~lipbound.methods.budget.graph_macs`):
-            a network too large for ``steps`` steps gets fewer, the same on every machine
-            (``details["steps_planned"]``; ``stopped_by`` is then ``"work"``).
+            ``starts * steps * graph_macs(graph)`` (:func:`~lipbound.methods.budget.graph_macs`),
+            and of the region walk, ``_WALKERS * 2 * candidates * walk_rounds * graph_macs(graph)``:
+            a network too large for ``steps`` steps or ``walk_rounds`` rounds gets fewer, the same
+            on every machine (``details["steps_planned"]``, ``details["walk_rounds_planned"]``;
+            ``stopped_by`` is then ``"work"``).
         rounds: ascents from fresh random starts, one after the other.
         walk_rounds: most rounds of the region walk (it stops earlier when no move helps; 0 skips it).
         max_data: most data points scored.
@@ -131,10 +134,12 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
     gen = torch.Generator().manual_seed(seed)
     g64 = g.to(dtype=torch.float64)
     checked = graph.to(device="cpu", dtype=torch.float64)  # witnesses are checked and valued on this one
-    planned = max(1, min(steps, int(work // (starts * graph_macs(g)))))
+    macs = graph_macs(g)
+    planned = max(1, min(steps, int(work // (starts * macs))))
+    walk_planned = min(walk_rounds, max(1, int(work // (_WALKERS * 2 * _CANDIDATES * macs))))
     details: dict[str, Any] = {"domain": "R^n" if region is None else region.describe(), "starts": starts,
-                               "steps": steps, "steps_planned": planned, "work": work, "time_budget": time_budget,
-                               "constant_jacobian": False}
+                               "steps": steps, "steps_planned": planned, "walk_rounds_planned": walk_planned,
+                               "work": work, "time_budget": time_budget, "constant_jacobian": False}
     if _constant_jacobian(g):
         return _affine_result(g64, checked, region, gen, clock, details)
     search = Search(g, region, power_steps, gen)
@@ -151,8 +156,8 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
     cand, v = best_x[order].to(torch.float64), best_v[order].to(torch.float64)
     walked = bool(search.slopes) and walk_rounds > 0 and not clock.expired(0.7)
     if walked:
-        cand, v, _ = walk(g64, search.slopes, cand, v, region, rounds=walk_rounds, clock=clock, until=0.7,
-                          power_steps=2)
+        cand, v, _ = walk(g64, search.slopes, cand, v, region, candidates=_CANDIDATES, rounds=walk_planned,
+                          clock=clock, until=0.7, power_steps=2)
     seconds["walk"] = clock.elapsed() - sum(seconds.values())
     with torch.no_grad():  # a NaN (a start that diverged) must never be picked
         top = torch.argsort(torch.nan_to_num(jacobian_values(g64.forward, cand, v), nan=-1.0),
@@ -170,7 +175,8 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
         pair = _best_pair(checked, *_segments(cand, v, region), region, clock)
     seconds["pairs"] = clock.elapsed() - sum(seconds.values())
     details.update({"data_starts": n_data, "rounds": done, "steps_done": search.steps_done, "seconds": seconds,
-                    "stopped_by": "time" if clock.cut else "work" if planned < steps else "iterations"})
+                    "stopped_by": "time" if clock.cut else "work" if planned < steps or walk_planned < walk_rounds
+                    else "iterations"})
     if jac is None and pair is None:  # nothing above 0 re-checks (e.g. a constant net): 0 <= L(f) needs no witness
         details.update({"form": None, "jacobian_value": None, "pair_value": None,
                         "note": "no candidate re-checked above 0 (every point on a kink, or the net constant there)"})
