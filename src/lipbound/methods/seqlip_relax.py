@@ -161,10 +161,14 @@ def _norm_estimate(M: torch.Tensor, iters: int = 30) -> float:
     return (M @ v).norm().item()
 
 
+_EVAL_OVERHEAD = 1e7  # flops that one evaluation's fixed cost (L-BFGS step, Python) is worth
+
+
 def relaxation_flops(p: int, q: int, n: int) -> float:
     """Rough floating-point operations of one :func:`relaxation_bound` evaluation with ``n`` free
-    neurons: ``(p^2 + q^2) n`` for the Gram blocks, ``~9 (p + q)^3`` for ``eigh``."""
-    return (p * p + q * q) * n + 9.0 * (p + q) ** 3
+    neurons: ``(p^2 + q^2) n`` for the Gram blocks, ``~9 (p + q)^3`` for ``eigh``, plus its fixed
+    cost (:data:`_EVAL_OVERHEAD`, which dominates for small pairs)."""
+    return (p * p + q * q) * n + 9.0 * (p + q) ** 3 + _EVAL_OVERHEAD
 
 
 # ---- branch and bound --------------------------------------------------------------------
