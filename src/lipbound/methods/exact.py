@@ -130,7 +130,7 @@ _STOPPED_BY = {"solved": "converged", "node cap reached": "work", "time budget s
 
 
 def exact(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = None,
-          time_budget: float = 60.0, max_nodes: int = MAX_NODES, rtol: float = 1e-9, samples: int = 256,
+          time_budget: float = 120.0, max_nodes: int = MAX_NODES, rtol: float = 1e-9, samples: int = 256,
           lower_budget: float = 5.0) -> Result:
     """Exact Lipschitz constant (L2 -> L2) of a chain of affine layers and continuous
     piecewise-linear activations (ReLU, LeakyReLU, Abs, ReLU6, Hardtanh, Clip, HardSigmoid) by

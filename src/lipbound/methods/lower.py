@@ -84,7 +84,7 @@ _RECHECKS = 16  # most candidates re-checked one by one for each witness form (_
 
 def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = None,
           data: torch.Tensor | Iterable | None = None, starts: int = 64, steps: int = 200,
-          power_steps: int = 3, pairs: bool = True, time_budget: float = 60.0, work: float = 4e9,
+          power_steps: int = 3, pairs: bool = True, time_budget: float = 120.0, work: float = 4e9,
           max_data: int = 4096, walk_rounds: int = 20, rounds: int = 1) -> Result:
     """Witnessed lower bound of the Lipschitz constant (L2 -> L2) by Jacobian search (module doc).
 
@@ -101,7 +101,7 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
         starts: number of starts searched in parallel.
         steps: ascent steps per start (at most: see ``work``).
         power_steps: power iterations per ascent step (warm-started).
-        pairs: also run the pair search (``steps // 4`` Adam steps).
+        pairs: also run the pair search (``steps // 4`` Adam steps, at most: see ``work``).
         time_budget: seconds, an outer cap only (:mod:`~lipbound.methods.budget`): the search
             stops on its counts (``steps``, ``work``, ``walk_rounds``, ...), and the budget only
             cuts a phase that has not finished by its share: the ascent by half of it, the region
@@ -110,10 +110,12 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
             ``details["stopped_by"]`` is then ``"time"``.
         work: most multiply-accumulates of each ascent,
             ``starts * steps * graph_macs(graph)`` (:func:`~lipbound.methods.budget.graph_macs`),
-            and of the region walk, ``_WALKERS * 2 * candidates * walk_rounds * graph_macs(graph)``:
-            a network too large for ``steps`` steps or ``walk_rounds`` rounds gets fewer, the same
-            on every machine (``details["steps_planned"]``, ``details["walk_rounds_planned"]``;
-            ``stopped_by`` is then ``"work"``).
+            of the region walk, ``_WALKERS * 2 * candidates * walk_rounds * graph_macs(graph)``,
+            and of the pair search, ``_REFINED * 4 * 6 * pair_steps * graph_macs(graph)``: a network
+            too large for them gets fewer steps and rounds, the same on every machine
+            (``details["steps_planned"]``, ``"walk_rounds_planned"``, ``"pair_steps_planned"``;
+            ``stopped_by`` is then ``"work"``). The default keeps a 784-256-256-10 MLP at its
+            full ``steps`` and ``walk_rounds``.
         rounds: ascents from fresh random starts, one after the other.
         walk_rounds: most rounds of the region walk (it stops earlier when no move helps; 0 skips it).
         max_data: most data points scored.
@@ -137,8 +139,10 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
     macs = graph_macs(g)
     planned = max(1, min(steps, int(work // (starts * macs))))
     walk_planned = min(walk_rounds, max(1, int(work // (_WALKERS * 2 * _CANDIDATES * macs))))
+    pair_planned = max(1, min(steps // 4, int(work // (_REFINED * 4 * 6 * macs))))
     details: dict[str, Any] = {"domain": "R^n" if region is None else region.describe(), "starts": starts,
                                "steps": steps, "steps_planned": planned, "walk_rounds_planned": walk_planned,
+                               "pair_steps_planned": pair_planned,
                                "work": work, "time_budget": time_budget, "constant_jacobian": False}
     if _constant_jacobian(g):
         return _affine_result(g64, checked, region, gen, clock, details)
@@ -169,14 +173,14 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
 
     pair = None
     if pairs and not clock.expired(0.85):
-        px, py = search.pairs(cand, v, max(1, steps // 4), clock, 0.9)
+        px, py = search.pairs(cand, v, pair_planned, clock, 0.9)
         pair = _best_pair(checked, px, py, region, clock)
     if jac is None and pair is None:  # every candidate sits on a kink: pairs along its singular vector
         pair = _best_pair(checked, *_segments(cand, v, region), region, clock)
     seconds["pairs"] = clock.elapsed() - sum(seconds.values())
     details.update({"data_starts": n_data, "rounds": done, "steps_done": search.steps_done, "seconds": seconds,
                     "stopped_by": "time" if clock.cut else "work" if planned < steps or walk_planned < walk_rounds
-                    else "iterations"})
+                    or (pairs and pair_planned < max(1, steps // 4)) else "iterations"})
     if jac is None and pair is None:  # nothing above 0 re-checks (e.g. a constant net): 0 <= L(f) needs no witness
         details.update({"form": None, "jacobian_value": None, "pair_value": None,
                         "note": "no candidate re-checked above 0 (every point on a kink, or the net constant there)"})

@@ -161,7 +161,7 @@ class _ChainFinder(GraphInterpreter["Chain | None"]):
 # ---- the method ------------------------------------------------------------------------------
 
 def seqlip(graph: Graph, *, solver: str = "certified", seed: int = 0, progress: bool = False,
-           time_budget: float = 60.0, pair_budget: float = 20.0, enumerate_max: int = 20,
+           time_budget: float = 300.0, pair_budget: float = 60.0, enumerate_max: int = 20,
            pair_work: float = solvers.PAIR_WORK, svd_limit: int = SVD_LIMIT,
            topk: int = 200, topk_iter: int = 100, topk_tol: float = 1e-4, topk_oversample: int = 8,
            topk_dtype: torch.dtype = torch.float64, greedy: str = "auto", **power_options: Any) -> Result:
