@@ -103,8 +103,10 @@ def test_a_work_cap_says_so_and_stays_certified():
 
     graph = lipbound.as_graph(_tanh_mlp(), (20,))
     full = seqlip(graph, pair_work=_WORK)
-    capped = [seqlip(lipbound.as_graph(_tanh_mlp(), (20,)), pair_work=1.0) for _ in range(2)]
+    capped = [seqlip(lipbound.as_graph(_tanh_mlp(), (20,)), pair_work=1e8) for _ in range(2)]  # a few evaluations
     assert capped[0].details["stopped_by"] == "work"
+    assert all(p["solver"] == "branch and bound" and p["info"]["stopped"] == "work"
+               for c in capped[0].details["chains"] for p in c["pairs"])
     assert capped[0].value == capped[1].value >= full.value * (1 - 1e-12)
     low = lipbound.lower_bound(_tanh_mlp(), (20,), steps=30, starts=8)
     assert capped[0].value >= low.value
