@@ -91,7 +91,7 @@ from ..report import Result
 from . import seqlip_solvers as solvers
 from .autolip import layer_norms, propagate
 from .budget import stopped_by
-from .seqlip_spectra import SVD_FLOPS, SVD_LIMIT, _dense_svd, _Factors, _topk_svd
+from .seqlip_spectra import SVD_FLOPS, SVD_FLOPS_PER_SECOND, SVD_LIMIT, _SVD_CACHE, _dense_svd, _Factors, _topk_svd
 
 __all__ = ["seqlip", "sequential_chains", "Chain", "SOLVERS"]
 
@@ -252,10 +252,15 @@ def _solve_chain(g: Graph, chain: Chain, norms: dict, *, solver: str, gen: torch
         return uppers[i] if i in (0, K - 1) else math.sqrt(uppers[i])
 
     computed: dict[int, _Factors | None] = {}
+    timed_out: set[int] = set()  # layers whose SVD would outlast the time left (an outer-cap cut)
 
     def factors(i: int) -> _Factors | None:  # computed when first needed
         if i not in computed:
             op = nodes[i].op
+            cost = op.in_numel * op.out_numel * min(op.in_numel, op.out_numel) / SVD_FLOPS_PER_SECOND
+            if solver != "topk" and "dense" not in _SVD_CACHE.get(op, {}) and cost > deadline - time.perf_counter():
+                timed_out.add(i)
+                return None  # not cached: the pair falls back, and says the time cut it
             computed[i] = (_topk_svd(op, topk, gen, topk_iter, topk_tol, topk_oversample, topk_dtype, deadline)
                            if solver == "topk" else _dense_svd(op, svd_limit))
         return computed[i]
@@ -285,9 +290,9 @@ def _solve_chain(g: Graph, chain: Chain, norms: dict, *, solver: str, gen: torch
                        reason="too wide for pair_work (one relaxation step costs more)")
         elif (fi := factors(i)) is None or (fj := factors(i + 1)) is None:
             too_big = [chain.affines[k] for k in (i, i + 1) if factors(k) is None]
-            row.update(status="fallback", value=fallback, stopped_by="work",
+            row.update(status="fallback", value=fallback, stopped_by="time" if timed_out else "work",
                        reason=f"no dense SVD of {', '.join(too_big)} (too large: svd_limit {svd_limit} "
-                              f"entries or {SVD_FLOPS:.0e} flops){'; try seqlip-topk' if solver == 'greedy' else ''}")
+                              f"entries or {SVD_FLOPS:.0e} flops, or longer than the time left){'; try seqlip-topk' if solver == 'greedy' else ''}")
         else:
             A, B = _pair_matrices(fi, fj, i, K)
             lo, hi, lip = lo.to(A.device), hi.to(A.device), lip.to(A.device)

@@ -16,10 +16,11 @@ from ..linalg.operators import LinearOperator
 from ..linalg.spectral import power_method
 from .seqlip_pair import SMALL, _few_threads
 
-__all__ = ["SVD_LIMIT", "SVD_FLOPS"]
+__all__ = ["SVD_LIMIT", "SVD_FLOPS", "SVD_FLOPS_PER_SECOND"]
 
 SVD_LIMIT = 1 << 25  # materialise a layer (float64) for an exact SVD when in * out <= this
 SVD_FLOPS = 3e10  # ... and in * out * min(in, out) <= this (seconds on a laptop core, not minutes)
+SVD_FLOPS_PER_SECOND = 3e9  # a conservative SVD speed: an SVD that would outlast the time left is skipped (a time cut)
 
 # spectral factors per operator, shared by the methods run on one graph (an operator moved to
 # another device or dtype is a new object, with no entry here)
