@@ -459,3 +459,22 @@ def test_scipy_linprog_fallback_gives_the_same_value(monkeypatch):
     assert with_scipy.value == pytest.approx(with_highspy.value, rel=1e-9)
     assert with_scipy.details["empty_regions"] == with_highspy.details["empty_regions"]
     check(net, with_scipy)
+
+
+def test_node_cap_stops_the_search_by_work():
+    """``max_nodes`` stops the search on a count, not on the time: the result is then a certified
+    upper bound (above a sampled Jacobian norm, and above the exact value the uncapped search finds
+    on the same net), says ``stopped_by == "work"``, and is the same on every run."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(4, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 2))
+    g = lipbound.as_graph(net, (4,))
+    capped = [exact(g, max_nodes=5, lower_budget=0, samples=16) for _ in range(2)]
+    assert capped[0].details["stopped_by"] == "work" and capped[0].details["search_nodes"] == 5
+    assert capped[0].kind.value == "certified_upper" and capped[0].value == capped[1].value
+    full = exact(g, lower_budget=0)
+    assert full.details["stopped_by"] == "converged" and full.kind.value == "exact"
+    assert capped[0].value >= full.value * (1 - 1e-12)
+    x = torch.randn(256, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sampled = max(torch.linalg.matrix_norm(torch.autograd.functional.jacobian(net.double(), p), ord=2).item()
+                  for p in x[:32])
+    assert capped[0].value >= sampled

@@ -81,6 +81,7 @@ def test_cnn_same_seed_same_numbers():
     graph = lipbound.as_graph(small_cnn(3, pool=True), (2, 8, 8))
     a, b = (lower(graph, time_budget=60, steps=8, starts=8, seed=4, walk_rounds=3) for _ in range(2))
     assert a.details["steps_done"] == b.details["steps_done"] == 8  # the budget did not bind
+    assert a.details["stopped_by"] == b.details["stopped_by"] == "iterations"
     assert a.value == b.value
     assert torch.equal(a.witness["x"], b.witness["x"])
 
@@ -92,10 +93,11 @@ def test_cnn_budget_is_honoured():
     graph = lipbound.as_graph(net, (3, 16, 16))
     budget = 2.0
     t0 = time.perf_counter()
-    res = lower(graph, time_budget=budget, steps=10_000, starts=64, seed=0)
+    res = lower(graph, time_budget=budget, steps=10_000, starts=64, seed=0, work=1e18)
     wall = time.perf_counter() - t0
     assert wall <= 1.1 * budget + 0.5
     assert res.details["steps_done"] < 10_000  # the budget bound, not the step count
+    assert res.details["stopped_by"] == "time"
     assert res.value > 0 and res.witness.recheck(graph) == pytest.approx(res.value, rel=1e-12)
 
 
@@ -120,3 +122,15 @@ def test_realnet_cnn_witness_rechecks_within_budget(realnets):
         dense = torch.autograd.functional.jacobian(lambda z: g64.forward(z[None]).reshape(-1),
                                                    res.witness["x"].double())
         assert res.value <= torch.linalg.matrix_norm(dense.reshape(dense.shape[0], -1), ord=2).item() * (1 + 1e-9)
+
+
+def test_work_cap_sizes_the_ascent_by_the_network():
+    """The work cap gives a network ``work / (starts * graph_macs)`` steps, and says it stopped by work;
+    the count is the same whatever the budget (the clock is only an outer cap)."""
+    from lipbound.methods.budget import graph_macs
+
+    graph = lipbound.as_graph(small_cnn(3, pool=True), (2, 8, 8))
+    macs = graph_macs(graph.fused())
+    res = lower(graph, time_budget=600, steps=50, starts=8, seed=0, walk_rounds=1, work=8 * 5 * macs)
+    assert res.details["steps_planned"] == res.details["steps_done"] == 5
+    assert res.details["stopped_by"] == "work"

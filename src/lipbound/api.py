@@ -76,7 +76,8 @@ def estimate(model: Model, input_shape: Sequence[int] | None = None, methods: It
             bound), ``"exact"`` (small ReLU MLPs), ...; None: a default set for the model's size;
             ``"all"``: every method that applies (see :mod:`lipbound.methods.selection`).
         device: where to compute (``"cpu"``, ``"cuda"``); default: where the model's weights are.
-        seed: seed of every random choice (start vectors, ...): same seed, same numbers.
+        seed: seed of every random choice (start vectors, ...): same seed, same numbers (every
+            method stops on its iteration counts, work caps and tolerances; see ``time_budget``).
         progress: show progress bars on stderr; None (default): only when stderr is a terminal,
             so that logs and pipes get no bars.
         input_scale: std of an input normalisation outside the model (one value or one per
@@ -91,14 +92,17 @@ def estimate(model: Model, input_shape: Sequence[int] | None = None, methods: It
             valid for every pair in the union) and on each part (``Report.parts``: pairs inside
             one part only).
         data: inputs (tensor or DataLoader) where ``lower`` starts its search.
-        time_budget: total seconds for the whole call, shared by the methods that can run long
-            (each gets its share of the time left when it starts, by the methods' weights, a
-            method that finishes on its own no more than its cost model predicts it needs; time
-            one does not use passes to the next; see :func:`~lipbound.methods.selection.budget_share`).
-            The default set is chosen to fit it. None: a default run (``methods=None``) gets
+        time_budget: total seconds for the whole call, an outer cap shared by the methods that
+            can run long (each gets its share of the time left when it starts, by the methods'
+            weights, a method that finishes on its own no more than its cost model predicts it
+            needs; time one does not use passes to the next; see
+            :func:`~lipbound.methods.selection.budget_share`). The default set is chosen to fit
+            it. None: a default run (``methods=None``) gets
             :data:`~lipbound.methods.selection.DEFAULT_TIME_BUDGET` (30 s); named methods their
-            own defaults. A method stopped by its share returns the best bound it found and says
-            so in its details.
+            own defaults. It never changes what a method computes, only where it stops: a method
+            cut short by its share returns the best bound it found and says
+            ``details["stopped_by"] == "time"`` (its numbers may then differ between runs; else
+            ``"work"``, ``"iterations"`` or ``"converged"``).
         method_options: ``{method name: {option: value}}`` for one method only, e.g.
             ``{"lower": {"starts": 128}}``; an option the method does not know raises.
         **options: passed to every method that takes them (e.g. ``tol``, ``max_iter`` of the
@@ -135,11 +139,11 @@ def estimate(model: Model, input_shape: Sequence[int] | None = None, methods: It
     return report
 
 
-def _localized(graph: Graph, region: Region, time_budget: float | None) -> Graph:
+def _localized(graph: Graph, region: Region) -> Graph:
     """The graph on ``region`` with sound per-neuron bounds of every activation's input
-    (:func:`~lipbound.methods.propagation.localize`: IBP and CROWN, CROWN capped by
-    ``time_budget``), from which every method reads per-neuron slope intervals."""
-    return localize(graph, region, time_budget=time_budget)
+    (:func:`~lipbound.methods.propagation.localize`: IBP and CROWN, CROWN to the end so that the
+    bounds do not depend on the time), from which every method reads per-neuron slope intervals."""
+    return localize(graph, region)
 
 
 def _run_methods(graph: Graph, region: Region | None, methods: Any, seed: int, progress: bool,
@@ -148,9 +152,9 @@ def _run_methods(graph: Graph, region: Region | None, methods: Any, seed: int, p
     """Run ``methods`` (as :func:`~lipbound.methods.selection.select_methods` takes them, the
     default set chosen on the localized graph) one after the other on ``graph`` localized once to
     the convex ``region`` (the methods that take a domain get ``domain=region``), sharing
-    ``time_budget``; the localization takes at most a quarter of it."""
+    ``time_budget`` (an outer cap: the localization's time counts against it)."""
     start = time.perf_counter()
-    local = graph if region is None else _localized(graph, region, None if time_budget is None else time_budget / 4)
+    local = graph if region is None else _localized(graph, region)
     names, explicit = select_methods(local, methods, time_budget)
     specs = [get_method(n) for n in names]
     sizes = graph_sizes(local)

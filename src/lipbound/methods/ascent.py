@@ -7,9 +7,9 @@ singular value of a *smoothed* copy of the network, by the envelope theorem;
 ``tau`` relative to its pre-activations' scale). That gradient pushes each pre-activation towards
 the side where its neuron raises the norm, weighted by how close the neuron is to its boundary.
 ``tau`` shrinks from coarse to sharp and the step from :data:`_STEP`'s first to last value over
-the *planned* number of steps: ``steps``, or fewer when the first step shows that they do not fit
-before the deadline (the schedule then completes in the time there is; with a budget that does
-not bind, the plan is ``steps`` and the numbers depend on the seed only). The true network's norm
+``steps`` steps (the schedule depends on ``steps`` only, so the numbers depend on the seed only;
+``lower`` sizes ``steps`` by a deterministic work cap). The wall-clock :class:`~lipbound.methods.budget.Clock`
+is an outer cap: it may stop the schedule before its end, and remembers that it did. The true network's norm
 ``||J(x) v||`` (power method, warm-started) is measured at every iterate and each start keeps its
 best point. All starts move together: one batched forward and backward per power iteration and
 one double backward for the gradient, whatever the number of starts.
@@ -22,12 +22,12 @@ Nothing computed here is trusted: ``lower`` re-checks every witness it returns.
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 from tqdm.auto import tqdm
 
 from ..graph.ir import Activation, Graph
+from .budget import Clock
 from .jacobian import Linearization, power, recording, unit
 from .piecewise import smoothed, two_slope
 from .region import Ball, Region
@@ -66,9 +66,10 @@ class Search:
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.region is None else self.region.project(x)
 
-    def ascend(self, x: torch.Tensor, steps: int, deadline: float,
+    def ascend(self, x: torch.Tensor, steps: int, clock: Clock, until: float,
                progress: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Best point, its right singular vector and (power-method) norm, for each start."""
+        """Best point, its right singular vector and (power-method) norm, for each start, after
+        ``steps`` steps (fewer when ``clock`` reaches the fraction ``until`` of its budget first)."""
         scale = self._preactivation_scales(x)
         radius = self._radius(x).reshape(-1, *([1] * (x.dim() - 1)))
         v = unit(torch.randn(x.shape, generator=self.gen, dtype=torch.float64).to(x))
@@ -76,12 +77,10 @@ class Search:
         sigma, v = power(self.g.forward, x, v, 2 * self.power_steps)
         best_x, best_v, best_sigma = x.clone(), v.clone(), sigma.clone()
         bar = tqdm(total=steps, desc="lower bound", unit="step", disable=not progress, leave=False)
-        planned = steps  # the schedule's length: fewer steps when the first one shows they do not fit
         for k in range(steps):
-            begin = time.perf_counter()
-            if k >= planned:
+            if k > 0 and clock.expired(until):
                 break
-            frac = k / max(1, planned - 1)
+            frac = k / max(1, steps - 1)
             if self.pwl:
                 rel = _TAU[0] * (_TAU[1] / _TAU[0]) ** frac
                 self.tau = {n: rel * s for n, s in scale.items()}
@@ -96,8 +95,6 @@ class Search:
             better = sigma > best_sigma
             best_x[better], best_v[better], best_sigma[better] = x[better], v[better], sigma[better]
             self.steps_done += 1
-            now = time.perf_counter()
-            planned = min(planned, k + 1 + int((deadline - now) / max(now - begin, 1e-9)))
             bar.update()
             if progress:
                 bar.set_postfix_str(f"best {best_sigma.max().item():.6g}")
@@ -118,9 +115,11 @@ class Search:
             (g,) = torch.autograd.grad((jtu * v).sum(), xg, allow_unused=True)
         return torch.zeros_like(x) if g is None else g
 
-    def pairs(self, x: torch.Tensor, v: torch.Tensor, steps: int, deadline: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Best pair of each start after Adam ascent on ``log ||f(x)-f(y)|| - log ||x-y||``,
-        starting from ``y = x + delta v`` with several ``delta``."""
+    def pairs(self, x: torch.Tensor, v: torch.Tensor, steps: int, clock: Clock,
+              until: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Best pair of each start after ``steps`` Adam steps on ``log ||f(x)-f(y)|| - log ||x-y||``
+        (fewer when ``clock`` reaches the fraction ``until`` of its budget first), starting from
+        ``y = x + delta v`` with several ``delta``."""
         g = self.g
         deltas = torch.tensor([1e-3, 1e-2, 1e-1, 0.3], dtype=g.dtype, device=g.device)
         x = x.to(g.dtype)
@@ -138,10 +137,8 @@ class Search:
         opt = torch.optim.Adam([px, py], lr=lr)
         best = torch.full((len(xs),), -1.0, dtype=g.dtype, device=g.device)
         best_x, best_y = xs.clone(), ys.clone()
-        last = 0.0
-        for _ in range(max(1, steps // 4)):
-            begin = time.perf_counter()
-            if begin + last >= deadline:
+        for k in range(steps):
+            if k > 0 and clock.expired(until):
                 break
             with torch.enable_grad():
                 ratio = pair_values(g.forward, px, py)
@@ -155,5 +152,4 @@ class Search:
                 opt.step()
                 px.copy_(self._project(px))
                 py.copy_(self._project(py))
-            last = time.perf_counter() - begin
         return best_x, best_y

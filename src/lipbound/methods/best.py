@@ -13,6 +13,10 @@ On a region (a localized graph, ``domain``) the members run on the graph they ar
 its per-neuron slopes, and those that take ``domain``
 (:attr:`~lipbound.methods.MethodSpec.takes_domain`) get it: each value is a certified bound on the
 region, and so is their minimum.
+
+The time budget is an outer cap (:mod:`~lipbound.methods.budget`): each member stops on its own
+counts and work caps, and ``details["stopped_by"]`` is the most telling of the members'
+(``"time"`` when the budget skipped a member or cut one short).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any, Mapping, Sequence
 from ..errors import InvalidInput, NotApplicable, UnsupportedOperation
 from ..graph.ir import Graph
 from ..report import Result
+from .budget import stopped_by
 
 
 def best(graph: Graph, *, registry: Mapping[str, Any], time_budget: float = 60.0,
@@ -36,7 +41,7 @@ def best(graph: Graph, *, registry: Mapping[str, Any], time_budget: float = 60.0
     imports it).
 
     ``method_options`` gives options to one method by name. ``details["ran"]`` lists every method
-    tried (value, kind, seconds, or why it was skipped) and ``details["chosen"]`` the one that
+    tried (value, kind, seconds, ``stopped_by``, or why it was skipped) and ``details["chosen"]`` the one that
     gave the minimum. ``domain`` goes to the methods that take one (module doc).
     """
     def get_method(name: str) -> Any:
@@ -58,7 +63,7 @@ def best(graph: Graph, *, registry: Mapping[str, Any], time_budget: float = 60.0
     for spec in specs:
         left = time_budget - (time.perf_counter() - start)
         if left <= 0:
-            ran.append({"method": spec.name, "skipped": "time budget spent"})
+            ran.append({"method": spec.name, "skipped": "time budget spent", "stopped_by": "time"})
             continue
         kwargs = dict((method_options or {}).get(spec.name, {}))
         if domain is not None and spec.takes_domain:
@@ -72,10 +77,11 @@ def best(graph: Graph, *, registry: Mapping[str, Any], time_budget: float = 60.0
             ran.append({"method": spec.name, "skipped": str(exc), "seconds": time.perf_counter() - t0})
             continue
         ran.append({"method": spec.name, "value": res.value, "upper": res.upper, "kind": res.kind.value,
-                    "seconds": time.perf_counter() - t0})
+                    "seconds": time.perf_counter() - t0, "stopped_by": res.details.get("stopped_by", "converged")})
         if res.upper is not None and (chosen is None or res.upper < chosen.upper):
             chosen = res
     if chosen is None:
         raise NotApplicable(f"no certified method applied within {time_budget:g} s: {ran}")
     return Result("best", chosen.upper, "certified_upper", time.perf_counter() - start,
-                  details={"chosen": chosen.method, "ran": ran, "time_budget": time_budget})
+                  details={"chosen": chosen.method, "ran": ran, "time_budget": time_budget,
+                           "stopped_by": stopped_by(r["stopped_by"] for r in ran if "stopped_by" in r)})

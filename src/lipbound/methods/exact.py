@@ -67,9 +67,11 @@ left out.
 
 Nodes are explored best-first by upper bound; those whose bound does not exceed the best lower
 bound are pruned. When the largest open bound meets the lower bound the result is of kind
-``exact``. On a time-out (``time_budget``) the result is the best **certified upper** bound with
-the witnessed lower bound in ``details["lower"]`` (and its witness in ``Result.witness``), never a
-guess. A network without kinks (no hidden layer, or affine activations only) is one affine map
+``exact``. The search stops after ``max_nodes`` nodes (a work cap: the same on every machine);
+``time_budget`` is only an outer cap (:mod:`~lipbound.methods.budget`). Stopped by either, the
+result is the best **certified upper** bound with the witnessed lower bound in
+``details["lower"]`` (and its witness in ``Result.witness``), never a guess, and
+``details["stopped_by"]`` says which (``"work"`` or ``"time"``; ``"converged"`` when solved). A network without kinks (no hidden layer, or affine activations only) is one affine map
 per pattern: its norm is exact. The number of regions grows exponentially with the number of
 neurons (the problem is NP-hard); expect this to finish for up to a few dozen ReLU units.
 
@@ -112,6 +114,7 @@ from ..errors import InvalidInput, NotApplicable, UnsupportedOperation
 from ..graph.ir import Graph
 from ..linalg.spectral import CERTIFIED_RTOL
 from ..report import Result
+from .budget import stopped_by
 from .exact_search import BranchAndBound
 from .lower import lower as lower_search
 from .piecewise import count_two_slope_neurons, mlp_layers
@@ -122,10 +125,12 @@ __all__ = ["exact", "MAX_DENSE"]
 
 MAX_UNITS = 2048  # refuse networks with more unstable piecewise-linear units (kinks of all neurons) than this
 MAX_DENSE = 20_000_000  # refuse networks whose interval matrices (neurons x inputs) exceed this
+MAX_NODES = 4_000  # default work cap of the search: nodes explored (each at most one LP)
+_STOPPED_BY = {"solved": "converged", "node cap reached": "work", "time budget spent": "time"}
 
 
 def exact(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = None,
-          time_budget: float = 60.0, rtol: float = 1e-9, samples: int = 256,
+          time_budget: float = 120.0, max_nodes: int = MAX_NODES, rtol: float = 1e-9, samples: int = 256,
           lower_budget: float = 5.0) -> Result:
     """Exact Lipschitz constant (L2 -> L2) of a chain of affine layers and continuous
     piecewise-linear activations (ReLU, LeakyReLU, Abs, ReLU6, Hardtanh, Clip, HardSigmoid) by
@@ -138,11 +143,14 @@ def exact(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
         progress: progress bar on stderr.
         domain: None (the graph's region, or all of ``R^n``), a box ``(low, high)``, or a region
             object (``Box``, ``Ball`` of norm ``inf`` or 2) inside the graph's region.
-        time_budget: seconds before returning the certified upper bound found so far.
+        time_budget: seconds, an outer cap: past them the certified upper bound found so far is
+            returned (``stopped_by`` ``"time"``).
+        max_nodes: most search nodes (each at most one LP); past them the certified upper bound
+            found so far is returned (``stopped_by`` ``"work"``).
         rtol: stop when the upper bound is within this relative gap of the lower bound.
         samples: random points whose Jacobians seed the lower bound.
-        lower_budget: seconds of the ``lower`` method's search (at most a quarter of
-            ``time_budget``) whose best point also seeds the lower bound; 0 to skip.
+        lower_budget: outer cap in seconds (at most a quarter of ``time_budget``) of the ``lower``
+            method's search (100 steps), whose best point also seeds the lower bound; 0 to skip.
 
     Returns:
         ``Result`` of kind ``exact`` (value = witnessed lower = certified upper within ``rtol``),
@@ -152,8 +160,8 @@ def exact(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
         ``unwitnessed_regions``, ``neurons``, ``stable_neurons``, ``domain``) and the lower
         bound's witness.
     """
-    if not (time_budget > 0 and rtol >= 0 and samples >= 0):
-        raise InvalidInput("exact: time_budget must be > 0, rtol >= 0 and samples >= 0")
+    if not (time_budget > 0 and max_nodes >= 1 and rtol >= 0 and samples >= 0):
+        raise InvalidInput("exact: time_budget must be > 0, max_nodes >= 1, rtol >= 0 and samples >= 0")
     t0 = time.perf_counter()
     box, ball, described = _domain(graph, domain)
     units = count_two_slope_neurons(graph)
@@ -172,19 +180,22 @@ def exact(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
     bb = BranchAndBound(layers, box, rtol, admits)
     gen = torch.Generator().manual_seed(seed)
     bb.sample(_sample_points(samples, bb.dim, box if ball is None else ball, gen).numpy())
+    seeded_by = "converged"
     if lower_budget > 0 and bb.kinked:  # a good lower bound early prunes most of the tree
         found = lower_search(graph, seed=seed, domain=box, time_budget=min(lower_budget, time_budget / 4),
                              steps=100, pairs=False)
+        seeded_by = found.details.get("stopped_by", "converged")
         if found.witness is not None:
             bb.sample(found.witness["x"].reshape(1, -1).to(torch.float64).numpy())
     center = np.zeros(bb.dim) if box is None else (box.center if ball is None else ball.center).flatten().numpy()
-    status = bb.run(t0 + time_budget, progress, center.astype(np.float64))
+    status = bb.run(t0 + time_budget, progress, center.astype(np.float64), max_nodes)
     upper = bb.upper() * (1 + CERTIFIED_RTOL)
     lower, witness = _rechecked(graph, bb, box, admits)
     details = {"lower": lower if lower > -math.inf else None, "upper": upper, "status": status,
                "neurons": bb.n_neurons, "stable_neurons": int(bb.stable.sum()), "search_nodes": bb.nodes,
                "lps": bb.lps, "empty_regions": bb.empty, "uncertain_regions": bb.uncertain,
-               "unwitnessed_regions": bb.unwitnessed, "domain": described}
+               "unwitnessed_regions": bb.unwitnessed, "domain": described,
+               "stopped_by": stopped_by([_STOPPED_BY[status], "time" if seeded_by == "time" else "converged"])}
     # exact: the search's bound (before the certified rounding margin) meets the re-checked lower bound
     is_exact = status == "solved" and lower > -math.inf and bb.upper() <= lower * (1 + rtol) + 1e-300
     if is_exact:

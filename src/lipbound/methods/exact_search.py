@@ -256,15 +256,20 @@ class BranchAndBound(PiecewiseNet):
             return
         heapq.heappush(self.heap, _Node((-ub, -len(pieces)), pieces, point, ub))
 
-    def run(self, deadline: float, progress: bool, center: np.ndarray) -> str:
+    def run(self, deadline: float, progress: bool, center: np.ndarray, max_nodes: int) -> str:
         """Best-first search from the root (no neuron fixed), whose region is the whole domain
-        with ``center`` as its interior point; returns the status."""
+        with ``center`` as its interior point, for at most ``max_nodes`` nodes (a work cap, the
+        same on every machine); ``deadline`` (a ``time.perf_counter()`` value) is an outer cap.
+        Returns the status: ``"solved"``, ``"node cap reached"`` or ``"time budget spent"``."""
         self.sample(center[None])
         self._push(np.zeros(0, dtype=int), center)
         bar = tqdm(desc="exact", unit="node", disable=not progress, leave=False)
         status = "solved"
         while self.heap:
             if -self.heap[0].key[0] <= self.best * (1 + self.rtol):
+                break
+            if self.nodes >= max_nodes:
+                status = "node cap reached"
                 break
             if time.perf_counter() >= deadline:
                 status = "time budget spent"

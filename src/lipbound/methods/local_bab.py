@@ -8,7 +8,8 @@ largest certified bound over the parts is a **certified upper bound** of ``L`` o
 Jacobian norm at a point of a part, re-checked (:class:`~lipbound.methods.witness.PointWitness`),
 is a **witnessed lower bound** on ``X``.
 
-**The search** (anytime, under ``time_budget``).
+**The search** (anytime: at most ``max_parts`` parts bounded, a work cap; ``time_budget`` is an
+outer cap only, :mod:`~lipbound.methods.budget`).
 
 1. Each part is bounded on its own localized graph
    (:func:`~lipbound.methods.propagation.localize`) by the slope-box bound
@@ -30,8 +31,9 @@ is a **witnessed lower bound** on ``X``.
    improves where the upper bounds are: each part's Jacobians at its centre and ``samples - 1``
    uniform points (float64, batched: one backward pass per output), the best re-checked as a
    witness only when it would raise the lower bound.
-5. It stops when ``upper <= (1 + tol) lower``, when the part with the largest bound is exact, or
-   when the budget is spent. It reports the bracket reached, never a guess.
+5. It stops when ``upper <= (1 + tol) lower``, when the part with the largest bound is exact, when
+   ``max_parts`` parts are bounded, or when the budget is spent. It reports the bracket reached,
+   never a guess, and ``details["stopped_by"]`` (``"converged"``, ``"work"`` or ``"time"``).
 
 A box that is flat in some inputs (``low == high``, e.g. ACAS Xu's property 4) is searched in its
 free inputs only: the network composed with the embedding ``x_free -> x`` (fixed inputs as a
@@ -73,7 +75,7 @@ __all__ = ["local_bab"]
 _UNSPLIT_METHODS = ("eclipse-fast", "lipsdp-layer", "lipsdp")
 #: options of ``exact`` on one part: its own lower-bound search is left to the part samples'
 #: Jacobians, and a part never takes more than a few seconds
-_EXACT_OPTIONS: dict[str, Any] = {"lower_budget": 0.0, "samples": 16, "time_budget": 10.0}
+_EXACT_OPTIONS: dict[str, Any] = {"lower_budget": 0.0, "samples": 16, "time_budget": 10.0, "max_nodes": 500}
 
 
 @dataclass(order=True)
@@ -98,7 +100,7 @@ class _Part:
 def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progress: bool = False,
               domain: Any = None, time_budget: float = 60.0, tol: float = 1e-3,
               upper_methods: Sequence[str] | None = None, exact_units: int = 12, vertex_units: int = 8,
-              max_split_dim: int = 32, lower_share: float = 0.1, samples: int = 16) -> Result:
+              max_split_dim: int = 32, lower_share: float = 0.1, samples: int = 16, max_parts: int = 2000) -> Result:
     """Bracket the Lipschitz constant (L2 -> L2) of ``graph`` on the region ``domain`` by branch
     and bound over the region (module doc).
 
@@ -107,7 +109,7 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
         registry: the method registry (bound by the registry's own entry).
         domain: the region: a box ``(low, high)``, a :class:`~lipbound.methods.region.Box` or an
             infinity ball; required.
-        time_budget: total seconds of the call.
+        time_budget: total seconds of the call, an outer cap (``stopped_by`` ``"time"`` when it binds).
         tol: stop when ``upper <= (1 + tol) * lower``.
         upper_methods: certified methods bounding each part besides the slope-box bound, least
             value kept; by default none when the region is split, else ``_UNSPLIT_METHODS`` (the
@@ -118,6 +120,7 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
         max_split_dim: split the region only when the input has at most this many elements.
         lower_share: the share of the budget for ``lower`` on the whole region at the start (0: none).
         samples: points per part (its centre included) whose Jacobian norms feed the lower bound.
+        max_parts: most parts bounded (a work cap, ``stopped_by`` ``"work"`` when it binds).
 
     Returns:
         A :class:`~lipbound.report.Result` of kind ``certified_upper`` (``exact`` when the bracket
@@ -157,7 +160,7 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
     heap = [root]
     weights = _axis_weights(graph) if split else None
     parts_bounded = 1
-    while time.perf_counter() < deadline:
+    while parts_bounded < max_parts and time.perf_counter() < deadline:
         top = heap[0]
         if top.exact or top.upper <= (1 + tol) * search.lower:
             break
@@ -184,9 +187,12 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
     kind = Kind.EXACT if closed else Kind.CERTIFIED_UPPER
     stopped = ("bracket within tol" if lower > 0 and upper <= (1 + tol) * lower else
                "largest part exact" if heap[0].exact else
-               "no split (input too large)" if not split else "time budget")
+               "no split (input too large)" if not split else
+               "part cap" if parts_bounded >= max_parts else "time budget")
+    cut = stopped == "time budget" or time.perf_counter() >= deadline or search.cut
     details = {"domain": region.describe(), "parts": len(heap), "parts_bounded": parts_bounded,
-               "stopped": stopped, "upper_methods": list(upper_methods), "lower_from": search.lower_from,
+               "stopped": stopped, "stopped_by": "time" if cut else "work" if stopped == "part cap" else "converged",
+               "upper_methods": list(upper_methods), "lower_from": search.lower_from,
                "bound_methods": sorted({p.method for p in heap}), "time_budget": time_budget,
                "largest_parts": [{"upper": p.upper, "lower": p.lower, "method": p.method, "unstable": p.unstable,
                                   "width": (p.high - p.low).flatten().tolist()} for p in heapq.nsmallest(5, heap)]}
@@ -209,6 +215,7 @@ class _Search:
         self.samples, self.generator = samples, torch.Generator().manual_seed(seed)
         self.lower, self.witness, self.lower_from = 0.0, None, None
         self.count = itertools.count()
+        self.cut = False  # a method run here was cut short by its time budget
 
     def offer(self, value: float, witness: Witness, source: str = "lower", checked: bool = False) -> None:
         """Keep ``witness`` when it beats the best lower bound, re-checked in the region itself
@@ -233,7 +240,7 @@ class _Search:
         left = self.deadline - time.perf_counter()
         if left <= 0 and not root:
             return None
-        g = localize(self.graph, part, time_budget=None if root else left / 4)
+        g = localize(self.graph, part)
         best: tuple[float, str] | None = None
         unstable, smear = -1, None
         try:
@@ -290,6 +297,7 @@ class _Search:
             res = spec(g, seed=self.seed, **kwargs)
         except (NotApplicable, UnsupportedOperation):
             return None
+        self.cut |= res.details.get("stopped_by") == "time"
         if res.lower is not None and res.witness is not None:
             self.offer(res.lower, res.witness, name)
         return res

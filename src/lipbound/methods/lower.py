@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from typing import Any, Callable, Iterable
 
 import torch
@@ -66,6 +65,7 @@ from ..errors import InvalidInput, LipboundError
 from ..graph.ir import Activation, Graph, MaxPool
 from ..report import Result
 from .ascent import Search
+from .budget import Clock, graph_macs
 from .jacobian import power, through_pieces, unit
 from .lower_starts import starts as start_points
 from .region import BoxUnion, Region, as_region
@@ -76,13 +76,15 @@ from .witness import PairWitness, PointWitness, Witness, jacobian_values
 __all__ = ["lower"]
 
 _WALKERS = 64  # best ascent points that go on to the region walk
+_CANDIDATES = 8  # neurons whose flip the region walk tries per point and round
 _REFINED = 8  # best points refined in float64 and used for the pair search
 _NUDGES = (1e-9, 1e-6, 1e-3)  # relative sizes of the moves off a kink or a face (_nudged, _segments)
+_RECHECKS = 16  # most candidates re-checked one by one for each witness form (_confirmed)
 
 
 def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = None,
           data: torch.Tensor | Iterable | None = None, starts: int = 64, steps: int = 200,
-          power_steps: int = 3, pairs: bool = True, time_budget: float = 10.0,
+          power_steps: int = 3, pairs: bool = True, time_budget: float = 120.0, work: float = 4e9,
           max_data: int = 4096, walk_rounds: int = 20, rounds: int = 1) -> Result:
     """Witnessed lower bound of the Lipschitz constant (L2 -> L2) by Jacobian search (module doc).
 
@@ -97,17 +99,24 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
             ``(x, y)`` batches the first element is used): the ``max_data`` first are scored
             and the best half of ``starts`` begin there.
         starts: number of starts searched in parallel.
-        steps: ascent steps per start.
+        steps: ascent steps per start (at most: see ``work``).
         power_steps: power iterations per ascent step (warm-started).
-        pairs: also run the pair search (``steps // 4`` Adam steps).
-        time_budget: seconds; the search stops early when it is spent (the result stays valid):
-            at most half for the ascent, then the region walk (to 70%), the refinement (to 80%),
-            the pairs (started before 85%, to 90%) and the re-checks (one past the deadline at
-            most). A phase whose share is spent is skipped, and each loop stops when its next step
-            would pass its share, so the budget holds up to about one step of the slowest phase
-            (the first ascent step always runs).
-        rounds: ascents from fresh random starts, one after the other while the ascent's share
-            of ``time_budget`` lasts (a large number: use the whole budget).
+        pairs: also run the pair search (``steps // 4`` Adam steps, at most: see ``work``).
+        time_budget: seconds, an outer cap only (:mod:`~lipbound.methods.budget`): the search
+            stops on its counts (``steps``, ``work``, ``walk_rounds``, ...), and the budget only
+            cuts a phase that has not finished by its share: the ascent by half of it, the region
+            walk by 70%, the refinement by 80%, the pairs (started before 85%) by 90%, the
+            re-checks (one past the deadline at most) by the end. The result stays valid, and
+            ``details["stopped_by"]`` is then ``"time"``.
+        work: most multiply-accumulates of each ascent,
+            ``starts * steps * graph_macs(graph)`` (:func:`~lipbound.methods.budget.graph_macs`),
+            of the region walk, ``_WALKERS * 2 * candidates * walk_rounds * graph_macs(graph)``,
+            and of the pair search, ``_REFINED * 4 * 6 * pair_steps * graph_macs(graph)``: a network
+            too large for them gets fewer steps and rounds, the same on every machine
+            (``details["steps_planned"]``, ``"walk_rounds_planned"``, ``"pair_steps_planned"``;
+            ``stopped_by`` is then ``"work"``). The default keeps a 784-256-256-10 MLP at its
+            full ``steps`` and ``walk_rounds``.
+        rounds: ascents from fresh random starts, one after the other.
         walk_rounds: most rounds of the region walk (it stops earlier when no move helps; 0 skips it).
         max_data: most data points scored.
 
@@ -117,9 +126,8 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
         :class:`~lipbound.methods.witness.PairWitness` ``(x, y)`` carrying ``value``,
         ``details`` the search's statistics.
     """
-    _check(starts=starts, steps=steps, power_steps=power_steps, time_budget=time_budget, rounds=rounds)
-    t0 = time.perf_counter()
-    deadline = t0 + time_budget
+    _check(starts=starts, steps=steps, power_steps=power_steps, time_budget=time_budget, rounds=rounds, work=work)
+    clock = Clock(time_budget)
     g = through_pieces(graph.fused())  # the search's copy: double backward works through every node
     region = as_region(domain, g.input_shape)
     if isinstance(region, BoxUnion):
@@ -128,55 +136,60 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
     gen = torch.Generator().manual_seed(seed)
     g64 = g.to(dtype=torch.float64)
     checked = graph.to(device="cpu", dtype=torch.float64)  # witnesses are checked and valued on this one
+    macs = graph_macs(g)
+    planned = max(1, min(steps, int(work // (starts * macs))))
+    walk_planned = min(walk_rounds, max(1, int(work // (_WALKERS * 2 * _CANDIDATES * macs))))
+    pair_planned = max(1, min(steps // 4, int(work // (_REFINED * 4 * 6 * macs))))
     details: dict[str, Any] = {"domain": "R^n" if region is None else region.describe(), "starts": starts,
-                               "steps": steps, "time_budget": time_budget, "constant_jacobian": False}
+                               "steps": steps, "steps_planned": planned, "walk_rounds_planned": walk_planned,
+                               "pair_steps_planned": pair_planned,
+                               "work": work, "time_budget": time_budget, "constant_jacobian": False}
     if _constant_jacobian(g):
-        return _affine_result(g64, checked, region, gen, t0, deadline, details)
+        return _affine_result(g64, checked, region, gen, clock, details)
     search = Search(g, region, power_steps, gen)
     found, n_data, done = [], 0, 0
-    while done < rounds and (done == 0 or time.perf_counter() < t0 + 0.5 * time_budget):
+    while done < rounds and not (done > 0 and clock.expired(0.5)):
         x0, n = start_points(g, region, data if done == 0 else None, starts, max_data, gen)
         n_data = n_data or n
-        found.append(search.ascend(x0, steps, t0 + 0.5 * time_budget, progress))
+        found.append(search.ascend(x0, planned, clock, 0.5, progress))
         done += 1
     best_x, best_v, best_sigma = (torch.cat(parts) for parts in zip(*found))
-    seconds = {"ascent": time.perf_counter() - t0}
-    mark = time.perf_counter
+    seconds = {"ascent": clock.elapsed()}
 
     order = torch.argsort(best_sigma, descending=True)[:_WALKERS]
     cand, v = best_x[order].to(torch.float64), best_v[order].to(torch.float64)
-    walked = bool(search.slopes) and walk_rounds > 0 and mark() < t0 + 0.7 * time_budget
+    walked = bool(search.slopes) and walk_rounds > 0 and not clock.expired(0.7)
     if walked:
-        cand, v, _ = walk(g64, search.slopes, cand, v, region, rounds=walk_rounds,
-                          deadline=t0 + 0.7 * time_budget, power_steps=2)
-    seconds["walk"] = mark() - t0 - sum(seconds.values())
+        cand, v, _ = walk(g64, search.slopes, cand, v, region, candidates=_CANDIDATES, rounds=walk_planned,
+                          clock=clock, until=0.7, power_steps=2)
+    seconds["walk"] = clock.elapsed() - sum(seconds.values())
     with torch.no_grad():  # a NaN (a start that diverged) must never be picked
         top = torch.argsort(torch.nan_to_num(jacobian_values(g64.forward, cand, v), nan=-1.0),
                             descending=True)[:_REFINED]
-    cand, v = cand[top], _power64(g64, cand[top], v[top], t0 + 0.8 * time_budget)
-    seconds["refine"] = mark() - t0 - sum(seconds.values())
-    jac = _jacobian_witness(g64, checked, cand, v, region, gen, deadline)
-    seconds["check"] = mark() - t0 - sum(seconds.values())
+    cand, v = cand[top], _power64(g64, cand[top], v[top], clock, 0.8)
+    seconds["refine"] = clock.elapsed() - sum(seconds.values())
+    jac = _jacobian_witness(g64, checked, cand, v, region, gen, clock)
+    seconds["check"] = clock.elapsed() - sum(seconds.values())
 
     pair = None
-    if pairs and time.perf_counter() < t0 + 0.85 * time_budget:
-        px, py = search.pairs(cand, v, steps, t0 + 0.9 * time_budget)
-        pair = _best_pair(checked, px, py, region, deadline)
+    if pairs and not clock.expired(0.85):
+        px, py = search.pairs(cand, v, pair_planned, clock, 0.9)
+        pair = _best_pair(checked, px, py, region, clock)
     if jac is None and pair is None:  # every candidate sits on a kink: pairs along its singular vector
-        pair = _best_pair(checked, *_segments(cand, v, region), region, deadline)
-    seconds["pairs"] = mark() - t0 - sum(seconds.values())
+        pair = _best_pair(checked, *_segments(cand, v, region), region, clock)
+    seconds["pairs"] = clock.elapsed() - sum(seconds.values())
+    details.update({"data_starts": n_data, "rounds": done, "steps_done": search.steps_done, "seconds": seconds,
+                    "stopped_by": "time" if clock.cut else "work" if planned < steps or walk_planned < walk_rounds
+                    or (pairs and pair_planned < max(1, steps // 4)) else "iterations"})
     if jac is None and pair is None:  # nothing above 0 re-checks (e.g. a constant net): 0 <= L(f) needs no witness
-        details.update({"form": None, "jacobian_value": None, "pair_value": None, "data_starts": n_data,
-                        "rounds": done, "steps_done": search.steps_done, "seconds": seconds,
+        details.update({"form": None, "jacobian_value": None, "pair_value": None,
                         "note": "no candidate re-checked above 0 (every point on a kink, or the net constant there)"})
-        return Result("lower", 0.0, "witnessed_lower", time.perf_counter() - t0, details=details)
+        return Result("lower", 0.0, "witnessed_lower", clock.elapsed(), details=details)
     witness = max((w for w in (jac, pair) if w is not None), key=lambda w: w.value)
     details.update({"form": witness.form, "jacobian_value": None if jac is None else jac.value,
-                    "pair_value": None if pair is None else pair.value, "data_starts": n_data, "rounds": done,
-                    "steps_done": search.steps_done, "seconds": seconds,
-                    "stopped_by_time": time.perf_counter() >= deadline,
+                    "pair_value": None if pair is None else pair.value,
                     "smoothed_activations": len(search.tau), "region_walk": walked})
-    return Result("lower", witness.value, "witnessed_lower", time.perf_counter() - t0, witness=witness, details=details)
+    return Result("lower", witness.value, "witnessed_lower", clock.elapsed(), witness=witness, details=details)
 
 
 def _constant_jacobian(g: Graph) -> bool:
@@ -189,52 +202,54 @@ def _affine_activation(node: Activation) -> bool:
     return node.pieces is not None and len(set(node.pieces.slopes)) == 1
 
 
-def _affine_result(g64: Graph, checked: Graph, region: Region | None, gen: torch.Generator, t0: float,
-                   deadline: float, details: dict[str, Any]) -> Result:
+def _affine_result(g64: Graph, checked: Graph, region: Region | None, gen: torch.Generator, clock: Clock,
+                   details: dict[str, Any]) -> Result:
     """An affine ``f``: its constant is the norm of its one Jacobian ``J``; the power method to
     convergence at one point (the region's centre, or 0) gives ``||J v|| <= ||J||`` with ``v`` its top
     right singular vector."""
     x = (region.center if region is not None else torch.zeros(g64.input_shape, dtype=torch.float64)).unsqueeze(0)
     x = x.to(device=g64.device)
     v = unit(torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x))
-    v = _power64(g64, x, v, deadline)
-    found = _jacobian_witness(g64, checked, x, v, region, gen, deadline)
+    v = _power64(g64, x, v, clock, 1.0)
+    found = _jacobian_witness(g64, checked, x, v, region, gen, clock)
     if found is None:  # a box flat in some elements refuses v: pairs inside it instead
-        found = _best_pair(checked, *_segments(x, v, region), region, deadline)
+        found = _best_pair(checked, *_segments(x, v, region), region, clock)
     if found is None:
         raise LipboundError("the network is affine but neither its Jacobian nor a pair witness passed its re-check")
     details.update({"form": found.form, "jacobian_value": found.value if found.form == "jacobian" else None,
-                    "pair_value": found.value if found.form == "pair" else None, "constant_jacobian": True})
-    return Result("lower", found.value, "witnessed_lower", time.perf_counter() - t0, witness=found, details=details)
+                    "pair_value": found.value if found.form == "pair" else None, "constant_jacobian": True,
+                    "stopped_by": "time" if clock.cut else "converged"})
+    return Result("lower", found.value, "witnessed_lower", clock.elapsed(), witness=found, details=details)
 
 
 def _jacobian_witness(g64: Graph, checked: Graph, x: torch.Tensor, v: torch.Tensor, region: Region | None,
-                      gen: torch.Generator, deadline: float) -> PointWitness | None:
+                      gen: torch.Generator, clock: Clock) -> PointWitness | None:
     """The best valid Jacobian witness (:func:`~lipbound.methods.rounding.jacobian_witness_values`) among the
     points ``x`` (with their singular vectors ``v``) and, for those that fail the check with a larger
     autograd value than the best valid one, their nudges off the kink or face (:func:`_nudged`), with
-    power iterations there until ``deadline``; None when none is valid."""
+    power iterations there (capped by ``clock``); None when none is valid."""
     values = _checked_values(checked, x, v, region)
     with torch.no_grad():
         claimed = torch.nan_to_num(jacobian_values(g64.forward, x, v), nan=-1.0).cpu()
     retry = torch.isnan(values) & (claimed > torch.nan_to_num(values, nan=-1.0).max())
     if retry.any():
         nx = _nudged(x[retry.to(x.device)], region, gen)
-        nv = _power64(g64, nx, v[retry.to(v.device)].repeat(len(_NUDGES), *([1] * (v.dim() - 1))), deadline)
+        nv = _power64(g64, nx, v[retry.to(v.device)].repeat(len(_NUDGES), *([1] * (v.dim() - 1))), clock, 1.0)
         values = torch.cat([values, _checked_values(checked, nx, nv, region)])
         x, v = torch.cat([x, nx]), torch.cat([v, nv])
-    return _confirmed(checked, values, lambda i: PointWitness(x[i].cpu(), v[i].cpu()), region, deadline)
+    return _confirmed(checked, values, lambda i: PointWitness(x[i].cpu(), v[i].cpu()), region, clock)
 
 
 def _confirmed(checked: Graph, values: torch.Tensor, witness_at: Callable[[int], Witness],
-               region: Region | None, deadline: float) -> Witness | None:
+               region: Region | None, clock: Clock) -> Witness | None:
     """The witness with the largest batched value (NaN: invalid) that its one-point re-check
     (:meth:`~lipbound.methods.witness.Witness.recheck`, the computation of :func:`~lipbound.witness_value`)
-    confirms, carrying the re-checked value; None when there is none, or when the first re-check
-    fails and ``deadline`` has passed (each further candidate costs one more re-check)."""
+    confirms, carrying the re-checked value; None when there is none, or when the first
+    :data:`_RECHECKS` re-checks fail, or the first fails and ``clock`` has run out (each further
+    candidate costs one more re-check)."""
     values = torch.nan_to_num(values, nan=-1.0)
     for j, i in enumerate(torch.argsort(values, descending=True).tolist()):
-        if values[i] < 0 or (j > 0 and time.perf_counter() > deadline):
+        if values[i] < 0 or j >= _RECHECKS or (j > 0 and clock.expired()):
             break
         witness = witness_at(i)
         try:
@@ -275,28 +290,29 @@ def _segments(x: torch.Tensor, v: torch.Tensor, region: Region | None) -> tuple[
 
 
 def _best_pair(checked: Graph, x: torch.Tensor, y: torch.Tensor, region: Region | None,
-               deadline: float) -> PairWitness | None:
+               clock: Clock) -> PairWitness | None:
     """The pair with the largest rigorous lower bound of its quotient (:func:`~lipbound.methods.rounding.pair_bounds`),
     None when no pair has a finite one."""
     x, y = x.to(device="cpu", dtype=torch.float64), y.to(device="cpu", dtype=torch.float64)
-    return _confirmed(checked, pair_bounds(checked, x, y)[0], lambda j: PairWitness(x[j], y[j]), region, deadline)
+    return _confirmed(checked, pair_bounds(checked, x, y)[0], lambda j: PairWitness(x[j], y[j]), region, clock)
 
 
 def _check(**kw: float) -> None:
     for name, val in kw.items():
         if not (isinstance(val, (int, float)) and val > 0 and math.isfinite(val)):
             raise InvalidInput(f"lower: {name} must be a positive number, got {val!r}")
-        if name != "time_budget" and int(val) != val:
+        if name not in ("time_budget", "work") and int(val) != val:
             raise InvalidInput(f"lower: {name} must be an integer, got {val!r}")
 
 
-def _power64(g64: Graph, x: torch.Tensor, v: torch.Tensor, deadline: float, max_iter: int = 500,
+def _power64(g64: Graph, x: torch.Tensor, v: torch.Tensor, clock: Clock, until: float, max_iter: int = 500,
              tol: float = 1e-13) -> torch.Tensor:
-    """Top right singular vectors of the Jacobians at ``x`` (float64), to convergence or until
-    ``deadline`` (any unit vector gives a valid bound; this one only makes it larger), from ``v``."""
+    """Top right singular vectors of the Jacobians at ``x`` (float64), to the relative tolerance
+    ``tol`` or ``max_iter`` iterations, from ``v``; ``clock`` (at the fraction ``until`` of its
+    budget) caps it (any unit vector gives a valid bound; this one only makes it larger)."""
     prev = None
     for _ in range(max_iter // 10):
-        if time.perf_counter() > deadline:
+        if clock.expired(until):
             break
         s, v = power(g64.forward, x, v, 10)
         if prev is not None and bool(((s - prev).abs() <= tol * s.clamp_min(1e-300)).all()):

@@ -19,27 +19,28 @@ points may still sit on a kink or a box face, which ``lower``'s validity check h
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from ..graph.ir import Graph
+from .budget import Clock
 from .jacobian import power, recording, tangents, unit
 from .region import Region
 
 __all__ = ["walk"]
 
 _ETA = 1e-3  # relative overshoot past the boundary
-_PARTS = 16  # batches per round when there is a deadline
+_PARTS = 16  # batches per round when there is a clock
 
 
 def walk(g: Graph, slopes: dict[str, tuple[float, float]], x: torch.Tensor, v: torch.Tensor, box: Region | None,
-         *, candidates: int = 8, rounds: int = 30, deadline: float = float("inf"),
+         *, candidates: int = 8, rounds: int = 30, clock: Clock | None = None, until: float = 1.0,
          power_steps: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Walk every point of the batch ``x`` (module doc); returns ``(x, v, sigma)`` improved or
-    unchanged per point. ``slopes`` maps the two-slope activation nodes to ``(a, b)``. Before a
-    ``deadline`` the points are walked in :data:`_PARTS` fixed batches (the same ones every run: the
-    float64 results do not depend on the timing), and the walk stops when the next batch would pass it."""
+    """Walk every point of the batch ``x`` (module doc) for at most ``rounds`` rounds (fewer when
+    a round moves no point); returns ``(x, v, sigma)`` improved or unchanged per point. ``slopes``
+    maps the two-slope activation nodes to ``(a, b)``. With a ``clock`` (an outer cap) the points
+    are walked in :data:`_PARTS` fixed batches (the same ones every run: the float64 results do not
+    depend on the timing), and the walk stops before a batch once ``clock`` has reached the
+    fraction ``until`` of its budget."""
     names = list(slopes)
     sigma, v = power(g.forward, x, v, power_steps)
     if not names:
@@ -47,20 +48,17 @@ def walk(g: Graph, slopes: dict[str, tuple[float, float]], x: torch.Tensor, v: t
     store: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     rec = recording(g, names, store)
     x, v = x.clone(), v.clone()
-    size = len(x) if deadline == float("inf") else -(-len(x) // _PARTS)  # points per batch
-    last = 0.0  # duration of the previous batch
+    size = len(x) if clock is None else -(-len(x) // _PARTS)  # points per batch
     for _ in range(rounds):
         improved, start = False, 0
         while start < len(x):
-            begin = time.perf_counter()
-            if begin + last >= deadline:
+            if clock is not None and clock.expired(until):
                 return x, v, sigma
             part = slice(start, start + size)
             x[part], v[part], sigma[part], better = _step(g, rec, store, names, slopes, x[part], v[part],
                                                           sigma[part], box, candidates, power_steps)
             improved |= bool(better.any())
             start += size
-            last = time.perf_counter() - begin
         if not improved:
             break
     return x, v, sigma

@@ -41,8 +41,9 @@ AutoLip supports gets a SeqLip number, never above AutoLip's.
 * ``"seqlip"`` — **certified upper bound**. Dense float64 SVDs of the chain's layers (:mod:`~lipbound.methods.seqlip_spectra`) (materialised
   when ``in * out <= svd_limit`` and the SVD's cost is at most ``SVD_FLOPS``); each pair's maximum over activation patterns solved exactly
   (enumeration up to ``enumerate_max`` neurons, branch and bound with a convex relaxation beyond)
-  or bounded from above when ``pair_budget`` (or the call's ``time_budget``) runs out (the
-  relaxation's bound, ``details`` marks the pair ``cut``). A pair that cannot do better (layer too
+  or bounded from above when its work cap ``pair_work`` is spent (the relaxation's bound), or
+  when the wall-clock caps ``pair_budget`` / ``time_budget`` cut it short (``details`` marks the
+  pair ``cut``). A pair that cannot do better (layer too
   large for an SVD, or a bound no better) keeps its **AutoLip factor**
   ``||T_{i+1}|| max_j max(|lo_j|, |hi_j|) ||T_i||`` with certified layer norms (globally
   ``max(|a_i|, |b_i|)``: the product of those factors over a chain is exactly AutoLip's), or, with
@@ -63,6 +64,13 @@ AutoLip supports gets a SeqLip number, never above AutoLip's.
 
 For both estimates a pair whose layers cannot be used falls back to its certified AutoLip factor,
 as in ``"seqlip"``.
+
+**Same seed, same numbers.** What is computed depends on the counts and work caps only
+(``enumerate_max``, ``pair_work``, ``svd_limit``, ``topk_iter``, the greedy's own stopping rule);
+the wall-clock budgets are outer caps (:mod:`~lipbound.methods.budget`). Each pair row has a
+``stopped_by`` and ``details["stopped_by"]`` is the most telling of them: ``"converged"`` (every
+pair solved or bounded to the end), ``"work"`` (a work cap bounded a pair, or left it its AutoLip
+factor), ``"iterations"`` (an iteration count ended a power method or greedy) or ``"time"``.
 """
 
 from __future__ import annotations
@@ -82,6 +90,7 @@ from ..linalg.spectral import CERTIFIED_RTOL
 from ..report import Result
 from . import seqlip_solvers as solvers
 from .autolip import layer_norms, propagate
+from .budget import stopped_by
 from .seqlip_spectra import SVD_FLOPS, SVD_FLOPS_PER_SECOND, SVD_LIMIT, _SVD_CACHE, _dense_svd, _Factors, _topk_svd
 
 __all__ = ["seqlip", "sequential_chains", "Chain", "SOLVERS"]
@@ -152,8 +161,8 @@ class _ChainFinder(GraphInterpreter["Chain | None"]):
 # ---- the method ------------------------------------------------------------------------------
 
 def seqlip(graph: Graph, *, solver: str = "certified", seed: int = 0, progress: bool = False,
-           time_budget: float = 60.0, pair_budget: float = 2.0, enumerate_max: int = 20,
-           svd_limit: int = SVD_LIMIT,
+           time_budget: float = 300.0, pair_budget: float = 60.0, enumerate_max: int = 20,
+           pair_work: float = solvers.PAIR_WORK, svd_limit: int = SVD_LIMIT,
            topk: int = 200, topk_iter: int = 100, topk_tol: float = 1e-4, topk_oversample: int = 8,
            topk_dtype: torch.dtype = torch.float64, greedy: str = "auto", **power_options: Any) -> Result:
     """SeqLip on ``graph`` (module docstring): the sequential chains get SeqLip, the rest AutoLip.
@@ -164,15 +173,18 @@ def seqlip(graph: Graph, *, solver: str = "certified", seed: int = 0, progress: 
             (``"seqlip-greedy"``, an estimate) or ``"topk"`` (``"seqlip-topk"``, an estimate).
         seed: seeds the start vectors of the power methods and greedy subspaces.
         progress: a progress bar over the pairs on stderr.
-        time_budget: seconds for the whole call; once spent, the certified solver's remaining
-            pairs keep their AutoLip factors (``details["pairs"]["fallback"]`` counts them) and the
-            estimates stop their greedy searches where they are.
-        pair_budget: seconds per pair (at most what is left of ``time_budget``) for every
-            solver: the certified solver's greedy start, enumeration and branch and bound (a pair
-            cut short keeps a certified bound: the relaxation's, or its AutoLip factor; its row
-            says ``cut``), and the estimates' greedy searches.
+        time_budget: seconds for the whole call, an outer cap: once spent, the certified solver's
+            remaining pairs keep their AutoLip factors (``details["pairs"]["fallback"]`` counts
+            them) and the estimates stop their greedy searches where they are.
+        pair_budget: seconds per pair (at most what is left of ``time_budget``), an outer cap for
+            every solver: the certified solver's greedy start, enumeration and branch and bound (a
+            pair cut short keeps a certified bound: the relaxation's, or its AutoLip factor; its
+            row says ``cut``), and the estimates' greedy searches.
         enumerate_max: most free (unstable) neurons of a pair solved by exhaustive enumeration
             (``2^n`` patterns; stable neurons are constants).
+        pair_work: the certified solver's work cap per pair, in floating-point operations of its
+            branch and bound (:func:`~lipbound.methods.seqlip_solvers.certified_pair`); a pair
+            whose one relaxation step costs more keeps its AutoLip factor.
         svd_limit: largest ``in * out`` of a layer materialised for a dense SVD (and at most
             ``SVD_FLOPS`` for ``in * out * min(in, out)``).
         topk: singular triplets kept per layer by ``"topk"``; ``topk_iter``, ``topk_tol``,
@@ -190,8 +202,8 @@ def seqlip(graph: Graph, *, solver: str = "certified", seed: int = 0, progress: 
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
-    if time_budget < 0 or pair_budget < 0 or enumerate_max < 0 or topk < 1:
-        raise InvalidInput("time_budget, pair_budget and enumerate_max must be >= 0 and topk >= 1")
+    if time_budget < 0 or pair_budget < 0 or enumerate_max < 0 or not pair_work > 0 or topk < 1:
+        raise InvalidInput("time_budget, pair_budget and enumerate_max must be >= 0, pair_work > 0 and topk >= 1")
     t0 = time.perf_counter()
     deadline = t0 + time_budget
     g = graph.fused()
@@ -205,7 +217,7 @@ def seqlip(graph: Graph, *, solver: str = "certified", seed: int = 0, progress: 
     counts = {"exact": 0, "bounded": 0, "fallback": 0, "greedy": 0}
     for chain in chains:
         row = _solve_chain(g, chain, norms, solver=solver, gen=gen, bar=bar, pair_budget=pair_budget, deadline=deadline,
-                           enumerate_max=enumerate_max, svd_limit=svd_limit, topk=topk, topk_iter=topk_iter,
+                           enumerate_max=enumerate_max, pair_work=pair_work, svd_limit=svd_limit, topk=topk, topk_iter=topk_iter,
                            topk_tol=topk_tol, topk_oversample=topk_oversample, topk_dtype=topk_dtype,
                            greedy=greedy)
         for p in row["pairs"]:
@@ -220,15 +232,17 @@ def seqlip(graph: Graph, *, solver: str = "certified", seed: int = 0, progress: 
     name = {"certified": "seqlip", "greedy": "seqlip-greedy", "topk": "seqlip-topk"}[solver]
     kind = "certified_upper" if solver == "certified" else "estimate"
     details = {"solver": solver, "pairs": counts, "chains": chain_rows,
+               "stopped_by": stopped_by(p["stopped_by"] for row in chain_rows for p in row["pairs"]),
                "options": {"time_budget": time_budget, "pair_budget": pair_budget, "enumerate_max": enumerate_max,
-                           "svd_limit": svd_limit,
+                           "pair_work": pair_work, "svd_limit": svd_limit,
                            **({"topk": topk, "topk_iter": topk_iter} if solver == "topk" else {}),
                            **({"greedy": greedy} if solver != "certified" else {})}}
     return Result(name, value, kind, time.perf_counter() - t0, details=details, layers=rows)
 
 
 def _solve_chain(g: Graph, chain: Chain, norms: dict, *, solver: str, gen: torch.Generator, bar,
-                 pair_budget: float, deadline: float, enumerate_max: int, svd_limit: int, topk: int, topk_iter: int,
+                 pair_budget: float, deadline: float, enumerate_max: int, pair_work: float, svd_limit: int, topk: int,
+                 topk_iter: int,
                  topk_tol: float, topk_oversample: int, topk_dtype: torch.dtype, greedy: str) -> dict:
     K = len(chain.affines)
     nodes = [g.nodes[a] for a in chain.affines]
@@ -238,13 +252,15 @@ def _solve_chain(g: Graph, chain: Chain, norms: dict, *, solver: str, gen: torch
         return uppers[i] if i in (0, K - 1) else math.sqrt(uppers[i])
 
     computed: dict[int, _Factors | None] = {}
+    timed_out: set[int] = set()  # layers whose SVD would outlast the time left (an outer-cap cut)
 
     def factors(i: int) -> _Factors | None:  # computed when first needed
         if i not in computed:
             op = nodes[i].op
             cost = op.in_numel * op.out_numel * min(op.in_numel, op.out_numel) / SVD_FLOPS_PER_SECOND
             if solver != "topk" and "dense" not in _SVD_CACHE.get(op, {}) and cost > deadline - time.perf_counter():
-                return None  # its SVD would not end within the time budget: not cached, the pair falls back
+                timed_out.add(i)
+                return None  # not cached: the pair falls back, and says the time cut it
             computed[i] = (_topk_svd(op, topk, gen, topk_iter, topk_tol, topk_oversample, topk_dtype, deadline)
                            if solver == "topk" else _dense_svd(op, svd_limit))
         return computed[i]
@@ -264,19 +280,19 @@ def _solve_chain(g: Graph, chain: Chain, norms: dict, *, solver: str, gen: torch
         t1 = time.perf_counter()
         left = deadline - time.perf_counter()
         if not bool(lip.any()):  # every slope 0: the chain is constant after it
-            row.update(status="exact", value=0.0)
+            row.update(status="exact", value=0.0, stopped_by="converged")
         elif left <= 0:
-            row.update(status="fallback", value=fallback, reason="time_budget spent")
-        elif solver == "certified" and unstable > enumerate_max and solvers.relaxation_seconds(
+            row.update(status="fallback", value=fallback, reason="time_budget spent", stopped_by="time")
+        elif solver == "certified" and unstable > enumerate_max and solvers.relaxation_flops(
                 min(nodes[i + 1].op.in_numel, nodes[i + 1].op.out_numel),
-                min(nodes[i].op.in_numel, nodes[i].op.out_numel), unstable) > min(pair_budget, left):
-            row.update(status="fallback", value=fallback,
-                       reason="too wide for pair_budget (one relaxation step would take longer)")
+                min(nodes[i].op.in_numel, nodes[i].op.out_numel), unstable) > pair_work:
+            row.update(status="fallback", value=fallback, stopped_by="work",
+                       reason="too wide for pair_work (one relaxation step costs more)")
         elif (fi := factors(i)) is None or (fj := factors(i + 1)) is None:
             too_big = [chain.affines[k] for k in (i, i + 1) if factors(k) is None]
-            row.update(status="fallback", value=fallback,
+            row.update(status="fallback", value=fallback, stopped_by="time" if timed_out else "work",
                        reason=f"no dense SVD of {', '.join(too_big)} (too large: svd_limit {svd_limit} "
-                              f"entries, {SVD_FLOPS:.0e} flops, or longer than the time left){'; try seqlip-topk' if solver == 'greedy' else ''}")
+                              f"entries or {SVD_FLOPS:.0e} flops, or longer than the time left){'; try seqlip-topk' if solver == 'greedy' else ''}")
         else:
             A, B = _pair_matrices(fi, fj, i, K)
             lo, hi, lip = lo.to(A.device), hi.to(A.device), lip.to(A.device)
@@ -286,8 +302,8 @@ def _solve_chain(g: Graph, chain: Chain, norms: dict, *, solver: str, gen: torch
                 fallback = min(fallback, scaled)
             budget = min(pair_budget, left)
             if solver == "certified":
-                sol = solvers.certified_pair(A, B, lo, hi, enumerate_max=enumerate_max, time_budget=budget,
-                                             generator=gen)
+                sol = solvers.certified_pair(A, B, lo, hi, enumerate_max=enumerate_max, work=pair_work,
+                                             time_budget=budget, generator=gen)
                 cert = sol.upper * (1 + CERTIFIED_RTOL)
                 row.update(pattern_value=sol.lower, solver=sol.info.pop("solver", None), info=sol.info)
                 if cert < fallback:
@@ -298,7 +314,8 @@ def _solve_chain(g: Graph, chain: Chain, norms: dict, *, solver: str, gen: torch
             else:
                 sol = solvers.greedy_pair(A, B, lo, hi, strategy=greedy, generator=gen, deadline=t1 + budget)
                 row.update(status="greedy", value=min(sol.upper, fallback), info=sol.info)
-            if "stopped" in sol.info:
+            row["stopped_by"] = _pair_stop(sol.info.get("stopped"), fi, fj)
+            if row["stopped_by"] == "time":
                 row["cut"] = f"stopped after {budget:.3g} s (pair_budget or the call's time_budget)"
             if sol.pattern is not None and sol.pattern.numel() <= 64:
                 row["pattern"] = sol.pattern.int().tolist()
@@ -316,6 +333,15 @@ def _solve_chain(g: Graph, chain: Chain, norms: dict, *, solver: str, gen: torch
         constant = min(product, autolip_product)
     return {"affines": chain.affines, "activations": chain.activations, "start": chain.start,
             "constant": constant, "product": product, "autolip": autolip_product, "pairs": pairs}
+
+
+_STOPS = {None: "converged", "work": "work", "max_rounds": "iterations", "time_budget": "time", "deadline": "time"}
+
+
+def _pair_stop(stopped: str | None, fi: _Factors, fj: _Factors) -> str:
+    """A pair's ``stopped_by`` (:mod:`~lipbound.methods.budget`): from its solver's
+    ``info["stopped"]`` and the power methods of its two layers' spectra."""
+    return stopped_by([_STOPS[stopped], fi.stopped_by, fj.stopped_by])
 
 
 def _scaled_factor(A: torch.Tensor, B: torch.Tensor, lip: torch.Tensor) -> float:

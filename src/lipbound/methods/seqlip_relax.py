@@ -19,8 +19,10 @@ bound over the slope box with it as node bound.
 * :func:`branch_and_bound` — exact or bounded for wide pairs: best-first over the box, the
   relaxation as node bound, vertex values (the sign rule ``d_j = hi_j`` iff ``s_j t_j > 0`` at
   the relaxation's top eigenvector) as lower bounds, small sub-boxes enumerated exactly. It only
-  branches on free neurons (``lo_j < hi_j``). Within a time budget; at any time
-  ``max(best vertex, open and pruned node bounds)`` is a certified upper bound.
+  branches on free neurons (``lo_j < hi_j``). It stops on a work cap (floating-point operations
+  of its relaxations and leaves, :func:`relaxation_flops`), the same on every machine; a deadline
+  is only an outer cap. At any time ``max(best vertex, open and pruned node bounds)`` is a
+  certified upper bound.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import torch
 
 from .seqlip_pair import _EPS, MAX_ENUMERATE, PairSolution, _threaded, _vec, enumerate_pair, pair_norm
 
-__all__ = ["relaxation_bound", "relaxation_seconds", "branch_and_bound"]
+__all__ = ["relaxation_bound", "relaxation_flops", "branch_and_bound"]
 
 
 @dataclass
@@ -159,31 +161,46 @@ def _norm_estimate(M: torch.Tensor, iters: int = 30) -> float:
     return (M @ v).norm().item()
 
 
-def relaxation_seconds(p: int, q: int, n: int, flop_rate: float = 5e9) -> float:
-    """Rough seconds of one :func:`relaxation_bound` evaluation (``(p^2 + q^2) n`` for the
-    Gram blocks, ``~9 (p + q)^3`` for ``eigh``) at ``flop_rate`` flop/s."""
-    return ((p * p + q * q) * n + 9.0 * (p + q) ** 3) / flop_rate
+_EVAL_OVERHEAD = 1e7  # flops that one evaluation's fixed cost (L-BFGS step, Python) is worth
+
+
+def relaxation_flops(p: int, q: int, n: int) -> float:
+    """Rough floating-point operations of one :func:`relaxation_bound` evaluation with ``n`` free
+    neurons: ``(p^2 + q^2) n`` for the Gram blocks, ``~9 (p + q)^3`` for ``eigh``, plus its fixed
+    cost (:data:`_EVAL_OVERHEAD`, which dominates for small pairs)."""
+    return (p * p + q * q) * n + 9.0 * (p + q) ** 3 + _EVAL_OVERHEAD
 
 
 # ---- branch and bound --------------------------------------------------------------------
 
 @_threaded
-def branch_and_bound(A: torch.Tensor, B: torch.Tensor, lo, hi, *, deadline: float | None = None,
-                     lower: float = 0.0, pattern: torch.Tensor | None = None,
+def branch_and_bound(A: torch.Tensor, B: torch.Tensor, lo, hi, *, work: float = math.inf,
+                     deadline: float | None = None, lower: float = 0.0, pattern: torch.Tensor | None = None,
                      start: tuple[torch.Tensor, torch.Tensor] | None = None, rtol: float = 1e-9,
                      root_evals: int = 60, node_evals: int = 12, leaf_flops: float = 2e9) -> PairSolution:
-    """Certified maximum (or upper bound, when the time runs out) of ``||A diag(d) B||`` over
-    ``d in [lo, hi]^n``, by best-first branch and bound with :func:`relaxation_bound` as the
-    node bound. ``lower``/``pattern``/``start``: a known vertex, its value and top singular
-    vectors (e.g. from the greedy). A node whose sub-box has few free neurons is enumerated
-    exactly (at most ``leaf_flops`` floating-point operations). ``status`` is ``"exact"`` when
-    the bound and the best vertex meet within ``rtol``, else ``"bounded"``.
+    """Certified maximum (or upper bound, when its work cap or the deadline stops it) of
+    ``||A diag(d) B||`` over ``d in [lo, hi]^n``, by best-first branch and bound with
+    :func:`relaxation_bound` as the node bound. ``lower``/``pattern``/``start``: a known vertex,
+    its value and top singular vectors (e.g. from the greedy). A node whose sub-box has few free
+    neurons is enumerated exactly (at most ``leaf_flops`` floating-point operations).
+
+    ``work``: most floating-point operations, counted as :func:`relaxation_flops` of the whole
+    box per relaxation evaluation plus each leaf's enumeration (the root always gets at least one
+    evaluation); no node starts once it is spent, and ``info["stopped"] = "work"``.
+    ``deadline`` (a ``time.perf_counter()`` value) is an outer cap: ``info["stopped"] =
+    "time_budget"`` when it stopped the search. ``status`` is ``"exact"`` when the bound and the
+    best vertex meet within ``rtol``, else ``"bounded"``.
     """
     p, n = A.shape
     q = B.shape[1]
     lo, hi = _vec(lo, n, A), _vec(hi, n, A)
     best = {"value": lower, "pattern": pattern}
-    info = {"nodes": 0, "leaves": 0, "evaluations": 0}
+    info: dict[str, Any] = {"nodes": 0, "leaves": 0, "evaluations": 0}
+    per_eval = relaxation_flops(p, q, int((hi > lo).sum()))
+    spent = [0.0]  # floating-point operations so far
+
+    def evals_left(cap: int) -> int:
+        return max(1, min(cap, int((work - spent[0]) // per_eval))) if work < math.inf else cap
 
     def vertex(d_hi: torch.Tensor) -> None:
         val = pair_norm(A, B, torch.where(d_hi, hi, lo))
@@ -191,8 +208,12 @@ def branch_and_bound(A: torch.Tensor, B: torch.Tensor, lo, hi, *, deadline: floa
             best.update(value=val, pattern=d_hi.clone())
 
     def node_bound(nlo, nhi, theta0=None, mu0=None, st=None, evals=node_evals):
-        r = relaxation_bound(A, B, nlo, nhi, start=st, theta0=theta0, mu0=mu0, max_evals=evals, deadline=deadline)
+        r = relaxation_bound(A, B, nlo, nhi, start=st, theta0=theta0, mu0=mu0, max_evals=evals_left(evals),
+                             deadline=deadline)
         info["evaluations"] += r.evaluations
+        spent[0] += r.evaluations * per_eval
+        if deadline is not None and time.perf_counter() > deadline:  # it may have cut this relaxation short
+            info["stopped"] = "time_budget"
         # the sign rule at the relaxation's eigenvector gives a good vertex of this box
         s, t = A.T @ r.u, B @ r.x
         free = nhi > nlo
@@ -210,7 +231,11 @@ def branch_and_bound(A: torch.Tensor, B: torch.Tensor, lo, hi, *, deadline: floa
         top = -heap[0][0]
         if top <= best["value"] * (1 + rtol):
             break
+        if spent[0] >= work:
+            info["stopped"] = "work"
+            break
         if deadline is not None and time.perf_counter() > deadline:
+            info["stopped"] = "time_budget"
             break
         neg, _, nlo, nhi, rel, free = heapq.heappop(heap)
         info["nodes"] += 1
@@ -230,6 +255,7 @@ def branch_and_bound(A: torch.Tensor, B: torch.Tensor, lo, hi, *, deadline: floa
             leaf_cost = (2 ** nfree) * (nfree * p * q + m * m * max(p, q))
             if nfree == 0 or (nfree <= MAX_ENUMERATE and leaf_cost <= leaf_flops):
                 info["leaves"] += 1
+                spent[0] += leaf_cost
                 fidx = torch.nonzero(cfree).flatten()
                 fixed = ~cfree
                 C0 = (A[:, fixed] * clo[fixed]) @ B[fixed]

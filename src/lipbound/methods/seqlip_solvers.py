@@ -21,11 +21,13 @@ import torch
 
 from .seqlip_greedy import greedy_pair, greedy_pair_reference
 from .seqlip_pair import MAX_ENUMERATE, PairSolution, _threaded, _vec, enumerate_pair, pair_norm
-from .seqlip_relax import branch_and_bound, relaxation_bound, relaxation_seconds
+from .seqlip_relax import branch_and_bound, relaxation_bound, relaxation_flops
 
-__all__ = ["PairSolution", "pair_norm", "reduce_pair", "enumerate_pair", "relaxation_bound", "relaxation_seconds",
+__all__ = ["PairSolution", "pair_norm", "reduce_pair", "enumerate_pair", "relaxation_bound", "relaxation_flops",
            "branch_and_bound",
-           "greedy_pair", "greedy_pair_reference", "certified_pair", "enumeration_flops", "MAX_ENUMERATE"]
+           "greedy_pair", "greedy_pair_reference", "certified_pair", "enumeration_flops", "MAX_ENUMERATE", "PAIR_WORK"]
+
+PAIR_WORK = 3e10  # floating-point operations of a pair's branch and bound (about 2 s on one loaded core)
 
 
 def reduce_pair(A: torch.Tensor, B: torch.Tensor, lo=None, hi=None
@@ -60,8 +62,8 @@ def enumeration_flops(k: int, p: int, q: int) -> float:
 # ---- the certified pair solver -------------------------------------------------------------
 
 @_threaded
-def certified_pair(A: torch.Tensor, B: torch.Tensor, lo, hi, *, enumerate_max: int = 20,
-                   time_budget: float = 10.0, generator: torch.Generator | None = None) -> PairSolution:
+def certified_pair(A: torch.Tensor, B: torch.Tensor, lo, hi, *, enumerate_max: int = 20, work: float = PAIR_WORK,
+                   time_budget: float = math.inf, generator: torch.Generator | None = None) -> PairSolution:
     """A certified upper bound of the pair's maximum, exact whenever possible.
 
     Dead neurons are dropped and ``A``, ``B`` reduced (:func:`reduce_pair`). **Stable** neurons
@@ -71,11 +73,15 @@ def certified_pair(A: torch.Tensor, B: torch.Tensor, lo, hi, *, enumerate_max: i
     branched on, however wide the layer. No free neuron: one SVD gives the exact value. A
     ``1 x 1`` product has a closed form. Up to ``enumerate_max`` free neurons (and at most the
     work of enumerating ``enumerate_max`` neurons with no constant part, :func:`enumeration_flops`)
-    every vertex is enumerated; beyond, :func:`branch_and_bound`. A greedy gives the first vertex.
+    every vertex is enumerated; beyond, :func:`branch_and_bound` with the work cap ``work``
+    (floating-point operations, :func:`relaxation_flops`: the same on every machine); a pair
+    whose one relaxation evaluation costs more than ``work`` gets no bound (``upper = inf``).
+    A greedy gives the first vertex.
 
-    Everything stops at ``time_budget`` seconds: an enumeration cut short is replaced by
-    :func:`relaxation_bound` on the whole box, branch and bound returns its open bound; both
-    have ``status="bounded"`` and ``info["stopped"]`` says why. ``upper`` is certified in exact
+    ``time_budget`` (seconds) is an outer cap: an enumeration it cuts short is replaced by
+    :func:`relaxation_bound` on the whole box, branch and bound returns its open bound. A
+    bound that is not exact has ``status="bounded"`` and ``info["stopped"]`` says what stopped it
+    (``"work"`` or ``"time_budget"``). ``upper`` is certified in exact
     arithmetic; the caller adds the rounding margin. ``pattern`` is over the original ``n``
     neurons."""
     t0 = time.perf_counter()
@@ -114,11 +120,11 @@ def certified_pair(A: torch.Tensor, B: torch.Tensor, lo, hi, *, enumerate_max: i
         return PairSolution(value, value, full(pattern), "exact", {**counts, "solver": "closed form (1x1)"})
     e = min(enumerate_max, MAX_ENUMERATE)
     enumerate_ = k <= e and enumeration_flops(k, p, q) <= enumeration_flops(e, e, e)
-    if not enumerate_ and relaxation_seconds(p, q, k) > time_budget:
+    if not enumerate_ and relaxation_flops(p, q, k) > work:
         return PairSolution(math.inf, 0.0, None, "bounded",
-                            {**counts, "solver": "none", "reason": "one relaxation step would take longer than "
-                             f"time_budget ({relaxation_seconds(p, q, k):.0f} s predicted)"})
-    greedy = greedy_pair(A, B, lo_k, hi_k, generator=generator, deadline=t0 + time_budget / 3)
+                            {**counts, "solver": "none", "stopped": "work", "reason": "one relaxation step "
+                             f"({relaxation_flops(p, q, k):.2g} flops) exceeds the work cap ({work:.2g})"})
+    greedy = greedy_pair(A, B, lo_k, hi_k, generator=generator, deadline=deadline)
     if enumerate_:
         fixed = ~free
         C0 = (A[:, fixed] * lo_k[fixed]) @ B[fixed] if bool(fixed.any()) else None
@@ -139,10 +145,10 @@ def certified_pair(A: torch.Tensor, B: torch.Tensor, lo, hi, *, enumerate_max: i
                              "greedy": greedy.lower})
     d = torch.where(greedy.pattern, hi_k, lo_k)
     Ug, _, Vh = torch.linalg.svd((A * d) @ B, full_matrices=False)
-    sol = branch_and_bound(A, B, lo_k, hi_k, deadline=deadline, lower=greedy.lower, pattern=greedy.pattern,
-                           start=(Ug[:, 0], Vh[0]))
+    sol = branch_and_bound(A, B, lo_k, hi_k, work=work, deadline=deadline, lower=greedy.lower,
+                           pattern=greedy.pattern, start=(Ug[:, 0], Vh[0]))
     sol.info.update(counts, solver="branch and bound", greedy=greedy.lower)
-    if sol.status == "bounded":
-        sol.info["stopped"] = "time_budget"
+    if "stopped" in greedy.info:
+        sol.info["stopped"] = "time_budget"  # the greedy's start vertex was cut short
     sol.pattern = full(sol.pattern)
     return sol

@@ -20,7 +20,7 @@ __all__ = ["SVD_LIMIT", "SVD_FLOPS", "SVD_FLOPS_PER_SECOND"]
 
 SVD_LIMIT = 1 << 25  # materialise a layer (float64) for an exact SVD when in * out <= this
 SVD_FLOPS = 3e10  # ... and in * out * min(in, out) <= this (seconds on a laptop core, not minutes)
-SVD_FLOPS_PER_SECOND = 3e9  # a conservative speed of one CPU core on an SVD: a layer whose SVD would outlast the budget gets none
+SVD_FLOPS_PER_SECOND = 3e9  # a conservative SVD speed: an SVD that would outlast the time left is skipped (a time cut)
 
 # spectral factors per operator, shared by the methods run on one graph (an operator moved to
 # another device or dtype is a new object, with no entry here)
@@ -32,13 +32,15 @@ _SVD_CACHE: "weakref.WeakKeyDictionary[LinearOperator, dict]" = weakref.WeakKeyD
 @dataclass
 class _Factors:
     """``M ~= U diag(s) V^T`` (``U``: ``(out, r)``, ``V``: ``(in, r)``), float64: the full thin
-    SVD (``full=True``) or the top-``r`` triplets of a power method."""
+    SVD (``full=True``) or the top-``r`` triplets of a power method; ``stopped_by``: what ended
+    the power method (:mod:`~lipbound.methods.budget`; ``"converged"`` for an SVD)."""
 
     U: torch.Tensor
     s: torch.Tensor
     V: torch.Tensor
     full: bool
     how: str
+    stopped_by: str = "converged"
 
 
 def _dense_svd(op: LinearOperator, svd_limit: int) -> _Factors | None:
@@ -66,7 +68,8 @@ def _topk_svd(op: LinearOperator, k: int, generator: torch.Generator, max_iter: 
     the Ritz values (square roots of the eigenvalues of ``(A V)(A V)^T``) are compared and the
     iteration stops when the top ``k`` change by less than ``tol`` (relative). The final
     Rayleigh-Ritz step is :func:`~lipbound.linalg.spectral.power_method` warm-started from ``V``.
-    At ``deadline`` the iteration stops where it is (the triplets are then not cached).
+    ``deadline`` is an outer cap: the iteration then stops where it is (the triplets are then not
+    cached, and ``stopped_by`` is ``"time"``).
     """
     cache = _SVD_CACHE.setdefault(op, {})
     key = ("topk", k, max_iter, tol, oversample, dtype)
@@ -108,5 +111,6 @@ def _block_power(op: LinearOperator, k: int, generator: torch.Generator, max_ite
     f = _Factors(U, pm.sigmas[:r].to(torch.float64), Vk, False,
                  f"top {r} triplets, block power method ({it} iterations, "
                  f"{'converged' if converged else 'not converged'} to {tol:g}"
-                 f"{', stopped by the time budget' if stopped else ''})")
+                 f"{', stopped by the time budget' if stopped else ''})",
+                 "time" if stopped else "converged" if converged else "iterations")
     return f, stopped
