@@ -32,11 +32,12 @@ graph = lipbound.load(DEMO_SPEC, parse_shape(DEMO_SHAPE)) if spec == "demo" else
 print(json.dumps(lipbound.estimate(graph, progress=False).to_dict()))
 """
 
-_TIMES = ("seconds", "time_share")  # wall-clock facts: the only entries allowed to differ
+# measured facts of the machine (wall clock; a share is the time left; peak memory): the only entries allowed to differ
+_TIMES = ("seconds", "time_share", "time_budget", "rss_peak_mb")
 
 
 def _without_times(value: Any) -> Any:
-    """``value`` (a ``to_dict()``) without its wall-clock entries (:data:`_TIMES`, ``*_seconds``)."""
+    """``value`` (a ``to_dict()``) without its measured entries (:data:`_TIMES`, ``*_seconds``)."""
     if isinstance(value, dict):
         return {k: _without_times(v) for k, v in value.items() if k not in _TIMES and not k.endswith("_seconds")}
     if isinstance(value, list):

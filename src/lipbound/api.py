@@ -21,7 +21,7 @@ from .methods.propagation import localize
 from .methods.autolip import autolip as _autolip
 from .methods.region import Ball, Box, BoxUnion, Region, as_region
 from .methods.cost import graph_sizes
-from .methods.selection import DEFAULT_TIME_BUDGET, budget_share, check_options, method_kwargs, select_methods
+from .methods.selection import DEFAULT_SET_WORK, DEFAULT_TIME_BUDGET, budget_share, check_options, method_kwargs, select_methods
 from .methods.witness import Witness, as_witness
 from .linalg.operators import Dense, LinearOperator
 from .linalg.spectral import SpectralNorm, operator_norms
@@ -163,6 +163,9 @@ def _run_methods(graph: Graph, region: Region | None, methods: Any, seed: int, p
         t0 = time.perf_counter()
         share = None if time_budget is None else budget_share(time_budget, time_budget - (t0 - start), specs[i:], sizes)
         kwargs = method_kwargs(spec, options, method_options, domain=region, data=data, time_budget=share)
+        if not explicit:  # the default set's work caps, so that its numbers repeat (the user's options win)
+            for key, value in DEFAULT_SET_WORK.get(spec.name, {}).items():
+                kwargs.setdefault(key, value)
         name = spec.name
         try:
             result = spec(local, seed=seed, progress=progress, **kwargs)
