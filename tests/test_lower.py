@@ -176,3 +176,33 @@ def test_lower_on_a_ball_stays_inside_and_below_the_layer_norm_product(norm):
         size = sum(v * v for v in d) if norm == 2 else max(abs(v) for v in d)
         assert size <= (Fraction(0.05) ** 2 if norm == 2 else Fraction(0.05))  # exactly inside the ball
     assert witness_value(net, w, domain=ball) == pytest.approx(res.value, rel=1e-12)
+
+
+def deep_leaky_mlp(depth: int, width: int, seed: int) -> nn.Sequential:
+    """``depth`` LeakyReLU(0.1) layers of ``width`` (He-scaled Gaussian weights, so the signal
+    neither vanishes nor explodes), input 6, output 3."""
+    gen = torch.Generator().manual_seed(seed)
+    layers, n_in = [], 6
+    for _ in range(depth):
+        lin = nn.Linear(n_in, width).double()
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(width, n_in, generator=gen, dtype=torch.float64) * (2.0 / n_in) ** 0.5)
+            lin.bias.copy_(0.1 * torch.randn(width, generator=gen, dtype=torch.float64))
+        layers += [lin, nn.LeakyReLU(0.1)]
+        n_in = width
+    return nn.Sequential(*layers, nn.Linear(n_in, 3).double())
+
+
+def test_deep_mlp_witness_rechecks_and_beats_random_points():
+    """A 32-layer net: the rounding-error bound of the re-check must not swamp the witness (it
+    once grew by |W| per layer and every witness, hence the bound, was rejected: 0). The search
+    must keep at least half of the best of 32 random points' autograd Jacobian norms: its own
+    starts are other random points of the same law, and deep nets' norms vary by orders of
+    magnitude from point to point, so only a margin, not an ordering, can be asked for."""
+    net = deep_leaky_mlp(32, 10, seed=3)
+    res = lipbound.lower_bound(net, (6,), steps=6, starts=16, pairs=False, walk_rounds=1)
+    assert res.details["form"] == "jacobian" and res.value > 0
+    assert witness_value(net, res.witness, (6,)) == pytest.approx(res.value, rel=1e-12)
+    assert res.value <= jacobian_norm(net, res.witness["x"]) * (1 + 1e-9)
+    points = torch.randn(32, 6, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    assert res.value >= 0.5 * max(jacobian_norm(net, p) for p in points)

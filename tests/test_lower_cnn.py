@@ -134,3 +134,30 @@ def test_work_cap_sizes_the_ascent_by_the_network():
     res = lower(graph, time_budget=600, steps=50, starts=8, seed=0, walk_rounds=1, work=8 * 5 * macs)
     assert res.details["steps_planned"] == res.details["steps_done"] == 5
     assert res.details["stopped_by"] == "work"
+
+
+def deep_cnn(depth: int, seed: int) -> nn.Sequential:
+    """``depth`` 3x3 convolutions (3 channels, He-scaled) with LeakyReLU(0.1) on 3x6x6, a linear head."""
+    gen = torch.Generator().manual_seed(seed)
+    layers = []
+    for _ in range(depth):
+        conv = nn.Conv2d(3, 3, 3, padding=1).double()
+        with torch.no_grad():
+            conv.weight.copy_(torch.randn(3, 3, 3, 3, generator=gen, dtype=torch.float64) * (2.0 / 27) ** 0.5)
+            conv.bias.copy_(0.1 * torch.randn(3, generator=gen, dtype=torch.float64))
+        layers += [conv, nn.LeakyReLU(0.1)]
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(3 * 6 * 6, 4).double())
+
+
+def test_deep_cnn_witness_rechecks_and_beats_random_points():
+    """A 20-convolution net: the witness must re-check (the rounding-error bound once grew by
+    |W| per layer and rejected every witness: 0) and keep half of the best of 16 random points'
+    autograd Jacobian norms (the search's starts are other random points; see the MLP test)."""
+    net = deep_cnn(20, seed=4)
+    graph = lipbound.as_graph(net, (3, 6, 6))
+    res = lower(graph, steps=6, starts=16, pairs=False, walk_rounds=1)
+    assert res.details["form"] == "jacobian" and res.value > 0
+    assert res.witness.recheck(graph) == pytest.approx(res.value, rel=1e-12)
+    assert res.value <= witness_quotient(net, res.witness) * (1 + 1e-12)
+    points = torch.randn(16, 3, 6, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    assert res.value >= 0.5 * max(jacobian_norm(net, p) for p in points)

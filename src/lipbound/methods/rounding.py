@@ -14,6 +14,16 @@ slope range ``[a, b]`` adds ``max(|a|, |b|) e``; its own evaluation error is bou
 accurate to a few units in the last place). Max pooling passes the largest error of its window,
 sums add their errors and one rounding. Evaluations run on the CPU (no FFT or Winograd
 convolution algorithms), and every bound is rounded upwards.
+
+**Norm-wise bounds on deep nets.** Element-wise propagation multiplies the errors by ``|A|`` at every
+layer, whose norm can exceed ``||A||_2`` several times over: on a 65-layer MLP the bound passes the
+values themselves by layer 20 and no witness can be checked. Every node therefore also carries
+``E >= ||error||_2`` per batch element, propagated with the layers' certified norms
+(:func:`~lipbound.linalg.spectral.certified_norm`): an affine node's propagated error is
+``A (h~ - h)``, whose every element is at most ``||A||_2 E`` (``|a_i . d| <= ||a_i|| ||d||``) and
+whose norm is at most ``||A||_2 E``; an activation's is at most ``max|slope| E``. Each element's
+bound is the smaller of the two, both sound. The norm path is taken only where the element-wise
+bound has grown past ``1e-10`` of the values (shallow nets never pay for the norms).
 """
 
 from __future__ import annotations
@@ -94,6 +104,8 @@ class _Enclosed(NamedTuple):
     error: torch.Tensor
     tangent: torch.Tensor | None = None
     tangent_error: torch.Tensor | None = None
+    norm: torch.Tensor | None = None  # >= ||value - exact||_2 per batch element
+    tangent_norm: torch.Tensor | None = None  # >= ||tangent - exact||_2 per batch element
 
 
 class _Enclose(GraphInterpreter[_Enclosed]):
@@ -105,52 +117,64 @@ class _Enclose(GraphInterpreter[_Enclosed]):
         self.x, self.v = x, v
 
     def visit_input(self, node: Input) -> _Enclosed:
+        zero = torch.zeros(self.x.shape[0], dtype=self.x.dtype)
         if self.v is None:
-            return _Enclosed(self.x, torch.zeros_like(self.x))
-        return _Enclosed(self.x, torch.zeros_like(self.x), self.v, torch.zeros_like(self.v))
+            return _Enclosed(self.x, torch.zeros_like(self.x), norm=zero)
+        return _Enclosed(self.x, torch.zeros_like(self.x), self.v, torch.zeros_like(self.v), zero, zero)
 
     def visit_affine(self, node: Affine, h: _Enclosed) -> _Enclosed:
-        y, e = _linear(node.op, h.value, h.error)
+        y, e, big = _linear_normwise(node.op, h.value, h.error, h.norm)
         if node.bias is not None:
             k = node.op.in_numel + 1
-            e = _up(e + _gamma(k) * node.bias.abs(), k)  # one more term in every sum
+            fresh = _gamma(k) * node.bias.abs()
+            e = _up(e + fresh, k)  # one more term in every sum
+            big = _up(big + _norm(fresh.expand_as(y)), k)
             y = y + node.bias
         if h.tangent is None:
-            return _Enclosed(y, e)
-        return _Enclosed(y, e, *_linear(node.op, h.tangent, h.tangent_error))
+            return _Enclosed(y, e, norm=torch.minimum(big, _norm(e)))
+        t, e_t, big_t = _linear_normwise(node.op, h.tangent, h.tangent_error, h.tangent_norm)
+        return _Enclosed(y, e, t, e_t, torch.minimum(big, _norm(e)), big_t)
 
     def visit_activation(self, node: Activation, h: _Enclosed) -> _Enclosed:
         y = node.evaluate(h.value)
-        e = _up(node.lipschitz * h.error + _activation_rounding(node, h.value, y), 4)
+        rounding = _activation_rounding(node, h.value, y)
+        e = _up(node.lipschitz * h.error + rounding, 4)
+        big = torch.minimum(_norm(e), _up(node.lipschitz * h.norm + _norm(rounding), 4))
         if h.tangent is None:
-            return _Enclosed(y, e)
-        return _Enclosed(y, e, *_activation_tangent(node, h.value, h.error, h.tangent, h.tangent_error))
+            return _Enclosed(y, e, norm=big)
+        return _Enclosed(y, e, *_activation_tangent(node, h.value, h.error, h.tangent, h.tangent_error,
+                                                    h.tangent_norm), big)
 
     def visit_maxpool(self, node: MaxPool, h: _Enclosed) -> _Enclosed:
         y, e = node.evaluate(h.value), node.evaluate(h.error)  # |max a - max b| <= max |a - b|
         if h.tangent is None:
-            return _Enclosed(y, e)
+            return _Enclosed(y, e, norm=_norm(e))
         with torch.enable_grad():
             hg = h.value.detach().requires_grad_(True)
             (t,) = tangents([node.evaluate(hg)], hg, h.tangent)
         # the selected input's error is at most the window's largest
-        return _Enclosed(y, e, t, node.evaluate(h.tangent_error))
+        e_t = node.evaluate(h.tangent_error)
+        return _Enclosed(y, e, t, e_t, _norm(e), _norm(e_t))
 
     def visit_add(self, node: Add, *hs: _Enclosed) -> _Enclosed:
-        def total(ts: list[torch.Tensor], es: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        def total(ts: list[torch.Tensor], es: list[torch.Tensor], bigs: list[torch.Tensor]):
             k = len(ts)
-            return node.evaluate(*ts), _up(sum(es) + _gamma(k) * sum(t.abs() for t in ts), k)
+            fresh = _gamma(k) * sum(t.abs() for t in ts)
+            e = _up(sum(es) + fresh, k)
+            return node.evaluate(*ts), e, torch.minimum(_norm(e), _up(sum(bigs) + _norm(fresh), k + 1))
 
-        y, e = total([h.value for h in hs], [h.error for h in hs])
+        y, e, big = total([h.value for h in hs], [h.error for h in hs], [h.norm for h in hs])
         if hs[0].tangent is None:
-            return _Enclosed(y, e)
-        return _Enclosed(y, e, *total([h.tangent for h in hs], [h.tangent_error for h in hs]))
+            return _Enclosed(y, e, norm=big)
+        t, e_t, big_t = total([h.tangent for h in hs], [h.tangent_error for h in hs], [h.tangent_norm for h in hs])
+        return _Enclosed(y, e, t, e_t, big, big_t)
 
     def visit_concat(self, node: Concat, *hs: _Enclosed) -> _Enclosed:
         y, e = node.evaluate(*[h.value for h in hs]), node.evaluate(*[h.error for h in hs])
         if hs[0].tangent is None:
-            return _Enclosed(y, e)
-        return _Enclosed(y, e, node.evaluate(*[h.tangent for h in hs]), node.evaluate(*[h.tangent_error for h in hs]))
+            return _Enclosed(y, e, norm=_norm(e))
+        e_t = node.evaluate(*[h.tangent_error for h in hs])
+        return _Enclosed(y, e, node.evaluate(*[h.tangent for h in hs]), e_t, _norm(e), _norm(e_t))
 
 
 def _derivative(node: Activation, z: torch.Tensor) -> torch.Tensor:
@@ -168,9 +192,11 @@ def _piece_slopes(node: Activation, z: torch.Tensor) -> torch.Tensor:
     return torch.tensor(node.pieces.slopes, dtype=z.dtype)[torch.bucketize(z.contiguous(), breaks)]
 
 
-def _activation_tangent(node: Activation, z: torch.Tensor, e_z: torch.Tensor, t: torch.Tensor,
-                        e_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``s'(z) t`` and its error bound ``|s'~ - s'(z)| (|t| + e_t) + |s'~| e_t + u |s'~ t|`` (:func:`enclose`)."""
+def _activation_tangent(node: Activation, z: torch.Tensor, e_z: torch.Tensor, t: torch.Tensor, e_t: torch.Tensor,
+                        big_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``s'(z) t``, its error bound ``|s'~ - s'(z)| (|t| + e_t) + |s'~| e_t + u |s'~ t|`` (:func:`enclose`)
+    and a bound of that error's norm from ``big_t >= ||e_t||_2`` (``max(|s'~| + |s'~ - s'|) big_t``
+    for the propagated part)."""
     if node.pieces is not None:  # the slope of z's piece, exactly, where the piece is certain
         d = _piece_slopes(node, z)
         slope_error = torch.zeros_like(d)
@@ -179,7 +205,40 @@ def _activation_tangent(node: Activation, z: torch.Tensor, e_z: torch.Tensor, t:
         secant = torch.maximum((_derivative(node, z + e_z) - d).abs(), (_derivative(node, z - e_z) - d).abs())
         slope_error = 2 * secant + 16 * _U * (d.abs() + node.lipschitz)
     out = d * t
-    return out, _up(slope_error * t.abs() + (d.abs() + slope_error) * e_t + _U * out.abs(), 3)
+    fresh, gain = slope_error * t.abs() + _U * out.abs(), d.abs() + slope_error
+    e = _up(fresh + gain * e_t, 3)
+    big = _up(_norm(fresh) + gain.flatten(1).amax(dim=1) * big_t, 3)
+    return out, e, torch.minimum(_norm(e), big)
+
+
+def _norm(e: torch.Tensor) -> torch.Tensor:
+    """A rigorous upper bound of ``||e_b||_2`` for each batch element of ``e >= 0``."""
+    return _up(e.flatten(1).norm(dim=1), e[0].numel())
+
+
+def _linear_normwise(op: LinearOperator, h: torch.Tensor, e: torch.Tensor,
+                     big: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_linear` with ``big >= ||e||_2``: ``(A h, element-wise error bound, bound of its norm)``.
+    Where the element-wise bound has grown past ``1e-10`` of ``||A h||``, each element is also
+    bounded by ``||A||_2 big`` plus the fresh rounding (module doc), and the smaller bound is kept."""
+    y, out = _linear(op, h, e)
+    out_norm = _norm(out)
+    if not bool((out_norm > 1e-10 * y.flatten(1).norm(dim=1)).any()):
+        return y, out, out_norm
+    a = _row_bound(op)
+    if not math.isfinite(a):
+        return y, out, out_norm
+    _, fresh = _linear(op, h, torch.zeros_like(e))
+    spread = _up(a * big, 1)
+    out = torch.minimum(out, _up(fresh + spread.reshape(-1, *([1] * (y.dim() - 1))), 2))
+    return y, out, torch.minimum(_norm(out), _up(_norm(fresh) + spread, 2))
+
+
+def _row_bound(op: LinearOperator) -> float:
+    """A certified ``||A||_2`` (cached on the operator), infinite when none is known."""
+    if "_lipbound_row_bound" not in op.__dict__:
+        op.__dict__["_lipbound_row_bound"] = certified_norm(op.to(dtype=torch.float64)).value
+    return op.__dict__["_lipbound_row_bound"]
 
 
 def _linear(op: LinearOperator, h: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,9 +259,7 @@ def _linear(op: LinearOperator, h: torch.Tensor, e: torch.Tensor) -> tuple[torch
     if mag is not None:
         bound = mag.matvec(w)
     else:  # (|A| w)_i <= ||row_i||_2 ||w||_2 <= ||A||_2 ||w||_2
-        if "_lipbound_row_bound" not in op.__dict__:
-            op.__dict__["_lipbound_row_bound"] = certified_norm(op.to(dtype=torch.float64)).value
-        scale = op.__dict__["_lipbound_row_bound"] * _up(w.flatten(1).norm(dim=1), w[0].numel())
+        scale = _row_bound(op) * _norm(w)
         bound = scale.reshape(-1, *([1] * (y.dim() - 1))).expand_as(y)
     return y, _up(bound, k) + k * _TINY
 
