@@ -184,7 +184,8 @@ def routed(graph: lipbound.Graph, budget: float) -> str:
 
 @pytest.mark.parametrize("budget", [1.0, 30.0, 300.0])
 @pytest.mark.parametrize("make", [lambda: mlp(8, [16, 16]), lambda: mlp(16, [16] * 8), lambda: mlp(784, [256, 256]),
-                                  lambda: mlp(40, [40] * 3)], ids=["small", "narrow-deep", "mnist-256x2", "40-wide"])
+                                  lambda: mlp(40, [40] * 3), lambda: mlp(100, [20, 20])],
+                         ids=["small", "narrow-deep", "mnist-256x2", "40-wide", "wide-input"])
 def test_the_predicted_lipsdp_path_is_the_one_auto_takes_on_mlps(make, budget: float) -> None:
     from lipbound.methods.cost import lipsdp_path
 
