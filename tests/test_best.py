@@ -50,7 +50,7 @@ def test_an_affine_net_stops_after_autolip_with_its_own_lower_search() -> None:
     assert members(res) == ["autolip"]
     assert res.details["skipped"] == [n for n, s in METHODS.items() if s.in_best and n != "autolip"]
     assert res.details["stopped_by"] == "converged" and res.details["lower_source"] == "lower"
-    oracle = float(torch.linalg.matrix_norm((model[1].weight @ model[0].weight).detach().double(), ord=2))
+    oracle = float(torch.linalg.matrix_norm(model[1].weight.detach().double() @ model[0].weight.detach().double(), ord=2))
     assert res.value >= oracle * (1 - 1e-9)
     assert res.value <= res.details["lower"] * 1.01 and res.bracket == (res.details["lower"], res.value)
 
