@@ -87,7 +87,7 @@ def best(graph: Graph, *, registry: Mapping[str, Any], time_budget: float = 60.0
         get_method(name).check_options(opts)
     start = time.perf_counter()
     ran: list[dict[str, Any]] = []
-    found = None if tol is None or lower is not None else _search_lower(
+    found = None if tol is None or lower is not None or time_budget <= 0 else _search_lower(
         graph, get_method("lower"), time_budget, seed, (method_options or {}).get("lower", {}), domain, ran)
     bound = lower if found is None else found.lower
     chosen: Result | None = None
