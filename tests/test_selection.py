@@ -152,3 +152,90 @@ def test_graph_sizes_on_a_region_count_only_unstable_neurons() -> None:
     straddle = sum(int(((n.pre[0] < 0) & (n.pre[1] > 0)).sum()) for n in local if n.kind == "activation")
     sizes = graph_sizes(local)
     assert sizes.unstable == straddle < 16 and sizes.lmi_order == 3 + straddle
+
+
+# ---- LipSDP's path under solver="auto" (cost.lipsdp_path), checked against lipsdp's own router ----
+
+def lenet5() -> lipbound.Graph:
+    """LeNet5's shapes (random weights): its LMI has blocks 784, 4704, 1600, 120, 84 (order 7,292)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
+                          nn.AvgPool2d(2), nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+                          nn.Linear(84, 10))
+    return lipbound.as_graph(model.eval(), (1, 28, 28))
+
+
+def routed(graph: lipbound.Graph, budget: float) -> str:
+    """The oracle: the path lipsdp's own routing takes on the graph's real (reduced) LMI."""
+    from lipbound.errors import NotApplicable, UnsupportedOperation
+    from lipbound.methods.eclipse import balanced
+    from lipbound.methods.lipsdp import _auto_solver
+    from lipbound.methods.lipsdp_conv import routes_to_blocks
+    from lipbound.methods.lmi_build import lmi_of_graph
+
+    if routes_to_blocks(graph):
+        return "blocks"
+    try:
+        lmi = balanced(lmi_of_graph(graph))
+    except (NotApplicable, UnsupportedOperation):
+        return "refused"
+    return _auto_solver(lmi.reduced(), 60, budget)
+
+
+@pytest.mark.parametrize("budget", [1.0, 30.0, 300.0])
+@pytest.mark.parametrize("make", [lambda: mlp(8, [16, 16]), lambda: mlp(16, [16] * 8), lambda: mlp(784, [256, 256]),
+                                  lambda: mlp(40, [40] * 3), lambda: mlp(100, [20, 20])],
+                         ids=["small", "narrow-deep", "mnist-256x2", "40-wide", "wide-input"])
+def test_the_predicted_lipsdp_path_is_the_one_auto_takes_on_mlps(make, budget: float) -> None:
+    from lipbound.methods.cost import lipsdp_path
+
+    graph = make()
+    assert lipsdp_path(graph_sizes(graph), budget) == routed(graph, budget)
+
+
+def test_a_narrow_deep_mlp_goes_chordal_only_when_half_the_budget_holds_it() -> None:
+    from lipbound.methods.cost import lipsdp_path
+    from lipbound.methods.lipsdp import _cvxpy_available
+
+    if not _cvxpy_available():
+        pytest.skip("the chordal path needs cvxpy")
+    sizes = graph_sizes(mlp(16, [16] * 8))
+    assert lipsdp_path(sizes, 1.0) == "first-order" and lipsdp_path(sizes, 300.0) == "chordal"
+
+
+def test_max_pooling_is_refused_and_never_predicted_cheap() -> None:
+    from lipbound.errors import NotApplicable, UnsupportedOperation
+    from lipbound.methods.cost import lipsdp_cost, lipsdp_path
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2 * 3 * 3, 3))
+    graph = lipbound.as_graph(model.eval(), (1, 8, 8))
+    with pytest.raises((NotApplicable, UnsupportedOperation)):
+        METHODS["lipsdp"](graph, seed=0, progress=False)
+    assert lipsdp_path(graph_sizes(graph)) == routed(graph, 30.0) == "refused"
+    assert lipsdp_cost(graph_sizes(graph)) == math.inf
+    assert "lipsdp" not in default_methods(graph, time_budget=1e6)
+
+
+def test_an_affine_net_has_no_lmi_and_no_lipsdp() -> None:
+    from lipbound.methods.cost import lipsdp_path
+
+    torch.manual_seed(0)
+    graph = lipbound.as_graph(nn.Sequential(nn.Linear(5, 7), nn.Linear(7, 2)).eval(), (5,))
+    assert lipsdp_path(graph_sizes(graph)) == routed(graph, 30.0) == "refused"
+    assert "lipsdp" not in default_methods(graph)
+
+
+def test_lenet5_gets_the_blocks_path_in_a_300_s_run_only() -> None:
+    from lipbound.methods.cost import lipsdp_cost, lipsdp_path
+    from lipbound.methods.lipsdp_conv import SETUP_EVALUATIONS, WORK_RATE, evaluation_work
+
+    graph = lenet5()
+    sizes = graph_sizes(graph)
+    assert routed(graph, 300.0) == "blocks" == lipsdp_path(sizes, 300.0)
+    # lipsdp_blocks refuses a budget below its set-up: the oracle is its own arithmetic on the chain
+    setup = SETUP_EVALUATIONS * evaluation_work([784, 4704, 1600, 120, 84]) / WORK_RATE
+    assert lipsdp_path(sizes, setup * 0.99) == "refused" and lipsdp_path(sizes, setup * 1.01) == "blocks"
+    assert setup < lipsdp_cost(sizes) < 300.0
+    assert "lipsdp" not in default_methods(graph, time_budget=30.0)
+    assert "lipsdp" in default_methods(graph, time_budget=300.0)

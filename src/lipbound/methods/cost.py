@@ -24,10 +24,13 @@ from typing import Callable
 from ..graph.ir import Activation, Add, Concat, Graph, MaxPool
 from ..linalg.conv import Conv
 from ..linalg.operators import Dense
+from .lipsdp import CHORDAL_SECONDS, _cvxpy_available
+from .lipsdp_conv import CHECK_EVALUATIONS, MAX_ENTRIES, SETUP_EVALUATIONS, WORK_RATE, chain_orders, evaluation_work
+from .lmi_build import MAX_WORK
 from .piecewise import count_two_slope_neurons
 
 __all__ = ["GraphSizes", "graph_sizes", "CONSTANTS", "autolip_cost", "power_cost", "seqlip_cost", "eclipse_cost",
-           "lipsdp_cost", "lower_cost", "exact_cost", "total"]
+           "lipsdp_cost", "lipsdp_path", "LIPSDP_PATHS", "lower_cost", "exact_cost", "total"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,10 @@ class GraphSizes:
         relu_units: ReLU units of the equivalent ReLU network when the graph is an MLP of
             piecewise-linear activations (:func:`~lipbound.methods.piecewise.count_two_slope_neurons`,
             stable ones left out), else None.
+        chain_orders: the block orders ``[input, activation 1, ...]`` of the fused graph when it is
+            a chain of affine nodes and activations (every neuron counted,
+            :func:`~lipbound.methods.lipsdp_conv.chain_orders`), else None.
+        pooled: the graph has max pooling (no LMI holds it: LipSDP refuses it).
     """
 
     kind: str
@@ -68,6 +75,8 @@ class GraphSizes:
     matvec_work: float
     conv_work: float
     relu_units: int | None
+    chain_orders: tuple[int, ...] | None = None
+    pooled: bool = False
 
 
 def graph_sizes(graph: Graph) -> GraphSizes:
@@ -88,9 +97,11 @@ def graph_sizes(graph: Graph) -> GraphSizes:
     conv_work = sum(math.prod(op.out_shape) * op.weight.shape[1] * math.prod(op.weight.shape[2:]) for op in convs)
     matvec = sum(math.prod(op.out_shape) * math.prod(op.in_shape) for op in dense) + conv_work
     units = count_two_slope_neurons(graph) if kind == "mlp" else None
+    orders = chain_orders(graph)
     return GraphSizes(kind, input_size, sum(math.prod(n.shape) for n in acts), unstable, widths, order,
                       float(chain_work), float(dense_svd + sum(_svd(op) for op in convs)), float(dense_svd),
-                      float(matvec), float(conv_work), units)
+                      float(matvec), float(conv_work), units, None if orders is None else tuple(orders),
+                      any(isinstance(n, MaxPool) for n in nodes))
 
 
 def _svd(op) -> int:
@@ -122,7 +133,9 @@ CONSTANTS = {
     "seqlip": 4e-8,        # per flop of the SVDs (convolutions materialised) and the pair products
     "eclipse": 2.8e-9,       # per flop of the block recursions and the check
     "lipsdp": 1e-9,        # per flop of the first-order solver's iterations
-    "ipm": 2e-8,           # per (LMI order)^3.5 of an interior-point solve
+    "ipm": 2e-8,           # per (reduced LMI order)^3.5 of an interior-point solve
+    "chordal": CHORDAL_SECONDS,  # per unit of LipSDP's own chordal estimate (lipsdp.CHORDAL_SECONDS)
+    "blocks": 1 / WORK_RATE,  # per flop of the "blocks" path's eliminations (lipsdp_conv.WORK_RATE)
     "lower": 5e-8,         # per multiply-add of the search's forward and backward passes
     "exact": 1e-3,         # per activation pattern visited
 }
@@ -135,18 +148,79 @@ EXACT_LOG2_PATTERNS = 16      # log2 of the most patterns exact is predicted to 
 
 
 def work(s: GraphSizes) -> dict[str, float]:
-    """The unit of work each model counts on ``s`` (multiply by :data:`CONSTANTS`)."""
-    first_order = s.unstable + min(s.input_size, s.widths[0] if s.widths else 0) > IPM_MAX_ORDER
+    """The unit of work each model counts on ``s`` (multiply by :data:`CONSTANTS`). LipSDP's terms
+    count only the path ``solver="auto"`` takes with an unlimited budget (:func:`lipsdp_path`):
+    ``ipm`` for interior point, ``lipsdp`` (and ``chordal`` for chains with cvxpy) otherwise,
+    ``blocks`` for chains too large to assemble."""
+    path = lipsdp_path(s)
+    dense = path in ("chordal", "first-order")
     return {
         "autolip": s.dense_svd_work + s.conv_work,
         "power": POWER_PASSES * s.matvec_work,
         "seqlip": s.svd_work + (s.chain_work if s.kind == "mlp" else 0.0),
         "eclipse": ECLIPSE_PASSES * s.chain_work,
-        "lipsdp": (ECLIPSE_PASSES + 2 * SDP_USEFUL_ITERATIONS) * s.chain_work if first_order else 0.0,
-        "ipm": 0.0 if first_order else float(s.lmi_order) ** 3.5,
+        "lipsdp": (ECLIPSE_PASSES + 2 * SDP_USEFUL_ITERATIONS) * s.chain_work if dense else 0.0,
+        "chordal": _chordal_work(s) if path == "chordal" else 0.0,
+        "ipm": float(_reduced_orders(s)[0] + s.unstable) ** 3.5 if path == "clarabel" else 0.0,
+        "blocks": (BLOCKS_EVALUATIONS * evaluation_work(list(s.chain_orders)) if path == "blocks" else 0.0),
         "lower": LOWER_PASSES * s.matvec_work,
         "exact": math.inf if s.relu_units is None else 2.0 ** min(s.relu_units, EXACT_LOG2_PATTERNS),
     }
+
+
+#: LipSDP's paths under ``solver="auto"`` (:func:`lipsdp_path`); ``"refused"``: it raises NotApplicable
+LIPSDP_PATHS = ("clarabel", "chordal", "first-order", "blocks", "refused")
+LIPSDP_MAX_SIZE = 20000  # LipSDP's ``max_size``: the dense paths refuse a larger LMI order
+#: evaluations of the ``"blocks"`` path to its first useful bound: its set-up, SDP_USEFUL_ITERATIONS
+#: L-BFGS steps, its last step and the check (lipsdp_conv's SETUP_ and CHECK_EVALUATIONS)
+BLOCKS_EVALUATIONS = SETUP_EVALUATIONS + SDP_USEFUL_ITERATIONS + CHECK_EVALUATIONS
+
+
+def lipsdp_path(s: GraphSizes, budget: float = math.inf) -> str:
+    """The path :func:`lipbound.methods.lipsdp.lipsdp` with ``solver="auto"`` takes on a graph of
+    sizes ``s`` with ``time_budget=budget``, read from its routing (a copy of its rules on sizes):
+
+    * a chain whose assembled LMI needs ``order * bandwidth^2 > MAX_WORK`` operations goes to
+      ``"blocks"`` (:func:`~lipbound.methods.lipsdp_conv.routes_to_blocks`), which refuses it when
+      its matrices exceed ``MAX_ENTRIES`` or its set-up (``SETUP_EVALUATIONS`` evaluations at
+      ``WORK_RATE``) exceeds the budget;
+    * the assembled LMI is refused with max pooling (no LMI holds it), without an unstable neuron,
+      above order ``LIPSDP_MAX_SIZE``, or above ``MAX_WORK`` operations per factorisation (its
+      bandwidth: the widest pair of neighbouring blocks on a chain, the whole order otherwise);
+    * else, with cvxpy, ``"clarabel"`` up to reduced order ``IPM_MAX_ORDER``, ``"chordal"`` on a
+      chain whose chordal estimate fits in half the budget; ``"first-order"`` otherwise.
+    """
+    orders = s.chain_orders
+    if orders is not None and len(orders) >= 2:
+        band = max(a + b for a, b in zip(orders, orders[1:]))
+        if sum(orders) * band ** 2 > MAX_WORK:
+            entries = sum(a * b for a, b in zip(orders, orders[1:])) + max(orders) ** 2
+            fits = SETUP_EVALUATIONS * evaluation_work(list(orders)) / WORK_RATE <= budget
+            return "blocks" if entries <= MAX_ENTRIES and fits else "refused"
+    blocks = [s.input_size, *s.widths]
+    band = max(a + b for a, b in zip(blocks, blocks[1:])) if orders is not None and s.widths else s.lmi_order
+    if s.pooled or s.unstable == 0 or s.lmi_order > LIPSDP_MAX_SIZE or s.lmi_order * (band + 1) ** 2 > MAX_WORK:
+        return "refused"
+    if not _cvxpy_available():
+        return "first-order"
+    if _reduced_orders(s)[0] + s.unstable <= IPM_MAX_ORDER:
+        return "clarabel"
+    if orders is not None and CHORDAL_SECONDS * _chordal_work(s) <= budget / 2:
+        return "chordal"
+    return "first-order"
+
+
+def _reduced_orders(s: GraphSizes) -> list[int]:
+    """Block orders of the reduced LMI: the input block cut to the first layer's rank (at most
+    ``min(input, first width)``), then the unstable neurons of each activation."""
+    return [min(s.input_size, s.widths[0] if s.widths else 0), *s.widths]
+
+
+def _chordal_work(s: GraphSizes) -> float:
+    """LipSDP's estimate of its chordal solve in units of ``CHORDAL_SECONDS``: ``sum ((a + b) / 32)^6``
+    over neighbouring blocks of the reduced LMI."""
+    sizes = _reduced_orders(s)
+    return float(sum(((a + b) / 32) ** 6 for a, b in zip(sizes, sizes[1:])))
 
 
 def _model(*keys: str) -> Callable[[GraphSizes], float]:
@@ -164,9 +238,27 @@ seqlip_cost = _model("seqlip")
 seqlip_cost.__doc__ = "The SVDs (convolutions materialised), then one pass over the pairs (its search is capped)."
 eclipse_cost = _model("eclipse")
 eclipse_cost.__doc__ = "Recursions of dense block operations along the LMI, then a checked Cholesky."
-lipsdp_cost = _model("eclipse", "lipsdp", "ipm")
-lipsdp_cost.__doc__ = ("Interior point up to IPM_MAX_ORDER (~order^3.5); beyond, the first-order solver's start "
-                       "(ECLipsE-Fast) and SDP_USEFUL_ITERATIONS iterations of a Cholesky and top eigenvalues.")
+
+
+def lipsdp_cost(s: GraphSizes) -> float:
+    """The least budget in which ``solver="auto"`` returns its bound (:func:`lipsdp_path`): the
+    interior-point solve (~ reduced order^3.5); on a chain with cvxpy the lesser of twice the chordal
+    estimate (auto takes chordal only when it fits in half the budget) and the first-order path; the
+    first-order solver's start (ECLipsE-Fast) and SDP_USEFUL_ITERATIONS iterations; the ``"blocks"``
+    path's BLOCKS_EVALUATIONS layer-by-layer eliminations (LeNet5: about 24 evaluations of ~10 s);
+    ``inf`` where every path refuses the graph, so that a refused LipSDP is never predicted cheap."""
+    path = lipsdp_path(s)
+    if path == "refused":
+        return math.inf
+    w = work(s)
+    if path == "blocks":
+        return CONSTANTS["start"] + CONSTANTS["blocks"] * w["blocks"]
+    if path == "clarabel":
+        return CONSTANTS["start"] + CONSTANTS["ipm"] * w["ipm"]
+    first = CONSTANTS["start"] + CONSTANTS["eclipse"] * w["eclipse"] + CONSTANTS["lipsdp"] * w["lipsdp"]
+    return min(first, CONSTANTS["start"] + 2 * CONSTANTS["chordal"] * w["chordal"]) if path == "chordal" else first
+
+
 lower_cost = _model("lower")
 lower_cost.__doc__ = ("Its first ascent step (it always runs; the rest is capped by its budget): forward and "
                       "backward passes of every start, linear in the model.")
