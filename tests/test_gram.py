@@ -152,7 +152,7 @@ def test_shifted_cholesky_bounds_the_largest_eigenvalue(name, a):
     bound = max_eigenvalue_bound(m[None], err)
     assert bound.value >= exact, (name, bound, exact)
     assert bound.value <= exact * (1 + 1e-3) + 1e-12 * float(torch.linalg.matrix_norm(a, ord="fro")) ** 2
-    assert bound.estimate <= exact * (1 + 1e-9)
+    assert bound.estimate <= exact * (1 + 1e-6)  # a single-precision Ritz value of the computed matrix
 
 
 def test_shifted_cholesky_batch_and_failing_estimates():

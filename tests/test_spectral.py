@@ -140,7 +140,8 @@ def test_batchnorm_norm_is_max_scale():
 def test_certified_norm_of_operator_without_bound_is_infinite_when_large():
     op = Function(lambda x: x.flip(-1) - 0.5 * x, (1000,), "custom")
     assert certified_norm(op, dense_limit=100).value == float("inf")
-    assert certified_norm(op).value == pytest.approx(1.5, rel=1e-8)
+    big = certified_norm(op)  # 1000 x 1000: the Gram + shifted-Cholesky certificate, within 1e-4
+    assert 1.5 <= big.value <= 1.5 * (1 + 2e-4) and not big.exact and "Cholesky" in big.how
 
 
 def test_affine_containers_and_unitary_factors_keep_exact_norms():
