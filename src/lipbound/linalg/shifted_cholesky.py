@@ -123,14 +123,16 @@ def _certify_single(low: torch.Tensor, e: int, fro: torch.Tensor, err: float, ta
     return _certify(low, shift, err_s) * 2.0 ** e
 
 
-def _estimates(low: torch.Tensor, steps: int, refine_steps: int) -> torch.Tensor:
+def _estimates(low: torch.Tensor, steps: int, refine_steps: int, floor: float) -> torch.Tensor:
     """Ritz values of the blocks: ``steps`` Lanczos steps on all, ``refine_steps`` on the
-    :data:`REFINE_BLOCKS` ranked highest (the largest of the two for those)."""
+    :data:`REFINE_BLOCKS` ranked highest among those whose estimate is above ``floor`` (the
+    largest of the two values for those)."""
     if low.shape[0] <= REFINE_BLOCKS:
         return lanczos_max_eig(low, max(steps, refine_steps))
     theta = lanczos_max_eig(low, steps)
-    if refine_steps > steps:
-        top = theta.topk(min(REFINE_BLOCKS, theta.numel())).indices
+    above = int((theta > floor).sum())
+    if refine_steps > steps and above:
+        top = theta.topk(min(REFINE_BLOCKS, above)).indices
         theta[top] = torch.maximum(theta[top], lanczos_max_eig(low[top], refine_steps))
     return theta
 
@@ -154,7 +156,7 @@ def max_eigenvalue_bound(mats: torch.Tensor, err: float, rtol: float = 1e-4, flo
         return EigBound(float(bounds.max()), 0.0, 0, 0)
     idx = open_.nonzero().reshape(-1)
     low, e = _single(mats if bool(open_.all()) else mats[idx], fro[idx])
-    theta = _estimates(low, steps, refine_steps) * 2.0 ** e
+    theta = _estimates(low, steps, refine_steps, floor * 2.0 ** -e) * 2.0 ** e
     estimate = float(theta.max())
     target = max(estimate * (1 + 2 * rtol), floor)
     need = fro[idx] > target
