@@ -34,7 +34,7 @@ from .shifted_cholesky import EigBound, max_eigenvalue_bound
 
 __all__ = ["gram_symbol_blocks", "conv_cholesky_bound", "CHUNK_NUMEL"]
 
-CHUNK_NUMEL = 1 << 24  # complex entries of Gram blocks formed at once
+CHUNK_NUMEL = 1 << 20  # complex entries of Gram blocks formed at once (16 MiB: the factorisations' buffers are reused, not page-faulted anew)
 _U64 = 2.0 ** -53
 
 

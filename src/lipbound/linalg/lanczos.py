@@ -28,6 +28,11 @@ steps (``"iterations"``), when the Krylov space is invariant (``beta = 0``: ``th
 eigenvalue, ``"converged"``) or at the deadline (``"time"``). The estimate only decides when to
 stop; the value is a lower bound in every case. A basis larger than ``max_basis`` vectors restarts
 from the current Ritz vector (explicit restart; the Ritz value never decreases).
+
+:func:`lanczos_max_eig` runs the same recurrence on a batch of explicit Hermitian matrices (the
+Gram blocks of a convolution, the Gram matrix of a dense weight) for a fixed number of steps, in
+the matrices' dtype (complex64/float32 is enough: its values only choose the shift of the
+shifted-Cholesky certificate, :mod:`lipbound.linalg.shifted_cholesky`, and never enter a bound).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import torch
 
 from .linear_operator import LinearOperator
 
-__all__ = ["lanczos_norm", "LANCZOS_MAX_BASIS_NUMEL"]
+__all__ = ["lanczos_norm", "lanczos_max_eig", "LANCZOS_MAX_BASIS_NUMEL"]
 
 LANCZOS_MAX_BASIS_NUMEL = 1 << 26  # basis entries kept for full reorthogonalisation (then restart)
 SETTLE_WINDOW = 5  # steps per window of the geometric stopping rule (:func:`_settled`)
@@ -160,3 +165,37 @@ def _lanczos_run(op: LinearOperator, q: torch.Tensor, steps: int, tol: float,
     _, vecs = _ritz(alpha, beta)
     x = vecs[:, 0].to(basis.dtype) @ basis[:j]
     return x / x.norm().clamp_min(1e-300), j, reason
+
+
+def lanczos_max_eig(mats: torch.Tensor, steps: int) -> torch.Tensor:
+    """The largest Ritz value of each Hermitian matrix of ``mats`` ``(B, n, n)`` after
+    ``min(steps, n)`` Lanczos steps from a fixed start (the same for every block: repeatable),
+    with full reorthogonalisation; float64, shape ``(B,)``. In exact arithmetic each value is a
+    Rayleigh quotient, hence ``<= lambda_max`` of its block: an estimate from below, used only to
+    choose shifts. An invariant Krylov space (``beta = 0``) stops a block's recurrence: its
+    later vectors are zero and add zero rows and columns to ``T``, which leave its top eigenvalue."""
+    b, n, _ = mats.shape
+    steps = max(1, min(steps, n))
+    real = mats.real.dtype if mats.is_complex() else mats.dtype
+    q = 1 + torch.arange(n, dtype=torch.float64, device=mats.device).mul(0.618).remainder(1)
+    q = (q / q.norm()).to(mats.dtype).expand(b, n).clone()
+    basis = torch.zeros((b, steps, n), dtype=mats.dtype, device=mats.device)
+    alpha = torch.zeros((b, steps), dtype=real, device=mats.device)
+    beta = torch.zeros((b, steps), dtype=real, device=mats.device)
+    scale = torch.zeros(b, dtype=real, device=mats.device)  # the largest |alpha|, beta so far: the breakdown scale
+    for j in range(steps):
+        basis[:, j] = q
+        w = (mats @ q[..., None])[..., 0]
+        alpha[:, j] = (q.conj() * w).sum(-1).real
+        for _ in range(2):  # "twice is enough" (full reorthogonalisation against the whole basis)
+            w = w - ((basis[:, : j + 1].conj() @ w[..., None]).mT @ basis[:, : j + 1])[:, 0]
+        beta[:, j] = torch.linalg.vector_norm(w, dim=-1)
+        scale = torch.maximum(scale, torch.maximum(alpha[:, j].abs(), beta[:, j]))
+        alive = beta[:, j] > 1e-6 * scale
+        beta[:, j] = torch.where(alive, beta[:, j], torch.zeros_like(beta[:, j]))
+        q = torch.where(alive[:, None], w / beta[:, j, None].clamp_min(torch.finfo(real).tiny), torch.zeros_like(w))
+    t = torch.diag_embed(alpha.to(torch.float64))
+    if steps > 1:
+        off = beta[:, : steps - 1].to(torch.float64)
+        t = t + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
+    return torch.nan_to_num(torch.linalg.eigvalsh(t)[:, -1], nan=0.0)

@@ -136,15 +136,20 @@ class LinearOperator:
         return new
 
     def to_dense(self, chunk: int = 256) -> torch.Tensor:
-        """The matrix ``(out_numel, in_numel)``, built column block by column block."""
-        n = self.in_numel
-        cols = []
+        """The matrix ``(out_numel, in_numel)``, built column block by column block (``matvec`` of
+        basis vectors), or row block by row block (``rmatvec``, the adjoint, exact for a linear
+        map) when there are fewer outputs than inputs."""
+        by_rows = self.out_numel < self.in_numel
+        n, shape = (self.out_numel, self.out_shape) if by_rows else (self.in_numel, self.in_shape)
+        apply = self.rmatvec if by_rows else self.matvec
+        blocks = []
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)
             eye = torch.zeros((stop - start, n), dtype=self.dtype, device=self.device)
             eye[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
-            cols.append(self.matvec(eye.reshape(-1, *self.in_shape)).reshape(stop - start, -1))
-        return torch.cat(cols, 0).T
+            blocks.append(apply(eye.reshape(-1, *shape)).reshape(stop - start, -1))
+        dense = torch.cat(blocks, 0)
+        return dense if by_rows else dense.T
 
 
 def _same_stamp(a: tuple, b: tuple) -> bool:

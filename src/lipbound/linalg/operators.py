@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import torch
 
 from .conv import Conv, circular_conv_norm, conv_dft_bound
+from .dense_gram import matrix_norm_bound
 from .linear_operator import LinearOperator, StructuralBound, _TensorOperator
 
 __all__ = ["StructuralBound", "LinearOperator", "Dense", "Diagonal", "Reshape", "Permute", "Function", "Conv",
@@ -32,10 +33,14 @@ __all__ = ["StructuralBound", "LinearOperator", "Dense", "Diagonal", "Reshape", 
 
 
 class Dense(_TensorOperator):
-    """``x -> x W^T`` on the last axis of ``x`` (``nn.Linear`` without bias). ``||A|| = ||W||_2``."""
+    """``x -> x W^T`` on the last axis of ``x`` (``nn.Linear`` without bias). ``||A|| = ||W||_2``:
+    its SVD, or for large weights the shifted-Cholesky certificate on ``W W^T``
+    (:func:`~lipbound.linalg.dense_gram.matrix_norm_bound`; ``method`` chooses, for every dense
+    matrix, materialised operators included: ``"auto"``, ``"svd"`` or ``"cholesky"``)."""
 
     label = "Linear"
     _tensors = ("weight",)
+    method = "auto"
 
     def __init__(self, weight: torch.Tensor, in_shape: Sequence[int]) -> None:
         in_shape = tuple(in_shape)
@@ -51,8 +56,7 @@ class Dense(_TensorOperator):
         return y @ self.weight
 
     def structural_bound(self):
-        s = torch.linalg.matrix_norm(self.weight.double(), ord=2).item()
-        return StructuralBound(s, True, "SVD of the weight")
+        return matrix_norm_bound(self.weight, self.method, "weight")
 
     def to_dense(self, chunk: int = 256):
         if len(self.in_shape) == 1:

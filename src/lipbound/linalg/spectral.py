@@ -8,7 +8,9 @@
   ``k = 1`` is the plain power method; larger blocks converge at rate ``(s_{k+1}/s_1)^2`` per
   step instead of ``(s_2/s_1)^2`` and give the top-``k`` singular triplets (for SeqLip top-k).
 * :func:`certified_norm` — a number ``>= ||A||_2`` by proof: the SVD of the materialised matrix
-  (float64) when it is small enough, otherwise the operator's structural bound (DFT bound for
+  (float64) when it is small enough (from a smaller side of
+  :data:`~lipbound.linalg.dense_gram.CHOLESKY_MIN_SIDE` on, the shifted-Cholesky certificate on
+  its Gram matrix instead, :mod:`lipbound.linalg.dense_gram`: not exact, within ``1e-4``), otherwise the operator's structural bound (DFT bound for
   convolutions, exact per-axis norms for pooling/resizing/padding, products for compositions),
   computed from the operator's own tensors. The value is multiplied by
   ``1 + CERTIFIED_RTOL`` to cover float64 rounding, which is far below that margin for every
@@ -24,10 +26,11 @@ from dataclasses import dataclass, field
 import torch
 
 from .lanczos import lanczos_norm
-from .operators import LinearOperator, StructuralBound
+from .dense_gram import matrix_norm_bound
+from .operators import Dense, LinearOperator, StructuralBound
 
 CERTIFIED_RTOL = 1e-9
-DENSE_LIMIT = 1 << 22  # materialise and take an exact SVD when out_numel * in_numel <= this
+DENSE_LIMIT = 1 << 22  # materialise (SVD or Gram + Cholesky) when out_numel * in_numel <= this
 
 
 @dataclass
@@ -124,12 +127,11 @@ def certified_norm(op: LinearOperator, dense_limit: int = DENSE_LIMIT) -> Certif
     if op.dtype != torch.float64:
         op = op.to(dtype=torch.float64)
     sb: StructuralBound | None = op.structural_bound()
-    if sb is not None and sb.exact:
-        return CertifiedNorm(sb.value * (1 + CERTIFIED_RTOL), sb.how, True)
+    if sb is not None and (sb.exact or isinstance(op, Dense)):  # a dense map's matrix is its weight: no tighter
+        return CertifiedNorm(sb.value * (1 + CERTIFIED_RTOL), sb.how, sb.exact)
     if op.in_numel * op.out_numel <= dense_limit:
-        m = op.to(dtype=torch.float64).to_dense()
-        value = torch.linalg.matrix_norm(m, ord=2).item()
-        return CertifiedNorm(value * (1 + CERTIFIED_RTOL), "SVD of the materialised matrix", True)
+        b = matrix_norm_bound(op.to(dtype=torch.float64).to_dense(), Dense.method, "materialised matrix")
+        return CertifiedNorm(b.value * (1 + CERTIFIED_RTOL), b.how, b.exact)
     if sb is None:
         return CertifiedNorm(math.inf, f"no certified bound for {op.label} of this size", False)
     return CertifiedNorm(sb.value * (1 + CERTIFIED_RTOL), sb.how, False)
