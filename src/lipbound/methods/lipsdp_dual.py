@@ -106,12 +106,8 @@ def first_order_dual(lmi: LipschitzLMI, res: SchurResult, t: np.ndarray,
 def _sector_forms(lmi: LipschitzLMI, zs: np.ndarray) -> np.ndarray:
     """``H[i, a, b] = z_a^T F_i z_b`` for every neuron ``i`` and columns ``a, b`` of ``zs``:
     ``2 a b p_a p_b - (a + b)(p_a q_b + q_a p_b) + 2 q_a q_b`` (``p``: pre-activation, ``q``: output)."""
-    off = lmi.offsets
-    zb = [zs[off[i]:off[i + 1]] for i in range(len(lmi.blocks))]
     forms = []
-    for j, blk in enumerate(lmi.blocks[1:], start=1):
-        p = sum(m @ zb[r] for r, m in blk.pre.items())
-        q = zb[j]
+    for p, q, blk in lmi.block_parts(zs):
         ab, cc = (v[:, None, None] for v in blk.sector())
         pq = p[:, :, None] * q[:, None, :]
         forms.append(2 * ab * p[:, :, None] * p[:, None, :] - cc * (pq + pq.transpose(0, 2, 1))

@@ -331,14 +331,21 @@ class LipschitzLMI:
     def gradient_at(self, z: np.ndarray) -> np.ndarray:
         """``-z^T (dN/dt_i) z / ||z_x||^2`` for every neuron ``i``; ``z`` of shape ``(N,)`` or ``(N, k)``."""
         off = self.offsets
-        zb = [z[off[i]:off[i + 1]] for i in range(len(self.blocks))]
         grads = []
-        for j, blk in enumerate(self.blocks[1:], start=1):
-            p = sum(m @ zb[r] for r, m in blk.pre.items())
-            q = zb[j]
+        for p, q, blk in self.block_parts(z):
             ab, cc = (v.reshape(-1, *([1] * (q.ndim - 1))) for v in blk.sector())
             grads.append(-2 * ab * p * p + 2 * cc * p * q - 2 * q * q)
-        return np.concatenate(grads) / np.sum(zb[0] * zb[0], axis=0)
+        zx = z[off[0]:off[1]]
+        return np.concatenate(grads) / np.sum(zx * zx, axis=0)
+
+    def block_parts(self, z: np.ndarray):
+        """``(p_j, q_j, block_j)`` for every activation block ``j`` of a vector ``z`` of the LMI's
+        order (shape ``(N,)`` or ``(N, k)``): ``p_j = sum_r W_jr z_r`` its pre-activation part and
+        ``q_j`` its output part."""
+        off = self.offsets
+        zb = [z[off[i]:off[i + 1]] for i in range(len(self.blocks))]
+        for j, blk in enumerate(self.blocks[1:], start=1):
+            yield sum(m @ zb[r] for r, m in blk.pre.items()), zb[j], blk
 
     def rescaled(self, d: list[float], d_out: float) -> "LipschitzLMI":
         """The same LMI with block ``j`` in units of ``d[j]`` and the output in units of ``d_out``
