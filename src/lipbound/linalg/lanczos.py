@@ -39,10 +39,29 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 
 from .linear_operator import LinearOperator
+
+
+@dataclass
+class PowerResult:
+    """Outcome of :func:`~lipbound.linalg.spectral.power_method` and :func:`lanczos_norm`: ``sigmas`` (top Ritz values, descending, each a lower
+    bound of the matching singular value), ``u``/``v`` the matching left/right vectors
+    (``(k, *out_shape)`` / ``(k, *in_shape)``, unit norm), ``iterations`` and ``converged``."""
+
+    sigmas: torch.Tensor
+    u: torch.Tensor
+    v: torch.Tensor
+    iterations: int
+    converged: bool
+    stopped_by: str = ""  # "converged", "iterations" or "time" (see :func:`lanczos_norm`)
+
+    @property
+    def sigma(self) -> float:
+        return float(self.sigmas[0])
 
 __all__ = ["lanczos_norm", "lanczos_max_eig", "LANCZOS_MAX_BASIS_NUMEL"]
 
@@ -99,11 +118,10 @@ def lanczos_norm(op: LinearOperator, *, max_iter: int = 300, tol: float = 1e-5,
         max_basis: basis vectors kept before an explicit restart (default: what fits in
             :data:`LANCZOS_MAX_BASIS_NUMEL` entries, at least 8).
 
-    Returns a :class:`~lipbound.linalg.spectral.PowerResult` with one value (``sigmas[0] = ||A x||``
+    Returns a :class:`PowerResult` with one value (``sigmas[0] = ||A x||``
     for the unit Ritz vector ``x``), ``u = A x / ||A x||``, ``v = x``, the number of ``gram`` calls
     and ``stopped_by``.
     """
-    from .spectral import PowerResult  # noqa: the result type lives with the other spectral results (cycle)
 
     if max_iter < 1 or tol < 0:
         raise ValueError(f"max_iter must be >= 1 and tol >= 0, got {max_iter}, {tol}")

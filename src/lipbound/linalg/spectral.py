@@ -25,30 +25,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .lanczos import lanczos_norm
+from .lanczos import PowerResult, lanczos_norm
 from .dense_gram import matrix_norm_bound
 from .operators import Dense, LinearOperator, StructuralBound
 
 CERTIFIED_RTOL = 1e-9
 DENSE_LIMIT = 1 << 22  # materialise (SVD or Gram + Cholesky) when out_numel * in_numel <= this
-
-
-@dataclass
-class PowerResult:
-    """Outcome of :func:`power_method`: ``sigmas`` (top Ritz values, descending, each a lower
-    bound of the matching singular value), ``u``/``v`` the matching left/right vectors
-    (``(k, *out_shape)`` / ``(k, *in_shape)``, unit norm), ``iterations`` and ``converged``."""
-
-    sigmas: torch.Tensor
-    u: torch.Tensor
-    v: torch.Tensor
-    iterations: int
-    converged: bool
-    stopped_by: str = ""  # "converged", "iterations" or "time" (see :func:`lanczos_norm`)
-
-    @property
-    def sigma(self) -> float:
-        return float(self.sigmas[0])
 
 
 def _check_args(k: int, max_iter: int, tol: float) -> None:

@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import math
 import time
-from functools import partial
 
 import numpy as np
 
@@ -86,10 +85,10 @@ from ..report import Result
 from .eclipse import balanced, fast_multipliers
 from .lmi import LipschitzLMI
 from .lmi_build import lmi_of_graph
-from .lipsdp_chain import chain_schur
 from .lipsdp_chordal import solve_chordal
 from .lipsdp_conv import lipsdp_blocks, routes_to_blocks
-from .lipsdp_dual import first_order_dual, gap, psd_factor, repaired_dual
+from .lipsdp_first_order import expand, rss_mb, solve_first_order, stopped_by
+from .lipsdp_dual import gap, psd_factor, repaired_dual
 from .sdp_verify import CertificateRejected, certify
 
 VARIANTS = ("neuron", "layer")
@@ -155,7 +154,7 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
     else:
         t, claimed, info = solve_cvxpy(red, variant=variant, solver=solver, time_budget=left)
     info.update(solver=solver, solver_seconds=time.perf_counter() - t_solve, lmi_order=lmi.size,
-                stopped_by=_stopped_by(info["solver_status"]),
+                stopped_by=stopped_by(info["solver_status"]),
                 reduced_order=red.size, eliminated_neurons=lmi.eliminated)
     name = "lipsdp" if variant == "neuron" else "lipsdp-layer"
     claimed_value = lmi.scale * math.sqrt(max(claimed, 0.0))
@@ -164,10 +163,10 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
     try:
         cert = certify(lmi, t, claimed_rho=claimed, interior=interior)
     except CertificateRejected as exc:
-        info.update(verified=False, reason=str(exc), rss_peak_mb=_rss_mb())
+        info.update(verified=False, reason=str(exc), rss_peak_mb=rss_mb())
         return Result(name, claimed_value, "estimate", time.perf_counter() - start, details=info)
     info.update(cert.summary())
-    info["rss_peak_mb"] = _rss_mb()
+    info["rss_peak_mb"] = rss_mb()
     info["sdp_gap"] = gap(cert.value, info["sdp_lower"])
     return Result(name, cert.value, "certified_upper", time.perf_counter() - start, details=info)
 
@@ -191,23 +190,6 @@ def _auto_solver(red: LipschitzLMI, ipm_max_order: int, time_budget: float) -> s
     return "first-order"
 
 
-def _stopped_by(status: str) -> str:
-    """The session's convention for what ended a solver: ``"time"`` (the budget cut it short),
-    ``"iterations"`` (its iteration cap) or ``"converged"``."""
-    if status == "time limit":
-        return "time"
-    return "iterations" if status == "iteration limit" else "converged"
-
-
-def _rss_mb() -> float | None:
-    """Peak resident memory of the process so far, in MB (None where ``resource`` is missing)."""
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - not on POSIX
-        return None
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def _cvxpy_available() -> bool:
     try:
         import cvxpy  # noqa: F401
@@ -225,17 +207,10 @@ def _coefficients(lmi: LipschitzLMI, variant: str) -> tuple[np.ndarray, np.ndarr
     zeros = np.zeros(lmi.n_neurons)
     c0 = lmi.dense_N(0.0, zeros)
     e = lmi.dense_N(1.0, zeros) - c0
-    units = np.eye(lmi.n_neurons) if variant == "neuron" else np.stack([_expand(lmi, u, variant) for u in
+    units = np.eye(lmi.n_neurons) if variant == "neuron" else np.stack([expand(lmi, u, variant) for u in
                                                                          np.eye(len(lmi.blocks) - 1)])
     f = np.stack([(lmi.dense_N(0.0, u) - c0).reshape(-1) for u in units], 1)
     return c0, e, f
-
-
-def _expand(lmi: LipschitzLMI, u: np.ndarray, variant: str) -> np.ndarray:
-    """Per-neuron multipliers from the variant's free ones."""
-    if variant == "neuron":
-        return np.asarray(u, dtype=np.float64)
-    return np.concatenate([np.full(b.size, ui) for b, ui in zip(lmi.blocks[1:], u)])
 
 
 def _import_cvxpy(solver: str):
@@ -279,117 +254,7 @@ def solve_cvxpy(lmi: LipschitzLMI, *, variant: str = "neuron", solver: str = "cl
         if problem.status in ("optimal", "optimal_inaccurate") and u.value is not None:
             dual = lmi_constraint.dual_value
             dual_rho = repaired_dual(lmi, psd_factor(np.asarray(dual))) if dual is not None else 0.0
-            return (np.maximum(_expand(lmi, u.value, variant), 0.0), float(rho.value),
+            return (np.maximum(expand(lmi, u.value, variant), 0.0), float(rho.value),
                     {"solver_status": problem.status, "solver_used": solver_name, "tried": tried,
                      "dual_rho": dual_rho})
     raise NotApplicable(f"the SDP solver failed ({'; '.join(tried)})")
-
-
-def solve_first_order(lmi: LipschitzLMI, *, variant: str = "neuron", time_budget: float = 300.0,
-                      max_iter: int = 3000, t0: np.ndarray | None = None, top: int = 16,
-                      smoothing: tuple[float, ...] = (1e-2, 1e-3, 1e-4, 0.0)) -> tuple[np.ndarray, float, dict]:
-    """Minimise ``rho*(t)`` (the eigenvalue form, module docstring) by L-BFGS over ``s = log t``
-    from the closed-form multipliers. ``rho*`` is not differentiable where its top eigenvalue is
-    multiple, so it is first replaced by a soft maximum of the ``top`` largest eigenvalues with
-    temperature ``mu = smoothing[k] * rho*(t0)`` (an upper bound within ``mu log(top)``),
-    decreasing to 0 (the exact ``rho*``). Returns ``(t, rho*(t), info)``."""
-    if t0 is None:
-        t0, _ = fast_multipliers(lmi)
-    slices = lmi.neuron_slices
-    if variant == "layer":
-        s0 = np.log(np.array([max(float(t0[sl].mean()), 1e-300) for sl in slices]))
-    else:
-        s0 = np.log(np.maximum(t0, 1e-300))
-    deadline = time.perf_counter() + time_budget
-    schur = partial(chain_schur, lmi) if lmi.is_chain() else lmi.schur
-    evals = [0]
-    mu = [0.0]
-
-    def fun(s: np.ndarray) -> tuple[float, np.ndarray | None]:
-        evals[0] += 1
-        t = _expand(lmi, np.exp(s), variant)
-        res = schur(t, gradient=True, top=top if mu[0] > 0 else 1)
-        if not (math.isfinite(res.rho) and res.rho > 0):
-            return math.inf, None
-        if mu[0] > 0:  # soft maximum of the top eigenvalues: lam_1 <= f <= lam_1 + mu log(top)
-            w = np.exp((res.lams - res.lams[0]) / mu[0])
-            f = res.lams[0] + mu[0] * math.log(w.sum())
-            g = res.grads @ (w / w.sum())
-        else:
-            f, g = res.rho, res.grad
-        g = g * t / f  # gradient of log f in log t
-        if variant == "layer":
-            g = np.array([g[sl].sum() for sl in slices])
-        return math.log(f), g
-
-    s, iters, status = s0, 0, "converged"
-    rho0 = schur(_expand(lmi, np.exp(s0), variant)).rho
-    for mu_rel in smoothing:
-        mu[0] = mu_rel * rho0
-        s, _, status, it = _lbfgs(fun, s, max_iter=max_iter - iters, deadline=deadline, rtol=1e-6 if mu_rel else 1e-8)
-        iters += it
-        if status == "time limit" or iters >= max_iter:
-            break
-    t = _expand(lmi, np.exp(s), variant)
-    final = schur(t, gradient=True, top=top)
-    return t, final.rho, {"solver_status": status, "iterations": iters, "evaluations": evals[0],
-                          "smoothing": list(smoothing), "dual_rho": first_order_dual(lmi, final, t)}
-
-
-def _lbfgs(fun, x0: np.ndarray, *, max_iter: int, deadline: float, memory: int = 20,
-           rtol: float = 1e-8, window: int = 25) -> tuple[np.ndarray, float, str, int]:
-    """L-BFGS with Armijo backtracking for a function that is ``inf`` outside its domain: an
-    infeasible or non-decreasing trial point halves the step. Stops when ``window`` iterations
-    improve ``f`` by less than ``rtol`` (absolute, ``f`` is a log), at ``max_iter`` or at the deadline."""
-    x = x0.copy()
-    f, g = fun(x)
-    if not math.isfinite(f):
-        raise NotApplicable("the first-order LipSDP solver needs a feasible start")
-    pairs: list[tuple[np.ndarray, np.ndarray, float]] = []
-    history = [f]
-    for it in range(1, max_iter + 1):
-        d = -g
-        if pairs:  # two-loop recursion
-            q = g.copy()
-            alphas = []
-            for s_k, y_k, r_k in reversed(pairs):
-                a = r_k * (s_k @ q)
-                alphas.append(a)
-                q -= a * y_k
-            s_k, y_k, _ = pairs[-1]
-            q *= (s_k @ y_k) / (y_k @ y_k)
-            for (s_k, y_k, r_k), a in zip(pairs, reversed(alphas)):
-                q += (a - r_k * (y_k @ q)) * s_k
-            d = -q
-        slope = float(g @ d)
-        if slope >= 0:
-            pairs.clear()
-            d, slope = -g, -float(g @ g)
-        step = 1.0 if pairs else min(1.0, 0.1 / max(float(np.abs(g).max()), 1e-300))
-        accepted = False
-        while not accepted:
-            x_new = x + step * d
-            f_new, g_new = fun(x_new)
-            accepted = math.isfinite(f_new) and f_new <= f + 1e-4 * step * slope
-            step *= 0.5
-            if not accepted and step * float(np.abs(d).max()) < 1e-12:
-                break
-        if not accepted:  # no decrease along d: retry along -g, or stop if that was -g
-            if not pairs:
-                return x, f, "converged (line search stalled)", it
-            pairs.clear()
-            continue
-        s_k, y_k = x_new - x, g_new - g
-        sy = float(s_k @ y_k)
-        if sy > 1e-12 * float(np.linalg.norm(s_k) * np.linalg.norm(y_k)):
-            pairs.append((s_k, y_k, 1.0 / sy))
-            if len(pairs) > memory:
-                pairs.pop(0)
-        x, f, g = x_new, f_new, g_new
-        history.append(f)
-        if len(history) > window and history[-window - 1] - f < rtol:
-            return x, f, "converged", it
-        if time.perf_counter() > deadline:
-            return x, f, "time limit", it
-    return x, f, "iteration limit", max_iter
-

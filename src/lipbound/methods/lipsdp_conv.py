@@ -61,6 +61,7 @@ from .lmi import LipschitzLMI
 from .lmi_build import MAX_WORK, lmi_of_graph
 from .lipsdp_dual import gap
 from .sdp_verify import CertificateRejected, certify, cholesky_shift
+from .lipsdp_first_order import rss_mb, solve_first_order, stopped_by
 
 WORK_RATE = 1e10  # float64 flops per second (measured ~1.2e10: chain_schur on LeNet5, one core of the shared CPU)
 SETUP_EVALUATIONS = 8  # balancing, start, first and last evaluation, and the check, in evaluations' work
@@ -136,7 +137,6 @@ def lipsdp_blocks(graph: Graph, *, variant: str = "neuron", time_budget: float =
     certified by itself) and ``estimated_evaluation_seconds``. Raises
     :class:`~lipbound.errors.NotApplicable` for a graph that is not a chain, or one too large for
     ``max_entries`` or for the time budget."""
-    from .lipsdp import _rss_mb, _stopped_by, solve_first_order  # lipsdp routes here: import when called
 
     start = time.perf_counter()
     orders = chain_orders(graph)
@@ -164,7 +164,7 @@ def lipsdp_blocks(graph: Graph, *, variant: str = "neuron", time_budget: float =
     else:
         t, claimed, info = interior, rho_start, {"solver_status": "time limit", "iterations": 0}
     info.update(solver="blocks", solver_seconds=time.perf_counter() - t_solve, lmi_order=lmi.size,
-                stopped_by=_stopped_by(info["solver_status"]), reduced_order=red.size,
+                stopped_by=stopped_by(info["solver_status"]), reduced_order=red.size,
                 eliminated_neurons=lmi.eliminated, estimated_evaluation_seconds=seconds,
                 start_value=lmi.scale * math.sqrt(rho_start))
     name = "lipsdp" if variant == "neuron" else "lipsdp-layer"
@@ -174,8 +174,8 @@ def lipsdp_blocks(graph: Graph, *, variant: str = "neuron", time_budget: float =
         cert = certify(lmi, t, claimed_rho=claimed, interior=interior, schur=partial(chain_schur, lmi),
                        prove=partial(block_cholesky_proves, lmi), width=row_width(lmi))
     except CertificateRejected as exc:
-        info.update(verified=False, reason=str(exc), rss_peak_mb=_rss_mb())
+        info.update(verified=False, reason=str(exc), rss_peak_mb=rss_mb())
         return Result(name, info["solver_value"], "estimate", time.perf_counter() - start, details=info)
     info.update(cert.summary())
-    info.update(rss_peak_mb=_rss_mb(), sdp_gap=gap(cert.value, info["sdp_lower"]))
+    info.update(rss_peak_mb=rss_mb(), sdp_gap=gap(cert.value, info["sdp_lower"]))
     return Result(name, cert.value, "certified_upper", time.perf_counter() - start, details=info)
