@@ -129,14 +129,21 @@ def install_peer() -> str:
 
 
 def child(case: str, method: str) -> dict:
+    return run_child(Path(__file__), ["--one", case, method], TIMEOUT.get(method, 150))
+
+
+def run_child(script: Path, args: list[str], timeout: float) -> dict:
+    """``script args`` in a fresh process (one BLAS thread, this checkout's ``src`` first on the
+    path): the JSON of its last output line, or a ``timeout`` / ``failed`` row with the reason."""
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    cmd = [sys.executable, str(Path(__file__)), "--one", case, method]
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=TIMEOUT.get(method, 150))
+        proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env,
+                              timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"value": None, "kind": "timeout", "seconds": time.perf_counter() - t0,
-                "note": f"killed after {TIMEOUT.get(method, 150)} s"}
+                "note": f"killed after {timeout:.0f} s"}
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
         return {"value": None, "kind": "failed", "seconds": time.perf_counter() - t0, "note": tail[:90]}

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -90,17 +89,10 @@ def run_one(path: str, method: str, budget: float) -> dict:
 
 
 def child(path: str, method: str, budget: float, timeout: float) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
-    cmd = [sys.executable, str(Path(__file__)), "--one", path, method, "--budget", str(budget)]
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"value": None, "kind": "timeout", "seconds": time.perf_counter() - t0, "note": f"killed after {timeout:.0f} s"}
-    if proc.returncode != 0:
-        return {"value": None, "kind": "failed", "note": ((proc.stderr.strip().splitlines() or ["?"])[-1])[:90]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    sys.path.insert(0, str(HERE))
+    from peers import run_child
+
+    return run_child(Path(__file__), ["--one", path, method, "--budget", str(budget)], timeout)
 
 
 def main() -> None:
