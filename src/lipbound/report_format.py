@@ -34,9 +34,9 @@ def num(v: float | None) -> str:
 
 def stopped_by_time(result: Result) -> bool:
     """The result was cut short by its time budget (the convention ``details["stopped_by"] == "time"``;
-    also ``lower``'s ``stopped_by_time`` and AutoLip's ``budget_cut`` layers)."""
+    also AutoLip's ``budget_cut`` layers, which it reports without a ``stopped_by``)."""
     d = result.details
-    return d.get("stopped_by") == "time" or d.get("stopped_by_time") is True or bool(d.get("budget_cut"))
+    return d.get("stopped_by") == "time" or bool(d.get("budget_cut"))
 
 
 def layer_cells(report: Report) -> list[tuple[str, ...]]:

@@ -28,6 +28,7 @@ from ..frontends.loading import load
 from ..frontends.vnnlib import load_vnnlib
 from ..graph.ir import Graph
 from ..methods import get_method
+from ..report_format import stopped_by_time
 from .keys import file_digest, instance_key, settings_digest
 from .runner import SweepRun, check_execution, execute
 from .tasks import Task
@@ -100,10 +101,11 @@ class InstancesJob:
         report = estimate(graph, domain=prop, methods=self.methods, seed=self.seed, progress=False,
                           time_budget=budget, method_options=self.method_options)
         out = {"lower": report.lower, "upper": report.upper, "ratio": report.ratio,
-               "lower_method": _best(report, lower=True), "upper_method": _best(report, lower=False),
+               "lower_method": report.lower_method, "upper_method": report.upper_method,
                "label": prop.label, "time_budget": budget,
                "methods": [{"method": r.method, "kind": r.kind.value, "value": r.value, "seconds": round(r.seconds, 6),
-                            "stopped_by": _stopped_by(r.details)} for r in report.results]}
+                            "stopped_by": "time" if stopped_by_time(r) else r.details.get("stopped_by")}
+                           for r in report.results]}
         if prop.label is not None:
             out.update(robustness_verdict(graph, prop, report, self.seed))
         return _finite(out)
@@ -120,33 +122,6 @@ def _read(path: str, reader):
         with gzip.open(path, "rb") as src, open(plain, "wb") as dst:
             shutil.copyfileobj(src, dst)
         return reader(str(plain))
-
-
-def _best(report, lower: bool) -> str | None:
-    """The method that gave the report's lower (or upper) end of the bracket."""
-    target = report.lower if lower else report.upper
-    for r in report.results:
-        ends = r.bracket if r.bracket is not None else (r.value, r.value)
-        ok = r.kind.is_lower if lower else r.kind.is_upper
-        if ok and target is not None and (ends[0] if lower else ends[1]) == target:
-            return r.method
-    return None
-
-
-def _stopped_by(details: Any) -> str | None:
-    """``"time"`` when the method's details say a time budget cut it short (``stopped_by``, or the
-    older ``stopped_by_time`` flag and SeqLip's per-chain ``cut``), else its ``stopped_by``."""
-    if isinstance(details, dict):
-        if details.get("stopped_by") is not None:
-            return details["stopped_by"]
-        if details.get("stopped_by_time") or details.get("cut"):
-            return "time"
-        values = details.values()
-    elif isinstance(details, list):
-        values = details
-    else:
-        return None
-    return next((s for s in map(_stopped_by, values) if s is not None), None)
 
 
 def _finite(value: Any) -> Any:
