@@ -23,6 +23,13 @@ any two inputs ``||dy||^2 - rho ||dx||^2 <= -sum_j (QC terms >= 0) <= 0``: the n
 *checked*, see :mod:`lipbound.methods.sdp_verify`). A chain (MLP) is the special case
 ``A_j = W_j E_{j-1}``; residual blocks simply read several earlier blocks.
 
+**Residual blocks.** In ``h -> ReLU(h + W2 ReLU(W1 h))`` the outer ReLU's pre-activation map is
+``[I, W2]`` on the blocks of ``h`` and of the inner ReLU: the skip term is inside the outer sector
+constraint, both ReLUs' multipliers in one inequality. GLipSDP (Pauli et al. 2024) chains one
+inequality per block through a full symmetric ``Q_k`` on the state between blocks; the optimum is
+the same (their sum telescopes to ``M <= 0``; conversely, eliminating the blocks from the last one
+backwards leaves a feasible ``Q_k``): tests/test_lipsdp_residual.py compares the two in cvxpy.
+
 **Local constants.** On a convex input region ``X`` (``Graph.region``), every neuron's input stays
 in its bounds ``[l_i, u_i]`` along the segment between two inputs of ``X``, so each increment
 satisfies ``dw_i = d_i dv_i`` with the secant slope ``d_i`` in the neuron's slope interval
