@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .conv_gram import conv_cholesky_bound
+from .conv_gram import conv_cholesky_bound, half_spectrum_mask
 from .gram import BlockNorm, max_block_norm
 from .linear_operator import StructuralBound, _TensorOperator
 
@@ -168,12 +168,13 @@ def conv_dft_bound(weight: torch.Tensor, padded_sizes: Sequence[int], stride: Se
     wd = wd.permute(0, 1, 2, *r_axes, *q_axes).reshape(g, cog, cig * math.prod(stride), *qmax)
     grid = [max(-(-h // s), q) for h, s, q in zip(padded_sizes, stride, qmax)]
     # a real kernel's DFT is conjugate-symmetric, W(-f) = conj(W(f)), with the same singular
-    # values: the half spectrum of rfftn holds every block norm
+    # values: the half spectrum of rfftn holds every block norm, once each with half_spectrum_mask
     if _use_cholesky(method, wd):
         b = conv_cholesky_bound(wd, grid)
         return BlockNorm(b.value, "cholesky")
     sym = torch.fft.rfftn(wd, s=grid, dim=tuple(range(3, 3 + nd)))
-    sym = sym.reshape(g, cog, cig * math.prod(stride), -1).permute(0, 3, 1, 2)
+    sym = sym.reshape(g, cog, cig * math.prod(stride), -1)[..., half_spectrum_mask(grid).to(sym.device)]
+    sym = sym.permute(0, 3, 1, 2)
     return max_block_norm(sym, method)
 
 

@@ -11,7 +11,10 @@ per axis, the grid ``N``): the blocks whose largest norm is the norm of the circ
 ``m x (T n)`` (``T`` taps) gives every ``w[a]^T w[b]``; ``K`` folds the offsets ``delta`` modulo
 ``N`` (``e^{-i theta (delta + N)} = e^{-i theta delta}`` on the grid). When ``m < n`` the kernel is
 transposed first: ``A^T`` has the same singular values. A real kernel's blocks at ``f`` and
-``-f`` are conjugate, so the half grid of ``rfftn`` holds them all.
+``-f`` (modulo ``N``) are complex conjugates, ``A(-f) = conj(A(f))``, hence so are their Gram
+blocks, with the same eigenvalues: the half grid of ``rfftn`` (last axis ``0 .. N_last // 2``)
+holds every block norm, and on its self-paired planes (last coordinate ``0`` or ``N_last / 2``,
+where ``-f`` is in the half grid too) one of each pair suffices (:func:`half_spectrum_mask`).
 
 **Rounding** (float64, unit roundoff ``u``; ``S = sum_a ||w[a]||_F``): the product errs by at most
 ``gamma_m S^2`` in Frobenius norm over all pairs, the folding by ``gamma_{T^2}`` times the same,
@@ -32,7 +35,7 @@ import torch
 
 from .shifted_cholesky import EigBound, max_eigenvalue_bound
 
-__all__ = ["gram_symbol_blocks", "conv_cholesky_bound", "CHUNK_NUMEL"]
+__all__ = ["gram_symbol_blocks", "conv_cholesky_bound", "half_spectrum_mask", "CHUNK_NUMEL"]
 
 CHUNK_NUMEL = 1 << 20  # complex entries of Gram blocks formed at once (16 MiB: the factorisations' buffers are reused, not page-faulted anew)
 _U64 = 2.0 ** -53
@@ -63,10 +66,30 @@ def _gram_kernel(wd: torch.Tensor, grid: Sequence[int]) -> tuple[torch.Tensor, l
     return kernel, list(positions), err
 
 
+def _half_grid(grid: Sequence[int]) -> torch.Tensor:
+    """The frequencies ``(F, d)`` of ``rfftn``'s half grid in its order (C order, last axis
+    ``0 .. N_last // 2``)."""
+    axes = [torch.arange(nn if i < len(grid) - 1 else nn // 2 + 1) for i, nn in enumerate(grid)]
+    return torch.cartesian_prod(*axes).reshape(-1, len(grid))
+
+
+def half_spectrum_mask(grid: Sequence[int]) -> torch.Tensor:
+    """Which frequencies of ``rfftn``'s half grid on ``grid`` to keep so that every block norm of
+    a real kernel is present once: all but one of each conjugate pair ``f, -f mod N`` lying in it
+    (module docstring); ``f`` is kept when its C-order index on the full grid is at most that of
+    ``-f``."""
+    freqs = _half_grid(grid)
+    strides = torch.tensor([math.prod(grid[i + 1:]) for i in range(len(grid))], dtype=torch.long)
+    neg = (-freqs) % torch.tensor(grid, dtype=torch.long)
+    last = freqs[:, -1]
+    paired = (last == 0) | (2 * last == grid[-1])
+    return ~paired | ((freqs * strides).sum(-1) <= (neg * strides).sum(-1))
+
+
 def gram_symbol_blocks(wd: torch.Tensor, grid: Sequence[int],
                        chunk_numel: int = CHUNK_NUMEL) -> Iterator[tuple[torch.Tensor, float]]:
     """Chunks ``(blocks, err)``: ``blocks`` ``(B, n, n)`` complex128 are the computed
-    ``A(f)^* A(f)`` over the half grid (groups times frequencies), each within ``err`` of the
+    ``A(f)^* A(f)`` over :func:`half_spectrum_mask` (groups times frequencies), each within ``err`` of the
     exact one in spectral norm (module doc). ``wd``: the real kernel ``(g, m, n, *taps)`` in
     float64 (the polyphase kernel of :func:`~lipbound.linalg.conv.conv_dft_bound`)."""
     if wd.shape[1] < wd.shape[2]:
@@ -74,8 +97,7 @@ def gram_symbol_blocks(wd: torch.Tensor, grid: Sequence[int],
     g, _, n, *q = wd.shape
     kernel, positions, err = _gram_kernel(wd, grid)
     flat = kernel.reshape(g, len(positions), n * n)
-    axes = [torch.arange(nn if i < len(grid) - 1 else nn // 2 + 1) for i, nn in enumerate(grid)]
-    freqs = torch.cartesian_prod(*axes).reshape(-1, len(grid))
+    freqs = _half_grid(grid)[half_spectrum_mask(grid)]
     pos = torch.tensor(positions, dtype=torch.long).reshape(-1, len(grid))
     sizes = torch.tensor(grid, dtype=torch.long)
     step = max(1, chunk_numel // (n * n * g))

@@ -23,6 +23,14 @@ multiply-adds, a Cholesky of ``p^3 / 3`` and
 about :data:`DENSE_REFINE_STEPS` single-precision products ``G x``, against ``~4 k p^2`` flops
 for the SVD's bidiagonalisation, half of them in BLAS-2 (memory-bound): measured 10-30x faster at
 ``p >= 1024`` (benchmarks/cnn.py), no faster below :data:`CHOLESKY_MIN_SIDE`.
+
+**Measured and not kept** (issue 13, one core of an AVX-512 EPYC): the GEMM is the floor here
+(4096 x 9216: ~5 s in float64 for the half product; the Cholesky of 4096: 1.6 s). A float32 GEMM
+cannot be certified tightly: its rounding bound ``gamma_k |W| |W|^T`` has a spectral norm of
+``~ min(m, n) / 4`` times ``||W||_2^2`` for a dense random-like matrix, so even 16-column chunks
+exceed ``1e-3``. Exact int8 products of 7-bit digits (Ozaki splitting, int32 sums) are exact and
+12x faster per product than float64, but a ``1e-4`` bound needs three digits and all but one of
+their products (8 half-products of inner dimension ``k``): no faster than float64 here.
 """
 
 from __future__ import annotations
