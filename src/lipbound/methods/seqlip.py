@@ -66,8 +66,12 @@ For both estimates a pair whose layers cannot be used falls back to its certifie
 as in ``"seqlip"``.
 
 **Same seed, same numbers.** What is computed depends on the counts and work caps only
-(``enumerate_max``, ``pair_work``, ``svd_limit``, ``topk_iter``, the greedy's own stopping rule);
-the wall-clock budgets are outer caps (:mod:`~lipbound.methods.budget`). Each pair row has a
+(``enumerate_max``, ``pair_work``, ``svd_limit``, ``topk_iter``, the greedy's own stopping rule)
+and on a plan made from the layers' sizes and ``time_budget`` (:mod:`~lipbound.methods.work_plan`):
+the layer norms get :data:`NORMS_SHARE` of it, the chains' SVDs (or top-k block power steps, the
+same count for every layer) :data:`SPECTRA_SHARE`, by predicted seconds; an SVD left out leaves its
+pairs their AutoLip factors (``"work"``). The wall-clock budgets are outer caps
+(:mod:`~lipbound.methods.budget`); a pair's budget counts its SVDs. Each pair row has a
 ``stopped_by`` and ``details["stopped_by"]`` is the most telling of them: ``"converged"`` (every
 pair solved or bounded to the end), ``"work"`` (a work cap bounded a pair, or left it its AutoLip
 factor), ``"iterations"`` (an iteration count ended a power method or greedy) or ``"time"``.
@@ -175,10 +179,12 @@ def seqlip(graph: Graph, *, solver: str = "certified", seed: int = 0, progress: 
         solver: ``"certified"`` (method ``"seqlip"``, a certified upper bound), ``"greedy"``
             (``"seqlip-greedy"``, an estimate) or ``"topk"`` (``"seqlip-topk"``, an estimate).
         seed: seeds the start vectors of the power methods and greedy subspaces.
-        progress: a progress bar over the pairs on stderr.
-        time_budget: seconds for the whole call, an outer cap: once spent, the certified solver's
-            remaining pairs keep their AutoLip factors (``details["pairs"]["fallback"]`` counts
-            them) and the estimates stop their greedy searches where they are.
+        progress: progress bars on stderr: the layer norms, the pairs, and each top-k block power method.
+        time_budget: seconds for the whole call: it sets the plan of the layer norms and the
+            chains' spectra (module doc), and it is the outer cap: once spent, the remaining
+            layers get their cheap certified norms, the certified solver's remaining pairs keep
+            their AutoLip factors (``details["pairs"]["fallback"]`` counts them) and the
+            estimates stop their greedy searches and block power methods where they are.
         pair_budget: seconds per pair (at most what is left of ``time_budget``), an outer cap for
             every solver: the certified solver's greedy start, enumeration and branch and bound (a
             pair cut short keeps a certified bound: the relaxation's, or its AutoLip factor; its
