@@ -47,17 +47,17 @@ from tqdm.auto import tqdm
 from ..errors import InvalidInput
 from ..graph.ir import Activation, Affine, Graph, MaxPool, Node
 from ..graph.walk import GraphInterpreter
-from ..linalg.dense_gram import CHOLESKY_MIN_SIDE
 from ..linalg.operators import Dense, Diagonal, LinearOperator, compose
 from ..linalg.spectral import DENSE_LIMIT, SpectralNorm, certified_norm, operator_norms
 from ..report import LayerRow, Result
+from .budget import Clock, stopped_by
+from .work_plan import Allowance, dense_norm_seconds, gram_step_seconds, power_steps
 
 __all__ = ["AutoLipRule", "autolip", "layer_norms", "propagate", "slope_scales"]
 
 Number = TypeVar("Number", float, torch.Tensor)
-BUDGET_CUT = "time budget spent: "  # prefix of ``SpectralNorm.how`` for a norm the budget cut short
-SVD_RATE = 1e9  # m n min(m, n) per second: a float64 SVD on one slow core (measured 1.0-1.8e9), conservative
-GRAM_RATE = 1e10  # the same for the Gram + shifted-Cholesky certificate (measured 2.6e10 at 4096 x 9216), conservative
+BUDGET_CUT = "time budget spent: "  # prefix of ``SpectralNorm.how`` for a norm the clock cut short
+PLANNED = "planned within the time budget: "  # prefix for a norm the budget's work plan reduced
 
 
 def slope_scales(g: Graph) -> dict[str, torch.Tensor]:
@@ -127,69 +127,77 @@ class AutoLipRule(GraphInterpreter[Number]):
 
 
 def layer_norms(graph: Graph, *, which: str = "both", seed: int = 0, progress: bool = False,
-                scales: dict[str, torch.Tensor] | None = None, deadline: float | None = None,
-                **power_options: Any) -> dict[str, SpectralNorm]:
+                scales: dict[str, torch.Tensor] | None = None, time_budget: float | None = None,
+                clock: Clock | None = None, **power_options: Any) -> dict[str, SpectralNorm]:
     """Norms of every affine node of the fused graph (cached on the operators): ``which`` is
     ``"both"``, ``"certified"`` or ``"power"`` (see :func:`~lipbound.linalg.spectral.operator_norms`).
 
-    ``scales`` (:func:`slope_scales`): those nodes get the norms of ``diag(s) A``. ``deadline``
-    (a ``time.perf_counter()`` value): power iterations are capped to the steps that fit before
-    it (timed on one step of the layer), an SVD of a materialised matrix that is not expected to
-    end before it is replaced by the structural bound (:func:`_svd_fits`), and after it each remaining layer gets only its cheap
-    certified bound (the operator's structural bound: the DFT bound of a convolution, the SVD or
-    Gram + Cholesky certificate of a dense weight, products for compositions; no materialised matrix), as ``upper`` and without
-    ``lower``. The ``how`` of a norm the budget changed starts with :data:`BUDGET_CUT`."""
+    ``scales`` (:func:`slope_scales`): those nodes get the norms of ``diag(s) A``.
+
+    ``time_budget`` (seconds; None: no limit) sets a **plan** made before any work from the
+    layers' sizes only (:mod:`~lipbound.methods.work_plan`, :func:`_plan`), so that the same graph
+    and budget give the same numbers: the certified norms of materialised matrices are taken in
+    layer order while their predicted seconds fit (in the whole budget for ``"certified"``, in half
+    of it for ``"both"``); a layer left out gets its structural bound (the DFT bound of a
+    convolution, products for compositions), its ``how`` starting with :data:`PLANNED`. The power
+    steps of every layer are capped (``max_iter``) so that all of them fit in what is left.
+    ``clock`` (default: a :class:`~lipbound.methods.budget.Clock` of ``time_budget``) is the
+    outer cap: once it has expired, each remaining layer gets only its cheap certified bound (the
+    operator's structural bound, no materialised matrix) as ``upper`` and no ``lower``, its
+    ``how`` starting with :data:`BUDGET_CUT`."""
     g = graph.fused()
     scales = scales or {}
     nodes = g.affine_nodes()
+    ops = [scaled_operator(n.op, scales[n.name]) if n.name in scales else n.op for n in nodes]
+    plans = _plan(ops, which, time_budget, power_options)
+    if clock is None and time_budget is not None:
+        clock = Clock(time_budget)
     gen = torch.Generator().manual_seed(seed)
     out = {}
-    bar = tqdm(nodes, desc=f"layer norms ({which})", unit="layer", disable=not progress, leave=False)
-    for node in bar:
+    bar = tqdm(total=len(nodes), desc=f"layer norms ({which})", unit="layer", disable=not progress, leave=False)
+    for node, op, (options, prefix) in zip(nodes, ops, plans):
         bar.set_postfix_str(node.name)
-        op = scaled_operator(node.op, scales[node.name]) if node.name in scales else node.op
-        if deadline is None:
-            out[node.name] = operator_norms(op, which=which, generator=gen, **power_options)
-        elif time.perf_counter() >= deadline:
+        if clock is not None and clock.expired():
             cheap = certified_norm(op, dense_limit=0)
             out[node.name] = SpectralNorm(None, cheap.value, BUDGET_CUT + cheap.how, cheap.exact, 0)
         else:
-            options = dict(power_options)
-            if which != "certified":
-                options["max_iter"] = _steps_before(op, deadline, options.get("k", 1), options.get("max_iter", 1000))
-            cut = which != "power" and not _svd_fits(op, deadline, options.get("dense_limit", DENSE_LIMIT))
-            if cut:
-                options["dense_limit"] = 0
             n = operator_norms(op, which=which, generator=gen, **options)
-            out[node.name] = replace(n, how=BUDGET_CUT + n.how) if cut else n
+            planned_steps = options.get("max_iter", 1000) < power_options.get("max_iter", 1000)
+            if planned_steps and not n.exact and n.iterations >= options["max_iter"]:
+                prefix = PLANNED  # the plan's cap on the power steps ended this layer's iteration
+            out[node.name] = replace(n, how=prefix + n.how) if prefix else n
+        bar.update(1)
+    bar.close()
     return out
 
 
-def _svd_fits(op: LinearOperator, deadline: float, dense_limit: int) -> bool:
-    """False when :func:`~lipbound.linalg.spectral.certified_norm` would take the SVD (or the Gram +
-    shifted-Cholesky certificate, :mod:`~lipbound.linalg.dense_gram`) of ``op``'s materialised
-    ``m x n`` matrix, that is not expected to end before ``deadline`` (``m n min(m, n) / SVD_RATE``
-    seconds, ``/ GRAM_RATE`` for the certificate) and the operator has a structural bound to use instead."""
-    m, n = op.out_numel, op.in_numel
-    rate = GRAM_RATE if Dense.method != "svd" and min(m, n) >= CHOLESKY_MIN_SIDE else SVD_RATE
-    if m * n > dense_limit or time.perf_counter() + m * n * min(m, n) / rate <= deadline:
-        return True
-    bound = op.structural_bound()
-    return bound is None or bound.exact
-
-
-def _steps_before(op: LinearOperator, deadline: float, k: int, max_iter: int) -> int:
-    """``max_iter``, or fewer: the power steps (one ``gram`` of ``k`` vectors each, the faster of two timed calls)
-    that fit before ``deadline``, at least 1. A layer that converges within them gets the same
-    numbers as without a deadline."""
-    v = torch.zeros((min(k, op.in_numel, op.out_numel), *op.in_shape), dtype=op.dtype, device=op.device)
-    steps = []
-    for _ in range(2):  # the first call may pay one-off costs (allocation, kernel choice)
-        t = time.perf_counter()
-        op.gram(v)
-        steps.append(time.perf_counter() - t)
-    step = max(min(steps), 1e-9)
-    return max(1, min(max_iter, int((deadline - time.perf_counter()) / step)))
+def _plan(ops: list[LinearOperator], which: str, time_budget: float | None,
+          power_options: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    """Per operator, the options of :func:`~lipbound.linalg.spectral.operator_norms` and the
+    prefix of its ``how`` (:data:`PLANNED` when the plan left out its materialised matrix, else
+    ``""``), from predicted seconds only (:func:`layer_norms`). A materialised matrix is kept
+    whatever its cost when the operator has no structural bound to use instead (or an exact one)."""
+    if time_budget is None:
+        return [(dict(power_options), "") for _ in ops]
+    dense_limit = power_options.get("dense_limit", DENSE_LIMIT)
+    shares = {"certified": 1.0, "both": 0.5, "power": 0.0}
+    allowance = Allowance(shares[which] * time_budget)
+    plans = []
+    for op in ops:
+        options, prefix = dict(power_options), ""
+        if which != "power" and (isinstance(op, Dense) or op.in_numel * op.out_numel <= dense_limit):
+            if not allowance.take(dense_norm_seconds(op)) and not isinstance(op, Dense):
+                bound = op.structural_bound()
+                if bound is not None and not bound.exact:
+                    options["dense_limit"], prefix = 0, PLANNED
+        plans.append((options, prefix))
+    if which != "certified":
+        k, max_iter = power_options.get("k", 1), power_options.get("max_iter", 1000)
+        spent = shares[which] * time_budget - allowance.left
+        steps = power_steps((gram_step_seconds(op, k) for op in ops), time_budget - spent, max_iter)
+        for options, _ in plans:
+            options["max_iter"] = steps
+    return plans
 
 
 def autolip(graph: Graph, *, certified: bool = True, seed: int = 0, progress: bool = False,
@@ -198,22 +206,31 @@ def autolip(graph: Graph, *, certified: bool = True, seed: int = 0, progress: bo
     (power-method norms). ``layers`` lists each node's factor and running bound. On a localized
     graph the per-neuron slopes enter as in the module doc (*Regions*).
 
-    ``time_budget``: total seconds of the call (None: no limit). Power iterations stop at the
-    deadline; an SVD that would overrun it, and every layer reached after it, get the layer's
-    cheap certified bound instead (:func:`layer_norms`), so ``autolip`` stays a certified upper
-    bound. ``details["budget_cut"]`` names those layers."""
+    ``time_budget``: total seconds of the call (None: no limit). What is computed is planned from
+    the layers' sizes and the budget (:func:`layer_norms`): a materialised SVD predicted not to fit
+    gives way to the layer's structural bound, the power steps are capped so that all layers fit;
+    the same graph and budget give the same numbers (``details["planned"]`` names the layers the
+    plan changed, ``stopped_by`` is then ``"work"``). The clock is the outer cap: every layer
+    reached after it gets its cheap certified bound (``details["budget_cut"]``, ``stopped_by``
+    ``"time"``), so ``autolip`` stays a certified upper bound."""
     if time_budget is not None and not time_budget >= 0:
         raise InvalidInput(f"autolip: time_budget must be >= 0 seconds, got {time_budget}")
     t0 = time.perf_counter()
     g = graph.fused()
     scales = slope_scales(g)
     norms = layer_norms(graph, which="certified" if certified else "power", seed=seed, progress=progress,
-                        scales=scales, deadline=None if time_budget is None else t0 + time_budget, **power_options)
+                        scales=scales, time_budget=time_budget, **power_options)
     value, rows = propagate(g, norms, certified=certified, scales=scales)
     cut = [name for name, n in norms.items() if n.how.startswith(BUDGET_CUT)]
-    details: dict[str, Any] = {}
+    planned = [name for name, n in norms.items() if n.how.startswith(PLANNED)]
+    max_iter = power_options.get("max_iter", 1000)
+    ran_out = [] if certified else [name for name, n in norms.items() if not n.exact and n.iterations >= max_iter]
+    details: dict[str, Any] = {"stopped_by": stopped_by(["work"] * bool(planned) + ["iterations"] * bool(ran_out)
+                                                        + ["time"] * bool(cut))}
     if scales:
         details["slope_scaled"] = sorted(scales)
+    if planned:
+        details["planned"] = planned
     if cut:
         details["budget_cut"] = cut
         details["note"] = (f"the time budget ({time_budget} s) ran out: {len(cut)} layer(s) got their cheap certified "

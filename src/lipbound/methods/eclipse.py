@@ -85,6 +85,7 @@ import scipy.sparse.linalg as spla
 
 from ..graph.ir import Graph
 from ..report import Result
+from .budget import Clock, stopped_by
 from .lmi import LipschitzLMI, pow2
 from .lmi_build import lmi_of_graph
 from .sdp_verify import CertificateRejected, certify
@@ -94,13 +95,14 @@ INTERIOR = 1e-6  # relative step into the interior of the feasible set (see "Str
 
 
 def fast_multipliers(lmi: LipschitzLMI, *, grid: int = 7, evaluations: int = 14,
-                     deadline: float | None = None) -> tuple[np.ndarray, float]:
+                     clock: Clock | None = None) -> tuple[np.ndarray, float]:
     """The multipliers ``t`` (one per neuron, strictly feasible) and ``rho`` of the recursion above, for the best
     ``theta`` found on ``log theta``: ``grid`` points spread over the range, then golden-section
     search between the best one's neighbours, ``evaluations`` runs of :func:`_recursion` in all
     (``theta = 1``, ECLipsE-Fast's choice, is always one of them; ``rho(theta)`` rises steeply
     near ``theta = 2``, where a golden-section search alone can miss the minimum). The search
-    stops early at ``deadline`` (a ``time.perf_counter()`` value)."""
+    stops early when ``clock`` (:class:`~lipbound.methods.budget.Clock`) expires, which the clock
+    then remembers (``clock.cut``)."""
     chain = lmi.is_chain()
     memo: dict = {}
     cache: dict[float, tuple[np.ndarray, float]] = {0.0: _recursion(lmi, 1.0, chain, memo)}
@@ -113,7 +115,7 @@ def fast_multipliers(lmi: LipschitzLMI, *, grid: int = 7, evaluations: int = 14,
         return cache[u][1]
 
     def timed_out() -> bool:
-        return deadline is not None and time.perf_counter() >= deadline
+        return clock is not None and clock.expired()
 
     points = np.linspace(lo, hi, grid).tolist()
     for u in points:
@@ -253,19 +255,21 @@ def eclipse_fast(graph: Graph, *, seed: int = 0, progress: bool = False, max_siz
     neuron's slope interval, stable neurons eliminated: a certified bound over all pairs in the
     region (module docstring); the recursion runs on both LMIs of :func:`_candidates` and the
     smaller value is checked. ``time_budget`` (seconds) cuts the search over ``theta`` short; the
-    recursion at ``theta = 1`` and the check always run. ``details``: the recursion's value
+    recursion at ``theta = 1`` and the check always run; ``details["stopped_by"]`` is ``"time"``
+    when it did, else ``"iterations"`` (the search ran its fixed count of evaluations). ``details``: the recursion's value
     (``recursion``), the LMI's order and eliminated stable neurons, the verified ``rho``, timings."""
     t0 = time.perf_counter()
-    deadline = None if time_budget is None else t0 + time_budget
+    clock = Clock(math.inf if time_budget is None else time_budget)
     runs = []
     for lmi in _candidates(graph, max_size):
         lmi = balanced(lmi)
-        t, rho = fast_multipliers(lmi, deadline=deadline)
+        t, rho = fast_multipliers(lmi, clock=clock)
         runs.append((lmi.scale * math.sqrt(max(rho, 0.0)), lmi, t, rho))
     _, lmi, t, rho = min(runs, key=lambda run: run[0])
     t1 = time.perf_counter()
     details: dict[str, Any] = {"recursion": lmi.scale * math.sqrt(max(rho, 0.0)), "lmi_order": lmi.size,
-                               "eliminated_neurons": lmi.eliminated, "recursion_seconds": t1 - t0}
+                               "eliminated_neurons": lmi.eliminated, "recursion_seconds": t1 - t0,
+                               "stopped_by": stopped_by(["iterations"], clock)}
     try:
         cert = certify(lmi, t, claimed_rho=rho)
     except CertificateRejected as exc:

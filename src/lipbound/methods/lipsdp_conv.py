@@ -155,7 +155,7 @@ def lipsdp_blocks(graph: Graph, *, variant: str = "neuron", time_budget: float =
     if not lmi.is_chain():
         raise NotApplicable("the network's LMI is not a chain (solver 'blocks')")
     lmi = balanced(lmi)
-    interior, rho_start = fast_multipliers(lmi, deadline=time.perf_counter())  # theta = 1 only
+    interior, rho_start = fast_multipliers(lmi, grid=0, evaluations=1)  # theta = 1 only
     t_solve = time.perf_counter()
     left = time_budget - (t_solve - start) - CHECK_EVALUATIONS * seconds  # keep time for the last step and the check
     red = lmi.reduced()

@@ -66,8 +66,12 @@ For both estimates a pair whose layers cannot be used falls back to its certifie
 as in ``"seqlip"``.
 
 **Same seed, same numbers.** What is computed depends on the counts and work caps only
-(``enumerate_max``, ``pair_work``, ``svd_limit``, ``topk_iter``, the greedy's own stopping rule);
-the wall-clock budgets are outer caps (:mod:`~lipbound.methods.budget`). Each pair row has a
+(``enumerate_max``, ``pair_work``, ``svd_limit``, ``topk_iter``, the greedy's own stopping rule)
+and on a plan made from the layers' sizes and ``time_budget`` (:mod:`~lipbound.methods.work_plan`):
+the layer norms get :data:`NORMS_SHARE` of it, the chains' SVDs (or top-k block power steps, the
+same count for every layer) :data:`SPECTRA_SHARE`, by predicted seconds; an SVD left out leaves its
+pairs their AutoLip factors (``"work"``). The wall-clock budgets are outer caps
+(:mod:`~lipbound.methods.budget`); a pair's budget counts its SVDs. Each pair row has a
 ``stopped_by`` and ``details["stopped_by"]`` is the most telling of them: ``"converged"`` (every
 pair solved or bounded to the end), ``"work"`` (a work cap bounded a pair, or left it its AutoLip
 factor), ``"iterations"`` (an iteration count ended a power method or greedy) or ``"time"``.
@@ -89,13 +93,16 @@ from ..graph.walk import GraphInterpreter
 from ..linalg.spectral import CERTIFIED_RTOL
 from ..report import Result
 from . import seqlip_solvers as solvers
-from .autolip import layer_norms, propagate
-from .budget import stopped_by
-from .seqlip_spectra import SVD_FLOPS, SVD_FLOPS_PER_SECOND, SVD_LIMIT, _SVD_CACHE, _dense_svd, _Factors, _topk_svd
+from .autolip import BUDGET_CUT, layer_norms, propagate
+from .budget import Clock, stopped_by
+from .seqlip_spectra import SVD_FLOPS, SVD_LIMIT, _SVD_CACHE, TopK, _dense_svd, _Factors, _topk_svd
+from .work_plan import Allowance, gram_step_seconds, power_steps, svd_seconds
 
 __all__ = ["seqlip", "sequential_chains", "Chain", "SOLVERS"]
 
 SOLVERS = ("certified", "greedy", "topk")
+NORMS_SHARE = 0.25  # of ``time_budget``: the plan of the layer norms (AutoLip's part, the fallbacks)
+SPECTRA_SHARE = 0.5  # of ``time_budget``: the plan of the chains' SVDs or top-k block power methods
 
 
 @dataclass
@@ -172,10 +179,12 @@ def seqlip(graph: Graph, *, solver: str = "certified", seed: int = 0, progress: 
         solver: ``"certified"`` (method ``"seqlip"``, a certified upper bound), ``"greedy"``
             (``"seqlip-greedy"``, an estimate) or ``"topk"`` (``"seqlip-topk"``, an estimate).
         seed: seeds the start vectors of the power methods and greedy subspaces.
-        progress: a progress bar over the pairs on stderr.
-        time_budget: seconds for the whole call, an outer cap: once spent, the certified solver's
-            remaining pairs keep their AutoLip factors (``details["pairs"]["fallback"]`` counts
-            them) and the estimates stop their greedy searches where they are.
+        progress: progress bars on stderr: the layer norms, the pairs, and each top-k block power method.
+        time_budget: seconds for the whole call: it sets the plan of the layer norms and the
+            chains' spectra (module doc), and it is the outer cap: once spent, the remaining
+            layers get their cheap certified norms, the certified solver's remaining pairs keep
+            their AutoLip factors (``details["pairs"]["fallback"]`` counts them) and the
+            estimates stop their greedy searches and block power methods where they are.
         pair_budget: seconds per pair (at most what is left of ``time_budget``), an outer cap for
             every solver: the certified solver's greedy start, enumeration and branch and bound (a
             pair cut short keeps a certified bound: the relaxation's, or its AutoLip factor; its
@@ -205,11 +214,18 @@ def seqlip(graph: Graph, *, solver: str = "certified", seed: int = 0, progress: 
     if time_budget < 0 or pair_budget < 0 or enumerate_max < 0 or not pair_work > 0 or topk < 1:
         raise InvalidInput("time_budget, pair_budget and enumerate_max must be >= 0, pair_work > 0 and topk >= 1")
     t0 = time.perf_counter()
-    deadline = t0 + time_budget
+    clock = Clock(time_budget)
+    deadline = clock.deadline()
     g = graph.fused()
-    norms = layer_norms(graph, seed=seed, progress=progress, **power_options)
+    norms = layer_norms(graph, seed=seed, progress=progress, time_budget=NORMS_SHARE * time_budget, clock=clock,
+                        **power_options)
     gen = torch.Generator().manual_seed(seed)
     chains = [c for c in sequential_chains(g) if len(c.affines) > 1]
+    allowance = Allowance(SPECTRA_SHARE * time_budget)
+    ops = {g.nodes[a].op for c in chains for a in c.affines}
+    steps = topk_iter if solver != "topk" else power_steps(  # the same planned block power steps for every layer
+        (gram_step_seconds(op, min(topk + topk_oversample, op.in_numel)) for op in ops), allowance.left, topk_iter)
+    top = TopK(topk, steps, topk_tol, topk_oversample, topk_dtype, planned=steps < topk_iter)
     n_pairs = sum(len(c.activations) for c in chains)
     bar = tqdm(total=n_pairs, desc=f"seqlip ({solver})", unit="pair", disable=not progress, leave=False)
     chain_rows = []
@@ -217,9 +233,8 @@ def seqlip(graph: Graph, *, solver: str = "certified", seed: int = 0, progress: 
     counts = {"exact": 0, "bounded": 0, "fallback": 0, "greedy": 0}
     for chain in chains:
         row = _solve_chain(g, chain, norms, solver=solver, gen=gen, bar=bar, pair_budget=pair_budget, deadline=deadline,
-                           enumerate_max=enumerate_max, pair_work=pair_work, svd_limit=svd_limit, topk=topk, topk_iter=topk_iter,
-                           topk_tol=topk_tol, topk_oversample=topk_oversample, topk_dtype=topk_dtype,
-                           greedy=greedy)
+                           allowance=allowance, progress=progress, enumerate_max=enumerate_max, pair_work=pair_work,
+                           svd_limit=svd_limit, top=top, greedy=greedy)
         for p in row["pairs"]:
             counts[p["status"]] += 1
         chain_rows.append(row)
@@ -232,7 +247,8 @@ def seqlip(graph: Graph, *, solver: str = "certified", seed: int = 0, progress: 
     name = {"certified": "seqlip", "greedy": "seqlip-greedy", "topk": "seqlip-topk"}[solver]
     kind = "certified_upper" if solver == "certified" else "estimate"
     details = {"solver": solver, "pairs": counts, "chains": chain_rows,
-               "stopped_by": stopped_by(p["stopped_by"] for row in chain_rows for p in row["pairs"]),
+               "stopped_by": stopped_by([p["stopped_by"] for row in chain_rows for p in row["pairs"]]
+                                        + ["time"] * any(n.how.startswith(BUDGET_CUT) for n in norms.values())),
                "options": {"time_budget": time_budget, "pair_budget": pair_budget, "enumerate_max": enumerate_max,
                            "pair_work": pair_work, "svd_limit": svd_limit,
                            **({"topk": topk, "topk_iter": topk_iter} if solver == "topk" else {}),
@@ -241,9 +257,8 @@ def seqlip(graph: Graph, *, solver: str = "certified", seed: int = 0, progress: 
 
 
 def _solve_chain(g: Graph, chain: Chain, norms: dict, *, solver: str, gen: torch.Generator, bar,
-                 pair_budget: float, deadline: float, enumerate_max: int, pair_work: float, svd_limit: int, topk: int,
-                 topk_iter: int,
-                 topk_tol: float, topk_oversample: int, topk_dtype: torch.dtype, greedy: str) -> dict:
+                 pair_budget: float, deadline: float, allowance: Allowance, progress: bool, enumerate_max: int,
+                 pair_work: float, svd_limit: int, top: TopK, greedy: str) -> dict:
     K = len(chain.affines)
     nodes = [g.nodes[a] for a in chain.affines]
     uppers = [norms[a].upper for a in chain.affines]
@@ -252,19 +267,18 @@ def _solve_chain(g: Graph, chain: Chain, norms: dict, *, solver: str, gen: torch
         return uppers[i] if i in (0, K - 1) else math.sqrt(uppers[i])
 
     computed: dict[int, _Factors | None] = {}
-    timed_out: set[int] = set()  # layers whose SVD would outlast the time left (an outer-cap cut)
 
     def factors(i: int) -> _Factors | None:  # computed when first needed
         if i not in computed:
             op = nodes[i].op
-            cost = op.in_numel * op.out_numel * min(op.in_numel, op.out_numel) / SVD_FLOPS_PER_SECOND
-            if solver != "topk" and "dense" not in _SVD_CACHE.get(op, {}) and cost > deadline - time.perf_counter():
-                timed_out.add(i)
-                return None  # not cached: the pair falls back, and says the time cut it
-            computed[i] = (_topk_svd(op, topk, gen, topk_iter, topk_tol, topk_oversample, topk_dtype, deadline)
-                           if solver == "topk" else _dense_svd(op, svd_limit))
+            bar.set_postfix_str(f"spectrum of {chain.affines[i]}")
+            if solver == "topk":
+                computed[i] = _topk_svd(op, top, gen, deadline, progress=progress, label=chain.affines[i])
+            elif "dense" in _SVD_CACHE.get(op, {}) or allowance.take(svd_seconds(op.in_numel, op.out_numel)):
+                computed[i] = _dense_svd(op, svd_limit)
+            else:  # the plan leaves it out: predicted not to fit in the SVDs' share of the budget
+                computed[i] = None
         return computed[i]
-
     pairs, slopes = [], []
     for i, act_name in enumerate(chain.activations):
         act = g.nodes[act_name]
@@ -290,9 +304,10 @@ def _solve_chain(g: Graph, chain: Chain, norms: dict, *, solver: str, gen: torch
                        reason="too wide for pair_work (one relaxation step costs more)")
         elif (fi := factors(i)) is None or (fj := factors(i + 1)) is None:
             too_big = [chain.affines[k] for k in (i, i + 1) if factors(k) is None]
-            row.update(status="fallback", value=fallback, stopped_by="time" if timed_out else "work",
+            row.update(status="fallback", value=fallback, stopped_by="work",
                        reason=f"no dense SVD of {', '.join(too_big)} (too large: svd_limit {svd_limit} "
-                              f"entries or {SVD_FLOPS:.0e} flops, or longer than the time left){'; try seqlip-topk' if solver == 'greedy' else ''}")
+                              f"entries or {SVD_FLOPS:.0e} flops, or predicted not to fit in {SPECTRA_SHARE:g} "
+                              f"of the time budget){'; try seqlip-topk' if solver == 'greedy' else ''}")
         else:
             A, B = _pair_matrices(fi, fj, i, K)
             lo, hi, lip = lo.to(A.device), hi.to(A.device), lip.to(A.device)
@@ -300,7 +315,7 @@ def _solve_chain(g: Graph, chain: Chain, norms: dict, *, solver: str, gen: torch
                 scaled = _scaled_factor(A, B, lip) * (1 + CERTIFIED_RTOL)
                 row["scaled_factor"] = scaled
                 fallback = min(fallback, scaled)
-            budget = min(pair_budget, left)
+            budget = min(pair_budget, max(0.0, deadline - time.perf_counter()))  # after the SVDs
             if solver == "certified":
                 sol = solvers.certified_pair(A, B, lo, hi, enumerate_max=enumerate_max, work=pair_work,
                                              time_budget=budget, generator=gen)

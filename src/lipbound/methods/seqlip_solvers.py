@@ -28,6 +28,7 @@ __all__ = ["PairSolution", "pair_norm", "reduce_pair", "enumerate_pair", "relaxa
            "greedy_pair", "greedy_pair_reference", "certified_pair", "enumeration_flops", "MAX_ENUMERATE", "PAIR_WORK"]
 
 PAIR_WORK = 3e10  # floating-point operations of a pair's branch and bound (about 2 s on one loaded core)
+GREEDY_SHARE = 0.25  # of a pair's time budget: the greedy start vertex (the rest: enumeration or branch and bound)
 
 
 def reduce_pair(A: torch.Tensor, B: torch.Tensor, lo=None, hi=None
@@ -76,7 +77,7 @@ def certified_pair(A: torch.Tensor, B: torch.Tensor, lo, hi, *, enumerate_max: i
     every vertex is enumerated; beyond, :func:`branch_and_bound` with the work cap ``work``
     (floating-point operations, :func:`relaxation_flops`: the same on every machine); a pair
     whose one relaxation evaluation costs more than ``work`` gets no bound (``upper = inf``).
-    A greedy gives the first vertex.
+    A greedy gives the first vertex (within ``GREEDY_SHARE`` of ``time_budget``).
 
     ``time_budget`` (seconds) is an outer cap: an enumeration it cuts short is replaced by
     :func:`relaxation_bound` on the whole box, branch and bound returns its open bound. A
@@ -124,7 +125,7 @@ def certified_pair(A: torch.Tensor, B: torch.Tensor, lo, hi, *, enumerate_max: i
         return PairSolution(math.inf, 0.0, None, "bounded",
                             {**counts, "solver": "none", "stopped": "work", "reason": "one relaxation step "
                              f"({relaxation_flops(p, q, k):.2g} flops) exceeds the work cap ({work:.2g})"})
-    greedy = greedy_pair(A, B, lo_k, hi_k, generator=generator, deadline=deadline)
+    greedy = greedy_pair(A, B, lo_k, hi_k, generator=generator, deadline=t0 + GREEDY_SHARE * time_budget)
     if enumerate_:
         fixed = ~free
         C0 = (A[:, fixed] * lo_k[fixed]) @ B[fixed] if bool(fixed.any()) else None

@@ -1,0 +1,80 @@
+"""What a method computes within a time budget, decided from predicted work only.
+
+A method given ``time_budget`` seconds decides *before it starts* which expensive steps it takes
+(the SVD of a materialised layer, how many power steps each layer gets), from the sizes of the
+layers and fixed rates: the same graph and the same budget give the same plan, hence the same
+numbers, on a fast or a loaded machine. The wall clock (:class:`~lipbound.methods.budget.Clock`)
+stays the outer cap: it only stops what the plan started when the machine is slower than the
+rates assume, and the result then says ``stopped_by == "time"``. A step the plan left out is a
+deterministic work cap (``stopped_by == "work"``).
+
+The rates are conservative (a slow, shared core), so that the clock rarely has to act:
+
+* :data:`SVD_RATE` — ``m n min(m, n)`` per second of a float64 SVD of an ``m x n`` matrix
+  (measured 1.0-1.8e9 on one core; an OVAL21 conv layer of 3072 x 2048: 1.1e9);
+* :data:`GRAM_RATE` — the same unit for the Gram + shifted-Cholesky certificate
+  (:mod:`~lipbound.linalg.dense_gram`; measured 2.6e10 at 4096 x 9216);
+* power steps: ``2 k`` passes of :func:`~lipbound.methods.budget.op_macs` multiply-accumulates,
+  at the cost model's seconds per multiply-add of the power iterations
+  (:data:`~lipbound.methods.cost.CONSTANTS` ``["power"]``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+from ..linalg.dense_gram import CHOLESKY_MIN_SIDE
+from ..linalg.linear_operator import LinearOperator
+from ..linalg.operators import Dense
+from .budget import op_macs
+from .cost import CONSTANTS
+
+__all__ = ["SVD_RATE", "GRAM_RATE", "Allowance", "svd_seconds", "dense_norm_seconds", "gram_step_seconds",
+           "power_steps"]
+
+SVD_RATE = 1e9
+GRAM_RATE = 1e10
+
+
+class Allowance:
+    """Predicted seconds a call may still spend on planned steps; :meth:`take` spends them in the
+    (deterministic) order the steps are asked for."""
+
+    def __init__(self, seconds: float) -> None:
+        self.left = seconds
+
+    def take(self, seconds: float) -> bool:
+        """Spend ``seconds`` if they fit in what is left; False (nothing spent) otherwise."""
+        if seconds > self.left:
+            return False
+        self.left -= seconds
+        return True
+
+
+def svd_seconds(m: int, n: int) -> float:
+    """Predicted seconds of the float64 SVD of an ``m x n`` matrix."""
+    return m * n * min(m, n) / SVD_RATE
+
+
+def dense_norm_seconds(op: LinearOperator) -> float:
+    """Predicted seconds of the certified norm of ``op``'s materialised matrix, the way
+    :func:`~lipbound.linalg.spectral.certified_norm` takes it (the Gram + Cholesky certificate
+    for wide matrices when ``Dense.method`` allows it, else the SVD)."""
+    m, n = op.out_numel, op.in_numel
+    gram = Dense.method != "svd" and min(m, n) >= CHOLESKY_MIN_SIDE
+    return m * n * min(m, n) / GRAM_RATE if gram else svd_seconds(m, n)
+
+
+def gram_step_seconds(op: LinearOperator, k: int) -> float:
+    """Predicted seconds of one power step on ``k`` vectors: a forward and a backward pass each."""
+    return 2 * k * op_macs(op) * CONSTANTS["power"]
+
+
+def power_steps(step_seconds: Iterable[float], seconds: float, max_iter: int) -> int:
+    """The power steps every layer may take so that all of them fit in ``seconds``: ``max_iter``,
+    or fewer when ``sum(step_seconds) * max_iter`` would not fit (at least 1)."""
+    total = sum(step_seconds)
+    if total <= 0 or not math.isfinite(seconds):
+        return max_iter
+    return max(1, min(max_iter, int(seconds / total)))
