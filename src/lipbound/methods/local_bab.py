@@ -103,7 +103,7 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
               domain: Any = None, time_budget: float = 60.0, tol: float = 1e-3,
               upper_methods: Sequence[str] | None = None, exact_units: int = 12, vertex_units: int = 8,
               max_split_dim: int = 32, lower_share: float = 0.1, samples: int = 16, max_parts: int | None = None,
-              batch: int = 256, strong: bool = True) -> Result:
+              batch: int = 256, strong: bool = False) -> Result:
     """Bracket the Lipschitz constant (L2 -> L2) of ``graph`` on the region ``domain`` by branch
     and bound over the region (module doc).
 
@@ -119,14 +119,16 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
             slope-box bound runs only on split regions: it carries one Jacobian column per input).
         exact_units: run ``exact`` on the part with the largest bound, instead of splitting it,
             when it has at most this many unstable neurons.
-        vertex_units: unstable neurons whose slope vertices the slope-box bound enumerates.
+        vertex_units: unstable neurons whose slope vertices the slope-box bound enumerates (at most 2 in
+            the batched search: each costs a factor 2 on every part of the batch).
         max_split_dim: split the region only when the input has at most this many elements.
         lower_share: the share of the budget for ``lower`` on the whole region at the start (0: none).
         samples: points per part (its centre included) whose Jacobian norms feed the lower bound.
         max_parts: most parts bounded (a work cap, ``stopped_by`` ``"work"`` when it binds); by default
             2000 part by part, 500000 in the batched search of a ReLU chain.
         batch: parts refined at once by the batched search (:mod:`.local_bab_batch`).
-        strong: the batched search tries every split axis and keeps the best (else the smear's).
+        strong: the batched search tries every split axis and keeps the best (off by default: on ACAS
+            Xu prop 1 it split the narrow axes at the coarse levels, where every axis ties).
 
     Returns:
         A :class:`~lipbound.report.Result` of kind ``certified_upper`` (``exact`` when the bracket
@@ -165,7 +167,8 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
         max_parts = 2000 if chain is None else 500_000
     if chain is not None:
         outcome = batched_search(chain, search, box.low.flatten(), box.high.flatten(), tol=tol,
-                                 max_parts=max_parts, batch=batch, vertex_units=vertex_units, strong=strong, deadline=deadline)
+                                 max_parts=max_parts, batch=batch, vertex_units=min(vertex_units, 2),
+                                 strong=strong, deadline=deadline)
     else:
         outcome = _part_search(search, box, split, tol, exact_units, max_parts, deadline)
     upper = outcome.upper
