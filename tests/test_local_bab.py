@@ -238,7 +238,7 @@ def test_batched_search_brackets_the_grid_constant_on_a_5_input_net(seed):
     low, high = -0.3 * np.ones(5), 0.3 * np.ones(5)
     grid = np.stack(np.meshgrid(*[np.linspace(-0.3, 0.3, 6)] * 5), -1).reshape(-1, 5)
     sampled = relu_jacobian_norms(net, grid).max()
-    for options in ({}, {"batch": 4, "strong": False, "vertex_units": 1}):
+    for options in ({"batched": True, "strong": True}, {"batched": True, "batch": 4, "vertex_units": 1}):
         res = local_bab(net, low, high, time_budget=1.0, lower_share=0.0, **options)
         lower, upper = res.bracket
         assert res.details["search"] == "batched (ReLU chain)"

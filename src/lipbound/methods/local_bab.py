@@ -103,7 +103,7 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
               domain: Any = None, time_budget: float = 60.0, tol: float = 1e-3,
               upper_methods: Sequence[str] | None = None, exact_units: int = 12, vertex_units: int = 8,
               max_split_dim: int = 32, lower_share: float = 0.1, samples: int = 16, max_parts: int | None = None,
-              batch: int = 256, strong: bool = False) -> Result:
+              batched: bool = False, batch: int = 256, strong: bool = False) -> Result:
     """Bracket the Lipschitz constant (L2 -> L2) of ``graph`` on the region ``domain`` by branch
     and bound over the region (module doc).
 
@@ -126,7 +126,10 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
         samples: points per part (its centre included) whose Jacobian norms feed the lower bound.
         max_parts: most parts bounded (a work cap, ``stopped_by`` ``"work"`` when it binds); by default
             2000 part by part, 500000 in the batched search of a ReLU chain.
-        batch: parts refined at once by the batched search (:mod:`.local_bab_batch`).
+        batched: on a ReLU chain, the batched search (:mod:`.local_bab_batch`) instead of the part-by-part
+            one; off by default: on ACAS Xu props 1-4 in 120 s its brackets are wider (benchmarks/results/
+            local_acasxu_bab.md).
+        batch: parts refined at once by the batched search.
         strong: the batched search tries every split axis and keeps the best (off by default: on ACAS
             Xu prop 1 it split the narrow axes at the coarse levels, where every axis ties).
 
@@ -162,7 +165,7 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
         found = registry["lower"](graph, seed=seed, domain=region, time_budget=lower_share * time_budget)
         if found.witness is not None and found.value > 0:
             search.offer(found.value, found.witness)
-    chain = relu_chain(graph) if split else None
+    chain = relu_chain(graph) if split and batched else None
     if max_parts is None:
         max_parts = 2000 if chain is None else 500_000
     if chain is not None:
