@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from lipbound.methods import METHODS
+from lipbound.methods.relu_boxes import bound_boxes, relu_chain
 from lipbound.methods.slope_box import slope_box_bound
 
 from test_exact import Net, graph_of, inside, region_oracle, witness_quotient
@@ -162,3 +163,87 @@ def test_all_stable_part_is_closed_with_its_exact_value(seed):
     assert upper <= lower * (1 + 1e-8), "a closed part's bracket is its exact value"
     x, v = (res.witness[k].reshape(-1).numpy() for k in ("x", "v"))
     assert witness_quotient(net, x, v) == pytest.approx(lower, rel=1e-9)
+
+
+# ---- the batched part bound of a ReLU chain (relu_boxes) -------------------------------------------
+def relu_net(seed: int, n: int, widths=(5, 4, 3)):
+    return random_net(3 * seed, widths=widths, n=n)  # seed % 3 == 0: ReLU
+
+
+def relu_jacobian_norms(net, x: np.ndarray) -> np.ndarray:
+    """``||W_K D_{K-1}(x) ... D_1(x) W_1||_2`` at each point (numpy: ReLU slope 1 where its input is > 0)."""
+    out = []
+    for p in x:
+        h, j = p, np.eye(len(p))
+        for k in range(len(net.acts)):
+            z = net.ws[k] @ h + net.bs[k]
+            h, j = np.maximum(z, 0), (z > 0)[:, None] * (net.ws[k] @ j)
+        out.append(np.linalg.norm(net.ws[-1] @ j, 2))
+    return np.array(out)
+
+
+def sub_boxes(seed: int, n: int, count: int, half: float) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(count, n))
+    halves = half * rng.random((count, n)) + 1e-3
+    return centres - halves, centres + halves
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_relu_boxes_pre_bounds_hold_at_sampled_points(seed):
+    n = 2 + seed
+    net = relu_net(seed, n)
+    lows, highs = sub_boxes(seed, n, 16, 0.8)
+    bounds = bound_boxes(relu_chain(graph_of(net)), torch.from_numpy(lows), torch.from_numpy(highs))
+    for b in range(len(lows)):
+        x = samples(lows[b], highs[b], 256, seed + b)
+        h = x.T
+        for k, (l, u) in enumerate(bounds.pre):
+            z = net.ws[k] @ h + net.bs[k][:, None]
+            assert (z >= l[b].numpy()[:, None]).all() and (z <= u[b].numpy()[:, None]).all(), (b, k)
+            h = np.maximum(z, 0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_relu_boxes_meet_the_vertex_brute_force_and_batching_changes_nothing(seed):
+    n = 2 + seed % 3
+    net = relu_net(seed, n, widths=(4, 3))
+    layers = relu_chain(graph_of(net))
+    lows, highs = sub_boxes(seed, n, 12, 0.6)
+    low, high = torch.from_numpy(lows), torch.from_numpy(highs)
+    full = bound_boxes(layers, low, high, vertex_units=7)  # every unstable neuron enumerated
+    loose = bound_boxes(layers, low, high)
+    for b in range(len(lows)):
+        pre = [(l[b].numpy(), u[b].numpy()) for l, u in full.pre]
+        sup = vertex_sup(net, pre)
+        assert sup <= float(full.value[b]) <= sup * (1 + 1e-8) + 1e-300
+        assert float(loose.value[b]) >= sup * (1 - 1e-12)
+        assert float(full.value[b]) >= jacobian_norms(net, samples(lows[b], highs[b], 16, b)).max() * (1 - 1e-12)
+        one = bound_boxes(layers, low[b:b + 1], high[b:b + 1], vertex_units=7)
+        assert float(one.value[0]) == pytest.approx(float(full.value[b]), rel=1e-12)
+        assert int(one.unstable[0]) == int(full.unstable[b])
+
+
+def test_relu_chain_refuses_other_graphs():
+    assert relu_chain(graph_of(random_net(1, widths=(3, 3), n=2))) is None  # not ReLU
+    assert relu_chain(graph_of(relu_net(0, 2))) is not None
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_batched_search_brackets_the_grid_constant_on_a_5_input_net(seed):
+    """A ReLU net with 5 inputs: the bracket holds the largest Jacobian norm on a grid of the box
+    (a lower bound of the constant), its witness re-checks inside the box, and a small batch with
+    the smear's axis gives a bracket containing the same truth."""
+    net = relu_net(seed, 5, widths=(8, 8))
+    low, high = -0.3 * np.ones(5), 0.3 * np.ones(5)
+    grid = np.stack(np.meshgrid(*[np.linspace(-0.3, 0.3, 6)] * 5), -1).reshape(-1, 5)
+    sampled = relu_jacobian_norms(net, grid).max()
+    for options in ({"batched": True, "strong": True}, {"batched": True, "batch": 4, "vertex_units": 1}):
+        res = local_bab(net, low, high, time_budget=1.0, lower_share=0.0, **options)
+        lower, upper = res.bracket
+        assert res.details["search"] == "batched (ReLU chain)"
+        assert upper >= sampled * (1 - 1e-12)
+        x, v = (res.witness[k].reshape(-1).numpy() for k in ("x", "v"))
+        assert inside(net, [], x, (low.tolist(), high.tolist()))
+        assert witness_quotient(net, x, v) == pytest.approx(lower, rel=1e-9)
+        assert lower <= upper

@@ -63,7 +63,9 @@ from ..errors import InvalidInput, NotApplicable, UnsupportedOperation
 from ..graph.ir import Affine, Graph, Input, with_inputs
 from ..linalg.operators import Dense, Reshape, compose
 from ..report import Kind, Result
+from .local_bab_batch import Outcome, batched_search
 from .propagation import localize
+from .relu_boxes import relu_chain
 from .slope_box import slope_box_bound
 from .region import Box, as_region
 from .witness import PairWitness, PointWitness, Witness
@@ -100,7 +102,8 @@ class _Part:
 def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progress: bool = False,
               domain: Any = None, time_budget: float = 60.0, tol: float = 1e-3,
               upper_methods: Sequence[str] | None = None, exact_units: int = 12, vertex_units: int = 8,
-              max_split_dim: int = 32, lower_share: float = 0.1, samples: int = 16, max_parts: int = 2000) -> Result:
+              max_split_dim: int = 32, lower_share: float = 0.1, samples: int = 16, max_parts: int | None = None,
+              batched: bool = False, batch: int = 256, strong: bool = False) -> Result:
     """Bracket the Lipschitz constant (L2 -> L2) of ``graph`` on the region ``domain`` by branch
     and bound over the region (module doc).
 
@@ -116,11 +119,19 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
             slope-box bound runs only on split regions: it carries one Jacobian column per input).
         exact_units: run ``exact`` on the part with the largest bound, instead of splitting it,
             when it has at most this many unstable neurons.
-        vertex_units: unstable neurons whose slope vertices the slope-box bound enumerates.
+        vertex_units: unstable neurons whose slope vertices the slope-box bound enumerates (at most 2 in
+            the batched search: each costs a factor 2 on every part of the batch).
         max_split_dim: split the region only when the input has at most this many elements.
         lower_share: the share of the budget for ``lower`` on the whole region at the start (0: none).
         samples: points per part (its centre included) whose Jacobian norms feed the lower bound.
-        max_parts: most parts bounded (a work cap, ``stopped_by`` ``"work"`` when it binds).
+        max_parts: most parts bounded (a work cap, ``stopped_by`` ``"work"`` when it binds); by default
+            2000 part by part, 500000 in the batched search of a ReLU chain.
+        batched: on a ReLU chain, the batched search (:mod:`.local_bab_batch`) instead of the part-by-part
+            one; off by default: on ACAS Xu props 1-4 in 120 s its brackets are wider (benchmarks/results/
+            local_acasxu_bab.md).
+        batch: parts refined at once by the batched search.
+        strong: the batched search tries every split axis and keeps the best (off by default: on ACAS
+            Xu prop 1 it split the narrow axes at the coarse levels, where every axis ties).
 
     Returns:
         A :class:`~lipbound.report.Result` of kind ``certified_upper`` (``exact`` when the bracket
@@ -154,48 +165,26 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
         found = registry["lower"](graph, seed=seed, domain=region, time_budget=lower_share * time_budget)
         if found.witness is not None and found.value > 0:
             search.offer(found.value, found.witness)
-    root = search.bound(box.low, box.high, root=True)
-    if root is None:
-        raise NotApplicable("local-bab: no certified method applied to the region")
-    heap = [root]
-    weights = _axis_weights(graph) if split else None
-    parts_bounded = 1
-    while parts_bounded < max_parts and time.perf_counter() < deadline:
-        top = heap[0]
-        if top.exact or top.upper <= (1 + tol) * search.lower:
-            break
-        if 0 <= top.unstable <= exact_units:
-            heapq.heapreplace(heap, search.settle(top))
-            continue
-        if not split:
-            break
-        heapq.heappop(heap)
-        axis_score = weights if top.smear is None or not top.smear.any() else top.smear
-        children = [search.bound(lo, hi) for lo, hi in _halves(top.low, top.high, axis_score)]
-        parts_bounded += 2
-        if any(c is None for c in children):  # the budget ended inside: keep the parent's bound
-            heapq.heappush(heap, top)
-            break
-        for c in children:  # a part of the parent: the parent's bound holds on it too
-            heapq.heappush(heap, c if c.upper <= top.upper else dataclasses.replace(
-                c, key=top.key, upper=top.upper, method=top.method))
-    if not split and not heap[0].exact:  # no refinement left: the rest of the budget to the lower bound
-        search.search_part(heap[0], 0.9 * (deadline - time.perf_counter()))
-    upper = max(p.upper for p in heap)
+    chain = relu_chain(graph) if split and batched else None
+    if max_parts is None:
+        max_parts = 2000 if chain is None else 500_000
+    if chain is not None:
+        outcome = batched_search(chain, search, box.low.flatten(), box.high.flatten(), tol=tol,
+                                 max_parts=max_parts, batch=batch, vertex_units=min(vertex_units, 2),
+                                 strong=strong, deadline=deadline)
+    else:
+        outcome = _part_search(search, box, split, tol, exact_units, max_parts, deadline)
+    upper = outcome.upper
     lower, witness = _expanded(search, expand, full_graph, full_region)
     closed = lower > 0 and upper <= lower
     kind = Kind.EXACT if closed else Kind.CERTIFIED_UPPER
-    stopped = ("bracket within tol" if lower > 0 and upper <= (1 + tol) * lower else
-               "largest part exact" if heap[0].exact else
-               "no split (input too large)" if not split else
-               "part cap" if parts_bounded >= max_parts else "time budget")
-    cut = stopped == "time budget" or time.perf_counter() >= deadline or search.cut
-    details = {"domain": region.describe(), "parts": len(heap), "parts_bounded": parts_bounded,
-               "stopped": stopped, "stopped_by": "time" if cut else "work" if stopped == "part cap" else "converged",
+    cut = outcome.stopped_by == "time" or time.perf_counter() >= deadline or search.cut
+    details = {"domain": region.describe(), "parts": outcome.parts, "parts_bounded": outcome.parts_bounded,
+               "stopped": outcome.stopped, "stopped_by": "time" if cut else outcome.stopped_by,
+               "search": "batched (ReLU chain)" if chain is not None else "part by part",
                "upper_methods": list(upper_methods), "lower_from": search.lower_from,
-               "bound_methods": sorted({p.method for p in heap}), "time_budget": time_budget,
-               "largest_parts": [{"upper": p.upper, "lower": p.lower, "method": p.method, "unstable": p.unstable,
-                                  "width": (p.high - p.low).flatten().tolist()} for p in heapq.nsmallest(5, heap)]}
+               "bound_methods": outcome.bound_methods, "time_budget": time_budget,
+               "largest_parts": outcome.largest}
     if not split:
         details["note"] = (f"the input has {n_in} elements (> max_split_dim={max_split_dim}): the region was "
                            "bounded once, without splitting")
@@ -326,6 +315,48 @@ class _Search:
             return 0.0
         self.offer(value, PointWitness(point, v, value), "part samples", checked=True)
         return value
+
+
+def _part_search(search: "_Search", box: Box, split: bool, tol: float, exact_units: int, max_parts: int,
+                 deadline: float) -> Outcome:
+    """The part-by-part search (module doc, steps 1-5) for graphs that are not ReLU chains."""
+    root = search.bound(box.low, box.high, root=True)
+    if root is None:
+        raise NotApplicable("local-bab: no certified method applied to the region")
+    heap = [root]
+    weights = _axis_weights(search.graph) if split else None
+    parts_bounded = 1
+    while parts_bounded < max_parts and time.perf_counter() < deadline:
+        top = heap[0]
+        if top.exact or top.upper <= (1 + tol) * search.lower:
+            break
+        if 0 <= top.unstable <= exact_units:
+            heapq.heapreplace(heap, search.settle(top))
+            continue
+        if not split:
+            break
+        heapq.heappop(heap)
+        axis_score = weights if top.smear is None or not top.smear.any() else top.smear
+        children = [search.bound(lo, hi) for lo, hi in _halves(top.low, top.high, axis_score)]
+        parts_bounded += 2
+        if any(c is None for c in children):  # the budget ended inside: keep the parent's bound
+            heapq.heappush(heap, top)
+            break
+        for c in children:  # a part of the parent: the parent's bound holds on it too
+            heapq.heappush(heap, c if c.upper <= top.upper else dataclasses.replace(
+                c, key=top.key, upper=top.upper, method=top.method))
+    if not split and not heap[0].exact:  # no refinement left: the rest of the budget to the lower bound
+        search.search_part(heap[0], 0.9 * (deadline - time.perf_counter()))
+    upper = max(p.upper for p in heap)
+    lower = search.lower
+    stopped = ("bracket within tol" if lower > 0 and upper <= (1 + tol) * lower else
+               "largest part exact" if heap[0].exact else
+               "no split (input too large)" if not split else
+               "part cap" if parts_bounded >= max_parts else "time budget")
+    by = "time" if stopped == "time budget" else "work" if stopped == "part cap" else "converged"
+    largest = [{"upper": p.upper, "lower": p.lower, "method": p.method, "unstable": p.unstable,
+                "width": (p.high - p.low).flatten().tolist()} for p in heapq.nsmallest(5, heap)]
+    return Outcome(upper, len(heap), parts_bounded, stopped, by, largest, sorted({p.method for p in heap}))
 
 
 def _as_box(region: Any) -> Box:

@@ -1,0 +1,175 @@
+"""The search of ``local-bab`` on a ReLU chain (:func:`.relu_boxes.relu_chain`): best first, in
+batches of parts bounded at once.
+
+Each round takes up to ``batch`` open parts with the largest upper bounds (each above
+``(1 + tol)`` times the best witnessed lower bound: the others can no longer widen the bracket),
+splits each in two along the input axis with the largest ``width * smear``
+(:class:`.relu_boxes.BoxBounds`), and bounds all the halves in one batched pass
+(:func:`.relu_boxes.bound_boxes`). A half keeps its parent's bound when its own is larger (a part
+of a part: the parent's bound holds on it too). Why the bracket is sound: the module doc of
+:mod:`.local_bab` (the largest certified bound over a cover of a convex region by convex parts
+bounds the constant on the region).
+
+A part whose neurons are all stable is **closed**: its bound is the norm of its one Jacobian (up
+to rounding), never refined. The lower bound rises from the Jacobians at the halves' centres
+(float64, batched), the best re-checked as a :class:`~lipbound.methods.witness.PointWitness` on
+the network and region when it would raise the lower bound: as parts shrink around the largest
+Jacobian norms, the centres find them.
+
+The search stops when the largest open bound is within ``(1 + tol)`` of the lower bound
+(``"converged"``), when every part left is closed, after ``max_parts`` parts (the work cap,
+deterministic: ``"work"``) or at the deadline (``"time"``, an outer cap only).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import InvalidInput
+from .relu_boxes import Layer, bound_boxes, jacobians
+from .witness import PointWitness
+
+__all__ = ["Outcome", "batched_search"]
+
+
+@dataclass
+class Outcome:
+    """What a search reached: ``upper`` (certified on the region), the parts left (``parts``),
+    bounded (``parts_bounded``), ``stopped`` (why, in words), ``stopped_by`` and the largest parts."""
+
+    upper: float
+    parts: int
+    parts_bounded: int
+    stopped: str
+    stopped_by: str
+    largest: list[dict[str, Any]] = field(default_factory=list)
+    bound_methods: list[str] = field(default_factory=lambda: ["slope-box"])
+
+
+@dataclass(order=True)
+class _Part:
+    key: float  # -upper: heapq pops the largest bound first
+    order: int
+    row: torch.Tensor = field(compare=False)  # (3, d): low, high, smear
+    unstable: int = field(compare=False)
+
+    @property
+    def upper(self) -> float:
+        return -self.key
+
+
+def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: torch.Tensor, *, tol: float,
+                   max_parts: int, batch: int, vertex_units: int, strong: bool, deadline: float) -> Outcome:
+    """Best-first batched search over the box ``[low, high]`` (flat, float64) of the chain ``layers``
+    (module doc); ``search`` keeps the witnessed lower bound (``.lower``, ``.offer``, ``.graph``,
+    ``.region``, as :class:`.local_bab._Search`)."""
+    count = itertools.count()
+    shape = search.graph.input_shape
+    root = bound_boxes(layers, low[None], high[None], vertex_units=vertex_units)
+    _offer_centres(layers, search, low[None], high[None], shape)
+    heap = [_Part(-float(root.value[0]), next(count), torch.stack([low, high, root.smear[0]]), int(root.unstable[0]))]
+    bounded, dropped = 1, 0.0  # dropped: the largest bound of the parts left out of the heap (below tol)
+    while True:
+        threshold = (1 + tol) * search.lower
+        if heap[0].upper <= threshold:
+            stopped, by = "bracket within tol", "converged"
+            break
+        if heap[0].unstable == 0:
+            stopped, by = "largest part exact", "converged"
+            break
+        if bounded >= max_parts:
+            stopped, by = "part cap", "work"
+            break
+        if time.perf_counter() >= deadline:
+            stopped, by = "time budget", "time"
+            break
+        take = []
+        per = 2 * (len(low) if strong else 1)  # parts bounded per parent
+        while heap and len(take) < min(batch, max(1, (max_parts - bounded) // per)):
+            if heap[0].upper <= threshold or heap[0].unstable == 0:
+                break
+            take.append(heapq.heappop(heap))
+        rows = torch.stack([p.row for p in take])
+        parent = torch.tensor([p.upper for p in take], dtype=torch.float64)
+        c_low, c_high, upper, smear, unstable, work = _split(layers, rows, parent, vertex_units, strong)
+        _offer_centres(layers, search, c_low, c_high, shape)
+        for i in range(len(upper)):
+            heapq.heappush(heap, _Part(-float(upper[i]), next(count),
+                                       torch.stack([c_low[i], c_high[i], smear[i]]), int(unstable[i])))
+        bounded += work
+        if len(heap) > 100_000:  # memory: parts within tol of the lower bound are never refined
+            keep = [p for p in heap if p.upper > (1 + tol) * search.lower]
+            dropped = max([dropped] + [p.upper for p in heap if p.upper <= (1 + tol) * search.lower])
+            heap = keep or [max(heap)]
+            heapq.heapify(heap)
+    largest = [{"upper": p.upper, "unstable": p.unstable, "low": p.row[0].tolist(), "width": (p.row[1] - p.row[0]).tolist()}
+               for p in heapq.nsmallest(5, heap)]
+    return Outcome(max(heap[0].upper, dropped), len(heap), bounded, stopped, by, largest)
+
+
+def _split(layers: list[Layer], rows: torch.Tensor, parent: torch.Tensor, vertex_units: int,
+           strong: bool) -> tuple[torch.Tensor, ...]:
+    """The halves of each box ``rows[b] = (low, high, smear)``, bounded, each bound capped by its
+    parent's: ``(lows, highs, uppers, smears, unstable, parts bounded)``, the halves interleaved.
+    The axis: with ``strong``, the one whose larger half's bound is least (every axis tried; ties
+    broken by the halves' own bounds summed, then their unstable neurons, then ``width * smear``); else the one with the largest ``width * smear`` (the widest when no neuron is unstable)."""
+    low, high, smear = rows[:, 0], rows[:, 1], rows[:, 2]
+    B, d = low.shape
+    width = high - low
+    if strong:
+        axes = torch.arange(d).repeat(B)[:, None]
+        c_low, c_high = _halves(low.repeat_interleave(d, 0), high.repeat_interleave(d, 0), axes)
+    else:
+        score = torch.where((smear > 0).any(dim=1, keepdim=True), width * smear, width)
+        c_low, c_high = _halves(low, high, score.argmax(dim=1, keepdim=True))
+    bounds = bound_boxes(layers, c_low, c_high, vertex_units=vertex_units)
+    upper = torch.minimum(bounds.value, parent.repeat_interleave(len(c_low) // B))
+    pick = torch.arange(len(c_low))
+    if strong:
+        keys = [upper.reshape(B, d, 2).amax(dim=2), bounds.value.reshape(B, d, 2).sum(dim=2),
+                bounds.unstable.reshape(B, d, 2).sum(dim=2).to(torch.float64), -width * smear]
+        best = _lexicographic_argmin(keys)
+        pick = ((torch.arange(B) * d + best) * 2)[:, None] + torch.arange(2)
+        pick = pick.flatten()
+    return (c_low[pick], c_high[pick], upper[pick], bounds.smear[pick], bounds.unstable[pick], len(c_low))
+
+
+def _lexicographic_argmin(keys: list[torch.Tensor]) -> torch.Tensor:
+    """Per row of the ``(B, d)`` keys, the column least by the first key, ties broken by the next."""
+    alive = torch.ones_like(keys[0], dtype=torch.bool)
+    for key in keys:
+        masked = torch.where(alive, key, torch.inf)
+        alive &= masked <= masked.amin(dim=1, keepdim=True)
+    return alive.to(torch.int8).argmax(dim=1)
+
+
+def _halves(low: torch.Tensor, high: torch.Tensor, axis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two halves of each box along its ``axis`` (``(B, 1)``), interleaved: ``(2B, d)`` lows, highs."""
+    mid = (low.gather(1, axis) + high.gather(1, axis)) / 2
+    first_high = high.scatter(1, axis, mid)
+    second_low = low.scatter(1, axis, mid)
+    return torch.stack([low, second_low], 1).flatten(0, 1), torch.stack([first_high, high], 1).flatten(0, 1)
+
+
+def _offer_centres(layers: list[Layer], search: Any, low: torch.Tensor, high: torch.Tensor, shape: tuple) -> None:
+    """The largest Jacobian norm at the boxes' centres, re-checked and offered when it would raise
+    the lower bound."""
+    x = (low + high) / 2
+    J = jacobians(layers, x)
+    norms = torch.linalg.matrix_norm(J, ord=2)
+    best = int(norms.argmax())
+    if not float(norms[best]) > search.lower:
+        return
+    v = torch.linalg.svd(J[best], full_matrices=False).Vh[0]
+    point, direction = x[best].reshape(shape), v.reshape(shape)
+    try:
+        value = PointWitness(point, direction).recheck(search.graph, search.region)
+    except InvalidInput:  # on a kink or a tie
+        return
+    search.offer(value, PointWitness(point, direction, value), "part centres", checked=True)

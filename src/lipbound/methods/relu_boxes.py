@@ -1,0 +1,268 @@
+"""Certified bounds of a ReLU chain on many input boxes at once (the batched part bound of
+``local-bab``, :mod:`.local_bab_batch`).
+
+**The network.** :func:`relu_chain` reads a graph that is a chain ``f = A_K o relu o ... o relu o A_1``
+of affine maps ``A_k z = W_k z + b_k`` (consecutive affine nodes composed) as float64 matrices with
+**enclosures**: the exact map's ``(W*, b*)`` satisfy ``|W* - W| <= E`` and ``|b* - b| <= e``
+element-wise. Each node's matrix is its operator applied to the identity, whose rounding error
+:func:`.rounding._linear` bounds; a product ``W_2 W_1`` adds ``E_2 (|W_1| + E_1) + |W_2| E_1 +
+gamma_n |W_2| |W_1|`` (Higham §3.1), every sum of non-negative terms rounded up (:func:`.rounding._up`).
+
+**Pre-activation bounds** (:func:`bound_boxes`, rigorous for the exact network): a symbolic
+forward pass (linear relaxations carried forward, as in Neurify's symbolic intervals, and tighter
+than IBP). Every neuron ``z_i`` gets linear forms ``L_i(x) <= z_i(x) <= U_i(x)`` on the box;
+through an affine layer ``W`` the forms are ``W+ L + W- U`` and ``W+ U + W- L``; a ReLU keeps the
+forms of a stably active neuron, zeroes an inactive one, and for ``l < 0 < u`` uses the upper line
+``s (z - l)`` with ``s >= u / (u - l)`` rounded up (so the line lies above the ReLU on ``[l, u]``)
+and the lower line ``z`` or ``0`` (the one with the smaller area, both valid everywhere). A form's
+rounding error ``|dF| |x|_max + |df_0|`` and the weight enclosure ``E |z|_max + e`` (``|z|_max`` from
+the previous layer's bounds) are moved into its constant, outward, so each computed form is a
+true bound of the exact neuron on the box. The concrete bounds are the forms' minimum and
+maximum over the box (rounded outward), intersected with a ``prior`` (a parent box's bounds
+hold on its parts).
+
+**Part bound.** With the pre bounds, each neuron's secant slopes lie in ``{1}``, ``{0}`` or
+``[0, 1]``, and for ``x, y`` in the (convex) box ``f(x) - f(y) = J(D) (x - y)`` with
+``J(D) = W_K D_{K-1} ... D_1 W_1`` for some admissible diagonals ``D`` (:mod:`.slope_box`). An
+interval Jacobian ``|J(D) - C| <= R`` (forward: ``W C``, ``|W| R + E (|C| + R) + gamma_n |W| |C|``;
+slope ``m +- r``: ``m C``, ``m R + r (|C| + R)``, exact for ``m, r`` in ``{0, 1/2, 1}``) gives the
+**certified upper bound** ``min(||C||_2 + ||R||_F, || |C| + R ||_2)`` of the constant on the box
+(the spectral norms of small dense matrices with the library's relative margin, as in
+:mod:`.slope_box`). With every neuron stable, ``R`` is rounding only and the bound is the norm of
+the box's one Jacobian.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..graph.ir import Activation, Affine, Graph, Input
+from ..linalg.spectral import CERTIFIED_RTOL
+from .rounding import _U, _gamma, _linear, _up
+
+__all__ = ["Layer", "BoxBounds", "relu_chain", "bound_boxes", "jacobians"]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """``y = W z + b`` (float64, ``W``: ``(out, in)``) enclosing the exact map: ``|W* - W| <= E``,
+    ``|b* - b| <= e``."""
+
+    W: torch.Tensor
+    E: torch.Tensor
+    b: torch.Tensor
+    e: torch.Tensor
+
+    def then(self, nxt: "Layer") -> "Layer":
+        """The enclosure of ``nxt o self`` (module doc)."""
+        n = self.W.shape[0]
+        aw, an = self.W.abs(), nxt.W.abs()
+        W = nxt.W @ self.W
+        E = _up(nxt.E @ (aw + self.E) + an @ self.E + _gamma(n) * (an @ aw), 3 * n)
+        b = nxt.W @ self.b + nxt.b
+        e = _up(nxt.E @ (self.b.abs() + self.e) + an @ self.e + nxt.e
+                + _gamma(n + 1) * (an @ self.b.abs() + nxt.b.abs()), 3 * n + 2)
+        return Layer(W, E, b, e)
+
+
+@dataclass
+class BoxBounds:
+    """Per box of a batch: ``pre[k] = (l, u)``, ``(B, n_k)`` bounds of the input of ReLU layer
+    ``k``; ``value``: ``(B,)`` certified upper bounds of the constant (L2 -> L2) on each box;
+    ``unstable``: ``(B,)`` neurons with ``l < 0 < u``; ``smear``: ``(B, d)``, per input
+    ``sum_i max|dz_i/dx_d| / (u_i - l_i)`` over the unstable neurons (a branching heuristic)."""
+
+    pre: list[tuple[torch.Tensor, torch.Tensor]]
+    value: torch.Tensor
+    unstable: torch.Tensor
+    smear: torch.Tensor
+
+    def flat_pre(self) -> torch.Tensor:
+        """The pre bounds as one ``(B, 2 sum n_k)`` tensor (the ``prior`` of :func:`bound_boxes`)."""
+        return torch.cat([t for lu in self.pre for t in lu], dim=1)
+
+
+def relu_chain(graph: Graph) -> list[Layer] | None:
+    """``graph`` as affine layers separated by ReLUs (module doc), or None when it is not such a
+    chain (any other node kind or activation, a branch, or an activation last)."""
+    g = graph.to(device="cpu", dtype=torch.float64)
+    layers: list[Layer] = []
+    pending: Layer | None = None
+    prev = g.input
+    for node in g:
+        if isinstance(node, Input):
+            continue
+        if node.inputs != [prev]:
+            return None
+        prev = node.name
+        if isinstance(node, Affine):
+            layer = _materialise(node)
+            pending = layer if pending is None else pending.then(layer)
+        elif isinstance(node, Activation) and _is_relu(node) and pending is not None:
+            layers.append(pending)
+            pending = None
+        else:
+            return None
+    if pending is None or prev != g.output:
+        return None
+    return [*layers, pending]
+
+
+def _is_relu(node: Activation) -> bool:
+    p = node.pieces
+    return p is not None and tuple(p.breakpoints) == (0.0,) and tuple(p.slopes) == (0.0, 1.0) \
+        and tuple(p.offsets) == (0.0, 0.0)
+
+
+def _materialise(node: Affine) -> Layer:
+    """The node's matrix (its operator on the identity) with :func:`.rounding._linear`'s error bound."""
+    op = node.op
+    k = op.in_numel
+    eye = torch.eye(k, dtype=torch.float64).reshape(k, *op.in_shape)
+    cols, err = _linear(op, eye, torch.zeros_like(eye))
+    W, E = cols.reshape(k, -1).T.contiguous(), err.reshape(k, -1).T.contiguous()
+    b = torch.zeros(W.shape[0], dtype=torch.float64) if node.bias is None else node.bias.reshape(-1).to(torch.float64)
+    return Layer(W, E, b, torch.zeros_like(b))
+
+
+def _lower(forms: torch.Tensor, low: torch.Tensor, high: torch.Tensor, xmax: torch.Tensor) -> torch.Tensor:
+    """A rigorous lower bound of ``a . x + a_0`` over each box, for forms ``(n, B, d + 1)``
+    (``a_0`` last): ``(n, B)``."""
+    a, a0 = forms[..., :-1], forms[..., -1]
+    val = (a.clamp(min=0) * low + a.clamp(max=0) * high).sum(-1) + a0
+    mag = (a.abs() * xmax).sum(-1) + a0.abs()
+    return _shift_down(val, _gamma(low.shape[1] + 2) * mag)
+
+
+def _shift_down(v: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """A float at most ``v - s`` (exactly), for ``s >= 0``: the subtraction's own rounding is
+    covered by ``2u |v|`` and :func:`_up`'s margin."""
+    return v - _up(s + 2 * _U * v.abs(), 3)
+
+
+def _affine_forms(layer: Layer, L: torch.Tensor, U: torch.Tensor, zmax: torch.Tensor,
+                  xmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forms ``(m, B, d + 1)`` of ``W* z + b*`` from those of ``z`` (module doc), rounding and
+    enclosure moved into the constants; ``zmax`` ``(n, B)`` bounds ``|z|``."""
+    n = layer.W.shape[1]
+    wp, wn = layer.W.clamp(min=0), layer.W.clamp(max=0)
+    L2, U2 = _matmul(wp, L) + _matmul(wn, U), _matmul(wp, U) + _matmul(wn, L)
+    L2[..., -1] += layer.b[:, None]
+    U2[..., -1] += layer.b[:, None]
+    mag = _matmul(layer.W.abs(), torch.maximum(L.abs(), U.abs()))
+    slack = _gamma(2 * n + 2) * ((mag[..., :-1] * xmax).sum(-1) + mag[..., -1] + layer.b.abs()[:, None])
+    slack = _up(slack + layer.E @ zmax + layer.e[:, None], n + xmax.shape[1] + 4)
+    L2[..., -1] = _shift_down(L2[..., -1], slack)
+    U2[..., -1] = -_shift_down(-U2[..., -1], slack)
+    return L2, U2
+
+
+def _relu_forms(L: torch.Tensor, U: torch.Tensor, l: torch.Tensor, u: torch.Tensor,
+                xmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forms of ``relu(z)`` from those of ``z`` and its bounds ``[l, u]`` ``(n, B)`` (module doc)."""
+    on, unstable = l >= 0, (l < 0) & (u > 0)
+    alpha = (on | (unstable & (u > -l))).to(torch.float64)
+    s = torch.where(unstable, u / (u - l).where(unstable, torch.ones_like(u)) * (1 + 4 * _U), on.to(torch.float64))
+    L2 = L * alpha[..., None]
+    U2 = U * s[..., None]
+    shift = torch.where(unstable, s * l, torch.zeros_like(l))
+    err = _gamma(3) * ((U2[..., :-1].abs() * xmax).sum(-1) + U2[..., -1].abs() + shift.abs())
+    U2[..., -1] = -_shift_down(shift - U2[..., -1], torch.where(unstable, err, torch.zeros_like(err)))
+    return L2, U2
+
+
+def bound_boxes(layers: list[Layer], low: torch.Tensor, high: torch.Tensor,
+                prior: torch.Tensor | None = None, vertex_units: int = 0) -> BoxBounds:
+    """Pre bounds and the certified part bound (module doc) of each box ``[low_b, high_b]``
+    (``(B, d)`` float64); ``prior``: sound pre bounds of enclosing boxes (:meth:`BoxBounds.flat_pre`);
+    ``vertex_units``: unstable neurons per box whose slope vertices are enumerated."""
+    B, d = low.shape
+    xmax = torch.maximum(low.abs(), high.abs())
+    eye = torch.cat([torch.eye(d, dtype=torch.float64), torch.zeros(d, 1, dtype=torch.float64)], dim=1)
+    L = U = eye[:, None, :].expand(d, B, d + 1)  # feature-major forms: (neurons, boxes, d + 1)
+    zmax, pre, at = xmax.T, [], 0
+    for layer in layers[:-1]:
+        L, U = _affine_forms(layer, L, U, zmax, xmax)
+        l, u = _lower(L, low, high, xmax), -_lower(-U, low, high, xmax)
+        if prior is not None:
+            n = l.shape[0]
+            l, u = torch.maximum(l, prior[:, at: at + n].T), torch.minimum(u, prior[:, at + n: at + 2 * n].T)
+            at += 2 * n
+        pre.append((l.T, u.T))
+        L, U = _relu_forms(L, U, l, u, xmax)
+        zmax = u.clamp(min=0)
+    value, smear = _interval_jacobian(layers, pre, B, d, vertex_units)
+    unstable = sum(((l < 0) & (u > 0)).sum(dim=1) for l, u in pre)
+    return BoxBounds(pre, value, unstable, smear)
+
+
+def _interval_jacobian(layers: list[Layer], pre: list[tuple[torch.Tensor, torch.Tensor]], B: int, d: int,
+                       vertex_units: int = 0, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """The part bounds and the smear (module doc, :class:`BoxBounds`), the slopes of each box's
+    first ``vertex_units`` unstable neurons (layer order) enumerated at their vertices (the max of
+    the ``2^k`` bounds: ``D -> ||J(D)||`` is convex in each slope, :mod:`.slope_box`), in chunks of
+    about ``chunk`` box-vertex pairs."""
+    masks = [(l < 0) & (u > 0) for l, u in pre]
+    k = min(vertex_units, int(sum(m.sum(dim=1) for m in masks).max()) if masks else 0)
+    per = max(1, chunk >> k)
+    values, smears = [], []
+    for s in range(0, B, per):
+        v, sm = _vertex_bounds(layers, [(l[s: s + per], u[s: s + per]) for l, u in pre], d, k)
+        values.append(v)
+        smears.append(sm)
+    return torch.cat(values), torch.cat(smears)
+
+
+def _vertex_bounds(layers: list[Layer], pre: list[tuple[torch.Tensor, torch.Tensor]], d: int,
+                   k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_interval_jacobian` on one chunk of boxes, ``2^k`` vertices each (feature-major
+    ``(n, box-vertex pairs, d)`` tensors: one matrix product per layer)."""
+    B, V = pre[0][0].shape[0] if pre else 1, 2 ** k
+    vertex = torch.arange(V).repeat(B)  # pair i: box i // V, vertex i % V
+    C = torch.eye(d, dtype=torch.float64)[:, None, :].expand(d, B * V, d)
+    R = torch.zeros_like(C)
+    smear = torch.zeros(B, d, dtype=torch.float64)
+    seen = torch.zeros(B, dtype=torch.long)  # unstable neurons in the earlier layers
+    for i, layer in enumerate(layers):
+        n, aw = layer.W.shape[1], layer.W.abs()
+        C, R = _matmul(layer.W, C), _up(_matmul(aw, R + _gamma(n) * C.abs()) + _matmul(layer.E, C.abs() + R), 2 * n + 4)
+        if i == len(layers) - 1:
+            break
+        l, u = pre[i]
+        on, unstable = l >= 0, (l < 0) & (u > 0)
+        weight = unstable / (u - l).where(unstable, torch.ones_like(u))
+        reach = (C.abs() + R).reshape(C.shape[0], B, V, d).amax(dim=2)  # (n, B, d)
+        smear += (reach * weight.T[..., None]).sum(dim=0)
+        rank = seen[:, None] + unstable.cumsum(dim=1) - 1  # (B, n): the neuron's place among the unstable
+        seen = seen + unstable.sum(dim=1)
+        chosen = (unstable & (rank < k)).repeat_interleave(V, dim=0)
+        bit = ((vertex[:, None] >> rank.clamp(min=0).repeat_interleave(V, dim=0)) & 1).to(torch.float64)
+        mid = torch.where(chosen, bit, (on.to(torch.float64) + 0.5 * unstable).repeat_interleave(V, dim=0)).T
+        rad = torch.where(chosen, 0.0, (0.5 * unstable).repeat_interleave(V, dim=0)).T
+        C, R = mid[..., None] * C, _up(mid[..., None] * R + rad[..., None] * (C.abs() + R), 2)
+    C, R = C.transpose(0, 1), R.transpose(0, 1)  # (pairs, outputs, d)
+    spread = torch.linalg.matrix_norm(C, ord=2) * (1 + CERTIFIED_RTOL) + _up(R.flatten(1).norm(dim=1), R[0].numel())
+    joint = torch.linalg.matrix_norm(_up(C.abs() + R, 2), ord=2) * (1 + CERTIFIED_RTOL)
+    return torch.minimum(spread, joint).reshape(B, V).amax(dim=1), smear
+
+
+def _matmul(W: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """``W`` applied to the first axis of ``X`` ``(n, ...)``, as one matrix product."""
+    return (W @ X.reshape(X.shape[0], -1)).reshape(W.shape[0], *X.shape[1:])
+
+
+def jacobians(layers: list[Layer], x: torch.Tensor) -> torch.Tensor:
+    """Float64 Jacobians ``(B, m, d)`` of the chain at the points ``x`` ``(B, d)``, ReLU slope 1
+    where the input is > 0 (not rigorous: candidates for witnesses, re-checked by
+    :class:`~lipbound.methods.witness.PointWitness`)."""
+    B, d = x.shape
+    z, J = x, torch.eye(d, dtype=torch.float64).expand(B, d, d)
+    for k, layer in enumerate(layers):
+        z, J = z @ layer.W.T + layer.b, layer.W @ J
+        if k < len(layers) - 1:
+            on = z > 0
+            z, J = z * on, J * on[..., None]
+    return J
