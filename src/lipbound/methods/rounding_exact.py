@@ -425,10 +425,10 @@ def exact_pair_bounds(graph: Graph, x: torch.Tensor, y: torch.Tensor) -> tuple[t
             continue
         try:
             d = exact_forward(graph, x[b])[0].value - exact_forward(graph, y[b])[0].value
+            den = (Dyadic.of(x[b]) - Dyadic.of(y[b])).squared_norm()
         except NotApplicable as exc:
             reasons[b] = str(exc)
             continue
-        den = (Dyadic.of(x[b]) - Dyadic.of(y[b])).squared_norm()
         if den[0] == 0:
             reasons[b] = "x == y"
             continue
