@@ -232,3 +232,27 @@ def test_deep_net_gets_a_witness_below_the_product_of_norms_where_float64_declin
     pl, ph = pair_bounds(graph, x[:1], x[1:])
     assert 0 < float(pl[0]) <= float(ph[0]) <= upper * (1 + 1e-6)
     assert float(ph[0]) - float(pl[0]) <= 1e-12 * float(ph[0])  # the exact path answered, not the float one
+
+
+def test_sqrt_ratio_bounds_bracket_quotients_just_off_a_square():
+    """``num / den = m^2 +- 1/den`` with ``den ~ 2^300``: far below the bounds' 128-bit scaling, so
+    only correct floors and ceilings keep ``sqrt`` inside ``[low, high]``."""
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(50):
+        m = int(torch.randint(1, 2 ** 53, (1,), generator=gen))
+        den = 2 ** 300 + int(torch.randint(0, 2 ** 40, (1,), generator=gen))
+        for num in (m * m * den + 1, m * m * den - 1):
+            low, high = rounding_exact.sqrt_ratio_bounds(num, -7, den, 5)
+            q = Fraction(num, den) / 2 ** 12
+            assert Fraction(low) ** 2 <= q <= Fraction(high) ** 2
+
+
+def test_the_exact_secant_declines_a_step_that_crosses_a_kink(monkeypatch):
+    """The re-check by another path: with a step far too long the segment leaves the region and the
+    exact secant disagrees with the exact tangent."""
+    module, shape = NETS["mlp"]
+    graph = as_graph(module, shape)
+    x, v = (torch.randn(3, *shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64) for _ in range(2))
+    monkeypatch.setattr(rounding_exact, "_step_exponent", lambda limits: -20)  # h = 2^20
+    low, reasons = exact_jacobian_values(graph, x, v)
+    assert all("secant" in r for r in reasons) and torch.isnan(low).all()
