@@ -24,6 +24,12 @@ values themselves by layer 20 and no witness can be checked. Every node therefor
 whose norm is at most ``||A||_2 E``; an activation's is at most ``max|slope| E``. Each element's
 bound is the smaller of the two, both sound. The norm path is taken only where the element-wise
 bound has grown past ``1e-10`` of the values (shallow nets never pay for the norms).
+
+**Exact fallback.** Past about 30 layers even the norm-wise bound outgrows the values. Where a
+witness fails and some node's error bound passes ``1e-6`` of its values (:data:`_WIDE`), or a pair's
+interval is that wide, :func:`pair_bounds` and :func:`jacobian_witness_values` re-check it in exact
+dyadic arithmetic (:mod:`~lipbound.methods.rounding_exact`: piecewise-linear graphs, ties declined,
+capped work); a witness it declines keeps its float64 verdict, with the exact reason appended.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from ..linalg.operators import Compose, Conv, Dense, Diagonal, Function, LinearO
 from ..linalg.spectral import certified_norm
 from ..linalg.structured import Gather, Kronecker
 from .region import Region
+from .rounding_exact import exact_jacobian_values, exact_pair_bounds
 
 __all__ = ["Enclosure", "enclose", "RegionCheck", "region_check", "pair_bounds", "jacobian_witness_values"]
 
@@ -48,6 +55,7 @@ _U = 2.0 ** -53  # unit roundoff of float64
 _TINY = 2.0 ** -1022  # smallest normal float64: bounds the absolute error of an underflow
 _RTOL = 1e-6  # agreement required between the tangent and the central difference
 _H_REL = 1e-6  # central difference step, relative to max(1, ||x||), at most
+_WIDE = 1e-6  # relative width of a float64 enclosure past which a witness is re-checked exactly
 
 
 def _gamma(n: int) -> float:
@@ -467,7 +475,24 @@ def pair_bounds(graph: Graph, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.T
     ``low <= ||f(x) - f(y)|| / ||x - y|| <= high`` for the exact ``f`` (:func:`enclose`):
     with ``d = fl(f~(x) - f~(y))`` and ``E = e(x) + e(y) + 2 u |d|``,
     ``||f(x) - f(y)|| in ||d|| -+ ||E||``, and ``||x - y|| = ||fl(x - y)|| (1 +- 2u)``, each norm
-    rounded outwards. ``low`` is clamped at 0; both are NaN where ``x == y``."""
+    rounded outwards. ``low`` is clamped at 0; both are NaN where ``x == y``. Where that interval
+    is wider than :data:`_WIDE` of ``high`` (deep nets), the pair is evaluated exactly instead
+    (:func:`~lipbound.methods.rounding_exact.exact_pair_bounds`, piecewise-linear graphs, capped)."""
+    low, high = _float_pair_bounds(graph, x, y)
+    wide = ~(high - low <= _WIDE * high) & (x != y).flatten(1).any(dim=1) & _finite(x) & _finite(y)
+    if wide.any():
+        e_low, e_high, _ = exact_pair_bounds(graph, x[wide], y[wide])
+        done = torch.isfinite(e_low)
+        low[wide], high[wide] = torch.where(done, e_low, low[wide]), torch.where(done, e_high, high[wide])
+    return low, high
+
+
+def _finite(x: torch.Tensor) -> torch.Tensor:
+    return torch.isfinite(x).flatten(1).all(dim=1)
+
+
+def _float_pair_bounds(graph: Graph, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`pair_bounds` from the float64 enclosure alone."""
     n = x.shape[0]
     enc = enclose(graph, torch.cat([x, y]))
     out, err = enc.values[graph.output].flatten(1), enc.errors[graph.output].flatten(1)
@@ -509,7 +534,7 @@ def jacobian_witness_values(graph: Graph, x: torch.Tensor, v: torch.Tensor,
     scale = x.flatten(1).norm(dim=1).clamp_min(1.0)
     h = torch.minimum(0.5 * _step_along(graph, enc, check.room), _H_REL * scale / nv)
     h = torch.nan_to_num(h, nan=0.0, posinf=0.0).reshape(-1, *([1] * (x.dim() - 1)))
-    q_low, q_high = pair_bounds(graph, x - h * v, x + h * v)
+    q_low, q_high = _float_pair_bounds(graph, x - h * v, x + h * v)
     agree = (q_low <= high * (1 + _RTOL)) & (low <= q_high * (1 + _RTOL))
     ok = check.valid & agree & torch.isfinite(low) & torch.isfinite(high) & (nv > 0)
     for b in range(len(reasons)):
@@ -517,6 +542,23 @@ def jacobian_witness_values(graph: Graph, x: torch.Tensor, v: torch.Tensor,
             reasons[b] = "v is zero or not finite" if not nv[b] > 0 else (
                 f"its directional derivative, in [{float(low[b]):.17g}, {float(high[b]):.17g}], disagrees "
                 f"with the central difference, in [{float(q_low[b]):.17g}, {float(q_high[b]):.17g}]")
-    return low.masked_fill(~ok, math.nan), reasons
+    low = low.masked_fill(~ok, math.nan)
+    # too wide to confirm: the exact re-check (rounding_exact), where x, v are fine and in the box
+    wide = ~ok & _wide(enc) & _finite(x) & _finite(v) & (nv > 0) & (box.contains(x) if box is not None else True)
+    if wide.any():
+        at = torch.nonzero(wide).flatten().tolist()
+        e_low, e_reasons = exact_jacobian_values(graph, x[wide], v[wide], box)
+        for i, b in enumerate(at):
+            low[b] = e_low[i]
+            reasons[b] = None if e_reasons[i] is None else f"{reasons[b]}; exact re-check: {e_reasons[i]}"
+    return low, reasons
+
+
+def _wide(enc: Enclosure) -> torch.Tensor:
+    """Per batch element, whether some node's error bound passes :data:`_WIDE` of its values' norm."""
+    out = torch.zeros(next(iter(enc.values.values())).shape[0], dtype=torch.bool)
+    for name, value in enc.values.items():
+        out |= ~(enc.errors[name].flatten(1).norm(dim=1) <= _WIDE * value.flatten(1).norm(dim=1))
+    return out
 
 
