@@ -12,6 +12,8 @@ The rates are conservative (a slow, shared core), so that the clock rarely has t
 
 * :data:`SVD_RATE` — ``m n min(m, n)`` per second of a float64 SVD of an ``m x n`` matrix
   (measured 1.0-1.8e9 on one core; an OVAL21 conv layer of 3072 x 2048: 1.1e9);
+* :data:`MATMUL_RATE` — multiply-accumulates per second of a float64 matrix product (numpy on
+  one loaded core; measured 2-5e9);
 * :data:`GRAM_RATE` — the same unit for the Gram + shifted-Cholesky certificate
   (:mod:`~lipbound.linalg.dense_gram`; measured 2.6e10 at 4096 x 9216);
 * power steps: ``2 k`` passes of :func:`~lipbound.methods.budget.op_macs` multiply-accumulates,
@@ -30,11 +32,12 @@ from ..linalg.operators import Dense
 from .budget import op_macs
 from .cost import CONSTANTS
 
-__all__ = ["SVD_RATE", "GRAM_RATE", "Allowance", "svd_seconds", "dense_norm_seconds", "gram_step_seconds",
-           "power_steps"]
+__all__ = ["SVD_RATE", "GRAM_RATE", "MATMUL_RATE", "Allowance", "svd_seconds", "macs_seconds", "dense_norm_seconds",
+           "gram_step_seconds", "power_steps"]
 
 SVD_RATE = 1e9
 GRAM_RATE = 1e10
+MATMUL_RATE = 1e9
 
 
 class Allowance:
@@ -55,6 +58,11 @@ class Allowance:
 def svd_seconds(m: int, n: int) -> float:
     """Predicted seconds of the float64 SVD of an ``m x n`` matrix."""
     return m * n * min(m, n) / SVD_RATE
+
+
+def macs_seconds(macs: float) -> float:
+    """Predicted seconds of ``macs`` float64 multiply-accumulates in matrix products."""
+    return macs / MATMUL_RATE
 
 
 def dense_norm_seconds(op: LinearOperator) -> float:
