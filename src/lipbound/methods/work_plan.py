@@ -41,6 +41,7 @@ GRAM_RATE = 1e10
 MATMUL_RATE = 5e9
 FACTOR_RATE = 4e9
 INTERIOR_SHARE = 0.2
+INTERIOR_FLOOR = 0.1
 
 
 class Allowance:
@@ -109,9 +110,11 @@ def lmi_factor_seconds(lmi) -> float:
 
 def interior_evaluations(lmi, seconds: float, grid: int = 7, evaluations: int = 14) -> tuple[int, int]:
     """``(grid, evaluations)`` for :func:`~lipbound.methods.eclipse.fast_multipliers` so that its
-    recursions fit in :data:`INTERIOR_SHARE` of ``seconds``: all of them, or fewer (at least the
-    one at ``theta = 1``), the grid first."""
+    recursions fit in :data:`INTERIOR_SHARE` of ``seconds`` (or in :data:`INTERIOR_FLOOR` seconds, a
+    negligible overrun, for small LMIs on tiny budgets): all of them, or fewer (at least the one at
+    ``theta = 1``), the grid first."""
     each = lmi_factor_seconds(lmi)
-    fit = evaluations if each <= 0 or not math.isfinite(seconds) else int(INTERIOR_SHARE * seconds / each)
+    allowed = max(INTERIOR_SHARE * seconds, INTERIOR_FLOOR)
+    fit = evaluations if each <= 0 or not math.isfinite(seconds) else int(allowed / each)
     fit = max(1, min(evaluations, fit))
     return min(grid, fit - 1), fit
