@@ -150,7 +150,7 @@ def test_perturbed_multipliers_are_rejected_and_labelled_estimate(monkeypatch):
     with pytest.raises(CertificateRejected):
         certify(lmi, bad, claimed_rho=rho)
     monkeypatch.setattr(lipsdp_module, "solve_first_order", lambda red, **k: (bad, rho, {"dual_rho": rho, "solver_status": "converged"}))
-    monkeypatch.setattr(lipsdp_module, "fast_multipliers", lambda lmi_: (np.zeros(lmi_.n_neurons), 0.0))
+    monkeypatch.setattr(lipsdp_module, "fast_multipliers", lambda lmi_, **k: (np.zeros(lmi_.n_neurons), 0.0))
     res = lipsdp(g, solver="first-order")
     assert res.kind == "estimate" and res.details["verified"] is False
 

@@ -134,7 +134,7 @@ class Search:
         min_dist = 1e-6 * (1 + xs.flatten(1).norm(dim=1))
         px, py = xs.clone().requires_grad_(True), ys.clone().requires_grad_(True)
         lr = 1e-3 * float(radius.mean()) / math.sqrt(x[0].numel())
-        opt = torch.optim.Adam([px, py], lr=lr)
+        opt = _Adam([px, py], lr=lr)
         best = torch.full((len(xs),), -1.0, dtype=g.dtype, device=g.device)
         best_x, best_y = xs.clone(), ys.clone()
         for k in range(steps):
@@ -153,3 +153,30 @@ class Search:
                 px.copy_(self._project(px))
                 py.copy_(self._project(py))
         return best_x, best_y
+
+
+class _Adam:
+    """Adam (Kingma & Ba 2015; the defaults of ``torch.optim.Adam``) on a few tensors, without
+    ``torch.optim``, whose first use imports ``torch._dynamo`` (seconds on a CPU)."""
+
+    def __init__(self, params: list[torch.Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        self.params, self.lr, self.betas, self.eps, self.k = params, lr, betas, eps, 0
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.k += 1
+        b1, b2 = self.betas
+        for p, m, v in zip(self.params, self.m, self.v):
+            if p.grad is None:
+                continue
+            m.mul_(b1).add_(p.grad, alpha=1 - b1)
+            v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+            denom = (v / (1 - b2 ** self.k)).sqrt_().add_(self.eps)
+            p.addcdiv_(m, denom, value=-self.lr / (1 - b1 ** self.k))

@@ -126,6 +126,7 @@ __all__ = ["exact", "MAX_DENSE"]
 MAX_UNITS = 2048  # refuse networks with more unstable piecewise-linear units (kinks of all neurons) than this
 MAX_DENSE = 20_000_000  # refuse networks whose interval matrices (neurons x inputs) exceed this
 MAX_NODES = 4_000  # default work cap of the search: nodes explored (each at most one LP)
+SAMPLE_SHARE = 0.1  # most of the time budget that the random points' Jacobians may take (planned from sizes)
 _STOPPED_BY = {"solved": "converged", "node cap reached": "work", "time budget spent": "time"}
 
 
@@ -143,12 +144,16 @@ def exact(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
         progress: progress bar on stderr.
         domain: None (the graph's region, or all of ``R^n``), a box ``(low, high)``, or a region
             object (``Box``, ``Ball`` of norm ``inf`` or 2) inside the graph's region.
-        time_budget: seconds, an outer cap: past them the certified upper bound found so far is
-            returned (``stopped_by`` ``"time"``).
+        time_budget: seconds, an outer cap: a search step starts only if its predicted seconds fit
+            in what is left (:meth:`~lipbound.methods.exact_search.BranchAndBound.run`), and the
+            certified upper bound found so far is returned (``stopped_by`` ``"time"``; AutoLip if
+            not even the root could be bounded).
         max_nodes: most search nodes (each at most one LP); past them the certified upper bound
             found so far is returned (``stopped_by`` ``"work"``).
         rtol: stop when the upper bound is within this relative gap of the lower bound.
-        samples: random points whose Jacobians seed the lower bound.
+        samples: random points whose Jacobians seed the lower bound (at most: fewer when their
+            predicted seconds, :mod:`~lipbound.methods.work_plan`, exceed ``SAMPLE_SHARE`` of
+            ``time_budget``: ``details["samples_planned"]``).
         lower_budget: outer cap in seconds (at most a quarter of ``time_budget``) of the ``lower``
             method's search (100 steps), whose best point also seeds the lower bound; 0 to skip.
 
@@ -179,7 +184,8 @@ def exact(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
         lambda x: ball.contains(torch.from_numpy(x).reshape(-1, *graph.input_shape)).numpy())
     bb = BranchAndBound(layers, box, rtol, admits)
     gen = torch.Generator().manual_seed(seed)
-    bb.sample(_sample_points(samples, bb.dim, box if ball is None else ball, gen).numpy())
+    planned = min(samples, int(SAMPLE_SHARE * time_budget / max(bb.sample_seconds(1), 1e-12)))
+    bb.sample(_sample_points(planned, bb.dim, box if ball is None else ball, gen).numpy())
     seeded_by = "converged"
     if lower_budget > 0 and bb.kinked:  # a good lower bound early prunes most of the tree
         found = lower_search(graph, seed=seed, domain=box, time_budget=min(lower_budget, time_budget / 4),
@@ -194,7 +200,7 @@ def exact(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
     details = {"lower": lower if lower > -math.inf else None, "upper": upper, "status": status,
                "neurons": bb.n_neurons, "stable_neurons": int(bb.stable.sum()), "search_nodes": bb.nodes,
                "lps": bb.lps, "empty_regions": bb.empty, "uncertain_regions": bb.uncertain,
-               "unwitnessed_regions": bb.unwitnessed, "domain": described,
+               "unwitnessed_regions": bb.unwitnessed, "domain": described, "samples_planned": planned,
                "stopped_by": stopped_by([_STOPPED_BY[status], "time" if seeded_by == "time" else "converged"])}
     # exact: the search's bound (before the certified rounding margin) meets the re-checked lower bound
     is_exact = status == "solved" and lower > -math.inf and bb.upper() <= lower * (1 + rtol) + 1e-300

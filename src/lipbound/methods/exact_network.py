@@ -163,11 +163,32 @@ class PiecewiseNet:
         return np.concatenate(out)
 
     def jacobians(self, d: np.ndarray) -> np.ndarray:
-        """``W_K D_{K-1} ... D_0 W_0`` for each row of slopes ``d (B, n_neurons)``, ``(B, out, in)``."""
-        j = np.broadcast_to(self.w[0], (len(d), *self.w[0].shape))
+        """``W_K D_{K-1} ... D_0 W_0`` for each row of slopes ``d (B, n_neurons)``, ``(B, out, in)``:
+        multiplied from the narrower end (from the output when it has fewer entries than the
+        input), so no ``(B, n_m, in)`` intermediate is formed for a narrow output."""
+        if not self.sizes:
+            return np.broadcast_to(self.w[0], (len(d), *self.w[0].shape)).copy()
+        if self._from_output:  # (B, out, n_m) from the output down
+            j = self.w[-1]
+            for m in reversed(range(len(self.sizes))):
+                j = (j * d[:, None, self.offsets[m]:self.offsets[m + 1]]) @ self.w[m]
+            return j
+        j = self.w[0]
         for m in range(len(self.sizes)):
             j = self.w[m + 1] @ (d[:, self.offsets[m]:self.offsets[m + 1], None] * j)
         return j
+
+    def jacobian_macs(self, batch: int) -> int:
+        """Multiply-accumulates of :meth:`jacobians` on ``batch`` rows of slopes."""
+        dims = [self.dim] + self.sizes + [self.w[-1].shape[0]]
+        if self._from_output:  # out * n_m * n_{m-1} per layer
+            return batch * dims[-1] * sum(a * b for a, b in zip(dims[1:-1], dims[:-2]))
+        return batch * dims[0] * sum(a * b for a, b in zip(dims[1:-1], dims[2:]))
+
+    @property
+    def _from_output(self) -> bool:
+        """Whether :meth:`jacobians` multiplies from the output (narrower than the input)."""
+        return self.w[-1].shape[0] < self.dim
 
     def forms(self, pieces: np.ndarray, num: Numbers) -> tuple[np.ndarray, np.ndarray, list]:
         """``(A, c, scale)`` with ``z_j(x) = (A_j . x + c_j) / scale_j`` the pre-activation of each

@@ -22,6 +22,7 @@ from .exact_network import PiecewiseNet, spectral
 from .lp import DenseLP, proves_no_interior
 from .piecewise import DenseLayer
 from .region import Box
+from .work_plan import macs_seconds, svd_seconds
 
 __all__ = ["BranchAndBound"]
 
@@ -69,6 +70,7 @@ class BranchAndBound(PiecewiseNet):
         self.uncertain_max = -math.inf  # the largest ||J_P|| of a leaf kept without a witness
         self.nodes = self.lps = self.empty = self.uncertain = self.unwitnessed = 0
         self.heap: list[_Node] = []
+        self.rooted = False  # the root was bounded: until then only AutoLip bounds the constant
 
     # ---- witnesses ----------------------------------------------------------------------
     def _accepted(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -234,8 +236,30 @@ class BranchAndBound(PiecewiseNet):
         return float(np.linalg.svd(self.jacobians(d), compute_uv=False)[:, 0].max())
 
     def upper(self) -> float:
+        """Certified upper bound so far: the largest open node's bound (AutoLip before the root is
+        bounded), the best witness, or a leaf kept without one."""
+        if not self.rooted:
+            return max(self.autolip, self.best)
         top = -self.heap[0].key[0] if self.heap else -math.inf
         return max(top, self.best, self.uncertain_max)
+
+    def sample_seconds(self, batch: int) -> float:
+        """Predicted seconds of :meth:`sample` on ``batch`` points: their pre-activations with
+        rounding bounds (three products per layer), Jacobians and SVDs."""
+        dims = [self.dim] + self.sizes
+        forward = 3 * batch * sum(a * b for a, b in zip(dims, dims[1:]))
+        return (macs_seconds(forward + self.jacobian_macs(batch))
+                + batch * svd_seconds(self.w[-1].shape[0], self.dim))
+
+    def step_seconds(self) -> float:
+        """Predicted seconds of one node (:meth:`_expand`: an LP and two children's
+        :meth:`_upper`, each up to three SVDs of an interval matrix per hidden layer and its
+        products with the next layer), at the rates of :mod:`~lipbound.methods.work_plan`."""
+        rows = self.sizes + [self.w[-1].shape[0]]
+        bound = sum(3 * svd_seconds(n, self.dim) + macs_seconds(2 * rows[m + 1] * n * self.dim)
+                    for m, n in enumerate(self.sizes))
+        lp = svd_seconds(self.n_neurons, self.dim + 1)  # a dense simplex of that size: about one factorisation
+        return 2 * bound + lp
 
     # ---- search -------------------------------------------------------------------------
     def _settle(self, pieces: np.ndarray, point: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -259,10 +283,16 @@ class BranchAndBound(PiecewiseNet):
     def run(self, deadline: float, progress: bool, center: np.ndarray, max_nodes: int) -> str:
         """Best-first search from the root (no neuron fixed), whose region is the whole domain
         with ``center`` as its interior point, for at most ``max_nodes`` nodes (a work cap, the
-        same on every machine); ``deadline`` (a ``time.perf_counter()`` value) is an outer cap.
-        Returns the status: ``"solved"``, ``"node cap reached"`` or ``"time budget spent"``."""
+        same on every machine); ``deadline`` (a ``time.perf_counter()`` value) is an outer cap: a
+        step (bounding the root, expanding a node) starts only if its predicted seconds
+        (:meth:`step_seconds`, or the last step's when longer) fit before it. Returns the status:
+        ``"solved"``, ``"node cap reached"`` or ``"time budget spent"``."""
         self.sample(center[None])
+        predicted = step = self.step_seconds()
+        if time.perf_counter() + step / 2 > deadline:  # the root is bounded once, not twice
+            return "time budget spent"
         self._push(np.zeros(0, dtype=int), center)
+        self.rooted = True
         bar = tqdm(desc="exact", unit="node", disable=not progress, leave=False)
         status = "solved"
         while self.heap:
@@ -271,7 +301,8 @@ class BranchAndBound(PiecewiseNet):
             if self.nodes >= max_nodes:
                 status = "node cap reached"
                 break
-            if time.perf_counter() >= deadline:
+            start = time.perf_counter()
+            if start + step > deadline:
                 status = "time budget spent"
                 break
             node = heapq.heappop(self.heap)
@@ -280,6 +311,7 @@ class BranchAndBound(PiecewiseNet):
                 bar.update(50)
                 bar.set_postfix_str(f"lower {self.best:.6g} upper {self.upper():.6g}")
             self._expand(node)
+            step = max(predicted, time.perf_counter() - start)
         bar.close()
         return status
 

@@ -93,6 +93,7 @@ from .lipsdp_conv import lipsdp_blocks, routes_to_blocks
 from .lipsdp_first_order import expand, rss_mb, solve_first_order, stopped_by
 from .lipsdp_dual import gap, psd_factor, repaired_dual
 from .sdp_verify import CertificateRejected, certify
+from .work_plan import interior_evaluations, lmi_factor_seconds
 
 VARIANTS = ("neuron", "layer")
 SOLVERS = ("auto", "clarabel", "scs", "chordal", "first-order", "blocks")
@@ -134,12 +135,15 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
     start = time.perf_counter()
     lmi = balanced(lmi_of_graph(graph, max_size=max_size))
     red = lmi.reduced()
-    interior, _ = fast_multipliers(lmi)  # strictly feasible: the first-order start and the check's fallback
+    grid, evaluations = interior_evaluations(lmi, time_budget)  # planned from sizes (work_plan)
+    # strictly feasible: the first-order start and the check's fallback
+    interior, _ = fast_multipliers(lmi, grid=grid, evaluations=evaluations)
     automatic = solver == "auto"
     if automatic:
         solver = _auto_solver(red, ipm_max_order, time_budget)
     t_solve = time.perf_counter()
-    left = max(time_budget - (t_solve - start), 1e-3)  # the budget is for the whole call
+    # the budget is for the whole call, the check's predicted seconds included
+    left = max(time_budget - (t_solve - start) - lmi_factor_seconds(lmi), 1e-3)
     if solver == "first-order":
         t, claimed, info = solve_first_order(red, variant=variant, time_budget=left, max_iter=lbfgs_iter,
                                              t0=interior)

@@ -61,13 +61,16 @@ def solve_first_order(lmi: LipschitzLMI, *, variant: str = "neuron", time_budget
         s0 = np.log(np.maximum(t0, 1e-300))
     deadline = time.perf_counter() + time_budget
     schur = partial(chain_schur, lmi) if lmi.is_chain() else lmi.schur
+    last = [0.0]  # seconds of the latest evaluation
     evals = [0]
     mu = [0.0]
 
     def fun(s: np.ndarray) -> tuple[float, np.ndarray | None]:
         evals[0] += 1
+        started = time.perf_counter()
         t = expand(lmi, np.exp(s), variant)
         res = schur(t, gradient=True, top=top if mu[0] > 0 else 1)
+        last[0] = time.perf_counter() - started
         if not (math.isfinite(res.rho) and res.rho > 0):
             return math.inf, None
         if mu[0] > 0:  # soft maximum of the top eigenvalues: lam_1 <= f <= lam_1 + mu log(top)
@@ -82,10 +85,17 @@ def solve_first_order(lmi: LipschitzLMI, *, variant: str = "neuron", time_budget
         return math.log(f), g
 
     s, iters, status = s0, 0, "converged"
+    started = time.perf_counter()
     rho0 = schur(expand(lmi, np.exp(s0), variant)).rho
+    one = time.perf_counter() - started  # seconds of a plain evaluation
+    solve_by = deadline - 2 * one  # the final evaluation (with gradients and its dual) must fit too
     for mu_rel in smoothing:
         mu[0] = mu_rel * rho0
-        s, _, status, it = _lbfgs(fun, s, max_iter=max_iter - iters, deadline=deadline, rtol=1e-6 if mu_rel else 1e-8)
+        if time.perf_counter() + max(one, last[0]) > solve_by:  # not even one more evaluation fits
+            status = "time limit"
+            break
+        s, _, status, it = _lbfgs(fun, s, max_iter=max_iter - iters, deadline=solve_by, rtol=1e-6 if mu_rel else 1e-8,
+                                  last=last)
         iters += it
         if status == "time limit" or iters >= max_iter:
             break
@@ -96,10 +106,13 @@ def solve_first_order(lmi: LipschitzLMI, *, variant: str = "neuron", time_budget
 
 
 def _lbfgs(fun, x0: np.ndarray, *, max_iter: int, deadline: float, memory: int = 20,
-           rtol: float = 1e-8, window: int = 25) -> tuple[np.ndarray, float, str, int]:
+           rtol: float = 1e-8, window: int = 25, last: list[float] | None = None) -> tuple[np.ndarray, float, str, int]:
     """L-BFGS with Armijo backtracking for a function that is ``inf`` outside its domain: an
     infeasible or non-decreasing trial point halves the step. Stops when ``window`` iterations
-    improve ``f`` by less than ``rtol`` (absolute, ``f`` is a log), at ``max_iter`` or at the deadline."""
+    improve ``f`` by less than ``rtol`` (absolute, ``f`` is a log), at ``max_iter`` or at the
+    deadline: an evaluation starts only if one more (``last[0]``, the latest one's seconds, which
+    ``fun`` records) fits before it, and the best point so far is returned."""
+    last = last if last is not None else [0.0]
     x = x0.copy()
     f, g = fun(x)
     if not math.isfinite(f):
@@ -127,6 +140,8 @@ def _lbfgs(fun, x0: np.ndarray, *, max_iter: int, deadline: float, memory: int =
         step = 1.0 if pairs else min(1.0, 0.1 / max(float(np.abs(g).max()), 1e-300))
         accepted = False
         while not accepted:
+            if time.perf_counter() + last[0] > deadline:
+                return x, f, "time limit", it - 1
             x_new = x + step * d
             f_new, g_new = fun(x_new)
             accepted = math.isfinite(f_new) and f_new <= f + 1e-4 * step * slope

@@ -12,6 +12,10 @@ The rates are conservative (a slow, shared core), so that the clock rarely has t
 
 * :data:`SVD_RATE` — ``m n min(m, n)`` per second of a float64 SVD of an ``m x n`` matrix
   (measured 1.0-1.8e9 on one core; an OVAL21 conv layer of 3072 x 2048: 1.1e9);
+* :data:`MATMUL_RATE` — multiply-accumulates per second of a float64 matrix product (numpy on
+  one loaded core; measured up to 2e10);
+* :data:`FACTOR_RATE` — flops per second of the dense factorisations (LU, Cholesky, symmetric
+  eigenvalues) of the LMI's blocks (measured 4.7e9 for a 1352 x 1352 inverse);
 * :data:`GRAM_RATE` — the same unit for the Gram + shifted-Cholesky certificate
   (:mod:`~lipbound.linalg.dense_gram`; measured 2.6e10 at 4096 x 9216);
 * power steps: ``2 k`` passes of :func:`~lipbound.methods.budget.op_macs` multiply-accumulates,
@@ -28,13 +32,16 @@ from ..linalg.dense_gram import CHOLESKY_MIN_SIDE
 from ..linalg.linear_operator import LinearOperator
 from ..linalg.operators import Dense
 from .budget import op_macs
-from .cost import CONSTANTS
 
-__all__ = ["SVD_RATE", "GRAM_RATE", "Allowance", "svd_seconds", "dense_norm_seconds", "gram_step_seconds",
-           "power_steps"]
+__all__ = ["SVD_RATE", "GRAM_RATE", "MATMUL_RATE", "Allowance", "svd_seconds", "macs_seconds", "dense_norm_seconds",
+           "gram_step_seconds", "power_steps", "FACTOR_RATE", "lmi_factor_seconds", "interior_evaluations"]
 
 SVD_RATE = 1e9
 GRAM_RATE = 1e10
+MATMUL_RATE = 5e9
+FACTOR_RATE = 4e9
+INTERIOR_SHARE = 0.2
+INTERIOR_FLOOR = 0.1
 
 
 class Allowance:
@@ -57,6 +64,11 @@ def svd_seconds(m: int, n: int) -> float:
     return m * n * min(m, n) / SVD_RATE
 
 
+def macs_seconds(macs: float) -> float:
+    """Predicted seconds of ``macs`` float64 multiply-accumulates in matrix products."""
+    return macs / MATMUL_RATE
+
+
 def dense_norm_seconds(op: LinearOperator) -> float:
     """Predicted seconds of the certified norm of ``op``'s materialised matrix, the way
     :func:`~lipbound.linalg.spectral.certified_norm` takes it (the Gram + Cholesky certificate
@@ -68,6 +80,8 @@ def dense_norm_seconds(op: LinearOperator) -> float:
 
 def gram_step_seconds(op: LinearOperator, k: int) -> float:
     """Predicted seconds of one power step on ``k`` vectors: a forward and a backward pass each."""
+    from .cost import CONSTANTS  # here: the cost models import the LipSDP paths, which plan with this module
+
     return 2 * k * op_macs(op) * CONSTANTS["power"]
 
 
@@ -78,3 +92,29 @@ def power_steps(step_seconds: Iterable[float], seconds: float, max_iter: int) ->
     if total <= 0 or not math.isfinite(seconds):
         return max_iter
     return max(1, min(max_iter, int(seconds / total)))
+
+
+def lmi_factor_seconds(lmi) -> float:
+    """Predicted seconds of one pass of factorisations over a Lipschitz LMI
+    (:class:`~lipbound.methods.lmi.LipschitzLMI`, its block ``sizes``): a chain is eliminated
+    block by block (``n^3 + n^2 k + n k^2`` flops for a block of ``n`` after one of ``k``), any
+    other LMI is factorised whole. It prices one run of ECLipsE's recursion, one evaluation of the
+    first-order solver and the float64 check (:func:`~lipbound.methods.sdp_verify.certify`)."""
+    sizes = lmi.sizes
+    if lmi.is_chain():
+        flops = sum(n ** 3 + n * n * k + n * k * k for k, n in zip(sizes, sizes[1:]))
+    else:
+        flops = sum(sizes) ** 3
+    return flops / FACTOR_RATE
+
+
+def interior_evaluations(lmi, seconds: float, grid: int = 7, evaluations: int = 14) -> tuple[int, int]:
+    """``(grid, evaluations)`` for :func:`~lipbound.methods.eclipse.fast_multipliers` so that its
+    recursions fit in :data:`INTERIOR_SHARE` of ``seconds`` (or in :data:`INTERIOR_FLOOR` seconds, a
+    negligible overrun, for small LMIs on tiny budgets): all of them, or fewer (at least the one at
+    ``theta = 1``), the grid first."""
+    each = lmi_factor_seconds(lmi)
+    allowed = max(INTERIOR_SHARE * seconds, INTERIOR_FLOOR)
+    fit = evaluations if each <= 0 or not math.isfinite(seconds) else int(allowed / each)
+    fit = max(1, min(evaluations, fit))
+    return min(grid, fit - 1), fit
