@@ -224,6 +224,21 @@ def test_relu_boxes_meet_the_vertex_brute_force_and_batching_changes_nothing(see
         assert int(one.unstable[0]) == int(full.unstable[b])
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_relu_boxes_meeting_bounds_stay_above_the_vertex_supremum_on_deeper_nets(seed):
+    """Three hidden layers, few vertices enumerated: the bound (the best of the backward and meeting
+    enclosures) is never below the slope box's supremum (numpy brute force over its vertices)."""
+    n = 2 + seed % 4
+    net = relu_net(seed, n, widths=(5, 4, 3))
+    layers = relu_chain(graph_of(net))
+    lows, highs = sub_boxes(seed, n, 10, 0.5)
+    for k in (0, 1):
+        res = bound_boxes(layers, torch.from_numpy(lows), torch.from_numpy(highs), vertex_units=k)
+        for b in range(len(lows)):
+            sup = vertex_sup(net, [(l[b].numpy(), u[b].numpy()) for l, u in res.pre])
+            assert float(res.value[b]) >= sup * (1 - 1e-12), (k, b)
+
+
 def test_relu_chain_refuses_other_graphs():
     assert relu_chain(graph_of(random_net(1, widths=(3, 3), n=2))) is None  # not ReLU
     assert relu_chain(graph_of(relu_net(0, 2))) is not None
