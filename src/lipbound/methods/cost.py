@@ -28,6 +28,7 @@ from .lipsdp import CHORDAL_SECONDS, _cvxpy_available
 from .lipsdp_conv import CHECK_EVALUATIONS, MAX_ENTRIES, SETUP_EVALUATIONS, WORK_RATE, chain_orders, evaluation_work
 from .lmi_build import MAX_WORK
 from .piecewise import count_two_slope_neurons
+from .work_plan import POWER_SECONDS
 
 __all__ = ["GraphSizes", "graph_sizes", "CONSTANTS", "autolip_cost", "power_cost", "seqlip_cost", "eclipse_cost",
            "lipsdp_cost", "lipsdp_path", "LIPSDP_PATHS", "lower_cost", "exact_cost", "total"]
@@ -129,7 +130,7 @@ def _ops(graph: Graph, cls: type) -> list:
 CONSTANTS = {
     "start": 0.2,         # fixed overhead of a method call
     "autolip": 1.6e-9,       # per flop of the dense SVDs and convolution DFT bounds
-    "power": 2e-9,         # per multiply-add of the power iterations
+    "power": POWER_SECONDS,  # per multiply-add of the power iterations (work_plan.POWER_SECONDS)
     "seqlip": 4e-8,        # per flop of the SVDs (convolutions materialised) and the pair products
     "eclipse": 2.8e-9,       # per flop of the block recursions and the check
     "lipsdp": 1e-9,        # per flop of the first-order solver's iterations

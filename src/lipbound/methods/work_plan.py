@@ -19,8 +19,8 @@ The rates are conservative (a slow, shared core), so that the clock rarely has t
 * :data:`GRAM_RATE` — the same unit for the Gram + shifted-Cholesky certificate
   (:mod:`~lipbound.linalg.dense_gram`; measured 2.6e10 at 4096 x 9216);
 * power steps: ``2 k`` passes of :func:`~lipbound.methods.budget.op_macs` multiply-accumulates,
-  at the cost model's seconds per multiply-add of the power iterations
-  (:data:`~lipbound.methods.cost.CONSTANTS` ``["power"]``).
+  at :data:`POWER_SECONDS` per multiply-add of the power iterations (also the cost model's
+  :data:`~lipbound.methods.cost.CONSTANTS` ``["power"]``).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ __all__ = ["SVD_RATE", "GRAM_RATE", "MATMUL_RATE", "Allowance", "svd_seconds", "
 
 SVD_RATE = 1e9
 GRAM_RATE = 1e10
+POWER_SECONDS = 2e-9  # seconds per multiply-add of the power iterations (set by hand)
 MATMUL_RATE = 5e9
 FACTOR_RATE = 4e9
 INTERIOR_SHARE = 0.2
@@ -80,9 +81,7 @@ def dense_norm_seconds(op: LinearOperator) -> float:
 
 def gram_step_seconds(op: LinearOperator, k: int) -> float:
     """Predicted seconds of one power step on ``k`` vectors: a forward and a backward pass each."""
-    from .cost import CONSTANTS  # here: the cost models import the LipSDP paths, which plan with this module
-
-    return 2 * k * op_macs(op) * CONSTANTS["power"]
+    return 2 * k * op_macs(op) * POWER_SECONDS
 
 
 def power_steps(step_seconds: Iterable[float], seconds: float, max_iter: int) -> int:
