@@ -220,7 +220,8 @@ _SPECS = [
                "lower's witness improved by MILPs over the activation patterns of a box (LipMIP-style)",
                "chains of affine layers and ReLU/LeakyReLU/Abs on a box domain",
                "lower, then per round one MILP with a binary per unstable neuron (exponential worst case, "
-               "capped by nodes and time)", size="medium", anytime=True, budget_weight=LOWER_WEIGHT),
+               "capped by nodes and time)", size="medium", cost=cost.lower_cost, anytime=True,
+               budget_weight=LOWER_WEIGHT),
     MethodSpec("best", partial(best.best, registry=METHODS), Kind.CERTIFIED_UPPER,
                "the least certified bound of the methods marked for best, cheapest first",
                "any graph", "the sum of the methods it runs, within the time budget", aggregate=True,
