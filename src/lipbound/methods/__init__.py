@@ -24,7 +24,7 @@ from typing import Any, Callable
 from ..errors import InvalidInput
 from ..graph.ir import Graph
 from ..report import Kind, Result
-from . import autolip, best, eclipse, exact, lipsdp, local_bab, lower, seqlip  # the modules keep their names
+from . import autolip, best, eclipse, exact, lipsdp, local_bab, lower, lower_milp, seqlip  # the modules keep their names
 from . import cost
 from .cost import GraphSizes
 from .piecewise import count_two_slope_neurons
@@ -216,6 +216,12 @@ _SPECS = [
                "Jacobian-norm and pair search over inputs, with a re-checkable witness",
                "any graph", "starts x steps forward and backward passes: linear in the model", in_default=True,
                cost=cost.lower_cost, anytime=True, budget_weight=LOWER_WEIGHT),
+    MethodSpec("lower-milp", lower_milp.lower_milp, Kind.WITNESSED_LOWER,
+               "lower's witness improved by MILPs over the activation patterns of a box (LipMIP-style)",
+               "chains of affine layers and ReLU/LeakyReLU/Abs on a box domain",
+               "lower, then per round one MILP with a binary per unstable neuron (exponential worst case, "
+               "capped by nodes and time)", size="medium", cost=cost.lower_cost, anytime=True,
+               budget_weight=LOWER_WEIGHT),
     MethodSpec("best", partial(best.best, registry=METHODS), Kind.CERTIFIED_UPPER,
                "the least certified bound of the methods marked for best, cheapest first",
                "any graph", "the sum of the methods it runs, within the time budget", aggregate=True,
