@@ -48,6 +48,7 @@ import torch
 
 from ..graph.ir import Activation, Affine, Graph, Input
 from ..linalg.spectral import CERTIFIED_RTOL
+from .relu_crown import crown_layer
 from .rounding import _U, _gamma, _linear, _up
 
 __all__ = ["Layer", "BoxBounds", "relu_chain", "bound_boxes", "jacobians"]
@@ -182,22 +183,25 @@ def _relu_forms(L: torch.Tensor, U: torch.Tensor, l: torch.Tensor, u: torch.Tens
 
 
 def bound_boxes(layers: list[Layer], low: torch.Tensor, high: torch.Tensor,
-                prior: torch.Tensor | None = None, vertex_units: int = 0) -> BoxBounds:
+                prior: torch.Tensor | None = None, vertex_units: int = 0, crown: bool = True) -> BoxBounds:
     """Pre bounds and the certified part bound (module doc) of each box ``[low_b, high_b]``
     (``(B, d)`` float64); ``prior``: sound pre bounds of enclosing boxes (:meth:`BoxBounds.flat_pre`);
-    ``vertex_units``: unstable neurons per box whose slope vertices are enumerated."""
+    ``vertex_units``: unstable neurons per box whose slope vertices are enumerated; ``crown``: each
+    layer's bounds also intersected with CROWN's (:func:`.relu_crown.crown_layer`)."""
     B, d = low.shape
     xmax = torch.maximum(low.abs(), high.abs())
     eye = torch.cat([torch.eye(d, dtype=torch.float64), torch.zeros(d, 1, dtype=torch.float64)], dim=1)
     L = U = eye[:, None, :].expand(d, B, d + 1)  # feature-major forms: (neurons, boxes, d + 1)
     zmax, pre, at = xmax.T, [], 0
-    for layer in layers[:-1]:
+    for k, layer in enumerate(layers[:-1]):
         L, U = _affine_forms(layer, L, U, zmax, xmax)
         l, u = _lower(L, low, high, xmax), -_lower(-U, low, high, xmax)
         if prior is not None:
             n = l.shape[0]
             l, u = torch.maximum(l, prior[:, at: at + n].T), torch.minimum(u, prior[:, at + n: at + 2 * n].T)
             at += 2 * n
+        if crown:
+            l, u = (t.T for t in crown_layer(layers, k, pre, low, high, (l.T, u.T)))
         pre.append((l.T, u.T))
         L, U = _relu_forms(L, U, l, u, xmax)
         zmax = u.clamp(min=0)
