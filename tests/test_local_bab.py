@@ -18,8 +18,11 @@ import numpy as np
 import pytest
 import torch
 
+from lipbound.graph.ir import Activation
 from lipbound.methods import METHODS
+from lipbound.methods.propagation import crown_bounds
 from lipbound.methods.relu_boxes import bound_boxes, relu_chain
+from lipbound.methods.relu_crown import crown_layer
 from lipbound.methods.slope_box import slope_box_bound
 
 from test_exact import Net, graph_of, inside, region_oracle, witness_quotient
@@ -237,6 +240,58 @@ def test_relu_boxes_meeting_bounds_stay_above_the_vertex_supremum_on_deeper_nets
         for b in range(len(lows)):
             sup = vertex_sup(net, [(l[b].numpy(), u[b].numpy()) for l, u in res.pre])
             assert float(res.value[b]) >= sup * (1 - 1e-12), (k, b)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_batched_crown_holds_at_samples_and_is_at_least_as_tight_as_the_forward_pass(seed):
+    """Many boxes of random 2-5-input ReLU nets (3 hidden layers): the CROWN-intersected pre bounds
+    contain the pre-activations at sampled points (numpy forward pass) and are inside the forward
+    pass's, strictly tighter on some neuron."""
+    n = 2 + seed
+    net = relu_net(seed, n, widths=(6, 6, 6))
+    layers = relu_chain(graph_of(net))
+    lows, highs = sub_boxes(seed, n, 24, 0.6)
+    low, high = torch.from_numpy(lows), torch.from_numpy(highs)
+    tight, loose = bound_boxes(layers, low, high), bound_boxes(layers, low, high, crown=False)
+    gained = False
+    for (l, u), (lf, uf) in zip(tight.pre, loose.pre):
+        assert (l >= lf).all() and (u <= uf).all()
+        gained |= bool((l > lf + 1e-9).any() or (u < uf - 1e-9).any())
+    assert gained
+    for b in range(len(lows)):
+        h = samples(lows[b], highs[b], 256, seed + b).T
+        for k, (l, u) in enumerate(tight.pre):
+            z = net.ws[k] @ h + net.bs[k][:, None]
+            assert (z >= l[b].numpy()[:, None]).all() and (z <= u[b].numpy()[:, None]).all(), (b, k)
+            h = np.maximum(z, 0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_batched_crown_layer_agrees_with_propagation_crown(seed):
+    """Given ``propagation.crown_bounds``' bounds of the earlier layers (an independent
+    back-substitution through the graph's nodes), ``crown_layer`` with no bounds of its own gives
+    the same CROWN bounds of every layer, once both are intersected with IBP from the earlier
+    bounds (numpy here), up to rounding, on each box of a batch, on the neurons the propagation
+    module back-substitutes (unstable by its interval bounds)."""
+    n = 2 + seed
+    net = relu_net(seed, n, widths=(6, 6, 6))
+    graph = graph_of(net)
+    layers = relu_chain(graph)
+    names = [node.name for node in graph if isinstance(node, Activation)]
+    lows, highs = sub_boxes(seed, n, 6, 0.6)
+    refs = [crown_bounds(graph, box_of(lo, hi)) for lo, hi in zip(lows, highs)]
+    pre = [tuple(torch.stack([r[name][i].reshape(-1) for r in refs]) for i in (0, 1)) for name in names]
+    for k in range(1, len(names)):
+        inf = torch.full_like(pre[k][0], math.inf)
+        l, u = crown_layer(layers, k, pre[:k], torch.from_numpy(lows), torch.from_numpy(highs), (-inf, inf))
+        hl, hu = (t.clamp(min=0).numpy() for t in pre[k - 1])  # IBP from the earlier bounds (numpy)
+        mid, rad = (hl + hu) / 2 @ net.ws[k].T + net.bs[k], (hu - hl) / 2 @ np.abs(net.ws[k]).T
+        l, u = torch.maximum(l, torch.from_numpy(mid - rad)), torch.minimum(u, torch.from_numpy(mid + rad))
+        ran = (pre[k][0] < 0) & (pre[k][1] > 0)  # the neurons it back-substitutes (the others keep IBP)
+        scale = 1e-9 * (1 + pre[k][1].abs() + pre[k][0].abs())
+        assert ((l <= pre[k][0] + scale) & (u >= pre[k][1] - scale))[ran].all(), k
+        agree = ((l - pre[k][0]).abs() <= scale) & ((u - pre[k][1]).abs() <= scale)
+        assert agree[ran].all(), k
 
 
 def test_relu_chain_refuses_other_graphs():

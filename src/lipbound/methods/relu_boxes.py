@@ -187,9 +187,24 @@ def bound_boxes(layers: list[Layer], low: torch.Tensor, high: torch.Tensor,
     """Pre bounds and the certified part bound (module doc) of each box ``[low_b, high_b]``
     (``(B, d)`` float64); ``prior``: sound pre bounds of enclosing boxes (:meth:`BoxBounds.flat_pre`);
     ``vertex_units``: unstable neurons per box whose slope vertices are enumerated; ``crown``: each
-    layer's bounds also intersected with CROWN's (:func:`.relu_crown.crown_layer`)."""
+    layer's bounds also intersected with CROWN's (:func:`.relu_crown.crown_layer`) and with the
+    forward pass alone."""
     B, d = low.shape
+    if crown:  # the forward pass alone first: CROWN's bounds change the later forward forms both ways
+        forward = _pre_bounds(layers, low, high, prior, False)
+        prior = torch.cat([t for lu in forward for t in lu], dim=1)
+    pre = _pre_bounds(layers, low, high, prior, crown)
+    value, smear = _interval_jacobian(layers, pre, B, d, vertex_units)
+    unstable = sum(((l < 0) & (u > 0)).sum(dim=1) for l, u in pre)
+    return BoxBounds(pre, value, unstable, smear)
+
+
+def _pre_bounds(layers: list[Layer], low: torch.Tensor, high: torch.Tensor, prior: torch.Tensor | None,
+                crown: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The pre bounds of :func:`bound_boxes`: the forward pass (module doc), each layer intersected
+    with ``prior`` and, with ``crown``, with CROWN's bounds from the earlier layers' (``(B, n_k)`` each)."""
     xmax = torch.maximum(low.abs(), high.abs())
+    B, d = low.shape
     eye = torch.cat([torch.eye(d, dtype=torch.float64), torch.zeros(d, 1, dtype=torch.float64)], dim=1)
     L = U = eye[:, None, :].expand(d, B, d + 1)  # feature-major forms: (neurons, boxes, d + 1)
     zmax, pre, at = xmax.T, [], 0
@@ -205,9 +220,7 @@ def bound_boxes(layers: list[Layer], low: torch.Tensor, high: torch.Tensor,
         pre.append((l.T, u.T))
         L, U = _relu_forms(L, U, l, u, xmax)
         zmax = u.clamp(min=0)
-    value, smear = _interval_jacobian(layers, pre, B, d, vertex_units)
-    unstable = sum(((l < 0) & (u > 0)).sum(dim=1) for l, u in pre)
-    return BoxBounds(pre, value, unstable, smear)
+    return pre
 
 
 def _interval_jacobian(layers: list[Layer], pre: list[tuple[torch.Tensor, torch.Tensor]], B: int, d: int,
