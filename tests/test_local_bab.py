@@ -317,3 +317,15 @@ def test_batched_search_brackets_the_grid_constant_on_a_5_input_net(seed):
         assert inside(net, [], x, (low.tolist(), high.tolist()))
         assert witness_quotient(net, x, v) == pytest.approx(lower, rel=1e-9)
         assert lower <= upper
+
+
+def test_batched_search_same_seed_same_numbers():
+    """The batched search stopped by its work cap (deterministic) twice with one seed: the same
+    bracket, parts and witness."""
+    net = relu_net(1, 5, widths=(8, 8))
+    low, high = -0.4 * np.ones(5), 0.4 * np.ones(5)
+    a, b = (local_bab(net, low, high, seed=2, time_budget=30.0, lower_share=0.0, batched=True, batch=8,
+                      max_parts=200, tol=0.0) for _ in range(2))
+    assert a.details["stopped_by"] == "work"
+    assert a.bracket == b.bracket and a.details["parts"] == b.details["parts"]
+    assert torch.equal(a.witness["x"], b.witness["x"])
