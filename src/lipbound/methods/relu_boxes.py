@@ -19,7 +19,9 @@ rounding error ``|dF| |x|_max + |df_0|`` and the weight enclosure ``E |z|_max + 
 the previous layer's bounds) are moved into its constant, outward, so each computed form is a
 true bound of the exact neuron on the box. The concrete bounds are the forms' minimum and
 maximum over the box (rounded outward), intersected with a ``prior`` (a parent box's bounds
-hold on its parts).
+hold on its parts). By default each layer's bounds are then intersected with CROWN's
+(:func:`.relu_crown.crown_layer`, from the earlier layers' bounds so far; on ACAS Xu sub-boxes it
+leaves about half as many neurons unstable) and with those of the forward pass run alone.
 
 **Part bound.** With the pre bounds, each neuron's secant slopes lie in ``{1}``, ``{0}`` or
 ``[0, 1]``, and for ``x, y`` in the (convex) box ``f(x) - f(y) = J(D) (x - y)`` with
