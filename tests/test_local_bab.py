@@ -18,8 +18,11 @@ import numpy as np
 import pytest
 import torch
 
+from lipbound.graph.ir import Activation
 from lipbound.methods import METHODS
+from lipbound.methods.propagation import crown_bounds
 from lipbound.methods.relu_boxes import bound_boxes, relu_chain
+from lipbound.methods.relu_crown import crown_layer
 from lipbound.methods.slope_box import slope_box_bound
 
 from test_exact import Net, graph_of, inside, region_oracle, witness_quotient
@@ -239,6 +242,58 @@ def test_relu_boxes_meeting_bounds_stay_above_the_vertex_supremum_on_deeper_nets
             assert float(res.value[b]) >= sup * (1 - 1e-12), (k, b)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_batched_crown_holds_at_samples_and_is_at_least_as_tight_as_the_forward_pass(seed):
+    """Many boxes of random 2-5-input ReLU nets (3 hidden layers): the CROWN-intersected pre bounds
+    contain the pre-activations at sampled points (numpy forward pass) and are inside the forward
+    pass's, strictly tighter on some neuron."""
+    n = 2 + seed
+    net = relu_net(seed, n, widths=(6, 6, 6))
+    layers = relu_chain(graph_of(net))
+    lows, highs = sub_boxes(seed, n, 24, 0.6)
+    low, high = torch.from_numpy(lows), torch.from_numpy(highs)
+    tight, loose = bound_boxes(layers, low, high), bound_boxes(layers, low, high, crown=False)
+    gained = False
+    for (l, u), (lf, uf) in zip(tight.pre, loose.pre):
+        assert (l >= lf).all() and (u <= uf).all()
+        gained |= bool((l > lf + 1e-9).any() or (u < uf - 1e-9).any())
+    assert gained
+    for b in range(len(lows)):
+        h = samples(lows[b], highs[b], 256, seed + b).T
+        for k, (l, u) in enumerate(tight.pre):
+            z = net.ws[k] @ h + net.bs[k][:, None]
+            assert (z >= l[b].numpy()[:, None]).all() and (z <= u[b].numpy()[:, None]).all(), (b, k)
+            h = np.maximum(z, 0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_batched_crown_layer_agrees_with_propagation_crown(seed):
+    """Given ``propagation.crown_bounds``' bounds of the earlier layers (an independent
+    back-substitution through the graph's nodes), ``crown_layer`` with no bounds of its own gives
+    the same CROWN bounds of every layer, once both are intersected with IBP from the earlier
+    bounds (numpy here), up to rounding, on each box of a batch, on the neurons the propagation
+    module back-substitutes (unstable by its interval bounds)."""
+    n = 2 + seed
+    net = relu_net(seed, n, widths=(6, 6, 6))
+    graph = graph_of(net)
+    layers = relu_chain(graph)
+    names = [node.name for node in graph if isinstance(node, Activation)]
+    lows, highs = sub_boxes(seed, n, 6, 0.6)
+    refs = [crown_bounds(graph, box_of(lo, hi)) for lo, hi in zip(lows, highs)]
+    pre = [tuple(torch.stack([r[name][i].reshape(-1) for r in refs]) for i in (0, 1)) for name in names]
+    for k in range(1, len(names)):
+        inf = torch.full_like(pre[k][0], math.inf)
+        l, u = crown_layer(layers, k, pre[:k], torch.from_numpy(lows), torch.from_numpy(highs), (-inf, inf))
+        hl, hu = (t.clamp(min=0).numpy() for t in pre[k - 1])  # IBP from the earlier bounds (numpy)
+        mid, rad = (hl + hu) / 2 @ net.ws[k].T + net.bs[k], (hu - hl) / 2 @ np.abs(net.ws[k]).T
+        l, u = torch.maximum(l, torch.from_numpy(mid - rad)), torch.minimum(u, torch.from_numpy(mid + rad))
+        ran = (pre[k][0] < 0) & (pre[k][1] > 0)  # the neurons it back-substitutes (the others keep IBP)
+        scale = 1e-9 * (1 + pre[k][1].abs() + pre[k][0].abs())
+        assert ((l <= pre[k][0] + scale) & (u >= pre[k][1] - scale))[ran].all(), k
+        agree = ((l - pre[k][0]).abs() <= scale) & ((u - pre[k][1]).abs() <= scale)
+        assert agree[ran].all(), k
+
+
 def test_relu_chain_refuses_other_graphs():
     assert relu_chain(graph_of(random_net(1, widths=(3, 3), n=2))) is None  # not ReLU
     assert relu_chain(graph_of(relu_net(0, 2))) is not None
@@ -262,3 +317,15 @@ def test_batched_search_brackets_the_grid_constant_on_a_5_input_net(seed):
         assert inside(net, [], x, (low.tolist(), high.tolist()))
         assert witness_quotient(net, x, v) == pytest.approx(lower, rel=1e-9)
         assert lower <= upper
+
+
+def test_batched_search_same_seed_same_numbers():
+    """The batched search stopped by its work cap (deterministic) twice with one seed: the same
+    bracket, parts and witness."""
+    net = relu_net(1, 5, widths=(8, 8))
+    low, high = -0.4 * np.ones(5), 0.4 * np.ones(5)
+    a, b = (local_bab(net, low, high, seed=2, time_budget=30.0, lower_share=0.0, batched=True, batch=8,
+                      max_parts=200, tol=0.0) for _ in range(2))
+    assert a.details["stopped_by"] == "work"
+    assert a.bracket == b.bracket and a.details["parts"] == b.details["parts"]
+    assert torch.equal(a.witness["x"], b.witness["x"])

@@ -8,7 +8,10 @@ largest certified bound over the parts is a **certified upper bound** of ``L`` o
 Jacobian norm at a point of a part, re-checked (:class:`~lipbound.methods.witness.PointWitness`),
 is a **witnessed lower bound** on ``X``.
 
-**The search** (anytime: at most ``max_parts`` parts bounded, a work cap; ``time_budget`` is an
+**The search** on a ReLU chain with few inputs is the batched one by default
+(:mod:`.local_bab_batch`: hundreds of parts bounded at once with batched CROWN pre bounds,
+:mod:`.relu_crown`); every other graph, or ``batched=False``, gets the part-by-part search below
+(anytime: at most ``max_parts`` parts bounded, a work cap; ``time_budget`` is an
 outer cap only, :mod:`~lipbound.methods.budget`).
 
 1. Each part is bounded on its own localized graph
@@ -103,7 +106,7 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
               domain: Any = None, time_budget: float = 60.0, tol: float = 1e-3,
               upper_methods: Sequence[str] | None = None, exact_units: int = 12, vertex_units: int = 8,
               max_split_dim: int = 32, lower_share: float = 0.1, samples: int = 16, max_parts: int | None = None,
-              batched: bool = False, batch: int = 256, strong: bool = False) -> Result:
+              batched: bool = True, batch: int = 256, strong: bool = False) -> Result:
     """Bracket the Lipschitz constant (L2 -> L2) of ``graph`` on the region ``domain`` by branch
     and bound over the region (module doc).
 
@@ -126,9 +129,9 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
         samples: points per part (its centre included) whose Jacobian norms feed the lower bound.
         max_parts: most parts bounded (a work cap, ``stopped_by`` ``"work"`` when it binds); by default
             2000 part by part, 500000 in the batched search of a ReLU chain.
-        batched: on a ReLU chain, the batched search (:mod:`.local_bab_batch`) instead of the part-by-part
-            one; off by default: on ACAS Xu props 1-4 in 120 s its brackets are wider (benchmarks/results/
-            local_acasxu_bab.md).
+        batched: on a ReLU chain, the batched search (:mod:`.local_bab_batch`, CROWN pre bounds for all
+            parts at once, :mod:`.relu_crown`) instead of the part-by-part one; on by default: on ACAS Xu
+            props 1-4 in 120 s its brackets are tighter (benchmarks/results/local_acasxu_bab.md).
         batch: parts refined at once by the batched search.
         strong: the batched search tries every split axis and keeps the best (off by default: on ACAS
             Xu prop 1 it split the narrow axes at the coarse levels, where every axis ties).

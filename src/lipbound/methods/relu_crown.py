@@ -1,0 +1,107 @@
+"""CROWN pre-activation bounds of a ReLU chain on many input boxes at once (the tight pre bounds of
+the batched ``local-bab`` search, :func:`.relu_boxes.bound_boxes`).
+
+**The bound.** For the chain ``z_k = W_k h_{k-1} + b_k``, ``h_k = relu(z_k)``, ``h_0 = x``
+(:class:`.relu_boxes.Layer`, with enclosures ``|W* - W| <= E``, ``|b* - b| <= e`` of the exact
+maps), and bounds ``l_j <= z_j <= u_j`` of the earlier layers on each box, a lower bound of every
+row ``<a, z_k>`` (``a = +e_i`` gives ``l_i``, ``a = -e_i`` gives ``-u_i``) is carried down to the
+input, per box:
+
+* through ``z_j = W_j h_{j-1} + b_j``: ``<a, z_j> = <W_j^T a, h_{j-1}> + <a, b_j>``;
+* through ``h_j = relu(z_j)``: with the lines ``a_L z <= relu(z) <= s (z - l)`` on ``[l, u]``
+  (``a_L`` = 1 when ``u > -l`` else 0, CROWN's choice; ``s >= u / (u - l)`` rounded up, so the
+  upper line lies above the ReLU at both ends and so on ``[l, u]``; stable neurons: ``0`` or the
+  identity, exactly), ``<a, h_j> >= <a+ a_L + a- s, z_j> - <a-, s l>`` (non-negative
+  coefficients take the lower line);
+* at the input, the minimum over the box ``<a+, low> + <a-, high>``.
+
+**Rounding** (as :class:`.backsubstitution.Backward`): every step runs in float64 and adds to a
+slack a rigorous bound of what its rounding and the weight enclosure can change in the form over
+the box: an affine step ``<|a|, (gamma_n |W| + E) |h|_max + e + gamma_n |b|>`` (Higham §3.1,
+``|h|_max`` from the earlier bounds), a ReLU step ``<|a|, 2u s |z|_max + gamma_n |s l|>``, the
+concretisation ``gamma_{d+4} <|a|, |x|_max>``; the running sums of constants and slacks add
+``gamma_{terms+8}`` of their magnitudes. So each bound holds for the exact network on the box,
+whatever the earlier bounds are, as long as they are sound.
+
+Cost: ``2 n_k`` rows through ``k - 1`` layers of width ``n`` per box, one batched matrix product
+per layer; only the neurons unstable on a box are bounded on it (each box's unstable rows first,
+padded to the batch's largest count with stable ones, whose bounds are kept).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .rounding import _TINY, _U, _gamma, _up
+
+__all__ = ["crown_layer"]
+
+Bounds = tuple[torch.Tensor, torch.Tensor]  # (l, u), each (B, n), float64
+
+
+def crown_layer(layers: list, k: int, pre: list[Bounds], low: torch.Tensor, high: torch.Tensor,
+                lu: Bounds) -> Bounds:
+    """The bounds ``lu`` (``(B, n_k)``) of ``z_k`` (layer ``k``, 0-based, of the chain ``layers``)
+    intersected with CROWN's (module doc) on each box ``[low_b, high_b]`` (``(B, d)``), from the
+    sound bounds ``pre[j]`` of the earlier layers ``j < k``. Only neurons unstable in ``lu`` on
+    some box are recomputed."""
+    l, u = lu
+    unstable = (l < 0) & (u > 0)
+    r = int(unstable.sum(dim=1).max()) if k > 0 and l.numel() else 0
+    if r == 0:
+        return lu
+    B, n = l.shape
+    rows = torch.argsort((~unstable).to(torch.int8), dim=1, stable=True)[:, :r]  # (B, r): unstable first
+    eye = torch.zeros(B, r, n, dtype=torch.float64).scatter_(2, rows[..., None], 1.0)
+    a = torch.cat([eye, -eye], dim=1)  # (B, 2r, n_k): lower bounds of +z_i, -z_i
+    const = torch.zeros(B, 2 * r, dtype=torch.float64)
+    slack, mag, terms = torch.zeros_like(const), torch.zeros_like(const), 0
+    xmax = torch.maximum(low.abs(), high.abs())
+    for j in range(k, -1, -1):
+        hmax = xmax if j == 0 else pre[j - 1][1].clamp(min=0)
+        c, e, a = _affine_step(layers[j], a, hmax)
+        const, mag, slack, terms = const + c, mag + c.abs(), slack + e, terms + 1
+        if j > 0:
+            c, e, a = _relu_step(a, *pre[j - 1])
+            const, mag, slack, terms = const + c, mag + c.abs(), slack + e, terms + 1
+    c, e = _concretize(a, low, high, xmax)
+    const, mag, slack, terms = const + c, mag + c.abs(), slack + e, terms + 1
+    bound = const - _up(slack, terms + 1) - _up(_gamma(terms + 8) * (mag + const.abs()), 4) - _TINY
+    # rows that are not unstable on their box keep their bounds (the gather/scatter is a permutation)
+    l = l.scatter(1, rows, torch.maximum(l.gather(1, rows), bound[:, :r]))
+    u = u.scatter(1, rows, torch.minimum(u.gather(1, rows), -bound[:, r:]))
+    return l, u
+
+
+def _dot(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """An upper bound of ``<a, w_b>`` per row for ``a`` ``(B, R, n)`` and ``w`` ``(B, n)``, both
+    non-negative."""
+    return _up((a @ w[..., None])[..., 0], w.shape[1])
+
+
+def _affine_step(layer, a: torch.Tensor, hmax: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``<a, W* h + b*>`` as ``<a W, h> + <a, b>`` with its slack (module doc): ``(c, e, a W)``."""
+    n = layer.W.shape[0]
+    err = (_gamma(n + 2) * layer.W.abs() + layer.E) @ hmax.T  # (n, B)
+    aa = a.abs()
+    e = _dot(aa, _up(err.T + layer.e + _gamma(n + 2) * layer.b.abs(), n + 2))
+    return a @ layer.b, e, a @ layer.W
+
+
+def _relu_step(a: torch.Tensor, l: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``<a, relu(z)>`` bounded below by CROWN's lines on ``[l, u]`` (module doc): ``(c, e, a')``."""
+    on, unstable = l >= 0, (l < 0) & (u > 0)
+    lower = (on | (unstable & (u > -l))).to(torch.float64)
+    s = torch.where(unstable, u / (u - l).where(unstable, torch.ones_like(u)) * (1 + 4 * _U),
+                    on.to(torch.float64))
+    shift = torch.where(unstable, -s * l, torch.zeros_like(l))  # the upper line: s z + shift
+    zmax = torch.maximum(l.abs(), u.abs())
+    e = _dot(a.abs(), _up(2 * _U * s * zmax + _gamma(l.shape[1] + 4) * shift, 4))
+    const = (a.clamp(max=0) @ shift[..., None])[..., 0]
+    return const, e, a * torch.where(a >= 0, lower[:, None], s[:, None])
+
+
+def _concretize(a: torch.Tensor, low: torch.Tensor, high: torch.Tensor, xmax: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``min over the box of <a, x>`` as ``(c, e)``: ``<a+, low> + <a-, high>`` and its rounding."""
+    c = (a.clamp(min=0) @ low[..., None] + a.clamp(max=0) @ high[..., None])[..., 0]
+    return c, _dot(a.abs(), _gamma(low.shape[1] + 4) * xmax)
