@@ -85,11 +85,12 @@ from .lmi import LipschitzLMI
 from .lmi_build import lmi_of_graph
 from .lipsdp_chain import chain_schur
 from .lipsdp_chordal import solve_chordal
+from .lipsdp_ipm import solve_ipm
 from .lipsdp_dual import first_order_dual, gap, psd_factor, repaired_dual
 from .sdp_verify import CertificateRejected, certify
 
 VARIANTS = ("neuron", "layer")
-SOLVERS = ("auto", "clarabel", "scs", "chordal", "first-order")
+SOLVERS = ("auto", "clarabel", "scs", "chordal", "first-order", "barrier")
 
 
 def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed: int = 0, progress: bool = False,
@@ -101,8 +102,9 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
         variant: ``"neuron"`` (one multiplier per neuron) or ``"layer"`` (one per activation node).
         solver: ``"auto"``, ``"clarabel"``, ``"scs"`` (interior point / splitting through cvxpy,
             extra ``lipbound[sdp]``), ``"chordal"`` (interior point on the chordal decomposition of
-            a chain's LMI, :mod:`lipbound.methods.lipsdp_chordal`, same extra) or ``"first-order"``
-            (no extra dependency).
+            a chain's LMI, :mod:`lipbound.methods.lipsdp_chordal`, same extra), ``"first-order"``
+            or ``"barrier"`` (a barrier interior point with rank-two constraint terms,
+            :mod:`lipbound.methods.lipsdp_ipm`; both without extra dependency).
         time_budget: seconds for the whole call; the solver gets what the LMI's construction left
             (it stops earlier when converged; what it reached is then checked).
         lbfgs_iter: most L-BFGS iterations of the first-order solver.
@@ -133,6 +135,8 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
     if solver == "first-order":
         t, claimed, info = solve_first_order(red, variant=variant, time_budget=left, max_iter=lbfgs_iter,
                                              t0=interior)
+    elif solver == "barrier":
+        t, claimed, info = solve_ipm(red, variant=variant, time_budget=left, t0=interior)
     elif solver == "chordal":
         _import_cvxpy("clarabel")
         try:
