@@ -30,6 +30,12 @@ node's neurons. At a central point ``Z = A / s`` is dual feasible (``trace Z_xx 
 ``nu / s <= rtol * rho`` once centred, at ``max_iter`` Newton steps or at the deadline, whichever
 comes first (the same seed-free arithmetic gives the same iterates; the deadline only caps them).
 
+**Limitation (measured).** Exact to ~1e-7 on small MLPs and residual nets (tests), and on
+GLipSDP's mlp_L5_W32 (0.00% gap, 139 Newton steps, 1.6 s), but from the eclipse-fast start the
+damped Newton phase crawls on deeper trained nets (mlp_L9_W32: 300 steps, gap 82%), so
+``solver="auto"`` does not pick it; a primal-dual (HKM / NT) variant with the same rank-two
+Newton matrix is the intended fix.
+
 **Nothing here is trusted.** The returned ``(t, rho)`` go through
 :func:`~lipbound.methods.sdp_verify.certify` (float64 Cholesky proof on the full LMI) like every
 other solver's, and the dual bound ``details["dual_rho"]`` is :func:`~lipbound.methods.lipsdp_dual.
