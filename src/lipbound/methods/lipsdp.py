@@ -88,11 +88,12 @@ from .lmi_build import lmi_of_graph
 from .lipsdp_chordal import solve_chordal
 from .lipsdp_conv import lipsdp_blocks, routes_to_blocks
 from .lipsdp_first_order import expand, rss_mb, solve_first_order, stopped_by
+from .lipsdp_ipm import solve_ipm
 from .lipsdp_dual import gap, psd_factor, repaired_dual
 from .sdp_verify import CertificateRejected, certify
 
 VARIANTS = ("neuron", "layer")
-SOLVERS = ("auto", "clarabel", "scs", "chordal", "first-order", "blocks")
+SOLVERS = ("auto", "clarabel", "scs", "chordal", "first-order", "barrier", "blocks")
 
 
 def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed: int = 0, progress: bool = False,
@@ -104,10 +105,12 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
         variant: ``"neuron"`` (one multiplier per neuron) or ``"layer"`` (one per activation node).
         solver: ``"auto"``, ``"clarabel"``, ``"scs"`` (interior point / splitting through cvxpy,
             extra ``lipbound[sdp]``), ``"chordal"`` (interior point on the chordal decomposition of
-            a chain's LMI, :mod:`lipbound.methods.lipsdp_chordal`, same extra) or ``"first-order"``
-            (no extra dependency) or ``"blocks"`` (first order on a chain too large to assemble,
-            checked by a block Cholesky: CNNs, :mod:`lipbound.methods.lipsdp_conv`; ``"auto"``
-            picks it for chains that the assembled LMI's work cap refuses).
+            a chain's LMI, :mod:`lipbound.methods.lipsdp_chordal`, same extra), ``"first-order"``
+            or ``"barrier"`` (a barrier interior point with rank-two constraint terms,
+            :mod:`lipbound.methods.lipsdp_ipm`; both without extra dependency) or ``"blocks"``
+            (first order on a chain too large to assemble, checked by a block Cholesky: CNNs,
+            :mod:`lipbound.methods.lipsdp_conv`; ``"auto"`` picks it for chains that the assembled
+            LMI's work cap refuses).
         time_budget: seconds for the whole call; the solver gets what the LMI's construction left
             (it stops earlier when converged; what it reached is then checked).
         lbfgs_iter: most L-BFGS iterations of the first-order solver.
@@ -140,6 +143,8 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
     if solver == "first-order":
         t, claimed, info = solve_first_order(red, variant=variant, time_budget=left, max_iter=lbfgs_iter,
                                              t0=interior)
+    elif solver == "barrier":
+        t, claimed, info = solve_ipm(red, variant=variant, time_budget=left, t0=interior)
     elif solver == "chordal":
         _import_cvxpy("clarabel")
         try:
