@@ -1,0 +1,229 @@
+"""The log-det barrier of LipSDP's LMI with rank-two constraint terms: factorisations, gradient and
+Newton matrix (the linear algebra of :mod:`lipbound.methods.lipsdp_ipm`).
+
+**The terms.** In the notation of :mod:`lipbound.methods.lmi`, ``N(rho, t) = C_0 + rho E +
+sum_i t_i F_i``, and each neuron's term has rank two: for neuron ``i`` of an activation, with
+``e_i`` its output coordinate, ``w_i`` the row of its pre-activation map (placed in the blocks it
+reads) and sector ``[a_i, b_i]``, ``xi^T F_i xi = 2 (q_i - a_i p_i)(q_i - b_i p_i)``, i.e.
+
+    F_i = u_i v_i^T + v_i u_i^T,     u_i = e_i - a_i w_i,   v_i = e_i - b_i w_i.
+
+**The barrier** ``phi(rho, t) = -log det N(rho, t) - sum_i log t_i`` (parameter
+``nu = order + n_t``). With ``A = N^{-1}``, ``G_uv = U^T A V`` (``U``, ``V``: the columns
+``u_i``, ``v_i``) and likewise ``G_uu``, ``G_vv``, its derivatives are
+
+    -d phi / d rho = trace A_xx,             -d phi / d t_i = 2 (G_uv)_ii + 1 / t_i,
+    d2 phi / d rho2 = ||A_xx||_F^2,          d2 phi / d rho d t_i = 2 (A u_i)_x . (A v_i)_x,
+    d2 phi / d t_i d t_k = 2 ((G_uu o G_vv) + (G_uv o G_uv^T))_ik + delta_ik / t_i^2
+
+(``o``: entrywise product): ``trace(A F_i A F_k)`` expanded over the rank-two terms. So the Newton
+matrix costs one dense inverse of ``N`` (``O(n^3)``, LAPACK ``potrf`` + ``potri``), products with
+the layers' maps (``O(n^2 w)``, ``w`` the widest block) and Hadamard products. LipSDP-Layer ties the
+multipliers of a node: its derivatives are the neuron ones summed over each node's neurons.
+
+**Factorisations.** Membership tests (is ``N(rho, t) > 0``?) use a banded Cholesky factorisation for
+chains (block tridiagonal ``N``) and a dense one otherwise. Nothing computed here is trusted: the
+solver's final multipliers are checked by :func:`~lipbound.methods.sdp_verify.certify`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg as sla
+from scipy.linalg import lapack
+
+from .lmi import LipschitzLMI
+
+
+class RankTwoBarrier:
+    """The LMI's data laid out for the barrier (module docstring); ``variant`` ``"neuron"``
+    (``u = t``) or ``"layer"`` (``u``: one multiplier per activation node)."""
+
+    def __init__(self, lmi: LipschitzLMI, variant: str):
+        self.lmi, self.variant = lmi, variant
+        self.off = lmi.offsets
+        self.n0 = lmi.blocks[0].size
+        self.lo = np.concatenate([b.lo for b in lmi.blocks[1:]])
+        self.hi = np.concatenate([b.hi for b in lmi.blocks[1:]])
+        self.slices = lmi.neuron_slices
+        bw = lmi.bandwidth(0)
+        self.band = bw if 3 * bw < lmi.size else None
+        self.n_free = 1 + (len(self.slices) if variant == "layer" else lmi.n_neurons)
+        self._c0 = lmi.blocks_of_N(0.0, np.zeros(lmi.n_neurons))
+
+    # ---- variables ---------------------------------------------------------------------------
+    def expand(self, u: np.ndarray) -> np.ndarray:
+        """Per-neuron multipliers ``t`` from the free ones ``u``."""
+        if self.variant == "neuron":
+            return u
+        return np.concatenate([np.full(sl.stop - sl.start, ui) for sl, ui in zip(self.slices, u)])
+
+    def reduce(self, g: np.ndarray, axis: int = 0) -> np.ndarray:
+        """Sum over each node's neurons along ``axis`` (the chain rule for ``t = expand(u)``)."""
+        if self.variant == "neuron":
+            return g
+        return np.stack([np.take(g, range(sl.start, sl.stop), axis=axis).sum(axis=axis) for sl in self.slices],
+                        axis=axis)
+
+    def parts(self, y: np.ndarray, affine: bool = True) -> dict:
+        """Blocks of ``N(y)`` (``affine``) or of its linear part ``N(y) - C_0`` (a direction)."""
+        parts = self.lmi.blocks_of_N(float(y[0]), self.expand(y[1:]))
+        if not affine:
+            for key, m in self._c0.items():
+                parts[key] = parts[key] - m
+        return parts
+
+    # ---- membership and products ---------------------------------------------------------------
+    def inside(self, y: np.ndarray) -> bool:
+        """``N(y) > 0`` and ``u > 0`` (a Cholesky factorisation of ``N`` completes)."""
+        if not np.all(y[1:] > 0) or not np.all(np.isfinite(y)):
+            return False
+        try:
+            if self.band is not None:
+                sla.cholesky_banded(self.lmi.assemble(self.parts(y), banded=self.band), lower=True, check_finite=True)
+            else:
+                sla.cholesky(self.lmi.assemble(self.parts(y)), lower=True, check_finite=True)
+        except (np.linalg.LinAlgError, ValueError):
+            return False
+        return True
+
+    def matmul(self, parts: dict, b: np.ndarray) -> np.ndarray:
+        """``N b`` for the symmetric matrix whose lower blocks are ``parts`` (no assembly)."""
+        off = self.off
+        out = np.zeros_like(b)
+        for (r, c), m in parts.items():
+            out[off[r]:off[r + 1]] += m @ b[off[c]:off[c + 1]]
+            if r != c:
+                out[off[c]:off[c + 1]] += m.T @ b[off[r]:off[r + 1]]
+        return out
+
+    def wt(self, x: np.ndarray) -> np.ndarray:
+        """``W^T x``: row block ``j`` is ``sum_r P_jr x_r`` (``P_jr``: activation ``j``'s map of block ``r``)."""
+        rows = []
+        for blk in self.lmi.blocks[1:]:
+            rows.append(sum(m @ x[self.off[r]:self.off[r + 1]] for r, m in blk.pre.items()))
+        return np.concatenate(rows, 0)
+
+    def out_map(self) -> np.ndarray:
+        """``A_out^T`` as an ``(order, outputs)`` matrix."""
+        n_out = next(iter(self.lmi.out.values())).shape[0]
+        a = np.zeros((self.lmi.size, n_out))
+        for r, m in self.lmi.out.items():
+            a[self.off[r]:self.off[r + 1]] = m.T
+        return a
+
+    # ---- the Newton matrix from rank-two terms ------------------------------------------------------
+    def inverse(self, y: np.ndarray) -> np.ndarray | None:
+        """``N(y)^{-1}`` (dense, from LAPACK ``potrf`` + ``potri``), or None outside the cone."""
+        l_fac, info = lapack.dpotrf(self.lmi.assemble(self.parts(y)), lower=1, clean=1)
+        if info != 0 or not np.all(np.isfinite(l_fac)):
+            return None
+        a, info = lapack.dpotri(l_fac, lower=1)
+        if info != 0:
+            return None
+        return np.tril(a) + np.tril(a, -1).T
+
+    def grams(self, a: np.ndarray) -> Grams:
+        """``U^T A U``, ``U^T A V``, ``V^T A V``, ``(A U)_x``, ``(A V)_x`` and ``A_xx`` of a symmetric
+        ``A``: ``O(n^2 w)`` through the layers' maps (``U = Q - W D_a``, ``Q`` the neurons' own
+        coordinates, ``W`` their pre-activation rows)."""
+        n = self.lmi.size
+        h, x = slice(self.n0, n), slice(0, self.n0)
+        k_t = self.wt(a)  # W^T A  (n_t x n)
+        waw = self.wt(k_t.T)  # W^T A W
+        k = k_t[:, h]  # W^T A Q
+        lo, hi = self.lo, self.hi
+
+        def gram(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+            """``(Q - W D_p)^T A (Q - W D_q)``."""
+            return a[h, h] - k.T * q[None, :] - p[:, None] * k + p[:, None] * waw * q[None, :]
+
+        return Grams(gram(lo, lo), gram(lo, hi), gram(hi, hi), a[x, h] - k_t[:, x].T * lo[None, :],
+                     a[x, h] - k_t[:, x].T * hi[None, :], a[x, x])
+
+    def constraint_values(self, a: np.ndarray) -> np.ndarray:
+        """``(<E, A>, <F_i, A>...)`` for a symmetric ``A`` (summed per node for the layer variant)."""
+        n = self.lmi.size
+        h, x = slice(self.n0, n), slice(0, self.n0)
+        k_t = self.wt(a)
+        waw_diag = np.diag(self.wt(k_t.T))
+        kq = np.diag(k_t[:, h])  # (W^T A Q)_ii
+        uv = np.diag(a[h, h]) - (self.lo + self.hi) * kq + self.lo * self.hi * waw_diag
+        return np.concatenate([[np.trace(a[x, x])], self.reduce(2.0 * uv)])
+
+    def newton_matrix(self, gx: Grams, gs: Grams) -> np.ndarray:
+        """``H_kl = trace(A_k X A_l S^{-1})`` (the HKM Schur complement; ``A_0 = E``, ``A_i = F_i``)
+        from the grams of ``X`` and of ``S^{-1}``: with ``F_i = u_i v_i^T + v_i u_i^T``,
+        ``H_ik = Xuu o Svv + Xvv o Suu + Xuv o Svu + Xvu o Suv`` (``Xuv = U^T X V``, ...),
+        ``H_0k = (S^{-1} u_k)_x . (X v_k)_x + (S^{-1} v_k)_x . (X u_k)_x``, ``H_00 = <X_xx, S^{-1}_xx>``."""
+        tt = gx.uu * gs.vv + gx.vv * gs.uu + gx.uv * gs.uv.T + gx.uv.T * gs.uv
+        h = np.empty((self.n_free, self.n_free))
+        h[0, 0] = float(np.sum(gx.xx * gs.xx))
+        h[0, 1:] = h[1:, 0] = self.reduce(np.sum(gs.ux * gx.vx + gs.vx * gx.ux, axis=0))
+        h[1:, 1:] = self.reduce(self.reduce(tt, 0), 1)
+        return h
+
+    def inner(self, parts: dict, a: np.ndarray) -> float:
+        """``<N, A>`` for the symmetric matrix with lower blocks ``parts`` and a dense symmetric ``A``."""
+        off = self.off
+        total = 0.0
+        for (r, c), m in parts.items():
+            total += (1.0 if r == c else 2.0) * float(np.sum(m * a[off[r]:off[r + 1], off[c]:off[c + 1]]))
+        return total
+
+
+@dataclass
+class Grams:
+    """``U^T A U``, ``U^T A V``, ``V^T A V`` (``n_t x n_t``), ``(A U)_x``, ``(A V)_x`` (``n_0 x n_t``),
+    ``A_xx`` for a symmetric ``A`` (:meth:`RankTwoBarrier.grams`)."""
+
+    uu: np.ndarray
+    uv: np.ndarray
+    vv: np.ndarray
+    ux: np.ndarray
+    vx: np.ndarray
+    xx: np.ndarray
+
+
+def scaled_cholesky(hess: np.ndarray) -> tuple[tuple, np.ndarray]:
+    """Cholesky factor of ``D H D`` with the Jacobi scaling ``D = diag(H)^{-1/2}`` (the Newton
+    matrix's entries span many orders of magnitude); solve with :func:`scaled_solve`."""
+    scale = 1.0 / np.sqrt(np.maximum(np.diag(hess), 1e-300))
+    return sla.cho_factor(hess * scale[:, None] * scale[None, :], lower=True, check_finite=True), scale
+
+
+def scaled_solve(fac: tuple[tuple, np.ndarray], b: np.ndarray) -> np.ndarray:
+    cho, scale = fac
+    return scale * sla.cho_solve(cho, scale * b)
+
+
+def largest_step(inside: Callable[[float], bool], cap: float, bisections: int = 5) -> float:
+    """A step ``alpha <= cap`` with ``inside(alpha)`` (a convex set: ``inside`` holds on
+    ``[0, alpha_max)``), within a factor ``1 + 2^-bisections`` of ``min(cap, alpha_max)``: halvings
+    find an inside point, bisections sharpen it; 0 when no step of at least ``cap 2^-40`` is inside."""
+    if inside(cap):
+        return cap
+    hi, lo = cap, cap / 2
+    while not inside(lo):
+        hi, lo = lo, lo / 2
+        if lo < cap * 2.0 ** -40:
+            return 0.0
+    for _ in range(bisections):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if inside(mid) else (lo, mid)
+    return lo
+
+
+def ratio_step(v: np.ndarray, dv: np.ndarray, cap: float) -> float:
+    """``min(cap, sup {alpha: v + alpha dv > 0})`` for ``v > 0``."""
+    neg = dv < 0
+    return min(cap, float(np.min(-v[neg] / dv[neg]))) if np.any(neg) else cap
+
+
+def is_pd(a: np.ndarray) -> bool:
+    """A dense Cholesky factorisation of the symmetric ``a`` completes."""
+    _, info = lapack.dpotrf(a, lower=1, clean=0)
+    return info == 0
