@@ -58,9 +58,12 @@ import scipy.linalg as sla
 
 from ..errors import NotApplicable
 from .lipsdp_dual import repaired_dual
-from .lipsdp_newton import RankTwoBarrier, is_pd, largest_step, ratio_step, scaled_cholesky, scaled_solve
+from .lipsdp_newton import (RankTwoBarrier, cholesky_or_none, largest_step, psd_step, ratio_step, scaled_cholesky,
+                            scaled_solve)
 from .lmi import LipschitzLMI
 
+TRACE = False
+X0_SCALE = 1.0
 FRACTION = 0.95  # steps stop this fraction of the way to the cones' boundaries
 
 
@@ -76,24 +79,26 @@ def solve_ipm(lmi: LipschitzLMI, *, variant: str = "neuron", t0: np.ndarray, tim
     n, m = lmi.size, y.size - 1
     c = np.zeros(y.size)
     c[0] = 1.0
-    x = np.eye(n) / bar.n0  # trace X_xx = 1
-    s_parts = bar.parts(y)
-    mu = (bar.inner(s_parts, x)) / n
+    s_parts, s_fac = bar.parts(y), bar.factor(y)
+    x = s_fac.inverse()  # the centred start X = mu N^{-1}, z = mu / t, with mu making trace X_xx = 1
+    mu = X0_SCALE / float(np.trace(x[:bar.n0, :bar.n0]))
+    x *= mu
     z = mu / y[1:]
+    x_low = cholesky_or_none(x)
     status, it = "iteration limit", 0
     for it in range(1, max_iter + 1):
-        s_inv = bar.inverse(y)
-        if s_inv is None:
-            raise NotApplicable("the interior-point LipSDP solver lost positive definiteness (rounding)")
+        s_inv = s_fac.inverse()
         gs, gx = bar.grams(s_inv), bar.grams(x)
         hess = bar.newton_matrix(gx, gs)
         hess[1:, 1:] += np.diag(z / y[1:])
         fac = scaled_cholesky(hess)
-        g = bar.constraint_values(s_inv)
+        g = bar.constraint_values_of(gs)
         g[1:] += 1.0 / y[1:]
         gap = bar.inner(s_parts, x) + float(z @ y[1:])
         mu = gap / (n + m)
-        infeasible = float(np.max(np.abs(c - bar.constraint_values(x) - np.concatenate([[0.0], z]))))
+        infeasible = float(np.max(np.abs(c - bar.constraint_values_of(gx) - np.concatenate([[0.0], z]))))
+        if TRACE:
+            print(it, f"rho {y[0]:.8g} gap/rho {gap / y[0]:.2e} infeas {infeasible:.1e} t {time.perf_counter() - deadline + time_budget:.1f}")
         if gap <= rtol * abs(y[0]) and infeasible <= rtol:
             status = "converged"
             break
@@ -103,35 +108,47 @@ def solve_ipm(lmi: LipschitzLMI, *, variant: str = "neuron", t0: np.ndarray, tim
         # predictor (sigma = 0), then Mehrotra's sigma and the corrector with its second-order term
         dy = scaled_solve(fac, -c)
         ds = bar.parts(dy, affine=False)
-        xds = bar.matmul(ds, x).T @ s_inv  # X dS S^{-1}
+        xds = s_fac.solve(bar.matmul(ds, x))  # S^{-1} dS X = (X dS S^{-1})^T
         dx = -x - 0.5 * (xds + xds.T)
         dz = -z - z * dy[1:] / y[1:]
-        ap, ad = _steps(bar, x, dx, z, dz, y, dy, 1.0)
+        ap, ad = _primal_step(x_low, dx, z, dz, 1.0), _dual_step(bar, y, dy, 1.0)
         mu_aff = _affine_mu(bar, s_parts, ds, x, dx, z, dz, y, dy, ap, ad, n + m)
         sigma = min(1.0, (mu_aff / mu) ** 3)
-        second = bar.matmul(ds, dx).T @ s_inv  # dX_a dS_a S^{-1}
+        second = s_fac.solve(bar.matmul(ds, dx))  # (dX_a dS_a S^{-1})^T
         second = 0.5 * (second + second.T)
         lp_second = dz * dy[1:] / y[1:]
         rhs = sigma * mu * g - c - bar.constraint_values(second)
         rhs[1:] -= lp_second
         dy = scaled_solve(fac, rhs)
         ds = bar.parts(dy, affine=False)
-        xds = bar.matmul(ds, x).T @ s_inv
+        xds = s_fac.solve(bar.matmul(ds, x))
         dx = sigma * mu * s_inv - x - 0.5 * (xds + xds.T) - second
         dz = sigma * mu / y[1:] - z - z * dy[1:] / y[1:] - lp_second
-        ap, ad = _steps(bar, x, dx, z, dz, y, dy, FRACTION)
-        x, z, y = x + ap * dx, z + ap * dz, y + ad * dy
-        s_parts = bar.parts(y)
+        fraction = 0.9 + 0.09 * min(ap, ad)  # the predictor's steps: longer as the iterates near the optimum
+        ap, ad = fraction * _primal_step(x_low, dx, z, dz, 1 / fraction), _dual_step(bar, y, dy, fraction)
+        while (low := cholesky_or_none(x + ap * dx)) is None:  # the Lanczos estimate was too long
+            ap *= 0.8
+        if TRACE:
+            lw = np.linalg.inv(x_low); ev = np.linalg.eigvalsh(lw @ dx @ lw.T)[0]
+            print("   exact primal amax", -1 / ev if ev < 0 else np.inf, "ratio z", ratio_step(z, dz, 100.0), "est", _primal_step(x_low, dx, z, dz, 100.0))
+            print(f"   sigma {sigma:.2g} ap {ap:.3f} ad {ad:.3f} min z*t/mu {np.min(z * y[1:]) / mu:.2g}")
+        x, x_low, z, y = x + ap * dx, low, z + ap * dz, y + ad * dy
+        s_parts, s_fac = bar.parts(y), bar.factor(y)
+        if s_fac is None:
+            raise NotApplicable("the interior-point LipSDP solver lost positive definiteness (rounding)")
     dual = _dual_rho(bar, x)
     return (bar.expand(y[1:]), float(y[0]), {"solver_status": status, "iterations": it, "dual_rho": dual})
 
 
-def _steps(bar: RankTwoBarrier, x, dx, z, dz, y, dy, fraction: float) -> tuple[float, float]:
-    """Primal and dual step lengths: ``fraction`` of the way to the boundary, at most 1."""
+def _primal_step(x_low: np.ndarray, dx: np.ndarray, z: np.ndarray, dz: np.ndarray, cap: float) -> float:
+    """The largest step up to ``cap`` that keeps ``X + a dX > 0`` (Lanczos estimate) and ``z + a dz > 0``."""
+    return min(1.0, psd_step(x_low, dx, ratio_step(z, dz, cap)))
+
+
+def _dual_step(bar: RankTwoBarrier, y: np.ndarray, dy: np.ndarray, fraction: float) -> float:
+    """``fraction`` of the largest step keeping ``N(y + a dy) > 0``, ``t > 0`` (checked by factorisations), at most 1."""
     cap = 1.0 / fraction
-    ap = largest_step(lambda a: is_pd(x + a * dx), ratio_step(z, dz, cap))
-    ad = largest_step(lambda a: bar.inside(y + a * dy), ratio_step(y[1:], dy[1:], cap))
-    return min(1.0, fraction * ap), min(1.0, fraction * ad)
+    return min(1.0, fraction * largest_step(lambda a: bar.inside(y + a * dy), ratio_step(y[1:], dy[1:], cap)))
 
 
 def _affine_mu(bar, s_parts, ds, x, dx, z, dz, y, dy, ap, ad, nu) -> float:

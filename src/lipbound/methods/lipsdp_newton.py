@@ -33,8 +33,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg as sla
+import scipy.sparse.linalg as spla
 from scipy.linalg import lapack
 
+from .lipsdp_factor import ChainFactor, DenseFactor, factor_of
 from .lmi import LipschitzLMI
 
 
@@ -49,8 +51,6 @@ class RankTwoBarrier:
         self.lo = np.concatenate([b.lo for b in lmi.blocks[1:]])
         self.hi = np.concatenate([b.hi for b in lmi.blocks[1:]])
         self.slices = lmi.neuron_slices
-        bw = lmi.bandwidth(0)
-        self.band = bw if 3 * bw < lmi.size else None
         self.n_free = 1 + (len(self.slices) if variant == "layer" else lmi.n_neurons)
         self._c0 = lmi.blocks_of_N(0.0, np.zeros(lmi.n_neurons))
 
@@ -77,18 +77,15 @@ class RankTwoBarrier:
         return parts
 
     # ---- membership and products ---------------------------------------------------------------
-    def inside(self, y: np.ndarray) -> bool:
-        """``N(y) > 0`` and ``u > 0`` (a Cholesky factorisation of ``N`` completes)."""
+    def factor(self, y: np.ndarray) -> ChainFactor | DenseFactor | None:
+        """The factorisation of ``N(y)`` (:mod:`lipbound.methods.lipsdp_factor`), or None outside the cone."""
         if not np.all(y[1:] > 0) or not np.all(np.isfinite(y)):
-            return False
-        try:
-            if self.band is not None:
-                sla.cholesky_banded(self.lmi.assemble(self.parts(y), banded=self.band), lower=True, check_finite=True)
-            else:
-                sla.cholesky(self.lmi.assemble(self.parts(y)), lower=True, check_finite=True)
-        except (np.linalg.LinAlgError, ValueError):
-            return False
-        return True
+            return None
+        return factor_of(self.lmi, self.parts(y))
+
+    def inside(self, y: np.ndarray) -> bool:
+        """``N(y) > 0`` and ``u > 0``."""
+        return self.factor(y) is not None
 
     def matmul(self, parts: dict, b: np.ndarray) -> np.ndarray:
         """``N b`` for the symmetric matrix whose lower blocks are ``parts`` (no assembly)."""
@@ -107,25 +104,7 @@ class RankTwoBarrier:
             rows.append(sum(m @ x[self.off[r]:self.off[r + 1]] for r, m in blk.pre.items()))
         return np.concatenate(rows, 0)
 
-    def out_map(self) -> np.ndarray:
-        """``A_out^T`` as an ``(order, outputs)`` matrix."""
-        n_out = next(iter(self.lmi.out.values())).shape[0]
-        a = np.zeros((self.lmi.size, n_out))
-        for r, m in self.lmi.out.items():
-            a[self.off[r]:self.off[r + 1]] = m.T
-        return a
-
     # ---- the Newton matrix from rank-two terms ------------------------------------------------------
-    def inverse(self, y: np.ndarray) -> np.ndarray | None:
-        """``N(y)^{-1}`` (dense, from LAPACK ``potrf`` + ``potri``), or None outside the cone."""
-        l_fac, info = lapack.dpotrf(self.lmi.assemble(self.parts(y)), lower=1, clean=1)
-        if info != 0 or not np.all(np.isfinite(l_fac)):
-            return None
-        a, info = lapack.dpotri(l_fac, lower=1)
-        if info != 0:
-            return None
-        return np.tril(a) + np.tril(a, -1).T
-
     def grams(self, a: np.ndarray) -> Grams:
         """``U^T A U``, ``U^T A V``, ``V^T A V``, ``(A U)_x``, ``(A V)_x`` and ``A_xx`` of a symmetric
         ``A``: ``O(n^2 w)`` through the layers' maps (``U = Q - W D_a``, ``Q`` the neurons' own
@@ -133,33 +112,51 @@ class RankTwoBarrier:
         n = self.lmi.size
         h, x = slice(self.n0, n), slice(0, self.n0)
         k_t = self.wt(a)  # W^T A  (n_t x n)
-        waw = self.wt(k_t.T)  # W^T A W
+        waw = self.wt(np.ascontiguousarray(k_t.T))  # W^T A W
         k = k_t[:, h]  # W^T A Q
-        lo, hi = self.lo, self.hi
+        kt = np.ascontiguousarray(k.T)  # Q^T A W
+        lo, hi = self.lo[:, None], self.hi[:, None]
+        base = a[h, h]
 
         def gram(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-            """``(Q - W D_p)^T A (Q - W D_q)``."""
-            return a[h, h] - k.T * q[None, :] - p[:, None] * k + p[:, None] * waw * q[None, :]
+            """``(Q - W D_p)^T A (Q - W D_q)`` (``p``, ``q`` columns)."""
+            out = waw * p
+            out *= q.T
+            out += base
+            out -= kt * q.T
+            out -= k * p
+            return out
 
-        return Grams(gram(lo, lo), gram(lo, hi), gram(hi, hi), a[x, h] - k_t[:, x].T * lo[None, :],
-                     a[x, h] - k_t[:, x].T * hi[None, :], a[x, x])
+        return Grams(gram(lo, lo), gram(lo, hi), gram(hi, hi), a[x, h] - k_t[:, x].T * lo.T,
+                     a[x, h] - k_t[:, x].T * hi.T, a[x, x])
 
     def constraint_values(self, a: np.ndarray) -> np.ndarray:
-        """``(<E, A>, <F_i, A>...)`` for a symmetric ``A`` (summed per node for the layer variant)."""
-        n = self.lmi.size
-        h, x = slice(self.n0, n), slice(0, self.n0)
-        k_t = self.wt(a)
-        waw_diag = np.diag(self.wt(k_t.T))
-        kq = np.diag(k_t[:, h])  # (W^T A Q)_ii
-        uv = np.diag(a[h, h]) - (self.lo + self.hi) * kq + self.lo * self.hi * waw_diag
-        return np.concatenate([[np.trace(a[x, x])], self.reduce(2.0 * uv)])
+        """``(<E, A>, <F_i, A>...)`` for a symmetric ``A`` (summed per node for the layer variant):
+        ``<F_i, A> = 2 u_i^T A v_i`` reads only the blocks of ``A`` that neuron ``i``'s terms touch."""
+        off = self.off
+        uv = []
+        for j, blk in enumerate(self.lmi.blocks[1:], start=1):
+            own = slice(off[j], off[j + 1])
+            kq = sum(np.sum(m * a[off[r]:off[r + 1], own].T, axis=1) for r, m in blk.pre.items())
+            waw = sum(np.sum((m @ a[off[r]:off[r + 1], off[c]:off[c + 1]]) * blk.pre[c], axis=1)
+                      for r, m in blk.pre.items() for c in blk.pre)
+            uv.append(np.diagonal(a[own, own]) - (blk.lo + blk.hi) * kq + blk.lo * blk.hi * waw)
+        return np.concatenate([[np.trace(a[:self.n0, :self.n0])], self.reduce(2.0 * np.concatenate(uv))])
+
+    def constraint_values_of(self, g: Grams) -> np.ndarray:
+        """:meth:`constraint_values` from the grams of ``A`` (their diagonal)."""
+        return np.concatenate([[np.trace(g.xx)], self.reduce(2.0 * np.diagonal(g.uv))])
 
     def newton_matrix(self, gx: Grams, gs: Grams) -> np.ndarray:
         """``H_kl = trace(A_k X A_l S^{-1})`` (the HKM Schur complement; ``A_0 = E``, ``A_i = F_i``)
         from the grams of ``X`` and of ``S^{-1}``: with ``F_i = u_i v_i^T + v_i u_i^T``,
         ``H_ik = Xuu o Svv + Xvv o Suu + Xuv o Svu + Xvu o Suv`` (``Xuv = U^T X V``, ...),
         ``H_0k = (S^{-1} u_k)_x . (X v_k)_x + (S^{-1} v_k)_x . (X u_k)_x``, ``H_00 = <X_xx, S^{-1}_xx>``."""
-        tt = gx.uu * gs.vv + gx.vv * gs.uu + gx.uv * gs.uv.T + gx.uv.T * gs.uv
+        tt = gx.uu * gs.vv
+        tt += gx.vv * gs.uu
+        cross = gx.uv * gs.uv.T
+        tt += cross
+        tt += cross.T
         h = np.empty((self.n_free, self.n_free))
         h[0, 0] = float(np.sum(gx.xx * gs.xx))
         h[0, 1:] = h[1:, 0] = self.reduce(np.sum(gs.ux * gx.vx + gs.vx * gx.ux, axis=0))
@@ -200,7 +197,7 @@ def scaled_solve(fac: tuple[tuple, np.ndarray], b: np.ndarray) -> np.ndarray:
     return scale * sla.cho_solve(cho, scale * b)
 
 
-def largest_step(inside: Callable[[float], bool], cap: float, bisections: int = 5) -> float:
+def largest_step(inside: Callable[[float], bool], cap: float, bisections: int = 6) -> float:
     """A step ``alpha <= cap`` with ``inside(alpha)`` (a convex set: ``inside`` holds on
     ``[0, alpha_max)``), within a factor ``1 + 2^-bisections`` of ``min(cap, alpha_max)``: halvings
     find an inside point, bisections sharpen it; 0 when no step of at least ``cap 2^-40`` is inside."""
@@ -223,7 +220,28 @@ def ratio_step(v: np.ndarray, dv: np.ndarray, cap: float) -> float:
     return min(cap, float(np.min(-v[neg] / dv[neg]))) if np.any(neg) else cap
 
 
-def is_pd(a: np.ndarray) -> bool:
-    """A dense Cholesky factorisation of the symmetric ``a`` completes."""
-    _, info = lapack.dpotrf(a, lower=1, clean=0)
-    return info == 0
+def cholesky_or_none(a: np.ndarray) -> np.ndarray | None:
+    """The lower Cholesky factor of the symmetric ``a``, or None when the factorisation fails."""
+    low, info = lapack.dpotrf(a, lower=1, clean=1)
+    return low if info == 0 and np.all(np.isfinite(np.diagonal(low))) else None
+
+
+def psd_step(low: np.ndarray, d: np.ndarray, cap: float) -> float:
+    """``min(cap, sup {alpha: X + alpha D > 0})`` for ``X = L L^T`` (``low``): ``-1 / lambda_min``
+    of ``L^{-1} D L^{-T}`` by Lanczos (two triangular solves and a product per step; a fixed
+    start vector, so the same data give the same step). An estimate: callers step a fraction
+    of it and check the result by a factorisation."""
+    n = low.shape[0]
+
+    def apply(v: np.ndarray) -> np.ndarray:
+        w = sla.solve_triangular(low, v, lower=True, trans="T", check_finite=False)
+        return sla.solve_triangular(low, d @ w, lower=True, check_finite=False)
+
+    op = spla.LinearOperator((n, n), matvec=apply, dtype=np.float64)
+    v0 = np.cos(np.arange(n) + 1.0)
+    try:
+        lam = float(spla.eigsh(op, k=1, which="SA", tol=1e-4, v0=v0, ncv=min(n, 24), maxiter=50 * n,
+                               return_eigenvectors=False)[0])
+    except spla.ArpackNoConvergence as exc:
+        lam = float(np.min(exc.eigenvalues)) if len(exc.eigenvalues) else -1.0 / cap
+    return cap if lam >= -1.0 / cap else -1.0 / lam
