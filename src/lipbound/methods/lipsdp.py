@@ -93,7 +93,7 @@ from .lipsdp_dual import gap, psd_factor, repaired_dual
 from .sdp_verify import CertificateRejected, certify
 
 VARIANTS = ("neuron", "layer")
-SOLVERS = ("auto", "clarabel", "scs", "chordal", "first-order", "barrier", "blocks")
+SOLVERS = ("auto", "clarabel", "scs", "chordal", "first-order", "ipm", "blocks")
 
 
 def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed: int = 0, progress: bool = False,
@@ -106,7 +106,7 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
         solver: ``"auto"``, ``"clarabel"``, ``"scs"`` (interior point / splitting through cvxpy,
             extra ``lipbound[sdp]``), ``"chordal"`` (interior point on the chordal decomposition of
             a chain's LMI, :mod:`lipbound.methods.lipsdp_chordal`, same extra), ``"first-order"``
-            or ``"barrier"`` (a barrier interior point with rank-two constraint terms,
+            or ``"ipm"`` (a primal-dual interior point on the rank-two constraint terms,
             :mod:`lipbound.methods.lipsdp_ipm`; both without extra dependency) or ``"blocks"``
             (first order on a chain too large to assemble, checked by a block Cholesky: CNNs,
             :mod:`lipbound.methods.lipsdp_conv`; ``"auto"`` picks it for chains that the assembled
@@ -143,7 +143,7 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
     if solver == "first-order":
         t, claimed, info = solve_first_order(red, variant=variant, time_budget=left, max_iter=lbfgs_iter,
                                              t0=interior)
-    elif solver == "barrier":
+    elif solver == "ipm":
         t, claimed, info = solve_ipm(red, variant=variant, time_budget=left, t0=interior)
     elif solver == "chordal":
         _import_cvxpy("clarabel")

@@ -63,6 +63,7 @@ from .lipsdp_newton import (RankTwoBarrier, cholesky_or_none, largest_step, psd_
 from .lmi import LipschitzLMI
 
 TRACE = False
+X0_MODE = 'centred'
 X0_SCALE = 1.0
 FRACTION = 0.95  # steps stop this fraction of the way to the cones' boundaries
 
@@ -80,10 +81,15 @@ def solve_ipm(lmi: LipschitzLMI, *, variant: str = "neuron", t0: np.ndarray, tim
     c = np.zeros(y.size)
     c[0] = 1.0
     s_parts, s_fac = bar.parts(y), bar.factor(y)
-    x = s_fac.inverse()  # the centred start X = mu N^{-1}, z = mu / t, with mu making trace X_xx = 1
-    mu = X0_SCALE / float(np.trace(x[:bar.n0, :bar.n0]))
-    x *= mu
-    z = mu / y[1:]
+    if X0_MODE == "centred":
+        x = s_fac.inverse()  # the centred start X = mu N^{-1}, z = mu / t, with mu making trace X_xx = 1
+        mu = X0_SCALE / float(np.trace(x[:bar.n0, :bar.n0]))
+        x *= mu
+        z = mu / y[1:]
+    else:
+        x = np.eye(n) * X0_SCALE / bar.n0
+        mu = bar.inner(s_parts, x) / n
+        z = mu / y[1:]
     x_low = cholesky_or_none(x)
     status, it = "iteration limit", 0
     for it in range(1, max_iter + 1):
@@ -129,8 +135,6 @@ def solve_ipm(lmi: LipschitzLMI, *, variant: str = "neuron", t0: np.ndarray, tim
         while (low := cholesky_or_none(x + ap * dx)) is None:  # the Lanczos estimate was too long
             ap *= 0.8
         if TRACE:
-            lw = np.linalg.inv(x_low); ev = np.linalg.eigvalsh(lw @ dx @ lw.T)[0]
-            print("   exact primal amax", -1 / ev if ev < 0 else np.inf, "ratio z", ratio_step(z, dz, 100.0), "est", _primal_step(x_low, dx, z, dz, 100.0))
             print(f"   sigma {sigma:.2g} ap {ap:.3f} ad {ad:.3f} min z*t/mu {np.min(z * y[1:]) / mu:.2g}")
         x, x_low, z, y = x + ap * dx, low, z + ap * dz, y + ad * dy
         s_parts, s_fac = bar.parts(y), bar.factor(y)
