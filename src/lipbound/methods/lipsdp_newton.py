@@ -1,5 +1,5 @@
-"""The log-det barrier of LipSDP's LMI with rank-two constraint terms: factorisations, gradient and
-Newton matrix (the linear algebra of :mod:`lipbound.methods.lipsdp_ipm`).
+"""LipSDP's LMI laid out by rank-two constraint terms: the HKM Newton matrix, constraint values,
+membership tests and step lengths (the linear algebra of :mod:`lipbound.methods.lipsdp_ipm`).
 
 **The terms.** In the notation of :mod:`lipbound.methods.lmi`, ``N(rho, t) = C_0 + rho E +
 sum_i t_i F_i``, and each neuron's term has rank two: for neuron ``i`` of an activation, with
@@ -8,22 +8,22 @@ reads) and sector ``[a_i, b_i]``, ``xi^T F_i xi = 2 (q_i - a_i p_i)(q_i - b_i p_
 
     F_i = u_i v_i^T + v_i u_i^T,     u_i = e_i - a_i w_i,   v_i = e_i - b_i w_i.
 
-**The barrier** ``phi(rho, t) = -log det N(rho, t) - sum_i log t_i`` (parameter
-``nu = order + n_t``). With ``A = N^{-1}``, ``G_uv = U^T A V`` (``U``, ``V``: the columns
-``u_i``, ``v_i``) and likewise ``G_uu``, ``G_vv``, its derivatives are
+**The Newton matrix.** For symmetric ``X`` and ``A = N^{-1}``, with ``Xuv = U^T X V`` (``U``,
+``V``: the columns ``u_i``, ``v_i``) and likewise the other grams,
 
-    -d phi / d rho = trace A_xx,             -d phi / d t_i = 2 (G_uv)_ii + 1 / t_i,
-    d2 phi / d rho2 = ||A_xx||_F^2,          d2 phi / d rho d t_i = 2 (A u_i)_x . (A v_i)_x,
-    d2 phi / d t_i d t_k = 2 ((G_uu o G_vv) + (G_uv o G_uv^T))_ik + delta_ik / t_i^2
+    trace(F_i X F_k A) = (Xuu o Avv + Xvv o Auu + Xuv o Avu + Xvu o Auv)_ik,
+    trace(E X F_k A) = (A u_k)_x . (X v_k)_x + (A v_k)_x . (X u_k)_x,    trace(E X E A) = <X_xx, A_xx>
 
-(``o``: entrywise product): ``trace(A F_i A F_k)`` expanded over the rank-two terms. So the Newton
-matrix costs one dense inverse of ``N`` (``O(n^3)``, LAPACK ``potrf`` + ``potri``), products with
-the layers' maps (``O(n^2 w)``, ``w`` the widest block) and Hadamard products. LipSDP-Layer ties the
-multipliers of a node: its derivatives are the neuron ones summed over each node's neurons.
+(``o``: entrywise product; ``E`` the input block's identity): each gram costs products with the
+layers' maps (``O(n^2 w)``, ``w`` the widest block) and the Hadamard products ``O(n_t^2)``. With
+``X = A`` this is the Hessian of ``-log det N``. LipSDP-Layer ties the multipliers of a node: its
+entries are the neuron ones summed over each node's neurons. ``<F_i, X> = 2 u_i^T X v_i`` reads
+only the blocks of ``X`` that neuron ``i`` touches.
 
-**Factorisations.** Membership tests (is ``N(rho, t) > 0``?) use a banded Cholesky factorisation for
-chains (block tridiagonal ``N``) and a dense one otherwise. Nothing computed here is trusted: the
-solver's final multipliers are checked by :func:`~lipbound.methods.sdp_verify.certify`.
+**Factorisations.** Membership tests (is ``N(rho, t) > 0``?) factorise ``N``
+(:mod:`lipbound.methods.lipsdp_factor`: block bidiagonal for chains, dense otherwise). Nothing
+computed here is trusted: the solver's final multipliers are checked by
+:func:`~lipbound.methods.sdp_verify.certify`.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ from .lmi import LipschitzLMI
 
 
 class RankTwoBarrier:
-    """The LMI's data laid out for the barrier (module docstring); ``variant`` ``"neuron"``
-    (``u = t``) or ``"layer"`` (``u``: one multiplier per activation node)."""
+    """The LMI's data laid out by its rank-two terms (module docstring) in the free variables
+    ``y = (rho, u)``: ``variant`` ``"neuron"`` (``u = t``) or ``"layer"`` (``u``: one multiplier per
+    activation node)."""
 
     def __init__(self, lmi: LipschitzLMI, variant: str):
         self.lmi, self.variant = lmi, variant
