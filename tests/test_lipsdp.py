@@ -323,8 +323,8 @@ def test_clear_error_without_cvxpy(monkeypatch):
     g = lipbound.as_graph(mlp([4, 5, 2]), (4,))
     with pytest.raises(NotApplicable, match=r"lipbound\[sdp\]"):
         lipsdp(g, solver="clarabel")
-    res = lipsdp(g)  # auto falls back to the first-order solver
-    assert res.details["solver"] == "first-order" and res.kind == "certified_upper"
+    res = lipsdp(g)  # auto falls back to lipbound's own interior point (a chain)
+    assert res.details["solver"] == "ipm" and res.kind == "certified_upper"
 
 
 def test_clear_error_without_the_solver(monkeypatch):

@@ -212,7 +212,7 @@ def test_soundness_fuzz(chunk):
     for seed in range(chunk * 10, chunk * 10 + 10):
         net, shape = _fuzz_net(seed)
         g = lipbound.as_graph(net, shape)
-        solver = {0: "clarabel", 3: "chordal", 2: "clarabel"}.get(seed % 6, "first-order")  # chordal: MLPs only
+        solver = {0: "clarabel", 3: "chordal", 2: "clarabel", 4: "ipm"}.get(seed % 6, "first-order")  # chordal: MLPs only
         res = lipsdp(g, solver=solver, lbfgs_iter=60)
         assert res.kind == "certified_upper", seed
         assert res.value >= witnessed(net, shape, seed=seed, n=6), seed

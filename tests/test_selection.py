@@ -193,14 +193,15 @@ def test_the_predicted_lipsdp_path_is_the_one_auto_takes_on_mlps(make, budget: f
     assert lipsdp_path(graph_sizes(graph), budget) == routed(graph, budget)
 
 
-def test_a_narrow_deep_mlp_goes_chordal_only_when_half_the_budget_holds_it() -> None:
+def test_chains_go_to_the_interior_point_up_to_its_order() -> None:
     from lipbound.methods.cost import lipsdp_path
-    from lipbound.methods.lipsdp import _cvxpy_available
+    from lipbound.methods.lipsdp import IPM_CHAIN_MAX_ORDER
 
-    if not _cvxpy_available():
-        pytest.skip("the chordal path needs cvxpy")
-    sizes = graph_sizes(mlp(16, [16] * 8))
-    assert lipsdp_path(sizes, 1.0) == "first-order" and lipsdp_path(sizes, 300.0) == "chordal"
+    assert lipsdp_path(graph_sizes(mlp(16, [16] * 8)), 1.0) == "ipm"
+    # reduced order: the input block's rank (8) plus every unstable neuron (3000)
+    graph = mlp(8, [100] * 30)
+    assert 8 + 3000 > IPM_CHAIN_MAX_ORDER >= 8 + 2900
+    assert lipsdp_path(graph_sizes(graph), 300.0) == routed(graph, 300.0) == "first-order"
 
 
 def test_max_pooling_is_refused_and_never_predicted_cheap() -> None:

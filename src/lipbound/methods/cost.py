@@ -24,7 +24,7 @@ from typing import Callable
 from ..graph.ir import Activation, Add, Concat, Graph, MaxPool
 from ..linalg.conv import Conv
 from ..linalg.operators import Dense
-from .lipsdp import CHORDAL_SECONDS, _cvxpy_available
+from .lipsdp import IPM_CHAIN_MAX_ORDER, _cvxpy_available
 from .lipsdp_conv import CHECK_EVALUATIONS, MAX_ENTRIES, SETUP_EVALUATIONS, WORK_RATE, chain_orders, evaluation_work
 from .lmi_build import MAX_WORK
 from .piecewise import count_two_slope_neurons
@@ -135,7 +135,6 @@ CONSTANTS = {
     "eclipse": 2.8e-9,       # per flop of the block recursions and the check
     "lipsdp": 1e-9,        # per flop of the first-order solver's iterations
     "ipm": 2e-8,           # per (reduced LMI order)^3.5 of an interior-point solve
-    "chordal": CHORDAL_SECONDS,  # per unit of LipSDP's own chordal estimate (lipsdp.CHORDAL_SECONDS)
     "blocks": 1 / WORK_RATE,  # per flop of the "blocks" path's eliminations (lipsdp_conv.WORK_RATE)
     "lower": 5e-8,         # per multiply-add of the search's forward and backward passes
     "exact": 1e-3,         # per activation pattern visited
@@ -151,17 +150,16 @@ EXACT_LOG2_PATTERNS = 16      # log2 of the most patterns exact is predicted to 
 def work(s: GraphSizes) -> dict[str, float]:
     """The unit of work each model counts on ``s`` (multiply by :data:`CONSTANTS`). LipSDP's terms
     count only the path ``solver="auto"`` takes with an unlimited budget (:func:`lipsdp_path`):
-    ``ipm`` for interior point, ``lipsdp`` (and ``chordal`` for chains with cvxpy) otherwise,
-    ``blocks`` for chains too large to assemble."""
+    ``ipm`` for Clarabel's interior point, ``lipsdp`` for the first-order path, ``blocks`` for
+    chains too large to assemble (the chain interior point's model is in :func:`lipsdp_cost`)."""
     path = lipsdp_path(s)
-    dense = path in ("chordal", "first-order")
+    dense = path == "first-order"
     return {
         "autolip": s.dense_svd_work + s.conv_work,
         "power": POWER_PASSES * s.matvec_work,
         "seqlip": s.svd_work + (s.chain_work if s.kind == "mlp" else 0.0),
         "eclipse": ECLIPSE_PASSES * s.chain_work,
         "lipsdp": (ECLIPSE_PASSES + 2 * SDP_USEFUL_ITERATIONS) * s.chain_work if dense else 0.0,
-        "chordal": _chordal_work(s) if path == "chordal" else 0.0,
         "ipm": float(_reduced_orders(s)[0] + s.unstable) ** 3.5 if path == "clarabel" else 0.0,
         "blocks": (BLOCKS_EVALUATIONS * evaluation_work(list(s.chain_orders)) if path == "blocks" else 0.0),
         "lower": LOWER_PASSES * s.matvec_work,
@@ -170,11 +168,18 @@ def work(s: GraphSizes) -> dict[str, float]:
 
 
 #: LipSDP's paths under ``solver="auto"`` (:func:`lipsdp_path`); ``"refused"``: it raises NotApplicable
-LIPSDP_PATHS = ("clarabel", "chordal", "first-order", "blocks", "refused")
+LIPSDP_PATHS = ("clarabel", "ipm", "first-order", "blocks", "refused")
 LIPSDP_MAX_SIZE = 20000  # LipSDP's ``max_size``: the dense paths refuse a larger LMI order
 #: evaluations of the ``"blocks"`` path to its first useful bound: its set-up, SDP_USEFUL_ITERATIONS
 #: L-BFGS steps, its last step and the check (lipsdp_conv's SETUP_ and CHECK_EVALUATIONS)
 BLOCKS_EVALUATIONS = SETUP_EVALUATIONS + SDP_USEFUL_ITERATIONS + CHECK_EVALUATIONS
+#: the chain interior point (:mod:`lipbound.methods.lipsdp_ipm`): seconds per unit of its work per
+#: iteration, ``order^3 + 4 order^2 w`` (dense X, Newton matrix; block solves, ``w`` the widest block),
+#: measured on GLipSDP's mlp_L33_W32 and mlp_L65_W32 (0.5 to 0.8 s at order 1056, 3 to 5 s at 2112,
+#: one thread of the loaded 2-core CPU); its first bound below its start (ECLipsE-Fast's multipliers)
+#: comes with its first iteration (it returns its best iterate when its budget ends)
+CHAIN_IPM_SECONDS = 6e-10
+IPM_USEFUL_ITERATIONS = 1
 
 
 def lipsdp_path(s: GraphSizes, budget: float = math.inf) -> str:
@@ -188,8 +193,9 @@ def lipsdp_path(s: GraphSizes, budget: float = math.inf) -> str:
     * the assembled LMI is refused with max pooling (no LMI holds it), without an unstable neuron,
       above order ``LIPSDP_MAX_SIZE``, or above ``MAX_WORK`` operations per factorisation (its
       bandwidth: the widest pair of neighbouring blocks on a chain, the whole order otherwise);
-    * else, with cvxpy, ``"clarabel"`` up to reduced order ``IPM_MAX_ORDER``, ``"chordal"`` on a
-      chain whose chordal estimate fits in half the budget; ``"first-order"`` otherwise.
+    * else ``"clarabel"`` (with cvxpy) up to reduced order ``IPM_MAX_ORDER``, ``"ipm"`` (lipbound's
+      own interior point) on a chain up to reduced order ``IPM_CHAIN_MAX_ORDER``, ``"first-order"``
+      otherwise (``"chordal"`` is never chosen by ``auto``: the chain interior point supersedes it).
     """
     orders = s.chain_orders
     if orders is not None and len(orders) >= 2:
@@ -202,12 +208,11 @@ def lipsdp_path(s: GraphSizes, budget: float = math.inf) -> str:
     band = max(a + b for a, b in zip(blocks, blocks[1:])) if orders is not None and s.widths else s.lmi_order
     if s.pooled or s.unstable == 0 or s.lmi_order > LIPSDP_MAX_SIZE or s.lmi_order * (band + 1) ** 2 > MAX_WORK:
         return "refused"
-    if not _cvxpy_available():
-        return "first-order"
-    if _reduced_orders(s)[0] + s.unstable <= IPM_MAX_ORDER:
+    reduced = _reduced_orders(s)[0] + s.unstable
+    if reduced <= IPM_MAX_ORDER and _cvxpy_available():
         return "clarabel"
-    if orders is not None and CHORDAL_SECONDS * _chordal_work(s) <= budget / 2:
-        return "chordal"
+    if orders is not None and reduced <= IPM_CHAIN_MAX_ORDER:
+        return "ipm"
     return "first-order"
 
 
@@ -215,13 +220,6 @@ def _reduced_orders(s: GraphSizes) -> list[int]:
     """Block orders of the reduced LMI: the input block cut to the first layer's rank (at most
     ``min(input, first width)``), then the unstable neurons of each activation."""
     return [min(s.input_size, s.widths[0] if s.widths else 0), *s.widths]
-
-
-def _chordal_work(s: GraphSizes) -> float:
-    """LipSDP's estimate of its chordal solve in units of ``CHORDAL_SECONDS``: ``sum ((a + b) / 32)^6``
-    over neighbouring blocks of the reduced LMI."""
-    sizes = _reduced_orders(s)
-    return float(sum(((a + b) / 32) ** 6 for a, b in zip(sizes, sizes[1:])))
 
 
 def _model(*keys: str) -> Callable[[GraphSizes], float]:
@@ -243,8 +241,8 @@ eclipse_cost.__doc__ = "Recursions of dense block operations along the LMI, then
 
 def lipsdp_cost(s: GraphSizes) -> float:
     """The least budget in which ``solver="auto"`` returns its bound (:func:`lipsdp_path`): the
-    interior-point solve (~ reduced order^3.5); on a chain with cvxpy the lesser of twice the chordal
-    estimate (auto takes chordal only when it fits in half the budget) and the first-order path; the
+    Clarabel solve (~ reduced order^3.5); on a chain, ECLipsE-Fast (its start) and
+    IPM_USEFUL_ITERATIONS iterations of the chain interior point (CHAIN_IPM_SECONDS each unit); the
     first-order solver's start (ECLipsE-Fast) and SDP_USEFUL_ITERATIONS iterations; the ``"blocks"``
     path's BLOCKS_EVALUATIONS layer-by-layer eliminations (LeNet5: about 24 evaluations of ~10 s);
     ``inf`` where every path refuses the graph, so that a refused LipSDP is never predicted cheap."""
@@ -256,8 +254,12 @@ def lipsdp_cost(s: GraphSizes) -> float:
         return CONSTANTS["start"] + CONSTANTS["blocks"] * w["blocks"]
     if path == "clarabel":
         return CONSTANTS["start"] + CONSTANTS["ipm"] * w["ipm"]
-    first = CONSTANTS["start"] + CONSTANTS["eclipse"] * w["eclipse"] + CONSTANTS["lipsdp"] * w["lipsdp"]
-    return min(first, CONSTANTS["start"] + 2 * CONSTANTS["chordal"] * w["chordal"]) if path == "chordal" else first
+    if path == "ipm":  # its start (ECLipsE-Fast) and IPM_USEFUL_ITERATIONS iterations
+        blocks = _reduced_orders(s)
+        order, widest = sum(blocks), max(blocks)
+        iteration = CHAIN_IPM_SECONDS * (order ** 3 + 4 * order ** 2 * widest)
+        return CONSTANTS["start"] + CONSTANTS["eclipse"] * w["eclipse"] + IPM_USEFUL_ITERATIONS * iteration
+    return CONSTANTS["start"] + CONSTANTS["eclipse"] * w["eclipse"] + CONSTANTS["lipsdp"] * w["lipsdp"]
 
 
 lower_cost = _model("lower")

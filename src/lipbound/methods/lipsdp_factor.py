@@ -1,0 +1,115 @@
+"""Cholesky factorisations of the LMI ``N`` for the interior point: block bidiagonal for chains
+(level-3 solves and inverse), dense otherwise.
+
+For a chain (:meth:`~lipbound.methods.lmi.LipschitzLMI.is_chain`) the matrix ``N`` has only the
+blocks ``N_jj`` and ``N_(j, j-1)`` (:mod:`lipbound.methods.lipsdp_chain`). Its Cholesky factor is
+block lower bidiagonal:
+
+    D_0 = N_00,  L_0 = chol(D_0);   B_j = N_(j, j-1) L_{j-1}^{-T},  D_j = N_jj - B_j B_j^T,  L_j = chol(D_j),
+
+and ``N = L L^T`` with ``L`` holding ``L_j`` on its diagonal and ``B_j`` below it. ``N > 0`` iff every
+``D_j`` factorises (block ``LDL^T``), so this is also the membership test of the interior point. A
+solve ``N^{-1} R`` is one forward (``Y_j = L_j^{-1} (R_j - B_j Y_{j-1})``) and one backward
+(``Z_j = L_j^{-T} (Y_j - B_{j+1}^T Z_{j+1})``) sweep of products and triangular solves on panels of
+``n_j`` rows: ``O(n k w)`` for ``k`` right-hand sides (``w`` the widest block) instead of the
+``O(n^2 k)`` of a dense inverse, and the dense inverse itself (``R = I``) costs ``O(n^2 w)``.
+
+Other graphs (residual nets) get a dense factorisation (:class:`DenseFactor`, LAPACK).
+:func:`factor_of` picks one. Nothing here is trusted: these are the interior point's linear algebra; the certificate is checked by
+:func:`~lipbound.methods.sdp_verify.certify`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg as sla
+
+from .lmi import LipschitzLMI
+
+
+class ChainFactor:
+    """``N = L L^T`` for the chain blocks ``parts`` (``(j, j)`` and ``(j, j-1)``) of sizes ``sizes``."""
+
+    def __init__(self, diag: list[np.ndarray], below: list[np.ndarray], offsets: list[int]):
+        self.diag, self.below, self.off = diag, below, offsets
+
+    @classmethod
+    def of(cls, parts: dict, sizes: list[int]) -> "ChainFactor | None":
+        """The factor, or None when ``N`` is not positive definite (some ``D_j`` fails to factorise)."""
+        offsets = [0, *np.cumsum(sizes).tolist()]
+        diag: list[np.ndarray] = []
+        below: list[np.ndarray] = [np.zeros((0, 0))]
+        for j in range(len(sizes)):
+            d = parts[(j, j)]
+            if j > 0:
+                b = sla.solve_triangular(diag[-1], parts[(j, j - 1)].T, lower=True, check_finite=False).T
+                below.append(b)
+                d = d - b @ b.T
+            try:
+                low = sla.cholesky(d, lower=True, check_finite=False)
+            except np.linalg.LinAlgError:
+                return None
+            if not np.all(np.isfinite(np.diagonal(low))):
+                return None
+            diag.append(low)
+        return cls(diag, below, offsets)
+
+    def forward(self, r: np.ndarray) -> np.ndarray:
+        """``L^{-1} R``."""
+        off, y = self.off, np.empty_like(r)
+        for j, low in enumerate(self.diag):
+            rhs = r[off[j]:off[j + 1]]
+            if j > 0:
+                rhs = rhs - self.below[j] @ y[off[j - 1]:off[j]]
+            y[off[j]:off[j + 1]] = sla.solve_triangular(low, rhs, lower=True, check_finite=False)
+        return y
+
+    def backward(self, y: np.ndarray) -> np.ndarray:
+        """``L^{-T} Y``."""
+        off, z = self.off, np.empty_like(y)
+        for j in range(len(self.diag) - 1, -1, -1):
+            rhs = y[off[j]:off[j + 1]]
+            if j + 1 < len(self.diag):
+                rhs = rhs - self.below[j + 1].T @ z[off[j + 1]:off[j + 2]]
+            z[off[j]:off[j + 1]] = sla.solve_triangular(self.diag[j], rhs, lower=True, trans="T", check_finite=False)
+        return z
+
+    def solve(self, r: np.ndarray) -> np.ndarray:
+        """``N^{-1} R``."""
+        return self.backward(self.forward(r))
+
+    def inverse(self) -> np.ndarray:
+        """``N^{-1}`` (dense; symmetric up to rounding)."""
+        return self.solve(np.eye(self.off[-1]))
+
+
+class DenseFactor:
+    """``N = L L^T`` by a dense LAPACK factorisation (any graph)."""
+
+    def __init__(self, cho: tuple):
+        self.cho = cho
+
+    @classmethod
+    def of(cls, mat: np.ndarray) -> "DenseFactor | None":
+        """The factor, or None when ``mat`` is not positive definite."""
+        try:
+            cho = sla.cho_factor(mat, lower=True, check_finite=True)
+        except (np.linalg.LinAlgError, ValueError):
+            return None
+        return cls(cho)
+
+    def solve(self, r: np.ndarray) -> np.ndarray:
+        """``N^{-1} R``."""
+        return sla.cho_solve(self.cho, r, check_finite=False)
+
+    def inverse(self) -> np.ndarray:
+        """``N^{-1}`` (dense)."""
+        return self.solve(np.eye(self.cho[0].shape[0]))
+
+
+def factor_of(lmi: LipschitzLMI, parts: dict) -> ChainFactor | DenseFactor | None:
+    """The factorisation of the matrix with lower blocks ``parts`` (block bidiagonal for a chain),
+    or None when it is not positive definite."""
+    if lmi.is_chain():
+        return ChainFactor.of(parts, lmi.sizes)
+    return DenseFactor.of(lmi.assemble(parts))
