@@ -96,7 +96,7 @@ from .lipsdp_conv import lipsdp_blocks, routes_to_blocks
 from .lipsdp_first_order import expand, rss_mb, solve_first_order, stopped_by
 from .lipsdp_ipm import solve_ipm
 from .lipsdp_dual import gap, psd_factor, repaired_dual
-from .sdp_verify import CertificateRejected, certify
+from .sdp_verify import CertificateRejected, certify, solving_margin
 from .work_plan import interior_evaluations, lmi_factor_seconds
 
 VARIANTS = ("neuron", "layer")
@@ -157,7 +157,8 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
         if solver == "chordal":
             _import_cvxpy("clarabel")
         try:
-            t, claimed, info = (solve_ipm(red, variant=variant, time_budget=left, t0=interior) if solver == "ipm"
+            t, claimed, info = (solve_ipm(red, variant=variant, time_budget=left, t0=interior,
+                                          margin=solving_margin(lmi, interior)) if solver == "ipm"
                                 else solve_chordal(red, variant=variant, time_budget=left))
         except NotApplicable as exc:  # e.g. lost to rounding: auto falls back to the first-order solver
             if not automatic:

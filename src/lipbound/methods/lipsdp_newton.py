@@ -43,17 +43,18 @@ from .lmi import LipschitzLMI
 class RankTwoBarrier:
     """The LMI's data laid out by its rank-two terms (module docstring) in the free variables
     ``y = (rho, u)``: ``variant`` ``"neuron"`` (``u = t``) or ``"layer"`` (``u``: one multiplier per
-    activation node)."""
+    activation node); ``margin``: the matrix is ``N(y) - margin I`` (the interior point's
+    tightened problem, :mod:`lipbound.methods.lipsdp_ipm`)."""
 
-    def __init__(self, lmi: LipschitzLMI, variant: str):
-        self.lmi, self.variant = lmi, variant
+    def __init__(self, lmi: LipschitzLMI, variant: str, margin: float = 0.0):
+        self.lmi, self.variant, self.margin = lmi, variant, margin
         self.off = lmi.offsets
         self.n0 = lmi.blocks[0].size
         self.lo = np.concatenate([b.lo for b in lmi.blocks[1:]])
         self.hi = np.concatenate([b.hi for b in lmi.blocks[1:]])
         self.slices = lmi.neuron_slices
         self.n_free = 1 + (len(self.slices) if variant == "layer" else lmi.n_neurons)
-        self._c0 = lmi.blocks_of_N(0.0, np.zeros(lmi.n_neurons))
+        self._c0 = lmi.blocks_of_N(0.0, np.zeros(lmi.n_neurons), margin)
 
     # ---- variables ---------------------------------------------------------------------------
     def expand(self, u: np.ndarray) -> np.ndarray:
@@ -71,7 +72,7 @@ class RankTwoBarrier:
 
     def parts(self, y: np.ndarray, affine: bool = True) -> dict:
         """Blocks of ``N(y)`` (``affine``) or of its linear part ``N(y) - C_0`` (a direction)."""
-        parts = self.lmi.blocks_of_N(float(y[0]), self.expand(y[1:]))
+        parts = self.lmi.blocks_of_N(float(y[0]), self.expand(y[1:]), self.margin)
         if not affine:
             for key, m in self._c0.items():
                 parts[key] = parts[key] - m
