@@ -27,7 +27,7 @@ from lipbound.methods.lipsdp_banded import (banded_cholesky_proves, banded_row_w
                                             structure_of_graph, structure_of_lmi)
 from lipbound.methods.lipsdp_conv import lipsdp_blocks, routes_to_blocks
 from lipbound.methods.lmi_build import lmi_of_graph
-from lipbound.methods.sdp_verify import CertificateRejected, certify, is_certificate
+from lipbound.methods.sdp_verify import CertificateRejected, certify, cholesky_shift, is_certificate
 
 from conftest import jacobian_norm
 from test_eclipse import Mixed, resnet
@@ -160,6 +160,28 @@ class ResidualCNN(nn.Module):
         return self.head(h.flatten(1))
 
 
+class Bottleneck(nn.Module):
+    """``h -> relu(h + W3 relu(W2 relu(W1 h)))`` twice between dense layers: eliminating a block's
+    outer activation couples the input with the second inner one (fill outside the LMI's pattern)."""
+
+    def __init__(self, w: int = 4):
+        super().__init__()
+        self.stem, self.head = nn.Linear(5, w), nn.Linear(w, 2)
+        self.branches = nn.ModuleList(nn.Sequential(nn.Linear(w, 3), nn.ReLU(), nn.Linear(3, 3), nn.ReLU(),
+                                                    nn.Linear(3, w)) for _ in range(2))
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        for branch in self.branches:
+            h = torch.relu(h + branch(h))
+        return self.head(h)
+
+
+def bottleneck(seed: int) -> tuple[nn.Module, tuple[int, ...]]:
+    torch.manual_seed(seed)
+    return Bottleneck().double().eval(), (5,)
+
+
 def residual_cnn(seed: int, act=nn.ReLU) -> tuple[nn.Module, tuple[int, ...]]:
     torch.manual_seed(seed)
     return ResidualCNN(act).double().eval(), (1, 6, 6)
@@ -168,6 +190,7 @@ def residual_cnn(seed: int, act=nn.ReLU) -> tuple[nn.Module, tuple[int, ...]]:
 NETS = {"chain cnn": lambda s: small_cnn(s), "residual cnn": lambda s: residual_cnn(s),
         "leaky residual cnn": lambda s: residual_cnn(s, lambda: nn.LeakyReLU(0.2)),
         "residual mlp": lambda s: (resnet(seed=s), (6,)),
+        "bottleneck": lambda s: bottleneck(s),
         "branches": lambda s: (Mixed(nn.ReLU, nn.Tanh).double().eval(), (2, 5))}
 
 
@@ -195,12 +218,15 @@ def test_banded_check_agrees_with_the_dense_check(name):
     least = banded_schur(lmi, t).rho
     for factor in (0.98, 0.999, 1.001, 1.02):
         assert banded_cholesky_proves(lmi, least * factor, t) == is_certificate(lmi, least * factor, t) == (factor > 1)
+    shift = cholesky_shift(lmi, least, t, banded_row_width(lmi))  # the rounding margin the proof must keep
+    assert not banded_cholesky_proves(lmi, least + 0.5 * shift, t)
+    assert banded_cholesky_proves(lmi, least + 4 * shift, t)
     bad = t.copy()
     bad[: lmi.sizes[1]] *= 1e-3
     assert not banded_cholesky_proves(lmi, 2 * least, bad)
 
 
-@pytest.mark.parametrize("name", ["residual cnn", "residual mlp", "branches"])
+@pytest.mark.parametrize("name", ["residual cnn", "bottleneck", "branches"])
 def test_row_width_is_the_factors_fill(name):
     """Demmel's ``w``: the most nonzeros of a row of the factor (last block first), counted on a
     dense Cholesky factor of a random positive definite matrix with the LMI's block pattern."""
@@ -241,7 +267,7 @@ def test_never_below_sampled_jacobians_on_random_nets():
     gen = torch.Generator().manual_seed(0)
     rng = np.random.default_rng(0)
     feasible = 0
-    kinds = ["chain cnn", "residual cnn", "leaky residual cnn", "residual mlp", "branches"]
+    kinds = ["chain cnn", "residual cnn", "leaky residual cnn", "residual mlp", "bottleneck"]
     for seed in range(50):
         net, shape = NETS[kinds[seed % len(kinds)]](100 + seed)
         lmi = lmi_of_graph(lipbound.as_graph(net, shape), eliminate="constant")
