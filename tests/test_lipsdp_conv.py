@@ -250,13 +250,15 @@ def test_row_width_is_the_factors_fill(name):
 
 @pytest.mark.parametrize("name", ["residual cnn", "leaky residual cnn"])
 def test_residual_blocks_certified_and_close_to_the_dense_solver(name):
+    """The same 100 L-BFGS steps on the assembled LMI (its own evaluation and dense check) land on
+    nearly the same value; neither certified value is below the other path's SDP dual bound."""
     net, shape = NETS[name](1)
     graph = lipbound.as_graph(net, shape)
-    res = lipsdp(graph, solver="blocks", time_budget=20.0)
+    res = lipsdp(graph, solver="blocks", time_budget=20.0, lbfgs_iter=100)
     assert res.kind == "certified_upper" and res.details["solver"] == "blocks"
-    dense = lipsdp(graph, solver="first-order", time_budget=20.0)  # the assembled LMI's own solver and check
-    assert res.value == pytest.approx(dense.value, rel=2e-3)
-    assert res.details["sdp_lower"] <= res.value
+    dense = lipsdp(graph, solver="first-order", time_budget=20.0, lbfgs_iter=100)
+    assert res.value == pytest.approx(dense.value, rel=1e-3)
+    assert res.value >= dense.details["sdp_lower"] and dense.value >= res.details["sdp_lower"]
 
 
 def test_never_below_sampled_jacobians_on_random_nets():
