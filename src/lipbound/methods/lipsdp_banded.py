@@ -36,8 +36,9 @@ layer matrices) makes a completed factorisation a proof that ``N(rho, t) >= 0``,
 the dense and banded checks of :mod:`lipbound.methods.sdp_verify`.
 
 **Cost** (:meth:`BlockStructure.work`): ``sum_j (n_j^3 / 3 + n_j^2 p_j + n_j p_j^2)`` flops per
-elimination, ``p_j`` the total size of ``nb(j)``, plus ``4 n_0^3 / 3`` for the input block's
-eigenvalues.
+elimination, ``p_j`` the total size of ``nb(j)``, plus ``n_0^3 / 3`` for the input block's
+Cholesky in the check (its top eigenvalues, by Lanczos for large input blocks, cost ``O(n_0^2)``
+per product).
 """
 
 from __future__ import annotations
@@ -47,10 +48,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg as sla
+import scipy.sparse.linalg as spla
 
 from ..errors import NotApplicable
 from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input
-from .lmi import LipschitzLMI, SchurResult
+from .lmi import LANCZOS_MIN, LipschitzLMI, SchurResult
 from .sdp_verify import cholesky_shift
 
 Parts = dict[tuple[int, int], np.ndarray]
@@ -104,9 +106,9 @@ class BlockStructure:
         return max([max(self.sizes) - 1] + [int(off[r + 1] - 1 - off[c]) for r, c in self.pattern() if r != c])
 
     def work(self) -> float:
-        """Flops of one elimination and the input block's eigenvalues (module docstring)."""
+        """Flops of one elimination and the input block's Cholesky (module docstring)."""
         nbs = self.neighbours()
-        total = 4 * self.sizes[0] ** 3 / 3
+        total = self.sizes[0] ** 3 / 3
         for j in range(1, len(self.sizes)):
             n, p = self.sizes[j], sum(self.sizes[k] for k in nbs[j])
             total += n ** 3 / 3 + n * n * p + n * p * p
@@ -194,11 +196,7 @@ def banded_schur(lmi: LipschitzLMI, t: np.ndarray, tau: float = 0.0, *, gradient
     if done is None:
         return SchurResult(math.inf, None, None)
     steps, left = done
-    q = -left[(0, 0)]
-    n0 = lmi.blocks[0].size
-    k = min(top, n0)
-    lam, u = sla.eigh(0.5 * (q + q.T), subset_by_index=[n0 - k, n0 - 1])
-    lam, u = lam[::-1], u[:, ::-1]
+    lam, u = _top_eigenpairs(-left[(0, 0)], top)
     if not gradient:
         return SchurResult(float(lam[0]), None, None)
     zs = [u]
@@ -209,6 +207,24 @@ def banded_schur(lmi: LipschitzLMI, t: np.ndarray, tau: float = 0.0, *, gradient
     z = np.concatenate(zs, 0)
     grads = lmi.gradient_at(z)
     return SchurResult(float(lam[0]), grads[:, 0], z[:, 0], lam, grads, z)
+
+
+def _top_eigenpairs(q: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``top`` largest eigenvalues (decreasing) and eigenvectors of the symmetric part of ``q``:
+    dense for small orders, Lanczos (ARPACK, fixed start, as :meth:`~lipbound.methods.lmi.
+    LipschitzLMI.schur` does) above ``LANCZOS_MIN``. Only the solver's value depends on them; the
+    check proves whatever ``rho`` it is given."""
+    n = q.shape[0]
+    sym = 0.5 * (q + q.T)
+    k = min(top, n)
+    if n <= LANCZOS_MIN:
+        lam, u = sla.eigh(sym, subset_by_index=[n - k, n - 1])
+    else:
+        v0 = np.random.default_rng(0).standard_normal(n)
+        lam, u = spla.eigsh(sym, k=k, which="LA", tol=1e-10, v0=v0, ncv=min(n, max(2 * k + 1, 20)))
+        order = np.argsort(lam)
+        lam, u = lam[order], u[:, order]
+    return lam[::-1], u[:, ::-1]
 
 
 def banded_row_width(lmi: LipschitzLMI) -> int:
