@@ -236,8 +236,8 @@ def test_banded_check_agrees_with_the_dense_check(name):
 
 @pytest.mark.parametrize("name", ["residual cnn", "bottleneck", "branches"])
 def test_row_width_is_the_factors_fill(name):
-    """Demmel's ``w``: the most nonzeros of a row of the factor (last block first), counted on a
-    dense Cholesky factor of a random positive definite matrix with the LMI's block pattern."""
+    """Demmel's ``w``: the most nonzeros of a row of the factor (in the elimination order), counted
+    on a dense Cholesky factor of a random positive definite matrix with the LMI's block pattern."""
     net, shape = NETS[name](0)
     lmi = lmi_of_graph(lipbound.as_graph(net, shape), eliminate="constant")
     structure = structure_of_lmi(lmi)
@@ -250,7 +250,7 @@ def test_row_width_is_the_factors_fill(name):
         mat[off[r]:off[r + 1], off[c]:off[c + 1]] = blk
         mat[off[c]:off[c + 1], off[r]:off[r + 1]] = blk.T
     mat += n * np.eye(n)
-    order = np.concatenate([np.arange(off[j], off[j + 1]) for j in reversed(range(len(lmi.sizes)))])
+    order = np.concatenate([np.arange(off[step.block], off[step.block + 1]) for step in structure.elimination])
     factor = np.linalg.cholesky(mat[np.ix_(order, order)])
     assert banded_row_width(lmi) == int((np.abs(factor) > 0).sum(1).max())
     assert structure_of_graph(lipbound.as_graph(net, shape)).sizes == tuple(lmi.sizes)  # every neuron unstable
