@@ -203,6 +203,8 @@ def _eliminate(lmi: LipschitzLMI, parts: Parts, through_input: bool, checked: bo
         pivot = a.pop((j, j))
         if step.diagonal:
             d = np.diagonal(pivot)
+            if np.count_nonzero(pivot) > np.count_nonzero(d):  # the structure said diagonal: never trust it blindly
+                raise NotApplicable(f"block {j} of the LMI was expected diagonal and is not")
             if not (np.all(np.isfinite(d)) and np.all(d > 0)):
                 return None
             factor = np.sqrt(d)
