@@ -1,46 +1,42 @@
-"""LipSDP on chains too large to assemble (CNNs such as LeNet5, 2C2F): block elimination to solve,
-block Cholesky to check.
+"""LipSDP on networks too large to assemble (CNNs such as LeNet5, 2C2F, OVAL21, and residual CNNs
+such as ResNet-2B): block elimination to solve, block Cholesky to check.
 
-**Structure.** A chain (convolutions, average pooling, dense layers and element-wise activations,
-one after the other) gives the block-tridiagonal LMI of :mod:`lipbound.methods.lipsdp_chain`:
-diagonal blocks of the layers' sizes (LeNet5: 784, 4704, 1600, 120, 84; 2C2F: 784, 3136, 1568,
-100), off-diagonal blocks ``C_j = -diag((a_j + b_j) t_j) W_j`` with ``W_j`` the layer's matrix
-(a convolution materialised once, in float64, with a bound of its rounding error:
-:mod:`lipbound.methods.lmi_build`). The assembled LMI (order 7,292 for LeNet5) would have a
-bandwidth close to its order, so the dense path refuses it on work; here nothing larger than
-one block, or two neighbouring ones, is ever formed:
+**Structure.** The LMI has one block per basis variable, of the layers' sizes (LeNet5: 784, 4704,
+1600, 120, 84; ResNet-2B: 3072, 2048, then 1024 per activation of its two residual blocks, 100).
+A chain (convolutions, average pooling, dense layers, element-wise activations, one after the
+other) gives a block-tridiagonal LMI (:mod:`lipbound.methods.lipsdp_chain`); a residual block
+``x -> relu(x + B(x))`` makes its outer activation read the block two back, a block band
+(:class:`~lipbound.methods.lipsdp_banded.BlockStructure`). Each off-diagonal block is
+``-diag((a + b) t_j) A_jr`` with ``A_jr`` a layer's matrix (a convolution materialised once, in
+float64, with a bound of its rounding error: :mod:`lipbound.methods.lmi_build`). The assembled LMI
+(order 7,292 for LeNet5) would have a bandwidth close to its order, so the dense path refuses it on
+work; here nothing larger than a block and the blocks of its neighbours is ever formed:
 
 * **solving**: the first-order LipSDP solver of :mod:`lipbound.methods.lipsdp` (L-BFGS on
   ``rho*(t)`` over ``log t``, per-neuron multipliers, or per layer with ``variant="layer"``), each
-  evaluation by the layer-by-layer elimination of :func:`~lipbound.methods.lipsdp_chain.chain_schur`
-  (``O(sum n_j^3)``), started from ECLipsE-Fast's closed-form multipliers
+  evaluation by the block elimination of :func:`~lipbound.methods.lipsdp_banded.banded_schur`,
+  started from ECLipsE-Fast's closed-form multipliers
   (:func:`~lipbound.methods.eclipse.fast_multipliers` at ``theta = 1``), which are strictly feasible;
-* **checking** (:func:`block_cholesky_proves`, through :func:`~lipbound.methods.sdp_verify.certify`):
-  ``N(rho, t) - c I`` is factorised by a block Cholesky in the order last block first,
-  ``L_mm = chol(A_mm)``, ``H_j = L_jj^{-1} A_(j, j-1)``, ``L_(j-1)(j-1) = chol(A_(j-1)(j-1) - H_j^T H_j)``.
-
-**Why the check is sound.** Permuting the blocks (last first) is a congruence, so ``N >= c I`` iff
-the permuted matrix is. The block factorisation above *is* the Cholesky factorisation of the
-permuted matrix: a block-tridiagonal matrix has no fill outside the blocks ``(j, j)`` and
-``(j - 1, j)`` of its factor, each entry of ``L_(j-1, j) = H_j^T`` is one forward substitution and
-each entry of ``H_j^T H_j`` one of the inner products that Cholesky subtracts, computed by BLAS in
-some order. Demmel's bound (Higham, ASNA Thm 10.3) holds for any order of these inner products,
-with ``gamma_{w+2}`` for ``w`` the most entries of a row of the factor on and left of its
-diagonal: ``w = max_j (n_j + n_{j+1})`` here (:func:`row_width`). So the shift ``c`` of
-:func:`~lipbound.methods.sdp_verify.cholesky_shift` with that ``w`` (which also covers the rounding
-of assembling the blocks and of the materialised layer matrices) makes a completed factorisation a
-proof that ``N(rho, t) >= 0``, exactly as for the dense and banded checks; ``rho`` itself comes from
-the elimination and is only trusted once proved. The value is ``scale * sqrt(rho)`` widened by
-``CERTIFIED_RTOL``, ``certified_upper``; if no margin can be proved it is an ``estimate``.
+* **checking** (:func:`~lipbound.methods.lipsdp_banded.banded_cholesky_proves`, through
+  :func:`~lipbound.methods.sdp_verify.certify`): ``N(rho, t) - c I`` is factorised by a block
+  Cholesky in the order last block first, with Demmel's bound for the factor's row width ``w``
+  (a block plus the later blocks that are eliminated onto it: ``n_j + n_{j+1}`` for a chain, up to
+  three blocks for a residual block). The soundness argument is in
+  :mod:`lipbound.methods.lipsdp_banded`; ``rho`` itself comes from the elimination and is only
+  trusted once proved. The value is ``scale * sqrt(rho)`` widened by ``CERTIFIED_RTOL``,
+  ``certified_upper``; if no margin can be proved it is an ``estimate``.
 
 **Max pooling** is not part of an LMI (:mod:`lipbound.methods.lmi_build` refuses it); networks
 with max pooling get their bound from AutoLip, which multiplies by the pooling's factor between
-affine chains. **Cost**: an evaluation costs about ``sum_j (n_j^3 / 3 + n_j^2 n_{j-1} + n_j
-n_{j-1}^2)`` flops; the method refuses (:class:`~lipbound.errors.NotApplicable`) a chain whose
-start and check alone (about ``SETUP_EVALUATIONS`` evaluations) would not fit in the time budget at
-``WORK_RATE`` flops per second (the Scalability CNNs with 16 channels: 12,544 neurons per layer),
-so that AutoLip's certified bound stands for them; and a chain whose layers' dense matrices would
-not fit in ``max_entries`` float64 entries in all.
+affine chains. **Cost**: an evaluation costs
+:meth:`~lipbound.methods.lipsdp_banded.BlockStructure.work` flops (``sum_j (n_j^3 / 3 + n_j^2 p_j +
+n_j p_j^2)`` with ``p_j`` the size of the blocks block ``j`` is eliminated onto, and the input
+block's eigenvalues), estimated from the graph's shapes before anything is materialised; the
+method refuses (:class:`~lipbound.errors.NotApplicable`) a network whose start and check alone
+(about ``SETUP_EVALUATIONS`` evaluations) would not fit in the time budget at ``WORK_RATE`` flops
+per second (the Scalability CNNs with 16 channels: 12,544 neurons per layer), so that AutoLip's
+certified bound stands for them; and one whose layers' dense matrices and largest blocks would not
+fit in ``max_entries`` float64 entries in all.
 """
 
 from __future__ import annotations
@@ -49,18 +45,15 @@ import math
 import time
 from functools import partial
 
-import numpy as np
-import scipy.linalg as sla
-
 from ..errors import NotApplicable
-from ..graph.ir import Activation, Affine, Graph, Input
+from ..graph.ir import Graph
 from ..report import Result
 from .eclipse import balanced, fast_multipliers
-from .lipsdp_chain import chain_schur
-from .lmi import LipschitzLMI
+from .lipsdp_banded import (BlockStructure, banded_cholesky_proves, banded_row_width, banded_schur,
+                            structure_of_graph)
 from .lmi_build import MAX_WORK, lmi_of_graph
 from .lipsdp_dual import gap
-from .sdp_verify import CertificateRejected, certify, cholesky_shift
+from .sdp_verify import CertificateRejected, certify
 from .lipsdp_first_order import rss_mb, solve_first_order, stopped_by
 
 WORK_RATE = 1e10  # float64 flops per second (measured ~1.2e10: chain_schur on LeNet5, one core of the shared CPU)
@@ -72,107 +65,81 @@ MAX_ENTRIES = 3e8  # float64 entries of the layers' matrices and the largest blo
 def chain_orders(graph: Graph) -> list[int] | None:
     """The block orders ``[input, activation 1, ...]`` of a chain's LMI from the fused graph's
     shapes (every neuron counted: an upper bound when some are stable), or None if the graph is
-    not a chain of affine nodes and activations."""
-    g = graph.fused()
-    orders = []
-    for node in g:
-        if len(node.inputs) > 1 or not isinstance(node, (Input, Affine, Activation)):
-            return None
-        if isinstance(node, (Input, Activation)):
-            orders.append(math.prod(node.shape))
-    return orders
-
-
-def routes_to_blocks(graph: Graph, max_work: float = MAX_WORK) -> bool:
-    """True for a chain whose assembled LMI the dense and banded paths would refuse on work
-    (``order * bandwidth^2 > max_work``): ``solver="auto"`` sends it here."""
-    orders = chain_orders(graph)
-    if orders is None or len(orders) < 2:
-        return False
-    bandwidth = max(a + b for a, b in zip(orders, orders[1:]))
-    return sum(orders) * bandwidth ** 2 > max_work
+    not a chain of affine nodes and activations (the cost model's view of this path)."""
+    structure = structure_of_graph(graph)
+    if structure is None:
+        return None
+    m = len(structure.sizes) - 1
+    chain = all(reads == {j - 1} for j, reads in enumerate(structure.reads) if j) and structure.out_reads == {m}
+    return list(structure.sizes) if chain else None
 
 
 def evaluation_work(orders: list[int]) -> float:
-    """Flops of one layer-by-layer elimination (a Cholesky, a triangular solve and a product per block)."""
-    return sum(n ** 3 / 3 + n * n * p + n * p * p for p, n in zip(orders, orders[1:]))
+    """Flops of one elimination of a chain with these block orders
+    (:meth:`~lipbound.methods.lipsdp_banded.BlockStructure.work`)."""
+    chain = BlockStructure(tuple(orders), (frozenset(),) + tuple(frozenset({j}) for j in range(len(orders) - 1)),
+                           (False,) * len(orders), frozenset({len(orders) - 1}))
+    return chain.work()
 
 
-def row_width(lmi: LipschitzLMI) -> int:
-    """Most entries of a row of the block Cholesky factor on and left of the diagonal: ``n_j + n_{j+1}``."""
-    sizes = lmi.sizes + [0]
-    return max(a + b for a, b in zip(sizes, sizes[1:]))
-
-
-def block_cholesky_proves(lmi: LipschitzLMI, rho: float, t: np.ndarray) -> bool:
-    """True when float64 proves ``N(rho, t) >= 0`` for a chain's LMI by the block Cholesky
-    factorisation of the module docstring, with the rounding shift of
-    :func:`~lipbound.methods.sdp_verify.cholesky_shift` for :func:`row_width`."""
-    t = np.asarray(t, dtype=np.float64)
-    if lmi.solving_only or not (np.all(np.isfinite(t)) and math.isfinite(rho)) or np.any(t < 0):
+def routes_to_blocks(graph: Graph, max_work: float = MAX_WORK) -> bool:
+    """True for a network whose assembled LMI the dense and banded paths would refuse on work
+    (``order * bandwidth^2 > max_work``): ``solver="auto"`` sends it here."""
+    structure = structure_of_graph(graph)
+    if structure is None or len(structure.sizes) < 2:
         return False
-    m = len(lmi.blocks) - 1
-    parts = lmi.blocks_of_N(rho, t, cholesky_shift(lmi, rho, t, row_width(lmi)))
-    pattern = {(j, j) for j in range(m + 1)} | {(j, j - 1) for j in range(1, m + 1)}
-    if not set(parts) <= pattern:
-        raise NotApplicable("the block Cholesky check needs a chain's (block-tridiagonal) LMI")
-    update = None
-    for j in range(m, -1, -1):
-        diag = parts[(j, j)] if update is None else parts[(j, j)] - update
-        try:
-            factor = sla.cholesky(diag, lower=True, check_finite=True)
-        except (np.linalg.LinAlgError, ValueError):
-            return False
-        if j > 0:
-            half = sla.solve_triangular(factor, parts[(j, j - 1)], lower=True, check_finite=True)
-            update = half.T @ half
-    return True
+    return sum(structure.sizes) * (structure.bandwidth() + 1) ** 2 > max_work
 
 
 def lipsdp_blocks(graph: Graph, *, variant: str = "neuron", time_budget: float = 300.0, lbfgs_iter: int = 3000,
                   max_size: int = 100000, max_entries: float = MAX_ENTRIES) -> Result:
-    """LipSDP-Neuron (or -Layer) of a chain too large to assemble, certified by the block Cholesky
-    check (module docstring). Same ``details`` as :func:`~lipbound.methods.lipsdp.lipsdp`, with
-    ``solver="blocks"``, ``start_value`` (the checked-to-be ECLipsE-Fast start's value, not
-    certified by itself) and ``estimated_evaluation_seconds``. Raises
-    :class:`~lipbound.errors.NotApplicable` for a graph that is not a chain, or one too large for
-    ``max_entries`` or for the time budget."""
+    """LipSDP-Neuron (or -Layer) of a network too large to assemble (a chain or a residual CNN),
+    certified by the block Cholesky check (module docstring). Same ``details`` as
+    :func:`~lipbound.methods.lipsdp.lipsdp`, with ``solver="blocks"``, ``start_value`` (the
+    checked-to-be ECLipsE-Fast start's value, not certified by itself),
+    ``estimated_evaluation_seconds`` (from the work estimate, for the refusal) and
+    ``measured_evaluation_seconds`` (one evaluation timed before solving: the time kept for the
+    last step and the check is ``CHECK_EVALUATIONS`` times the larger of the two). Raises :class:`~lipbound.errors.NotApplicable` for a graph
+    with a node the LMI does not take (max pooling), or one too large for ``max_entries`` or for
+    the time budget."""
 
     start = time.perf_counter()
-    orders = chain_orders(graph)
-    if orders is None:
-        raise NotApplicable("solver 'blocks' needs a chain of affine layers and activations (no sums, "
-                            "concatenations or max pooling)")
-    entries = sum(a * b for a, b in zip(orders, orders[1:])) + max(orders) ** 2
+    structure = structure_of_graph(graph)
+    if structure is None:
+        raise NotApplicable("solver 'blocks' needs affine layers, activations, sums and concatenations (no max "
+                            "pooling)")
+    entries = structure.entries()
     if entries > max_entries:
-        raise NotApplicable(f"the chain's layer matrices and blocks need {entries:.2g} float64 entries "
+        raise NotApplicable(f"the LMI's layer matrices and blocks need {entries:.2g} float64 entries "
                             f"(> max_entries {max_entries:.2g}); autolip's bound stands")
-    seconds = evaluation_work(orders) / WORK_RATE
+    seconds = structure.work() / WORK_RATE
     if SETUP_EVALUATIONS * seconds > time_budget:
-        raise NotApplicable(f"one evaluation of the chain's LMI takes about {seconds:.0f} s: its start and check "
+        raise NotApplicable(f"one evaluation of the network's LMI takes about {seconds:.0f} s: its start and check "
                             f"would not fit in {time_budget:.0f} s; autolip's bound stands")
     lmi = lmi_of_graph(graph, max_size=max_size, max_work=math.inf, eliminate="constant")
-    if not lmi.is_chain():
-        raise NotApplicable("the network's LMI is not a chain (solver 'blocks')")
     lmi = balanced(lmi)
     interior, rho_start = fast_multipliers(lmi, grid=0, evaluations=1)  # theta = 1 only
-    t_solve = time.perf_counter()
-    left = time_budget - (t_solve - start) - CHECK_EVALUATIONS * seconds  # keep time for the last step and the check
     red = lmi.reduced()
-    if left > 2 * seconds:
-        t, claimed, info = solve_first_order(red, variant=variant, time_budget=left, max_iter=lbfgs_iter, t0=interior)
+    t_solve = time.perf_counter()
+    banded_schur(red, interior, gradient=True, top=16)  # one evaluation as the solver makes them, timed on this machine
+    measured = time.perf_counter() - t_solve
+    left = time_budget - (time.perf_counter() - start) - CHECK_EVALUATIONS * max(seconds, measured)  # keep time
+    if left > 2 * max(seconds, measured):
+        t, claimed, info = solve_first_order(red, variant=variant, time_budget=left, max_iter=lbfgs_iter,
+                                             t0=interior, schur=partial(banded_schur, red))
     else:
         t, claimed, info = interior, rho_start, {"solver_status": "time limit", "iterations": 0}
     info.update(solver="blocks", solver_seconds=time.perf_counter() - t_solve, lmi_order=lmi.size,
                 stopped_by=stopped_by(info["solver_status"]), reduced_order=red.size,
                 eliminated_neurons=lmi.eliminated, estimated_evaluation_seconds=seconds,
+                measured_evaluation_seconds=measured,
                 start_value=lmi.scale * math.sqrt(rho_start))
     name = "lipsdp" if variant == "neuron" else "lipsdp-layer"
     info["solver_value"] = lmi.scale * math.sqrt(max(claimed, 0.0))
     info["sdp_lower"] = lmi.scale * math.sqrt(max(info.pop("dual_rho", 0.0), 0.0))
     try:
-        cert = certify(lmi, t, claimed_rho=claimed, interior=interior, schur=partial(chain_schur, lmi),
-                       prove=partial(block_cholesky_proves, lmi), width=row_width(lmi))
+        cert = certify(lmi, t, claimed_rho=claimed, interior=interior, schur=partial(banded_schur, lmi),
+                       prove=partial(banded_cholesky_proves, lmi), width=banded_row_width(lmi))
     except CertificateRejected as exc:
         info.update(verified=False, reason=str(exc), rss_peak_mb=rss_mb())
         return Result(name, info["solver_value"], "estimate", time.perf_counter() - start, details=info)

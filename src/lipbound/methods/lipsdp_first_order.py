@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from functools import partial
 
 import numpy as np
@@ -46,12 +47,15 @@ def expand(lmi: LipschitzLMI, u: np.ndarray, variant: str) -> np.ndarray:
 
 def solve_first_order(lmi: LipschitzLMI, *, variant: str = "neuron", time_budget: float = 300.0,
                       max_iter: int = 3000, t0: np.ndarray | None = None, top: int = 16,
-                      smoothing: tuple[float, ...] = (1e-2, 1e-3, 1e-4, 0.0)) -> tuple[np.ndarray, float, dict]:
+                      smoothing: tuple[float, ...] = (1e-2, 1e-3, 1e-4, 0.0),
+                      schur: Callable | None = None) -> tuple[np.ndarray, float, dict]:
     """Minimise ``rho*(t)`` (the eigenvalue form, module docstring) by L-BFGS over ``s = log t``
     from the closed-form multipliers. ``rho*`` is not differentiable where its top eigenvalue is
     multiple, so it is first replaced by a soft maximum of the ``top`` largest eigenvalues with
     temperature ``mu = smoothing[k] * rho*(t0)`` (an upper bound within ``mu log(top)``),
-    decreasing to 0 (the exact ``rho*``). Returns ``(t, rho*(t), info)``."""
+    decreasing to 0 (the exact ``rho*``). ``schur`` replaces the evaluation of ``rho*`` (same
+    contract as :meth:`~lipbound.methods.lmi.LipschitzLMI.schur`; default: the chain elimination
+    for chains, the assembled LMI otherwise). Returns ``(t, rho*(t), info)``."""
     if t0 is None:
         t0, _ = fast_multipliers(lmi)
     slices = lmi.neuron_slices
@@ -60,7 +64,7 @@ def solve_first_order(lmi: LipschitzLMI, *, variant: str = "neuron", time_budget
     else:
         s0 = np.log(np.maximum(t0, 1e-300))
     deadline = time.perf_counter() + time_budget
-    schur = partial(chain_schur, lmi) if lmi.is_chain() else lmi.schur
+    schur = schur or (partial(chain_schur, lmi) if lmi.is_chain() else lmi.schur)
     last = [0.0]  # seconds of the latest evaluation
     evals = [0]
     mu = [0.0]
