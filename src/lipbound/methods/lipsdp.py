@@ -115,9 +115,9 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
             a chain's LMI, :mod:`lipbound.methods.lipsdp_chordal`, same extra), ``"first-order"``
             or ``"ipm"`` (a primal-dual interior point on the rank-two constraint terms,
             :mod:`lipbound.methods.lipsdp_ipm`; both without extra dependency) or ``"blocks"``
-            (first order on a chain too large to assemble, checked by a block Cholesky: CNNs,
-            :mod:`lipbound.methods.lipsdp_conv`; ``"auto"`` picks it for chains that the assembled
-            LMI's work cap refuses).
+            (first order on a network too large to assemble, chain or residual, checked by a block
+            Cholesky: CNNs, :mod:`lipbound.methods.lipsdp_conv`, :mod:`lipbound.methods.lipsdp_banded`;
+            ``"auto"`` picks it for the networks that the assembled LMI's work cap refuses).
         time_budget: seconds for the whole call; the solver gets what the LMI's construction left
             (it stops earlier when converged; what it reached is then checked).
         lbfgs_iter: most L-BFGS iterations of the first-order solver.
