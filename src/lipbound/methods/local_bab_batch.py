@@ -65,13 +65,14 @@ class _Part:
 
 
 def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: torch.Tensor, *, tol: float,
-                   max_parts: int, batch: int, vertex_units: int, strong: bool, deadline: float) -> Outcome:
+                   max_parts: int, batch: int, vertex_units: int, strong: bool, deadline: float,
+                   full_units: int = 0) -> Outcome:
     """Best-first batched search over the box ``[low, high]`` (flat, float64) of the chain ``layers``
     (module doc); ``search`` keeps the witnessed lower bound (``.lower``, ``.offer``, ``.graph``,
     ``.region``, as :class:`.local_bab._Search`)."""
     count = itertools.count()
     shape = search.graph.input_shape
-    root = bound_boxes(layers, low[None], high[None], vertex_units=vertex_units)
+    root = bound_boxes(layers, low[None], high[None], vertex_units=vertex_units, full_units=full_units)
     _offer_centres(layers, search, low[None], high[None], shape)
     heap = [_Part(-float(root.value[0]), next(count), torch.stack([low, high, root.smear[0]]), int(root.unstable[0]))]
     bounded, dropped = 1, 0.0  # dropped: the largest bound of the parts left out of the heap (below tol)
@@ -97,7 +98,7 @@ def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: to
             take.append(heapq.heappop(heap))
         rows = torch.stack([p.row for p in take])
         parent = torch.tensor([p.upper for p in take], dtype=torch.float64)
-        c_low, c_high, upper, smear, unstable, work = _split(layers, rows, parent, vertex_units, strong)
+        c_low, c_high, upper, smear, unstable, work = _split(layers, rows, parent, vertex_units, strong, full_units)
         _offer_centres(layers, search, c_low, c_high, shape)
         for i in range(len(upper)):
             heapq.heappush(heap, _Part(-float(upper[i]), next(count),
@@ -114,7 +115,7 @@ def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: to
 
 
 def _split(layers: list[Layer], rows: torch.Tensor, parent: torch.Tensor, vertex_units: int,
-           strong: bool) -> tuple[torch.Tensor, ...]:
+           strong: bool, full_units: int = 0) -> tuple[torch.Tensor, ...]:
     """The halves of each box ``rows[b] = (low, high, smear)``, bounded, each bound capped by its
     parent's: ``(lows, highs, uppers, smears, unstable, parts bounded)``, the halves interleaved.
     The axis: with ``strong``, the one whose larger half's bound is least (every axis tried; ties
@@ -128,7 +129,7 @@ def _split(layers: list[Layer], rows: torch.Tensor, parent: torch.Tensor, vertex
     else:
         score = torch.where((smear > 0).any(dim=1, keepdim=True), width * smear, width)
         c_low, c_high = _halves(low, high, score.argmax(dim=1, keepdim=True))
-    bounds = bound_boxes(layers, c_low, c_high, vertex_units=vertex_units)
+    bounds = bound_boxes(layers, c_low, c_high, vertex_units=vertex_units, full_units=full_units)
     upper = torch.minimum(bounds.value, parent.repeat_interleave(len(c_low) // B))
     pick = torch.arange(len(c_low))
     if strong:
