@@ -10,7 +10,8 @@ is a **witnessed lower bound** on ``X``.
 
 **The search** on a ReLU chain with few inputs is the batched one by default
 (:mod:`.local_bab_batch`: hundreds of parts bounded at once with batched CROWN pre bounds,
-:mod:`.relu_crown`); every other graph, or ``batched=False``, gets the part-by-part search below
+:mod:`.relu_crown`, and every slope vertex of a part taken with at most ``full_units`` unstable
+neurons); every other graph, or ``batched=False``, gets the part-by-part search below
 (anytime: at most ``max_parts`` parts bounded, a work cap; ``time_budget`` is an
 outer cap only, :mod:`~lipbound.methods.budget`).
 
@@ -133,8 +134,9 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
             parts at once, :mod:`.relu_crown`) instead of the part-by-part one; on by default: on ACAS Xu
             props 1-4 in 120 s its brackets are tighter (benchmarks/results/local_acasxu_bab.md).
         batch: parts refined at once by the batched search.
-        full_units: in the batched search, a part with at most this many unstable neurons gets all
-            their ``2^k`` slope vertices enumerated (its bound is then the supremum of its slope box).
+        full_units: in the batched search, a part taken for refinement with at most this many
+            unstable neurons is first bounded with all their ``2^k`` slope vertices enumerated (its
+            bound is then the supremum of its slope box), and split only when it is taken again.
         strong: the batched search tries every split axis and keeps the best (off by default: on ACAS
             Xu prop 1 it split the narrow axes at the coarse levels, where every axis ties).
 
