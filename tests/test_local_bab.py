@@ -294,6 +294,51 @@ def test_batched_crown_layer_agrees_with_propagation_crown(seed):
         assert agree[ran].all(), k
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_full_vertex_enumeration_meets_the_brute_force_on_few_unstable_boxes(seed):
+    """``full_units``: a box with at most that many unstable neurons gets the supremum of its slope
+    box (numpy brute force over the vertices, up to rounding), never below the largest Jacobian norm
+    on a grid of the box; a box with more keeps a bound >= the supremum (only 1 vertex unit; checked
+    up to 7 unstable neurons)."""
+    n = 2 + seed % 3
+    net = relu_net(seed, n, widths=(5, 4, 3))
+    layers = relu_chain(graph_of(net))
+    lows, highs = sub_boxes(seed, n, 16, 1.0)
+    res = bound_boxes(layers, torch.from_numpy(lows), torch.from_numpy(highs), vertex_units=1, full_units=4)
+    full = 0
+    for b in range(len(lows)):
+        value = float(res.value[b])
+        grid = np.stack(np.meshgrid(*[np.linspace(lows[b][i], highs[b][i], 4) for i in range(n)]), -1).reshape(-1, n)
+        assert value >= relu_jacobian_norms(net, grid).max() * (1 - 1e-12), b
+        if int(res.unstable[b]) > 7:
+            continue  # the brute force below costs 2^unstable SVDs
+        sup = vertex_sup(net, [(l[b].numpy(), u[b].numpy()) for l, u in res.pre])
+        assert value >= sup * (1 - 1e-12), b
+        if int(res.unstable[b]) <= 4:
+            full += 1
+            assert value <= sup * (1 + 1e-8) + 1e-300, (b, int(res.unstable[b]))
+    assert 0 < full < len(lows), "both kinds of boxes in the batch"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_grouped_boxes_give_the_bounds_of_each_box_alone(seed):
+    """Boxes of a batch are grouped by unstable count (CROWN rows, vertex counts); each box's pre
+    bounds, unstable count and part bound are those of the box bounded alone (no group, no padding)."""
+    n = 2 + seed
+    net = relu_net(seed, n, widths=(6, 6, 6))
+    layers = relu_chain(graph_of(net))
+    lows, highs = sub_boxes(seed, n, 20, 0.7)
+    low, high = torch.from_numpy(lows), torch.from_numpy(highs)
+    batch = bound_boxes(layers, low, high, vertex_units=1, full_units=3)
+    assert len(set(batch.unstable.tolist())) > 3, "several groups"
+    for b in range(len(lows)):
+        one = bound_boxes(layers, low[b:b + 1], high[b:b + 1], vertex_units=1, full_units=3)
+        for (l, u), (l1, u1) in zip(batch.pre, one.pre):
+            assert torch.allclose(l[b], l1[0], rtol=1e-13, atol=0) and torch.allclose(u[b], u1[0], rtol=1e-13, atol=0)
+        assert int(one.unstable[0]) == int(batch.unstable[b])
+        assert float(one.value[0]) == pytest.approx(float(batch.value[b]), rel=1e-12)
+
+
 def test_relu_chain_refuses_other_graphs():
     assert relu_chain(graph_of(random_net(1, widths=(3, 3), n=2))) is None  # not ReLU
     assert relu_chain(graph_of(relu_net(0, 2))) is not None

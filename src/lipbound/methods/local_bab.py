@@ -10,7 +10,8 @@ is a **witnessed lower bound** on ``X``.
 
 **The search** on a ReLU chain with few inputs is the batched one by default
 (:mod:`.local_bab_batch`: hundreds of parts bounded at once with batched CROWN pre bounds,
-:mod:`.relu_crown`); every other graph, or ``batched=False``, gets the part-by-part search below
+:mod:`.relu_crown`, and every slope vertex of a part taken with at most ``full_units`` unstable
+neurons); every other graph, or ``batched=False``, gets the part-by-part search below
 (anytime: at most ``max_parts`` parts bounded, a work cap; ``time_budget`` is an
 outer cap only, :mod:`~lipbound.methods.budget`).
 
@@ -106,7 +107,7 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
               domain: Any = None, time_budget: float = 60.0, tol: float = 1e-3,
               upper_methods: Sequence[str] | None = None, exact_units: int = 12, vertex_units: int = 8,
               max_split_dim: int = 32, lower_share: float = 0.1, samples: int = 16, max_parts: int | None = None,
-              batched: bool = True, batch: int = 256, strong: bool = False) -> Result:
+              batched: bool = True, batch: int = 256, strong: bool = False, full_units: int = 8) -> Result:
     """Bracket the Lipschitz constant (L2 -> L2) of ``graph`` on the region ``domain`` by branch
     and bound over the region (module doc).
 
@@ -133,6 +134,9 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
             parts at once, :mod:`.relu_crown`) instead of the part-by-part one; on by default: on ACAS Xu
             props 1-4 in 120 s its brackets are tighter (benchmarks/results/local_acasxu_bab.md).
         batch: parts refined at once by the batched search.
+        full_units: in the batched search, a part taken for refinement with at most this many
+            unstable neurons is first bounded with all their ``2^k`` slope vertices enumerated (its
+            bound is then the supremum of its slope box), and split only when it is taken again.
         strong: the batched search tries every split axis and keeps the best (off by default: on ACAS
             Xu prop 1 it split the narrow axes at the coarse levels, where every axis ties).
 
@@ -174,7 +178,7 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
     if chain is not None:
         outcome = batched_search(chain, search, box.low.flatten(), box.high.flatten(), tol=tol,
                                  max_parts=max_parts, batch=batch, vertex_units=min(vertex_units, 2),
-                                 strong=strong, deadline=deadline)
+                                 strong=strong, deadline=deadline, full_units=full_units)
     else:
         outcome = _part_search(search, box, split, tol, exact_units, max_parts, deadline)
     upper = outcome.upper

@@ -6,7 +6,10 @@ Each round takes up to ``batch`` open parts with the largest upper bounds (each 
 splits each in two along the input axis with the largest ``width * smear``
 (:class:`.relu_boxes.BoxBounds`), and bounds all the halves in one batched pass
 (:func:`.relu_boxes.bound_boxes`). A half keeps its parent's bound when its own is larger (a part
-of a part: the parent's bound holds on it too). Why the bracket is sound: the module doc of
+of a part: the parent's bound holds on it too). A part taken with at most ``full_units`` unstable
+neurons is first bounded again with all its ``2^k`` slope vertices enumerated (the supremum of its
+slope box, :func:`.relu_boxes.bound_boxes`), and put back; only a part so bound is split (the
+enumeration costs ``2^k`` Jacobians: it is spent on the parts at the top only). Why the bracket is sound: the module doc of
 :mod:`.local_bab` (the largest certified bound over a cover of a convex region by convex parts
 bounds the constant on the region).
 
@@ -58,6 +61,7 @@ class _Part:
     order: int
     row: torch.Tensor = field(compare=False)  # (3, d): low, high, smear
     unstable: int = field(compare=False)
+    enumerated: bool = field(compare=False, default=False)  # bound with every slope vertex
 
     @property
     def upper(self) -> float:
@@ -65,15 +69,17 @@ class _Part:
 
 
 def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: torch.Tensor, *, tol: float,
-                   max_parts: int, batch: int, vertex_units: int, strong: bool, deadline: float) -> Outcome:
+                   max_parts: int, batch: int, vertex_units: int, strong: bool, deadline: float,
+                   full_units: int = 0) -> Outcome:
     """Best-first batched search over the box ``[low, high]`` (flat, float64) of the chain ``layers``
     (module doc); ``search`` keeps the witnessed lower bound (``.lower``, ``.offer``, ``.graph``,
     ``.region``, as :class:`.local_bab._Search`)."""
     count = itertools.count()
     shape = search.graph.input_shape
-    root = bound_boxes(layers, low[None], high[None], vertex_units=vertex_units)
+    root = bound_boxes(layers, low[None], high[None], vertex_units=vertex_units, full_units=full_units)
     _offer_centres(layers, search, low[None], high[None], shape)
-    heap = [_Part(-float(root.value[0]), next(count), torch.stack([low, high, root.smear[0]]), int(root.unstable[0]))]
+    heap = [_Part(-float(root.value[0]), next(count), torch.stack([low, high, root.smear[0]]), int(root.unstable[0]),
+                  int(root.unstable[0]) <= full_units)]
     bounded, dropped = 1, 0.0  # dropped: the largest bound of the parts left out of the heap (below tol)
     while True:
         threshold = (1 + tol) * search.lower
@@ -95,6 +101,16 @@ def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: to
             if heap[0].upper <= threshold or heap[0].unstable == 0:
                 break
             take.append(heapq.heappop(heap))
+        few = [p for p in take if not p.enumerated and p.unstable <= full_units]
+        if few:  # bound again with every slope vertex before splitting
+            rows = torch.stack([p.row for p in few])
+            bounds = bound_boxes(layers, rows[:, 0], rows[:, 1], vertex_units=vertex_units, full_units=full_units)
+            for p, value in zip(few, bounds.value.tolist()):
+                heapq.heappush(heap, _Part(-min(p.upper, value), next(count), p.row, p.unstable, True))
+            bounded += len(few)
+        take = [p for p in take if p.enumerated or p.unstable > full_units]
+        if not take:
+            continue
         rows = torch.stack([p.row for p in take])
         parent = torch.tensor([p.upper for p in take], dtype=torch.float64)
         c_low, c_high, upper, smear, unstable, work = _split(layers, rows, parent, vertex_units, strong)

@@ -185,19 +185,21 @@ def _relu_forms(L: torch.Tensor, U: torch.Tensor, l: torch.Tensor, u: torch.Tens
 
 
 def bound_boxes(layers: list[Layer], low: torch.Tensor, high: torch.Tensor,
-                prior: torch.Tensor | None = None, vertex_units: int = 0, crown: bool = True) -> BoxBounds:
+                prior: torch.Tensor | None = None, vertex_units: int = 0, crown: bool = True,
+                full_units: int = 0) -> BoxBounds:
     """Pre bounds and the certified part bound (module doc) of each box ``[low_b, high_b]``
     (``(B, d)`` float64); ``prior``: sound pre bounds of enclosing boxes (:meth:`BoxBounds.flat_pre`);
-    ``vertex_units``: unstable neurons per box whose slope vertices are enumerated; ``crown``: each
-    layer's bounds also intersected with CROWN's (:func:`.relu_crown.crown_layer`) and with the
-    forward pass alone."""
+    ``vertex_units``: unstable neurons per box whose slope vertices are enumerated; ``full_units``:
+    on a box with at most this many unstable neurons, all of them (the bound is then the slope box's
+    supremum, up to rounding); ``crown``: each layer's bounds also intersected with CROWN's
+    (:func:`.relu_crown.crown_layer`) and with the forward pass alone."""
     B, d = low.shape
     if crown:  # the forward pass alone first: CROWN's bounds change the later forward forms both ways
         forward = _pre_bounds(layers, low, high, prior, False)
         prior = torch.cat([t for lu in forward for t in lu], dim=1)
     pre = _pre_bounds(layers, low, high, prior, crown)
-    value, smear = _interval_jacobian(layers, pre, B, d, vertex_units)
-    unstable = sum(((l < 0) & (u > 0)).sum(dim=1) for l, u in pre)
+    unstable = sum((((l < 0) & (u > 0)).sum(dim=1) for l, u in pre), torch.zeros(B, dtype=torch.long))
+    value, smear = _interval_jacobian(layers, pre, unstable, d, vertex_units, full_units)
     return BoxBounds(pre, value, unstable, smear)
 
 
@@ -225,30 +227,36 @@ def _pre_bounds(layers: list[Layer], low: torch.Tensor, high: torch.Tensor, prio
     return pre
 
 
-def _interval_jacobian(layers: list[Layer], pre: list[tuple[torch.Tensor, torch.Tensor]], B: int, d: int,
-                       vertex_units: int = 0, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+def _interval_jacobian(layers: list[Layer], pre: list[tuple[torch.Tensor, torch.Tensor]], unstable: torch.Tensor,
+                       d: int, vertex_units: int = 0, full_units: int = 0,
+                       chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
     """The part bounds and the smear (module doc, :class:`BoxBounds`), the slopes of each box's
-    first ``vertex_units`` unstable neurons (layer order) enumerated at their vertices (the max of
-    the ``2^k`` bounds: ``D -> ||J(D)||`` is convex in each slope, :mod:`.slope_box`), in chunks of
-    about ``chunk`` box-vertex pairs."""
-    masks = [(l < 0) & (u > 0) for l, u in pre]
-    k = min(vertex_units, int(sum(m.sum(dim=1) for m in masks).max()) if masks else 0)
-    per = max(1, chunk >> k)
-    values, smears = [], []
-    for s in range(0, B, per):
-        v, sm = _vertex_bounds(layers, [(l[s: s + per], u[s: s + per]) for l, u in pre], d, k)
-        values.append(v)
-        smears.append(sm)
-    return torch.cat(values), torch.cat(smears)
+    first ``k`` unstable neurons (layer order) enumerated at their vertices (the max of the ``2^k``
+    bounds: ``D -> ||J(D)||`` is convex in each slope, :mod:`.slope_box`), ``k`` all of its
+    ``unstable`` neurons when they are at most ``full_units``, else at most ``vertex_units``. The
+    boxes are grouped by ``k`` (a box's bound does not depend on its group), in chunks of about
+    ``chunk`` box-vertex pairs."""
+    count = unstable.clamp(max=vertex_units).where(unstable > full_units, unstable)
+    value = torch.empty(len(unstable), dtype=torch.float64)
+    smear = torch.empty(len(unstable), d, dtype=torch.float64)
+    for k in count.unique().tolist():
+        idx = (count == k).nonzero().flatten()
+        full = bool((unstable[idx] == k).all())  # every unstable neuron at a vertex: no meeting needed
+        per = max(1, chunk >> k)
+        for s in range(0, len(idx), per):
+            sel = idx[s: s + per]
+            value[sel], smear[sel] = _vertex_bounds(layers, [(l[sel], u[sel]) for l, u in pre], d, k, not full)
+    return value, smear
 
 
 def _vertex_bounds(layers: list[Layer], pre: list[tuple[torch.Tensor, torch.Tensor]], d: int,
-                   k: int) -> tuple[torch.Tensor, torch.Tensor]:
+                   k: int, meet: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`_interval_jacobian` on one chunk of boxes, ``2^k`` vertices each: the slopes of every
     box-vertex pair, the forward enclosures ``H_j`` (of the Jacobian of ReLU layer ``j``'s output,
     feature-major ``(n, pairs, d)``, one matrix product per layer), the backward ones ``G_j`` (of the
     output's Jacobian with respect to it, ``(pairs, m, n)``), and the bound at the best meeting
-    point (module doc)."""
+    point (module doc). Without ``meet`` (every slope at a vertex: ``R`` is rounding only), the
+    forward enclosure carried through the last layer alone."""
     B, V = pre[0][0].shape[0] if pre else 1, 2 ** k
     slopes = _slopes(pre, B, k)
     C = torch.eye(d, dtype=torch.float64)[:, None, :].expand(d, B * V, d)
@@ -263,6 +271,9 @@ def _vertex_bounds(layers: list[Layer], pre: list[tuple[torch.Tensor, torch.Tens
         smear += (reach * weight.T[..., None]).sum(dim=0)
         C, R = mid[..., None] * C, _up(mid[..., None] * R + rad[..., None] * (C.abs() + R), 2)
         forward.append((C, R))
+    if not meet:
+        C, R = _forward(layers[-1], C, R)
+        return _norm_bound(C.permute(1, 0, 2), R.permute(1, 0, 2)).reshape(B, V).amax(dim=1), smear
     best = torch.full((B * V,), torch.inf, dtype=torch.float64)
     last = layers[-1]
     Cg = last.W[None].expand(B * V, *last.W.shape)

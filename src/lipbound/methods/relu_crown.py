@@ -24,8 +24,10 @@ concretisation ``gamma_{d+4} <|a|, |x|_max>``; the running sums of constants and
 whatever the earlier bounds are, as long as they are sound.
 
 Cost: ``2 n_k`` rows through ``k - 1`` layers of width ``n`` per box, one batched matrix product
-per layer; only the neurons unstable on a box are bounded on it (each box's unstable rows first,
-padded to the batch's largest count with stable ones, whose bounds are kept).
+per layer; only the neurons unstable on a box are bounded on it. The boxes are **grouped by their
+unstable count** (``(2^(j-1), 2^j]``, boxes with none skipped) and each group's rows are padded to
+its own largest count, not the batch's; a padding row's result is discarded, so a box's bounds do
+not depend on the group it falls in (each row's back-substitution is its own).
 """
 
 from __future__ import annotations
@@ -43,13 +45,30 @@ def crown_layer(layers: list, k: int, pre: list[Bounds], low: torch.Tensor, high
                 lu: Bounds) -> Bounds:
     """The bounds ``lu`` (``(B, n_k)``) of ``z_k`` (layer ``k``, 0-based, of the chain ``layers``)
     intersected with CROWN's (module doc) on each box ``[low_b, high_b]`` (``(B, d)``), from the
-    sound bounds ``pre[j]`` of the earlier layers ``j < k``. Only neurons unstable in ``lu`` on
-    some box are recomputed."""
+    sound bounds ``pre[j]`` of the earlier layers ``j < k``. Only neurons unstable in ``lu`` are
+    recomputed, box by box, in groups of boxes with similar unstable counts."""
+    l, u = lu
+    if k == 0 or not l.numel():
+        return lu
+    counts = ((l < 0) & (u > 0)).sum(dim=1)
+    group = torch.where(counts > 0, torch.ceil(torch.log2(counts.clamp(min=1).to(torch.float64))), -1.0)
+    l, u = l.clone(), u.clone()
+    for g in group.unique().tolist():
+        if g < 0:
+            continue
+        idx = (group == g).nonzero().flatten()
+        l[idx], u[idx] = _crown_rows(layers, k, [(a[idx], b[idx]) for a, b in pre], low[idx], high[idx],
+                                     (l[idx], u[idx]))
+    return l, u
+
+
+def _crown_rows(layers: list, k: int, pre: list[Bounds], low: torch.Tensor, high: torch.Tensor,
+                lu: Bounds) -> Bounds:
+    """:func:`crown_layer` on one group of boxes, each with at least one unstable neuron: each box's
+    unstable rows first, padded to the group's largest count (the padding's results discarded)."""
     l, u = lu
     unstable = (l < 0) & (u > 0)
-    r = int(unstable.sum(dim=1).max()) if k > 0 and l.numel() else 0
-    if r == 0:
-        return lu
+    r = int(unstable.sum(dim=1).max())
     B, n = l.shape
     rows = torch.argsort((~unstable).to(torch.int8), dim=1, stable=True)[:, :r]  # (B, r): unstable first
     eye = torch.zeros(B, r, n, dtype=torch.float64).scatter_(2, rows[..., None], 1.0)
@@ -67,9 +86,10 @@ def crown_layer(layers: list, k: int, pre: list[Bounds], low: torch.Tensor, high
     c, e = _concretize(a, low, high, xmax)
     const, mag, slack, terms = const + c, mag + c.abs(), slack + e, terms + 1
     bound = const - _up(slack, terms + 1) - _up(_gamma(terms + 8) * (mag + const.abs()), 4) - _TINY
-    # rows that are not unstable on their box keep their bounds (the gather/scatter is a permutation)
-    l = l.scatter(1, rows, torch.maximum(l.gather(1, rows), bound[:, :r]))
-    u = u.scatter(1, rows, torch.minimum(u.gather(1, rows), -bound[:, r:]))
+    # only the unstable rows take the new bounds (the gather/scatter is a permutation; padding is stable)
+    keep = unstable.gather(1, rows)
+    l = l.scatter(1, rows, torch.where(keep, torch.maximum(l.gather(1, rows), bound[:, :r]), l.gather(1, rows)))
+    u = u.scatter(1, rows, torch.where(keep, torch.minimum(u.gather(1, rows), -bound[:, r:]), u.gather(1, rows)))
     return l, u
 
 
