@@ -21,6 +21,8 @@ import torch
 from lipbound.graph.ir import Activation
 from lipbound.methods import METHODS
 from lipbound.methods.propagation import crown_bounds
+from lipbound.errors import InvalidInput
+from lipbound.methods.local_bab_batch import _grid
 from lipbound.methods.relu_boxes import bound_boxes, relu_chain
 from lipbound.methods.relu_crown import crown_layer
 from lipbound.methods.slope_box import slope_box_bound
@@ -353,7 +355,8 @@ def test_batched_search_brackets_the_grid_constant_on_a_5_input_net(seed):
     low, high = -0.3 * np.ones(5), 0.3 * np.ones(5)
     grid = np.stack(np.meshgrid(*[np.linspace(-0.3, 0.3, 6)] * 5), -1).reshape(-1, 5)
     sampled = relu_jacobian_norms(net, grid).max()
-    for options in ({"batched": True, "strong": True}, {"batched": True, "batch": 4, "vertex_units": 1}):
+    for options in ({"batched": True, "strong": True}, {"batched": True, "batch": 4, "vertex_units": 1},
+                    {"batched": True, "fan": 1, "axis": "relative"}, {"batched": True, "fan": 2, "batch": 16}):
         res = local_bab(net, low, high, time_budget=1.0, lower_share=0.0, **options)
         lower, upper = res.bracket
         assert res.details["search"] == "batched (ReLU chain)"
@@ -374,3 +377,25 @@ def test_batched_search_same_seed_same_numbers():
     assert a.details["stopped_by"] == "work"
     assert a.bracket == b.bracket and a.details["parts"] == b.details["parts"]
     assert torch.equal(a.witness["x"], b.witness["x"])
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+def test_fan_grid_covers_the_box_without_overlap(levels):
+    """The uniform grid the search starts from with ``fan``: ``2^(d levels)`` cells inside the box,
+    every sampled point of the box in some cell, and the cells' volumes summing to the box's
+    (disjoint interiors)."""
+    low = torch.tensor([-0.3, 0.1, 2.0], dtype=torch.float64)
+    high = torch.tensor([0.2, 0.7, 2.5], dtype=torch.float64)
+    c_low, c_high = _grid(low, high, levels)
+    assert c_low.shape == (2 ** (3 * levels), 3)
+    assert bool((c_low >= low).all() and (c_high <= high).all() and (c_low < c_high).all())
+    x = torch.as_tensor(samples(low.numpy(), high.numpy(), n=500, seed=levels))
+    within = ((x[:, None] >= c_low) & (x[:, None] <= c_high)).all(dim=2)
+    assert bool(within.any(dim=1).all())
+    assert float((c_high - c_low).prod(dim=1).sum()) == pytest.approx(float((high - low).prod()), rel=1e-12)
+
+
+def test_batched_search_refuses_an_unknown_axis_rule():
+    net = relu_net(0, 5, widths=(8, 8))
+    with pytest.raises(InvalidInput, match="axis"):
+        local_bab(net, -np.ones(5), np.ones(5), time_budget=1.0, lower_share=0.0, axis="widest")

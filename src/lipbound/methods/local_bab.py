@@ -107,7 +107,8 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
               domain: Any = None, time_budget: float = 60.0, tol: float = 1e-3,
               upper_methods: Sequence[str] | None = None, exact_units: int = 12, vertex_units: int = 8,
               max_split_dim: int = 32, lower_share: float = 0.1, samples: int = 16, max_parts: int | None = None,
-              batched: bool = True, batch: int = 256, strong: bool = False, full_units: int = 8) -> Result:
+              batched: bool = True, batch: int = 256, strong: bool = False, full_units: int = 8,
+              axis: str = "smear", fan: int = 0) -> Result:
     """Bracket the Lipschitz constant (L2 -> L2) of ``graph`` on the region ``domain`` by branch
     and bound over the region (module doc).
 
@@ -139,6 +140,10 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
             bound is then the supremum of its slope box), and split only when it is taken again.
         strong: the batched search tries every split axis and keeps the best (off by default: on ACAS
             Xu prop 1 it split the narrow axes at the coarse levels, where every axis ties).
+        axis: the batched search's split axis: ``"smear"`` (the largest ``width * smear``) or
+            ``"relative"`` (the largest width relative to the region's: uniform bisection).
+        fan: the batched search starts from the uniform grid with ``2^fan`` cells per axis
+            (``2^(d fan)`` parts) instead of the region alone.
 
     Returns:
         A :class:`~lipbound.report.Result` of kind ``certified_upper`` (``exact`` when the bracket
@@ -178,7 +183,8 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
     if chain is not None:
         outcome = batched_search(chain, search, box.low.flatten(), box.high.flatten(), tol=tol,
                                  max_parts=max_parts, batch=batch, vertex_units=min(vertex_units, 2),
-                                 strong=strong, deadline=deadline, full_units=full_units)
+                                 strong=strong, deadline=deadline, full_units=full_units,
+                                 axis=axis, fan=fan)
     else:
         outcome = _part_search(search, box, split, tol, exact_units, max_parts, deadline)
     upper = outcome.upper

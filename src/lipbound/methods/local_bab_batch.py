@@ -70,10 +70,15 @@ class _Part:
 
 def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: torch.Tensor, *, tol: float,
                    max_parts: int, batch: int, vertex_units: int, strong: bool, deadline: float,
-                   full_units: int = 0) -> Outcome:
+                   full_units: int = 0, axis: str = "smear", fan: int = 0) -> Outcome:
     """Best-first batched search over the box ``[low, high]`` (flat, float64) of the chain ``layers``
     (module doc); ``search`` keeps the witnessed lower bound (``.lower``, ``.offer``, ``.graph``,
-    ``.region``, as :class:`.local_bab._Search`)."""
+    ``.region``, as :class:`.local_bab._Search`). ``axis``: the split axis rule, ``"smear"`` (the
+    largest ``width * smear``) or ``"relative"`` (the largest width relative to the region's, the
+    first on ties: uniform bisection); ``fan``: the search starts from the ``2^(d fan)`` parts of the
+    uniform grid with ``2^fan`` cells per axis (each bound capped by the region's)."""
+    if axis not in ("smear", "relative"):
+        raise InvalidInput(f"local-bab: unknown split axis rule {axis!r} (smear, relative)")
     count = itertools.count()
     shape = search.graph.input_shape
     root = bound_boxes(layers, low[None], high[None], vertex_units=vertex_units, full_units=full_units)
@@ -81,6 +86,16 @@ def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: to
     heap = [_Part(-float(root.value[0]), next(count), torch.stack([low, high, root.smear[0]]), int(root.unstable[0]),
                   int(root.unstable[0]) <= full_units)]
     bounded, dropped = 1, 0.0  # dropped: the largest bound of the parts left out of the heap (below tol)
+    scale = (high - low).clamp(min=torch.finfo(torch.float64).tiny)
+    if fan > 0:
+        g_low, g_high = _grid(low, high, fan)
+        parent = torch.full((len(g_low),), heap[0].upper, dtype=torch.float64)
+        upper, smear, unstable = _bounded(layers, g_low, g_high, parent, vertex_units)
+        _offer_centres(layers, search, g_low, g_high, shape)
+        heap = [_Part(-float(upper[i]), next(count), torch.stack([g_low[i], g_high[i], smear[i]]), int(unstable[i]))
+                for i in range(len(g_low))]
+        heapq.heapify(heap)
+        bounded += len(g_low)
     while True:
         threshold = (1 + tol) * search.lower
         if heap[0].upper <= threshold:
@@ -113,7 +128,8 @@ def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: to
             continue
         rows = torch.stack([p.row for p in take])
         parent = torch.tensor([p.upper for p in take], dtype=torch.float64)
-        c_low, c_high, upper, smear, unstable, work = _split(layers, rows, parent, vertex_units, strong)
+        c_low, c_high, upper, smear, unstable, work = _split(layers, rows, parent, vertex_units, strong,
+                                                             scale if axis == "relative" else None)
         _offer_centres(layers, search, c_low, c_high, shape)
         for i in range(len(upper)):
             heapq.heappush(heap, _Part(-float(upper[i]), next(count),
@@ -130,11 +146,13 @@ def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: to
 
 
 def _split(layers: list[Layer], rows: torch.Tensor, parent: torch.Tensor, vertex_units: int,
-           strong: bool) -> tuple[torch.Tensor, ...]:
+           strong: bool, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """The halves of each box ``rows[b] = (low, high, smear)``, bounded, each bound capped by its
     parent's: ``(lows, highs, uppers, smears, unstable, parts bounded)``, the halves interleaved.
     The axis: with ``strong``, the one whose larger half's bound is least (every axis tried; ties
-    broken by the halves' own bounds summed, then their unstable neurons, then ``width * smear``); else the one with the largest ``width * smear`` (the widest when no neuron is unstable)."""
+    broken by the halves' own bounds summed, then their unstable neurons, then ``width * smear``); with
+    ``scale`` (the region's widths), the one with the largest ``width / scale``; else the one with the
+    largest ``width * smear`` (the widest when no neuron is unstable)."""
     low, high, smear = rows[:, 0], rows[:, 1], rows[:, 2]
     B, d = low.shape
     width = high - low
@@ -142,7 +160,7 @@ def _split(layers: list[Layer], rows: torch.Tensor, parent: torch.Tensor, vertex
         axes = torch.arange(d).repeat(B)[:, None]
         c_low, c_high = _halves(low.repeat_interleave(d, 0), high.repeat_interleave(d, 0), axes)
     else:
-        score = torch.where((smear > 0).any(dim=1, keepdim=True), width * smear, width)
+        score = torch.where((smear > 0).any(dim=1, keepdim=True), width * smear, width) if scale is None else width / scale
         c_low, c_high = _halves(low, high, score.argmax(dim=1, keepdim=True))
     bounds = bound_boxes(layers, c_low, c_high, vertex_units=vertex_units)
     upper = torch.minimum(bounds.value, parent.repeat_interleave(len(c_low) // B))
@@ -154,6 +172,28 @@ def _split(layers: list[Layer], rows: torch.Tensor, parent: torch.Tensor, vertex
         pick = ((torch.arange(B) * d + best) * 2)[:, None] + torch.arange(2)
         pick = pick.flatten()
     return (c_low[pick], c_high[pick], upper[pick], bounds.smear[pick], bounds.unstable[pick], len(c_low))
+
+
+def _bounded(layers: list[Layer], low: torch.Tensor, high: torch.Tensor, parent: torch.Tensor,
+             vertex_units: int, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The boxes' bounds (each capped by its ``parent``'s: a part of a part), smears and unstable
+    counts, bounded ``chunk`` boxes at a time."""
+    out = [bound_boxes(layers, low[s: s + chunk], high[s: s + chunk], vertex_units=vertex_units)
+           for s in range(0, len(low), chunk)]
+    value = torch.cat([b.value for b in out])
+    return (torch.minimum(value, parent), torch.cat([b.smear for b in out]), torch.cat([b.unstable for b in out]))
+
+
+def _grid(low: torch.Tensor, high: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``2^(d levels)`` cells of the uniform grid on ``[low, high]`` (``2^levels`` per axis),
+    as ``(cells, d)`` lows and highs; the cells' faces are the same floats on both sides, so they
+    cover the box."""
+    k = 2 ** levels
+    cuts = low + (high - low) * (torch.arange(k + 1, dtype=torch.float64) / k)[:, None]  # (k + 1, d)
+    cuts[-1] = high
+    index = torch.cartesian_prod(*[torch.arange(k)] * len(low)).reshape(-1, len(low))
+    axes = torch.arange(len(low))
+    return cuts[index, axes], cuts[index + 1, axes]
 
 
 def _lexicographic_argmin(keys: list[torch.Tensor]) -> torch.Tensor:
