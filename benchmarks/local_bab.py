@@ -2,10 +2,11 @@
 
 For every chosen network and property file, runs ``local-bab`` with the given budget and prints
 one row: lower, upper, ratio, seconds, parts, why it stopped, and where the lower bound came from.
-A union of boxes (VNN-LIB ``or``) is run on its hull.
+A union of boxes (VNN-LIB ``or``, or the chosen files together with ``--union``) is run on its
+hull (the smallest box holding the parts: its constant bounds every pair of the union).
 
 Usage: ``OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/local_bab.py [--nets acasxu_1_1]
-[--props acasxu_prop_3] [--budget 120] [--json out.json]``.
+[--props acasxu_prop_3] [--budget 120] [--union] [--option fan=2 axis='"relative"'] [--json out.json]``.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ REALNETS = Path(__file__).resolve().parents[1].parent / "shared" / "realnets"
 
 
 def run(net: str, prop: str, budget: float, options: dict) -> dict:
-    """One ``local-bab`` run: a row of the table."""
+    """One ``local-bab`` run: a row of the table; ``prop``: a property file's stem, or several
+    joined by ``+`` (their union, run on its hull)."""
     graph = as_graph(str(REALNETS / f"{net}.onnx"))
-    region = load_vnnlib(REALNETS / "vnnlib" / f"{prop}.vnnlib", graph.input_shape).region
+    boxes = [load_vnnlib(REALNETS / "vnnlib" / f"{stem}.vnnlib", graph.input_shape).region for stem in prop.split("+")]
+    region = boxes[0] if len(boxes) == 1 else BoxUnion(boxes)
     if isinstance(region, BoxUnion):
-        region = region.hull
+        region = region.hull()
     t0 = time.perf_counter()
     res = METHODS["local-bab"](graph, domain=region, time_budget=budget, **options)
     lower, upper = res.bracket
@@ -45,13 +48,15 @@ def main() -> None:
     ap.add_argument("--props", nargs="+", default=[f"acasxu_prop_{i}" for i in range(1, 5)])
     ap.add_argument("--budget", type=float, default=120.0)
     ap.add_argument("--option", nargs="*", default=[], help="local-bab options as key=value (Python literals)")
+    ap.add_argument("--union", action="store_true", help="one row per net: the union of the props (its hull)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     options = {k: eval(v) for k, v in (o.split("=", 1) for o in args.option)}  # noqa: S307 (local script)
     rows = []
     print(f"{'net':<12} {'prop':<16} {'lower':>10} {'upper':>10} {'ratio':>8} {'s':>6} {'parts':>6}  stopped")
+    props = ["+".join(args.props)] if args.union else args.props
     for net in args.nets:
-        for prop in args.props:
+        for prop in props:
             r = run(net, prop, args.budget, options)
             rows.append(r)
             print(f"{net:<12} {prop:<16} {r['lower']:10.4g} {r['upper']:10.4g} {r['ratio']:8.4f} {r['seconds']:6.1f} "

@@ -108,7 +108,7 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
               upper_methods: Sequence[str] | None = None, exact_units: int = 12, vertex_units: int = 8,
               max_split_dim: int = 32, lower_share: float = 0.1, samples: int = 16, max_parts: int | None = None,
               batched: bool = True, batch: int = 256, strong: bool = False, full_units: int = 8,
-              axis: str = "smear", fan: int = 0) -> Result:
+              axis: str = "smear", fan: int = 0, batch_samples: int = 1) -> Result:
     """Bracket the Lipschitz constant (L2 -> L2) of ``graph`` on the region ``domain`` by branch
     and bound over the region (module doc).
 
@@ -144,6 +144,8 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
             ``"relative"`` (the largest width relative to the region's: uniform bisection).
         fan: the batched search starts from the uniform grid with ``2^fan`` cells per axis
             (``2^(d fan)`` parts) instead of the region alone.
+        batch_samples: in the batched search, points per new part (its centre included) whose
+            Jacobian norms feed the lower bound (``samples`` is the part-by-part search's).
 
     Returns:
         A :class:`~lipbound.report.Result` of kind ``certified_upper`` (``exact`` when the bracket
@@ -184,7 +186,7 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
         outcome = batched_search(chain, search, box.low.flatten(), box.high.flatten(), tol=tol,
                                  max_parts=max_parts, batch=batch, vertex_units=min(vertex_units, 2),
                                  strong=strong, deadline=deadline, full_units=full_units,
-                                 axis=axis, fan=fan)
+                                 axis=axis, fan=fan, samples=batch_samples)
     else:
         outcome = _part_search(search, box, split, tol, exact_units, max_parts, deadline)
     upper = outcome.upper

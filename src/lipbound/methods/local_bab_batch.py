@@ -15,9 +15,9 @@ bounds the constant on the region).
 
 A part whose neurons are all stable is **closed**: its bound is the norm of its one Jacobian (up
 to rounding), never refined. The lower bound rises from the Jacobians at the halves' centres
-(float64, batched), the best re-checked as a :class:`~lipbound.methods.witness.PointWitness` on
+and ``samples - 1`` uniform points of each (``samples`` = 1 by default; float64, batched), the best re-checked as a :class:`~lipbound.methods.witness.PointWitness` on
 the network and region when it would raise the lower bound: as parts shrink around the largest
-Jacobian norms, the centres find them.
+Jacobian norms, the sampled points find them.
 
 The search stops when the largest open bound is within ``(1 + tol)`` of the lower bound
 (``"converged"``), when every part left is closed, after ``max_parts`` parts (the work cap,
@@ -70,19 +70,20 @@ class _Part:
 
 def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: torch.Tensor, *, tol: float,
                    max_parts: int, batch: int, vertex_units: int, strong: bool, deadline: float,
-                   full_units: int = 0, axis: str = "smear", fan: int = 0) -> Outcome:
+                   full_units: int = 0, axis: str = "smear", fan: int = 0, samples: int = 1) -> Outcome:
     """Best-first batched search over the box ``[low, high]`` (flat, float64) of the chain ``layers``
     (module doc); ``search`` keeps the witnessed lower bound (``.lower``, ``.offer``, ``.graph``,
     ``.region``, as :class:`.local_bab._Search`). ``axis``: the split axis rule, ``"smear"`` (the
     largest ``width * smear``) or ``"relative"`` (the largest width relative to the region's, the
     first on ties: uniform bisection); ``fan``: the search starts from the ``2^(d fan)`` parts of the
-    uniform grid with ``2^fan`` cells per axis (each bound capped by the region's)."""
+    uniform grid with ``2^fan`` cells per axis (each bound capped by the region's); ``samples``:
+    points per new part (its centre included) whose Jacobian norms feed the lower bound."""
     if axis not in ("smear", "relative"):
         raise InvalidInput(f"local-bab: unknown split axis rule {axis!r} (smear, relative)")
     count = itertools.count()
     shape = search.graph.input_shape
     root = bound_boxes(layers, low[None], high[None], vertex_units=vertex_units, full_units=full_units)
-    _offer_centres(layers, search, low[None], high[None], shape)
+    _offer_points(layers, search, low[None], high[None], shape, samples)
     heap = [_Part(-float(root.value[0]), next(count), torch.stack([low, high, root.smear[0]]), int(root.unstable[0]),
                   int(root.unstable[0]) <= full_units)]
     bounded, dropped = 1, 0.0  # dropped: the largest bound of the parts left out of the heap (below tol)
@@ -91,7 +92,7 @@ def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: to
         g_low, g_high = _grid(low, high, fan)
         parent = torch.full((len(g_low),), heap[0].upper, dtype=torch.float64)
         upper, smear, unstable = _bounded(layers, g_low, g_high, parent, vertex_units)
-        _offer_centres(layers, search, g_low, g_high, shape)
+        _offer_points(layers, search, g_low, g_high, shape, samples)
         heap = [_Part(-float(upper[i]), next(count), torch.stack([g_low[i], g_high[i], smear[i]]), int(unstable[i]))
                 for i in range(len(g_low))]
         heapq.heapify(heap)
@@ -130,7 +131,7 @@ def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: to
         parent = torch.tensor([p.upper for p in take], dtype=torch.float64)
         c_low, c_high, upper, smear, unstable, work = _split(layers, rows, parent, vertex_units, strong,
                                                              scale if axis == "relative" else None)
-        _offer_centres(layers, search, c_low, c_high, shape)
+        _offer_points(layers, search, c_low, c_high, shape, samples)
         for i in range(len(upper)):
             heapq.heappush(heap, _Part(-float(upper[i]), next(count),
                                        torch.stack([c_low[i], c_high[i], smear[i]]), int(unstable[i])))
@@ -213,10 +214,12 @@ def _halves(low: torch.Tensor, high: torch.Tensor, axis: torch.Tensor) -> tuple[
     return torch.stack([low, second_low], 1).flatten(0, 1), torch.stack([first_high, high], 1).flatten(0, 1)
 
 
-def _offer_centres(layers: list[Layer], search: Any, low: torch.Tensor, high: torch.Tensor, shape: tuple) -> None:
-    """The largest Jacobian norm at the boxes' centres, re-checked and offered when it would raise
-    the lower bound."""
-    x = (low + high) / 2
+def _offer_points(layers: list[Layer], search: Any, low: torch.Tensor, high: torch.Tensor, shape: tuple,
+                  samples: int) -> None:
+    """The largest Jacobian norm at the boxes' centres and ``samples - 1`` uniform points of each
+    (from ``search.generator``: seeded), re-checked and offered when it would raise the lower bound."""
+    u = torch.rand((max(0, samples - 1), *low.shape), generator=search.generator, dtype=torch.float64)
+    x = torch.cat([(low + high) / 2, (low + (high - low) * u).flatten(0, 1)])
     J = jacobians(layers, x)
     norms = torch.linalg.matrix_norm(J, ord=2)
     best = int(norms.argmax())
@@ -228,4 +231,4 @@ def _offer_centres(layers: list[Layer], search: Any, low: torch.Tensor, high: to
         value = PointWitness(point, direction).recheck(search.graph, search.region)
     except InvalidInput:  # on a kink or a tie
         return
-    search.offer(value, PointWitness(point, direction, value), "part centres", checked=True)
+    search.offer(value, PointWitness(point, direction, value), "part centres" if samples == 1 else "part samples", checked=True)
