@@ -22,6 +22,7 @@ import copy
 import math
 import random
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -952,6 +953,34 @@ class Regions:
     regions: int
 
 
+def exactly_off_kinks(case: Case, x: torch.Tensor) -> bool:
+    """Whether every activation input of a tiny piecewise-linear MLP at ``x`` differs from every
+    kink of its activation, in exact rational arithmetic (``fractions.Fraction`` on the float64
+    weights, biases and ``x``, which are dyadic rationals): off every kink, the pattern is constant
+    around ``x`` and autograd's Jacobian is the derivative. It settles the points
+    :meth:`Probe.off_kinks` cannot tell apart (closer to a kink than its float64 margin). False when
+    the case has no ``mlp`` (no exact evaluation)."""
+    if case.mlp is None:
+        return False
+    h = [Fraction(float(v)) for v in x.reshape(-1)]
+    for W, b, pieces in case.mlp:
+        z = [sum((Fraction(float(w)) * hj for w, hj in zip(row, h)), Fraction(float(bi)))
+             for row, bi in zip(W.tolist(), b.tolist())]
+        if pieces is None:
+            return True
+        kinks = [Fraction(k) for k in pieces.breakpoints]
+        if any(zi == k for zi in z for k in kinks):
+            return False
+        h = [_piece_value(pieces, zi) for zi in z]
+    return True
+
+
+def _piece_value(pieces: Pieces, z: Fraction) -> Fraction:
+    """The exact value of a piecewise-linear activation at ``z`` (``z`` off its breakpoints)."""
+    k = sum(1 for bp in pieces.breakpoints if z > Fraction(bp))
+    return Fraction(pieces.slopes[k]) * z + Fraction(pieces.offsets[k])
+
+
 def region_bound(case: Case, *, cap: float = 1.0) -> Regions | None:
     """Enumerate the activation patterns (one piece per neuron) of a tiny piecewise-linear MLP,
     depth first, neuron by neuron; a pattern's region ``{x in domain : every pre-activation in
@@ -1091,7 +1120,7 @@ def recheck_witness(case: Case, witness: dict[str, Any], claimed: float, on_doma
     if outside:
         problems.append(("witness-outside", f"{'/'.join(outside)} outside the box {case.domain}"))
     if form == "jacobian":
-        if not bool(probe.off_kinks(x)[0]):
+        if not bool(probe.off_kinks(x)[0]) and not exactly_off_kinks(case, x):
             problems.append(("witness-kink", f"Jacobian witness at a kink or max-pool tie (claimed {claimed:.10g})"))
         jv = (probe.jacobians(x)[0] @ y.flatten()).norm() / y.norm()
         if claimed > float(jv) * (1 + 1e-7) + atol:

@@ -172,6 +172,17 @@ def test_max_pool_ties() -> None:
     assert probe.off_kinks(torch.tensor([[[1.0, 3.0, 2.0]]], dtype=torch.float64)).tolist() == [True]
 
 
+def test_exact_kink_check_settles_points_closer_than_the_float_margin() -> None:
+    # z = x - 1000 + relu stays on its piece at x = 1000 + 2^-30, although |z| is far below the
+    # float margin KINK_RTOL * (1 + max |z|); exactly at x = 1000 it is on the kink
+    case = _relu_mlp([[1.0], [1.0]], [-1000.0, 0.0], [[1.0, 1.0]], [0.0], 1)
+    near = torch.tensor([[1000.0 + 2.0 ** -30]], dtype=torch.float64)
+    assert not sn.Probe(case).off_kinks(near).item()
+    assert sn.exactly_off_kinks(case, near)
+    assert not sn.exactly_off_kinks(case, torch.tensor([[1000.0]], dtype=torch.float64))
+    assert not sn.exactly_off_kinks(_case(nn.Sequential(nn.ReLU()), 1), near)  # no exact model: not settled
+
+
 # ---- the checks catch mutated methods ---------------------------------------------------------
 def _mutated(monkeypatch, name: str, mutate) -> None:
     """Replace method ``name`` in the registry by ``mutate(its result, graph)`` (same signature)."""

@@ -29,7 +29,7 @@ fixed direction pair instead of a norm):
 
 The loop stops when the MILP finds no pattern better than the current one for ``u, v`` (a fixed
 point: ``"converged"``), after ``rounds`` MILPs (``"iterations"``), when HiGHS stops on its node
-limit ``max_nodes`` (``"work"``, deterministic: one thread, a fixed seed) or on the clock (``"time"``).
+limit ``max_nodes`` (``"work"``, deterministic: a fixed seed) or on the clock (``"time"``).
 """
 
 from __future__ import annotations
@@ -92,6 +92,8 @@ def lower_milp(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
         layers = mlp_layers(localize(graph, box, time_budget=time_budget / 10), method="lower-milp")
     except UnsupportedOperation as exc:
         raise NotApplicable(f"lower-milp: {exc}") from None
+    if len(layers) == 1:
+        raise NotApplicable("lower-milp: the network has no activation (its Jacobian is one matrix: use 'lower' or 'exact')")
     slopes = [_slopes(layer) for layer in layers[:-1]]
     if start is None:
         found = lower(graph, seed=seed, domain=box, time_budget=lower_share * time_budget)
@@ -129,6 +131,8 @@ def lower_milp(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
             reason = "converged"
             break
         sigma, u, v = sigma_new, u_new, v_new
+        if not net.clear_of_kinks(x):
+            continue  # a region thinner than float64 can tell apart: no witness anyone could re-check
         shape = graph.input_shape
         found_w = _jacobian_witness(g64, checked, torch.from_numpy(x).reshape(1, *shape),
                                     torch.from_numpy(v).reshape(1, *shape), box, gen, clock)
@@ -160,6 +164,10 @@ def _slopes(layer: DenseLayer) -> tuple[float, float]:
     return pair
 
 
+#: the relative distance from a kink below which a MILP point is not offered as a witness
+KINK_RTOL = 1e-9
+
+
 class _Net:
     """The chain as float64 numpy matrices, with each neuron's class on the box: ``stable[k]`` the
     slope of a stable neuron (NaN: unstable)."""
@@ -183,6 +191,12 @@ class _Net:
             ds.append(d)
             h = d * z
         return {"x": x, "z": zs, "d": ds}
+
+    def clear_of_kinks(self, x: np.ndarray, rtol: float = KINK_RTOL) -> bool:
+        """Whether every pre-activation at ``x`` is at least ``rtol * (1 + max |z|)`` of its
+        layer away from the kink at 0: a point closer than that (a slab thinner than float64
+        evaluations can tell apart) is not offered as a witness, however the re-check decides."""
+        return all(bool(np.all(np.abs(z) > rtol * (1.0 + np.abs(z).max()))) for z in self.state(x)["z"])
 
     def jacobian(self, ds: list[np.ndarray]) -> np.ndarray:
         """``J_P = W_K D_{K-1} ... D_1 W_1`` (columns of fixed inputs zeroed)."""
@@ -370,8 +384,9 @@ class _Program:
 def _highs(cost: np.ndarray, rows: sp.csr_matrix, rlo: np.ndarray, rhi: np.ndarray, lo: np.ndarray, hi: np.ndarray,
            integ: np.ndarray, warm: np.ndarray, seed: int, max_nodes: int, time_limit: float) -> dict[str, Any]:
     """``min cost^T y`` s.t. ``rlo <= rows y <= rhi``, ``lo <= y <= hi``, ``y_j`` integer where
-    ``integ``: HiGHS through ``highspy`` (one thread, seed ``seed``, warm start ``warm``) when
-    installed, else ``scipy.optimize.milp`` (no warm start). Returns ``x`` (None without a feasible
+    ``integ``: HiGHS through ``highspy`` (seed ``seed``, warm start ``warm``; the thread count is
+    left to HiGHS's process-wide scheduler: setting it after another HiGHS object started that
+    scheduler makes the run fail) when installed, else ``scipy.optimize.milp`` (no warm start). Returns ``x`` (None without a feasible
     point), ``objective``, ``status`` and ``nodes``."""
     try:
         import highspy
@@ -379,7 +394,7 @@ def _highs(cost: np.ndarray, rows: sp.csr_matrix, rlo: np.ndarray, rhi: np.ndarr
         return _scipy_milp(cost, rows, rlo, rhi, lo, hi, integ, max_nodes, time_limit)
     inf = highspy.kHighsInf
     h = _silent(highspy.Highs)
-    for name, value in (("output_flag", False), ("threads", 1), ("random_seed", seed), ("mip_max_nodes", max_nodes),
+    for name, value in (("output_flag", False), ("random_seed", seed), ("mip_max_nodes", max_nodes),
                         ("time_limit", time_limit), ("mip_rel_gap", 1e-9)):
         h.setOptionValue(name, value)
     lp = highspy.HighsLp()
