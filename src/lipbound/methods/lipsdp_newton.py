@@ -117,20 +117,20 @@ class RankTwoBarrier:
         waw = self.wt(np.ascontiguousarray(k_t.T))  # W^T A W
         k = k_t[:, h]  # W^T A Q
         kt = np.ascontiguousarray(k.T)  # Q^T A W
-        lo, hi = self.lo[:, None], self.hi[:, None]
         base = a[h, h]
 
         def gram(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-            """``(Q - W D_p)^T A (Q - W D_q)`` (``p``, ``q`` columns)."""
-            out = waw * p
-            out *= q.T
+            """``(Q - W D_p)^T A (Q - W D_q)`` for the sector vectors ``p``, ``q`` (1-D: numpy
+            broadcasts a contiguous row ~6x faster than the transposed view of a column)."""
+            out = waw * p[:, None]
+            out -= kt
+            out *= q
             out += base
-            out -= kt * q.T
-            out -= k * p
+            out -= k * p[:, None]
             return out
 
-        return Grams(gram(lo, lo), gram(lo, hi), gram(hi, hi), a[x, h] - k_t[:, x].T * lo.T,
-                     a[x, h] - k_t[:, x].T * hi.T, a[x, x])
+        return Grams(gram(self.lo, self.lo), gram(self.lo, self.hi), gram(self.hi, self.hi),
+                     a[x, h] - k_t[:, x].T * self.lo, a[x, h] - k_t[:, x].T * self.hi, a[x, x])
 
     def constraint_values(self, a: np.ndarray) -> np.ndarray:
         """``(<E, A>, <F_i, A>...)`` for a symmetric ``A`` (summed per node for the layer variant):
