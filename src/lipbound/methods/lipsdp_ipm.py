@@ -39,7 +39,9 @@ congruence under which LipSDP is equivariant; the Newton matrix is Jacobi-scaled
 Cholesky factorisation.
 
 **Stopping.** When ``<X, S> + z.t <= rtol rho`` and the primal residual is below ``rtol``
-(``stopped_by="converged"``), at ``max_iter`` (``"iterations"``) or at the deadline (``"time"``):
+(default ``1e-4``: on mlp_L65_W32 the iterates after that move ``rho`` by ~1e-7 relative; ``1e-6``
+took four more iterations; ``stopped_by="converged"``), at ``max_iter`` (``"iterations"``) or at
+the deadline (``"time"``):
 the same data give the same iterates, the clock only caps them. The iterate with the least
 ``rho`` is returned, and ``info["candidates"]`` offers it and the last ``CANDIDATES`` iterates to
 the check: near the optimum the neuron block of ``N`` is nearly singular, and the check's rounding
@@ -80,7 +82,7 @@ CANDIDATES = 3  # last iterates offered to the check besides the best one (modul
 
 
 def solve_ipm(lmi: LipschitzLMI, *, variant: str = "neuron", t0: np.ndarray, time_budget: float = 300.0,
-              max_iter: int = 100, rtol: float = 1e-6, margin: float = 0.0) -> tuple[np.ndarray, float, dict]:
+              max_iter: int = 100, rtol: float = 1e-4, margin: float = 0.0) -> tuple[np.ndarray, float, dict]:
     """Minimise ``rho`` over ``N(rho, t) >= 0``, ``t >= 0`` by the method of the module docstring,
     from the strictly feasible multipliers ``t0`` (``N_hh(t0) > margin I``, e.g.
     :func:`~lipbound.methods.eclipse.fast_multipliers`), keeping ``N(rho, t) >= margin I`` (module
