@@ -114,7 +114,7 @@ def solve_ipm(lmi: LipschitzLMI, *, variant: str = "neuron", t0: np.ndarray, tim
     status, it = "iteration limit", 0
     for it in range(1, max_iter + 1):
         s_inv = s_fac.inverse()
-        gs, gx = bar.grams(s_inv), bar.grams(x)
+        gs, gx = bar.grams(s_inv, "s"), bar.grams(x, "x")
         hess = bar.newton_matrix(gx, gs)
         hess.flat[m + 2::m + 2] += z / y[1:]  # the diagonal of hess[1:, 1:]
         fac = scaled_cholesky(hess)
@@ -153,7 +153,7 @@ def solve_ipm(lmi: LipschitzLMI, *, variant: str = "neuron", t0: np.ndarray, tim
         dz = sigma * mu / y[1:] - z - z * dy[1:] / y[1:] - lp_second
         fraction = 0.9 + 0.09 * min(ap, ad)  # the predictor's steps: longer as the iterates near the optimum
         ap, ad = fraction * _primal_step(x_low, dx, z, dz, 1 / fraction), _dual_step(bar, y, dy, fraction)
-        while (low := cholesky_or_none(_axpy(ap, dx, x, out=scratch))) is None:  # the Lanczos estimate was too long
+        while (low := cholesky_or_none(_axpy(ap, dx, x, out=scratch))) is None:  # the Lanczos step was too long
             ap *= 0.8
         s_fac = bar.factor(y + ad * dy)
         if s_fac is None:  # the step test passed at a longer step: rounding; stop where we are
