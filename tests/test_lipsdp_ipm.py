@@ -17,7 +17,7 @@ import lipbound
 from lipbound.methods.eclipse import balanced, fast_multipliers
 from lipbound.methods.lipsdp import lipsdp
 from lipbound.methods.lipsdp_factor import ChainFactor
-from lipbound.methods.lipsdp_newton import RankTwoBarrier
+from lipbound.methods.lipsdp_newton import RankTwoBarrier, scaled_cholesky, scaled_solve, symmetrize
 from lipbound.methods.lmi_build import lmi_of_graph
 
 from test_eclipse import mlp, resnet
@@ -161,3 +161,24 @@ def test_chain_factor_solves_and_refuses():
     below[0] = 0.5 * lmi.schur(y[1:]).rho  # rho under the least feasible one: N is indefinite
     assert ChainFactor.of(bar.parts(below), lmi.sizes) is None and np.linalg.eigvalsh(
         lmi.dense_N(float(below[0]), below[1:]))[0] < 0
+
+
+def test_in_place_linear_algebra_against_numpy():
+    """The interior point's in-place kernels: a chain solve that overwrites its right-hand side,
+    the tile-by-tile symmetrisation (tiles that do not divide the order), the Jacobi-scaled
+    Cholesky factorisation in the Newton matrix's memory."""
+    lmi, bar, y = _lmi_and_point(mlp([4, 6, 5, 6, 2], seed=3), 4)
+    fac = ChainFactor.of(bar.parts(y), lmi.sizes)
+    dense = lmi.dense_N(float(y[0]), y[1:])
+    r = np.random.default_rng(0).standard_normal((lmi.size, lmi.size))
+    expected = np.linalg.solve(dense, r)
+    out = fac.solve(r, overwrite=True)
+    assert out is r
+    np.testing.assert_allclose(out, expected, rtol=1e-8, atol=1e-10 * np.abs(expected).max())
+    a = np.random.default_rng(1).standard_normal((23, 23))
+    want = 0.5 * (a + a.T)
+    np.testing.assert_array_equal(symmetrize(a, tile=5), want)
+    h = want @ want.T + np.eye(23)
+    fac_h = scaled_cholesky(h.copy())
+    b = np.arange(23.0)
+    np.testing.assert_allclose(scaled_solve(fac_h, b), np.linalg.solve(h, b), rtol=1e-9)

@@ -38,8 +38,17 @@ power-of-two units that make the eclipse-fast recursion's blocks of unit size), 
 congruence under which LipSDP is equivariant; the Newton matrix is Jacobi-scaled before its
 Cholesky factorisation.
 
+**Memory.** An ``n x n`` array of ``n ~ 2000`` (32 MiB) is above glibc's largest ``mmap``
+threshold, so every fresh one costs its page faults (~10-70 ms, more than the arithmetic on it:
+measured 27% of an mlp_L65_W32 solve). The loop therefore works in place where it can: the
+block-bidiagonal solves overwrite their right-hand sides, symmetrisation goes tile by tile
+(:func:`~lipbound.methods.lipsdp_newton.symmetrize`), and the corrector reuses the second-order
+term's memory for the next ``X``.
+
 **Stopping.** When ``<X, S> + z.t <= rtol rho`` and the primal residual is below ``rtol``
-(``stopped_by="converged"``), at ``max_iter`` (``"iterations"``) or at the deadline (``"time"``):
+(default ``1e-4``: on mlp_L65_W32 the iterates after that move ``rho`` by ~1e-7 relative; ``1e-6``
+took four more iterations; ``stopped_by="converged"``), at ``max_iter`` (``"iterations"``) or at
+the deadline (``"time"``):
 the same data give the same iterates, the clock only caps them. The iterate with the least
 ``rho`` is returned, and ``info["candidates"]`` offers it and the last ``CANDIDATES`` iterates to
 the check: near the optimum the neuron block of ``N`` is nearly singular, and the check's rounding
@@ -72,7 +81,7 @@ import scipy.linalg as sla
 from ..errors import NotApplicable
 from .lipsdp_dual import repaired_dual
 from .lipsdp_newton import (RankTwoBarrier, cholesky_or_none, largest_step, psd_step, ratio_step, scaled_cholesky,
-                            scaled_solve)
+                            scaled_solve, symmetrize)
 from .lmi import LipschitzLMI
 
 
@@ -80,7 +89,7 @@ CANDIDATES = 3  # last iterates offered to the check besides the best one (modul
 
 
 def solve_ipm(lmi: LipschitzLMI, *, variant: str = "neuron", t0: np.ndarray, time_budget: float = 300.0,
-              max_iter: int = 100, rtol: float = 1e-6, margin: float = 0.0) -> tuple[np.ndarray, float, dict]:
+              max_iter: int = 100, rtol: float = 1e-4, margin: float = 0.0) -> tuple[np.ndarray, float, dict]:
     """Minimise ``rho`` over ``N(rho, t) >= 0``, ``t >= 0`` by the method of the module docstring,
     from the strictly feasible multipliers ``t0`` (``N_hh(t0) > margin I``, e.g.
     :func:`~lipbound.methods.eclipse.fast_multipliers`), keeping ``N(rho, t) >= margin I`` (module
@@ -105,9 +114,9 @@ def solve_ipm(lmi: LipschitzLMI, *, variant: str = "neuron", t0: np.ndarray, tim
     status, it = "iteration limit", 0
     for it in range(1, max_iter + 1):
         s_inv = s_fac.inverse()
-        gs, gx = bar.grams(s_inv), bar.grams(x)
+        gs, gx = bar.grams(s_inv, "s"), bar.grams(x, "x")
         hess = bar.newton_matrix(gx, gs)
-        hess[1:, 1:] += np.diag(z / y[1:])
+        hess.flat[m + 2::m + 2] += z / y[1:]  # the diagonal of hess[1:, 1:]
         fac = scaled_cholesky(hess)
         g = bar.constraint_values_of(gs)
         g[1:] += 1.0 / y[1:]
@@ -123,31 +132,34 @@ def solve_ipm(lmi: LipschitzLMI, *, variant: str = "neuron", t0: np.ndarray, tim
         # predictor (sigma = 0), then Mehrotra's sigma and the corrector with its second-order term
         dy = scaled_solve(fac, -c)
         ds = bar.parts(dy, affine=False)
-        xds = s_fac.solve(bar.matmul(ds, x))  # S^{-1} dS X = (X dS S^{-1})^T
-        dx = -x - 0.5 * (xds + xds.T)
+        dx = _sym_solve(s_fac, bar.matmul(ds, x))  # sym(S^{-1} dS X), then -X - that
+        dx += x
+        dx *= -1.0
         dz = -z - z * dy[1:] / y[1:]
         ap, ad = _primal_step(x_low, dx, z, dz, 1.0), _dual_step(bar, y, dy, 1.0)
         mu_aff = _affine_mu(bar, s_parts, ds, x, dx, z, dz, y, dy, ap, ad, n + m)
         sigma = min(1.0, (mu_aff / mu) ** 3)
-        second = s_fac.solve(bar.matmul(ds, dx))  # (dX_a dS_a S^{-1})^T
-        second = 0.5 * (second + second.T)
+        second = _sym_solve(s_fac, bar.matmul(ds, dx))  # sym(dX_a dS_a S^{-1})
         lp_second = dz * dy[1:] / y[1:]
         rhs = sigma * mu * g - c - bar.constraint_values(second)
         rhs[1:] -= lp_second
         dy = scaled_solve(fac, rhs)
         ds = bar.parts(dy, affine=False)
-        xds = s_fac.solve(bar.matmul(ds, x))
-        dx = sigma * mu * s_inv - x - 0.5 * (xds + xds.T) - second
+        dx = _sym_solve(s_fac, bar.matmul(ds, x))  # sigma mu S^{-1} - X - sym(S^{-1} dS X) - second
+        dx += x
+        dx += second
+        scratch = np.multiply(s_inv, sigma * mu, out=second)
+        np.subtract(scratch, dx, out=dx)
         dz = sigma * mu / y[1:] - z - z * dy[1:] / y[1:] - lp_second
         fraction = 0.9 + 0.09 * min(ap, ad)  # the predictor's steps: longer as the iterates near the optimum
         ap, ad = fraction * _primal_step(x_low, dx, z, dz, 1 / fraction), _dual_step(bar, y, dy, fraction)
-        while (low := cholesky_or_none(x + ap * dx)) is None:  # the Lanczos estimate was too long
+        while (low := cholesky_or_none(_axpy(ap, dx, x, out=scratch))) is None:  # the Lanczos step was too long
             ap *= 0.8
         s_fac = bar.factor(y + ad * dy)
         if s_fac is None:  # the step test passed at a longer step: rounding; stop where we are
             status = "converged (rounding)"
             break
-        x, x_low, z, y = x + ap * dx, low, z + ap * dz, y + ad * dy
+        x, x_low, z, y = scratch, low, z + ap * dz, y + ad * dy
         s_parts = bar.parts(y)
         path.append(y)
     best = min(path, key=lambda p: p[0])
@@ -170,9 +182,21 @@ def _dual_step(bar: RankTwoBarrier, y: np.ndarray, dy: np.ndarray, fraction: flo
 
 
 def _affine_mu(bar, s_parts, ds, x, dx, z, dz, y, dy, ap, ad, nu) -> float:
-    """``(<X + ap dX, S + ad dS> + (z + ap dz).(t + ad dt)) / nu``."""
-    xp = x + ap * dx
-    return (bar.inner(s_parts, xp) + ad * bar.inner(ds, xp) + float((z + ap * dz) @ (y[1:] + ad * dy[1:]))) / nu
+    """``(<X + ap dX, S + ad dS> + (z + ap dz).(t + ad dt)) / nu`` (expanded: no new ``n x n`` array)."""
+    xs = bar.inner(s_parts, x) + ap * bar.inner(s_parts, dx) + ad * (bar.inner(ds, x) + ap * bar.inner(ds, dx))
+    return (xs + float((z + ap * dz) @ (y[1:] + ad * dy[1:]))) / nu
+
+
+def _sym_solve(fac, r: np.ndarray) -> np.ndarray:
+    """``sym(N^{-1} R) = (N^{-1} R + R^T N^{-1}) / 2`` in the memory of ``r`` (module docstring, *Memory*)."""
+    return symmetrize(fac.solve(r, overwrite=True))
+
+
+def _axpy(a: float, dx: np.ndarray, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``x + a dx`` into ``out``."""
+    np.multiply(dx, a, out=out)
+    out += x
+    return out
 
 
 def _start(lmi: LipschitzLMI, bar: RankTwoBarrier, t0: np.ndarray) -> np.ndarray:

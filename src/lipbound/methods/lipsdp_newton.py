@@ -55,6 +55,7 @@ class RankTwoBarrier:
         self.slices = lmi.neuron_slices
         self.n_free = 1 + (len(self.slices) if variant == "layer" else lmi.n_neurons)
         self._c0 = lmi.blocks_of_N(0.0, np.zeros(lmi.n_neurons), margin)
+        self._buffers: dict[str, np.ndarray] = {}
 
     # ---- variables ---------------------------------------------------------------------------
     def expand(self, u: np.ndarray) -> np.ndarray:
@@ -99,38 +100,51 @@ class RankTwoBarrier:
                 out[off[c]:off[c + 1]] += m.T @ b[off[r]:off[r + 1]]
         return out
 
-    def wt(self, x: np.ndarray) -> np.ndarray:
+    def wt(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """``W^T x``: row block ``j`` is ``sum_r P_jr x_r`` (``P_jr``: activation ``j``'s map of block ``r``)."""
         rows = []
         for blk in self.lmi.blocks[1:]:
             rows.append(sum(m @ x[self.off[r]:self.off[r + 1]] for r, m in blk.pre.items()))
-        return np.concatenate(rows, 0)
+        return np.concatenate(rows, 0, out=out)
+
+    def buffer(self, key: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A work array kept between calls (its contents are whatever the last user left): a fresh
+        large array costs its page faults (:mod:`lipbound.methods.lipsdp_ipm`, *Memory*)."""
+        buf = self._buffers.get(key)
+        if buf is None or buf.shape != shape:
+            buf = self._buffers[key] = np.empty(shape)
+        return buf
 
     # ---- the Newton matrix from rank-two terms ------------------------------------------------------
-    def grams(self, a: np.ndarray) -> Grams:
+    def grams(self, a: np.ndarray, tag: str = "") -> Grams:
         """``U^T A U``, ``U^T A V``, ``V^T A V``, ``(A U)_x``, ``(A V)_x`` and ``A_xx`` of a symmetric
         ``A``: ``O(n^2 w)`` through the layers' maps (``U = Q - W D_a``, ``Q`` the neurons' own
-        coordinates, ``W`` their pre-activation rows)."""
+        coordinates, ``W`` their pre-activation rows). With a ``tag`` the three ``n_t x n_t`` grams
+        live in :meth:`buffer` arrays of that tag: valid until the next call with the same tag."""
         n = self.lmi.size
+        nt = n - self.n0
         h, x = slice(self.n0, n), slice(0, self.n0)
-        k_t = self.wt(a)  # W^T A  (n_t x n)
-        waw = self.wt(np.ascontiguousarray(k_t.T))  # W^T A W
+        k_t = self.wt(a, out=self.buffer("k_t", (nt, n)))  # W^T A  (n_t x n)
+        akt = self.buffer("k_t.T", (n, nt))
+        np.copyto(akt, k_t.T)
+        waw = self.wt(akt, out=self.buffer("waw", (nt, nt)))  # W^T A W
         k = k_t[:, h]  # W^T A Q
-        kt = np.ascontiguousarray(k.T)  # Q^T A W
-        lo, hi = self.lo[:, None], self.hi[:, None]
+        kt = akt[:nt]  # Q^T A W, in the memory of A W (not needed any more)
+        np.copyto(kt, k.T)
         base = a[h, h]
+        scratch = self.buffer("scratch", (nt, nt))
 
-        def gram(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-            """``(Q - W D_p)^T A (Q - W D_q)`` (``p``, ``q`` columns)."""
-            out = waw * p
-            out *= q.T
+        def gram(p: np.ndarray, q: np.ndarray, key: str) -> np.ndarray:
+            """``(Q - W D_p)^T A (Q - W D_q)`` for the sector vectors ``p``, ``q``."""
+            out = np.multiply(waw, p[:, None], out=self.buffer(tag + key, (nt, nt)) if tag else None)
+            out -= kt
+            out *= q
             out += base
-            out -= kt * q.T
-            out -= k * p
+            out -= np.multiply(k, p[:, None], out=scratch)
             return out
 
-        return Grams(gram(lo, lo), gram(lo, hi), gram(hi, hi), a[x, h] - k_t[:, x].T * lo.T,
-                     a[x, h] - k_t[:, x].T * hi.T, a[x, x])
+        return Grams(gram(self.lo, self.lo, "uu"), gram(self.lo, self.hi, "uv"), gram(self.hi, self.hi, "vv"),
+                     a[x, h] - k_t[:, x].T * self.lo, a[x, h] - k_t[:, x].T * self.hi, a[x, x])
 
     def constraint_values(self, a: np.ndarray) -> np.ndarray:
         """``(<E, A>, <F_i, A>...)`` for a symmetric ``A`` (summed per node for the layer variant):
@@ -153,13 +167,16 @@ class RankTwoBarrier:
         """``H_kl = trace(A_k X A_l S^{-1})`` (the HKM Schur complement; ``A_0 = E``, ``A_i = F_i``)
         from the grams of ``X`` and of ``S^{-1}``: with ``F_i = u_i v_i^T + v_i u_i^T``,
         ``H_ik = Xuu o Svv + Xvv o Suu + Xuv o Svu + Xvu o Suv`` (``Xuv = U^T X V``, ...),
-        ``H_0k = (S^{-1} u_k)_x . (X v_k)_x + (S^{-1} v_k)_x . (X u_k)_x``, ``H_00 = <X_xx, S^{-1}_xx>``."""
-        tt = gx.uu * gs.vv
-        tt += gx.vv * gs.uu
-        cross = gx.uv * gs.uv.T
+        ``H_0k = (S^{-1} u_k)_x . (X v_k)_x + (S^{-1} v_k)_x . (X u_k)_x``, ``H_00 = <X_xx, S^{-1}_xx>``.
+        The result is a :meth:`buffer`: valid until the next call."""
+        shape = gx.uu.shape
+        tt = np.multiply(gx.uu, gs.vv, out=self.buffer("tt", shape))
+        scratch = np.multiply(gx.vv, gs.uu, out=self.buffer("scratch", shape))
+        tt += scratch
+        cross = np.multiply(gx.uv, gs.uv.T, out=scratch)
         tt += cross
         tt += cross.T
-        h = np.empty((self.n_free, self.n_free))
+        h = self.buffer("newton", (self.n_free, self.n_free))  # valid until the next call
         h[0, 0] = float(np.sum(gx.xx * gs.xx))
         h[0, 1:] = h[1:, 0] = self.reduce(np.sum(gs.ux * gx.vx + gs.vx * gx.ux, axis=0))
         h[1:, 1:] = self.reduce(self.reduce(tt, 0), 1)
@@ -189,9 +206,25 @@ class Grams:
 
 def scaled_cholesky(hess: np.ndarray) -> tuple[tuple, np.ndarray]:
     """Cholesky factor of ``D H D`` with the Jacobi scaling ``D = diag(H)^{-1/2}`` (the Newton
-    matrix's entries span many orders of magnitude); solve with :func:`scaled_solve`."""
+    matrix's entries span many orders of magnitude), in the memory of ``hess``; solve with
+    :func:`scaled_solve`."""
     scale = 1.0 / np.sqrt(np.maximum(np.diag(hess), 1e-300))
-    return sla.cho_factor(hess * scale[:, None] * scale[None, :], lower=True, check_finite=True), scale
+    hess *= scale[:, None]
+    hess *= scale
+    return sla.cho_factor(hess, lower=True, overwrite_a=True, check_finite=True), scale
+
+
+def symmetrize(a: np.ndarray, tile: int = 256) -> np.ndarray:
+    """``(A + A^T) / 2`` in the memory of the square ``a``, tile by tile (``a += a.T`` would copy
+    the whole of ``a.T`` first: a fresh large array costs its page faults)."""
+    n = a.shape[0]
+    for i in range(0, n, tile):
+        for j in range(i, n, tile):
+            t = a[i:i + tile, j:j + tile] + a[j:j + tile, i:i + tile].T
+            t *= 0.5
+            a[i:i + tile, j:j + tile] = t
+            a[j:j + tile, i:i + tile] = t.T
+    return a
 
 
 def scaled_solve(fac: tuple[tuple, np.ndarray], b: np.ndarray) -> np.ndarray:
