@@ -24,35 +24,16 @@ from lipbound.methods.lmi_build import lmi_of_graph
 from lipbound.methods.sdp_verify import CertificateRejected, certify, is_certificate
 
 from test_eclipse import mlp, resnet, witnessed
+from test_lipsdp_ipm import sector_lipsdp
 
 cp = pytest.importorskip("cvxpy")
 lipsdp_module = importlib.import_module("lipbound.methods.lipsdp")
 
 
 def fazlyab_lipsdp(net: nn.Sequential) -> float:
-    """LipSDP-Neuron for a ReLU MLP (sector [0, 1]), straight from the paper: with
-    ``A = [blkdiag(W_0..W_{l-1}), 0]``, ``B = [0, I]``, minimise ``rho`` s.t.
-    ``[A; B]^T [[0, T], [T, -2T]] [A; B] + diag(-rho I, 0, ..., W_l^T W_l) <= 0``, ``T >= 0`` diagonal.
-    Returns ``sqrt(rho)``."""
-    ws = [m.weight.detach().numpy() for m in net if isinstance(m, nn.Linear)]
-    n0, hidden = ws[0].shape[1], [w.shape[0] for w in ws[:-1]]
-    nh, n = sum(hidden), ws[0].shape[1] + sum(hidden)
-    a = np.zeros((nh, n))
-    r = c = 0
-    for w in ws[:-1]:
-        a[r:r + w.shape[0], c:c + w.shape[1]] = w
-        r, c = r + w.shape[0], c + w.shape[1]
-    b = np.hstack([np.zeros((nh, n0)), np.eye(nh)])
-    rho, lam = cp.Variable(), cp.Variable(nh, nonneg=True)
-    t = cp.diag(lam)
-    qc = a.T @ t @ b + b.T @ t @ a - 2 * b.T @ t @ b
-    last = np.zeros((n, n))
-    last[n - ws[-1].shape[1]:, n - ws[-1].shape[1]:] = ws[-1].T @ ws[-1]
-    e = np.zeros((n, n))
-    e[:n0, :n0] = np.eye(n0)
-    m = qc + last - rho * e
-    cp.Problem(cp.Minimize(rho), [0.5 * (m + m.T) << 0]).solve(solver="CLARABEL")
-    return float(np.sqrt(rho.value))
+    """LipSDP-Neuron for a ReLU MLP (sector [0, 1]), straight from the paper
+    (:func:`test_lipsdp_ipm.sector_lipsdp` with ``a = 0, b = 1``)."""
+    return sector_lipsdp([m.weight.detach().numpy() for m in net if isinstance(m, nn.Linear)], 0.0, 1.0)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
