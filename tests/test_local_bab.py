@@ -200,10 +200,14 @@ def test_relu_boxes_pre_bounds_hold_at_sampled_points(seed):
     net = relu_net(seed, n)
     lows, highs = sub_boxes(seed, n, 16, 0.8)
     bounds = bound_boxes(relu_chain(graph_of(net)), torch.from_numpy(lows), torch.from_numpy(highs))
+    assert_pre_bounds_hold(net, bounds.pre, lows, highs, seed)
+
+
+def assert_pre_bounds_hold(net, pre, lows, highs, seed: int) -> None:
+    """Every pre-activation of ``net`` at 256 points sampled in each box lies in that box's bounds."""
     for b in range(len(lows)):
-        x = samples(lows[b], highs[b], 256, seed + b)
-        h = x.T
-        for k, (l, u) in enumerate(bounds.pre):
+        h = samples(lows[b], highs[b], 256, seed + b).T
+        for k, (l, u) in enumerate(pre):
             z = net.ws[k] @ h + net.bs[k][:, None]
             assert (z >= l[b].numpy()[:, None]).all() and (z <= u[b].numpy()[:, None]).all(), (b, k)
             h = np.maximum(z, 0)
@@ -260,12 +264,7 @@ def test_batched_crown_holds_at_samples_and_is_at_least_as_tight_as_the_forward_
         assert (l >= lf).all() and (u <= uf).all()
         gained |= bool((l > lf + 1e-9).any() or (u < uf - 1e-9).any())
     assert gained
-    for b in range(len(lows)):
-        h = samples(lows[b], highs[b], 256, seed + b).T
-        for k, (l, u) in enumerate(tight.pre):
-            z = net.ws[k] @ h + net.bs[k][:, None]
-            assert (z >= l[b].numpy()[:, None]).all() and (z <= u[b].numpy()[:, None]).all(), (b, k)
-            h = np.maximum(z, 0)
+    assert_pre_bounds_hold(net, tight.pre, lows, highs, seed)
 
 
 @pytest.mark.parametrize("seed", range(4))
