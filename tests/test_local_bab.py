@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+import lipbound
 from lipbound.graph.ir import Activation
 from lipbound.methods import METHODS
 from lipbound.methods.propagation import crown_bounds
@@ -343,6 +344,19 @@ def test_grouped_boxes_give_the_bounds_of_each_box_alone(seed):
 def test_relu_chain_refuses_other_graphs():
     assert relu_chain(graph_of(random_net(1, widths=(3, 3), n=2))) is None  # not ReLU
     assert relu_chain(graph_of(relu_net(0, 2))) is not None
+
+
+def test_an_affine_net_is_left_to_the_part_search_and_bounded_by_its_norm():
+    # no ReLU: not a chain for the batched search (which crashed on it); local-bab still brackets
+    # the constant, the spectral norm of the one matrix
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)).double()
+    graph = lipbound.as_graph(net, (3,))
+    assert relu_chain(graph) is None
+    norm = float(torch.linalg.matrix_norm((net[1].weight @ net[0].weight).detach(), ord=2))
+    res = METHODS["local-bab"](graph, domain=(-torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)),
+                               time_budget=10)
+    assert res.bracket[0] <= norm * (1 + 1e-9) and res.upper >= norm * (1 - 1e-9)
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -97,7 +97,8 @@ class BoxBounds:
 
 def relu_chain(graph: Graph) -> list[Layer] | None:
     """``graph`` as affine layers separated by ReLUs (module doc), or None when it is not such a
-    chain (any other node kind or activation, a branch, or an activation last)."""
+    chain (any other node kind or activation, a branch, an activation last, or no ReLU at all: an
+    affine map is left to the part-by-part search)."""
     g = graph.to(device="cpu", dtype=torch.float64)
     layers: list[Layer] = []
     pending: Layer | None = None
@@ -116,7 +117,7 @@ def relu_chain(graph: Graph) -> list[Layer] | None:
             pending = None
         else:
             return None
-    if pending is None or prev != g.output:
+    if pending is None or prev != g.output or not layers:
         return None
     return [*layers, pending]
 
