@@ -50,9 +50,6 @@ TIMEOUT = {"lipsdp": 330, "eclipse-nn ECLipsE": 90}
 # ---- networks -------------------------------------------------------------------------------------
 def build(case: str):
     """``(nn.Module, input_shape)`` of a case name."""
-    import torch
-    from torch import nn
-
     sys.path.insert(0, str(REPO / "examples"))
     import realnets
 
@@ -185,13 +182,21 @@ def main() -> None:
         for label, value in PUBLISHED.get(case, []):
             rows.append((label, {"value": value, "kind": "published", "note": "" if value else "811 s, 587 GB for Network"}))
         for method, r in rows:
-            v = "-" if r.get("value") is None else f"{r['value']:.6g}"
-            s = "-" if r.get("seconds") is None else f"{r['seconds']:.2f}"
-            m = "-" if r.get("rss_mb") is None else f"{r['rss_mb']:.0f}"
-            lines.append(f"| {case} | {method} | {v} | {r['kind']} | {s} | {m} | {r.get('note', '')} |")
+            lines.append(f"| {case} | {method} | {cell(r, 'value', '.6g')} | {r['kind']} | {cell(r, 'seconds', '.2f')} "
+                         f"| {cell(r, 'rss_mb', '.0f')} | {r.get('note', '')} |")
+    write_table(lines, args.out)
+
+
+def cell(row: dict, key: str, spec: str, scale: float = 1.0) -> str:
+    """``row[key] * scale`` formatted with ``spec``, or ``-`` when it is missing."""
+    return "-" if row.get(key) is None else format(scale * row[key], spec)
+
+
+def write_table(lines: list[str], out: str | Path) -> None:
+    """Write the markdown ``lines`` to ``out`` (its folder created) and print them."""
     text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(text)
     print(text)
 
 

@@ -109,7 +109,7 @@ def main() -> None:
     if not REALNETS.is_dir():
         sys.exit(f"{REALNETS} is absent: nothing to run")
     sys.path.insert(0, str(HERE))
-    from peers import install_peer
+    from peers import cell, install_peer, write_table
 
     status = install_peer()
     lines = ["# LipSDP at depth (L2 -> L2 certified bounds)", "",
@@ -124,14 +124,10 @@ def main() -> None:
         for method in METHODS:
             r = child(path, method, args.budget, args.budget + 60 if method == "lipsdp" else args.timeout)
             print(name, method, r, flush=True)
-            v = "-" if r.get("value") is None else f"{r['value']:.6g}"
-            gp = "-" if r.get("gap") is None else f"{100 * r['gap']:.2f}%"
-            s = "-" if r.get("seconds") is None else f"{r['seconds']:.1f}"
-            lines.append(f"| {name} | {method} | {v} | {r['kind']} | {gp} | {s} | {r.get('note', '')} |")
-    text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
+            gap = cell(r, "gap", ".2f", 100) + ("%" if r.get("gap") is not None else "")
+            lines.append(f"| {name} | {method} | {cell(r, 'value', '.6g')} | {r['kind']} | {gap} | "
+                         f"{cell(r, 'seconds', '.1f')} | {r.get('note', '')} |")
+    write_table(lines, args.out)
 
 
 if __name__ == "__main__":
