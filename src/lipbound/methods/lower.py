@@ -73,7 +73,7 @@ from .region_walk import walk
 from .rounding import jacobian_witness_values, pair_bounds
 from .witness import PairWitness, PointWitness, Witness, jacobian_values
 
-__all__ = ["lower"]
+__all__ = ["lower", "jacobian_witness"]
 
 _WALKERS = 64  # best ascent points that go on to the region walk
 _CANDIDATES = 8  # neurons whose flip the region walk tries per point and round
@@ -168,7 +168,7 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
                             descending=True)[:_REFINED]
     cand, v = cand[top], _power64(g64, cand[top], v[top], clock, 0.8)
     seconds["refine"] = clock.elapsed() - sum(seconds.values())
-    jac = _jacobian_witness(g64, checked, cand, v, region, gen, clock)
+    jac = jacobian_witness(g64, checked, cand, v, region, gen, clock)
     seconds["check"] = clock.elapsed() - sum(seconds.values())
 
     pair = None
@@ -211,7 +211,7 @@ def _affine_result(g64: Graph, checked: Graph, region: Region | None, gen: torch
     x = x.to(device=g64.device)
     v = unit(torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x))
     v = _power64(g64, x, v, clock, 1.0)
-    found = _jacobian_witness(g64, checked, x, v, region, gen, clock)
+    found = jacobian_witness(g64, checked, x, v, region, gen, clock)
     if found is None:  # a box flat in some elements refuses v: pairs inside it instead
         found = _best_pair(checked, *_segments(x, v, region), region, clock)
     if found is None:
@@ -222,8 +222,8 @@ def _affine_result(g64: Graph, checked: Graph, region: Region | None, gen: torch
     return Result("lower", found.value, "witnessed_lower", clock.elapsed(), witness=found, details=details)
 
 
-def _jacobian_witness(g64: Graph, checked: Graph, x: torch.Tensor, v: torch.Tensor, region: Region | None,
-                      gen: torch.Generator, clock: Clock) -> PointWitness | None:
+def jacobian_witness(g64: Graph, checked: Graph, x: torch.Tensor, v: torch.Tensor, region: Region | None,
+                     gen: torch.Generator, clock: Clock) -> PointWitness | None:
     """The best valid Jacobian witness (:func:`~lipbound.methods.rounding.jacobian_witness_values`) among the
     points ``x`` (with their singular vectors ``v``) and, for those that fail the check with a larger
     autograd value than the best valid one, their nudges off the kink or face (:func:`_nudged`), with

@@ -47,8 +47,8 @@ from ..graph.ir import Graph
 from ..report import Result
 from .budget import Clock, stopped_by
 from .jacobian import through_pieces
-from .lower import _jacobian_witness, lower
-from .lp import DenseLP, _silent
+from .lower import jacobian_witness, lower
+from .lp import DenseLP, silent_stdout
 from .piecewise import DenseLayer, mlp_layers
 from .propagation import localize
 from .region import Ball, Box, as_box, as_region
@@ -134,8 +134,8 @@ def lower_milp(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
         if not net.clear_of_kinks(x):
             continue  # a region thinner than float64 can tell apart: no witness anyone could re-check
         shape = graph.input_shape
-        found_w = _jacobian_witness(g64, checked, torch.from_numpy(x).reshape(1, *shape),
-                                    torch.from_numpy(v).reshape(1, *shape), box, gen, clock)
+        found_w = jacobian_witness(g64, checked, torch.from_numpy(x).reshape(1, *shape),
+                                   torch.from_numpy(v).reshape(1, *shape), box, gen, clock)
         if found_w is not None and found_w.value > best.value:
             best = found_w
     details = {"domain": box.describe(), "start_value": witness.value, "start_form": witness.form,
@@ -393,7 +393,7 @@ def _highs(cost: np.ndarray, rows: sp.csr_matrix, rlo: np.ndarray, rhi: np.ndarr
     except ImportError:
         return _scipy_milp(cost, rows, rlo, rhi, lo, hi, integ, max_nodes, time_limit)
     inf = highspy.kHighsInf
-    h = _silent(highspy.Highs)
+    h = silent_stdout(highspy.Highs)
     for name, value in (("output_flag", False), ("random_seed", seed), ("mip_max_nodes", max_nodes),
                         ("time_limit", time_limit), ("mip_rel_gap", 1e-9)):
         h.setOptionValue(name, value)

@@ -19,7 +19,7 @@ from fractions import Fraction
 
 import numpy as np
 
-__all__ = ["LPResult", "DenseLP", "proves_no_interior"]
+__all__ = ["LPResult", "DenseLP", "proves_no_interior", "silent_stdout"]
 
 
 @dataclass
@@ -43,7 +43,7 @@ class DenseLP:
             self._highs = None
             return
         self._hs = highspy
-        self._highs = _silent(highspy.Highs)
+        self._highs = silent_stdout(highspy.Highs)
         self._highs.setOptionValue("output_flag", False)
 
     def solve(self, c: np.ndarray, a_ub: np.ndarray, b_ub: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> LPResult:
@@ -167,7 +167,7 @@ def _certifies(a_j: list[list], c_j: list, y: list[Fraction], lo: np.ndarray, hi
     return bool(top < 0 or (top <= 0 and moving))
 
 
-def _silent(make):
+def silent_stdout(make):
     """Call ``make()`` with the process's stdout closed: HiGHS prints a banner from C++ when its
     solver object is created, which would corrupt the CLI's output (e.g. its JSON)."""
     sys.stdout.flush()
