@@ -17,7 +17,7 @@ import lipbound
 from lipbound.methods.eclipse import balanced, fast_multipliers
 from lipbound.methods.lipsdp import lipsdp
 from lipbound.methods.lipsdp_factor import ChainFactor
-from lipbound.methods.lipsdp_newton import RankTwoBarrier, scaled_cholesky, scaled_solve, symmetrize
+from lipbound.methods.lipsdp_newton import RankTwoLMI, scaled_cholesky, scaled_solve, symmetrize
 from lipbound.methods.lmi_build import lmi_of_graph
 
 from test_eclipse import mlp, resnet
@@ -126,15 +126,15 @@ def test_ipm_cut_short_by_time_is_still_checked():
 def _lmi_and_point(net: nn.Sequential, n_in: int):
     lmi = balanced(lmi_of_graph(lipbound.as_graph(net, (n_in,))))
     t, _ = fast_multipliers(lmi)
-    bar = RankTwoBarrier(lmi, "neuron")
+    terms = RankTwoLMI(lmi, "neuron")
     y = np.concatenate([[2.0 * lmi.schur(t).rho], t])
-    return lmi, bar, y
+    return lmi, terms, y
 
 
 def test_newton_matrix_against_materialised_traces():
     """``H_kl = trace(A_k X A_l S^{-1})`` and ``<A_k, X>`` against the constraint matrices
     materialised as differences of assembled LMIs."""
-    lmi, bar, y = _lmi_and_point(mlp([3, 4, 5, 2], act=lambda: nn.LeakyReLU(0.2), seed=1), 3)
+    lmi, terms, y = _lmi_and_point(mlp([3, 4, 5, 2], act=lambda: nn.LeakyReLU(0.2), seed=1), 3)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((lmi.size, lmi.size))
     x = x @ x.T
@@ -143,23 +143,23 @@ def test_newton_matrix_against_materialised_traces():
     base = lmi.dense_N(0.0, zero)
     mats = [lmi.dense_N(1.0, zero) - base] + [lmi.dense_N(0.0, e) - base for e in np.eye(lmi.n_neurons)]
     brute = np.array([[np.trace(ak @ x @ al @ s_inv) for al in mats] for ak in mats])
-    h = bar.newton_matrix(bar.grams(x), bar.grams(s_inv))
+    h = terms.newton_matrix(terms.grams(x), terms.grams(s_inv))
     np.testing.assert_allclose(h, brute, rtol=1e-9, atol=1e-9 * np.abs(brute).max())
     values = np.array([np.sum(ak * x) for ak in mats])
-    np.testing.assert_allclose(bar.constraint_values(x), values, rtol=1e-10, atol=1e-10 * np.abs(values).max())
-    np.testing.assert_allclose(bar.constraint_values_of(bar.grams(x)), values, rtol=1e-10,
+    np.testing.assert_allclose(terms.constraint_values(x), values, rtol=1e-10, atol=1e-10 * np.abs(values).max())
+    np.testing.assert_allclose(terms.constraint_values_of(terms.grams(x)), values, rtol=1e-10,
                                atol=1e-10 * np.abs(values).max())
 
 
 def test_chain_factor_solves_and_refuses():
     """The block-bidiagonal factor's inverse against numpy's; an indefinite point is refused."""
-    lmi, bar, y = _lmi_and_point(mlp([4, 6, 5, 6, 2], seed=3), 4)
-    fac = ChainFactor.of(bar.parts(y), lmi.sizes)
+    lmi, terms, y = _lmi_and_point(mlp([4, 6, 5, 6, 2], seed=3), 4)
+    fac = ChainFactor.of(terms.parts(y), lmi.sizes)
     dense = lmi.dense_N(float(y[0]), y[1:])
     np.testing.assert_allclose(fac.inverse(), np.linalg.inv(dense), rtol=1e-8, atol=1e-10 * np.abs(np.linalg.inv(dense)).max())
     below = y.copy()
     below[0] = 0.5 * lmi.schur(y[1:]).rho  # rho under the least feasible one: N is indefinite
-    assert ChainFactor.of(bar.parts(below), lmi.sizes) is None and np.linalg.eigvalsh(
+    assert ChainFactor.of(terms.parts(below), lmi.sizes) is None and np.linalg.eigvalsh(
         lmi.dense_N(float(below[0]), below[1:]))[0] < 0
 
 
@@ -167,8 +167,8 @@ def test_in_place_linear_algebra_against_numpy():
     """The interior point's in-place kernels: a chain solve that overwrites its right-hand side,
     the tile-by-tile symmetrisation (tiles that do not divide the order), the Jacobi-scaled
     Cholesky factorisation in the Newton matrix's memory."""
-    lmi, bar, y = _lmi_and_point(mlp([4, 6, 5, 6, 2], seed=3), 4)
-    fac = ChainFactor.of(bar.parts(y), lmi.sizes)
+    lmi, terms, y = _lmi_and_point(mlp([4, 6, 5, 6, 2], seed=3), 4)
+    fac = ChainFactor.of(terms.parts(y), lmi.sizes)
     dense = lmi.dense_N(float(y[0]), y[1:])
     r = np.random.default_rng(0).standard_normal((lmi.size, lmi.size))
     expected = np.linalg.solve(dense, r)

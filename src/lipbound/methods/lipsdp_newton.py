@@ -40,7 +40,7 @@ from .lipsdp_factor import ChainFactor, DenseFactor, factor_of
 from .lmi import LipschitzLMI
 
 
-class RankTwoBarrier:
+class RankTwoLMI:
     """The LMI's data laid out by its rank-two terms (module docstring) in the free variables
     ``y = (rho, u)``: ``variant`` ``"neuron"`` (``u = t``) or ``"layer"`` (``u``: one multiplier per
     activation node); ``margin``: the matrix is ``N(y) - margin I`` (the interior point's
@@ -194,7 +194,7 @@ class RankTwoBarrier:
 @dataclass
 class Grams:
     """``U^T A U``, ``U^T A V``, ``V^T A V`` (``n_t x n_t``), ``(A U)_x``, ``(A V)_x`` (``n_0 x n_t``),
-    ``A_xx`` for a symmetric ``A`` (:meth:`RankTwoBarrier.grams`)."""
+    ``A_xx`` for a symmetric ``A`` (:meth:`RankTwoLMI.grams`)."""
 
     uu: np.ndarray
     uv: np.ndarray
