@@ -125,6 +125,14 @@ class DenseFactor:
             return None
         return cls(cho)
 
+    def forward(self, r: np.ndarray) -> np.ndarray:
+        """``L^{-1} R``."""
+        return sla.solve_triangular(self.cho[0], r, lower=True, check_finite=False)
+
+    def backward(self, y: np.ndarray) -> np.ndarray:
+        """``L^{-T} Y``."""
+        return sla.solve_triangular(self.cho[0], y, lower=True, trans="T", check_finite=False)
+
     def solve(self, r: np.ndarray, overwrite: bool = False) -> np.ndarray:
         """``N^{-1} R`` (in the memory of ``r`` when ``overwrite`` and LAPACK can)."""
         return sla.cho_solve(self.cho, r, overwrite_b=overwrite, check_finite=False)

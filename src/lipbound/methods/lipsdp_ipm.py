@@ -18,10 +18,11 @@ direction for the target ``sigma mu`` solves ``H dy = sigma mu g - c - r2`` (``g
 (+ 1 / t_k)``, ``c = (1, 0, ...)``, ``r2`` Mehrotra's second-order term; the primal residual cancels
 out of this right-hand side), then ``dX = sigma mu S^{-1} - X - sym(X dS S^{-1}) - sym(dX_a dS_a
 S^{-1})`` and ``dz = sigma mu / t - z - z dt / t - dz_a dt_a / t``. ``sigma = (mu_a / mu)^3`` from
-the predictor (``sigma = 0``), capped at ``SIGMA_MAX`` (below). Steps: a fraction ``0.9 + 0.09 min(predictor steps)`` of the way to
-the boundaries (the primal one by Lanczos on ``L^{-1} dX L^{-T}``, checked by a Cholesky
-factorisation; the dual one by bisection on factorisations of ``N``). On a chain every product
-with ``S^{-1}`` is a block-bidiagonal solve (:mod:`lipbound.methods.lipsdp_factor`), so the
+the predictor (``sigma = 0``), capped at ``SIGMA_MAX`` (below). Steps: a fraction ``0.9 + 0.09
+min(predictor steps)`` of the way to the boundaries, each estimated by Lanczos (the primal one on
+``L^{-1} dX L^{-T}``, ``X = L L^T``; the dual one on ``L^{-1} dS L^{-T}`` through the factor of
+``N``) and checked by one factorisation at the step taken, shortened until it passes (the dual
+check's factor is the next iteration's). On a chain every product with ``S^{-1}`` is a block-bidiagonal solve (:mod:`lipbound.methods.lipsdp_factor`), so the
 costs per iteration are the dense ``X`` (its Cholesky factor, ``O(n^3)``), the Newton matrix
 (``O(n_t^2)`` entries, one Cholesky factorisation) and ``O(n^2 w)`` block products.
 
@@ -94,7 +95,7 @@ import scipy.linalg as sla
 
 from ..errors import NotApplicable
 from .lipsdp_dual import repaired_dual
-from .lipsdp_newton import (RankTwoLMI, cholesky_or_none, largest_step, psd_step, ratio_step, scaled_cholesky,
+from .lipsdp_newton import (RankTwoLMI, cholesky_or_none, factor_step, psd_step, ratio_step, scaled_cholesky,
                             scaled_solve, symmetrize)
 from .lmi import LipschitzLMI
 
@@ -151,7 +152,7 @@ def solve_ipm(lmi: LipschitzLMI, *, variant: str = "neuron", t0: np.ndarray, tim
         dx += x
         dx *= -1.0
         dz = -z - z * dy[1:] / y[1:]
-        ap, ad = _primal_step(x_low, dx, z, dz, 1.0), _dual_step(terms, y, dy, 1.0)
+        ap, ad = _primal_step(x_low, dx, z, dz, 1.0), _dual_step(terms, s_fac, ds, y, dy, 1.0)
         mu_aff = _affine_mu(terms, s_parts, ds, x, dx, z, dz, y, dy, ap, ad, n + m)
         sigma = min(SIGMA_MAX, (mu_aff / mu) ** 3)
         second = _sym_solve(s_fac, terms.matmul(ds, dx))  # sym(dX_a dS_a S^{-1})
@@ -167,11 +168,12 @@ def solve_ipm(lmi: LipschitzLMI, *, variant: str = "neuron", t0: np.ndarray, tim
         np.subtract(scratch, dx, out=dx)
         dz = sigma * mu / y[1:] - z - z * dy[1:] / y[1:] - lp_second
         fraction = 0.9 + 0.09 * min(ap, ad)  # the predictor's steps: longer as the iterates near the optimum
-        ap, ad = fraction * _primal_step(x_low, dx, z, dz, 1 / fraction), _dual_step(terms, y, dy, fraction)
+        ap, ad = fraction * _primal_step(x_low, dx, z, dz, 1 / fraction), _dual_step(terms, s_fac, ds, y, dy, fraction)
         while (low := cholesky_or_none(_axpy(ap, dx, x, out=scratch))) is None:  # the Lanczos step was too long
             ap *= 0.8
-        s_fac = terms.factor(y + ad * dy)
-        if s_fac is None:  # the step test passed at a longer step: rounding; stop where we are
+        while (s_fac := terms.factor(y + ad * dy)) is None and ad > 1e-12:  # the Lanczos step was too long
+            ad *= 0.8
+        if s_fac is None:  # no step keeps N > 0: rounding; stop where we are
             status = "converged (rounding)"
             break
         x, x_low, z, y = scratch, low, z + ap * dz, y + ad * dy
@@ -190,10 +192,11 @@ def _primal_step(x_low: np.ndarray, dx: np.ndarray, z: np.ndarray, dz: np.ndarra
     return min(1.0, psd_step(x_low, dx, ratio_step(z, dz, cap)))
 
 
-def _dual_step(terms: RankTwoLMI, y: np.ndarray, dy: np.ndarray, fraction: float) -> float:
-    """``fraction`` of the largest step keeping ``N(y + a dy) > 0``, ``t > 0`` (checked by factorisations), at most 1."""
-    cap = 1.0 / fraction
-    return min(1.0, fraction * largest_step(lambda a: terms.inside(y + a * dy), ratio_step(y[1:], dy[1:], cap)))
+def _dual_step(terms: RankTwoLMI, s_fac, ds: dict, y: np.ndarray, dy: np.ndarray, fraction: float) -> float:
+    """``fraction`` of the largest step keeping ``N(y + a dy) > 0`` (Lanczos through the factor of
+    ``N(y)``, an estimate that the caller checks by a factorisation) and ``t > 0``, at most 1."""
+    cap = ratio_step(y[1:], dy[1:], 1.0 / fraction)
+    return min(1.0, fraction * factor_step(s_fac, lambda w: terms.matmul(ds, w), terms.lmi.size, cap))
 
 
 def _affine_mu(terms, s_parts, ds, x, dx, z, dz, y, dy, ap, ad, nu) -> float:

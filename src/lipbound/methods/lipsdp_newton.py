@@ -232,23 +232,6 @@ def scaled_solve(fac: tuple[tuple, np.ndarray], b: np.ndarray) -> np.ndarray:
     return scale * sla.cho_solve(cho, scale * b)
 
 
-def largest_step(inside: Callable[[float], bool], cap: float, bisections: int = 6) -> float:
-    """A step ``alpha <= cap`` with ``inside(alpha)`` (a convex set: ``inside`` holds on
-    ``[0, alpha_max)``), within a factor ``1 + 2^-bisections`` of ``min(cap, alpha_max)``: halvings
-    find an inside point, bisections sharpen it; 0 when no step of at least ``cap 2^-40`` is inside."""
-    if inside(cap):
-        return cap
-    hi, lo = cap, cap / 2
-    while not inside(lo):
-        hi, lo = lo, lo / 2
-        if lo < cap * 2.0 ** -40:
-            return 0.0
-    for _ in range(bisections):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if inside(mid) else (lo, mid)
-    return lo
-
-
 def ratio_step(v: np.ndarray, dv: np.ndarray, cap: float) -> float:
     """``min(cap, sup {alpha: v + alpha dv > 0})`` for ``v > 0``."""
     neg = dv < 0
@@ -262,16 +245,33 @@ def cholesky_or_none(a: np.ndarray) -> np.ndarray | None:
 
 
 def psd_step(low: np.ndarray, d: np.ndarray, cap: float) -> float:
-    """``min(cap, sup {alpha: X + alpha D > 0})`` for ``X = L L^T`` (``low``): ``-1 / lambda_min``
-    of ``L^{-1} D L^{-T}`` by Lanczos (two triangular solves and a product per step; a fixed
-    start vector, so the same data give the same step). An estimate: callers step a fraction
-    of it and check the result by a factorisation."""
-    n = low.shape[0]
+    """``min(cap, sup {alpha: X + alpha D > 0})`` for ``X = L L^T`` (``low``, dense): two triangular
+    solves and a product per Lanczos step (:func:`lanczos_step`)."""
 
     def apply(v: np.ndarray) -> np.ndarray:
         w = sla.solve_triangular(low, v, lower=True, trans="T", check_finite=False)
         return sla.solve_triangular(low, d @ w, lower=True, check_finite=False)
 
+    return lanczos_step(apply, low.shape[0], cap)
+
+
+def factor_step(fac: ChainFactor | DenseFactor, d_times: Callable[[np.ndarray], np.ndarray], n: int,
+                cap: float) -> float:
+    """``min(cap, sup {alpha: N + alpha D > 0})`` for ``N`` factorised by ``fac`` and ``D`` applied by
+    ``d_times``: Lanczos on ``L^{-1} D L^{-T}`` through the factor's sweeps (``O(n w)`` per vector
+    on a chain, instead of a factorisation of ``N + alpha D`` per trial step)."""
+
+    def apply(v: np.ndarray) -> np.ndarray:
+        w = fac.backward(v[:, None])
+        return fac.forward(d_times(w))[:, 0]
+
+    return lanczos_step(apply, n, cap)
+
+
+def lanczos_step(apply: Callable[[np.ndarray], np.ndarray], n: int, cap: float) -> float:
+    """``min(cap, -1 / lambda_min)`` of the symmetric operator ``apply`` (``L^{-1} D L^{-T}``) by
+    Lanczos, from a fixed start vector, so the same data give the same step. An estimate:
+    callers step a fraction of it and check the result by a factorisation."""
     op = spla.LinearOperator((n, n), matvec=apply, dtype=np.float64)
     v0 = np.cos(np.arange(n) + 1.0)
     try:
