@@ -63,7 +63,8 @@ term's memory for the next ``X``.
 **Stopping.** When ``<X, S> + z.t <= rtol rho`` and the primal residual is below ``rtol``
 (default ``1e-4``: on mlp_L65_W32 the iterates after that move ``rho`` by ~1e-7 relative; ``1e-6``
 took four more iterations; ``stopped_by="converged"``), at ``max_iter`` (``"iterations"``) or at
-the deadline (``"time"``):
+the deadline (``"time"``: when the last iteration's seconds would take the next one past it, so
+that a cut run overruns its budget by the check only):
 the same data give the same iterates, the clock only caps them. The iterate with the least
 ``rho`` is returned, and ``info["candidates"]`` offers it and the last ``CANDIDATES`` iterates to
 the check: near the optimum the neuron block of ``N`` is nearly singular, and the check's rounding
@@ -128,7 +129,9 @@ def solve_ipm(lmi: LipschitzLMI, *, variant: str = "neuron", t0: np.ndarray, tim
     x_low = cholesky_or_none(x)
     path = [y]
     status, it = "iteration limit", 0
+    last = 0.0  # seconds of the last iteration
     for it in range(1, max_iter + 1):
+        began = time.perf_counter()
         s_inv = s_fac.inverse()
         gs, gx = terms.grams(s_inv, "s"), terms.grams(x, "x")
         hess = terms.newton_matrix(gx, gs)
@@ -142,7 +145,7 @@ def solve_ipm(lmi: LipschitzLMI, *, variant: str = "neuron", t0: np.ndarray, tim
         if gap <= rtol * abs(y[0]) and infeasible <= rtol:
             status = "converged"
             break
-        if time.perf_counter() > deadline:
+        if began + last > deadline:  # the next iteration would end past the deadline
             status = "time limit"
             break
         # predictor (sigma = 0), then Mehrotra's sigma and the corrector with its second-order term
@@ -179,6 +182,7 @@ def solve_ipm(lmi: LipschitzLMI, *, variant: str = "neuron", t0: np.ndarray, tim
         x, x_low, z, y = scratch, low, z + ap * dz, y + ad * dy
         s_parts = terms.parts(y)
         path.append(y)
+        last = time.perf_counter() - began
     best = min(path, key=lambda p: p[0])
     offered = [best] + [p for p in path[-CANDIDATES - 1:] if p is not best][-CANDIDATES:]
     candidates = [(terms.expand(p[1:]), float(p[0])) for p in offered]
