@@ -182,3 +182,35 @@ def test_in_place_linear_algebra_against_numpy():
     fac_h = scaled_cholesky(h.copy())
     b = np.arange(23.0)
     np.testing.assert_allclose(scaled_solve(fac_h, b), np.linalg.solve(h, b), rtol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["chain", "dense"])
+def test_factor_step_against_the_generalised_eigenvalue(kind):
+    """The dual step length: ``sup {a: N + a D > 0}`` through the factor's sweeps, against
+    ``-1 / lambda_min(N^{-1} D)`` from a dense generalised eigensolver (the oracle)."""
+    import scipy.linalg as sla
+
+    from lipbound.methods.lipsdp_factor import DenseFactor
+    from lipbound.methods.lipsdp_newton import factor_step
+
+    rng = np.random.default_rng(3)
+    sizes, off = [5, 7, 6], [0, 5, 12, 18]
+    n = off[-1]
+    band = np.zeros((n, n))  # a block-tridiagonal positive definite N
+    for j, m in enumerate(sizes):
+        g = rng.standard_normal((m, m))
+        band[off[j]:off[j + 1], off[j]:off[j + 1]] = g @ g.T + m * np.eye(m)
+        if j:
+            band[off[j]:off[j + 1], off[j - 1]:off[j]] = rng.standard_normal((m, sizes[j - 1]))
+    band = np.tril(band) + np.tril(band, -1).T
+    d = rng.standard_normal((n, n))
+    d = d + d.T
+    if kind == "chain":
+        parts = {(j, k): band[off[j]:off[j + 1], off[k]:off[k + 1]] for j in range(3) for k in (j - 1, j) if k >= 0}
+        fac = ChainFactor.of(parts, sizes)
+    else:
+        fac = DenseFactor.of(band)
+    oracle = -1.0 / float(sla.eigh(d, band, eigvals_only=True)[0])
+    step = factor_step(fac, lambda w: d @ w, n, cap=1e6)
+    assert step == pytest.approx(oracle, rel=1e-6)
+    assert factor_step(fac, lambda w: d @ w, n, cap=0.5 * oracle) == 0.5 * oracle
