@@ -33,10 +33,15 @@ affine chains. **Cost**: an evaluation costs
 n_j p_j^2)`` with ``p_j`` the size of the blocks block ``j`` is eliminated onto, and the input
 block's eigenvalues), estimated from the graph's shapes before anything is materialised; the
 method refuses (:class:`~lipbound.errors.NotApplicable`) a network whose start and check alone
-(about ``SETUP_EVALUATIONS`` evaluations) would not fit in the time budget at ``WORK_RATE`` flops
-per second (the Scalability CNNs with 16 channels: 12,544 neurons per layer), so that AutoLip's
-certified bound stands for them; and one whose layers' dense matrices and largest blocks would not
-fit in ``max_entries`` float64 entries in all.
+(about ``SETUP_EVALUATIONS`` evaluations) would not fit in the time budget at
+:data:`~lipbound.methods.machine.BLOCKS_RATE` flops per second (the Scalability CNNs with 16
+channels: 12,544 neurons per layer), so that AutoLip's certified bound stands for them; and one
+whose layers' dense matrices and largest blocks would not fit in ``max_entries`` float64 entries in
+all. **Plan**: whether the solver runs at all is decided from that predicted evaluation time
+alone (it runs when the budget holds ``SETUP_EVALUATIONS + SOLVE_MIN_EVALUATIONS`` evaluations),
+so the same network and budget take the same path on every machine; the wall clock then caps the
+solver's L-BFGS (``stopped_by == "time"``), keeping ``CHECK_EVALUATIONS`` predicted evaluations
+for its last step and the check.
 """
 
 from __future__ import annotations
@@ -55,10 +60,11 @@ from .lmi_build import MAX_WORK, lmi_of_graph
 from .lipsdp_dual import gap
 from .sdp_verify import CertificateRejected, certify
 from .lipsdp_first_order import rss_mb, solve_first_order, stopped_by
+from .machine import BLOCKS_RATE
 
-WORK_RATE = 1e10  # float64 flops per second (measured ~1.2e10: chain_schur on LeNet5, one core of the shared CPU)
 SETUP_EVALUATIONS = 8  # balancing, start, first and last evaluation, and the check, in evaluations' work
 CHECK_EVALUATIONS = 5  # the solver's last evaluation (top eigenvectors, dual bound) and the check
+SOLVE_MIN_EVALUATIONS = 2  # evaluations the budget must hold beyond the set-up for the solver to run
 MAX_ENTRIES = 3e8  # float64 entries of the layers' matrices and the largest block (2.4 GB)
 
 
@@ -97,11 +103,9 @@ def lipsdp_blocks(graph: Graph, *, variant: str = "neuron", time_budget: float =
     certified by the block Cholesky check (module docstring). Same ``details`` as
     :func:`~lipbound.methods.lipsdp.lipsdp`, with ``solver="blocks"``, ``start_value`` (the
     checked-to-be ECLipsE-Fast start's value, not certified by itself),
-    ``estimated_evaluation_seconds`` (from the work estimate, for the refusal) and
-    ``measured_evaluation_seconds`` (one evaluation timed before solving: the time kept for the
-    last step and the check is ``CHECK_EVALUATIONS`` times the larger of the two). Raises :class:`~lipbound.errors.NotApplicable` for a graph
-    with a node the LMI does not take (max pooling), or one too large for ``max_entries`` or for
-    the time budget."""
+    ``estimated_evaluation_seconds`` (from the work estimate: the plan of the module doc). Raises
+    :class:`~lipbound.errors.NotApplicable` for a graph with a node the LMI does not take (max
+    pooling), or one too large for ``max_entries`` or for the time budget."""
 
     start = time.perf_counter()
     structure = structure_of_graph(graph)
@@ -112,7 +116,7 @@ def lipsdp_blocks(graph: Graph, *, variant: str = "neuron", time_budget: float =
     if entries > max_entries:
         raise NotApplicable(f"the LMI's layer matrices and blocks need {entries:.2g} float64 entries "
                             f"(> max_entries {max_entries:.2g}); autolip's bound stands")
-    seconds = structure.work() / WORK_RATE
+    seconds = structure.work() / BLOCKS_RATE
     if SETUP_EVALUATIONS * seconds > time_budget:
         raise NotApplicable(f"one evaluation of the network's LMI takes about {seconds:.0f} s: its start and check "
                             f"would not fit in {time_budget:.0f} s; autolip's bound stands")
@@ -121,18 +125,16 @@ def lipsdp_blocks(graph: Graph, *, variant: str = "neuron", time_budget: float =
     interior, rho_start = fast_multipliers(lmi, grid=0, evaluations=1)  # theta = 1 only
     red = lmi.reduced()
     t_solve = time.perf_counter()
-    banded_schur(red, interior, gradient=True, top=16)  # one evaluation as the solver makes them, timed on this machine
-    measured = time.perf_counter() - t_solve
-    left = time_budget - (time.perf_counter() - start) - CHECK_EVALUATIONS * max(seconds, measured)  # keep time
-    if left > 2 * max(seconds, measured):
-        t, claimed, info = solve_first_order(red, variant=variant, time_budget=left, max_iter=lbfgs_iter,
+    planned = time_budget >= (SETUP_EVALUATIONS + SOLVE_MIN_EVALUATIONS) * seconds  # from sizes only
+    if planned:
+        left = time_budget - (t_solve - start) - CHECK_EVALUATIONS * seconds  # the clock's cap
+        t, claimed, info = solve_first_order(red, variant=variant, time_budget=max(left, 0.0), max_iter=lbfgs_iter,
                                              t0=interior, schur=partial(banded_schur, red))
-    else:
-        t, claimed, info = interior, rho_start, {"solver_status": "time limit", "iterations": 0}
+    else:  # the plan leaves the solver out: a deterministic work cap
+        t, claimed, info = interior, rho_start, {"solver_status": "not planned", "iterations": 0}
     info.update(solver="blocks", solver_seconds=time.perf_counter() - t_solve, lmi_order=lmi.size,
-                stopped_by=stopped_by(info["solver_status"]), reduced_order=red.size,
+                stopped_by=stopped_by(info["solver_status"]) if planned else "work", reduced_order=red.size,
                 eliminated_neurons=lmi.eliminated, estimated_evaluation_seconds=seconds,
-                measured_evaluation_seconds=measured,
                 start_value=lmi.scale * math.sqrt(rho_start))
     name = "lipsdp" if variant == "neuron" else "lipsdp-layer"
     info["solver_value"] = lmi.scale * math.sqrt(max(claimed, 0.0))
