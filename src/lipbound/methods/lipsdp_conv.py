@@ -68,11 +68,11 @@ SOLVE_MIN_EVALUATIONS = 2  # evaluations the budget must hold beyond the set-up 
 MAX_ENTRIES = 3e8  # float64 entries of the layers' matrices and the largest block (2.4 GB)
 
 
-def chain_orders(graph: Graph) -> list[int] | None:
-    """The block orders ``[input, activation 1, ...]`` of a chain's LMI from the fused graph's
-    shapes (every neuron counted: an upper bound when some are stable), or None if the graph is
-    not a chain of affine nodes and activations (the cost model's view of this path)."""
-    structure = structure_of_graph(graph)
+def chain_orders(structure: BlockStructure | None) -> list[int] | None:
+    """The block orders ``[input, activation 1, ...]`` of a chain's LMI from its block structure
+    (:func:`~lipbound.methods.lipsdp_banded.structure_of_graph`: every neuron counted, an upper
+    bound when some are stable), or None if the graph is not a chain of affine nodes and
+    activations."""
     if structure is None:
         return None
     m = len(structure.sizes) - 1
@@ -91,10 +91,30 @@ def evaluation_work(orders: list[int]) -> float:
 def routes_to_blocks(graph: Graph, max_work: float = MAX_WORK) -> bool:
     """True for a network whose assembled LMI the dense and banded paths would refuse on work
     (``order * bandwidth^2 > max_work``): ``solver="auto"`` sends it here."""
-    structure = structure_of_graph(graph)
+    return structure_routes_to_blocks(structure_of_graph(graph), max_work)
+
+
+def structure_routes_to_blocks(structure: BlockStructure | None, max_work: float = MAX_WORK) -> bool:
+    """:func:`routes_to_blocks` from the graph's block structure (None: no LMI takes the graph)."""
     if structure is None or len(structure.sizes) < 2:
         return False
     return sum(structure.sizes) * (structure.bandwidth() + 1) ** 2 > max_work
+
+
+def blocks_refusal(structure: BlockStructure, time_budget: float, max_entries: float = MAX_ENTRIES) -> str | None:
+    """Why :func:`lipsdp_blocks` refuses a network of this block structure with ``time_budget``
+    seconds (its matrices exceed ``max_entries`` float64 entries, or its set-up of
+    ``SETUP_EVALUATIONS`` evaluations at :data:`~lipbound.methods.machine.BLOCKS_RATE` exceeds the
+    budget), or None: decided from sizes alone (the cost model reads the same rule)."""
+    entries = structure.entries()
+    if entries > max_entries:
+        return (f"the LMI's layer matrices and blocks need {entries:.2g} float64 entries "
+                f"(> max_entries {max_entries:.2g}); autolip's bound stands")
+    seconds = structure.work() / BLOCKS_RATE
+    if SETUP_EVALUATIONS * seconds > time_budget:
+        return (f"one evaluation of the network's LMI takes about {seconds:.0f} s: its start and check "
+                f"would not fit in {time_budget:.0f} s; autolip's bound stands")
+    return None
 
 
 def lipsdp_blocks(graph: Graph, *, variant: str = "neuron", time_budget: float = 300.0, lbfgs_iter: int = 3000,
@@ -112,14 +132,10 @@ def lipsdp_blocks(graph: Graph, *, variant: str = "neuron", time_budget: float =
     if structure is None:
         raise NotApplicable("solver 'blocks' needs affine layers, activations, sums and concatenations (no max "
                             "pooling)")
-    entries = structure.entries()
-    if entries > max_entries:
-        raise NotApplicable(f"the LMI's layer matrices and blocks need {entries:.2g} float64 entries "
-                            f"(> max_entries {max_entries:.2g}); autolip's bound stands")
+    refusal = blocks_refusal(structure, time_budget, max_entries)
+    if refusal is not None:
+        raise NotApplicable(refusal)
     seconds = structure.work() / BLOCKS_RATE
-    if SETUP_EVALUATIONS * seconds > time_budget:
-        raise NotApplicable(f"one evaluation of the network's LMI takes about {seconds:.0f} s: its start and check "
-                            f"would not fit in {time_budget:.0f} s; autolip's bound stands")
     lmi = lmi_of_graph(graph, max_size=max_size, max_work=math.inf, eliminate="constant")
     lmi = balanced(lmi)
     interior, rho_start = fast_multipliers(lmi, grid=0, evaluations=1)  # theta = 1 only
