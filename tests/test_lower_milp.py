@@ -14,6 +14,7 @@ from lipbound.api import as_graph
 from lipbound.errors import InvalidInput, NotApplicable
 from lipbound.methods import METHODS
 from lipbound.methods import lower_milp as lm
+from lipbound.methods.pattern_milp import ChainNet, PatternProgram
 from lipbound.methods.piecewise import mlp_layers
 from lipbound.methods.propagation import localize
 from lipbound.methods.region import Ball, Box
@@ -90,10 +91,10 @@ def test_milp_optimum_matches_a_grid_for_fixed_directions(seed, act):
     low, high = torch.tensor([-1.0, -0.5], dtype=torch.float64), torch.tensor([0.5, 1.0], dtype=torch.float64)
     box = Box(low, high)
     layers = mlp_layers(localize(g, box))
-    model = lm._Net(layers, [lm._slopes(l) for l in layers[:-1]], box)
+    model = ChainNet(layers, [lm._slopes(l) for l in layers[:-1]], box)
     gen = np.random.default_rng(seed)
     u, v = gen.standard_normal(3), gen.standard_normal(2)
-    solved = lm._Program(model).solve(u, v, model.state(((low + high) / 2).numpy()), seed, 10_000, 20.0)
+    solved = PatternProgram(model).solve(u, v, model.state(((low + high) / 2).numpy()), seed, 10_000, 20.0)
     assert solved["status"] == "optimal"
     J = _grid_jacobians(net, low, high).numpy()
     brute = float(np.max(np.einsum("i,bij,j->b", u, J, v)))

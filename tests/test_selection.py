@@ -229,7 +229,8 @@ def test_an_affine_net_has_no_lmi_and_no_lipsdp() -> None:
 
 def test_lenet5_gets_the_blocks_path_in_a_300_s_run_only() -> None:
     from lipbound.methods.cost import lipsdp_cost, lipsdp_path
-    from lipbound.methods.lipsdp_conv import SETUP_EVALUATIONS, WORK_RATE, evaluation_work
+    from lipbound.methods.lipsdp_conv import SETUP_EVALUATIONS, evaluation_work
+    from lipbound.methods.machine import BLOCKS_RATE as WORK_RATE
 
     graph = lenet5()
     sizes = graph_sizes(graph)

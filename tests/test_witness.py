@@ -16,7 +16,7 @@ from torch import nn
 
 import lipbound
 from oracles import ZeroNet
-import lipbound.methods.rounding as rounding_module
+import lipbound.methods.enclosure as rounding_module
 from lipbound.errors import InvalidInput
 from lipbound.witness import PairWitness, PointWitness, pair_bounds, witness_value
 

@@ -21,7 +21,7 @@ from ..errors import UnsupportedOperation
 from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool, Node
 from ..linalg.operators import Compose, Function, Permute, Reshape
 from .relaxations import Relaxation
-from .rounding import _TINY, _U, _gamma, _linear, _up
+from .float_error import TINY as _TINY, UNIT_ROUNDOFF as _U, gamma as _gamma, linear_error as _linear, round_up as _up
 
 __all__ = ["Backward", "Bounds", "center_radius"]
 

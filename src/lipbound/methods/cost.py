@@ -11,8 +11,9 @@ that stop on their own (AutoLip, ECLipsE-Fast, exact), and to its first useful b
 that improve until their budget ends (LipSDP's first-order solver: its set-up and
 :data:`SDP_USEFUL_ITERATIONS` iterations; ``lower``: one round of starts; SeqLip: the SVDs and one
 pass over the pairs). The constants (:data:`CONSTANTS`, seconds per unit of work, on one CPU thread)
-were fitted by ``benchmarks/cost_model.py`` on this project's 2-core CPU machine; a GPU or a faster
-CPU only makes the predictions pessimistic, which keeps the choice on the safe side.
+are the machine's (:data:`lipbound.methods.machine.METHOD_SECONDS`, their one home, fitted by
+``benchmarks/cost_model.py`` on this project's 2-core CPU machine); a GPU or a faster CPU only
+makes the predictions pessimistic, which keeps the choice on the safe side.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from ..graph.ir import Activation, Add, Concat, Graph, MaxPool
 from ..linalg.conv import Conv
 from ..linalg.operators import Dense
 from .lipsdp import IPM_CHAIN_MAX_ORDER, _cvxpy_available
-from .lipsdp_conv import CHECK_EVALUATIONS, MAX_ENTRIES, SETUP_EVALUATIONS, WORK_RATE, chain_orders, evaluation_work
+from .lipsdp_banded import BlockStructure, structure_of_graph
+from .lipsdp_conv import (CHECK_EVALUATIONS, SETUP_EVALUATIONS, blocks_refusal, chain_orders,
+                          structure_routes_to_blocks)
 from .lmi_build import MAX_WORK
+from .machine import CHAIN_IPM_SECONDS, METHOD_SECONDS
 from .piecewise import count_two_slope_neurons
-from .work_plan import POWER_SECONDS
 
 __all__ = ["GraphSizes", "graph_sizes", "CONSTANTS", "autolip_cost", "power_cost", "seqlip_cost", "eclipse_cost",
            "lipsdp_cost", "lipsdp_path", "LIPSDP_PATHS", "lower_cost", "exact_cost", "total"]
@@ -62,6 +65,9 @@ class GraphSizes:
             a chain of affine nodes and activations (every neuron counted,
             :func:`~lipbound.methods.lipsdp_conv.chain_orders`), else None.
         pooled: the graph has max pooling (no LMI holds it: LipSDP refuses it).
+        blocks: the block structure of the LMI (chains and residual nets,
+            :func:`~lipbound.methods.lipsdp_banded.structure_of_graph`), None with max pooling: what
+            LipSDP's ``"blocks"`` path reads to route, refuse and price a network.
     """
 
     kind: str
@@ -78,6 +84,7 @@ class GraphSizes:
     relu_units: int | None
     chain_orders: tuple[int, ...] | None = None
     pooled: bool = False
+    blocks: BlockStructure | None = None
 
 
 def graph_sizes(graph: Graph) -> GraphSizes:
@@ -98,11 +105,12 @@ def graph_sizes(graph: Graph) -> GraphSizes:
     conv_work = sum(math.prod(op.out_shape) * op.weight.shape[1] * math.prod(op.weight.shape[2:]) for op in convs)
     matvec = sum(math.prod(op.out_shape) * math.prod(op.in_shape) for op in dense) + conv_work
     units = count_two_slope_neurons(graph) if kind == "mlp" else None
-    orders = chain_orders(graph)
+    structure = structure_of_graph(graph)
+    orders = chain_orders(structure)
     return GraphSizes(kind, input_size, sum(math.prod(n.shape) for n in acts), unstable, widths, order,
                       float(chain_work), float(dense_svd + sum(_svd(op) for op in convs)), float(dense_svd),
                       float(matvec), float(conv_work), units, None if orders is None else tuple(orders),
-                      any(isinstance(n, MaxPool) for n in nodes))
+                      any(isinstance(n, MaxPool) for n in nodes), structure)
 
 
 def _svd(op) -> int:
@@ -124,21 +132,8 @@ def _ops(graph: Graph, cls: type) -> list:
     return [op for node in graph.affine_nodes() for op in walk(node.op)]
 
 
-#: Seconds per unit of work of each model on one CPU thread, fitted by benchmarks/cost_model.py
-#: (total measured seconds / total work over random MLPs and a CNN, 2026 run on the shared 2-core CPU;
-#: ``power``, ``ipm``, ``exact`` not fitted: set by hand).
-CONSTANTS = {
-    "start": 0.2,         # fixed overhead of a method call
-    "autolip": 1.6e-9,       # per flop of the dense SVDs and convolution DFT bounds
-    "power": POWER_SECONDS,  # per multiply-add of the power iterations (work_plan.POWER_SECONDS)
-    "seqlip": 4e-8,        # per flop of the SVDs (convolutions materialised) and the pair products
-    "eclipse": 2.8e-9,       # per flop of the block recursions and the check
-    "lipsdp": 1e-9,        # per flop of the first-order solver's iterations
-    "ipm": 2e-8,           # per (reduced LMI order)^3.5 of an interior-point solve
-    "blocks": 1 / WORK_RATE,  # per flop of the "blocks" path's eliminations (lipsdp_conv.WORK_RATE)
-    "lower": 5e-8,         # per multiply-add of the search's forward and backward passes
-    "exact": 1e-3,         # per activation pattern visited
-}
+#: Seconds per unit of work of each model on one CPU thread (:data:`~.machine.METHOD_SECONDS`)
+CONSTANTS = METHOD_SECONDS
 SDP_USEFUL_ITERATIONS = 10   # L-BFGS iterations of LipSDP's first-order solver that make its bound worth it
 ECLIPSE_PASSES = 16          # recursions of ECLipsE-Fast's search over theta (14) and its check
 POWER_PASSES = 200           # forward and backward passes of AutoLip's power method per layer
@@ -161,7 +156,7 @@ def work(s: GraphSizes) -> dict[str, float]:
         "eclipse": ECLIPSE_PASSES * s.chain_work,
         "lipsdp": (ECLIPSE_PASSES + 2 * SDP_USEFUL_ITERATIONS) * s.chain_work if dense else 0.0,
         "ipm": float(_reduced_orders(s)[0] + s.unstable) ** 3.5 if path == "clarabel" else 0.0,
-        "blocks": (BLOCKS_EVALUATIONS * evaluation_work(list(s.chain_orders)) if path == "blocks" else 0.0),
+        "blocks": BLOCKS_EVALUATIONS * s.blocks.work() if path == "blocks" else 0.0,
         "lower": LOWER_PASSES * s.matvec_work,
         "exact": math.inf if s.relu_units is None else 2.0 ** min(s.relu_units, EXACT_LOG2_PATTERNS),
     }
@@ -173,37 +168,33 @@ LIPSDP_MAX_SIZE = 20000  # LipSDP's ``max_size``: the dense paths refuse a large
 #: evaluations of the ``"blocks"`` path to its first useful bound: its set-up, SDP_USEFUL_ITERATIONS
 #: L-BFGS steps, its last step and the check (lipsdp_conv's SETUP_ and CHECK_EVALUATIONS)
 BLOCKS_EVALUATIONS = SETUP_EVALUATIONS + SDP_USEFUL_ITERATIONS + CHECK_EVALUATIONS
-#: the chain interior point (:mod:`lipbound.methods.lipsdp_ipm`): seconds per unit of its work per
-#: iteration, ``order^3 + 4 order^2 w`` (dense X, Newton matrix; block solves, ``w`` the widest block),
-#: measured on GLipSDP's mlp_L33_W32 and mlp_L65_W32 (0.5 to 0.8 s at order 1056, 3 to 5 s at 2112,
-#: one thread of the loaded 2-core CPU); its first bound below its start (ECLipsE-Fast's multipliers)
-#: comes with its first iteration (it returns its best iterate when its budget ends)
-CHAIN_IPM_SECONDS = 6e-10
+#: iterations of the chain interior point (:mod:`lipbound.methods.lipsdp_ipm`, each priced at
+#: :data:`~.machine.CHAIN_IPM_SECONDS` per unit ``order^3 + 4 order^2 w``) to its first bound below
+#: its start (ECLipsE-Fast's multipliers); it returns its best iterate when its budget ends
 IPM_USEFUL_ITERATIONS = 1
 
 
 def lipsdp_path(s: GraphSizes, budget: float = math.inf) -> str:
     """The path :func:`lipbound.methods.lipsdp.lipsdp` with ``solver="auto"`` takes on a graph of
-    sizes ``s`` with ``time_budget=budget``, read from its routing (a copy of its rules on sizes):
+    sizes ``s`` with ``time_budget=budget``, read from its routing:
 
-    * a chain whose assembled LMI needs ``order * bandwidth^2 > MAX_WORK`` operations goes to
-      ``"blocks"`` (:func:`~lipbound.methods.lipsdp_conv.routes_to_blocks`), which refuses it when
-      its matrices exceed ``MAX_ENTRIES`` or its set-up (``SETUP_EVALUATIONS`` evaluations at
-      ``WORK_RATE``) exceeds the budget;
+    * a network whose assembled LMI needs ``order * bandwidth^2 > MAX_WORK`` operations, a chain
+      or a residual net alike, goes to ``"blocks"`` (lipsdp's own rule on the LMI's block
+      structure: :func:`~lipbound.methods.lipsdp_conv.structure_routes_to_blocks`), which refuses
+      it on the same sizes as :func:`~lipbound.methods.lipsdp_conv.lipsdp_blocks` does
+      (:func:`~lipbound.methods.lipsdp_conv.blocks_refusal`: its matrices' float64 entries, its
+      set-up's predicted seconds against the budget);
     * the assembled LMI is refused with max pooling (no LMI holds it), without an unstable neuron,
       above order ``LIPSDP_MAX_SIZE``, or above ``MAX_WORK`` operations per factorisation (its
-      bandwidth: the widest pair of neighbouring blocks on a chain, the whole order otherwise);
+      bandwidth: the widest pair of neighbouring blocks on a chain, the whole order otherwise: a
+      copy of :func:`~lipbound.methods.lmi_build.lmi_of_graph`'s rule on sizes);
     * else ``"clarabel"`` (with cvxpy) up to reduced order ``IPM_MAX_ORDER``, ``"ipm"`` (lipbound's
       own interior point) on a chain up to reduced order ``IPM_CHAIN_MAX_ORDER``, ``"first-order"``
       otherwise (``"chordal"`` is never chosen by ``auto``: the chain interior point supersedes it).
     """
+    if structure_routes_to_blocks(s.blocks):
+        return "refused" if blocks_refusal(s.blocks, budget) is not None else "blocks"
     orders = s.chain_orders
-    if orders is not None and len(orders) >= 2:
-        band = max(a + b for a, b in zip(orders, orders[1:]))
-        if sum(orders) * band ** 2 > MAX_WORK:
-            entries = sum(a * b for a, b in zip(orders, orders[1:])) + max(orders) ** 2
-            fits = SETUP_EVALUATIONS * evaluation_work(list(orders)) / WORK_RATE <= budget
-            return "blocks" if entries <= MAX_ENTRIES and fits else "refused"
     blocks = [s.input_size, *s.widths]
     band = max(a + b for a, b in zip(blocks, blocks[1:])) if orders is not None and s.widths else s.lmi_order
     if s.pooled or s.unstable == 0 or s.lmi_order > LIPSDP_MAX_SIZE or s.lmi_order * (band + 1) ** 2 > MAX_WORK:

@@ -33,10 +33,15 @@ affine chains. **Cost**: an evaluation costs
 n_j p_j^2)`` with ``p_j`` the size of the blocks block ``j`` is eliminated onto, and the input
 block's eigenvalues), estimated from the graph's shapes before anything is materialised; the
 method refuses (:class:`~lipbound.errors.NotApplicable`) a network whose start and check alone
-(about ``SETUP_EVALUATIONS`` evaluations) would not fit in the time budget at ``WORK_RATE`` flops
-per second (the Scalability CNNs with 16 channels: 12,544 neurons per layer), so that AutoLip's
-certified bound stands for them; and one whose layers' dense matrices and largest blocks would not
-fit in ``max_entries`` float64 entries in all.
+(about ``SETUP_EVALUATIONS`` evaluations) would not fit in the time budget at
+:data:`~lipbound.methods.machine.BLOCKS_RATE` flops per second (the Scalability CNNs with 16
+channels: 12,544 neurons per layer), so that AutoLip's certified bound stands for them; and one
+whose layers' dense matrices and largest blocks would not fit in ``max_entries`` float64 entries in
+all. **Plan**: whether the solver runs at all is decided from that predicted evaluation time
+alone (it runs when the budget holds ``SETUP_EVALUATIONS + SOLVE_MIN_EVALUATIONS`` evaluations),
+so the same network and budget take the same path on every machine; the wall clock then caps the
+solver's L-BFGS (``stopped_by == "time"``), keeping ``CHECK_EVALUATIONS`` predicted evaluations
+for its last step and the check.
 """
 
 from __future__ import annotations
@@ -55,18 +60,19 @@ from .lmi_build import MAX_WORK, lmi_of_graph
 from .lipsdp_dual import gap
 from .sdp_verify import CertificateRejected, certify
 from .lipsdp_first_order import rss_mb, solve_first_order, stopped_by
+from .machine import BLOCKS_RATE
 
-WORK_RATE = 1e10  # float64 flops per second (measured ~1.2e10: chain_schur on LeNet5, one core of the shared CPU)
 SETUP_EVALUATIONS = 8  # balancing, start, first and last evaluation, and the check, in evaluations' work
 CHECK_EVALUATIONS = 5  # the solver's last evaluation (top eigenvectors, dual bound) and the check
+SOLVE_MIN_EVALUATIONS = 2  # evaluations the budget must hold beyond the set-up for the solver to run
 MAX_ENTRIES = 3e8  # float64 entries of the layers' matrices and the largest block (2.4 GB)
 
 
-def chain_orders(graph: Graph) -> list[int] | None:
-    """The block orders ``[input, activation 1, ...]`` of a chain's LMI from the fused graph's
-    shapes (every neuron counted: an upper bound when some are stable), or None if the graph is
-    not a chain of affine nodes and activations (the cost model's view of this path)."""
-    structure = structure_of_graph(graph)
+def chain_orders(structure: BlockStructure | None) -> list[int] | None:
+    """The block orders ``[input, activation 1, ...]`` of a chain's LMI from its block structure
+    (:func:`~lipbound.methods.lipsdp_banded.structure_of_graph`: every neuron counted, an upper
+    bound when some are stable), or None if the graph is not a chain of affine nodes and
+    activations."""
     if structure is None:
         return None
     m = len(structure.sizes) - 1
@@ -85,10 +91,30 @@ def evaluation_work(orders: list[int]) -> float:
 def routes_to_blocks(graph: Graph, max_work: float = MAX_WORK) -> bool:
     """True for a network whose assembled LMI the dense and banded paths would refuse on work
     (``order * bandwidth^2 > max_work``): ``solver="auto"`` sends it here."""
-    structure = structure_of_graph(graph)
+    return structure_routes_to_blocks(structure_of_graph(graph), max_work)
+
+
+def structure_routes_to_blocks(structure: BlockStructure | None, max_work: float = MAX_WORK) -> bool:
+    """:func:`routes_to_blocks` from the graph's block structure (None: no LMI takes the graph)."""
     if structure is None or len(structure.sizes) < 2:
         return False
     return sum(structure.sizes) * (structure.bandwidth() + 1) ** 2 > max_work
+
+
+def blocks_refusal(structure: BlockStructure, time_budget: float, max_entries: float = MAX_ENTRIES) -> str | None:
+    """Why :func:`lipsdp_blocks` refuses a network of this block structure with ``time_budget``
+    seconds (its matrices exceed ``max_entries`` float64 entries, or its set-up of
+    ``SETUP_EVALUATIONS`` evaluations at :data:`~lipbound.methods.machine.BLOCKS_RATE` exceeds the
+    budget), or None: decided from sizes alone (the cost model reads the same rule)."""
+    entries = structure.entries()
+    if entries > max_entries:
+        return (f"the LMI's layer matrices and blocks need {entries:.2g} float64 entries "
+                f"(> max_entries {max_entries:.2g}); autolip's bound stands")
+    seconds = structure.work() / BLOCKS_RATE
+    if SETUP_EVALUATIONS * seconds > time_budget:
+        return (f"one evaluation of the network's LMI takes about {seconds:.0f} s: its start and check "
+                f"would not fit in {time_budget:.0f} s; autolip's bound stands")
+    return None
 
 
 def lipsdp_blocks(graph: Graph, *, variant: str = "neuron", time_budget: float = 300.0, lbfgs_iter: int = 3000,
@@ -97,42 +123,34 @@ def lipsdp_blocks(graph: Graph, *, variant: str = "neuron", time_budget: float =
     certified by the block Cholesky check (module docstring). Same ``details`` as
     :func:`~lipbound.methods.lipsdp.lipsdp`, with ``solver="blocks"``, ``start_value`` (the
     checked-to-be ECLipsE-Fast start's value, not certified by itself),
-    ``estimated_evaluation_seconds`` (from the work estimate, for the refusal) and
-    ``measured_evaluation_seconds`` (one evaluation timed before solving: the time kept for the
-    last step and the check is ``CHECK_EVALUATIONS`` times the larger of the two). Raises :class:`~lipbound.errors.NotApplicable` for a graph
-    with a node the LMI does not take (max pooling), or one too large for ``max_entries`` or for
-    the time budget."""
+    ``estimated_evaluation_seconds`` (from the work estimate: the plan of the module doc). Raises
+    :class:`~lipbound.errors.NotApplicable` for a graph with a node the LMI does not take (max
+    pooling), or one too large for ``max_entries`` or for the time budget."""
 
     start = time.perf_counter()
     structure = structure_of_graph(graph)
     if structure is None:
         raise NotApplicable("solver 'blocks' needs affine layers, activations, sums and concatenations (no max "
                             "pooling)")
-    entries = structure.entries()
-    if entries > max_entries:
-        raise NotApplicable(f"the LMI's layer matrices and blocks need {entries:.2g} float64 entries "
-                            f"(> max_entries {max_entries:.2g}); autolip's bound stands")
-    seconds = structure.work() / WORK_RATE
-    if SETUP_EVALUATIONS * seconds > time_budget:
-        raise NotApplicable(f"one evaluation of the network's LMI takes about {seconds:.0f} s: its start and check "
-                            f"would not fit in {time_budget:.0f} s; autolip's bound stands")
+    refusal = blocks_refusal(structure, time_budget, max_entries)
+    if refusal is not None:
+        raise NotApplicable(refusal)
+    seconds = structure.work() / BLOCKS_RATE
     lmi = lmi_of_graph(graph, max_size=max_size, max_work=math.inf, eliminate="constant")
     lmi = balanced(lmi)
     interior, rho_start = fast_multipliers(lmi, grid=0, evaluations=1)  # theta = 1 only
     red = lmi.reduced()
     t_solve = time.perf_counter()
-    banded_schur(red, interior, gradient=True, top=16)  # one evaluation as the solver makes them, timed on this machine
-    measured = time.perf_counter() - t_solve
-    left = time_budget - (time.perf_counter() - start) - CHECK_EVALUATIONS * max(seconds, measured)  # keep time
-    if left > 2 * max(seconds, measured):
-        t, claimed, info = solve_first_order(red, variant=variant, time_budget=left, max_iter=lbfgs_iter,
+    planned = time_budget >= (SETUP_EVALUATIONS + SOLVE_MIN_EVALUATIONS) * seconds  # from sizes only
+    if planned:
+        left = time_budget - (t_solve - start) - CHECK_EVALUATIONS * seconds  # the clock's cap
+        t, claimed, info = solve_first_order(red, variant=variant, time_budget=max(left, 0.0), max_iter=lbfgs_iter,
                                              t0=interior, schur=partial(banded_schur, red))
-    else:
-        t, claimed, info = interior, rho_start, {"solver_status": "time limit", "iterations": 0}
+    else:  # the plan leaves the solver out: a deterministic work cap
+        t, claimed, info = interior, rho_start, {"solver_status": "not planned", "iterations": 0}
     info.update(solver="blocks", solver_seconds=time.perf_counter() - t_solve, lmi_order=lmi.size,
-                stopped_by=stopped_by(info["solver_status"]), reduced_order=red.size,
+                stopped_by=stopped_by(info["solver_status"]) if planned else "work", reduced_order=red.size,
                 eliminated_neurons=lmi.eliminated, estimated_evaluation_seconds=seconds,
-                measured_evaluation_seconds=measured,
                 start_value=lmi.scale * math.sqrt(rho_start))
     name = "lipsdp" if variant == "neuron" else "lipsdp-layer"
     info["solver_value"] = lmi.scale * math.sqrt(max(claimed, 0.0))

@@ -84,20 +84,10 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse.linalg as spla
 
-from ..errors import NotApplicable
+from .float_error import gamma
 
 LANCZOS_MIN = 200  # input blocks larger than this are iterated on (Lanczos) when optimising
 Blocks = dict[int, np.ndarray]  # basis block index -> matrix (rows of the map, columns of the block)
-UNIT_ROUNDOFF = 2.0 ** -53
-
-
-def gamma(k: int) -> float:
-    """``gamma_k = k u / (1 - k u)``: the relative error bound of ``k`` successive float64
-    operations (Higham, ASNA §3.1), ``u = 2^-53``; 0 for ``k <= 0``."""
-    k = max(k, 0)
-    if k * UNIT_ROUNDOFF >= 0.5:
-        raise NotApplicable(f"{k} terms per inner product is too many for a float64 rounding bound")
-    return k * UNIT_ROUNDOFF / (1 - k * UNIT_ROUNDOFF)
 
 
 @dataclass

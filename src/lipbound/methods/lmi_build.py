@@ -29,7 +29,8 @@ from ..errors import InvalidInput, NotApplicable
 from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input
 from ..graph.walk import GraphInterpreter
 from ..linalg.operators import Compose, LinearOperator, Permute, Reshape
-from .lmi import UNIT_ROUNDOFF, BasisBlock, LipschitzLMI, gamma, pow2
+from .float_error import UNIT_ROUNDOFF, gamma
+from .lmi import BasisBlock, LipschitzLMI, pow2
 
 MAX_WORK = 4e10  # refuse LMIs whose Cholesky factorisation needs more operations (minutes on a CPU)
 Tracked = dict[int, tuple[np.ndarray | float, float]]  # block -> (map, bound of its error's Frobenius norm)

@@ -60,7 +60,7 @@ from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool, N
 from .backsubstitution import Backward, Bounds, center_radius
 from .alpha_crown import AlphaOptions, FreeLines, free_lines, optimise
 from .relaxations import Relaxation, relax, value_range
-from .rounding import _TINY, _gamma, _linear, _up
+from .float_error import TINY as _TINY, gamma as _gamma, linear_error as _linear, round_up as _up
 
 __all__ = ["localize", "interval_bounds", "crown_bounds", "alpha_crown_bounds", "AlphaOptions", "Bounds"]
 

@@ -41,7 +41,7 @@ from typing import NamedTuple
 import torch
 
 from ..graph.ir import Activation
-from .rounding import _TINY, _activation_rounding, _gamma
+from .float_error import TINY as _TINY, activation_rounding as _activation_rounding, gamma as _gamma
 
 __all__ = ["Relaxation", "relax", "value_range", "slopes_on", "PIECES"]
 

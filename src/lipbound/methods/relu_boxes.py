@@ -51,7 +51,7 @@ import torch
 from ..graph.ir import Activation, Affine, Graph, Input
 from ..linalg.spectral import CERTIFIED_RTOL
 from .relu_crown import crown_layer
-from .rounding import _U, _gamma, _linear, _up
+from .float_error import UNIT_ROUNDOFF as _U, gamma as _gamma, linear_error as _linear, round_up as _up
 
 __all__ = ["Layer", "BoxBounds", "relu_chain", "bound_boxes", "jacobians"]
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import torch
 
-from .rounding import _TINY, _U, _gamma, _up
+from .float_error import TINY as _TINY, UNIT_ROUNDOFF as _U, gamma as _gamma, round_up as _up
 
 __all__ = ["crown_layer"]
 

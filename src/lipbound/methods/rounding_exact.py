@@ -6,14 +6,14 @@ made of affine maps (dense, convolution, diagonal scaling, selections, reshapes,
 these), piecewise-linear activations whose breakpoints, slopes and offsets are float64 numbers
 (ReLU, LeakyReLU, hard-tanh-like), max pooling, sums and concatenations maps a dyadic input to a
 dyadic output: sums, products and maxima of dyadic rationals are dyadic. Each tensor is held as
-Python integers (a numpy object array of mantissas) times one power of two (:class:`Dyadic`), and
+Python integers (a numpy object array of mantissas) times one power of two (:class:`~lipbound.methods.dyadic.Dyadic`), and
 every operation is exact: the value ``f(x)`` computed here is *the* value of the function the
 graph's float64 parameters define, with no rounding (int64 would overflow: the mantissas grow by
 about 60 bits a layer).
 
-**Linear maps** are read exactly as sparse matrices: a dense weight directly; a convolution,
-diagonal, selection, reshape or permutation by applying its float64 ``matvec`` to unit vectors,
-which is exact (every output is ``w * 1`` plus products with 0: one non-zero term, no rounding).
+**Linear maps** are read exactly as sparse matrices (:mod:`lipbound.methods.exact_linear`): a
+dense weight directly; a convolution, diagonal, selection, reshape or permutation by applying its
+float64 ``matvec`` to unit vectors, which is exact (every output is ``w * 1`` plus products with 0: one non-zero term, no rounding).
 Compositions are applied stage by stage (their product would round); operators of unknown
 internals (``Function``, ``Kronecker``) and smooth activations are declined (``NotApplicable``):
 exact arithmetic cannot evaluate ``tanh``.
@@ -25,7 +25,7 @@ rounded outwards to float64: a relative width of about ``2^-60``.
 **Jacobian witness** ``(x, v)``: the exact forward pass also carries the directional derivative
 along the pattern at ``x`` (affine maps without bias, each activation's piece slope, the selected
 input of each max-pooling window) and which elements are *moving* (depend on the input near
-``x``: the rule of :func:`~lipbound.methods.rounding.region_check`). Ties are declined: a moving
+``x``: the rule of :func:`~lipbound.methods.witness_region.region_check`). Ties are declined: a moving
 activation input exactly on a breakpoint, or a max-pooling window whose maximum is reached by
 several inputs one of which is moving, is a kink where ``f`` need not be differentiable, and a
 Jacobian witness there may belong to no linear region (DESIGN §8: use a pair). A tie of locally
@@ -45,7 +45,6 @@ remaining points are declined, deterministically. Measured: a 65-layer, width-32
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -54,9 +53,10 @@ import torch
 from ..errors import NotApplicable
 from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool
 from ..graph.walk import GraphInterpreter
-from ..linalg.operators import Compose, Conv, Dense, Diagonal, LinearOperator, Permute, Reshape
-from ..linalg.structured import Gather
+from ..linalg.operators import Dense
 from .budget import graph_macs
+from .dyadic import Dyadic, sqrt_ratio_bounds
+from .exact_linear import exact_stages, pooling_windows
 from .region import Region
 
 __all__ = ["WORK_CAP", "Dyadic", "exact_forward", "exact_pair_bounds", "exact_jacobian_values", "sqrt_ratio_bounds"]
@@ -65,171 +65,6 @@ WORK_CAP = 4_000_000  # exact multiply-accumulates per call (graph_macs units), 
 _PROBE_CAP = 200_000_000  # float64 multiply-accumulates spent reading one graph's operators exactly
 _JACOBIAN_PASSES = 3  # value and tangent at x, value at x + h v
 _bit_length = np.frompyfunc(int.bit_length, 1, 1)
-
-
-@dataclass(frozen=True)
-class Dyadic:
-    """The exact tensor ``mant * 2**exp``: ``mant`` a numpy object array of Python ints."""
-
-    mant: np.ndarray
-    exp: int
-
-    @staticmethod
-    def of(t: torch.Tensor | np.ndarray | float) -> "Dyadic":
-        """The exact value of a float64 tensor (finite), mantissas stripped of common factors of 2."""
-        a = np.asarray(t.detach().cpu().double().numpy() if isinstance(t, torch.Tensor) else t, dtype=np.float64)
-        if not np.isfinite(a).all():
-            raise NotApplicable("exact evaluation needs finite numbers")
-        m, e = np.frexp(a)
-        mi = (m * 2.0 ** 53).astype(np.int64)  # exact: a float64 has 53 significant bits
-        tz = np.log2((mi & -mi).clip(1)).astype(np.int64)  # trailing zero bits (exact powers of two)
-        mi, e = mi >> tz, e.astype(np.int64) - 53 + tz
-        nz = mi != 0
-        base = int(e[nz].min()) if nz.any() else 0
-        shift = np.where(nz, e - base, 0)
-        return Dyadic(np.left_shift(mi.astype(object), shift.astype(object)), base)
-
-    def at(self, exp: int) -> np.ndarray:
-        """Mantissas on the finer exponent ``exp <= self.exp``."""
-        return self.mant if exp == self.exp else np.left_shift(self.mant, self.exp - exp)
-
-    def __add__(self, other: "Dyadic") -> "Dyadic":
-        e = min(self.exp, other.exp)
-        return Dyadic(self.at(e) + other.at(e), e)
-
-    def __sub__(self, other: "Dyadic") -> "Dyadic":
-        e = min(self.exp, other.exp)
-        return Dyadic(self.at(e) - other.at(e), e)
-
-    def __mul__(self, other: "Dyadic") -> "Dyadic":
-        return Dyadic(self.mant * other.mant, self.exp + other.exp)
-
-    def scaled(self, k: int) -> "Dyadic":
-        """``self * 2**k``."""
-        return Dyadic(self.mant, self.exp + k)
-
-    def squared_norm(self) -> tuple[int, int]:
-        """``(s, e)`` with ``||self||_2^2 = s 2^e`` exactly."""
-        flat = self.mant.ravel()
-        return int((flat * flat).sum()) if flat.size else 0, 2 * self.exp
-
-
-def sqrt_ratio_bounds(num: int, num_exp: int, den: int, den_exp: int) -> tuple[float, float]:
-    """Float64 ``(low, high)`` with ``low <= sqrt((num 2^num_exp) / (den 2^den_exp)) <= high``
-    (``num >= 0``, ``den > 0``): the quotient scaled by ``2^s`` to about 128 bits and floored (ceiled),
-    its integer square root, rounded down (up) to 53 bits."""
-    e = num_exp - den_exp
-    s = 128 + den.bit_length() - num.bit_length()
-    if (e - s) % 2:
-        s += 1
-    if s >= 0:
-        q_low, q_high = (num << s) // den, -((-num << s) // den)
-    else:
-        q_low, q_high = num // (den << -s), -(-num // (den << -s))
-    r_low, r_high = math.isqrt(q_low), math.isqrt(q_high)
-    if r_high * r_high < q_high:
-        r_high += 1
-    half = (e - s) // 2
-    return _round(r_low, half, up=False), _round(r_high, half, up=True)
-
-
-def _round(m: int, e: int, up: bool) -> float:
-    """``m 2^e`` (``m >= 0``) rounded down or up to a float64."""
-    extra = max(0, m.bit_length() - 53)
-    top = m >> extra
-    if up and (top << extra) != m:
-        top += 1
-    try:
-        value = math.ldexp(float(top), e + extra)
-    except OverflowError:
-        return math.inf if up else float.fromhex("0x1.fffffffffffffp+1023")
-    if value < 2.0 ** -1000:  # subnormal range: ldexp rounds to nearest
-        return 2.0 ** -1000 if up else 0.0
-    return value
-
-
-# ---- exact linear maps ----------------------------------------------------------------------
-class _Sparse(NamedTuple):
-    """A linear map as rows of taps: ``y_i = sum_t weight[i, t] * x[index[i, t]]``, where index
-    ``in_numel`` is a padding tap (reads 0)."""
-
-    index: np.ndarray
-    weight: Dyadic
-    out_shape: tuple[int, ...]
-
-    def apply(self, h: Dyadic) -> Dyadic:
-        ext = np.append(h.mant.ravel(), np.array([0], dtype=object))
-        y = (self.weight.mant * ext[self.index]).sum(axis=1)
-        return Dyadic(y.reshape(self.out_shape), self.weight.exp + h.exp)
-
-    def reach(self, moving: np.ndarray) -> np.ndarray:
-        ext = np.append(moving.ravel(), False)
-        return ((self.weight.mant != 0) & ext[self.index]).any(axis=1).reshape(self.out_shape)
-
-
-def _sparse(op: LinearOperator) -> list[_Sparse]:
-    """``op`` as exact sparse stages, cached on the operator (module doc)."""
-    if "_lipbound_exact" not in op.__dict__:
-        if isinstance(op, Compose):
-            op.__dict__["_lipbound_exact"] = [s for sub in op.ops for s in _sparse(sub)]
-        elif isinstance(op, Dense) and len(op.in_shape) == 1:
-            w = op.weight.detach().cpu().double()
-            index = np.broadcast_to(np.arange(w.shape[1]), w.shape).copy()
-            op.__dict__["_lipbound_exact"] = [_Sparse(index, Dyadic.of(w), tuple(op.out_shape))]
-        elif isinstance(op, (Dense, Conv, Diagonal, Gather, Reshape, Permute)):
-            op.__dict__["_lipbound_exact"] = [_probed(op)]
-        else:
-            raise NotApplicable(f"exact evaluation cannot read the linear operator {type(op).__name__} exactly")
-    return op.__dict__["_lipbound_exact"]
-
-
-def _probed(op: LinearOperator, chunk: int = 256) -> _Sparse:
-    """The matrix of ``op`` from its float64 ``matvec`` on unit vectors (exact: module doc)."""
-    n = op.in_numel
-    op64 = op.to(dtype=torch.float64)
-    rows, cols, vals = [], [], []
-    with torch.no_grad():
-        for start in range(0, n, chunk):
-            stop = min(n, start + chunk)
-            eye = torch.zeros(stop - start, n, dtype=torch.float64)
-            eye[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
-            out = op64.matvec(eye.reshape(-1, *op.in_shape)).reshape(stop - start, -1)
-            c, r = torch.nonzero(out, as_tuple=True)
-            rows.append(r.numpy()), cols.append((c + start).numpy()), vals.append(out[c, r].numpy())
-    return _rows_of_taps(np.concatenate(rows), np.concatenate(cols), np.concatenate(vals), n, tuple(op.out_shape))
-
-
-def _rows_of_taps(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n: int, out_shape: tuple[int, ...]) -> _Sparse:
-    """Coordinates ``(row, col, value)`` as a :class:`_Sparse` (padding taps read index ``n``)."""
-    out_numel = math.prod(out_shape)
-    order = np.lexsort((cols, rows))
-    rows, cols, vals = rows[order], cols[order], vals[order]
-    counts = np.bincount(rows, minlength=out_numel)
-    taps = max(1, int(counts.max()) if counts.size else 1)
-    slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
-    index = np.full((out_numel, taps), n, dtype=np.int64)
-    weight = np.zeros((out_numel, taps))
-    index[rows, slot], weight[rows, slot] = cols, vals
-    return _Sparse(index, Dyadic.of(weight), out_shape)
-
-
-def _windows(node: MaxPool, in_shape: tuple[int, ...], chunk: int = 256) -> np.ndarray:
-    """The inputs of each max-pooling window, ``(out_numel, taps)`` (padding taps read index
-    ``in_numel``), from the pooling of unit vectors (an input is in a window iff its 1 comes out)."""
-    if "_lipbound_windows" not in node.__dict__:
-        n = math.prod(in_shape)
-        rows, cols = [], []
-        with torch.no_grad():
-            for start in range(0, n, chunk):
-                stop = min(n, start + chunk)
-                eye = torch.zeros(stop - start, n, dtype=torch.float64)
-                eye[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
-                out = node.evaluate(eye.reshape(-1, *in_shape)).reshape(stop - start, -1)
-                c, r = torch.nonzero(out == 1.0, as_tuple=True)
-                rows.append(r.numpy()), cols.append((c + start).numpy())
-        r, c = np.concatenate(rows), np.concatenate(cols)
-        node.__dict__["_lipbound_windows"] = _rows_of_taps(r, c, np.ones(len(r)), n, tuple(node.shape)).index
-    return node.__dict__["_lipbound_windows"]
 
 
 # ---- the exact forward pass -------------------------------------------------------------------
@@ -276,7 +111,7 @@ class _Exact(GraphInterpreter[_State]):
 
     def visit_affine(self, node: Affine, h: _State) -> _State:
         value, tangent, moving = h
-        for stage in _sparse(node.op):
+        for stage in exact_stages(node.op):
             value = stage.apply(value)
             if tangent is not None:
                 tangent, moving = stage.apply(tangent), stage.reach(moving)
@@ -322,7 +157,7 @@ class _Exact(GraphInterpreter[_State]):
         return _State(Dyadic(out, e_out), Dyadic(t, h.tangent.exp + e_t), moving & ~flat)
 
     def visit_maxpool(self, node: MaxPool, h: _State) -> _State:
-        index = _windows(node, h.value.mant.shape)
+        index = pooling_windows(node, h.value.mant.shape)
         zm = h.value.mant.ravel()
         floor = (min(zm) if zm.size else 0) - 1  # below every input: the padding taps
         g = np.append(zm, np.array([floor], dtype=object))[index]

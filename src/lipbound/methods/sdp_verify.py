@@ -63,7 +63,8 @@ import scipy.linalg as sla
 
 from ..errors import LipboundError
 from ..linalg.spectral import CERTIFIED_RTOL
-from .lmi import LipschitzLMI, gamma
+from .float_error import gamma
+from .lmi import LipschitzLMI
 
 _ETA = 2.0 ** -1074  # the smallest positive float64 (underflow)
 

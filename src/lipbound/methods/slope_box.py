@@ -39,7 +39,7 @@ from ..errors import NotApplicable
 from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool
 from ..graph.walk import GraphInterpreter
 from ..linalg.spectral import CERTIFIED_RTOL
-from .rounding import _U, _gamma, _linear, _up
+from .float_error import UNIT_ROUNDOFF as _U, gamma as _gamma, linear_error as _linear, round_up as _up
 
 __all__ = ["SlopeBoxBound", "slope_box_bound"]
 

@@ -8,19 +8,15 @@ stays the outer cap: it only stops what the plan started when the machine is slo
 rates assume, and the result then says ``stopped_by == "time"``. A step the plan left out is a
 deterministic work cap (``stopped_by == "work"``).
 
-The rates are conservative (a slow, shared core), so that the clock rarely has to act:
+The rates (:mod:`lipbound.methods.machine`, their one home: meaning, unit and measurement) are
+conservative (a slow, shared core), so that the clock rarely has to act. A step is priced as:
 
-* :data:`SVD_RATE` — ``m n min(m, n)`` per second of a float64 SVD of an ``m x n`` matrix
-  (measured 1.0-1.8e9 on one core; an OVAL21 conv layer of 3072 x 2048: 1.1e9);
-* :data:`MATMUL_RATE` — multiply-accumulates per second of a float64 matrix product (numpy on
-  one loaded core; measured up to 2e10);
-* :data:`FACTOR_RATE` — flops per second of the dense factorisations (LU, Cholesky, symmetric
-  eigenvalues) of the LMI's blocks (measured 4.7e9 for a 1352 x 1352 inverse);
-* :data:`GRAM_RATE` — the same unit for the Gram + shifted-Cholesky certificate
-  (:mod:`~lipbound.linalg.dense_gram`; measured 2.6e10 at 4096 x 9216);
+* the certified norm of a materialised layer: ``m n min(m, n)`` at :data:`~.machine.SVD_RATE`
+  (or :data:`~.machine.GRAM_RATE` for the Gram + Cholesky certificate);
+* matrix products: multiply-accumulates at :data:`~.machine.MATMUL_RATE`;
+* one pass of factorisations of an LMI: flops at :data:`~.machine.FACTOR_RATE`;
 * power steps: ``2 k`` passes of :func:`~lipbound.methods.budget.op_macs` multiply-accumulates,
-  at :data:`POWER_SECONDS` per multiply-add of the power iterations (also the cost model's
-  :data:`~lipbound.methods.cost.CONSTANTS` ``["power"]``).
+  at :data:`~.machine.POWER_SECONDS` each.
 """
 
 from __future__ import annotations
@@ -32,15 +28,11 @@ from ..linalg.dense_gram import CHOLESKY_MIN_SIDE
 from ..linalg.linear_operator import LinearOperator
 from ..linalg.operators import Dense
 from .budget import op_macs
+from .machine import FACTOR_RATE, GRAM_RATE, MATMUL_RATE, POWER_SECONDS, SVD_RATE
 
-__all__ = ["SVD_RATE", "GRAM_RATE", "MATMUL_RATE", "Allowance", "svd_seconds", "macs_seconds", "dense_norm_seconds",
-           "gram_step_seconds", "power_steps", "FACTOR_RATE", "lmi_factor_seconds", "interior_evaluations"]
+__all__ = ["Allowance", "svd_seconds", "macs_seconds", "dense_norm_seconds", "gram_step_seconds", "power_steps",
+           "lmi_factor_seconds", "interior_evaluations"]
 
-SVD_RATE = 1e9
-GRAM_RATE = 1e10
-POWER_SECONDS = 2e-9  # seconds per multiply-add of the power iterations (set by hand)
-MATMUL_RATE = 5e9
-FACTOR_RATE = 4e9
 INTERIOR_SHARE = 0.2
 INTERIOR_FLOOR = 0.1
 

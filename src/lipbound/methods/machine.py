@@ -1,0 +1,65 @@
+"""The speed of the machine, the one home of every rate that turns predicted work into seconds.
+
+lipbound never decides *what* to compute from a measured wall time: a method plans its steps from
+the sizes of the graph and the rates below (:mod:`lipbound.methods.work_plan` for one method's
+steps, :mod:`lipbound.methods.cost` for the choice of methods, :mod:`lipbound.methods.lipsdp_conv`
+for the "blocks" path of LipSDP), so the same graph and budget give the same numbers on a fast or
+a loaded machine; the wall clock only caps what the plan started (``stopped_by == "time"``).
+
+The rates were measured on this project's CPU machine (2 cores shared by several jobs, one thread
+per job) and are set on the slow side, so that the clock rarely has to act: a faster CPU or a GPU
+only makes the predictions pessimistic. Two kinds of constants live here:
+
+* **Kernel rates**, measured on one operation (unit in each comment): :data:`SVD_RATE`,
+  :data:`GRAM_RATE`, :data:`MATMUL_RATE`, :data:`FACTOR_RATE`, :data:`POWER_SECONDS`,
+  :data:`BLOCKS_RATE`, :data:`CHAIN_IPM_SECONDS`.
+* **Per-method constants** of the cost model (:data:`METHOD_SECONDS`): seconds per unit of each
+  method's own work count (:func:`lipbound.methods.cost.work`), fitted end to end by
+  ``benchmarks/cost_model.py`` (total measured seconds / total work over random MLPs and a CNN),
+  so they include Python's overheads and are not comparable with the kernel rates.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SVD_RATE", "GRAM_RATE", "MATMUL_RATE", "FACTOR_RATE", "POWER_SECONDS", "BLOCKS_RATE",
+           "CHAIN_IPM_SECONDS", "METHOD_SECONDS"]
+
+#: ``m n min(m, n)`` per second of a float64 SVD of an ``m x n`` matrix (measured 1.0-1.8e9 on one
+#: core; an OVAL21 convolution materialised as 3072 x 2048: 1.1e9)
+SVD_RATE = 1e9
+#: the same unit, ``m n min(m, n)`` per second, for the Gram + shifted-Cholesky certificate of a
+#: wide matrix (:mod:`lipbound.linalg.dense_gram`; measured 2.6e10 at 4096 x 9216)
+GRAM_RATE = 1e10
+#: multiply-accumulates per second of a float64 matrix product (numpy on one loaded core; measured
+#: up to 2e10)
+MATMUL_RATE = 5e9
+#: flops per second of the dense factorisations (LU, Cholesky, symmetric eigenvalues) of a
+#: Lipschitz LMI's blocks (measured 4.7e9 for a 1352 x 1352 inverse)
+FACTOR_RATE = 4e9
+#: seconds per multiply-add of the power iterations through a layer's operator (its forward and
+#: adjoint passes; set by hand, not fitted)
+POWER_SECONDS = 2e-9
+#: float64 flops per second of the block eliminations of LipSDP's "blocks" path
+#: (:meth:`~lipbound.methods.lipsdp_banded.BlockStructure.work`; measured ~1.2e10: chain_schur on
+#: LeNet5, one core of the shared CPU)
+BLOCKS_RATE = 1e10
+#: seconds per unit ``order^3 + 4 order^2 w`` of one iteration of the chain interior point
+#: (:mod:`lipbound.methods.lipsdp_ipm`; ``w`` the widest block), measured on GLipSDP's mlp_L33_W32
+#: and mlp_L65_W32 (0.5 to 0.8 s at order 1056, 3 to 5 s at 2112, one thread of the loaded CPU)
+CHAIN_IPM_SECONDS = 6e-10
+
+#: Seconds per unit of work of each cost model (:func:`lipbound.methods.cost.work`) on one CPU
+#: thread, fitted by ``benchmarks/cost_model.py`` (2026 run on the shared 2-core CPU); ``power``,
+#: ``ipm`` and ``exact`` are set by hand, ``power`` and ``blocks`` are the kernel rates above.
+METHOD_SECONDS = {
+    "start": 0.2,            # fixed overhead of a method call
+    "autolip": 1.6e-9,       # per flop of the dense SVDs and convolution DFT bounds
+    "power": POWER_SECONDS,  # per multiply-add of the power iterations
+    "seqlip": 4e-8,          # per flop of the SVDs (convolutions materialised) and the pair products
+    "eclipse": 2.8e-9,       # per flop of the block recursions and the check
+    "lipsdp": 1e-9,          # per flop of the first-order solver's iterations
+    "ipm": 2e-8,             # per (reduced LMI order)^3.5 of an interior-point solve
+    "blocks": 1 / BLOCKS_RATE,  # per flop of the "blocks" path's eliminations
+    "lower": 5e-8,           # per multiply-add of the search's forward and backward passes
+    "exact": 1e-3,           # per activation pattern visited
+}
