@@ -127,6 +127,7 @@ def solve_ipm(lmi: LipschitzLMI, *, variant: str = "neuron", t0: np.ndarray, tim
     x = np.eye(n) / terms.n0  # trace X_xx = 1; z centres the multipliers' part: z t = <X, N> / n
     z = terms.inner(s_parts, x) / n / y[1:]
     x_low = cholesky_or_none(x)
+    work, spare = np.empty((n, n)), np.empty((n, n))  # besides X, the loop's n x n arrays (module docstring, *Memory*)
     path = [y]
     status, it = "iteration limit", 0
     last = 0.0  # seconds of the last iteration
@@ -151,35 +152,37 @@ def solve_ipm(lmi: LipschitzLMI, *, variant: str = "neuron", t0: np.ndarray, tim
         # predictor (sigma = 0), then Mehrotra's sigma and the corrector with its second-order term
         dy = scaled_solve(fac, -c)
         ds = terms.parts(dy, affine=False)
-        dx = _sym_solve(s_fac, terms.matmul(ds, x))  # sym(S^{-1} dS X), then -X - that
+        dx = _sym_solve(s_fac, terms.times(dy, x, gx.wa, out=work))  # sym(S^{-1} dS X), then -X - that
         dx += x
         dx *= -1.0
         dz = -z - z * dy[1:] / y[1:]
         ap, ad = _primal_step(x_low, dx, z, dz, 1.0), _dual_step(terms, s_fac, ds, y, dy, 1.0)
         mu_aff = _affine_mu(terms, s_parts, ds, x, dx, z, dz, y, dy, ap, ad, n + m)
         sigma = min(SIGMA_MAX, (mu_aff / mu) ** 3)
-        second = _sym_solve(s_fac, terms.matmul(ds, dx))  # sym(dX_a dS_a S^{-1})
+        second = terms.times(dy, dx, terms.wt(dx, out=terms.buffer("wt", gx.wa.shape)), out=spare)  # dS_a dX_a
         lp_second = dz * dy[1:] / y[1:]
-        rhs = sigma * mu * g - c - terms.constraint_values(second)
+        rhs = sigma * mu * g - c - terms.solved_constraint_values(s_inv, gs, second)
         rhs[1:] -= lp_second
         dy = scaled_solve(fac, rhs)
         ds = terms.parts(dy, affine=False)
-        dx = _sym_solve(s_fac, terms.matmul(ds, x))  # sigma mu S^{-1} - X - sym(S^{-1} dS X) - second
-        dx += x
+        dx = terms.times(dy, x, gx.wa, out=work)
         dx += second
-        scratch = np.multiply(s_inv, sigma * mu, out=second)
-        np.subtract(scratch, dx, out=dx)
+        dx = _sym_solve(s_fac, dx)  # sigma mu S^{-1} - X - sym(S^{-1} (dS X + dS_a dX_a))
+        dx += x
+        np.subtract(np.multiply(s_inv, sigma * mu, out=spare), dx, out=spare)
+        dx = spare
         dz = sigma * mu / y[1:] - z - z * dy[1:] / y[1:] - lp_second
         fraction = 0.9 + 0.09 * min(ap, ad)  # the predictor's steps: longer as the iterates near the optimum
         ap, ad = fraction * _primal_step(x_low, dx, z, dz, 1 / fraction), _dual_step(terms, s_fac, ds, y, dy, fraction)
-        while (low := cholesky_or_none(_axpy(ap, dx, x, out=scratch))) is None:  # the Lanczos step was too long
+        while (low := cholesky_or_none(_axpy(ap, dx, x, out=work))) is None:  # the Lanczos step was too long
             ap *= 0.8
         while (s_fac := terms.factor(y + ad * dy)) is None and ad > 1e-12:  # the Lanczos step was too long
             ad *= 0.8
         if s_fac is None:  # no step keeps N > 0: rounding; stop where we are
             status = "converged (rounding)"
             break
-        x, x_low, z, y = scratch, low, z + ap * dz, y + ad * dy
+        x, work = work, x
+        x_low, z, y = low, z + ap * dz, y + ad * dy
         s_parts = terms.parts(y)
         path.append(y)
         last = time.perf_counter() - began
