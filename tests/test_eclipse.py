@@ -298,3 +298,21 @@ def test_multiplier_memo_tells_lmis_apart(monkeypatch, change):
     t_other, rho_other = fast_multipliers(other)
     assert len(calls) - before == fresh
     assert rho_other != rho
+
+
+def test_lipsdp_after_eclipse_fast_reuses_its_start(monkeypatch):
+    """As in a default run: lipsdp after eclipse-fast runs no recursion of its own but balanced()'s,
+    and gives exactly the value it gives from a fresh start."""
+    from lipbound.methods import eclipse
+    from lipbound.methods.lipsdp import lipsdp
+
+    g = lipbound.as_graph(mlp([6, 10, 8, 3], seed=7), (6,))
+    calls = _counted_recursions(monkeypatch)
+    eclipse_fast(g)
+    calls.clear()
+    reused = lipsdp(g, solver="ipm")
+    assert calls == [1.0]
+    eclipse._RUNS.clear()
+    fresh = lipsdp(g, solver="ipm")
+    assert len(calls) > 2
+    assert reused.value == fresh.value and reused.details["iterations"] == fresh.details["iterations"]
