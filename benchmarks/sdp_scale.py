@@ -3,6 +3,8 @@ the ``eclipse-nn`` package (ECLipsE-Fast, ECLipsE), same networks, same machine,
 
     .venv/bin/python benchmarks/sdp_scale.py [--budget 60] [--only NAME ...]
     # prints the table and writes benchmarks/results/sdp_scale.md
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sdp_scale.py --ipm-alone PATH [--budget 300]
+    # the interior point alone on one network (iterations, CPU seconds, 10% point, gap), as JSON
 
 Networks (from ``../shared/realnets``; the script exits when it is absent): every ``mlp_*`` net of
 GLipSDP's Scalability study (``glipsdp_scalability/``, LeakyReLU MLPs on MNIST), GLipSDP's
@@ -88,6 +90,32 @@ def run_one(path: str, method: str, budget: float) -> dict:
     return out
 
 
+def ipm_alone(path: str, budget: float) -> dict:
+    """lipsdp's interior point alone (its start and check excluded), as lipsdp calls it: value,
+    iterations, process CPU seconds (per iteration), the first iteration within 10% of the value
+    reached (``rho <= 1.21 rho_best``) and the CPU seconds to it, the dual gap."""
+    import math
+
+    from lipbound.methods.eclipse import balanced, fast_multipliers
+    from lipbound.methods.lipsdp_ipm import solve_ipm
+    from lipbound.methods.lmi_build import lmi_of_graph
+    from lipbound.methods.sdp_verify import solving_margin
+
+    lmi = balanced(lmi_of_graph(_graph(path)))
+    red = lmi.reduced()
+    interior, _ = fast_multipliers(lmi)
+    clock: list[tuple[float, float]] = []
+    c0 = time.process_time()
+    _, rho, info = solve_ipm(red, t0=interior, time_budget=budget, margin=solving_margin(lmi, interior),
+                             on_iterate=lambda y: clock.append((time.process_time() - c0, float(y[0]))))
+    cpu = time.process_time() - c0
+    at10 = next(i for i, (_, r) in enumerate(clock) if r <= 1.21 * rho)
+    value, dual = (lmi.scale * math.sqrt(max(r, 0.0)) for r in (rho, info["dual_rho"]))
+    its = info["iterations"]
+    return {"value": value, "iterations": its, "cpu": cpu, "per_iteration": cpu / max(its, 1), "at10": at10,
+            "cpu_at10": clock[at10][0], "gap": value / dual - 1 if dual > 0 else None, "status": info["solver_status"]}
+
+
 def child(path: str, method: str, budget: float, timeout: float) -> dict:
     sys.path.insert(0, str(HERE))
     from peers import run_child
@@ -102,7 +130,12 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="network file names (stems) to run")
     ap.add_argument("--out", default=str(HERE / "results" / "sdp_scale.md"))
     ap.add_argument("--one", nargs=2, metavar=("PATH", "METHOD"), help=argparse.SUPPRESS)
+    ap.add_argument("--ipm-alone", metavar="PATH", help="print the interior point's own figures on one network "
+                                                         "(ipm_alone) as JSON, in this process, and exit")
     args = ap.parse_args()
+    if args.ipm_alone:
+        print(json.dumps(ipm_alone(args.ipm_alone, args.budget)))
+        return
     if args.one:
         print(json.dumps(run_one(*args.one, args.budget)))
         return

@@ -239,3 +239,80 @@ def test_lipsdp_random_weights_close_to_layer(realnets):
     # the true constant is 36.48223 (MANIFEST); LipSDP-Layer publishes 39.839
     assert 36.48 <= res.value <= 39.839 * 1.01
     assert math.isfinite(res.details["rho"]) and np.isfinite(res.details["verify_seconds"])
+
+
+def _counted_recursions(monkeypatch) -> list:
+    """Every run of the recursion from now on, recorded (the memo of :func:`fast_multipliers` cleared)."""
+    from lipbound.methods import eclipse
+
+    calls, run = [], eclipse._recursion
+    eclipse._RUNS.clear()
+    monkeypatch.setattr(eclipse, "_recursion", lambda *args: calls.append(args[1]) or run(*args))
+    return calls
+
+
+def test_reused_multipliers_equal_fresh_ones(monkeypatch):
+    """A second call on an LMI of the same content (built again from the graph) runs no recursion
+    and returns exactly what a fresh call (memo cleared) returns; a smaller search reuses what it can."""
+    from lipbound.methods import eclipse
+    from lipbound.methods.eclipse import balanced
+
+    g = lipbound.as_graph(mlp([5, 9, 7, 4], act=lambda: nn.LeakyReLU(0.1), seed=5), (5,))
+    calls = _counted_recursions(monkeypatch)
+    lmi = balanced(lmi_of_graph(g))
+    t1, rho1 = fast_multipliers(lmi)
+    assert len(calls) > 5
+    calls.clear()
+    t2, rho2 = fast_multipliers(balanced(lmi_of_graph(g)))
+    assert calls == [1.0]  # balanced()'s own recursion only
+    t_small, rho_small = fast_multipliers(lmi, grid=3, evaluations=5)
+    eclipse._RUNS.clear()
+    t3, rho3 = fast_multipliers(balanced(lmi_of_graph(g)))
+    eclipse._RUNS.clear()
+    t4, rho4 = fast_multipliers(balanced(lmi_of_graph(g)), grid=3, evaluations=5)
+    assert rho1 == rho2 == rho3 and np.array_equal(t1, t2) and np.array_equal(t2, t3)
+    assert rho_small == rho4 and np.array_equal(t_small, t4)
+    t5 = fast_multipliers(lmi)[0]
+    t5[:] = 0.0  # a caller's changes do not reach the memo
+    assert np.array_equal(fast_multipliers(lmi)[0], t1)
+
+
+@pytest.mark.parametrize("change", ["weight", "sector", "output"])
+def test_multiplier_memo_tells_lmis_apart(monkeypatch, change):
+    """An LMI that differs in one weight, one neuron's sector or the output map gets its own recursions."""
+    g = lipbound.as_graph(mlp([5, 9, 7, 4], seed=6), (5,))
+    calls = _counted_recursions(monkeypatch)
+    lmi = lmi_of_graph(g)
+    t, rho = fast_multipliers(lmi)
+    fresh = len(calls)
+    other = lmi_of_graph(g)
+    if change == "weight":
+        other.blocks[2].pre[1] = other.blocks[2].pre[1].copy()
+        other.blocks[2].pre[1][0, 0] *= 1.5
+    elif change == "sector":
+        other.blocks[1].lo = other.blocks[1].lo.copy()
+        other.blocks[1].lo[3] = 0.5
+    else:
+        other.out = {r: 2.0 * m for r, m in other.out.items()}
+    before = len(calls)
+    t_other, rho_other = fast_multipliers(other)
+    assert len(calls) - before == fresh
+    assert rho_other != rho
+
+
+def test_lipsdp_after_eclipse_fast_reuses_its_start(monkeypatch):
+    """As in a default run: lipsdp after eclipse-fast runs no recursion of its own but balanced()'s,
+    and gives exactly the value it gives from a fresh start."""
+    from lipbound.methods import eclipse
+    from lipbound.methods.lipsdp import lipsdp
+
+    g = lipbound.as_graph(mlp([6, 10, 8, 3], seed=7), (6,))
+    calls = _counted_recursions(monkeypatch)
+    eclipse_fast(g)
+    calls.clear()
+    reused = lipsdp(g, solver="ipm")
+    assert calls == [1.0]
+    eclipse._RUNS.clear()
+    fresh = lipsdp(g, solver="ipm")
+    assert len(calls) > 2
+    assert reused.value == fresh.value and reused.details["iterations"] == fresh.details["iterations"]

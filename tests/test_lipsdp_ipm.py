@@ -151,6 +151,40 @@ def test_newton_matrix_against_materialised_traces():
                                atol=1e-10 * np.abs(values).max())
 
 
+@pytest.mark.parametrize("net", ["leaky chain", "gelu residual"])
+@pytest.mark.parametrize("variant", ["neuron", "layer"])
+def test_direction_products_against_materialised_matrices(net, variant):
+    """``dS A`` from ``W^T A`` (:meth:`RankTwoLMI.times`) and the constraint values of ``sym(S^{-1}
+    G)`` without the solve (:meth:`RankTwoLMI.solved_constraint_values`), against the constraint
+    matrices materialised as differences of assembled LMIs, ``dS = sum_k dy_k A_k`` and numpy's
+    inverse. A chain (LeakyReLU: ``a b != 0``) and a residual net (GELU: ``a < 0 < b``)."""
+    module = mlp([3, 4, 5, 2], act=lambda: nn.LeakyReLU(0.2), seed=1) if net == "leaky chain" else resnet(
+        seed=3, n_in=3, w=3, blocks=2, act=nn.GELU)
+    lmi = balanced(lmi_of_graph(lipbound.as_graph(module, (3,))))
+    terms = RankTwoLMI(lmi, variant, margin=1e-3)
+    rng = np.random.default_rng(0)
+    zero = np.zeros(lmi.n_neurons)
+    base = lmi.dense_N(0.0, zero)
+    neuron = [lmi.dense_N(0.0, e) - base for e in np.eye(lmi.n_neurons)]
+    per_node = [sum(neuron[sl]) for sl in lmi.neuron_slices] if variant == "layer" else neuron
+    mats = [lmi.dense_N(1.0, zero) - base] + per_node
+    dy = rng.standard_normal(len(mats))
+    d_s = sum(c * m for c, m in zip(dy, mats))
+    a = rng.standard_normal((lmi.size, lmi.size))
+    a += a.T
+    got = terms.times(dy, a, terms.wt(a), out=np.empty_like(a))
+    np.testing.assert_allclose(got, d_s @ a, rtol=1e-10, atol=1e-12 * np.abs(d_s @ a).max())
+    s = rng.standard_normal((lmi.size, lmi.size))
+    s_inv = np.linalg.inv(s @ s.T + lmi.size * np.eye(lmi.size))
+    g = rng.standard_normal((lmi.size, lmi.size))
+    sym = 0.5 * (s_inv @ g + (s_inv @ g).T)
+    values = np.array([np.sum(ak * sym) for ak in mats])
+    gs = terms.grams(s_inv, "s")
+    terms.grams(a, "x")  # as in the interior point: the grams of X are taken next and must not overwrite those of S^{-1}
+    np.testing.assert_allclose(terms.solved_constraint_values(s_inv, gs, g), values,
+                               rtol=1e-10, atol=1e-12 * np.abs(values).max())
+
+
 def test_chain_factor_solves_and_refuses():
     """The block-bidiagonal factor's inverse against numpy's; an indefinite point is refused."""
     lmi, terms, y = _lmi_and_point(mlp([4, 6, 5, 6, 2], seed=3), 4)

@@ -76,8 +76,10 @@ check (a banded Cholesky for chains).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -102,17 +104,23 @@ def fast_multipliers(lmi: LipschitzLMI, *, grid: int = 7, evaluations: int = 14,
     (``theta = 1``, ECLipsE-Fast's choice, is always one of them; ``rho(theta)`` rises steeply
     near ``theta = 2``, where a golden-section search alone can miss the minimum). The search
     stops early when ``clock`` (:class:`~lipbound.methods.budget.Clock`) expires, which the clock
-    then remembers (``clock.cut``)."""
+    then remembers (``clock.cut``). Recursions already run on an LMI of the same content are
+    reused (:func:`_runs_of`): the result is the one a fresh call gives, without its cost."""
     chain = lmi.is_chain()
     memo: dict = {}
-    cache: dict[float, tuple[np.ndarray, float]] = {0.0: _recursion(lmi, 1.0, chain, memo)}
-    lo, hi = (math.log(0.3), math.log(1.95)) if chain else (math.log(0.02), math.log(1.9))
-    golden = (math.sqrt(5) - 1) / 2
+    runs = _runs_of(lmi)
+    cache: dict[float, tuple[np.ndarray, float]] = {}
 
     def rho_of(u: float) -> float:
         if u not in cache:
-            cache[u] = _recursion(lmi, math.exp(u), chain, memo)
+            if u not in runs:
+                runs[u] = _recursion(lmi, math.exp(u), chain, memo)
+            cache[u] = runs[u]
         return cache[u][1]
+
+    rho_of(0.0)
+    lo, hi = (math.log(0.3), math.log(1.95)) if chain else (math.log(0.02), math.log(1.9))
+    golden = (math.sqrt(5) - 1) / 2
 
     def timed_out() -> bool:
         return clock is not None and clock.expired()
@@ -134,7 +142,50 @@ def fast_multipliers(lmi: LipschitzLMI, *, grid: int = 7, evaluations: int = 14,
         else:
             lo, a = a, b
             b = lo + golden * (hi - lo)
-    return min(cache.values(), key=lambda v: v[1])
+    t, rho = min(cache.values(), key=lambda v: v[1])
+    return t.copy(), rho
+
+
+MEMO_LMIS = 4  # LMIs whose recursions are remembered (the most recently used ones)
+_RUNS: OrderedDict[bytes, dict[float, tuple[np.ndarray, float]]] = OrderedDict()
+
+
+def _runs_of(lmi: LipschitzLMI) -> dict[float, tuple[np.ndarray, float]]:
+    """The recursions already run on an LMI of the same content, by ``log theta``: a default run
+    calls :func:`fast_multipliers` in ``eclipse-fast`` and again for lipsdp's start on the same
+    LMI. The recursion is a deterministic function of the data that :func:`_fingerprint` hashes,
+    so a remembered run is the run a fresh call would make (and every use re-checks the
+    multipliers anyway: :func:`~lipbound.methods.sdp_verify.certify`)."""
+    key = _fingerprint(lmi)
+    runs = _RUNS.pop(key, {})
+    _RUNS[key] = runs
+    while len(_RUNS) > MEMO_LMIS:
+        _RUNS.popitem(last=False)
+    return runs
+
+
+def _fingerprint(lmi: LipschitzLMI) -> bytes:
+    """A digest of everything :func:`_recursion` reads: the blocks' sizes, sectors and
+    pre-activation maps, and the output map."""
+    h = hashlib.blake2b(digest_size=32)
+
+    def add(tag: str, a: np.ndarray | None = None) -> None:
+        h.update(tag.encode())
+        if a is not None:
+            a = np.ascontiguousarray(a, dtype=np.float64)
+            h.update(repr(a.shape).encode())
+            h.update(a.tobytes())
+
+    for j, blk in enumerate(lmi.blocks):
+        add(f"block {j} {blk.size}")
+        for name, v in (("lo", blk.lo), ("hi", blk.hi)):
+            if v is not None:
+                add(name, v)
+        for r, m in sorted(blk.pre.items()):
+            add(f"pre {r}", m)
+    for r, m in sorted(lmi.out.items()):
+        add(f"out {r}", m)
+    return h.digest()
 
 
 def balanced(lmi: LipschitzLMI) -> LipschitzLMI:

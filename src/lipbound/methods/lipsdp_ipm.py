@@ -26,6 +26,15 @@ check's factor is the next iteration's). On a chain every product with ``S^{-1}`
 costs per iteration are the dense ``X`` (its Cholesky factor, ``O(n^3)``), the Newton matrix
 (``O(n_t^2)`` entries, one Cholesky factorisation) and ``O(n^2 w)`` block products.
 
+**Sharing the work of a direction.** ``dS = drho E + sum_i dt_i F_i`` has rank-two terms, so
+``dS X`` comes from ``W^T X``, which the grams of ``X`` already hold, by one product with ``W``
+(:meth:`~lipbound.methods.lipsdp_newton.RankTwoLMI.times`), not one per block of ``dS``. The
+corrector's right-hand side needs only the constraint values of the second-order term ``sym(S^{-1}
+dS_a dX_a)``, which follow from ``S^{-1}``, its grams and ``dS_a dX_a`` without a solve
+(:meth:`~lipbound.methods.lipsdp_newton.RankTwoLMI.solved_constraint_values`); the term itself
+enters ``dX`` through the corrector's solve, ``sym(S^{-1} (dS X + dS_a dX_a))``: two block solves
+per iteration instead of three, the same iterates up to rounding.
+
 **The first iterations.** From ``X = I / n_x`` the primal steps are short at first (0.04 on
 mnistfc_256x6: ``X`` must gain the correlations between each neuron and its pre-activation that
 ``<F_i, X> = -z_i < 0`` asks for), so the predictor barely lowers ``mu`` and Mehrotra's
@@ -57,8 +66,8 @@ Cholesky factorisation.
 threshold, so every fresh one costs its page faults (~10-70 ms, more than the arithmetic on it:
 measured 27% of an mlp_L65_W32 solve). The loop therefore works in place where it can: the
 block-bidiagonal solves overwrite their right-hand sides, symmetrisation goes tile by tile
-(:func:`~lipbound.methods.lipsdp_newton.symmetrize`), and the corrector reuses the second-order
-term's memory for the next ``X``.
+(:func:`~lipbound.methods.lipsdp_newton.symmetrize`), and two ``n x n`` work arrays besides ``X``
+live through the loop (the next ``X`` is written into one, the last ``X`` becomes it).
 
 **Stopping.** When ``<X, S> + z.t <= rtol rho`` and the primal residual is below ``rtol``
 (default ``1e-4``: on mlp_L65_W32 the iterates after that move ``rho`` by ~1e-7 relative; ``1e-6``
@@ -90,6 +99,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 import scipy.linalg as sla
@@ -106,12 +116,14 @@ SIGMA_MAX = 0.1  # cap of Mehrotra's centring parameter (module docstring, *The 
 
 
 def solve_ipm(lmi: LipschitzLMI, *, variant: str = "neuron", t0: np.ndarray, time_budget: float = 300.0,
-              max_iter: int = 100, rtol: float = 1e-4, margin: float = 0.0) -> tuple[np.ndarray, float, dict]:
+              max_iter: int = 100, rtol: float = 1e-4, margin: float = 0.0,
+              on_iterate: Callable[[np.ndarray], None] | None = None) -> tuple[np.ndarray, float, dict]:
     """Minimise ``rho`` over ``N(rho, t) >= 0``, ``t >= 0`` by the method of the module docstring,
     from the strictly feasible multipliers ``t0`` (``N_hh(t0) > margin I``, e.g.
     :func:`~lipbound.methods.eclipse.fast_multipliers`), keeping ``N(rho, t) >= margin I`` (module
     docstring, *The check's margin*). Returns ``(t per neuron, rho, info)``;
-    ``info["dual_rho"]`` is a lower bound of the optimum."""
+    ``info["dual_rho"]`` is a lower bound of the optimum. ``on_iterate`` (e.g. a benchmark's
+    clock) is called with each iterate ``y = (rho, u)``, the start included."""
     deadline = time.perf_counter() + time_budget
     t0 = np.asarray(t0, dtype=np.float64)
     terms = RankTwoLMI(lmi, variant, margin)
@@ -127,7 +139,10 @@ def solve_ipm(lmi: LipschitzLMI, *, variant: str = "neuron", t0: np.ndarray, tim
     x = np.eye(n) / terms.n0  # trace X_xx = 1; z centres the multipliers' part: z t = <X, N> / n
     z = terms.inner(s_parts, x) / n / y[1:]
     x_low = cholesky_or_none(x)
+    work, spare = np.empty((n, n)), np.empty((n, n))  # besides X, the loop's n x n arrays (module docstring, *Memory*)
     path = [y]
+    if on_iterate is not None:
+        on_iterate(y)
     status, it = "iteration limit", 0
     last = 0.0  # seconds of the last iteration
     for it in range(1, max_iter + 1):
@@ -151,37 +166,41 @@ def solve_ipm(lmi: LipschitzLMI, *, variant: str = "neuron", t0: np.ndarray, tim
         # predictor (sigma = 0), then Mehrotra's sigma and the corrector with its second-order term
         dy = scaled_solve(fac, -c)
         ds = terms.parts(dy, affine=False)
-        dx = _sym_solve(s_fac, terms.matmul(ds, x))  # sym(S^{-1} dS X), then -X - that
+        dx = _sym_solve(s_fac, terms.times(dy, x, gx.wa, out=work))  # sym(S^{-1} dS X), then -X - that
         dx += x
         dx *= -1.0
         dz = -z - z * dy[1:] / y[1:]
         ap, ad = _primal_step(x_low, dx, z, dz, 1.0), _dual_step(terms, s_fac, ds, y, dy, 1.0)
         mu_aff = _affine_mu(terms, s_parts, ds, x, dx, z, dz, y, dy, ap, ad, n + m)
         sigma = min(SIGMA_MAX, (mu_aff / mu) ** 3)
-        second = _sym_solve(s_fac, terms.matmul(ds, dx))  # sym(dX_a dS_a S^{-1})
+        second = terms.times(dy, dx, terms.wt(dx, out=terms.buffer("wt", gx.wa.shape)), out=spare)  # dS_a dX_a
         lp_second = dz * dy[1:] / y[1:]
-        rhs = sigma * mu * g - c - terms.constraint_values(second)
+        rhs = sigma * mu * g - c - terms.solved_constraint_values(s_inv, gs, second)
         rhs[1:] -= lp_second
         dy = scaled_solve(fac, rhs)
         ds = terms.parts(dy, affine=False)
-        dx = _sym_solve(s_fac, terms.matmul(ds, x))  # sigma mu S^{-1} - X - sym(S^{-1} dS X) - second
-        dx += x
+        dx = terms.times(dy, x, gx.wa, out=work)
         dx += second
-        scratch = np.multiply(s_inv, sigma * mu, out=second)
-        np.subtract(scratch, dx, out=dx)
+        dx = _sym_solve(s_fac, dx)  # sigma mu S^{-1} - X - sym(S^{-1} (dS X + dS_a dX_a))
+        dx += x
+        np.subtract(np.multiply(s_inv, sigma * mu, out=spare), dx, out=spare)
+        dx = spare
         dz = sigma * mu / y[1:] - z - z * dy[1:] / y[1:] - lp_second
         fraction = 0.9 + 0.09 * min(ap, ad)  # the predictor's steps: longer as the iterates near the optimum
         ap, ad = fraction * _primal_step(x_low, dx, z, dz, 1 / fraction), _dual_step(terms, s_fac, ds, y, dy, fraction)
-        while (low := cholesky_or_none(_axpy(ap, dx, x, out=scratch))) is None:  # the Lanczos step was too long
+        while (low := cholesky_or_none(_axpy(ap, dx, x, out=work))) is None:  # the Lanczos step was too long
             ap *= 0.8
         while (s_fac := terms.factor(y + ad * dy)) is None and ad > 1e-12:  # the Lanczos step was too long
             ad *= 0.8
         if s_fac is None:  # no step keeps N > 0: rounding; stop where we are
             status = "converged (rounding)"
             break
-        x, x_low, z, y = scratch, low, z + ap * dz, y + ad * dy
+        x, work = work, x
+        x_low, z, y = low, z + ap * dz, y + ad * dy
         s_parts = terms.parts(y)
         path.append(y)
+        if on_iterate is not None:
+            on_iterate(y)
         last = time.perf_counter() - began
     best = min(path, key=lambda p: p[0])
     offered = [best] + [p for p in path[-CANDIDATES - 1:] if p is not best][-CANDIDATES:]

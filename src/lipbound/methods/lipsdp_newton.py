@@ -107,6 +107,36 @@ class RankTwoLMI:
             rows.append(sum(m @ x[self.off[r]:self.off[r + 1]] for r, m in blk.pre.items()))
         return np.concatenate(rows, 0, out=out)
 
+    def w(self, y: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """``W y`` into ``out`` (the adjoint of :meth:`wt`): block ``r`` of the result is
+        ``sum_j P_jr^T y_j`` over the activations ``j`` that read block ``r``."""
+        out[:] = 0.0
+        for blk, sl in zip(self.lmi.blocks[1:], self.slices):
+            for r, m in blk.pre.items():
+                out[self.off[r]:self.off[r + 1]] += m.T @ y[sl]
+        return out
+
+    def times(self, dy: np.ndarray, a: np.ndarray, wa: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """``dS A`` into ``out`` for the direction ``dS = N(dy) - C_0 = drho E + sum_i dt_i F_i``,
+        given ``wa = W^T A``: with ``F_i = 2 e_i e_i^T - (a_i + b_i)(e_i w_i^T + w_i e_i^T) + 2 a_i
+        b_i w_i w_i^T``, ``dS A = drho E A + Q Dt (2 A_h - (a + b) W^T A) + W Dt (2 a b W^T A - (a
+        + b) A_h)`` (``A_h``: the neurons' rows of ``A``, ``Q`` places rows there, ``Dt =
+        diag(dt)``): one product with ``W`` (``O(n^2 w)`` through the layers' maps) instead of one
+        per block of ``dS`` (:meth:`matmul`)."""
+        h = slice(self.n0, self.lmi.size)
+        dt = self.expand(dy[1:])[:, None]
+        sums, prods = (self.lo + self.hi)[:, None], (self.lo * self.hi)[:, None]
+        cross = np.multiply(wa, 2.0 * prods, out=self.buffer("times", wa.shape))
+        cross -= np.multiply(a[h], sums, out=self.buffer("times.scratch", wa.shape))
+        cross *= dt
+        self.w(cross, out)
+        own = np.multiply(a[h], 2.0, out=cross)
+        own -= np.multiply(wa, sums, out=self.buffer("times.scratch", wa.shape))
+        own *= dt
+        out[h] += own
+        out[:self.n0] += dy[0] * a[:self.n0]
+        return out
+
     def buffer(self, key: str, shape: tuple[int, ...]) -> np.ndarray:
         """A work array kept between calls (its contents are whatever the last user left): a fresh
         large array costs its page faults (:mod:`lipbound.methods.lipsdp_ipm`, *Memory*)."""
@@ -124,7 +154,7 @@ class RankTwoLMI:
         n = self.lmi.size
         nt = n - self.n0
         h, x = slice(self.n0, n), slice(0, self.n0)
-        k_t = self.wt(a, out=self.buffer("k_t", (nt, n)))  # W^T A  (n_t x n)
+        k_t = self.wt(a, out=self.buffer(tag + "k_t", (nt, n)))  # W^T A  (n_t x n)
         akt = self.buffer("k_t.T", (n, nt))
         np.copyto(akt, k_t.T)
         waw = self.wt(akt, out=self.buffer("waw", (nt, nt)))  # W^T A W
@@ -144,7 +174,7 @@ class RankTwoLMI:
             return out
 
         return Grams(gram(self.lo, self.lo, "uu"), gram(self.lo, self.hi, "uv"), gram(self.hi, self.hi, "vv"),
-                     a[x, h] - k_t[:, x].T * self.lo, a[x, h] - k_t[:, x].T * self.hi, a[x, x])
+                     a[x, h] - k_t[:, x].T * self.lo, a[x, h] - k_t[:, x].T * self.hi, a[x, x], k_t)
 
     def constraint_values(self, a: np.ndarray) -> np.ndarray:
         """``(<E, A>, <F_i, A>...)`` for a symmetric ``A`` (summed per node for the layer variant):
@@ -158,6 +188,22 @@ class RankTwoLMI:
                       for r, m in blk.pre.items() for c in blk.pre)
             uv.append(np.diagonal(a[own, own]) - (blk.lo + blk.hi) * kq + blk.lo * blk.hi * waw)
         return np.concatenate([[np.trace(a[:self.n0, :self.n0])], self.reduce(2.0 * np.concatenate(uv))])
+
+    def solved_constraint_values(self, s_inv: np.ndarray, gs: Grams, g: np.ndarray) -> np.ndarray:
+        """:meth:`constraint_values` of ``sym(S^{-1} G)`` without the solve, from ``S^{-1}``, its
+        grams ``gs`` and any square ``G``: ``<F_i, S^{-1} G> = (S^{-1} u_i) . (G v_i) + (S^{-1}
+        v_i) . (G u_i)`` with ``S^{-1} U = S^{-1}_{:h} - (S^{-1} W) D_a`` (``S^{-1} W = (W^T
+        S^{-1})^T``, from the grams) and ``G U = G_{:h} - (G W) D_a``; summed per neuron row, that is
+        ``2 S_h o G_h - (a + b)(S_h o GW + SW o G_h) + 2 a b SW o GW`` with ``S_h = S^{-1}_{h:}``,
+        ``G_h = (G_{:h})^T``, ``GW = W^T G^T``, ``SW = W^T S^{-1}``; ``<E, S^{-1} G> = sum(S^{-1}_{:x}
+        o G_{:x})``. One product with ``W`` instead of an ``O(n^2 w)`` solve."""
+        h, x = slice(self.n0, self.lmi.size), slice(0, self.n0)
+        gw = self.wt(g.T, out=self.buffer("gw", gs.wa.shape))
+        s_h, g_h, sw = s_inv[h], g[:, h].T, gs.wa
+        rows = 2.0 * np.einsum("ij,ij->i", s_h, g_h)
+        rows -= (self.lo + self.hi) * (np.einsum("ij,ij->i", s_h, gw) + np.einsum("ij,ij->i", sw, g_h))
+        rows += 2.0 * self.lo * self.hi * np.einsum("ij,ij->i", sw, gw)
+        return np.concatenate([[float(np.einsum("ij,ij->", s_inv[:, x], g[:, x]))], self.reduce(rows)])
 
     def constraint_values_of(self, g: Grams) -> np.ndarray:
         """:meth:`constraint_values` from the grams of ``A`` (their diagonal)."""
@@ -194,7 +240,7 @@ class RankTwoLMI:
 @dataclass
 class Grams:
     """``U^T A U``, ``U^T A V``, ``V^T A V`` (``n_t x n_t``), ``(A U)_x``, ``(A V)_x`` (``n_0 x n_t``),
-    ``A_xx`` for a symmetric ``A`` (:meth:`RankTwoLMI.grams`)."""
+    ``A_xx`` and ``W^T A`` (``n_t x n``) for a symmetric ``A`` (:meth:`RankTwoLMI.grams`)."""
 
     uu: np.ndarray
     uv: np.ndarray
@@ -202,6 +248,7 @@ class Grams:
     ux: np.ndarray
     vx: np.ndarray
     xx: np.ndarray
+    wa: np.ndarray
 
 
 def scaled_cholesky(hess: np.ndarray) -> tuple[tuple, np.ndarray]:
