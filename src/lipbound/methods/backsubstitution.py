@@ -21,7 +21,7 @@ from ..errors import UnsupportedOperation
 from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool, Node
 from ..linalg.operators import Compose, Function, Permute, Reshape
 from .relaxations import Relaxation
-from .float_error import TINY as _TINY, UNIT_ROUNDOFF as _U, gamma as _gamma, linear_error as _linear, round_up as _up
+from .float_error import TINY, UNIT_ROUNDOFF, gamma, linear_error, round_up
 
 __all__ = ["Backward", "Bounds", "center_radius"]
 
@@ -33,7 +33,7 @@ def center_radius(l: torch.Tensor, u: torch.Tensor) -> Bounds:
     is within ``u |c| + tiny`` of the midpoint, which the radius absorbs."""
     c = (l + u) / 2
     r = (u - l) / 2
-    return c, _up(r + 2 * _U * c.abs(), 2)
+    return c, round_up(r + 2 * UNIT_ROUNDOFF * c.abs(), 2)
 
 
 class Backward:
@@ -63,13 +63,13 @@ class Backward:
             stages = node.op.ops if isinstance(node.op, Compose) else [node.op]
             k = sum(0 if isinstance(o, (Reshape, Permute)) else o.in_numel + o.out_numel for o in stages)
             m = self.magnitude(node.inputs[0]).unsqueeze(0)
-            _, am = _linear(node.op, torch.zeros_like(m), m)
-            err = _gamma(k + 4) * am[0]
+            _, am = linear_error(node.op, torch.zeros_like(m), m)
+            err = gamma(k + 4) * am[0]
             if any(isinstance(o, Function) for o in stages):
-                err = err + _gamma(k + 4) * am.max()
+                err = err + gamma(k + 4) * am.max()
             if node.bias is not None:
-                err = err + _gamma(node.op.out_numel + 4) * node.bias.abs()
-            self.cache[node.name] = _up(err, 4)
+                err = err + gamma(node.op.out_numel + 4) * node.bias.abs()
+            self.cache[node.name] = round_up(err, 4)
         return self.cache[node.name]
 
     def run(self, target: str, rows: torch.Tensor, relaxations: dict[str, Relaxation] | None = None) -> torch.Tensor:
@@ -91,17 +91,17 @@ class Backward:
             c, e, pushed = self.step(node, a)
             for into, a_in in pushed:
                 if into in coef:  # the sum rounds: |fl(x + y) - (x + y)| <= u |x + y|
-                    e = e + self._dot(a_in.abs() + coef[into].abs(), 2 * _U * self.magnitude(into))
+                    e = e + self._dot(a_in.abs() + coef[into].abs(), 2 * UNIT_ROUNDOFF * self.magnitude(into))
                     a_in = coef[into] + a_in
                 coef[into] = a_in
             const, mag, slack, terms = const + c, mag + c.abs(), slack + e, terms + 1
         # the running sums of const and slack round too: gamma_terms of their magnitudes
-        return const - _up(slack, terms + 1) - _up(_gamma(terms + 8) * (mag + const.abs()), 4) - _TINY
+        return const - round_up(slack, terms + 1) - round_up(gamma(terms + 8) * (mag + const.abs()), 4) - TINY
 
     @staticmethod
     def _dot(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """Upper bound of ``<a, w>`` per row for non-negative ``a`` and ``w``."""
-        return _up((a * w).flatten(1).sum(1), w.numel())
+        return round_up((a * w).flatten(1).sum(1), w.numel())
 
     def step(self, node: Node, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, torch.Tensor]]]:
         """``<a, v_node> >= <a', v_inputs> + c - e``: returns ``c``, ``e`` and the ``(input, a')``."""
@@ -118,11 +118,11 @@ class Backward:
             c = flat(pos * r.b_low + neg * r.b_up)
             slopes = torch.maximum(r.a_low.abs(), r.a_up.abs())
             bias = torch.maximum(r.b_low.abs(), r.b_up.abs())
-            e = self._dot(a.abs(), 2 * _U * slopes * self.magnitude(node.inputs[0]) + _gamma(a[0].numel() + 4) * bias)
+            e = self._dot(a.abs(), 2 * UNIT_ROUNDOFF * slopes * self.magnitude(node.inputs[0]) + gamma(a[0].numel() + 4) * bias)
             return c, e, [(node.inputs[0], pos * r.a_low + neg * r.a_up)]
         if isinstance(node, MaxPool):  # IBP of its output: <a, y> >= <a+, l_y> + <a-, u_y>
             l, u = self.bounds[node.name]
-            return flat(pos * l + neg * u), self._dot(a.abs(), _gamma(l.numel() + 4) * self.magnitude(node.name)), []
+            return flat(pos * l + neg * u), self._dot(a.abs(), gamma(l.numel() + 4) * self.magnitude(node.name)), []
         if isinstance(node, Add):
             return zero, zero, [(i, a) for i in node.inputs]
         if isinstance(node, Concat):
@@ -150,12 +150,12 @@ class Backward:
         n = a[0].numel()
         center, radius = center_radius(*self.bounds[self.graph.input])
         c = flat(a * center) - flat(a.abs() * radius)
-        e = self._dot(a.abs(), _gamma(n + 4) * (center.abs() + radius))
+        e = self._dot(a.abs(), gamma(n + 4) * (center.abs() + radius))
         if getattr(self.region, "norm", None) == 2:
             x0 = torch.as_tensor(self.region.center, dtype=torch.float64).to(a.device)
-            norm = _up(a.flatten(1).norm(dim=1), n)
+            norm = round_up(a.flatten(1).norm(dim=1), n)
             c2 = flat(a * x0) - float(self.region.radius) * norm
-            e2 = self._dot(a.abs(), _gamma(n + 4) * x0.abs()) + _gamma(4) * float(self.region.radius) * norm
+            e2 = self._dot(a.abs(), gamma(n + 4) * x0.abs()) + gamma(4) * float(self.region.radius) * norm
             better = c2 - e2 > c - e
             c, e = torch.where(better, c2, c), torch.where(better, e2, e)
         return c, e

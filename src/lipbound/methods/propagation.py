@@ -35,12 +35,12 @@ bound by Adam (:mod:`.alpha_crown`: the optimiser only picks numbers; each itera
 from the same rigorous back-substitution, so it is sound whatever they are), intersected.
 
 **Rounding.** Every step runs in float64 and is widened outwards by a rigorous margin, so the
-bounds hold for the exact network: the affine step is :func:`.rounding._linear` (error
+bounds hold for the exact network: the affine step is :func:`.float_error.linear_error` (error
 ``gamma_k (|A| |c|)`` plus ``|A| r``, ``gamma_k = k u / (1 - k u)``, ``u = 2^-53``, ``k`` the
 operator's input size, bounded whatever the order of summation: Higham §3.1); a result of at most
 ``m`` floating-point operations on terms whose absolute values sum to ``M`` is widened by
 ``gamma_{m+2} M + 2^-1022`` (:func:`_widen`); activation values carry the error bound of
-:func:`.rounding._activation_rounding` (exact pieces: ``gamma_4``; smooth: 16 ulp, the assumption
+:func:`.float_error.activation_rounding` (exact pieces: ``gamma_4``; smooth: 16 ulp, the assumption
 that torch's float64 kernels are accurate to a few ulp, as in :mod:`.rounding`), and slope
 intervals come from ``facts.slopes_on``, padded outwards by its own rule.
 """
@@ -60,7 +60,7 @@ from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool, N
 from .backsubstitution import Backward, Bounds, center_radius
 from .alpha_crown import AlphaOptions, FreeLines, free_lines, optimise
 from .relaxations import Relaxation, relax, value_range
-from .float_error import TINY as _TINY, gamma as _gamma, linear_error as _linear, round_up as _up
+from .float_error import TINY, gamma, linear_error, round_up
 
 __all__ = ["localize", "interval_bounds", "crown_bounds", "alpha_crown_bounds", "AlphaOptions", "Bounds"]
 
@@ -70,7 +70,7 @@ def _widen(lo: torch.Tensor, hi: torch.Tensor, mag: torch.Tensor, ops: int = 6) 
     """``[lo, hi]`` computed by at most ``ops`` float64 operations on terms whose absolute values
     sum to at most ``mag``, widened to a rigorous enclosure of the exact values:
     ``-+ (gamma_{ops+2} mag + tiny)`` (the widening's own rounding is within the headroom)."""
-    pad = _gamma(ops + 2) * (mag + lo.abs() + hi.abs()) + _TINY
+    pad = gamma(ops + 2) * (mag + lo.abs() + hi.abs()) + TINY
     return lo - pad, hi + pad
 
 
@@ -99,11 +99,11 @@ def region_box(region: Any, graph: Graph) -> Bounds:
 def _ibp_affine(node: Affine, h: Bounds) -> Bounds:
     """``A h + b`` over the box ``h`` (module doc)."""
     c, r = center_radius(*h)
-    y, e = _linear(node.op, c.unsqueeze(0), r.unsqueeze(0))
+    y, e = linear_error(node.op, c.unsqueeze(0), r.unsqueeze(0))
     y, e = y[0], e[0]
     if node.bias is not None:
         k = node.op.in_numel + 1
-        e = _up(e + _gamma(k) * node.bias.abs(), k)
+        e = round_up(e + gamma(k) * node.bias.abs(), k)
         y = y + node.bias
     return _widen(y - e, y + e, y.abs() + e)
 

@@ -30,7 +30,7 @@ for the exact activation, per neuron. For a given slope ``a`` the offsets are (b
 
 **Rounding.** Slopes and cut points are any float64 numbers (the cut points are sorted and cover
 ``[l, u]``); only the offsets must be rigorous. ``s(p)`` carries the error bound of
-:func:`.rounding._activation_rounding`; an offset computed by ``m`` operations on terms whose
+:func:`.float_error.activation_rounding`; an offset computed by ``m`` operations on terms whose
 absolute values sum to ``M`` is widened by ``gamma_{m+4} M + 2^-1022`` on the safe side.
 """
 
@@ -41,7 +41,7 @@ from typing import NamedTuple
 import torch
 
 from ..graph.ir import Activation
-from .float_error import TINY as _TINY, activation_rounding as _activation_rounding, gamma as _gamma
+from .float_error import TINY, activation_rounding, gamma
 
 __all__ = ["Relaxation", "relax", "value_range", "slopes_on", "PIECES"]
 
@@ -83,7 +83,7 @@ def _pieces(node: Activation, l: torch.Tensor, u: torch.Tensor) -> _Pieces:
     p = torch.cummax(p, dim=0).values
     s = node.evaluate(p)
     lo, hi = slopes_on(node, p[:-1], p[1:])
-    return _Pieces(p, s, _activation_rounding(node, p, s), lo, hi)
+    return _Pieces(p, s, activation_rounding(node, p, s), lo, hi)
 
 
 def _smooth_offsets(pc: _Pieces, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,7 +96,7 @@ def _smooth_offsets(pc: _Pieces, a: torch.Tensor) -> tuple[torch.Tensor, torch.T
     lows, ups = [], []
     for z in (p, q):
         mag = sp.abs() + sq.abs() + ep + eq + (pc.lo.abs() + pc.hi.abs()) * (z.abs() + p.abs() + q.abs()) + (a * z).abs()
-        pad = _gamma(12) * mag + _TINY
+        pad = gamma(12) * mag + TINY
         ups.append(t_up * (sp + ep + pc.hi * (z - p)) + (1 - t_up) * (sq + eq + pc.lo * (z - q)) - a * z + pad)
         lows.append(t_low * (sp - ep + pc.lo * (z - p)) + (1 - t_low) * (sq - eq + pc.hi * (z - q)) - a * z - pad)
     return torch.minimum(*lows).amin(0), torch.maximum(*ups).amax(0)
@@ -107,13 +107,13 @@ def _pwl_points(node: Activation, l: torch.Tensor, u: torch.Tensor) -> tuple[tor
     there from the exact pieces and its error bound."""
     p = torch.stack([l] + [torch.clamp(torch.full_like(l, b), l, u) for b in node.pieces.breakpoints] + [u])
     s = node.pieces(p)
-    return p, s, _activation_rounding(node, p, s)
+    return p, s, activation_rounding(node, p, s)
 
 
 def _pwl_offsets(a: torch.Tensor, p: torch.Tensor, s: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rigorous ``(min, max)`` over the points of ``s(p) - a p``."""
     d = s - a * p
-    pad = e + _gamma(4) * (s.abs() + (a * p).abs()) + _TINY
+    pad = e + gamma(4) * (s.abs() + (a * p).abs()) + TINY
     return (d - pad).amin(0), (d + pad).amax(0)
 
 

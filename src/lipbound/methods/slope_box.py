@@ -15,7 +15,7 @@ admissible ``D``: affine ``A``: ``(A C, |A| R)``; activation with ``d in [m - r,
 ``(m C, |m| R + r (|C| + R))``; add: sums; concat: concatenation; max pooling: its output's secant
 change is a convex combination of its window's, so the hull of the window's intervals
 ``[C - R, C + R]`` encloses it. Every step adds a rigorous bound of its float64 rounding error
-(:func:`.rounding._linear`, ``_up``). At the output, for ``J`` with ``|J - C| <= R``:
+(:func:`.float_error.linear_error`, :func:`.float_error.round_up`). At the output, for ``J`` with ``|J - C| <= R``:
 ``||J||_2 <= ||C||_2 + ||R||_F`` and ``||J||_2 <= || |C| + R ||_2`` (``|J| <= |C| + R`` entry-wise and
 the spectral norm is monotone on non-negative matrices); the smaller is kept. With every neuron
 stable, ``R`` holds rounding errors only and the bound is the Jacobian's norm.
@@ -39,7 +39,7 @@ from ..errors import NotApplicable
 from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool
 from ..graph.walk import GraphInterpreter
 from ..linalg.spectral import CERTIFIED_RTOL
-from .float_error import UNIT_ROUNDOFF as _U, gamma as _gamma, linear_error as _linear, round_up as _up
+from .float_error import UNIT_ROUNDOFF, gamma, linear_error, round_up
 
 __all__ = ["SlopeBoxBound", "slope_box_bound"]
 
@@ -86,8 +86,8 @@ def slope_box_bound(graph: Graph, vertex_units: int = 10) -> SlopeBoxBound:
     c = out_c.reshape(2 ** k, n_in, -1)
     r = out_r.reshape(2 ** k, n_in, -1)
     m = c.shape[-1] * n_in
-    spread = torch.linalg.matrix_norm(c, ord=2) * (1 + CERTIFIED_RTOL) + _up(r.flatten(1).norm(dim=1), m)
-    joint = torch.linalg.matrix_norm(_up(c.abs() + r, 2), ord=2) * (1 + CERTIFIED_RTOL)
+    spread = torch.linalg.matrix_norm(c, ord=2) * (1 + CERTIFIED_RTOL) + round_up(r.flatten(1).norm(dim=1), m)
+    joint = torch.linalg.matrix_norm(round_up(c.abs() + r, 2), ord=2) * (1 + CERTIFIED_RTOL)
     values = torch.minimum(spread, joint)
     best = int(values.argmax())
     vertex = {}
@@ -117,7 +117,7 @@ class _IntervalJacobian(GraphInterpreter[_Interval]):
         c, r = h
         c, r = torch.broadcast_tensors(c, r)
         lead = c.shape[:2]
-        y, e = _linear(node.op, c.reshape(-1, *c.shape[2:]), r.reshape(-1, *r.shape[2:]))
+        y, e = linear_error(node.op, c.reshape(-1, *c.shape[2:]), r.reshape(-1, *r.shape[2:]))
         return y.reshape(*lead, *y.shape[1:]), e.reshape(*lead, *e.shape[1:])
 
     def visit_activation(self, node: Activation, h: _Interval) -> _Interval:
@@ -135,27 +135,27 @@ class _IntervalJacobian(GraphInterpreter[_Interval]):
             value = torch.where(pick, hi[:, i], lo[:, i])
             lo[:, i], hi[:, i] = value, value
         mid = (lo + hi) / 2
-        rad = _up(torch.maximum(hi - mid, mid - lo), 1)
+        rad = round_up(torch.maximum(hi - mid, mid - lo), 1)
         shape = (self.batch, 1, *node.shape)
         mid, rad = mid.reshape(shape), rad.reshape(shape)
         y = mid * c
-        e = _up(mid.abs() * r + rad * (c.abs() + r) + _U * y.abs(), 4)
+        e = round_up(mid.abs() * r + rad * (c.abs() + r) + UNIT_ROUNDOFF * y.abs(), 4)
         return y, e
 
     def visit_maxpool(self, node: MaxPool, h: _Interval) -> _Interval:
         c, r = torch.broadcast_tensors(*h)
         lead = c.shape[:2]
         flat = (-1, *c.shape[2:])
-        top = node.evaluate(_up(c + r, 1).reshape(flat))  # (c + r) rounded up, c - r rounded down
-        bottom = -node.evaluate(_up(r - c, 1).reshape(flat))
+        top = node.evaluate(round_up(c + r, 1).reshape(flat))  # (c + r) rounded up, c - r rounded down
+        bottom = -node.evaluate(round_up(r - c, 1).reshape(flat))
         mid = (top + bottom) / 2
-        rad = _up(torch.maximum(top - mid, mid - bottom), 1)
+        rad = round_up(torch.maximum(top - mid, mid - bottom), 1)
         return mid.reshape(*lead, *mid.shape[1:]), rad.reshape(*lead, *rad.shape[1:])
 
     def visit_add(self, node: Add, *hs: _Interval) -> _Interval:
         k = len(hs)
         y = sum(c for c, _ in hs)
-        return y, _up(sum(r for _, r in hs) + _gamma(k) * sum(c.abs() for c, _ in hs), k)
+        return y, round_up(sum(r for _, r in hs) + gamma(k) * sum(c.abs() for c, _ in hs), k)
 
     def visit_concat(self, node: Concat, *hs: _Interval) -> _Interval:
         lead = torch.broadcast_shapes(*[t.shape[:2] for pair in hs for t in pair])  # (vertex batch, input)
