@@ -231,14 +231,15 @@ def test_symmetric_gram_rounding_bound_covers_the_exact_product():
     to one GEMM's entries up to rounding, and within the Frobenius bound gamma_k ||W||_F^2."""
     from fractions import Fraction
 
-    from lipbound.linalg.dense_gram import _gamma, _symmetric_gram
+    from lipbound.linalg.dense_gram import _symmetric_gram
+    from lipbound.linalg.float_units import gamma
     gen = torch.Generator().manual_seed(8)
     w = torch.randn(9, 300, generator=gen, dtype=F64) * torch.logspace(0, 6, 300, dtype=F64)
     g = _symmetric_gram(w, rows=4)
     rows = [[Fraction(float(x)) for x in r] for r in w]
     err2 = sum(float(Fraction(float(g[i, j])) - sum(x * y for x, y in zip(rows[i], rows[j]))) ** 2
                for i in range(9) for j in range(9))
-    assert err2 ** 0.5 <= _gamma(300) * float(w.norm()) ** 2
+    assert err2 ** 0.5 <= gamma(300) * float(w.norm()) ** 2
     assert torch.equal(g, g.T)
     assert torch.allclose(g, w @ w.T, rtol=1e-12, atol=0)
 

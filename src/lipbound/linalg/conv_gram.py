@@ -33,16 +33,12 @@ from typing import Iterator, Sequence
 
 import torch
 
+from .float_units import gamma
 from .shifted_cholesky import EigBound, max_eigenvalue_bound
 
 __all__ = ["gram_symbol_blocks", "conv_cholesky_bound", "half_spectrum_mask", "CHUNK_NUMEL"]
 
 CHUNK_NUMEL = 1 << 20  # complex entries of Gram blocks formed at once (16 MiB: the factorisations' buffers are reused, not page-faulted anew)
-_U64 = 2.0 ** -53
-
-
-def _gamma(j: int) -> float:
-    return j * _U64 / (1 - j * _U64)
 
 
 def _gram_kernel(wd: torch.Tensor, grid: Sequence[int]) -> tuple[torch.Tensor, list[tuple[int, ...]], float]:
@@ -61,8 +57,8 @@ def _gram_kernel(wd: torch.Tensor, grid: Sequence[int]) -> tuple[torch.Tensor, l
             index.append(positions.setdefault(pos, len(positions)))
     kernel = torch.zeros((g, len(positions), n, n), dtype=wd.dtype, device=wd.device)
     kernel.index_add_(1, torch.tensor(index, device=wd.device), pairs)
-    s = float(torch.linalg.vector_norm(wd.reshape(g, m * n, t), dim=1).sum(-1).max()) * (1 + _gamma(2 * m * n + t + 4))
-    err = _gamma(2 * (m + t * t + len(positions)) + 512) * s * s * (1 + 2.0 ** -40)
+    s = float(torch.linalg.vector_norm(wd.reshape(g, m * n, t), dim=1).sum(-1).max()) * (1 + gamma(2 * m * n + t + 4))
+    err = gamma(2 * (m + t * t + len(positions)) + 512) * s * s * (1 + 2.0 ** -40)
     return kernel, list(positions), err
 
 

@@ -40,6 +40,7 @@ import math
 import torch
 
 from ..errors import InvalidInput
+from .float_units import ETA64, UP, gamma
 from .linear_operator import StructuralBound
 from .shifted_cholesky import max_eigenvalue_bound
 
@@ -48,13 +49,6 @@ __all__ = ["gram_cholesky_norm", "matrix_norm_bound", "CHOLESKY_MIN_SIDE"]
 CHOLESKY_MIN_SIDE = 512  # "auto": SVD when the smaller side is below this, Gram + Cholesky from it
 DENSE_RTOL = 1e-4  # the bound is aimed within this (relative) of the norm
 DENSE_REFINE_STEPS = 64  # Lanczos steps on the one Gram matrix (a clustered top needs many)
-_U64 = 2.0 ** -53
-_UP = 1 + 2.0 ** -50
-_ETA = 2.0 ** -1074
-
-
-def _gamma(j: int) -> float:
-    return j * _U64 / (1 - j * _U64)
 
 
 def _symmetric_gram(ws: torch.Tensor, rows: int = 512) -> torch.Tensor:
@@ -88,12 +82,12 @@ def gram_cholesky_norm(weight: torch.Tensor, rtol: float = DENSE_RTOL) -> float 
         ws = ws.T
     p, k = ws.shape
     gram = _symmetric_gram(ws)
-    fro2 = float(torch.linalg.vector_norm(ws)) ** 2 * (1 + _gamma(m * n + 4)) * _UP * _UP
-    err = (_gamma(k) * fro2 * _UP + p * k * _ETA) * _UP
+    fro2 = float(torch.linalg.vector_norm(ws)) ** 2 * (1 + gamma(m * n + 4)) * UP * UP
+    err = (gamma(k) * fro2 * UP + p * k * ETA64) * UP
     bound = max_eigenvalue_bound(gram[None], err, rtol=rtol, refine_steps=min(p, DENSE_REFINE_STEPS))
     if bound.fallback:
         return None
-    return (math.sqrt(bound.value) * _UP + math.sqrt(m * n) * _ETA) * _UP * 2.0 ** e
+    return (math.sqrt(bound.value) * UP + math.sqrt(m * n) * ETA64) * UP * 2.0 ** e
 
 
 def matrix_norm_bound(weight: torch.Tensor, method: str = "auto", what: str = "matrix") -> StructuralBound:

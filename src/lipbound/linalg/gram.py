@@ -42,23 +42,19 @@ from typing import NamedTuple
 import torch
 
 from ..errors import InvalidInput
+from .float_units import U64, UP, gamma
 
 __all__ = ["gram_bounds", "gram_norm", "max_block_norm", "BlockNorm", "GRAM_MAX_ITER", "GRAM_RTOL"]
 
 GRAM_MAX_ITER = 16  # 2^17-th root: the bound exceeds the norm by at most a factor rank^(1/2^17)
-_UP = 1 + 2.0 ** -50  # rounds one float64 operation (a few units of 2^-53) upwards
 _EXP_CLAMP = {torch.float32: 100, torch.float64: 1000}
-
-
-def _gamma(j: int, u: float) -> float:
-    return j * u / (1 - j * u)
 
 
 def _fro_up(g: torch.Tensor) -> torch.Tensor:
     """Rigorous upper bounds (float64) of the Frobenius norms of the last two axes."""
     n_terms = 2 * g.shape[-1] * g.shape[-2]
     fro = torch.linalg.vector_norm(g.to(torch.complex128 if g.is_complex() else torch.float64), dim=(-2, -1))
-    return fro * (1 + _gamma(n_terms + 4, 2.0 ** -53)) * _UP + 4 * torch.finfo(torch.float64).tiny
+    return fro * (1 + gamma(n_terms + 4, U64)) * UP + 4 * torch.finfo(torch.float64).tiny
 
 
 def _exponent(g: torch.Tensor) -> torch.Tensor:
@@ -105,8 +101,8 @@ def gram_bounds(blocks: torch.Tensor, *, rtol: float = 1e-4, max_iter: int = GRA
     def certified(g_act: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         ub = _fro_up(g_act)
         for a_t, b_t in zip(reversed(scales), reversed(adds)):
-            ub = torch.sqrt((a_t[idx] * ub * _UP + b_t[idx]) * _UP) * _UP
-        return (ub + eta * math.sqrt(m * n)) * _UP * torch.exp2(e0[idx])
+            ub = torch.sqrt((a_t[idx] * ub * UP + b_t[idx]) * UP) * UP
+        return (ub + eta * math.sqrt(m * n)) * UP * torch.exp2(e0[idx])
 
     def estimate(g_act: torch.Tensor, idx: torch.Tensor, t: int) -> torch.Tensor:
         """``||G x|| / ||x||`` for ``x`` the heaviest column of ``G_t`` (``t >= 1``: square), or
@@ -140,7 +136,7 @@ def gram_bounds(blocks: torch.Tensor, *, rtol: float = 1e-4, max_iter: int = GRA
         g = p * torch.exp2(-e).to(real.dtype)[:, None, None]
         a_t, b_t = full_scales.clone(), full_adds.clone()
         a_t[active] = e.exp2()
-        b_t[active] = (e.exp2() * n * eta + 2 * _gamma(k + 2, u) * f_t * f_t * _UP + n * k * eta) * _UP
+        b_t[active] = (e.exp2() * n * eta + 2 * gamma(k + 2, u) * f_t * f_t * UP + n * k * eta) * UP
         scales.append(a_t)
         adds.append(b_t)
         log_scale[active] = 2 * log_scale[active] + e

@@ -50,22 +50,16 @@ from typing import NamedTuple
 
 import torch
 
+from .float_units import U32, UP, gamma
 from .lanczos import lanczos_max_eig
 
 __all__ = ["max_eigenvalue_bound", "EigBound"]
 
-_U64 = 2.0 ** -53
-_U32 = 2.0 ** -24
-_UP = 1 + 2.0 ** -50
 LANCZOS_STEPS = 6  # Lanczos steps on every block: estimates that rank the blocks
 REFINE_BLOCKS = 8  # the blocks ranked highest ...
 REFINE_STEPS = 32  # ... get this many steps: their largest Ritz value chooses tau
 SINGLE_BELOW = 0.8  # blocks estimated below this fraction of the target: single-precision certificate
 SINGLE_SHIFT = 0.9  # ... with tau at this fraction of the target (room for its rounding terms)
-
-
-def _gamma(j: int, u: float = _U64) -> float:
-    return j * u / (1 - j * u)
 
 
 class EigBound(NamedTuple):
@@ -91,18 +85,18 @@ def _certify(mats: torch.Tensor, tau: torch.Tensor, err: torch.Tensor | float) -
     diag = x.diagonal(dim1=-2, dim2=-1)
     diag += tau[:, None]
     _, info = torch.linalg.cholesky_ex(x)
-    g = _gamma(4 * (n + 1) if mats.is_complex() else n + 1, u)
+    g = gamma(4 * (n + 1) if mats.is_complex() else n + 1, u)
     d = (diag.real if diag.is_complex() else diag).to(torch.float64)
-    trace = d.clamp_min(0).sum(-1) * (1 + _gamma(n)) * _UP
-    eps = g / (1 - g) * trace * _UP
-    bound = (tau.to(torch.float64) + u * d.amax(-1) * _UP + eps + 2 * err) * _UP * _UP
+    trace = d.clamp_min(0).sum(-1) * (1 + gamma(n)) * UP
+    eps = g / (1 - g) * trace * UP
+    bound = (tau.to(torch.float64) + u * d.amax(-1) * UP + eps + 2 * err) * UP * UP
     return torch.where(info == 0, bound, torch.full_like(bound, math.inf))
 
 
 def _frobenius_up(mats: torch.Tensor) -> torch.Tensor:
     terms = 2 * mats.shape[-1] * mats.shape[-2]
     real = torch.view_as_real(mats) if mats.is_complex() else mats
-    return torch.linalg.vector_norm(real.reshape(mats.shape[0], -1), dim=-1) * (1 + _gamma(terms + 4)) * _UP
+    return torch.linalg.vector_norm(real.reshape(mats.shape[0], -1), dim=-1) * (1 + gamma(terms + 4)) * UP
 
 
 def _single(mats: torch.Tensor, fro: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -120,7 +114,7 @@ def _certify_single(low: torch.Tensor, e: int, fro: torch.Tensor, err: float, ta
     bounds are those of the unscaled exact blocks."""
     s = 2.0 ** -e
     n = low.shape[-1]
-    err_s = ((err * s + _U32 * fro * s) * _UP + 2 * n * 2.0 ** -149) * _UP
+    err_s = ((err * s + U32 * fro * s) * UP + 2 * n * 2.0 ** -149) * UP
     shift = torch.full((low.shape[0],), tau * s, dtype=torch.float64, device=low.device)
     return _certify(low, shift, err_s) * 2.0 ** e
 

@@ -19,30 +19,17 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import NotApplicable
 from ..graph.ir import Activation
 from ..linalg.operators import Compose, Conv, Dense, Diagonal, Function, LinearOperator, Permute, Reshape
+from ..linalg.float_units import TINY64, U64, gamma
 from ..linalg.spectral import certified_norm
 from ..linalg.structured import Gather, Kronecker
 
 __all__ = ["UNIT_ROUNDOFF", "TINY", "gamma", "round_up", "error_norm", "operator_norm_bound", "linear_error",
            "magnitude", "activation_rounding"]
 
-UNIT_ROUNDOFF = 2.0 ** -53  # unit roundoff of float64
-TINY = 2.0 ** -1022  # smallest normal float64: bounds the absolute error of an underflow
-
-
-def gamma(k: int) -> float:
-    """``gamma_k = k u / (1 - k u)``: the relative error bound of ``k`` successive float64
-    operations, or of a sum of ``k`` terms (Higham, ASNA §3.1), ``u = 2^-53``; 0 for ``k <= 0``.
-
-    Raises:
-        NotApplicable: for ``k u >= 1/2`` (no useful bound).
-    """
-    k = max(k, 0)
-    if k * UNIT_ROUNDOFF >= 0.5:
-        raise NotApplicable(f"{k} terms per inner product is too many for a float64 rounding bound")
-    return k * UNIT_ROUNDOFF / (1 - k * UNIT_ROUNDOFF)
+UNIT_ROUNDOFF = U64  # unit roundoff of float64 (linalg.float_units: the one home of the units)
+TINY = TINY64  # smallest normal float64: bounds the absolute error of an underflow
 
 
 def round_up(t: torch.Tensor, n: int) -> torch.Tensor:
