@@ -195,3 +195,27 @@ def test_union_upper_holds_for_sampled_pairs_on_2d_nets(seed: int):
     sampled = np.max(np.linalg.norm(fx[:, None] - fx[None], axis=2) / dist)
     assert rep.upper >= sampled * (1 - REL)
     assert rep.results[0].details["clusters"][0] == [0, 1]  # the first two boxes overlap: one hull
+
+
+def test_the_rest_of_the_budget_goes_to_the_part_that_decides():
+    """``_run_union`` with a stub ``run``: the part with the largest bound, cut short by time on the
+    first pass, is run again with the time left; the least of its two bounds counts, the other
+    part is run once."""
+    from lipbound.api import _run_union
+    from lipbound.report import Report, Result
+
+    net = nn.Sequential(nn.Linear(1, 1), nn.ReLU(), nn.Linear(1, 1)).double()
+    with torch.no_grad():  # f(x) = 0.1 x + 5 on the parts: pairs across them are far below 0.5
+        net[0].weight[:], net[0].bias[:], net[2].weight[:], net[2].bias[:] = 0.1, 5.0, 1.0, 0.0
+    parts, calls = [(0.0, 1.0), (2.0, 3.0)], []
+
+    def run(box, seconds):
+        calls.append((float(box.low[0]), seconds))
+        value = 0.5 if float(box.low[0]) == 2.0 and len(calls) > 2 else 0.7 if float(box.low[0]) == 2.0 else 0.2
+        res = Result("stub", value, "certified_upper", details={"stopped_by": "time"})
+        return Report("stub", (1,), [res], region=box)
+    rep = _run_union(lipbound.as_graph(net, (1,)), union_of(parts), run, time_budget=100.0)
+    assert [c[0] for c in calls] == [0.0, 2.0, 2.0]
+    assert calls[0][1] <= 25 and calls[2][1] > 45  # half the budget for the first pass, the rest after
+    assert rep.parts[1].upper == 0.5 and len(rep.parts[1].results) == 2
+    assert rep.upper == max(0.5, rep.results[0].details["cross"]) and rep.results[0].details["second_pass"]

@@ -145,29 +145,44 @@ def _run_union(graph: Graph, region: BoxUnion, run: Any, time_budget: float | No
     clusters that need one; its one result, ``"union"``, holds the least certified upper bound over
     the clusterings tried and the best lower bound witnessed in the union (the parts', a hull's
     only when its witness re-checks in the union). ``Report.parts``: one report per part (pairs
-    inside that part only); ``Report.hulls``: the clusters' hull reports."""
+    inside that part only); ``Report.hulls``: the clusters' hull reports.
+
+    With a time budget, the first pass (the parts, then the hulls) shares half of it; the rest goes
+    to the part or hull whose bound decides the union's, run again when its first run was cut
+    short by time (its report then holds both runs' results: the least upper and the largest
+    lower of the two count)."""
     start = time.perf_counter()
     first = distinct_parts(region.parts)
     distinct = sorted(set(first))
     boxes = [region.parts[i] for i in distinct]
-    hulls: list[Report] = []
-    runs = len(distinct) + sum(len(c) > 1 for c in touching_clusters(boxes))  # the runs known up front
-
-    def share() -> float | None:
-        left = None if time_budget is None else time_budget - (time.perf_counter() - start)
-        return None if left is None else max(left, 1e-3) / max(1, runs - len(done) - len(hulls))
     done: dict[int, Report] = {}
-    for i in distinct:
-        done[i] = run(region.parts[i], share())
+    hulls: dict[tuple[int, ...], Report] = {}
+    planned = len(distinct) + sum(len(c) > 1 for c in touching_clusters(boxes))  # the runs known up front
+
+    def left(reserve: float = 0.0) -> float | None:
+        return None if time_budget is None else max(time_budget * (1 - reserve) - (time.perf_counter() - start), 1e-3)
+
+    def share() -> float | None:  # of the first pass
+        return None if time_budget is None else left(0.5) / max(1, planned - len(done) - len(hulls))
 
     def hull_upper(cluster: list[int]) -> float:
-        hull = BoxUnion([boxes[k] for k in cluster]).hull()
-        hulls.append(run(hull, share()))
-        return hulls[-1].upper
-    can_merge = lambda: time_budget is None or time.perf_counter() - start < time_budget  # noqa: E731
-    bound = union_upper(graph, boxes, [done[i].upper for i in distinct], hull_upper, can_merge=can_merge)
-    lower, witness, lower_from = _union_lower(graph, region, done, hulls)
-    results = [r for rep in [*done.values(), *hulls] for r in rep.results]
+        if tuple(cluster) not in hulls:
+            hulls[tuple(cluster)] = run(BoxUnion([boxes[k] for k in cluster]).hull(), share())
+        return hulls[tuple(cluster)].upper
+
+    def bound_union() -> Any:
+        can_merge = lambda: time_budget is None or time.perf_counter() - start < time_budget  # noqa: E731
+        return union_upper(graph, boxes, [done[i].upper for i in distinct], hull_upper, can_merge=can_merge)
+    for i in distinct:
+        done[i] = run(region.parts[i], share())
+    bound = bound_union()
+    deciding = _deciding(bound, [done[i] for i in distinct], hulls)
+    if deciding is not None and time_budget is not None and left() > 0.05 * time_budget and any(
+            r.details.get("stopped_by") == "time" for r in deciding.results):
+        deciding.results += run(deciding.region, left()).results
+        bound = bound_union()
+    lower, witness, lower_from = _union_lower(graph, region, done, list(hulls.values()))
+    results = [r for rep in [*done.values(), *hulls.values()] for r in rep.results]
     cut = any(r.details.get("stopped_by") == "time" for r in results)
     details = {"parts": len(region.parts), "distinct_parts": len(distinct),
                "clusters": [[distinct[k] for k in c] for c in bound.clusters],
@@ -175,6 +190,7 @@ def _run_union(graph: Graph, region: BoxUnion, run: Any, time_budget: float | No
                "cross_pair": None if bound.cross.pair is None else [distinct[k] for k in bound.cross.pair],
                "cross_boxes": bound.cross.boxes, "cross_stopped": bound.cross.stopped,
                "clusterings_tried": [list(t) for t in bound.tried], "lower_from": lower_from,
+               "second_pass": None if deciding is None else deciding.region_text,
                "stopped_by": "time" if cut else "work" if bound.cross.stopped == "work" and
                bound.upper == bound.cross.value else "converged"}
     upper = bound.upper
@@ -183,8 +199,17 @@ def _run_union(graph: Graph, region: BoxUnion, run: Any, time_budget: float | No
                     bracket=None if lower is None else (min(lower, upper), upper))
     report = Report(graph.name, graph.input_shape, [result], region=region)
     report.parts = [done[i] for i in first]
-    report.hulls = hulls
+    report.hulls = list(hulls.values())
     return report
+
+
+def _deciding(bound: Any, parts: list[Report], hulls: dict[tuple[int, ...], Report]) -> Report | None:
+    """The report of the part or cluster hull whose bound is the union's (None when the cross
+    bound decides it)."""
+    for cluster, value in zip(bound.clusters, bound.cluster_uppers):
+        if value >= bound.upper:
+            return parts[cluster[0]] if len(cluster) == 1 else hulls.get(tuple(cluster))
+    return None
 
 
 def _union_lower(graph: Graph, region: BoxUnion, parts: dict[int, Report],
