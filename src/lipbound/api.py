@@ -20,12 +20,13 @@ from .methods import get_method
 from .methods.propagation import localize
 from .methods.autolip import autolip as _autolip
 from .methods.region import Ball, Box, BoxUnion, Region, as_region
+from .methods.union_bound import distinct_parts, touching_clusters, union_upper
 from .methods.cost import graph_sizes
 from .methods.selection import DEFAULT_SET_WORK, DEFAULT_TIME_BUDGET, budget_share, check_options, method_kwargs, select_methods
 from .methods.witness import Witness, as_witness
 from .linalg.operators import Dense, LinearOperator
 from .linalg.spectral import SpectralNorm, operator_norms
-from .report import Report, Result
+from .report import Kind, Report, Result
 
 Model = nn.Module | Graph
 
@@ -88,9 +89,13 @@ def estimate(model: Model, input_shape: Sequence[int] | None = None, methods: It
             :class:`~lipbound.frontends.vnnlib.VnnlibProperty` or a ``.vnnlib`` path. The graph is
             localized to it once; the methods that take a domain (``lower``, ``exact``, ...) get
             it, and every certified bound then holds for all pairs in the region. A union of boxes
-            (a VNN-LIB ``or``) is not convex: the methods run on its hull (the report's bracket,
-            valid for every pair in the union) and on each part (``Report.parts``: pairs inside
-            one part only).
+            (a VNN-LIB ``or``) is not convex: the methods run on each distinct part
+            (``Report.parts``: pairs inside one part only), and the report's one result,
+            ``"union"``, bounds every pair of the union from the parts' bounds and, for pairs
+            across parts at positive distance, the outputs at the parts' centres
+            (:mod:`~lipbound.methods.union_bound`); parts that touch, or whose cross bound is too
+            large, are bounded on their hull (``Report.hulls``). Its lower end is witnessed in the
+            union.
         data: inputs (tensor or DataLoader) where ``lower`` starts its search.
         time_budget: total seconds for the whole call, an outer cap shared by the methods that
             can run long (each gets its share of the time left when it starts, by the methods'
@@ -130,13 +135,102 @@ def estimate(model: Model, input_shape: Sequence[int] | None = None, methods: It
     check_options(names, options, method_options)  # before any work; the set is chosen again once localized
     if not isinstance(region, BoxUnion):
         return _run_methods(graph, region, methods, seed, progress, data, time_budget, options, method_options)
-    # not convex: the hull bounds every pair of the union; each part only the pairs inside it
-    share = None if time_budget is None else time_budget / (1 + len(region.parts))
-    report = _run_methods(graph, hull, methods, seed, progress, data, share, options, method_options)
-    report.region = region
-    report.parts = [_run_methods(graph, part, methods, seed, progress, data, share, options, method_options)
-                    for part in region.parts]
+    return _run_union(graph, region, lambda part, share: _run_methods(
+        graph, part, methods, seed, progress, data, share, options, method_options), time_budget)
+
+
+def _run_union(graph: Graph, region: BoxUnion, run: Any, time_budget: float | None) -> Report:
+    """The report on a union of boxes (not convex; :mod:`~lipbound.methods.union_bound`): ``run(box,
+    seconds)`` on each distinct part (identical boxes are run once) and on the hulls of the
+    clusters that need one; its one result, ``"union"``, holds the least certified upper bound over
+    the clusterings tried and the best lower bound witnessed in the union (the parts', a hull's
+    only when its witness re-checks in the union). ``Report.parts``: one report per part (pairs
+    inside that part only); ``Report.hulls``: the clusters' hull reports.
+
+    With a time budget, the first pass (the parts, then the hulls) shares half of it; the rest goes
+    to the part or hull whose bound decides the union's, run again when its first run was cut
+    short by time (its report then holds both runs' results: the least upper and the largest
+    lower of the two count)."""
+    start = time.perf_counter()
+    first = distinct_parts(region.parts)
+    distinct = sorted(set(first))
+    boxes = [region.parts[i] for i in distinct]
+    done: dict[int, Report] = {}
+    hulls: dict[tuple[int, ...], Report] = {}
+    planned = len(distinct) + sum(len(c) > 1 for c in touching_clusters(boxes))  # the runs known up front
+
+    def left(reserve: float = 0.0) -> float | None:
+        return None if time_budget is None else max(time_budget * (1 - reserve) - (time.perf_counter() - start), 1e-3)
+
+    def share() -> float | None:  # of the first pass
+        return None if time_budget is None else left(0.5) / max(1, planned - len(done) - len(hulls))
+
+    def hull_upper(cluster: list[int]) -> float:
+        if tuple(cluster) not in hulls:
+            hulls[tuple(cluster)] = run(BoxUnion([boxes[k] for k in cluster]).hull(), share())
+        return hulls[tuple(cluster)].upper
+
+    def bound_union() -> Any:
+        can_merge = lambda: time_budget is None or time.perf_counter() - start < time_budget  # noqa: E731
+        return union_upper(graph, boxes, [done[i].upper for i in distinct], hull_upper, can_merge=can_merge)
+    for i in distinct:
+        done[i] = run(region.parts[i], share())
+    bound = bound_union()
+    deciding = _deciding(bound, [done[i] for i in distinct], hulls)
+    if deciding is not None and time_budget is not None and left() > 0.05 * time_budget and any(
+            r.details.get("stopped_by") == "time" for r in deciding.results):
+        deciding.results += run(deciding.region, left()).results
+        bound = bound_union()
+    lower, witness, lower_from = _union_lower(graph, region, done, list(hulls.values()))
+    results = [r for rep in [*done.values(), *hulls.values()] for r in rep.results]
+    cut = any(r.details.get("stopped_by") == "time" for r in results)
+    details = {"parts": len(region.parts), "distinct_parts": len(distinct),
+               "clusters": [[distinct[k] for k in c] for c in bound.clusters],
+               "cluster_uppers": bound.cluster_uppers, "cross": bound.cross.value,
+               "cross_pair": None if bound.cross.pair is None else [distinct[k] for k in bound.cross.pair],
+               "cross_boxes": bound.cross.boxes, "cross_stopped": bound.cross.stopped,
+               "clusterings_tried": [list(t) for t in bound.tried], "lower_from": lower_from,
+               "second_pass": None if deciding is None else deciding.region_text,
+               "stopped_by": "time" if cut else "work" if bound.cross.stopped == "work" and
+               bound.upper == bound.cross.value else "converged"}
+    upper = bound.upper
+    kind = Kind.EXACT if lower is not None and lower >= upper else Kind.CERTIFIED_UPPER
+    result = Result("union", upper, kind, time.perf_counter() - start, witness=witness, details=details,
+                    bracket=None if lower is None else (min(lower, upper), upper))
+    report = Report(graph.name, graph.input_shape, [result], region=region)
+    report.parts = [done[i] for i in first]
+    report.hulls = list(hulls.values())
     return report
+
+
+def _deciding(bound: Any, parts: list[Report], hulls: dict[tuple[int, ...], Report]) -> Report | None:
+    """The report of the part or cluster hull whose bound is the union's (None when the cross
+    bound decides it)."""
+    for cluster, value in zip(bound.clusters, bound.cluster_uppers):
+        if value >= bound.upper:
+            return parts[cluster[0]] if len(cluster) == 1 else hulls.get(tuple(cluster))
+    return None
+
+
+def _union_lower(graph: Graph, region: BoxUnion, parts: dict[int, Report],
+                 hulls: list[Report]) -> tuple[float | None, Any, str | None]:
+    """The best witnessed lower bound of the union (module doc of
+    :mod:`~lipbound.methods.union_bound`): a part's (its witness lies in the part) or a hull's
+    re-checked in the union; ``(value, witness, "part i: method" | "hull: method")``."""
+    best: tuple[float | None, Any, str | None] = (None, None, None)
+    for name, rep in [*((f"part {i}", rep) for i, rep in parts.items()), *(("hull", h) for h in hulls)]:
+        for r in rep.results:
+            if r.lower is None or r.witness is None or (best[0] is not None and r.lower <= best[0]):
+                continue
+            value = r.lower
+            if name == "hull":
+                try:
+                    value = min(value, as_witness(r.witness).recheck(graph, region))
+                except InvalidInput:
+                    continue  # its witness lies outside the union: no lower bound of the union's constant
+            if best[0] is None or value > best[0]:
+                best = (value, r.witness, f"{name}: {r.method}")
+    return best
 
 
 def _localized(graph: Graph, region: Region) -> Graph:

@@ -180,9 +180,12 @@ class Report:
     """All results for one model on one input region, with the bracket.
 
     ``region`` is the input region the bounds hold on (None: all of ``R^n``, the global constant;
-    see :mod:`lipbound.methods.region`). For a union of boxes (not convex) ``results`` and the
-    bracket are the hull's, valid for every pair in the union, and ``parts`` holds one report per
-    box, whose bounds hold only for pairs inside that box."""
+    see :mod:`lipbound.methods.region`). For a union of boxes (not convex) ``results`` holds one
+    result, ``"union"``, whose bracket holds for every pair in the union
+    (:mod:`lipbound.methods.union_bound`); ``parts`` holds one report per box, whose bounds hold
+    only for pairs inside that box, and ``hulls`` the reports on the hulls of the clusters of parts
+    that needed one (their upper bounds hold for pairs in that hull; their lower ends count for
+    the union only when re-checked in it)."""
 
     model: str
     input_shape: tuple[int, ...]
@@ -190,6 +193,7 @@ class Report:
     skipped: dict[str, str] = field(default_factory=dict)  # method -> why it does not apply
     region: Any = None
     parts: list["Report"] = field(default_factory=list)
+    hulls: list["Report"] = field(default_factory=list)
 
     @property
     def region_text(self) -> str:
@@ -254,8 +258,9 @@ class Report:
                "ratio": _num(self.ratio), "results": [r.to_dict() for r in self.results],
                "skipped": dict(self.skipped)}
         if self.parts:
-            out["parts_note"] = (f"upper/lower above: the hull's, valid for every pair in the union; parts: {PARTS_NOTE}")
+            out["parts_note"] = (f"upper/lower above: the union's, valid for every pair in the union; parts: {PARTS_NOTE}")
             out["parts"] = [p.to_dict() for p in self.parts]
+            out["hulls"] = [h.to_dict() for h in self.hulls]
             out["max_over_parts"] = {"upper": _num(max(p.upper for p in self.parts)), "note": PARTS_NOTE}
         return out
 
@@ -311,7 +316,7 @@ class Report:
         """The report whose :meth:`to_dict` is ``d``."""
         return cls(d["model"], tuple(d["input_shape"]), [Result.from_dict(r) for r in d["results"]],
                    dict(d.get("skipped", {})), region_from_dict(d["region"]),
-                   [cls.from_dict(p) for p in d.get("parts", [])])
+                   [cls.from_dict(p) for p in d.get("parts", [])], [cls.from_dict(h) for h in d.get("hulls", [])])
 
     def plot(self, path: str | None = None):
         """Draw the bracket and the per-layer norms (:func:`lipbound.plot.plot_report`; needs

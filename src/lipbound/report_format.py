@@ -108,7 +108,7 @@ def table(report: Report, untried: Sequence[str] = ()) -> str:
     layers = layer_cells(report)
     if layers:
         lines += _text_table(LAYER_HEAD, _wrapped_rows(layers), right={3, 4, 5}) + [""]
-    lines.append(f"region: {report.region_text}" + ("  (results below: its hull)" if report.parts else ""))
+    lines.append(f"region: {report.region_text}" + ("  (the union's bound: its parts and their hulls)" if report.parts else ""))
     rows = [(*r[:4], "stopped by time" if r[4] == "time" else "") for r in result_cells(report)]
     rows += [(name, "-", "skipped", "", why) for name, why in report.skipped.items()]
     lines += _text_table((*RESULT_HEAD[:4], ""), rows, right={1, 3})
@@ -118,9 +118,11 @@ def table(report: Report, untried: Sequence[str] = ()) -> str:
         lines.append(hint)
     for i, part in enumerate(report.parts):
         lines.append(f"part {i}: {part.region_text}: {bracket_line(part)}")
+    for hull in report.hulls:
+        lines.append(f"hull {hull.region_text}: upper {hull.upper:.6g} (pairs inside that hull)")
     if report.parts:
-        lines.append(f"{PARTS_NOTE}: upper {max(p.upper for p in report.parts):.6g}; the bracket above (the "
-                     "hull's) holds for every pair in the union")
+        lines.append(f"{PARTS_NOTE}: upper {max(p.upper for p in report.parts):.6g}; the bracket above holds "
+                     "for every pair in the union")
     return "\n".join(lines)
 
 

@@ -8,8 +8,8 @@ A region ``X`` gives the local constant ``L_X(f) = sup over x != y in X of ||f(x
 * :class:`Ball` ``{||x - center|| <= radius}`` for the L2 or the L-infinity norm;
 * :class:`BoxUnion`: a union of boxes (a VNN-LIB ``or``). It is **not convex**: a bound over its parts
   only holds for pairs inside one part, so methods never get one; :func:`lipbound.estimate` runs each
-  part and the hull (:meth:`BoxUnion.hull`, the smallest box containing the parts), whose bound holds
-  for every pair in the union.
+  part and bounds pairs across parts from the parts' bounds, or on a hull (:meth:`BoxUnion.hull`, the
+  smallest box containing some parts) where parts touch (:mod:`.union_bound`).
 
 Every region has ``low``/``high`` (its bounding box, float64 CPU tensors of the input shape),
 ``center``, ``contains(x)``, ``project(x)``, ``sample(n, generator)``, ``describe()`` and
@@ -157,8 +157,7 @@ class Ball:
 @dataclass
 class BoxUnion:
     """A union of boxes (a VNN-LIB ``or`` over the inputs). **Not convex**: the maximum of the parts'
-    constants bounds only pairs inside one part; pairs across parts need the hull's constant
-    (module doc). The region methods (``contains``, ``project``, ...) act on the union where that
+    constants bounds only pairs inside one part; pairs across parts need more (module doc). The region methods (``contains``, ``project``, ...) act on the union where that
     is cheap and on :meth:`hull` otherwise."""
 
     parts: list[Box]

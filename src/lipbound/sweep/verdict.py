@@ -3,13 +3,15 @@
 A robustness property of class ``y`` on the input box ``X`` states as unsafe "some ``Y_j >= Y_y``"
 (:class:`~lipbound.frontends.vnnlib.VnnlibProperty` with ``label = y``).
 
-* ``certified``: with ``c`` the centre of ``X`` (of its hull for a union of boxes: the hull is
-  convex and holds the union) and ``R >= max_{x in X} ||x - c||_2``, let ``U`` be a certified
-  bound of the constant of ``f`` on ``X``. ``X`` is convex, so the segment from ``c`` to any ``x``
-  stays in ``X`` and ``||f(x) - f(c)|| <= U ||x - c|| <= U R``; each ``f_y - f_j`` then moves by
-  at most ``sqrt(2) U R``. If ``c`` is predicted ``y`` with a rigorous margin larger than that,
-  no ``x`` in ``X`` reaches the unsafe set: the radius ``margin / (sqrt(2) U)`` of
-  :func:`~lipbound.sweep.adapter.certify_one` exceeds ``R``.
+* ``certified``: with ``c`` the centre of ``X`` and ``R >= max_{x in X} ||x - c||_2``, let ``U`` be
+  a certified bound of the constant of ``f`` on ``X``. ``X`` is convex, so the segment from ``c`` to
+  any ``x`` stays in ``X`` and ``||f(x) - f(c)|| <= U ||x - c|| <= U R``; each ``f_y - f_j`` then
+  moves by at most ``sqrt(2) U R``. If ``c`` is predicted ``y`` with a rigorous margin larger than
+  that, no ``x`` in ``X`` reaches the unsafe set: the radius ``margin / (sqrt(2) U)`` of
+  :func:`~lipbound.sweep.adapter.certify_one` exceeds ``R``. A union of boxes is not convex (its
+  centre may lie outside it, and the union's bound does not cover pairs with it): each box is
+  certified from its own centre with its own bound (``report.parts``), and the union is certified
+  when every box is.
 * ``violated``: only with a witness. The centre and the points the methods found (their
   witnesses) that lie in the input set itself (for a union: in one of its boxes) are evaluated
   in float64 with a rigorous bound of the rounding error (:func:`~lipbound.methods.rounding.enclose`);
@@ -44,21 +46,35 @@ def robustness_verdict(graph: Graph, prop: VnnlibProperty, report: Report, seed:
         if _in_unsafe_set(graph, prop, x):
             return {"verdict": "violated", "verdict_reason": "a point of the input set reaches the unsafe outputs",
                     "counterexample": x.flatten().tolist()}
-    if report.upper is None or not math.isfinite(report.upper):
-        return {"verdict": "unknown", "verdict_reason": "no certified upper bound on the input set"}
+    if isinstance(prop.region, BoxUnion):
+        if len(report.parts) != len(prop.region.parts):
+            return {"verdict": "unknown", "verdict_reason": "no per-box bounds for the union of boxes"}
+        pieces = [(part, rep.upper) for part, rep in zip(prop.region.parts, report.parts)]
+    else:
+        pieces = [(box, report.upper)]
+    reasons = []
+    for part, upper in pieces:
+        certified, why = _certify_box(graph, prop, part, upper, seed)
+        if not certified:
+            return {"verdict": "unknown", "verdict_reason": why}
+        reasons.append(why)
+    return {"verdict": "certified", "verdict_reason": "; ".join(reasons)}
+
+
+def _certify_box(graph: Graph, prop: VnnlibProperty, box: Box, upper: float | None, seed: int) -> tuple[bool, str]:
+    """Whether the convex ``box`` is certified from its centre with the bound ``upper`` (module doc), and why."""
+    if upper is None or not math.isfinite(upper):
+        return False, "no certified upper bound on the input set"
     center = box.center
     half = torch.maximum(center - box.low, box.high - center)
     reach = float(torch.linalg.vector_norm(half)) * (1 + 2.0 ** -40)  # R, rounded up
-    cert = certify_one(graph, center, report.upper, [reach], seed=seed)
+    cert = certify_one(graph, center, upper, [reach], seed=seed)
     if cert["predicted"] == prop.label and cert["certified"][0]:
-        return {"verdict": "certified", "verdict_reason": f"margin {cert['margin']:.6g} at the centre > "
-                f"sqrt(2) * U * R = {math.sqrt(2) * report.upper * reach:.6g}"}
+        return True, f"margin {cert['margin']:.6g} at the centre > sqrt(2) * U * R = {math.sqrt(2) * upper * reach:.6g}"
     if cert["predicted"] != prop.label:
-        why = f"the centre is predicted {cert['predicted']}, not {prop.label}, within rounding"
-    else:
-        why = (f"margin {cert['margin']:.6g} at the centre <= sqrt(2) * U * R = "
-               f"{math.sqrt(2) * report.upper * reach:.6g}")
-    return {"verdict": "unknown", "verdict_reason": why}
+        return False, f"the centre is predicted {cert['predicted']}, not {prop.label}, within rounding"
+    return False, (f"margin {cert['margin']:.6g} at the centre <= sqrt(2) * U * R = "
+                   f"{math.sqrt(2) * upper * reach:.6g}")
 
 
 def _candidates(report: Report, region: Box | BoxUnion, center: torch.Tensor) -> list[torch.Tensor]:
