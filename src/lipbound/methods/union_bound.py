@@ -51,7 +51,8 @@ import torch
 from ..errors import UnsupportedOperation
 from ..graph.ir import Graph
 from .region import Box
-from .rounding import _U, _gamma, _up, enclose
+from .float_error import UNIT_ROUNDOFF as _U, gamma as _gamma, round_up as _up
+from .rounding import enclose
 
 __all__ = ["UnionUpper", "distinct_parts", "box_distance", "touching_clusters", "cross_bound", "union_upper"]
 
