@@ -74,7 +74,10 @@ def certify(model: Model, x: torch.Tensor, upper: float | None = None, *, labels
         methods: certified methods (``certified_upper`` or ``exact``) for ``U`` and the pair
             constants, the least value kept; default: the default set's certified methods.
         domain: an input region (as in :func:`lipbound.estimate`) holding every input: the
-            constants on it, and radii for the perturbations that stay in it.
+            constants on it, and radii for the perturbations that stay in it (for a union of
+            boxes: in the union, so that ``upper`` may be the union's bound from
+            :func:`lipbound.estimate`, which holds for pairs in the union; the constants computed
+            here hold on its hull, which contains the union).
         input_shape: the input shape without batch axis (default: ``x.shape[1:]``).
         device, seed: as in :func:`lipbound.estimate`; ``progress``: progress bars of the methods.
         local: search, per input, the largest L2 ball certified by local pair constants.
