@@ -5,8 +5,8 @@
 of affine maps ``A_k z = W_k z + b_k`` (consecutive affine nodes composed) as float64 matrices with
 **enclosures**: the exact map's ``(W*, b*)`` satisfy ``|W* - W| <= E`` and ``|b* - b| <= e``
 element-wise. Each node's matrix is its operator applied to the identity, whose rounding error
-:func:`.rounding._linear` bounds; a product ``W_2 W_1`` adds ``E_2 (|W_1| + E_1) + |W_2| E_1 +
-gamma_n |W_2| |W_1|`` (Higham §3.1), every sum of non-negative terms rounded up (:func:`.rounding._up`).
+:func:`.float_error.linear_error` bounds; a product ``W_2 W_1`` adds ``E_2 (|W_1| + E_1) + |W_2| E_1 +
+gamma_n |W_2| |W_1|`` (Higham §3.1), every sum of non-negative terms rounded up (:func:`.float_error.round_up`).
 
 **Pre-activation bounds** (:func:`bound_boxes`, rigorous for the exact network): a symbolic
 forward pass (linear relaxations carried forward, as in Neurify's symbolic intervals, and tighter
@@ -43,7 +43,6 @@ the box's one Jacobian.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -51,7 +50,7 @@ import torch
 from ..graph.ir import Activation, Affine, Graph, Input
 from ..linalg.spectral import CERTIFIED_RTOL
 from .relu_crown import crown_layer
-from .float_error import UNIT_ROUNDOFF as _U, gamma as _gamma, linear_error as _linear, round_up as _up
+from .float_error import UNIT_ROUNDOFF, gamma, linear_error, round_up
 
 __all__ = ["Layer", "BoxBounds", "relu_chain", "bound_boxes", "jacobians"]
 
@@ -71,10 +70,10 @@ class Layer:
         n = self.W.shape[0]
         aw, an = self.W.abs(), nxt.W.abs()
         W = nxt.W @ self.W
-        E = _up(nxt.E @ (aw + self.E) + an @ self.E + _gamma(n) * (an @ aw), 3 * n)
+        E = round_up(nxt.E @ (aw + self.E) + an @ self.E + gamma(n) * (an @ aw), 3 * n)
         b = nxt.W @ self.b + nxt.b
-        e = _up(nxt.E @ (self.b.abs() + self.e) + an @ self.e + nxt.e
-                + _gamma(n + 1) * (an @ self.b.abs() + nxt.b.abs()), 3 * n + 2)
+        e = round_up(nxt.E @ (self.b.abs() + self.e) + an @ self.e + nxt.e
+                + gamma(n + 1) * (an @ self.b.abs() + nxt.b.abs()), 3 * n + 2)
         return Layer(W, E, b, e)
 
 
@@ -129,11 +128,11 @@ def _is_relu(node: Activation) -> bool:
 
 
 def _materialise(node: Affine) -> Layer:
-    """The node's matrix (its operator on the identity) with :func:`.rounding._linear`'s error bound."""
+    """The node's matrix (its operator on the identity) with :func:`.float_error.linear_error`'s error bound."""
     op = node.op
     k = op.in_numel
     eye = torch.eye(k, dtype=torch.float64).reshape(k, *op.in_shape)
-    cols, err = _linear(op, eye, torch.zeros_like(eye))
+    cols, err = linear_error(op, eye, torch.zeros_like(eye))
     W, E = cols.reshape(k, -1).T.contiguous(), err.reshape(k, -1).T.contiguous()
     b = torch.zeros(W.shape[0], dtype=torch.float64) if node.bias is None else node.bias.reshape(-1).to(torch.float64)
     return Layer(W, E, b, torch.zeros_like(b))
@@ -145,13 +144,13 @@ def _lower(forms: torch.Tensor, low: torch.Tensor, high: torch.Tensor, xmax: tor
     a, a0 = forms[..., :-1], forms[..., -1]
     val = (a.clamp(min=0) * low + a.clamp(max=0) * high).sum(-1) + a0
     mag = (a.abs() * xmax).sum(-1) + a0.abs()
-    return _shift_down(val, _gamma(low.shape[1] + 2) * mag)
+    return _shift_down(val, gamma(low.shape[1] + 2) * mag)
 
 
 def _shift_down(v: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """A float at most ``v - s`` (exactly), for ``s >= 0``: the subtraction's own rounding is
     covered by ``2u |v|`` and :func:`_up`'s margin."""
-    return v - _up(s + 2 * _U * v.abs(), 3)
+    return v - round_up(s + 2 * UNIT_ROUNDOFF * v.abs(), 3)
 
 
 def _affine_forms(layer: Layer, L: torch.Tensor, U: torch.Tensor, zmax: torch.Tensor,
@@ -164,8 +163,8 @@ def _affine_forms(layer: Layer, L: torch.Tensor, U: torch.Tensor, zmax: torch.Te
     L2[..., -1] += layer.b[:, None]
     U2[..., -1] += layer.b[:, None]
     mag = _matmul(layer.W.abs(), torch.maximum(L.abs(), U.abs()))
-    slack = _gamma(2 * n + 2) * ((mag[..., :-1] * xmax).sum(-1) + mag[..., -1] + layer.b.abs()[:, None])
-    slack = _up(slack + layer.E @ zmax + layer.e[:, None], n + xmax.shape[1] + 4)
+    slack = gamma(2 * n + 2) * ((mag[..., :-1] * xmax).sum(-1) + mag[..., -1] + layer.b.abs()[:, None])
+    slack = round_up(slack + layer.E @ zmax + layer.e[:, None], n + xmax.shape[1] + 4)
     L2[..., -1] = _shift_down(L2[..., -1], slack)
     U2[..., -1] = -_shift_down(-U2[..., -1], slack)
     return L2, U2
@@ -176,11 +175,11 @@ def _relu_forms(L: torch.Tensor, U: torch.Tensor, l: torch.Tensor, u: torch.Tens
     """The forms of ``relu(z)`` from those of ``z`` and its bounds ``[l, u]`` ``(n, B)`` (module doc)."""
     on, unstable = l >= 0, (l < 0) & (u > 0)
     alpha = (on | (unstable & (u > -l))).to(torch.float64)
-    s = torch.where(unstable, u / (u - l).where(unstable, torch.ones_like(u)) * (1 + 4 * _U), on.to(torch.float64))
+    s = torch.where(unstable, u / (u - l).where(unstable, torch.ones_like(u)) * (1 + 4 * UNIT_ROUNDOFF), on.to(torch.float64))
     L2 = L * alpha[..., None]
     U2 = U * s[..., None]
     shift = torch.where(unstable, s * l, torch.zeros_like(l))
-    err = _gamma(3) * ((U2[..., :-1].abs() * xmax).sum(-1) + U2[..., -1].abs() + shift.abs())
+    err = gamma(3) * ((U2[..., :-1].abs() * xmax).sum(-1) + U2[..., -1].abs() + shift.abs())
     U2[..., -1] = -_shift_down(shift - U2[..., -1], torch.where(unstable, err, torch.zeros_like(err)))
     return L2, U2
 
@@ -270,7 +269,7 @@ def _vertex_bounds(layers: list[Layer], pre: list[tuple[torch.Tensor, torch.Tens
         weight = unstable / (u - l).where(unstable, torch.ones_like(u))
         reach = (C.abs() + R).reshape(C.shape[0], B, V, d).amax(dim=2)  # (n, B, d)
         smear += (reach * weight.T[..., None]).sum(dim=0)
-        C, R = mid[..., None] * C, _up(mid[..., None] * R + rad[..., None] * (C.abs() + R), 2)
+        C, R = mid[..., None] * C, round_up(mid[..., None] * R + rad[..., None] * (C.abs() + R), 2)
         forward.append((C, R))
     if not meet:
         C, R = _forward(layers[-1], C, R)
@@ -282,7 +281,7 @@ def _vertex_bounds(layers: list[Layer], pre: list[tuple[torch.Tensor, torch.Tens
     for layer, (mid, rad), (Ch, Rh) in zip(reversed(layers[:-1]), reversed(slopes), reversed(forward)):
         best = torch.minimum(best, _norm_bound(*_meet(Cg, Rg, Ch.permute(1, 0, 2), Rh.permute(1, 0, 2))))
         mid, rad = mid.T[:, None, :], rad.T[:, None, :]
-        Cg, Rg = Cg * mid, _up(Rg * mid + rad * (Cg.abs() + Rg), 2)
+        Cg, Rg = Cg * mid, round_up(Rg * mid + rad * (Cg.abs() + Rg), 2)
         Cg, Rg = _backward(layer, Cg, Rg)
     best = torch.minimum(best, _norm_bound(Cg, Rg))  # the backward enclosure alone (no meet)
     return best.reshape(B, V).amax(dim=1), smear
@@ -312,26 +311,26 @@ def _forward(layer: Layer, C: torch.Tensor, R: torch.Tensor) -> tuple[torch.Tens
     """``W* [C +- R]`` enclosed (feature-major ``(n, pairs, d)``): ``W C``, ``|W| (R + gamma_n |C|) + E (|C| + R)``."""
     n = layer.W.shape[1]
     return (_matmul(layer.W, C),
-            _up(_matmul(layer.W.abs(), R + _gamma(n) * C.abs()) + _matmul(layer.E, C.abs() + R), 2 * n + 4))
+            round_up(_matmul(layer.W.abs(), R + gamma(n) * C.abs()) + _matmul(layer.E, C.abs() + R), 2 * n + 4))
 
 
 def _backward(layer: Layer, C: torch.Tensor, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``[C +- R] W*`` enclosed (``(pairs, m, n)``): ``C W``, ``(R + gamma_n |C|) |W| + (|C| + R) E``."""
     n = layer.W.shape[0]
-    return C @ layer.W, _up((R + _gamma(n) * C.abs()) @ layer.W.abs() + (C.abs() + R) @ layer.E, 2 * n + 4)
+    return C @ layer.W, round_up((R + gamma(n) * C.abs()) @ layer.W.abs() + (C.abs() + R) @ layer.E, 2 * n + 4)
 
 
 def _meet(Cg: torch.Tensor, Rg: torch.Tensor, Ch: torch.Tensor, Rh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``[Cg +- Rg] [Ch +- Rh]`` enclosed (batched): ``Cg Ch``, ``|Cg| (Rh + gamma_n |Ch|) + Rg (|Ch| + Rh)``."""
     n = Cg.shape[-1]
-    return Cg @ Ch, _up(Cg.abs() @ (Rh + _gamma(n) * Ch.abs()) + Rg @ (Ch.abs() + Rh), 2 * n + 4)
+    return Cg @ Ch, round_up(Cg.abs() @ (Rh + gamma(n) * Ch.abs()) + Rg @ (Ch.abs() + Rh), 2 * n + 4)
 
 
 def _norm_bound(C: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
     """``>= ||J||_2`` for every ``J`` with ``|J - C| <= R`` (batched ``(pairs, m, d)``):
     ``min(||C||_2 + ||R||_F, || |C| + R ||_2)`` with the library's relative margin."""
-    spread = torch.linalg.matrix_norm(C, ord=2) * (1 + CERTIFIED_RTOL) + _up(R.flatten(1).norm(dim=1), R[0].numel())
-    joint = torch.linalg.matrix_norm(_up(C.abs() + R, 2), ord=2) * (1 + CERTIFIED_RTOL)
+    spread = torch.linalg.matrix_norm(C, ord=2) * (1 + CERTIFIED_RTOL) + round_up(R.flatten(1).norm(dim=1), R[0].numel())
+    joint = torch.linalg.matrix_norm(round_up(C.abs() + R, 2), ord=2) * (1 + CERTIFIED_RTOL)
     return torch.minimum(spread, joint)
 
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import torch
 
-from .float_error import TINY as _TINY, UNIT_ROUNDOFF as _U, gamma as _gamma, round_up as _up
+from .float_error import TINY, UNIT_ROUNDOFF, gamma, round_up
 
 __all__ = ["crown_layer"]
 
@@ -85,7 +85,7 @@ def _crown_rows(layers: list, k: int, pre: list[Bounds], low: torch.Tensor, high
             const, mag, slack, terms = const + c, mag + c.abs(), slack + e, terms + 1
     c, e = _concretize(a, low, high, xmax)
     const, mag, slack, terms = const + c, mag + c.abs(), slack + e, terms + 1
-    bound = const - _up(slack, terms + 1) - _up(_gamma(terms + 8) * (mag + const.abs()), 4) - _TINY
+    bound = const - round_up(slack, terms + 1) - round_up(gamma(terms + 8) * (mag + const.abs()), 4) - TINY
     # only the unstable rows take the new bounds (the gather/scatter is a permutation; padding is stable)
     keep = unstable.gather(1, rows)
     l = l.scatter(1, rows, torch.where(keep, torch.maximum(l.gather(1, rows), bound[:, :r]), l.gather(1, rows)))
@@ -96,15 +96,15 @@ def _crown_rows(layers: list, k: int, pre: list[Bounds], low: torch.Tensor, high
 def _dot(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """An upper bound of ``<a, w_b>`` per row for ``a`` ``(B, R, n)`` and ``w`` ``(B, n)``, both
     non-negative."""
-    return _up((a @ w[..., None])[..., 0], w.shape[1])
+    return round_up((a @ w[..., None])[..., 0], w.shape[1])
 
 
 def _affine_step(layer, a: torch.Tensor, hmax: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``<a, W* h + b*>`` as ``<a W, h> + <a, b>`` with its slack (module doc): ``(c, e, a W)``."""
     n = layer.W.shape[0]
-    err = (_gamma(n + 2) * layer.W.abs() + layer.E) @ hmax.T  # (n, B)
+    err = (gamma(n + 2) * layer.W.abs() + layer.E) @ hmax.T  # (n, B)
     aa = a.abs()
-    e = _dot(aa, _up(err.T + layer.e + _gamma(n + 2) * layer.b.abs(), n + 2))
+    e = _dot(aa, round_up(err.T + layer.e + gamma(n + 2) * layer.b.abs(), n + 2))
     return a @ layer.b, e, a @ layer.W
 
 
@@ -112,11 +112,11 @@ def _relu_step(a: torch.Tensor, l: torch.Tensor, u: torch.Tensor) -> tuple[torch
     """``<a, relu(z)>`` bounded below by CROWN's lines on ``[l, u]`` (module doc): ``(c, e, a')``."""
     on, unstable = l >= 0, (l < 0) & (u > 0)
     lower = (on | (unstable & (u > -l))).to(torch.float64)
-    s = torch.where(unstable, u / (u - l).where(unstable, torch.ones_like(u)) * (1 + 4 * _U),
+    s = torch.where(unstable, u / (u - l).where(unstable, torch.ones_like(u)) * (1 + 4 * UNIT_ROUNDOFF),
                     on.to(torch.float64))
     shift = torch.where(unstable, -s * l, torch.zeros_like(l))  # the upper line: s z + shift
     zmax = torch.maximum(l.abs(), u.abs())
-    e = _dot(a.abs(), _up(2 * _U * s * zmax + _gamma(l.shape[1] + 4) * shift, 4))
+    e = _dot(a.abs(), round_up(2 * UNIT_ROUNDOFF * s * zmax + gamma(l.shape[1] + 4) * shift, 4))
     const = (a.clamp(max=0) @ shift[..., None])[..., 0]
     return const, e, a * torch.where(a >= 0, lower[:, None], s[:, None])
 
@@ -124,4 +124,4 @@ def _relu_step(a: torch.Tensor, l: torch.Tensor, u: torch.Tensor) -> tuple[torch
 def _concretize(a: torch.Tensor, low: torch.Tensor, high: torch.Tensor, xmax: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``min over the box of <a, x>`` as ``(c, e)``: ``<a+, low> + <a-, high>`` and its rounding."""
     c = (a.clamp(min=0) @ low[..., None] + a.clamp(max=0) @ high[..., None])[..., 0]
-    return c, _dot(a.abs(), _gamma(low.shape[1] + 4) * xmax)
+    return c, _dot(a.abs(), gamma(low.shape[1] + 4) * xmax)

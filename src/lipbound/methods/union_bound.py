@@ -30,7 +30,7 @@ cluster holding every part is the hull of the union (today's bound, the last res
 
 Rounding: ``f(c)`` is enclosed in float64 with a rigorous error bound
 (:func:`~lipbound.methods.rounding.enclose`); norms, products and sums are rounded up, the box
-distance down (:func:`~lipbound.methods.rounding._up`: relative ``2 gamma_{n+4}``).
+distance down (:func:`~lipbound.methods.float_error.round_up`: relative ``2 gamma_{n+4}``).
 
 **Lower bound.** A witnessed lower bound of ``L_X`` needs a witness in the union: every part's
 (a part is a subset of the union) and a hull's only when its witness re-checks in the union
@@ -51,7 +51,7 @@ import torch
 from ..errors import UnsupportedOperation
 from ..graph.ir import Graph
 from .region import Box
-from .float_error import UNIT_ROUNDOFF as _U, gamma as _gamma, round_up as _up
+from .float_error import UNIT_ROUNDOFF, gamma, round_up
 from .rounding import enclose
 
 __all__ = ["UnionUpper", "distinct_parts", "box_distance", "touching_clusters", "cross_bound", "union_upper"]
@@ -70,9 +70,9 @@ def box_distance(a_low: torch.Tensor, a_high: torch.Tensor, b_low: torch.Tensor,
     """Lower bounds of the L2 distances between the boxes ``a`` and ``b`` (batches ``(B, d)``,
     broadcast): per coordinate the gap ``max(0, l_b - u_a, l_a - u_b)``, each subtraction and the
     norm rounded down (0 where the boxes touch or overlap)."""
-    gap = torch.maximum(b_low - a_high, a_low - b_high).clamp_min(0) * (1 - _U)
+    gap = torch.maximum(b_low - a_high, a_low - b_high).clamp_min(0) * (1 - UNIT_ROUNDOFF)
     d = gap.shape[-1]
-    return gap.norm(dim=-1) * (1 - 2 * _gamma(d + 4))
+    return gap.norm(dim=-1) * (1 - 2 * gamma(d + 4))
 
 
 def touching_clusters(parts: Sequence[Box]) -> list[list[int]]:
@@ -122,10 +122,10 @@ class _SubBoxes:
         """Radii (rounded up) about the float centres, and the enclosure (values, error bounds) of
         ``f`` at the centres, of the boxes ``[low, high]``."""
         c = torch.minimum(torch.maximum((low + high) / 2, low), high)
-        reach = torch.maximum(c - low, high - c) * (1 + _U)  # each subtraction rounded up
+        reach = torch.maximum(c - low, high - c) * (1 + UNIT_ROUNDOFF)  # each subtraction rounded up
         enc = enclose(self.graph, c.reshape(len(c), *self.graph.input_shape))
         out = self.graph.output
-        return _up(reach.norm(dim=1), reach.shape[1]), enc.values[out].flatten(1), enc.errors[out].flatten(1)
+        return round_up(reach.norm(dim=1), reach.shape[1]), enc.values[out].flatten(1), enc.errors[out].flatten(1)
 
     def split(self, k: int) -> None:
         """Bisect sub-box ``k`` along its widest axis: row ``k`` becomes its first half, the second
@@ -145,12 +145,12 @@ class _SubBoxes:
         """``K(a, b)`` for every pair of sub-boxes in different clusters (``label``: cluster per part),
         ``-inf`` for pairs in one cluster (module doc; rounded up)."""
         m = self.out.shape[1]
-        diff = _up((self.out[:, None] - self.out[None]).abs() + self.err[:, None] + self.err[None], 3)
-        centres = _up(diff.norm(dim=2), m)
-        spread = _up(self.uppers[self.part] * self.radius, 1)
-        num = _up(centres + spread[:, None] + spread[None], 3)
+        diff = round_up((self.out[:, None] - self.out[None]).abs() + self.err[:, None] + self.err[None], 3)
+        centres = round_up(diff.norm(dim=2), m)
+        spread = round_up(self.uppers[self.part] * self.radius, 1)
+        num = round_up(centres + spread[:, None] + spread[None], 3)
         dist = box_distance(self.low[:, None], self.high[:, None], self.low[None], self.high[None])
-        value = torch.where(dist > 0, num / dist * (1 + 2 * _U), torch.full_like(num, math.inf))
+        value = torch.where(dist > 0, num / dist * (1 + 2 * UNIT_ROUNDOFF), torch.full_like(num, math.inf))
         across = label[self.part][:, None] != label[self.part][None]
         return torch.where(across, value, torch.full_like(value, -math.inf))
 
