@@ -1,0 +1,274 @@
+"""``"neuron-bab"``: the Lipschitz constant (L2 -> L2) of a ReLU MLP on a box by branch and bound
+over the unstable neurons' slopes (neuron splitting, LipBaB-style: Bhowmick et al. 2021).
+
+**What is bounded.** On a box ``X`` (convex), ``L_X = sup ||J(x)||_2`` over its interior with
+``J(x) = W_K D_{K-1}(x) ... D_1(x) W_1`` (DESIGN §7). A **node** fixes the state (active: slope 1,
+``z_i >= 0``; inactive: slope 0, ``z_i <= 0``) of some unstable neurons; the nodes of a split cover
+their parent (every input satisfies ``z_i >= 0`` or ``z_i <= 0``), so the largest bound over the
+open leaves bounds ``L_X`` (a point on the split plane belongs to both children; interior points
+of the box away from all kinks have an open neighbourhood in one leaf, and the kinks are a null
+set, so the sup over interior points is the max over the leaves' sups).
+
+**A node's bound** (certified). 1. Its pre-activation bounds ``[l_i, u_i]`` are tightened by the
+LP relaxation of the node (:mod:`~lipbound.methods.split_lp`: weak duality, rigorous rounding),
+which also proves some nodes **empty** (dropped). 2. Each neuron's slope then lies in ``{1}``
+(``l_i >= 0``), ``{0}`` (``u_i <= 0``) or ``[0, 1]`` at every input of the node, and
+``sup ||J(D)||_2`` over that slope box is bounded by a backward interval Jacobian (from the output,
+whose 10 rows make it cheap) with the slopes of the ``vertex_units`` most influential free neurons
+enumerated at their ends: ``J`` is affine in each slope, so its norm is convex in each and the
+supremum is reached at a vertex (the argument of :mod:`~lipbound.methods.slope_box`). For ``|J - C| <= R``,
+``||J||_2 <= min(||C||_2 + ||R||_F, || |C| + R ||_2)``; every float64 product adds a rigorous bound of
+its rounding (Higham's ``gamma_n``) and the SVDs get the library's ``CERTIFIED_RTOL`` margin.
+
+**Branching and pruning.** Best first: the open node with the largest bound is split on its free
+neuron of largest influence ``(u - l)``-free rank-one term ``||B_{:,i}|| ||F_{i,:}||`` (``B``: the
+interval Jacobian from the output to the neuron, ``F``: from the input to it). A child whose bound
+does not exceed the best witnessed lower bound times ``1 + rtol`` is closed.
+
+**Lower bound.** Jacobians at witnesses (:class:`~lipbound.methods.exact_network.WitnessedNet`:
+inside the box, off every kink by the rounding bound): the LP points of every node, and first the
+witness of ``lower-milp`` (on ``lower_share`` of the budget), re-checked independently at the end.
+
+It stops when the largest open bound meets the lower bound (``"converged"``, kind ``exact``),
+after ``max_nodes`` nodes (``"work"``), or when the budget is spent (``"time"``, an outer cap): the
+result is then the **certified upper** bound reached, never a guess.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import InvalidInput, NotApplicable, UnsupportedOperation
+from ..graph.ir import Graph
+from ..linalg.spectral import CERTIFIED_RTOL
+from ..report import Result
+from .budget import stopped_by
+from .exact import _rechecked
+from .exact_network import WitnessedNet
+from .piecewise import mlp_layers
+from .propagation import localize
+from .region import Box, as_box
+from .rounding import _gamma, _up
+from .split_lp import FREE, SplitLP, states
+
+__all__ = ["neuron_bab", "slope_bound"]
+
+MAX_LP_VARIABLES = 4000  # above this many LP variables the nodes keep their propagated bounds (no LP)
+
+
+def slope_bound(weights: list[np.ndarray], pre: list[tuple[np.ndarray, np.ndarray]],
+                vertex_units: int = 8) -> tuple[float, list[np.ndarray]]:
+    """``(value, scores)``: ``value >= sup ||W_K D_{K-1} ... D_1 W_1||_2`` over the slope box of the
+    ReLU pre-activation bounds ``pre`` (module doc), and per hidden layer the influence of each free
+    neuron (0 for the others)."""
+    lo = [np.where(l >= 0, 1.0, 0.0) for l, _ in pre]
+    hi = [np.where(u > 0, 1.0, 0.0) for _, u in pre]
+    scores = _influence(weights, lo, hi)
+    flat = np.concatenate(scores)
+    k = int(min(vertex_units, (flat > 0).sum()))
+    chosen = np.argsort(-flat, kind="stable")[:k]
+    starts = np.cumsum([0] + [len(s) for s in scores])
+    batch = 1 << k
+    bits = ((np.arange(batch)[:, None] >> np.arange(k)) & 1).astype(np.float64)
+    c = torch.from_numpy(weights[-1]).expand(batch, *weights[-1].shape).clone()
+    r = torch.zeros_like(c)
+    for m in reversed(range(len(pre))):
+        d_lo = np.tile(lo[m], (batch, 1))
+        d_hi = np.tile(hi[m], (batch, 1))
+        here = (chosen >= starts[m]) & (chosen < starts[m + 1])
+        idx = chosen[here] - starts[m]
+        d_lo[:, idx] = d_hi[:, idx] = bits[:, here]
+        dc = torch.from_numpy((d_lo + d_hi) / 2)[:, None, :]
+        dr = torch.from_numpy((d_hi - d_lo) / 2)[:, None, :]  # slopes 0, 1/2 +- 1/2, 1: exact
+        c, r = c * dc, r * dc.abs() + (c.abs() + r) * dr
+        w = torch.from_numpy(weights[m])
+        n = w.shape[0]
+        c, r = c @ w, _up((r + _gamma(n) * c.abs()) @ w.abs(), 2 * n + 4)
+    spread = torch.linalg.matrix_norm(c, ord=2) * (1 + CERTIFIED_RTOL) + _up(r.flatten(1).norm(dim=1), r[0].numel())
+    joint = torch.linalg.matrix_norm(_up(c.abs() + r, 2), ord=2) * (1 + CERTIFIED_RTOL)
+    return float(torch.minimum(spread, joint).max()), scores
+
+
+def _influence(weights: list[np.ndarray], lo: list[np.ndarray], hi: list[np.ndarray]) -> list[np.ndarray]:
+    """Per hidden layer, ``||B_{:,i}|| ||F_{i,:}||`` for each free neuron ``i`` (module doc), from
+    entry-wise magnitude bounds of the partial Jacobians (a heuristic, not a bound)."""
+    forward, f = [], np.abs(weights[0])
+    for m in range(len(lo)):
+        forward.append(np.linalg.norm(f, axis=1))
+        f = np.abs(weights[m + 1]) @ (hi[m][:, None] * f)
+    out, b = [None] * len(lo), np.abs(weights[-1])
+    for m in reversed(range(len(lo))):
+        out[m] = np.where(hi[m] > lo[m], np.linalg.norm(b, axis=0) * forward[m], 0.0)
+        b = (b * hi[m]) @ np.abs(weights[m])
+    return out
+
+
+@dataclass(order=True)
+class _Node:
+    key: float  # -upper bound: best first
+    upper: float = field(compare=False)
+    pre: list = field(compare=False)  # per hidden layer (l, u)
+    split: list = field(compare=False)  # per hidden layer: neurons fixed by a split
+    scores: list = field(compare=False)
+
+
+class _Search:
+    """The best-first search (module doc) on a :class:`WitnessedNet` with root bounds ``pre``."""
+
+    def __init__(self, net: WitnessedNet, pre: list[tuple[np.ndarray, np.ndarray]], rtol: float,
+                 vertex_units: int) -> None:
+        self.net, self.rtol, self.vertex_units = net, rtol, vertex_units
+        self.hidden_w = net.w[:-1]
+        self.hidden_b = net.num.b[:-1]
+        self.use_lp = net.dim + net.n_neurons <= MAX_LP_VARIABLES
+        self.heap: list[_Node] = []
+        self.nodes = self.lps = self.empty = self.closed = 0
+        self.root = [(l.copy(), u.copy()) for l, u in pre]
+
+    def start(self) -> None:
+        self._push(self.root, [np.zeros(len(l), dtype=bool) for l, _ in self.root])
+
+    def upper(self) -> float:
+        top = self.heap[0].upper if self.heap else -math.inf
+        return max(top, self.net.best)  # a closed node's bound is below the best witness
+
+    def _tighten(self, pre: list, split: list) -> list | None:
+        """The node's bounds tightened by its LP relaxation, layer by layer; None: proved empty."""
+        if not self.use_lp:
+            return pre
+        pre = [(l.copy(), u.copy()) for l, u in pre]
+        for m in range(len(pre)):
+            free = np.flatnonzero(states(*pre[m]) == FREE)
+            if not len(free):
+                continue
+            lp = SplitLP(self.hidden_w, self.hidden_b, pre, split, self.net.lo, self.net.hi)
+            for i in free:
+                got = lp.bound(m, i)
+                if got is None:
+                    self.lps += lp.lps
+                    return None
+                low, high, points = got
+                l, u = pre[m]
+                l[i], u[i] = max(l[i], low), min(u[i], high)
+                if l[i] > u[i]:
+                    self.lps += lp.lps
+                    return None
+                if points:
+                    self.net.sample(np.clip(np.stack(points), self.net.lo, self.net.hi))
+            self.lps += lp.lps
+        return pre
+
+    def _push(self, pre: list, split: list) -> None:
+        pre = self._tighten(pre, split)
+        if pre is None:
+            self.empty += 1
+            return
+        upper, scores = slope_bound(self.net.w, pre, self.vertex_units)
+        if upper <= self.net.best * (1 + self.rtol):
+            self.closed += 1
+            return
+        heapq.heappush(self.heap, _Node(-upper, upper, pre, split, scores))
+
+    def run(self, deadline: float, max_nodes: int) -> str:
+        """Expand nodes until solved (``"converged"``), ``max_nodes`` (``"work"``) or ``deadline``
+        (``"time"``: a node starts only if the last one's seconds fit before it)."""
+        step = 0.0
+        while self.heap:
+            if self.heap[0].upper <= self.net.best * (1 + self.rtol):
+                return "converged"
+            if self.nodes >= max_nodes:
+                return "work"
+            start = time.perf_counter()
+            if start + step > deadline:
+                return "time"
+            node = heapq.heappop(self.heap)
+            flat = np.concatenate(node.scores)
+            if not (flat > 0).any():  # every neuron stable: the bound is the Jacobian's norm, kept open
+                heapq.heappush(self.heap, node)
+                return "converged"
+            self.nodes += 1
+            j = int(np.argmax(flat))
+            m = int(np.searchsorted(np.cumsum([len(s) for s in node.scores]), j, side="right"))
+            i = j - sum(len(s) for s in node.scores[:m])
+            for active in (True, False):
+                pre = [(l.copy(), u.copy()) for l, u in node.pre]
+                split = [s.copy() for s in node.split]
+                l, u = pre[m]
+                if active:
+                    l[i] = 0.0
+                else:
+                    u[i] = 0.0
+                split[m][i] = True
+                self._push(pre, split)
+            step = time.perf_counter() - start
+        return "converged"
+
+
+def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = None,
+               time_budget: float = 60.0, max_nodes: int = 100_000, rtol: float = 1e-6,
+               vertex_units: int = 8, lower_share: float = 0.3) -> Result:
+    """Certified local Lipschitz bound (L2 -> L2) of a ReLU MLP on a box by neuron branch and bound
+    (module doc).
+
+    Args:
+        graph: a chain of affine layers and ReLUs, localized on a box or not.
+        seed: seed of ``lower-milp``.
+        progress: unused (the method signature).
+        domain: a box ``(low, high)``, a ``Box`` or an L-infinity ``Ball``; None: the graph's region.
+        time_budget: seconds, an outer cap of the whole call.
+        max_nodes: most nodes expanded (a work cap).
+        rtol: stop when the upper bound is within this relative gap of the lower bound.
+        vertex_units: free neurons whose slope ends are enumerated in each node's bound (``2^k`` batch).
+        lower_share: fraction of the budget given to ``lower-milp`` for the first lower bound (0: none).
+    """
+    if not (time_budget > 0 and max_nodes >= 1 and rtol >= 0 and 0 <= vertex_units <= 16 and 0 <= lower_share < 1):
+        raise InvalidInput("neuron-bab: time_budget must be > 0, max_nodes >= 1, rtol >= 0, "
+                           "0 <= vertex_units <= 16 and 0 <= lower_share < 1")
+    t0 = time.perf_counter()
+    region = graph.region if domain is None else domain
+    if region is None:
+        raise NotApplicable("neuron-bab: needs a box domain (the constant on a region)")
+    if hasattr(region, "norm") and region.norm != math.inf:
+        raise NotApplicable("neuron-bab: the region must be a box or an L-infinity ball")
+    box = as_box(region if isinstance(region, Box) or not hasattr(region, "low") else (region.low, region.high),
+                 graph.input_shape)
+    try:
+        local = localize(graph.to(device="cpu", dtype=torch.float64), box)
+        layers = mlp_layers(local, method="neuron-bab")
+    except UnsupportedOperation as exc:
+        raise NotApplicable(f"neuron-bab: {exc}") from None
+    if any(l.pieces.two_slope != (0.0, 1.0) for l in layers[:-1]):
+        raise NotApplicable("neuron-bab: every activation must be a ReLU")
+    net = WitnessedNet(layers, box)
+    net.sample(box.center.reshape(1, -1).to(torch.float64).numpy())
+    lower_stop = "converged"
+    if lower_share > 0 and net.kinked:
+        from .lower_milp import lower_milp  # a method of its own: imported where used
+        found = lower_milp(local, seed=seed, domain=box, time_budget=lower_share * time_budget)
+        lower_stop = found.details.get("stopped_by", "converged")
+        if found.witness is not None and "x" in found.witness:
+            net.sample(found.witness["x"].reshape(1, -1).to(torch.float64).numpy())
+    pre = [(l.pre[0].numpy(), l.pre[1].numpy()) for l in layers[:-1]]
+    search = _Search(net, pre, rtol, vertex_units)
+    search.start()
+    status = search.run(t0 + time_budget, max_nodes)
+    upper = search.upper()
+    lower, witness = _rechecked(local, net, box, None)
+    unstable = int(sum((states(l, u) == FREE).sum() for l, u in pre))
+    details = {"lower": lower if lower > -math.inf else None, "upper": upper, "search_nodes": search.nodes,
+               "open_nodes": len(search.heap), "empty_nodes": search.empty, "closed_nodes": search.closed,
+               "lps": search.lps, "unstable_neurons": unstable, "lp_tightening": search.use_lp,
+               "domain": box.describe(),
+               "stopped_by": stopped_by([status, "time" if lower_stop == "time" else "converged"])}
+    seconds = time.perf_counter() - t0
+    if status == "converged" and lower > -math.inf and upper <= lower * (1 + rtol):
+        return Result("neuron-bab", lower, "exact", seconds, witness=witness, details=details,
+                      bracket=(lower, max(upper, lower)))
+    return Result("neuron-bab", upper, "certified_upper", seconds, witness=witness, details=details)
