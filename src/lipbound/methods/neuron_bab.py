@@ -131,8 +131,10 @@ class _Search:
         self.heap: list[_Node] = []
         self.nodes = self.lps = self.empty = self.closed = 0
         self.root = [(l.copy(), u.copy()) for l, u in pre]
+        self.deadline = math.inf
 
-    def start(self) -> None:
+    def start(self, deadline: float) -> None:
+        self.deadline = deadline
         self._push(self.root, [np.zeros(len(l), dtype=bool) for l, _ in self.root])
 
     def upper(self) -> float:
@@ -140,7 +142,8 @@ class _Search:
         return max(top, self.net.best)  # a closed node's bound is below the best witness
 
     def _tighten(self, pre: list, split: list) -> list | None:
-        """The node's bounds tightened by its LP relaxation, layer by layer; None: proved empty."""
+        """The node's bounds tightened by its LP relaxation, layer by layer (until the deadline:
+        bounds not reached keep their values, which hold); None: proved empty."""
         if not self.use_lp:
             return pre
         pre = [(l.copy(), u.copy()) for l, u in pre]
@@ -150,6 +153,8 @@ class _Search:
                 continue
             lp = SplitLP(self.hidden_w, self.hidden_b, pre, split, self.net.lo, self.net.hi)
             for i in free:
+                if time.perf_counter() > self.deadline:
+                    break
                 got = lp.bound(m, i)
                 if got is None:
                     self.lps += lp.lps
@@ -257,7 +262,9 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
             net.sample(found.witness["x"].reshape(1, -1).to(torch.float64).numpy())
     pre = [(l.pre[0].numpy(), l.pre[1].numpy()) for l in layers[:-1]]
     search = _Search(net, pre, rtol, vertex_units)
-    search.start()
+    seeded = net.best
+    search.start(t0 + time_budget)
+    root_upper = search.upper()
     status = search.run(t0 + time_budget, max_nodes)
     upper = search.upper()
     lower, witness = _rechecked(local, net, box, None)
@@ -265,7 +272,8 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
     details = {"lower": lower if lower > -math.inf else None, "upper": upper, "search_nodes": search.nodes,
                "open_nodes": len(search.heap), "empty_nodes": search.empty, "closed_nodes": search.closed,
                "lps": search.lps, "unstable_neurons": unstable, "lp_tightening": search.use_lp,
-               "domain": box.describe(),
+               "domain": box.describe(), "root_upper": root_upper,
+               "seeded_lower": seeded if seeded > -math.inf else None,
                "stopped_by": stopped_by([status, "time" if lower_stop == "time" else "converged"])}
     seconds = time.perf_counter() - t0
     if status == "converged" and lower > -math.inf and upper <= lower * (1 + rtol):
