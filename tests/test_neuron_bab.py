@@ -16,7 +16,7 @@ from scipy.optimize import linprog
 from lipbound.api import as_graph
 from lipbound.errors import InvalidInput, NotApplicable
 from lipbound.methods import METHODS
-from lipbound.methods.neuron_bab import slope_bound
+from lipbound.methods.neuron_bab import children, slope_bound
 from lipbound.methods.split_lp import SplitLP
 
 
@@ -70,11 +70,12 @@ def test_closes_on_the_brute_force_local_constant(seed, widths):
     low = -torch.rand(widths[0], generator=gen, dtype=torch.float64) - 0.3
     high = torch.rand(widths[0], generator=gen, dtype=torch.float64) + 0.3
     truth = _exact_local(net, low.numpy(), high.numpy())
-    res = METHODS["neuron-bab"](g, domain=(low, high), time_budget=20, lower_share=0.0, vertex_units=2)
+    res = METHODS["neuron-bab"](g, domain=(low, high), time_budget=20, lower_share=0.0, vertex_units=0)
     upper = res.details["upper"]
     assert upper >= truth * (1 - 1e-9), (upper, truth)  # certified
     assert res.details["lower"] <= truth * (1 + 1e-9)  # witnessed
     assert res.kind == "exact" and res.value == pytest.approx(truth, rel=1e-6), (res.kind, res.value, truth)
+    assert res.details["search_nodes"] > 0  # the interval bound alone (no vertices) needs splits to close
 
 
 def test_slope_bound_is_the_vertex_maximum_when_all_are_enumerated_and_above_it_otherwise():
@@ -186,3 +187,20 @@ def test_runs_capped_on_deep_real_nets(realnets, name, prop):
     res = METHODS["neuron-bab"](g, domain=region, time_budget=1, lower_share=0.0)
     assert res.kind in ("certified_upper", "exact") and math.isfinite(res.value)
     assert res.details["lower"] is None or res.details["lower"] <= res.value
+
+
+def test_a_split_s_children_cover_every_input_of_their_parent():
+    net = _net(9, (3, 6, 5, 2))
+    ws, bs = _weights(net)
+    rng = np.random.default_rng(2)
+    x = rng.uniform(-1, 1, size=(4000, 3))
+    z = [x @ ws[0].T + bs[0]]
+    z.append(np.maximum(z[0], 0) @ ws[1].T + bs[1])
+    pre = [(zm.min(0) - 1e-9, zm.max(0) + 1e-9) for zm in z]  # bounds holding at every sample
+    split = [np.zeros(6, bool), np.zeros(5, bool)]
+    for m in (0, 1):
+        i = int(np.flatnonzero((pre[m][0] < 0) & (pre[m][1] > 0))[0])
+        kids = children(pre, split, m, i)
+        inside = [np.all([(zm >= l) & (zm <= u) for zm, (l, u) in zip(z, kid)], axis=(0, 2)) for kid, _ in kids]
+        assert (inside[0] | inside[1]).all() and inside[0].any() and inside[1].any()
+        assert all(s[m][i] for _, s in kids)

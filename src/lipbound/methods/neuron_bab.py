@@ -110,6 +110,24 @@ def _influence(weights: list[np.ndarray], lo: list[np.ndarray], hi: list[np.ndar
     return out
 
 
+def children(pre: list, split: list, m: int, i: int) -> list[tuple[list, list]]:
+    """The two nodes of splitting neuron ``i`` of hidden layer ``m``: ``z_i >= 0`` (its lower bound
+    raised to 0) and ``z_i <= 0`` (its upper bound lowered to 0); every input of the parent lies in
+    one of them (module doc)."""
+    out = []
+    for active in (True, False):
+        pre_c = [(l.copy(), u.copy()) for l, u in pre]
+        split_c = [s.copy() for s in split]
+        l, u = pre_c[m]
+        if active:
+            l[i] = max(l[i], 0.0)
+        else:
+            u[i] = min(u[i], 0.0)
+        split_c[m][i] = True
+        out.append((pre_c, split_c))
+    return out
+
+
 @dataclass(order=True)
 class _Node:
     key: float  # -upper bound: best first
@@ -202,15 +220,7 @@ class _Search:
             j = int(np.argmax(flat))
             m = int(np.searchsorted(np.cumsum([len(s) for s in node.scores]), j, side="right"))
             i = j - sum(len(s) for s in node.scores[:m])
-            for active in (True, False):
-                pre = [(l.copy(), u.copy()) for l, u in node.pre]
-                split = [s.copy() for s in node.split]
-                l, u = pre[m]
-                if active:
-                    l[i] = 0.0
-                else:
-                    u[i] = 0.0
-                split[m][i] = True
+            for pre, split in children(node.pre, node.split, m, i):
                 self._push(pre, split)
             step = time.perf_counter() - start
         return "converged"
