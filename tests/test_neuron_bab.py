@@ -201,6 +201,7 @@ def test_a_split_s_children_cover_every_input_of_their_parent():
     for m in (0, 1):
         i = int(np.flatnonzero((pre[m][0] < 0) & (pre[m][1] > 0))[0])
         kids = children(pre, split, m, i)
-        inside = [np.all([(zm >= l) & (zm <= u) for zm, (l, u) in zip(z, kid)], axis=(0, 2)) for kid, _ in kids]
+        inside = [np.logical_and.reduce([((zm >= l) & (zm <= u)).all(1) for zm, (l, u) in zip(z, kid)])
+                  for kid, _ in kids]
         assert (inside[0] | inside[1]).all() and inside[0].any() and inside[1].any()
         assert all(s[m][i] for _, s in kids)

@@ -186,10 +186,7 @@ class SplitLP:
     def proves_empty(self) -> bool:
         """The relaxation is empty, by HiGHS's dual ray checked rigorously (module doc)."""
         h = self._solver()
-        try:
-            has, ray = h.getDualRay()
-        except Exception:  # noqa: BLE001  (older highspy: no ray)
-            return False
+        *_, has, ray = h.getDualRay()  # (status, has, ray)
         if not has:
             return False
         ray = np.asarray(ray, dtype=np.float64)
