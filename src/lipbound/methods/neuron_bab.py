@@ -268,8 +268,9 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
         from .lower_milp import lower_milp  # a method of its own: imported where used
         found = lower_milp(local, seed=seed, domain=box, time_budget=lower_share * time_budget)
         lower_stop = found.details.get("stopped_by", "converged")
-        if found.witness is not None and "x" in found.witness:
-            net.sample(found.witness["x"].reshape(1, -1).to(torch.float64).numpy())
+        x = getattr(found.witness, "x", None)  # a point witness (a pair gives no Jacobian)
+        if x is not None:
+            net.sample(x.reshape(1, -1).to(torch.float64).numpy())
     pre = [(l.pre[0].numpy(), l.pre[1].numpy()) for l in layers[:-1]]
     search = _Search(net, pre, rtol, vertex_units)
     seeded = net.best
