@@ -70,12 +70,23 @@ def test_closes_on_the_brute_force_local_constant(seed, widths):
     low = -torch.rand(widths[0], generator=gen, dtype=torch.float64) - 0.3
     high = torch.rand(widths[0], generator=gen, dtype=torch.float64) + 0.3
     truth = _exact_local(net, low.numpy(), high.numpy())
-    res = METHODS["neuron-bab"](g, domain=(low, high), time_budget=20, lower_share=0.1 * (seed % 2), vertex_units=0)
+    res = METHODS["neuron-bab"](g, domain=(low, high), time_budget=20, lower_share=0.1 * (seed % 2), vertex_units=0,
+                                node_sdp=False)
     upper = res.details["upper"]
     assert upper >= truth * (1 - 1e-9), (upper, truth)  # certified
     assert res.details["lower"] <= truth * (1 + 1e-9)  # witnessed
     assert res.kind == "exact" and res.value == pytest.approx(truth, rel=1e-6), (res.kind, res.value, truth)
     assert res.details["search_nodes"] > 0  # the interval bound alone (no vertices) needs splits to close
+
+
+def test_lipsdp_node_bounds_keep_it_sound_and_exact():
+    net = _net(0, (2, 5, 4, 2))
+    g = as_graph(net, (2,))
+    low, high = -torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    truth = _exact_local(net, low.numpy(), high.numpy())
+    res = METHODS["neuron-bab"](g, domain=(low, high), time_budget=20, lower_share=0.0, vertex_units=0)
+    assert res.details["sdp_bounds"] >= 1 and res.details["upper"] >= truth * (1 - 1e-9)
+    assert res.kind == "exact" and res.value == pytest.approx(truth, rel=1e-6)
 
 
 def test_slope_bound_is_the_vertex_maximum_when_all_are_enumerated_and_above_it_otherwise():
