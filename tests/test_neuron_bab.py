@@ -89,6 +89,15 @@ def test_lipsdp_node_bounds_keep_it_sound_and_exact():
     assert res.kind == "exact" and res.value == pytest.approx(truth, rel=1e-6)
 
 
+def test_a_node_with_every_neuron_stable_gets_no_lipsdp_bound():
+    from lipbound.methods.neuron_bab import _sdp_bound
+    from lipbound.methods.propagation import localize
+    g = as_graph(_net(0, (2, 5, 4, 2)), (2,))
+    local = localize(g, (-torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)))
+    pre = [(np.full(5, 1.0), np.full(5, 2.0)), (np.full(4, -2.0), np.full(4, -1.0))]
+    assert _sdp_bound(local)(pre, 5.0) == math.inf
+
+
 def test_slope_bound_is_the_vertex_maximum_when_all_are_enumerated_and_above_it_otherwise():
     net = _net(5, (3, 6, 5, 2))
     ws, _ = _weights(net)

@@ -313,13 +313,16 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
 def _sdp_bound(local: Graph) -> Callable[[list, float], float]:
     """``bound(pre, seconds)``: LipSDP-Neuron's certified value on ``local`` with the ReLUs'
     pre bounds replaced by a node's ``pre`` (flat, per hidden layer), within ``seconds``; ``inf``
-    when it certifies nothing."""
+    when it certifies nothing or does not apply."""
     names = [n for n, node in local.nodes.items() if isinstance(node, Activation)]
     shapes = [local.nodes[n].pre[0].shape for n in names]
 
     def bound(pre: list, seconds: float) -> float:
         bounds = {n: (torch.from_numpy(l).reshape(shape), torch.from_numpy(u).reshape(shape))
                   for n, shape, (l, u) in zip(names, shapes, pre)}
-        res = lipsdp(local.localized(local.region, bounds), time_budget=seconds)
+        try:
+            res = lipsdp(local.localized(local.region, bounds), time_budget=seconds)
+        except NotApplicable:  # every neuron stable: the interval bound is already the Jacobian's norm
+            return math.inf
         return res.value if res.kind in (Kind.CERTIFIED_UPPER, Kind.EXACT) else math.inf
     return bound
