@@ -17,6 +17,7 @@ from lipbound.api import as_graph
 from lipbound.errors import InvalidInput, NotApplicable
 from lipbound.methods import METHODS
 from lipbound.methods.neuron_bab import children, slope_bound
+from lipbound.methods.region import Box
 from lipbound.methods.split_lp import SplitLP
 
 
@@ -93,7 +94,7 @@ def test_a_node_with_every_neuron_stable_gets_no_lipsdp_bound():
     from lipbound.methods.neuron_bab import _sdp_bound
     from lipbound.methods.propagation import localize
     g = as_graph(_net(0, (2, 5, 4, 2)), (2,))
-    local = localize(g, (-torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)))
+    local = localize(g, Box(-torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)))
     pre = [(np.full(5, 1.0), np.full(5, 2.0)), (np.full(4, -2.0), np.full(4, -1.0))]
     assert _sdp_bound(local)(pre, 5.0) == math.inf
 
