@@ -177,6 +177,13 @@ class _Search:
         if not self.use_lp:
             return pre
         pre = [(l.copy(), u.copy()) for l, u in pre]
+        if not any((states(l, u) == FREE).any() for l, u in pre):  # a leaf: its region is a polytope
+            lp = SplitLP(self.hidden_w, self.hidden_b, pre, split, self.net.lo, self.net.hi)
+            got = lp.bound(0, 0)  # any objective: infeasible only if proved empty
+            self.lps += lp.lps
+            if got is not None and got[2]:
+                self.net.sample(np.clip(np.stack(got[2]), self.net.lo, self.net.hi))
+            return None if got is None else pre
         for m in range(len(pre)):
             free = np.flatnonzero(states(*pre[m]) == FREE)
             if not len(free):
