@@ -98,8 +98,9 @@ class BranchAndBound(WitnessedNet):
         fits = (clear[0, :k] & (piece[0, :k] == pieces)) | ~self.varying(pieces)[:k]
         return bool(((x >= self.lo) & (x <= self.hi)).all() and fits.all())
 
-    def _lp(self, pieces: np.ndarray) -> tuple[str, np.ndarray | None]:
-        """``("exists", verified point)``, ``("none", None)`` (proved empty) or ``("uncertain", None)``."""
+    def check_region(self, pieces: np.ndarray) -> tuple[str, np.ndarray | None]:
+        """Whether the region of a partial pattern ``pieces`` meets the box's interior (module doc of
+        :mod:`~lipbound.methods.exact`): ``("exists", verified point)``, ``("none", None)`` (proved empty) or ``("uncertain", None)``."""
         j, s, bp = self._constraints(pieces)
         if len(j) == 0:  # only neurons without breakpoints are fixed: the whole domain
             return "uncertain", None
@@ -289,7 +290,7 @@ class BranchAndBound(WitnessedNet):
     def _expand(self, node: _Node) -> None:
         pieces, point = node.pieces, node.point
         if point is None:
-            verdict, point = self._lp(pieces)
+            verdict, point = self.check_region(pieces)
             if verdict == "none":
                 return
             if point is not None:

@@ -38,6 +38,10 @@ does not exceed the best witnessed lower bound times ``1 + rtol`` is closed.
 **Lower bound.** Jacobians at witnesses (:class:`~lipbound.methods.exact_network.WitnessedNet`:
 inside the box, off every kink by the rounding bound): the LP points of every node, and first the
 witness of ``lower-milp`` (on ``lower_share`` of the budget), re-checked independently at the end.
+A **leaf** (every neuron's state known) is one activation pattern: ``exact``'s region check
+(:meth:`~lipbound.methods.exact_search.BranchAndBound.check_region`: an LP proposes, an exact-arithmetic
+certificate proves the region has no interior point in the box) drops it when empty, and its
+verified interior point witnesses its Jacobian's norm otherwise.
 
 It stops when the largest open bound meets the lower bound (``"converged"``, kind ``exact``),
 after ``max_nodes`` nodes (``"work"``), or when the budget is spent (``"time"``, an outer cap): the
@@ -61,7 +65,7 @@ from ..linalg.spectral import CERTIFIED_RTOL
 from ..report import Kind, Result
 from .budget import stopped_by
 from .exact import _rechecked
-from .exact_network import WitnessedNet
+from .exact_search import BranchAndBound
 from .lipsdp import lipsdp
 from .piecewise import mlp_layers
 from .propagation import localize
@@ -149,9 +153,10 @@ class _Node:
 
 
 class _Search:
-    """The best-first search (module doc) on a :class:`WitnessedNet` with root bounds ``pre``."""
+    """The best-first search (module doc) with root bounds ``pre``; ``net`` keeps the witnesses
+    and decides the leaves' regions (``exact``'s LP checks with exact-arithmetic certificates)."""
 
-    def __init__(self, net: WitnessedNet, pre: list[tuple[np.ndarray, np.ndarray]], rtol: float,
+    def __init__(self, net: BranchAndBound, pre: list[tuple[np.ndarray, np.ndarray]], rtol: float,
                  vertex_units: int, sdp: Callable[[list, float], float] | None = None) -> None:
         self.net, self.rtol, self.vertex_units, self.sdp = net, rtol, vertex_units, sdp
         self.sdp_calls = 0
@@ -177,13 +182,11 @@ class _Search:
         if not self.use_lp:
             return pre
         pre = [(l.copy(), u.copy()) for l, u in pre]
-        if not any((states(l, u) == FREE).any() for l, u in pre):  # a leaf: its region is a polytope
-            lp = SplitLP(self.hidden_w, self.hidden_b, pre, split, self.net.lo, self.net.hi)
-            got = lp.bound(0, 0)  # any objective: infeasible only if proved empty
-            self.lps += lp.lps
-            if got is not None and got[2]:
-                self.net.sample(np.clip(np.stack(got[2]), self.net.lo, self.net.hi))
-            return None if got is None else pre
+        if not any((states(l, u) == FREE).any() for l, u in pre):  # a leaf: one activation pattern
+            verdict, point = self.net.check_region(np.concatenate([(l >= 0).astype(int) for l, _ in pre]))
+            if point is not None:  # verified inside the region: its Jacobian is the leaf's
+                self.net.sample(point[None])
+            return None if verdict == "none" else pre
         for m in range(len(pre)):
             free = np.flatnonzero(states(*pre[m]) == FREE)
             if not len(free):
@@ -285,7 +288,7 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
         raise NotApplicable(f"neuron-bab: {exc}") from None
     if any(l.pieces.two_slope != (0.0, 1.0) for l in layers[:-1]):
         raise NotApplicable("neuron-bab: every activation must be a ReLU")
-    net = WitnessedNet(layers, box)
+    net = BranchAndBound(layers, box, rtol)  # its witnesses, and its region checks for the leaves
     net.sample(box.center.reshape(1, -1).to(torch.float64).numpy())
     lower_stop = "converged"
     if lower_share > 0 and net.kinked:
@@ -309,7 +312,7 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
                "lps": search.lps, "sdp_bounds": search.sdp_calls, "unstable_neurons": unstable, "lp_tightening": search.use_lp,
                "domain": box.describe(), "root_upper": root_upper,
                "seeded_lower": seeded if seeded > -math.inf else None,
-               "stopped_by": stopped_by([status, "time" if lower_stop == "time" else "converged"])}
+               "stopped_by": status if status == "converged" else stopped_by([status, lower_stop])}
     seconds = time.perf_counter() - t0
     if status == "converged" and lower > -math.inf and upper <= lower * (1 + rtol):
         return Result("neuron-bab", lower, "exact", seconds, witness=witness, details=details,
