@@ -226,3 +226,22 @@ def test_a_split_s_children_cover_every_input_of_their_parent():
                   for kid, _ in kids]
         assert (inside[0] | inside[1]).all() and inside[0].any() and inside[1].any()
         assert all(s[m][i] for _, s in kids)
+
+
+def test_a_leaf_whose_pattern_has_no_region_in_the_box_is_dropped():
+    from lipbound.methods.exact_search import BranchAndBound
+    from lipbound.methods.neuron_bab import _Search
+    from lipbound.methods.piecewise import mlp_layers
+    net = _net(8, (2, 6, 3))
+    with torch.no_grad():  # z_1 = -z_0 - 0.5: z_0 >= 0 and z_1 >= 0 never hold together
+        net[0].weight[1], net[0].bias[1] = -net[0].weight[0], -net[0].bias[0] - 0.5
+    box = Box(-torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64))
+    bb = BranchAndBound(mlp_layers(as_graph(net, (2,)), method="test"), box, 1e-9)
+    x = np.zeros(2)
+    z = net[0].weight.detach().numpy() @ x + net[0].bias.detach().numpy()
+    for both_active, dropped in ((True, True), (False, False)):
+        on = z > 0
+        on[:2] = (True, True) if both_active else (z[0] > 0, z[1] > 0)
+        pre = [(np.where(on, 0.0, -5.0), np.where(on, 5.0, 0.0))]
+        search = _Search(bb, pre, 1e-9, 0)
+        assert (search._tighten(pre, [np.ones(6, bool)]) is None) == dropped
