@@ -64,7 +64,7 @@ from ..graph.ir import Activation, Graph
 from ..linalg.spectral import CERTIFIED_RTOL
 from ..report import Kind, Result
 from .budget import stopped_by
-from .exact import _rechecked
+from .exact import rechecked
 from .exact_search import BranchAndBound
 from .lipsdp import lipsdp
 from .piecewise import mlp_layers
@@ -305,7 +305,7 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
     root_upper = search.upper()
     status = search.run(t0 + time_budget, max_nodes)
     upper = search.upper()
-    lower, witness = _rechecked(local, net, box, None)
+    lower, witness = rechecked(local, net, box, None)
     unstable = int(sum((states(l, u) == FREE).sum() for l, u in pre))
     details = {"lower": lower if lower > -math.inf else None, "upper": upper, "search_nodes": search.nodes,
                "open_nodes": len(search.heap), "empty_nodes": search.empty, "closed_nodes": search.closed,
