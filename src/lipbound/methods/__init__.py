@@ -24,7 +24,7 @@ from typing import Any, Callable
 from ..errors import InvalidInput
 from ..graph.ir import Graph
 from ..report import Kind, Result
-from . import autolip, best, eclipse, exact, lipsdp, local_bab, lower, lower_milp, seqlip  # the modules keep their names
+from . import autolip, best, eclipse, exact, lipsdp, local_bab, lower, lower_milp, neuron_bab, seqlip  # the modules keep their names
 from . import cost
 from .cost import GraphSizes
 from .piecewise import count_two_slope_neurons
@@ -207,6 +207,13 @@ _SPECS = [
                "chains of affine layers and piecewise-linear activations with few neurons",
                "exponential in the number of unstable neurons (NP-hard)", size="small", in_best=True,
                in_default=_small_relu_net, cost=cost.exact_cost, anytime=True),
+    MethodSpec("neuron-bab", neuron_bab.neuron_bab, Kind.CERTIFIED_UPPER,
+               "branch and bound over the unstable ReLUs' states on a box: LP-tightened pre bounds per node, "
+               "interval-Jacobian slope-box bounds, witnesses from lower-milp and the LP points",
+               "chains of affine layers and ReLUs on a box domain",
+               "per node two LPs per unstable neuron and a 2^vertex_units batch of interval Jacobians; "
+               "nodes exponential in the unstable neurons (capped by nodes and time)",
+               size="medium", anytime=True),
     MethodSpec("local-bab", partial(local_bab.local_bab, registry=METHODS), Kind.CERTIFIED_UPPER,
                "branch and bound over the input region: the largest certified bound over its parts, "
                "lower bounds from Jacobians inside them",

@@ -121,7 +121,7 @@ from .piecewise import count_two_slope_neurons, mlp_layers
 from .region import Box, as_box
 from .witness import PointWitness
 
-__all__ = ["exact", "MAX_DENSE"]
+__all__ = ["exact", "rechecked", "MAX_DENSE"]
 
 MAX_UNITS = 2048  # refuse networks with more unstable piecewise-linear units (kinks of all neurons) than this
 MAX_DENSE = 20_000_000  # refuse networks whose interval matrices (neurons x inputs) exceed this
@@ -196,7 +196,7 @@ def exact(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
     center = np.zeros(bb.dim) if box is None else (box.center if ball is None else ball.center).flatten().numpy()
     status = bb.run(t0 + time_budget, progress, center.astype(np.float64), max_nodes)
     upper = bb.upper() * (1 + CERTIFIED_RTOL)
-    lower, witness = _rechecked(graph, bb, box, admits)
+    lower, witness = rechecked(graph, bb, box, admits)
     details = {"lower": lower if lower > -math.inf else None, "upper": upper, "status": status,
                "neurons": bb.n_neurons, "stable_neurons": int(bb.stable.sum()), "search_nodes": bb.nodes,
                "lps": bb.lps, "empty_regions": bb.empty, "uncertain_regions": bb.uncertain,
@@ -253,7 +253,7 @@ def _sample_points(n: int, dim: int, region: Any, gen: torch.Generator) -> torch
     return x * torch.logspace(-1, 1, n, dtype=torch.float64).reshape(-1, 1)[torch.randperm(n, generator=gen)]
 
 
-def _rechecked(graph: Graph, bb: BranchAndBound, box: Box | None,
+def rechecked(graph: Graph, bb: BranchAndBound, box: Box | None,
                admits: Callable[[np.ndarray], np.ndarray] | None) -> tuple[float, PointWitness | None]:
     """The search's lower bound as its witness's re-checked value (rounding margins), with the
     witness; ``-inf`` and None without one."""

@@ -11,13 +11,16 @@ piece of its activation (the global case).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 from .piecewise import DenseLayer, piece_range
+from .region import Box
 
-__all__ = ["PiecewiseNet", "Numbers", "spectral"]
+__all__ = ["PiecewiseNet", "WitnessedNet", "Numbers", "spectral"]
 
 _UNIT_ROUNDOFF = 2.0 ** -53  # float64
 _TINY = float(np.finfo(np.float64).tiny)  # the least normal float64: a bound of each operation's underflow
@@ -213,6 +216,44 @@ class PiecewiseNet:
             d, o = num.slopes[m][p], num.offsets[m][p]
             a, c, scale = d[:, None] * a, d * c + o * scale, scale * num.unit
         return np.concatenate(forms_a), np.concatenate(forms_c), scales
+
+
+class WitnessedNet(PiecewiseNet):
+    """A :class:`PiecewiseNet` on a ``box`` (None: ``R^n``) that keeps the best witnessed lower bound
+    seen: ``best`` (``||Df(x)||_2``), its point ``best_x`` and top right singular vector ``best_v``.
+    A witness must also satisfy ``admits`` (a region inside the box, e.g. an L2 ball), when given."""
+
+    def __init__(self, layers: list[DenseLayer], box: Box | None,
+                 admits: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        super().__init__(layers)
+        self.admits = admits
+        self.lo = np.full(self.dim, -np.inf) if box is None else box.low.flatten().numpy()
+        self.hi = np.full(self.dim, np.inf) if box is None else box.high.flatten().numpy()
+        self.best = -math.inf
+        self.best_x: np.ndarray | None = None
+        self.best_v: np.ndarray | None = None
+
+    def _accepted(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(keep, piece)`` for a batch ``x (B, n)``: which points are witnesses (in the closed box,
+        admitted by the region, every pre-activation clear of every breakpoint or constant nearby:
+        :meth:`pieces_at`), and their pieces. There ``f`` is affine on a neighbourhood, with the
+        Jacobian of those pieces (a constant neuron's slope multiplies a zero row) (DESIGN §8)."""
+        piece, clear, varies = self.pieces_at(x)
+        keep = ((x >= self.lo) & (x <= self.hi)).all(-1) & (clear | ~varies).all(1)
+        if self.admits is not None and keep.any():
+            keep &= self.admits(x)
+        return keep, piece
+
+    def sample(self, x: np.ndarray) -> None:
+        """Lower bound from the Jacobians at the witnesses among ``x (B, n)`` (:meth:`_accepted`)."""
+        keep, piece = self._accepted(x)
+        if not keep.any():
+            return
+        x = x[keep]
+        _, s, vh = np.linalg.svd(self.jacobians(self.slopes(piece[keep])), full_matrices=False)
+        i = int(np.argmax(s[:, 0]))
+        if s[i, 0] > self.best:
+            self.best, self.best_x, self.best_v = float(s[i, 0]), x[i].copy(), vh[i, 0].copy()
 
 
 def spectral(m: np.ndarray) -> float:

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from .exact_network import PiecewiseNet, spectral
+from .exact_network import WitnessedNet, spectral
 from .lp import DenseLP, proves_no_interior
 from .piecewise import DenseLayer
 from .region import Box
@@ -41,18 +41,15 @@ class _Node:
     upper: float = field(compare=False)
 
 
-class BranchAndBound(PiecewiseNet):
+class BranchAndBound(WitnessedNet):
     """The search over one MLP (module doc of :mod:`~lipbound.methods.exact`), in float64 numpy;
     proofs of emptiness in exact arithmetic. Regions are checked on the ``box``; a witness must
     also satisfy ``admits`` (a region inside the box, e.g. an L2 ball), when given."""
 
     def __init__(self, layers: list[DenseLayer], box: Box | None, rtol: float,
                  admits: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
-        super().__init__(layers)
+        super().__init__(layers, box, admits)
         self.rtol = rtol
-        self.admits = admits
-        self.lo = np.full(self.dim, -np.inf) if box is None else box.low.flatten().numpy()
-        self.hi = np.full(self.dim, np.inf) if box is None else box.high.flatten().numpy()
         lips = np.maximum(np.abs(self.slope_lo), np.abs(self.slope_hi))  # per neuron, on the region
         # ||W_{m+1} diag(lips of layer m)||: with |D_m| <= diag(lips), ||W_{m+1} D_m|| is at most that
         scaled = [spectral(self.w[m + 1] * lips[self.offsets[m]:self.offsets[m + 1]]) for m in range(len(self.sizes))]
@@ -64,36 +61,10 @@ class BranchAndBound(PiecewiseNet):
                       + max((np.abs(bp).max(initial=0.0) for bp in self.num.breakpoints), default=0.0)
                       + float(finite[np.isfinite(finite)].max(initial=0.0)))
         self.lp = DenseLP()
-        self.best = -math.inf
-        self.best_x: np.ndarray | None = None
-        self.best_v: np.ndarray | None = None
         self.uncertain_max = -math.inf  # the largest ||J_P|| of a leaf kept without a witness
         self.nodes = self.lps = self.empty = self.uncertain = self.unwitnessed = 0
         self.heap: list[_Node] = []
         self.rooted = False  # the root was bounded: until then only AutoLip bounds the constant
-
-    # ---- witnesses ----------------------------------------------------------------------
-    def _accepted(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(keep, piece)`` for a batch ``x (B, n)``: which points are witnesses (in the closed box,
-        admitted by the region, every pre-activation clear of every breakpoint or constant nearby:
-        :meth:`pieces_at`), and their pieces. There ``f`` is affine on a neighbourhood, with the
-        Jacobian of those pieces (a constant neuron's slope multiplies a zero row) (DESIGN §8)."""
-        piece, clear, varies = self.pieces_at(x)
-        keep = ((x >= self.lo) & (x <= self.hi)).all(-1) & (clear | ~varies).all(1)
-        if self.admits is not None and keep.any():
-            keep &= self.admits(x)
-        return keep, piece
-
-    def sample(self, x: np.ndarray) -> None:
-        """Lower bound from the Jacobians at the witnesses among ``x (B, n)`` (:meth:`_accepted`)."""
-        keep, piece = self._accepted(x)
-        if not keep.any():
-            return
-        x = x[keep]
-        _, s, vh = np.linalg.svd(self.jacobians(self.slopes(piece[keep])), full_matrices=False)
-        i = int(np.argmax(s[:, 0]))
-        if s[i, 0] > self.best:
-            self.best, self.best_x, self.best_v = float(s[i, 0]), x[i].copy(), vh[i, 0].copy()
 
     # ---- regions ------------------------------------------------------------------------
     def _constraints(self, pieces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -127,8 +98,9 @@ class BranchAndBound(PiecewiseNet):
         fits = (clear[0, :k] & (piece[0, :k] == pieces)) | ~self.varying(pieces)[:k]
         return bool(((x >= self.lo) & (x <= self.hi)).all() and fits.all())
 
-    def _lp(self, pieces: np.ndarray) -> tuple[str, np.ndarray | None]:
-        """``("exists", verified point)``, ``("none", None)`` (proved empty) or ``("uncertain", None)``."""
+    def check_region(self, pieces: np.ndarray) -> tuple[str, np.ndarray | None]:
+        """Whether the region of a partial pattern ``pieces`` meets the box's interior (module doc of
+        :mod:`~lipbound.methods.exact`): ``("exists", verified point)``, ``("none", None)`` (proved empty) or ``("uncertain", None)``."""
         j, s, bp = self._constraints(pieces)
         if len(j) == 0:  # only neurons without breakpoints are fixed: the whole domain
             return "uncertain", None
@@ -318,7 +290,7 @@ class BranchAndBound(PiecewiseNet):
     def _expand(self, node: _Node) -> None:
         pieces, point = node.pieces, node.point
         if point is None:
-            verdict, point = self._lp(pieces)
+            verdict, point = self.check_region(pieces)
             if verdict == "none":
                 return
             if point is not None:

@@ -1,0 +1,340 @@
+"""``"neuron-bab"``: the Lipschitz constant (L2 -> L2) of a ReLU MLP on a box by branch and bound
+over the unstable neurons' slopes (neuron splitting, LipBaB-style: Bhowmick et al. 2021).
+
+**What is bounded.** On a box ``X`` (convex), ``L_X = sup ||J(x)||_2`` over its interior with
+``J(x) = W_K D_{K-1}(x) ... D_1(x) W_1`` (DESIGN §7). A **node** fixes the state (active: slope 1,
+``z_i >= 0``; inactive: slope 0, ``z_i <= 0``) of some unstable neurons; the nodes of a split cover
+their parent (every input satisfies ``z_i >= 0`` or ``z_i <= 0``), so the largest bound over the
+open leaves bounds ``L_X`` (a point on the split plane belongs to both children; interior points
+of the box away from all kinks have an open neighbourhood in one leaf, and the kinks are a null
+set, so the sup over interior points is the max over the leaves' sups).
+
+**A node's bound** (certified). 1. Its pre-activation bounds ``[l_i, u_i]`` are tightened by the
+LP relaxation of the node (:mod:`~lipbound.methods.split_lp`: weak duality, rigorous rounding),
+which also proves some nodes **empty** (dropped). 2. Each neuron's slope then lies in ``{1}``
+(``l_i >= 0``), ``{0}`` (``u_i <= 0``) or ``[0, 1]`` at every input of the node, and
+``sup ||J(D)||_2`` over that slope box is bounded by a backward interval Jacobian (from the output,
+whose 10 rows make it cheap) with the slopes of the ``vertex_units`` most influential free neurons
+enumerated at their ends: ``J`` is affine in each slope, so its norm is convex in each and the
+supremum is reached at a vertex (the argument of :mod:`~lipbound.methods.slope_box`). For ``|J - C| <= R``,
+``||J||_2 <= min(||C||_2 + ||R||_F, || |C| + R ||_2)``; every float64 product adds a rigorous bound of
+its rounding (Higham's ``gamma_n``) and the SVDs get the library's ``CERTIFIED_RTOL`` margin.
+3. While time is left (``node_sdp``), the node is also bounded by LipSDP-Neuron
+(:mod:`~lipbound.methods.lipsdp`, its certificate checked in float64) on the graph whose ReLUs carry
+the node's bounds: its LMI (Fazlyab et al. 2019, Theorem 2) holds for every increment
+``(dx, dh = D W dx)`` with ``D`` in the per-neuron sectors, so it bounds ``||J(D) v||`` for every ``D``
+in the slope box, hence ``||Df(x)||_2`` at every differentiable input of the node. The smaller
+bound is kept. (On mnistfc_256x2 the slope-box maximum is within ~5% of LipSDP's value, the
+interval bound ~3x above it: benchmarks/results/local_mnistfc.md.)
+
+Only pointwise Jacobian bounds are used: a node's inputs need not be convex (a split of a second
+layer neuron cuts the box by a non-linear surface), and no pair argument is made inside a node.
+
+**Branching and pruning.** Best first: the open node with the largest bound is split on its free
+neuron of largest influence ``(u - l)``-free rank-one term ``||B_{:,i}|| ||F_{i,:}||`` (``B``: the
+interval Jacobian from the output to the neuron, ``F``: from the input to it). A child whose bound
+does not exceed the best witnessed lower bound times ``1 + rtol`` is closed.
+
+**Lower bound.** Jacobians at witnesses (:class:`~lipbound.methods.exact_network.WitnessedNet`:
+inside the box, off every kink by the rounding bound): the LP points of every node, and first the
+witness of ``lower-milp`` (on ``lower_share`` of the budget), re-checked independently at the end.
+A **leaf** (every neuron's state known) is one activation pattern: ``exact``'s region check
+(:meth:`~lipbound.methods.exact_search.BranchAndBound.check_region`: an LP proposes, an exact-arithmetic
+certificate proves the region has no interior point in the box) drops it when empty, and its
+verified interior point witnesses its Jacobian's norm otherwise.
+
+It stops when the largest open bound meets the lower bound (``"converged"``, kind ``exact``),
+after ``max_nodes`` nodes (``"work"``), or when the budget is spent (``"time"``, an outer cap): the
+result is then the **certified upper** bound reached, never a guess.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..errors import InvalidInput, NotApplicable, UnsupportedOperation
+from ..graph.ir import Activation, Graph
+from ..linalg.spectral import CERTIFIED_RTOL
+from ..report import Kind, Result
+from .budget import stopped_by
+from .exact import rechecked
+from .exact_search import BranchAndBound
+from .lipsdp import lipsdp
+from .piecewise import mlp_layers
+from .propagation import localize
+from .region import Box, as_box
+from .rounding import _gamma, _up
+from .split_lp import FREE, SplitLP, states
+
+__all__ = ["neuron_bab", "slope_bound"]
+
+MAX_LP_VARIABLES = 4000  # above this many LP variables the nodes keep their propagated bounds (no LP)
+
+
+def slope_bound(weights: list[np.ndarray], pre: list[tuple[np.ndarray, np.ndarray]],
+                vertex_units: int = 8) -> tuple[float, list[np.ndarray]]:
+    """``(value, scores)``: ``value >= sup ||W_K D_{K-1} ... D_1 W_1||_2`` over the slope box of the
+    ReLU pre-activation bounds ``pre`` (module doc), and per hidden layer the influence of each free
+    neuron (0 for the others)."""
+    lo = [np.where(l >= 0, 1.0, 0.0) for l, _ in pre]
+    hi = [np.where(u > 0, 1.0, 0.0) for _, u in pre]
+    scores = _influence(weights, lo, hi)
+    flat = np.concatenate(scores)
+    k = int(min(vertex_units, (flat > 0).sum()))
+    chosen = np.argsort(-flat, kind="stable")[:k]
+    starts = np.cumsum([0] + [len(s) for s in scores])
+    batch = 1 << k
+    bits = ((np.arange(batch)[:, None] >> np.arange(k)) & 1).astype(np.float64)
+    c = torch.from_numpy(weights[-1]).expand(batch, *weights[-1].shape).clone()
+    r = torch.zeros_like(c)
+    for m in reversed(range(len(pre))):
+        d_lo = np.tile(lo[m], (batch, 1))
+        d_hi = np.tile(hi[m], (batch, 1))
+        here = (chosen >= starts[m]) & (chosen < starts[m + 1])
+        idx = chosen[here] - starts[m]
+        d_lo[:, idx] = d_hi[:, idx] = bits[:, here]
+        dc = torch.from_numpy((d_lo + d_hi) / 2)[:, None, :]
+        dr = torch.from_numpy((d_hi - d_lo) / 2)[:, None, :]  # slopes 0, 1/2 +- 1/2, 1: exact
+        c, r = c * dc, r * dc.abs() + (c.abs() + r) * dr
+        w = torch.from_numpy(weights[m])
+        n = w.shape[0]
+        c, r = c @ w, _up((r + _gamma(n) * c.abs()) @ w.abs(), 2 * n + 4)
+    spread = torch.linalg.matrix_norm(c, ord=2) * (1 + CERTIFIED_RTOL) + _up(r.flatten(1).norm(dim=1), r[0].numel())
+    joint = torch.linalg.matrix_norm(_up(c.abs() + r, 2), ord=2) * (1 + CERTIFIED_RTOL)
+    return float(torch.minimum(spread, joint).max()), scores
+
+
+def _influence(weights: list[np.ndarray], lo: list[np.ndarray], hi: list[np.ndarray]) -> list[np.ndarray]:
+    """Per hidden layer, ``||B_{:,i}|| ||F_{i,:}||`` for each free neuron ``i`` (module doc), from
+    entry-wise magnitude bounds of the partial Jacobians (a heuristic, not a bound)."""
+    forward, f = [], np.abs(weights[0])
+    for m in range(len(lo)):
+        forward.append(np.linalg.norm(f, axis=1))
+        f = np.abs(weights[m + 1]) @ (hi[m][:, None] * f)
+    out, b = [None] * len(lo), np.abs(weights[-1])
+    for m in reversed(range(len(lo))):
+        out[m] = np.where(hi[m] > lo[m], np.linalg.norm(b, axis=0) * forward[m], 0.0)
+        b = (b * hi[m]) @ np.abs(weights[m])
+    return out
+
+
+def children(pre: list, split: list, m: int, i: int) -> list[tuple[list, list]]:
+    """The two nodes of splitting neuron ``i`` of hidden layer ``m``: ``z_i >= 0`` (its lower bound
+    raised to 0) and ``z_i <= 0`` (its upper bound lowered to 0); every input of the parent lies in
+    one of them (module doc)."""
+    out = []
+    for active in (True, False):
+        pre_c = [(l.copy(), u.copy()) for l, u in pre]
+        split_c = [s.copy() for s in split]
+        l, u = pre_c[m]
+        if active:
+            l[i] = max(l[i], 0.0)
+        else:
+            u[i] = min(u[i], 0.0)
+        split_c[m][i] = True
+        out.append((pre_c, split_c))
+    return out
+
+
+@dataclass(order=True)
+class _Node:
+    key: float  # -upper bound: best first
+    upper: float = field(compare=False)
+    pre: list = field(compare=False)  # per hidden layer (l, u)
+    split: list = field(compare=False)  # per hidden layer: neurons fixed by a split
+    scores: list = field(compare=False)
+
+
+class _Search:
+    """The best-first search (module doc) with root bounds ``pre``; ``net`` keeps the witnesses
+    and decides the leaves' regions (``exact``'s LP checks with exact-arithmetic certificates)."""
+
+    def __init__(self, net: BranchAndBound, pre: list[tuple[np.ndarray, np.ndarray]], rtol: float,
+                 vertex_units: int, sdp: Callable[[list, float], float] | None = None) -> None:
+        self.net, self.rtol, self.vertex_units, self.sdp = net, rtol, vertex_units, sdp
+        self.sdp_calls = 0
+        self.hidden_w = net.w[:-1]
+        self.hidden_b = net.num.b[:-1]
+        self.use_lp = net.dim + net.n_neurons <= MAX_LP_VARIABLES
+        self.heap: list[_Node] = []
+        self.nodes = self.lps = self.empty = self.closed = 0
+        self.root = [(l.copy(), u.copy()) for l, u in pre]
+        self.deadline = math.inf
+
+    def start(self, deadline: float) -> None:
+        self.deadline = deadline
+        self._push(self.root, [np.zeros(len(l), dtype=bool) for l, _ in self.root])
+
+    def upper(self) -> float:
+        top = self.heap[0].upper if self.heap else -math.inf
+        return max(top, self.net.best)  # a closed node's bound is below the best witness
+
+    def _tighten(self, pre: list, split: list) -> list | None:
+        """The node's bounds tightened by its LP relaxation, layer by layer (until the deadline:
+        bounds not reached keep their values, which hold); None: proved empty."""
+        if not self.use_lp:
+            return pre
+        pre = [(l.copy(), u.copy()) for l, u in pre]
+        if not any((states(l, u) == FREE).any() for l, u in pre):  # a leaf: one activation pattern
+            verdict, point = self.net.check_region(np.concatenate([(l >= 0).astype(int) for l, _ in pre]))
+            if point is not None:  # verified inside the region: its Jacobian is the leaf's
+                self.net.sample(point[None])
+            return None if verdict == "none" else pre
+        for m in range(len(pre)):
+            free = np.flatnonzero(states(*pre[m]) == FREE)
+            if not len(free):
+                continue
+            lp = SplitLP(self.hidden_w, self.hidden_b, pre, split, self.net.lo, self.net.hi)
+            for i in free:
+                if time.perf_counter() > self.deadline:
+                    break
+                got = lp.bound(m, i)
+                if got is None:
+                    self.lps += lp.lps
+                    return None
+                low, high, points = got
+                l, u = pre[m]
+                l[i], u[i] = max(l[i], low), min(u[i], high)
+                if l[i] > u[i]:
+                    self.lps += lp.lps
+                    return None
+                if points:
+                    self.net.sample(np.clip(np.stack(points), self.net.lo, self.net.hi))
+            self.lps += lp.lps
+        return pre
+
+    def _push(self, pre: list, split: list) -> None:
+        pre = self._tighten(pre, split)
+        if pre is None:
+            self.empty += 1
+            return
+        upper, scores = slope_bound(self.net.w, pre, self.vertex_units)
+        left = self.deadline - time.perf_counter()
+        if self.sdp is not None and upper > self.net.best * (1 + self.rtol) and left > 0:
+            upper = min(upper, self.sdp(pre, left))
+            self.sdp_calls += 1
+        if upper <= self.net.best * (1 + self.rtol):
+            self.closed += 1
+            return
+        heapq.heappush(self.heap, _Node(-upper, upper, pre, split, scores))
+
+    def run(self, deadline: float, max_nodes: int) -> str:
+        """Expand nodes until solved (``"converged"``), ``max_nodes`` (``"work"``) or ``deadline``
+        (``"time"``: a node starts only if the last one's seconds fit before it)."""
+        step = 0.0
+        while self.heap:
+            if self.heap[0].upper <= self.net.best * (1 + self.rtol):
+                return "converged"
+            if self.nodes >= max_nodes:
+                return "work"
+            start = time.perf_counter()
+            if start + step > deadline:
+                return "time"
+            node = heapq.heappop(self.heap)
+            flat = np.concatenate(node.scores)
+            if not (flat > 0).any():  # every neuron stable: the bound is the Jacobian's norm, kept open
+                heapq.heappush(self.heap, node)
+                return "converged"
+            self.nodes += 1
+            j = int(np.argmax(flat))
+            m = int(np.searchsorted(np.cumsum([len(s) for s in node.scores]), j, side="right"))
+            i = j - sum(len(s) for s in node.scores[:m])
+            for pre, split in children(node.pre, node.split, m, i):
+                self._push(pre, split)
+            step = time.perf_counter() - start
+        return "converged"
+
+
+def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = None,
+               time_budget: float = 60.0, max_nodes: int = 100_000, rtol: float = 1e-6,
+               vertex_units: int = 8, lower_share: float = 0.0, node_sdp: bool = True) -> Result:
+    """Certified local Lipschitz bound (L2 -> L2) of a ReLU MLP on a box by neuron branch and bound
+    (module doc).
+
+    Args:
+        graph: a chain of affine layers and ReLUs, localized on a box or not.
+        seed: seed of ``lower-milp``.
+        progress: unused (the method signature).
+        domain: a box ``(low, high)``, a ``Box`` or an L-infinity ``Ball``; None: the graph's region.
+        time_budget: seconds, an outer cap of the whole call.
+        max_nodes: most nodes expanded (a work cap).
+        rtol: stop when the upper bound is within this relative gap of the lower bound.
+        vertex_units: free neurons whose slope ends are enumerated in each node's bound (``2^k`` batch).
+        lower_share: fraction of the budget given to ``lower-milp`` for the first lower bound (default 0:
+            measured on mnistfc_256x2 prop 3, a lower-milp run earlier in the same process left the
+            root bound at 26.28 instead of 23.90, cause not found; run ``lower-milp`` beside it instead).
+        node_sdp: also bound each node by LipSDP-Neuron on its slope box (module doc), while time is left.
+    """
+    if not (time_budget > 0 and max_nodes >= 1 and rtol >= 0 and 0 <= vertex_units <= 16 and 0 <= lower_share < 1):
+        raise InvalidInput("neuron-bab: time_budget must be > 0, max_nodes >= 1, rtol >= 0, "
+                           "0 <= vertex_units <= 16 and 0 <= lower_share < 1")
+    t0 = time.perf_counter()
+    region = graph.region if domain is None else domain
+    if region is None:
+        raise NotApplicable("neuron-bab: needs a box domain (the constant on a region)")
+    if hasattr(region, "norm") and region.norm != math.inf:
+        raise NotApplicable("neuron-bab: the region must be a box or an L-infinity ball")
+    box = as_box(region if isinstance(region, Box) or not hasattr(region, "low") else (region.low, region.high),
+                 graph.input_shape)
+    try:
+        local = localize(graph.to(device="cpu", dtype=torch.float64), box)
+        layers = mlp_layers(local, method="neuron-bab")
+    except UnsupportedOperation as exc:
+        raise NotApplicable(f"neuron-bab: {exc}") from None
+    if any(l.pieces.two_slope != (0.0, 1.0) for l in layers[:-1]):
+        raise NotApplicable("neuron-bab: every activation must be a ReLU")
+    net = BranchAndBound(layers, box, rtol)  # its witnesses, and its region checks for the leaves
+    net.sample(box.center.reshape(1, -1).to(torch.float64).numpy())
+    lower_stop = "converged"
+    if lower_share > 0 and net.kinked:
+        from .lower_milp import lower_milp  # a method of its own: imported where used
+        found = lower_milp(local, seed=seed, domain=box, time_budget=lower_share * time_budget)
+        lower_stop = found.details.get("stopped_by", "converged")
+        x = getattr(found.witness, "x", None)  # a point witness (a pair gives no Jacobian)
+        if x is not None:
+            net.sample(x.reshape(1, -1).to(torch.float64).numpy())
+    pre = [(l.pre[0].numpy(), l.pre[1].numpy()) for l in layers[:-1]]
+    search = _Search(net, pre, rtol, vertex_units, _sdp_bound(local) if node_sdp else None)
+    seeded = net.best
+    search.start(t0 + time_budget)
+    root_upper = search.upper()
+    status = search.run(t0 + time_budget, max_nodes)
+    upper = search.upper()
+    lower, witness = rechecked(local, net, box, None)
+    unstable = int(sum((states(l, u) == FREE).sum() for l, u in pre))
+    details = {"lower": lower if lower > -math.inf else None, "upper": upper, "search_nodes": search.nodes,
+               "open_nodes": len(search.heap), "empty_nodes": search.empty, "closed_nodes": search.closed,
+               "lps": search.lps, "sdp_bounds": search.sdp_calls, "unstable_neurons": unstable, "lp_tightening": search.use_lp,
+               "domain": box.describe(), "root_upper": root_upper,
+               "seeded_lower": seeded if seeded > -math.inf else None,
+               "stopped_by": status if status == "converged" else stopped_by([status, lower_stop])}
+    seconds = time.perf_counter() - t0
+    if status == "converged" and lower > -math.inf and upper <= lower * (1 + rtol):
+        return Result("neuron-bab", lower, "exact", seconds, witness=witness, details=details,
+                      bracket=(lower, max(upper, lower)))
+    return Result("neuron-bab", upper, "certified_upper", seconds, witness=witness, details=details)
+
+
+def _sdp_bound(local: Graph) -> Callable[[list, float], float]:
+    """``bound(pre, seconds)``: LipSDP-Neuron's certified value on ``local`` with the ReLUs'
+    pre bounds replaced by a node's ``pre`` (flat, per hidden layer), within ``seconds``; ``inf``
+    when it certifies nothing or does not apply."""
+    names = [n for n, node in local.nodes.items() if isinstance(node, Activation)]
+    shapes = [local.nodes[n].pre[0].shape for n in names]
+
+    def bound(pre: list, seconds: float) -> float:
+        bounds = {n: (torch.from_numpy(l).reshape(shape), torch.from_numpy(u).reshape(shape))
+                  for n, shape, (l, u) in zip(names, shapes, pre)}
+        try:
+            res = lipsdp(local.localized(local.region, bounds), time_budget=seconds)
+        except NotApplicable:  # every neuron stable: the interval bound is already the Jacobian's norm
+            return math.inf
+        return res.value if res.kind in (Kind.CERTIFIED_UPPER, Kind.EXACT) else math.inf
+    return bound

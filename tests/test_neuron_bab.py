@@ -1,0 +1,247 @@
+"""``neuron-bab`` and its pieces against independent oracles: the exact local constant of tiny ReLU
+MLPs on boxes by enumerating every activation pattern realisable in the box (a Chebyshev LP per
+pattern, scipy), the slope-box maximum by enumerating every slope vertex, LP optima by scipy, and
+pre-activations sampled inside the node."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linprog
+
+from lipbound.api import as_graph
+from lipbound.errors import InvalidInput, NotApplicable
+from lipbound.methods import METHODS
+from lipbound.methods.neuron_bab import children, slope_bound
+from lipbound.methods.region import Box
+from lipbound.methods.split_lp import SplitLP
+
+
+def _net(seed: int, widths: tuple[int, ...], act=torch.nn.ReLU) -> torch.nn.Sequential:
+    torch.manual_seed(seed)
+    mods: list[torch.nn.Module] = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        mods.append(torch.nn.Linear(a, b).double())
+        if i < len(widths) - 2:
+            mods.append(act())
+    return torch.nn.Sequential(*mods)
+
+
+def _weights(net: torch.nn.Sequential) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    lin = [m for m in net if isinstance(m, torch.nn.Linear)]
+    return [m.weight.detach().numpy() for m in lin], [m.bias.detach().numpy() for m in lin]
+
+
+def _exact_local(net: torch.nn.Sequential, low: np.ndarray, high: np.ndarray) -> float:
+    """max ||J_P|| over the patterns whose region has an interior point in the box: every pattern
+    of the hidden neurons, its region ``s_i z_i(x) >= t ||grad z_i||`` with the largest ``t`` by scipy."""
+    ws, bs = _weights(net)
+    sizes = [w.shape[0] for w in ws[:-1]]
+    best = 0.0
+    for bits in itertools.product((0.0, 1.0), repeat=sum(sizes)):
+        d = np.split(np.array(bits), np.cumsum(sizes)[:-1])
+        a, c, rows, rhs = np.eye(len(low)), np.zeros(len(low)), [], []
+        for w, b, dm in zip(ws[:-1], bs[:-1], d):
+            za, zc = w @ a, w @ c + b
+            s = 2 * dm - 1  # active: z >= t, inactive: -z >= t
+            norms = np.linalg.norm(za, axis=1) + 1e-300
+            rows.append(np.hstack([-(s[:, None] * za), norms[:, None]]))
+            rhs.append(s * zc)
+            a, c = dm[:, None] * za, dm * zc
+        res = linprog(np.r_[np.zeros(len(low)), -1.0], A_ub=np.vstack(rows), b_ub=np.concatenate(rhs),
+                      bounds=[*zip(low, high), (None, 1.0)], method="highs")
+        if res.status == 0 and -res.fun > 1e-9:
+            jac = ws[-1] @ a
+            best = max(best, float(np.linalg.norm(jac, 2)))
+    return best
+
+
+CASES = [(0, (2, 5, 4, 2)), (1, (3, 4, 4, 3)), (2, (2, 8, 2)), (6, (4, 3, 3, 3, 2))]
+
+
+@pytest.mark.parametrize("seed,widths", CASES)
+def test_closes_on_the_brute_force_local_constant(seed, widths):
+    net = _net(seed, widths)
+    g = as_graph(net, (widths[0],))
+    gen = torch.Generator().manual_seed(seed)
+    low = -torch.rand(widths[0], generator=gen, dtype=torch.float64) - 0.3
+    high = torch.rand(widths[0], generator=gen, dtype=torch.float64) + 0.3
+    truth = _exact_local(net, low.numpy(), high.numpy())
+    res = METHODS["neuron-bab"](g, domain=(low, high), time_budget=20, lower_share=0.1 * (seed % 2), vertex_units=0,
+                                node_sdp=False)
+    upper = res.details["upper"]
+    assert upper >= truth * (1 - 1e-9), (upper, truth)  # certified
+    assert res.details["lower"] <= truth * (1 + 1e-9)  # witnessed
+    assert res.kind == "exact" and res.value == pytest.approx(truth, rel=1e-6), (res.kind, res.value, truth)
+    assert res.details["search_nodes"] > 0  # the interval bound alone (no vertices) needs splits to close
+
+
+def test_lipsdp_node_bounds_keep_it_sound_and_exact():
+    net = _net(0, (2, 5, 4, 2))
+    g = as_graph(net, (2,))
+    low, high = -torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    truth = _exact_local(net, low.numpy(), high.numpy())
+    res = METHODS["neuron-bab"](g, domain=(low, high), time_budget=20, lower_share=0.0, vertex_units=0)
+    assert res.details["sdp_bounds"] >= 1 and res.details["upper"] >= truth * (1 - 1e-9)
+    assert res.kind == "exact" and res.value == pytest.approx(truth, rel=1e-6)
+
+
+def test_a_node_with_every_neuron_stable_gets_no_lipsdp_bound():
+    from lipbound.methods.neuron_bab import _sdp_bound
+    from lipbound.methods.propagation import localize
+    g = as_graph(_net(0, (2, 5, 4, 2)), (2,))
+    local = localize(g, Box(-torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)))
+    pre = [(np.full(5, 1.0), np.full(5, 2.0)), (np.full(4, -2.0), np.full(4, -1.0))]
+    assert _sdp_bound(local)(pre, 5.0) == math.inf
+
+
+def test_slope_bound_is_the_vertex_maximum_when_all_are_enumerated_and_above_it_otherwise():
+    net = _net(5, (3, 6, 5, 2))
+    ws, _ = _weights(net)
+    rng = np.random.default_rng(0)
+    pre = [(l, l + rng.uniform(0.5, 1.5, size=n)) for n in (6, 5) for l in [rng.uniform(-1.2, 0.2, size=n)]]
+    lo = [np.where(l >= 0, 1.0, 0.0) for l, _ in pre]
+    hi = [np.where(u > 0, 1.0, 0.0) for _, u in pre]
+    free = [np.flatnonzero(a != b) for a, b in zip(lo, hi)]
+    vmax = 0.0
+    for bits in itertools.product((0.0, 1.0), repeat=sum(len(f) for f in free)):
+        d = [a.copy() for a in lo]
+        d[0][free[0]], d[1][free[1]] = bits[:len(free[0])], bits[len(free[0]):]
+        vmax = max(vmax, np.linalg.norm(ws[2] @ (d[1][:, None] * ws[1]) @ (d[0][:, None] * ws[0]), 2))
+    count = sum(len(f) for f in free)
+    assert count >= 3
+    tight, _ = slope_bound(ws, pre, vertex_units=count)
+    assert vmax <= tight <= vmax * (1 + 1e-6)
+    for k in range(count):
+        assert slope_bound(ws, pre, vertex_units=k)[0] >= vmax
+
+
+def _sampled_node(ws, bs, low, high, split_signs, n, rng):
+    """Points of the box whose split neurons are on their side, with their pre-activations."""
+    x = rng.uniform(low, high, size=(n, len(low)))
+    pre, h, keep = [], x, np.ones(n, dtype=bool)
+    for m, (w, b) in enumerate(zip(ws[:-1], bs[:-1])):
+        z = h @ w.T + b
+        for i, s in split_signs.get(m, {}).items():
+            keep &= s * z[:, i] >= 0
+        pre.append(z)
+        h = np.maximum(z, 0)
+    return [z[keep] for z in pre]
+
+
+def test_split_lp_bounds_contain_sampled_pre_activations_and_match_the_lp_optimum():
+    net = _net(7, (3, 8, 7, 2))
+    ws, bs = _weights(net)
+    low, high = -np.ones(3), np.ones(3)
+    rng = np.random.default_rng(1)
+    base = _sampled_node(ws, bs, low, high, {}, 20000, rng)
+    # interval bounds of the whole box, widened: valid (loose) starting bounds
+    pre, h_lo, h_hi = [], low, high
+    for w, b in zip(ws[:-1], bs[:-1]):
+        c, r = w @ ((h_lo + h_hi) / 2) + b, np.abs(w) @ ((h_hi - h_lo) / 2)
+        pre.append((c - r - 1e-9, c + r + 1e-9))
+        h_lo, h_hi = np.maximum(pre[-1][0], 0), np.maximum(pre[-1][1], 0)
+    unstable0 = np.flatnonzero((pre[0][0] < 0) & (pre[0][1] > 0))
+    i0 = int(unstable0[0])
+    signs = {0: {i0: 1.0}}
+    pre[0][0][i0] = 0.0
+    split = [np.zeros(8, bool), np.zeros(7, bool)]
+    split[0][i0] = True
+    lp = SplitLP(ws[:-1], bs[:-1], pre, split, low, high)
+    samples = _sampled_node(ws, bs, low, high, signs, 20000, rng)
+    assert len(samples[1]) > 100 and len(samples[1]) < len(base[1])
+    for m in (0, 1):
+        for i in range(ws[m].shape[0]):
+            lo_i, hi_i, _ = lp.bound(m, i)
+            assert (samples[m][:, i] >= lo_i).all() and (samples[m][:, i] <= hi_i).all()
+            # the bound is the LP's optimum up to solver tolerance (scipy, an independent solve)
+            c, b = lp.target(m, i)
+            a = lp.rows.a.toarray()
+            eq = np.isfinite(lp.rows.row_lo)
+            res = linprog(c, A_ub=a[~eq], b_ub=lp.rows.row_hi[~eq], A_eq=a[eq], b_eq=lp.rows.row_hi[eq],
+                          bounds=list(zip(lp.v_lo, lp.v_hi)), method="highs")
+            assert res.status == 0 and lo_i == pytest.approx(res.fun + b, abs=1e-6)
+
+
+def test_split_lp_proves_contradicting_splits_empty_and_keeps_compatible_ones():
+    net = _net(8, (2, 6, 3))
+    ws, bs = _weights(net)
+    w, b = ws[0].copy(), bs[0].copy()
+    w[1], b[1] = -w[0], -b[0] - 0.5  # z_1 = -z_0 - 0.5: z_0 >= 0 and z_1 >= 0 never hold together
+    low, high = -np.ones(2), np.ones(2)
+    reach = np.abs(w).sum(1) + 1e-9
+    for second, empty in ((1.0, True), (-1.0, False)):
+        pre = [(b - reach, b + reach)]
+        pre[0][0][0] = 0.0  # neuron 0 split active
+        if second > 0:
+            pre[0][0][1] = 0.0  # neuron 1 split active: impossible with neuron 0's
+        else:
+            pre[0][1][1] = 0.0  # neuron 1 split inactive: compatible
+        split = [np.zeros(6, bool)]
+        split[0][:2] = True
+        lp = SplitLP([w], [b], pre, split, low, high)
+        assert (lp.bound(0, 2) is None) == empty
+
+
+def test_refuses_bad_input():
+    g = as_graph(_net(0, (2, 4, 2)), (2,))
+    with pytest.raises(NotApplicable):
+        METHODS["neuron-bab"](g, time_budget=1)  # no box
+    with pytest.raises(InvalidInput):
+        METHODS["neuron-bab"](g, domain=(-torch.ones(2), torch.ones(2)), time_budget=0)
+    with pytest.raises(NotApplicable):
+        METHODS["neuron-bab"](as_graph(_net(0, (2, 4, 2), act=torch.nn.Tanh), (2,)),
+                              domain=(-torch.ones(2), torch.ones(2)), time_budget=1)
+
+
+@pytest.mark.parametrize("name,prop", [("mnistfc_256x6", "mnistfc_prop_0_0.03"),
+                                       ("eran_mnist_relu_9x200", "eran_9x200_mnist_spec_idx_225_eps_0.01500")])
+def test_runs_capped_on_deep_real_nets(realnets, name, prop):
+    import lipbound
+    from lipbound.methods.region import as_region
+    g = lipbound.as_graph(str(realnets / f"{name}.onnx"))
+    region = as_region(lipbound.load_vnnlib(str(realnets / "vnnlib" / f"{prop}.vnnlib")).region, g.input_shape)
+    res = METHODS["neuron-bab"](g, domain=region, time_budget=1, lower_share=0.0)
+    assert res.kind in ("certified_upper", "exact") and math.isfinite(res.value)
+    assert res.details["lower"] is None or res.details["lower"] <= res.value
+
+
+def test_a_split_s_children_cover_every_input_of_their_parent():
+    net = _net(9, (3, 6, 5, 2))
+    ws, bs = _weights(net)
+    rng = np.random.default_rng(2)
+    x = rng.uniform(-1, 1, size=(4000, 3))
+    z = [x @ ws[0].T + bs[0]]
+    z.append(np.maximum(z[0], 0) @ ws[1].T + bs[1])
+    pre = [(zm.min(0) - 1e-9, zm.max(0) + 1e-9) for zm in z]  # bounds holding at every sample
+    split = [np.zeros(6, bool), np.zeros(5, bool)]
+    for m in (0, 1):
+        i = int(np.flatnonzero((pre[m][0] < 0) & (pre[m][1] > 0))[0])
+        kids = children(pre, split, m, i)
+        inside = [np.logical_and.reduce([((zm >= l) & (zm <= u)).all(1) for zm, (l, u) in zip(z, kid)])
+                  for kid, _ in kids]
+        assert (inside[0] | inside[1]).all() and inside[0].any() and inside[1].any()
+        assert all(s[m][i] for _, s in kids)
+
+
+def test_a_leaf_whose_pattern_has_no_region_in_the_box_is_dropped():
+    from lipbound.methods.exact_search import BranchAndBound
+    from lipbound.methods.neuron_bab import _Search
+    from lipbound.methods.piecewise import mlp_layers
+    net = _net(8, (2, 6, 3))
+    with torch.no_grad():  # z_1 = -z_0 - 0.5: z_0 >= 0 and z_1 >= 0 never hold together
+        net[0].weight[1], net[0].bias[1] = -net[0].weight[0], -net[0].bias[0] - 0.5
+    box = Box(-torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64))
+    bb = BranchAndBound(mlp_layers(as_graph(net, (2,)), method="test"), box, 1e-9)
+    x = np.zeros(2)
+    z = net[0].weight.detach().numpy() @ x + net[0].bias.detach().numpy()
+    for both_active, dropped in ((True, True), (False, False)):
+        on = z > 0
+        on[:2] = (True, True) if both_active else (z[0] > 0, z[1] > 0)
+        pre = [(np.where(on, 0.0, -5.0), np.where(on, 5.0, 0.0))]
+        search = _Search(bb, pre, 1e-9, 0)
+        assert (search._tighten(pre, [np.ones(6, bool)]) is None) == dropped
