@@ -72,3 +72,29 @@ def test_blocks_path_plans_its_solver_from_sizes():
     solved = lipsdp_blocks(graph, time_budget=30.0)
     assert solved.details["iterations"] > 0 and solved.details["stopped_by"] != "work"
     assert lower <= solved.value <= first.value
+
+
+def test_the_rounding_units_have_one_home():
+    """``u = 2^-53``, ``2^-1022`` and ``2^-1074`` are bound to a name only in ``linalg/float_units.py``
+    (a module-level ``NAME = 2.0 ** -53``-style assignment anywhere else is a second copy)."""
+    import ast
+    import pathlib
+
+    import lipbound
+
+    root = pathlib.Path(lipbound.__file__).parent
+    units = {2.0 ** -53, 2.0 ** -1022, 2.0 ** -1074}
+    copies = []
+    for path in root.rglob("*.py"):
+        if path.name == "float_units.py":
+            continue
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Assign):
+                try:
+                    value = ast.literal_eval(node.value) if not isinstance(node.value, ast.BinOp) else eval(
+                        compile(ast.Expression(node.value), str(path), "eval"), {})
+                except Exception:
+                    continue
+                if isinstance(value, float) and value in units:
+                    copies.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not copies, f"rounding units defined outside linalg/float_units.py: {copies}"

@@ -245,3 +245,32 @@ def test_a_leaf_whose_pattern_has_no_region_in_the_box_is_dropped():
         pre = [(np.where(on, 0.0, -5.0), np.where(on, 5.0, 0.0))]
         search = _Search(bb, pre, 1e-9, 0)
         assert (search._tighten(pre, [np.ones(6, bool)]) is None) == dropped
+
+
+def test_split_lp_solves_after_another_highs_model_has_run():
+    """HiGHS's scheduler is process-wide: once another ``Highs`` object has run (``exact``,
+    ``lower-milp``), a model that sets its own ``threads`` option gets no solve (status "other"),
+    and every LP bound silently fell back to ``-inf``/``inf`` (found when test_exact ran first)."""
+    highspy = pytest.importorskip("highspy")
+    first = highspy.Highs()
+    first.setOptionValue("output_flag", False)
+    first.passModel(_tiny_highs_lp(highspy))
+    first.run()
+    net = _net(7, (3, 8, 7, 2))
+    ws, bs = _weights(net)
+    low, high = -np.ones(3), np.ones(3)
+    pre, h_lo, h_hi = [], low, high
+    for w, b in zip(ws[:-1], bs[:-1]):
+        c, r = w @ ((h_lo + h_hi) / 2) + b, np.abs(w) @ ((h_hi - h_lo) / 2)
+        pre.append((c - r - 1e-9, c + r + 1e-9))
+        h_lo, h_hi = np.maximum(pre[-1][0], 0), np.maximum(pre[-1][1], 0)
+    lp = SplitLP(ws[:-1], bs[:-1], pre, [np.zeros(8, bool), np.zeros(7, bool)], low, high)
+    lo_i, hi_i, _ = lp.bound(1, 0)
+    assert math.isfinite(lo_i) and math.isfinite(hi_i)
+
+
+def _tiny_highs_lp(highspy):
+    lp = highspy.HighsLp()
+    lp.num_col_, lp.num_row_ = 1, 0
+    lp.col_cost_, lp.col_lower_, lp.col_upper_ = np.array([1.0]), np.array([0.0]), np.array([1.0])
+    return lp

@@ -17,19 +17,11 @@ from typing import Callable
 
 import numpy as np
 
+from ..linalg.float_units import TINY64, gamma
 from .piecewise import DenseLayer, piece_range
 from .region import Box
 
 __all__ = ["PiecewiseNet", "WitnessedNet", "Numbers", "spectral"]
-
-_UNIT_ROUNDOFF = 2.0 ** -53  # float64
-_TINY = float(np.finfo(np.float64).tiny)  # the least normal float64: a bound of each operation's underflow
-
-def _gamma(k: int) -> float:
-    """``gamma_k = k u / (1 - k u)``: ``|fl(sum of k terms) - sum| <= gamma_k sum |terms|`` for a
-    float64 sum of ``k`` exact products or ``k - 1`` rounded ones, in any order (Higham, Accuracy
-    and Stability of Numerical Algorithms, §3.1)."""
-    return k * _UNIT_ROUNDOFF / (1 - k * _UNIT_ROUNDOFF)
 
 
 @dataclass
@@ -138,15 +130,15 @@ class PiecewiseNet:
             w, b, bp = self.w[m], self.num.b[m], self.num.breakpoints[m]
             aw = np.abs(w)
             z = h @ w.T + b
-            ez = 2 * (e @ aw.T + _gamma(w.shape[1] + 1) * (np.abs(h) @ aw.T + np.abs(b))
-                      + (w.shape[1] + 1) * _TINY)
+            ez = 2 * (e @ aw.T + gamma(w.shape[1] + 1) * (np.abs(h) @ aw.T + np.abs(b))
+                      + (w.shape[1] + 1) * TINY64)
             piece = np.searchsorted(bp, z)
             varies = moving.astype(np.float64) @ (w != 0).T > 0
             for part, value in zip(out, (piece, (np.abs(z[..., None] - bp) > ez[..., None]).all(-1), varies)):
                 part.append(value)
             a, o = self.num.slopes[m][piece], self.num.offsets[m][piece]
             h = a * z + o
-            e = 2 * (self.act_lips[m] * ez + _gamma(2) * (np.abs(a * z) + np.abs(o)) + 2 * _TINY)
+            e = 2 * (self.act_lips[m] * ez + gamma(2) * (np.abs(a * z) + np.abs(o)) + 2 * TINY64)
             moving = varies & (a != 0)
         return tuple(np.concatenate(part, 1) for part in out)
 

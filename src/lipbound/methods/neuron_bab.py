@@ -70,7 +70,7 @@ from .lipsdp import lipsdp
 from .piecewise import mlp_layers
 from .propagation import localize
 from .region import Box, as_box
-from .rounding import _gamma, _up
+from .float_error import gamma, round_up
 from .split_lp import FREE, SplitLP, states
 
 __all__ = ["neuron_bab", "slope_bound"]
@@ -105,9 +105,9 @@ def slope_bound(weights: list[np.ndarray], pre: list[tuple[np.ndarray, np.ndarra
         c, r = c * dc, r * dc.abs() + (c.abs() + r) * dr
         w = torch.from_numpy(weights[m])
         n = w.shape[0]
-        c, r = c @ w, _up((r + _gamma(n) * c.abs()) @ w.abs(), 2 * n + 4)
-    spread = torch.linalg.matrix_norm(c, ord=2) * (1 + CERTIFIED_RTOL) + _up(r.flatten(1).norm(dim=1), r[0].numel())
-    joint = torch.linalg.matrix_norm(_up(c.abs() + r, 2), ord=2) * (1 + CERTIFIED_RTOL)
+        c, r = c @ w, round_up((r + gamma(n) * c.abs()) @ w.abs(), 2 * n + 4)
+    spread = torch.linalg.matrix_norm(c, ord=2) * (1 + CERTIFIED_RTOL) + round_up(r.flatten(1).norm(dim=1), r[0].numel())
+    joint = torch.linalg.matrix_norm(round_up(c.abs() + r, 2), ord=2) * (1 + CERTIFIED_RTOL)
     return float(torch.minimum(spread, joint).max()), scores
 
 

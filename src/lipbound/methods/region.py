@@ -29,11 +29,9 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..errors import InvalidInput, NotApplicable
+from ..linalg.float_units import ETA64, U64
 
 __all__ = ["Box", "Ball", "BoxUnion", "Region", "as_region", "as_box", "along_region", "register_region_reader"]
-
-_U = 2.0 ** -53  # unit roundoff of float64
-_TINY = 2.0 ** -1074  # smallest subnormal: the most a square loses to underflow
 
 
 def _rows(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -108,8 +106,8 @@ class Ball:
             return self._inner.contains(x) | at_center
         d = (x.to(torch.float64) - _rows(x, self.center).to(torch.float64)).flatten(1)
         n = d.shape[1]
-        s_up = (d * d).sum(dim=1) * (1 + 2 * (n + 4) * _U) + n * _TINY
-        return (s_up <= self.radius * self.radius * (1 - 4 * _U)) | at_center
+        s_up = (d * d).sum(dim=1) * (1 + 2 * (n + 4) * U64) + n * ETA64
+        return (s_up <= self.radius * self.radius * (1 - 4 * U64)) | at_center
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """Points of the ball, for a batch ``(B, *shape)``: L-infinity, the nearest point of the inner
@@ -125,7 +123,7 @@ class Ball:
         for margin in (1e-12, 1e-9, 1e-6, 1e-3):
             if not todo.any():
                 break
-            y = c + d * (self.radius * (1 - margin) / dist.clamp_min(_TINY))
+            y = c + d * (self.radius * (1 - margin) / dist.clamp_min(ETA64))
             ok = todo & self.contains(y)
             out[ok] = y[ok]
             todo &= ~ok
@@ -139,7 +137,7 @@ class Ball:
         shape = self.center.shape
         g = torch.randn((n, *shape), generator=generator, dtype=torch.float64).flatten(1)
         u = torch.rand((n, 1), generator=generator, dtype=torch.float64) ** (1.0 / g.shape[1])
-        d = g / g.norm(dim=1, keepdim=True).clamp_min(_TINY) * (self.radius * u)
+        d = g / g.norm(dim=1, keepdim=True).clamp_min(ETA64) * (self.radius * u)
         return self.project(self.center + d.reshape(n, *shape))
 
     def describe(self) -> str:

@@ -64,9 +64,8 @@ import scipy.linalg as sla
 from ..errors import LipboundError
 from ..linalg.spectral import CERTIFIED_RTOL
 from .float_error import gamma
+from ..linalg.float_units import ETA64
 from .lmi import LipschitzLMI
-
-_ETA = 2.0 ** -1074  # the smallest positive float64 (underflow)
 
 
 class CertificateRejected(LipboundError):
@@ -102,7 +101,7 @@ def cholesky_shift(lmi: LipschitzLMI, rho: float, t: np.ndarray, width: int) -> 
     trace = sum(float(d.sum()) for d in diag) * (1 + gamma(n))
     g = gamma(width + 2)
     g_asm = lmi.assembly_gamma
-    underflow = 4 * n * (2 * n + 2 + max(float(d.max()) for d in diag if d.size)) * _ETA
+    underflow = 4 * n * (2 * n + 2 + max(float(d.max()) for d in diag if d.size)) * ETA64
     need = g / (1 - g) * trace + g_asm * lmi.abs_scale(rho, t) + lmi.data_margin(t) + underflow
     return 2.0 * need / (1 - g_asm * math.sqrt(n))
 

@@ -37,12 +37,11 @@ import numpy as np
 import scipy.sparse as sp
 
 from .lp import silent_stdout
-from .rounding import _gamma
+from .float_error import TINY, gamma
 
 __all__ = ["SplitLP", "ACTIVE", "INACTIVE", "FREE"]
 
 ACTIVE, INACTIVE, FREE = 1, 0, -1
-_TINY = 2.0 ** -1022
 
 
 def states(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -76,7 +75,7 @@ class SplitLP:
             eye = sp.identity(w.shape[0], format="csr")
             act, free, cut = st == ACTIVE, st == FREE, (st == INACTIVE) & s
             # h <= (z - l) / t with t <= (u - l) / u rounded down: t h - W h_prev <= b - l rounded up
-            t = np.where(free, (u - l) / np.where(free, u, 1.0), 1.0) * (1 - 8 * _gamma(1))
+            t = np.where(free, (u - l) / np.where(free, u, 1.0), 1.0) * (1 - 8 * gamma(1))
             t_eye = sp.diags(t, format="csr")
             up = np.nextafter(b - l, np.inf)
             for rows, coef_prev, coef_self, rlo, rhi in (
@@ -111,7 +110,6 @@ class SplitLP:
             import highspy
             h = silent_stdout(highspy.Highs)
             h.setOptionValue("output_flag", False)
-            h.setOptionValue("threads", 1)
             inf = highspy.kHighsInf
             lp = highspy.HighsLp()
             a = self.rows.a
@@ -149,13 +147,13 @@ class SplitLP:
         y = np.where(np.isfinite(self.rows.row_lo), y, np.minimum(y, 0.0))
         a = self.rows.a
         g = c - a.T @ y
-        err = _gamma(self.col_count + 2) * (np.abs(c) + abs(a).T @ np.abs(y))  # |g~ - g| up to its own rounding
+        err = gamma(self.col_count + 2) * (np.abs(c) + abs(a).T @ np.abs(y))  # |g~ - g| up to its own rounding
         terms = np.minimum(g * self.v_lo, g * self.v_hi)
         reach = np.maximum(np.abs(self.v_lo), np.abs(self.v_hi))
         yb = y * self.rows.row_hi
         total = terms.sum() + yb.sum()
         n = len(terms) + len(yb) + 4
-        slack = (2 * err * reach).sum() + _gamma(n) * (np.abs(terms).sum() + np.abs(yb).sum()) + n * _TINY
+        slack = (2 * err * reach).sum() + gamma(n) * (np.abs(terms).sum() + np.abs(yb).sum()) + n * TINY
         return float(total - 2 * slack)
 
     def target(self, m: int, i: int) -> tuple[np.ndarray, float]:
