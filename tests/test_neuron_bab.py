@@ -196,6 +196,9 @@ def test_refuses_bad_input():
     with pytest.raises(NotApplicable):
         METHODS["neuron-bab"](as_graph(_net(0, (2, 4, 2), act=torch.nn.Tanh), (2,)),
                               domain=(-torch.ones(2), torch.ones(2)), time_budget=1)
+    with pytest.raises(NotApplicable, match="no ReLU"):  # an affine net (the soundness fuzz found the crash)
+        METHODS["neuron-bab"](as_graph(torch.nn.Linear(2, 3), (2,)), domain=(-torch.ones(2), torch.ones(2)),
+                              time_budget=1)
 
 
 @pytest.mark.parametrize("name,prop", [("mnistfc_256x6", "mnistfc_prop_0_0.03"),

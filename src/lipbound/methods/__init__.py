@@ -209,11 +209,12 @@ _SPECS = [
                in_default=_small_relu_net, cost=cost.exact_cost, anytime=True),
     MethodSpec("neuron-bab", neuron_bab.neuron_bab, Kind.CERTIFIED_UPPER,
                "branch and bound over the unstable ReLUs' states on a box: LP-tightened pre bounds per node, "
-               "interval-Jacobian slope-box bounds, witnesses from lower-milp and the LP points",
+               "interval-Jacobian and LipSDP slope-box bounds, witnesses from the LP points (and lower-milp "
+               "with lower_share > 0)",
                "chains of affine layers and ReLUs on a box domain",
                "per node two LPs per unstable neuron and a 2^vertex_units batch of interval Jacobians; "
                "nodes exponential in the unstable neurons (capped by nodes and time)",
-               size="medium", anytime=True),
+               size="medium", anytime=True, cost=cost.total(cost.lower_cost, cost.eclipse_cost)),
     MethodSpec("local-bab", partial(local_bab.local_bab, registry=METHODS), Kind.CERTIFIED_UPPER,
                "branch and bound over the input region: the largest certified bound over its parts, "
                "lower bounds from Jacobians inside them",

@@ -288,6 +288,8 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
         layers = mlp_layers(local, method="neuron-bab")
     except UnsupportedOperation as exc:
         raise NotApplicable(f"neuron-bab: {exc}") from None
+    if len(layers) < 2:
+        raise NotApplicable("neuron-bab: the network has no ReLU (an affine map: autolip is its constant)")
     if any(l.pieces.two_slope != (0.0, 1.0) for l in layers[:-1]):
         raise NotApplicable("neuron-bab: every activation must be a ReLU")
     net = BranchAndBound(layers, box, rtol)  # its witnesses, and its region checks for the leaves
