@@ -139,6 +139,18 @@ class SeqLipOracle:
         return math.prod(self.norms) * math.prod(max(abs(a), abs(b)) for a, b in self.slopes)
 
 
+def seeded_mlp(seed: int, widths: Sequence[int], act=nn.ReLU) -> nn.Sequential:
+    """A float64 MLP ``widths[0] -> ... -> widths[-1]`` with torch's default initialisation from ``seed``
+    and ``act`` between the linear layers."""
+    torch.manual_seed(seed)
+    mods: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        mods.append(nn.Linear(a, b).double())
+        if i < len(widths) - 2:
+            mods.append(act())
+    return nn.Sequential(*mods)
+
+
 def jacobian_norms(model: nn.Module, xs: torch.Tensor) -> torch.Tensor:
     """Spectral norms of the Jacobian of ``model`` (float64) at each input of the batch ``xs``."""
     model = model.double().eval()

@@ -20,17 +20,9 @@ from lipbound.methods.propagation import localize
 from lipbound.methods.region import Ball, Box
 from lipbound.methods.witness import PointWitness
 
+from oracles import seeded_mlp as _net
+
 GRID = 241  # points per axis of the brute-force grid (2 inputs)
-
-
-def _net(seed: int, widths: tuple[int, ...], act=torch.nn.ReLU) -> torch.nn.Sequential:
-    torch.manual_seed(seed)
-    mods: list[torch.nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-        mods.append(torch.nn.Linear(a, b).double())
-        if i < len(widths) - 2:
-            mods.append(act())
-    return torch.nn.Sequential(*mods)
 
 
 def _grid(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:

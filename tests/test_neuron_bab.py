@@ -20,15 +20,7 @@ from lipbound.methods.neuron_bab import children, slope_bound
 from lipbound.methods.region import Box
 from lipbound.methods.split_lp import SplitLP
 
-
-def _net(seed: int, widths: tuple[int, ...], act=torch.nn.ReLU) -> torch.nn.Sequential:
-    torch.manual_seed(seed)
-    mods: list[torch.nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-        mods.append(torch.nn.Linear(a, b).double())
-        if i < len(widths) - 2:
-            mods.append(act())
-    return torch.nn.Sequential(*mods)
+from oracles import seeded_mlp as _net
 
 
 def _weights(net: torch.nn.Sequential) -> tuple[list[np.ndarray], list[np.ndarray]]:
