@@ -82,6 +82,30 @@ def test_lipsdp_node_bounds_keep_it_sound_and_exact():
     assert res.kind == "exact" and res.value == pytest.approx(truth, rel=1e-6)
 
 
+def test_a_child_keeps_its_parents_bound_when_its_own_comes_out_looser(monkeypatch):
+    """A child's inputs and slope box lie inside its parent's, so the parent's bound holds on it; a
+    child bound that came out looser (LipSDP or the LP cut by the deadline; here: the slope bound
+    inflated 10x below the root) must not raise the search's upper end above the root's (seen on
+    mnistfc_256x2 prop 1: root 52.4, reported 171.2)."""
+    import lipbound.methods.neuron_bab as nb
+    calls = {"n": 0}
+    real = nb.slope_bound
+
+    def looser_below_the_root(*args, **kwargs):
+        calls["n"] += 1
+        value, scores = real(*args, **kwargs)
+        return (value if calls["n"] == 1 else 10 * value), scores
+    monkeypatch.setattr(nb, "slope_bound", looser_below_the_root)
+    net = _net(3, (2, 6, 5, 2))
+    g = as_graph(net, (2,))
+    low, high = -torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    truth = _exact_local(net, low.numpy(), high.numpy())
+    res = METHODS["neuron-bab"](g, domain=(low, high), time_budget=20, lower_share=0.0, vertex_units=0,
+                                node_sdp=False, max_nodes=3)
+    assert calls["n"] > 1 and res.details["search_nodes"] >= 1
+    assert truth * (1 - 1e-9) <= res.details["upper"] <= res.details["root_upper"]
+
+
 def test_a_node_with_every_neuron_stable_gets_no_lipsdp_bound():
     from lipbound.methods.neuron_bab import _sdp_bound
     from lipbound.methods.propagation import localize

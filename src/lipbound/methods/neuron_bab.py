@@ -210,12 +210,16 @@ class _Search:
             self.lps += lp.lps
         return pre
 
-    def _push(self, pre: list, split: list) -> None:
+    def _push(self, pre: list, split: list, cap: float = math.inf) -> None:
+        """Bound the node and queue it; ``cap`` is its parent's bound, which holds on the node too
+        (its inputs and slope box are subsets of the parent's): a child whose own bound came out
+        looser (LipSDP or the LP tightening cut by the deadline) keeps the parent's."""
         pre = self._tighten(pre, split)
         if pre is None:
             self.empty += 1
             return
         upper, scores = slope_bound(self.net.w, pre, self.vertex_units)
+        upper = min(upper, cap)
         left = self.deadline - time.perf_counter()
         if self.sdp is not None and upper > self.net.best * (1 + self.rtol) and left > 0:
             upper = min(upper, self.sdp(pre, left))
@@ -247,7 +251,7 @@ class _Search:
             m = int(np.searchsorted(np.cumsum([len(s) for s in node.scores]), j, side="right"))
             i = j - sum(len(s) for s in node.scores[:m])
             for pre, split in children(node.pre, node.split, m, i):
-                self._push(pre, split)
+                self._push(pre, split, node.upper)
             step = time.perf_counter() - start
         return "converged"
 
