@@ -90,8 +90,8 @@ def test_ctrl_c_stops_the_pool_and_prints_the_summary_so_far(tmp_path):
     argv = [sys.executable, "-m", "lipbound.cli", "run-instances", str(csv), "--workers", "2", "--out", str(out),
             "-q"] + [a for m in METHODS for a in ("-m", m)]
     # the child starts with Ctrl-C's default disposition whatever this process inherited or set: an ignored
-    # SIGINT is inherited across exec, and Python then keeps ignoring it (seen twice in full-suite runs of
-    # fresh clones: the run finished with status 0)
+    # SIGINT is inherited across exec, and Python then keeps ignoring it (the suspected, unproven cause of two
+    # full-suite runs of fresh clones where the run finished with status 0)
     proc = subprocess.Popen(argv, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
