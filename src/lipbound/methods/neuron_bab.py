@@ -61,7 +61,6 @@ import torch
 
 from ..errors import InvalidInput, NotApplicable, UnsupportedOperation
 from ..graph.ir import Activation, Graph
-from ..linalg.spectral import CERTIFIED_RTOL
 from ..report import Kind, Result
 from .budget import stopped_by
 from .exact import rechecked
@@ -70,6 +69,7 @@ from .lipsdp import lipsdp
 from .piecewise import mlp_layers
 from .propagation import localize
 from .region import Box, as_box
+from .relu_boxes import norm_bound
 from .float_error import gamma, round_up
 from .split_lp import FREE, SplitLP, states
 
@@ -106,9 +106,7 @@ def slope_bound(weights: list[np.ndarray], pre: list[tuple[np.ndarray, np.ndarra
         w = torch.from_numpy(weights[m])
         n = w.shape[0]
         c, r = c @ w, round_up((r + gamma(n) * c.abs()) @ w.abs(), 2 * n + 4)
-    spread = torch.linalg.matrix_norm(c, ord=2) * (1 + CERTIFIED_RTOL) + round_up(r.flatten(1).norm(dim=1), r[0].numel())
-    joint = torch.linalg.matrix_norm(round_up(c.abs() + r, 2), ord=2) * (1 + CERTIFIED_RTOL)
-    return float(torch.minimum(spread, joint).max()), scores
+    return float(norm_bound(c, r).max()), scores
 
 
 def _influence(weights: list[np.ndarray], lo: list[np.ndarray], hi: list[np.ndarray]) -> list[np.ndarray]:

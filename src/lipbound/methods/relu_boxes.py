@@ -52,7 +52,7 @@ from ..linalg.spectral import CERTIFIED_RTOL
 from .relu_crown import crown_layer
 from .float_error import UNIT_ROUNDOFF, gamma, linear_error, round_up
 
-__all__ = ["Layer", "BoxBounds", "relu_chain", "bound_boxes", "jacobians"]
+__all__ = ["Layer", "BoxBounds", "relu_chain", "bound_boxes", "jacobians", "norm_bound"]
 
 
 @dataclass(frozen=True)
@@ -273,17 +273,17 @@ def _vertex_bounds(layers: list[Layer], pre: list[tuple[torch.Tensor, torch.Tens
         forward.append((C, R))
     if not meet:
         C, R = _forward(layers[-1], C, R)
-        return _norm_bound(C.permute(1, 0, 2), R.permute(1, 0, 2)).reshape(B, V).amax(dim=1), smear
+        return norm_bound(C.permute(1, 0, 2), R.permute(1, 0, 2)).reshape(B, V).amax(dim=1), smear
     best = torch.full((B * V,), torch.inf, dtype=torch.float64)
     last = layers[-1]
     Cg = last.W[None].expand(B * V, *last.W.shape)
     Rg = last.E[None].expand_as(Cg)
     for layer, (mid, rad), (Ch, Rh) in zip(reversed(layers[:-1]), reversed(slopes), reversed(forward)):
-        best = torch.minimum(best, _norm_bound(*_meet(Cg, Rg, Ch.permute(1, 0, 2), Rh.permute(1, 0, 2))))
+        best = torch.minimum(best, norm_bound(*_meet(Cg, Rg, Ch.permute(1, 0, 2), Rh.permute(1, 0, 2))))
         mid, rad = mid.T[:, None, :], rad.T[:, None, :]
         Cg, Rg = Cg * mid, round_up(Rg * mid + rad * (Cg.abs() + Rg), 2)
         Cg, Rg = _backward(layer, Cg, Rg)
-    best = torch.minimum(best, _norm_bound(Cg, Rg))  # the backward enclosure alone (no meet)
+    best = torch.minimum(best, norm_bound(Cg, Rg))  # the backward enclosure alone (no meet)
     return best.reshape(B, V).amax(dim=1), smear
 
 
@@ -326,7 +326,7 @@ def _meet(Cg: torch.Tensor, Rg: torch.Tensor, Ch: torch.Tensor, Rh: torch.Tensor
     return Cg @ Ch, round_up(Cg.abs() @ (Rh + gamma(n) * Ch.abs()) + Rg @ (Ch.abs() + Rh), 2 * n + 4)
 
 
-def _norm_bound(C: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+def norm_bound(C: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
     """``>= ||J||_2`` for every ``J`` with ``|J - C| <= R`` (batched ``(pairs, m, d)``):
     ``min(||C||_2 + ||R||_F, || |C| + R ||_2)`` with the library's relative margin."""
     spread = torch.linalg.matrix_norm(C, ord=2) * (1 + CERTIFIED_RTOL) + round_up(R.flatten(1).norm(dim=1), R[0].numel())
