@@ -30,15 +30,12 @@ NETS = ("mlp_L33_W16", "mlp_L33_W32", "mlp_L65_W16", "mlp_L65_W32", "cnn_C17_CH1
 
 def _recheck(graph: lipbound.Graph, witness, exact: bool) -> tuple[float, float]:
     """``(value, seconds)`` of ``witness.recheck`` with or without the exact fallback (NaN: declined)."""
-    saved = rounding._WIDE
-    rounding._WIDE = saved if exact else math.inf
     start = time.perf_counter()
-    try:
-        value = witness.recheck(graph)
-    except InvalidInput:
-        value = math.nan
-    finally:
-        rounding._WIDE = saved
+    with rounding.exact_fallback(exact):
+        try:
+            value = witness.recheck(graph)
+        except InvalidInput:
+            value = math.nan
     return value, time.perf_counter() - start
 
 

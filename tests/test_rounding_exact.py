@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from lipbound import as_graph
-from lipbound.methods import rounding_exact
+from lipbound.methods import rounding, rounding_exact
 from lipbound.methods.budget import graph_macs
 from lipbound.methods.rounding import jacobian_witness_values, pair_bounds, region_check
 from lipbound.methods.rounding_exact import exact_forward, exact_jacobian_values, exact_pair_bounds
@@ -232,6 +232,24 @@ def test_deep_net_gets_a_witness_below_the_product_of_norms_where_float64_declin
     pl, ph = pair_bounds(graph, x[:1], x[1:])
     assert 0 < float(pl[0]) <= float(ph[0]) <= upper * (1 + 1e-6)
     assert float(ph[0]) - float(pl[0]) <= 1e-12 * float(ph[0])  # the exact path answered, not the float one
+
+
+def test_without_the_exact_fallback_the_deep_witness_is_declined_not_wrong():
+    """``exact_fallback(False)`` (what ``benchmarks/deep_witness.py`` times against): the same deep
+    net's witnesses get no value (NaN) and its pair keeps the wide float64 interval, which still
+    brackets the exact quotient computed with the fallback on."""
+    net = _deep(96, 8, 0)
+    graph = as_graph(net, (8,))
+    gen = torch.Generator().manual_seed(4)
+    x, v = (torch.randn(2, 8, generator=gen, dtype=torch.float64) for _ in range(2))
+    exact_low, _ = pair_bounds(graph, x[:1], x[1:])
+    with rounding.exact_fallback(False):
+        low, reasons = jacobian_witness_values(graph, x, v)
+        pl, ph = pair_bounds(graph, x[:1], x[1:])
+    assert torch.isnan(low).all() and all(r is not None for r in reasons)
+    assert float(pl[0]) <= float(exact_low[0]) <= float(ph[0])
+    assert float(ph[0]) - float(pl[0]) > 1e-6 * float(ph[0])  # the float interval, not the exact one
+    assert not torch.isnan(jacobian_witness_values(graph, x, v)[0]).any()  # the fallback is back on
 
 
 def test_sqrt_ratio_bounds_bracket_quotients_just_off_a_square():

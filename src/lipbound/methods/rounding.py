@@ -25,6 +25,9 @@ capped work); a witness it declines keeps its float64 verdict, with the exact re
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 
@@ -35,11 +38,24 @@ from .region import Region
 from .rounding_exact import exact_jacobian_values, exact_pair_bounds
 from .witness_region import RegionCheck, region_check, step_along
 
-__all__ = ["Enclosure", "enclose", "RegionCheck", "region_check", "pair_bounds", "jacobian_witness_values"]
+__all__ = ["Enclosure", "enclose", "exact_fallback", "RegionCheck", "region_check", "pair_bounds", "jacobian_witness_values"]
 
 _RTOL = 1e-6  # agreement required between the tangent and the central difference
 _H_REL = 1e-6  # central difference step, relative to max(1, ||x||), at most
 _WIDE = 1e-6  # relative width of a float64 enclosure past which a witness is re-checked exactly
+_EXACT_FALLBACK: ContextVar[bool] = ContextVar("exact_fallback", default=True)
+
+
+@contextmanager
+def exact_fallback(enabled: bool) -> Iterator[None]:
+    """Within the block, witnesses whose float64 enclosure is wider than :data:`_WIDE` are re-checked
+    exactly (``enabled``, the default everywhere else) or declined (``False``: their value is NaN).
+    Declining never makes a value wrong, only missing; benchmarks use it to time the exact step."""
+    token = _EXACT_FALLBACK.set(enabled)
+    try:
+        yield
+    finally:
+        _EXACT_FALLBACK.reset(token)
 
 
 def pair_bounds(graph: Graph, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +67,7 @@ def pair_bounds(graph: Graph, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.T
     is wider than :data:`_WIDE` of ``high`` (deep nets), the pair is evaluated exactly instead
     (:func:`~lipbound.methods.rounding_exact.exact_pair_bounds`, piecewise-linear graphs, capped)."""
     low, high = _float_pair_bounds(graph, x, y)
-    wide = ~(high - low <= _WIDE * high) & (x != y).flatten(1).any(dim=1) & _finite(x) & _finite(y)
+    wide = ~(high - low <= _WIDE * high) & _EXACT_FALLBACK.get() & (x != y).flatten(1).any(dim=1) & _finite(x) & _finite(y)
     if wide.any():
         e_low, e_high, _ = exact_pair_bounds(graph, x[wide], y[wide])
         done = torch.isfinite(e_low)
@@ -116,7 +132,7 @@ def jacobian_witness_values(graph: Graph, x: torch.Tensor, v: torch.Tensor,
                 f"with the central difference, in [{float(q_low[b]):.17g}, {float(q_high[b]):.17g}]")
     low = low.masked_fill(~ok, math.nan)
     # too wide to confirm: the exact re-check (rounding_exact), where x, v are fine and in the box
-    wide = ~ok & _wide(enc) & _finite(x) & _finite(v) & (nv > 0) & (box.contains(x) if box is not None else True)
+    wide = ~ok & _wide(enc) & _EXACT_FALLBACK.get() & _finite(x) & _finite(v) & (nv > 0) & (box.contains(x) if box is not None else True)
     if wide.any():
         at = torch.nonzero(wide).flatten().tolist()
         e_low, e_reasons = exact_jacobian_values(graph, x[wide], v[wide], box)
