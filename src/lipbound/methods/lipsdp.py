@@ -73,9 +73,13 @@ whether the time budget (``"time"``), the iteration cap (``"iterations"``) or co
 :func:`~lipbound.methods.sdp_verify.certify` has recomputed the least ``rho`` for the clipped
 multipliers with a margin and proved the LMI by a float64 Cholesky factorisation; only then is the
 result ``certified_upper``. When the solver's multipliers leave no room for the margin (an optimum
-where the neuron block is singular), the check moves them a little towards the strictly feasible
-eclipse-fast multipliers (``certify(..., interior=...)``). If the check fails, the solver's value
-is returned as an ``estimate`` with ``details["verified"] = False``.
+where the neuron block is singular, or, on localized LMIs, a few multipliers grown so large that
+the rounding margin, which scales with them, exceeds the neuron block's least eigenvalue), the
+check searches other multipliers: the solver's with their largest entries capped, then mixed with
+the strictly feasible eclipse-fast multipliers (``certify(..., interior=...)``), down to those
+multipliers themselves (the start's certificate). ``details["verify_candidate"]`` says which were
+proved. Only if none can be proved is the solver's value returned as an ``estimate`` with
+``details["verified"] = False``.
 """
 
 from __future__ import annotations
@@ -96,7 +100,7 @@ from .lipsdp_conv import lipsdp_blocks, routes_to_blocks
 from .lipsdp_first_order import expand, rss_mb, solve_first_order, stopped_by
 from .lipsdp_ipm import solve_ipm
 from .lipsdp_dual import gap, psd_factor, repaired_dual
-from .sdp_verify import CertificateRejected, certify, solving_margin
+from .sdp_verify import SEARCH_EVALUATIONS, CertificateRejected, certify, solving_margin
 from .work_plan import interior_evaluations, lmi_factor_seconds
 
 VARIANTS = ("neuron", "layer")
@@ -148,8 +152,10 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
     if automatic:
         solver = _auto_solver(red, ipm_max_order, time_budget)
     t_solve = time.perf_counter()
-    # the budget is for the whole call, the check's predicted seconds included
-    left = max(time_budget - (t_solve - start) - lmi_factor_seconds(lmi), 1e-3)
+    # the budget is for the whole call, the check's predicted seconds included (its proof on the
+    # full LMI, its search for provable multipliers on the reduced one: sdp_verify.certify)
+    check = lmi_factor_seconds(lmi) + SEARCH_EVALUATIONS * lmi_factor_seconds(red)
+    left = max(time_budget - (t_solve - start) - check, 1e-3)
     if solver == "first-order":
         t, claimed, info = solve_first_order(red, variant=variant, time_budget=left, max_iter=lbfgs_iter,
                                              t0=interior)
@@ -176,7 +182,7 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
     claimed_value = lmi.scale * math.sqrt(max(claimed, 0.0))
     info["solver_value"] = claimed_value
     info["sdp_lower"] = lmi.scale * math.sqrt(max(info.pop("dual_rho", 0.0), 0.0))
-    cert, rejected = _best_certificate(lmi, info.pop("candidates", None) or [(t, claimed)], interior)
+    cert, rejected = _best_certificate(lmi, red, info.pop("candidates", None) or [(t, claimed)], interior)
     if cert is None:
         info.update(verified=False, reason=str(rejected), rss_peak_mb=rss_mb())
         return Result(name, claimed_value, "estimate", time.perf_counter() - start, details=info)
@@ -186,15 +192,15 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
     return Result(name, cert.value, "certified_upper", time.perf_counter() - start, details=info)
 
 
-def _best_certificate(lmi: LipschitzLMI, candidates: list, interior: np.ndarray):
+def _best_certificate(lmi: LipschitzLMI, red: LipschitzLMI, candidates: list, interior: np.ndarray):
     """The least checked value over the solver's candidate ``(t, claimed rho)`` pairs (the interior
     point offers its last iterates: the most converged one can sit so near the cone's boundary that
     the check's rounding margin costs more than a slightly more central one loses), with the last
-    rejection when none passes."""
+    rejection when none passes. The check's search evaluates on the reduced LMI ``red``."""
     best, rejected = None, None
     for t, claimed in candidates:
         try:
-            cert = certify(lmi, t, claimed_rho=claimed, interior=interior)
+            cert = certify(lmi, t, claimed_rho=claimed, interior=interior, search_schur=red.schur)
         except CertificateRejected as exc:
             rejected = exc
             continue

@@ -40,8 +40,9 @@ whose layers' dense matrices and largest blocks would not fit in ``max_entries``
 all. **Plan**: whether the solver runs at all is decided from that predicted evaluation time
 alone (it runs when the budget holds ``SETUP_EVALUATIONS + SOLVE_MIN_EVALUATIONS`` evaluations),
 so the same network and budget take the same path on every machine; the wall clock then caps the
-solver's L-BFGS (``stopped_by == "time"``), keeping ``CHECK_EVALUATIONS`` predicted evaluations
-for its last step and the check.
+solver's L-BFGS (``stopped_by == "time"``), keeping the predicted time of its last step and the
+check (:func:`check_seconds`: from the built LMI's sizes, after the stable neurons of a localized
+graph are eliminated; the check's search for provable multipliers runs on the reduced LMI).
 """
 
 from __future__ import annotations
@@ -55,10 +56,11 @@ from ..graph.ir import Graph
 from ..report import Result
 from .eclipse import balanced, fast_multipliers
 from .lipsdp_banded import (BlockStructure, banded_cholesky_proves, banded_row_width, banded_schur,
-                            structure_of_graph)
+                            structure_of_graph, structure_of_lmi)
 from .lmi_build import MAX_WORK, lmi_of_graph
 from .lipsdp_dual import gap
-from .sdp_verify import CertificateRejected, certify
+from .lmi import LipschitzLMI
+from .sdp_verify import SEARCH_EVALUATIONS, CertificateRejected, certify
 from .lipsdp_first_order import rss_mb, solve_first_order, stopped_by
 from .machine import BLOCKS_RATE
 
@@ -66,6 +68,17 @@ SETUP_EVALUATIONS = 8  # balancing, start, first and last evaluation, and the ch
 CHECK_EVALUATIONS = 5  # the solver's last evaluation (top eigenvectors, dual bound) and the check
 SOLVE_MIN_EVALUATIONS = 2  # evaluations the budget must hold beyond the set-up for the solver to run
 MAX_ENTRIES = 3e8  # float64 entries of the layers' matrices and the largest block (2.4 GB)
+
+
+def check_seconds(lmi: LipschitzLMI, red: LipschitzLMI) -> float:
+    """Predicted seconds of the solver's last step and the check, from the built LMI's block sizes
+    (after the stable neurons' elimination, so a localized graph's smaller LMI is planned as such):
+    ``CHECK_EVALUATIONS`` evaluations of the full LMI (the last step, the proof) and
+    :data:`~lipbound.methods.sdp_verify.SEARCH_EVALUATIONS` of the reduced one (the check's search
+    for multipliers it can prove, :func:`~lipbound.methods.sdp_verify.certify`), at
+    :data:`~lipbound.methods.machine.BLOCKS_RATE`."""
+    return (CHECK_EVALUATIONS * structure_of_lmi(lmi).work()
+            + SEARCH_EVALUATIONS * structure_of_lmi(red).work()) / BLOCKS_RATE
 
 
 def chain_orders(structure: BlockStructure | None) -> list[int] | None:
@@ -143,7 +156,7 @@ def lipsdp_blocks(graph: Graph, *, variant: str = "neuron", time_budget: float =
     t_solve = time.perf_counter()
     planned = time_budget >= (SETUP_EVALUATIONS + SOLVE_MIN_EVALUATIONS) * seconds  # from sizes only
     if planned:
-        left = time_budget - (t_solve - start) - CHECK_EVALUATIONS * seconds  # the clock's cap
+        left = time_budget - (t_solve - start) - check_seconds(lmi, red)  # the clock's cap
         t, claimed, info = solve_first_order(red, variant=variant, time_budget=max(left, 0.0), max_iter=lbfgs_iter,
                                              t0=interior, schur=partial(banded_schur, red))
     else:  # the plan leaves the solver out: a deterministic work cap
@@ -157,7 +170,8 @@ def lipsdp_blocks(graph: Graph, *, variant: str = "neuron", time_budget: float =
     info["sdp_lower"] = lmi.scale * math.sqrt(max(info.pop("dual_rho", 0.0), 0.0))
     try:
         cert = certify(lmi, t, claimed_rho=claimed, interior=interior, schur=partial(banded_schur, lmi),
-                       prove=partial(banded_cholesky_proves, lmi), width=banded_row_width(lmi))
+                       search_schur=partial(banded_schur, red), prove=partial(banded_cholesky_proves, lmi),
+                       width=banded_row_width(lmi))
     except CertificateRejected as exc:
         info.update(verified=False, reason=str(exc), rss_peak_mb=rss_mb())
         return Result(name, info["solver_value"], "estimate", time.perf_counter() - start, details=info)
