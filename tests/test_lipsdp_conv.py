@@ -294,3 +294,23 @@ def test_never_below_sampled_jacobians_on_random_nets():
         assert max(jacobian_norm(net, x) for x in xs) <= cert.value
         feasible += 1
     assert feasible >= 35
+
+
+@pytest.mark.parametrize("name", ["residual cnn", "bottleneck", "branches"])
+def test_graph_structure_of_a_localized_net_is_the_built_lmis(name):
+    """On a small box (many ReLUs stably off, some stably on), the structure read from the slope
+    intervals alone (what the cost model and the plan use) is the one the builder makes: the same
+    block sizes, reads and output reads; stably-off neurons are left out of both."""
+    from lipbound.methods.propagation import localize
+    from lipbound.methods.region import Box
+
+    net, shape = NETS[name](0)
+    graph = lipbound.as_graph(net, shape)
+    gen = torch.Generator().manual_seed(1)
+    centre = torch.randn(shape, generator=gen, dtype=torch.float64)
+    local = localize(graph, Box(centre - 0.05, centre + 0.05))
+    lmi = lmi_of_graph(local, eliminate="constant")
+    assert lmi.eliminated > 0  # the box must make some neurons constant, else this test shows nothing
+    built, read = structure_of_lmi(lmi), structure_of_graph(local)
+    assert (read.sizes, read.reads, read.out_reads) == (built.sizes, built.reads, built.out_reads)
+    assert sum(read.sizes) < sum(structure_of_graph(graph).sizes)

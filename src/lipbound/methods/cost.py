@@ -64,8 +64,8 @@ class GraphSizes:
             piecewise-linear activations (:func:`~lipbound.methods.piecewise.count_two_slope_neurons`,
             stable ones left out), else None.
         chain_orders: the block orders ``[input, activation 1, ...]`` of the fused graph when it is
-            a chain of affine nodes and activations (every neuron counted,
-            :func:`~lipbound.methods.lipsdp_conv.chain_orders`), else None.
+            a chain of affine nodes and activations (every neuron counted but those of constant
+            output, :func:`~lipbound.methods.lipsdp_conv.chain_orders`), else None.
         pooled: the graph has max pooling (no LMI holds it: LipSDP refuses it).
         blocks: the block structure of the LMI (chains and residual nets,
             :func:`~lipbound.methods.lipsdp_banded.structure_of_graph`), None with max pooling: what

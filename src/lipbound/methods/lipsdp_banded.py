@@ -157,9 +157,12 @@ def structure_of_lmi(lmi: LipschitzLMI) -> BlockStructure:
 
 
 def structure_of_graph(graph: Graph) -> BlockStructure | None:
-    """The block structure the LMI of ``graph`` will have at most, from its shapes alone (every
-    neuron counted, the input block unreduced), without materialising a layer; None for a graph
-    with a node the LMI does not take (max pooling)."""
+    """The block structure of ``graph``'s LMI as the ``"blocks"`` path builds it
+    (:func:`~lipbound.methods.lmi_build.lmi_of_graph` with ``eliminate="constant"``), from shapes and
+    slope intervals alone, without materialising a layer: every neuron counted except those of
+    constant output (slope interval ``[0, 0]``, e.g. a ReLU stably off on a localized graph), the
+    input block unreduced. An activation whose every neuron is constant gives no block, and what
+    reads it reads nothing. None for a graph with a node the LMI does not take (max pooling)."""
     g = graph.fused()
     deps: dict[str, frozenset[int]] = {}
     sizes, reads, coupled = [], [frozenset()], [False]
@@ -173,10 +176,15 @@ def structure_of_graph(graph: Graph) -> BlockStructure | None:
             deps[node.name] = frozenset().union(*(deps[i] for i in node.inputs))
         elif isinstance(node, Activation):
             lo, hi = node.slope_bounds()
+            live = (lo != 0) | (hi != 0)
+            size = int(live.sum())
+            if size == 0:
+                deps[node.name] = frozenset()
+                continue
             reads.append(deps[node.inputs[0]])
-            coupled.append(bool((lo * hi != 0).any()))
+            coupled.append(bool((lo * hi != 0)[live].any()))
             deps[node.name] = frozenset({len(sizes)})
-            sizes.append(math.prod(node.shape))
+            sizes.append(size)
         else:
             return None
     return BlockStructure(tuple(sizes), tuple(reads), tuple(coupled), deps[g.output])

@@ -83,8 +83,9 @@ def check_seconds(lmi: LipschitzLMI, red: LipschitzLMI) -> float:
 
 def chain_orders(structure: BlockStructure | None) -> list[int] | None:
     """The block orders ``[input, activation 1, ...]`` of a chain's LMI from its block structure
-    (:func:`~lipbound.methods.lipsdp_banded.structure_of_graph`: every neuron counted, an upper
-    bound when some are stable), or None if the graph is not a chain of affine nodes and
+    (:func:`~lipbound.methods.lipsdp_banded.structure_of_graph`: every neuron counted but those
+    of constant output; an upper bound of the dense path's orders, which also fold the other stable
+    neurons), or None if the graph is not a chain of affine nodes and
     activations."""
     if structure is None:
         return None
