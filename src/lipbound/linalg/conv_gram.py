@@ -101,8 +101,9 @@ def gram_symbol_blocks(wd: torch.Tensor, grid: Sequence[int],
         f = freqs[start:start + step]
         turns = ((f[:, None, :] * pos[None, :, :]) % sizes).to(torch.float64) / sizes.to(torch.float64)
         angle = (2 * math.pi) * turns.sum(-1)  # (F, P)
-        cos, sin = torch.cos(angle).to(wd.device), torch.sin(angle).to(wd.device)
-        blocks = torch.complex(cos @ flat, -(sin @ flat))  # (g, F, n n)
+        trig = torch.cat([torch.cos(angle), -torch.sin(angle)]).to(wd.device)  # one product for both parts
+        parts = trig @ flat  # (g, 2F, n n)
+        blocks = torch.complex(parts[:, : f.shape[0]], parts[:, f.shape[0]:])
         yield blocks.reshape(-1, n, n), err
 
 

@@ -86,7 +86,7 @@ def power_method(op: LinearOperator, *, k: int = 1, max_iter: int = 1000, tol: f
         if prev is not None:
             change = ((s[:m] - prev[:m]).abs() / s[:m].clamp_min(1e-300)).max().item()
             rate = min(change / prev_change, 0.999) if prev_change > 0 else 0.0
-            if change <= tol and change * rate / (1 - rate) <= tol:
+            if tol > 0 and change <= tol and change * rate / (1 - rate) <= tol:
                 converged = True
                 break
             prev_change = change
