@@ -55,24 +55,34 @@ rescaled weights exact in floating point. This keeps the LMI well conditioned fo
 layer norms multiply to 1e7.
 
 **Rounding of the data.** The graph's operators are taken as exact (their weights as the frontend
-built them). Everything computed from them here is rounded, and each block map carries a bound of
-the Frobenius norm of its error (``pre_err``, ``out_err``):
+built them). Everything computed from them here is rounded; the builder carries, for each block
+map ``M^`` it computes, an **entrywise** bound ``E >= |M^ - M|`` of its error (Higham, *Accuracy and
+Stability of Numerical Algorithms*, §3.5), and stores per row (per neuron) the Euclidean norm of
+its row of ``E`` (``pre_err``, ``out_err``):
 
-* an affine node's matrix comes from :meth:`~lipbound.linalg.operators.LinearOperator.to_dense`
+* an affine node's matrix ``W^`` comes from :meth:`~lipbound.linalg.operators.LinearOperator.to_dense`
   (its factors applied to unit vectors, float64, CPU kernels or CUDA without cuDNN). Each factor
   ``A_i`` computes every output as a sum of at most ``in_numel_i`` products of weights known to a
-  few roundings, so ``|fl(A_m ... A_1 e) - A_m ... A_1 e| <= gamma_K |A_m| ... |A_1| e`` with
-  ``K = sum_i (in_numel_i + 16)`` (Higham, *Accuracy and Stability of Numerical Algorithms*, §3.5,
-  for any order of summation), and ``|| |A_m| ... |A_1| ||_F <= || |A_1| ||_F prod_{i>1} || |A_i| ||_2``
-  with ``|| |A| ||_2 <= (||A||_1 ||A||_inf)^{1/2}``; reshapes and permutations are exact;
-* a product ``W M`` of such maps (residual paths, sums) adds
-  ``e_W (||M||_F + e_M) + ||W||_F e_M + gamma_k ||W||_F ||M||_F`` (``k`` the inner dimension), a
-  sum of ``q`` maps ``gamma_{q-1}`` times their norms, a concatenation nothing;
+  few roundings, so ``|W^ - W| <= g |A_m| ... |A_1| =: g |W|~`` with ``g = gamma_K``,
+  ``K = sum_i (in_numel_i + 16)`` (for any order of summation); ``|W|~`` is computed from the
+  factors' absolute values (permutations included, reshapes are the identity) and widened by
+  ``1 + 4 g`` for its own rounding (non-negative terms), so ``|W| <= |W|~`` and ``|W^| <= (1 + g) |W|~``;
+* a product: ``|fl(W^ M^) - W M| <= gamma_k |W^| |M^| + |W^ - W| |M^| + |W| |M^ - M|
+  <= |W|~ (c |M^| + E_M)`` with ``c = gamma_k (1 + g) + g`` (``k`` the inner dimension); a sum of
+  ``q`` maps adds ``gamma_{q-1}`` times their absolute values to their bounds; a concatenation
+  stacks them;
 * scalings by powers of two are exact; folding a stable neuron's slope ``a_i`` into a map
-  (``diag(a) M``) adds ``max |a| (e_M + u ||M||_F)``, ``u = 2^-53`` (one rounding per entry).
+  (``diag(a) M``) gives ``|a| E + u |a| |M^|``, ``u = 2^-53`` (one rounding per entry): a neuron
+  stably off (``a_i = 0``) drops its row's error with its row.
 
-:meth:`LipschitzLMI.data_margin` turns these into a bound of ``||N - N^||_2`` (``N^`` built from the
-stored maps), which the check of :mod:`lipbound.methods.sdp_verify` adds to its shift.
+Every bound is itself computed in float64 from non-negative terms and rounded up
+(:func:`~lipbound.methods.float_error.round_up`). Entrywise bounds follow the maps through the
+stable neurons' zeros; the earlier Frobenius bound (``||W||_F e_M`` per product) multiplied the
+Frobenius norms of whole layers that the composed map never sees, and reached 33% of the map on
+ERAN 9x200 after 9 layers (benchmarks/results/local_sdp.md, *Entrywise data bounds*).
+:meth:`LipschitzLMI.data_margin` turns the per-row bounds into a bound of ``||N - N^||_2``
+(``N^`` built from the stored maps), each neuron with its own multiplier and sector, which the
+check of :mod:`lipbound.methods.sdp_verify` adds to its shift.
 """
 
 from __future__ import annotations
@@ -111,8 +121,8 @@ class BasisBlock:
 
 @dataclass
 class LipschitzLMI:
-    """The data of ``M(rho, t)``: the basis blocks, the output map ``out`` (``out_err``: bounds of
-    its rounding errors), and ``scale`` with ``L(f) <= scale * sqrt(rho)`` whenever
+    """The data of ``M(rho, t)``: the basis blocks, the output map ``out`` (``out_err``: per-row
+    bounds of its rounding errors' norms), and ``scale`` with ``L(f) <= scale * sqrt(rho)`` whenever
     ``M(rho, t) <= 0`` for some ``t >= 0``. ``solving_only`` marks an LMI that is only close to the
     network's (:meth:`reduced`): certificates are never checked on it. ``eliminated``: how many
     stable neurons the builder folded into linear maps (they are not in the LMI)."""

@@ -1,8 +1,8 @@
 """Building the Lipschitz LMI of :mod:`lipbound.methods.lmi` from a graph (a :class:`GraphInterpreter`).
 
 Walking the fused graph in topological order, each node's value is its map from the basis blocks:
-``{block index: (matrix, bound of the Frobenius norm of its rounding error)}`` (a float stands for
-that multiple of the identity). Affine nodes multiply the maps by their dense matrix, sums add
+``{block index: (matrix, entrywise bound of its rounding error)}`` (a float stands for that
+multiple of the identity, and for an error bound on the diagonal only). Affine nodes multiply the maps by their dense matrix, sums add
 them, concatenations stack them. An activation node reads its pre-activation maps and
 
 * **eliminates its stable neurons** (slope interval ``lo_i == hi_i``, from
