@@ -87,7 +87,7 @@ def _check(name: str, **paths):
     # the setup: the margin at the solver's multipliers exceeds the neuron block's least eigenvalue
     neuron_block = lmi.assemble(lmi.blocks_of_N(0.0, t), first=1)
     margin = check_margin(lmi, rho, t, width)
-    assert margin > 10 * abs(_least_eig(neuron_block)), "the old check would have passed: no test"
+    assert margin > 2 * abs(_least_eig(neuron_block)), "the solver's multipliers would pass as they are: no test"
     cert = certify(lmi, t, claimed_rho=rho, interior=interior, **paths)
     start = certify(lmi, interior, **paths)
     assert cert.how != "solver"

@@ -55,24 +55,34 @@ rescaled weights exact in floating point. This keeps the LMI well conditioned fo
 layer norms multiply to 1e7.
 
 **Rounding of the data.** The graph's operators are taken as exact (their weights as the frontend
-built them). Everything computed from them here is rounded, and each block map carries a bound of
-the Frobenius norm of its error (``pre_err``, ``out_err``):
+built them). Everything computed from them here is rounded; the builder carries, for each block
+map ``M^`` it computes, an **entrywise** bound ``E >= |M^ - M|`` of its error (Higham, *Accuracy and
+Stability of Numerical Algorithms*, §3.5), and stores per row (per neuron) the Euclidean norm of
+its row of ``E`` (``pre_err``, ``out_err``):
 
-* an affine node's matrix comes from :meth:`~lipbound.linalg.operators.LinearOperator.to_dense`
+* an affine node's matrix ``W^`` comes from :meth:`~lipbound.linalg.operators.LinearOperator.to_dense`
   (its factors applied to unit vectors, float64, CPU kernels or CUDA without cuDNN). Each factor
   ``A_i`` computes every output as a sum of at most ``in_numel_i`` products of weights known to a
-  few roundings, so ``|fl(A_m ... A_1 e) - A_m ... A_1 e| <= gamma_K |A_m| ... |A_1| e`` with
-  ``K = sum_i (in_numel_i + 16)`` (Higham, *Accuracy and Stability of Numerical Algorithms*, §3.5,
-  for any order of summation), and ``|| |A_m| ... |A_1| ||_F <= || |A_1| ||_F prod_{i>1} || |A_i| ||_2``
-  with ``|| |A| ||_2 <= (||A||_1 ||A||_inf)^{1/2}``; reshapes and permutations are exact;
-* a product ``W M`` of such maps (residual paths, sums) adds
-  ``e_W (||M||_F + e_M) + ||W||_F e_M + gamma_k ||W||_F ||M||_F`` (``k`` the inner dimension), a
-  sum of ``q`` maps ``gamma_{q-1}`` times their norms, a concatenation nothing;
+  few roundings, so ``|W^ - W| <= g |A_m| ... |A_1| =: g |W|~`` with ``g = gamma_K``,
+  ``K = sum_i (in_numel_i + 16)`` (for any order of summation); ``|W|~`` is computed from the
+  factors' absolute values (permutations included, reshapes are the identity) and widened by
+  ``1 + 4 g`` for its own rounding (non-negative terms), so ``|W| <= |W|~`` and ``|W^| <= (1 + g) |W|~``;
+* a product: ``|fl(W^ M^) - W M| <= gamma_k |W^| |M^| + |W^ - W| |M^| + |W| |M^ - M|
+  <= |W|~ (c |M^| + E_M)`` with ``c = gamma_k (1 + g) + g`` (``k`` the inner dimension); a sum of
+  ``q`` maps adds ``gamma_{q-1}`` times their absolute values to their bounds; a concatenation
+  stacks them;
 * scalings by powers of two are exact; folding a stable neuron's slope ``a_i`` into a map
-  (``diag(a) M``) adds ``max |a| (e_M + u ||M||_F)``, ``u = 2^-53`` (one rounding per entry).
+  (``diag(a) M``) gives ``|a| E + u |a| |M^|``, ``u = 2^-53`` (one rounding per entry): a neuron
+  stably off (``a_i = 0``) drops its row's error with its row.
 
-:meth:`LipschitzLMI.data_margin` turns these into a bound of ``||N - N^||_2`` (``N^`` built from the
-stored maps), which the check of :mod:`lipbound.methods.sdp_verify` adds to its shift.
+Every bound is itself computed in float64 from non-negative terms and rounded up
+(:func:`~lipbound.methods.float_error.round_up`). Entrywise bounds follow the maps through the
+stable neurons' zeros; the earlier Frobenius bound (``||W||_F e_M`` per product) multiplied the
+Frobenius norms of whole layers that the composed map never sees, and reached 33% of the map on
+ERAN 9x200 after 9 layers (benchmarks/results/local_sdp.md, *Entrywise data bounds*).
+:meth:`LipschitzLMI.data_margin` turns the per-row bounds into a bound of ``||N - N^||_2``
+(``N^`` built from the stored maps), each neuron with its own multiplier and sector, which the
+check of :mod:`lipbound.methods.sdp_verify` adds to its shift.
 """
 
 from __future__ import annotations
@@ -94,15 +104,15 @@ Blocks = dict[int, np.ndarray]  # basis block index -> matrix (rows of the map, 
 class BasisBlock:
     """One block of basis variables: the input (``lo``, ``hi`` None) or the unstable neurons of one
     activation node, neuron ``i`` with its sector ``[lo_i, hi_i]``. ``pre`` maps earlier block
-    indices to the (scaled) matrices of its pre-activation, ``pre_err`` to bounds of the Frobenius
-    norm of their rounding errors (module docstring)."""
+    indices to the (scaled) matrices of its pre-activation, ``pre_err`` to per-row bounds of the
+    Euclidean norms of their rounding errors (one entry per neuron; module docstring)."""
 
     name: str
     size: int
     lo: np.ndarray | None = None
     hi: np.ndarray | None = None
     pre: Blocks = field(default_factory=dict)
-    pre_err: dict[int, float] = field(default_factory=dict)
+    pre_err: dict[int, np.ndarray] = field(default_factory=dict)
 
     def sector(self) -> tuple[np.ndarray, np.ndarray]:
         """Per neuron ``(a b, a + b)`` of the sector ``[a, b] = [lo, hi]``."""
@@ -111,8 +121,8 @@ class BasisBlock:
 
 @dataclass
 class LipschitzLMI:
-    """The data of ``M(rho, t)``: the basis blocks, the output map ``out`` (``out_err``: bounds of
-    its rounding errors), and ``scale`` with ``L(f) <= scale * sqrt(rho)`` whenever
+    """The data of ``M(rho, t)``: the basis blocks, the output map ``out`` (``out_err``: per-row
+    bounds of its rounding errors' norms), and ``scale`` with ``L(f) <= scale * sqrt(rho)`` whenever
     ``M(rho, t) <= 0`` for some ``t >= 0``. ``solving_only`` marks an LMI that is only close to the
     network's (:meth:`reduced`): certificates are never checked on it. ``eliminated``: how many
     stable neurons the builder folded into linear maps (they are not in the LMI)."""
@@ -120,7 +130,7 @@ class LipschitzLMI:
     blocks: list[BasisBlock]
     out: Blocks
     scale: float
-    out_err: dict[int, float] = field(default_factory=dict)
+    out_err: dict[int, np.ndarray] = field(default_factory=dict)
     solving_only: bool = False
     eliminated: int = 0
 
@@ -194,17 +204,20 @@ class LipschitzLMI:
 
     def abs_scale(self, rho: float, t: np.ndarray) -> float:
         """A bound of the sum over the terms of ``N(rho, t)`` of the Frobenius norms of their
-        entrywise absolute values (``|| |P|^T |T| |P| ||_F <= max t ||P||_F^2``): times
-        :attr:`assembly_gamma`, it bounds the rounding error of the assembled ``N``. Per-neuron
-        sectors enter through ``max |a b|`` and ``max |a + b|`` over the block's neurons."""
+        entrywise absolute values: times :attr:`assembly_gamma`, it bounds the rounding error of
+        the assembled ``N``. Per neuron ``i`` (row ``p_i`` of its block's pre-activation map,
+        multiplier ``t_i``, sector ``[a_i, b_i]``): ``|| |P|^T |D| |P| ||_F <= sum_i |d_i| ||p_i||^2``
+        (a sum of rank-one terms) with ``d = 2 a b t``, the off-diagonal block (twice) by
+        ``2 ||(|a_i + b_i| t_i ||p_i||)_i||``, the diagonal by ``2 ||t||``."""
         total = abs(rho) * math.sqrt(self.blocks[0].size)
         total += sum(np.linalg.norm(m) for m in self.out.values()) ** 2
         for blk, sl in zip(self.blocks[1:], self.neuron_slices):
-            tmax = float(np.max(np.abs(t[sl])))
-            ab, cc = (float(np.max(np.abs(v))) for v in blk.sector())
-            fro = math.sqrt(sum(float(np.linalg.norm(m)) ** 2 for m in blk.pre.values()))
-            total += tmax * (2 * ab * fro ** 2 + 2 * cc * fro * math.sqrt(blk.size) + 2 * math.sqrt(blk.size))
-        return total
+            tj = np.abs(t[sl])
+            ab, cc = (np.abs(v) for v in blk.sector())
+            rows = _row_norms(blk.pre)
+            total += 2 * float(np.sum(tj * ab * rows ** 2)) + 2 * float(np.linalg.norm(cc * tj * rows))
+            total += 2 * float(np.linalg.norm(tj))
+        return total * (1 + 1e-10)  # covers the rounding of these few sums of non-negative terms
 
     @property
     def assembly_gamma(self) -> float:
@@ -217,24 +230,26 @@ class LipschitzLMI:
 
     def data_margin(self, t: np.ndarray) -> float:
         """A bound of ``||N(rho, t) - N^(rho, t)||_2`` for any ``rho``, where ``N^`` is built from
-        the stored maps ``P^`` and ``N`` from the exact ones, ``||P - P^||_F <= e``: activation
-        ``j`` moves ``2 P^T A B T P`` by at most ``2 max |ab| max t (2 ||P^||_F e + e^2)`` and its
-        off-diagonal block ``-(A + B) T P`` by ``max |a + b| max t e``; the output term
-        ``A_out^T A_out`` moves by at most ``2 ||A_out^||_F e + e^2``."""
-        def norm_and_error(maps: Blocks, errs: dict[int, float]) -> tuple[float, float]:
-            """Frobenius norms of the whole map ``[P_k]_k`` and of its error bound."""
-            return (math.sqrt(sum(float(np.linalg.norm(m)) ** 2 for m in maps.values())),
-                    math.sqrt(sum(v * v for v in errs.values())))
-
-        f, e = norm_and_error(self.out, self.out_err)
-        total = 2 * f * e + e * e
+        the stored maps ``P^`` and ``N`` from the exact ones, row ``i`` of ``P - P^`` of norm at
+        most ``e_i`` (``pre_err``, ``out_err``: per-row bounds, their norm over the blocks read).
+        Activation ``j`` moves ``2 P^T D P`` (``D = diag(t a b)``, a sum of rank-one terms
+        ``d_i p_i p_i^T``) by at most ``2 sum_i |d_i| (2 ||p^_i|| e_i + e_i^2)`` and its
+        off-diagonal block ``-(A + B) T P`` (with its transpose: a symmetric matrix of the same
+        norm) by at most its Frobenius norm ``||(|a_i + b_i| t_i e_i)_i||``; the output term
+        ``A_out^T A_out`` moves by at most ``sum_i (2 ||a^_i|| e_i + e_i^2)``. Each neuron enters
+        with its own multiplier and sector, so a few large multipliers only count on their own rows."""
+        rows = _row_norms(self.out)
+        errs = _row_norms(self.out_err, squared=False) if self.out_err else np.zeros_like(rows)
+        total = float(np.sum(2 * rows * errs + errs ** 2))
         for blk, sl in zip(self.blocks[1:], self.neuron_slices):
-            f, e = norm_and_error(blk.pre, blk.pre_err)
-            if e > 0:
-                tmax = float(np.max(np.abs(t[sl])))
-                ab, cc = (float(np.max(np.abs(v))) for v in blk.sector())
-                total += tmax * (2 * ab * (2 * f * e + e * e) + cc * e)
-        return total
+            errs = _row_norms(blk.pre_err, squared=False)
+            if errs.size and np.any(errs):
+                tj = np.abs(t[sl])
+                ab, cc = (np.abs(v) for v in blk.sector())
+                rows = _row_norms(blk.pre)
+                total += 2 * float(np.sum(tj * ab * (2 * rows * errs + errs ** 2)))
+                total += float(np.linalg.norm(cc * tj * errs))
+        return total * (1 + 1e-10)  # covers the rounding of these few sums of non-negative terms
 
     # ---- dense / banded assembly ----------------------------------------------------------
     def assemble(self, parts: dict[tuple[int, int], np.ndarray], first: int = 0, banded: int | None = None) -> np.ndarray:
@@ -387,6 +402,13 @@ class SchurResult:
     lams: np.ndarray | None = None
     grads: np.ndarray | None = None
     zs: np.ndarray | None = None
+
+
+def _row_norms(maps: dict[int, np.ndarray], squared: bool = True) -> np.ndarray:
+    """Per row, the Euclidean norm of the row of the whole map ``[P_k]_k`` (``squared=True``: the
+    maps are matrices) or of the per-row bounds ``(e_ik)_k`` of its blocks' errors (vectors)."""
+    sq = sum((np.einsum("ij,ij->i", m, m) if squared else m * m) for m in maps.values())
+    return np.sqrt(sq) if isinstance(sq, np.ndarray) else np.zeros(0)
 
 
 def pow2(x: float) -> float:

@@ -1,8 +1,8 @@
 """Building the Lipschitz LMI of :mod:`lipbound.methods.lmi` from a graph (a :class:`GraphInterpreter`).
 
 Walking the fused graph in topological order, each node's value is its map from the basis blocks:
-``{block index: (matrix, bound of the Frobenius norm of its rounding error)}`` (a float stands for
-that multiple of the identity). Affine nodes multiply the maps by their dense matrix, sums add
+``{block index: (matrix, entrywise bound of its rounding error)}`` (a float stands for that
+multiple of the identity, and for an error bound on the diagonal only). Affine nodes multiply the maps by their dense matrix, sums add
 them, concatenations stack them. An activation node reads its pre-activation maps and
 
 * **eliminates its stable neurons** (slope interval ``lo_i == hi_i``, from
@@ -29,11 +29,13 @@ from ..errors import InvalidInput, NotApplicable
 from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input
 from ..graph.walk import GraphInterpreter
 from ..linalg.operators import Compose, LinearOperator, Permute, Reshape
-from .float_error import UNIT_ROUNDOFF, gamma
+from .float_error import UNIT_ROUNDOFF, gamma, round_up
 from .lmi import BasisBlock, LipschitzLMI, pow2
 
 MAX_WORK = 4e10  # refuse LMIs whose Cholesky factorisation needs more operations (minutes on a CPU)
-Tracked = dict[int, tuple[np.ndarray | float, float]]  # block -> (map, bound of its error's Frobenius norm)
+Map = np.ndarray | float  # a block map; a float stands for that multiple of the identity
+Err = np.ndarray | float  # its entrywise error bound; a float: that bound on the diagonal, 0 elsewhere
+Tracked = dict[int, tuple[Map, Err]]  # block -> (map, entrywise bound of its rounding error)
 
 
 ELIMINATE = ("stable", "constant")
@@ -61,10 +63,10 @@ def lmi_of_graph(graph: Graph, *, max_size: int = 20000, max_work: float = MAX_W
         raise NotApplicable("the network has no unstable neuron (no activation, or every neuron stable on the "
                             "region): it is affine there, and its constant is the norm of one matrix (autolip, exact)")
     n_out = math.prod(g.nodes[g.output].shape)
-    out = {k: (_dense(m, n_out, blocks[k].size), e) for k, (m, e) in env[g.output].items()}
+    out = {k: (_dense(m, n_out, blocks[k].size), _dense(e, n_out, blocks[k].size)) for k, (m, e) in env[g.output].items()}
     s_out = pow2(sum(float(np.linalg.norm(m)) for m, _ in out.values()))
     lmi = LipschitzLMI(blocks, {k: m / s_out for k, (m, _) in out.items()}, s_out,
-                       {k: e / s_out for k, (_, e) in out.items()}, eliminated=builder.eliminated)
+                       {k: row_norms(e) / s_out for k, (_, e) in out.items()}, eliminated=builder.eliminated)
     bw = lmi.bandwidth(0)
     if lmi.size * (bw + 1) ** 2 > max_work:
         raise NotApplicable(f"the LMI has order {lmi.size} and bandwidth {bw}: about {lmi.size * (bw + 1) ** 2:.2g} "
@@ -94,13 +96,13 @@ class _Builder(GraphInterpreter[Tracked]):
         limit = 4 * self.max_size ** 2
         if node.op.in_numel * node.op.out_numel > limit:
             raise NotApplicable(f"affine node {node.origin!r} is too large to materialise for an SDP")
-        w, ew = _materialise(node.op, limit)
-        return {k: _product(w, ew, m, e, self.blocks[k].size) for k, (m, e) in x.items()}
+        w, w_abs, g = _materialise(node.op, limit)
+        return {k: _product(w, w_abs, g, m, e, self.blocks[k].size) for k, (m, e) in x.items()}
 
     def visit_activation(self, node: Activation, x: Tracked) -> Tracked:
         size = math.prod(node.shape)
         lo, hi = (v.reshape(-1).numpy() for v in node.slope_bounds())
-        pre = {k: (_dense(m, size, self.blocks[k].size), e) for k, (m, e) in x.items()}
+        pre = {k: (_dense(m, size, self.blocks[k].size), _dense(e, size, self.blocks[k].size)) for k, (m, e) in x.items()}
         live = (lo != hi) | ((lo != 0) & self.only_constant)
         n = int(live.sum())
         out: Tracked = {}
@@ -114,7 +116,7 @@ class _Builder(GraphInterpreter[Tracked]):
         if self.total > self.max_size:
             raise NotApplicable(f"the LMI would have order > {self.max_size} (input + unstable neurons); raise "
                                 "max_size or use a compositional method")
-        rows = {k: (m[live], e) for k, (m, e) in pre.items()}
+        rows = {k: (m[live], row_norms(e[live])) for k, (m, e) in pre.items()}
         s = pow2(sum(float(np.linalg.norm(m)) for m, _ in rows.values()))
         idx = len(self.blocks)
         self.blocks.append(BasisBlock(node.name, n, lo[live], hi[live], {k: m / s for k, (m, _) in rows.items()},
@@ -124,7 +126,7 @@ class _Builder(GraphInterpreter[Tracked]):
         else:
             select = np.zeros((size, n))
             select[np.flatnonzero(live), np.arange(n)] = s
-            out[idx] = (select, 0.0)
+            out[idx] = (select, np.zeros_like(select))
         return out
 
     def visit_add(self, node: Add, *xs: Tracked) -> Tracked:
@@ -137,64 +139,80 @@ class _Builder(GraphInterpreter[Tracked]):
 
     def visit_concat(self, node: Concat, *xs: Tracked) -> Tracked:
         shapes = [self.graph.nodes[i].shape for i in node.inputs]
-        parts = [{k: (_dense(m, math.prod(sh), self.blocks[k].size), e) for k, (m, e) in x.items()}
+        parts = [{k: (_dense(m, math.prod(sh), self.blocks[k].size), _dense(e, math.prod(sh), self.blocks[k].size))
+                  for k, (m, e) in x.items()}
                  for x, sh in zip(xs, shapes)]
         return _concat(node, parts, shapes)
 
 
-def _scale_rows(d: np.ndarray, m: np.ndarray, e: float) -> tuple[np.ndarray, float]:
-    """``diag(d) m`` and a bound of its error: ``max |d| (e + u ||m||_F)`` (one rounding per entry)."""
-    dmax = float(np.max(np.abs(d)))
-    return d[:, None] * m, dmax * (e + UNIT_ROUNDOFF * float(np.linalg.norm(m)))
+def _scale_rows(d: np.ndarray, m: Map, e: Err) -> tuple[np.ndarray, np.ndarray]:
+    """``diag(d) m`` and its entrywise error bound ``|d| e + u |d| |m|`` (one rounding per entry;
+    a row of slope 0 is exactly zero, error included)."""
+    m, e = _dense(m, d.size, d.size), _dense(e, d.size, d.size)
+    ad = np.abs(d)[:, None]
+    return d[:, None] * m, round_up(ad * e + UNIT_ROUNDOFF * ad * np.abs(m), 2)
 
 
-def _materialise(op: LinearOperator, max_entries: int) -> tuple[np.ndarray, float]:
-    """The matrix of ``op`` in float64 and a bound of the Frobenius norm of its rounding error:
-    ``gamma_K || |A_m| ... |A_1| ||_F`` over its factors (module docstring). Kept in the
-    operator's memo (:meth:`~lipbound.linalg.linear_operator.LinearOperator.norm_cache`, emptied
-    when a weight changes), so the SDP methods run on one graph materialise each layer once."""
+def _materialise(op: LinearOperator, max_entries: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(W^, |W|~, g)``: the matrix of ``op`` in float64, an entrywise bound ``|W|~ >= |A_m| ... |A_1|``
+    of its exact factors' absolute product, and ``g = gamma_K`` with ``|W^ - W| <= g |W|~`` (module
+    docstring of :mod:`lipbound.methods.lmi`). Kept in the operator's memo
+    (:meth:`~lipbound.linalg.linear_operator.LinearOperator.norm_cache`, emptied when a weight
+    changes), so the SDP methods run on one graph materialise each layer once."""
     memo = op.norm_cache()
     if "lmi_dense" not in memo:
         memo["lmi_dense"] = _materialised(op, max_entries)
     return memo["lmi_dense"]
 
 
-def _materialised(op: LinearOperator, max_entries: int) -> tuple[np.ndarray, float]:
+def _materialised(op: LinearOperator, max_entries: int) -> tuple[np.ndarray, np.ndarray, float]:
     with torch.backends.cudnn.flags(enabled=False):  # no FFT / Winograd convolutions
         op = op.to(dtype=torch.float64)
         w = op.to_dense().detach().cpu().numpy()
         factors = [f for f in (op.ops if isinstance(op, Compose) else [op]) if not isinstance(f, (Reshape, Permute))]
+        g = gamma(sum(f.in_numel + 16 for f in factors))
         if len(factors) <= 1:
-            size = float(np.linalg.norm(w))
+            absolute = np.abs(w)
         else:
             if any(f.in_numel * f.out_numel > max_entries for f in factors):
                 raise NotApplicable(f"a factor of {op.label!r} is too large to materialise for an SDP")
-            mats = [np.abs(f.to_dense().detach().cpu().numpy()) for f in factors]
-            size = float(np.linalg.norm(mats[0]))
-            for m in mats[1:]:
-                size *= math.sqrt(float(m.sum(0).max()) * float(m.sum(1).max()))
-    return w, gamma(sum(f.in_numel + 16 for f in factors)) * size
+            absolute = np.eye(op.ops[0].in_numel)
+            for f in op.ops:  # permutations included (0/1 entries, exact); reshapes are the identity
+                if not isinstance(f, Reshape):
+                    absolute = np.abs(f.to_dense().detach().cpu().numpy()).reshape(f.out_numel, -1) @ absolute
+            absolute = absolute.reshape(w.shape)
+    # each computed |a_i| is within g of its exact factor's, the product of non-negative terms within g too
+    return w, absolute * (1 + 4 * g), g
 
 
-def _product(w: np.ndarray, ew: float, m: np.ndarray | float, em: float, cols: int) -> tuple[np.ndarray, float]:
-    """``w @ m`` (``m`` a matrix, or a float for that multiple of the identity of order ``cols``)
-    and a bound of its error, given those of ``w`` and ``m`` (module docstring)."""
-    wf = float(np.linalg.norm(w))
-    if isinstance(m, float):
-        return w * m, abs(m) * ew + (wf + ew) * em + UNIT_ROUNDOFF * abs(m) * wf
-    mf = float(np.linalg.norm(m))
-    return w @ m, ew * (mf + em) + wf * em + gamma(w.shape[1]) * wf * mf
+def _product(w: np.ndarray, w_abs: np.ndarray, g: float, m: Map, e: Err, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """``W^ m`` (``m`` a matrix, or a float for that multiple of the identity of order ``cols``)
+    and its entrywise error bound ``|W|~ (c |m| + e)``, ``c = gamma_k (1 + g) + g`` (module
+    docstring), rounded up."""
+    if isinstance(m, float) and isinstance(e, float):  # w m is one rounding per entry (exact for a power of two)
+        c = g + UNIT_ROUNDOFF * (1 + g)
+        return w * m, round_up(w_abs * (c * abs(m) + e), 2)
+    m, e = _dense(m, w.shape[1], cols), _dense(e, w.shape[1], cols)
+    c = gamma(w.shape[1]) * (1 + g) + g
+    return w @ m, round_up(w_abs @ (c * np.abs(m) + e), w.shape[1] + 2)
 
 
-def _sum(terms: list[tuple[np.ndarray | float, float]], rows: int, cols: int) -> tuple[np.ndarray | float, float]:
-    """The sum of block maps and a bound of its error: theirs plus ``gamma_{q-1}`` times their norms."""
+def _sum(terms: list[tuple[Map, Err]], rows: int, cols: int) -> tuple[Map, Err]:
+    """The sum of block maps and its entrywise error bound: theirs plus ``gamma_{q-1}`` times the
+    maps' absolute values."""
     maps = [m for m, _ in terms]
-    if all(isinstance(m, float) for m in maps):
-        value: np.ndarray | float = float(sum(maps))
-    else:
-        value = sum(_dense(m, rows, cols) for m in maps)
-    norms = sum(abs(m) * math.sqrt(cols) if isinstance(m, float) else float(np.linalg.norm(m)) for m in maps)
-    return value, sum(e for _, e in terms) + gamma(len(terms) - 1) * norms
+    if all(isinstance(m, float) for m in maps) and all(isinstance(e, float) for _, e in terms):
+        return float(sum(maps)), round_up(sum(e for _, e in terms) + gamma(len(terms) - 1) * sum(abs(m) for m in maps),
+                                          2 * len(terms))
+    value = sum(_dense(m, rows, cols) for m in maps)
+    err = sum(_dense(e, rows, cols) for _, e in terms) + gamma(len(terms) - 1) * sum(np.abs(_dense(m, rows, cols))
+                                                                                     for m in maps)
+    return value, round_up(err, 2 * len(terms))
+
+
+def row_norms(e: np.ndarray) -> np.ndarray:
+    """Upper bounds of the Euclidean norms of the rows of ``e >= 0`` (rounded up)."""
+    return round_up(np.sqrt(np.einsum("ij,ij->i", e, e)), e.shape[1] + 1)
 
 
 def _dense(m: np.ndarray | float, rows: int, cols: int) -> np.ndarray:
@@ -207,16 +225,15 @@ def _dense(m: np.ndarray | float, rows: int, cols: int) -> np.ndarray:
 
 
 def _concat(node: Concat, parts: list[Tracked], shapes: list[tuple[int, ...]]) -> Tracked:
-    """Maps of a concatenation: stack the inputs' rows in the order of the flattened output (exact;
-    the errors add in quadrature)."""
+    """Maps of a concatenation and their entrywise error bounds: both stack the inputs' rows in the
+    order of the flattened output (exact)."""
     starts = np.cumsum([0] + [math.prod(s) for s in shapes])
     idx = [torch.arange(int(starts[i]), int(starts[i + 1])).reshape(s) for i, s in enumerate(shapes)]
     order = torch.cat(idx, dim=node.axis).reshape(-1).numpy()
     acc: dict[int, np.ndarray] = {}
-    err: dict[int, float] = {}
+    err: dict[int, np.ndarray] = {}
     for i, p in enumerate(parts):
         for k, (m, e) in p.items():
-            full = acc.setdefault(k, np.zeros((int(starts[-1]), m.shape[1])))
-            full[starts[i]:starts[i + 1]] += m
-            err[k] = math.hypot(err.get(k, 0.0), e)
-    return {k: (m[order], err[k]) for k, m in acc.items()}
+            acc.setdefault(k, np.zeros((int(starts[-1]), m.shape[1])))[starts[i]:starts[i + 1]] += m
+            err.setdefault(k, np.zeros((int(starts[-1]), m.shape[1])))[starts[i]:starts[i + 1]] += e
+    return {k: (m[order], err[k][order]) for k, m in acc.items()}

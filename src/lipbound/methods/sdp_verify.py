@@ -46,7 +46,7 @@ never checked.
 (:meth:`~lipbound.methods.lmi.LipschitzLMI.blocks_of_N`), with each unstable neuron's sector
 ``[lo_i, hi_i]`` (the global range, or its slope interval on a localized graph; stable neurons are
 folded into the linear maps by :mod:`lipbound.methods.lmi_build`), and the rounding bounds take
-``max |lo_i hi_i|`` and ``max |lo_i + hi_i|`` over each block. A checked certificate on a localized
+each neuron's own ``|lo_i hi_i|``, ``|lo_i + hi_i|`` and multiplier ``t_i`` with its row's norms. A checked certificate on a localized
 graph bounds ``||f(x) - f(y)|| / ||x - y||`` for every pair in its (convex) region
 (:mod:`lipbound.methods.lmi`, *Local constants*).
 
@@ -212,11 +212,12 @@ def certify(lmi: LipschitzLMI, t: np.ndarray, *, claimed_rho: float | None = Non
        and the largest entry of ``t`` (leaving ``MIX_STEPS`` evaluations to step 2 when there is an
        ``interior``): a first-order solver
        drives the multipliers of a few neurons to 1e4-1e5 times the median for a negligible gain
-       in ``rho*``, and the margin grows with ``max t`` (the rounding bounds
-       :meth:`~lipbound.methods.lmi.LipschitzLMI.data_margin` and ``abs_scale`` take each block's
-       largest multiplier), until it exceeds the least eigenvalue of the neuron block (measured on
-       ResNet-2B's localized LMI: margin 0.0123 against 0.00068; capped at ``c = 300`` the margin
-       is 5e-5 and ``rho*`` rises by 0.4%);
+       in ``rho*``, and the margin grows with them (the trace term of the Cholesky proof, and the
+       rounding bounds :meth:`~lipbound.methods.lmi.LipschitzLMI.data_margin` and ``abs_scale``
+       on those neurons' rows), until it can exceed the least eigenvalue of the neuron block
+       (measured on ResNet-2B's localized LMI, when those bounds took each block's largest
+       multiplier: margin 0.0123 against 0.00068; capped at ``c = 300`` the margin was 5e-5 and
+       ``rho*`` rose by 0.4%);
     2. **mixing** ``(1 - lam) t_c + lam interior`` with the best capped ``t_c``, for
        ``lam = 10^(k/2 - 2.5)``, ``k < MIX_STEPS`` (the last, ``lam = 1``, is ``interior`` itself);
        ``interior`` (optional: multipliers at which the neuron block of ``N`` is positive definite,
