@@ -262,8 +262,8 @@ def test_a_leaf_whose_pattern_has_no_region_in_the_box_is_dropped():
         on = z > 0
         on[:2] = (True, True) if both_active else (z[0] > 0, z[1] > 0)
         pre = [(np.where(on, 0.0, -5.0), np.where(on, 5.0, 0.0))]
-        search = _Search(bb, pre, 1e-9, 0)
-        assert (search._tighten(pre, [np.ones(6, bool)]) is None) == dropped
+        search = _Search(bb, [], pre, 1e-9, 0)
+        assert (not search._leaf(pre)) == dropped
 
 
 def test_split_lp_solves_after_another_highs_model_has_run():

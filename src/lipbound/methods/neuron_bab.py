@@ -69,8 +69,9 @@ from .lipsdp import lipsdp
 from .piecewise import mlp_layers
 from .propagation import localize
 from .region import Box, as_box
-from .relu_boxes import norm_bound
+from .relu_boxes import Layer, norm_bound
 from .float_error import gamma, round_up
+from .split_crown import node_bounds
 from .split_lp import FREE, SplitLP, states
 
 __all__ = ["neuron_bab", "slope_bound"]
@@ -148,52 +149,67 @@ class _Node:
     pre: list = field(compare=False)  # per hidden layer (l, u)
     split: list = field(compare=False)  # per hidden layer: neurons fixed by a split
     scores: list = field(compare=False)
+    sdp_due: bool = field(compare=False, default=False)  # LipSDP not tried yet (done when it reaches the top)
 
 
 class _Search:
     """The best-first search (module doc) with root bounds ``pre``; ``net`` keeps the witnesses
-    and decides the leaves' regions (``exact``'s LP checks with exact-arithmetic certificates)."""
+    and decides the leaves' regions (``exact``'s LP checks with exact-arithmetic certificates);
+    ``chain``: the network for :func:`.split_crown.node_bounds`."""
 
-    def __init__(self, net: BranchAndBound, pre: list[tuple[np.ndarray, np.ndarray]], rtol: float,
-                 vertex_units: int, sdp: Callable[[list, float], float] | None = None) -> None:
-        self.net, self.rtol, self.vertex_units, self.sdp = net, rtol, vertex_units, sdp
+    def __init__(self, net: BranchAndBound, chain: list, pre: list[tuple[np.ndarray, np.ndarray]], rtol: float,
+                 vertex_units: int, sdp: Callable[[list, float], float] | None = None, batch: int = 8) -> None:
+        self.net, self.chain, self.rtol, self.vertex_units, self.sdp, self.batch = net, chain, rtol, vertex_units, sdp, batch
         self.sdp_calls = 0
         self.hidden_w = net.w[:-1]
         self.hidden_b = net.num.b[:-1]
         self.use_lp = net.dim + net.n_neurons <= MAX_LP_VARIABLES
         self.heap: list[_Node] = []
-        self.nodes = self.lps = self.empty = self.closed = 0
+        self.nodes = self.lps = self.empty = self.closed = self.root_lp_units = 0
         self.root = [(l.copy(), u.copy()) for l, u in pre]
-        self.deadline = math.inf
+        self.deadline = self.sdp_seconds = math.inf
 
-    def start(self, deadline: float) -> None:
-        self.deadline = deadline
-        self._push(self.root, [np.zeros(len(l), dtype=bool) for l, _ in self.root])
+    def start(self, deadline: float, lp_deadline: float, lp_units: int, sdp_seconds: float) -> None:
+        """Bound the root: LP tightening of its ``lp_units`` most influential unstable neurons until
+        ``lp_deadline`` (the others keep their CROWN bounds, re-run after each layer), then its
+        interval and LipSDP bounds (each LipSDP call gets at most ``sdp_seconds``)."""
+        self.deadline, self.sdp_seconds = deadline, sdp_seconds
+        split = [np.zeros(len(l), dtype=bool) for l, _ in self.root]
+        pre = self._tighten_root(self.root, split, min(lp_deadline, deadline), lp_units)
+        if pre is None:
+            self.empty += 1
+            return
+        self._push(pre, split)
+        if self.heap and self.heap[0].sdp_due:
+            self._lipsdp(heapq.heappop(self.heap))
 
     def upper(self) -> float:
         top = self.heap[0].upper if self.heap else -math.inf
         return max(top, self.net.best)  # a closed node's bound is below the best witness
 
-    def _tighten(self, pre: list, split: list) -> list | None:
-        """The node's bounds tightened by its LP relaxation, layer by layer (until the deadline:
-        bounds not reached keep their values, which hold); None: proved empty."""
-        if not self.use_lp:
+    def _tighten_root(self, pre: list, split: list, deadline: float, units: int) -> list | None:
+        """The root's bounds tightened by its LP relaxation for its ``units`` most influential
+        unstable neurons (:func:`_influence`), layer by layer, each layer in influence order, until
+        ``deadline`` (bounds not reached keep their values, which hold); after each layer the later
+        layers' bounds are intersected with CROWN's from the tightened ones; None: proved empty."""
+        if not self.use_lp or units <= 0:
             return pre
         pre = [(l.copy(), u.copy()) for l, u in pre]
-        if not any((states(l, u) == FREE).any() for l, u in pre):  # a leaf: one activation pattern
-            verdict, point = self.net.check_region(np.concatenate([(l >= 0).astype(int) for l, _ in pre]))
-            if point is not None:  # verified inside the region: its Jacobian is the leaf's
-                self.net.sample(point[None])
-            return None if verdict == "none" else pre
+        lo = [np.where(l >= 0, 1.0, 0.0) for l, _ in pre]
+        hi = [np.where(u > 0, 1.0, 0.0) for _, u in pre]
+        scores = _influence(self.net.w, lo, hi)
+        flat = np.concatenate(scores)
+        cut = np.sort(flat)[::-1][min(units, len(flat)) - 1] if (flat > 0).any() else np.inf
         for m in range(len(pre)):
-            free = np.flatnonzero(states(*pre[m]) == FREE)
-            if not len(free):
+            chosen = [i for i in np.argsort(-scores[m], kind="stable") if scores[m][i] > 0 and scores[m][i] >= cut]
+            if not chosen:
                 continue
             lp = SplitLP(self.hidden_w, self.hidden_b, pre, split, self.net.lo, self.net.hi)
-            for i in free:
-                if time.perf_counter() > self.deadline:
-                    break
+            for i in chosen:
+                if time.perf_counter() > deadline or (states(*pre[m]) != FREE)[i]:
+                    continue
                 got = lp.bound(m, i)
+                self.root_lp_units += 1
                 if got is None:
                     self.lps += lp.lps
                     return None
@@ -206,30 +222,52 @@ class _Search:
                 if points:
                     self.net.sample(np.clip(np.stack(points), self.net.lo, self.net.hi))
             self.lps += lp.lps
+            pre = node_bounds(self.chain, [pre], self.net.lo, self.net.hi)[0]
         return pre
 
+    def _leaf(self, pre: list) -> bool:
+        """A leaf (every neuron's state known: one activation pattern) is kept unless ``exact``'s
+        region check proves its region empty; its verified interior point is sampled as a witness."""
+        verdict, point = self.net.check_region(np.concatenate([(l >= 0).astype(int) for l, _ in pre]))
+        if point is not None:  # verified inside the region: its Jacobian is the leaf's
+            self.net.sample(point[None])
+        return verdict != "none"
+
     def _push(self, pre: list, split: list, cap: float = math.inf) -> None:
-        """Bound the node and queue it; ``cap`` is its parent's bound, which holds on the node too
-        (its inputs and slope box are subsets of the parent's): a child whose own bound came out
-        looser (LipSDP or the LP tightening cut by the deadline) keeps the parent's."""
-        pre = self._tighten(pre, split)
-        if pre is None:
+        """Bound the node by its interval Jacobian and queue it, its LipSDP bound due when it reaches
+        the top; ``cap`` is its parent's bound, which holds on the node too (its inputs and slope box
+        are subsets of the parent's): a child whose own bound came out looser keeps the parent's."""
+        if any((l > u).any() for l, u in pre):  # rigorous bounds that cross: no input of the box is in the node
+            self.empty += 1
+            return
+        if not any((states(l, u) == FREE).any() for l, u in pre) and not self._leaf(pre):
             self.empty += 1
             return
         upper, scores = slope_bound(self.net.w, pre, self.vertex_units)
         upper = min(upper, cap)
-        left = self.deadline - time.perf_counter()
-        if self.sdp is not None and upper > self.net.best * (1 + self.rtol) and left > 0:
-            upper = min(upper, self.sdp(pre, left))
-            self.sdp_calls += 1
         if upper <= self.net.best * (1 + self.rtol):
             self.closed += 1
             return
-        heapq.heappush(self.heap, _Node(-upper, upper, pre, split, scores))
+        due = self.sdp is not None and any((states(l, u) == FREE).any() for l, u in pre)
+        heapq.heappush(self.heap, _Node(-upper, upper, pre, split, scores, due))
+
+    def _lipsdp(self, node: _Node) -> None:
+        """Lower ``node``'s bound by LipSDP-Neuron (module doc) and queue it again (or close it)."""
+        left = min(self.deadline - time.perf_counter(), self.sdp_seconds)
+        if left > 0:
+            node.upper = min(node.upper, self.sdp(node.pre, left))
+            self.sdp_calls += 1
+        node.key, node.sdp_due = -node.upper, False
+        if node.upper <= self.net.best * (1 + self.rtol):
+            self.closed += 1
+            return
+        heapq.heappush(self.heap, node)
 
     def run(self, deadline: float, max_nodes: int) -> str:
-        """Expand nodes until solved (``"converged"``), ``max_nodes`` (``"work"``) or ``deadline``
-        (``"time"``: a node starts only if the last one's seconds fit before it)."""
+        """Expand the top nodes (up to ``batch`` at once, their children bounded together) until
+        solved (``"converged"``), ``max_nodes`` (``"work"``), ``deadline`` (``"time"``: a step starts
+        only if the last one's seconds fit before it) or an open leaf on top whose bound stays above
+        the lower one (``"open-leaf"``: its point was not accepted as a witness)."""
         step = 0.0
         while self.heap:
             if self.heap[0].upper <= self.net.best * (1 + self.rtol):
@@ -239,24 +277,37 @@ class _Search:
             start = time.perf_counter()
             if start + step > deadline:
                 return "time"
-            node = heapq.heappop(self.heap)
-            flat = np.concatenate(node.scores)
-            if not (flat > 0).any():  # every neuron stable: the bound is the Jacobian's norm, kept open
-                heapq.heappush(self.heap, node)
-                return "converged"
-            self.nodes += 1
-            j = int(np.argmax(flat))
-            m = int(np.searchsorted(np.cumsum([len(s) for s in node.scores]), j, side="right"))
-            i = j - sum(len(s) for s in node.scores[:m])
-            for pre, split in children(node.pre, node.split, m, i):
-                self._push(pre, split, node.upper)
+            if self.heap[0].sdp_due:
+                self._lipsdp(heapq.heappop(self.heap))
+                step = time.perf_counter() - start
+                continue
+            batch = []
+            while self.heap and len(batch) < min(self.batch, max_nodes - self.nodes) and not self.heap[0].sdp_due \
+                    and (np.concatenate(self.heap[0].scores) > 0).any():
+                batch.append(heapq.heappop(self.heap))
+            if not batch:  # every neuron of the top node stable: its bound is its Jacobian's norm
+                return "open-leaf"
+            self.nodes += len(batch)
+            kids, caps = [], []
+            for node in batch:
+                flat = np.concatenate(node.scores)
+                j = int(np.argmax(flat))
+                m = int(np.searchsorted(np.cumsum([len(s) for s in node.scores]), j, side="right"))
+                i = j - sum(len(s) for s in node.scores[:m])
+                for pre, split in children(node.pre, node.split, m, i):
+                    kids.append((pre, split))
+                    caps.append(node.upper)
+            tightened = node_bounds(self.chain, [pre for pre, _ in kids], self.net.lo, self.net.hi)
+            for pre, (_, split), cap in zip(tightened, kids, caps):
+                self._push(pre, split, cap)
             step = time.perf_counter() - start
         return "converged"
 
 
 def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = None,
                time_budget: float = 60.0, max_nodes: int = 100_000, rtol: float = 1e-6,
-               vertex_units: int = 8, lower_share: float = 0.0, node_sdp: bool = True) -> Result:
+               vertex_units: int = 8, lower_share: float = 0.0, node_sdp: bool = True, root_lp_share: float = 0.2,
+               root_lp_units: int = 128, sdp_share: float = 0.25, batch: int = 8) -> Result:
     """Certified local Lipschitz bound (L2 -> L2) of a ReLU MLP on a box by neuron branch and bound
     (module doc).
 
@@ -273,10 +324,16 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
             measured on mnistfc_256x2 prop 3, a lower-milp run earlier in the same process left the
             root bound at 26.28 instead of 23.90, cause not found; run ``lower-milp`` beside it instead).
         node_sdp: also bound each node by LipSDP-Neuron on its slope box (module doc), while time is left.
+        root_lp_share: fraction of the budget the root's LP tightening may take (a cap).
+        root_lp_units: most unstable neurons the root's LP tightens, the most influential first (a work cap).
+        sdp_share: fraction of the budget one LipSDP bound may take (a cap).
+        batch: most nodes expanded together (their children's CROWN bounds in one batch).
     """
-    if not (time_budget > 0 and max_nodes >= 1 and rtol >= 0 and 0 <= vertex_units <= 16 and 0 <= lower_share < 1):
+    if not (time_budget > 0 and max_nodes >= 1 and rtol >= 0 and 0 <= vertex_units <= 16 and 0 <= lower_share < 1
+            and 0 <= root_lp_share <= 1 and root_lp_units >= 0 and 0 < sdp_share <= 1 and batch >= 1):
         raise InvalidInput("neuron-bab: time_budget must be > 0, max_nodes >= 1, rtol >= 0, "
-                           "0 <= vertex_units <= 16 and 0 <= lower_share < 1")
+                           "0 <= vertex_units <= 16, 0 <= lower_share < 1, 0 <= root_lp_share <= 1, "
+                           "root_lp_units >= 0, 0 < sdp_share <= 1 and batch >= 1")
     t0 = time.perf_counter()
     region = graph.region if domain is None else domain
     if region is None:
@@ -305,9 +362,10 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
         if x is not None:
             net.sample(x.reshape(1, -1).to(torch.float64).numpy())
     pre = [(l.pre[0].numpy(), l.pre[1].numpy()) for l in layers[:-1]]
-    search = _Search(net, pre, rtol, vertex_units, _sdp_bound(local) if node_sdp else None)
+    search = _Search(net, _chain(net), pre, rtol, vertex_units, _sdp_bound(local) if node_sdp else None, batch)
     seeded = net.best
-    search.start(t0 + time_budget)
+    now = time.perf_counter()
+    search.start(t0 + time_budget, now + root_lp_share * time_budget, root_lp_units, sdp_share * time_budget)
     root_upper = search.upper()
     status = search.run(t0 + time_budget, max_nodes)
     upper = search.upper()
@@ -318,12 +376,25 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
                "lps": search.lps, "sdp_bounds": search.sdp_calls, "unstable_neurons": unstable, "lp_tightening": search.use_lp,
                "domain": box.describe(), "root_upper": root_upper,
                "seeded_lower": seeded if seeded > -math.inf else None,
-               "stopped_by": status if status == "converged" else stopped_by([status, lower_stop])}
+               "root_lp_units": search.root_lp_units,
+               "stopped_by": status if status in ("converged", "open-leaf") else stopped_by([status, lower_stop])}
+    if status == "converged" and not upper <= lower * (1 + rtol):  # the best witness failed its re-check
+        details["stopped_by"] = "witness-recheck"
     seconds = time.perf_counter() - t0
     if status == "converged" and lower > -math.inf and upper <= lower * (1 + rtol):
         return Result("neuron-bab", lower, "exact", seconds, witness=witness, details=details,
                       bracket=(lower, max(upper, lower)))
     return Result("neuron-bab", upper, "certified_upper", seconds, witness=witness, details=details)
+
+
+def _chain(net: BranchAndBound) -> list[Layer]:
+    """The hidden layers of ``net`` as :class:`.relu_boxes.Layer` for :func:`.split_crown.node_bounds`:
+    the float64 weights every other bound of this method takes as the network (zero enclosures)."""
+    out = []
+    for w, b in zip(net.w[:-1], net.num.b[:-1]):
+        W, c = torch.from_numpy(np.asarray(w, dtype=np.float64)), torch.from_numpy(np.asarray(b, dtype=np.float64))
+        out.append(Layer(W, torch.zeros_like(W), c, torch.zeros_like(c)))
+    return out
 
 
 def _sdp_bound(local: Graph) -> Callable[[list, float], float]:
