@@ -99,7 +99,7 @@ def test_a_capped_root_lp_still_closes_on_the_brute_force_constant(seed, widths,
     high = torch.rand(widths[0], generator=gen, dtype=torch.float64) + 0.3
     truth = _exact_local(net, low.numpy(), high.numpy())
     res = METHODS["neuron-bab"](as_graph(net, (widths[0],)), domain=(low, high), time_budget=20, vertex_units=0,
-                                node_sdp=False, root_lp_units=units, batch=3)
+                                node_sdp=False, root_lp_units=units, batch=3, ascent_share=0)
     assert res.details["root_lp_units"] <= units
     assert res.details["upper"] >= truth * (1 - 1e-9)
     assert res.kind == "exact" and res.value == pytest.approx(truth, rel=1e-6)
@@ -110,6 +110,6 @@ def test_a_search_stopped_with_a_gap_does_not_say_converged():
     net = _net(6, (4, 3, 3, 3, 2))
     low, high = -torch.ones(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
     res = METHODS["neuron-bab"](as_graph(net, (4,)), domain=(low, high), time_budget=20, vertex_units=0,
-                                node_sdp=False, max_nodes=1, root_lp_units=0)
+                                node_sdp=False, max_nodes=1, root_lp_units=0, ascent_share=0)
     assert res.details["upper"] > res.details["lower"]
     assert res.kind == "certified_upper" and res.details["stopped_by"] == "work"

@@ -9,9 +9,15 @@ open leaves bounds ``L_X`` (a point on the split plane belongs to both children;
 of the box away from all kinks have an open neighbourhood in one leaf, and the kinks are a null
 set, so the sup over interior points is the max over the leaves' sups).
 
-**A node's bound** (certified). 1. Its pre-activation bounds ``[l_i, u_i]`` are tightened by the
-LP relaxation of the node (:mod:`~lipbound.methods.split_lp`: weak duality, rigorous rounding),
-which also proves some nodes **empty** (dropped). 2. Each neuron's slope then lies in ``{1}``
+**A node's bound** (certified). 1. Its pre-activation bounds ``[l_i, u_i]``: at the **root**, the
+CROWN bounds of :func:`~lipbound.methods.propagation.localize`, tightened by the LP relaxation
+(:mod:`~lipbound.methods.split_lp`: weak duality, rigorous rounding) for at most ``root_lp_units``
+unstable neurons, the most influential first, within ``root_lp_share`` of the budget (the others keep
+their bounds, intersected with CROWN's from the tightened layers: every bound kept holds, so a cut
+tightening is still sound); at every **other node**, the parent's bounds with the split neuron clamped
+at 0, intersected with CROWN's under the node's splits (:mod:`~lipbound.methods.split_crown`, batched
+over the children of up to ``batch`` nodes). Crossing bounds (``l_i > u_i``) prove a node **empty**
+(dropped). 2. Each neuron's slope then lies in ``{1}``
 (``l_i >= 0``), ``{0}`` (``u_i <= 0``) or ``[0, 1]`` at every input of the node, and
 ``sup ||J(D)||_2`` over that slope box is bounded by a backward interval Jacobian (from the output,
 whose 10 rows make it cheap) with the slopes of the ``vertex_units`` most influential free neurons
@@ -19,13 +25,15 @@ enumerated at their ends: ``J`` is affine in each slope, so its norm is convex i
 supremum is reached at a vertex (the argument of :mod:`~lipbound.methods.slope_box`). For ``|J - C| <= R``,
 ``||J||_2 <= min(||C||_2 + ||R||_F, || |C| + R ||_2)``; every float64 product adds a rigorous bound of
 its rounding (Higham's ``gamma_n``) and the SVDs get the library's ``CERTIFIED_RTOL`` margin.
-3. While time is left (``node_sdp``), the node is also bounded by LipSDP-Neuron
-(:mod:`~lipbound.methods.lipsdp`, its certificate checked in float64) on the graph whose ReLUs carry
+3. When the node reaches the top of the queue (lazily: a node closed by its interval bound never
+pays for it), it is also bounded by LipSDP-Neuron (:mod:`~lipbound.methods.lipsdp`, its certificate
+checked in float64, at most ``sdp_share`` of the budget per call) on the graph whose ReLUs carry
 the node's bounds: its LMI (Fazlyab et al. 2019, Theorem 2) holds for every increment
 ``(dx, dh = D W dx)`` with ``D`` in the per-neuron sectors, so it bounds ``||J(D) v||`` for every ``D``
 in the slope box, hence ``||Df(x)||_2`` at every differentiable input of the node. The smaller
-bound is kept. (On mnistfc_256x2 the slope-box maximum is within ~5% of LipSDP's value, the
-interval bound ~3x above it: benchmarks/results/local_mnistfc.md.)
+bound is kept, and never more than the parent's (its inputs and slope box contain the child's).
+(On mnistfc_256x2 the slope-box maximum is within ~5% of LipSDP's value, the interval bound ~3x
+above it: benchmarks/results/local_mnistfc.md.)
 
 Only pointwise Jacobian bounds are used: a node's inputs need not be convex (a split of a second
 layer neuron cuts the box by a non-linear surface), and no pair argument is made inside a node.
@@ -36,16 +44,19 @@ interval Jacobian from the output to the neuron, ``F``: from the input to it). A
 does not exceed the best witnessed lower bound times ``1 + rtol`` is closed.
 
 **Lower bound.** Jacobians at witnesses (:class:`~lipbound.methods.exact_network.WitnessedNet`:
-inside the box, off every kink by the rounding bound): the LP points of every node, and first the
-witness of ``lower-milp`` (on ``lower_share`` of the budget), re-checked independently at the end.
+inside the box, off every kink by the rounding bound): the root's LP points, and first the
+witnesses of ``lower`` (gradient ascent, on ``ascent_share`` of the budget) and ``lower-milp`` (on
+``lower_share``), re-checked independently at the end.
 A **leaf** (every neuron's state known) is one activation pattern: ``exact``'s region check
 (:meth:`~lipbound.methods.exact_search.BranchAndBound.check_region`: an LP proposes, an exact-arithmetic
 certificate proves the region has no interior point in the box) drops it when empty, and its
 verified interior point witnesses its Jacobian's norm otherwise.
 
 It stops when the largest open bound meets the lower bound (``"converged"``, kind ``exact``),
-after ``max_nodes`` nodes (``"work"``), or when the budget is spent (``"time"``, an outer cap): the
-result is then the **certified upper** bound reached, never a guess.
+after ``max_nodes`` nodes (``"work"``), when the budget is spent (``"time"``, an outer cap), or
+with an open leaf on top whose point was not accepted as a witness (``"open-leaf"``; a best
+witness that fails the final re-check says ``"witness-recheck"``): the result is then the
+**certified upper** bound reached, never a guess.
 """
 
 from __future__ import annotations
@@ -306,7 +317,7 @@ class _Search:
 
 def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = None,
                time_budget: float = 60.0, max_nodes: int = 100_000, rtol: float = 1e-6,
-               vertex_units: int = 8, lower_share: float = 0.0, node_sdp: bool = True, root_lp_share: float = 0.2,
+               vertex_units: int = 8, lower_share: float = 0.0, ascent_share: float = 0.1, node_sdp: bool = True, root_lp_share: float = 0.2,
                root_lp_units: int = 128, sdp_share: float = 0.25, batch: int = 8) -> Result:
     """Certified local Lipschitz bound (L2 -> L2) of a ReLU MLP on a box by neuron branch and bound
     (module doc).
@@ -323,6 +334,10 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
         lower_share: fraction of the budget given to ``lower-milp`` for the first lower bound (default 0:
             measured on mnistfc_256x2 prop 3, a lower-milp run earlier in the same process left the
             root bound at 26.28 instead of 23.90, cause not found; run ``lower-milp`` beside it instead).
+        ascent_share: fraction of the budget given to ``lower`` (gradient ascent on the Jacobian's norm in
+            the box) for a first witness, before the search (it prunes nodes from the start). What
+            stopped these first witnesses' searches is ``details["seed_stopped_by"]`` (``"time"``: the
+            lower end may differ between runs); ``details["stopped_by"]`` is the search's.
         node_sdp: also bound each node by LipSDP-Neuron on its slope box (module doc), while time is left.
         root_lp_share: fraction of the budget the root's LP tightening may take (a cap).
         root_lp_units: most unstable neurons the root's LP tightens, the most influential first (a work cap).
@@ -330,9 +345,9 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
         batch: most nodes expanded together (their children's CROWN bounds in one batch).
     """
     if not (time_budget > 0 and max_nodes >= 1 and rtol >= 0 and 0 <= vertex_units <= 16 and 0 <= lower_share < 1
-            and 0 <= root_lp_share <= 1 and root_lp_units >= 0 and 0 < sdp_share <= 1 and batch >= 1):
+            and 0 <= ascent_share < 1 and 0 <= root_lp_share <= 1 and root_lp_units >= 0 and 0 < sdp_share <= 1 and batch >= 1):
         raise InvalidInput("neuron-bab: time_budget must be > 0, max_nodes >= 1, rtol >= 0, "
-                           "0 <= vertex_units <= 16, 0 <= lower_share < 1, 0 <= root_lp_share <= 1, "
+                           "0 <= vertex_units <= 16, 0 <= lower_share < 1, 0 <= ascent_share < 1, 0 <= root_lp_share <= 1, "
                            "root_lp_units >= 0, 0 < sdp_share <= 1 and batch >= 1")
     t0 = time.perf_counter()
     region = graph.region if domain is None else domain
@@ -353,14 +368,16 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
         raise NotApplicable("neuron-bab: every activation must be a ReLU")
     net = BranchAndBound(layers, box, rtol)  # its witnesses, and its region checks for the leaves
     net.sample(box.center.reshape(1, -1).to(torch.float64).numpy())
-    lower_stop = "converged"
-    if lower_share > 0 and net.kinked:
-        from .lower_milp import lower_milp  # a method of its own: imported where used
-        found = lower_milp(local, seed=seed, domain=box, time_budget=lower_share * time_budget)
-        lower_stop = found.details.get("stopped_by", "converged")
-        x = getattr(found.witness, "x", None)  # a point witness (a pair gives no Jacobian)
-        if x is not None:
-            net.sample(x.reshape(1, -1).to(torch.float64).numpy())
+    lower_stops = []
+    from .lower import lower as ascent  # methods of their own: imported where used
+    from .lower_milp import lower_milp
+    for method, share in ((ascent, ascent_share), (lower_milp, lower_share)):
+        if share > 0 and net.kinked:
+            found = method(local, seed=seed, domain=box, time_budget=share * time_budget)
+            lower_stops.append(found.details.get("stopped_by", "converged"))
+            x = getattr(found.witness, "x", None)  # a point witness (a pair gives no Jacobian)
+            if x is not None:
+                net.sample(x.reshape(1, -1).to(torch.float64).numpy())
     pre = [(l.pre[0].numpy(), l.pre[1].numpy()) for l in layers[:-1]]
     search = _Search(net, _chain(net), pre, rtol, vertex_units, _sdp_bound(local) if node_sdp else None, batch)
     seeded = net.best
@@ -377,7 +394,7 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
                "domain": box.describe(), "root_upper": root_upper,
                "seeded_lower": seeded if seeded > -math.inf else None,
                "root_lp_units": search.root_lp_units,
-               "stopped_by": status if status in ("converged", "open-leaf") else stopped_by([status, lower_stop])}
+               "stopped_by": status, "seed_stopped_by": stopped_by(lower_stops)}
     if status == "converged" and not upper <= lower * (1 + rtol):  # the best witness failed its re-check
         details["stopped_by"] = "witness-recheck"
     seconds = time.perf_counter() - t0
