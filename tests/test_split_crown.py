@@ -99,8 +99,8 @@ def test_a_capped_root_lp_still_closes_on_the_brute_force_constant(seed, widths,
     high = torch.rand(widths[0], generator=gen, dtype=torch.float64) + 0.3
     truth = _exact_local(net, low.numpy(), high.numpy())
     res = METHODS["neuron-bab"](as_graph(net, (widths[0],)), domain=(low, high), time_budget=20, vertex_units=0,
-                                node_sdp=False, root_lp_units=units, batch=3, ascent_share=0)
-    assert res.details["root_lp_units"] <= units
+                                node_sdp=False, root_lp_units=units, batch=3, ascent_share=0, node_lp_units=0)
+    assert res.details["lp_units"] <= units
     assert res.details["upper"] >= truth * (1 - 1e-9)
     assert res.kind == "exact" and res.value == pytest.approx(truth, rel=1e-6)
     assert res.details["stopped_by"] == "converged"
@@ -113,3 +113,16 @@ def test_a_search_stopped_with_a_gap_does_not_say_converged():
                                 node_sdp=False, max_nodes=1, root_lp_units=0, ascent_share=0)
     assert res.details["upper"] > res.details["lower"]
     assert res.kind == "certified_upper" and res.details["stopped_by"] == "work"
+
+
+@pytest.mark.parametrize("seed,widths", [(0, (2, 5, 4, 2)), (1, (2, 4, 4, 2))])
+def test_node_lp_tightening_keeps_the_search_exact(seed, widths):
+    """Every node that reaches the top is tightened by its LP (2 neurons each) before it is split."""
+    net = _net(seed, widths)
+    low, high = -torch.ones(widths[0], dtype=torch.float64), torch.ones(widths[0], dtype=torch.float64)
+    truth = _exact_local(net, low.numpy(), high.numpy())
+    res = METHODS["neuron-bab"](as_graph(net, (widths[0],)), domain=(low, high), time_budget=20, vertex_units=0,
+                                node_sdp=False, root_lp_units=0, node_lp_units=2, ascent_share=0)
+    assert res.details["lp_units"] > 0 and res.details["search_nodes"] > 0
+    assert res.details["upper"] >= truth * (1 - 1e-9)
+    assert res.kind == "exact" and res.value == pytest.approx(truth, rel=1e-6)

@@ -17,16 +17,14 @@ their bounds, intersected with CROWN's from the tightened layers: every bound ke
 tightening is still sound); at every **other node**, the parent's bounds with the split neuron clamped
 at 0, intersected with CROWN's under the node's splits (:mod:`~lipbound.methods.split_crown`, batched
 over the children of up to ``batch`` nodes). Crossing bounds (``l_i > u_i``) prove a node **empty**
-(dropped). 2. Each neuron's slope then lies in ``{1}``
-(``l_i >= 0``), ``{0}`` (``u_i <= 0``) or ``[0, 1]`` at every input of the node, and
-``sup ||J(D)||_2`` over that slope box is bounded by a backward interval Jacobian (from the output,
-whose 10 rows make it cheap) with the slopes of the ``vertex_units`` most influential free neurons
-enumerated at their ends: ``J`` is affine in each slope, so its norm is convex in each and the
-supremum is reached at a vertex (the argument of :mod:`~lipbound.methods.slope_box`). For ``|J - C| <= R``,
-``||J||_2 <= min(||C||_2 + ||R||_F, || |C| + R ||_2)``; every float64 product adds a rigorous bound of
-its rounding (Higham's ``gamma_n``) and the SVDs get the library's ``CERTIFIED_RTOL`` margin.
+(dropped). 2. Each neuron's slope then lies in ``{1}``, ``{0}`` or ``[0, 1]`` at every input of the
+node, and ``sup ||J(D)||_2`` over that slope box is bounded by a backward interval Jacobian with the
+``vertex_units`` most influential free neurons' slopes enumerated at their ends
+(:func:`.interval_jacobian.slope_bound`: certified, rigorous rounding).
 3. When the node reaches the top of the queue (lazily: a node closed by its interval bound never
-pays for it), it is also bounded by LipSDP-Neuron (:mod:`~lipbound.methods.lipsdp`, its certificate
+pays for them), its bounds are tightened by its LP (at most ``node_lp_units`` neurons, the most
+influential first, within ``node_lp_share`` of the budget; the LP enforces the node's splits,
+which CROWN relaxes away), and it is also bounded by LipSDP-Neuron (:mod:`~lipbound.methods.lipsdp`, its certificate
 checked in float64, at most ``sdp_share`` of the budget per call) on the graph whose ReLUs carry
 the node's bounds: its LMI (Fazlyab et al. 2019, Theorem 2) holds for every increment
 ``(dx, dh = D W dx)`` with ``D`` in the per-neuron sectors, so it bounds ``||J(D) v||`` for every ``D``
@@ -80,59 +78,14 @@ from .lipsdp import lipsdp
 from .piecewise import mlp_layers
 from .propagation import localize
 from .region import Box, as_box
-from .relu_boxes import Layer, norm_bound
-from .float_error import gamma, round_up
+from .interval_jacobian import influence, slope_bound
+from .relu_boxes import Layer
 from .split_crown import node_bounds
 from .split_lp import FREE, SplitLP, states
 
-__all__ = ["neuron_bab", "slope_bound"]
+__all__ = ["neuron_bab", "slope_bound"]  # slope_bound: re-exported from interval_jacobian
 
 MAX_LP_VARIABLES = 4000  # above this many LP variables the nodes keep their propagated bounds (no LP)
-
-
-def slope_bound(weights: list[np.ndarray], pre: list[tuple[np.ndarray, np.ndarray]],
-                vertex_units: int = 8) -> tuple[float, list[np.ndarray]]:
-    """``(value, scores)``: ``value >= sup ||W_K D_{K-1} ... D_1 W_1||_2`` over the slope box of the
-    ReLU pre-activation bounds ``pre`` (module doc), and per hidden layer the influence of each free
-    neuron (0 for the others)."""
-    lo = [np.where(l >= 0, 1.0, 0.0) for l, _ in pre]
-    hi = [np.where(u > 0, 1.0, 0.0) for _, u in pre]
-    scores = _influence(weights, lo, hi)
-    flat = np.concatenate(scores)
-    k = int(min(vertex_units, (flat > 0).sum()))
-    chosen = np.argsort(-flat, kind="stable")[:k]
-    starts = np.cumsum([0] + [len(s) for s in scores])
-    batch = 1 << k
-    bits = ((np.arange(batch)[:, None] >> np.arange(k)) & 1).astype(np.float64)
-    c = torch.from_numpy(weights[-1]).expand(batch, *weights[-1].shape).clone()
-    r = torch.zeros_like(c)
-    for m in reversed(range(len(pre))):
-        d_lo = np.tile(lo[m], (batch, 1))
-        d_hi = np.tile(hi[m], (batch, 1))
-        here = (chosen >= starts[m]) & (chosen < starts[m + 1])
-        idx = chosen[here] - starts[m]
-        d_lo[:, idx] = d_hi[:, idx] = bits[:, here]
-        dc = torch.from_numpy((d_lo + d_hi) / 2)[:, None, :]
-        dr = torch.from_numpy((d_hi - d_lo) / 2)[:, None, :]  # slopes 0, 1/2 +- 1/2, 1: exact
-        c, r = c * dc, r * dc.abs() + (c.abs() + r) * dr
-        w = torch.from_numpy(weights[m])
-        n = w.shape[0]
-        c, r = c @ w, round_up((r + gamma(n) * c.abs()) @ w.abs(), 2 * n + 4)
-    return float(norm_bound(c, r).max()), scores
-
-
-def _influence(weights: list[np.ndarray], lo: list[np.ndarray], hi: list[np.ndarray]) -> list[np.ndarray]:
-    """Per hidden layer, ``||B_{:,i}|| ||F_{i,:}||`` for each free neuron ``i`` (module doc), from
-    entry-wise magnitude bounds of the partial Jacobians (a heuristic, not a bound)."""
-    forward, f = [], np.abs(weights[0])
-    for m in range(len(lo)):
-        forward.append(np.linalg.norm(f, axis=1))
-        f = np.abs(weights[m + 1]) @ (hi[m][:, None] * f)
-    out, b = [None] * len(lo), np.abs(weights[-1])
-    for m in reversed(range(len(lo))):
-        out[m] = np.where(hi[m] > lo[m], np.linalg.norm(b, axis=0) * forward[m], 0.0)
-        b = (b * hi[m]) @ np.abs(weights[m])
-    return out
 
 
 def children(pre: list, split: list, m: int, i: int) -> list[tuple[list, list]]:
@@ -160,7 +113,7 @@ class _Node:
     pre: list = field(compare=False)  # per hidden layer (l, u)
     split: list = field(compare=False)  # per hidden layer: neurons fixed by a split
     scores: list = field(compare=False)
-    sdp_due: bool = field(compare=False, default=False)  # LipSDP not tried yet (done when it reaches the top)
+    refine_due: bool = field(compare=False, default=False)  # LP and LipSDP not tried yet (when it reaches the top)
 
 
 class _Search:
@@ -176,31 +129,35 @@ class _Search:
         self.hidden_b = net.num.b[:-1]
         self.use_lp = net.dim + net.n_neurons <= MAX_LP_VARIABLES
         self.heap: list[_Node] = []
-        self.nodes = self.lps = self.empty = self.closed = self.root_lp_units = 0
+        self.nodes = self.lps = self.empty = self.closed = self.lp_units = 0
         self.root = [(l.copy(), u.copy()) for l, u in pre]
-        self.deadline = self.sdp_seconds = math.inf
+        self.deadline = self.sdp_seconds = self.node_lp_seconds = math.inf
+        self.node_lp_units = 0
 
-    def start(self, deadline: float, lp_deadline: float, lp_units: int, sdp_seconds: float) -> None:
+    def start(self, deadline: float, lp_deadline: float, lp_units: int, sdp_seconds: float,
+              node_lp: tuple[int, float] = (0, 0.0)) -> None:
         """Bound the root: LP tightening of its ``lp_units`` most influential unstable neurons until
         ``lp_deadline`` (the others keep their CROWN bounds, re-run after each layer), then its
-        interval and LipSDP bounds (each LipSDP call gets at most ``sdp_seconds``)."""
+        interval and LipSDP bounds (each LipSDP call gets at most ``sdp_seconds``); ``node_lp``: the
+        LP tightening of every later node that reaches the top (most units, most seconds)."""
         self.deadline, self.sdp_seconds = deadline, sdp_seconds
+        self.node_lp_units, self.node_lp_seconds = node_lp
         split = [np.zeros(len(l), dtype=bool) for l, _ in self.root]
-        pre = self._tighten_root(self.root, split, min(lp_deadline, deadline), lp_units)
+        pre = self._tighten(self.root, split, min(lp_deadline, deadline), lp_units)
         if pre is None:
             self.empty += 1
             return
         self._push(pre, split)
-        if self.heap and self.heap[0].sdp_due:
-            self._lipsdp(heapq.heappop(self.heap))
+        if self.heap and self.heap[0].refine_due:
+            self._refine(heapq.heappop(self.heap), root=True)
 
     def upper(self) -> float:
         top = self.heap[0].upper if self.heap else -math.inf
         return max(top, self.net.best)  # a closed node's bound is below the best witness
 
-    def _tighten_root(self, pre: list, split: list, deadline: float, units: int) -> list | None:
-        """The root's bounds tightened by its LP relaxation for its ``units`` most influential
-        unstable neurons (:func:`_influence`), layer by layer, each layer in influence order, until
+    def _tighten(self, pre: list, split: list, deadline: float, units: int) -> list | None:
+        """A node's bounds tightened by its LP relaxation for its ``units`` most influential
+        unstable neurons (:func:`.interval_jacobian.influence`), layer by layer, each layer in influence order, until
         ``deadline`` (bounds not reached keep their values, which hold); after each layer the later
         layers' bounds are intersected with CROWN's from the tightened ones; None: proved empty."""
         if not self.use_lp or units <= 0:
@@ -208,7 +165,7 @@ class _Search:
         pre = [(l.copy(), u.copy()) for l, u in pre]
         lo = [np.where(l >= 0, 1.0, 0.0) for l, _ in pre]
         hi = [np.where(u > 0, 1.0, 0.0) for _, u in pre]
-        scores = _influence(self.net.w, lo, hi)
+        scores = influence(self.net.w, lo, hi)
         flat = np.concatenate(scores)
         cut = np.sort(flat)[::-1][min(units, len(flat)) - 1] if (flat > 0).any() else np.inf
         for m in range(len(pre)):
@@ -220,7 +177,7 @@ class _Search:
                 if time.perf_counter() > deadline or (states(*pre[m]) != FREE)[i]:
                     continue
                 got = lp.bound(m, i)
-                self.root_lp_units += 1
+                self.lp_units += 1
                 if got is None:
                     self.lps += lp.lps
                     return None
@@ -259,16 +216,25 @@ class _Search:
         if upper <= self.net.best * (1 + self.rtol):
             self.closed += 1
             return
-        due = self.sdp is not None and any((states(l, u) == FREE).any() for l, u in pre)
+        due = (self.sdp is not None or self.node_lp_units > 0) and any((states(l, u) == FREE).any() for l, u in pre)
         heapq.heappush(self.heap, _Node(-upper, upper, pre, split, scores, due))
 
-    def _lipsdp(self, node: _Node) -> None:
-        """Lower ``node``'s bound by LipSDP-Neuron (module doc) and queue it again (or close it)."""
+    def _refine(self, node: _Node, root: bool = False) -> None:
+        """Lower ``node``'s bound by LipSDP-Neuron (module doc), after tightening its bounds by its LP
+        (not the root's: done already), and queue it again (or close it)."""
+        if not root and self.node_lp_units > 0:
+            pre = self._tighten(node.pre, node.split, time.perf_counter() + self.node_lp_seconds, self.node_lp_units)
+            leaf = pre is not None and not any((states(l, u) == FREE).any() for l, u in pre)
+            if pre is None or any((l > u).any() for l, u in pre) or (leaf and not self._leaf(pre)):
+                self.empty += 1
+                return
+            upper, node.scores = slope_bound(self.net.w, pre, self.vertex_units)
+            node.pre, node.upper = pre, min(node.upper, upper)
         left = min(self.deadline - time.perf_counter(), self.sdp_seconds)
-        if left > 0:
+        if self.sdp is not None and left > 0:
             node.upper = min(node.upper, self.sdp(node.pre, left))
             self.sdp_calls += 1
-        node.key, node.sdp_due = -node.upper, False
+        node.key, node.refine_due = -node.upper, False
         if node.upper <= self.net.best * (1 + self.rtol):
             self.closed += 1
             return
@@ -288,12 +254,12 @@ class _Search:
             start = time.perf_counter()
             if start + step > deadline:
                 return "time"
-            if self.heap[0].sdp_due:
-                self._lipsdp(heapq.heappop(self.heap))
+            if self.heap[0].refine_due:
+                self._refine(heapq.heappop(self.heap))
                 step = time.perf_counter() - start
                 continue
             batch = []
-            while self.heap and len(batch) < min(self.batch, max_nodes - self.nodes) and not self.heap[0].sdp_due \
+            while self.heap and len(batch) < min(self.batch, max_nodes - self.nodes) and not self.heap[0].refine_due \
                     and (np.concatenate(self.heap[0].scores) > 0).any():
                 batch.append(heapq.heappop(self.heap))
             if not batch:  # every neuron of the top node stable: its bound is its Jacobian's norm
@@ -318,7 +284,8 @@ class _Search:
 def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = None,
                time_budget: float = 60.0, max_nodes: int = 100_000, rtol: float = 1e-6,
                vertex_units: int = 8, lower_share: float = 0.0, ascent_share: float = 0.1, node_sdp: bool = True, root_lp_share: float = 0.2,
-               root_lp_units: int = 128, sdp_share: float = 0.25, batch: int = 8) -> Result:
+               root_lp_units: int = 128, sdp_share: float = 0.25, batch: int = 8, node_lp_units: int = 32,
+               node_lp_share: float = 0.05) -> Result:
     """Certified local Lipschitz bound (L2 -> L2) of a ReLU MLP on a box by neuron branch and bound
     (module doc).
 
@@ -343,12 +310,16 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
         root_lp_units: most unstable neurons the root's LP tightens, the most influential first (a work cap).
         sdp_share: fraction of the budget one LipSDP bound may take (a cap).
         batch: most nodes expanded together (their children's CROWN bounds in one batch).
+        node_lp_units: most unstable neurons a node's LP tightens when it reaches the top (a work cap; 0: none).
+        node_lp_share: fraction of the budget one node's LP tightening may take (a cap).
     """
     if not (time_budget > 0 and max_nodes >= 1 and rtol >= 0 and 0 <= vertex_units <= 16 and 0 <= lower_share < 1
-            and 0 <= ascent_share < 1 and 0 <= root_lp_share <= 1 and root_lp_units >= 0 and 0 < sdp_share <= 1 and batch >= 1):
+            and 0 <= ascent_share < 1 and 0 <= root_lp_share <= 1 and root_lp_units >= 0 and 0 < sdp_share <= 1 and batch >= 1
+            and node_lp_units >= 0 and 0 <= node_lp_share <= 1):
         raise InvalidInput("neuron-bab: time_budget must be > 0, max_nodes >= 1, rtol >= 0, "
                            "0 <= vertex_units <= 16, 0 <= lower_share < 1, 0 <= ascent_share < 1, 0 <= root_lp_share <= 1, "
-                           "root_lp_units >= 0, 0 < sdp_share <= 1 and batch >= 1")
+                           "root_lp_units >= 0, 0 < sdp_share <= 1, batch >= 1, node_lp_units >= 0 "
+                           "and 0 <= node_lp_share <= 1")
     t0 = time.perf_counter()
     region = graph.region if domain is None else domain
     if region is None:
@@ -382,7 +353,8 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
     search = _Search(net, _chain(net), pre, rtol, vertex_units, _sdp_bound(local) if node_sdp else None, batch)
     seeded = net.best
     now = time.perf_counter()
-    search.start(t0 + time_budget, now + root_lp_share * time_budget, root_lp_units, sdp_share * time_budget)
+    search.start(t0 + time_budget, now + root_lp_share * time_budget, root_lp_units, sdp_share * time_budget,
+                 (node_lp_units, node_lp_share * time_budget))
     root_upper = search.upper()
     status = search.run(t0 + time_budget, max_nodes)
     upper = search.upper()
@@ -393,7 +365,7 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
                "lps": search.lps, "sdp_bounds": search.sdp_calls, "unstable_neurons": unstable, "lp_tightening": search.use_lp,
                "domain": box.describe(), "root_upper": root_upper,
                "seeded_lower": seeded if seeded > -math.inf else None,
-               "root_lp_units": search.root_lp_units,
+               "lp_units": search.lp_units,
                "stopped_by": status, "seed_stopped_by": stopped_by(lower_stops)}
     if status == "converged" and not upper <= lower * (1 + rtol):  # the best witness failed its re-check
         details["stopped_by"] = "witness-recheck"
