@@ -283,9 +283,9 @@ class _Search:
 
 def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = None,
                time_budget: float = 60.0, max_nodes: int = 100_000, rtol: float = 1e-6,
-               vertex_units: int = 8, lower_share: float = 0.0, ascent_share: float = 0.1, node_sdp: bool = True, root_lp_share: float = 0.2,
-               root_lp_units: int = 128, sdp_share: float = 0.25, batch: int = 8, node_lp_units: int = 32,
-               node_lp_share: float = 0.05) -> Result:
+               vertex_units: int = 8, lower_share: float = 0.0, ascent_share: float = 0.1, node_sdp: bool = True, root_lp_share: float = 0.3,
+               root_lp_units: int = 256, sdp_share: float = 0.25, batch: int = 8, node_lp_units: int = 256,
+               node_lp_share: float = 0.1) -> Result:
     """Certified local Lipschitz bound (L2 -> L2) of a ReLU MLP on a box by neuron branch and bound
     (module doc).
 
