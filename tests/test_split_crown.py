@@ -126,3 +126,19 @@ def test_node_lp_tightening_keeps_the_search_exact(seed, widths):
     assert res.details["lp_units"] > 0 and res.details["search_nodes"] > 0
     assert res.details["upper"] >= truth * (1 - 1e-9)
     assert res.kind == "exact" and res.value == pytest.approx(truth, rel=1e-6)
+
+
+@pytest.mark.parametrize("seed,widths,node_lp", [(0, (2, 5, 4, 2), 2), (1, (2, 4, 4, 2), 0), (4, (3, 4, 3, 2), 3)])
+def test_without_witnesses_the_search_ends_on_the_brute_force_constant(monkeypatch, seed, widths, node_lp):
+    """No witness ever prunes (sampling disabled), so every node is split down to its leaves: the
+    largest open leaf is the brute-force constant, and a node bound below it anywhere (CROWN or LP
+    under the splits, the caps) would show as a smaller upper end."""
+    from lipbound.methods.exact_network import WitnessedNet
+    monkeypatch.setattr(WitnessedNet, "sample", lambda self, x: None)
+    net = _net(seed, widths)
+    low, high = -torch.ones(widths[0], dtype=torch.float64), torch.ones(widths[0], dtype=torch.float64)
+    truth = _exact_local(net, low.numpy(), high.numpy())
+    res = METHODS["neuron-bab"](as_graph(net, (widths[0],)), domain=(low, high), time_budget=20, vertex_units=0,
+                                node_sdp=False, root_lp_units=2, node_lp_units=node_lp, ascent_share=0, batch=2)
+    assert res.details["stopped_by"] == "open-leaf" and res.details["search_nodes"] > 1
+    assert truth * (1 - 1e-9) <= res.details["upper"] <= truth * (1 + 1e-6)
