@@ -9,23 +9,29 @@ open leaves bounds ``L_X`` (a point on the split plane belongs to both children;
 of the box away from all kinks have an open neighbourhood in one leaf, and the kinks are a null
 set, so the sup over interior points is the max over the leaves' sups).
 
-**A node's bound** (certified). 1. Its pre-activation bounds ``[l_i, u_i]`` are tightened by the
-LP relaxation of the node (:mod:`~lipbound.methods.split_lp`: weak duality, rigorous rounding),
-which also proves some nodes **empty** (dropped). 2. Each neuron's slope then lies in ``{1}``
-(``l_i >= 0``), ``{0}`` (``u_i <= 0``) or ``[0, 1]`` at every input of the node, and
-``sup ||J(D)||_2`` over that slope box is bounded by a backward interval Jacobian (from the output,
-whose 10 rows make it cheap) with the slopes of the ``vertex_units`` most influential free neurons
-enumerated at their ends: ``J`` is affine in each slope, so its norm is convex in each and the
-supremum is reached at a vertex (the argument of :mod:`~lipbound.methods.slope_box`). For ``|J - C| <= R``,
-``||J||_2 <= min(||C||_2 + ||R||_F, || |C| + R ||_2)``; every float64 product adds a rigorous bound of
-its rounding (Higham's ``gamma_n``) and the SVDs get the library's ``CERTIFIED_RTOL`` margin.
-3. While time is left (``node_sdp``), the node is also bounded by LipSDP-Neuron
-(:mod:`~lipbound.methods.lipsdp`, its certificate checked in float64) on the graph whose ReLUs carry
+**A node's bound** (certified). 1. Its pre-activation bounds ``[l_i, u_i]``: at the **root**, the
+CROWN bounds of :func:`~lipbound.methods.propagation.localize`, tightened by the LP relaxation
+(:mod:`~lipbound.methods.split_lp`: weak duality, rigorous rounding) for at most ``root_lp_units``
+unstable neurons, the most influential first, within ``root_lp_share`` of the budget (the others keep
+their bounds, intersected with CROWN's from the tightened layers: every bound kept holds, so a cut
+tightening is still sound); at every **other node**, the parent's bounds with the split neuron clamped
+at 0, intersected with CROWN's under the node's splits (:mod:`~lipbound.methods.split_crown`, batched
+over the children of up to ``batch`` nodes). Crossing bounds (``l_i > u_i``) prove a node **empty**
+(dropped). 2. Each neuron's slope then lies in ``{1}``, ``{0}`` or ``[0, 1]`` at every input of the
+node, and ``sup ||J(D)||_2`` over that slope box is bounded by a backward interval Jacobian with the
+``vertex_units`` most influential free neurons' slopes enumerated at their ends
+(:func:`.interval_jacobian.slope_bound`: certified, rigorous rounding).
+3. When the node reaches the top of the queue (lazily: a node closed by its interval bound never
+pays for them), its bounds are tightened by its LP (at most ``node_lp_units`` neurons, the most
+influential first, within ``node_lp_share`` of the budget; the LP enforces the node's splits,
+which CROWN relaxes away), and it is also bounded by LipSDP-Neuron (:mod:`~lipbound.methods.lipsdp`, its certificate
+checked in float64, at most ``sdp_share`` of the budget per call) on the graph whose ReLUs carry
 the node's bounds: its LMI (Fazlyab et al. 2019, Theorem 2) holds for every increment
 ``(dx, dh = D W dx)`` with ``D`` in the per-neuron sectors, so it bounds ``||J(D) v||`` for every ``D``
 in the slope box, hence ``||Df(x)||_2`` at every differentiable input of the node. The smaller
-bound is kept. (On mnistfc_256x2 the slope-box maximum is within ~5% of LipSDP's value, the
-interval bound ~3x above it: benchmarks/results/local_mnistfc.md.)
+bound is kept, and never more than the parent's (its inputs and slope box contain the child's).
+(On mnistfc_256x2 the slope-box maximum is within ~5% of LipSDP's value, the interval bound ~3x
+above it: benchmarks/results/local_mnistfc.md.)
 
 Only pointwise Jacobian bounds are used: a node's inputs need not be convex (a split of a second
 layer neuron cuts the box by a non-linear surface), and no pair argument is made inside a node.
@@ -36,16 +42,19 @@ interval Jacobian from the output to the neuron, ``F``: from the input to it). A
 does not exceed the best witnessed lower bound times ``1 + rtol`` is closed.
 
 **Lower bound.** Jacobians at witnesses (:class:`~lipbound.methods.exact_network.WitnessedNet`:
-inside the box, off every kink by the rounding bound): the LP points of every node, and first the
-witness of ``lower-milp`` (on ``lower_share`` of the budget), re-checked independently at the end.
+inside the box, off every kink by the rounding bound): the root's LP points, and first the
+witnesses of ``lower`` (gradient ascent, on ``ascent_share`` of the budget) and ``lower-milp`` (on
+``lower_share``), re-checked independently at the end.
 A **leaf** (every neuron's state known) is one activation pattern: ``exact``'s region check
 (:meth:`~lipbound.methods.exact_search.BranchAndBound.check_region`: an LP proposes, an exact-arithmetic
 certificate proves the region has no interior point in the box) drops it when empty, and its
 verified interior point witnesses its Jacobian's norm otherwise.
 
 It stops when the largest open bound meets the lower bound (``"converged"``, kind ``exact``),
-after ``max_nodes`` nodes (``"work"``), or when the budget is spent (``"time"``, an outer cap): the
-result is then the **certified upper** bound reached, never a guess.
+after ``max_nodes`` nodes (``"work"``), when the budget is spent (``"time"``, an outer cap), or
+with an open leaf on top whose point was not accepted as a witness (``"open-leaf"``; a best
+witness that fails the final re-check says ``"witness-recheck"``): the result is then the
+**certified upper** bound reached, never a guess.
 """
 
 from __future__ import annotations
@@ -69,58 +78,14 @@ from .lipsdp import lipsdp
 from .piecewise import mlp_layers
 from .propagation import localize
 from .region import Box, as_box
-from .relu_boxes import norm_bound
-from .float_error import gamma, round_up
+from .interval_jacobian import influence, slope_bound
+from .relu_boxes import Layer
+from .split_crown import node_bounds
 from .split_lp import FREE, SplitLP, states
 
-__all__ = ["neuron_bab", "slope_bound"]
+__all__ = ["neuron_bab", "slope_bound"]  # slope_bound: re-exported from interval_jacobian
 
 MAX_LP_VARIABLES = 4000  # above this many LP variables the nodes keep their propagated bounds (no LP)
-
-
-def slope_bound(weights: list[np.ndarray], pre: list[tuple[np.ndarray, np.ndarray]],
-                vertex_units: int = 8) -> tuple[float, list[np.ndarray]]:
-    """``(value, scores)``: ``value >= sup ||W_K D_{K-1} ... D_1 W_1||_2`` over the slope box of the
-    ReLU pre-activation bounds ``pre`` (module doc), and per hidden layer the influence of each free
-    neuron (0 for the others)."""
-    lo = [np.where(l >= 0, 1.0, 0.0) for l, _ in pre]
-    hi = [np.where(u > 0, 1.0, 0.0) for _, u in pre]
-    scores = _influence(weights, lo, hi)
-    flat = np.concatenate(scores)
-    k = int(min(vertex_units, (flat > 0).sum()))
-    chosen = np.argsort(-flat, kind="stable")[:k]
-    starts = np.cumsum([0] + [len(s) for s in scores])
-    batch = 1 << k
-    bits = ((np.arange(batch)[:, None] >> np.arange(k)) & 1).astype(np.float64)
-    c = torch.from_numpy(weights[-1]).expand(batch, *weights[-1].shape).clone()
-    r = torch.zeros_like(c)
-    for m in reversed(range(len(pre))):
-        d_lo = np.tile(lo[m], (batch, 1))
-        d_hi = np.tile(hi[m], (batch, 1))
-        here = (chosen >= starts[m]) & (chosen < starts[m + 1])
-        idx = chosen[here] - starts[m]
-        d_lo[:, idx] = d_hi[:, idx] = bits[:, here]
-        dc = torch.from_numpy((d_lo + d_hi) / 2)[:, None, :]
-        dr = torch.from_numpy((d_hi - d_lo) / 2)[:, None, :]  # slopes 0, 1/2 +- 1/2, 1: exact
-        c, r = c * dc, r * dc.abs() + (c.abs() + r) * dr
-        w = torch.from_numpy(weights[m])
-        n = w.shape[0]
-        c, r = c @ w, round_up((r + gamma(n) * c.abs()) @ w.abs(), 2 * n + 4)
-    return float(norm_bound(c, r).max()), scores
-
-
-def _influence(weights: list[np.ndarray], lo: list[np.ndarray], hi: list[np.ndarray]) -> list[np.ndarray]:
-    """Per hidden layer, ``||B_{:,i}|| ||F_{i,:}||`` for each free neuron ``i`` (module doc), from
-    entry-wise magnitude bounds of the partial Jacobians (a heuristic, not a bound)."""
-    forward, f = [], np.abs(weights[0])
-    for m in range(len(lo)):
-        forward.append(np.linalg.norm(f, axis=1))
-        f = np.abs(weights[m + 1]) @ (hi[m][:, None] * f)
-    out, b = [None] * len(lo), np.abs(weights[-1])
-    for m in reversed(range(len(lo))):
-        out[m] = np.where(hi[m] > lo[m], np.linalg.norm(b, axis=0) * forward[m], 0.0)
-        b = (b * hi[m]) @ np.abs(weights[m])
-    return out
 
 
 def children(pre: list, split: list, m: int, i: int) -> list[tuple[list, list]]:
@@ -148,52 +113,71 @@ class _Node:
     pre: list = field(compare=False)  # per hidden layer (l, u)
     split: list = field(compare=False)  # per hidden layer: neurons fixed by a split
     scores: list = field(compare=False)
+    refine_due: bool = field(compare=False, default=False)  # LP and LipSDP not tried yet (when it reaches the top)
 
 
 class _Search:
     """The best-first search (module doc) with root bounds ``pre``; ``net`` keeps the witnesses
-    and decides the leaves' regions (``exact``'s LP checks with exact-arithmetic certificates)."""
+    and decides the leaves' regions (``exact``'s LP checks with exact-arithmetic certificates);
+    ``chain``: the network for :func:`.split_crown.node_bounds`."""
 
-    def __init__(self, net: BranchAndBound, pre: list[tuple[np.ndarray, np.ndarray]], rtol: float,
-                 vertex_units: int, sdp: Callable[[list, float], float] | None = None) -> None:
-        self.net, self.rtol, self.vertex_units, self.sdp = net, rtol, vertex_units, sdp
+    def __init__(self, net: BranchAndBound, chain: list, pre: list[tuple[np.ndarray, np.ndarray]], rtol: float,
+                 vertex_units: int, sdp: Callable[[list, float], float] | None = None, batch: int = 8) -> None:
+        self.net, self.chain, self.rtol, self.vertex_units, self.sdp, self.batch = net, chain, rtol, vertex_units, sdp, batch
         self.sdp_calls = 0
         self.hidden_w = net.w[:-1]
         self.hidden_b = net.num.b[:-1]
         self.use_lp = net.dim + net.n_neurons <= MAX_LP_VARIABLES
         self.heap: list[_Node] = []
-        self.nodes = self.lps = self.empty = self.closed = 0
+        self.nodes = self.lps = self.empty = self.closed = self.lp_units = 0
         self.root = [(l.copy(), u.copy()) for l, u in pre]
-        self.deadline = math.inf
+        self.deadline = self.sdp_seconds = self.node_lp_seconds = math.inf
+        self.node_lp_units = 0
 
-    def start(self, deadline: float) -> None:
-        self.deadline = deadline
-        self._push(self.root, [np.zeros(len(l), dtype=bool) for l, _ in self.root])
+    def start(self, deadline: float, lp_deadline: float, lp_units: int, sdp_seconds: float,
+              node_lp: tuple[int, float] = (0, 0.0)) -> None:
+        """Bound the root: LP tightening of its ``lp_units`` most influential unstable neurons until
+        ``lp_deadline`` (the others keep their CROWN bounds, re-run after each layer), then its
+        interval and LipSDP bounds (each LipSDP call gets at most ``sdp_seconds``); ``node_lp``: the
+        LP tightening of every later node that reaches the top (most units, most seconds)."""
+        self.deadline, self.sdp_seconds = deadline, sdp_seconds
+        self.node_lp_units, self.node_lp_seconds = node_lp
+        split = [np.zeros(len(l), dtype=bool) for l, _ in self.root]
+        pre = self._tighten(self.root, split, min(lp_deadline, deadline), lp_units)
+        if pre is None:
+            self.empty += 1
+            return
+        self._push(pre, split)
+        if self.heap and self.heap[0].refine_due:
+            self._refine(heapq.heappop(self.heap), root=True)
 
     def upper(self) -> float:
         top = self.heap[0].upper if self.heap else -math.inf
         return max(top, self.net.best)  # a closed node's bound is below the best witness
 
-    def _tighten(self, pre: list, split: list) -> list | None:
-        """The node's bounds tightened by its LP relaxation, layer by layer (until the deadline:
-        bounds not reached keep their values, which hold); None: proved empty."""
-        if not self.use_lp:
+    def _tighten(self, pre: list, split: list, deadline: float, units: int) -> list | None:
+        """A node's bounds tightened by its LP relaxation for its ``units`` most influential
+        unstable neurons (:func:`.interval_jacobian.influence`), layer by layer, each layer in influence order, until
+        ``deadline`` (bounds not reached keep their values, which hold); after each layer the later
+        layers' bounds are intersected with CROWN's from the tightened ones; None: proved empty."""
+        if not self.use_lp or units <= 0:
             return pre
         pre = [(l.copy(), u.copy()) for l, u in pre]
-        if not any((states(l, u) == FREE).any() for l, u in pre):  # a leaf: one activation pattern
-            verdict, point = self.net.check_region(np.concatenate([(l >= 0).astype(int) for l, _ in pre]))
-            if point is not None:  # verified inside the region: its Jacobian is the leaf's
-                self.net.sample(point[None])
-            return None if verdict == "none" else pre
+        lo = [np.where(l >= 0, 1.0, 0.0) for l, _ in pre]
+        hi = [np.where(u > 0, 1.0, 0.0) for _, u in pre]
+        scores = influence(self.net.w, lo, hi)
+        flat = np.concatenate(scores)
+        cut = np.sort(flat)[::-1][min(units, len(flat)) - 1] if (flat > 0).any() else np.inf
         for m in range(len(pre)):
-            free = np.flatnonzero(states(*pre[m]) == FREE)
-            if not len(free):
+            chosen = [i for i in np.argsort(-scores[m], kind="stable") if scores[m][i] > 0 and scores[m][i] >= cut]
+            if not chosen:
                 continue
             lp = SplitLP(self.hidden_w, self.hidden_b, pre, split, self.net.lo, self.net.hi)
-            for i in free:
-                if time.perf_counter() > self.deadline:
-                    break
+            for i in chosen:
+                if time.perf_counter() > deadline or (states(*pre[m]) != FREE)[i]:
+                    continue
                 got = lp.bound(m, i)
+                self.lp_units += 1
                 if got is None:
                     self.lps += lp.lps
                     return None
@@ -206,30 +190,61 @@ class _Search:
                 if points:
                     self.net.sample(np.clip(np.stack(points), self.net.lo, self.net.hi))
             self.lps += lp.lps
+            pre = node_bounds(self.chain, [pre], self.net.lo, self.net.hi)[0]
         return pre
 
+    def _leaf(self, pre: list) -> bool:
+        """A leaf (every neuron's state known: one activation pattern) is kept unless ``exact``'s
+        region check proves its region empty; its verified interior point is sampled as a witness."""
+        verdict, point = self.net.check_region(np.concatenate([(l >= 0).astype(int) for l, _ in pre]))
+        if point is not None:  # verified inside the region: its Jacobian is the leaf's
+            self.net.sample(point[None])
+        return verdict != "none"
+
     def _push(self, pre: list, split: list, cap: float = math.inf) -> None:
-        """Bound the node and queue it; ``cap`` is its parent's bound, which holds on the node too
-        (its inputs and slope box are subsets of the parent's): a child whose own bound came out
-        looser (LipSDP or the LP tightening cut by the deadline) keeps the parent's."""
-        pre = self._tighten(pre, split)
-        if pre is None:
+        """Bound the node by its interval Jacobian and queue it, its LipSDP bound due when it reaches
+        the top; ``cap`` is its parent's bound, which holds on the node too (its inputs and slope box
+        are subsets of the parent's): a child whose own bound came out looser keeps the parent's."""
+        if any((l > u).any() for l, u in pre):  # rigorous bounds that cross: no input of the box is in the node
+            self.empty += 1
+            return
+        if not any((states(l, u) == FREE).any() for l, u in pre) and not self._leaf(pre):
             self.empty += 1
             return
         upper, scores = slope_bound(self.net.w, pre, self.vertex_units)
         upper = min(upper, cap)
-        left = self.deadline - time.perf_counter()
-        if self.sdp is not None and upper > self.net.best * (1 + self.rtol) and left > 0:
-            upper = min(upper, self.sdp(pre, left))
-            self.sdp_calls += 1
         if upper <= self.net.best * (1 + self.rtol):
             self.closed += 1
             return
-        heapq.heappush(self.heap, _Node(-upper, upper, pre, split, scores))
+        due = (self.sdp is not None or self.node_lp_units > 0) and any((states(l, u) == FREE).any() for l, u in pre)
+        heapq.heappush(self.heap, _Node(-upper, upper, pre, split, scores, due))
+
+    def _refine(self, node: _Node, root: bool = False) -> None:
+        """Lower ``node``'s bound by LipSDP-Neuron (module doc), after tightening its bounds by its LP
+        (not the root's: done already), and queue it again (or close it)."""
+        if not root and self.node_lp_units > 0:
+            pre = self._tighten(node.pre, node.split, time.perf_counter() + self.node_lp_seconds, self.node_lp_units)
+            leaf = pre is not None and not any((states(l, u) == FREE).any() for l, u in pre)
+            if pre is None or any((l > u).any() for l, u in pre) or (leaf and not self._leaf(pre)):
+                self.empty += 1
+                return
+            upper, node.scores = slope_bound(self.net.w, pre, self.vertex_units)
+            node.pre, node.upper = pre, min(node.upper, upper)
+        left = min(self.deadline - time.perf_counter(), self.sdp_seconds)
+        if self.sdp is not None and left > 0:
+            node.upper = min(node.upper, self.sdp(node.pre, left))
+            self.sdp_calls += 1
+        node.key, node.refine_due = -node.upper, False
+        if node.upper <= self.net.best * (1 + self.rtol):
+            self.closed += 1
+            return
+        heapq.heappush(self.heap, node)
 
     def run(self, deadline: float, max_nodes: int) -> str:
-        """Expand nodes until solved (``"converged"``), ``max_nodes`` (``"work"``) or ``deadline``
-        (``"time"``: a node starts only if the last one's seconds fit before it)."""
+        """Expand the top nodes (up to ``batch`` at once, their children bounded together) until
+        solved (``"converged"``), ``max_nodes`` (``"work"``), ``deadline`` (``"time"``: a step starts
+        only if the last one's seconds fit before it) or an open leaf on top whose bound stays above
+        the lower one (``"open-leaf"``: its point was not accepted as a witness)."""
         step = 0.0
         while self.heap:
             if self.heap[0].upper <= self.net.best * (1 + self.rtol):
@@ -239,24 +254,38 @@ class _Search:
             start = time.perf_counter()
             if start + step > deadline:
                 return "time"
-            node = heapq.heappop(self.heap)
-            flat = np.concatenate(node.scores)
-            if not (flat > 0).any():  # every neuron stable: the bound is the Jacobian's norm, kept open
-                heapq.heappush(self.heap, node)
-                return "converged"
-            self.nodes += 1
-            j = int(np.argmax(flat))
-            m = int(np.searchsorted(np.cumsum([len(s) for s in node.scores]), j, side="right"))
-            i = j - sum(len(s) for s in node.scores[:m])
-            for pre, split in children(node.pre, node.split, m, i):
-                self._push(pre, split, node.upper)
+            if self.heap[0].refine_due:
+                self._refine(heapq.heappop(self.heap))
+                step = time.perf_counter() - start
+                continue
+            batch = []
+            while self.heap and len(batch) < min(self.batch, max_nodes - self.nodes) and not self.heap[0].refine_due \
+                    and (np.concatenate(self.heap[0].scores) > 0).any():
+                batch.append(heapq.heappop(self.heap))
+            if not batch:  # every neuron of the top node stable: its bound is its Jacobian's norm
+                return "open-leaf"
+            self.nodes += len(batch)
+            kids, caps = [], []
+            for node in batch:
+                flat = np.concatenate(node.scores)
+                j = int(np.argmax(flat))
+                m = int(np.searchsorted(np.cumsum([len(s) for s in node.scores]), j, side="right"))
+                i = j - sum(len(s) for s in node.scores[:m])
+                for pre, split in children(node.pre, node.split, m, i):
+                    kids.append((pre, split))
+                    caps.append(node.upper)
+            tightened = node_bounds(self.chain, [pre for pre, _ in kids], self.net.lo, self.net.hi)
+            for pre, (_, split), cap in zip(tightened, kids, caps):
+                self._push(pre, split, cap)
             step = time.perf_counter() - start
         return "converged"
 
 
 def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = None,
                time_budget: float = 60.0, max_nodes: int = 100_000, rtol: float = 1e-6,
-               vertex_units: int = 8, lower_share: float = 0.0, node_sdp: bool = True) -> Result:
+               vertex_units: int = 8, lower_share: float = 0.0, ascent_share: float = 0.1, node_sdp: bool = True, root_lp_share: float = 0.3,
+               root_lp_units: int = 256, sdp_share: float = 0.25, batch: int = 8, node_lp_units: int = 256,
+               node_lp_share: float = 0.1) -> Result:
     """Certified local Lipschitz bound (L2 -> L2) of a ReLU MLP on a box by neuron branch and bound
     (module doc).
 
@@ -272,11 +301,25 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
         lower_share: fraction of the budget given to ``lower-milp`` for the first lower bound (default 0:
             measured on mnistfc_256x2 prop 3, a lower-milp run earlier in the same process left the
             root bound at 26.28 instead of 23.90, cause not found; run ``lower-milp`` beside it instead).
+        ascent_share: fraction of the budget given to ``lower`` (gradient ascent on the Jacobian's norm in
+            the box) for a first witness, before the search (it prunes nodes from the start). What
+            stopped these first witnesses' searches is ``details["seed_stopped_by"]`` (``"time"``: the
+            lower end may differ between runs); ``details["stopped_by"]`` is the search's.
         node_sdp: also bound each node by LipSDP-Neuron on its slope box (module doc), while time is left.
+        root_lp_share: fraction of the budget the root's LP tightening may take (a cap).
+        root_lp_units: most unstable neurons the root's LP tightens, the most influential first (a work cap).
+        sdp_share: fraction of the budget one LipSDP bound may take (a cap).
+        batch: most nodes expanded together (their children's CROWN bounds in one batch).
+        node_lp_units: most unstable neurons a node's LP tightens when it reaches the top (a work cap; 0: none).
+        node_lp_share: fraction of the budget one node's LP tightening may take (a cap).
     """
-    if not (time_budget > 0 and max_nodes >= 1 and rtol >= 0 and 0 <= vertex_units <= 16 and 0 <= lower_share < 1):
+    if not (time_budget > 0 and max_nodes >= 1 and rtol >= 0 and 0 <= vertex_units <= 16 and 0 <= lower_share < 1
+            and 0 <= ascent_share < 1 and 0 <= root_lp_share <= 1 and root_lp_units >= 0 and 0 < sdp_share <= 1 and batch >= 1
+            and node_lp_units >= 0 and 0 <= node_lp_share <= 1):
         raise InvalidInput("neuron-bab: time_budget must be > 0, max_nodes >= 1, rtol >= 0, "
-                           "0 <= vertex_units <= 16 and 0 <= lower_share < 1")
+                           "0 <= vertex_units <= 16, 0 <= lower_share < 1, 0 <= ascent_share < 1, 0 <= root_lp_share <= 1, "
+                           "root_lp_units >= 0, 0 < sdp_share <= 1, batch >= 1, node_lp_units >= 0 "
+                           "and 0 <= node_lp_share <= 1")
     t0 = time.perf_counter()
     region = graph.region if domain is None else domain
     if region is None:
@@ -296,18 +339,22 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
         raise NotApplicable("neuron-bab: every activation must be a ReLU")
     net = BranchAndBound(layers, box, rtol)  # its witnesses, and its region checks for the leaves
     net.sample(box.center.reshape(1, -1).to(torch.float64).numpy())
-    lower_stop = "converged"
-    if lower_share > 0 and net.kinked:
-        from .lower_milp import lower_milp  # a method of its own: imported where used
-        found = lower_milp(local, seed=seed, domain=box, time_budget=lower_share * time_budget)
-        lower_stop = found.details.get("stopped_by", "converged")
-        x = getattr(found.witness, "x", None)  # a point witness (a pair gives no Jacobian)
-        if x is not None:
-            net.sample(x.reshape(1, -1).to(torch.float64).numpy())
+    lower_stops = []
+    from .lower import lower as ascent  # methods of their own: imported where used
+    from .lower_milp import lower_milp
+    for method, share in ((ascent, ascent_share), (lower_milp, lower_share)):
+        if share > 0 and net.kinked:
+            found = method(local, seed=seed, domain=box, time_budget=share * time_budget)
+            lower_stops.append(found.details.get("stopped_by", "converged"))
+            x = getattr(found.witness, "x", None)  # a point witness (a pair gives no Jacobian)
+            if x is not None:
+                net.sample(x.reshape(1, -1).to(torch.float64).numpy())
     pre = [(l.pre[0].numpy(), l.pre[1].numpy()) for l in layers[:-1]]
-    search = _Search(net, pre, rtol, vertex_units, _sdp_bound(local) if node_sdp else None)
+    search = _Search(net, _chain(net), pre, rtol, vertex_units, _sdp_bound(local) if node_sdp else None, batch)
     seeded = net.best
-    search.start(t0 + time_budget)
+    now = time.perf_counter()
+    search.start(t0 + time_budget, now + root_lp_share * time_budget, root_lp_units, sdp_share * time_budget,
+                 (node_lp_units, node_lp_share * time_budget))
     root_upper = search.upper()
     status = search.run(t0 + time_budget, max_nodes)
     upper = search.upper()
@@ -318,12 +365,25 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
                "lps": search.lps, "sdp_bounds": search.sdp_calls, "unstable_neurons": unstable, "lp_tightening": search.use_lp,
                "domain": box.describe(), "root_upper": root_upper,
                "seeded_lower": seeded if seeded > -math.inf else None,
-               "stopped_by": status if status == "converged" else stopped_by([status, lower_stop])}
+               "lp_units": search.lp_units,
+               "stopped_by": status, "seed_stopped_by": stopped_by(lower_stops)}
+    if status == "converged" and not upper <= lower * (1 + rtol):  # the best witness failed its re-check
+        details["stopped_by"] = "witness-recheck"
     seconds = time.perf_counter() - t0
     if status == "converged" and lower > -math.inf and upper <= lower * (1 + rtol):
         return Result("neuron-bab", lower, "exact", seconds, witness=witness, details=details,
                       bracket=(lower, max(upper, lower)))
     return Result("neuron-bab", upper, "certified_upper", seconds, witness=witness, details=details)
+
+
+def _chain(net: BranchAndBound) -> list[Layer]:
+    """The hidden layers of ``net`` as :class:`.relu_boxes.Layer` for :func:`.split_crown.node_bounds`:
+    the float64 weights every other bound of this method takes as the network (zero enclosures)."""
+    out = []
+    for w, b in zip(net.w[:-1], net.num.b[:-1]):
+        W, c = torch.from_numpy(np.asarray(w, dtype=np.float64)), torch.from_numpy(np.asarray(b, dtype=np.float64))
+        out.append(Layer(W, torch.zeros_like(W), c, torch.zeros_like(c)))
+    return out
 
 
 def _sdp_bound(local: Graph) -> Callable[[list, float], float]:

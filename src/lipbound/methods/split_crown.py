@@ -1,0 +1,51 @@
+"""Sound pre-activation bounds of many ``neuron-bab`` nodes at once (one box, different neuron
+splits) by CROWN back-substitution under each node's splits; the cheap node bound of
+:mod:`~lipbound.methods.neuron_bab` (its LP, :mod:`~lipbound.methods.split_lp`, is the tight and slow one).
+
+**A node** is the set of inputs ``x`` of the box whose ReLUs satisfy its splits (``z_i >= 0`` or
+``z_i <= 0``); its bounds ``[l_i, u_i]`` (its parent's, with a split neuron's clamped at 0: ``l_i = 0``
+when split active, ``u_i = 0`` when split inactive) hold at every one of its inputs.
+
+**The bound.** Layer by layer, every neuron still unstable in a node (``l_i < 0 < u_i``) is bounded
+by :func:`.relu_crown.crown_layer` (CROWN, Zhang et al. 2018: the linear relaxation of each earlier
+ReLU on its node bounds, back-substituted to the input and minimised over the box, with rigorous
+rounding and weight enclosures) from the node's bounds of the earlier layers, and the result is
+intersected with the node's own bounds. A split neuron is stable in its node (``l_i >= 0`` or
+``u_i <= 0``), so its relaxation is its linear piece exactly (the identity or zero). **Soundness**:
+each relaxation holds at every input of the node, since the node's bounds do; so the back-substituted
+form is a lower (upper) bound of ``z_i(x)`` at every input of the node, and its minimum (maximum) over
+the whole box, which contains the node, bounds ``z_i`` on the node (the split constraints themselves
+are relaxed away in that last minimum: a looser, still sound, bound). The nodes of a batch share the
+box and the network and differ only in their bounds: ``crown_layer`` bounds all of them in one batched
+back-substitution per layer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .relu_boxes import Layer
+from .relu_crown import crown_layer
+
+__all__ = ["node_bounds"]
+
+Bounds = list[tuple[np.ndarray, np.ndarray]]  # per hidden layer, (l, u) float64
+
+
+def node_bounds(layers: list[Layer], nodes: list[Bounds], low: np.ndarray, high: np.ndarray) -> list[Bounds]:
+    """Each node's bounds (``nodes[b]``: per hidden layer ``(l, u)``, sound on the node) intersected
+    with CROWN's under its splits (module doc), on the box ``[low, high]``; ``layers``: the chain of
+    :func:`.relu_boxes.relu_chain` (hidden layers, then the output layer)."""
+    if not nodes:
+        return []
+    depth = len(nodes[0])
+    stacked = [(torch.from_numpy(np.stack([n[m][0] for n in nodes])), torch.from_numpy(np.stack([n[m][1] for n in nodes])))
+               for m in range(depth)]
+    lo = torch.from_numpy(np.asarray(low, dtype=np.float64)).reshape(1, -1).expand(len(nodes), -1)
+    hi = torch.from_numpy(np.asarray(high, dtype=np.float64)).reshape(1, -1).expand(len(nodes), -1)
+    out = [stacked[0]]  # the first layer's bounds are over the whole box already: no earlier ReLU to relax
+    for k in range(1, depth):
+        out.append(crown_layer(layers, k, out, lo, hi, stacked[k]))
+    return [[(out[m][0][b].numpy().copy(), out[m][1][b].numpy().copy()) for m in range(depth)]
+            for b in range(len(nodes))]
