@@ -36,6 +36,7 @@ import torch
 
 from ..errors import InvalidInput
 from .relu_boxes import Layer, bound_boxes, jacobians
+from .relu_zonotope import zonotope_bound
 from .witness import PointWitness
 
 __all__ = ["Outcome", "batched_search"]
@@ -70,7 +71,8 @@ class _Part:
 
 def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: torch.Tensor, *, tol: float,
                    max_parts: int, batch: int, vertex_units: int, strong: bool, deadline: float,
-                   full_units: int = 0, axis: str = "smear", fan: int = 0, samples: int = 1) -> Outcome:
+                   full_units: int = 0, axis: str = "smear", fan: int = 0, samples: int = 1,
+                   zonotope: int = 64) -> Outcome:
     """Best-first batched search over the box ``[low, high]`` (flat, float64) of the chain ``layers``
     (module doc); ``search`` keeps the witnessed lower bound (``.lower``, ``.offer``, ``.graph``,
     ``.region``, as :class:`.local_bab._Search`). ``axis``: the split axis rule, ``"smear"`` (the
@@ -84,8 +86,7 @@ def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: to
     shape = search.graph.input_shape
     root = bound_boxes(layers, low[None], high[None], vertex_units=vertex_units, full_units=full_units)
     _offer_points(layers, search, low[None], high[None], shape, samples)
-    heap = [_Part(-float(root.value[0]), next(count), torch.stack([low, high, root.smear[0]]), int(root.unstable[0]),
-                  int(root.unstable[0]) <= full_units)]
+    heap = [_Part(-float(root.value[0]), next(count), torch.stack([low, high, root.smear[0]]), int(root.unstable[0]))]
     bounded, dropped = 1, 0.0  # dropped: the largest bound of the parts left out of the heap (below tol)
     scale = (high - low).clamp(min=torch.finfo(torch.float64).tiny)
     if fan > 0:
@@ -117,14 +118,14 @@ def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: to
             if heap[0].upper <= threshold or heap[0].unstable == 0:
                 break
             take.append(heapq.heappop(heap))
-        few = [p for p in take if not p.enumerated and p.unstable <= full_units]
-        if few:  # bound again with every slope vertex before splitting
-            rows = torch.stack([p.row for p in few])
-            bounds = bound_boxes(layers, rows[:, 0], rows[:, 1], vertex_units=vertex_units, full_units=full_units)
-            for p, value in zip(few, bounds.value.tolist()):
+        fresh = [p for p in take if not p.enumerated]
+        if fresh:  # bound again, tighter, before splitting
+            rows = torch.stack([p.row for p in fresh])
+            values = _tighter(layers, rows[:, 0], rows[:, 1], vertex_units, full_units, zonotope)
+            for p, value in zip(fresh, values.tolist()):
                 heapq.heappush(heap, _Part(-min(p.upper, value), next(count), p.row, p.unstable, True))
-            bounded += len(few)
-        take = [p for p in take if p.enumerated or p.unstable > full_units]
+            bounded += len(fresh)
+        take = [p for p in take if p.enumerated]
         if not take:
             continue
         rows = torch.stack([p.row for p in take])
@@ -144,6 +145,19 @@ def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: to
     largest = [{"upper": p.upper, "unstable": p.unstable, "low": p.row[0].tolist(), "width": (p.row[1] - p.row[0]).tolist()}
                for p in heapq.nsmallest(5, heap)]
     return Outcome(max(heap[0].upper, dropped), len(heap), bounded, stopped, by, largest)
+
+
+def _tighter(layers: list[Layer], low: torch.Tensor, high: torch.Tensor, vertex_units: int, full_units: int,
+             zonotope: int) -> torch.Tensor:
+    """The boxes' tighter bounds: every slope vertex on a box with at most ``full_units`` unstable
+    neurons (the supremum of its slope box), the zonotope Jacobian
+    (:func:`.relu_zonotope.zonotope_bound`, ``zonotope`` generators kept; 0: none) on the others."""
+    bounds = bound_boxes(layers, low, high, vertex_units=vertex_units, full_units=full_units)
+    value, many = bounds.value, (bounds.unstable > full_units).nonzero().flatten()
+    if zonotope > 0 and len(many):
+        z = zonotope_bound(layers, [(l[many], u[many]) for l, u in bounds.pre], low.shape[1], keep=zonotope)
+        value[many] = torch.minimum(value[many], z)
+    return value
 
 
 def _split(layers: list[Layer], rows: torch.Tensor, parent: torch.Tensor, vertex_units: int,
