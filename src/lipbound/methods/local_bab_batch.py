@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from ..errors import InvalidInput
-from .relu_boxes import Layer, bound_boxes, jacobians
+from .relu_boxes import Layer, bound_boxes, jacobians, pre_bounds
 from .relu_zonotope import zonotope_bound
 from .witness import PointWitness
 
@@ -160,11 +160,14 @@ def _tighter(layers: list[Layer], low: torch.Tensor, high: torch.Tensor, vertex_
     """The boxes' tighter bounds: every slope vertex on a box with at most ``full_units`` unstable
     neurons (the supremum of its slope box), the zonotope Jacobian
     (:func:`.relu_zonotope.zonotope_bound`, ``zonotope`` generators kept; 0: none) on the others."""
-    bounds = bound_boxes(layers, low, high, vertex_units=vertex_units, full_units=full_units)
-    value, many = bounds.value, (bounds.unstable > full_units).nonzero().flatten()
+    value = torch.full((len(low),), torch.inf, dtype=torch.float64)  # inf: no tighter bound (the part's stays)
+    pre = pre_bounds(layers, low, high)
+    unstable = sum(((l < 0) & (u > 0)).sum(dim=1) for l, u in pre)
+    few, many = (unstable <= full_units).nonzero().flatten(), (unstable > full_units).nonzero().flatten()
+    if len(few):
+        value[few] = bound_boxes(layers, low[few], high[few], vertex_units=vertex_units, full_units=full_units).value
     if zonotope > 0 and len(many):
-        z = zonotope_bound(layers, [(l[many], u[many]) for l, u in bounds.pre], low.shape[1], keep=zonotope)
-        value[many] = torch.minimum(value[many], z)
+        value[many] = zonotope_bound(layers, [(l[many], u[many]) for l, u in pre], low.shape[1], keep=zonotope)
     return value
 
 
