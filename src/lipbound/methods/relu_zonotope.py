@@ -36,7 +36,11 @@ independent (their products and the slopes' dependence on the input forgotten): 
 
 Measured on the 4 largest-bound cells of the 4x4x4x4x4 grid of ACAS Xu 1_1 prop 3 (34-39 unstable
 neurons): 305-333 against 1730-1897 for the interval Jacobian with its meeting points (no order
-reduction; ``keep=64``: 5% above), the sampled maximum of the Jacobian norm being 20-45 there.
+reduction; ``keep=64``: 5% above), the sampled maximum of the Jacobian norm being 20-45 there; on
+all 1024 cells the median ratio to the interval bound is 0.21. Cost: ~5 ms per box (one core),
+~3x the interval bound with CROWN pre bounds. Not tried further: the same enclosure of ``J^T``
+(from the output backwards) was no tighter on these boxes, and enumerating the slopes of 6
+unstable neurons (64 zonotopes) lowered the bound by 15-25% only.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ def zonotope_bound(layers: list[Layer], pre: list[Bounds], d: int, keep: int = 6
     out = torch.empty(B, dtype=torch.float64)
     for s in range(0, B, chunk):
         out[s: s + chunk] = _chunk(layers, [(l[s: s + chunk], u[s: s + chunk]) for l, u in pre], d, keep)
-    return out
+    return out.nan_to_num(nan=torch.inf)  # overflow (inf * 0 in the masks): no bound, never a small one
 
 
 def _chunk(layers: list[Layer], pre: list[Bounds], d: int, keep: int) -> torch.Tensor:
