@@ -11,7 +11,7 @@ is a **witnessed lower bound** on ``X``.
 **The search** on a ReLU chain with few inputs is the batched one by default
 (:mod:`.local_bab_batch`: hundreds of parts bounded at once with batched CROWN pre bounds,
 :mod:`.relu_crown`, and every slope vertex of a part taken with at most ``full_units`` unstable
-neurons); every other graph, or ``batched=False``, gets the part-by-part search below
+neurons, the zonotope Jacobian of :mod:`.relu_zonotope` on a part taken with more); every other graph, or ``batched=False``, gets the part-by-part search below
 (anytime: at most ``max_parts`` parts bounded, a work cap; ``time_budget`` is an
 outer cap only, :mod:`~lipbound.methods.budget`).
 
@@ -108,7 +108,8 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
               upper_methods: Sequence[str] | None = None, exact_units: int = 12, vertex_units: int = 8,
               max_split_dim: int = 32, lower_share: float = 0.1, samples: int = 16, max_parts: int | None = None,
               batched: bool = True, batch: int = 256, strong: bool = False, full_units: int = 8,
-              axis: str = "smear", fan: int = 0, batch_samples: int = 1) -> Result:
+              axis: str = "smear", fan: int = 0, batch_samples: int = 1, zonotope: int = 64,
+              top_samples: int = 16) -> Result:
     """Bracket the Lipschitz constant (L2 -> L2) of ``graph`` on the region ``domain`` by branch
     and bound over the region (module doc).
 
@@ -146,6 +147,11 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
             (``2^(d fan)`` parts) instead of the region alone.
         batch_samples: in the batched search, points per new part (its centre included) whose
             Jacobian norms feed the lower bound (``samples`` is the part-by-part search's).
+        zonotope: in the batched search, a part taken for refinement with more than ``full_units``
+            unstable neurons is first bounded by the zonotope Jacobian (:mod:`.relu_zonotope`, this
+            many generators kept; 0: not), put back, and split only when it is taken again.
+        top_samples: in the batched search, points of a part taken from the top (its centre
+            included) whose Jacobian norms feed the lower bound.
 
     Returns:
         A :class:`~lipbound.report.Result` of kind ``certified_upper`` (``exact`` when the bracket
@@ -186,7 +192,8 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
         outcome = batched_search(chain, search, box.low.flatten(), box.high.flatten(), tol=tol,
                                  max_parts=max_parts, batch=batch, vertex_units=min(vertex_units, 2),
                                  strong=strong, deadline=deadline, full_units=full_units,
-                                 axis=axis, fan=fan, samples=batch_samples)
+                                 axis=axis, fan=fan, samples=batch_samples, zonotope=zonotope,
+                                 top_samples=top_samples)
     else:
         outcome = _part_search(search, box, split, tol, exact_units, max_parts, deadline)
     upper = outcome.upper

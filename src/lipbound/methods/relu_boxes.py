@@ -52,7 +52,7 @@ from ..linalg.spectral import CERTIFIED_RTOL
 from .relu_crown import crown_layer
 from .float_error import UNIT_ROUNDOFF, gamma, linear_error, round_up
 
-__all__ = ["Layer", "BoxBounds", "relu_chain", "bound_boxes", "jacobians", "norm_bound"]
+__all__ = ["Layer", "BoxBounds", "relu_chain", "bound_boxes", "pre_bounds", "jacobians", "norm_bound"]
 
 
 @dataclass(frozen=True)
@@ -194,13 +194,19 @@ def bound_boxes(layers: list[Layer], low: torch.Tensor, high: torch.Tensor,
     supremum, up to rounding); ``crown``: each layer's bounds also intersected with CROWN's
     (:func:`.relu_crown.crown_layer`) and with the forward pass alone."""
     B, d = low.shape
-    if crown:  # the forward pass alone first: CROWN's bounds change the later forward forms both ways
-        forward = _pre_bounds(layers, low, high, prior, False)
-        prior = torch.cat([t for lu in forward for t in lu], dim=1)
-    pre = _pre_bounds(layers, low, high, prior, crown)
+    pre = pre_bounds(layers, low, high, prior, crown)
     unstable = sum((((l < 0) & (u > 0)).sum(dim=1) for l, u in pre), torch.zeros(B, dtype=torch.long))
     value, smear = _interval_jacobian(layers, pre, unstable, d, vertex_units, full_units)
     return BoxBounds(pre, value, unstable, smear)
+
+
+def pre_bounds(layers: list[Layer], low: torch.Tensor, high: torch.Tensor, prior: torch.Tensor | None = None,
+               crown: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The pre bounds of :func:`bound_boxes` alone (``(B, n_k)`` pairs, one per ReLU layer)."""
+    if crown:  # the forward pass alone first: CROWN's bounds change the later forward forms both ways
+        forward = _pre_bounds(layers, low, high, prior, False)
+        prior = torch.cat([t for lu in forward for t in lu], dim=1)
+    return _pre_bounds(layers, low, high, prior, crown)
 
 
 def _pre_bounds(layers: list[Layer], low: torch.Tensor, high: torch.Tensor, prior: torch.Tensor | None,
