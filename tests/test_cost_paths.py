@@ -82,3 +82,54 @@ def test_dense_residual_nets_are_priced_block_by_block():
     assert sizes.chain_work < sizes.lmi_order ** 3 / 100
     chosen = lipbound.methods.selection.default_methods(graph)
     assert "lipsdp" in chosen and "eclipse-fast" in chosen
+
+
+def wide_input_cnn(seed: int) -> tuple[nn.Module, tuple[int, ...]]:
+    """A 2 x 40 x 40 input (3,200 elements), one stride-2 convolution to 400 ReLUs, a 16-ReLU dense
+    layer, a head: its LMI (order 3,616, bandwidth ~3,600) is too large to assemble, so lipsdp routes
+    it to "blocks", whose start is cheap (a 400-neuron block; the input block is reduced to rank 400)."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(2, 1, 4, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(400, 16),
+                        nn.ReLU(), nn.Linear(16, 3))
+    return net.double().eval(), (2, 40, 40)
+
+
+def test_the_default_run_gives_the_blocks_path_bound_on_a_cnn_where_its_start_fits():
+    """Oracles: AutoLip's certified bound (the default run must not be looser than it) and sampled
+    Jacobian norms of the module (lower bounds of L(f), which no certified bound may undercut)."""
+    from conftest import jacobian_norm
+    from lipbound.methods.selection import default_methods
+
+    net, shape = wide_input_cnn(0)
+    graph = lipbound.as_graph(net, shape)
+    assert routes_to_blocks(graph)
+    chosen = default_methods(graph, lower=False, time_budget=8.0)  # the default set's upper bounds (no lower: fast)
+    assert "lipsdp" in chosen and "autolip" in chosen
+    report = lipbound.estimate(graph, methods=chosen, time_budget=8.0)
+    sdp = report.result("lipsdp")
+    assert sdp.kind == "certified_upper" and sdp.details["solver"] == "blocks"
+    torch.manual_seed(1)
+    sampled = max(jacobian_norm(net, torch.rand(shape, dtype=torch.float64)) for _ in range(30))
+    assert sampled <= sdp.value <= report.result("autolip").value
+    assert report.upper <= sdp.value and report.upper_method == "lipsdp"
+
+
+def test_the_plan_reads_sizes_only():
+    """Two CNNs of the same shapes and different weights get the same plan at every budget; a budget
+    between the start's and the solver's predicted seconds gives the start, and the real call agrees."""
+    from lipbound.methods.lipsdp_conv import blocks_plan, lipsdp_blocks, solve_seconds, start_seconds
+    from lipbound.methods.selection import default_methods
+
+    graphs = [lipbound.as_graph(*wide_input_cnn(seed)) for seed in (0, 1)]
+    sizes = [graph_sizes(g) for g in graphs]
+    start, solve = start_seconds(sizes[0].blocks), solve_seconds(sizes[0].blocks)
+    assert 0 < start < solve
+    for budget in (start / 2, (start + solve) / 2, 2 * solve, 30.0):
+        plans = {blocks_plan(s.blocks, budget) for s in sizes}
+        assert len(plans) == 1
+        assert len({tuple(default_methods(g, time_budget=budget)) for g in graphs}) == 1
+    assert blocks_plan(sizes[0].blocks, start / 2) == "refused"
+    assert blocks_plan(sizes[0].blocks, (start + solve) / 2) == "start"
+    assert blocks_plan(sizes[0].blocks, solve * 1.01) == "solve"
+    res = lipsdp_blocks(graphs[1], time_budget=(start + solve) / 2)
+    assert res.details["plan"] == "start" and res.details["iterations"] == 0 and res.details["stopped_by"] == "work"

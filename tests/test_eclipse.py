@@ -316,3 +316,25 @@ def test_lipsdp_after_eclipse_fast_reuses_its_start(monkeypatch):
     fresh = lipsdp(g, solver="ipm")
     assert len(calls) > 2
     assert reused.value == fresh.value and reused.details["iterations"] == fresh.details["iterations"]
+
+
+@pytest.mark.parametrize("case", ["leaky mlp", "chain cnn", "residual cnn"])
+def test_balancing_hands_its_recursion_to_the_start(monkeypatch, case):
+    """The start at ``theta = 1`` on the balanced LMI costs no second recursion (the blocks path's
+    start: one recursion in all), and it is the recursion a fresh run on the balanced LMI gives
+    (oracle: :func:`_recursion` itself, run again on the rescaled LMI)."""
+    from lipbound.methods import eclipse
+    from lipbound.methods.eclipse import balanced
+
+    from test_lipsdp_conv import residual_cnn, small_cnn
+
+    graph = {"leaky mlp": lambda: lipbound.as_graph(mlp([5, 9, 7, 4], act=lambda: nn.LeakyReLU(0.1), seed=5), (5,)),
+             "chain cnn": lambda: lipbound.as_graph(*small_cnn(0)),
+             "residual cnn": lambda: lipbound.as_graph(*residual_cnn(1))}[case]()
+    calls = _counted_recursions(monkeypatch)
+    lmi = balanced(lmi_of_graph(graph, max_work=math.inf, eliminate="constant"))
+    t, rho = fast_multipliers(lmi, grid=0, evaluations=1)
+    assert calls == [1.0]
+    t_fresh, rho_fresh = eclipse._recursion(lmi, 1.0, lmi.is_chain(), {})
+    assert rho == pytest.approx(rho_fresh, rel=1e-12)
+    np.testing.assert_allclose(t, t_fresh, rtol=1e-12)

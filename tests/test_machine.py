@@ -14,7 +14,7 @@ import torch
 import lipbound
 from lipbound.methods import cost, machine
 from lipbound.methods.lipsdp_banded import structure_of_graph
-from lipbound.methods.lipsdp_conv import SETUP_EVALUATIONS, SOLVE_MIN_EVALUATIONS, lipsdp_blocks
+from lipbound.methods.lipsdp_conv import blocks_plan, lipsdp_blocks, solve_seconds, start_seconds
 
 from conftest import jacobian_norm
 from test_lipsdp_conv import small_cnn
@@ -57,14 +57,16 @@ def test_a_speed_outside_machine_is_found(tmp_path):
 
 
 def test_blocks_path_plans_its_solver_from_sizes():
-    """A budget that holds the set-up but not the solver's evaluations (at BLOCKS_RATE) skips the
-    solver on every machine: a work cap, the same certified value on every run; a large budget runs it."""
+    """A budget that holds the checked start but not the solver (at BLOCKS_RATE) skips the solver on
+    every machine: a work cap, the same certified value on every run; a large budget runs it."""
     net, shape = small_cnn(0)
     graph = lipbound.as_graph(net, shape)
-    seconds = structure_of_graph(graph).work() / machine.BLOCKS_RATE
-    budget = (SETUP_EVALUATIONS + SOLVE_MIN_EVALUATIONS / 2) * seconds  # microseconds: the clock would cut anything
+    structure = structure_of_graph(graph)
+    budget = (start_seconds(structure) + solve_seconds(structure)) / 2  # microseconds: the clock would cut anything
+    assert blocks_plan(structure, budget) == "start"
     first, again = lipsdp_blocks(graph, time_budget=budget), lipsdp_blocks(graph, time_budget=budget)
     assert first.details["stopped_by"] == "work" and first.details["iterations"] == 0
+    assert first.details["plan"] == "start"
     assert first.kind == again.kind == "certified_upper" and first.value == again.value
     torch.manual_seed(0)
     lower = max(jacobian_norm(net, torch.randn(shape, dtype=torch.float64)) for _ in range(20))

@@ -227,17 +227,19 @@ def test_an_affine_net_has_no_lmi_and_no_lipsdp() -> None:
     assert "lipsdp" not in default_methods(graph)
 
 
-def test_lenet5_gets_the_blocks_path_in_a_300_s_run_only() -> None:
+def test_lenet5_gets_the_blocks_path_when_its_checked_start_fits() -> None:
+    from lipbound.errors import NotApplicable
     from lipbound.methods.cost import lipsdp_cost, lipsdp_path
-    from lipbound.methods.lipsdp_conv import SETUP_EVALUATIONS, evaluation_work
-    from lipbound.methods.machine import BLOCKS_RATE as WORK_RATE
+    from lipbound.methods.lipsdp_conv import lipsdp_blocks, start_seconds
 
     graph = lenet5()
     sizes = graph_sizes(graph)
     assert routed(graph, 300.0) == "blocks" == lipsdp_path(sizes, 300.0)
-    # lipsdp_blocks refuses a budget below its set-up: the oracle is its own arithmetic on the chain
-    setup = SETUP_EVALUATIONS * evaluation_work([784, 4704, 1600, 120, 84]) / WORK_RATE
-    assert lipsdp_path(sizes, setup * 0.99) == "refused" and lipsdp_path(sizes, setup * 1.01) == "blocks"
-    assert setup < lipsdp_cost(sizes) < 300.0
-    assert "lipsdp" not in default_methods(graph, time_budget=30.0)
+    # the oracle: lipsdp_blocks itself refuses a budget below its checked start, before building anything
+    start = start_seconds(sizes.blocks)
+    with pytest.raises(NotApplicable, match="would not fit"):
+        lipsdp_blocks(graph, time_budget=start * 0.99)
+    assert lipsdp_path(sizes, start * 0.99) == "refused" and lipsdp_path(sizes, start * 1.01) == "blocks"
+    assert start < lipsdp_cost(sizes) < 300.0
+    assert "lipsdp" not in default_methods(graph, time_budget=start / 2)
     assert "lipsdp" in default_methods(graph, time_budget=300.0)

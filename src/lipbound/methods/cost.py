@@ -27,8 +27,7 @@ from ..linalg.conv import Conv
 from ..linalg.operators import Dense
 from .lipsdp import IPM_CHAIN_MAX_ORDER, _cvxpy_available
 from .lipsdp_banded import BlockStructure, structure_of_graph
-from .lipsdp_conv import (CHECK_EVALUATIONS, SETUP_EVALUATIONS, blocks_refusal, chain_orders,
-                          structure_routes_to_blocks)
+from .lipsdp_conv import blocks_plan, chain_orders, start_flops, start_seconds, structure_routes_to_blocks
 from .lmi_build import MAX_WORK
 from .machine import CHAIN_IPM_SECONDS, METHOD_SECONDS
 from .piecewise import count_two_slope_neurons
@@ -158,7 +157,9 @@ def work(s: GraphSizes) -> dict[str, float]:
     """The unit of work each model counts on ``s`` (multiply by :data:`CONSTANTS`). LipSDP's terms
     count only the path ``solver="auto"`` takes with an unlimited budget (:func:`lipsdp_path`):
     ``ipm`` for Clarabel's interior point, ``lipsdp`` for the first-order path, ``blocks`` for
-    chains too large to assemble (the chain interior point's model is in :func:`lipsdp_cost`)."""
+    networks too large to assemble (the flops of its checked ECLipsE-Fast start,
+    :func:`~lipbound.methods.lipsdp_conv.start_flops`; the chain interior point's model is in
+    :func:`lipsdp_cost`)."""
     path = lipsdp_path(s)
     dense = path == "first-order"
     return {
@@ -168,7 +169,7 @@ def work(s: GraphSizes) -> dict[str, float]:
         "eclipse": ECLIPSE_PASSES * s.chain_work,
         "lipsdp": (ECLIPSE_PASSES + 2 * SDP_USEFUL_ITERATIONS) * s.chain_work if dense else 0.0,
         "ipm": float(_reduced_orders(s)[0] + s.unstable) ** 3.5 if path == "clarabel" else 0.0,
-        "blocks": BLOCKS_EVALUATIONS * s.blocks.work() if path == "blocks" else 0.0,
+        "blocks": start_flops(s.blocks) if path == "blocks" else 0.0,
         "lower": LOWER_PASSES * s.matvec_work,
         "exact": math.inf if s.relu_units is None else 2.0 ** min(s.relu_units, EXACT_LOG2_PATTERNS),
     }
@@ -177,9 +178,6 @@ def work(s: GraphSizes) -> dict[str, float]:
 #: LipSDP's paths under ``solver="auto"`` (:func:`lipsdp_path`); ``"refused"``: it raises NotApplicable
 LIPSDP_PATHS = ("clarabel", "ipm", "first-order", "blocks", "refused")
 LIPSDP_MAX_SIZE = 20000  # LipSDP's ``max_size``: the dense paths refuse a larger LMI order
-#: evaluations of the ``"blocks"`` path to its first useful bound: its set-up, SDP_USEFUL_ITERATIONS
-#: L-BFGS steps, its last step and the check (lipsdp_conv's SETUP_ and CHECK_EVALUATIONS)
-BLOCKS_EVALUATIONS = SETUP_EVALUATIONS + SDP_USEFUL_ITERATIONS + CHECK_EVALUATIONS
 #: iterations of the chain interior point (:mod:`lipbound.methods.lipsdp_ipm`, each priced at
 #: :data:`~.machine.CHAIN_IPM_SECONDS` per unit ``order^3 + 4 order^2 w``) to its first bound below
 #: its start (ECLipsE-Fast's multipliers); it returns its best iterate when its budget ends
@@ -195,7 +193,7 @@ def lipsdp_path(s: GraphSizes, budget: float = math.inf) -> str:
       structure: :func:`~lipbound.methods.lipsdp_conv.structure_routes_to_blocks`), which refuses
       it on the same sizes as :func:`~lipbound.methods.lipsdp_conv.lipsdp_blocks` does
       (:func:`~lipbound.methods.lipsdp_conv.blocks_refusal`: its matrices' float64 entries, its
-      set-up's predicted seconds against the budget);
+      checked start's predicted seconds against the budget, :func:`~lipbound.methods.lipsdp_conv.blocks_plan`);
     * the assembled LMI is refused with max pooling (no LMI holds it), without an unstable neuron,
       above order ``LIPSDP_MAX_SIZE``, or above ``MAX_WORK`` operations per factorisation (its
       bandwidth: the widest pair of neighbouring blocks on a chain, the whole order otherwise: a
@@ -205,7 +203,7 @@ def lipsdp_path(s: GraphSizes, budget: float = math.inf) -> str:
       otherwise (``"chordal"`` is never chosen by ``auto``: the chain interior point supersedes it).
     """
     if structure_routes_to_blocks(s.blocks):
-        return "refused" if blocks_refusal(s.blocks, budget) is not None else "blocks"
+        return "refused" if blocks_plan(s.blocks, budget) == "refused" else "blocks"
     orders = s.chain_orders
     blocks = [s.input_size, *s.widths]
     band = max(a + b for a, b in zip(blocks, blocks[1:])) if orders is not None and s.widths else s.lmi_order
@@ -247,14 +245,16 @@ def lipsdp_cost(s: GraphSizes) -> float:
     Clarabel solve (~ reduced order^3.5); on a chain, ECLipsE-Fast (its start) and
     IPM_USEFUL_ITERATIONS iterations of the chain interior point (CHAIN_IPM_SECONDS each unit); the
     first-order solver's start (ECLipsE-Fast) and SDP_USEFUL_ITERATIONS iterations; the ``"blocks"``
-    path's BLOCKS_EVALUATIONS layer-by-layer eliminations (LeNet5: about 24 evaluations of ~10 s);
+    path's checked ECLipsE-Fast start (:func:`~lipbound.methods.lipsdp_conv.start_seconds`: its layer
+    matrices, one recursion and the check; its solver runs only when the budget holds more,
+    :func:`~lipbound.methods.lipsdp_conv.blocks_plan`);
     ``inf`` where every path refuses the graph, so that a refused LipSDP is never predicted cheap."""
     path = lipsdp_path(s)
     if path == "refused":
         return math.inf
     w = work(s)
-    if path == "blocks":
-        return CONSTANTS["start"] + CONSTANTS["blocks"] * w["blocks"]
+    if path == "blocks":  # its first useful bound: the checked ECLipsE-Fast start
+        return CONSTANTS["start"] + start_seconds(s.blocks)
     if path == "clarabel":
         return CONSTANTS["start"] + CONSTANTS["ipm"] * w["ipm"]
     if path == "ipm":  # its start (ECLipsE-Fast) and IPM_USEFUL_ITERATIONS iterations

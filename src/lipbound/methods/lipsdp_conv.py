@@ -28,21 +28,39 @@ work; here nothing larger than a block and the blocks of its neighbours is ever 
 
 **Max pooling** is not part of an LMI (:mod:`lipbound.methods.lmi_build` refuses it); networks
 with max pooling get their bound from AutoLip, which multiplies by the pooling's factor between
-affine chains. **Cost**: an evaluation costs
+affine chains.
+
+**Cost**, from the graph's shapes before anything is materialised, at
+:data:`~lipbound.methods.machine.BLOCKS_RATE` flops per second: an evaluation costs
 :meth:`~lipbound.methods.lipsdp_banded.BlockStructure.work` flops (``sum_j (n_j^3 / 3 + n_j^2 p_j +
 n_j p_j^2)`` with ``p_j`` the size of the blocks block ``j`` is eliminated onto, and the input
-block's eigenvalues), estimated from the graph's shapes before anything is materialised; the
-method refuses (:class:`~lipbound.errors.NotApplicable`) a network whose start and check alone
-(about ``SETUP_EVALUATIONS`` evaluations) would not fit in the time budget at
-:data:`~lipbound.methods.machine.BLOCKS_RATE` flops per second (the Scalability CNNs with 16
-channels: 12,544 neurons per layer), so that AutoLip's certified bound stands for them; and one
-whose layers' dense matrices and largest blocks would not fit in ``max_entries`` float64 entries in
-all. **Plan**: whether the solver runs at all is decided from that predicted evaluation time
-alone (it runs when the budget holds ``SETUP_EVALUATIONS + SOLVE_MIN_EVALUATIONS`` evaluations),
-so the same network and budget take the same path on every machine; the wall clock then caps the
-solver's L-BFGS (``stopped_by == "time"``), keeping the predicted time of its last step and the
-check (:func:`check_seconds`: from the built LMI's sizes, after the stable neurons of a localized
-graph are eliminated; the check's search for provable multipliers runs on the reduced LMI).
+block's eigenvalues); the **checked start** (:func:`start_seconds`) costs the layer matrices
+(:data:`~lipbound.methods.machine.MATERIALISE_SECONDS` per float64 entry), one ECLipsE-Fast recursion
+(:func:`~lipbound.methods.eclipse.recursion_work`: dense inverses of the neuron blocks, which dominate
+on wide layers; the balancing's recursion is the start's, :func:`~lipbound.methods.eclipse.balanced`)
+and its check (``START_CHECK_EVALUATIONS`` evaluations).
+
+**Plan** (:func:`blocks_plan`, sizes and budget only, so the same network and budget take the same
+path on every machine):
+
+* ``"refused"`` (:class:`~lipbound.errors.NotApplicable`, so that AutoLip's certified bound stands):
+  the layers' dense matrices and largest blocks need more than ``max_entries`` float64 entries, or
+  the checked start does not fit the budget (the Scalability CNNs with 16 channels: 12,544 neurons
+  per layer);
+* ``"start"``: the budget holds the start and its check but not the solver: the checked ECLipsE-Fast
+  start is returned (``stopped_by == "work"``, ``iterations == 0``): a certificate, since
+  :func:`~lipbound.methods.sdp_verify.certify` proves it like any other multipliers;
+* ``"solve"``: the budget also holds ``SOLVE_MIN_EVALUATIONS`` evaluations and the solver's last
+  step and check (``CHECK_EVALUATIONS`` evaluations and the check's search,
+  :data:`~lipbound.methods.sdp_verify.SEARCH_EVALUATIONS`, all counted at the full LMI's size): the
+  wall clock then caps the solver's L-BFGS (``stopped_by == "time"``), keeping the predicted time
+  of its last step and the check (:func:`check_seconds`: from the built LMI's sizes, after the
+  stable neurons of a localized graph are eliminated; the check's search for provable multipliers
+  runs on the reduced LMI).
+
+Measured on one core of the shared 2-core CPU (load 4-5; ``benchmarks/results/sdp_cnn.md``):
+evaluations ran at 1.7-4e10 flops/s, recursions at 1.9-3.4e10, the start's check at 2.1-3.8e10,
+materialising at 0.4-0.9e-7 s per entry.
 """
 
 from __future__ import annotations
@@ -54,7 +72,7 @@ from functools import partial
 from ..errors import NotApplicable
 from ..graph.ir import Graph
 from ..report import Result
-from .eclipse import balanced, fast_multipliers
+from .eclipse import balanced, fast_multipliers, recursion_work
 from .lipsdp_banded import (BlockStructure, banded_cholesky_proves, banded_row_width, banded_schur,
                             structure_of_graph, structure_of_lmi)
 from .lmi_build import MAX_WORK, lmi_of_graph
@@ -62,11 +80,12 @@ from .lipsdp_dual import gap
 from .lmi import LipschitzLMI
 from .sdp_verify import SEARCH_EVALUATIONS, CertificateRejected, certify
 from .lipsdp_first_order import rss_mb, solve_first_order, stopped_by
-from .machine import BLOCKS_RATE
+from .machine import BLOCKS_RATE, MATERIALISE_SECONDS
 
-SETUP_EVALUATIONS = 8  # balancing, start, first and last evaluation, and the check, in evaluations' work
+START_CHECK_EVALUATIONS = 2  # the start's check: rho* (reduced LMI) and the block Cholesky proof (full)
 CHECK_EVALUATIONS = 5  # the solver's last evaluation (top eigenvectors, dual bound) and the check
-SOLVE_MIN_EVALUATIONS = 2  # evaluations the budget must hold beyond the set-up for the solver to run
+SOLVE_MIN_EVALUATIONS = 2  # evaluations the budget must hold beyond the start and the check for the solver to run
+PLANS = ("refused", "start", "solve")  # :func:`blocks_plan`
 MAX_ENTRIES = 3e8  # float64 entries of the layers' matrices and the largest block (2.4 GB)
 
 
@@ -94,12 +113,33 @@ def chain_orders(structure: BlockStructure | None) -> list[int] | None:
     return list(structure.sizes) if chain else None
 
 
-def evaluation_work(orders: list[int]) -> float:
-    """Flops of one elimination of a chain with these block orders
-    (:meth:`~lipbound.methods.lipsdp_banded.BlockStructure.work`)."""
-    chain = BlockStructure(tuple(orders), (frozenset(),) + tuple(frozenset({j}) for j in range(len(orders) - 1)),
-                           (False,) * len(orders), frozenset({len(orders) - 1}))
-    return chain.work()
+def start_flops(structure: BlockStructure) -> float:
+    """Flops of the checked start on an LMI of this structure: one ECLipsE-Fast recursion and
+    ``START_CHECK_EVALUATIONS`` evaluations."""
+    return recursion_work(structure) + START_CHECK_EVALUATIONS * structure.work()
+
+
+def start_seconds(structure: BlockStructure) -> float:
+    """Predicted seconds of the checked start (module doc, *Cost*): its layer matrices
+    (``MATERIALISE_SECONDS`` per entry) and :func:`start_flops` at ``BLOCKS_RATE``."""
+    return structure.entries() * MATERIALISE_SECONDS + start_flops(structure) / BLOCKS_RATE
+
+
+def solve_seconds(structure: BlockStructure) -> float:
+    """The least budget in which the solver runs (module doc, *Plan*): the start's set-up (its check
+    is replaced by the final one), ``SOLVE_MIN_EVALUATIONS`` evaluations, the last step and the check
+    (``CHECK_EVALUATIONS + SEARCH_EVALUATIONS`` evaluations of the full LMI: an upper bound of
+    :func:`check_seconds` before the LMI is built)."""
+    extra = SOLVE_MIN_EVALUATIONS + CHECK_EVALUATIONS + SEARCH_EVALUATIONS - START_CHECK_EVALUATIONS
+    return start_seconds(structure) + extra * structure.work() / BLOCKS_RATE
+
+
+def blocks_plan(structure: BlockStructure, time_budget: float, max_entries: float = MAX_ENTRIES) -> str:
+    """``"refused"``, ``"start"`` or ``"solve"``: what :func:`lipsdp_blocks` does with ``time_budget``
+    seconds on a network of this structure (module doc, *Plan*; sizes only)."""
+    if blocks_refusal(structure, time_budget, max_entries) is not None:
+        return "refused"
+    return "solve" if time_budget >= solve_seconds(structure) else "start"
 
 
 def routes_to_blocks(graph: Graph, max_work: float = MAX_WORK) -> bool:
@@ -117,17 +157,17 @@ def structure_routes_to_blocks(structure: BlockStructure | None, max_work: float
 
 def blocks_refusal(structure: BlockStructure, time_budget: float, max_entries: float = MAX_ENTRIES) -> str | None:
     """Why :func:`lipsdp_blocks` refuses a network of this block structure with ``time_budget``
-    seconds (its matrices exceed ``max_entries`` float64 entries, or its set-up of
-    ``SETUP_EVALUATIONS`` evaluations at :data:`~lipbound.methods.machine.BLOCKS_RATE` exceeds the
-    budget), or None: decided from sizes alone (the cost model reads the same rule)."""
+    seconds (its matrices exceed ``max_entries`` float64 entries, or its checked start,
+    :func:`start_seconds`, exceeds the budget), or None: decided from sizes alone (the cost model
+    reads the same rule)."""
     entries = structure.entries()
     if entries > max_entries:
         return (f"the LMI's layer matrices and blocks need {entries:.2g} float64 entries "
                 f"(> max_entries {max_entries:.2g}); autolip's bound stands")
-    seconds = structure.work() / BLOCKS_RATE
-    if SETUP_EVALUATIONS * seconds > time_budget:
-        return (f"one evaluation of the network's LMI takes about {seconds:.0f} s: its start and check "
-                f"would not fit in {time_budget:.0f} s; autolip's bound stands")
+    seconds = start_seconds(structure)
+    if seconds > time_budget:
+        return (f"the ECLipsE-Fast start of the network's LMI and its check take about {seconds:.0f} s: "
+                f"they would not fit in {time_budget:.0f} s; autolip's bound stands")
     return None
 
 
@@ -146,16 +186,16 @@ def lipsdp_blocks(graph: Graph, *, variant: str = "neuron", time_budget: float =
     if structure is None:
         raise NotApplicable("solver 'blocks' needs affine layers, activations, sums and concatenations (no max "
                             "pooling)")
-    refusal = blocks_refusal(structure, time_budget, max_entries)
-    if refusal is not None:
-        raise NotApplicable(refusal)
+    plan = blocks_plan(structure, time_budget, max_entries)
+    if plan == "refused":
+        raise NotApplicable(blocks_refusal(structure, time_budget, max_entries))
     seconds = structure.work() / BLOCKS_RATE
     lmi = lmi_of_graph(graph, max_size=max_size, max_work=math.inf, eliminate="constant")
     lmi = balanced(lmi)
     interior, rho_start = fast_multipliers(lmi, grid=0, evaluations=1)  # theta = 1 only
     red = lmi.reduced()
     t_solve = time.perf_counter()
-    planned = time_budget >= (SETUP_EVALUATIONS + SOLVE_MIN_EVALUATIONS) * seconds  # from sizes only
+    planned = plan == "solve"  # from sizes only
     if planned:
         left = time_budget - (t_solve - start) - check_seconds(lmi, red)  # the clock's cap
         t, claimed, info = solve_first_order(red, variant=variant, time_budget=max(left, 0.0), max_iter=lbfgs_iter,
@@ -164,7 +204,7 @@ def lipsdp_blocks(graph: Graph, *, variant: str = "neuron", time_budget: float =
         t, claimed, info = interior, rho_start, {"solver_status": "not planned", "iterations": 0}
     info.update(solver="blocks", solver_seconds=time.perf_counter() - t_solve, lmi_order=lmi.size,
                 stopped_by=stopped_by(info["solver_status"]) if planned else "work", reduced_order=red.size,
-                eliminated_neurons=lmi.eliminated, estimated_evaluation_seconds=seconds,
+                eliminated_neurons=lmi.eliminated, estimated_evaluation_seconds=seconds, plan=plan,
                 start_value=lmi.scale * math.sqrt(rho_start))
     name = "lipsdp" if variant == "neuron" else "lipsdp-layer"
     info["solver_value"] = lmi.scale * math.sqrt(max(claimed, 0.0))

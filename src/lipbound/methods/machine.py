@@ -12,7 +12,7 @@ only makes the predictions pessimistic. Two kinds of constants live here:
 
 * **Kernel rates**, measured on one operation (unit in each comment): :data:`SVD_RATE`,
   :data:`GRAM_RATE`, :data:`MATMUL_RATE`, :data:`FACTOR_RATE`, :data:`POWER_SECONDS`,
-  :data:`BLOCKS_RATE`, :data:`CHAIN_IPM_SECONDS`.
+  :data:`BLOCKS_RATE`, :data:`MATERIALISE_SECONDS`, :data:`CHAIN_IPM_SECONDS`.
 * **Per-method constants** of the cost model (:data:`METHOD_SECONDS`): seconds per unit of each
   method's own work count (:func:`lipbound.methods.cost.work`), fitted end to end by
   ``benchmarks/cost_model.py`` (total measured seconds / total work over random MLPs and a CNN),
@@ -22,7 +22,7 @@ only makes the predictions pessimistic. Two kinds of constants live here:
 from __future__ import annotations
 
 __all__ = ["SVD_RATE", "GRAM_RATE", "MATMUL_RATE", "FACTOR_RATE", "POWER_SECONDS", "BLOCKS_RATE",
-           "CHAIN_IPM_SECONDS", "METHOD_SECONDS"]
+           "MATERIALISE_SECONDS", "CHAIN_IPM_SECONDS", "METHOD_SECONDS"]
 
 #: ``m n min(m, n)`` per second of a float64 SVD of an ``m x n`` matrix (measured 1.0-1.8e9 on one
 #: core; an OVAL21 convolution materialised as 3072 x 2048: 1.1e9)
@@ -39,10 +39,15 @@ FACTOR_RATE = 4e9
 #: seconds per multiply-add of the power iterations through a layer's operator (its forward and
 #: adjoint passes; set by hand, not fitted)
 POWER_SECONDS = 2e-9
-#: float64 flops per second of the block eliminations of LipSDP's "blocks" path
-#: (:meth:`~lipbound.methods.lipsdp_banded.BlockStructure.work`; measured ~1.2e10: chain_schur on
-#: LeNet5, one core of the shared CPU)
-BLOCKS_RATE = 1e10
+#: float64 flops per second of LipSDP's "blocks" path (:mod:`lipbound.methods.lipsdp_conv`): its block
+#: eliminations (:meth:`~lipbound.methods.lipsdp_banded.BlockStructure.work`) and its ECLipsE-Fast
+#: start (:func:`~lipbound.methods.eclipse.recursion_work`). Measured on one core of the shared CPU at
+#: load 4-5 on the realnets CNNs (ConvSmall, OVAL21 base and wide, ResNet-2B, LeNet5): evaluations
+#: 1.7-4e10, recursions 1.9-3.4e10, the start's check 2.1-3.8e10 (``benchmarks/results/sdp_cnn.md``)
+BLOCKS_RATE = 2e10
+#: seconds per float64 entry (:meth:`~lipbound.methods.lipsdp_banded.BlockStructure.entries`) of
+#: materialising and bounding the "blocks" path's layer matrices (measured 0.4-0.9e-7 on the same CNNs)
+MATERIALISE_SECONDS = 1e-7
 #: seconds per unit ``order^3 + 4 order^2 w`` of one iteration of the chain interior point
 #: (:mod:`lipbound.methods.lipsdp_ipm`; ``w`` the widest block), measured on GLipSDP's mlp_L33_W32
 #: and mlp_L65_W32 (0.5 to 0.8 s at order 1056, 3 to 5 s at 2112, one thread of the loaded CPU)
@@ -59,7 +64,7 @@ METHOD_SECONDS = {
     "eclipse": 2.8e-9,       # per flop of the block recursions and the check
     "lipsdp": 1e-9,          # per flop of the first-order solver's iterations
     "ipm": 2e-8,             # per (reduced LMI order)^3.5 of an interior-point solve
-    "blocks": 1 / BLOCKS_RATE,  # per flop of the "blocks" path's eliminations
+    "blocks": 1 / BLOCKS_RATE,  # per flop of the "blocks" path's start and eliminations
     "lower": 5e-8,           # per multiply-add of the search's forward and backward passes
     "exact": 1e-3,           # per activation pattern visited
 }

@@ -10,8 +10,10 @@
      region of at most :data:`~lipbound.methods.LOCAL_BAB_INPUTS` input elements; the others on
      every graph);
   2. kept when their predicted time fits the budget (:func:`fits`): on MLPs of up to a few
-     thousand neurons this keeps ``eclipse-fast`` and ``lipsdp``; on a large CNN their LMI does
-     not fit and AutoLip, SeqLip and ``lower`` remain;
+     thousand neurons this keeps ``eclipse-fast`` and ``lipsdp``; on a CNN whose LMI is too large
+     to assemble, ``lipsdp`` stays when its "blocks" path's checked ECLipsE-Fast start fits
+     (:func:`~lipbound.methods.lipsdp_conv.blocks_plan`: OVAL21 base, ResNet-2B and ConvSmall in
+     30 s; its solver runs when the budget holds more); on larger ones AutoLip and ``lower`` remain;
   3. in the order of :func:`tightness_order`: the expected-tightest upper bound first, the
      witnessed lower bound last.
 
