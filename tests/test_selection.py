@@ -154,6 +154,27 @@ def test_graph_sizes_on_a_region_count_only_unstable_neurons() -> None:
     assert sizes.unstable == straddle < 16 and sizes.lmi_order == 3 + straddle
 
 
+def test_the_region_search_runs_after_the_fixed_cost_methods_and_gets_the_time_they_leave() -> None:
+    """On a small-input region the default set holds local-bab; it runs after every other certified
+    method (before the lower bound), so its share is computed from the time they leave: with the
+    methods before it done, it gets more of the budget than it would running first."""
+    from lipbound.methods.propagation import localize
+    from lipbound.methods.region import as_region
+
+    graph = mlp(3, [8, 8])
+    local = localize(graph, as_region((-0.5, 0.5), graph.input_shape))
+    names = default_methods(local, time_budget=60.0)
+    assert "local-bab" in names and names[-1] == "lower"
+    uppers = [n for n in names if METHODS[n].guarantee.is_upper]
+    assert uppers[-1] == "local-bab" and len(uppers) > 1
+    specs = [METHODS[n] for n in names]
+    i = names.index("local-bab")
+    sizes = graph_sizes(local)
+    after = budget_share(60.0, 60.0, specs[i:], sizes)  # what it gets when the others used no time
+    first = budget_share(60.0, 60.0, [specs[i]] + specs[:i] + specs[i + 1:], sizes)
+    assert after > first
+
+
 # ---- LipSDP's path under solver="auto" (cost.lipsdp_path), checked against lipsdp's own router ----
 
 def lenet5() -> lipbound.Graph:
