@@ -88,6 +88,7 @@ import scipy.sparse.linalg as spla
 from ..graph.ir import Graph
 from ..report import Result
 from .budget import Clock, stopped_by
+from .line_search import golden_section
 from .lmi import LipschitzLMI, pow2
 from .lmi_build import lmi_of_graph
 from .sdp_verify import CertificateRejected, certify
@@ -123,7 +124,6 @@ def fast_multipliers(lmi: LipschitzLMI, *, grid: int = 7, evaluations: int = 14,
 
     rho_of(0.0)
     lo, hi = (math.log(0.3), math.log(1.95)) if chain else (math.log(0.02), math.log(1.9))
-    golden = (math.sqrt(5) - 1) / 2
 
     def timed_out() -> bool:
         return clock is not None and clock.expired()
@@ -137,14 +137,7 @@ def fast_multipliers(lmi: LipschitzLMI, *, grid: int = 7, evaluations: int = 14,
     if done:
         i = int(np.argmin([cache[u][1] for u in done]))
         lo, hi = done[max(i - 1, 0)], done[min(i + 1, len(done) - 1)]
-    a, b = hi - golden * (hi - lo), lo + golden * (hi - lo)
-    while len(cache) + 1 < evaluations and not timed_out():
-        if rho_of(a) <= rho_of(b):
-            hi, b = b, a
-            a = hi - golden * (hi - lo)
-        else:
-            lo, a = a, b
-            b = lo + golden * (hi - lo)
+    golden_section(rho_of, lo, hi, lambda a, b: len(cache) + 1 < evaluations and not timed_out())
     t, rho = min(cache.values(), key=lambda v: v[1])
     return t.copy(), rho
 

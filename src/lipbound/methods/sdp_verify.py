@@ -69,6 +69,7 @@ from ..errors import LipboundError
 from ..linalg.spectral import CERTIFIED_RTOL
 from .float_error import gamma
 from ..linalg.float_units import ETA64
+from .line_search import golden_section
 from .lmi import LipschitzLMI
 
 
@@ -318,7 +319,6 @@ def _golden_caps(t: np.ndarray, lo: float, hi: float, candidate: Callable, out: 
     """Golden-section search of ``rho`` over the caps ``min(t, e^u)``, ``u`` in ``[lo, hi]``, until
     ``out`` holds ``limit`` candidates; ties (both infinite: the margin still too large, or the
     caps too low to be feasible) go to the lower caps. Returns the best finite one (or ``best``)."""
-    golden = (math.sqrt(5) - 1) / 2
     cache: dict[float, _Candidate] = {}
 
     def rho_at(u: float) -> float:
@@ -328,14 +328,7 @@ def _golden_caps(t: np.ndarray, lo: float, hi: float, candidate: Callable, out: 
             out.append(cache[u])
         return cache[u].rho
 
-    a, b = hi - golden * (hi - lo), lo + golden * (hi - lo)
-    while len(out) + 2 - (a in cache) - (b in cache) <= limit:
-        if rho_at(a) <= rho_at(b):
-            hi, b = b, a
-            a = hi - golden * (hi - lo)
-        else:
-            lo, a = a, b
-            b = lo + golden * (hi - lo)
+    golden_section(rho_at, lo, hi, lambda a, b: len(out) + 2 - (a in cache) - (b in cache) <= limit)
     for c in cache.values():
         if math.isfinite(c.rho) and (best is None or c.rho < best.rho):
             best = c
