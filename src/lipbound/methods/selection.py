@@ -9,8 +9,9 @@
      :data:`~lipbound.methods.EXACT_DEFAULT_NEURONS` unstable ReLU units; ``local-bab`` on a
      region of at most :data:`~lipbound.methods.LOCAL_BAB_INPUTS` input elements; the others on
      every graph);
-  2. kept when their predicted time fits the budget (:func:`fits`), and an ``anytime`` upper bound
-     when it fits the share it will get (:func:`planned_shares`): on MLPs of up to a few
+  2. kept when their predicted time fits the budget (:func:`fits`), and, for a method that refuses
+     a budget too small for its first bound, the share it will get (:data:`REFUSES_SMALL_BUDGET`,
+     :func:`planned_shares`): on MLPs of up to a few
      thousand neurons this keeps ``eclipse-fast`` and ``lipsdp``; on a CNN whose LMI is too large
      to assemble, ``lipsdp`` stays when its "blocks" path's checked ECLipsE-Fast start fits
      (:func:`~lipbound.methods.lipsdp_conv.blocks_plan`: OVAL21 base, ResNet-2B and ConvSmall in
@@ -43,7 +44,7 @@ from typing import Any, Iterable
 from ..errors import InvalidInput
 from ..graph.ir import Graph
 from . import METHODS, MethodSpec, get_method
-from .cost import GraphSizes, graph_sizes
+from .cost import GraphSizes, graph_sizes, lipsdp_path
 
 __all__ = ["DEFAULT_SET_WORK", "select_methods", "default_methods", "fits", "planned_shares", "tightness_order", "method_kwargs", "check_options",
            "budget_share", "DEFAULT_TIME_BUDGET", "TIGHTNESS"]
@@ -96,21 +97,26 @@ def default_methods(graph: Graph, *, lower: bool = True, time_budget: float | No
                     if spec.default_for(graph) and (lower or spec.guarantee.is_upper) and fits(spec, sizes, budget)),
                    key=tightness_order)
     while short := [spec for spec, share in zip(specs, planned_shares(specs, sizes, budget))
-                    if spec.anytime and spec.guarantee.is_upper and spec.predicted_seconds(sizes) > share]:
+                    if spec.name in REFUSES_SMALL_BUDGET and REFUSES_SMALL_BUDGET[spec.name](sizes, share)]:
         specs.remove(short[0])  # the first in run order: the time it was planned to take passes to the later ones
     return [spec.name for spec in specs]
+
+
+#: the methods that refuse a budget too small for their first bound (raise NotApplicable), with the
+#: cost model's copy of that rule on sizes: LipSDP's "blocks" path refuses a budget below its checked
+#: start (:func:`~lipbound.methods.lipsdp_conv.blocks_refusal`, read by :func:`~lipbound.methods.cost.lipsdp_path`)
+REFUSES_SMALL_BUDGET = {name: (lambda sizes, budget: lipsdp_path(sizes, budget) == "refused")
+                        for name in ("lipsdp", "lipsdp-layer")}
 
 
 def fits(spec: MethodSpec, sizes: GraphSizes, budget: float) -> bool:
     """The method's predicted time (:attr:`MethodSpec.cost`) is within the run's budget. A method
     whose budget only caps an improving search (``anytime``) is predicted to its first useful bound,
     so fitting means it returns one; the others must finish. This is the first filter;
-    :func:`default_methods` then drops the ``anytime`` upper bounds whose prediction exceeds the
-    share they will get (:func:`planned_shares`): a method that refuses a budget too small for its
-    first bound (LipSDP's "blocks" path, :func:`~lipbound.methods.lipsdp_conv.blocks_refusal`) is
-    then never selected to be refused. The witnessed lower bounds are kept: they run last, never
-    refuse a small share (they return their first ascent step, at least ``MIN_SHARE`` of the
-    budget) and are the bracket's only lower end."""
+    :func:`default_methods` then drops a method that would refuse the share it will get
+    (:data:`REFUSES_SMALL_BUDGET`, :func:`planned_shares`), so that what is selected is never
+    skipped for time. The other methods return a first bound on any share (the lower bound its
+    first ascent step, at least ``MIN_SHARE`` of the budget) and are kept."""
     return spec.predicted_seconds(sizes) <= budget
 
 
