@@ -50,15 +50,16 @@ path on every machine):
 * ``"start"``: the budget holds the start and its check but not the solver: the checked ECLipsE-Fast
   start is returned (``stopped_by == "work"``, ``iterations == 0``): a certificate, since
   :func:`~lipbound.methods.sdp_verify.certify` proves it like any other multipliers;
-* ``"solve"``: the budget also holds ``SOLVE_MIN_EVALUATIONS`` evaluations and the check after the
-  solver (``CHECK_EVALUATIONS`` evaluations: ``rho*`` of the solver's multipliers and the block
-  Cholesky proof, all counted at the full LMI's size; the solver's own last evaluation is inside its
-  budget): the wall clock then caps the solver's L-BFGS (``stopped_by == "time"``), keeping the
+* ``"solve"``: the budget also holds ``SOLVE_MIN_EVALUATIONS`` evaluations, the solver's last step
+  (``FINAL_EVALUATIONS``: gradients, top eigenvectors, dual bound) and the check after the solver
+  (``CHECK_EVALUATIONS``: ``rho*`` of the solver's multipliers and the block Cholesky proof), all
+  counted at the full LMI's size: the wall clock then caps the solver's L-BFGS (``stopped_by == "time"``), keeping the
   predicted time of the check (:func:`check_seconds`: from the built LMI's sizes, after the stable
   neurons of a localized graph are eliminated). The check's search for provable multipliers is
   capped from the budget too (:func:`search_evaluations`: one evaluation in ``SEARCH_SHARE`` of
   those beyond the least solve budget, at most :data:`~lipbound.methods.sdp_verify.SEARCH_EVALUATIONS`),
-  so that the reserve is what the check does, not its worst case (measured: about one evaluation);
+  so that the reserve is what the check does, not its worst case (measured: about one evaluation
+  when the solver's multipliers are proved as they are);
   only the solver and the search use the reduced LMI (:meth:`~lipbound.methods.lmi.LipschitzLMI.reduced`,
   an SVD of the first layer), so the start plan does not build it.
 
@@ -88,6 +89,7 @@ from .machine import BLOCKS_RATE, MATERIALISE_SECONDS
 
 START_CHECK_EVALUATIONS = 2  # the start's check: rho* of its multipliers and the block Cholesky proof
 CHECK_EVALUATIONS = 2  # the check after the solver: rho* of the solver's multipliers and the proof
+FINAL_EVALUATIONS = 3  # the solver's last step beyond its own reserve: gradients, top eigenvectors, dual bound
 SOLVE_MIN_EVALUATIONS = 2  # evaluations the budget must hold beyond the start and the check for the solver to run
 SEARCH_SHARE = 4  # the check's search gets one evaluation in this many of those the budget holds beyond the minimum
 PLANS = ("refused", "start", "solve")  # :func:`blocks_plan`
@@ -99,10 +101,12 @@ def check_seconds(lmi: LipschitzLMI, red: LipschitzLMI | None, search: int) -> f
     from the built LMI's block sizes (after the stable neurons' elimination, so a localized graph's
     smaller LMI is planned as such): its proof on the full LMI, ``rho*`` of the solver's multipliers
     and at most ``search`` more (the search for multipliers it can prove) on the reduced one ``red``
-    (the full one when None), at :data:`~lipbound.methods.machine.BLOCKS_RATE`. The solver's own last
-    evaluation is inside its budget (:func:`~lipbound.methods.lipsdp_first_order.solve_first_order`)."""
+    (the full one when None), and the solver's last step (``FINAL_EVALUATIONS`` of the reduced one:
+    :func:`~lipbound.methods.lipsdp_first_order.solve_first_order` keeps only two plain evaluations
+    for it, fewer than its gradients, top eigenvectors and dual bound cost), at
+    :data:`~lipbound.methods.machine.BLOCKS_RATE`."""
     evaluated = structure_of_lmi(red if red is not None else lmi).work()
-    return (structure_of_lmi(lmi).work() + (CHECK_EVALUATIONS - 1 + search) * evaluated) / BLOCKS_RATE
+    return (structure_of_lmi(lmi).work() + (CHECK_EVALUATIONS - 1 + FINAL_EVALUATIONS + search) * evaluated) / BLOCKS_RATE
 
 
 def chain_orders(structure: BlockStructure | None) -> list[int] | None:
@@ -132,10 +136,11 @@ def start_seconds(structure: BlockStructure) -> float:
 
 def solve_seconds(structure: BlockStructure) -> float:
     """The least budget in which the solver runs (module doc, *Plan*): the start's set-up (its check
-    is replaced by the one after the solver), ``SOLVE_MIN_EVALUATIONS`` evaluations and the check
-    (``CHECK_EVALUATIONS`` evaluations of the full LMI, its search left out: :func:`search_evaluations`
-    is 0 at this budget)."""
-    extra = SOLVE_MIN_EVALUATIONS + CHECK_EVALUATIONS - START_CHECK_EVALUATIONS
+    is replaced by the one after the solver), ``SOLVE_MIN_EVALUATIONS`` evaluations, the solver's last
+    step and the check (``FINAL_EVALUATIONS + CHECK_EVALUATIONS`` evaluations of the full LMI, an upper
+    bound of :func:`check_seconds` before the LMI is built; the search left out:
+    :func:`search_evaluations` is 0 at this budget)."""
+    extra = SOLVE_MIN_EVALUATIONS + FINAL_EVALUATIONS + CHECK_EVALUATIONS - START_CHECK_EVALUATIONS
     return start_seconds(structure) + extra * structure.work() / BLOCKS_RATE
 
 
