@@ -177,7 +177,8 @@ def test_a_60_s_default_run_plans_the_solver_on_the_realnets_cnns(name):
     from lipbound.methods.selection import budget_share, default_methods
 
     pytest.importorskip("onnx")
-    spec = importlib.util.spec_from_file_location("realnets_examples", Path(__file__).resolve().parents[1] / "examples" / "realnets.py")
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    spec = importlib.util.spec_from_file_location("realnets_examples", examples / "realnets.py")
     ex = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ex)
     graph = ex.load_realnet(REALNETS / name)

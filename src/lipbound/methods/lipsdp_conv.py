@@ -106,7 +106,8 @@ def check_seconds(lmi: LipschitzLMI, red: LipschitzLMI | None, search: int) -> f
     for it, fewer than its gradients, top eigenvectors and dual bound cost), at
     :data:`~lipbound.methods.machine.BLOCKS_RATE`."""
     evaluated = structure_of_lmi(red if red is not None else lmi).work()
-    return (structure_of_lmi(lmi).work() + (CHECK_EVALUATIONS - 1 + FINAL_EVALUATIONS + search) * evaluated) / BLOCKS_RATE
+    evaluations = CHECK_EVALUATIONS - 1 + FINAL_EVALUATIONS + search
+    return (structure_of_lmi(lmi).work() + evaluations * evaluated) / BLOCKS_RATE
 
 
 def chain_orders(structure: BlockStructure | None) -> list[int] | None:
@@ -233,7 +234,8 @@ def lipsdp_blocks(graph: Graph, *, variant: str = "neuron", time_budget: float =
     info["sdp_lower"] = lmi.scale * math.sqrt(max(info.pop("dual_rho", 0.0), 0.0))
     try:
         cert = certify(lmi, t, claimed_rho=claimed, interior=interior, search=search, schur=partial(banded_schur, lmi),
-                       search_schur=partial(banded_schur, lmi if red is None else red), prove=partial(banded_cholesky_proves, lmi),
+                       search_schur=partial(banded_schur, lmi if red is None else red),
+                       prove=partial(banded_cholesky_proves, lmi),
                        width=banded_row_width(lmi))
     except CertificateRejected as exc:
         info.update(verified=False, reason=str(exc), rss_peak_mb=rss_mb())

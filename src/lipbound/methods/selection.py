@@ -46,7 +46,8 @@ from ..graph.ir import Graph
 from . import METHODS, MethodSpec, get_method
 from .cost import GraphSizes, graph_sizes, lipsdp_path
 
-__all__ = ["DEFAULT_SET_WORK", "select_methods", "default_methods", "fits", "planned_shares", "tightness_order", "method_kwargs", "check_options",
+__all__ = ["DEFAULT_SET_WORK", "select_methods", "default_methods", "fits", "planned_shares", "REFUSES_SMALL_BUDGET",
+           "tightness_order", "method_kwargs", "check_options",
            "budget_share", "DEFAULT_TIME_BUDGET", "TIGHTNESS"]
 
 #: seconds of a default run (``methods=None``) without a ``time_budget``: the methods are chosen to
