@@ -7,6 +7,7 @@ call, which refuses a budget too small for the "blocks" path's set-up before bui
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -133,3 +134,56 @@ def test_the_plan_reads_sizes_only():
     assert blocks_plan(sizes[0].blocks, solve * 1.01) == "solve"
     res = lipsdp_blocks(graphs[1], time_budget=(start + solve) / 2)
     assert res.details["plan"] == "start" and res.details["iterations"] == 0 and res.details["stopped_by"] == "work"
+
+
+def test_the_search_cap_grows_with_the_budget_from_zero_at_the_least_solve_budget():
+    """The check's search (:func:`~lipbound.methods.lipsdp_conv.search_evaluations`) is 0 where the
+    solver first fits, never decreases with the budget, and stops at ``SEARCH_EVALUATIONS``; at every
+    budget the solve plan leaves its least evaluations after the start's set-up and the reserve
+    priced at full size (oracle: the sum written out from the module doc's counts)."""
+    from lipbound.methods.lipsdp_conv import (CHECK_EVALUATIONS, FINAL_EVALUATIONS, SOLVE_MIN_EVALUATIONS,
+                                              START_CHECK_EVALUATIONS, blocks_plan, search_evaluations,
+                                              solve_seconds, start_seconds)
+    from lipbound.methods.machine import BLOCKS_RATE
+    from lipbound.methods.sdp_verify import SEARCH_EVALUATIONS
+
+    structure = graph_sizes(lipbound.as_graph(*wide_input_cnn(0))).blocks
+    one = structure.work() / BLOCKS_RATE
+    least = solve_seconds(structure)
+    assert search_evaluations(structure, least) == 0 and search_evaluations(structure, 1e9) == SEARCH_EVALUATIONS
+    caps = [search_evaluations(structure, least + k * one) for k in range(80)]
+    assert caps == sorted(caps) and caps[-1] == SEARCH_EVALUATIONS
+    for k, search in enumerate(caps):
+        budget = least + k * one
+        assert blocks_plan(structure, budget) == "solve"
+        set_up = start_seconds(structure) - START_CHECK_EVALUATIONS * one
+        reserve = (FINAL_EVALUATIONS + CHECK_EVALUATIONS + search) * one
+        assert budget - set_up - reserve >= SOLVE_MIN_EVALUATIONS * one * (1 - 1e-9)
+
+
+REALNETS = Path(__file__).resolve().parents[2] / "shared" / "realnets"
+
+
+@pytest.mark.skipif(not REALNETS.is_dir(), reason="the shared realnets folder is absent")
+@pytest.mark.parametrize("name", ["oval21_cifar_base_kw.onnx", "cifar10_resnet_2b.onnx"])
+def test_a_60_s_default_run_plans_the_solver_on_the_realnets_cnns(name):
+    """Issue 13: at 60 s the default set keeps lipsdp, and the share the run gives it (lipsdp runs
+    first: :func:`~lipbound.methods.selection.budget_share` with the whole budget left) holds the
+    solver, not only the checked start (the plan read from sizes, nothing built)."""
+    import importlib.util
+
+    from lipbound.methods import METHODS
+    from lipbound.methods.lipsdp_conv import blocks_plan
+    from lipbound.methods.selection import budget_share, default_methods
+
+    pytest.importorskip("onnx")
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    spec = importlib.util.spec_from_file_location("realnets_examples", examples / "realnets.py")
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    graph = ex.load_realnet(REALNETS / name)
+    sizes = graph_sizes(graph)
+    names = default_methods(graph, time_budget=60.0)
+    assert names[0] == "lipsdp"
+    share = budget_share(60.0, 60.0, [METHODS[n] for n in names], sizes)
+    assert blocks_plan(sizes.blocks, share) == "solve"

@@ -14,7 +14,7 @@ import torch
 import lipbound
 from lipbound.methods import cost, machine
 from lipbound.methods.lipsdp_banded import structure_of_graph
-from lipbound.methods.lipsdp_conv import blocks_plan, lipsdp_blocks, solve_seconds, start_seconds
+from lipbound.methods.lipsdp_conv import blocks_plan, lipsdp_blocks, search_evaluations, solve_seconds, start_seconds
 
 from conftest import jacobian_norm
 from test_lipsdp_conv import small_cnn
@@ -66,13 +66,15 @@ def test_blocks_path_plans_its_solver_from_sizes():
     assert blocks_plan(structure, budget) == "start"
     first, again = lipsdp_blocks(graph, time_budget=budget), lipsdp_blocks(graph, time_budget=budget)
     assert first.details["stopped_by"] == "work" and first.details["iterations"] == 0
-    assert first.details["plan"] == "start"
+    assert first.details["plan"] == "start" and first.details["reduced_order"] is None  # no SVD for the solver
     assert first.kind == again.kind == "certified_upper" and first.value == again.value
     torch.manual_seed(0)
     lower = max(jacobian_norm(net, torch.randn(shape, dtype=torch.float64)) for _ in range(20))
     assert lower <= first.value
     solved = lipsdp_blocks(graph, time_budget=30.0)
     assert solved.details["iterations"] > 0 and solved.details["stopped_by"] != "work"
+    assert solved.details["check_search"] == search_evaluations(structure, 30.0)
+    assert solved.details["verify_searched"] <= 1 + solved.details["check_search"]  # the plan's cap on the check
     assert lower <= solved.value <= first.value
 
 

@@ -264,3 +264,28 @@ def test_lenet5_gets_the_blocks_path_when_its_checked_start_fits() -> None:
     assert start < lipsdp_cost(sizes) < 300.0
     assert "lipsdp" not in default_methods(graph, time_budget=start / 2)
     assert "lipsdp" in default_methods(graph, time_budget=300.0)
+
+def test_what_the_default_set_selects_the_blocks_path_never_refuses_for_time() -> None:
+    """LeNet5's checked start (about 27 s predicted) against budgets around it: whenever the default
+    set keeps lipsdp, the share the run gives it (:func:`budget_share` as the run computes it, lipsdp
+    running first) holds the start by lipsdp's own refusal rule; the grid reaches budgets where the
+    whole budget holds the start but the share does not (the case that used to be selected, then
+    skipped)."""
+    from lipbound.methods.lipsdp_conv import blocks_refusal, start_seconds
+
+    graph = lenet5()
+    sizes = graph_sizes(graph)
+    start = start_seconds(sizes.blocks)
+    gap_seen = False
+    for budget in [start * (1 + k / 40) for k in range(13)]:
+        names = default_methods(graph, time_budget=budget)
+        candidates = [n for n in ("lipsdp", "autolip", "lower") if METHODS[n].predicted_seconds(sizes) <= budget]
+        share = budget_share(budget, budget, [METHODS[n] for n in candidates], sizes)  # lipsdp first, all fitting
+        gap_seen |= "lipsdp" in candidates and blocks_refusal(sizes.blocks, share) is not None
+        if "lipsdp" in names:
+            assert names[0] == "lipsdp"
+            share = budget_share(budget, budget, [METHODS[n] for n in names], sizes)
+            assert blocks_refusal(sizes.blocks, share) is None, budget
+        assert "lower" in names and "autolip" in names
+    assert gap_seen
+    assert "lipsdp" in default_methods(graph, time_budget=start * 1.3)

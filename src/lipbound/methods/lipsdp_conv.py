@@ -50,13 +50,18 @@ path on every machine):
 * ``"start"``: the budget holds the start and its check but not the solver: the checked ECLipsE-Fast
   start is returned (``stopped_by == "work"``, ``iterations == 0``): a certificate, since
   :func:`~lipbound.methods.sdp_verify.certify` proves it like any other multipliers;
-* ``"solve"``: the budget also holds ``SOLVE_MIN_EVALUATIONS`` evaluations and the solver's last
-  step and check (``CHECK_EVALUATIONS`` evaluations and the check's search,
-  :data:`~lipbound.methods.sdp_verify.SEARCH_EVALUATIONS`, all counted at the full LMI's size): the
-  wall clock then caps the solver's L-BFGS (``stopped_by == "time"``), keeping the predicted time
-  of its last step and the check (:func:`check_seconds`: from the built LMI's sizes, after the
-  stable neurons of a localized graph are eliminated; the check's search for provable multipliers
-  runs on the reduced LMI).
+* ``"solve"``: the budget also holds ``SOLVE_MIN_EVALUATIONS`` evaluations, the solver's last step
+  (``FINAL_EVALUATIONS``: gradients, top eigenvectors, dual bound) and the check after the solver
+  (``CHECK_EVALUATIONS``: ``rho*`` of the solver's multipliers and the block Cholesky proof), all
+  counted at the full LMI's size: the wall clock then caps the solver's L-BFGS (``stopped_by == "time"``), keeping the
+  predicted time of the check (:func:`check_seconds`: from the built LMI's sizes, after the stable
+  neurons of a localized graph are eliminated). The check's search for provable multipliers is
+  capped from the budget too (:func:`search_evaluations`: one evaluation in ``SEARCH_SHARE`` of
+  those beyond the least solve budget, at most :data:`~lipbound.methods.sdp_verify.SEARCH_EVALUATIONS`),
+  so that the reserve is what the check does, not its worst case (measured: about one evaluation
+  when the solver's multipliers are proved as they are);
+  only the solver and the search use the reduced LMI (:meth:`~lipbound.methods.lmi.LipschitzLMI.reduced`,
+  an SVD of the first layer), so the start plan does not build it.
 
 Measured on one core of the shared 2-core CPU (load 4-5; ``benchmarks/results/sdp_cnn.md``):
 evaluations ran at 1.7-4e10 flops/s, recursions at 1.9-3.4e10, the start's check at 2.1-3.8e10,
@@ -82,22 +87,27 @@ from .sdp_verify import SEARCH_EVALUATIONS, CertificateRejected, certify
 from .lipsdp_first_order import rss_mb, solve_first_order, stopped_by
 from .machine import BLOCKS_RATE, MATERIALISE_SECONDS
 
-START_CHECK_EVALUATIONS = 2  # the start's check: rho* (reduced LMI) and the block Cholesky proof (full)
-CHECK_EVALUATIONS = 5  # the solver's last evaluation (top eigenvectors, dual bound) and the check
+START_CHECK_EVALUATIONS = 2  # the start's check: rho* of its multipliers and the block Cholesky proof
+CHECK_EVALUATIONS = 2  # the check after the solver: rho* of the solver's multipliers and the proof
+FINAL_EVALUATIONS = 3  # the solver's last step beyond its own reserve: gradients, top eigenvectors, dual bound
 SOLVE_MIN_EVALUATIONS = 2  # evaluations the budget must hold beyond the start and the check for the solver to run
+SEARCH_SHARE = 4  # the check's search gets one evaluation in this many of those the budget holds beyond the minimum
 PLANS = ("refused", "start", "solve")  # :func:`blocks_plan`
 MAX_ENTRIES = 3e8  # float64 entries of the layers' matrices and the largest block (2.4 GB)
 
 
-def check_seconds(lmi: LipschitzLMI, red: LipschitzLMI) -> float:
-    """Predicted seconds of the solver's last step and the check, from the built LMI's block sizes
-    (after the stable neurons' elimination, so a localized graph's smaller LMI is planned as such):
-    ``CHECK_EVALUATIONS`` evaluations of the full LMI (the last step, the proof) and
-    :data:`~lipbound.methods.sdp_verify.SEARCH_EVALUATIONS` of the reduced one (the check's search
-    for multipliers it can prove, :func:`~lipbound.methods.sdp_verify.certify`), at
+def check_seconds(lmi: LipschitzLMI, red: LipschitzLMI | None, search: int) -> float:
+    """Predicted seconds of the check after the solver (:func:`~lipbound.methods.sdp_verify.certify`),
+    from the built LMI's block sizes (after the stable neurons' elimination, so a localized graph's
+    smaller LMI is planned as such): its proof on the full LMI, ``rho*`` of the solver's multipliers
+    and at most ``search`` more (the search for multipliers it can prove) on the reduced one ``red``
+    (the full one when None), and the solver's last step (``FINAL_EVALUATIONS`` of the reduced one:
+    :func:`~lipbound.methods.lipsdp_first_order.solve_first_order` keeps only two plain evaluations
+    for it, fewer than its gradients, top eigenvectors and dual bound cost), at
     :data:`~lipbound.methods.machine.BLOCKS_RATE`."""
-    return (CHECK_EVALUATIONS * structure_of_lmi(lmi).work()
-            + SEARCH_EVALUATIONS * structure_of_lmi(red).work()) / BLOCKS_RATE
+    evaluated = structure_of_lmi(red if red is not None else lmi).work()
+    evaluations = CHECK_EVALUATIONS - 1 + FINAL_EVALUATIONS + search
+    return (structure_of_lmi(lmi).work() + evaluations * evaluated) / BLOCKS_RATE
 
 
 def chain_orders(structure: BlockStructure | None) -> list[int] | None:
@@ -127,11 +137,22 @@ def start_seconds(structure: BlockStructure) -> float:
 
 def solve_seconds(structure: BlockStructure) -> float:
     """The least budget in which the solver runs (module doc, *Plan*): the start's set-up (its check
-    is replaced by the final one), ``SOLVE_MIN_EVALUATIONS`` evaluations, the last step and the check
-    (``CHECK_EVALUATIONS + SEARCH_EVALUATIONS`` evaluations of the full LMI: an upper bound of
-    :func:`check_seconds` before the LMI is built)."""
-    extra = SOLVE_MIN_EVALUATIONS + CHECK_EVALUATIONS + SEARCH_EVALUATIONS - START_CHECK_EVALUATIONS
+    is replaced by the one after the solver), ``SOLVE_MIN_EVALUATIONS`` evaluations, the solver's last
+    step and the check (``FINAL_EVALUATIONS + CHECK_EVALUATIONS`` evaluations of the full LMI, an upper
+    bound of :func:`check_seconds` before the LMI is built; the search left out:
+    :func:`search_evaluations` is 0 at this budget)."""
+    extra = SOLVE_MIN_EVALUATIONS + FINAL_EVALUATIONS + CHECK_EVALUATIONS - START_CHECK_EVALUATIONS
     return start_seconds(structure) + extra * structure.work() / BLOCKS_RATE
+
+
+def search_evaluations(structure: BlockStructure, time_budget: float) -> int:
+    """The cap of the check's search for provable multipliers (:func:`~lipbound.methods.sdp_verify.
+    certify`) on the ``"solve"`` plan: one evaluation in ``SEARCH_SHARE`` of those the budget holds
+    beyond :func:`solve_seconds`, at most :data:`~lipbound.methods.sdp_verify.SEARCH_EVALUATIONS`
+    (0 below the solve plan: the start's multipliers are strictly feasible and proved as they are).
+    Sizes and budget only, like the plan."""
+    spare = (time_budget - solve_seconds(structure)) / (structure.work() / BLOCKS_RATE)
+    return min(SEARCH_EVALUATIONS, max(0, int(spare // SEARCH_SHARE)))
 
 
 def blocks_plan(structure: BlockStructure, time_budget: float, max_entries: float = MAX_ENTRIES) -> str:
@@ -193,25 +214,28 @@ def lipsdp_blocks(graph: Graph, *, variant: str = "neuron", time_budget: float =
     lmi = lmi_of_graph(graph, max_size=max_size, max_work=math.inf, eliminate="constant")
     lmi = balanced(lmi)
     interior, rho_start = fast_multipliers(lmi, grid=0, evaluations=1)  # theta = 1 only
-    red = lmi.reduced()
     t_solve = time.perf_counter()
     planned = plan == "solve"  # from sizes only
+    search = search_evaluations(structure, time_budget) if planned else 0
+    red = lmi.reduced() if planned else None  # the solver's (and the search's) LMI: an SVD of the first layer
     if planned:
-        left = time_budget - (t_solve - start) - check_seconds(lmi, red)  # the clock's cap
+        left = time_budget - (t_solve - start) - check_seconds(lmi, red, search)  # the clock's cap
         t, claimed, info = solve_first_order(red, variant=variant, time_budget=max(left, 0.0), max_iter=lbfgs_iter,
                                              t0=interior, schur=partial(banded_schur, red))
     else:  # the plan leaves the solver out: a deterministic work cap
         t, claimed, info = interior, rho_start, {"solver_status": "not planned", "iterations": 0}
     info.update(solver="blocks", solver_seconds=time.perf_counter() - t_solve, lmi_order=lmi.size,
-                stopped_by=stopped_by(info["solver_status"]) if planned else "work", reduced_order=red.size,
+                stopped_by=stopped_by(info["solver_status"]) if planned else "work",
+                reduced_order=None if red is None else red.size, check_search=search,
                 eliminated_neurons=lmi.eliminated, estimated_evaluation_seconds=seconds, plan=plan,
                 start_value=lmi.scale * math.sqrt(rho_start))
     name = "lipsdp" if variant == "neuron" else "lipsdp-layer"
     info["solver_value"] = lmi.scale * math.sqrt(max(claimed, 0.0))
     info["sdp_lower"] = lmi.scale * math.sqrt(max(info.pop("dual_rho", 0.0), 0.0))
     try:
-        cert = certify(lmi, t, claimed_rho=claimed, interior=interior, schur=partial(banded_schur, lmi),
-                       search_schur=partial(banded_schur, red), prove=partial(banded_cholesky_proves, lmi),
+        cert = certify(lmi, t, claimed_rho=claimed, interior=interior, search=search, schur=partial(banded_schur, lmi),
+                       search_schur=partial(banded_schur, lmi if red is None else red),
+                       prove=partial(banded_cholesky_proves, lmi),
                        width=banded_row_width(lmi))
     except CertificateRejected as exc:
         info.update(verified=False, reason=str(exc), rss_peak_mb=rss_mb())

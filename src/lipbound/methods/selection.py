@@ -9,7 +9,9 @@
      :data:`~lipbound.methods.EXACT_DEFAULT_NEURONS` unstable ReLU units; ``local-bab`` on a
      region of at most :data:`~lipbound.methods.LOCAL_BAB_INPUTS` input elements; the others on
      every graph);
-  2. kept when their predicted time fits the budget (:func:`fits`): on MLPs of up to a few
+  2. kept when their predicted time fits the budget (:func:`fits`), and, for a method that refuses
+     a budget too small for its first bound, the share it will get (:data:`REFUSES_SMALL_BUDGET`,
+     :func:`planned_shares`): on MLPs of up to a few
      thousand neurons this keeps ``eclipse-fast`` and ``lipsdp``; on a CNN whose LMI is too large
      to assemble, ``lipsdp`` stays when its "blocks" path's checked ECLipsE-Fast start fits
      (:func:`~lipbound.methods.lipsdp_conv.blocks_plan`: OVAL21 base, ResNet-2B and ConvSmall in
@@ -42,9 +44,10 @@ from typing import Any, Iterable
 from ..errors import InvalidInput
 from ..graph.ir import Graph
 from . import METHODS, MethodSpec, get_method
-from .cost import GraphSizes, graph_sizes
+from .cost import GraphSizes, graph_sizes, lipsdp_path
 
-__all__ = ["DEFAULT_SET_WORK", "select_methods", "default_methods", "fits", "tightness_order", "method_kwargs", "check_options",
+__all__ = ["DEFAULT_SET_WORK", "select_methods", "default_methods", "fits", "planned_shares", "REFUSES_SMALL_BUDGET",
+           "tightness_order", "method_kwargs", "check_options",
            "budget_share", "DEFAULT_TIME_BUDGET", "TIGHTNESS"]
 
 #: seconds of a default run (``methods=None``) without a ``time_budget``: the methods are chosen to
@@ -91,18 +94,43 @@ def default_methods(graph: Graph, *, lower: bool = True, time_budget: float | No
     certificates)."""
     budget = DEFAULT_TIME_BUDGET if time_budget is None else time_budget
     sizes = graph_sizes(graph)
-    specs = [spec for spec in METHODS.values()
-             if spec.default_for(graph) and (lower or spec.guarantee.is_upper) and fits(spec, sizes, budget)]
-    return [spec.name for spec in sorted(specs, key=tightness_order)]
+    specs = sorted((spec for spec in METHODS.values()
+                    if spec.default_for(graph) and (lower or spec.guarantee.is_upper) and fits(spec, sizes, budget)),
+                   key=tightness_order)
+    while short := [spec for spec, share in zip(specs, planned_shares(specs, sizes, budget))
+                    if spec.name in REFUSES_SMALL_BUDGET and REFUSES_SMALL_BUDGET[spec.name](sizes, share)]:
+        specs.remove(short[0])  # the first in run order: the time it was planned to take passes to the later ones
+    return [spec.name for spec in specs]
+
+
+#: the methods that refuse a budget too small for their first bound (raise NotApplicable), with the
+#: cost model's copy of that rule on sizes: LipSDP's "blocks" path refuses a budget below its checked
+#: start (:func:`~lipbound.methods.lipsdp_conv.blocks_refusal`, read by :func:`~lipbound.methods.cost.lipsdp_path`)
+REFUSES_SMALL_BUDGET = {name: (lambda sizes, budget: lipsdp_path(sizes, budget) == "refused")
+                        for name in ("lipsdp", "lipsdp-layer")}
 
 
 def fits(spec: MethodSpec, sizes: GraphSizes, budget: float) -> bool:
     """The method's predicted time (:attr:`MethodSpec.cost`) is within the run's budget. A method
     whose budget only caps an improving search (``anytime``) is predicted to its first useful bound,
-    so fitting means it returns one; the others must finish. Why the whole budget and not a share:
-    the shares follow the chosen set, and a method that fits alone is worth a larger share than an
-    equal one (:func:`budget_share` gives the cheap ones only what they are predicted to need)."""
+    so fitting means it returns one; the others must finish. This is the first filter;
+    :func:`default_methods` then drops a method that would refuse the share it will get
+    (:data:`REFUSES_SMALL_BUDGET`, :func:`planned_shares`), so that what is selected is never
+    skipped for time. The other methods return a first bound on any share (the lower bound its
+    first ascent step, at least ``MIN_SHARE`` of the budget) and are kept."""
     return spec.predicted_seconds(sizes) <= budget
+
+
+def planned_shares(specs: list[MethodSpec], sizes: GraphSizes, budget: float) -> list[float]:
+    """The share of ``budget`` each of ``specs`` (in run order) gets from :func:`budget_share` when
+    every method before it takes its predicted time (:attr:`MethodSpec.cost`; at most its share).
+    The first method's share is exact (the time spent before it, building the graph's sizes, aside);
+    a later one's is the share it is planned for. Sizes and budget only."""
+    shares, left = [], budget
+    for i, spec in enumerate(specs):
+        shares.append(budget_share(budget, left, specs[i:], sizes))
+        left = max(left - min(shares[-1], spec.predicted_seconds(sizes)), 0.0)
+    return shares
 
 
 def tightness_order(spec: MethodSpec) -> tuple[int, int]:
