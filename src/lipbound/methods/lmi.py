@@ -214,7 +214,7 @@ class LipschitzLMI:
         for blk, sl in zip(self.blocks[1:], self.neuron_slices):
             tj = np.abs(t[sl])
             ab, cc = (np.abs(v) for v in blk.sector())
-            rows = _row_norms(blk.pre)
+            rows = _row_norms(blk.pre, blk.size)
             total += 2 * float(np.sum(tj * ab * rows ** 2)) + 2 * float(np.linalg.norm(cc * tj * rows))
             total += 2 * float(np.linalg.norm(tj))
         return total * (1 + 1e-10)  # covers the rounding of these few sums of non-negative terms
@@ -238,15 +238,16 @@ class LipschitzLMI:
         norm) by at most its Frobenius norm ``||(|a_i + b_i| t_i e_i)_i||``; the output term
         ``A_out^T A_out`` moves by at most ``sum_i (2 ||a^_i|| e_i + e_i^2)``. Each neuron enters
         with its own multiplier and sector, so a few large multipliers only count on their own rows."""
-        rows = _row_norms(self.out)
-        errs = _row_norms(self.out_err, squared=False) if self.out_err else np.zeros_like(rows)
+        n_out = next(iter(self.out.values())).shape[0] if self.out else 0
+        rows = _row_norms(self.out, n_out)
+        errs = _row_norms(self.out_err, n_out, squared=False) if self.out_err else np.zeros_like(rows)
         total = float(np.sum(2 * rows * errs + errs ** 2))
         for blk, sl in zip(self.blocks[1:], self.neuron_slices):
-            errs = _row_norms(blk.pre_err, squared=False)
+            errs = _row_norms(blk.pre_err, blk.size, squared=False)
             if errs.size and np.any(errs):
                 tj = np.abs(t[sl])
                 ab, cc = (np.abs(v) for v in blk.sector())
-                rows = _row_norms(blk.pre)
+                rows = _row_norms(blk.pre, blk.size)
                 total += 2 * float(np.sum(tj * ab * (2 * rows * errs + errs ** 2)))
                 total += float(np.linalg.norm(cc * tj * errs))
         return total * (1 + 1e-10)  # covers the rounding of these few sums of non-negative terms
@@ -404,11 +405,12 @@ class SchurResult:
     zs: np.ndarray | None = None
 
 
-def _row_norms(maps: dict[int, np.ndarray], squared: bool = True) -> np.ndarray:
-    """Per row, the Euclidean norm of the row of the whole map ``[P_k]_k`` (``squared=True``: the
-    maps are matrices) or of the per-row bounds ``(e_ik)_k`` of its blocks' errors (vectors)."""
+def _row_norms(maps: dict[int, np.ndarray], rows: int, squared: bool = True) -> np.ndarray:
+    """Per row (``rows`` of them), the Euclidean norm of the row of the whole map ``[P_k]_k``
+    (``squared=True``: the maps are matrices) or of the per-row bounds ``(e_ik)_k`` of its blocks'
+    errors (vectors); zeros when there is no map (a pre-activation constant on the region)."""
     sq = sum((np.einsum("ij,ij->i", m, m) if squared else m * m) for m in maps.values())
-    return np.sqrt(sq) if isinstance(sq, np.ndarray) else np.zeros(0)
+    return np.sqrt(sq) if isinstance(sq, np.ndarray) else np.zeros(rows)
 
 
 def pow2(x: float) -> float:
