@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from lipbound.methods.local_bab_batch import _offer_points
+from lipbound.methods.local_bab_batch import _offer_points, _seek_points
 from lipbound.methods.region import Box
-from lipbound.methods.relu_boxes import relu_chain
+from lipbound.methods.relu_boxes import pre_bounds, relu_chain
 
 from test_exact import graph_of, inside, witness_quotient
-from test_local_bab import local_bab, relu_jacobian_norms, relu_net
+from test_local_bab import local_bab, relu_jacobian_norms, relu_net, sub_boxes
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -80,3 +80,24 @@ def test_a_point_that_does_not_recheck_gives_way_to_the_next_largest(seed):
     c = torch.as_tensor(centres[[first, second]])
     _offer_points(relu_chain(graph), search, c - 1e-9, c + 1e-9, (2,), 1)
     assert search.lower == pytest.approx(norms[second], rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_seek_points_turn_on_every_unstable_first_layer_neuron(seed):
+    """On boxes of a one-hidden-layer net, every unstable neuron (its pre-activation ``w x + b`` is
+    affine: it crosses 0 inside the box) is on (numpy) at some returned point, and every point lies
+    in its box."""
+    net = relu_net(seed, 3, widths=(10,))
+    layers = relu_chain(graph_of(net))
+    lows, highs = sub_boxes(seed, 3, 6, 0.8)
+    low, high = torch.as_tensor(lows), torch.as_tensor(highs)
+    pre = pre_bounds(layers, low, high)
+    x = _seek_points(layers, low, high, pre, neurons=10).numpy()
+    assert len(x) == int(sum(((l < 0) & (u > 0)).sum() for l, u in pre))
+    for b in range(len(lows)):
+        mine = x[((x >= lows[b]) & (x <= highs[b])).all(axis=1)]
+        corners = np.stack(np.meshgrid(*[[lows[b][i], highs[b][i]] for i in range(3)]), -1).reshape(-1, 3)
+        zc = corners @ net.ws[0].T + net.bs[0]
+        crossing = (zc.min(axis=0) < 0) & (zc.max(axis=0) > 0)
+        on = (mine @ net.ws[0].T + net.bs[0] > 0).any(axis=0)
+        assert bool(on[crossing].all()), b
