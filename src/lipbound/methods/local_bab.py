@@ -109,7 +109,7 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
               max_split_dim: int = 32, lower_share: float = 0.1, samples: int = 16, max_parts: int | None = None,
               batched: bool = True, batch: int = 256, strong: bool = False, full_units: int = 8,
               axis: str = "smear", fan: int = 0, batch_samples: int = 1, zonotope: int = 64,
-              top_samples: int = 16) -> Result:
+              top_samples: int = 16, zonotope_units: int = 120, seek: int = 16) -> Result:
     """Bracket the Lipschitz constant (L2 -> L2) of ``graph`` on the region ``domain`` by branch
     and bound over the region (module doc).
 
@@ -150,6 +150,12 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
         zonotope: in the batched search, a part taken for refinement with more than ``full_units``
             unstable neurons is first bounded by the zonotope Jacobian (:mod:`.relu_zonotope`, this
             many generators kept; 0: not), put back, and split only when it is taken again.
+        zonotope_units: in the batched search, the zonotope runs only on parts with at most this many
+            unstable neurons; a part with more is split at once (there the zonotope gains too little
+            for its cost: benchmarks/results/local_acasxu_bab.md, seventh attempt).
+        seek: in the batched search, the unstable neurons (largest upper pre bounds first) of a part taken
+            from the top that signed-gradient ascent turns on, the Jacobians there offered to the lower
+            bound (0: none).
         top_samples: in the batched search, points of a part taken from the top (its centre
             included) whose Jacobian norms feed the lower bound.
 
@@ -193,7 +199,7 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
                                  max_parts=max_parts, batch=batch, vertex_units=min(vertex_units, 2),
                                  strong=strong, deadline=deadline, full_units=full_units,
                                  axis=axis, fan=fan, samples=batch_samples, zonotope=zonotope,
-                                 top_samples=top_samples)
+                                 top_samples=top_samples, zonotope_units=zonotope_units, seek=seek)
     else:
         outcome = _part_search(search, box, split, tol, exact_units, max_parts, deadline)
     upper = outcome.upper
