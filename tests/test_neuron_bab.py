@@ -16,7 +16,8 @@ from scipy.optimize import linprog
 from lipbound.api import as_graph
 from lipbound.errors import InvalidInput, NotApplicable
 from lipbound.methods import METHODS
-from lipbound.methods.neuron_bab import children, slope_bound
+from lipbound.methods.interval_jacobian import slope_bound
+from lipbound.methods.neuron_bab import children
 from lipbound.methods.region import Box
 from lipbound.methods.split_lp import SplitLP
 

@@ -83,7 +83,7 @@ from .relu_boxes import Layer
 from .split_crown import node_bounds
 from .split_lp import FREE, SplitLP, states
 
-__all__ = ["neuron_bab", "slope_bound"]  # slope_bound: re-exported from interval_jacobian
+__all__ = ["neuron_bab"]
 
 MAX_LP_VARIABLES = 4000  # above this many LP variables the nodes keep their propagated bounds (no LP)
 
