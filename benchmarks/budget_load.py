@@ -1,6 +1,6 @@
 """Wall time against the time budget, per model, with and without load (issue 13, item 4).
 
-For each model, budget and method set (the default set, ``methods=None``, and ``--method all``),
+For each model and case (a method set, ``default`` for ``methods=None`` or ``all``, and a budget),
 runs ``lipbound.estimate(graph, methods=..., time_budget=B)`` in a fresh subprocess (its
 ``PYTHONPATH`` is ``--src``, so the same script measures another copy of the code: the baseline)
 and prints one row: the wall time of the call (loading the model excluded), its ratio to the
@@ -12,8 +12,8 @@ Models: the bundled demo CNN (:mod:`lipbound.examples.demo_net`), the paper's ra
 (:func:`lipbound.examples.paper_cnn.random_mnist4`) and, when ``../shared/realnets`` is present,
 ``oval21_cifar_base_kw.onnx`` and ``cifar10_resnet_2b.onnx``.
 
-    OMP_NUM_THREADS=1 python benchmarks/budget_load.py [--budgets 10 30 60] [--sets default all]
-        [--load 0 3] [--src src /tmp/base/src] [--only oval21 ...] [--markdown out.md]
+    OMP_NUM_THREADS=1 python benchmarks/budget_load.py [--cases default:30 all:60] [--load 0 3]
+        [--src /tmp/base/src src] [--only oval21 ...] [--markdown out.md]
 
 Wall times on a shared machine are noisy: compare rows measured in the same run.
 """
@@ -95,8 +95,8 @@ HEADER = ("| code | load | model | set | budget s | wall s | wall / budget | slo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budgets", type=float, nargs="+", default=[10.0, 30.0, 60.0])
-    parser.add_argument("--sets", nargs="+", default=["default", "all"], choices=["default", "all"])
+    parser.add_argument("--cases", nargs="+", default=["default:10", "default:30", "default:60", "all:60"],
+                        help="SET:BUDGET, SET being default or all")
     parser.add_argument("--load", type=int, nargs="+", default=[0, 3])
     parser.add_argument("--src", nargs="+", default=[str(ROOT / "src")],
                         help="copies of lipbound's src to compare (e.g. a baseline first)")
@@ -109,13 +109,13 @@ def main() -> None:
     for load_n in args.load:
         with load(load_n):
             for model in models:
-                for method_set in args.sets:
-                    for budget in args.budgets:
-                        for src in args.src:
-                            label = "this" if Path(src).resolve() == (ROOT / "src").resolve() else src
-                            lines.append(row(label, load_n, model, method_set, budget,
-                                             run(src, model, method_set, budget)))
-                            print(lines[-1], flush=True)
+                for case in args.cases:
+                    method_set, budget = case.split(":")
+                    for src in args.src:
+                        label = "this" if Path(src).resolve() == (ROOT / "src").resolve() else "baseline"
+                        out = run(src, model, method_set, float(budget))
+                        lines.append(row(label, load_n, model, method_set, float(budget), out))
+                        print(lines[-1], flush=True)
     if args.markdown:
         with args.markdown.open("a") as f:
             f.write("\n".join(lines) + "\n")

@@ -50,8 +50,10 @@ path on every machine):
 * ``"start"``: the budget holds the start and its check but not the solver: the checked ECLipsE-Fast
   start is returned (``stopped_by == "work"``, ``iterations == 0``): a certificate, since
   :func:`~lipbound.methods.sdp_verify.certify` proves it like any other multipliers;
-* ``"solve"``: the budget also holds ``SOLVE_MIN_EVALUATIONS`` evaluations, the solver's last step
-  (``FINAL_EVALUATIONS``: gradients, top eigenvectors, dual bound) and the check after the solver
+* ``"solve"``: the budget also holds the reduced LMI (:func:`reduce_seconds`: an SVD of the maps that
+  read the input, 13 s on OVAL21 base), ``SOLVE_MIN_EVALUATIONS`` evaluations, the solver's last step
+  (``FINAL_EVALUATIONS``: gradients, top eigenvectors; and the dual bound,
+  :data:`~lipbound.methods.machine.DUAL_SECONDS`: :func:`final_seconds`) and the check after the solver
   (``CHECK_EVALUATIONS``: ``rho*`` of the solver's multipliers and the block Cholesky proof), all
   counted at the full LMI's size: the wall clock then caps the solver's L-BFGS (``stopped_by == "time"``), keeping the
   predicted time of the check (:func:`check_seconds`: from the built LMI's sizes, after the stable
@@ -65,10 +67,12 @@ path on every machine):
 
 **Time.** The plan is priced at nominal rates; a loaded machine runs them 2-3 times slower (OVAL21
 base's start: 12 s predicted, 66 s measured with five busy processes on two cores), so the wall
-clock (:class:`~lipbound.methods.budget.Clock` of ``time_budget``) caps every step: before building
-the LMI, before the recursion and before the check, the step's predicted seconds times the pace
-measured on the steps already taken must fit in what is left
-(:meth:`~lipbound.methods.budget.Clock.affords`); the recursion and the block eliminations (the
+clock (:class:`~lipbound.methods.budget.Clock` of ``time_budget``, at least ``LEAST_DEADLINE``)
+caps every step: before building the LMI, before the recursion, before the reduction and before the
+check, the step's predicted seconds times the pace measured on the steps already taken must fit in
+what is left (:meth:`~lipbound.methods.budget.Clock.affords`; ``details["steps"]`` records each
+step's prediction, pace and seconds); on the ``"solve"`` plan, the solver runs only when its least
+work and the check still fit at that pace (else the start is checked, ``stopped_by == "time"``); the recursion and the block eliminations (the
 solver's evaluations, the check's ``rho*`` and its proof) also stop between blocks once the clock
 expires (:func:`~lipbound.methods.budget.checkpoint`); the solver's share keeps the check's
 predicted time at that pace. When the clock stops a step, no certificate was proved, and the
@@ -262,9 +266,9 @@ def _planned_run(graph: Graph, structure: BlockStructure, plan: str, clock: Cloc
                  variant: str, lbfgs_iter: int, max_size: int, start: float) -> Result:
     """The steps of the ``"start"`` or ``"solve"`` plan under ``clock`` (raises
     :class:`~lipbound.methods.budget.TimeUp` when a step would not finish, or did not, in time)."""
-    lmi = _step(clock, structure.entries() * MATERIALISE_SECONDS,
+    lmi = _step(clock, info, "build", structure.entries() * MATERIALISE_SECONDS,
                 lambda: lmi_of_graph(graph, max_size=max_size, max_work=math.inf, eliminate="constant"))
-    lmi = _step(clock, recursion_work(structure) / BLOCKS_RATE, lambda: balanced(lmi))
+    lmi = _step(clock, info, "recursion", recursion_work(structure) / BLOCKS_RATE, lambda: balanced(lmi))
     interior, rho_start = fast_multipliers(lmi, grid=0, evaluations=1)  # theta = 1 only: balanced's run, reused
     t_solve = time.perf_counter()
     one = structure_of_lmi(lmi).work() / BLOCKS_RATE
@@ -273,7 +277,7 @@ def _planned_run(graph: Graph, structure: BlockStructure, plan: str, clock: Cloc
     # the plan's solver (sizes only) runs when the clock, at the pace measured so far, still holds its
     # least work and the check; otherwise the start is checked, and the clock says it cut the plan
     planned = plan == "solve" and clock.affords(solver_least + check_seconds(lmi, None, search))
-    red = _step(clock, reduce_seconds(structure), lmi.reduced) if planned else None  # the solver's and the search's LMI
+    red = _step(clock, info, "reduce", reduce_seconds(structure), lmi.reduced) if planned else None  # the solver's and the search's LMI
     if planned:  # the clock caps the solver, keeping its last step's and the check's time at the pace measured so far
         left = clock.left() - (final_seconds(red) + check_seconds(lmi, red, search)) * clock.pace()
         t, claimed, info_solver = solve_first_order(red, variant=variant, time_budget=max(left, 0.0),
@@ -290,7 +294,7 @@ def _planned_run(graph: Graph, structure: BlockStructure, plan: str, clock: Cloc
     info["solver_value"] = lmi.scale * math.sqrt(max(claimed, 0.0))
     info["sdp_lower"] = lmi.scale * math.sqrt(max(info.pop("dual_rho", 0.0), 0.0))
     try:
-        cert = _step(clock, check, lambda: certify(
+        cert = _step(clock, info, "check", check, lambda: certify(
             lmi, t, claimed_rho=claimed, interior=interior, search=search, schur=partial(banded_schur, lmi),
             search_schur=partial(banded_schur, lmi if red is None else red),
             prove=partial(banded_cholesky_proves, lmi), width=banded_row_width(lmi)))
@@ -302,14 +306,20 @@ def _planned_run(graph: Graph, structure: BlockStructure, plan: str, clock: Cloc
     return Result(name, cert.value, "certified_upper", time.perf_counter() - start, details=info)
 
 
-def _step(clock: Clock, predicted: float, run: Callable[[], T]) -> T:
-    """``run()`` as a step predicted at ``predicted`` nominal seconds: not started when the clock
-    cannot afford it at the pace measured so far (:meth:`~lipbound.methods.budget.Clock.affords`;
-    raises :class:`~lipbound.methods.budget.TimeUp`), timed for that pace otherwise."""
+def _step(clock: Clock, info: dict, name: str, predicted: float, run: Callable[[], T]) -> T:
+    """``run()`` as the step ``name`` predicted at ``predicted`` nominal seconds: not started when the
+    clock cannot afford it at the pace measured so far (:meth:`~lipbound.methods.budget.Clock.affords`;
+    raises :class:`~lipbound.methods.budget.TimeUp`), timed for that pace otherwise. ``info["steps"]``
+    records each step's predicted and measured seconds, and the pace, as it goes."""
+    steps = info.setdefault("steps", {})
+    steps[name] = {"predicted_s": predicted, "pace": clock.pace()}
     if not clock.affords(predicted):
         raise TimeUp
+    t0 = time.perf_counter()
     with clock.timed(predicted):
-        return run()
+        out = run()
+    steps[name]["seconds"] = time.perf_counter() - t0
+    return out
 
 
 def _time_cut(graph: Graph, name: str, clock: Clock, info: dict, start: float) -> Result:
@@ -317,6 +327,8 @@ def _time_cut(graph: Graph, name: str, clock: Clock, info: dict, start: float) -
     bound (:func:`~lipbound.methods.autolip.autolip`, in the seconds left: its layers past the
     deadline get their cheap structural bounds), never the unchecked value of the cut step."""
     bound = autolip(graph, certified=True, time_budget=max(clock.left(), 0.0))
+    cut = next((name for name, step in info.get("steps", {}).items() if "seconds" not in step), "the solver")
     info.update(stopped_by="time", verified=False, fallback="autolip", rss_peak_mb=rss_mb(),
-                reason=f"the time budget ({clock.seconds:.3g} s) ran out before the LMI's check: autolip's bound")
+                reason=f"the time budget ({clock.seconds:.3g} s) ran out at step {cut!r}, before a certificate "
+                       "was proved: autolip's bound")
     return Result(name, bound.value, "certified_upper", time.perf_counter() - start, details=info)
