@@ -11,15 +11,19 @@ activation patterns in numpy, independently of the methods.
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import pytest
+import scipy.linalg
+import torch
 
 import lipbound
-from lipbound.methods import lipsdp_conv
+from lipbound.methods import eclipse, lipsdp_banded, lipsdp_conv
 from lipbound.methods.autolip import autolip
 from lipbound.methods.budget import Clock, TimeUp, cancel_after, checkpoint
 from lipbound.methods.lipsdp import lipsdp
 
+from conftest import jacobian_norm
 from test_budgets_overrun import case  # noqa: F401  (the fixture: graph, exact constant)
 
 GRACE = 1.0  # seconds beyond the budget a call may take (the machine is shared)
@@ -29,8 +33,8 @@ GRACE = 1.0  # seconds beyond the budget a call may take (the machine is shared)
 def warm(case):  # noqa: F811
     """One untimed run of each path first: the first call pays one-off imports and set-ups."""
     graph, _ = case
-    lipsdp(graph, solver="blocks", time_budget=5.0)
-    lipbound.estimate(graph, methods=["lipsdp", "autolip"], time_budget=5.0, method_options={"lipsdp": {"solver": "blocks"}})
+    lipsdp(graph, solver="blocks", time_budget=0.5)
+    lipbound.estimate(graph, methods=["lipsdp", "autolip"], time_budget=1.0, method_options={"lipsdp": {"solver": "blocks"}})
 
 
 def _slow(seconds: float):
@@ -72,7 +76,7 @@ def test_affords_uses_the_pace_measured_so_far():
 @pytest.mark.parametrize("slow_step", ["certify", "balanced"])
 def test_blocks_path_stops_near_its_budget_with_a_certified_value(case, monkeypatch, slow_step):  # noqa: F811
     graph, exact = case
-    monkeypatch.setattr(lipsdp_conv, slow_step, _slow(30.0))
+    monkeypatch.setattr(lipsdp_conv, slow_step, _slow(8.0))
     budget = 1.0
     start = time.perf_counter()
     res = lipsdp(graph, solver="blocks", time_budget=budget)
@@ -116,10 +120,50 @@ def test_without_a_cut_the_blocks_path_certifies_below_autolip(case):  # noqa: F
 
 def test_default_run_keeps_its_budget_when_lipsdp_is_slow(case, monkeypatch):  # noqa: F811
     graph, exact = case
-    monkeypatch.setattr(lipsdp_conv, "certify", _slow(30.0))
+    monkeypatch.setattr(lipsdp_conv, "certify", _slow(8.0))
     budget = 3.0
     start = time.perf_counter()
     rep = lipbound.estimate(graph, methods=["lipsdp", "autolip"], time_budget=budget,
                             method_options={"lipsdp": {"solver": "blocks"}})
     assert time.perf_counter() - start <= 1.1 * budget + GRACE
     assert rep.upper >= exact * (1 - 1e-9)
+
+
+def _deep_mlp() -> torch.nn.Module:
+    torch.manual_seed(5)
+    layers: list[torch.nn.Module] = [torch.nn.Linear(4, 8), torch.nn.ReLU()]
+    for _ in range(9):
+        layers += [torch.nn.Linear(8, 8), torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers, torch.nn.Linear(8, 2)).double()
+
+
+def _sleepy(fn, seconds: float):
+    def run(*args, **kwargs):
+        time.sleep(seconds)
+        return fn(*args, **kwargs)
+    return run
+
+
+@pytest.mark.parametrize("loop", ["recursion", "elimination"])
+def test_the_real_block_loops_stop_between_blocks(monkeypatch, loop):
+    """Ten activation blocks, each block of ECLipsE-Fast's recursion (its top eigenvalue) or of the
+    block elimination (its Cholesky factor) made 0.4 s slower: uncut, a pass takes 4 s; the clock
+    stops it between blocks, and the value is certified and above the sampled Jacobian norms."""
+    net = _deep_mlp()
+    graph = lipbound.as_graph(net, (4,))
+    lipsdp(graph, solver="blocks", time_budget=0.5)  # untimed: imports and one-off set-ups
+    eclipse._RUNS.clear()  # no remembered recursion: it runs again
+    if loop == "recursion":
+        monkeypatch.setattr(eclipse, "_top_eigenvalue", _sleepy(eclipse._top_eigenvalue, 0.4))
+    else:
+        monkeypatch.setattr(lipsdp_banded, "sla", SimpleNamespace(
+            cholesky=_sleepy(scipy.linalg.cholesky, 0.4), solve_triangular=scipy.linalg.solve_triangular,
+            eigh=scipy.linalg.eigh))
+    budget = 1.0
+    start = time.perf_counter()
+    res = lipsdp(graph, solver="blocks", time_budget=budget)
+    assert time.perf_counter() - start <= 1.1 * budget + GRACE
+    assert res.details["stopped_by"] == "time" and res.kind == "certified_upper"
+    torch.manual_seed(0)
+    sampled = max(jacobian_norm(net, torch.randn(4, dtype=torch.float64)) for _ in range(30))
+    assert res.value >= sampled
