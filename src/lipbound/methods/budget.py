@@ -8,7 +8,15 @@ Otherwise ``stopped_by`` says what ended the run: ``"work"`` (a deterministic wo
 ``"iterations"`` (an iteration count ran out) or ``"converged"`` (a tolerance was met, or the
 problem was solved exactly).
 
-* :class:`Clock` — the outer cap of one call; it remembers whether it ever cut anything.
+* :class:`Clock` — the outer cap of one call; it remembers whether it ever cut anything, and the
+  pace of the steps it timed (:meth:`Clock.timed`), so that a step predicted at the nominal rates
+  of :mod:`lipbound.methods.machine` is not started when, at the pace measured so far on this
+  (possibly loaded) machine, it would not finish in time (:meth:`Clock.affords`).
+* :func:`cancel_after`, :func:`checkpoint`, :class:`TimeUp` — cooperative cancellation inside long
+  loops: a step run under ``with cancel_after(clock)`` calls :func:`checkpoint` between its
+  iterations (a block of a recursion, of an elimination), which raises :class:`TimeUp` once a
+  clock in force has expired. The caller that set the clock catches it and returns what it had
+  already certified (never a value whose check the cut interrupted), with ``stopped_by="time"``.
 * :func:`graph_macs` — the multiply-accumulates of one forward pass, the unit of ``lower``'s
   work cap.
 * :func:`stopped_by` — the reason of a run made of several parts.
@@ -17,13 +25,16 @@ problem was solved exactly).
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterable, Iterator
 
 from ..graph.ir import Affine, Graph
 from ..linalg.linear_operator import LinearOperator
 from ..linalg.operators import Compose
+from .machine import STEP_SECONDS  # added to each step's prediction: microsecond steps would skew the pace
 
-__all__ = ["Clock", "graph_macs", "stopped_by", "STOPPED_BY"]
+__all__ = ["Clock", "TimeUp", "cancel_after", "checkpoint", "graph_macs", "stopped_by", "STOPPED_BY"]
 
 #: The reasons, from the least to the most telling (a run made of parts reports its last one).
 STOPPED_BY = ("converged", "iterations", "work", "time")
@@ -31,6 +42,14 @@ STOPPED_BY = ("converged", "iterations", "work", "time")
 #: Weight of a convolution's multiply-accumulate against a dense one (batched double backward on
 #: CPU runs a convolution about this many times slower per MAC; measured on the demo CNN).
 CONV_WEIGHT = 4
+
+#: the least pace :meth:`Clock.affords` assumes: a step is never priced below this fraction of its
+#: nominal seconds (the first timed steps can be short, or partly cached, and their ratio noisy)
+PACE_FLOOR = 0.5
+
+
+class TimeUp(Exception):
+    """A clock in force (:func:`cancel_after`) expired inside a step (:func:`checkpoint`)."""
 
 
 class Clock:
@@ -40,6 +59,37 @@ class Clock:
         self.start = time.perf_counter()
         self.seconds = seconds
         self.cut = False  # True once the cap stopped anything
+        self._predicted = 0.0  # nominal seconds of the steps timed so far (:meth:`timed`)
+        self._measured = 0.0  # their wall seconds
+
+    def left(self) -> float:
+        """Seconds left before the deadline (negative once it has passed)."""
+        return self.deadline() - time.perf_counter()
+
+    def pace(self) -> float:
+        """Measured over predicted seconds of the steps timed so far (1 before any), at least
+        :data:`PACE_FLOOR`: about 2.5 on a 2-core CPU running five busy processes."""
+        return max(self._measured / self._predicted, PACE_FLOOR) if self._predicted > 0 else 1.0
+
+    def affords(self, seconds: float) -> bool:
+        """True when a step predicted at ``seconds`` (nominal rates; plus :data:`STEP_SECONDS`)
+        finishes before the deadline at :meth:`pace`; otherwise the clock cuts (it remembers it) and the caller must not start
+        the step."""
+        if (seconds + STEP_SECONDS) * self.pace() <= self.left():
+            return True
+        self.cut = True
+        return False
+
+    @contextmanager
+    def timed(self, predicted: float) -> Iterator[None]:
+        """Time the block as a step predicted at ``predicted`` nominal seconds (plus
+        :data:`STEP_SECONDS`), for :meth:`pace`."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._predicted += predicted + STEP_SECONDS
+            self._measured += time.perf_counter() - t0
 
     def deadline(self, fraction: float = 1.0) -> float:
         """The ``time.perf_counter()`` value at ``fraction`` of the budget."""
@@ -55,6 +105,28 @@ class Clock:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
+
+
+_IN_FORCE: ContextVar[tuple[Clock, ...]] = ContextVar("lipbound_clocks_in_force", default=())
+
+
+@contextmanager
+def cancel_after(clock: Clock) -> Iterator[Clock]:
+    """Put ``clock`` in force for the block: every :func:`checkpoint` reached inside it (at any
+    depth, in this thread) raises :class:`TimeUp` once ``clock`` or an outer clock in force has
+    expired. The caller catches :class:`TimeUp` around the block."""
+    token = _IN_FORCE.set(_IN_FORCE.get() + (clock,))
+    try:
+        yield clock
+    finally:
+        _IN_FORCE.reset(token)
+
+
+def checkpoint() -> None:
+    """Raise :class:`TimeUp` if a clock in force (:func:`cancel_after`) has expired; called between
+    the iterations of long loops. Without a clock in force it does nothing."""
+    if any(clock.expired() for clock in _IN_FORCE.get()):
+        raise TimeUp
 
 
 def op_macs(op: LinearOperator) -> int:

@@ -87,7 +87,7 @@ import scipy.sparse.linalg as spla
 
 from ..graph.ir import Graph
 from ..report import Result
-from .budget import Clock, stopped_by
+from .budget import Clock, checkpoint, stopped_by
 from .line_search import golden_section
 from .lmi import LipschitzLMI, pow2
 from .lmi_build import lmi_of_graph
@@ -231,6 +231,7 @@ def _recursion(lmi: LipschitzLMI, theta: float, every_node: bool, memo: dict) ->
     kinv = np.eye(lmi.blocks[0].size)
     s = []
     for j, blk in enumerate(lmi.blocks[1:], start=1):
+        checkpoint()  # a clock in force may stop the recursion between blocks (budget.cancel_after)
         p = np.concatenate([blk.pre.get(r, np.zeros((blk.size, lmi.blocks[r].size))) for r in live], 1)
         width = (blk.hi - blk.lo)[:, None]  # per neuron, slopes of the transformed activation: [0, width]
         if j == 1:  # K^{-1} is the identity on the input: G_1 and g_1 do not depend on theta

@@ -60,6 +60,7 @@ import scipy.sparse.linalg as spla
 
 from ..errors import NotApplicable
 from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input
+from .budget import checkpoint
 from .lmi import LANCZOS_MIN, LipschitzLMI, SchurResult
 from .sdp_verify import cholesky_shift
 
@@ -207,6 +208,7 @@ def _eliminate(lmi: LipschitzLMI, parts: Parts, through_input: bool, checked: bo
 
     done = {}
     for step in structure.elimination[:None if through_input else -1]:
+        checkpoint()  # a clock in force may stop the elimination between blocks (budget.cancel_after)
         j, cols = step.block, step.nb
         pivot = a.pop((j, j))
         if step.diagonal:

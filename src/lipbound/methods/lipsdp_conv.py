@@ -50,8 +50,10 @@ path on every machine):
 * ``"start"``: the budget holds the start and its check but not the solver: the checked ECLipsE-Fast
   start is returned (``stopped_by == "work"``, ``iterations == 0``): a certificate, since
   :func:`~lipbound.methods.sdp_verify.certify` proves it like any other multipliers;
-* ``"solve"``: the budget also holds ``SOLVE_MIN_EVALUATIONS`` evaluations, the solver's last step
-  (``FINAL_EVALUATIONS``: gradients, top eigenvectors, dual bound) and the check after the solver
+* ``"solve"``: the budget also holds the reduced LMI (:func:`reduce_seconds`: an SVD of the maps that
+  read the input, 13 s on OVAL21 base), ``SOLVE_MIN_EVALUATIONS`` evaluations, the solver's last step
+  (``FINAL_EVALUATIONS``: gradients, top eigenvectors; and the dual bound,
+  :data:`~lipbound.methods.machine.DUAL_SECONDS`: :func:`final_seconds`) and the check after the solver
   (``CHECK_EVALUATIONS``: ``rho*`` of the solver's multipliers and the block Cholesky proof), all
   counted at the full LMI's size: the wall clock then caps the solver's L-BFGS (``stopped_by == "time"``), keeping the
   predicted time of the check (:func:`check_seconds`: from the built LMI's sizes, after the stable
@@ -63,6 +65,20 @@ path on every machine):
   only the solver and the search use the reduced LMI (:meth:`~lipbound.methods.lmi.LipschitzLMI.reduced`,
   an SVD of the first layer), so the start plan does not build it.
 
+**Time.** The plan is priced at nominal rates; a loaded machine runs them 2-3 times slower (OVAL21
+base's start: 12 s predicted, 66 s measured with five busy processes on two cores), so the wall
+clock (:class:`~lipbound.methods.budget.Clock` of ``time_budget``, at least ``LEAST_DEADLINE``)
+caps every step: before building the LMI, before the recursion, before the reduction and before the
+check, the step's predicted seconds times the pace measured on the steps already taken must fit in
+what is left (:meth:`~lipbound.methods.budget.Clock.affords`; ``details["steps"]`` records each
+step's prediction, pace and seconds); on the ``"solve"`` plan, the solver runs only when its least
+work and the check still fit at that pace (else the start is checked, ``stopped_by == "time"``); the recursion and the block eliminations (the
+solver's evaluations, the check's ``rho*`` and its proof) also stop between blocks once the clock
+expires (:func:`~lipbound.methods.budget.checkpoint`); the solver's share keeps the check's
+predicted time at that pace. When the clock stops a step, no certificate was proved, and the
+result is AutoLip's certified bound (:func:`_time_cut`: ``details["fallback"] == "autolip"``,
+``stopped_by == "time"``, ``verified`` False), never the cut step's unchecked value.
+
 Measured on one core of the shared 2-core CPU (load 4-5; ``benchmarks/results/sdp_cnn.md``):
 evaluations ran at 1.7-4e10 flops/s, recursions at 1.9-3.4e10, the start's check at 2.1-3.8e10,
 materialising at 0.4-0.9e-7 s per entry.
@@ -73,10 +89,13 @@ from __future__ import annotations
 import math
 import time
 from functools import partial
+from typing import Callable, TypeVar
 
 from ..errors import NotApplicable
 from ..graph.ir import Graph
 from ..report import Result
+from .autolip import autolip
+from .budget import Clock, TimeUp, cancel_after
 from .eclipse import balanced, fast_multipliers, recursion_work
 from .lipsdp_banded import (BlockStructure, banded_cholesky_proves, banded_row_width, banded_schur,
                             structure_of_graph, structure_of_lmi)
@@ -85,14 +104,19 @@ from .lipsdp_dual import gap
 from .lmi import LipschitzLMI
 from .sdp_verify import SEARCH_EVALUATIONS, CertificateRejected, certify
 from .lipsdp_first_order import rss_mb, solve_first_order, stopped_by
-from .machine import BLOCKS_RATE, MATERIALISE_SECONDS
+from .machine import BLOCKS_RATE, DUAL_SECONDS, MATERIALISE_SECONDS
+from .work_plan import svd_seconds
 
 START_CHECK_EVALUATIONS = 2  # the start's check: rho* of its multipliers and the block Cholesky proof
 CHECK_EVALUATIONS = 2  # the check after the solver: rho* of the solver's multipliers and the proof
 FINAL_EVALUATIONS = 3  # the solver's last step beyond its own reserve: gradients, top eigenvectors, dual bound
+#: the least deadline of the clock (seconds): a budget below it (microseconds, in tests of the plan)
+#: still lets the planned steps of a small network finish, an overrun of at most this
+LEAST_DEADLINE = 0.5
 SOLVE_MIN_EVALUATIONS = 2  # evaluations the budget must hold beyond the start and the check for the solver to run
 SEARCH_SHARE = 4  # the check's search gets one evaluation in this many of those the budget holds beyond the minimum
-PLANS = ("refused", "start", "solve")  # :func:`blocks_plan`
+PLANS = ("refused", "start", "solve")
+T = TypeVar("T")  # :func:`blocks_plan`
 MAX_ENTRIES = 3e8  # float64 entries of the layers' matrices and the largest block (2.4 GB)
 
 
@@ -101,13 +125,17 @@ def check_seconds(lmi: LipschitzLMI, red: LipschitzLMI | None, search: int) -> f
     from the built LMI's block sizes (after the stable neurons' elimination, so a localized graph's
     smaller LMI is planned as such): its proof on the full LMI, ``rho*`` of the solver's multipliers
     and at most ``search`` more (the search for multipliers it can prove) on the reduced one ``red``
-    (the full one when None), and the solver's last step (``FINAL_EVALUATIONS`` of the reduced one:
-    :func:`~lipbound.methods.lipsdp_first_order.solve_first_order` keeps only two plain evaluations
-    for it, fewer than its gradients, top eigenvectors and dual bound cost), at
-    :data:`~lipbound.methods.machine.BLOCKS_RATE`."""
+    (the full one when None), at :data:`~lipbound.methods.machine.BLOCKS_RATE`."""
     evaluated = structure_of_lmi(red if red is not None else lmi).work()
-    evaluations = CHECK_EVALUATIONS - 1 + FINAL_EVALUATIONS + search
-    return (structure_of_lmi(lmi).work() + evaluations * evaluated) / BLOCKS_RATE
+    return (structure_of_lmi(lmi).work() + (CHECK_EVALUATIONS - 1 + search) * evaluated) / BLOCKS_RATE
+
+
+def final_seconds(red: LipschitzLMI) -> float:
+    """Predicted seconds of the solver's last step, which its own clock does not cover
+    (:func:`~lipbound.methods.lipsdp_first_order.solve_first_order` keeps only two plain evaluations
+    for it): ``FINAL_EVALUATIONS`` of the reduced LMI (gradients, top eigenvectors) and the dual
+    bound's fixed cost ``DUAL_SECONDS``."""
+    return FINAL_EVALUATIONS * structure_of_lmi(red).work() / BLOCKS_RATE + DUAL_SECONDS
 
 
 def chain_orders(structure: BlockStructure | None) -> list[int] | None:
@@ -137,12 +165,22 @@ def start_seconds(structure: BlockStructure) -> float:
 
 def solve_seconds(structure: BlockStructure) -> float:
     """The least budget in which the solver runs (module doc, *Plan*): the start's set-up (its check
-    is replaced by the one after the solver), ``SOLVE_MIN_EVALUATIONS`` evaluations, the solver's last
+    is replaced by the one after the solver), the reduced LMI (:func:`reduce_seconds`),
+    ``SOLVE_MIN_EVALUATIONS`` evaluations, the solver's last
     step and the check (``FINAL_EVALUATIONS + CHECK_EVALUATIONS`` evaluations of the full LMI, an upper
-    bound of :func:`check_seconds` before the LMI is built; the search left out:
-    :func:`search_evaluations` is 0 at this budget)."""
+    bound of :func:`final_seconds` and :func:`check_seconds` before the LMI is built, and
+    ``DUAL_SECONDS``; the search left out: :func:`search_evaluations` is 0 at this budget)."""
     extra = SOLVE_MIN_EVALUATIONS + FINAL_EVALUATIONS + CHECK_EVALUATIONS - START_CHECK_EVALUATIONS
-    return start_seconds(structure) + extra * structure.work() / BLOCKS_RATE
+    return start_seconds(structure) + reduce_seconds(structure) + extra * structure.work() / BLOCKS_RATE + DUAL_SECONDS
+
+
+def reduce_seconds(structure: BlockStructure) -> float:
+    """Predicted seconds of the reduced LMI (:meth:`~lipbound.methods.lmi.LipschitzLMI.reduced`): the
+    SVD of the maps that read the input stacked (the pre-activations of the blocks that read it; the
+    output's few rows, when it reads the input too, are left out), at
+    :data:`~lipbound.methods.machine.SVD_RATE` (OVAL21 base: 2048 x 3072, 13 s)."""
+    rows = sum(n for n, reads in zip(structure.sizes, structure.reads) if 0 in reads)
+    return svd_seconds(rows, structure.sizes[0])
 
 
 def search_evaluations(structure: BlockStructure, time_budget: float) -> int:
@@ -200,7 +238,10 @@ def lipsdp_blocks(graph: Graph, *, variant: str = "neuron", time_budget: float =
     checked-to-be ECLipsE-Fast start's value, not certified by itself),
     ``estimated_evaluation_seconds`` (from the work estimate: the plan of the module doc). Raises
     :class:`~lipbound.errors.NotApplicable` for a graph with a node the LMI does not take (max
-    pooling), or one too large for ``max_entries`` or for the time budget."""
+    pooling), or one too large for ``max_entries`` or for the time budget.
+
+    **The clock** (module doc, *Time*): when ``time_budget`` runs out before a certificate is
+    proved, the result is AutoLip's certified bound (:func:`_time_cut`, ``stopped_by == "time"``)."""
 
     start = time.perf_counter()
     structure = structure_of_graph(graph)
@@ -210,36 +251,84 @@ def lipsdp_blocks(graph: Graph, *, variant: str = "neuron", time_budget: float =
     plan = blocks_plan(structure, time_budget, max_entries)
     if plan == "refused":
         raise NotApplicable(blocks_refusal(structure, time_budget, max_entries))
-    seconds = structure.work() / BLOCKS_RATE
-    lmi = lmi_of_graph(graph, max_size=max_size, max_work=math.inf, eliminate="constant")
-    lmi = balanced(lmi)
-    interior, rho_start = fast_multipliers(lmi, grid=0, evaluations=1)  # theta = 1 only
-    t_solve = time.perf_counter()
-    planned = plan == "solve"  # from sizes only
-    search = search_evaluations(structure, time_budget) if planned else 0
-    red = lmi.reduced() if planned else None  # the solver's (and the search's) LMI: an SVD of the first layer
-    if planned:
-        left = time_budget - (t_solve - start) - check_seconds(lmi, red, search)  # the clock's cap
-        t, claimed, info = solve_first_order(red, variant=variant, time_budget=max(left, 0.0), max_iter=lbfgs_iter,
-                                             t0=interior, schur=partial(banded_schur, red))
-    else:  # the plan leaves the solver out: a deterministic work cap
-        t, claimed, info = interior, rho_start, {"solver_status": "not planned", "iterations": 0}
-    info.update(solver="blocks", solver_seconds=time.perf_counter() - t_solve, lmi_order=lmi.size,
-                stopped_by=stopped_by(info["solver_status"]) if planned else "work",
-                reduced_order=None if red is None else red.size, check_search=search,
-                eliminated_neurons=lmi.eliminated, estimated_evaluation_seconds=seconds, plan=plan,
-                start_value=lmi.scale * math.sqrt(rho_start))
     name = "lipsdp" if variant == "neuron" else "lipsdp-layer"
+    info: dict = {"solver": "blocks", "plan": plan, "estimated_evaluation_seconds": structure.work() / BLOCKS_RATE}
+    clock = Clock(max(time_budget, LEAST_DEADLINE))
+    try:
+        with cancel_after(clock):
+            return _planned_run(graph, structure, plan, clock, info, name, variant=variant, lbfgs_iter=lbfgs_iter,
+                                max_size=max_size, start=start)
+    except TimeUp:
+        return _time_cut(graph, name, clock, info, start)
+
+
+def _planned_run(graph: Graph, structure: BlockStructure, plan: str, clock: Clock, info: dict, name: str, *,
+                 variant: str, lbfgs_iter: int, max_size: int, start: float) -> Result:
+    """The steps of the ``"start"`` or ``"solve"`` plan under ``clock`` (raises
+    :class:`~lipbound.methods.budget.TimeUp` when a step would not finish, or did not, in time)."""
+    lmi = _step(clock, info, "build", structure.entries() * MATERIALISE_SECONDS,
+                lambda: lmi_of_graph(graph, max_size=max_size, max_work=math.inf, eliminate="constant"))
+    lmi = _step(clock, info, "recursion", recursion_work(structure) / BLOCKS_RATE, lambda: balanced(lmi))
+    interior, rho_start = fast_multipliers(lmi, grid=0, evaluations=1)  # theta = 1 only: balanced's run, reused
+    t_solve = time.perf_counter()
+    one = structure_of_lmi(lmi).work() / BLOCKS_RATE
+    search = search_evaluations(structure, clock.seconds) if plan == "solve" else 0
+    solver_least = reduce_seconds(structure) + (SOLVE_MIN_EVALUATIONS + FINAL_EVALUATIONS) * one + DUAL_SECONDS
+    # the plan's solver (sizes only) runs when the clock, at the pace measured so far, still holds its
+    # least work and the check; otherwise the start is checked, and the clock says it cut the plan
+    planned = plan == "solve" and clock.affords(solver_least + check_seconds(lmi, None, search))
+    red = _step(clock, info, "reduce", reduce_seconds(structure), lmi.reduced) if planned else None  # the solver's and the search's LMI
+    if planned:  # the clock caps the solver, keeping its last step's and the check's time at the pace measured so far
+        left = clock.left() - (final_seconds(red) + check_seconds(lmi, red, search)) * clock.pace()
+        t, claimed, info_solver = solve_first_order(red, variant=variant, time_budget=max(left, 0.0),
+                                                    max_iter=lbfgs_iter, t0=interior, schur=partial(banded_schur, red))
+    else:  # the plan, or the clock, leaves the solver out
+        search = 0
+        t, claimed, info_solver = interior, rho_start, {"solver_status": "not planned", "iterations": 0}
+    check = check_seconds(lmi, red, search) if planned else START_CHECK_EVALUATIONS * one
+    info.update(info_solver)
+    info.update(solver="blocks", solver_seconds=time.perf_counter() - t_solve, lmi_order=lmi.size,
+                stopped_by="time" if clock.cut else stopped_by(info["solver_status"]) if planned else "work",
+                reduced_order=None if red is None else red.size, check_search=search,
+                eliminated_neurons=lmi.eliminated, start_value=lmi.scale * math.sqrt(rho_start))
     info["solver_value"] = lmi.scale * math.sqrt(max(claimed, 0.0))
     info["sdp_lower"] = lmi.scale * math.sqrt(max(info.pop("dual_rho", 0.0), 0.0))
     try:
-        cert = certify(lmi, t, claimed_rho=claimed, interior=interior, search=search, schur=partial(banded_schur, lmi),
-                       search_schur=partial(banded_schur, lmi if red is None else red),
-                       prove=partial(banded_cholesky_proves, lmi),
-                       width=banded_row_width(lmi))
+        cert = _step(clock, info, "check", check, lambda: certify(
+            lmi, t, claimed_rho=claimed, interior=interior, search=search, schur=partial(banded_schur, lmi),
+            search_schur=partial(banded_schur, lmi if red is None else red),
+            prove=partial(banded_cholesky_proves, lmi), width=banded_row_width(lmi)))
     except CertificateRejected as exc:
         info.update(verified=False, reason=str(exc), rss_peak_mb=rss_mb())
         return Result(name, info["solver_value"], "estimate", time.perf_counter() - start, details=info)
     info.update(cert.summary())
     info.update(rss_peak_mb=rss_mb(), sdp_gap=gap(cert.value, info["sdp_lower"]))
     return Result(name, cert.value, "certified_upper", time.perf_counter() - start, details=info)
+
+
+def _step(clock: Clock, info: dict, name: str, predicted: float, run: Callable[[], T]) -> T:
+    """``run()`` as the step ``name`` predicted at ``predicted`` nominal seconds: not started when the
+    clock cannot afford it at the pace measured so far (:meth:`~lipbound.methods.budget.Clock.affords`;
+    raises :class:`~lipbound.methods.budget.TimeUp`), timed for that pace otherwise. ``info["steps"]``
+    records each step's predicted and measured seconds, and the pace, as it goes."""
+    steps = info.setdefault("steps", {})
+    steps[name] = {"predicted_s": predicted, "pace": clock.pace()}
+    if not clock.affords(predicted):
+        raise TimeUp
+    t0 = time.perf_counter()
+    with clock.timed(predicted):
+        out = run()
+    steps[name]["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def _time_cut(graph: Graph, name: str, clock: Clock, info: dict, start: float) -> Result:
+    """The result of a call whose clock ran out before a certificate was proved: AutoLip's certified
+    bound (:func:`~lipbound.methods.autolip.autolip`, in the seconds left: its layers past the
+    deadline get their cheap structural bounds), never the unchecked value of the cut step."""
+    bound = autolip(graph, certified=True, time_budget=max(clock.left(), 0.0))
+    cut = next((name for name, step in info.get("steps", {}).items() if "seconds" not in step), "the solver")
+    info.update(stopped_by="time", verified=False, fallback="autolip", rss_peak_mb=rss_mb(),
+                reason=f"the time budget ({clock.seconds:.3g} s) ran out at step {cut!r}, before a certificate "
+                       "was proved: autolip's bound")
+    return Result(name, bound.value, "certified_upper", time.perf_counter() - start, details=info)

@@ -22,7 +22,7 @@ only makes the predictions pessimistic. Two kinds of constants live here:
 from __future__ import annotations
 
 __all__ = ["SVD_RATE", "GRAM_RATE", "MATMUL_RATE", "FACTOR_RATE", "POWER_SECONDS", "BLOCKS_RATE",
-           "MATERIALISE_SECONDS", "CHAIN_IPM_SECONDS", "METHOD_SECONDS"]
+           "MATERIALISE_SECONDS", "CHAIN_IPM_SECONDS", "DUAL_SECONDS", "STEP_SECONDS", "METHOD_SECONDS"]
 
 #: ``m n min(m, n)`` per second of a float64 SVD of an ``m x n`` matrix (measured 1.0-1.8e9 on one
 #: core; an OVAL21 convolution materialised as 3072 x 2048: 1.1e9)
@@ -52,6 +52,13 @@ MATERIALISE_SECONDS = 1e-7
 #: (:mod:`lipbound.methods.lipsdp_ipm`; ``w`` the widest block), measured on GLipSDP's mlp_L33_W32
 #: and mlp_L65_W32 (0.5 to 0.8 s at order 1056, 3 to 5 s at 2112, one thread of the loaded CPU)
 CHAIN_IPM_SECONDS = 6e-10
+#: seconds of the first-order solver's dual bound (:func:`~lipbound.methods.lipsdp_dual.first_order_dual`):
+#: up to ten projected-gradient subproblems on ``top x top`` matrices, whatever the LMI's size (measured
+#: 0.3-1.2 s on one core, on a 52-order LMI and on OVAL21 base's)
+DUAL_SECONDS = 1.5
+#: seconds of one step's Python and library calls that a prediction from work at the rates above leaves
+#: out (:class:`~lipbound.methods.budget.Clock` adds it to every step it times or prices; set by hand)
+STEP_SECONDS = 0.05
 
 #: Seconds per unit of work of each cost model (:func:`lipbound.methods.cost.work`) on one CPU
 #: thread, fitted by ``benchmarks/cost_model.py`` (2026 run on the shared 2-core CPU); ``power``,
