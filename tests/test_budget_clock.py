@@ -88,9 +88,10 @@ def test_blocks_path_stops_near_its_budget_with_a_certified_value(case, monkeypa
 
 
 def test_a_step_the_pace_cannot_afford_is_not_started(case, monkeypatch):  # noqa: F811
-    """The LMI's construction (priced at next to nothing) takes 0.5 s: a pace of about 10. The
-    recursion, priced here at 1 s, would then take about 10 s of the 4.5 s left: it is not
-    started, nor is the check, and the call returns well within its budget."""
+    """The plan holds the start in 5 s; the LMI's construction (priced at next to nothing) takes
+    0.5 s, and the recursion, priced here at 4.7 s, then no longer fits in the 4.5 s left even at
+    the nominal rates: it is not started, nor is the check, and the call returns well within its
+    budget, with a certified value."""
     graph, exact = case
     build = lipsdp_conv.lmi_of_graph
 
@@ -101,13 +102,28 @@ def test_a_step_the_pace_cannot_afford_is_not_started(case, monkeypatch):  # noq
 
     started = []
     monkeypatch.setattr(lipsdp_conv, "lmi_of_graph", slow_build)
-    monkeypatch.setattr(lipsdp_conv, "recursion_work", lambda structure: 1.0 * lipsdp_conv.BLOCKS_RATE)
+    monkeypatch.setattr(lipsdp_conv, "recursion_work", lambda structure: 4.7 * lipsdp_conv.BLOCKS_RATE)
     monkeypatch.setattr(lipsdp_conv, "balanced", lambda lmi: started.append("balanced"))
     monkeypatch.setattr(lipsdp_conv, "certify", lambda *a, **k: started.append("certify"))
     res = lipsdp(graph, solver="blocks", time_budget=5.0)
     assert not started and res.details["stopped_by"] == "time"
     assert res.seconds < 2.0
     assert res.kind == "certified_upper" and res.value >= exact * (1 - 1e-9)
+
+
+def test_the_pace_prices_steps_that_cannot_be_stopped_only():
+    """After a step measured at ~10x its price, a 1 s step that nothing stops inside is refused with
+    4.5 s left (10 s at that pace); an interruptible one (the recursion, the check: checkpoints
+    between blocks) is priced at the nominal rates and starts."""
+    clock = Clock(5.0)
+    with clock.timed(0.0):
+        time.sleep(0.5)
+    ran, info = [], {}
+    with pytest.raises(TimeUp):
+        lipsdp_conv._step(clock, info, "reduce", 1.0, lambda: ran.append("reduce"))
+    assert not ran and clock.cut
+    lipsdp_conv._step(clock, info, "recursion", 1.0, lambda: ran.append("recursion"), interruptible=True)
+    assert ran == ["recursion"] and info["steps"]["recursion"]["seconds"] >= 0
 
 
 def test_without_a_cut_the_blocks_path_certifies_below_autolip(case):  # noqa: F811

@@ -71,11 +71,12 @@ class Clock:
         :data:`PACE_FLOOR`: about 2.5 on a 2-core CPU running five busy processes."""
         return max(self._measured / self._predicted, PACE_FLOOR) if self._predicted > 0 else 1.0
 
-    def affords(self, seconds: float) -> bool:
+    def affords(self, seconds: float, paced: bool = True) -> bool:
         """True when a step predicted at ``seconds`` (nominal rates; plus :data:`STEP_SECONDS`)
-        finishes before the deadline at :meth:`pace`; otherwise the clock cuts (it remembers it) and the caller must not start
-        the step."""
-        if (seconds + STEP_SECONDS) * self.pace() <= self.left():
+        finishes before the deadline at :meth:`pace` (at the nominal rates when not ``paced``: for a
+        step that :func:`checkpoint` can stop, whose own pace may differ from the steps timed so far);
+        otherwise the clock cuts (it remembers it) and the caller must not start the step."""
+        if (seconds + STEP_SECONDS) * (self.pace() if paced else 1.0) <= self.left():
             return True
         self.cut = True
         return False

@@ -68,9 +68,9 @@ path on every machine):
 **Time.** The plan is priced at nominal rates; a loaded machine runs them 2-3 times slower (OVAL21
 base's start: 12 s predicted, 66 s measured with five busy processes on two cores), so the wall
 clock (:class:`~lipbound.methods.budget.Clock` of ``time_budget``, at least ``LEAST_DEADLINE``)
-caps every step: before building the LMI, before the recursion, before the reduction and before the
-check, the step's predicted seconds times the pace measured on the steps already taken must fit in
-what is left (:meth:`~lipbound.methods.budget.Clock.affords`; ``details["steps"]`` records each
+caps every step: before building the LMI and before the reduction (steps nothing stops inside),
+the step's predicted seconds times the pace measured on the steps already taken must fit in what is
+left; before the recursion and the check (stopped between blocks, below), their nominal prediction (:meth:`~lipbound.methods.budget.Clock.affords`; ``details["steps"]`` records each
 step's prediction, pace and seconds); on the ``"solve"`` plan, the solver runs only when its least
 work and the check still fit at that pace (else the start is checked, ``stopped_by == "time"``); the recursion and the block eliminations (the
 solver's evaluations, the check's ``rho*`` and its proof) also stop between blocks once the clock
@@ -268,7 +268,8 @@ def _planned_run(graph: Graph, structure: BlockStructure, plan: str, clock: Cloc
     :class:`~lipbound.methods.budget.TimeUp` when a step would not finish, or did not, in time)."""
     lmi = _step(clock, info, "build", structure.entries() * MATERIALISE_SECONDS,
                 lambda: lmi_of_graph(graph, max_size=max_size, max_work=math.inf, eliminate="constant"))
-    lmi = _step(clock, info, "recursion", recursion_work(structure) / BLOCKS_RATE, lambda: balanced(lmi))
+    lmi = _step(clock, info, "recursion", recursion_work(structure) / BLOCKS_RATE, lambda: balanced(lmi),
+                interruptible=True)
     interior, rho_start = fast_multipliers(lmi, grid=0, evaluations=1)  # theta = 1 only: balanced's run, reused
     t_solve = time.perf_counter()
     one = structure_of_lmi(lmi).work() / BLOCKS_RATE
@@ -297,7 +298,7 @@ def _planned_run(graph: Graph, structure: BlockStructure, plan: str, clock: Cloc
         cert = _step(clock, info, "check", check, lambda: certify(
             lmi, t, claimed_rho=claimed, interior=interior, search=search, schur=partial(banded_schur, lmi),
             search_schur=partial(banded_schur, lmi if red is None else red),
-            prove=partial(banded_cholesky_proves, lmi), width=banded_row_width(lmi)))
+            prove=partial(banded_cholesky_proves, lmi), width=banded_row_width(lmi)), interruptible=True)
     except CertificateRejected as exc:
         info.update(verified=False, reason=str(exc), rss_peak_mb=rss_mb())
         return Result(name, info["solver_value"], "estimate", time.perf_counter() - start, details=info)
@@ -306,14 +307,19 @@ def _planned_run(graph: Graph, structure: BlockStructure, plan: str, clock: Cloc
     return Result(name, cert.value, "certified_upper", time.perf_counter() - start, details=info)
 
 
-def _step(clock: Clock, info: dict, name: str, predicted: float, run: Callable[[], T]) -> T:
+def _step(clock: Clock, info: dict, name: str, predicted: float, run: Callable[[], T], *,
+          interruptible: bool = False) -> T:
     """``run()`` as the step ``name`` predicted at ``predicted`` nominal seconds: not started when the
-    clock cannot afford it at the pace measured so far (:meth:`~lipbound.methods.budget.Clock.affords`;
-    raises :class:`~lipbound.methods.budget.TimeUp`), timed for that pace otherwise. ``info["steps"]``
-    records each step's predicted and measured seconds, and the pace, as it goes."""
+    clock cannot afford it (:meth:`~lipbound.methods.budget.Clock.affords`; raises
+    :class:`~lipbound.methods.budget.TimeUp`), timed for the pace otherwise. A step that cannot be
+    stopped inside (the LMI's build, its SVD) is priced at the pace measured so far; an
+    ``interruptible`` one (the recursion, the check: :func:`~lipbound.methods.budget.checkpoint`
+    between blocks) at the nominal rates, since another kind of step's pace mispredicts it (ResNet-2B:
+    the build at 2.75x its price, the recursion near 1x) and the clock stops it anyway.
+    ``info["steps"]`` records each step's predicted and measured seconds, and the pace, as it goes."""
     steps = info.setdefault("steps", {})
     steps[name] = {"predicted_s": predicted, "pace": clock.pace()}
-    if not clock.affords(predicted):
+    if not clock.affords(predicted, paced=not interruptible):
         raise TimeUp
     t0 = time.perf_counter()
     with clock.timed(predicted):
