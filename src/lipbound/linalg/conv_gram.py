@@ -33,10 +33,10 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .float_units import gamma
-from .shifted_cholesky import EigBound, max_eigenvalue_bound
+from .float_units import U32, UP, gamma
+from .shifted_cholesky import EigBound, SingleBlocks, certify_max_eigenvalue, to_single
 
-__all__ = ["gram_symbol_blocks", "conv_cholesky_bound", "half_spectrum_mask", "CHUNK_NUMEL"]
+__all__ = ["GramSymbol", "conv_cholesky_bound", "half_spectrum_mask", "CHUNK_NUMEL"]
 
 CHUNK_NUMEL = 1 << 20  # complex entries of Gram blocks formed at once (16 MiB: the factorisations' buffers are reused, not page-faulted anew)
 
@@ -82,38 +82,103 @@ def half_spectrum_mask(grid: Sequence[int]) -> torch.Tensor:
     return ~paired | ((freqs * strides).sum(-1) <= (neg * strides).sum(-1))
 
 
-def gram_symbol_blocks(wd: torch.Tensor, grid: Sequence[int],
-                       chunk_numel: int = CHUNK_NUMEL) -> Iterator[tuple[torch.Tensor, float]]:
-    """Chunks ``(blocks, err)``: ``blocks`` ``(B, n, n)`` complex128 are the computed
-    ``A(f)^* A(f)`` over :func:`half_spectrum_mask` (groups times frequencies), each within ``err`` of the
-    exact one in spectral norm (module doc). ``wd``: the real kernel ``(g, m, n, *taps)`` in
-    float64 (the polyphase kernel of :func:`~lipbound.linalg.conv.conv_dft_bound`)."""
-    if wd.shape[1] < wd.shape[2]:
-        wd = wd.transpose(1, 2)
-    g, _, n, *q = wd.shape
-    kernel, positions, err = _gram_kernel(wd, grid)
-    flat = kernel.reshape(g, len(positions), n * n)
-    freqs = _half_grid(grid)[half_spectrum_mask(grid)]
-    pos = torch.tensor(positions, dtype=torch.long).reshape(-1, len(grid))
-    sizes = torch.tensor(grid, dtype=torch.long)
-    step = max(1, chunk_numel // (n * n * g))
-    for start in range(0, freqs.shape[0], step):
-        f = freqs[start:start + step]
-        turns = ((f[:, None, :] * pos[None, :, :]) % sizes).to(torch.float64) / sizes.to(torch.float64)
-        angle = (2 * math.pi) * turns.sum(-1)  # (F, P)
-        trig = torch.cat([torch.cos(angle), -torch.sin(angle)]).to(wd.device)  # one product for both parts
-        parts = trig @ flat  # (g, 2F, n n)
-        blocks = torch.complex(parts[:, : f.shape[0]], parts[:, f.shape[0]:])
-        yield blocks.reshape(-1, n, n), err
+def _ieee_float32_matmul() -> bool:
+    """Whether float32 matrix products run in IEEE single precision (not bf16 or tf32, which
+    ``torch.set_float32_matmul_precision`` can allow): the rounding bound of :class:`GramSymbol`'s
+    single-precision blocks assumes it."""
+    mkldnn = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
+    return (torch.get_float32_matmul_precision() == "highest"
+            and getattr(mkldnn, "fp32_precision", "none") in ("none", "ieee"))
 
 
-def conv_cholesky_bound(wd: torch.Tensor, grid: Sequence[int], rtol: float = 1e-4) -> EigBound:
+class GramSymbol:
+    """The Gram blocks ``A(f)^* A(f)`` of a real kernel over :func:`half_spectrum_mask` (groups
+    times frequencies, C order), in chunks of frequencies: in complex128 (:meth:`double`, module
+    docstring) or formed directly in complex64 (:meth:`single`).
+
+    ``wd``: the real kernel ``(g, m, n, *taps)`` in float64 (the polyphase kernel of
+    :func:`~lipbound.linalg.conv.conv_dft_bound`); ``grid``: the circular grid.
+    """
+
+    def __init__(self, wd: torch.Tensor, grid: Sequence[int]) -> None:
+        if wd.shape[1] < wd.shape[2]:
+            wd = wd.transpose(1, 2)
+        self.groups, self.n = wd.shape[0], wd.shape[2]
+        kernel, positions, self.err = _gram_kernel(wd, grid)
+        self.grid = list(grid)
+        self.flat = kernel.reshape(self.groups, len(positions), self.n ** 2)
+        self.freqs = _half_grid(grid)[half_spectrum_mask(grid)]
+        self.pos = torch.tensor(positions, dtype=torch.long).reshape(-1, len(grid))
+
+    def __len__(self) -> int:
+        """The number of frequencies."""
+        return self.freqs.shape[0]
+
+    def _trig(self, f: torch.Tensor) -> torch.Tensor:
+        """``[cos; -sin]`` ``(2F, P)`` in float64 of the angles ``<theta_f, p>`` (module doc)."""
+        sizes = torch.tensor(self.grid, dtype=torch.long)
+        turns = ((f[:, None, :] * self.pos[None, :, :]) % sizes).to(torch.float64) / sizes.to(torch.float64)
+        angle = (2 * math.pi) * turns.sum(-1)
+        return torch.cat([torch.cos(angle), -torch.sin(angle)]).to(self.flat.device)
+
+    def _blocks(self, trig: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+        """The blocks ``(g F, n, n)`` from ``[cos; -sin]`` and the folded kernels ``(g, P, n n)``:
+        one product for both parts, then the (exact) complex interleave."""
+        parts = trig @ flat
+        half = trig.shape[0] // 2
+        return torch.complex(parts[..., :half, :], parts[..., half:, :]).reshape(-1, self.n, self.n)
+
+    def double(self, start: int, stop: int, which: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+        """``(blocks, err)``: complex128 blocks at frequencies ``start .. stop - 1`` (all groups,
+        group-major), or only the blocks ``which`` of those (indices in that order), each within
+        ``err`` of the exact one in Frobenius norm (module doc)."""
+        f = self.freqs[start:stop]
+        if which is None:
+            return self._blocks(self._trig(f), self.flat), self.err
+        which = which.to("cpu")
+        group, freq = which // f.shape[0], which % f.shape[0]
+        out = torch.empty((which.numel(), self.n, self.n), dtype=torch.complex128, device=self.flat.device)
+        for gi in group.unique().tolist():
+            rows = (group == gi).nonzero().reshape(-1)
+            out[rows.to(out.device)] = self._blocks(self._trig(f[freq[rows]]), self.flat[gi])
+        return out, self.err
+
+    def single(self, start: int, stop: int) -> SingleBlocks:
+        """The blocks at frequencies ``start .. stop - 1`` (all groups) in complex64 (module
+        doc, *Single precision*)."""
+        if not _ieee_float32_matmul():
+            return to_single(*self.double(start, stop))
+        if not hasattr(self, "_flat32"):
+            self._prepare_single()
+        f = self.freqs[start:stop]
+        low = self._blocks(self._trig(f).to(torch.float32), self._flat32)
+        return SingleBlocks(low, self._e, self._err32.repeat_interleave(f.shape[0]))
+
+    def _prepare_single(self) -> None:
+        """The kernels scaled by ``2^-e`` and rounded to float32, and the error bound per group."""
+        p = self.flat.shape[1]
+        sums = torch.linalg.vector_norm(self.flat, dim=-1).sum(-1) * (1 + gamma(self.n ** 2 + p + 4)) * UP
+        e = math.frexp(float(sums.max()))[1]
+        self._e = e if abs(e) > 60 else 0
+        s = 2.0 ** -self._e
+        self._flat32 = (self.flat * s).to(torch.float32)
+        self._err32 = ((self.err * s + math.sqrt(2) * gamma(p + 4, U32) * sums * s) * UP
+                       + 4 * math.sqrt(2) * p * self.n * 2.0 ** -126) * UP
+
+
+def conv_cholesky_bound(wd: torch.Tensor, grid: Sequence[int], rtol: float = 1e-4,
+                        chunk_numel: int = CHUNK_NUMEL) -> EigBound:
     """Certified ``sqrt`` of ``max_f lambda_max(A(f)^* A(f))``, the norm of the circular
-    convolution (shifted Cholesky, :func:`~lipbound.linalg.shifted_cholesky.max_eigenvalue_bound`),
-    aimed within ``rtol`` of it. Returns an :class:`EigBound` of the *norm* (square roots)."""
+    convolution (shifted Cholesky, :func:`~lipbound.linalg.shifted_cholesky.certify_max_eigenvalue`,
+    on the blocks formed in single precision, the few it cannot certify in complex128), aimed
+    within ``rtol`` of it. Returns an :class:`EigBound` of the *norm* (square roots)."""
+    symbol = GramSymbol(wd.to(torch.float64), grid)
+    step = max(1, chunk_numel // (symbol.n ** 2 * symbol.groups))
     value, estimate, factorised, fallback = 0.0, 0.0, 0, 0
-    for blocks, err in gram_symbol_blocks(wd.to(torch.float64), grid):
-        b = max_eigenvalue_bound(blocks, err, rtol, floor=value)
+    for start in range(0, len(symbol), step):
+        stop = min(start + step, len(symbol))
+        b = certify_max_eigenvalue(symbol.single(start, stop),
+                                   lambda which: symbol.double(start, stop, which), rtol, floor=value)
         value, estimate = max(value, b.value), max(estimate, b.estimate)
         factorised, fallback = factorised + b.factorised, fallback + b.fallback
     return EigBound(math.sqrt(value) * (1 + 2.0 ** -50), math.sqrt(max(estimate, 0.0)), factorised, fallback)

@@ -54,14 +54,14 @@ estimate) and one more try; a block failing again keeps its Frobenius bound.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 
 from .float_units import U32, UP, gamma
 from .lanczos import lanczos_max_eig
 
-__all__ = ["max_eigenvalue_bound", "EigBound"]
+__all__ = ["max_eigenvalue_bound", "certify_max_eigenvalue", "to_single", "SingleBlocks", "DoubleBlocks", "EigBound"]
 
 LANCZOS_STEPS = 4  # Lanczos steps on every block: estimates that rank the blocks (6 cost 8% more on the 256-channel conv)
 REFINE_BLOCKS = 8  # the blocks ranked highest ...
@@ -101,17 +101,27 @@ def _certify(mats: torch.Tensor, tau: torch.Tensor, err: torch.Tensor | float) -
     return torch.where(info == 0, bound, torch.full_like(bound, math.inf))
 
 
+def _unit(mats: torch.Tensor) -> float:
+    """The unit roundoff of the blocks' (real) format."""
+    return torch.finfo(mats.real.dtype if mats.is_complex() else mats.dtype).eps / 2
+
+
 def _frobenius_up(mats: torch.Tensor) -> torch.Tensor:
-    terms = 2 * mats.shape[-1] * mats.shape[-2]
-    real = torch.view_as_real(mats) if mats.is_complex() else mats
-    return torch.linalg.vector_norm(real.reshape(mats.shape[0], -1), dim=-1) * (1 + gamma(terms + 4)) * UP
+    """Per block, ``>= ||M||_F`` (float64): the norms of the rows in the blocks' format (``2 n``
+    real terms each, relative error ``gamma_{2n+2}`` in its unit roundoff), then the norm of
+    those in float64 (``gamma_{n+4}``), rounded up."""
+    n = mats.shape[-1]
+    real = torch.view_as_real(mats).flatten(-2) if mats.is_complex() else mats
+    rows = torch.linalg.vector_norm(real, dim=-1).to(torch.float64)
+    return (torch.linalg.vector_norm(rows, dim=-1) * (1 + gamma(2 * n + 2, _unit(mats)))
+            * (1 + gamma(n + 4)) * UP)
 
 
 def _hoelder_up(mats: torch.Tensor) -> torch.Tensor:
-    """Per block, ``sqrt(||M||_1 ||M||_inf)`` rounded up, ``>= ||M||_2`` (Hoelder, for any
-    matrix: the computed blocks are Hermitian only up to rounding).
+    """Per block, ``sqrt(||M||_1 ||M||_inf)`` rounded up (float64), ``>= ||M||_2`` (Hoelder, for
+    any matrix: the computed blocks are Hermitian only up to rounding).
     A complex entry counts as ``|Re z| + |Im z| >= |z|`` (exact, and far cheaper than ``hypot``);
-    each sum of at most ``2 n`` terms errs by ``gamma_{2n}``."""
+    each sum of at most ``2 n`` terms errs by ``gamma_{2n}`` in the blocks' unit roundoff."""
     n = mats.shape[-1]
     if mats.is_complex():
         a = torch.view_as_real(mats).abs()
@@ -119,23 +129,38 @@ def _hoelder_up(mats: torch.Tensor) -> torch.Tensor:
     else:
         a = mats.abs()
         rows, cols = a.sum(-1), a.sum(-2)
-    return (rows.amax(-1) * cols.amax(-1)).sqrt() * (1 + gamma(2 * n + 8)) * UP
+    top = rows.amax(-1).to(torch.float64) * cols.amax(-1).to(torch.float64)
+    return top.sqrt() * (1 + gamma(2 * n + 8, _unit(mats))) * UP
 
 
-def _single(mats: torch.Tensor, fro: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """The blocks in single precision, scaled by ``2^-e`` (``e = 0`` unless an entry would leave
-    the float32 range), and ``e``. ``fro >= ||mats_b||_F`` bounds every entry."""
+class SingleBlocks(NamedTuple):
+    """Hermitian PSD matrices ``M_b`` known in single precision: ``low`` ``(B, n, n)``
+    (complex64 or float32) is ``2^-e`` times computed blocks, and ``err`` ``(B,)`` (float64)
+    bounds ``||low_b - 2^-e M_b||_F`` for the *exact* ``M_b``."""
+
+    low: torch.Tensor
+    e: int
+    err: torch.Tensor
+
+
+DoubleBlocks = Callable[[torch.Tensor], tuple[torch.Tensor, float]]
+"""Indices of blocks -> ``(mats, err)``: those blocks computed in float64 or complex128, each
+within ``err`` of the exact one in Frobenius norm (the route for blocks single precision cannot
+certify)."""
+
+
+def to_single(mats: torch.Tensor, err: float) -> SingleBlocks:
+    """Blocks computed in float64/complex128 (within ``err`` of the exact ones) rounded to single
+    precision, scaled by ``2^-e`` (``e = 0`` unless an entry would leave the float32 range; the
+    scaling is exact in float64): the rounding moves each block by at most ``u_32 ||M_hat||_F``
+    plus ``2 n 2^-149`` (subnormals) in Frobenius norm (module docstring)."""
+    fro = _frobenius_up(mats)
     e = math.frexp(float(fro.max()))[1]
     e = e if abs(e) > 60 else 0
-    low = torch.complex64 if mats.is_complex() else torch.float32
-    return (mats * 2.0 ** -e if e else mats).to(low), e
-
-
-def _single_err(fro: torch.Tensor, e: int, n: int, err: float) -> torch.Tensor:
-    """Per block, ``>= ||low_b - 2^-e M_b||_F`` for the single-precision blocks ``low`` of
-    :func:`_single` (module docstring)."""
     s = 2.0 ** -e
-    return ((err * s + U32 * fro * s) * UP + 2 * n * 2.0 ** -149) * UP
+    low = torch.complex64 if mats.is_complex() else torch.float32
+    bound = ((err * s + U32 * fro * s) * UP + 2 * mats.shape[-1] * 2.0 ** -149) * UP
+    return SingleBlocks((mats * s if e else mats).to(low), e, bound)
 
 
 def _single_shifts(low: torch.Tensor, err_s: torch.Tensor, target: float) -> torch.Tensor:
@@ -151,11 +176,10 @@ def _single_shifts(low: torch.Tensor, err_s: torch.Tensor, target: float) -> tor
     return (aim + U32 * UP * d.amin(-1) + c * d.sum(-1)) / (1 + U32 * UP + c * n)
 
 
-def _certify_single(low: torch.Tensor, e: int, fro: torch.Tensor, err: float, target: float) -> torch.Tensor:
-    """:func:`_certify` on the single-precision blocks ``low`` (``2^-e`` times the computed ones),
-    each at its shift for ``target`` (:func:`_single_shifts`), with the rounding to single
-    precision added to ``err``; the bounds are those of the unscaled exact blocks."""
-    err_s = _single_err(fro, e, low.shape[-1], err)
+def _certify_single(low: torch.Tensor, e: int, err_s: torch.Tensor, target: float) -> torch.Tensor:
+    """:func:`_certify` on the single-precision blocks ``low`` (``2^-e`` times the computed ones,
+    within ``err_s`` of ``2^-e`` times the exact ones), each at its shift for ``target``
+    (:func:`_single_shifts`); the bounds are those of the unscaled exact blocks."""
     return _certify(low, _single_shifts(low, err_s, target * 2.0 ** -e), err_s) * 2.0 ** e
 
 
@@ -177,7 +201,18 @@ def max_eigenvalue_bound(mats: torch.Tensor, err: float, rtol: float = 1e-4, flo
                          steps: int = LANCZOS_STEPS, refine_steps: int = REFINE_STEPS) -> EigBound:
     """A certified upper bound of ``max_b lambda_max(M_b)`` for Hermitian PSD matrices ``M_b``
     known through computed ``mats`` ``(B, n, n)`` (float64 or complex128) with
-    ``||mats_b - M_b||_F <= err`` for every block (module docstring).
+    ``||mats_b - M_b||_F <= err`` for every block: :func:`certify_max_eigenvalue` on their
+    rounding to single precision (:func:`to_single`), with ``mats`` for the float64 route."""
+    return certify_max_eigenvalue(to_single(mats, err), lambda idx: (mats[idx], err), rtol, floor,
+                                  steps, refine_steps)
+
+
+def certify_max_eigenvalue(single: SingleBlocks, double: DoubleBlocks, rtol: float = 1e-4,
+                           floor: float = 0.0, steps: int = LANCZOS_STEPS,
+                           refine_steps: int = REFINE_STEPS) -> EigBound:
+    """A certified upper bound of ``max_b lambda_max(M_b)`` (module docstring) for Hermitian PSD
+    matrices given in single precision (``single``), with ``double`` to compute any of them in
+    float64 when single precision cannot certify them.
 
     ``rtol``: the target, relative on the square root (the bound is aimed at
     ``(1 + 2 rtol)`` times the largest eigenvalue). ``floor``: a value already certified elsewhere
@@ -185,40 +220,41 @@ def max_eigenvalue_bound(mats: torch.Tensor, err: float, rtol: float = 1e-4, flo
     ``steps``, ``refine_steps``: Lanczos steps of the estimates (:func:`_estimates`; more for one
     large matrix with a clustered top).
     """
-    fro = _frobenius_up(mats) + err
-    bounds = fro.clone()  # certified already: blocks below the target need nothing more
+    low, e, err_s = single
+    scale = 2.0 ** e
+    bounds = (_frobenius_up(low) + err_s) * UP * scale  # certified already: blocks below the target need nothing more
     open_ = bounds > floor
     if not bool(open_.any()):
         return EigBound(float(bounds.max()), 0.0, 0, 0)
     idx = open_.nonzero().reshape(-1)
-    low, e = _single(mats if bool(open_.all()) else mats[idx], fro[idx])
-    theta = _estimates(low, steps, refine_steps, floor * 2.0 ** -e) * 2.0 ** e
+    if not bool(open_.all()):
+        low, err_s = low[idx], err_s[idx]
+    theta = _estimates(low, steps, refine_steps, floor / scale) * scale
     estimate = float(theta.max())
     target = max(estimate * (1 + 2 * rtol), floor)
-    far = idx[(bounds[idx] > target) & (theta < HOELDER_BELOW * target)]
-    bounds[far] = torch.minimum(bounds[far], _hoelder_up(mats[far]) + err)
+    far = (bounds[idx] > target) & (theta < HOELDER_BELOW * target)
+    bounds[idx[far]] = torch.minimum(bounds[idx[far]], (_hoelder_up(low[far]) + err_s[far]) * UP * scale)
     need = bounds[idx] > target
-    idx, theta, low = idx[need], theta[need], low[need]
+    idx, theta, low, err_s = idx[need], theta[need], low[need], err_s[need]
     factorised = int(idx.numel())
-    shifts = _single_shifts(low, _single_err(fro[idx], e, low.shape[-1], err), target * 2.0 ** -e) * 2.0 ** e
-    cheap = theta < shifts  # a Ritz value above the shift: that factorisation would fail
+    cheap = theta < _single_shifts(low, err_s, target / scale) * scale  # a Ritz value above the shift: that factorisation would fail
     if bool(cheap.any()):
-        got = _certify_single(low if bool(cheap.all()) else low[cheap], e, fro[idx[cheap]], err, target)
+        got = _certify_single(low if bool(cheap.all()) else low[cheap], e, err_s[cheap], target)
         done = got <= target
         bounds[idx[cheap][done]] = got[done]
         idx = torch.cat([idx[~cheap], idx[cheap][~done]]).sort().values
     del low
     fallback = 0
     if idx.numel():
+        mats, err = double(idx)
         tau = torch.full((idx.numel(),), target, dtype=torch.float64, device=mats.device)
-        got = _certify(mats if idx.numel() == mats.shape[0] else mats[idx], tau, err)
+        got = _certify(mats, tau, err)
         failed = ~torch.isfinite(got)
         if bool(failed.any()):
-            redo = idx[failed]
-            lam = torch.linalg.eigvalsh(mats[redo])[:, -1].to(torch.float64)
+            lam = torch.linalg.eigvalsh(mats[failed])[:, -1].to(torch.float64)
             estimate = max(estimate, float(lam.max()))
             tau2 = torch.maximum(lam * (1 + 2 * rtol) + 1e-12 * lam.abs().max(), tau[failed])
-            got[failed] = _certify(mats[redo], tau2, err)
+            got[failed] = _certify(mats[failed], tau2, err)
         bounds[idx] = torch.minimum(got, bounds[idx])
         fallback = int((~torch.isfinite(got)).sum())
     return EigBound(float(bounds.max()), estimate, factorised, fallback)
