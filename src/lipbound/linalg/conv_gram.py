@@ -48,15 +48,17 @@ def _gram_kernel(wd: torch.Tensor, grid: Sequence[int]) -> tuple[torch.Tensor, l
     taps = list(itertools.product(*[range(k) for k in q]))
     t = len(taps)
     flat = wd.reshape(g, m, n, t).permute(0, 1, 3, 2).reshape(g, m, t * n)
-    pairs = (flat.mT @ flat).reshape(g, t, n, t, n).permute(0, 1, 3, 2, 4).reshape(g, t * t, n, n)
     positions: dict[tuple[int, ...], int] = {}
-    index = []
-    for a in taps:
-        for b in taps:
-            pos = tuple((bb - aa) % nn for aa, bb, nn in zip(a, b, grid))
-            index.append(positions.setdefault(pos, len(positions)))
+    index = [[positions.setdefault(tuple((bb - aa) % nn for aa, bb, nn in zip(a, b, grid)), len(positions))
+              for b in taps] for a in taps]
     kernel = torch.zeros((g, len(positions), n, n), dtype=wd.dtype, device=wd.device)
-    kernel.index_add_(1, torch.tensor(index, device=wd.device), pairs)
+    for i in range(t):  # w[a]^T w[b] for b >= a, one strip of the block upper triangle per tap; w[b]^T w[a] is its transpose
+        strip = flat[..., i * n:(i + 1) * n].mT @ flat[..., i * n:]
+        for j in range(i, t):
+            block = strip[..., (j - i) * n:(j - i + 1) * n]
+            kernel[:, index[i][j]] += block
+            if j > i:
+                kernel[:, index[j][i]] += block.mT
     s = float(torch.linalg.vector_norm(wd.reshape(g, m * n, t), dim=1).sum(-1).max()) * (1 + gamma(2 * m * n + t + 4))
     err = gamma(2 * (m + t * t + len(positions)) + 512) * s * s * (1 + 2.0 ** -40)
     return kernel, list(positions), err

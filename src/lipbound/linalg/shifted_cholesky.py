@@ -81,15 +81,17 @@ class EigBound(NamedTuple):
     fallback: int
 
 
-def _certify(mats: torch.Tensor, tau: torch.Tensor, err: torch.Tensor | float) -> torch.Tensor:
+def _certify(mats: torch.Tensor, tau: torch.Tensor, err: torch.Tensor | float,
+             overwrite: bool = False) -> torch.Tensor:
     """Per block: the certified bound (float64) for the shift ``tau`` rounded to the blocks' format
     (module docstring) when the Cholesky factorisation of ``fl(tau I - M_hat)`` succeeds, else
-    ``inf``. ``err``: per block or one for all, ``>= ||M_hat - M||_F``."""
+    ``inf``. ``err``: per block or one for all, ``>= ||M_hat - M||_F``. ``overwrite``: ``mats``
+    may be overwritten (by ``tau I - M_hat``)."""
     n = mats.shape[-1]
     real = mats.real.dtype if mats.is_complex() else mats.dtype
     u = torch.finfo(real).eps / 2
     tau = tau.to(real)
-    x = -mats
+    x = mats.neg_() if overwrite else -mats
     diag = x.diagonal(dim1=-2, dim2=-1)
     diag += tau[:, None]
     _, info = torch.linalg.cholesky_ex(x)
@@ -160,7 +162,7 @@ def to_single(mats: torch.Tensor, err: float) -> SingleBlocks:
     s = 2.0 ** -e
     low = torch.complex64 if mats.is_complex() else torch.float32
     bound = ((err * s + U32 * fro * s) * UP + 2 * mats.shape[-1] * 2.0 ** -149) * UP
-    return SingleBlocks((mats * s if e else mats).to(low), e, bound)
+    return SingleBlocks((mats * s).to(low) if e else mats.to(low, copy=True), e, bound)  # a copy: it may be overwritten
 
 
 def _single_shifts(low: torch.Tensor, err_s: torch.Tensor, target: float) -> torch.Tensor:
@@ -176,11 +178,12 @@ def _single_shifts(low: torch.Tensor, err_s: torch.Tensor, target: float) -> tor
     return (aim + U32 * UP * d.amin(-1) + c * d.sum(-1)) / (1 + U32 * UP + c * n)
 
 
-def _certify_single(low: torch.Tensor, e: int, err_s: torch.Tensor, target: float) -> torch.Tensor:
+def _certify_single(low: torch.Tensor, e: int, err_s: torch.Tensor, target: float,
+                    overwrite: bool = False) -> torch.Tensor:
     """:func:`_certify` on the single-precision blocks ``low`` (``2^-e`` times the computed ones,
     within ``err_s`` of ``2^-e`` times the exact ones), each at its shift for ``target``
     (:func:`_single_shifts`); the bounds are those of the unscaled exact blocks."""
-    return _certify(low, _single_shifts(low, err_s, target * 2.0 ** -e), err_s) * 2.0 ** e
+    return _certify(low, _single_shifts(low, err_s, target * 2.0 ** -e), err_s, overwrite) * 2.0 ** e
 
 
 def _estimates(low: torch.Tensor, steps: int, refine_steps: int, floor: float) -> torch.Tensor:
@@ -239,7 +242,7 @@ def certify_max_eigenvalue(single: SingleBlocks, double: DoubleBlocks, rtol: flo
     factorised = int(idx.numel())
     cheap = theta < _single_shifts(low, err_s, target / scale) * scale  # a Ritz value above the shift: that factorisation would fail
     if bool(cheap.any()):
-        got = _certify_single(low if bool(cheap.all()) else low[cheap], e, err_s[cheap], target)
+        got = _certify_single(low if bool(cheap.all()) else low[cheap], e, err_s[cheap], target, overwrite=True)
         done = got <= target
         bounds[idx[cheap][done]] = got[done]
         idx = torch.cat([idx[~cheap], idx[cheap][~done]]).sort().values
