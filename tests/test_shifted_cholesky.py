@@ -71,9 +71,9 @@ def test_single_precision_shifts_certify_most_blocks_of_a_random_conv(monkeypatc
     dtypes: list[torch.dtype] = []
     certify = sc._certify
 
-    def spy(mats, tau, err):
+    def spy(mats, tau, err, overwrite=False):
         dtypes.extend([mats.dtype] * mats.shape[0])
-        return certify(mats, tau, err)
+        return certify(mats, tau, err, overwrite)
 
     monkeypatch.setattr(sc, "_certify", spy)
     got = conv_cholesky_bound(w[None], grid)
