@@ -20,11 +20,17 @@ differs from the exact ``M`` by at most ``sqrt(2)`` times the Frobenius error of
 is therefore doubled there. Every term is rounded up (``tr(X)`` is summed in float64 and
 multiplied by ``1 + gamma_n``).
 
-**Single precision.** A block below the target is certified in single precision: ``M_hat``
-(scaled by a power of two ``2^-e`` when its entries would leave the float32 range, exact in
-float64) is rounded to complex64/float32, which moves it by at most ``u_32 ||M_hat||_F`` plus
-``2 n 2^-149`` (subnormals) in Frobenius norm: that is added to ``err``, and the certificate above
-runs with ``u = 2^-24``; the result is multiplied back by ``2^e``. The bound is affine in the
+**Single precision.** A block below the target is certified in single precision. The blocks
+arrive as :class:`SingleBlocks`: ``2^-e`` times computed blocks in complex64/float32, with a bound
+``err_b`` of their Frobenius distance to ``2^-e`` times the exact ones, either formed directly in
+single precision by the caller (the convolution's Gram blocks,
+:class:`~lipbound.linalg.conv_gram.GramSymbol`, whose rounding bound is in that module) or
+rounded from float64 by :func:`to_single`: ``M_hat`` (scaled by ``2^-e`` when its entries would
+leave the float32 range, exact in float64) rounded to complex64/float32 moves by at most
+``u_32 ||M_hat||_F`` plus ``2 n 2^-149`` (subnormals) in Frobenius norm, added to ``err``. The
+certificate above then runs with ``u = 2^-24`` and the result is multiplied back by ``2^e``. The
+blocks that single precision does not certify are computed in float64 by the caller
+(:data:`DoubleBlocks`). The bound is affine in the
 shift, ``tau (1 + u + c n) - u min_i M_ii - c tr(M) + 2 err`` with ``c = g / (1 - g)`` (times the
 rounding-up factors), so each block gets the shift at which its bound would be the target
 (:func:`_single_shifts`): for a random 256-channel 3x3 convolution that is ``0.988`` times the
@@ -32,7 +38,9 @@ target, above the largest eigenvalue of 99% of its 580 frequency blocks (measure
 ``eigvalsh``), so nearly every block is factorised in single precision, about half the cost of
 complex128. Which shift is tried only decides whether the factorisation succeeds; the bound is
 the one computed from the factorisation that ran (above), and a block whose single-precision
-bound misses the target (or whose factorisation fails) goes to float64.
+bound misses the target (or whose factorisation fails) goes to float64. The Frobenius and
+Hoelder norm bounds below are summed in the blocks' format, with its unit roundoff in their
+``gamma`` factors (the Frobenius norm row by row, ``gamma_{2n+2}``, then over rows in float64).
 
 **Search** (decides only which ``tau`` to try; never enters a bound). A block's norm bound plus
 ``err`` is a certified bound already (``min`` of the Frobenius norm and Hoelder's
@@ -111,12 +119,14 @@ def _unit(mats: torch.Tensor) -> float:
 def _frobenius_up(mats: torch.Tensor) -> torch.Tensor:
     """Per block, ``>= ||M||_F`` (float64): the norms of the rows in the blocks' format (``2 n``
     real terms each, relative error ``gamma_{2n+2}`` in its unit roundoff), then the norm of
-    those in float64 (``gamma_{n+4}``), rounded up."""
+    those in float64 (``gamma_{n+4}``), rounded up; plus ``2 n sqrt(tiny)`` for squares that
+    underflow (each errs by at most the format's smallest normal ``tiny``, even flushed to zero)."""
     n = mats.shape[-1]
     real = torch.view_as_real(mats).flatten(-2) if mats.is_complex() else mats
     rows = torch.linalg.vector_norm(real, dim=-1).to(torch.float64)
+    under = 2 * n * math.sqrt(torch.finfo(real.dtype).tiny)
     return (torch.linalg.vector_norm(rows, dim=-1) * (1 + gamma(2 * n + 2, _unit(mats)))
-            * (1 + gamma(n + 4)) * UP)
+            * (1 + gamma(n + 4)) * UP + under) * UP
 
 
 def _hoelder_up(mats: torch.Tensor) -> torch.Tensor:
@@ -153,16 +163,18 @@ certify)."""
 
 def to_single(mats: torch.Tensor, err: float) -> SingleBlocks:
     """Blocks computed in float64/complex128 (within ``err`` of the exact ones) rounded to single
-    precision, scaled by ``2^-e`` (``e = 0`` unless an entry would leave the float32 range; the
-    scaling is exact in float64): the rounding moves each block by at most ``u_32 ||M_hat||_F``
-    plus ``2 n 2^-149`` (subnormals) in Frobenius norm (module docstring)."""
-    fro = _frobenius_up(mats)
-    e = math.frexp(float(fro.max()))[1]
+    precision, scaled by ``2^-e`` (``e = 0`` unless the largest entry is outside ``2^+-60``; the
+    scaling is exact in float64 but for entries that become subnormal, off by ``2^-1075`` each):
+    the rounding moves each block by at most ``u_32 ||2^-e M_hat||_F`` plus ``2 n 2^-149``
+    (subnormals, and the scaling's own) in Frobenius norm (module docstring)."""
+    real = torch.view_as_real(mats) if mats.is_complex() else mats
+    e = math.frexp(float(real.abs().max()) if mats.numel() else 0.0)[1]
     e = e if abs(e) > 60 else 0
-    s = 2.0 ** -e
+    scaled = mats * 2.0 ** -e if e else mats
+    fro = _frobenius_up(scaled)
+    bound = ((err * 2.0 ** -e + U32 * fro) * UP + 2 * mats.shape[-1] * 2.0 ** -149) * UP
     low = torch.complex64 if mats.is_complex() else torch.float32
-    bound = ((err * s + U32 * fro * s) * UP + 2 * mats.shape[-1] * 2.0 ** -149) * UP
-    return SingleBlocks((mats * s).to(low) if e else mats.to(low, copy=True), e, bound)  # a copy: it may be overwritten
+    return SingleBlocks(scaled.to(low) if e else mats.to(low, copy=True), e, bound)  # a copy: it may be overwritten
 
 
 def _single_shifts(low: torch.Tensor, err_s: torch.Tensor, target: float) -> torch.Tensor:
