@@ -219,8 +219,10 @@ def max_eigenvalue_bound(mats: torch.Tensor, err: float, rtol: float = 1e-4, flo
     known through computed ``mats`` ``(B, n, n)`` (float64 or complex128) with
     ``||mats_b - M_b||_F <= err`` for every block: :func:`certify_max_eigenvalue` on their
     rounding to single precision (:func:`to_single`), with ``mats`` for the float64 route."""
-    return certify_max_eigenvalue(to_single(mats, err), lambda idx: (mats[idx], err), rtol, floor,
-                                  steps, refine_steps)
+    def double(idx: torch.Tensor) -> tuple[torch.Tensor, float]:
+        return (mats if idx.numel() == mats.shape[0] else mats[idx]), err
+
+    return certify_max_eigenvalue(to_single(mats, err), double, rtol, floor, steps, refine_steps)
 
 
 def certify_max_eigenvalue(single: SingleBlocks, double: DoubleBlocks, rtol: float = 1e-4,
@@ -234,7 +236,7 @@ def certify_max_eigenvalue(single: SingleBlocks, double: DoubleBlocks, rtol: flo
     ``(1 + 2 rtol)`` times the largest eigenvalue). ``floor``: a value already certified elsewhere
     (earlier chunks of the same operator): blocks whose Frobenius bound is below it need nothing.
     ``steps``, ``refine_steps``: Lanczos steps of the estimates (:func:`_estimates`; more for one
-    large matrix with a clustered top).
+    large matrix with a clustered top). ``single.low`` is overwritten (factorised in place).
     """
     low, e, err_s = single
     scale = 2.0 ** e
