@@ -35,7 +35,8 @@ def _dft_blocks(wd: torch.Tensor, symbol: GramSymbol) -> torch.Tensor:
 
 
 def _kernels():
-    """Random kernels (1-D and 2-D taps, groups, wide and tall), an ill-conditioned one
+    """Random kernels (1-D and 2-D taps, groups, wide and tall, offsets that are their own
+    negatives on the grid, a single tap), an ill-conditioned one
     (singular values of every tap from 1 to 1e-8), and tiny and huge scales (the power-of-two
     scaling of the single-precision blocks)."""
     gen = torch.Generator().manual_seed(21)
@@ -46,6 +47,8 @@ def _kernels():
     v, _ = torch.linalg.qr(torch.randn(9, 10, 10, generator=gen, dtype=F64))
     ill = (u * torch.logspace(0, -8, 10, dtype=F64)) @ v.mT
     yield "illcond", ill.permute(1, 2, 0).reshape(1, 10, 10, 3, 3), [6, 6]
+    yield "selfpaired", torch.randn(1, 6, 5, 3, 3, generator=gen, dtype=F64), [4, 3]  # offsets 2 = -2 mod 4
+    yield "1x1", torch.randn(2, 6, 6, 1, 1, generator=gen, dtype=F64), [5, 5]  # one offset, its own partner
     base = torch.randn(1, 7, 7, 3, 3, generator=gen, dtype=F64)
     for scale in (1e-30, 1e30, 1e-150):
         yield f"scale{scale:g}", base * scale, [5, 5]

@@ -28,15 +28,20 @@ spectral norm of the difference (:meth:`GramSymbol.double`).
 **Single precision** (:meth:`GramSymbol.single`; ``u_32 = 2^-24``). The blocks that the
 certificate handles in complex64 anyway are formed in float32 from the float64 kernel
 ``K_p`` (computed as above), scaled by ``s = 2^-e`` (exact; ``e = 0`` unless entries leave
-``2^+-60``): ``k_p = fl_32(s K_p)``, ``c_p = fl_32(cos)`` and ``fl_32(-sin)`` of the float64
-values, and one float32 product for both parts. Per real entry, with ``|c_p| <= 1``:
-``|k_p - s K_p| <= u_32 |s K_p|``, ``|c_p - cos| <= u_32 + 128 u <= 2 u_32``, and the product of
-``P`` terms errs by ``gamma_P(u_32) sum_p |c_p| |k_p|`` (Higham Lemma 3.5, any order, FMA or
-not), so the entry is within ``(3 u_32 + gamma_P(u_32)(1 + u_32)) sum_p |s K_p| <=
-gamma_{P+4}(u_32) sum_p |s K_p|`` of ``s sum_p K_p cos`` (resp. ``-sin``), plus underflow: at most
-``4 P`` operations that each err by at most ``2^-126`` (flushed to zero or not). Over the real and
-imaginary parts in Frobenius norm the block is within
-``sqrt(2) (gamma_{P+4}(u_32) s sum_p ||K_p||_F + 4 P n 2^-126) + s err`` of ``s`` times the
+``2^+-60``). ``K_{-p} = K_p^T`` and the angles of ``p`` and ``-p`` are opposite, so the real
+part of a block is ``sum cos<theta, p> (K_p + K_{-p})`` over one offset ``p`` of each pair
+(``K_p`` alone when ``p = -p`` modulo the grid) and its imaginary part
+``sum -sin<theta, p> (K_p - K_{-p})`` (``sin`` vanishes when ``p = -p``): two float32 products
+with ``R, I <= P`` terms, half the multiply-adds of the complex128 route. With
+``r_q = fl_32(fl(s (K_p +- K_{-p})))`` (``|r_q - s(K_p +- K_{-p})| <= 2 u_32 (|s K_p| + |s K_{-p}|)``),
+``c_q = fl_32(cos)`` or ``fl_32(-sin)`` of the float64 values (``|c_q| <= 1``,
+``|c_q - cos| <= u_32 + 128 u <= 2 u_32``) and the product's ``gamma_R(u_32) sum |c_q| |r_q|``
+(Higham Lemma 3.5, any order, FMA or not), every real entry is within
+``(4 u_32 + gamma_R(u_32)(1 + 2 u_32)) sum_p |s K_p| <= gamma_{P+6}(u_32) sum_p |s K_p|`` of
+``s`` times the real (resp. imaginary) part formed exactly from the ``K_p``, plus underflow: at
+most ``6 P`` operations that each err by at most ``2^-126`` (flushed to zero or not). Over the
+real and imaginary parts in Frobenius norm the block is within
+``sqrt(2) (gamma_{P+6}(u_32) s sum_p ||K_p||_F + 6 P n 2^-126) + s err`` of ``s`` times the
 exact block (``sum_p ||K_p||_F`` computed in float64 and rounded up, ``2 n sqrt(tiny)`` added
 per ``K_p`` for squares that underflow). This needs IEEE float32 products: when torch may run
 them in bf16 or tf32 (``torch.set_float32_matmul_precision``) the blocks are formed in
@@ -132,17 +137,24 @@ class GramSymbol:
         self.flat = kernel.reshape(self.groups, len(positions), self.n ** 2)
         self.freqs = _half_grid(grid)[half_spectrum_mask(grid)]
         self.pos = torch.tensor(positions, dtype=torch.long).reshape(-1, len(grid))
+        index = {q: i for i, q in enumerate(positions)}
+        self._partner = torch.tensor([index[tuple((-x) % nn for x, nn in zip(q, grid))] for q in positions],
+                                     dtype=torch.long)  # the offset -p of each p (modulo the grid)
 
     def __len__(self) -> int:
         """The number of frequencies."""
         return self.freqs.shape[0]
 
-    def _trig(self, f: torch.Tensor) -> torch.Tensor:
-        """``[cos; -sin]`` ``(2F, P)`` in float64 of the angles ``<theta_f, p>`` (module doc)."""
+    def _angles(self, f: torch.Tensor) -> torch.Tensor:
+        """The angles ``<theta_f, p>`` ``(F, P)`` in float64 (module doc)."""
         sizes = torch.tensor(self.grid, dtype=torch.long)
         turns = ((f[:, None, :] * self.pos[None, :, :]) % sizes).to(torch.float64) / sizes.to(torch.float64)
-        angle = (2 * math.pi) * turns.sum(-1)
-        return torch.cat([torch.cos(angle), -torch.sin(angle)]).to(self.flat.device)
+        return ((2 * math.pi) * turns.sum(-1)).to(self.flat.device)
+
+    def _trig(self, f: torch.Tensor) -> torch.Tensor:
+        """``[cos; -sin]`` ``(2F, P)`` in float64 of the angles."""
+        angle = self._angles(f)
+        return torch.cat([torch.cos(angle), -torch.sin(angle)])
 
     def _blocks(self, trig: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
         """The blocks ``(g F, n, n)`` from ``[cos; -sin]`` and the folded kernels ``(g, P, n n)``:
@@ -171,24 +183,33 @@ class GramSymbol:
         doc, *Single precision*)."""
         if not _ieee_float32_matmul():
             return to_single(*self.double(start, stop))
-        if not hasattr(self, "_flat32"):
+        if not hasattr(self, "_even32"):
             self._prepare_single()
         f = self.freqs[start:stop]
-        low = self._blocks(self._trig(f).to(torch.float32), self._flat32)
+        angle = self._angles(f)
+        real = torch.cos(angle[:, self._even]).to(torch.float32) @ self._even32
+        imag = (-torch.sin(angle[:, self._odd])).to(torch.float32) @ self._odd32
+        low = torch.complex(real, imag).reshape(-1, self.n, self.n)
         return SingleBlocks(low, self._e, self._err32.repeat_interleave(f.shape[0]))
 
     def _prepare_single(self) -> None:
-        """The kernels scaled by ``2^-e`` (``e = 0`` unless the largest entry is outside
-        ``2^+-60``) and rounded to float32, and the error bound per group (module doc)."""
+        """The sums ``K_p + K_{-p}`` and differences ``K_p - K_{-p}`` over one offset of each
+        pair (``K_p`` alone when ``p = -p``), scaled by ``2^-e`` (``e = 0`` unless the largest
+        entry is outside ``2^+-60``) and rounded to float32, and the error bound per group
+        (module doc)."""
         p = self.flat.shape[1]
         e = math.frexp(float(self.flat.abs().max()))[1]
         self._e = e if abs(e) > 60 else 0
         scaled = self.flat * 2.0 ** -self._e
+        first = torch.arange(p)
+        self._even, self._odd = first[first <= self._partner], first[first < self._partner]
+        alone = (self._partner[self._even] == self._even)[None, :, None]
+        self._even32 = (scaled[:, self._even] + torch.where(alone, 0.0, scaled[:, self._partner[self._even]])).to(torch.float32)
+        self._odd32 = (scaled[:, self._odd] - scaled[:, self._partner[self._odd]]).to(torch.float32)
         under = 2 * self.n * math.sqrt(torch.finfo(torch.float64).tiny)  # squares that underflow
         sums = (torch.linalg.vector_norm(scaled, dim=-1) * (1 + gamma(self.n ** 2 + 4)) * UP + under).sum(-1)
-        self._flat32 = scaled.to(torch.float32)
-        self._err32 = ((self.err * 2.0 ** -self._e + math.sqrt(2) * gamma(p + 4, U32) * sums * (1 + gamma(p)) * UP) * UP
-                       + 4 * math.sqrt(2) * p * self.n * 2.0 ** -126) * UP
+        self._err32 = ((self.err * 2.0 ** -self._e + math.sqrt(2) * gamma(p + 6, U32) * sums * (1 + gamma(p)) * UP) * UP
+                       + 6 * math.sqrt(2) * p * self.n * 2.0 ** -126) * UP
 
 
 def conv_cholesky_bound(wd: torch.Tensor, grid: Sequence[int], rtol: float = 1e-4,
