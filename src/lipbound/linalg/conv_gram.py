@@ -53,7 +53,6 @@ blocks it cannot certify are formed again in complex128 (:meth:`GramSymbol.doubl
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Iterator, Sequence
 
@@ -71,23 +70,23 @@ def _gram_kernel(wd: torch.Tensor, grid: Sequence[int]) -> tuple[torch.Tensor, l
     """``(K, positions, err)``: the folded Gram kernel ``(g, P, n, n)`` at the grid positions
     ``positions``, and the Frobenius error bound of every block formed from it (module doc)."""
     g, m, n, *q = wd.shape
-    taps = list(itertools.product(*[range(k) for k in q]))
-    t = len(taps)
+    taps = torch.cartesian_prod(*[torch.arange(k) for k in q]).reshape(-1, len(q))
+    t = taps.shape[0]
     flat = wd.reshape(g, m, n, t).permute(0, 1, 3, 2).reshape(g, m, t * n)
-    positions: dict[tuple[int, ...], int] = {}
-    index = [[positions.setdefault(tuple((bb - aa) % nn for aa, bb, nn in zip(a, b, grid)), len(positions))
-              for b in taps] for a in taps]
-    kernel = torch.zeros((g, len(positions), n, n), dtype=wd.dtype, device=wd.device)
+    sizes = torch.tensor(list(grid), dtype=torch.long)
+    strides = torch.tensor([math.prod(grid[i + 1:]) for i in range(len(grid))], dtype=torch.long)
+    offsets = (taps[None, :, :] - taps[:, None, :]) % sizes  # [a, b]: b - a on the grid
+    codes, index = torch.unique((offsets * strides).sum(-1), return_inverse=True)
+    index = index.to(wd.device)
+    kernel = torch.zeros((g, codes.numel(), n, n), dtype=wd.dtype, device=wd.device)
     for i in range(t):  # w[a]^T w[b] for b >= a, one strip of the block upper triangle per tap; w[b]^T w[a] is its transpose
-        strip = flat[..., i * n:(i + 1) * n].mT @ flat[..., i * n:]
-        for j in range(i, t):
-            block = strip[..., (j - i) * n:(j - i + 1) * n]
-            kernel[:, index[i][j]] += block
-            if j > i:
-                kernel[:, index[j][i]] += block.mT
+        strip = (flat[..., i * n:(i + 1) * n].mT @ flat[..., i * n:]).reshape(g, n, t - i, n).transpose(1, 2)
+        kernel.index_add_(1, index[i, i:], strip)
+        kernel.index_add_(1, index[i + 1:, i], strip[:, 1:].mT)
+    positions = [tuple(c) for c in ((codes[:, None] // strides) % sizes).tolist()]
     s = float(torch.linalg.vector_norm(wd.reshape(g, m * n, t), dim=1).sum(-1).max()) * (1 + gamma(2 * m * n + t + 4))
     err = gamma(2 * (m + t * t + len(positions)) + 512) * s * s * (1 + 2.0 ** -40)
-    return kernel, list(positions), err
+    return kernel, positions, err
 
 
 def _half_grid(grid: Sequence[int]) -> torch.Tensor:
