@@ -9,6 +9,11 @@ Networks: the CNNs of ../shared/realnets (skipped when absent), the AlexNet-shap
 weights, 3x224x224) and one 256-channel 3x3 convolution at 32x32.
 
     .venv/bin/python benchmarks/cnn.py [--quick]      # writes benchmarks/results/cnn.md
+    .venv/bin/python benchmarks/cnn.py --wide 5       # only the 256-channel conv's certified norm, 5 times
+
+``--wide N`` prints the CPU seconds (``time.process_time``, one thread) of ``N`` calls of
+``Conv.structural_bound()`` on the 256-channel conv and its value; run it with another checkout's
+``src`` on ``PYTHONPATH`` for a before/after pair (it uses only the public operator API).
 """
 
 from __future__ import annotations
@@ -81,10 +86,30 @@ def conv_row(name: str, conv: Conv) -> tuple:
             power, t_pow, chol.value / power - 1)
 
 
+def wide_conv_seconds(repeats: int) -> None:
+    """The 256-channel conv's certified norm, ``repeats`` times: value and CPU seconds of each."""
+    torch.manual_seed(0)
+    wide = nn.Conv2d(256, 256, 3, padding=1, bias=False)
+    node = next(iter(lipbound.as_graph(wide, (256, 32, 32)).fused().affine_nodes()))
+    conv = next(o for o in getattr(node.op, "ops", [node.op]) if isinstance(o, Conv)).to(dtype=torch.float64)
+    seconds = []
+    for _ in range(repeats):
+        t0 = time.process_time()
+        value = conv.structural_bound().value
+        seconds.append(time.process_time() - t0)
+    print(f"value {value:.10f} CPU s " + " ".join(f"{t:.3f}" for t in seconds)
+          + f" min {min(seconds):.3f} median {sorted(seconds)[len(seconds) // 2]:.3f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="skip the AlexNet-shaped net")
+    parser.add_argument("--wide", type=int, default=0, metavar="N",
+                        help="only time the 256-channel conv's certified norm N times")
     args = parser.parse_args()
+    if args.wide:
+        wide_conv_seconds(args.wide)
+        return
     rows, nets, layers = [], [], []
     for name, build in graphs(args.quick):
         before, t_before = with_method("svd", lambda: lipbound.autolip(build(), certified=True))

@@ -278,7 +278,6 @@ def test_single_precision_certificate_on_blocks_far_below_the_top(monkeypatch):
         got = max_eigenvalue_bound(grams, 1e-13 * scale)
         assert float(lam.max()) <= got.value <= float(lam.max()) * (1 + 1e-3), scale
         assert got.factorised >= 30  # the few lowest are certified by their row sums (Hoelder) alone
-        cheap = sc._certify_single(*sc._single(grams[20:], sc._frobenius_up(grams[20:])), sc._frobenius_up(grams[20:]),
-                                   1e-13 * scale, 0.9 * float(lam.max()))
+        cheap = sc._certify_single(*sc.to_single(grams[20:], 1e-13 * scale), 0.9 * float(lam.max()))
         assert bool((cheap >= lam[20:]).all()) and bool((cheap <= float(lam.max())).all()), scale
 

@@ -9,6 +9,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..errors import InvalidInput
 from .conv_gram import conv_cholesky_bound, half_spectrum_mask
 from .gram import BlockNorm, max_block_norm
 from .linear_operator import StructuralBound, _TensorOperator
@@ -112,6 +113,8 @@ class Conv(_TensorOperator):
         return tuple(2 * p for p in self.padding)
 
     def structural_bound(self):
+        if not bool(torch.isfinite(self.weight).all()):
+            raise InvalidInput(f"{self.label} weight {tuple(self.weight.shape)} has NaN or infinite entries")
         if self.circular is not None:
             return self._circular_bound()
         grid = self.out_shape[1:] if self.transposed else self.in_shape[1:]

@@ -20,11 +20,17 @@ differs from the exact ``M`` by at most ``sqrt(2)`` times the Frobenius error of
 is therefore doubled there. Every term is rounded up (``tr(X)`` is summed in float64 and
 multiplied by ``1 + gamma_n``).
 
-**Single precision.** A block below the target is certified in single precision: ``M_hat``
-(scaled by a power of two ``2^-e`` when its entries would leave the float32 range, exact in
-float64) is rounded to complex64/float32, which moves it by at most ``u_32 ||M_hat||_F`` plus
-``2 n 2^-149`` (subnormals) in Frobenius norm: that is added to ``err``, and the certificate above
-runs with ``u = 2^-24``; the result is multiplied back by ``2^e``. The bound is affine in the
+**Single precision.** A block below the target is certified in single precision. The blocks
+arrive as :class:`SingleBlocks`: ``2^-e`` times computed blocks in complex64/float32, with a bound
+``err_b`` of their Frobenius distance to ``2^-e`` times the exact ones, either formed directly in
+single precision by the caller (the convolution's Gram blocks,
+:class:`~lipbound.linalg.conv_gram.GramSymbol`, whose rounding bound is in that module) or
+rounded from float64 by :func:`to_single`: ``M_hat`` (scaled by ``2^-e`` when its entries would
+leave the float32 range, exact in float64) rounded to complex64/float32 moves by at most
+``u_32 ||M_hat||_F`` plus ``2 n 2^-149`` (subnormals) in Frobenius norm, added to ``err``. The
+certificate above then runs with ``u = 2^-24`` and the result is multiplied back by ``2^e``. The
+blocks that single precision does not certify are computed in float64 by the caller
+(:data:`DoubleBlocks`). The bound is affine in the
 shift, ``tau (1 + u + c n) - u min_i M_ii - c tr(M) + 2 err`` with ``c = g / (1 - g)`` (times the
 rounding-up factors), so each block gets the shift at which its bound would be the target
 (:func:`_single_shifts`): for a random 256-channel 3x3 convolution that is ``0.988`` times the
@@ -32,7 +38,9 @@ target, above the largest eigenvalue of 99% of its 580 frequency blocks (measure
 ``eigvalsh``), so nearly every block is factorised in single precision, about half the cost of
 complex128. Which shift is tried only decides whether the factorisation succeeds; the bound is
 the one computed from the factorisation that ran (above), and a block whose single-precision
-bound misses the target (or whose factorisation fails) goes to float64.
+bound misses the target (or whose factorisation fails) goes to float64. The Frobenius and
+Hoelder norm bounds below are summed in the blocks' format, with its unit roundoff in their
+``gamma`` factors (the Frobenius norm row by row, ``gamma_{2n+2}``, then over rows in float64).
 
 **Search** (decides only which ``tau`` to try; never enters a bound). A block's norm bound plus
 ``err`` is a certified bound already (``min`` of the Frobenius norm and Hoelder's
@@ -47,21 +55,22 @@ few ranked highest) gives Ritz values ``theta`` (lower estimates, up to the sing
 rounding); ``tau = max theta (1 + 2 rtol)``
 is tried on every block at once (blocks with ``theta`` below their single-precision shift in
 single precision first; a failure there sends the block to float64); a block
-whose factorisation fails gets its own ``tau`` from its largest eigenvalue (``eigvalsh``, an
-estimate) and one more try; a block failing again keeps its Frobenius bound.
+whose factorisation fails gets its own ``tau`` from its top Ritz value after ``refine_steps``
+Lanczos steps and one more try, then from its largest eigenvalue (``eigvalsh``, 3-6x the cost:
+an estimate too) and a last try; a block failing again keeps its Frobenius bound.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 
 from .float_units import U32, UP, gamma
 from .lanczos import lanczos_max_eig
 
-__all__ = ["max_eigenvalue_bound", "EigBound"]
+__all__ = ["max_eigenvalue_bound", "certify_max_eigenvalue", "to_single", "SingleBlocks", "DoubleBlocks", "EigBound"]
 
 LANCZOS_STEPS = 4  # Lanczos steps on every block: estimates that rank the blocks (6 cost 8% more on the 256-channel conv)
 REFINE_BLOCKS = 8  # the blocks ranked highest ...
@@ -81,15 +90,17 @@ class EigBound(NamedTuple):
     fallback: int
 
 
-def _certify(mats: torch.Tensor, tau: torch.Tensor, err: torch.Tensor | float) -> torch.Tensor:
+def _certify(mats: torch.Tensor, tau: torch.Tensor, err: torch.Tensor | float,
+             overwrite: bool = False) -> torch.Tensor:
     """Per block: the certified bound (float64) for the shift ``tau`` rounded to the blocks' format
     (module docstring) when the Cholesky factorisation of ``fl(tau I - M_hat)`` succeeds, else
-    ``inf``. ``err``: per block or one for all, ``>= ||M_hat - M||_F``."""
+    ``inf``. ``err``: per block or one for all, ``>= ||M_hat - M||_F``. ``overwrite``: ``mats``
+    may be overwritten (by ``tau I - M_hat``)."""
     n = mats.shape[-1]
     real = mats.real.dtype if mats.is_complex() else mats.dtype
     u = torch.finfo(real).eps / 2
     tau = tau.to(real)
-    x = -mats
+    x = mats.neg_() if overwrite else -mats
     diag = x.diagonal(dim1=-2, dim2=-1)
     diag += tau[:, None]
     _, info = torch.linalg.cholesky_ex(x)
@@ -101,17 +112,29 @@ def _certify(mats: torch.Tensor, tau: torch.Tensor, err: torch.Tensor | float) -
     return torch.where(info == 0, bound, torch.full_like(bound, math.inf))
 
 
+def _unit(mats: torch.Tensor) -> float:
+    """The unit roundoff of the blocks' (real) format."""
+    return torch.finfo(mats.real.dtype if mats.is_complex() else mats.dtype).eps / 2
+
+
 def _frobenius_up(mats: torch.Tensor) -> torch.Tensor:
-    terms = 2 * mats.shape[-1] * mats.shape[-2]
-    real = torch.view_as_real(mats) if mats.is_complex() else mats
-    return torch.linalg.vector_norm(real.reshape(mats.shape[0], -1), dim=-1) * (1 + gamma(terms + 4)) * UP
+    """Per block, ``>= ||M||_F`` (float64): the norms of the rows in the blocks' format (``2 n``
+    real terms each, relative error ``gamma_{2n+2}`` in its unit roundoff), then the norm of
+    those in float64 (``gamma_{n+4}``), rounded up; plus ``2 n sqrt(tiny)`` for squares that
+    underflow (each errs by at most the format's smallest normal ``tiny``, even flushed to zero)."""
+    n = mats.shape[-1]
+    real = torch.view_as_real(mats).flatten(-2) if mats.is_complex() else mats
+    rows = torch.linalg.vector_norm(real, dim=-1).to(torch.float64)
+    under = 2 * n * math.sqrt(torch.finfo(real.dtype).tiny)
+    return (torch.linalg.vector_norm(rows, dim=-1) * (1 + gamma(2 * n + 2, _unit(mats)))
+            * (1 + gamma(n + 4)) * UP + under) * UP
 
 
 def _hoelder_up(mats: torch.Tensor) -> torch.Tensor:
-    """Per block, ``sqrt(||M||_1 ||M||_inf)`` rounded up, ``>= ||M||_2`` (Hoelder, for any
-    matrix: the computed blocks are Hermitian only up to rounding).
+    """Per block, ``sqrt(||M||_1 ||M||_inf)`` rounded up (float64), ``>= ||M||_2`` (Hoelder, for
+    any matrix: the computed blocks are Hermitian only up to rounding).
     A complex entry counts as ``|Re z| + |Im z| >= |z|`` (exact, and far cheaper than ``hypot``);
-    each sum of at most ``2 n`` terms errs by ``gamma_{2n}``."""
+    each sum of at most ``2 n`` terms errs by ``gamma_{2n}`` in the blocks' unit roundoff."""
     n = mats.shape[-1]
     if mats.is_complex():
         a = torch.view_as_real(mats).abs()
@@ -119,23 +142,40 @@ def _hoelder_up(mats: torch.Tensor) -> torch.Tensor:
     else:
         a = mats.abs()
         rows, cols = a.sum(-1), a.sum(-2)
-    return (rows.amax(-1) * cols.amax(-1)).sqrt() * (1 + gamma(2 * n + 8)) * UP
+    top = rows.amax(-1).to(torch.float64) * cols.amax(-1).to(torch.float64)
+    return top.sqrt() * (1 + gamma(2 * n + 8, _unit(mats))) * UP
 
 
-def _single(mats: torch.Tensor, fro: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """The blocks in single precision, scaled by ``2^-e`` (``e = 0`` unless an entry would leave
-    the float32 range), and ``e``. ``fro >= ||mats_b||_F`` bounds every entry."""
-    e = math.frexp(float(fro.max()))[1]
+class SingleBlocks(NamedTuple):
+    """Hermitian PSD matrices ``M_b`` known in single precision: ``low`` ``(B, n, n)``
+    (complex64 or float32) is ``2^-e`` times computed blocks, and ``err`` ``(B,)`` (float64)
+    bounds ``||low_b - 2^-e M_b||_F`` for the *exact* ``M_b``."""
+
+    low: torch.Tensor
+    e: int
+    err: torch.Tensor
+
+
+DoubleBlocks = Callable[[torch.Tensor], tuple[torch.Tensor, float]]
+"""Indices of blocks -> ``(mats, err)``: those blocks computed in float64 or complex128, each
+within ``err`` of the exact one in Frobenius norm (the route for blocks single precision cannot
+certify)."""
+
+
+def to_single(mats: torch.Tensor, err: float) -> SingleBlocks:
+    """Blocks computed in float64/complex128 (within ``err`` of the exact ones) rounded to single
+    precision, scaled by ``2^-e`` (``e = 0`` unless the largest entry is outside ``2^+-60``; the
+    scaling is exact in float64 but for entries that become subnormal, off by ``2^-1075`` each):
+    the rounding moves each block by at most ``u_32 ||2^-e M_hat||_F`` plus ``2 n 2^-149``
+    (subnormals, and the scaling's own) in Frobenius norm (module docstring)."""
+    real = torch.view_as_real(mats) if mats.is_complex() else mats
+    e = math.frexp(float(real.abs().max()) if mats.numel() else 0.0)[1]
     e = e if abs(e) > 60 else 0
+    scaled = mats * 2.0 ** -e if e else mats
+    fro = _frobenius_up(scaled)
+    bound = ((err * 2.0 ** -e + U32 * fro) * UP + 2 * mats.shape[-1] * 2.0 ** -149) * UP
     low = torch.complex64 if mats.is_complex() else torch.float32
-    return (mats * 2.0 ** -e if e else mats).to(low), e
-
-
-def _single_err(fro: torch.Tensor, e: int, n: int, err: float) -> torch.Tensor:
-    """Per block, ``>= ||low_b - 2^-e M_b||_F`` for the single-precision blocks ``low`` of
-    :func:`_single` (module docstring)."""
-    s = 2.0 ** -e
-    return ((err * s + U32 * fro * s) * UP + 2 * n * 2.0 ** -149) * UP
+    return SingleBlocks(scaled.to(low) if e else mats.to(low, copy=True), e, bound)  # a copy: it may be overwritten
 
 
 def _single_shifts(low: torch.Tensor, err_s: torch.Tensor, target: float) -> torch.Tensor:
@@ -151,12 +191,12 @@ def _single_shifts(low: torch.Tensor, err_s: torch.Tensor, target: float) -> tor
     return (aim + U32 * UP * d.amin(-1) + c * d.sum(-1)) / (1 + U32 * UP + c * n)
 
 
-def _certify_single(low: torch.Tensor, e: int, fro: torch.Tensor, err: float, target: float) -> torch.Tensor:
-    """:func:`_certify` on the single-precision blocks ``low`` (``2^-e`` times the computed ones),
-    each at its shift for ``target`` (:func:`_single_shifts`), with the rounding to single
-    precision added to ``err``; the bounds are those of the unscaled exact blocks."""
-    err_s = _single_err(fro, e, low.shape[-1], err)
-    return _certify(low, _single_shifts(low, err_s, target * 2.0 ** -e), err_s) * 2.0 ** e
+def _certify_single(low: torch.Tensor, e: int, err_s: torch.Tensor, target: float,
+                    overwrite: bool = False) -> torch.Tensor:
+    """:func:`_certify` on the single-precision blocks ``low`` (``2^-e`` times the computed ones,
+    within ``err_s`` of ``2^-e`` times the exact ones), each at its shift for ``target``
+    (:func:`_single_shifts`); the bounds are those of the unscaled exact blocks."""
+    return _certify(low, _single_shifts(low, err_s, target * 2.0 ** -e), err_s, overwrite) * 2.0 ** e
 
 
 def _estimates(low: torch.Tensor, steps: int, refine_steps: int, floor: float) -> torch.Tensor:
@@ -177,48 +217,65 @@ def max_eigenvalue_bound(mats: torch.Tensor, err: float, rtol: float = 1e-4, flo
                          steps: int = LANCZOS_STEPS, refine_steps: int = REFINE_STEPS) -> EigBound:
     """A certified upper bound of ``max_b lambda_max(M_b)`` for Hermitian PSD matrices ``M_b``
     known through computed ``mats`` ``(B, n, n)`` (float64 or complex128) with
-    ``||mats_b - M_b||_F <= err`` for every block (module docstring).
+    ``||mats_b - M_b||_F <= err`` for every block: :func:`certify_max_eigenvalue` on their
+    rounding to single precision (:func:`to_single`), with ``mats`` for the float64 route."""
+    def double(idx: torch.Tensor) -> tuple[torch.Tensor, float]:
+        return (mats if idx.numel() == mats.shape[0] else mats[idx]), err
+
+    return certify_max_eigenvalue(to_single(mats, err), double, rtol, floor, steps, refine_steps)
+
+
+def certify_max_eigenvalue(single: SingleBlocks, double: DoubleBlocks, rtol: float = 1e-4,
+                           floor: float = 0.0, steps: int = LANCZOS_STEPS,
+                           refine_steps: int = REFINE_STEPS) -> EigBound:
+    """A certified upper bound of ``max_b lambda_max(M_b)`` (module docstring) for Hermitian PSD
+    matrices given in single precision (``single``), with ``double`` to compute any of them in
+    float64 when single precision cannot certify them.
 
     ``rtol``: the target, relative on the square root (the bound is aimed at
     ``(1 + 2 rtol)`` times the largest eigenvalue). ``floor``: a value already certified elsewhere
     (earlier chunks of the same operator): blocks whose Frobenius bound is below it need nothing.
     ``steps``, ``refine_steps``: Lanczos steps of the estimates (:func:`_estimates`; more for one
-    large matrix with a clustered top).
+    large matrix with a clustered top). ``single.low`` is overwritten (factorised in place).
     """
-    fro = _frobenius_up(mats) + err
-    bounds = fro.clone()  # certified already: blocks below the target need nothing more
+    low, e, err_s = single
+    scale = 2.0 ** e
+    bounds = (_frobenius_up(low) + err_s) * UP * scale  # certified already: blocks below the target need nothing more
     open_ = bounds > floor
     if not bool(open_.any()):
         return EigBound(float(bounds.max()), 0.0, 0, 0)
     idx = open_.nonzero().reshape(-1)
-    low, e = _single(mats if bool(open_.all()) else mats[idx], fro[idx])
-    theta = _estimates(low, steps, refine_steps, floor * 2.0 ** -e) * 2.0 ** e
+    if not bool(open_.all()):
+        low, err_s = low[idx], err_s[idx]
+    theta = _estimates(low, steps, refine_steps, floor / scale) * scale
     estimate = float(theta.max())
     target = max(estimate * (1 + 2 * rtol), floor)
-    far = idx[(bounds[idx] > target) & (theta < HOELDER_BELOW * target)]
-    bounds[far] = torch.minimum(bounds[far], _hoelder_up(mats[far]) + err)
+    far = (bounds[idx] > target) & (theta < HOELDER_BELOW * target)
+    bounds[idx[far]] = torch.minimum(bounds[idx[far]], (_hoelder_up(low[far]) + err_s[far]) * UP * scale)
     need = bounds[idx] > target
-    idx, theta, low = idx[need], theta[need], low[need]
+    idx, theta, low, err_s = idx[need], theta[need], low[need], err_s[need]
     factorised = int(idx.numel())
-    shifts = _single_shifts(low, _single_err(fro[idx], e, low.shape[-1], err), target * 2.0 ** -e) * 2.0 ** e
-    cheap = theta < shifts  # a Ritz value above the shift: that factorisation would fail
+    cheap = theta < _single_shifts(low, err_s, target / scale) * scale  # a Ritz value above the shift: that factorisation would fail
     if bool(cheap.any()):
-        got = _certify_single(low if bool(cheap.all()) else low[cheap], e, fro[idx[cheap]], err, target)
+        got = _certify_single(low if bool(cheap.all()) else low[cheap], e, err_s[cheap], target, overwrite=True)
         done = got <= target
         bounds[idx[cheap][done]] = got[done]
         idx = torch.cat([idx[~cheap], idx[cheap][~done]]).sort().values
     del low
     fallback = 0
     if idx.numel():
+        mats, err = double(idx)
         tau = torch.full((idx.numel(),), target, dtype=torch.float64, device=mats.device)
-        got = _certify(mats if idx.numel() == mats.shape[0] else mats[idx], tau, err)
-        failed = ~torch.isfinite(got)
-        if bool(failed.any()):
-            redo = idx[failed]
-            lam = torch.linalg.eigvalsh(mats[redo])[:, -1].to(torch.float64)
+        got = _certify(mats, tau, err)
+        for retry in (lambda m: lanczos_max_eig(m.to(single.low.dtype), refine_steps),
+                      lambda m: torch.linalg.eigvalsh(m)[:, -1]):  # its top Ritz value, else its eigenvalue
+            failed = ~torch.isfinite(got)
+            if not bool(failed.any()):
+                break
+            lam = retry(mats[failed]).to(torch.float64)
             estimate = max(estimate, float(lam.max()))
             tau2 = torch.maximum(lam * (1 + 2 * rtol) + 1e-12 * lam.abs().max(), tau[failed])
-            got[failed] = _certify(mats[redo], tau2, err)
+            got[failed] = _certify(mats[failed], tau2, err)
         bounds[idx] = torch.minimum(got, bounds[idx])
         fallback = int((~torch.isfinite(got)).sum())
     return EigBound(float(bounds.max()), estimate, factorised, fallback)
