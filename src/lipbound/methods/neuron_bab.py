@@ -42,9 +42,11 @@ interval Jacobian from the output to the neuron, ``F``: from the input to it). A
 does not exceed the best witnessed lower bound times ``1 + rtol`` is closed.
 
 **Lower bound.** Jacobians at witnesses (:class:`~lipbound.methods.exact_network.WitnessedNet`:
-inside the box, off every kink by the rounding bound): the root's LP points, and first the
-witnesses of ``lower`` (gradient ascent, on ``ascent_share`` of the budget) and ``lower-milp`` (on
-``lower_share``), re-checked independently at the end.
+inside the box, off every kink by the rounding bound): the points of every LP solved (root and nodes),
+and, once the root is bounded and unsolved, the witnesses of ``lower`` (gradient ascent and region
+walk, on ``ascent_share`` of the budget, half of its starts at the best LP points) and ``lower-milp``
+(on ``lower_share``) (:class:`~lipbound.methods.bab_witness.WitnessPool`); the best is re-checked
+independently at the end.
 A **leaf** (every neuron's state known) is one activation pattern: ``exact``'s region check
 (:meth:`~lipbound.methods.exact_search.BranchAndBound.check_region`: an LP proposes, an exact-arithmetic
 certificate proves the region has no interior point in the box) drops it when empty, and its
@@ -303,9 +305,11 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
             measured on mnistfc_256x2 prop 3, a lower-milp run earlier in the same process left the
             root bound at 26.28 instead of 23.90, cause not found; run ``lower-milp`` beside it instead).
         ascent_share: fraction of the budget given to ``lower`` (gradient ascent on the Jacobian's norm in
-            the box) for a first witness, before the search (it prunes nodes from the start). What
-            stopped these first witnesses' searches is ``details["seed_stopped_by"]`` (``"time"``: the
-            lower end may differ between runs); ``details["stopped_by"]`` is the search's.
+            the box, half of its starts at the root LP's best points) after the root's bounds, before the
+            search (it prunes nodes from the start); on mnistfc_256x2 it stops on its work cap in 7-14 s on a
+            loaded machine. What stopped these witness searches is ``details["seed_stopped_by"]``
+            (``"time"``: the lower end may differ between runs); ``details["stopped_by"]`` is the search's;
+            ``details["lp_lower"]`` the lower end from the root's LP points alone.
         node_sdp: also bound each node by LipSDP-Neuron on its slope box (module doc), while time is left.
         root_lp_share: fraction of the budget the root's LP tightening may take (a cap).
         root_lp_units: most unstable neurons the root's LP tightens, the most influential first (a work cap).
