@@ -74,5 +74,5 @@ def test_the_lp_points_are_witnesses_and_the_seeded_search_only_raises_the_lower
     d = res.details
     assert d["lps"] > 0 and d["lp_lower"] is not None
     assert d["lp_lower"] <= d["seeded_lower"] <= truth * (1 + 1e-9)
-    assert d["lower"] == pytest.approx(d["seeded_lower"], rel=1e-9)  # the best witness, re-checked
+    assert d["seeded_lower"] * (1 - 1e-9) <= d["lower"] <= truth * (1 + 1e-9)  # the best witness, re-checked
     assert d["upper"] >= truth * (1 - 1e-9)
