@@ -47,6 +47,7 @@ import torch
 
 from ..errors import InvalidInput
 from .relu_boxes import Layer, bound_boxes, jacobians, pre_bounds
+from .part_exact import PartExact
 from .relu_zonotope import zonotope_bound
 from .witness import PointWitness
 
@@ -73,7 +74,7 @@ class _Part:
     order: int
     row: torch.Tensor = field(compare=False)  # (3, d): low, high, smear
     unstable: int = field(compare=False)
-    enumerated: bool = field(compare=False, default=False)  # bound with every slope vertex
+    stage: int = field(compare=False, default=0)  # 0: as split, 1: bound again, tighter; 2: and by exact
 
     @property
     def upper(self) -> float:
@@ -83,7 +84,8 @@ class _Part:
 def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: torch.Tensor, *, tol: float,
                    max_parts: int, batch: int, vertex_units: int, strong: bool, deadline: float,
                    full_units: int = 0, axis: str = "smear", fan: int = 0, samples: int = 1,
-                   zonotope: int = 64, top_samples: int = 16, zonotope_units: int = 120, seek: int = 16) -> Outcome:
+                   zonotope: int = 64, top_samples: int = 16, zonotope_units: int = 120, seek: int = 16,
+                   exact: PartExact | None = None, exact_units: int = 0, exact_parts: int = 4) -> Outcome:
     """Best-first batched search over the box ``[low, high]`` (flat, float64) of the chain ``layers``
     (module doc); ``search`` keeps the witnessed lower bound (``.lower``, ``.offer``, ``.graph``,
     ``.region``, as :class:`.local_bab._Search`). ``axis``: the split axis rule, ``"smear"`` (the
@@ -96,7 +98,9 @@ def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: to
     zonotope Jacobian of a part taken from the top (:mod:`.relu_zonotope`; 0: none), only on parts with
     at most ``zonotope_units`` unstable neurons (above, the part is split at once: module doc);
     ``seek``: unstable neurons of a part taken from the top turned on by ascent (:func:`_seek_points`),
-    the Jacobians there offered to the lower bound (0: none)."""
+    the Jacobians there offered to the lower bound (0: none); ``exact``: at most ``exact_parts`` times
+    per round, the largest part, once bound again and with at most ``exact_units`` unstable neurons, is
+    bounded by ``exact`` (:mod:`.part_exact`) before it is split (None: never)."""
     if axis not in ("smear", "relative"):
         raise InvalidInput(f"local-bab: unknown split axis rule {axis!r} (smear, relative)")
     count = itertools.count()
@@ -137,7 +141,7 @@ def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: to
             if heap[0].upper <= threshold or heap[0].unstable == 0:
                 break
             take.append(heapq.heappop(heap))
-        fresh = [p for p in take if not p.enumerated]
+        fresh = [p for p in take if p.stage == 0]
         limit = max(full_units, zonotope_units if zonotope > 0 else 0)
         if fresh:  # sampled; bound again, tighter, before splitting, unless too many neurons are unstable
             rows = torch.stack([p.row for p in fresh])
@@ -150,9 +154,11 @@ def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: to
                 values = _tighter(layers, rows[again, 0], rows[again, 1], [(l[again], u[again]) for l, u in pre],
                                   vertex_units, full_units, zonotope)
                 for p, value in zip([p for p in fresh if p.unstable <= limit], values.tolist()):
-                    heapq.heappush(heap, _Part(-min(p.upper, value), next(count), p.row, p.unstable, True))
+                    heapq.heappush(heap, _Part(-min(p.upper, value), next(count), p.row, p.unstable, 1))
                 bounded += int(again.sum())
-        take = [p for p in take if p.enumerated or p.unstable > limit]
+        take = [p for p in take if p.stage > 0 or p.unstable > limit]
+        if exact is not None:
+            take = _settle(layers, search, heap, take, exact, exact_units, exact_parts, deadline, count, shape)
         if not take:
             continue
         rows = torch.stack([p.row for p in take])
@@ -172,6 +178,25 @@ def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: to
     largest = [{"upper": p.upper, "unstable": p.unstable, "low": p.row[0].tolist(), "width": (p.row[1] - p.row[0]).tolist()}
                for p in heapq.nsmallest(5, heap)]
     return Outcome(max(heap[0].upper, dropped), len(heap), bounded, stopped, by, largest)
+
+
+def _settle(layers: list[Layer], search: Any, heap: list[_Part], take: list[_Part], exact: PartExact, units: int,
+            parts: int, deadline: float, count: Any, shape: tuple) -> list[_Part]:
+    """``exact`` on the ``parts`` largest parts of ``take`` (largest first) that were bound again
+    (stage 1) and have at most ``units`` unstable neurons: each pushed back at stage 2 with the least
+    of its bounds, its witness candidate re-checked and offered. Returns the parts of ``take`` left
+    to split."""
+    chosen = [p for p in take if p.stage == 1 and 0 < p.unstable <= units][:parts]
+    for p in chosen:
+        low, high = p.row[0], p.row[1]
+        pre = [(l[0], u[0]) for l, u in pre_bounds(layers, low[None], high[None])]
+        found = exact.bound(low, high, pre, search.lower, deadline)
+        search.cut |= found.timed_out
+        if found.witness is not None:
+            x, v, value = found.witness
+            search.offer(value, PointWitness(x.reshape(shape), v.reshape(shape)), "part exact")
+        heapq.heappush(heap, _Part(-min(p.upper, found.upper), next(count), p.row, p.unstable, 2))
+    return [p for p in take if all(p is not c for c in chosen)]
 
 
 def _tighter(layers: list[Layer], low: torch.Tensor, high: torch.Tensor, pre: list[tuple[torch.Tensor, torch.Tensor]],
