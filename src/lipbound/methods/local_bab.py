@@ -11,7 +11,9 @@ is a **witnessed lower bound** on ``X``.
 **The search** on a ReLU chain with few inputs is the batched one by default
 (:mod:`.local_bab_batch`: hundreds of parts bounded at once with batched CROWN pre bounds,
 :mod:`.relu_crown`, and every slope vertex of a part taken with at most ``full_units`` unstable
-neurons, the zonotope Jacobian of :mod:`.relu_zonotope` on a part taken with more); every other graph, or ``batched=False``, gets the part-by-part search below
+neurons, the zonotope Jacobian of :mod:`.relu_zonotope` on a part taken with more, and ``exact``
+on the few largest parts taken again with at most ``exact_units``, :mod:`.part_exact`); every other
+graph, or ``batched=False``, gets the part-by-part search below
 (anytime: at most ``max_parts`` parts bounded, a work cap; ``time_budget`` is an
 outer cap only, :mod:`~lipbound.methods.budget`).
 
