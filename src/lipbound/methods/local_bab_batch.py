@@ -17,14 +17,17 @@ spent on the parts at the top only, and the zonotope only on parts with at most 
 unstable neurons: above (~150 on ACAS Xu 3_3 props 1-2), it gains only 0.35-0.5x of the interval
 bound and its cost halves the parts searched, so such a part is split at once.
 
-A part taken from the top again (so bound tighter once) with at most ``exact_units`` unstable
-neurons is bounded by ``exact`` (:mod:`.part_exact`: a branch and bound over its activation
-patterns, empty ones dropped by LP proofs, seeded with the lower bound) before it is split, at
-most ``exact_parts`` of the round's largest; its verified point goes to the lower bound
-(``lower_from``: "part exact"). The interval and zonotope bounds take every slope combination,
-empty or not; on ACAS Xu 2_1 prop 1 a part with 16 unstable neurons bounded at 71.6 is at most the
-lower bound 39.3 by ``exact`` (~400 nodes, 2 s), and one gave a witness of 41.3. Splitting stays
-the main tool: the parts above the lower bound are counted in thousands.
+**The end game.** When fewer than ``batch`` open parts are above ``(1 + tol)`` times the lower
+bound (so all of them are in the round), a part taken from the top again (so bound tighter once)
+with at most ``exact_units`` unstable neurons is bounded by ``exact`` (:mod:`.part_exact`: a branch
+and bound over its activation patterns, empty ones dropped by LP proofs, seeded with the lower
+bound) before it is split, at most ``exact_parts`` of the round's largest; its verified point goes
+to the lower bound (``lower_from``: "part exact"). The interval and zonotope bounds take every
+slope combination, empty or not: on ACAS Xu 2_1 prop 1 a part with 16 unstable neurons bounded at
+71.6 is at most the lower bound 39.3 by ``exact`` (~400 nodes, 2 s), and one gave a witness of
+41.3. Before the end game splitting pays better: there the parts above the lower bound are counted
+in thousands (1205 on that box after 9000 parts), and ``exact`` at 0.3-6 s each cost more parts
+than it saved (benchmarks/results/local_acasxu_bab.md, eighth attempt).
 
 Why the bracket is sound: the module doc of :mod:`.local_bab` (the largest certified bound over a
 cover of a convex region by convex parts bounds the constant on the region).
@@ -108,9 +111,10 @@ def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: to
     zonotope Jacobian of a part taken from the top (:mod:`.relu_zonotope`; 0: none), only on parts with
     at most ``zonotope_units`` unstable neurons (above, the part is split at once: module doc);
     ``seek``: unstable neurons of a part taken from the top turned on by ascent (:func:`_seek_points`),
-    the Jacobians there offered to the lower bound (0: none); ``exact``: at most ``exact_parts`` times
-    per round, the largest part, once bound again and with at most ``exact_units`` unstable neurons, is
-    bounded by ``exact`` (:mod:`.part_exact`) before it is split (None: never)."""
+    the Jacobians there offered to the lower bound (0: none); ``exact``: in the end game (module doc),
+    at most ``exact_parts`` times per round, the largest part, once bound again and with at most
+    ``exact_units`` unstable neurons, is bounded by ``exact`` (:mod:`.part_exact`) before it is split
+    (None: never)."""
     if axis not in ("smear", "relative"):
         raise InvalidInput(f"local-bab: unknown split axis rule {axis!r} (smear, relative)")
     count = itertools.count()
@@ -167,7 +171,7 @@ def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: to
                     heapq.heappush(heap, _Part(-min(p.upper, value), next(count), p.row, p.unstable, 1))
                 bounded += int(again.sum())
         take = [p for p in take if p.stage > 0 or p.unstable > limit]
-        if exact is not None:
+        if exact is not None and len(take) < batch:  # the end game: every part above the lower end is here
             take = _settle(layers, search, heap, take, exact, exact_units, exact_parts, deadline, count, shape)
         if not take:
             continue
