@@ -151,7 +151,8 @@ def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: to
             break
         take = []
         per = 2 * (len(low) if strong else 1)  # parts bounded per parent
-        while heap and len(take) < min(batch, max(1, (max_parts - bounded) // per)):
+        room = min(batch, max(1, (max_parts - bounded) // per))
+        while heap and len(take) < room:
             if heap[0].upper <= threshold or heap[0].unstable == 0:
                 break
             take.append(heapq.heappop(heap))
@@ -171,7 +172,7 @@ def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: to
                     heapq.heappush(heap, _Part(-min(p.upper, value), next(count), p.row, p.unstable, 1))
                 bounded += int(again.sum())
         take = [p for p in take if p.stage > 0 or p.unstable > limit]
-        if exact is not None and len(take) < batch:  # the end game: every part above the lower end is here
+        if exact is not None and len(take) < room:  # the end game: every part above the lower end is here
             take = _settle(layers, search, heap, take, exact, exact_units, exact_parts, deadline, count, shape)
         if not take:
             continue
