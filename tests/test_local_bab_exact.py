@@ -77,7 +77,7 @@ def test_seeded_part_exact_stays_above_the_constant(seed):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_batched_search_with_exact_on_parts_brackets_the_oracle_and_closes(seed):
-    """With exact on every part taken twice (``exact_units`` large) the batched search closes
+    """With exact on every part taken twice (``batch_exact_units`` large) the batched search closes
     within ``tol`` in a few parts; its bracket holds the oracle's constant and the grid's largest
     Jacobian norm, and its witness re-checks (numpy). Without exact, the search needs more parts or
     stops at the work cap."""
@@ -88,14 +88,14 @@ def test_batched_search_with_exact_on_parts_brackets_the_oracle_and_closes(seed)
     grid = np.stack(np.meshgrid(*[np.linspace(-0.6, 0.6, 41)] * 2), -1).reshape(-1, 2)
     sampled = relu_jacobian_norms(net, grid).max()
     options = dict(time_budget=60.0, lower_share=0.0, batch=4, max_parts=40, tol=1e-3, seek=0)
-    res = local_bab(net, low, high, exact_units=64, exact_nodes=4000, **options)
+    res = local_bab(net, low, high, batch_exact_units=64, exact_nodes=4000, **options)
     lower, upper = res.bracket
     assert res.details["stopped_by"] == "converged" and upper <= lower * (1 + 1e-3)
     assert upper >= max(truth_low, sampled) * (1 - 1e-12) and lower <= truth_up * (1 + 1e-9)
     x, v = (res.witness[k].reshape(-1).numpy() for k in ("x", "v"))
     assert inside(net, [], x, box)
     assert witness_quotient(net, x, v) == pytest.approx(lower, rel=1e-9)
-    plain = local_bab(net, low, high, exact_units=0, **options)
+    plain = local_bab(net, low, high, **options)
     assert res.details["parts_bounded"] < plain.details["parts_bounded"] or plain.details["stopped_by"] == "work"
 
 
@@ -104,7 +104,7 @@ def test_batched_search_with_exact_on_parts_same_seed_same_numbers():
     net = relu_net(1, 3, widths=(8, 8, 8))
     low, high = -0.5 * np.ones(3), 0.5 * np.ones(3)
     a, b = (local_bab(net, low, high, seed=2, time_budget=60.0, lower_share=0.0, batch=4, max_parts=30,
-                      tol=0.0, exact_units=8, exact_nodes=30) for _ in range(2))
+                      tol=0.0, batch_exact_units=8, exact_nodes=30) for _ in range(2))
     assert a.details["stopped_by"] == "work"
     assert a.bracket == b.bracket and a.details["parts"] == b.details["parts"]
     assert torch.equal(a.witness["x"], b.witness["x"])

@@ -27,7 +27,9 @@ slope combination, empty or not: on ACAS Xu 2_1 prop 1 a part with 16 unstable n
 71.6 is at most the lower bound 39.3 by ``exact`` (~400 nodes, 2 s), and one gave a witness of
 41.3. Before the end game splitting pays better: there the parts above the lower bound are counted
 in thousands (1205 on that box after 9000 parts), and ``exact`` at 0.3-6 s each cost more parts
-than it saved (benchmarks/results/local_acasxu_bab.md, eighth attempt).
+than it saved. In the end game too, in 120 s on ACAS Xu, it did not lower an upper end, so it is
+opt-in (``local_bab(..., batch_exact_units=k)``; benchmarks/results/local_acasxu_bab.md, eighth
+attempt).
 
 Why the bracket is sound: the module doc of :mod:`.local_bab` (the largest certified bound over a
 cover of a convex region by convex parts bounds the constant on the region).
