@@ -23,6 +23,8 @@ from .region import Box
 
 __all__ = ["PiecewiseNet", "WitnessedNet", "Numbers", "spectral"]
 
+_FORMS_CACHED = 4096  # most layers' forms that :meth:`PiecewiseNet.forms` remembers
+
 
 @dataclass
 class Numbers:
@@ -65,6 +67,7 @@ class PiecewiseNet:
     def __init__(self, layers: list[DenseLayer]) -> None:
         self.num = Numbers.of(layers)
         self._integers: Numbers | None = None  # exact, built on first use
+        self._forms_cache: dict[tuple[bool, bytes], tuple[np.ndarray, np.ndarray, object]] = {}
         self.w = self.num.w
         self.sizes = [w.shape[0] for w in self.w[:-1]]
         self.offsets = np.cumsum([0] + self.sizes)
@@ -97,6 +100,12 @@ class PiecewiseNet:
         if self._integers is None:
             self._integers = self.num.integer()
         return self._integers
+
+    def share_integers(self, numbers: Numbers) -> None:
+        """Take ``numbers`` as :attr:`integers`: built by a net with the same weights, biases and
+        activations (only the pre bounds differ), so that parts of one network build them once."""
+        self._integers = numbers
+        self._forms_cache.clear()
 
     def slopes(self, pieces: np.ndarray) -> np.ndarray:
         """Slopes of the first ``pieces.shape[-1]`` neurons in the given pieces (any batch shape)."""
@@ -190,24 +199,38 @@ class PiecewiseNet:
         fixed neuron ``j`` on the region of ``pieces`` (the layers before ``j``'s are fully
         fixed), in ``num``'s arithmetic (``scale`` is a power of ``num.unit``: 1 in float64)."""
         forms_a, forms_c, scales = [], [], []
-        a = c = None  # the last hidden layer's output as an affine map of x (None: x itself) ...
-        scale = 1  # ... times scale
         for m in range(len(self.sizes)):
-            lo = self.offsets[m]
-            k = min(len(pieces), self.offsets[m + 1]) - lo
+            k = min(len(pieces), self.offsets[m + 1]) - self.offsets[m]
             if k <= 0:
                 break
-            w, b = num.w[m], num.b[m]
-            a, c, scale = (w, b, num.unit) if a is None else (w @ a, w @ c + b * scale, scale * num.unit)
+            a, c, scale = self._layer_forms(m, pieces[:self.offsets[m]], num)
             forms_a.append(a[:k])
             forms_c.append(c[:k])
             scales += [scale] * k
-            if k < self.sizes[m]:
-                break
-            p = pieces[lo:lo + k]
-            d, o = num.slopes[m][p], num.offsets[m][p]
-            a, c, scale = d[:, None] * a, d * c + o * scale, scale * num.unit
         return np.concatenate(forms_a), np.concatenate(forms_c), scales
+
+    def _layer_forms(self, m: int, prefix: np.ndarray, num: Numbers) -> tuple[np.ndarray, np.ndarray, object]:
+        """:meth:`forms` of every neuron of hidden layer ``m`` on the region of ``prefix`` (the pieces
+        of the layers before it), remembered per prefix: a search's nodes share their ancestors'
+        layers, and the products of exact integers are the costly part (at most ``_FORMS_CACHED``
+        kept; the cache is emptied when full)."""
+        key = (num is self.num, prefix.tobytes())
+        hit = self._forms_cache.get(key)
+        if hit is not None:
+            return hit
+        w, b = num.w[m], num.b[m]
+        if m == 0:
+            out = (w, b, num.unit)
+        else:
+            lo = self.offsets[m - 1]
+            a, c, scale = self._layer_forms(m - 1, prefix[:lo], num)
+            d, o = num.slopes[m - 1][prefix[lo:]], num.offsets[m - 1][prefix[lo:]]
+            a, c, scale = d[:, None] * a, d * c + o * scale, scale * num.unit
+            out = (w @ a, w @ c + b * scale, scale * num.unit)
+        if len(self._forms_cache) >= _FORMS_CACHED:
+            self._forms_cache.clear()
+        self._forms_cache[key] = out
+        return out
 
 
 class WitnessedNet(PiecewiseNet):

@@ -11,7 +11,9 @@ is a **witnessed lower bound** on ``X``.
 **The search** on a ReLU chain with few inputs is the batched one by default
 (:mod:`.local_bab_batch`: hundreds of parts bounded at once with batched CROWN pre bounds,
 :mod:`.relu_crown`, and every slope vertex of a part taken with at most ``full_units`` unstable
-neurons, the zonotope Jacobian of :mod:`.relu_zonotope` on a part taken with more); every other graph, or ``batched=False``, gets the part-by-part search below
+neurons, the zonotope Jacobian of :mod:`.relu_zonotope` on a part taken with more, and, opt-in,
+``exact`` on the few largest parts in the end game, :mod:`.part_exact`); every other graph, or
+``batched=False``, gets the part-by-part search below
 (anytime: at most ``max_parts`` parts bounded, a work cap; ``time_budget`` is an
 outer cap only, :mod:`~lipbound.methods.budget`).
 
@@ -68,6 +70,7 @@ from ..graph.ir import Affine, Graph, Input, with_inputs
 from ..linalg.operators import Dense, Reshape, compose
 from ..report import Kind, Result
 from .local_bab_batch import Outcome, batched_search
+from .part_exact import PartExact
 from .propagation import localize
 from .relu_boxes import relu_chain
 from .slope_box import slope_box_bound
@@ -109,7 +112,8 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
               max_split_dim: int = 32, lower_share: float = 0.1, samples: int = 16, max_parts: int | None = None,
               batched: bool = True, batch: int = 256, strong: bool = False, full_units: int = 8,
               axis: str = "smear", fan: int = 0, batch_samples: int = 1, zonotope: int = 64,
-              top_samples: int = 16, zonotope_units: int = 120, seek: int = 16) -> Result:
+              top_samples: int = 16, zonotope_units: int = 120, seek: int = 16, batch_exact_units: int = 0,
+              exact_nodes: int = 400, exact_parts: int = 4) -> Result:
     """Bracket the Lipschitz constant (L2 -> L2) of ``graph`` on the region ``domain`` by branch
     and bound over the region (module doc).
 
@@ -124,7 +128,13 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
             value kept; by default none when the region is split, else ``_UNSPLIT_METHODS`` (the
             slope-box bound runs only on split regions: it carries one Jacobian column per input).
         exact_units: run ``exact`` on the part with the largest bound, instead of splitting it,
-            when it has at most this many unstable neurons.
+            when it has at most this many unstable neurons (the part-by-part search).
+        batch_exact_units: in the batched search's end game (fewer than ``batch`` parts above the lower
+            end), ``exact`` (:mod:`.part_exact`) on a part taken again with at most this many unstable
+            neurons, before it is split (0: never, the default: in 120 s on ACAS Xu it cost more parts than
+            it saved, benchmarks/results/local_acasxu_bab.md, eighth attempt).
+        exact_nodes: in the batched search, most nodes of ``exact`` on one part (a work cap).
+        exact_parts: in the batched search, most parts bounded by ``exact`` per round.
         vertex_units: unstable neurons whose slope vertices the slope-box bound enumerates (at most 2 in
             the batched search: each costs a factor 2 on every part of the batch).
         max_split_dim: split the region only when the input has at most this many elements.
@@ -195,11 +205,13 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
     if max_parts is None:
         max_parts = 2000 if chain is None else 500_000
     if chain is not None:
+        part_exact = PartExact(graph, chain, tol / 4, exact_nodes) if batch_exact_units > 0 else None
         outcome = batched_search(chain, search, box.low.flatten(), box.high.flatten(), tol=tol,
                                  max_parts=max_parts, batch=batch, vertex_units=min(vertex_units, 2),
                                  strong=strong, deadline=deadline, full_units=full_units,
                                  axis=axis, fan=fan, samples=batch_samples, zonotope=zonotope,
-                                 top_samples=top_samples, zonotope_units=zonotope_units, seek=seek)
+                                 top_samples=top_samples, zonotope_units=zonotope_units, seek=seek,
+                                 exact=part_exact, exact_units=batch_exact_units, exact_parts=exact_parts)
     else:
         outcome = _part_search(search, box, split, tol, exact_units, max_parts, deadline)
     upper = outcome.upper

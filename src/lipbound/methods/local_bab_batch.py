@@ -15,9 +15,24 @@ unstable neurons: all its ``2^k`` slope vertices enumerated (the supremum of its
 30-40 unstable neurons, ~3x its cost), the least of it and the interval bound kept. Both are
 spent on the parts at the top only, and the zonotope only on parts with at most ``zonotope_units``
 unstable neurons: above (~150 on ACAS Xu 3_3 props 1-2), it gains only 0.35-0.5x of the interval
-bound and its cost halves the parts searched, so such a part is split at once. Why the bracket is sound: the module doc of
-:mod:`.local_bab` (the largest certified bound over a cover of a convex region by convex parts
-bounds the constant on the region).
+bound and its cost halves the parts searched, so such a part is split at once.
+
+**The end game.** When fewer than ``batch`` open parts are above ``(1 + tol)`` times the lower
+bound (so all of them are in the round), a part taken from the top again (so bound tighter once)
+with at most ``exact_units`` unstable neurons is bounded by ``exact`` (:mod:`.part_exact`: a branch
+and bound over its activation patterns, empty ones dropped by LP proofs, seeded with the lower
+bound) before it is split, at most ``exact_parts`` of the round's largest; its verified point goes
+to the lower bound (``lower_from``: "part exact"). The interval and zonotope bounds take every
+slope combination, empty or not: on ACAS Xu 2_1 prop 1 a part with 16 unstable neurons bounded at
+71.6 is at most the lower bound 39.3 by ``exact`` (~400 nodes, 2 s), and one gave a witness of
+41.3. Before the end game splitting pays better: there the parts above the lower bound are counted
+in thousands (1205 on that box after 9000 parts), and ``exact`` at 0.3-6 s each cost more parts
+than it saved. In the end game too, in 120 s on ACAS Xu, it did not lower an upper end, so it is
+opt-in (``local_bab(..., batch_exact_units=k)``; benchmarks/results/local_acasxu_bab.md, eighth
+attempt).
+
+Why the bracket is sound: the module doc of :mod:`.local_bab` (the largest certified bound over a
+cover of a convex region by convex parts bounds the constant on the region).
 
 A part whose neurons are all stable is **closed**: its bound is the norm of its one Jacobian (up
 to rounding), never refined. The lower bound rises from the Jacobians at the halves' centres
@@ -47,6 +62,7 @@ import torch
 
 from ..errors import InvalidInput
 from .relu_boxes import Layer, bound_boxes, jacobians, pre_bounds
+from .part_exact import PartExact
 from .relu_zonotope import zonotope_bound
 from .witness import PointWitness
 
@@ -73,7 +89,7 @@ class _Part:
     order: int
     row: torch.Tensor = field(compare=False)  # (3, d): low, high, smear
     unstable: int = field(compare=False)
-    enumerated: bool = field(compare=False, default=False)  # bound with every slope vertex
+    stage: int = field(compare=False, default=0)  # 0: as split, 1: bound again, tighter; 2: and by exact
 
     @property
     def upper(self) -> float:
@@ -83,7 +99,8 @@ class _Part:
 def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: torch.Tensor, *, tol: float,
                    max_parts: int, batch: int, vertex_units: int, strong: bool, deadline: float,
                    full_units: int = 0, axis: str = "smear", fan: int = 0, samples: int = 1,
-                   zonotope: int = 64, top_samples: int = 16, zonotope_units: int = 120, seek: int = 16) -> Outcome:
+                   zonotope: int = 64, top_samples: int = 16, zonotope_units: int = 120, seek: int = 16,
+                   exact: PartExact | None = None, exact_units: int = 0, exact_parts: int = 4) -> Outcome:
     """Best-first batched search over the box ``[low, high]`` (flat, float64) of the chain ``layers``
     (module doc); ``search`` keeps the witnessed lower bound (``.lower``, ``.offer``, ``.graph``,
     ``.region``, as :class:`.local_bab._Search`). ``axis``: the split axis rule, ``"smear"`` (the
@@ -96,7 +113,10 @@ def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: to
     zonotope Jacobian of a part taken from the top (:mod:`.relu_zonotope`; 0: none), only on parts with
     at most ``zonotope_units`` unstable neurons (above, the part is split at once: module doc);
     ``seek``: unstable neurons of a part taken from the top turned on by ascent (:func:`_seek_points`),
-    the Jacobians there offered to the lower bound (0: none)."""
+    the Jacobians there offered to the lower bound (0: none); ``exact``: in the end game (module doc),
+    at most ``exact_parts`` times per round, the largest part, once bound again and with at most
+    ``exact_units`` unstable neurons, is bounded by ``exact`` (:mod:`.part_exact`) before it is split
+    (None: never)."""
     if axis not in ("smear", "relative"):
         raise InvalidInput(f"local-bab: unknown split axis rule {axis!r} (smear, relative)")
     count = itertools.count()
@@ -133,11 +153,12 @@ def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: to
             break
         take = []
         per = 2 * (len(low) if strong else 1)  # parts bounded per parent
-        while heap and len(take) < min(batch, max(1, (max_parts - bounded) // per)):
+        room = min(batch, max(1, (max_parts - bounded) // per))
+        while heap and len(take) < room:
             if heap[0].upper <= threshold or heap[0].unstable == 0:
                 break
             take.append(heapq.heappop(heap))
-        fresh = [p for p in take if not p.enumerated]
+        fresh = [p for p in take if p.stage == 0]
         limit = max(full_units, zonotope_units if zonotope > 0 else 0)
         if fresh:  # sampled; bound again, tighter, before splitting, unless too many neurons are unstable
             rows = torch.stack([p.row for p in fresh])
@@ -150,9 +171,11 @@ def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: to
                 values = _tighter(layers, rows[again, 0], rows[again, 1], [(l[again], u[again]) for l, u in pre],
                                   vertex_units, full_units, zonotope)
                 for p, value in zip([p for p in fresh if p.unstable <= limit], values.tolist()):
-                    heapq.heappush(heap, _Part(-min(p.upper, value), next(count), p.row, p.unstable, True))
+                    heapq.heappush(heap, _Part(-min(p.upper, value), next(count), p.row, p.unstable, 1))
                 bounded += int(again.sum())
-        take = [p for p in take if p.enumerated or p.unstable > limit]
+        take = [p for p in take if p.stage > 0 or p.unstable > limit]
+        if exact is not None and len(take) < room:  # the end game: every part above the lower end is here
+            take = _settle(layers, search, heap, take, exact, exact_units, exact_parts, deadline, count, shape)
         if not take:
             continue
         rows = torch.stack([p.row for p in take])
@@ -172,6 +195,25 @@ def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: to
     largest = [{"upper": p.upper, "unstable": p.unstable, "low": p.row[0].tolist(), "width": (p.row[1] - p.row[0]).tolist()}
                for p in heapq.nsmallest(5, heap)]
     return Outcome(max(heap[0].upper, dropped), len(heap), bounded, stopped, by, largest)
+
+
+def _settle(layers: list[Layer], search: Any, heap: list[_Part], take: list[_Part], exact: PartExact, units: int,
+            parts: int, deadline: float, count: Any, shape: tuple) -> list[_Part]:
+    """``exact`` on the ``parts`` largest parts of ``take`` (largest first) that were bound again
+    (stage 1) and have at most ``units`` unstable neurons: each pushed back at stage 2 with the least
+    of its bounds, its witness candidate re-checked and offered. Returns the parts of ``take`` left
+    to split."""
+    chosen = [p for p in take if p.stage == 1 and 0 < p.unstable <= units][:parts]
+    for p in chosen:
+        low, high = p.row[0], p.row[1]
+        pre = [(l[0], u[0]) for l, u in pre_bounds(layers, low[None], high[None])]
+        found = exact.bound(low, high, pre, search.lower, deadline)
+        search.cut |= found.timed_out
+        if found.witness is not None:
+            x, v, value = found.witness
+            search.offer(value, PointWitness(x.reshape(shape), v.reshape(shape)), "part exact")
+        heapq.heappush(heap, _Part(-min(p.upper, found.upper), next(count), p.row, p.unstable, 2))
+    return [p for p in take if all(p is not c for c in chosen)]
 
 
 def _tighter(layers: list[Layer], low: torch.Tensor, high: torch.Tensor, pre: list[tuple[torch.Tensor, torch.Tensor]],
