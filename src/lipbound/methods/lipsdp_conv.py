@@ -106,7 +106,6 @@ from .lipsdp_banded import (BlockStructure, banded_cholesky_proves, banded_row_w
                             structure_of_graph, structure_of_lmi)
 from .lmi_build import MAX_WORK, lmi_of_graph
 from .lipsdp_dual import gap
-from .lmi import LipschitzLMI
 from .sdp_verify import SEARCH_EVALUATIONS, CertificateRejected, certify
 from .lipsdp_first_order import rss_mb, solve_first_order, stopped_by
 from .machine import BLOCKS_RATE, DUAL_SECONDS, MATERIALISE_SECONDS
@@ -224,8 +223,9 @@ def reduce_seconds(structure: BlockStructure) -> float:
 def search_evaluations(structure: BlockStructure, time_budget: float) -> int:
     """The cap of the check's search for provable multipliers (:func:`~lipbound.methods.sdp_verify.
     certify`) on the ``"solve"`` plan: one evaluation in ``SEARCH_SHARE`` of those the budget holds
-    beyond :func:`solve_seconds` (evaluations of the LMI the search uses, :func:`solving_structure`), at most :data:`~lipbound.methods.sdp_verify.SEARCH_EVALUATIONS`
-    (0 below the solve plan: the start's multipliers are strictly feasible and proved as they are).
+    beyond :func:`solve_seconds` (evaluations of the LMI the search uses, :func:`solving_structure`),
+    at most :data:`~lipbound.methods.sdp_verify.SEARCH_EVALUATIONS` (0 below the solve plan: the
+    start's multipliers are strictly feasible and proved as they are).
     Sizes and budget only, like the plan."""
     spare = (time_budget - solve_seconds(structure)) / (solving_structure(structure).work() / BLOCKS_RATE)
     return min(SEARCH_EVALUATIONS, max(0, int(spare // SEARCH_SHARE)))
@@ -319,7 +319,7 @@ def _planned_run(graph: Graph, structure: BlockStructure, plan: str, clock: Cloc
     red = _step(clock, info, "reduce", reduce_seconds(built), lmi.reduced) if reduce else None
     solving = lmi if red is None else red
     used = structure_of_lmi(solving)
-    search = search if planned else 0
+    search = search if planned else 0  # the search runs after the solver only
     check = check_seconds(built, used, search) if planned else START_CHECK_EVALUATIONS * built.work() / BLOCKS_RATE
     if planned:  # the clock caps the solver, keeping its last step's and the check's time at the pace measured so far
         left = clock.left() - (final_seconds(used) + check) * max(clock.pace(), 1.0)  # never below the nominal price

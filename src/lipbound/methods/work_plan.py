@@ -31,8 +31,8 @@ from ..linalg.operators import Dense
 from .budget import op_macs
 from .machine import FACTOR_RATE, GRAM_RATE, MATMUL_RATE, POWER_SECONDS, QR_RATE, SVD_RATE
 
-__all__ = ["Allowance", "svd_seconds", "qr_seconds", "macs_seconds", "dense_norm_seconds", "gram_step_seconds", "power_steps",
-           "lmi_factor_seconds", "interior_evaluations"]
+__all__ = ["Allowance", "svd_seconds", "qr_seconds", "macs_seconds", "dense_norm_seconds", "gram_step_seconds",
+           "power_steps", "lmi_factor_seconds", "interior_evaluations"]
 
 INTERIOR_SHARE = 0.2
 INTERIOR_FLOOR = 0.1
