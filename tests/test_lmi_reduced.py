@@ -19,7 +19,7 @@ from torch import nn
 
 import lipbound
 from lipbound.methods import lipsdp_conv
-from lipbound.methods.lipsdp_banded import BlockStructure, structure_of_graph
+from lipbound.methods.lipsdp_banded import BlockStructure, banded_schur, structure_of_graph
 from lipbound.methods.lipsdp_conv import lipsdp_blocks, reduced_structure
 from lipbound.methods.lmi_build import lmi_of_graph
 from lipbound.methods.sdp_verify import certify
@@ -130,8 +130,13 @@ def test_the_blocks_path_gives_the_same_certificate_with_or_without_the_reductio
     equivalent LMIs), and both are above sampled Jacobian norms."""
     net, shape = small_cnn(1)
     graph = lipbound.as_graph(net, shape)
+    inputs: list[int] = []  # the input block of every evaluation of rho*(t)
+    monkeypatch.setattr(lipsdp_conv, "banded_schur",
+                        lambda lmi, *a, **k: inputs.append(lmi.blocks[0].size) or banded_schur(lmi, *a, **k))
     reduced = lipsdp_blocks(graph, time_budget=30.0, lbfgs_iter=60)
     assert reduced.details["reduced_order"] == lmi_of_graph(graph).size - 36 + 18
+    assert inputs.count(18) >= reduced.details["iterations"] > 0  # the solver evaluates the reduced LMI
+    monkeypatch.setattr(lipsdp_conv, "banded_schur", banded_schur)
     monkeypatch.setattr(lipsdp_conv, "reduced_structure", lambda structure: None)
     full = lipsdp_blocks(graph, time_budget=30.0, lbfgs_iter=60)
     assert full.details["reduced_order"] is None and "reduce" not in full.details["steps"]
