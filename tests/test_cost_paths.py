@@ -139,26 +139,28 @@ def test_the_plan_reads_sizes_only():
 def test_the_search_cap_grows_with_the_budget_from_zero_at_the_least_solve_budget():
     """The check's search (:func:`~lipbound.methods.lipsdp_conv.search_evaluations`) is 0 where the
     solver first fits, never decreases with the budget, and stops at ``SEARCH_EVALUATIONS``; at every
-    budget the solve plan leaves its least evaluations after the start's set-up and the reserve
-    priced at full size (oracle: the sum written out from the module doc's counts)."""
+    budget the solve plan leaves its least evaluations after the start's set-up, the reduction and the
+    reserve, each evaluation priced on the LMI that takes it: the proof on the full one, the others on
+    the reduced one (oracle: the sum written out from the module doc's counts)."""
     from lipbound.methods.lipsdp_conv import (CHECK_EVALUATIONS, FINAL_EVALUATIONS, SOLVE_MIN_EVALUATIONS,
-                                              START_CHECK_EVALUATIONS, blocks_plan, search_evaluations,
-                                              solve_seconds, start_seconds)
+                                              START_CHECK_EVALUATIONS, blocks_plan, reduce_seconds,
+                                              search_evaluations, solve_seconds, solving_structure, start_seconds)
     from lipbound.methods.machine import BLOCKS_RATE
     from lipbound.methods.sdp_verify import SEARCH_EVALUATIONS
 
     structure = graph_sizes(lipbound.as_graph(*wide_input_cnn(0))).blocks
     one = structure.work() / BLOCKS_RATE
+    each = solving_structure(structure).work() / BLOCKS_RATE
     least = solve_seconds(structure)
     assert search_evaluations(structure, least) == 0 and search_evaluations(structure, 1e9) == SEARCH_EVALUATIONS
-    caps = [search_evaluations(structure, least + k * one) for k in range(80)]
+    caps = [search_evaluations(structure, least + k * each) for k in range(80)]
     assert caps == sorted(caps) and caps[-1] == SEARCH_EVALUATIONS
     for k, search in enumerate(caps):
-        budget = least + k * one
+        budget = least + k * each
         assert blocks_plan(structure, budget) == "solve"
-        set_up = start_seconds(structure) - START_CHECK_EVALUATIONS * one
-        reserve = (FINAL_EVALUATIONS + CHECK_EVALUATIONS + search) * one
-        assert budget - set_up - reserve >= SOLVE_MIN_EVALUATIONS * one * (1 - 1e-9)
+        set_up = start_seconds(structure) - START_CHECK_EVALUATIONS * one + reduce_seconds(structure)
+        reserve = one + (FINAL_EVALUATIONS + CHECK_EVALUATIONS - 1 + search) * each
+        assert budget - set_up - reserve >= SOLVE_MIN_EVALUATIONS * each * (1 - 1e-9)
 
 
 REALNETS = Path(__file__).resolve().parents[2] / "shared" / "realnets"

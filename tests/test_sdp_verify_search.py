@@ -106,7 +106,9 @@ def test_localized_residual_cnn_is_certified_by_the_block_check():
     _, _, lmi, _, _, _ = _case("cnn")
     cert, start, solver = _check("cnn", schur=partial(banded_schur, lmi), search_schur=partial(banded_schur, lmi.reduced()),
                                  prove=partial(banded_cholesky_proves, lmi), width=banded_row_width(lmi))
-    assert cert.value <= solver * 1.08 < start.value  # measured 6% above
+    # measured 12.5% above: the solver on the QR-reduced LMI reaches 0.113 (0.120 on the SVD-reduced one,
+    # which the certificate was 6% above); the certificate is 0.127 with either
+    assert cert.value <= solver * 1.15 < start.value
 
 
 def test_the_start_is_the_fallback_when_nothing_else_can_be_proved():

@@ -50,8 +50,9 @@ path on every machine):
 * ``"start"``: the budget holds the start and its check but not the solver: the checked ECLipsE-Fast
   start is returned (``stopped_by == "work"``, ``iterations == 0``): a certificate, since
   :func:`~lipbound.methods.sdp_verify.certify` proves it like any other multipliers;
-* ``"solve"``: the budget also holds the reduced LMI (:func:`reduce_seconds`: an SVD of the maps that
-  read the input, 13 s on OVAL21 base), ``SOLVE_MIN_EVALUATIONS`` evaluations, the solver's last step
+* ``"solve"``: the budget also holds the reduced LMI when it pays for itself (:func:`reduced_structure`,
+  :func:`reduce_seconds`: the triangular factor of a QR of the maps that read the input, 2.5 s
+  predicted on OVAL21 base, where an SVD took 13-21 s), ``SOLVE_MIN_EVALUATIONS`` evaluations, the solver's last step
   (``FINAL_EVALUATIONS``: gradients, top eigenvectors; and the dual bound,
   :data:`~lipbound.methods.machine.DUAL_SECONDS`: :func:`final_seconds`) and the check after the solver
   (``CHECK_EVALUATIONS``: ``rho*`` of the solver's multipliers and the block Cholesky proof), all
@@ -62,8 +63,10 @@ path on every machine):
   those beyond the least solve budget, at most :data:`~lipbound.methods.sdp_verify.SEARCH_EVALUATIONS`),
   so that the reserve is what the check does, not its worst case (measured: about one evaluation
   when the solver's multipliers are proved as they are);
-  only the solver and the search use the reduced LMI (:meth:`~lipbound.methods.lmi.LipschitzLMI.reduced`,
-  an SVD of the first layer), so the start plan does not build it.
+  only the solver and the search use the reduced LMI (:meth:`~lipbound.methods.lmi.LipschitzLMI.reduced`:
+  the same ``rho*(t)`` in exact arithmetic, so the check on the full LMI proves its multipliers as
+  well as the full LMI's; on OVAL21 base an evaluation costs 1.6 s instead of 3.1 s nominal), so the
+  start plan does not build it.
 
 **Time.** The plan is priced at nominal rates; a loaded machine runs them 2-3 times slower (OVAL21
 base's start: 12 s predicted, 66 s measured with five busy processes on two cores), so the wall
@@ -74,8 +77,10 @@ left; before the recursion and the check (stopped between blocks, below), their 
 step's prediction, pace and seconds); on the ``"solve"`` plan, the solver runs only when its least
 work and the check still fit at that pace (else the start is checked, ``stopped_by == "time"``); the recursion and the block eliminations (the
 solver's evaluations, the check's ``rho*`` and its proof) also stop between blocks once the clock
-expires (:func:`~lipbound.methods.budget.checkpoint`); the solver's share keeps the check's
-predicted time at that pace. When the clock stops a step, no certificate was proved, and the
+expires (:func:`~lipbound.methods.budget.checkpoint`); the solver's share keeps the check's and its last step's
+predicted time at that pace (never below their nominal price: a step faster than
+its price says little about the check; OVAL21 base at pace 0.6: check predicted 4.7 s, measured 5.3 s).
+When the clock stops a step, no certificate was proved, and the
 result is AutoLip's certified bound (:func:`_time_cut`: ``details["fallback"] == "autolip"``,
 ``stopped_by == "time"``, ``verified`` False), never the cut step's unchecked value.
 
@@ -101,11 +106,10 @@ from .lipsdp_banded import (BlockStructure, banded_cholesky_proves, banded_row_w
                             structure_of_graph, structure_of_lmi)
 from .lmi_build import MAX_WORK, lmi_of_graph
 from .lipsdp_dual import gap
-from .lmi import LipschitzLMI
 from .sdp_verify import SEARCH_EVALUATIONS, CertificateRejected, certify
 from .lipsdp_first_order import rss_mb, solve_first_order, stopped_by
 from .machine import BLOCKS_RATE, DUAL_SECONDS, MATERIALISE_SECONDS
-from .work_plan import svd_seconds
+from .work_plan import qr_seconds
 
 START_CHECK_EVALUATIONS = 2  # the start's check: rho* of its multipliers and the block Cholesky proof
 CHECK_EVALUATIONS = 2  # the check after the solver: rho* of the solver's multipliers and the proof
@@ -120,22 +124,32 @@ T = TypeVar("T")  # :func:`blocks_plan`
 MAX_ENTRIES = 3e8  # float64 entries of the layers' matrices and the largest block (2.4 GB)
 
 
-def check_seconds(lmi: LipschitzLMI, red: LipschitzLMI | None, search: int) -> float:
-    """Predicted seconds of the check after the solver (:func:`~lipbound.methods.sdp_verify.certify`),
-    from the built LMI's block sizes (after the stable neurons' elimination, so a localized graph's
-    smaller LMI is planned as such): its proof on the full LMI, ``rho*`` of the solver's multipliers
-    and at most ``search`` more (the search for multipliers it can prove) on the reduced one ``red``
-    (the full one when None), at :data:`~lipbound.methods.machine.BLOCKS_RATE`."""
-    evaluated = structure_of_lmi(red if red is not None else lmi).work()
-    return (structure_of_lmi(lmi).work() + (CHECK_EVALUATIONS - 1 + search) * evaluated) / BLOCKS_RATE
+def check_seconds(full: BlockStructure, solving: BlockStructure, search: int) -> float:
+    """Predicted seconds of the check after the solver (:func:`~lipbound.methods.sdp_verify.certify`):
+    its proof on the full LMI (structure ``full``), ``rho*`` of the solver's multipliers and at most
+    ``search`` more (the search for multipliers it can prove) on the LMI the solver used
+    (``solving``: the reduced one, or ``full``), at :data:`~lipbound.methods.machine.BLOCKS_RATE`.
+    Given the built LMI's structures (after the stable neurons' elimination), a localized graph's
+    smaller LMI is priced as such."""
+    return (full.work() + (CHECK_EVALUATIONS - 1 + search) * solving.work()) / BLOCKS_RATE
 
 
-def final_seconds(red: LipschitzLMI) -> float:
+def final_seconds(solving: BlockStructure) -> float:
     """Predicted seconds of the solver's last step, which its own clock does not cover
     (:func:`~lipbound.methods.lipsdp_first_order.solve_first_order` keeps only two plain evaluations
-    for it): ``FINAL_EVALUATIONS`` of the reduced LMI (gradients, top eigenvectors) and the dual
-    bound's fixed cost ``DUAL_SECONDS``."""
-    return FINAL_EVALUATIONS * structure_of_lmi(red).work() / BLOCKS_RATE + DUAL_SECONDS
+    for it): ``FINAL_EVALUATIONS`` of the LMI it solves (the reduced one, or the full one when the
+    reduction does not pay: gradients, top eigenvectors) and the dual bound's fixed cost ``DUAL_SECONDS``."""
+    return FINAL_EVALUATIONS * solving.work() / BLOCKS_RATE + DUAL_SECONDS
+
+
+def solver_seconds(full: BlockStructure, search: int) -> float:
+    """Predicted seconds of the least solver run and the check after it on an LMI of structure
+    ``full``: the reduced LMI when it pays (:func:`reduce_seconds`), ``SOLVE_MIN_EVALUATIONS`` of the
+    LMI the solver uses (:func:`solving_structure`), its last step (:func:`final_seconds`) and the
+    check (:func:`check_seconds`)."""
+    solving = solving_structure(full)
+    return (reduce_seconds(full) + SOLVE_MIN_EVALUATIONS * solving.work() / BLOCKS_RATE + final_seconds(solving)
+            + check_seconds(full, solving, search))
 
 
 def chain_orders(structure: BlockStructure | None) -> list[int] | None:
@@ -165,31 +179,55 @@ def start_seconds(structure: BlockStructure) -> float:
 
 def solve_seconds(structure: BlockStructure) -> float:
     """The least budget in which the solver runs (module doc, *Plan*): the start's set-up (its check
-    is replaced by the one after the solver), the reduced LMI (:func:`reduce_seconds`),
-    ``SOLVE_MIN_EVALUATIONS`` evaluations, the solver's last
-    step and the check (``FINAL_EVALUATIONS + CHECK_EVALUATIONS`` evaluations of the full LMI, an upper
-    bound of :func:`final_seconds` and :func:`check_seconds` before the LMI is built, and
-    ``DUAL_SECONDS``; the search left out: :func:`search_evaluations` is 0 at this budget)."""
-    extra = SOLVE_MIN_EVALUATIONS + FINAL_EVALUATIONS + CHECK_EVALUATIONS - START_CHECK_EVALUATIONS
-    return start_seconds(structure) + reduce_seconds(structure) + extra * structure.work() / BLOCKS_RATE + DUAL_SECONDS
+    is replaced by the one after the solver) and :func:`solver_seconds` without the search
+    (:func:`search_evaluations` is 0 at this budget). Each evaluation is priced on the LMI that
+    takes it: the solver's and its last step's on the reduced LMI when the reduction pays, the
+    proof on the full one."""
+    setup = start_seconds(structure) - START_CHECK_EVALUATIONS * structure.work() / BLOCKS_RATE
+    return setup + solver_seconds(structure, 0)
+
+
+def reduced_structure(structure: BlockStructure) -> BlockStructure | None:
+    """The block structure of the reduced LMI (:meth:`~lipbound.methods.lmi.LipschitzLMI.reduced`: the
+    input block cut to the rows of the maps that read it), or None when the reduction does not pay
+    for itself: when those maps have at least as many rows as the input has entries (nothing to cut),
+    or when its QR (:func:`reduce_seconds`) costs more than it saves on the least evaluations of the
+    ``"solve"`` plan (``SOLVE_MIN_EVALUATIONS + FINAL_EVALUATIONS`` of the reduced LMI instead of the
+    full one; more evaluations only save more). Sizes only, like the plan. The rows are counted
+    from the blocks that read the input; the output's few rows, when it reads the input too, are
+    left out (:meth:`~lipbound.methods.lmi.LipschitzLMI.reduced` stacks them as well)."""
+    n = structure.sizes[0]
+    rows = sum(size for size, reads in zip(structure.sizes, structure.reads) if 0 in reads)
+    if not 0 < rows < n:
+        return None
+    cut = BlockStructure((rows, *structure.sizes[1:]), structure.reads, structure.coupled, structure.out_reads)
+    saved = (SOLVE_MIN_EVALUATIONS + FINAL_EVALUATIONS) * (structure.work() - cut.work()) / BLOCKS_RATE
+    return cut if qr_seconds(n, rows) < saved else None
+
+
+def solving_structure(structure: BlockStructure) -> BlockStructure:
+    """The structure of the LMI the solver works on: :func:`reduced_structure`, or ``structure``
+    itself when the reduction does not pay."""
+    return reduced_structure(structure) or structure
 
 
 def reduce_seconds(structure: BlockStructure) -> float:
-    """Predicted seconds of the reduced LMI (:meth:`~lipbound.methods.lmi.LipschitzLMI.reduced`): the
-    SVD of the maps that read the input stacked (the pre-activations of the blocks that read it; the
-    output's few rows, when it reads the input too, are left out), at
-    :data:`~lipbound.methods.machine.SVD_RATE` (OVAL21 base: 2048 x 3072, 13 s)."""
-    rows = sum(n for n, reads in zip(structure.sizes, structure.reads) if 0 in reads)
-    return svd_seconds(rows, structure.sizes[0])
+    """Predicted seconds of the reduced LMI: the QR of the maps that read the input
+    (:func:`~lipbound.methods.work_plan.qr_seconds` of the input's entries by their rows; OVAL21
+    base: 3072 x 2048, 2.5 s at :data:`~lipbound.methods.machine.QR_RATE`, 0.7-1.8 s measured),
+    0 when :func:`reduced_structure` leaves the LMI unreduced."""
+    cut = reduced_structure(structure)
+    return 0.0 if cut is None else qr_seconds(structure.sizes[0], cut.sizes[0])
 
 
 def search_evaluations(structure: BlockStructure, time_budget: float) -> int:
     """The cap of the check's search for provable multipliers (:func:`~lipbound.methods.sdp_verify.
     certify`) on the ``"solve"`` plan: one evaluation in ``SEARCH_SHARE`` of those the budget holds
-    beyond :func:`solve_seconds`, at most :data:`~lipbound.methods.sdp_verify.SEARCH_EVALUATIONS`
-    (0 below the solve plan: the start's multipliers are strictly feasible and proved as they are).
+    beyond :func:`solve_seconds` (evaluations of the LMI the search uses, :func:`solving_structure`),
+    at most :data:`~lipbound.methods.sdp_verify.SEARCH_EVALUATIONS` (0 below the solve plan: the
+    start's multipliers are strictly feasible and proved as they are).
     Sizes and budget only, like the plan."""
-    spare = (time_budget - solve_seconds(structure)) / (structure.work() / BLOCKS_RATE)
+    spare = (time_budget - solve_seconds(structure)) / (solving_structure(structure).work() / BLOCKS_RATE)
     return min(SEARCH_EVALUATIONS, max(0, int(spare // SEARCH_SHARE)))
 
 
@@ -272,21 +310,24 @@ def _planned_run(graph: Graph, structure: BlockStructure, plan: str, clock: Cloc
                 interruptible=True)
     interior, rho_start = fast_multipliers(lmi, grid=0, evaluations=1)  # theta = 1 only: balanced's run, reused
     t_solve = time.perf_counter()
-    one = structure_of_lmi(lmi).work() / BLOCKS_RATE
+    built = structure_of_lmi(lmi)  # after the stable neurons' elimination: a localized graph's LMI is smaller
     search = search_evaluations(structure, clock.seconds) if plan == "solve" else 0
-    solver_least = reduce_seconds(structure) + (SOLVE_MIN_EVALUATIONS + FINAL_EVALUATIONS) * one + DUAL_SECONDS
     # the plan's solver (sizes only) runs when the clock, at the pace measured so far, still holds its
     # least work and the check; otherwise the start is checked, and the clock says it cut the plan
-    planned = plan == "solve" and clock.affords(solver_least + check_seconds(lmi, None, search))
-    red = _step(clock, info, "reduce", reduce_seconds(structure), lmi.reduced) if planned else None  # the solver's and the search's LMI
+    planned = plan == "solve" and clock.affords(solver_seconds(built, search))
+    reduce = planned and reduced_structure(built) is not None  # the solver's and the search's LMI, when it pays
+    red = _step(clock, info, "reduce", reduce_seconds(built), lmi.reduced) if reduce else None
+    solving = lmi if red is None else red
+    used = structure_of_lmi(solving)
+    search = search if planned else 0  # the search runs after the solver only
+    check = check_seconds(built, used, search) if planned else START_CHECK_EVALUATIONS * built.work() / BLOCKS_RATE
     if planned:  # the clock caps the solver, keeping its last step's and the check's time at the pace measured so far
-        left = clock.left() - (final_seconds(red) + check_seconds(lmi, red, search)) * clock.pace()
-        t, claimed, info_solver = solve_first_order(red, variant=variant, time_budget=max(left, 0.0),
-                                                    max_iter=lbfgs_iter, t0=interior, schur=partial(banded_schur, red))
+        left = clock.left() - (final_seconds(used) + check) * max(clock.pace(), 1.0)  # never below the nominal price
+        t, claimed, info_solver = solve_first_order(solving, variant=variant, time_budget=max(left, 0.0),
+                                                    max_iter=lbfgs_iter, t0=interior,
+                                                    schur=partial(banded_schur, solving))
     else:  # the plan, or the clock, leaves the solver out
-        search = 0
         t, claimed, info_solver = interior, rho_start, {"solver_status": "not planned", "iterations": 0}
-    check = check_seconds(lmi, red, search) if planned else START_CHECK_EVALUATIONS * one
     info.update(info_solver)
     info.update(solver="blocks", solver_seconds=time.perf_counter() - t_solve, lmi_order=lmi.size,
                 stopped_by="time" if clock.cut else stopped_by(info["solver_status"]) if planned else "work",
@@ -297,7 +338,7 @@ def _planned_run(graph: Graph, structure: BlockStructure, plan: str, clock: Cloc
     try:
         cert = _step(clock, info, "check", check, lambda: certify(
             lmi, t, claimed_rho=claimed, interior=interior, search=search, schur=partial(banded_schur, lmi),
-            search_schur=partial(banded_schur, lmi if red is None else red),
+            search_schur=partial(banded_schur, solving),
             prove=partial(banded_cholesky_proves, lmi), width=banded_row_width(lmi)), interruptible=True)
     except CertificateRejected as exc:
         info.update(verified=False, reason=str(exc), rss_peak_mb=rss_mb())
@@ -312,7 +353,7 @@ def _step(clock: Clock, info: dict, name: str, predicted: float, run: Callable[[
     """``run()`` as the step ``name`` predicted at ``predicted`` nominal seconds: not started when the
     clock cannot afford it (:meth:`~lipbound.methods.budget.Clock.affords`; raises
     :class:`~lipbound.methods.budget.TimeUp`), timed for the pace otherwise. A step that cannot be
-    stopped inside (the LMI's build, its SVD) is priced at the pace measured so far; an
+    stopped inside (the LMI's build, its QR) is priced at the pace measured so far; an
     ``interruptible`` one (the recursion, the check: :func:`~lipbound.methods.budget.checkpoint`
     between blocks) at the nominal rates, since another kind of step's pace mispredicts it (ResNet-2B:
     the build at 2.75x its price, the recursion near 1x) and the clock stops it anyway.

@@ -11,7 +11,7 @@ per job) and are set on the slow side, so that the clock rarely has to act: a fa
 only makes the predictions pessimistic. Two kinds of constants live here:
 
 * **Kernel rates**, measured on one operation (unit in each comment): :data:`SVD_RATE`,
-  :data:`GRAM_RATE`, :data:`MATMUL_RATE`, :data:`FACTOR_RATE`, :data:`POWER_SECONDS`,
+  :data:`GRAM_RATE`, :data:`QR_RATE`, :data:`MATMUL_RATE`, :data:`FACTOR_RATE`, :data:`POWER_SECONDS`,
   :data:`BLOCKS_RATE`, :data:`MATERIALISE_SECONDS`, :data:`CHAIN_IPM_SECONDS`.
 * **Per-method constants** of the cost model (:data:`METHOD_SECONDS`): seconds per unit of each
   method's own work count (:func:`lipbound.methods.cost.work`), fitted end to end by
@@ -21,7 +21,7 @@ only makes the predictions pessimistic. Two kinds of constants live here:
 
 from __future__ import annotations
 
-__all__ = ["SVD_RATE", "GRAM_RATE", "MATMUL_RATE", "FACTOR_RATE", "POWER_SECONDS", "BLOCKS_RATE",
+__all__ = ["SVD_RATE", "GRAM_RATE", "QR_RATE", "MATMUL_RATE", "FACTOR_RATE", "POWER_SECONDS", "BLOCKS_RATE",
            "MATERIALISE_SECONDS", "CHAIN_IPM_SECONDS", "DUAL_SECONDS", "STEP_SECONDS", "METHOD_SECONDS"]
 
 #: ``m n min(m, n)`` per second of a float64 SVD of an ``m x n`` matrix (measured 1.0-1.8e9 on one
@@ -30,6 +30,10 @@ SVD_RATE = 1e9
 #: the same unit, ``m n min(m, n)`` per second, for the Gram + shifted-Cholesky certificate of a
 #: wide matrix (:mod:`lipbound.linalg.dense_gram`; measured 2.6e10 at 4096 x 9216)
 GRAM_RATE = 1e10
+#: flops per second (``2 m n^2 - 2 n^3 / 3`` for ``m >= n``) of the float64 Householder QR of an
+#: ``m x n`` matrix, ``R`` only (LAPACK ``geqrf``; measured 1.1-1.8e10 on one core at load 5-9, at
+#: 3072 x 2048 and 3072 x 1024)
+QR_RATE = 8e9
 #: multiply-accumulates per second of a float64 matrix product (numpy on one loaded core; measured
 #: up to 2e10)
 MATMUL_RATE = 5e9

@@ -13,6 +13,7 @@ conservative (a slow, shared core), so that the clock rarely has to act. A step 
 
 * the certified norm of a materialised layer: ``m n min(m, n)`` at :data:`~.machine.SVD_RATE`
   (or :data:`~.machine.GRAM_RATE` for the Gram + Cholesky certificate);
+* the triangular factor of a QR: ``2 m n^2 - 2 n^3 / 3`` flops at :data:`~.machine.QR_RATE`;
 * matrix products: multiply-accumulates at :data:`~.machine.MATMUL_RATE`;
 * one pass of factorisations of an LMI: flops at :data:`~.machine.FACTOR_RATE`;
 * power steps: ``2 k`` passes of :func:`~lipbound.methods.budget.op_macs` multiply-accumulates,
@@ -28,10 +29,10 @@ from ..linalg.dense_gram import CHOLESKY_MIN_SIDE
 from ..linalg.linear_operator import LinearOperator
 from ..linalg.operators import Dense
 from .budget import op_macs
-from .machine import FACTOR_RATE, GRAM_RATE, MATMUL_RATE, POWER_SECONDS, SVD_RATE
+from .machine import FACTOR_RATE, GRAM_RATE, MATMUL_RATE, POWER_SECONDS, QR_RATE, SVD_RATE
 
-__all__ = ["Allowance", "svd_seconds", "macs_seconds", "dense_norm_seconds", "gram_step_seconds", "power_steps",
-           "lmi_factor_seconds", "interior_evaluations"]
+__all__ = ["Allowance", "svd_seconds", "qr_seconds", "macs_seconds", "dense_norm_seconds", "gram_step_seconds",
+           "power_steps", "lmi_factor_seconds", "interior_evaluations"]
 
 INTERIOR_SHARE = 0.2
 INTERIOR_FLOOR = 0.1
@@ -55,6 +56,12 @@ class Allowance:
 def svd_seconds(m: int, n: int) -> float:
     """Predicted seconds of the float64 SVD of an ``m x n`` matrix."""
     return m * n * min(m, n) / SVD_RATE
+
+
+def qr_seconds(m: int, n: int) -> float:
+    """Predicted seconds of the triangular factor ``R`` of the float64 Householder QR of an ``m x n``
+    matrix, ``m >= n`` (:meth:`~lipbound.methods.lmi.LipschitzLMI.reduced`)."""
+    return (2 * m * n * n - 2 * n ** 3 / 3) / QR_RATE
 
 
 def macs_seconds(macs: float) -> float:
