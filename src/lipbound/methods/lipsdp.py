@@ -30,7 +30,7 @@ the per-neuron constraints is still ``>= 0``, so it never needs the node's hull 
 **Solving.** Minimise ``rho`` over ``t >= 0`` subject to the LMI.
 
 * ``solver="clarabel"`` / ``"scs"``: the SDP through cvxpy (optional extra ``lipbound[sdp]``), on
-  the equivalent LMI whose input block is reduced to the rank of the first layer
+  the equivalent LMI whose input block is reduced to the rows of the maps that read the input
   (:meth:`~lipbound.methods.lmi.LipschitzLMI.reduced`). Interior point is accurate but its cost
   grows fast with the LMI order (seconds at order ~100, minutes at ~200).
 * ``solver="first-order"``: the eigenvalue form of the same problem (as in LipDiff, Wang et al.

@@ -39,7 +39,8 @@ where ``E_asm <= gamma_W (abs_scale + c sqrt(n))`` bounds the rounding of formin
 :attr:`~lipbound.methods.lmi.LipschitzLMI.assembly_gamma`) and ``E_data`` the rounding of the maps
 themselves (:meth:`~lipbound.methods.lmi.LipschitzLMI.data_margin`). So ``N >= 0`` whenever
 ``c (1 - gamma_W sqrt(n)) >= gamma' trace + gamma_W abs_scale + E_data + underflow``;
-:func:`cholesky_shift` takes twice that. An LMI marked ``solving_only`` (the rank-reduced one) is
+:func:`cholesky_shift` takes twice that. An LMI marked ``solving_only`` (the reduced one: its input block cut to the rows of the maps that read
+the input) is
 never checked.
 
 **Per-neuron sectors, local constants.** The matrix checked is the LMI's own assembly
