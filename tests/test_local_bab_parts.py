@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from lipbound.errors import NotApplicable
+from lipbound.errors import InvalidInput, NotApplicable
 from lipbound.methods.local_bab_batch import batched_search
 from lipbound.methods.local_bab_region import as_box, expanded, free_inputs
 from lipbound.methods.local_bab_witness import BestWitness
@@ -64,7 +64,7 @@ def test_a_free_input_witness_maps_back_and_rechecks(seed):
 
 def test_free_inputs_refuses_a_point_and_as_box_an_l2_ball():
     graph = graph_of(random_net(0, widths=(3,), n=2))
-    with pytest.raises(Exception, match="single point"):
+    with pytest.raises(InvalidInput, match="single point"):
         free_inputs(graph, box_of([0.5, 0.5], [0.5, 0.5]))
     with pytest.raises(NotApplicable, match="boxes"):
         as_box(Ball(torch.zeros(2, dtype=torch.float64), 1.0, 2))
@@ -102,6 +102,8 @@ def test_sampling_a_part_reaches_its_centre_norm_and_stays_in_the_part(seed):
     x = best.witness.x
     assert bool(((x >= low) & (x <= high)).all())
     assert value == pytest.approx(witness_quotient(net, x.numpy(), best.witness.v.numpy()), rel=1e-9)
+    alone = BestWitness(best.graph, Box(low, high), seed)  # one point: the centre's norm itself
+    assert alone.sample(low, high, 1) == pytest.approx(centre, rel=1e-9)
 
 
 class _TimedOutExact:
