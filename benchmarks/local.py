@@ -220,10 +220,10 @@ def use_propagation(method: str) -> None:
     import functools
 
     import lipbound.api
-    import lipbound.methods.local_bab
+    import lipbound.methods.local_bab_part
     from lipbound.methods.propagation import localize
 
-    lipbound.api.localize = lipbound.methods.local_bab.localize = functools.partial(localize, method=method)
+    lipbound.api.localize = lipbound.methods.local_bab_part.localize = functools.partial(localize, method=method)
 
 
 def measure(spec: dict, methods: list[str], samples: int, propagation: str = "crown") -> dict:

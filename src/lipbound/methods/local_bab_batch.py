@@ -61,8 +61,9 @@ from typing import Any
 import torch
 
 from ..errors import InvalidInput
-from .relu_boxes import Layer, bound_boxes, jacobians, pre_bounds
+from .local_bab_witness import BestWitness
 from .part_exact import PartExact
+from .relu_boxes import Layer, bound_boxes, jacobians, pre_bounds
 from .relu_zonotope import zonotope_bound
 from .witness import PointWitness
 
@@ -72,7 +73,8 @@ __all__ = ["Outcome", "batched_search"]
 @dataclass
 class Outcome:
     """What a search reached: ``upper`` (certified on the region), the parts left (``parts``),
-    bounded (``parts_bounded``), ``stopped`` (why, in words), ``stopped_by`` and the largest parts."""
+    bounded (``parts_bounded``), ``stopped`` (why, in words), ``stopped_by``, the largest parts, the
+    bound methods and ``cut``: a method run by the search was cut short by its time budget."""
 
     upper: float
     parts: int
@@ -81,6 +83,7 @@ class Outcome:
     stopped_by: str
     largest: list[dict[str, Any]] = field(default_factory=list)
     bound_methods: list[str] = field(default_factory=lambda: ["slope-box"])
+    cut: bool = False
 
 
 @dataclass(order=True)
@@ -96,14 +99,14 @@ class _Part:
         return -self.key
 
 
-def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: torch.Tensor, *, tol: float,
+def batched_search(layers: list[Layer], search: BestWitness, low: torch.Tensor, high: torch.Tensor, *, tol: float,
                    max_parts: int, batch: int, vertex_units: int, strong: bool, deadline: float,
                    full_units: int = 0, axis: str = "smear", fan: int = 0, samples: int = 1,
                    zonotope: int = 64, top_samples: int = 16, zonotope_units: int = 120, seek: int = 16,
                    exact: PartExact | None = None, exact_units: int = 0, exact_parts: int = 4) -> Outcome:
     """Best-first batched search over the box ``[low, high]`` (flat, float64) of the chain ``layers``
-    (module doc); ``search`` keeps the witnessed lower bound (``.lower``, ``.offer``, ``.graph``,
-    ``.region``, as :class:`.local_bab._Search`). ``axis``: the split axis rule, ``"smear"`` (the
+    (module doc); ``search`` keeps the witnessed lower bound
+    (:class:`.local_bab_witness.BestWitness`). ``axis``: the split axis rule, ``"smear"`` (the
     largest ``width * smear``) or ``"relative"`` (the largest width relative to the region's, the
     first on ties: uniform bisection); ``fan``: the search starts from the ``2^(d fan)`` parts of the
     uniform grid with ``2^fan`` cells per axis (each bound capped by the region's); ``samples``:
@@ -124,7 +127,7 @@ def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: to
     root = bound_boxes(layers, low[None], high[None], vertex_units=vertex_units, full_units=full_units)
     _offer_points(layers, search, low[None], high[None], shape, samples)
     heap = [_Part(-float(root.value[0]), next(count), torch.stack([low, high, root.smear[0]]), int(root.unstable[0]))]
-    bounded, dropped = 1, 0.0  # dropped: the largest bound of the parts left out of the heap (below tol)
+    bounded, dropped, cut = 1, 0.0, False  # dropped: the largest bound of the parts left out of the heap (below tol)
     scale = (high - low).clamp(min=torch.finfo(torch.float64).tiny)
     if fan > 0:
         g_low, g_high = _grid(low, high, fan)
@@ -175,7 +178,9 @@ def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: to
                 bounded += int(again.sum())
         take = [p for p in take if p.stage > 0 or p.unstable > limit]
         if exact is not None and len(take) < room:  # the end game: every part above the lower end is here
-            take = _settle(layers, search, heap, take, exact, exact_units, exact_parts, deadline, count, shape)
+            take, timed_out = _settle(layers, search, heap, take, exact, exact_units, exact_parts, deadline, count,
+                                      shape)
+            cut |= timed_out
         if not take:
             continue
         rows = torch.stack([p.row for p in take])
@@ -194,26 +199,27 @@ def batched_search(layers: list[Layer], search: Any, low: torch.Tensor, high: to
             heapq.heapify(heap)
     largest = [{"upper": p.upper, "unstable": p.unstable, "low": p.row[0].tolist(), "width": (p.row[1] - p.row[0]).tolist()}
                for p in heapq.nsmallest(5, heap)]
-    return Outcome(max(heap[0].upper, dropped), len(heap), bounded, stopped, by, largest)
+    return Outcome(max(heap[0].upper, dropped), len(heap), bounded, stopped, by, largest, cut=cut)
 
 
-def _settle(layers: list[Layer], search: Any, heap: list[_Part], take: list[_Part], exact: PartExact, units: int,
-            parts: int, deadline: float, count: Any, shape: tuple) -> list[_Part]:
+def _settle(layers: list[Layer], search: BestWitness, heap: list[_Part], take: list[_Part], exact: PartExact,
+            units: int, parts: int, deadline: float, count: Any, shape: tuple) -> tuple[list[_Part], bool]:
     """``exact`` on the ``parts`` largest parts of ``take`` (largest first) that were bound again
     (stage 1) and have at most ``units`` unstable neurons: each pushed back at stage 2 with the least
     of its bounds, its witness candidate re-checked and offered. Returns the parts of ``take`` left
-    to split."""
+    to split, and whether a run of ``exact`` was cut short by the deadline."""
     chosen = [p for p in take if p.stage == 1 and 0 < p.unstable <= units][:parts]
+    timed_out = False
     for p in chosen:
         low, high = p.row[0], p.row[1]
         pre = [(l[0], u[0]) for l, u in pre_bounds(layers, low[None], high[None])]
         found = exact.bound(low, high, pre, search.lower, deadline)
-        search.cut |= found.timed_out
+        timed_out |= found.timed_out
         if found.witness is not None:
             x, v, value = found.witness
             search.offer(value, PointWitness(x.reshape(shape), v.reshape(shape)), "part exact")
         heapq.heappush(heap, _Part(-min(p.upper, found.upper), next(count), p.row, p.unstable, 2))
-    return [p for p in take if all(p is not c for c in chosen)]
+    return [p for p in take if all(p is not c for c in chosen)], timed_out
 
 
 def _tighter(layers: list[Layer], low: torch.Tensor, high: torch.Tensor, pre: list[tuple[torch.Tensor, torch.Tensor]],
@@ -299,7 +305,7 @@ def _halves(low: torch.Tensor, high: torch.Tensor, axis: torch.Tensor) -> tuple[
     return torch.stack([low, second_low], 1).flatten(0, 1), torch.stack([first_high, high], 1).flatten(0, 1)
 
 
-def _offer_points(layers: list[Layer], search: Any, low: torch.Tensor, high: torch.Tensor, shape: tuple,
+def _offer_points(layers: list[Layer], search: BestWitness, low: torch.Tensor, high: torch.Tensor, shape: tuple,
                   samples: int) -> None:
     """:func:`_offer_best` at the boxes' centres and ``samples - 1`` uniform points of each (from
     ``search.generator``: seeded)."""
@@ -308,7 +314,8 @@ def _offer_points(layers: list[Layer], search: Any, low: torch.Tensor, high: tor
     _offer_best(layers, search, x, shape, "part centres" if samples == 1 else "part samples")
 
 
-def _offer_best(layers: list[Layer], search: Any, x: torch.Tensor, shape: tuple, source: str, tries: int = 3) -> None:
+def _offer_best(layers: list[Layer], search: BestWitness, x: torch.Tensor, shape: tuple, source: str,
+                tries: int = 3) -> None:
     """The largest Jacobian norm at the points ``x``, re-checked and offered when it would raise the
     lower bound; when it does not re-check (on a kink or a tie), the next largest, ``tries`` points
     at most."""
