@@ -20,7 +20,6 @@ LipSDP nor by the lower-bound search.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
@@ -31,7 +30,7 @@ from lipbound.graph.ir import Graph, Input
 from lipbound.methods.propagation import crown_bounds
 from lipbound.methods.region import Box
 
-from propagation import REALNETS, input_box, unstable
+from propagation import REALNETS, arguments, input_box, unstable
 
 CASES = [  # (network file, glob of its VNN-LIB properties): the deep MLPs whose local brackets stay wide
     ("eran_mnist_relu_9x200.onnx", "eran_9x200_*.vnnlib"),
@@ -80,15 +79,9 @@ def _lipsdp(graph: Graph, box: Box, pre: dict, budget: float) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--props", type=int, default=1, help="properties per network")
-    parser.add_argument("--budget", type=float, default=60.0, help="time budget of each LipSDP and lower call (s)")
-    parser.add_argument("--only", nargs="*", default=None)
-    args = parser.parse_args()
-    if not REALNETS.is_dir():
-        print(f"{REALNETS} is absent: nothing to do")
+    args = arguments(__doc__, 60.0, "time budget of each LipSDP and lower call (s)")
+    if args is None:
         return
-    torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(0)
     print("| network | property | unstable per layer, CROWN | same, sampled ranges | lower | LipSDP, CROWN bounds "
           "(certified) | LipSDP, sampled ranges (not certified) | ratio CROWN / sampled | s |")

@@ -71,16 +71,25 @@ def unstable(graph, pre: dict) -> list[float]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(doc: str, budget: float, budget_help: str) -> argparse.Namespace | None:
+    """The command line shared by the scripts over ``CASES``-like lists (``--props``, ``--budget``,
+    ``--only``), or None when ../shared/realnets is absent (said on stdout); one torch thread."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--props", type=int, default=1, help="properties per network")
-    parser.add_argument("--budget", type=float, default=15.0, help="time budget of each CROWN / alpha-CROWN call (s)")
+    parser.add_argument("--budget", type=float, default=budget, help=budget_help)
     parser.add_argument("--only", nargs="*", default=None)
     args = parser.parse_args()
     if not REALNETS.is_dir():
         print(f"{REALNETS} is absent: nothing to do")
-        return
+        return None
     torch.set_num_threads(1)
+    return args
+
+
+def main() -> None:
+    args = arguments(__doc__, 15.0, "time budget of each CROWN / alpha-CROWN call (s)")
+    if args is None:
+        return
     print("| network | property | unstable ReLUs per layer, IBP | same, CROWN | same, alpha-CROWN "
           "| last layer's mean width, IBP -> CROWN -> alpha-CROWN | IBP s | CROWN s | alpha-CROWN s |")
     print("|---|---|---|---|---|---|---:|---:|---:|")
