@@ -30,7 +30,7 @@ from lipbound.graph.ir import Graph, Input
 from lipbound.methods.propagation import crown_bounds
 from lipbound.methods.region import Box
 
-from propagation import REALNETS, arguments, input_box, unstable
+from propagation import arguments, boxes, unstable
 
 CASES = [  # (network file, glob of its VNN-LIB properties): the deep MLPs whose local brackets stay wide
     ("eran_mnist_relu_9x200.onnx", "eran_9x200_*.vnnlib"),
@@ -86,24 +86,19 @@ def main() -> None:
     print("| network | property | unstable per layer, CROWN | same, sampled ranges | lower | LipSDP, CROWN bounds "
           "(certified) | LipSDP, sampled ranges (not certified) | ratio CROWN / sampled | s |")
     print("|---|---|---|---|---:|---:|---:|---:|---:|")
-    for net, pattern in CASES:
-        if args.only and not any(o in net for o in args.only):
-            continue
-        graph = lipbound.load(REALNETS / net)
-        for prop in sorted((REALNETS / "vnnlib").glob(pattern))[: args.props]:
-            t0 = time.perf_counter()
-            box = input_box(prop, tuple(graph.input_shape))
-            crown = crown_bounds(graph, box)
-            seen = sampled_ranges(graph, box, list(crown), gen)
-            for k, (l, u) in crown.items():  # an inner estimate must lie inside the sound bounds
-                assert bool((l.flatten() <= seen[k][0] + 1e-9).all() and (seen[k][1] <= u.flatten() + 1e-9).all()), k
-            sampled = {k: (seen[k][0].reshape(l.shape), seen[k][1].reshape(l.shape)) for k, (l, _) in crown.items()}
-            lower = lipbound.estimate(graph, domain=box, methods=["lower"], time_budget=args.budget, seed=0).lower
-            sound, guess = _lipsdp(graph, box, crown, args.budget), _lipsdp(graph, box, sampled, args.budget)
-            fmt = lambda fs: " ".join(f"{f:.2f}" for f in fs)  # noqa: E731
-            print(f"| {net} | {prop.name} | {fmt(unstable(graph, crown))} | {fmt(unstable(graph, sampled))} | "
-                  f"{lower:.4g} | {sound:.4g} | {guess:.4g} | {sound / guess:.3g} | {time.perf_counter() - t0:.0f} |")
-            sys.stdout.flush()
+    for net, graph, prop, box in boxes(CASES, args):
+        t0 = time.perf_counter()
+        crown = crown_bounds(graph, box)
+        seen = sampled_ranges(graph, box, list(crown), gen)
+        for k, (l, u) in crown.items():  # an inner estimate must lie inside the sound bounds
+            assert bool((l.flatten() <= seen[k][0] + 1e-9).all() and (seen[k][1] <= u.flatten() + 1e-9).all()), k
+        sampled = {k: (seen[k][0].reshape(l.shape), seen[k][1].reshape(l.shape)) for k, (l, _) in crown.items()}
+        lower = lipbound.estimate(graph, domain=box, methods=["lower"], time_budget=args.budget, seed=0).lower
+        sound, guess = _lipsdp(graph, box, crown, args.budget), _lipsdp(graph, box, sampled, args.budget)
+        fmt = lambda fs: " ".join(f"{f:.2f}" for f in fs)  # noqa: E731
+        print(f"| {net} | {prop.name} | {fmt(unstable(graph, crown))} | {fmt(unstable(graph, sampled))} | "
+              f"{lower:.4g} | {sound:.4g} | {guess:.4g} | {sound / guess:.3g} | {time.perf_counter() - t0:.0f} |")
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -16,11 +16,12 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
 import lipbound
-from lipbound.graph.ir import Activation
+from lipbound.graph.ir import Activation, Graph
 from lipbound.methods.propagation import alpha_crown_bounds, crown_bounds, interval_bounds
 from lipbound.methods.region import Box
 
@@ -86,6 +87,17 @@ def arguments(doc: str, budget: float, budget_help: str) -> argparse.Namespace |
     return args
 
 
+def boxes(cases: list[tuple[str, str]], args: argparse.Namespace) -> Iterator[tuple[str, Graph, Path, Box]]:
+    """Each network of ``cases`` (``(file, glob of its VNN-LIB files)``, filtered by ``--only``), loaded,
+    with its first ``--props`` properties and their input boxes."""
+    for net, pattern in cases:
+        if args.only and not any(o in net for o in args.only):
+            continue
+        graph = lipbound.load(REALNETS / net)
+        for prop in sorted((REALNETS / "vnnlib").glob(pattern))[: args.props]:
+            yield net, graph, prop, input_box(prop, tuple(graph.input_shape))
+
+
 def main() -> None:
     args = arguments(__doc__, 15.0, "time budget of each CROWN / alpha-CROWN call (s)")
     if args is None:
@@ -93,26 +105,21 @@ def main() -> None:
     print("| network | property | unstable ReLUs per layer, IBP | same, CROWN | same, alpha-CROWN "
           "| last layer's mean width, IBP -> CROWN -> alpha-CROWN | IBP s | CROWN s | alpha-CROWN s |")
     print("|---|---|---|---|---|---|---:|---:|---:|")
-    for net, pattern in CASES:
-        if args.only and not any(o in net for o in args.only):
-            continue
-        graph = lipbound.load(REALNETS / net)
-        for prop in sorted((REALNETS / "vnnlib").glob(pattern))[: args.props]:
-            box = input_box(prop, tuple(graph.input_shape))
-            t0 = time.perf_counter()
-            ibp = interval_bounds(graph, box)
-            t1 = time.perf_counter()
-            crown = crown_bounds(graph, box, time_budget=args.budget)
-            t2 = time.perf_counter()
-            alpha = alpha_crown_bounds(graph, box, time_budget=args.budget)
-            t3 = time.perf_counter()
-            fmt = lambda fs: " ".join(f"{f:.2f}" for f in fs)  # noqa: E731
-            last = list(ibp)[-1]
-            width = lambda pre: float((pre[last][1] - pre[last][0]).mean())  # noqa: E731
-            print(f"| {net} | {prop.name} | {fmt(unstable(graph, ibp))} | {fmt(unstable(graph, crown))} | "
-                  f"{fmt(unstable(graph, alpha))} | {width(ibp):.4g} -> {width(crown):.4g} -> {width(alpha):.4g} | "
-                  f"{t1 - t0:.2f} | {t2 - t1:.2f} | {t3 - t2:.2f} |")
-            sys.stdout.flush()
+    for net, graph, prop, box in boxes(CASES, args):
+        t0 = time.perf_counter()
+        ibp = interval_bounds(graph, box)
+        t1 = time.perf_counter()
+        crown = crown_bounds(graph, box, time_budget=args.budget)
+        t2 = time.perf_counter()
+        alpha = alpha_crown_bounds(graph, box, time_budget=args.budget)
+        t3 = time.perf_counter()
+        fmt = lambda fs: " ".join(f"{f:.2f}" for f in fs)  # noqa: E731
+        last = list(ibp)[-1]
+        width = lambda pre: float((pre[last][1] - pre[last][0]).mean())  # noqa: E731
+        print(f"| {net} | {prop.name} | {fmt(unstable(graph, ibp))} | {fmt(unstable(graph, crown))} | "
+              f"{fmt(unstable(graph, alpha))} | {width(ibp):.4g} -> {width(crown):.4g} -> {width(alpha):.4g} | "
+              f"{t1 - t0:.2f} | {t2 - t1:.2f} | {t3 - t2:.2f} |")
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":
