@@ -19,7 +19,7 @@ import torch
 import lipbound
 from lipbound.methods.budget import Clock
 from lipbound.methods.lower import lower
-from lipbound.methods.lower_clock import Loop
+from lipbound.methods.lower_clock import LowerClock, Loop
 
 from test_lower_cnn import small_cnn, witness_quotient
 
@@ -54,7 +54,7 @@ def test_slowed_lower_stops_near_its_budget_with_a_witness_that_rechecks(monkeyp
 
 
 def test_a_paced_loop_starts_no_step_that_would_end_past_its_hard_end():
-    step = 0.05
+    step = 0.1
     start = time.perf_counter()
     loop = Loop(Clock(10.0), soft=start + 10.0, hard=start + 5.5 * step, first=step)
     done = 0
@@ -62,5 +62,15 @@ def test_a_paced_loop_starts_no_step_that_would_end_past_its_hard_end():
         time.sleep(step)
         done += 1
     end = time.perf_counter()
-    assert end <= start + 5.5 * step + step / 2  # no step started that the previous one's pace said would overrun
-    assert 3 <= done <= 5 and loop.clock.cut
+    assert end <= start + 5.75 * step  # no step started that the previous one's pace said would overrun
+    assert 4 <= done <= 5 and loop.clock.cut
+
+
+def test_the_reserve_of_the_recheck_is_kept_free_of_search_steps():
+    clock = Clock(1.0)
+    plan = LowerClock(clock)
+    plan.primed(0.4)  # the priming's check took 0.4 s: no search step may end past 0.6 s
+    loop = plan.loop(1.0, first=0.1)
+    assert loop.fits() and not clock.cut
+    loop.expect(0.7)
+    assert not loop.fits() and clock.cut

@@ -162,37 +162,15 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
         found.append(search.ascend(x0, planned, ascent, progress))
         step = ascent.last  # the last ascent step's seconds: the first estimate of every later loop's step
         done += 1
-    if not found:
-        found.append((x0[:1], primed_v.to(x0), torch.zeros(1, dtype=x0.dtype, device=x0.device)))
-        step = plan.reserve
-    best_x, best_v, best_sigma = (torch.cat(parts) for parts in zip(*found))
     seconds["ascent"] = clock.elapsed() - sum(seconds.values())
-
-    order = torch.argsort(best_sigma, descending=True)[:_WALKERS]
-    cand, v = best_x[order].to(torch.float64), best_v[order].to(torch.float64)
-    walking = plan.loop(0.7, step)
-    walked = bool(search.slopes) and walk_rounds > 0 and walking.fits()
-    if walked:
-        cand, v, _ = walk(g64, search.slopes, cand, v, region, candidates=_CANDIDATES, rounds=walk_planned,
-                          loop=walking, power_steps=2)
-    seconds["walk"] = clock.elapsed() - sum(seconds.values())
-    top = torch.arange(min(_REFINED, len(cand)))  # by the ascent's values when the clock refuses the ranking
-    if plan.loop(0.8, step).fits():
-        with torch.no_grad():  # a NaN (a start that diverged) must never be picked
-            top = torch.argsort(torch.nan_to_num(jacobian_values(g64.forward, cand, v), nan=-1.0),
-                                descending=True)[:_REFINED]
-    cand, v = cand[top], _power64(g64, cand[top], v[top], plan.loop(0.8, step))
-    seconds["refine"] = clock.elapsed() - sum(seconds.values())
-    jac = _best(primed, jacobian_witness(g64, checked, cand, v, region, gen, clock, plan.loop(1.0, step)))
-    seconds["check"] = clock.elapsed() - sum(seconds.values())
-
-    pair = None
-    if pairs and not plan.over(0.85):
-        px, py = search.pairs(cand, v, pair_planned, plan.loop(0.9, step))
-        pair = _best_pair(checked, px, py, region, clock)
-    if jac is None and pair is None:  # every candidate sits on a kink: pairs along its singular vector
-        pair = _best_pair(checked, *_segments(cand, v, region), region, clock)
-    seconds["pairs"] = clock.elapsed() - sum(seconds.values())
+    if found:
+        jac, pair, walked = _witnesses(g64, checked, search, plan, found, region, gen, step, seconds,
+                                       walk_rounds=walk_planned, pair_steps=pair_planned if pairs else 0)
+    else:  # no search step fitted: the priming's witness, or pairs along its direction
+        jac, pair, walked = primed, None, False
+        if primed is None:
+            pair = _best_pair(checked, *_segments(x0[:1].to(torch.float64), primed_v, region), region, clock)
+    jac = _best(primed, jac)
     details.update({"data_starts": n_data, "rounds": done, "steps_done": search.steps_done, "seconds": seconds,
                     "stopped_by": "time" if clock.cut else "work" if planned < steps or walk_planned < walk_rounds
                     or (pairs and pair_planned < max(1, steps // 4)) else "iterations"})
@@ -205,6 +183,43 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
                     "pair_value": None if pair is None else pair.value,
                     "smoothed_activations": len(search.tau), "region_walk": walked})
     return Result("lower", witness.value, "witnessed_lower", clock.elapsed(), witness=witness, details=details)
+
+
+def _witnesses(g64: Graph, checked: Graph, search: Search, plan: LowerClock, found: list, region: Region | None,
+               gen: torch.Generator, step: float, seconds: dict[str, float], *, walk_rounds: int,
+               pair_steps: int) -> tuple[Witness | None, Witness | None, bool]:
+    """Steps 4-6 of the module doc on the ascents' ``found`` points: the region walk, the float64
+    refinement, the Jacobian check, the pair search (``pair_steps`` > 0) and its check, each phase
+    paced by ``plan`` (``step``: the last ascent step's seconds, the first estimate of each loop's
+    step). Returns the Jacobian witness, the pair witness (None where none is valid) and whether
+    the walk ran; adds each phase's seconds to ``seconds``."""
+    clock = plan.clock
+    best_x, best_v, best_sigma = (torch.cat(parts) for parts in zip(*found))
+    order = torch.argsort(best_sigma, descending=True)[:_WALKERS]
+    cand, v = best_x[order].to(torch.float64), best_v[order].to(torch.float64)
+    walking = plan.loop(0.7, step)
+    walked = bool(search.slopes) and walk_rounds > 0 and walking.fits()
+    if walked:
+        cand, v, _ = walk(g64, search.slopes, cand, v, region, candidates=_CANDIDATES, rounds=walk_rounds,
+                          loop=walking, power_steps=2)
+    seconds["walk"] = clock.elapsed() - sum(seconds.values())
+    top = torch.arange(min(_REFINED, len(cand)))  # by the ascent's values when the clock refuses the ranking
+    if plan.loop(0.8, step).fits():
+        with torch.no_grad():  # a NaN (a start that diverged) must never be picked
+            top = torch.argsort(torch.nan_to_num(jacobian_values(g64.forward, cand, v), nan=-1.0),
+                                descending=True)[:_REFINED]
+    cand, v = cand[top], _power64(g64, cand[top], v[top], plan.loop(0.8, step))
+    seconds["refine"] = clock.elapsed() - sum(seconds.values())
+    jac = jacobian_witness(g64, checked, cand, v, region, gen, clock, plan.loop(1.0, step))
+    seconds["check"] = clock.elapsed() - sum(seconds.values())
+    pair = None
+    if pair_steps > 0 and not plan.over(0.85):
+        px, py = search.pairs(cand, v, pair_steps, plan.loop(0.9, step))
+        pair = _best_pair(checked, px, py, region, clock)
+    if jac is None and pair is None:  # every candidate sits on a kink: pairs along its singular vector
+        pair = _best_pair(checked, *_segments(cand, v, region), region, clock)
+    seconds["pairs"] = clock.elapsed() - sum(seconds.values())
+    return jac, pair, walked
 
 
 def _constant_jacobian(g: Graph) -> bool:
