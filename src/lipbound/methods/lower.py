@@ -42,6 +42,10 @@ The search, all batched over many starts (no Python loop per start):
    Jacobian witness is valid and no pair was searched, short pairs along the candidates' singular
    directions are the witnesses.
 
+Before step 2 the first start point is checked and re-checked on its own (the **priming**,
+:mod:`~lipbound.methods.lower_clock`): the best witness so far, and the measure of the re-check's
+cost, which the wall-clock cap keeps free for the final re-checks.
+
 On a region (a :class:`~lipbound.methods.region.Box` or a :class:`~lipbound.methods.region.Ball`,
 :func:`~lipbound.methods.region.as_region`) every start is sampled in it and every iterate is
 projected back into it, and each witness is accepted only after the region's rigorous
@@ -106,10 +110,15 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
         pairs: also run the pair search (``steps // 4`` Adam steps, at most: see ``work``).
         time_budget: seconds, an outer cap only (:mod:`~lipbound.methods.budget`): the search
             stops on its counts (``steps``, ``work``, ``walk_rounds``, ...), and the budget only
-            cuts a phase that has not finished by its share: the ascent by half of it, the region
-            walk by 70%, the refinement by 80%, the pairs (started before 85%) by 90%, the
-            re-checks (one past the deadline at most) by the end. The result stays valid, and
-            ``details["stopped_by"]`` is then ``"time"``.
+            cuts it (:mod:`~lipbound.methods.lower_clock`). First one witness at a start point is
+            re-checked (the *priming*: it pays the re-check's one-time cost, and its seconds are
+            kept free at the end for the final re-checks); of the time left after it, the ascent
+            gets half, the region walk up to 70%, the refinement up to 80%, the pairs (started
+            before 85%) up to 90%, and no step (an ascent step, a batch of the walk, ten power
+            iterations, an Adam step) starts that would end, at the pace of the step before it,
+            inside the re-checks' reserve. When nothing but the priming fits, its witness is the
+            result. The result stays valid (the best witness re-checked so far), and
+            ``details["stopped_by"]`` is then ``"time"``; ``details["seconds"]`` gives each phase's.
         work: most multiply-accumulates of each ascent,
             ``starts * steps * graph_macs(graph)`` (:func:`~lipbound.methods.budget.graph_macs`),
             of the region walk, ``_WALKERS * 2 * candidates * walk_rounds * graph_macs(graph)``,
