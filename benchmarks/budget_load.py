@@ -106,7 +106,7 @@ def focus_row(src_label: str, load_n: int, model: str, method_set: str, budget: 
 
 
 FOCUS_HEADER = ("| code | load | model | set | budget s | wall s | method s | its share s | method / share | "
-                "method - (1.1 share + 0.5) s | stopped_by | value |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+                "method - (1.1 share + 0.5) s | stopped_by | value |\n" + "|---" * 12 + "|")
 
 HEADER = ("| code | load | model | set | budget s | wall s | wall / budget | slowest method (stopped_by) | "
           "certified upper | witnessed lower |\n|---|---|---|---|---|---|---|---|---|---|")
