@@ -4,7 +4,9 @@ For each model and case (a method set, ``default`` for ``methods=None`` or ``all
 runs ``lipbound.estimate(graph, methods=..., time_budget=B)`` in a fresh subprocess (its
 ``PYTHONPATH`` is ``--src``, so the same script measures another copy of the code: the baseline)
 and prints one row: the wall time of the call (loading the model excluded), its ratio to the
-budget, the slowest method with its seconds and ``stopped_by``, and the bracket. ``--load N``
+budget, the slowest method with its seconds and ``stopped_by``, and the bracket; with ``--focus M``
+instead method ``M``'s own seconds against its share of the budget (its ``time_budget``), its
+``stopped_by`` and value (e.g. ``--cases lower:5.4 default:30 --focus lower``). ``--load N``
 starts ``N`` busy-looping processes for the measurement (killed afterwards, by their own ids),
 to imitate a loaded machine.
 
@@ -13,7 +15,7 @@ Models: the bundled demo CNN (:mod:`lipbound.examples.demo_net`), the paper's ra
 ``oval21_cifar_base_kw.onnx`` and ``cifar10_resnet_2b.onnx``.
 
     OMP_NUM_THREADS=1 python benchmarks/budget_load.py [--cases default:30 all:60] [--load 0 3]
-        [--src /tmp/base/src src] [--only oval21 ...] [--markdown out.md]
+        [--src /tmp/base/src src] [--only oval21 ...] [--focus lower] [--markdown out.md]
 
 Wall times on a shared machine are noisy: compare rows measured in the same run.
 """
@@ -49,7 +51,8 @@ methods = None if sys.argv[1] == 'default' else sys.argv[1]
 t0 = time.perf_counter()
 rep = lipbound.estimate(g, methods=methods, time_budget=float(sys.argv[2]))
 wall = time.perf_counter() - t0
-rows = [(r.method, r.seconds, r.kind, r.value, (r.details or {{}}).get('stopped_by')) for r in rep.results]
+rows = [(r.method, r.seconds, r.kind, r.value, (r.details or {{}}).get('stopped_by'),
+         (r.details or {{}}).get('time_budget')) for r in rep.results]
 print(json.dumps({{"wall": wall, "rows": rows, "skipped": list(rep.skipped)}}))
 """
 
@@ -89,6 +92,22 @@ def row(src_label: str, load_n: int, model: str, method_set: str, budget: float,
             f"{out['wall'] / budget:.2f} | {slow[0]} {slow[1]:.1f} s ({slow[4]}) | {upper:.4g} | {lower:.4g} |")
 
 
+def focus_row(src_label: str, load_n: int, model: str, method_set: str, budget: float, out: dict,
+              method: str) -> str:
+    """A markdown table row of one measured call, for ``method`` only (:data:`FOCUS_HEADER`)."""
+    head = f"| {src_label} | {load_n} | {model} | {method_set} | {budget:g} |"
+    found = [r for r in out.get("rows", []) if r[0] == method]
+    if "error" in out or not found:
+        return f"{head} {out.get('error', method + ' did not run')} ||||||"
+    _, seconds, _, value, stopped, share = found[0]
+    share = share or float("nan")
+    return (f"{head} {out['wall']:.1f} | {seconds:.2f} | {share:.2f} | {seconds / share:.2f} | "
+            f"{seconds - (1.1 * share + 0.5):+.2f} | {stopped} | {value:.4g} |")
+
+
+FOCUS_HEADER = ("| code | load | model | set | budget s | wall s | method s | its share s | method / share | "
+                "method - (1.1 share + 0.5) s | stopped_by | value |\n" + "|---" * 12 + "|")
+
 HEADER = ("| code | load | model | set | budget s | wall s | wall / budget | slowest method (stopped_by) | "
           "certified upper | witnessed lower |\n|---|---|---|---|---|---|---|---|---|---|")
 
@@ -102,10 +121,11 @@ def main() -> None:
                         help="copies of lipbound's src to compare (e.g. a baseline first)")
     parser.add_argument("--only", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--markdown", type=Path, help="append the table to this file")
+    parser.add_argument("--focus", help="report this method's seconds against its share instead")
     args = parser.parse_args()
     models = [m for m in args.only if m not in NEEDS_REALNETS or REALNETS.is_dir()]
-    lines = [HEADER]
-    print(HEADER, flush=True)
+    lines = [HEADER if args.focus is None else FOCUS_HEADER]
+    print(lines[0], flush=True)
     for load_n in args.load:
         with load(load_n):
             for model in models:
@@ -114,7 +134,8 @@ def main() -> None:
                     for src in args.src:
                         label = "this" if Path(src).resolve() == (ROOT / "src").resolve() else "baseline"
                         out = run(src, model, method_set, float(budget))
-                        lines.append(row(label, load_n, model, method_set, float(budget), out))
+                        lines.append(row(label, load_n, model, method_set, float(budget), out) if args.focus is None
+                                     else focus_row(label, load_n, model, method_set, float(budget), out, args.focus))
                         print(lines[-1], flush=True)
     if args.markdown:
         with args.markdown.open("a") as f:

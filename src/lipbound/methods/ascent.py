@@ -8,8 +8,10 @@ singular value of a *smoothed* copy of the network, by the envelope theorem;
 the side where its neuron raises the norm, weighted by how close the neuron is to its boundary.
 ``tau`` shrinks from coarse to sharp and the step from :data:`_STEP`'s first to last value over
 ``steps`` steps (the schedule depends on ``steps`` only, so the numbers depend on the seed only;
-``lower`` sizes ``steps`` by a deterministic work cap). The wall-clock :class:`~lipbound.methods.budget.Clock`
-is an outer cap: it may stop the schedule before its end, and remembers that it did. The true network's norm
+``lower`` sizes ``steps`` by a deterministic work cap). The wall clock is an outer cap
+(:class:`~lipbound.methods.lower_clock.Loop`): it may stop the schedule before its end, and remembers
+that it did; the first step is priced at twice the initial power iterations (it runs as many, plus a
+double backward), each later one at the duration of the one before. The true network's norm
 ``||J(x) v||`` (power method, warm-started) is measured at every iterate and each start keeps its
 best point. All starts move together: one batched forward and backward per power iteration and
 one double backward for the gradient, whatever the number of starts.
@@ -22,12 +24,13 @@ Nothing computed here is trusted: ``lower`` re-checks every witness it returns.
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 from tqdm.auto import tqdm
 
 from ..graph.ir import Activation, Graph
-from .budget import Clock
+from .lower_clock import Loop
 from .jacobian import Linearization, power, recording, unit
 from .piecewise import smoothed, two_slope
 from .region import Ball, Region
@@ -66,20 +69,20 @@ class Search:
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.region is None else self.region.project(x)
 
-    def ascend(self, x: torch.Tensor, steps: int, clock: Clock, until: float,
+    def ascend(self, x: torch.Tensor, steps: int, loop: Loop,
                progress: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Best point, its right singular vector and (power-method) norm, for each start, after
-        ``steps`` steps (fewer when ``clock`` reaches the fraction ``until`` of its budget first)."""
+        ``steps`` steps (fewer when ``loop`` refuses one; the starts themselves when it refuses the first)."""
+        t0 = time.perf_counter()
         scale = self._preactivation_scales(x)
         radius = self._radius(x).reshape(-1, *([1] * (x.dim() - 1)))
         v = unit(torch.randn(x.shape, generator=self.gen, dtype=torch.float64).to(x))
         v_s = v.clone()
         sigma, v = power(self.g.forward, x, v, 2 * self.power_steps)
+        loop.expect(2 * (time.perf_counter() - t0))
         best_x, best_v, best_sigma = x.clone(), v.clone(), sigma.clone()
         bar = tqdm(total=steps, desc="lower bound", unit="step", disable=not progress, leave=False)
-        for k in range(steps):
-            if k > 0 and clock.expired(until):
-                break
+        for k in loop.steps(steps):
             frac = k / max(1, steps - 1)
             if self.pwl:
                 rel = _TAU[0] * (_TAU[1] / _TAU[0]) ** frac
@@ -115,10 +118,9 @@ class Search:
             (g,) = torch.autograd.grad((jtu * v).sum(), xg, allow_unused=True)
         return torch.zeros_like(x) if g is None else g
 
-    def pairs(self, x: torch.Tensor, v: torch.Tensor, steps: int, clock: Clock,
-              until: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def pairs(self, x: torch.Tensor, v: torch.Tensor, steps: int, loop: Loop) -> tuple[torch.Tensor, torch.Tensor]:
         """Best pair of each start after ``steps`` Adam steps on ``log ||f(x)-f(y)|| - log ||x-y||``
-        (fewer when ``clock`` reaches the fraction ``until`` of its budget first), starting from
+        (fewer when ``loop`` refuses one; the starting pairs when it refuses the first), starting from
         ``y = x + delta v`` with several ``delta``."""
         g = self.g
         deltas = torch.tensor([1e-3, 1e-2, 1e-1, 0.3], dtype=g.dtype, device=g.device)
@@ -137,9 +139,7 @@ class Search:
         opt = _Adam([px, py], lr=lr)
         best = torch.full((len(xs),), -1.0, dtype=g.dtype, device=g.device)
         best_x, best_y = xs.clone(), ys.clone()
-        for k in range(steps):
-            if k > 0 and clock.expired(until):
-                break
+        for _ in loop.steps(steps):
             with torch.enable_grad():
                 ratio = pair_values(g.forward, px, py)
                 opt.zero_grad()

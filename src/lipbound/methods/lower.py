@@ -42,6 +42,10 @@ The search, all batched over many starts (no Python loop per start):
    Jacobian witness is valid and no pair was searched, short pairs along the candidates' singular
    directions are the witnesses.
 
+Before step 2 the first start point is checked and re-checked on its own (the **priming**,
+:mod:`~lipbound.methods.lower_clock`): the best witness so far, and the measure of the re-check's
+cost, which the wall-clock cap keeps free for the final re-checks.
+
 On a region (a :class:`~lipbound.methods.region.Box` or a :class:`~lipbound.methods.region.Ball`,
 :func:`~lipbound.methods.region.as_region`) every start is sampled in it and every iterate is
 projected back into it, and each witness is accepted only after the region's rigorous
@@ -57,6 +61,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import Any, Callable, Iterable
 
 import torch
@@ -66,6 +71,7 @@ from ..graph.ir import Activation, Graph, MaxPool
 from ..report import Result
 from .ascent import Search
 from .budget import Clock, graph_macs
+from .lower_clock import LowerClock, Loop
 from .jacobian import power, through_pieces, unit
 from .lower_starts import starts as start_points
 from .region import BoxUnion, Region, as_region
@@ -104,10 +110,15 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
         pairs: also run the pair search (``steps // 4`` Adam steps, at most: see ``work``).
         time_budget: seconds, an outer cap only (:mod:`~lipbound.methods.budget`): the search
             stops on its counts (``steps``, ``work``, ``walk_rounds``, ...), and the budget only
-            cuts a phase that has not finished by its share: the ascent by half of it, the region
-            walk by 70%, the refinement by 80%, the pairs (started before 85%) by 90%, the
-            re-checks (one past the deadline at most) by the end. The result stays valid, and
-            ``details["stopped_by"]`` is then ``"time"``.
+            cuts it (:mod:`~lipbound.methods.lower_clock`). First one witness at a start point is
+            re-checked (the *priming*: it pays the re-check's one-time cost, and its seconds are
+            kept free at the end for the final re-checks); of the time left after it, the ascent
+            gets half, the region walk up to 70%, the refinement up to 80%, the pairs (started
+            before 85%) up to 90%, and no step (an ascent step, a batch of the walk, ten power
+            iterations, an Adam step) starts that would end, at the pace of the step before it,
+            inside the re-checks' reserve. When nothing but the priming fits, its witness is the
+            result. The result stays valid (the best witness re-checked so far), and
+            ``details["stopped_by"]`` is then ``"time"``; ``details["seconds"]`` gives each phase's.
         work: most multiply-accumulates of each ascent,
             ``starts * steps * graph_macs(graph)`` (:func:`~lipbound.methods.budget.graph_macs`),
             of the region walk, ``_WALKERS * 2 * candidates * walk_rounds * graph_macs(graph)``,
@@ -146,38 +157,29 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
                                "work": work, "time_budget": time_budget, "constant_jacobian": False}
     if _constant_jacobian(g):
         return _affine_result(g64, checked, region, gen, clock, details)
-    search = Search(g, region, power_steps, gen)
-    found, n_data, done = [], 0, 0
-    while done < rounds and not (done > 0 and clock.expired(0.5)):
+    search, plan = Search(g, region, power_steps, gen), LowerClock(clock)
+    found, n_data, done, primed, seconds = [], 0, 0, None, {}
+    while done < rounds and not (done > 0 and plan.over(0.5)):
         x0, n = start_points(g, region, data if done == 0 else None, starts, max_data, gen)
+        if done == 0:
+            primed, primed_v = _primed(g64, checked, x0[:1], region, seed, plan)
+            seconds["prime"] = clock.elapsed()
+            if not plan.loop(0.5, plan.reserve).fits():  # the starts' first power iterations (measured on
+                break  # the CNNs: a fourth of the cold check) would not fit: the priming point is all
         n_data = n_data or n
-        found.append(search.ascend(x0, planned, clock, 0.5, progress))
+        ascent = plan.loop(0.5, 0.0)  # its first step is priced by Search.ascend
+        found.append(search.ascend(x0, planned, ascent, progress))
+        step = ascent.last  # the last ascent step's seconds: the first estimate of every later loop's step
         done += 1
-    best_x, best_v, best_sigma = (torch.cat(parts) for parts in zip(*found))
-    seconds = {"ascent": clock.elapsed()}
-
-    order = torch.argsort(best_sigma, descending=True)[:_WALKERS]
-    cand, v = best_x[order].to(torch.float64), best_v[order].to(torch.float64)
-    walked = bool(search.slopes) and walk_rounds > 0 and not clock.expired(0.7)
-    if walked:
-        cand, v, _ = walk(g64, search.slopes, cand, v, region, candidates=_CANDIDATES, rounds=walk_planned,
-                          clock=clock, until=0.7, power_steps=2)
-    seconds["walk"] = clock.elapsed() - sum(seconds.values())
-    with torch.no_grad():  # a NaN (a start that diverged) must never be picked
-        top = torch.argsort(torch.nan_to_num(jacobian_values(g64.forward, cand, v), nan=-1.0),
-                            descending=True)[:_REFINED]
-    cand, v = cand[top], _power64(g64, cand[top], v[top], clock, 0.8)
-    seconds["refine"] = clock.elapsed() - sum(seconds.values())
-    jac = jacobian_witness(g64, checked, cand, v, region, gen, clock)
-    seconds["check"] = clock.elapsed() - sum(seconds.values())
-
-    pair = None
-    if pairs and not clock.expired(0.85):
-        px, py = search.pairs(cand, v, pair_planned, clock, 0.9)
-        pair = _best_pair(checked, px, py, region, clock)
-    if jac is None and pair is None:  # every candidate sits on a kink: pairs along its singular vector
-        pair = _best_pair(checked, *_segments(cand, v, region), region, clock)
-    seconds["pairs"] = clock.elapsed() - sum(seconds.values())
+    seconds["ascent"] = clock.elapsed() - sum(seconds.values())
+    if found:
+        jac, pair, walked = _witnesses(g64, checked, search, plan, found, region, gen, step, seconds,
+                                       walk_rounds=walk_planned, pair_steps=pair_planned if pairs else 0)
+    else:  # no search step fitted: the priming's witness, or pairs along its direction
+        jac, pair, walked = primed, None, False
+        if primed is None:
+            pair = _best_pair(checked, *_segments(x0[:1].to(torch.float64), primed_v, region), region, clock)
+    jac = _best(primed, jac)
     details.update({"data_starts": n_data, "rounds": done, "steps_done": search.steps_done, "seconds": seconds,
                     "stopped_by": "time" if clock.cut else "work" if planned < steps or walk_planned < walk_rounds
                     or (pairs and pair_planned < max(1, steps // 4)) else "iterations"})
@@ -185,11 +187,48 @@ def lower(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = 
         details.update({"form": None, "jacobian_value": None, "pair_value": None,
                         "note": "no candidate re-checked above 0 (every point on a kink, or the net constant there)"})
         return Result("lower", 0.0, "witnessed_lower", clock.elapsed(), details=details)
-    witness = max((w for w in (jac, pair) if w is not None), key=lambda w: w.value)
+    witness = _best(jac, pair)
     details.update({"form": witness.form, "jacobian_value": None if jac is None else jac.value,
                     "pair_value": None if pair is None else pair.value,
                     "smoothed_activations": len(search.tau), "region_walk": walked})
     return Result("lower", witness.value, "witnessed_lower", clock.elapsed(), witness=witness, details=details)
+
+
+def _witnesses(g64: Graph, checked: Graph, search: Search, plan: LowerClock, found: list, region: Region | None,
+               gen: torch.Generator, step: float, seconds: dict[str, float], *, walk_rounds: int,
+               pair_steps: int) -> tuple[Witness | None, Witness | None, bool]:
+    """Steps 4-6 of the module doc on the ascents' ``found`` points: the region walk, the float64
+    refinement, the Jacobian check, the pair search (``pair_steps`` > 0) and its check, each phase
+    paced by ``plan`` (``step``: the last ascent step's seconds, the first estimate of each loop's
+    step). Returns the Jacobian witness, the pair witness (None where none is valid) and whether
+    the walk ran; adds each phase's seconds to ``seconds``."""
+    clock = plan.clock
+    best_x, best_v, best_sigma = (torch.cat(parts) for parts in zip(*found))
+    order = torch.argsort(best_sigma, descending=True)[:_WALKERS]
+    cand, v = best_x[order].to(torch.float64), best_v[order].to(torch.float64)
+    walking = plan.loop(0.7, step)
+    walked = bool(search.slopes) and walk_rounds > 0 and walking.fits()
+    if walked:
+        cand, v, _ = walk(g64, search.slopes, cand, v, region, candidates=_CANDIDATES, rounds=walk_rounds,
+                          loop=walking, power_steps=2)
+    seconds["walk"] = clock.elapsed() - sum(seconds.values())
+    top = torch.arange(min(_REFINED, len(cand)))  # by the ascent's values when the clock refuses the ranking
+    if plan.loop(0.8, step).fits():
+        with torch.no_grad():  # a NaN (a start that diverged) must never be picked
+            top = torch.argsort(torch.nan_to_num(jacobian_values(g64.forward, cand, v), nan=-1.0),
+                                descending=True)[:_REFINED]
+    cand, v = cand[top], _power64(g64, cand[top], v[top], plan.loop(0.8, step))
+    seconds["refine"] = clock.elapsed() - sum(seconds.values())
+    jac = jacobian_witness(g64, checked, cand, v, region, gen, clock, plan.loop(1.0, step))
+    seconds["check"] = clock.elapsed() - sum(seconds.values())
+    pair = None
+    if pair_steps > 0 and not plan.over(0.85):
+        px, py = search.pairs(cand, v, pair_steps, plan.loop(0.9, step))
+        pair = _best_pair(checked, px, py, region, clock)
+    if jac is None and pair is None:  # every candidate sits on a kink: pairs along its singular vector
+        pair = _best_pair(checked, *_segments(cand, v, region), region, clock)
+    seconds["pairs"] = clock.elapsed() - sum(seconds.values())
+    return jac, pair, walked
 
 
 def _constant_jacobian(g: Graph) -> bool:
@@ -210,7 +249,7 @@ def _affine_result(g64: Graph, checked: Graph, region: Region | None, gen: torch
     x = (region.center if region is not None else torch.zeros(g64.input_shape, dtype=torch.float64)).unsqueeze(0)
     x = x.to(device=g64.device)
     v = unit(torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x))
-    v = _power64(g64, x, v, clock, 1.0)
+    v = _power64(g64, x, v, Loop(clock, clock.deadline(), clock.deadline(), 0.0))
     found = jacobian_witness(g64, checked, x, v, region, gen, clock)
     if found is None:  # a box flat in some elements refuses v: pairs inside it instead
         found = _best_pair(checked, *_segments(x, v, region), region, clock)
@@ -223,18 +262,20 @@ def _affine_result(g64: Graph, checked: Graph, region: Region | None, gen: torch
 
 
 def jacobian_witness(g64: Graph, checked: Graph, x: torch.Tensor, v: torch.Tensor, region: Region | None,
-                     gen: torch.Generator, clock: Clock) -> PointWitness | None:
+                     gen: torch.Generator, clock: Clock, loop: Loop | None = None) -> PointWitness | None:
     """The best valid Jacobian witness (:func:`~lipbound.methods.rounding.jacobian_witness_values`) among the
     points ``x`` (with their singular vectors ``v``) and, for those that fail the check with a larger
     autograd value than the best valid one, their nudges off the kink or face (:func:`_nudged`), with
-    power iterations there (capped by ``clock``); None when none is valid."""
+    power iterations there (paced by ``loop``; by default until ``clock``'s deadline); None when none
+    is valid."""
     values = _checked_values(checked, x, v, region)
     with torch.no_grad():
         claimed = torch.nan_to_num(jacobian_values(g64.forward, x, v), nan=-1.0).cpu()
     retry = torch.isnan(values) & (claimed > torch.nan_to_num(values, nan=-1.0).max())
     if retry.any():
         nx = _nudged(x[retry.to(x.device)], region, gen)
-        nv = _power64(g64, nx, v[retry.to(v.device)].repeat(len(_NUDGES), *([1] * (v.dim() - 1))), clock, 1.0)
+        loop = loop or Loop(clock, clock.deadline(), clock.deadline(), 0.0)
+        nv = _power64(g64, nx, v[retry.to(v.device)].repeat(len(_NUDGES), *([1] * (v.dim() - 1))), loop)
         values = torch.cat([values, _checked_values(checked, nx, nv, region)])
         x, v = torch.cat([x, nx]), torch.cat([v, nv])
     return _confirmed(checked, values, lambda i: PointWitness(x[i].cpu(), v[i].cpu()), region, clock)
@@ -257,6 +298,28 @@ def _confirmed(checked: Graph, values: torch.Tensor, witness_at: Callable[[int],
         except InvalidInput:
             continue
     return None
+
+
+def _primed(g64: Graph, checked: Graph, x: torch.Tensor, region: Region | None, seed: int,
+            plan: LowerClock) -> tuple[PointWitness | None, torch.Tensor]:
+    """The priming of the re-checks (:mod:`~lipbound.methods.lower_clock`): the Jacobian witness at
+    the start ``x`` (one point), after a few float64 power iterations from a direction of its own
+    generator (the search's ``gen`` is left untouched), re-checked if valid. The seconds of the
+    check and re-check (not of the power iterations, whose first call may import modules) are the
+    reserve of ``plan``. Returns the witness (None if invalid) and the direction ``v``."""
+    x = x.to(device=g64.device, dtype=torch.float64)
+    v0 = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(x)
+    _, v = power(g64.forward, x, unit(v0), 4)
+    t = time.perf_counter()
+    found = _confirmed(checked, _checked_values(checked, x, v, region),
+                       lambda i: PointWitness(x[i].cpu(), v[i].cpu()), region, plan.clock)
+    plan.primed(time.perf_counter() - t)
+    return found, v
+
+
+def _best(*witnesses: Witness | None) -> Witness | None:
+    """The witness with the largest value (None when there is none)."""
+    return max((w for w in witnesses if w is not None), key=lambda w: w.value, default=None)
 
 
 def _checked_values(checked: Graph, x: torch.Tensor, v: torch.Tensor, region: Region | None) -> torch.Tensor:
@@ -305,15 +368,13 @@ def _check(**kw: float) -> None:
             raise InvalidInput(f"lower: {name} must be an integer, got {val!r}")
 
 
-def _power64(g64: Graph, x: torch.Tensor, v: torch.Tensor, clock: Clock, until: float, max_iter: int = 500,
+def _power64(g64: Graph, x: torch.Tensor, v: torch.Tensor, loop: Loop, max_iter: int = 500,
              tol: float = 1e-13) -> torch.Tensor:
     """Top right singular vectors of the Jacobians at ``x`` (float64), to the relative tolerance
-    ``tol`` or ``max_iter`` iterations, from ``v``; ``clock`` (at the fraction ``until`` of its
-    budget) caps it (any unit vector gives a valid bound; this one only makes it larger)."""
+    ``tol`` or ``max_iter`` iterations, from ``v``, by rounds of 10 that ``loop`` paces (any unit
+    vector gives a valid bound; this one only makes it larger)."""
     prev = None
-    for _ in range(max_iter // 10):
-        if clock.expired(until):
-            break
+    for _ in loop.steps(max_iter // 10):
         s, v = power(g64.forward, x, v, 10)
         if prev is not None and bool(((s - prev).abs() <= tol * s.clamp_min(1e-300)).all()):
             break

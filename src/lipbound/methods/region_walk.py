@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from ..graph.ir import Graph
-from .budget import Clock
+from .lower_clock import Loop
 from .jacobian import power, recording, tangents, unit
 from .region import Region
 
@@ -33,14 +33,14 @@ _PARTS = 16  # batches per round when there is a clock
 
 
 def walk(g: Graph, slopes: dict[str, tuple[float, float]], x: torch.Tensor, v: torch.Tensor, box: Region | None,
-         *, candidates: int = 8, rounds: int = 30, clock: Clock | None = None, until: float = 1.0,
+         *, candidates: int = 8, rounds: int = 30, loop: Loop | None = None,
          power_steps: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Walk every point of the batch ``x`` (module doc) for at most ``rounds`` rounds (fewer when
     a round moves no point); returns ``(x, v, sigma)`` improved or unchanged per point. ``slopes``
-    maps the two-slope activation nodes to ``(a, b)``. With a ``clock`` (an outer cap) the points
-    are walked in :data:`_PARTS` fixed batches (the same ones every run: the float64 results do not
-    depend on the timing), and the walk stops before a batch once ``clock`` has reached the
-    fraction ``until`` of its budget."""
+    maps the two-slope activation nodes to ``(a, b)``. With a ``loop`` (the wall clock's pacing,
+    an outer cap) the points are walked in :data:`_PARTS` fixed batches (the same ones every run:
+    the float64 results do not depend on the timing), and the walk stops before a batch that
+    ``loop`` refuses (each batch priced at the duration of the one before)."""
     names = list(slopes)
     sigma, v = power(g.forward, x, v, power_steps)
     if not names:
@@ -48,17 +48,18 @@ def walk(g: Graph, slopes: dict[str, tuple[float, float]], x: torch.Tensor, v: t
     store: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     rec = recording(g, names, store)
     x, v = x.clone(), v.clone()
-    size = len(x) if clock is None else -(-len(x) // _PARTS)  # points per batch
+    size = len(x) if loop is None else -(-len(x) // _PARTS)  # points per batch
+    batches = -(-len(x) // size)
     for _ in range(rounds):
-        improved, start = False, 0
-        while start < len(x):
-            if clock is not None and clock.expired(until):
-                return x, v, sigma
-            part = slice(start, start + size)
+        improved, done = False, 0
+        for b in range(batches) if loop is None else loop.steps(batches):
+            part = slice(b * size, (b + 1) * size)
             x[part], v[part], sigma[part], better = _step(g, rec, store, names, slopes, x[part], v[part],
                                                           sigma[part], box, candidates, power_steps)
             improved |= bool(better.any())
-            start += size
+            done += 1
+        if done < batches:  # the clock refused a batch
+            return x, v, sigma
         if not improved:
             break
     return x, v, sigma
