@@ -2,7 +2,7 @@
 reduction (:mod:`lipbound.methods.local_bab_region`: the torch module evaluated at the embedded
 points; witnesses mapped back re-checked by the exact-arithmetic quotient), the lower end
 (:mod:`lipbound.methods.local_bab_witness`: numpy Jacobian norms, the exact quotient) and the
-report of a method cut short (:class:`lipbound.methods.local_bab_batch.Outcome`)."""
+report of a method cut short (:class:`lipbound.methods.local_bab_part.Outcome`)."""
 
 from __future__ import annotations
 

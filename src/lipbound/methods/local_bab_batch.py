@@ -61,29 +61,14 @@ from typing import Any
 import torch
 
 from ..errors import InvalidInput
+from .local_bab_part import Outcome
 from .local_bab_witness import BestWitness
 from .part_exact import PartExact
 from .relu_boxes import Layer, bound_boxes, jacobians, pre_bounds
 from .relu_zonotope import zonotope_bound
 from .witness import PointWitness
 
-__all__ = ["Outcome", "batched_search"]
-
-
-@dataclass
-class Outcome:
-    """What a search reached: ``upper`` (certified on the region), the parts left (``parts``),
-    bounded (``parts_bounded``), ``stopped`` (why, in words), ``stopped_by``, the largest parts, the
-    bound methods and ``cut``: a method run by the search was cut short by its time budget."""
-
-    upper: float
-    parts: int
-    parts_bounded: int
-    stopped: str
-    stopped_by: str
-    largest: list[dict[str, Any]] = field(default_factory=list)
-    bound_methods: list[str] = field(default_factory=lambda: ["slope-box"])
-    cut: bool = False
+__all__ = ["batched_search"]
 
 
 @dataclass(order=True)

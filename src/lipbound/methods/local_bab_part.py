@@ -17,6 +17,8 @@ constant; a tighter certified bound when ``exact`` runs out of time, never a lar
 
 Every witness a method returns, and the best of the part's sampled Jacobians, is offered to the
 search's lower end (:class:`~lipbound.methods.local_bab_witness.BestWitness`), which re-checks it.
+
+:class:`Outcome` is what either search (part by part, or batched: :mod:`.local_bab_batch`) reached.
 """
 
 from __future__ import annotations
@@ -37,11 +39,27 @@ from .propagation import localize
 from .region import Box
 from .slope_box import slope_box_bound
 
-__all__ = ["Part", "PartBounder"]
+__all__ = ["Outcome", "Part", "PartBounder"]
 
 #: options of ``exact`` on one part: its own lower-bound search is left to the part samples'
 #: Jacobians, and a part never takes more than a few seconds
 _EXACT_OPTIONS: dict[str, Any] = {"lower_budget": 0.0, "samples": 16, "time_budget": 10.0, "max_nodes": 500}
+
+
+@dataclass
+class Outcome:
+    """What a search reached: ``upper`` (certified on the region), the parts left (``parts``),
+    bounded (``parts_bounded``), ``stopped`` (why, in words), ``stopped_by``, the largest parts, the
+    bound methods and ``cut``: a method run by the search was cut short by its time budget."""
+
+    upper: float
+    parts: int
+    parts_bounded: int
+    stopped: str
+    stopped_by: str
+    largest: list[dict[str, Any]] = field(default_factory=list)
+    bound_methods: list[str] = field(default_factory=lambda: ["slope-box"])
+    cut: bool = False
 
 
 @dataclass(order=True)

@@ -39,8 +39,7 @@ import torch
 
 from ..errors import NotApplicable
 from ..graph.ir import Affine, Graph
-from .local_bab_batch import Outcome
-from .local_bab_part import PartBounder
+from .local_bab_part import Outcome, PartBounder
 from .region import Box
 
 __all__ = ["part_search"]
