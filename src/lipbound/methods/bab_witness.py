@@ -37,7 +37,11 @@ class WitnessPool:
     def __init__(self, net: WitnessedNet, capacity: int = 4096) -> None:
         self.net, self.capacity = net, capacity
         self.points: list[np.ndarray] = []
-        self.kept = 0
+
+    @property
+    def kept(self) -> int:
+        """How many points are kept as starts (at most ``capacity``)."""
+        return sum(len(p) for p in self.points)
 
     def add(self, x: np.ndarray) -> None:
         """Offer the points ``x (B, n)`` (clipped into the box) to the net and keep them as starts."""
@@ -46,7 +50,6 @@ class WitnessPool:
         room = self.capacity - self.kept
         if room > 0:
             self.points.append(x[:room])
-            self.kept += min(room, len(x))
 
     def search(self, graph: Graph, box: Box, seed: int, shares: tuple[float, float], budget: float) -> str:
         """Run ``lower`` (on ``shares[0] * budget`` seconds, the kept points as its data) and
