@@ -60,6 +60,7 @@ from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool, N
 from .backsubstitution import Backward, Bounds, center_radius
 from .alpha_crown import AlphaOptions, FreeLines, free_lines, optimise
 from .relaxations import Relaxation, relax, value_range
+from .split_bounds import split_crown_bounds
 from .float_error import TINY, gamma, linear_error, round_up
 
 __all__ = ["localize", "interval_bounds", "crown_bounds", "alpha_crown_bounds", "AlphaOptions", "Bounds"]
@@ -376,20 +377,37 @@ def alpha_crown_bounds(graph: Graph, region: Any, *, time_budget: float | None =
     return pre
 
 
+def _split_crown(graph: Graph, region: Any, time_budget: float | None) -> tuple[dict[str, Bounds], str]:
+    """CROWN's bounds refined by the split tree of :mod:`.split_bounds` (a ReLU chain only), within
+    ``time_budget`` in all, and the note saying what was done."""
+    start = time.perf_counter()
+    pre, note = _crown(graph, region, time_budget)
+    g = _float64(graph)
+    low, high = region_box(region, g)
+    deadline = None if time_budget is None else start + time_budget
+    pre, out = split_crown_bounds(g, low, high, pre, deadline=deadline)
+    return pre, (f"{note}; split-refined (CROWN on a split tree over the earliest unstable neurons): "
+                 f"{out.leaves} leaves, {out.nodes} nodes bounded, {out.empty} empty, stopped_by: {out.stopped_by}")
+
+
 def localize(graph: Graph, region: Any, *, method: str = "crown", time_budget: float | None = None) -> Graph:
     """``graph.localized(region, pre)`` with sound pre bounds of every activation and max-pool node
     over the convex ``region`` (module doc): ``method="ibp"`` (:func:`interval_bounds`), ``"crown"``
-    (:func:`crown_bounds`, intersected with IBP; the default) or ``"alpha-crown"``
+    (:func:`crown_bounds`, intersected with IBP; the default), ``"alpha-crown"``
     (:func:`alpha_crown_bounds`, intersected with CROWN's: not the default, as measured in
     benchmarks/results/local.md it costs the later methods more than it gains within the API's
-    budget); ``time_budget`` caps the pass. The returned graph's notes
+    budget) or ``"split-crown"`` (CROWN's, refined by a split tree over the earliest unstable
+    neurons: :mod:`.split_bounds`; ReLU MLPs only); ``time_budget`` caps the pass. The returned graph's notes
     say which layers got which bounds and what stopped alpha-CROWN."""
     if method == "ibp":
         pre, note = interval_bounds(graph, region), "pre bounds: IBP on every layer"
     elif method in ("crown", "alpha-crown"):
         pre, note = _crown(graph, region, time_budget, alpha=AlphaOptions() if method == "alpha-crown" else None)
+    elif method == "split-crown":
+        pre, note = _split_crown(graph, region, time_budget)
     else:
-        raise InvalidInput(f"unknown bound propagation method {method!r}: use 'alpha-crown', 'crown' or 'ibp'")
+        raise InvalidInput(f"unknown bound propagation method {method!r}: "
+                           "use 'alpha-crown', 'crown', 'ibp' or 'split-crown'")
     out = graph.localized(region, pre)
     out.notes.append(note)
     return out

@@ -1,0 +1,198 @@
+"""Pre-activation bounds of a ReLU chain on a box, refined by a split tree over its unstable neurons
+(``localize(graph, region, method="split-crown")``).
+
+**Why.** On deep MLPs (ERAN 9x200, mnistfc 256x6) CROWN leaves most neurons of the deep layers unstable
+where few switch (benchmarks/results/preactivation_gap.md): each unstable neuron's relaxation widens every
+later layer's bounds. Fixing the sign of a few early unstable neurons makes their ReLUs exact, and the
+later layers' CROWN bounds on each side come out much tighter.
+
+**The tree.** A node is the set of inputs of the box whose ReLUs satisfy its splits (``z_i >= 0`` or
+``z_i <= 0``), with bounds ``[l, u]`` of every hidden neuron that hold on it (its parent's, the split
+neuron's clamped at 0, intersected with CROWN's under the splits: :func:`.split_crown.node_bounds`). The
+root is the box with CROWN's bounds. Each round splits the leaves with the most unstable neurons (at
+least half of the leaves that have any, most unstable first), each on its own neuron:
+
+* in the **earliest layer** that still has unstable neurons in that leaf (a split in layer ``m`` can only
+  tighten the layers after ``m``; the first layer's halfspaces are linear in ``x``);
+* the neuron with the largest **BaBSR-like score** ``(-l u / (u - l)) * ||W_{m+1}[:, i]||_1``: the
+  height of its triangle relaxation at the kink (what CROWN's upper line overestimates) times how much
+  of it the next layer takes.
+
+Both children are bounded (batches of ``batch`` nodes, one batched back-substitution per layer); a child
+whose bounds cross (``l_i > u_i`` for some neuron) holds **no input** (its bounds are sound on it) and is
+dropped. The tree stops when ``max_leaves`` leaves exist (``stopped_by: "work"``, a deterministic cap:
+the same box gives the same bounds on any machine), when no leaf has an unstable neuron left
+(``"converged"``), or at the deadline (``"time"``, an outer cap; a round cut short keeps the leaves
+whose children were not both bounded).
+
+**The result.** Per neuron, the union over the leaves (the least ``l``, the largest ``u``), then once
+more CROWN from the union's bounds (the deeper layers' relaxations use the tighter earlier ones),
+intersected. **Soundness**: every split covers its parent (each input has ``z_i >= 0`` or ``z_i <= 0``),
+so the leaves, dropped ones included, cover the box; a dropped leaf holds no input; each kept leaf's
+bounds hold on its inputs; so the union holds on the whole box, and CROWN from sound bounds is sound.
+The bounds are never wider than CROWN's: every node's are intersected with its parent's.
+
+**Rounding.** The chain is :func:`.relu_boxes.relu_chain`'s, with enclosures of the exact weights, and
+:func:`.relu_crown.crown_layer` adds the rounding of every step (its module doc); clamping at 0 and
+taking minima and maxima are exact. So the bounds hold for the exact network.
+
+The split constraints themselves are relaxed away when a leaf's CROWN bound is minimised over the box
+(a looser, still sound bound): beta-CROWN's Lagrange terms for them are not used.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import InvalidInput, UnsupportedOperation
+from ..graph.ir import Activation, Graph
+from .relu_boxes import Layer, _is_relu, relu_chain
+from .split_crown import node_bounds
+
+__all__ = ["SplitOptions", "SplitOutcome", "split_refine", "split_crown_bounds"]
+
+Chain = list[tuple[np.ndarray, np.ndarray]]  # per hidden layer, (l, u) float64, flat
+
+
+@dataclass(frozen=True)
+class SplitOptions:
+    """Settings of the split tree: ``max_leaves`` (a work cap: the most leaves; ``2 (max_leaves - 1)``
+    nodes are bounded at most) and ``batch`` (nodes bounded together)."""
+
+    max_leaves: int = 128
+    batch: int = 32
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.max_leaves, int) and self.max_leaves >= 1 and isinstance(self.batch, int)
+                and self.batch >= 2):
+            raise InvalidInput(f"split-crown: max_leaves must be an integer >= 1 and batch >= 2, got "
+                               f"{self.max_leaves!r} and {self.batch!r}")
+
+
+@dataclass
+class SplitOutcome:
+    """The refined bounds (per hidden layer, flat ``(l, u)``) and how the tree went: leaves kept,
+    nodes bounded, empty nodes dropped, and what stopped it (``"work"``, ``"converged"``, ``"time"``)."""
+
+    pre: Chain
+    leaves: int
+    nodes: int
+    empty: int
+    stopped_by: str
+
+
+def _unstable(pre: Chain) -> int:
+    return int(sum(((l < 0) & (u > 0)).sum() for l, u in pre))
+
+
+def _crossed(pre: Chain) -> bool:
+    return any(bool((l > u).any()) for l, u in pre)
+
+
+def _branch(chain: list[Layer], pre: Chain) -> tuple[int, int] | None:
+    """The neuron ``(layer, index)`` to split in a leaf with bounds ``pre`` (module doc), or None when
+    every neuron is stable."""
+    for m, (l, u) in enumerate(pre):
+        free = (l < 0) & (u > 0)
+        if free.any():
+            gap = np.where(free, -l * u / np.where(free, u - l, 1.0), 0.0)
+            reach = chain[m + 1].W.abs().sum(dim=0).numpy()
+            return m, int(np.argmax(np.where(free, gap * reach, -1.0)))
+    return None
+
+
+def _children(pre: Chain, m: int, i: int) -> list[Chain]:
+    """``z_i >= 0`` (lower bound raised to 0) and ``z_i <= 0`` (upper bound lowered to 0) of layer ``m``."""
+    out = []
+    for active in (True, False):
+        kid = [(l.copy(), u.copy()) for l, u in pre]
+        if active:
+            kid[m][0][i] = 0.0
+        else:
+            kid[m][1][i] = 0.0
+        out.append(kid)
+    return out
+
+
+def split_refine(chain: list[Layer], pre: Chain, low: np.ndarray, high: np.ndarray, *,
+                 options: SplitOptions = SplitOptions(), deadline: float | None = None) -> SplitOutcome:
+    """``pre`` (sound bounds of the hidden layers of the ReLU chain ``chain`` on the box ``[low, high]``,
+    flat) refined by the split tree of the module doc; ``deadline`` (``time.perf_counter()`` seconds) caps it."""
+    leaves = [[(l.copy(), u.copy()) for l, u in pre]]
+    nodes = empty = 0
+    stopped = "work"
+    while True:
+        counts = [_unstable(p) for p in leaves]
+        ready = sorted((k for k, c in enumerate(counts) if c), key=lambda k: -counts[k])
+        room = options.max_leaves - len(leaves)
+        if not ready:
+            stopped = "converged"
+            break
+        if room <= 0:
+            break
+        if deadline is not None and time.perf_counter() > deadline:
+            stopped = "time"
+            break
+        chosen = ready[: min(room, math.ceil(len(ready) / 2))]
+        kids = [kid for k in chosen for kid in _children(leaves[k], *_branch(chain, leaves[k]))]
+        bounded: list[Chain] = []
+        for s in range(0, len(kids), options.batch - options.batch % 2):
+            if s and deadline is not None and time.perf_counter() > deadline:
+                stopped = "time"
+                break
+            bounded += node_bounds(chain, kids[s: s + options.batch - options.batch % 2], low, high)
+        nodes += len(bounded)
+        split = set(chosen[: len(bounded) // 2])
+        kept = [kid for kid in bounded if not _crossed(kid)]
+        empty += len(bounded) - len(kept)
+        leaves = [p for k, p in enumerate(leaves) if k not in split] + kept
+        if stopped == "time":
+            break
+    if not leaves:  # every leaf empty: the box holds no input, which a sound bound never says of a box
+        raise InvalidInput("split-crown: every leaf of the split tree came out empty (inconsistent pre bounds)")
+    union = [(np.min([p[m][0] for p in leaves], axis=0), np.max([p[m][1] for p in leaves], axis=0))
+             for m in range(len(pre))]
+    again = node_bounds(chain, [union], low, high)[0]
+    return SplitOutcome(again, len(leaves), nodes + 1, empty, stopped)
+
+
+def _chain(graph: Graph) -> list[Layer] | None:
+    """``graph`` as :func:`.relu_boxes.relu_chain` reads it; a chain that ends with a ReLU (ERAN's
+    nets) as the chain before it, then the identity (so the last ReLU's input is a hidden layer too)."""
+    last = graph.nodes[graph.output]
+    if not (isinstance(last, Activation) and len(last.inputs) == 1):
+        return relu_chain(graph)
+    body = {k: v for k, v in graph.nodes.items() if k != graph.output}
+    chain = relu_chain(graph.rebuilt(body, last.inputs[0]))
+    if chain is None or not _is_relu(last):
+        return None
+    n = chain[-1].W.shape[0]
+    eye, zero = torch.eye(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+    return [*chain, Layer(eye, torch.zeros_like(eye), zero, zero.clone())]
+
+
+def split_crown_bounds(graph: Graph, low: torch.Tensor, high: torch.Tensor, crown: dict[str, Any], *,
+                       options: SplitOptions = SplitOptions(),
+                       deadline: float | None = None) -> tuple[dict[str, Any], SplitOutcome]:
+    """CROWN's pre bounds ``crown`` (``{activation name: (l, u)}``, sound on the box ``[low, high]``) of
+    the ReLU chain ``graph`` refined by :func:`split_refine`, in the same form. Raises
+    :class:`UnsupportedOperation` when ``graph`` is not a chain of affine layers and ReLUs."""
+    chain = _chain(graph)
+    if chain is None:
+        raise UnsupportedOperation("split-crown", f"graph '{graph.name}'",
+                                   "split-refined pre bounds need a chain of affine layers and ReLUs (an MLP)")
+    names = [n.name for n in graph if isinstance(n, Activation)]
+    pre = [(crown[n][0].reshape(-1).numpy().astype(np.float64), crown[n][1].reshape(-1).numpy().astype(np.float64))
+           for n in names]
+    lo = low.reshape(-1).cpu().numpy().astype(np.float64)
+    hi = high.reshape(-1).cpu().numpy().astype(np.float64)
+    out = split_refine(chain, pre, lo, hi, options=options, deadline=deadline)
+    refined = {n: (torch.from_numpy(l).reshape(crown[n][0].shape), torch.from_numpy(u).reshape(crown[n][1].shape))
+               for n, (l, u) in zip(names, out.pre)}
+    return {**crown, **refined}, out
