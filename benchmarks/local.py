@@ -215,15 +215,19 @@ def estimate_bracket(lipbound, graph, methods: list[str], budget: float, domain=
 
 
 def use_propagation(method: str) -> None:
-    """Make the API and local-bab localize regions with ``method`` ("crown", localize's default, or
-    "alpha-crown"), for a before/after comparison in the same run."""
+    """Make the API and local-bab localize regions with ``method`` ("crown", localize's default,
+    "alpha-crown" or "split-crown"), for a before/after comparison in the same run. "split-crown" is
+    given to the API's one localization only (local-bab's parts keep CROWN: a split tree per part
+    would spend its budget twice on the root)."""
     import functools
 
     import lipbound.api
     import lipbound.methods.local_bab_part
     from lipbound.methods.propagation import localize
 
-    lipbound.api.localize = lipbound.methods.local_bab_part.localize = functools.partial(localize, method=method)
+    lipbound.api.localize = functools.partial(localize, method=method)
+    if method != "split-crown":
+        lipbound.methods.local_bab_part.localize = lipbound.api.localize
 
 
 def measure(spec: dict, methods: list[str], samples: int, propagation: str = "crown") -> dict:
@@ -364,7 +368,7 @@ def main() -> int:
     ap.add_argument("--skip", default="", help="families to leave out, comma-separated")
     ap.add_argument("--global-budget", type=float, default=None, help="seconds of each network's global bracket")
     ap.add_argument("--no-peer", action="store_true", help="leave out the peer comparison and the certify row")
-    ap.add_argument("--propagation", default="crown", choices=["crown", "alpha-crown"],
+    ap.add_argument("--propagation", default="crown", choices=["crown", "alpha-crown", "split-crown"],
                     help="pre-activation bounds of each local row (crown: localize's default)")
     ap.add_argument("--out", default=str(HERE / "results" / "local.md"))
     ap.add_argument("--task", help=argparse.SUPPRESS)

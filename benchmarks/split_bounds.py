@@ -86,7 +86,7 @@ def main() -> None:
             _check(graph, box, crown, refined, gen)
             (before, s0), (after, s1) = _lipsdp(graph, box, crown, args.budget), _lipsdp(graph, box, refined, args.budget)
             print(f"| {net} | {prop} | {fmt(unstable(graph, crown))} | {fmt(unstable(graph, refined))} | "
-                  f"{out.leaves} / {out.nodes} / {out.empty}, {out.stopped_by} | {t1 - t0:.1f} | {t2 - t1:.1f} | "
+                  f"{len(out.tree.leaves)} / {out.tree.nodes} / {out.tree.empty}, {out.tree.stopped_by} | {t1 - t0:.1f} | {t2 - t1:.1f} | "
                   f"{before:.4g} | {after:.4g} | {s0:.0f} / {s1:.0f} |")
             sys.stdout.flush()
 

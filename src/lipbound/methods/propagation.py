@@ -387,7 +387,8 @@ def _split_crown(graph: Graph, region: Any, time_budget: float | None) -> tuple[
     deadline = None if time_budget is None else start + time_budget
     pre, out = split_crown_bounds(g, low, high, pre, deadline=deadline)
     return pre, (f"{note}; split-refined (CROWN on a split tree over the earliest unstable neurons): "
-                 f"{out.leaves} leaves, {out.nodes} nodes bounded, {out.empty} empty, stopped_by: {out.stopped_by}")
+                 f"{len(out.tree.leaves)} leaves, {out.tree.nodes} nodes bounded, {out.tree.empty} empty, "
+                 f"stopped_by: {out.tree.stopped_by}")
 
 
 def localize(graph: Graph, region: Any, *, method: str = "crown", time_budget: float | None = None) -> Graph:

@@ -55,7 +55,7 @@ from ..graph.ir import Activation, Graph
 from .relu_boxes import Layer, _is_relu, relu_chain
 from .split_crown import node_bounds
 
-__all__ = ["SplitOptions", "SplitOutcome", "split_refine", "split_crown_bounds"]
+__all__ = ["SplitOptions", "SplitTree", "SplitOutcome", "split_tree", "split_refine", "split_crown_bounds"]
 
 Chain = list[tuple[np.ndarray, np.ndarray]]  # per hidden layer, (l, u) float64, flat
 
@@ -76,15 +76,23 @@ class SplitOptions:
 
 
 @dataclass
-class SplitOutcome:
-    """The refined bounds (per hidden layer, flat ``(l, u)``) and how the tree went: leaves kept,
-    nodes bounded, empty nodes dropped, and what stopped it (``"work"``, ``"converged"``, ``"time"``)."""
+class SplitTree:
+    """The leaves of a split tree (per leaf, per hidden layer, flat ``(l, u)``: sound on the leaf's
+    inputs), how many nodes were bounded and dropped as empty, and what stopped the tree
+    (``"work"``, ``"converged"``, ``"time"``)."""
 
-    pre: Chain
-    leaves: int
+    leaves: list[Chain]
     nodes: int
     empty: int
     stopped_by: str
+
+
+@dataclass
+class SplitOutcome:
+    """The refined bounds (per hidden layer, flat ``(l, u)``) and the tree they came from."""
+
+    pre: Chain
+    tree: SplitTree
 
 
 def _unstable(pre: Chain) -> int:
@@ -120,46 +128,49 @@ def _children(pre: Chain, m: int, i: int) -> list[Chain]:
     return out
 
 
-def split_refine(chain: list[Layer], pre: Chain, low: np.ndarray, high: np.ndarray, *,
-                 options: SplitOptions = SplitOptions(), deadline: float | None = None) -> SplitOutcome:
-    """``pre`` (sound bounds of the hidden layers of the ReLU chain ``chain`` on the box ``[low, high]``,
-    flat) refined by the split tree of the module doc; ``deadline`` (``time.perf_counter()`` seconds) caps it."""
+def split_tree(chain: list[Layer], pre: Chain, low: np.ndarray, high: np.ndarray, *,
+               options: SplitOptions = SplitOptions(), deadline: float | None = None) -> SplitTree:
+    """The split tree of the module doc from the root bounds ``pre`` (sound bounds of the hidden layers
+    of the ReLU chain ``chain`` on the box ``[low, high]``, flat); ``deadline``
+    (``time.perf_counter()`` seconds) caps it. Its leaves cover the box."""
     leaves = [[(l.copy(), u.copy()) for l, u in pre]]
     nodes = empty = 0
-    stopped = "work"
+    pair = options.batch - options.batch % 2  # a batch holds whole pairs of children
     while True:
         counts = [_unstable(p) for p in leaves]
         ready = sorted((k for k, c in enumerate(counts) if c), key=lambda k: -counts[k])
         room = options.max_leaves - len(leaves)
         if not ready:
-            stopped = "converged"
-            break
+            return SplitTree(leaves, nodes, empty, "converged")
         if room <= 0:
-            break
+            return SplitTree(leaves, nodes, empty, "work")
         if deadline is not None and time.perf_counter() > deadline:
-            stopped = "time"
-            break
+            return SplitTree(leaves, nodes, empty, "time")
         chosen = ready[: min(room, math.ceil(len(ready) / 2))]
         kids = [kid for k in chosen for kid in _children(leaves[k], *_branch(chain, leaves[k]))]
         bounded: list[Chain] = []
-        for s in range(0, len(kids), options.batch - options.batch % 2):
+        for s in range(0, len(kids), pair):
             if s and deadline is not None and time.perf_counter() > deadline:
-                stopped = "time"
-                break
-            bounded += node_bounds(chain, kids[s: s + options.batch - options.batch % 2], low, high)
+                break  # the leaves whose children were not bounded stay as they are
+            bounded += node_bounds(chain, kids[s: s + pair], low, high)
         nodes += len(bounded)
         split = set(chosen[: len(bounded) // 2])
         kept = [kid for kid in bounded if not _crossed(kid)]
         empty += len(bounded) - len(kept)
         leaves = [p for k, p in enumerate(leaves) if k not in split] + kept
-        if stopped == "time":
-            break
-    if not leaves:  # every leaf empty: the box holds no input, which a sound bound never says of a box
-        raise InvalidInput("split-crown: every leaf of the split tree came out empty (inconsistent pre bounds)")
-    union = [(np.min([p[m][0] for p in leaves], axis=0), np.max([p[m][1] for p in leaves], axis=0))
+
+
+def split_refine(chain: list[Layer], pre: Chain, low: np.ndarray, high: np.ndarray, *,
+                 options: SplitOptions = SplitOptions(), deadline: float | None = None) -> SplitOutcome:
+    """``pre`` refined by :func:`split_tree`: the union of its leaves' bounds, then CROWN from them
+    (module doc). Raises :class:`InvalidInput` when every leaf came out empty (``pre`` was not sound:
+    a box holds inputs)."""
+    tree = split_tree(chain, pre, low, high, options=options, deadline=deadline)
+    if not tree.leaves:
+        raise InvalidInput("split-crown: every leaf of the split tree came out empty (the root bounds are not sound)")
+    union = [(np.min([p[m][0] for p in tree.leaves], axis=0), np.max([p[m][1] for p in tree.leaves], axis=0))
              for m in range(len(pre))]
-    again = node_bounds(chain, [union], low, high)[0]
-    return SplitOutcome(again, len(leaves), nodes + 1, empty, stopped)
+    return SplitOutcome(node_bounds(chain, [union], low, high)[0], tree)
 
 
 def _chain(graph: Graph) -> list[Layer] | None:

@@ -1,0 +1,179 @@
+"""Split-refined pre bounds (``localize(method="split-crown")``, :mod:`lipbound.methods.split_bounds`).
+
+Oracles, independent of the code under test: the torch model's own pre-activations at uniform points of
+the box, at its corners and at the ends of projected gradient ascents of each neuron (inner points of the
+true ranges); CROWN's bounds (the refined ones must lie inside them); each sampled point's own pre-
+activations (some kept leaf of the tree must hold them all)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lipbound.errors import InvalidInput, UnsupportedOperation
+from lipbound.frontends.from_torch import from_torch
+from lipbound.methods.propagation import crown_bounds, localize
+from lipbound.methods.region import Box
+from lipbound.methods.relu_boxes import relu_chain
+from lipbound.methods.split_bounds import SplitOptions, split_crown_bounds, split_tree
+
+
+def mlp(g: torch.Generator, widths: list[int], out_relu: bool = False) -> nn.Sequential:
+    """A random float64 ReLU MLP with biases large enough that neurons switch inside the box."""
+    mods: list[nn.Module] = []
+    for a, b in zip(widths, widths[1:]):
+        lin = nn.Linear(a, b).double()
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(b, a, generator=g, dtype=torch.float64) / math.sqrt(a))
+            lin.bias.copy_(0.3 * torch.randn(b, generator=g, dtype=torch.float64))
+        mods += [lin, nn.ReLU()]
+    return nn.Sequential(*(mods if out_relu else mods[:-1])).eval()
+
+
+def hidden_pre(model: nn.Sequential, x: torch.Tensor) -> list[torch.Tensor]:
+    """The input of every ReLU of the torch model at the batch ``x`` (the oracle's own path)."""
+    out = []
+    for mod in model:
+        if isinstance(mod, nn.ReLU):
+            out.append(x)
+        x = mod(x)
+    return out
+
+
+def ascent_ends(model: nn.Sequential, box: Box, layer: int, g: torch.Generator, steps: int = 30) -> torch.Tensor:
+    """Points of the box reached by projected sign-gradient ascent of each neuron of ``layer``, up and
+    down (one start each): inner points of the neurons' true ranges."""
+    n = hidden_pre(model, box.low[None])[layer].shape[1]
+    sign = torch.cat([torch.ones(n), -torch.ones(n)]).double()
+    x = box.sample(2 * n, g)
+    rows = torch.arange(2 * n) % n
+    for step in range(steps):
+        x.requires_grad_(True)
+        z = hidden_pre(model, x)[layer][torch.arange(2 * n), rows]
+        (grad,) = torch.autograd.grad((sign * z).sum(), x)
+        with torch.no_grad():
+            x = torch.minimum(torch.maximum(x + (box.high - box.low) / 4 * 0.8 ** step * grad.sign(), box.low), box.high)
+    return x.detach()
+
+
+def case(seed: int, widths: list[int], eps: float, out_relu: bool = False):
+    g = torch.Generator().manual_seed(seed)
+    model = mlp(g, widths, out_relu)
+    c = torch.rand(widths[0], generator=g, dtype=torch.float64)
+    box = Box(c - eps, c + eps)
+    return model, from_torch(model, (widths[0],)), box, g
+
+
+CASES = [(0, [3, 12, 12, 12, 4], 0.6, False), (1, [5, 16, 16, 16, 16, 3], 0.4, False),
+         (2, [2, 10, 10, 10, 2], 1.0, True), (3, [6, 20, 20, 20, 20, 20, 4], 0.3, False)]
+
+
+@pytest.mark.parametrize("seed,widths,eps,out_relu", CASES)
+def test_refined_bounds_hold_at_samples_corners_and_ascent_ends_and_are_never_wider(seed, widths, eps, out_relu):
+    model, graph, box, g = case(seed, widths, eps, out_relu)
+    crown = crown_bounds(graph, box)
+    local = localize(graph, box, method="split-crown")
+    assert "split-refined" in local.notes[-1]
+    names = list(crown)
+    refined = {n: local.nodes[n].pre for n in names}
+    corners = torch.where(torch.rand(500, widths[0], generator=g) < 0.5, box.high, box.low)
+    points = [box.sample(3000, g), corners] + [ascent_ends(model, box, k, g) for k in range(len(names))]
+    with torch.no_grad():
+        zs = [hidden_pre(model, x) for x in points]
+    tighter = 0.0
+    for k, n in enumerate(names):
+        (l, u), (cl, cu) = refined[n], crown[n]
+        assert bool((cl <= l).all() and (u <= cu).all()), f"layer {k}: wider than CROWN"
+        for z in zs:
+            assert bool((l <= z[k].min(0).values).all() and (z[k].max(0).values <= u).all()), f"layer {k}"
+        tighter += float((cu - cl).sum() - (u - l).sum())
+    assert tighter > 0  # the refinement does something on every case
+
+
+def _pattern_leaf(leaves, zs: list[np.ndarray]) -> np.ndarray:
+    """For each point (rows of ``zs[m]``), whether some leaf's bounds hold all its pre-activations."""
+    held = np.zeros(len(zs[0]), dtype=bool)
+    for leaf in leaves:
+        ok = np.ones(len(zs[0]), dtype=bool)
+        for (l, u), z in zip(leaf, zs):
+            ok &= ((l <= z) & (z <= u)).all(axis=1)
+        held |= ok
+    return held
+
+
+def _covered(model: nn.Sequential, graph, box: Box, g: torch.Generator, max_leaves: int):
+    """The split tree of ``graph`` on ``box``, after checking that every sampled point (uniform, corners,
+    ends of the first layer's ascents) lies in one of its kept leaves."""
+    crown = crown_bounds(graph, box)
+    pre = [(crown[n][0].numpy(), crown[n][1].numpy()) for n in crown]
+    tree = split_tree(relu_chain(graph), pre, box.low.numpy(), box.high.numpy(), options=SplitOptions(max_leaves=max_leaves))
+    d = box.low.numel()
+    corners = torch.where(torch.rand(200, d, generator=g) < 0.5, box.high, box.low)
+    x = torch.cat([box.sample(4000, g), corners, ascent_ends(model, box, 0, g)])
+    with torch.no_grad():
+        zs = [z.numpy() for z in hidden_pre(model, x)]
+    assert _pattern_leaf(tree.leaves, zs).all()
+    return tree
+
+
+@pytest.mark.parametrize("seed,widths,eps", [c[:3] for c in CASES if not c[3]])
+def test_every_sampled_point_lies_in_a_kept_leaf(seed, widths, eps):
+    model, graph, box, g = case(seed, widths, eps)
+    tree = _covered(model, graph, box, g, 64)
+    assert len(tree.leaves) > 1 and tree.stopped_by in ("work", "converged")
+
+
+def test_a_leaf_whose_bounds_cross_is_dropped_and_no_other():
+    """1-D input x in [-1, 1]; z1 = (x, -x - 1/2); z2 = h1_0 + h1_1 - 0.6. Both first-layer neurons
+    active means x >= 0 and x <= -1/2: an empty leaf, where CROWN gives z2 = -1.1 below the root's
+    lower bound; the other three leaves hold points."""
+    model = nn.Sequential(nn.Linear(1, 2), nn.ReLU(), nn.Linear(2, 1), nn.ReLU(), nn.Linear(1, 1)).double().eval()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0], [-1.0]]))
+        model[0].bias.copy_(torch.tensor([0.0, -0.5]))
+        model[2].weight.copy_(torch.tensor([[1.0, 1.0]]))
+        model[2].bias.copy_(torch.tensor([-0.6]))
+        model[4].weight.fill_(1.0)
+        model[4].bias.fill_(0.0)
+    box = Box(-torch.ones(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
+    tree = _covered(model, from_torch(model, (1,)), box, torch.Generator().manual_seed(0), 64)
+    assert tree.empty == 1
+
+
+def test_same_inputs_same_bounds_and_the_leaf_cap_is_a_work_cap():
+    _, graph, box, _ = case(1, [5, 16, 16, 16, 16, 3], 0.4)
+    crown = crown_bounds(graph, box)
+    runs = [split_crown_bounds(graph, box.low, box.high, crown, options=SplitOptions(max_leaves=m)) for m in (16, 16, 64)]
+    for (a, _), (b, _) in [(runs[0], runs[1])]:
+        assert all(torch.equal(a[n][0], b[n][0]) and torch.equal(a[n][1], b[n][1]) for n in a)
+    (few, t16), (many, t64) = runs[0], runs[2]
+    assert len(t16.tree.leaves) <= 16 and t16.tree.stopped_by == "work" and len(t64.tree.leaves) <= 64
+    width = lambda pre: sum(float((u - l).sum()) for l, u in pre.values())  # noqa: E731
+    assert width(many) < width(few)
+
+
+def test_a_deadline_cuts_the_tree_says_so_and_keeps_sound_bounds():
+    model, graph, box, g = case(0, [3, 12, 12, 12, 4], 0.6)
+    crown = crown_bounds(graph, box)
+    pre, out = split_crown_bounds(graph, box.low, box.high, crown, deadline=0.0)
+    assert out.tree.stopped_by == "time" and out.tree.nodes == 0 and len(out.tree.leaves) == 1
+    with torch.no_grad():
+        zs = hidden_pre(model, box.sample(2000, g))
+    for z, (n, (l, u)) in zip(zs, pre.items()):
+        assert bool((l <= z.min(0).values).all() and (z.max(0).values <= u).all())
+        assert bool((crown[n][0] <= l).all() and (u <= crown[n][1]).all())
+
+
+def test_bad_input_and_graphs_that_are_not_relu_chains_are_refused():
+    box = Box(torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64))
+    tanh = from_torch(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double().eval(), (3,))
+    with pytest.raises(UnsupportedOperation, match="split-crown"):
+        localize(tanh, box, method="split-crown")
+    with pytest.raises(InvalidInput, match="max_leaves"):
+        SplitOptions(max_leaves=0)
+    with pytest.raises(InvalidInput, match="split-crown"):
+        localize(tanh, box, method="split")
