@@ -214,27 +214,28 @@ def estimate_bracket(lipbound, graph, methods: list[str], budget: float, domain=
     return report, time.perf_counter() - t0
 
 
-def use_propagation(method: str) -> None:
+def use_propagation(method: str, budget: float | None = None) -> None:
     """Make the API and local-bab localize regions with ``method`` ("crown", localize's default,
     "alpha-crown" or "split-crown"), for a before/after comparison in the same run. "split-crown" is
     given to the API's one localization only (local-bab's parts keep CROWN: a split tree per part
-    would spend its budget twice on the root)."""
+    would spend its budget twice on the root); ``budget`` caps the API's localization (seconds)."""
     import functools
 
     import lipbound.api
     import lipbound.methods.local_bab_part
     from lipbound.methods.propagation import localize
 
-    lipbound.api.localize = functools.partial(localize, method=method)
+    lipbound.api.localize = functools.partial(localize, method=method, time_budget=budget)
     if method != "split-crown":
-        lipbound.methods.local_bab_part.localize = lipbound.api.localize
+        lipbound.methods.local_bab_part.localize = functools.partial(localize, method=method)
 
 
-def measure(spec: dict, methods: list[str], samples: int, propagation: str = "crown") -> dict:
+def measure(spec: dict, methods: list[str], samples: int, propagation: str = "crown",
+            propagation_budget: float | None = None) -> dict:
     """One row in this process: the local bracket and the independent soundness check."""
     import lipbound
 
-    use_propagation(propagation)
+    use_propagation(propagation, propagation_budget)
 
     why = missing_api()
     if why:
@@ -283,7 +284,8 @@ def run_task(task: dict) -> dict:
             if "balls" in task:
                 return local_peer.our_balls(task["balls"], task["items"], task["budget"], task["samples"])
             return local_peer.certify_radii(task["certify"], task["upper"])
-        return measure(task["row"], task["methods"], task["samples"], task.get("propagation", "crown"))
+        return measure(task["row"], task["methods"], task["samples"], task.get("propagation", "crown"),
+                       task.get("propagation_budget"))
     except Exception as exc:  # one row's failure, whatever it is, must not lose the table
         return {"crash": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:160]}
 
@@ -370,6 +372,8 @@ def main() -> int:
     ap.add_argument("--no-peer", action="store_true", help="leave out the peer comparison and the certify row")
     ap.add_argument("--propagation", default="crown", choices=["crown", "alpha-crown", "split-crown"],
                     help="pre-activation bounds of each local row (crown: localize's default)")
+    ap.add_argument("--propagation-budget", type=float, default=None,
+                    help="seconds the API's localization of a row may take (default: no cap)")
     ap.add_argument("--out", default=str(HERE / "results" / "local.md"))
     ap.add_argument("--task", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -404,7 +408,8 @@ def main() -> int:
     results = []
     for spec in specs:
         methods = args.methods.split(",") if args.methods else list(FAMILY_METHODS.get(spec["family"], DEFAULT_METHODS))
-        task = {"row": spec, "methods": methods, "samples": samples, "propagation": args.propagation}
+        task = {"row": spec, "methods": methods, "samples": samples, "propagation": args.propagation,
+                "propagation_budget": args.propagation_budget}
         results.append((spec, in_child(task, timeout=1.5 * spec["budget"] + 300)))
         print(spec["family"], spec["net"], spec["props"], results[-1][1], flush=True)
     text = "\n".join(render(results, globals_, header) + [""] + peer_lines) + "\n"
