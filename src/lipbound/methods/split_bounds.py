@@ -36,6 +36,9 @@ The bounds are never wider than CROWN's: every node's are intersected with its p
 :func:`.relu_crown.crown_layer` adds the rounding of every step (its module doc); clamping at 0 and
 taking minima and maxima are exact. So the bounds hold for the exact network.
 
+Any region with a bounding box works: the leaves' CROWN is minimised over the box (for an L2 ball,
+a looser but sound bound; the root's ball bounds stay, by the intersections).
+
 The split constraints themselves are relaxed away when a leaf's CROWN bound is minimised over the box
 (a looser, still sound bound): beta-CROWN's Lagrange terms for them are not used.
 """
