@@ -42,11 +42,13 @@ Bounds = tuple[torch.Tensor, torch.Tensor]  # (l, u), each (B, n), float64
 
 
 def crown_layer(layers: list, k: int, pre: list[Bounds], low: torch.Tensor, high: torch.Tensor,
-                lu: Bounds) -> Bounds:
+                lu: Bounds, beta_iterations: int = 0) -> Bounds:
     """The bounds ``lu`` (``(B, n_k)``) of ``z_k`` (layer ``k``, 0-based, of the chain ``layers``)
     intersected with CROWN's (module doc) on each box ``[low_b, high_b]`` (``(B, d)``), from the
     sound bounds ``pre[j]`` of the earlier layers ``j < k``. Only neurons unstable in ``lu`` are
-    recomputed, box by box, in groups of boxes with similar unstable counts."""
+    recomputed, box by box, in groups of boxes with similar unstable counts. ``beta_iterations > 0``
+    adds the Lagrange terms of the first layer's sign constraints (module doc), their multipliers
+    chosen by that many sign-supergradient steps."""
     l, u = lu
     if k == 0 or not l.numel():
         return lu
@@ -58,12 +60,12 @@ def crown_layer(layers: list, k: int, pre: list[Bounds], low: torch.Tensor, high
             continue
         idx = (group == g).nonzero().flatten()
         l[idx], u[idx] = _crown_rows(layers, k, [(a[idx], b[idx]) for a, b in pre], low[idx], high[idx],
-                                     (l[idx], u[idx]))
+                                     (l[idx], u[idx]), beta_iterations)
     return l, u
 
 
 def _crown_rows(layers: list, k: int, pre: list[Bounds], low: torch.Tensor, high: torch.Tensor,
-                lu: Bounds) -> Bounds:
+                lu: Bounds, beta_iterations: int) -> Bounds:
     """:func:`crown_layer` on one group of boxes, each with at least one unstable neuron: each box's
     unstable rows first, padded to the group's largest count (the padding's results discarded)."""
     l, u = lu
@@ -77,6 +79,9 @@ def _crown_rows(layers: list, k: int, pre: list[Bounds], low: torch.Tensor, high
     slack, mag, terms = torch.zeros_like(const), torch.zeros_like(const), 0
     xmax = torch.maximum(low.abs(), high.abs())
     for j in range(k, -1, -1):
+        if j == 0 and beta_iterations:
+            c, e, a = _sign_terms(a, layers[0], pre[0], low, high, beta_iterations)
+            const, mag, slack, terms = const + c, mag + c.abs(), slack + e, terms + 1
         hmax = xmax if j == 0 else pre[j - 1][1].clamp(min=0)
         c, e, a = _affine_step(layers[j], a, hmax)
         const, mag, slack, terms = const + c, mag + c.abs(), slack + e, terms + 1
@@ -91,6 +96,45 @@ def _crown_rows(layers: list, k: int, pre: list[Bounds], low: torch.Tensor, high
     l = l.scatter(1, rows, torch.where(keep, torch.maximum(l.gather(1, rows), bound[:, :r]), l.gather(1, rows)))
     u = u.scatter(1, rows, torch.where(keep, torch.minimum(u.gather(1, rows), -bound[:, r:]), u.gather(1, rows)))
     return l, u
+
+
+def _sign_terms(a: torch.Tensor, layer, lu: Bounds, low: torch.Tensor, high: torch.Tensor,
+                iterations: int) -> tuple[torch.Tensor, ...]:
+    """``<a, z>`` (``z``: the first layer's output) bounded below with the Lagrange terms of its sign
+    constraints (module doc): ``(<t, bnd>, slack, a - t)``, ``t`` from :func:`_multipliers`."""
+    l, u = lu
+    s = (l >= 0).to(torch.float64) - (u <= 0).to(torch.float64)
+    bnd = torch.where(s > 0, l, torch.where(s < 0, u, torch.zeros_like(l)))
+    t = _multipliers(a, layer, s, bnd, low, high, iterations)
+    a2 = a - t
+    zmax = torch.maximum(l.abs(), u.abs())
+    n = l.shape[1]
+    e = _dot(a2.abs(), 2 * UNIT_ROUNDOFF * zmax) + _dot(t.abs(), gamma(n + 2) * bnd.abs())
+    return (t @ bnd[..., None])[..., 0], e, a2
+
+
+def _multipliers(a: torch.Tensor, layer, s: torch.Tensor, bnd: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
+                 iterations: int) -> torch.Tensor:
+    """``t = beta s`` (``beta >= 0``, zero where ``s = 0``) per row: the best, by the plain float value
+    of ``min over the box of <a - t, W x + b> + <t, bnd>``, of ``beta = 0`` (CROWN) and the iterates of
+    sign-supergradient ascent (the constraint ``s_i (z_i - bnd_i) >= 0`` violated at the minimiser
+    raises ``beta_i``). Only picks numbers: the caller's bound is rigorous whatever they are."""
+    on = s[:, None, :]
+    beta, best_t = torch.zeros_like(a), torch.zeros_like(a)
+    best = torch.full(a.shape[:2], -torch.inf, dtype=torch.float64)
+    step = a.abs().amax(dim=2, keepdim=True)
+    lo, hi = low[:, None, :], high[:, None, :]
+    for it in range(iterations + 1):
+        t = beta * on
+        C = (a - t) @ layer.W
+        x = torch.where(C >= 0, lo, hi)
+        val = (C * x).sum(-1) + (a - t) @ layer.b + (t * bnd[:, None, :]).sum(-1)
+        better = val > best
+        best = torch.where(better, val, best)
+        best_t = torch.where(better[..., None], t, best_t)
+        z = x @ layer.W.T + layer.b
+        beta = (beta - step * 0.5 * 0.7 ** it * torch.sign(on * (z - bnd[:, None, :]))).clamp(min=0) * on.abs()
+    return best_t
 
 
 def _dot(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

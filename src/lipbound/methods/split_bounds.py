@@ -56,7 +56,7 @@ import torch
 from ..errors import InvalidInput, UnsupportedOperation
 from ..graph.ir import Activation, Graph
 from .relu_boxes import Layer, _is_relu, relu_chain
-from .split_crown import node_bounds
+from .relu_crown import crown_layer
 
 __all__ = ["SplitOptions", "SplitTree", "SplitOutcome", "split_tree", "split_refine", "split_crown_bounds"]
 
@@ -66,16 +66,18 @@ Chain = list[tuple[np.ndarray, np.ndarray]]  # per hidden layer, (l, u) float64,
 @dataclass(frozen=True)
 class SplitOptions:
     """Settings of the split tree: ``max_leaves`` (a work cap: the most leaves; ``2 (max_leaves - 1)``
-    nodes are bounded at most) and ``batch`` (nodes bounded together)."""
+    nodes are bounded at most), ``batch`` (nodes bounded together) and ``beta_iterations`` (steps
+    choosing the multipliers of the first layer's sign constraints; 0: plain CROWN in the leaves)."""
 
-    max_leaves: int = 128
+    max_leaves: int = 32
     batch: int = 32
+    beta_iterations: int = 4
 
     def __post_init__(self) -> None:
         if not (isinstance(self.max_leaves, int) and self.max_leaves >= 1 and isinstance(self.batch, int)
-                and self.batch >= 2):
-            raise InvalidInput(f"split-crown: max_leaves must be an integer >= 1 and batch >= 2, got "
-                               f"{self.max_leaves!r} and {self.batch!r}")
+                and self.batch >= 2 and isinstance(self.beta_iterations, int) and self.beta_iterations >= 0):
+            raise InvalidInput(f"split-crown: max_leaves must be an integer >= 1, batch >= 2 and beta_iterations "
+                               f">= 0, got {self.max_leaves!r}, {self.batch!r} and {self.beta_iterations!r}")
 
 
 @dataclass
@@ -96,6 +98,23 @@ class SplitOutcome:
 
     pre: Chain
     tree: SplitTree
+
+
+def node_bounds(layers: list[Layer], nodes: list[Chain], low: np.ndarray, high: np.ndarray,
+                beta_iterations: int) -> list[Chain]:
+    """:func:`.split_crown.node_bounds` (each node's bounds intersected with CROWN's under its splits,
+    layer by layer, batched) with the first layer's sign constraints in the concretisation
+    (:func:`.relu_crown.crown_layer`'s ``beta_iterations``; module doc)."""
+    depth = len(nodes[0])
+    stacked = [(torch.from_numpy(np.stack([n[m][0] for n in nodes])), torch.from_numpy(np.stack([n[m][1] for n in nodes])))
+               for m in range(depth)]
+    lo = torch.from_numpy(np.asarray(low, dtype=np.float64)).reshape(1, -1).expand(len(nodes), -1)
+    hi = torch.from_numpy(np.asarray(high, dtype=np.float64)).reshape(1, -1).expand(len(nodes), -1)
+    out = [stacked[0]]  # the first layer's bounds: exact over the box, or clamped by a split
+    for k in range(1, depth):
+        out.append(crown_layer(layers, k, out, lo, hi, stacked[k], beta_iterations))
+    return [[(out[m][0][b].numpy().copy(), out[m][1][b].numpy().copy()) for m in range(depth)]
+            for b in range(len(nodes))]
 
 
 def _unstable(pre: Chain) -> int:
@@ -155,7 +174,7 @@ def split_tree(chain: list[Layer], pre: Chain, low: np.ndarray, high: np.ndarray
         for s in range(0, len(kids), pair):
             if s and deadline is not None and time.perf_counter() > deadline:
                 break  # the leaves whose children were not bounded stay as they are
-            bounded += node_bounds(chain, kids[s: s + pair], low, high)
+            bounded += node_bounds(chain, kids[s: s + pair], low, high, options.beta_iterations)
         nodes += len(bounded)
         split = set(chosen[: len(bounded) // 2])
         kept = [kid for kid in bounded if not _crossed(kid)]
@@ -173,7 +192,7 @@ def split_refine(chain: list[Layer], pre: Chain, low: np.ndarray, high: np.ndarr
         raise InvalidInput("split-crown: every leaf of the split tree came out empty (the root bounds are not sound)")
     union = [(np.min([p[m][0] for p in tree.leaves], axis=0), np.max([p[m][1] for p in tree.leaves], axis=0))
              for m in range(len(pre))]
-    return SplitOutcome(node_bounds(chain, [union], low, high)[0], tree)
+    return SplitOutcome(node_bounds(chain, [union], low, high, options.beta_iterations)[0], tree)
 
 
 def _chain(graph: Graph) -> list[Layer] | None:
