@@ -386,7 +386,8 @@ def _split_crown(graph: Graph, region: Any, time_budget: float | None) -> tuple[
     low, high = region_box(region, g)
     deadline = None if time_budget is None else start + time_budget
     pre, out = split_crown_bounds(g, low, high, pre, deadline=deadline)
-    return pre, (f"{note}; split-refined (CROWN on a split tree over the earliest unstable neurons): "
+    return pre, (f"{note}; split-refined (CROWN with the first layer's sign constraints on a split tree over the "
+                 f"earliest unstable neurons): "
                  f"{len(out.tree.leaves)} leaves, {out.tree.nodes} nodes bounded, {out.tree.empty} empty, "
                  f"stopped_by: {out.tree.stopped_by}")
 

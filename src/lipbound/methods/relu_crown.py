@@ -23,6 +23,15 @@ concretisation ``gamma_{d+4} <|a|, |x|_max>``; the running sums of constants and
 ``gamma_{terms+8}`` of their magnitudes. So each bound holds for the exact network on the box,
 whatever the earlier bounds are, as long as they are sound.
 
+**First-layer sign constraints** (``beta_iterations > 0``; :mod:`.split_bounds`' leaves): where a box's
+first-layer bounds give ``s_i (z_i - bnd_i) >= 0`` (``s_i = 1, bnd_i = l_i >= 0`` or ``s_i = -1,
+bnd_i = u_i <= 0``), the form reaching the first layer's output, ``<a, z>``, is bounded below by
+``<a - t, z> + <t, bnd>`` for any ``t = beta s`` with ``beta >= 0`` (the dropped term ``<t, z - bnd>`` is
+``>= 0`` on the box's inputs that the bounds describe), and the rest goes on with ``a - t``. ``t`` is picked
+in plain float64 (sign-supergradient steps on ``min over the box of <a - t, W x + b> + <t, bnd>``, the best
+iterate, ``t = 0`` included); what is rigorous is the step itself: ``a' = fl(a - t)`` differs from ``a - t``
+by at most ``2u |a'|``, adding ``<2u |a'|, |z|_max>``, and ``<t, bnd>`` its ``gamma_n <|t|, |bnd|>``.
+
 Cost: ``2 n_k`` rows through ``k - 1`` layers of width ``n`` per box, one batched matrix product
 per layer; only the neurons unstable on a box are bounded on it. The boxes are **grouped by their
 unstable count** (``(2^(j-1), 2^j]``, boxes with none skipped) and each group's rows are padded to

@@ -18,7 +18,8 @@ least half of the leaves that have any, most unstable first), each on its own ne
   height of its triangle relaxation at the kink (what CROWN's upper line overestimates) times how much
   of it the next layer takes.
 
-Both children are bounded (batches of ``batch`` nodes, one batched back-substitution per layer); a child
+Both children are bounded (batches of ``batch`` nodes, one batched back-substitution per layer, with
+the split constraints below); a child
 whose bounds cross (``l_i > u_i`` for some neuron) holds **no input** (its bounds are sound on it) and is
 dropped. The tree stops when ``max_leaves`` leaves exist (``stopped_by: "work"``, a deterministic cap:
 the same box gives the same bounds on any machine), when no leaf has an unstable neuron left
@@ -39,8 +40,13 @@ taking minima and maxima are exact. So the bounds hold for the exact network.
 Any region with a bounding box works: the leaves' CROWN is minimised over the box (for an L2 ball,
 a looser but sound bound; the root's ball bounds stay, by the intersections).
 
-The split constraints themselves are relaxed away when a leaf's CROWN bound is minimised over the box
-(a looser, still sound bound): beta-CROWN's Lagrange terms for them are not used.
+**The split constraints in the leaves' bounds** (beta-CROWN-style, Wang et al. 2021, for the first
+layer only, whose constraints are halfspaces in ``x``): a leaf's first-layer bounds say
+``s_i (z_i - bnd_i) >= 0`` for each neuron stable in it (``s_i = 1, bnd_i = l_i >= 0`` or ``s_i = -1,
+bnd_i = u_i <= 0``; a split neuron's ``bnd_i`` is 0), so for any ``beta >= 0`` a row's form satisfies
+``<a, z> >= <a - beta s, z> + <beta s, bnd>`` on the leaf, and the right side's minimum over the box is a
+sound lower bound (weak duality). ``beta`` is chosen per row by ``beta_iterations`` sign-supergradient steps
+from 0 (CROWN), the best iterate kept (:func:`.relu_crown.crown_layer`); deeper splits stay relaxed away.
 """
 
 from __future__ import annotations
