@@ -65,6 +65,7 @@ from .local_bab_part import Outcome
 from .local_bab_witness import BestWitness
 from .part_exact import PartExact
 from .relu_boxes import Layer, bound_boxes, jacobians, pre_bounds
+from .relu_patterns import pattern_bound
 from .relu_zonotope import zonotope_bound
 from .witness import PointWitness
 
@@ -77,7 +78,7 @@ class _Part:
     order: int
     row: torch.Tensor = field(compare=False)  # (3, d): low, high, smear
     unstable: int = field(compare=False)
-    stage: int = field(compare=False, default=0)  # 0: as split, 1: bound again, tighter; 2: and by exact
+    stage: int = field(compare=False, default=0)  # 0: as split, 1: bound again, tighter; 2: by patterns; 3: by exact
 
     @property
     def upper(self) -> float:
@@ -88,7 +89,8 @@ def batched_search(layers: list[Layer], search: BestWitness, low: torch.Tensor, 
                    max_parts: int, batch: int, vertex_units: int, strong: bool, deadline: float,
                    full_units: int = 0, axis: str = "smear", fan: int = 0, samples: int = 1,
                    zonotope: int = 64, top_samples: int = 16, zonotope_units: int = 120, seek: int = 16,
-                   exact: PartExact | None = None, exact_units: int = 0, exact_parts: int = 4) -> Outcome:
+                   exact: PartExact | None = None, exact_units: int = 0, exact_parts: int = 4,
+                   pattern_leaves: int = 0, pattern_units: int = 64) -> Outcome:
     """Best-first batched search over the box ``[low, high]`` (flat, float64) of the chain ``layers``
     (module doc); ``search`` keeps the witnessed lower bound
     (:class:`.local_bab_witness.BestWitness`). ``axis``: the split axis rule, ``"smear"`` (the
@@ -162,6 +164,10 @@ def batched_search(layers: list[Layer], search: BestWitness, low: torch.Tensor, 
                     heapq.heappush(heap, _Part(-min(p.upper, value), next(count), p.row, p.unstable, 1))
                 bounded += int(again.sum())
         take = [p for p in take if p.stage > 0 or p.unstable > limit]
+        if pattern_leaves > 0:
+            take, patterned = _by_patterns(layers, heap, take, (1 + tol) * search.lower, pattern_units, pattern_leaves,
+                                           count)
+            bounded += patterned
         if exact is not None and len(take) < room:  # the end game: every part above the lower end is here
             take, timed_out = _settle(layers, search, heap, take, exact, exact_units, exact_parts, deadline, count,
                                       shape)
@@ -193,7 +199,7 @@ def _settle(layers: list[Layer], search: BestWitness, heap: list[_Part], take: l
     (stage 1) and have at most ``units`` unstable neurons: each pushed back at stage 2 with the least
     of its bounds, its witness candidate re-checked and offered. Returns the parts of ``take`` left
     to split, and whether a run of ``exact`` was cut short by the deadline."""
-    chosen = [p for p in take if p.stage == 1 and 0 < p.unstable <= units][:parts]
+    chosen = [p for p in take if p.stage in (1, 2) and 0 < p.unstable <= units][:parts]
     timed_out = False
     for p in chosen:
         low, high = p.row[0], p.row[1]
@@ -203,8 +209,24 @@ def _settle(layers: list[Layer], search: BestWitness, heap: list[_Part], take: l
         if found.witness is not None:
             x, v, value = found.witness
             search.offer(value, PointWitness(x.reshape(shape), v.reshape(shape)), "part exact")
-        heapq.heappush(heap, _Part(-min(p.upper, found.upper), next(count), p.row, p.unstable, 2))
+        heapq.heappush(heap, _Part(-min(p.upper, found.upper), next(count), p.row, p.unstable, 3))
     return [p for p in take if all(p is not c for c in chosen)], timed_out
+
+
+def _by_patterns(layers: list[Layer], heap: list[_Part], take: list[_Part], seed: float, units: int, leaves: int,
+                 count: Any) -> tuple[list[_Part], int]:
+    """The parts of ``take`` bound again (stage 1) with at most ``units`` unstable neurons, bounded
+    by their activation patterns (:func:`.relu_patterns.pattern_bound`, at most ``leaves`` rows per
+    part, seeded with ``seed``: a part bounded by it is done) and pushed back at stage 2 with the least
+    of their bounds. Returns the parts of ``take`` left to split and how many were bounded."""
+    chosen = [p for p in take if p.stage == 1 and 0 < p.unstable <= units]
+    if chosen:
+        rows = torch.stack([p.row for p in chosen])
+        pre = pre_bounds(layers, rows[:, 0], rows[:, 1])
+        values = pattern_bound(layers, pre, rows[:, 0], rows[:, 1], seed=seed, max_leaves=leaves)
+        for p, value in zip(chosen, values.tolist()):
+            heapq.heappush(heap, _Part(-min(p.upper, value), next(count), p.row, p.unstable, 2))
+    return [p for p in take if not (p.stage == 1 and 0 < p.unstable <= units)], len(chosen)
 
 
 def _tighter(layers: list[Layer], low: torch.Tensor, high: torch.Tensor, pre: list[tuple[torch.Tensor, torch.Tensor]],

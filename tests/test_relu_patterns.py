@@ -1,0 +1,126 @@
+"""The pattern-tree part bound (:mod:`lipbound.methods.relu_patterns`) against independent oracles:
+``test_exact``'s brute force over activation patterns with scipy LPs (:func:`region_oracle`: the
+constant on the box), the supremum over every slope vertex (``test_local_bab.vertex_sup``, numpy SVDs:
+what the pattern bound must improve on by dropping empty patterns), Jacobian norms on a grid (numpy),
+and, for the box cutting, points sampled in the box and kept when they satisfy the constraints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lipbound.methods.relu_boxes import pre_bounds, relu_chain
+from lipbound.methods.relu_patterns import _constraint, _ranges, _shrink, pattern_bound
+
+from test_exact import graph_of, region_oracle
+from test_local_bab import relu_jacobian_norms, relu_net, sub_boxes, vertex_sup
+
+
+def part_of(seed: int, n: int = 2, widths=(5, 5), half: float = 0.5):
+    """A random ReLU net, one box, the chain and the box's pre bounds (batch of one)."""
+    net = relu_net(seed, n, widths=widths)
+    centre = np.random.default_rng(seed).normal(size=n)
+    lo, hi = torch.as_tensor(centre - half)[None], torch.as_tensor(centre + half)[None]
+    chain = relu_chain(graph_of(net).to(dtype=torch.float64))
+    return net, chain, lo, hi, pre_bounds(chain, lo, hi)
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("leaves", [1, 512])
+def test_pattern_bound_covers_the_constant_and_never_exceeds_the_slope_vertices(seed, leaves):
+    """Never below the constant on the box (the region oracle's witnessed patterns); with room for
+    the whole tree never above the supremum over every slope vertex; ``leaves=1`` gives up at once
+    (the open neurons in [0, 1]) and must still cover the constant."""
+    net, chain, lo, hi, pre = part_of(seed)
+    bound = float(pattern_bound(chain, pre, lo, hi, max_leaves=leaves)[0])
+    truth, _ = region_oracle(net, (lo[0].tolist(), hi[0].tolist()))
+    assert bound >= truth * (1 - 1e-12), "a pattern of a point of the box was dropped"
+    if leaves > 1:
+        assert bound <= vertex_sup(net, [(l[0].numpy(), u[0].numpy()) for l, u in pre]) * (1 + 1e-8)
+
+
+def test_pattern_bound_drops_empty_patterns_somewhere():
+    """On some of these boxes the slope vertices' supremum is above the constant and the tree finds
+    it: strictly below the vertices, within rounding of the region oracle's constant."""
+    gaps, closed = [], 0
+    for seed in range(8):
+        net, chain, lo, hi, pre = part_of(seed)
+        bound = float(pattern_bound(chain, pre, lo, hi)[0])
+        gaps.append(vertex_sup(net, [(l[0].numpy(), u[0].numpy()) for l, u in pre]) / bound)
+        closed += bound <= region_oracle(net, (lo[0].tolist(), hi[0].tolist()))[1] * (1 + 1e-8)
+    assert max(gaps) > 1.05, gaps
+    assert closed >= 6
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_seeded_pattern_bound_stays_above_the_constant_and_the_seed(seed):
+    """Rows bounded below the seed are pruned: the bound is at least the seed, and, seeded just below
+    the constant, still at least the constant."""
+    net, chain, lo, hi, pre = part_of(seed)
+    truth, _ = region_oracle(net, (lo[0].tolist(), hi[0].tolist()))
+    for s in (0.5 * truth, truth * (1 - 1e-6), 2 * truth):
+        bound = float(pattern_bound(chain, pre, lo, hi, seed=s)[0])
+        assert bound >= max(s, truth * (1 - 1e-12))
+    assert float(pattern_bound(chain, pre, lo, hi, seed=2 * truth)[0]) == 2 * truth
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("leaves", [4, 64])
+def test_pattern_bound_stays_above_grid_jacobians_on_deeper_nets(seed, leaves):
+    """Three hidden layers, many boxes (several per chunk): every bound is at least the largest
+    Jacobian norm on a grid of its box, with and without giving up."""
+    n = 3
+    net = relu_net(seed, n, widths=(6, 6, 5))
+    chain = relu_chain(graph_of(net).to(dtype=torch.float64))
+    lows, highs = sub_boxes(seed, n, 10, 0.7)
+    lo, hi = torch.from_numpy(lows), torch.from_numpy(highs)
+    bounds = pattern_bound(chain, pre_bounds(chain, lo, hi), lo, hi, max_leaves=leaves, rows=4 * leaves)
+    for b in range(len(lows)):
+        grid = np.stack(np.meshgrid(*[np.linspace(lows[b][i], highs[b][i], 5) for i in range(n)]), -1).reshape(-1, n)
+        assert float(bounds[b]) >= relu_jacobian_norms(net, grid).max() * (1 - 1e-12), b
+
+
+def test_pattern_bound_is_the_jacobian_norm_when_every_neuron_is_stable():
+    """Tiny boxes: one pattern, the bound is its Jacobian's norm (numpy, at the centre) up to rounding."""
+    net = relu_net(1, 3, widths=(6, 5))
+    chain = relu_chain(graph_of(net).to(dtype=torch.float64))
+    lows, highs = sub_boxes(1, 3, 6, 1e-7)
+    lo, hi = torch.from_numpy(lows), torch.from_numpy(highs)
+    bounds = pattern_bound(chain, pre_bounds(chain, lo, hi), lo, hi)
+    for b in range(len(lows)):
+        exact = relu_jacobian_norms(net, ((lows[b] + highs[b]) / 2)[None])[0]
+        assert exact <= float(bounds[b]) <= exact * (1 + 1e-8) + 1e-300
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cut_boxes_keep_every_sampled_point_that_satisfies_the_constraints(seed):
+    """Random forms ``a . x + a_0`` (with a radius), one branched sign each: every sampled point of
+    the box where all the signs hold (numpy) stays in the cut box; the ranges hold the forms' values
+    at every sampled point; some cut is strict."""
+    rng = np.random.default_rng(seed)
+    d, m, rows = 3, 4, 6
+    low = torch.as_tensor(rng.normal(size=(rows, d)) - 1.0)
+    high = low + torch.as_tensor(rng.random((rows, d)) * 2 + 0.1)
+    Z = torch.as_tensor(rng.normal(size=(rows, m, d + 1)))
+    Zr = torch.as_tensor(rng.random((rows, m, d + 1)) * 1e-3)
+    lo, hi = _ranges(Z, Zr, low, high)
+    A = torch.zeros(rows, 0, d + 1, dtype=torch.float64)
+    signs = []
+    for i in range(2):
+        pick = torch.zeros(rows, m, dtype=torch.bool)
+        pick[:, i] = True
+        on = torch.as_tensor(rng.random(rows) < 0.5)
+        signs.append(on)
+        A = torch.cat([A, _constraint(Z, Zr, pick, on, low, high)[:, None]], dim=1)
+    c_low, c_high = _shrink(A, low, high, passes=3)
+    assert bool((c_high < high).any() | (c_low > low).any())
+    for r in range(rows):
+        x = low[r].numpy() + (high[r] - low[r]).numpy() * rng.random((4000, d))
+        z = x @ Z[r, :, :-1].numpy().T + Z[r, :, -1].numpy()  # the centre form: within the radius of any
+        assert (z >= lo[r].numpy()).all() and (z <= hi[r].numpy()).all()
+        ok = np.ones(len(x), dtype=bool)
+        for i, on in enumerate(signs):
+            ok &= z[:, i] >= 0 if bool(on[r]) else z[:, i] <= 0
+        inside = x[ok]
+        assert (inside >= c_low[r].numpy()).all() and (inside <= c_high[r].numpy()).all(), r
