@@ -153,10 +153,12 @@ def _decide(rows: _Rows, l: torch.Tensor, u: torch.Tensor, live: torch.Tensor,
         finished = ~dead & (~open_.any(1) | ~live[rows.box])
         done.append((rows.take(finished), on[finished], open_[finished]))
         go = (~dead & ~finished).nonzero().flatten()
-        rows, on, off, open_ = rows.take(go), on[go], off[go], open_[go]
+        rows, on, off, open_, lo, hi = rows.take(go), on[go], off[go], open_[go], lo[go], hi[go]
         if not len(rows.box):
             break
-        pick = torch.nn.functional.one_hot(open_.to(torch.int8).argmax(dim=1), open_.shape[1]).to(torch.bool)
+        # the most lopsided open neuron (its thin side is the likelier to be cut away)
+        score = torch.where(open_, -torch.minimum(-lo, hi) / (hi - lo), -torch.inf)
+        pick = torch.nn.functional.one_hot(score.argmax(dim=1), open_.shape[1]).to(torch.bool)
         both = torch.arange(len(rows.box)).repeat(2)
         rows, on, off, pick = rows.take(both), on[both], off[both], pick[both]
         positive = (torch.arange(len(both)) < len(rows.box) // 2)[:, None]
