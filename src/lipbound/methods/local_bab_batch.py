@@ -78,7 +78,7 @@ class _Part:
     order: int
     row: torch.Tensor = field(compare=False)  # (3, d): low, high, smear
     unstable: int = field(compare=False)
-    stage: int = field(compare=False, default=0)  # 0: as split, 1: bound again, tighter; 2: by patterns; 3: by exact
+    stage: int = field(compare=False, default=0)  # 0: as split, 1: bound again, tighter; 2: and by exact
 
     @property
     def upper(self) -> float:
@@ -149,7 +149,7 @@ def batched_search(layers: list[Layer], search: BestWitness, low: torch.Tensor, 
                 break
             take.append(heapq.heappop(heap))
         fresh = [p for p in take if p.stage == 0]
-        limit = max(full_units, zonotope_units if zonotope > 0 else 0)
+        limit = max(full_units, zonotope_units if zonotope > 0 else 0, pattern_units if pattern_leaves > 0 else 0)
         if fresh:  # sampled; bound again, tighter, before splitting, unless too many neurons are unstable
             rows = torch.stack([p.row for p in fresh])
             pre = pre_bounds(layers, rows[:, 0], rows[:, 1])
@@ -159,15 +159,12 @@ def batched_search(layers: list[Layer], search: BestWitness, low: torch.Tensor, 
             again = torch.tensor([p.unstable <= limit for p in fresh])
             if bool(again.any()):
                 values = _tighter(layers, rows[again, 0], rows[again, 1], [(l[again], u[again]) for l, u in pre],
-                                  vertex_units, full_units, zonotope)
+                                  vertex_units, full_units, zonotope, (1 + tol) * search.lower, pattern_units,
+                                  pattern_leaves)
                 for p, value in zip([p for p in fresh if p.unstable <= limit], values.tolist()):
                     heapq.heappush(heap, _Part(-min(p.upper, value), next(count), p.row, p.unstable, 1))
                 bounded += int(again.sum())
         take = [p for p in take if p.stage > 0 or p.unstable > limit]
-        if pattern_leaves > 0:
-            take, patterned = _by_patterns(layers, heap, take, (1 + tol) * search.lower, pattern_units, pattern_leaves,
-                                           count)
-            bounded += patterned
         if exact is not None and len(take) < room:  # the end game: every part above the lower end is here
             take, timed_out = _settle(layers, search, heap, take, exact, exact_units, exact_parts, deadline, count,
                                       shape)
@@ -199,7 +196,7 @@ def _settle(layers: list[Layer], search: BestWitness, heap: list[_Part], take: l
     (stage 1) and have at most ``units`` unstable neurons: each pushed back at stage 2 with the least
     of its bounds, its witness candidate re-checked and offered. Returns the parts of ``take`` left
     to split, and whether a run of ``exact`` was cut short by the deadline."""
-    chosen = [p for p in take if p.stage in (1, 2) and 0 < p.unstable <= units][:parts]
+    chosen = [p for p in take if p.stage == 1 and 0 < p.unstable <= units][:parts]
     timed_out = False
     for p in chosen:
         low, high = p.row[0], p.row[1]
@@ -209,36 +206,28 @@ def _settle(layers: list[Layer], search: BestWitness, heap: list[_Part], take: l
         if found.witness is not None:
             x, v, value = found.witness
             search.offer(value, PointWitness(x.reshape(shape), v.reshape(shape)), "part exact")
-        heapq.heappush(heap, _Part(-min(p.upper, found.upper), next(count), p.row, p.unstable, 3))
+        heapq.heappush(heap, _Part(-min(p.upper, found.upper), next(count), p.row, p.unstable, 2))
     return [p for p in take if all(p is not c for c in chosen)], timed_out
 
 
-def _by_patterns(layers: list[Layer], heap: list[_Part], take: list[_Part], seed: float, units: int, leaves: int,
-                 count: Any) -> tuple[list[_Part], int]:
-    """The parts of ``take`` bound again (stage 1) with at most ``units`` unstable neurons, bounded
-    by their activation patterns (:func:`.relu_patterns.pattern_bound`, at most ``leaves`` rows per
-    part, seeded with ``seed``: a part bounded by it is done) and pushed back at stage 2 with the least
-    of their bounds. Returns the parts of ``take`` left to split and how many were bounded."""
-    chosen = [p for p in take if p.stage == 1 and 0 < p.unstable <= units]
-    if chosen:
-        rows = torch.stack([p.row for p in chosen])
-        pre = pre_bounds(layers, rows[:, 0], rows[:, 1])
-        values = pattern_bound(layers, pre, rows[:, 0], rows[:, 1], seed=seed, max_leaves=leaves)
-        for p, value in zip(chosen, values.tolist()):
-            heapq.heappush(heap, _Part(-min(p.upper, value), next(count), p.row, p.unstable, 2))
-    return [p for p in take if not (p.stage == 1 and 0 < p.unstable <= units)], len(chosen)
-
-
 def _tighter(layers: list[Layer], low: torch.Tensor, high: torch.Tensor, pre: list[tuple[torch.Tensor, torch.Tensor]],
-             vertex_units: int, full_units: int, zonotope: int) -> torch.Tensor:
+             vertex_units: int, full_units: int, zonotope: int, seed: float = 0.0, pattern_units: int = 0,
+             pattern_leaves: int = 0) -> torch.Tensor:
     """The boxes' tighter bounds, from their pre bounds ``pre``: every slope vertex on a box with at
-    most ``full_units`` unstable neurons (the supremum of its slope box), the zonotope Jacobian
+    most ``full_units`` unstable neurons (the supremum of its slope box); the pattern tree
+    (:func:`.relu_patterns.pattern_bound`, at most ``pattern_leaves`` rows, seeded with ``seed``; 0:
+    none) on a box with at most ``pattern_units``, the least of both kept; the zonotope Jacobian
     (:func:`.relu_zonotope.zonotope_bound`, ``zonotope`` generators kept; 0: none) on the others."""
     value = torch.full((len(low),), torch.inf, dtype=torch.float64)  # inf: no tighter bound (the part's stays)
     unstable = sum(((l < 0) & (u > 0)).sum(dim=1) for l, u in pre)
-    few, many = (unstable <= full_units).nonzero().flatten(), (unstable > full_units).nonzero().flatten()
+    few = (unstable <= full_units).nonzero().flatten()
+    tree = (unstable <= pattern_units).nonzero().flatten() if pattern_leaves > 0 else few[:0]
+    many = ((unstable > full_units) & ((unstable > pattern_units) | (pattern_leaves == 0))).nonzero().flatten()
     if len(few):
         value[few] = bound_boxes(layers, low[few], high[few], vertex_units=vertex_units, full_units=full_units).value
+    if len(tree):
+        value[tree] = torch.minimum(value[tree], pattern_bound(layers, [(l[tree], u[tree]) for l, u in pre], low[tree],
+                                                               high[tree], seed=seed, max_leaves=pattern_leaves))
     if zonotope > 0 and len(many):
         value[many] = zonotope_bound(layers, [(l[many], u[many]) for l, u in pre], low.shape[1], keep=zonotope)
     return value
