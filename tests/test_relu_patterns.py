@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lipbound.methods.relu_boxes import pre_bounds, relu_chain
-from lipbound.methods.relu_patterns import _constraint, _ranges, _shrink, pattern_bound
+from lipbound.methods.relu_patterns import _constraint, _ranges, _shrink, _slack, pattern_bound
 
 from test_exact import graph_of, region_oracle
 from test_local_bab import relu_jacobian_norms, relu_net, sub_boxes, vertex_sup
@@ -104,7 +104,8 @@ def test_cut_boxes_keep_every_sampled_point_that_satisfies_the_constraints(seed)
     high = low + torch.as_tensor(rng.random((rows, d)) * 2 + 0.1)
     Z = torch.as_tensor(rng.normal(size=(rows, m, d + 1)))
     Zr = torch.as_tensor(rng.random((rows, m, d + 1)) * 1e-3)
-    lo, hi = _ranges(Z, Zr, low, high)
+    slack = _slack(Z, Zr, low, high)
+    lo, hi = _ranges(Z, slack, low, high)
     A = torch.zeros(rows, 0, d + 1, dtype=torch.float64)
     signs = []
     for i in range(2):
@@ -112,7 +113,7 @@ def test_cut_boxes_keep_every_sampled_point_that_satisfies_the_constraints(seed)
         pick[:, i] = True
         on = torch.as_tensor(rng.random(rows) < 0.5)
         signs.append(on)
-        A = torch.cat([A, _constraint(Z, Zr, pick, on, low, high)[:, None]], dim=1)
+        A = torch.cat([A, _constraint(Z, slack, pick, on)[:, None]], dim=1)
     c_low, c_high = _shrink(A, low, high, passes=3)
     assert bool((c_high < high).any() | (c_low > low).any())
     for r in range(rows):

@@ -133,47 +133,64 @@ def _decide(rows: _Rows, l: torch.Tensor, u: torch.Tensor, live: torch.Tensor,
     """Every neuron of one layer decided on every row (``rows.F``: its pre-activation forms), one
     neuron branched at a time (module doc): the rows left, their slopes ``mid +- rad`` ``(rows, n)``
     and which rows ``stopped`` (their box passed ``max_leaves`` rows: branching ends, open neurons in
-    ``[0, 1]``; such a box is cleared in ``live``). After each branch the row's box is cut to its new
-    sign (:func:`_shrink`) and every range is taken again; a row whose neuron ranges miss the part's
-    pre bounds ``[l, u]`` (or its decided signs), or whose box is cut to nothing, is dropped."""
-    on = torch.zeros(rows.F.shape[:2], dtype=torch.bool)
-    off = torch.zeros_like(on)
-    done: list[tuple[_Rows, torch.Tensor, torch.Tensor]] = []  # rows, on, open
-    while len(rows.box):
-        lo, hi = _ranges(rows.F, rows.Fr, rows.low, rows.high)
-        lo, hi = torch.maximum(lo, l[rows.box]), torch.minimum(hi, u[rows.box])
-        dead = (lo > hi).any(1) | (on & (hi < 0)).any(1) | (off & (lo > 0)).any(1) | (rows.low > rows.high).any(1)
-        on, off = on | ((lo >= 0) & ~off), off | ((hi <= 0) & ~on)
-        open_ = ~(on | off)
+    ``[0, 1]``; such a box is cleared in ``live``). A row whose neuron ranges miss the part's pre
+    bounds ``[l, u]`` is dropped; then only the neurons left open are followed (``k`` per row, the
+    others' ranges only shrink as the row's box does, so their decisions hold): after each branch
+    the row's box is cut to its new sign (:func:`_shrink`) and the open neurons' ranges are taken
+    again; a row whose ranges contradict its signs, or whose box is cut to nothing, is dropped."""
+    slack = _slack(rows.F, rows.Fr, rows.low, rows.high)
+    lo, hi = _ranges(rows.F, slack, rows.low, rows.high)
+    lo, hi = torch.maximum(lo, l[rows.box]), torch.minimum(hi, u[rows.box])
+    on = lo >= 0
+    open_ = ~on & (hi > 0)
+    alive = ((lo <= hi).all(1) & (rows.low <= rows.high).all(1)).nonzero().flatten()
+    rows, slack, on, open_ = rows.take(alive), slack[alive], on[alive], open_[alive]
+    k = int(open_.sum(1).max()) if len(alive) else 0
+    idx = torch.argsort((~open_).to(torch.int8), dim=1, stable=True)[:, :k]  # (rows, k): the open neurons first
+    valid = open_.gather(1, idx)
+    Zo = rows.F.gather(1, idx[..., None].expand(-1, -1, rows.F.shape[2]))
+    So, lb, ub = slack.gather(1, idx), l[rows.box].gather(1, idx), u[rows.box].gather(1, idx)
+    parent, A, low, high = torch.arange(len(alive)), rows.A, rows.low, rows.high
+    so, sf = torch.zeros_like(valid), torch.zeros_like(valid)  # signs of the followed neurons: on, off
+    done: list[tuple[torch.Tensor, ...]] = []  # parent, so, open, A, low, high
+    while len(parent):
+        lo, hi = _ranges(Zo[parent], So[parent], low, high)
+        lo, hi = torch.maximum(lo, lb[parent]), torch.minimum(hi, ub[parent])
+        v = valid[parent]
+        dead = (v & (lo > hi)).any(1) | (so & (hi < 0)).any(1) | (sf & (lo > 0)).any(1) | (low > high).any(1)
+        so, sf = so | (v & (lo >= 0) & ~sf), sf | (v & (hi <= 0) & ~so)
+        opened = v & ~(so | sf)
         count = torch.zeros_like(live, dtype=torch.long)
-        for r, _, _ in done:
-            count.index_add_(0, r.box, torch.ones_like(r.box))
-        count.index_add_(0, rows.box, torch.where(dead, 0, 1 + open_.any(1).long()))
+        for d_parent, *_ in done:
+            count.index_add_(0, rows.box[d_parent], torch.ones_like(d_parent))
+        count.index_add_(0, rows.box[parent], torch.where(dead, 0, 1 + opened.any(1).long()))
         live &= count <= max_leaves
-        finished = ~dead & (~open_.any(1) | ~live[rows.box])
-        done.append((rows.take(finished), on[finished], open_[finished]))
+        finished = ~dead & (~opened.any(1) | ~live[rows.box[parent]])
+        done.append((parent[finished], so[finished], opened[finished], A[finished], low[finished], high[finished]))
         go = (~dead & ~finished).nonzero().flatten()
-        rows, on, off, open_, lo, hi = rows.take(go), on[go], off[go], open_[go], lo[go], hi[go]
-        if not len(rows.box):
+        parent, so, sf, opened, lo, hi = parent[go], so[go], sf[go], opened[go], lo[go], hi[go]
+        A, low, high = A[go], low[go], high[go]
+        if not len(parent):
             break
         # the most lopsided open neuron (its thin side is the likelier to be cut away)
-        score = torch.where(open_, -torch.minimum(-lo, hi) / (hi - lo), -torch.inf)
-        pick = torch.nn.functional.one_hot(score.argmax(dim=1), open_.shape[1]).to(torch.bool)
-        both = torch.arange(len(rows.box)).repeat(2)
-        rows, on, off, pick = rows.take(both), on[both], off[both], pick[both]
-        positive = (torch.arange(len(both)) < len(rows.box) // 2)[:, None]
-        on, off = on | (pick & positive), off | (pick & ~positive)
-        new = _constraint(rows.F, rows.Fr, pick, positive[:, 0], rows.low, rows.high)
-        A = torch.cat([rows.A, new[:, None]], dim=1)
-        low, high = _shrink(A, rows.low, rows.high, passes)
-        rows = rows._replace(A=A, low=low, high=high)
+        score = torch.where(opened, -torch.minimum(-lo, hi) / (hi - lo), -torch.inf)
+        pick = torch.nn.functional.one_hot(score.argmax(dim=1), k).to(torch.bool)
+        both = torch.arange(len(parent)).repeat(2)
+        parent, so, sf, pick, A, low, high = parent[both], so[both], sf[both], pick[both], A[both], low[both], high[both]
+        positive = (torch.arange(len(both)) < len(both) // 2)[:, None]
+        so, sf = so | (pick & positive), sf | (pick & ~positive)
+        A = torch.cat([A, _constraint(Zo[parent], So[parent], pick, positive[:, 0])[:, None]], dim=1)
+        low, high = _shrink(A, low, high, passes)
     if not done:  # no row entered the layer
         empty = torch.zeros(0, rows.F.shape[1], dtype=torch.float64)
         return rows, empty, empty, torch.zeros(0, dtype=torch.bool)
-    width = max(r.A.shape[1] for r, _, _ in done)
-    done = [(r._replace(A=torch.nn.functional.pad(r.A, (0, 0, 0, width - r.A.shape[1]))), o, p) for r, o, p in done]
-    rows = _Rows(*(torch.cat(t) for t in zip(*(r for r, _, _ in done))))
-    on, open_ = torch.cat([o for _, o, _ in done]), torch.cat([p for _, _, p in done])
+    width = max(t[3].shape[1] for t in done)
+    parent, so, opened, A, low, high = (torch.cat(t) for t in zip(*[
+        (p, s, o, torch.nn.functional.pad(a, (0, 0, 0, width - a.shape[1])), lw, hg) for p, s, o, a, lw, hg in done]))
+    rows = _Rows(rows.box[parent], rows.F[parent], rows.Fr[parent], A, low, high)
+    sel = idx[parent]
+    on = on[parent].scatter(1, sel, on[parent].gather(1, sel) | so)
+    open_ = torch.zeros_like(on).scatter(1, sel, opened)
     mid = on.to(torch.float64) + 0.5 * open_
     return rows, mid, 0.5 * open_.to(torch.float64), open_.any(1)
 
@@ -191,33 +208,36 @@ def _affine(layer: Layer, F: torch.Tensor, Fr: torch.Tensor) -> tuple[torch.Tens
     return Z, round_up(Zr, 2 * n + 4)
 
 
-def _ranges(Z: torch.Tensor, Zr: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rigorous ``(lo, hi)`` ``(rows, m)`` of every form ``a . x + a_0`` enclosed by ``Z +- Zr`` over
-    the row's box: ``<a+, low> + <a-, high> + a_0`` and its mirror, widened by ``<ar, |x|max> + ar_0``
-    and by the rounding of the sums (``gamma_{d+2}`` of their magnitudes, ``2u`` of the result)."""
+def _slack(Z: torch.Tensor, Zr: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """``(rows, m)``: what the radius ``Zr`` and the rounding of a range's sums (``gamma_{d+2}`` of
+    their magnitudes) can change in the forms ``Z`` over each row's box ``[low, high]`` (rows, d),
+    or any box inside it: ``<ar, |x|max> + ar_0 + gamma_{d+2} (<|a|, |x|max> + |a_0|)``, rounded up."""
+    xmax = torch.maximum(low.abs(), high.abs())[:, None, :]
+    d = Z.shape[-1] - 1
+    mag = (Z[..., :-1].abs() * xmax).sum(-1) + Z[..., -1].abs()
+    return round_up(gamma(d + 2) * mag + (Zr[..., :-1] * xmax).sum(-1) + Zr[..., -1], d + 4)
+
+
+def _ranges(Z: torch.Tensor, slack: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rigorous ``(lo, hi)`` ``(rows, m)`` over the row's box of every form ``a . x + a_0`` of ``Z``
+    known up to ``slack`` (:func:`_slack`, taken on this box or a larger one):
+    ``<a+, low> + <a-, high> + a_0`` and its mirror, widened by the slack and ``2u`` of the result."""
     a, a0 = Z[..., :-1], Z[..., -1]
-    xmax = torch.maximum(low.abs(), high.abs())
     lo_x, hi_x = low[:, None, :], high[:, None, :]
     lo = (a.clamp(min=0) * lo_x + a.clamp(max=0) * hi_x).sum(-1) + a0
     hi = (a.clamp(min=0) * hi_x + a.clamp(max=0) * lo_x).sum(-1) + a0
-    d = a.shape[-1]
-    mag = (a.abs() * xmax[:, None, :]).sum(-1) + a0.abs()
-    slack = round_up(gamma(d + 2) * mag + (Zr[..., :-1] * xmax[:, None, :]).sum(-1) + Zr[..., -1], d + 4)
     return (lo - round_up(slack + 2 * UNIT_ROUNDOFF * lo.abs(), 3),
             hi + round_up(slack + 2 * UNIT_ROUNDOFF * hi.abs(), 3))
 
 
-def _constraint(Z: torch.Tensor, Zr: torch.Tensor, pick: torch.Tensor, on: torch.Tensor, low: torch.Tensor,
-                high: torch.Tensor) -> torch.Tensor:
-    """The sign of each row's branched neuron (``pick`` ``(rows, m)``, one per row; ``on``: ``z >= 0``,
+def _constraint(Z: torch.Tensor, slack: torch.Tensor, pick: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
+    """The sign of each row's branched neuron (``pick`` ``(rows, k)``, one per row; ``on``: ``z >= 0``,
     else ``z <= 0``) as ``c . x + c_0 <= 0`` ``(rows, d + 1)``, true at every point of the row's box
-    ``[low, high]`` with that sign: ``c = -a`` or ``a`` for the neuron's form ``a . x + a_0`` enclosed
-    by ``Z +- Zr``, and ``c_0`` lowered by the radius ``<ar, |x|max> + ar_0`` and its own rounding."""
-    z, zr = (pick[..., None] * Z).sum(1), (pick[..., None] * Zr).sum(1)  # exact: one non-zero term each
+    with that sign: ``c = -a`` or ``a`` for the neuron's form ``a . x + a_0`` in ``Z``, and ``c_0``
+    lowered by its ``slack`` (:func:`_slack`, on that box or a larger one) and its own rounding."""
+    z, s = (pick[..., None] * Z).sum(1), (pick * slack).sum(1)  # exact: one non-zero term each
     c = torch.where(on[:, None], -z, z)
-    xmax = torch.maximum(low.abs(), high.abs())
-    slack = round_up((zr[:, :-1] * xmax).sum(-1) + zr[:, -1], c.shape[1] + 2)
-    c[:, -1] = c[:, -1] - round_up(slack + 2 * UNIT_ROUNDOFF * c[:, -1].abs(), 3)
+    c[:, -1] = c[:, -1] - round_up(s + 2 * UNIT_ROUNDOFF * c[:, -1].abs(), 3)
     return c
 
 
