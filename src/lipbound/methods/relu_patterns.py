@@ -65,18 +65,20 @@ Bounds = tuple[torch.Tensor, torch.Tensor]  # (l, u), each (B, n), float64
 
 
 def pattern_bound(layers: list[Layer], pre: list[Bounds], low: torch.Tensor, high: torch.Tensor,
-                  seed: float = 0.0, max_leaves: int = 512, passes: int = 2, rows: int = 32768) -> torch.Tensor:
+                  seed: float = 0.0, max_leaves: int = 512, passes: int = 2, farkas: int = 24,
+                  rows: int = 32768) -> torch.Tensor:
     """Certified upper bounds ``(B,)`` of the constant (L2 -> L2) of the chain ``layers`` on each box
     ``[low_b, high_b]`` (``(B, d)`` float64) from its sound pre bounds ``pre`` (module doc), each at
     least ``seed`` (rows bounded below it are pruned); ``max_leaves``: most rows of a box's tree;
-    ``passes``: rounds of constraint propagation after each branch (:func:`_shrink`);
+    ``passes``: rounds of constraint propagation after each branch (:func:`_shrink`); ``farkas``:
+    ascent steps of the emptiness test at the end of each layer (:func:`_empty`; 0: none);
     ``rows``: most tree rows held at once (memory): the boxes go through in chunks."""
     B = low.shape[0]
     per = max(1, rows // (2 * max_leaves))
     back = backward_enclosures(layers, pre)
     return torch.cat([_chunk(layers, [(l[s: s + per], u[s: s + per]) for l, u in pre],
                              [(c[s: s + per], r[s: s + per]) for c, r in back], low[s: s + per],
-                             high[s: s + per], seed, max_leaves, passes)
+                             high[s: s + per], seed, max_leaves, passes, farkas)
                       for s in range(0, B, per)]) if B else torch.empty(0, dtype=torch.float64)
 
 
@@ -98,7 +100,7 @@ class _Rows(NamedTuple):
 
 
 def _chunk(layers: list[Layer], pre: list[Bounds], back: list[Bounds], low: torch.Tensor, high: torch.Tensor,
-           seed: float, max_leaves: int, passes: int) -> torch.Tensor:
+           seed: float, max_leaves: int, passes: int, farkas: int) -> torch.Tensor:
     """:func:`pattern_bound` on one chunk of boxes: the tree's rows, layer by layer; ``back[k]``:
     the boxes' backward enclosures after ReLU layer ``k``."""
     B, d = low.shape
@@ -109,7 +111,7 @@ def _chunk(layers: list[Layer], pre: list[Bounds], back: list[Bounds], low: torc
     pruned = torch.zeros(B, dtype=torch.bool)  # boxes some of whose rows were bounded by the seed
     for layer, (l, u), (Cg, Rg) in zip(layers, pre, back):
         Z, Zr = _affine(layer, rows.F, rows.Fr)
-        rows, mid, rad, stopped = _decide(rows._replace(F=Z, Fr=Zr), l, u, live, max_leaves, passes)
+        rows, mid, rad, stopped = _decide(rows._replace(F=Z, Fr=Zr), l, u, live, max_leaves, passes, farkas)
         H = mid[..., None] * rows.F[..., :-1]
         Hr = round_up(mid[..., None] * rows.Fr[..., :-1] + rad[..., None] * (rows.F[..., :-1].abs() + rows.Fr[..., :-1]), 2)
         bound = norm_bound(*interval_product(Cg[rows.box], Rg[rows.box], H, Hr)) if len(rows.box) else H.new_empty(0)
@@ -129,7 +131,7 @@ def _chunk(layers: list[Layer], pre: list[Bounds], back: list[Bounds], low: torc
 
 
 def _decide(rows: _Rows, l: torch.Tensor, u: torch.Tensor, live: torch.Tensor,
-            max_leaves: int, passes: int) -> tuple[_Rows, torch.Tensor, torch.Tensor, torch.Tensor]:
+            max_leaves: int, passes: int, farkas: int) -> tuple[_Rows, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every neuron of one layer decided on every row (``rows.F``: its pre-activation forms), one
     neuron branched at a time (module doc): the rows left, their slopes ``mid +- rad`` ``(rows, n)``
     and which rows ``stopped`` (their box passed ``max_leaves`` rows: branching ends, open neurons in
@@ -137,7 +139,9 @@ def _decide(rows: _Rows, l: torch.Tensor, u: torch.Tensor, live: torch.Tensor,
     bounds ``[l, u]`` is dropped; then only the neurons left open are followed (``k`` per row, the
     others' ranges only shrink as the row's box does, so their decisions hold): after each branch
     the row's box is cut to its new sign (:func:`_shrink`) and the open neurons' ranges are taken
-    again; a row whose ranges contradict its signs, or whose box is cut to nothing, is dropped."""
+    again; a row whose ranges contradict its signs, or whose box is cut to nothing, is dropped; at
+    the end, a row whose constraints a Farkas combination proves empty (:func:`_empty`, ``farkas``
+    steps; 0: none)."""
     slack = _slack(rows.F, rows.Fr, rows.low, rows.high)
     lo, hi = _ranges(rows.F, slack, rows.low, rows.high)
     lo, hi = torch.maximum(lo, l[rows.box]), torch.minimum(hi, u[rows.box])
@@ -187,6 +191,8 @@ def _decide(rows: _Rows, l: torch.Tensor, u: torch.Tensor, live: torch.Tensor,
     width = max(t[3].shape[1] for t in done)
     parent, so, opened, A, low, high = (torch.cat(t) for t in zip(*[
         (p, s, o, torch.nn.functional.pad(a, (0, 0, 0, width - a.shape[1])), lw, hg) for p, s, o, a, lw, hg in done]))
+    keep = (~_empty(A, low, high, farkas)).nonzero().flatten() if farkas > 0 and A.shape[1] > 1 else torch.arange(len(parent))
+    parent, so, opened, A, low, high = parent[keep], so[keep], opened[keep], A[keep], low[keep], high[keep]
     rows = _Rows(rows.box[parent], rows.F[parent], rows.Fr[parent], A, low, high)
     sel = idx[parent]
     on = on[parent].scatter(1, sel, on[parent].gather(1, sel) | so)
@@ -239,6 +245,35 @@ def _constraint(Z: torch.Tensor, slack: torch.Tensor, pick: torch.Tensor, on: to
     c = torch.where(on[:, None], -z, z)
     c[:, -1] = c[:, -1] - round_up(s + 2 * UNIT_ROUNDOFF * c[:, -1].abs(), 3)
     return c
+
+
+def _empty(A: torch.Tensor, low: torch.Tensor, high: torch.Tensor, steps: int) -> torch.Tensor:
+    """``(rows,)``: True where ``{x in [low, high] : c_j . x + c_{0j} <= 0 for all j}`` (``A``
+    ``(rows, k, d + 1)``) is proved empty by Farkas: a ``lam >= 0`` with
+    ``psi(lam) = min_box sum_j lam_j (c_j . x + c_{0j}) > 0`` (the combination is positive on the whole
+    box, yet <= 0 at a point of the set). ``psi`` is concave; ``steps`` of exponentiated-gradient
+    ascent on the simplex (each constraint's supergradient scaled by its size on the box) choose
+    ``lam``: only a way of choosing numbers. The best ``lam``'s ``psi`` is checked with the rounding
+    of its sums (``gamma_{k+d+2}`` of their magnitudes) moved against it; an unproved set is kept."""
+    c, c0 = A[..., :-1], A[..., -1]
+    rows, k, d = c.shape
+    xmax = torch.maximum(low.abs(), high.abs())[:, None, :]
+    size = (c.abs() * (high - low)[:, None, :]).sum(-1) + 1e-300  # (rows, k): a constraint's spread on the box
+    lam = torch.full((rows, k), 1.0 / k, dtype=torch.float64)
+    best, best_lam = torch.full((rows,), -torch.inf, dtype=torch.float64), lam
+    for _ in range(steps):
+        g = (lam[..., None] * c).sum(1)
+        x = torch.where(g > 0, low, high)  # a minimiser of <g, x> on the box
+        value = (c * x[:, None, :]).sum(-1) + c0  # (rows, k): the supergradient
+        psi = (lam * value).sum(1)
+        better = psi > best
+        best, best_lam = torch.where(better, psi, best), torch.where(better[:, None], lam, best_lam)
+        lam = lam * torch.exp((2.0 * value / size).clamp(-30, 30))
+        lam = lam / lam.sum(1, keepdim=True)
+    g = (best_lam[..., None] * c).sum(1)
+    psi = (g.clamp(min=0) * low + g.clamp(max=0) * high).sum(-1) + (best_lam * c0).sum(1)
+    mag = (best_lam * ((c.abs() * xmax).sum(-1) + c0.abs())).sum(1)
+    return psi - round_up(gamma(k + d + 2) * mag + 2 * UNIT_ROUNDOFF * psi.abs(), 3) > 0
 
 
 def _shrink(A: torch.Tensor, low: torch.Tensor, high: torch.Tensor, passes: int) -> tuple[torch.Tensor, torch.Tensor]:
