@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lipbound.methods.relu_boxes import pre_bounds, relu_chain
-from lipbound.methods.relu_patterns import _constraint, _ranges, _shrink, _slack, pattern_bound
+from lipbound.methods.relu_patterns import _constraint, _empty, _ranges, _shrink, _slack, pattern_bound
 
 from test_exact import graph_of, region_oracle
 from test_local_bab import relu_jacobian_norms, relu_net, sub_boxes, vertex_sup
@@ -125,3 +125,27 @@ def test_cut_boxes_keep_every_sampled_point_that_satisfies_the_constraints(seed)
             ok &= z[:, i] >= 0 if bool(on[r]) else z[:, i] <= 0
         inside = x[ok]
         assert (inside >= c_low[r].numpy()).all() and (inside <= c_high[r].numpy()).all(), r
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_farkas_emptiness_agrees_with_scipy_linprog(seed):
+    """Random constraint sets ``c . x + c_0 <= 0`` on random boxes: every set proved empty is infeasible
+    for scipy's LP (HiGHS), and most of the LP-infeasible sets are proved empty."""
+    from scipy.optimize import linprog
+
+    rng = np.random.default_rng(seed)
+    rows, k, d = 60, 4, 3
+    low = torch.as_tensor(rng.normal(size=(rows, d)))
+    high = low + torch.as_tensor(rng.random((rows, d)) + 0.2)
+    A = torch.as_tensor(rng.normal(size=(rows, k, d + 1)))
+    A[..., -1] -= 1.0  # about half of the sets empty
+    proved = _empty(A, low, high, steps=60)
+    infeasible = []
+    for r in range(rows):
+        lp = linprog(np.zeros(d), A_ub=A[r, :, :-1].numpy(), b_ub=-A[r, :, -1].numpy(),
+                     bounds=list(zip(low[r].tolist(), high[r].tolist())), method="highs")
+        infeasible.append(lp.status == 2)
+        assert not (bool(proved[r]) and lp.status == 0), r
+    infeasible = np.array(infeasible)
+    assert infeasible.sum() >= 10
+    assert proved.numpy()[infeasible].mean() >= 0.9
