@@ -149,3 +149,29 @@ def test_farkas_emptiness_agrees_with_scipy_linprog(seed):
     infeasible = np.array(infeasible)
     assert infeasible.sum() >= 10
     assert proved.numpy()[infeasible].mean() >= 0.9
+
+
+def grid_jacobian_norms(net, x: np.ndarray) -> np.ndarray:
+    """``||W_K D_{K-1}(x) ... D_1(x) W_1||_2`` at every point of ``x`` ``(P, n)`` at once (numpy)."""
+    h, J = x, np.broadcast_to(np.eye(x.shape[1]), (len(x), x.shape[1], x.shape[1]))
+    for k in range(len(net.acts)):
+        z = h @ net.ws[k].T + net.bs[k]
+        h, J = np.maximum(z, 0), (z > 0)[..., None] * (net.ws[k] @ J)
+    return np.linalg.norm(net.ws[-1] @ J, ord=2, axis=(1, 2))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_pattern_bound_stays_above_dense_grid_jacobians_on_many_small_boxes(seed):
+    """Two inputs, two hidden layers of 8, 40 small boxes (neurons switching inside most of them): every
+    bound is at least the largest Jacobian norm on a 60 x 60 grid of its box."""
+    net = relu_net(seed, 2, widths=(8, 8))
+    chain = relu_chain(graph_of(net).to(dtype=torch.float64))
+    lows, highs = sub_boxes(seed, 2, 40, 0.3)
+    lo, hi = torch.from_numpy(lows), torch.from_numpy(highs)
+    pre = pre_bounds(chain, lo, hi)
+    assert int(sum(((l < 0) & (u > 0)).sum() for l, u in pre)) >= 40
+    bounds = pattern_bound(chain, pre, lo, hi)
+    t = np.linspace(0, 1, 60)
+    for b in range(len(lows)):
+        grid = lows[b] + (highs[b] - lows[b]) * np.stack(np.meshgrid(t, t), -1).reshape(-1, 2)
+        assert float(bounds[b]) >= grid_jacobian_norms(net, grid).max() * (1 - 1e-12), b
