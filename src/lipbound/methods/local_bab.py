@@ -66,7 +66,7 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
               axis: str = "smear", fan: int = 0, batch_samples: int = 1, zonotope: int = 64,
               top_samples: int = 16, zonotope_units: int = 120, seek: int = 16, batch_exact_units: int = 0,
               exact_nodes: int = 400, exact_parts: int = 4, pattern_leaves: int = 128,
-              pattern_units: int = 24) -> Result:
+              pattern_units: int = 24, pattern_parts: int = 32) -> Result:
     """Bracket the Lipschitz constant (L2 -> L2) of ``graph`` on the region ``domain`` by branch
     and bound over the region (module doc).
 
@@ -164,7 +164,8 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
                                  axis=axis, fan=fan, samples=batch_samples, zonotope=zonotope,
                                  top_samples=top_samples, zonotope_units=zonotope_units, seek=seek,
                                  exact=part_exact, exact_units=batch_exact_units, exact_parts=exact_parts,
-                                 pattern_leaves=pattern_leaves, pattern_units=pattern_units)
+                                 pattern_leaves=pattern_leaves, pattern_units=pattern_units,
+                                 pattern_parts=pattern_parts)
     else:
         bounder = PartBounder(lower_end, registry, seed, upper_methods, vertex_units if split else None, deadline,
                               samples)

@@ -90,7 +90,7 @@ def batched_search(layers: list[Layer], search: BestWitness, low: torch.Tensor, 
                    full_units: int = 0, axis: str = "smear", fan: int = 0, samples: int = 1,
                    zonotope: int = 64, top_samples: int = 16, zonotope_units: int = 120, seek: int = 16,
                    exact: PartExact | None = None, exact_units: int = 0, exact_parts: int = 4,
-                   pattern_leaves: int = 0, pattern_units: int = 64) -> Outcome:
+                   pattern_leaves: int = 0, pattern_units: int = 24, pattern_parts: int = 32) -> Outcome:
     """Best-first batched search over the box ``[low, high]`` (flat, float64) of the chain ``layers``
     (module doc); ``search`` keeps the witnessed lower bound
     (:class:`.local_bab_witness.BestWitness`). ``axis``: the split axis rule, ``"smear"`` (the
@@ -160,7 +160,7 @@ def batched_search(layers: list[Layer], search: BestWitness, low: torch.Tensor, 
             if bool(again.any()):
                 values = _tighter(layers, rows[again, 0], rows[again, 1], [(l[again], u[again]) for l, u in pre],
                                   vertex_units, full_units, zonotope, (1 + tol) * search.lower, pattern_units,
-                                  pattern_leaves)
+                                  pattern_leaves, pattern_parts)
                 for p, value in zip([p for p in fresh if p.unstable <= limit], values.tolist()):
                     heapq.heappush(heap, _Part(-min(p.upper, value), next(count), p.row, p.unstable, 1))
                 bounded += int(again.sum())
@@ -212,24 +212,24 @@ def _settle(layers: list[Layer], search: BestWitness, heap: list[_Part], take: l
 
 def _tighter(layers: list[Layer], low: torch.Tensor, high: torch.Tensor, pre: list[tuple[torch.Tensor, torch.Tensor]],
              vertex_units: int, full_units: int, zonotope: int, seed: float = 0.0, pattern_units: int = 0,
-             pattern_leaves: int = 0) -> torch.Tensor:
+             pattern_leaves: int = 0, pattern_parts: int = 0) -> torch.Tensor:
     """The boxes' tighter bounds, from their pre bounds ``pre``: every slope vertex on a box with at
-    most ``full_units`` unstable neurons (the supremum of its slope box); the pattern tree
-    (:func:`.relu_patterns.pattern_bound`, at most ``pattern_leaves`` rows, seeded with ``seed``; 0:
-    none) on a box with at most ``pattern_units``, the least of both kept; the zonotope Jacobian
-    (:func:`.relu_zonotope.zonotope_bound`, ``zonotope`` generators kept; 0: none) on the others."""
+    most ``full_units`` unstable neurons (the supremum of its slope box), the zonotope Jacobian
+    (:func:`.relu_zonotope.zonotope_bound`, ``zonotope`` generators kept; 0: none) on the others, and
+    the pattern tree (:func:`.relu_patterns.pattern_bound`, at most ``pattern_leaves`` rows, seeded
+    with ``seed``; 0: none) on the first ``pattern_parts`` boxes (the largest bounds: the caller's
+    order) with at most ``pattern_units``; the least kept."""
     value = torch.full((len(low),), torch.inf, dtype=torch.float64)  # inf: no tighter bound (the part's stays)
     unstable = sum(((l < 0) & (u > 0)).sum(dim=1) for l, u in pre)
-    few = (unstable <= full_units).nonzero().flatten()
-    tree = (unstable <= pattern_units).nonzero().flatten() if pattern_leaves > 0 else few[:0]
-    many = ((unstable > full_units) & ((unstable > pattern_units) | (pattern_leaves == 0))).nonzero().flatten()
+    few, many = (unstable <= full_units).nonzero().flatten(), (unstable > full_units).nonzero().flatten()
+    tree = (unstable <= pattern_units).nonzero().flatten()[:pattern_parts if pattern_leaves > 0 else 0]
     if len(few):
         value[few] = bound_boxes(layers, low[few], high[few], vertex_units=vertex_units, full_units=full_units).value
+    if zonotope > 0 and len(many):
+        value[many] = zonotope_bound(layers, [(l[many], u[many]) for l, u in pre], low.shape[1], keep=zonotope)
     if len(tree):
         value[tree] = torch.minimum(value[tree], pattern_bound(layers, [(l[tree], u[tree]) for l, u in pre], low[tree],
                                                                high[tree], seed=seed, max_leaves=pattern_leaves))
-    if zonotope > 0 and len(many):
-        value[many] = zonotope_bound(layers, [(l[many], u[many]) for l, u in pre], low.shape[1], keep=zonotope)
     return value
 
 
