@@ -11,7 +11,8 @@ is a **witnessed lower bound** on ``X``.
 **The searches.** On a ReLU chain with few inputs the search is the batched one by default
 (:mod:`.local_bab_batch`: hundreds of parts bounded at once with batched CROWN pre bounds,
 :mod:`.relu_crown`, and every slope vertex of a part taken with at most ``full_units`` unstable
-neurons, the zonotope Jacobian of :mod:`.relu_zonotope` on a part taken with more, and, opt-in,
+neurons, the zonotope Jacobian of :mod:`.relu_zonotope` on a part taken with more, the pattern tree of
+:mod:`.relu_patterns` (activation patterns no point of the part has dropped) on the largest of them, and, opt-in,
 ``exact`` on the few largest parts in the end game, :mod:`.part_exact`); every other graph, or
 ``batched=False``, gets the part-by-part search (:mod:`.local_bab_serial`, each part bounded by
 :mod:`.local_bab_part`). Both are anytime: at most ``max_parts`` parts bounded, a work cap;
@@ -121,6 +122,12 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
             bound (0: none).
         top_samples: in the batched search, points of a part taken from the top (its centre
             included) whose Jacobian norms feed the lower bound.
+        pattern_leaves: in the batched search, most rows of the pattern tree
+            (:func:`.relu_patterns.pattern_bound`, seeded with ``(1 + tol)`` times the lower end) of a
+            part taken from the top (0: no pattern tree).
+        pattern_units: the pattern tree runs only on parts with at most this many unstable neurons.
+        pattern_parts: the pattern tree runs on at most this many parts per round, the largest bounds
+            first (its cost, ~5-10 ms a part, is 2-4 times the zonotope's).
 
     Returns:
         A :class:`~lipbound.report.Result` of kind ``certified_upper`` (``exact`` when the bracket
