@@ -6,6 +6,8 @@ and, for the box cutting, points sampled in the box and kept when they satisfy t
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -26,6 +28,13 @@ def part_of(seed: int, n: int = 2, widths=(5, 5), half: float = 0.5):
     return net, chain, lo, hi, pre_bounds(chain, lo, hi)
 
 
+@functools.lru_cache(maxsize=None)
+def constant_of(seed: int) -> tuple[float, float]:
+    """The region oracle's bracket of the constant on :func:`part_of`'s box (shared by the tests)."""
+    net, _, lo, hi, _ = part_of(seed)
+    return region_oracle(net, (lo[0].tolist(), hi[0].tolist()))
+
+
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("leaves", [1, 512])
 def test_pattern_bound_covers_the_constant_and_never_exceeds_the_slope_vertices(seed, leaves):
@@ -34,7 +43,7 @@ def test_pattern_bound_covers_the_constant_and_never_exceeds_the_slope_vertices(
     (the open neurons in [0, 1]) and must still cover the constant."""
     net, chain, lo, hi, pre = part_of(seed)
     bound = float(pattern_bound(chain, pre, lo, hi, max_leaves=leaves)[0])
-    truth, _ = region_oracle(net, (lo[0].tolist(), hi[0].tolist()))
+    truth, _ = constant_of(seed)
     assert bound >= truth * (1 - 1e-12), "a pattern of a point of the box was dropped"
     if leaves > 1:
         assert bound <= vertex_sup(net, [(l[0].numpy(), u[0].numpy()) for l, u in pre]) * (1 + 1e-8)
@@ -48,7 +57,7 @@ def test_pattern_bound_drops_empty_patterns_somewhere():
         net, chain, lo, hi, pre = part_of(seed)
         bound = float(pattern_bound(chain, pre, lo, hi)[0])
         gaps.append(vertex_sup(net, [(l[0].numpy(), u[0].numpy()) for l, u in pre]) / bound)
-        closed += bound <= region_oracle(net, (lo[0].tolist(), hi[0].tolist()))[1] * (1 + 1e-8)
+        closed += bound <= constant_of(seed)[1] * (1 + 1e-8)
     assert max(gaps) > 1.05, gaps
     assert closed >= 6
 
@@ -58,7 +67,7 @@ def test_seeded_pattern_bound_stays_above_the_constant_and_the_seed(seed):
     """Rows bounded below the seed are pruned: the bound is at least the seed, and, seeded just below
     the constant, still at least the constant."""
     net, chain, lo, hi, pre = part_of(seed)
-    truth, _ = region_oracle(net, (lo[0].tolist(), hi[0].tolist()))
+    truth, _ = constant_of(seed)
     for s in (0.5 * truth, truth * (1 - 1e-6), 2 * truth):
         bound = float(pattern_bound(chain, pre, lo, hi, seed=s)[0])
         assert bound >= max(s, truth * (1 - 1e-12))
