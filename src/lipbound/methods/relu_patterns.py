@@ -28,9 +28,12 @@ network's ``z_k(x)`` at every such point. Over the box, ``z_k^D`` ranges in ``[l
 Every point's pattern keeps every one of its prefixes, so the leaves contain all patterns of the
 points of ``P``; each leaf's ``J(D)`` is one matrix, and the part's bound is the largest leaf norm.
 A neuron unstable on the part but decided under the prefix (its ``z^D`` is exact, not relaxed
-through the earlier unstable neurons) is not branched, and the neurons are branched one at a time,
-each branch cutting the row's box to its sign (:func:`_shrink`) before the ranges are taken again:
-the tree is often much smaller than the ``2^k`` slope vertices.
+through the earlier unstable neurons) is not branched, and the neurons are branched one at a time
+(the most lopsided first), each branch's sign a constraint ``c . x + c_0 <= 0`` that every point of
+the row satisfies: the row's box is cut to its constraints (:func:`_shrink`: it still holds every
+point with the prefix, so the ranges above may be taken over it) before the ranges are taken again,
+and at the end of each layer a row whose constraints a Farkas combination proves empty on its box
+is dropped (:func:`_empty`). The tree is often much smaller than the ``2^k`` slope vertices.
 
 **Pruning and giving up.** After each layer ``k`` a row's completions all have Jacobians in
 ``G_k H``, with ``H`` the prefix's exact Jacobian of layer ``k``'s output and ``G_k`` the part's
