@@ -314,7 +314,8 @@ def _slopes(pre: list[tuple[torch.Tensor, torch.Tensor]], B: int, k: int) -> lis
     return out
 
 
-def backward_enclosures(layers: list[Layer], pre: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def backward_enclosures(layers: list[Layer],
+                        pre: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per ReLU layer ``k``, ``(C, R)`` ``(B, m, n_k)`` with ``|G - C| <= R`` for the Jacobian ``G``
     of the output with respect to layer ``k``'s output, ``W_K D_{K-1} ... D_{k+1} W_{k+1}``, for
     every slope diagonal in each box's slope box from its pre bounds ``pre`` (the backward
@@ -345,7 +346,8 @@ def _backward(layer: Layer, C: torch.Tensor, R: torch.Tensor) -> tuple[torch.Ten
     return C @ layer.W, round_up((R + gamma(n) * C.abs()) @ layer.W.abs() + (C.abs() + R) @ layer.E, 2 * n + 4)
 
 
-def interval_product(Cg: torch.Tensor, Rg: torch.Tensor, Ch: torch.Tensor, Rh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def interval_product(Cg: torch.Tensor, Rg: torch.Tensor, Ch: torch.Tensor,
+                     Rh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``[Cg +- Rg] [Ch +- Rh]`` enclosed (batched): ``Cg Ch``, ``|Cg| (Rh + gamma_n |Ch|) + Rg (|Ch| + Rh)``."""
     n = Cg.shape[-1]
     return Cg @ Ch, round_up(Cg.abs() @ (Rh + gamma(n) * Ch.abs()) + Rg @ (Ch.abs() + Rh), 2 * n + 4)

@@ -115,8 +115,8 @@ def _chunk(layers: list[Layer], pre: list[Bounds], back: list[Bounds], low: torc
     for layer, (l, u), (Cg, Rg) in zip(layers, pre, back):
         Z, Zr = _affine(layer, rows.F, rows.Fr)
         rows, mid, rad, stopped = _decide(rows._replace(F=Z, Fr=Zr), l, u, live, max_leaves, passes, farkas)
-        H = mid[..., None] * rows.F[..., :-1]
-        Hr = round_up(mid[..., None] * rows.Fr[..., :-1] + rad[..., None] * (rows.F[..., :-1].abs() + rows.Fr[..., :-1]), 2)
+        Fx, Frx = rows.F[..., :-1], rows.Fr[..., :-1]
+        H, Hr = mid[..., None] * Fx, round_up(mid[..., None] * Frx + rad[..., None] * (Fx.abs() + Frx), 2)
         bound = norm_bound(*interval_product(Cg[rows.box], Rg[rows.box], H, Hr)) if len(rows.box) else H.new_empty(0)
         low_enough = bound <= seed
         pruned.index_fill_(0, rows.box[low_enough], True)
@@ -183,7 +183,8 @@ def _decide(rows: _Rows, l: torch.Tensor, u: torch.Tensor, live: torch.Tensor,
         score = torch.where(opened, -torch.minimum(-lo, hi) / (hi - lo), -torch.inf)
         pick = torch.nn.functional.one_hot(score.argmax(dim=1), k).to(torch.bool)
         both = torch.arange(len(parent)).repeat(2)
-        parent, so, sf, pick, A, low, high = parent[both], so[both], sf[both], pick[both], A[both], low[both], high[both]
+        parent, so, sf, pick = parent[both], so[both], sf[both], pick[both]
+        A, low, high = A[both], low[both], high[both]
         positive = (torch.arange(len(both)) < len(both) // 2)[:, None]
         so, sf = so | (pick & positive), sf | (pick & ~positive)
         A = torch.cat([A, _constraint(Zo[parent], So[parent], pick, positive[:, 0])[:, None]], dim=1)
@@ -194,7 +195,9 @@ def _decide(rows: _Rows, l: torch.Tensor, u: torch.Tensor, live: torch.Tensor,
     width = max(t[3].shape[1] for t in done)
     parent, so, opened, A, low, high = (torch.cat(t) for t in zip(*[
         (p, s, o, torch.nn.functional.pad(a, (0, 0, 0, width - a.shape[1])), lw, hg) for p, s, o, a, lw, hg in done]))
-    keep = (~_empty(A, low, high, farkas)).nonzero().flatten() if farkas > 0 and A.shape[1] > 1 else torch.arange(len(parent))
+    # one constraint: the box cut already decides (a half-space meets a box iff its cut is not empty)
+    keep = (~_empty(A, low, high, farkas)).nonzero().flatten() if farkas > 0 and A.shape[1] > 1 \
+        else torch.arange(len(parent))
     parent, so, opened, A, low, high = parent[keep], so[keep], opened[keep], A[keep], low[keep], high[keep]
     rows = _Rows(rows.box[parent], rows.F[parent], rows.Fr[parent], A, low, high)
     sel = idx[parent]
@@ -227,7 +230,8 @@ def _slack(Z: torch.Tensor, Zr: torch.Tensor, low: torch.Tensor, high: torch.Ten
     return round_up(gamma(d + 2) * mag + (Zr[..., :-1] * xmax).sum(-1) + Zr[..., -1], d + 4)
 
 
-def _ranges(Z: torch.Tensor, slack: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _ranges(Z: torch.Tensor, slack: torch.Tensor, low: torch.Tensor,
+            high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rigorous ``(lo, hi)`` ``(rows, m)`` over the row's box of every form ``a . x + a_0`` of ``Z``
     known up to ``slack`` (:func:`_slack`, taken on this box or a larger one):
     ``<a+, low> + <a-, high> + a_0`` and its mirror, widened by the slack and ``2u`` of the result."""
