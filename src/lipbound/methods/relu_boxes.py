@@ -52,7 +52,8 @@ from ..linalg.spectral import CERTIFIED_RTOL
 from .relu_crown import crown_layer
 from .float_error import UNIT_ROUNDOFF, gamma, linear_error, round_up
 
-__all__ = ["Layer", "BoxBounds", "relu_chain", "bound_boxes", "pre_bounds", "jacobians", "norm_bound"]
+__all__ = ["Layer", "BoxBounds", "relu_chain", "bound_boxes", "pre_bounds", "jacobians", "norm_bound",
+           "backward_enclosures", "interval_product"]
 
 
 @dataclass(frozen=True)
@@ -285,7 +286,7 @@ def _vertex_bounds(layers: list[Layer], pre: list[tuple[torch.Tensor, torch.Tens
     Cg = last.W[None].expand(B * V, *last.W.shape)
     Rg = last.E[None].expand_as(Cg)
     for layer, (mid, rad), (Ch, Rh) in zip(reversed(layers[:-1]), reversed(slopes), reversed(forward)):
-        best = torch.minimum(best, norm_bound(*_meet(Cg, Rg, Ch.permute(1, 0, 2), Rh.permute(1, 0, 2))))
+        best = torch.minimum(best, norm_bound(*interval_product(Cg, Rg, Ch.permute(1, 0, 2), Rh.permute(1, 0, 2))))
         mid, rad = mid.T[:, None, :], rad.T[:, None, :]
         Cg, Rg = Cg * mid, round_up(Rg * mid + rad * (Cg.abs() + Rg), 2)
         Cg, Rg = _backward(layer, Cg, Rg)
@@ -313,6 +314,25 @@ def _slopes(pre: list[tuple[torch.Tensor, torch.Tensor]], B: int, k: int) -> lis
     return out
 
 
+def backward_enclosures(layers: list[Layer],
+                        pre: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per ReLU layer ``k``, ``(C, R)`` ``(B, m, n_k)`` with ``|G - C| <= R`` for the Jacobian ``G``
+    of the output with respect to layer ``k``'s output, ``W_K D_{K-1} ... D_{k+1} W_{k+1}``, for
+    every slope diagonal in each box's slope box from its pre bounds ``pre`` (the backward
+    enclosure of the module doc: slope ``m +- r`` on the right, then ``[C +- R] W*``)."""
+    B = pre[0][0].shape[0]
+    last = layers[-1]
+    C, R = last.W[None].expand(B, *last.W.shape), last.E[None].expand(B, *last.E.shape)
+    out = [(C, R)]
+    for layer, (l, u) in zip(reversed(layers[1:-1]), reversed(pre[1:])):
+        unstable = ((l < 0) & (u > 0)).to(torch.float64)[:, None, :]
+        mid = (l >= 0).to(torch.float64)[:, None, :] + 0.5 * unstable
+        C, R = C * mid, round_up(R * mid + 0.5 * unstable * (C.abs() + R), 2)
+        C, R = _backward(layer, C, R)
+        out.append((C, R))
+    return out[::-1]
+
+
 def _forward(layer: Layer, C: torch.Tensor, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``W* [C +- R]`` enclosed (feature-major ``(n, pairs, d)``): ``W C``, ``|W| (R + gamma_n |C|) + E (|C| + R)``."""
     n = layer.W.shape[1]
@@ -326,7 +346,8 @@ def _backward(layer: Layer, C: torch.Tensor, R: torch.Tensor) -> tuple[torch.Ten
     return C @ layer.W, round_up((R + gamma(n) * C.abs()) @ layer.W.abs() + (C.abs() + R) @ layer.E, 2 * n + 4)
 
 
-def _meet(Cg: torch.Tensor, Rg: torch.Tensor, Ch: torch.Tensor, Rh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def interval_product(Cg: torch.Tensor, Rg: torch.Tensor, Ch: torch.Tensor,
+                     Rh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``[Cg +- Rg] [Ch +- Rh]`` enclosed (batched): ``Cg Ch``, ``|Cg| (Rh + gamma_n |Ch|) + Rg (|Ch| + Rh)``."""
     n = Cg.shape[-1]
     return Cg @ Ch, round_up(Cg.abs() @ (Rh + gamma(n) * Ch.abs()) + Rg @ (Ch.abs() + Rh), 2 * n + 4)
