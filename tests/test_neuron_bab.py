@@ -108,12 +108,12 @@ def test_a_child_keeps_its_parents_bound_when_its_own_comes_out_looser(monkeypat
 
 
 def test_a_node_with_every_neuron_stable_gets_no_lipsdp_bound():
-    from lipbound.methods.neuron_bab import _sdp_bound
+    from lipbound.methods.bab_sdp import NodeSdp
     from lipbound.methods.propagation import localize
     g = as_graph(_net(0, (2, 5, 4, 2)), (2,))
     local = localize(g, Box(-torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)))
     pre = [(np.full(5, 1.0), np.full(5, 2.0)), (np.full(4, -2.0), np.full(4, -1.0))]
-    assert _sdp_bound(local)(pre, 5.0) == math.inf
+    assert NodeSdp(local, 100)(pre, 5.0, None) == (math.inf, None)
 
 
 def test_slope_bound_is_the_vertex_maximum_when_all_are_enumerated_and_above_it_otherwise():

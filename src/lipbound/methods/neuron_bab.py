@@ -65,17 +65,18 @@ import heapq
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import InvalidInput, NotApplicable, UnsupportedOperation
-from ..graph.ir import Activation, Graph
-from ..report import Kind, Result
+from ..graph.ir import Graph
+from ..report import Result
 from .exact import rechecked
 from .exact_search import BranchAndBound
-from .lipsdp import lipsdp
+from .bab_sdp import NodeSdp
+from .lipsdp_warm import SdpState
 from .piecewise import mlp_layers
 from .propagation import localize
 from .region import Box, as_box
@@ -116,6 +117,7 @@ class _Node:
     split: list = field(compare=False)  # per hidden layer: neurons fixed by a split
     scores: list = field(compare=False)
     refine_due: bool = field(compare=False, default=False)  # LP and LipSDP not tried yet (when it reaches the top)
+    sdp_state: SdpState | None = field(compare=False, default=None)  # its LipSDP certificate, or its nearest ancestor's
 
 
 class _Search:
@@ -124,7 +126,7 @@ class _Search:
     ``chain``: the network for :func:`.split_crown.node_bounds`."""
 
     def __init__(self, net: BranchAndBound, chain: list, pre: list[tuple[np.ndarray, np.ndarray]], rtol: float,
-                 vertex_units: int, sdp: Callable[[list, float], float] | None = None, batch: int = 8) -> None:
+                 vertex_units: int, sdp: NodeSdp | None = None, batch: int = 8) -> None:
         self.net, self.chain, self.rtol, self.vertex_units, self.sdp, self.batch = net, chain, rtol, vertex_units, sdp, batch
         self.pool = WitnessPool(net)  # every LP's points: witnesses now, starts of the witness search later
         self.sdp_calls = 0
@@ -204,10 +206,11 @@ class _Search:
             self.net.sample(point[None])
         return verdict != "none"
 
-    def _push(self, pre: list, split: list, cap: float = math.inf) -> None:
+    def _push(self, pre: list, split: list, cap: float = math.inf, sdp_state: SdpState | None = None) -> None:
         """Bound the node by its interval Jacobian and queue it, its LipSDP bound due when it reaches
         the top; ``cap`` is its parent's bound, which holds on the node too (its inputs and slope box
-        are subsets of the parent's): a child whose own bound came out looser keeps the parent's."""
+        are subsets of the parent's): a child whose own bound came out looser keeps the parent's.
+        ``sdp_state``: the parent's LipSDP certificate, the warm start of the node's."""
         if any((l > u).any() for l, u in pre):  # rigorous bounds that cross: no input of the box is in the node
             self.empty += 1
             return
@@ -220,7 +223,7 @@ class _Search:
             self.closed += 1
             return
         due = (self.sdp is not None or self.node_lp_units > 0) and any((states(l, u) == FREE).any() for l, u in pre)
-        heapq.heappush(self.heap, _Node(-upper, upper, pre, split, scores, due))
+        heapq.heappush(self.heap, _Node(-upper, upper, pre, split, scores, due, sdp_state))
 
     def _refine(self, node: _Node, root: bool = False) -> None:
         """Lower ``node``'s bound by LipSDP-Neuron (module doc), after tightening its bounds by its LP
@@ -235,7 +238,9 @@ class _Search:
             node.pre, node.upper = pre, min(node.upper, upper)
         left = min(self.deadline - time.perf_counter(), self.sdp_seconds)
         if self.sdp is not None and left > 0:
-            node.upper = min(node.upper, self.sdp(node.pre, left))
+            value, state = self.sdp(node.pre, left, node.sdp_state)
+            node.upper = min(node.upper, value)
+            node.sdp_state = state or node.sdp_state  # an ancestor's certificate still warm-starts the children
             self.sdp_calls += 1
         node.key, node.refine_due = -node.upper, False
         if node.upper <= self.net.best * (1 + self.rtol):
@@ -268,7 +273,7 @@ class _Search:
             if not batch:  # every neuron of the top node stable: its bound is its Jacobian's norm
                 return "open-leaf"
             self.nodes += len(batch)
-            kids, caps = [], []
+            kids, caps, states_ = [], [], []
             for node in batch:
                 flat = np.concatenate(node.scores)
                 j = int(np.argmax(flat))
@@ -277,9 +282,10 @@ class _Search:
                 for pre, split in children(node.pre, node.split, m, i):
                     kids.append((pre, split))
                     caps.append(node.upper)
+                    states_.append(node.sdp_state)
             tightened = node_bounds(self.chain, [pre for pre, _ in kids], self.net.lo, self.net.hi)
-            for pre, (_, split), cap in zip(tightened, kids, caps):
-                self._push(pre, split, cap)
+            for pre, (_, split), cap, state in zip(tightened, kids, caps, states_):
+                self._push(pre, split, cap, state)
             step = time.perf_counter() - start
         return "converged"
 
@@ -288,7 +294,7 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
                time_budget: float = 60.0, max_nodes: int = 100_000, rtol: float = 1e-6,
                vertex_units: int = 8, lower_share: float = 0.0, ascent_share: float = 0.25, node_sdp: bool = True, root_lp_share: float = 0.3,
                root_lp_units: int = 256, sdp_share: float = 0.25, batch: int = 8, node_lp_units: int = 256,
-               node_lp_share: float = 0.1) -> Result:
+               node_lp_share: float = 0.1, warm_iter: int = 100) -> Result:
     """Certified local Lipschitz bound (L2 -> L2) of a ReLU MLP on a box by neuron branch and bound
     (module doc).
 
@@ -317,14 +323,16 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
         batch: most nodes expanded together (their children's CROWN bounds in one batch).
         node_lp_units: most unstable neurons a node's LP tightens when it reaches the top (a work cap; 0: none).
         node_lp_share: fraction of the budget one node's LP tightening may take (a cap).
+        warm_iter: most first-order iterations of a node's LipSDP bound warm-started from its parent's
+            certificate (:mod:`~lipbound.methods.lipsdp_warm`; 0: a full solve at every node).
     """
     if not (time_budget > 0 and max_nodes >= 1 and rtol >= 0 and 0 <= vertex_units <= 16 and 0 <= lower_share < 1
             and 0 <= ascent_share < 1 and 0 <= root_lp_share <= 1 and root_lp_units >= 0 and 0 < sdp_share <= 1 and batch >= 1
-            and node_lp_units >= 0 and 0 <= node_lp_share <= 1):
+            and node_lp_units >= 0 and 0 <= node_lp_share <= 1 and warm_iter >= 0):
         raise InvalidInput("neuron-bab: time_budget must be > 0, max_nodes >= 1, rtol >= 0, "
                            "0 <= vertex_units <= 16, 0 <= lower_share < 1, 0 <= ascent_share < 1, 0 <= root_lp_share <= 1, "
-                           "root_lp_units >= 0, 0 < sdp_share <= 1, batch >= 1, node_lp_units >= 0 "
-                           "and 0 <= node_lp_share <= 1")
+                           "root_lp_units >= 0, 0 < sdp_share <= 1, batch >= 1, node_lp_units >= 0, "
+                           "0 <= node_lp_share <= 1 and warm_iter >= 0")
     t0 = time.perf_counter()
     region = graph.region if domain is None else domain
     if region is None:
@@ -344,7 +352,8 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
         raise NotApplicable("neuron-bab: every activation must be a ReLU")
     net = BranchAndBound(layers, box, rtol)  # its witnesses, and its region checks for the leaves
     pre = [(l.pre[0].numpy(), l.pre[1].numpy()) for l in layers[:-1]]
-    search = _Search(net, _chain(net), pre, rtol, vertex_units, _sdp_bound(local) if node_sdp else None, batch)
+    sdp = NodeSdp(local, warm_iter) if node_sdp else None
+    search = _Search(net, _chain(net), pre, rtol, vertex_units, sdp, batch)
     search.pool.add(box.center.reshape(1, -1).to(torch.float64).numpy())
     search.start(t0 + time_budget, time.perf_counter() + root_lp_share * time_budget, root_lp_units,
                  sdp_share * time_budget, (node_lp_units, node_lp_share * time_budget))
@@ -360,7 +369,8 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
     unstable = int(sum((states(l, u) == FREE).sum() for l, u in pre))
     details = {"lower": lower if lower > -math.inf else None, "upper": upper, "search_nodes": search.nodes,
                "open_nodes": len(search.heap), "empty_nodes": search.empty, "closed_nodes": search.closed,
-               "lps": search.lps, "sdp_bounds": search.sdp_calls, "unstable_neurons": unstable, "lp_tightening": search.use_lp,
+               "lps": search.lps, "sdp_bounds": search.sdp_calls,
+               "sdp_full": sdp.full if sdp else 0, "sdp_warm": sdp.warm if sdp else 0, "unstable_neurons": unstable, "lp_tightening": search.use_lp,
                "domain": box.describe(), "root_upper": root_upper,
                "seeded_lower": seeded if seeded > -math.inf else None,
                "lp_lower": lp_lower if lp_lower > -math.inf else None,
@@ -383,21 +393,3 @@ def _chain(net: BranchAndBound) -> list[Layer]:
         W, c = torch.from_numpy(np.asarray(w, dtype=np.float64)), torch.from_numpy(np.asarray(b, dtype=np.float64))
         out.append(Layer(W, torch.zeros_like(W), c, torch.zeros_like(c)))
     return out
-
-
-def _sdp_bound(local: Graph) -> Callable[[list, float], float]:
-    """``bound(pre, seconds)``: LipSDP-Neuron's certified value on ``local`` with the ReLUs'
-    pre bounds replaced by a node's ``pre`` (flat, per hidden layer), within ``seconds``; ``inf``
-    when it certifies nothing or does not apply."""
-    names = [n for n, node in local.nodes.items() if isinstance(node, Activation)]
-    shapes = [local.nodes[n].pre[0].shape for n in names]
-
-    def bound(pre: list, seconds: float) -> float:
-        bounds = {n: (torch.from_numpy(l).reshape(shape), torch.from_numpy(u).reshape(shape))
-                  for n, shape, (l, u) in zip(names, shapes, pre)}
-        try:
-            res = lipsdp(local.localized(local.region, bounds), time_budget=seconds)
-        except NotApplicable:  # every neuron stable: the interval bound is already the Jacobian's norm
-            return math.inf
-        return res.value if res.kind in (Kind.CERTIFIED_UPPER, Kind.EXACT) else math.inf
-    return bound
