@@ -138,15 +138,16 @@ class _Search:
         self.root = [(l.copy(), u.copy()) for l, u in pre]
         self.deadline = self.sdp_seconds = self.node_lp_seconds = math.inf
         self.node_lp_units = 0
+        self.one_sided = False  # the nodes' LPs: one side per neuron (_tighten)
 
     def start(self, deadline: float, lp_deadline: float, lp_units: int, sdp_seconds: float,
-              node_lp: tuple[int, float] = (0, 0.0)) -> None:
+              node_lp: tuple[int, float, bool] = (0, 0.0, False)) -> None:
         """Bound the root: LP tightening of its ``lp_units`` most influential unstable neurons until
         ``lp_deadline`` (the others keep their CROWN bounds, re-run after each layer), then its
         interval and LipSDP bounds (each LipSDP call gets at most ``sdp_seconds``); ``node_lp``: the
-        LP tightening of every later node that reaches the top (most units, most seconds)."""
+        LP tightening of every later node that reaches the top (most units, most seconds, one-sided)."""
         self.deadline, self.sdp_seconds = deadline, sdp_seconds
-        self.node_lp_units, self.node_lp_seconds = node_lp
+        self.node_lp_units, self.node_lp_seconds, self.one_sided = node_lp
         split = [np.zeros(len(l), dtype=bool) for l, _ in self.root]
         pre = self._tighten(self.root, split, min(lp_deadline, deadline), lp_units)
         if pre is None:
@@ -160,11 +161,14 @@ class _Search:
         top = self.heap[0].upper if self.heap else -math.inf
         return max(top, self.net.best)  # a closed node's bound is below the best witness
 
-    def _tighten(self, pre: list, split: list, deadline: float, units: int) -> list | None:
+    def _tighten(self, pre: list, split: list, deadline: float, units: int, one_sided: bool = False) -> list | None:
         """A node's bounds tightened by its LP relaxation for its ``units`` most influential
         unstable neurons (:func:`.interval_jacobian.influence`), layer by layer, each layer in influence order, until
         ``deadline`` (bounds not reached keep their values, which hold); after each layer the later
-        layers' bounds are intersected with CROWN's from the tightened ones; None: proved empty."""
+        layers' bounds are intersected with CROWN's from the tightened ones; None: proved empty.
+        ``one_sided``: one LP per neuron, on the side of its bounds nearer 0 (``l`` raised when
+        ``-l <= u``, else ``u`` lowered): the side that can make it stable, which is all that
+        LipSDP's value depends on; half the LPs of both sides."""
         if not self.use_lp or units <= 0:
             return pre
         pre = [(l.copy(), u.copy()) for l, u in pre]
@@ -181,13 +185,13 @@ class _Search:
             for i in chosen:
                 if time.perf_counter() > deadline or (states(*pre[m]) != FREE)[i]:
                     continue
-                got = lp.bound(m, i)
+                l, u = pre[m]
+                got = lp.bound(m, i, ((1.0,) if -l[i] <= u[i] else (-1.0,)) if one_sided else (1.0, -1.0))
                 self.lp_units += 1
                 if got is None:
                     self.lps += lp.lps
                     return None
                 low, high, points = got
-                l, u = pre[m]
                 l[i], u[i] = max(l[i], low), min(u[i], high)
                 if l[i] > u[i]:
                     self.lps += lp.lps
@@ -229,7 +233,8 @@ class _Search:
         """Lower ``node``'s bound by LipSDP-Neuron (module doc), after tightening its bounds by its LP
         (not the root's: done already), and queue it again (or close it)."""
         if not root and self.node_lp_units > 0:
-            pre = self._tighten(node.pre, node.split, time.perf_counter() + self.node_lp_seconds, self.node_lp_units)
+            pre = self._tighten(node.pre, node.split, time.perf_counter() + self.node_lp_seconds, self.node_lp_units,
+                                self.one_sided)
             leaf = pre is not None and not any((states(l, u) == FREE).any() for l, u in pre)
             if pre is None or any((l > u).any() for l, u in pre) or (leaf and not self._leaf(pre)):
                 self.empty += 1
@@ -294,7 +299,7 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
                time_budget: float = 60.0, max_nodes: int = 100_000, rtol: float = 1e-6,
                vertex_units: int = 8, lower_share: float = 0.0, ascent_share: float = 0.25, node_sdp: bool = True, root_lp_share: float = 0.3,
                root_lp_units: int = 256, sdp_share: float = 0.25, batch: int = 8, node_lp_units: int = 256,
-               node_lp_share: float = 0.1, warm_iter: int = 100) -> Result:
+               node_lp_share: float = 0.1, node_lp_one_sided: bool = True, warm_iter: int = 100) -> Result:
     """Certified local Lipschitz bound (L2 -> L2) of a ReLU MLP on a box by neuron branch and bound
     (module doc).
 
@@ -323,6 +328,8 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
         batch: most nodes expanded together (their children's CROWN bounds in one batch).
         node_lp_units: most unstable neurons a node's LP tightens when it reaches the top (a work cap; 0: none).
         node_lp_share: fraction of the budget one node's LP tightening may take (a cap).
+        node_lp_one_sided: a node's LP bounds each neuron on one side only, the side nearer 0 (the one
+            that can make it stable; the root's LPs bound both sides).
         warm_iter: most first-order iterations of a node's LipSDP bound warm-started from its parent's
             certificate (:mod:`~lipbound.methods.lipsdp_warm`; 0: a full solve at every node).
     """
@@ -356,7 +363,7 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
     search = _Search(net, _chain(net), pre, rtol, vertex_units, sdp, batch)
     search.pool.add(box.center.reshape(1, -1).to(torch.float64).numpy())
     search.start(t0 + time_budget, time.perf_counter() + root_lp_share * time_budget, root_lp_units,
-                 sdp_share * time_budget, (node_lp_units, node_lp_share * time_budget))
+                 sdp_share * time_budget, (node_lp_units, node_lp_share * time_budget, node_lp_one_sided))
     root_upper = search.upper()
     lp_lower = net.best
     seed_stop = "converged"
