@@ -175,6 +175,10 @@ def test_split_lp_bounds_contain_sampled_pre_activations_and_match_the_lp_optimu
         for i in range(ws[m].shape[0]):
             lo_i, hi_i, _ = lp.bound(m, i)
             assert (samples[m][:, i] >= lo_i).all() and (samples[m][:, i] <= hi_i).all()
+            # one side at a time (a node's one-sided LPs): that side's bound, nothing on the other
+            (lo_1, hi_1, _), (lo_2, hi_2, _) = lp.bound(m, i, (1.0,)), lp.bound(m, i, (-1.0,))
+            assert hi_1 == math.inf and lo_2 == -math.inf
+            assert lo_1 == pytest.approx(lo_i, abs=1e-9) and hi_2 == pytest.approx(hi_i, abs=1e-9)
             # the bound is the LP's optimum up to solver tolerance (scipy, an independent solve)
             c, b = lp.target(m, i)
             a = lp.rows.a.toarray()
