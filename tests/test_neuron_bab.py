@@ -83,6 +83,20 @@ def test_lipsdp_node_bounds_keep_it_sound_and_exact():
     assert res.kind == "exact" and res.value == pytest.approx(truth, rel=1e-6)
 
 
+def test_warm_started_node_bounds_keep_it_sound_and_exact():
+    """The children's LipSDP bounds start from the root's certificate (lipsdp_warm): still exact on
+    the brute-force constant."""
+    net = _net(0, (2, 5, 4, 2))
+    g = as_graph(net, (2,))
+    low, high = -torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    truth = _exact_local(net, low.numpy(), high.numpy())
+    res = METHODS["neuron-bab"](g, domain=(low, high), time_budget=20, lower_share=0.0, vertex_units=0, ascent_share=0,
+                                node_lp_units=0)
+    assert res.details["sdp_full"] == 1 and res.details["sdp_warm"] >= 1
+    assert res.details["upper"] >= truth * (1 - 1e-9)
+    assert res.kind == "exact" and res.value == pytest.approx(truth, rel=1e-6)
+
+
 def test_a_child_keeps_its_parents_bound_when_its_own_comes_out_looser(monkeypatch):
     """A child's inputs and slope box lie inside its parent's, so the parent's bound holds on it; a
     child bound that came out looser (LipSDP or the LP cut by the deadline; here: the slope bound
