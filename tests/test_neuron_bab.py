@@ -17,7 +17,7 @@ from lipbound.api import as_graph
 from lipbound.errors import InvalidInput, NotApplicable
 from lipbound.methods import METHODS
 from lipbound.methods.interval_jacobian import slope_bound
-from lipbound.methods.neuron_bab import children
+from lipbound.methods.split_crown import children
 from lipbound.methods.region import Box
 from lipbound.methods.split_lp import SplitLP
 
@@ -93,6 +93,17 @@ def test_warm_started_node_bounds_keep_it_sound_and_exact():
     res = METHODS["neuron-bab"](g, domain=(low, high), time_budget=20, lower_share=0.0, vertex_units=0, ascent_share=0,
                                 node_lp_units=0)
     assert res.details["sdp_full"] == 1 and res.details["sdp_warm"] >= 1
+    assert res.details["upper"] >= truth * (1 - 1e-9)
+    assert res.kind == "exact" and res.value == pytest.approx(truth, rel=1e-6)
+
+
+@pytest.mark.parametrize("seed,widths", [(0, (2, 5, 4, 2)), (4, (2, 6, 5, 2))])
+def test_strong_branching_closes_on_the_brute_force_local_constant(seed, widths):
+    net = _net(seed, widths)
+    g = as_graph(net, (2,))
+    low, high = -torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    truth = _exact_local(net, low.numpy(), high.numpy())
+    res = METHODS["neuron-bab"](g, domain=(low, high), time_budget=20, lower_share=0.0, ascent_share=0, strong=3)
     assert res.details["upper"] >= truth * (1 - 1e-9)
     assert res.kind == "exact" and res.value == pytest.approx(truth, rel=1e-6)
 

@@ -86,31 +86,12 @@ from .propagation import localize
 from .region import Box, as_box
 from .bab_witness import WitnessPool
 from .interval_jacobian import influence, slope_bound
-from .relu_boxes import Layer
-from .split_crown import node_bounds
+from .split_crown import chain_of, children, node_bounds
 from .split_lp import FREE, SplitLP, states
 
 __all__ = ["neuron_bab"]
 
 MAX_LP_VARIABLES = 4000  # above this many LP variables the nodes keep their propagated bounds (no LP)
-
-
-def children(pre: list, split: list, m: int, i: int) -> list[tuple[list, list]]:
-    """The two nodes of splitting neuron ``i`` of hidden layer ``m``: ``z_i >= 0`` (its lower bound
-    raised to 0) and ``z_i <= 0`` (its upper bound lowered to 0); every input of the parent lies in
-    one of them (module doc)."""
-    out = []
-    for active in (True, False):
-        pre_c = [(l.copy(), u.copy()) for l, u in pre]
-        split_c = [s.copy() for s in split]
-        l, u = pre_c[m]
-        if active:
-            l[i] = max(l[i], 0.0)
-        else:
-            u[i] = min(u[i], 0.0)
-        split_c[m][i] = True
-        out.append((pre_c, split_c))
-    return out
 
 
 @dataclass(order=True)
@@ -143,6 +124,7 @@ class _Search:
         self.deadline = self.sdp_seconds = self.node_lp_seconds = math.inf
         self.node_lp_units = 0
         self.one_sided = False  # the nodes' LPs: one side per neuron (_tighten)
+        self.strong = 1  # split candidates tried per node (_strong; 1: the most influential neuron)
 
     def start(self, deadline: float, lp_deadline: float, lp_units: int, sdp_seconds: float,
               node_lp: tuple[int, float, bool] = (0, 0.0, False)) -> None:
@@ -215,34 +197,46 @@ class _Search:
         return verdict != "none"
 
     def _push(self, pre: list, split: list, cap: float = math.inf, sdp_state: SdpState | None = None) -> None:
-        """Bound the node by its interval Jacobian and queue it, its LipSDP bound due when it reaches
-        the top; ``cap`` is its parent's bound, which holds on the node too (its inputs and slope box
-        are subsets of the parent's): a child whose own bound came out looser keeps the parent's.
-        ``sdp_state``: the parent's LipSDP certificate, the warm start of the node's."""
+        """Queue the node of :meth:`_node` (unless empty or closed)."""
+        node = self._node(pre, split, cap, sdp_state)
+        if node is not None:
+            heapq.heappush(self.heap, node)
+
+    def _node(self, pre: list, split: list, cap: float, sdp_state: SdpState | None) -> _Node | None:
+        """The node bounded by its interval Jacobian, its LipSDP bound due when it reaches the top;
+        ``cap`` is its parent's bound, which holds on the node too (its inputs and slope box are
+        subsets of the parent's): a child whose own bound came out looser keeps the parent's.
+        ``sdp_state``: the parent's LipSDP certificate, the warm start of the node's. None: empty or closed."""
         if any((l > u).any() for l, u in pre):  # rigorous bounds that cross: no input of the box is in the node
             self.empty += 1
-            return
+            return None
         if not any((states(l, u) == FREE).any() for l, u in pre) and not self._leaf(pre):
             self.empty += 1
-            return
+            return None
         upper, scores = slope_bound(self.net.w, pre, self.vertex_units)
         upper = min(upper, cap)
         if upper <= self.net.best * (1 + self.rtol):
             self.closed += 1
-            return
+            return None
         due = (self.sdp is not None or self.node_lp_units > 0) and any((states(l, u) == FREE).any() for l, u in pre)
-        heapq.heappush(self.heap, _Node(-upper, upper, pre, split, scores, due, sdp_state))
+        return _Node(-upper, upper, pre, split, scores, due, sdp_state)
 
     def _refine(self, node: _Node, root: bool = False) -> None:
-        """Lower ``node``'s bound by LipSDP-Neuron (module doc), after tightening its bounds by its LP
-        (not the root's: done already), and queue it again (or close it)."""
+        """Queue the node of :meth:`_refined` (unless empty or closed)."""
+        node = self._refined(node, root)
+        if node is not None:
+            heapq.heappush(self.heap, node)
+
+    def _refined(self, node: _Node, root: bool = False) -> _Node | None:
+        """``node`` with its bound lowered by LipSDP-Neuron (module doc), after tightening its bounds
+        by its LP (not the root's: done already); None: empty or closed."""
         if not root and self.node_lp_units > 0:
             pre = self._tighten(node.pre, node.split, time.perf_counter() + self.node_lp_seconds, self.node_lp_units,
                                 self.one_sided)
             leaf = pre is not None and not any((states(l, u) == FREE).any() for l, u in pre)
             if pre is None or any((l > u).any() for l, u in pre) or (leaf and not self._leaf(pre)):
                 self.empty += 1
-                return
+                return None
             upper, node.scores = slope_bound(self.net.w, pre, self.vertex_units)
             node.pre, node.upper = pre, min(node.upper, upper)
         left = min(self.deadline - time.perf_counter(), self.sdp_seconds)
@@ -254,8 +248,31 @@ class _Search:
         node.key, node.refine_due = -node.upper, False
         if node.upper <= self.net.best * (1 + self.rtol):
             self.closed += 1
-            return
-        heapq.heappush(self.heap, node)
+            return None
+        return node
+
+    def _strong(self, node: _Node) -> list[_Node]:
+        """Strong branching: the children of each of ``node``'s ``strong`` most influential free
+        neurons, each child refined (its LP and LipSDP bound), and the pair whose larger bound is the
+        least kept (already refined); the other pairs' work is discarded."""
+        flat = np.concatenate(node.scores)
+        cuts = np.cumsum([len(s) for s in node.scores])
+        picks = [int(j) for j in np.argsort(-flat, kind="stable")[:self.strong] if flat[j] > 0]
+        pairs = []
+        for j in picks:
+            m = int(np.searchsorted(cuts, j, side="right"))
+            pairs.append(children(node.pre, node.split, m, j - (int(cuts[m - 1]) if m else 0)))
+        tight = node_bounds(self.chain, [pre for pair in pairs for pre, _ in pair], self.net.lo, self.net.hi)
+        best, worst_best = [], math.inf
+        for c, pair in enumerate(pairs):
+            kids = [self._node(pre, split, node.upper, node.sdp_state) for pre, (_, split) in zip(tight[2 * c:2 * c + 2], pair)]
+            kids = [k for k in (self._refined(k) if k is not None and k.refine_due else k for k in kids) if k is not None]
+            worst = max((k.upper for k in kids), default=-math.inf)
+            if worst < worst_best:
+                best, worst_best = kids, worst
+            if time.perf_counter() > self.deadline:
+                break
+        return best
 
     def run(self, deadline: float, max_nodes: int) -> str:
         """Expand the top nodes (up to ``batch`` at once, their children bounded together) until
@@ -282,6 +299,12 @@ class _Search:
             if not batch:  # every neuron of the top node stable: its bound is its Jacobian's norm
                 return "open-leaf"
             self.nodes += len(batch)
+            if self.strong > 1:
+                for node in batch:
+                    for kid in self._strong(node):
+                        heapq.heappush(self.heap, kid)
+                step = time.perf_counter() - start
+                continue
             kids, caps, states_ = [], [], []
             for node in batch:
                 flat = np.concatenate(node.scores)
@@ -303,7 +326,8 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
                time_budget: float = 60.0, max_nodes: int = 100_000, rtol: float = 1e-6,
                vertex_units: int = 8, lower_share: float = 0.0, ascent_share: float = 0.25, node_sdp: bool = True, root_lp_share: float = 0.3,
                root_lp_units: int = 256, sdp_share: float = 0.25, batch: int = 8, node_lp_units: int = 256,
-               node_lp_share: float = 0.1, node_lp_one_sided: bool = True, warm_iter: int = 100) -> Result:
+               node_lp_share: float = 0.1, node_lp_one_sided: bool = True, warm_iter: int = 100,
+               strong: int = 1) -> Result:
     """Certified local Lipschitz bound (L2 -> L2) of a ReLU MLP on a box by neuron branch and bound
     (module doc).
 
@@ -336,14 +360,16 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
             that can make it stable; the root's LPs bound both sides).
         warm_iter: most first-order iterations of a node's LipSDP bound warm-started from its parent's
             certificate (:mod:`~lipbound.methods.lipsdp_warm`; 0: a full solve at every node).
+        strong: split candidates tried per node, the most influential first: each one's children
+            refined, the pair with the least larger bound kept (1: the most influential, no trial).
     """
     if not (time_budget > 0 and max_nodes >= 1 and rtol >= 0 and 0 <= vertex_units <= 16 and 0 <= lower_share < 1
             and 0 <= ascent_share < 1 and 0 <= root_lp_share <= 1 and root_lp_units >= 0 and 0 < sdp_share <= 1 and batch >= 1
-            and node_lp_units >= 0 and 0 <= node_lp_share <= 1 and warm_iter >= 0):
+            and node_lp_units >= 0 and 0 <= node_lp_share <= 1 and warm_iter >= 0 and strong >= 1):
         raise InvalidInput("neuron-bab: time_budget must be > 0, max_nodes >= 1, rtol >= 0, "
                            "0 <= vertex_units <= 16, 0 <= lower_share < 1, 0 <= ascent_share < 1, 0 <= root_lp_share <= 1, "
                            "root_lp_units >= 0, 0 < sdp_share <= 1, batch >= 1, node_lp_units >= 0, "
-                           "0 <= node_lp_share <= 1 and warm_iter >= 0")
+                           "0 <= node_lp_share <= 1, warm_iter >= 0 and strong >= 1")
     t0 = time.perf_counter()
     region = graph.region if domain is None else domain
     if region is None:
@@ -364,7 +390,8 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
     net = BranchAndBound(layers, box, rtol)  # its witnesses, and its region checks for the leaves
     pre = [(l.pre[0].numpy(), l.pre[1].numpy()) for l in layers[:-1]]
     sdp = NodeSdp(local, warm_iter) if node_sdp else None
-    search = _Search(net, _chain(net), pre, rtol, vertex_units, sdp, batch)
+    search = _Search(net, chain_of(net.w[:-1], net.num.b[:-1]), pre, rtol, vertex_units, sdp, batch)
+    search.strong = strong
     search.pool.add(box.center.reshape(1, -1).to(torch.float64).numpy())
     search.start(t0 + time_budget, time.perf_counter() + root_lp_share * time_budget, root_lp_units,
                  sdp_share * time_budget, (node_lp_units, node_lp_share * time_budget, node_lp_one_sided))
@@ -394,13 +421,3 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
         return Result("neuron-bab", lower, "exact", seconds, witness=witness, details=details,
                       bracket=(lower, max(upper, lower)))
     return Result("neuron-bab", upper, "certified_upper", seconds, witness=witness, details=details)
-
-
-def _chain(net: BranchAndBound) -> list[Layer]:
-    """The hidden layers of ``net`` as :class:`.relu_boxes.Layer` for :func:`.split_crown.node_bounds`:
-    the float64 weights every other bound of this method takes as the network (zero enclosures)."""
-    out = []
-    for w, b in zip(net.w[:-1], net.num.b[:-1]):
-        W, c = torch.from_numpy(np.asarray(w, dtype=np.float64)), torch.from_numpy(np.asarray(b, dtype=np.float64))
-        out.append(Layer(W, torch.zeros_like(W), c, torch.zeros_like(c)))
-    return out
