@@ -231,8 +231,8 @@ class _Search:
         """``node`` with its bound lowered by LipSDP-Neuron (module doc), after tightening its bounds
         by its LP (not the root's: done already); None: empty or closed."""
         if not root and self.node_lp_units > 0:
-            pre = self._tighten(node.pre, node.split, time.perf_counter() + self.node_lp_seconds, self.node_lp_units,
-                                self.one_sided)
+            pre = self._tighten(node.pre, node.split, min(time.perf_counter() + self.node_lp_seconds, self.deadline),
+                                self.node_lp_units, self.one_sided)
             leaf = pre is not None and not any((states(l, u) == FREE).any() for l, u in pre)
             if pre is None or any((l > u).any() for l, u in pre) or (leaf and not self._leaf(pre)):
                 self.empty += 1
