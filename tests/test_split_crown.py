@@ -10,7 +10,7 @@ import torch
 
 from lipbound.api import as_graph
 from lipbound.methods import METHODS
-from lipbound.methods.neuron_bab import children
+from lipbound.methods.split_crown import children
 from lipbound.methods.relu_boxes import Layer
 from lipbound.methods.split_crown import node_bounds
 
