@@ -17,7 +17,7 @@ from lipbound.api import as_graph
 from lipbound.errors import InvalidInput, NotApplicable
 from lipbound.methods import METHODS
 from lipbound.methods.interval_jacobian import slope_bound
-from lipbound.methods.neuron_bab import children
+from lipbound.methods.split_crown import children
 from lipbound.methods.region import Box
 from lipbound.methods.split_lp import SplitLP
 
@@ -83,6 +83,31 @@ def test_lipsdp_node_bounds_keep_it_sound_and_exact():
     assert res.kind == "exact" and res.value == pytest.approx(truth, rel=1e-6)
 
 
+def test_warm_started_node_bounds_keep_it_sound_and_exact():
+    """The children's LipSDP bounds start from the root's certificate (lipsdp_warm): still exact on
+    the brute-force constant."""
+    net = _net(0, (2, 5, 4, 2))
+    g = as_graph(net, (2,))
+    low, high = -torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    truth = _exact_local(net, low.numpy(), high.numpy())
+    res = METHODS["neuron-bab"](g, domain=(low, high), time_budget=20, lower_share=0.0, vertex_units=0, ascent_share=0,
+                                node_lp_units=0)
+    assert res.details["sdp_full"] == 1 and res.details["sdp_warm"] >= 1
+    assert res.details["upper"] >= truth * (1 - 1e-9)
+    assert res.kind == "exact" and res.value == pytest.approx(truth, rel=1e-6)
+
+
+@pytest.mark.parametrize("seed,widths", [(0, (2, 5, 4, 2)), (4, (2, 6, 5, 2))])
+def test_strong_branching_closes_on_the_brute_force_local_constant(seed, widths):
+    net = _net(seed, widths)
+    g = as_graph(net, (2,))
+    low, high = -torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    truth = _exact_local(net, low.numpy(), high.numpy())
+    res = METHODS["neuron-bab"](g, domain=(low, high), time_budget=20, lower_share=0.0, ascent_share=0, strong=3)
+    assert res.details["upper"] >= truth * (1 - 1e-9)
+    assert res.kind == "exact" and res.value == pytest.approx(truth, rel=1e-6)
+
+
 def test_a_child_keeps_its_parents_bound_when_its_own_comes_out_looser(monkeypatch):
     """A child's inputs and slope box lie inside its parent's, so the parent's bound holds on it; a
     child bound that came out looser (LipSDP or the LP cut by the deadline; here: the slope bound
@@ -108,12 +133,12 @@ def test_a_child_keeps_its_parents_bound_when_its_own_comes_out_looser(monkeypat
 
 
 def test_a_node_with_every_neuron_stable_gets_no_lipsdp_bound():
-    from lipbound.methods.neuron_bab import _sdp_bound
+    from lipbound.methods.bab_sdp import NodeSdp
     from lipbound.methods.propagation import localize
     g = as_graph(_net(0, (2, 5, 4, 2)), (2,))
     local = localize(g, Box(-torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)))
     pre = [(np.full(5, 1.0), np.full(5, 2.0)), (np.full(4, -2.0), np.full(4, -1.0))]
-    assert _sdp_bound(local)(pre, 5.0) == math.inf
+    assert NodeSdp(local, 100)(pre, 5.0, None) == (math.inf, None)
 
 
 def test_slope_bound_is_the_vertex_maximum_when_all_are_enumerated_and_above_it_otherwise():
@@ -175,6 +200,10 @@ def test_split_lp_bounds_contain_sampled_pre_activations_and_match_the_lp_optimu
         for i in range(ws[m].shape[0]):
             lo_i, hi_i, _ = lp.bound(m, i)
             assert (samples[m][:, i] >= lo_i).all() and (samples[m][:, i] <= hi_i).all()
+            # one side at a time (a node's one-sided LPs): that side's bound, nothing on the other
+            (lo_1, hi_1, _), (lo_2, hi_2, _) = lp.bound(m, i, (1.0,)), lp.bound(m, i, (-1.0,))
+            assert hi_1 == math.inf and lo_2 == -math.inf
+            assert lo_1 == pytest.approx(lo_i, abs=1e-9) and hi_2 == pytest.approx(hi_i, abs=1e-9)
             # the bound is the LP's optimum up to solver tolerance (scipy, an independent solve)
             c, b = lp.target(m, i)
             a = lp.rows.a.toarray()

@@ -10,9 +10,8 @@ import torch
 
 from lipbound.api import as_graph
 from lipbound.methods import METHODS
-from lipbound.methods.neuron_bab import children
 from lipbound.methods.relu_boxes import Layer
-from lipbound.methods.split_crown import node_bounds
+from lipbound.methods.split_crown import children, node_bounds
 
 from oracles import seeded_mlp as _net
 from test_neuron_bab import _exact_local, _weights

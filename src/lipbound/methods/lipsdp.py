@@ -100,7 +100,7 @@ from .lipsdp_conv import lipsdp_blocks, routes_to_blocks
 from .lipsdp_first_order import expand, rss_mb, solve_first_order, stopped_by
 from .lipsdp_ipm import solve_ipm
 from .lipsdp_dual import gap, psd_factor, repaired_dual
-from .sdp_verify import SEARCH_EVALUATIONS, CertificateRejected, certify, solving_margin
+from .sdp_verify import SEARCH_EVALUATIONS, Certificate, CertificateRejected, certify, solving_margin
 from .work_plan import interior_evaluations, lmi_factor_seconds
 
 VARIANTS = ("neuron", "layer")
@@ -136,12 +136,22 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
         the certified value could still fall by solving the SDP exactly), and ``rss_peak_mb``, the
         process's peak resident memory when the method ended (an upper bound of what it used).
     """
+    return lipsdp_certificate(graph, variant=variant, solver=solver, time_budget=time_budget, lbfgs_iter=lbfgs_iter,
+                              ipm_max_order=ipm_max_order, max_size=max_size)[0]
+
+
+def lipsdp_certificate(graph: Graph, *, variant: str = "neuron", solver: str = "auto", time_budget: float = 300.0,
+                       lbfgs_iter: int = 3000, ipm_max_order: int = 60,
+                       max_size: int = 20000) -> tuple[Result, LipschitzLMI | None, Certificate | None]:
+    """:func:`lipsdp`'s result with the (balanced) LMI it checked and its checked certificate (None
+    when not certified, or on the ``"blocks"`` path): the multipliers a warm start reuses
+    (:mod:`lipbound.methods.lipsdp_warm`)."""
     if variant not in VARIANTS:
         raise InvalidInput(f"variant must be one of {VARIANTS}, got {variant!r}")
     if solver not in SOLVERS:
         raise InvalidInput(f"solver must be one of {SOLVERS}, got {solver!r}")
     if solver == "blocks" or (solver == "auto" and routes_to_blocks(graph)):  # CNN chains: lipsdp_conv
-        return lipsdp_blocks(graph, variant=variant, time_budget=time_budget, lbfgs_iter=lbfgs_iter)
+        return lipsdp_blocks(graph, variant=variant, time_budget=time_budget, lbfgs_iter=lbfgs_iter), None, None
     start = time.perf_counter()
     lmi = balanced(lmi_of_graph(graph, max_size=max_size))
     red = lmi.reduced()
@@ -185,11 +195,11 @@ def lipsdp(graph: Graph, *, variant: str = "neuron", solver: str = "auto", seed:
     cert, rejected = _best_certificate(lmi, red, info.pop("candidates", None) or [(t, claimed)], interior)
     if cert is None:
         info.update(verified=False, reason=str(rejected), rss_peak_mb=rss_mb())
-        return Result(name, claimed_value, "estimate", time.perf_counter() - start, details=info)
+        return Result(name, claimed_value, "estimate", time.perf_counter() - start, details=info), lmi, None
     info.update(cert.summary())
     info["rss_peak_mb"] = rss_mb()
     info["sdp_gap"] = gap(cert.value, info["sdp_lower"])
-    return Result(name, cert.value, "certified_upper", time.perf_counter() - start, details=info)
+    return Result(name, cert.value, "certified_upper", time.perf_counter() - start, details=info), lmi, cert
 
 
 def _best_certificate(lmi: LipschitzLMI, red: LipschitzLMI, candidates: list, interior: np.ndarray):

@@ -24,12 +24,16 @@ node, and ``sup ||J(D)||_2`` over that slope box is bounded by a backward interv
 3. When the node reaches the top of the queue (lazily: a node closed by its interval bound never
 pays for them), its bounds are tightened by its LP (at most ``node_lp_units`` neurons, the most
 influential first, within ``node_lp_share`` of the budget; the LP enforces the node's splits,
-which CROWN relaxes away), and it is also bounded by LipSDP-Neuron (:mod:`~lipbound.methods.lipsdp`, its certificate
+which CROWN relaxes away; one side per neuron, the one that can make it stable, with
+``node_lp_one_sided``), and it is also bounded by LipSDP-Neuron (:mod:`.bab_sdp`, its certificate
 checked in float64, at most ``sdp_share`` of the budget per call) on the graph whose ReLUs carry
 the node's bounds: its LMI (Fazlyab et al. 2019, Theorem 2) holds for every increment
 ``(dx, dh = D W dx)`` with ``D`` in the per-neuron sectors, so it bounds ``||J(D) v||`` for every ``D``
-in the slope box, hence ``||Df(x)||_2`` at every differentiable input of the node. The smaller
-bound is kept, and never more than the parent's (its inputs and slope box contain the child's).
+in the slope box, hence ``||Df(x)||_2`` at every differentiable input of the node. The root's is a
+full solve; every other node starts from its parent's checked multipliers, which stay feasible on
+the node's LMI (:mod:`.lipsdp_warm`: at most ``warm_iter`` first-order steps, 10x cheaper than a
+full solve on mnistfc_256x2). The smaller bound is kept, and never more than the parent's (its
+inputs and slope box contain the child's).
 (On mnistfc_256x2 the slope-box maximum is within ~5% of LipSDP's value, the interval bound ~3x
 above it: benchmarks/results/local_mnistfc.md.)
 
@@ -65,47 +69,29 @@ import heapq
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import InvalidInput, NotApplicable, UnsupportedOperation
-from ..graph.ir import Activation, Graph
-from ..report import Kind, Result
+from ..graph.ir import Graph
+from ..report import Result
 from .exact import rechecked
 from .exact_search import BranchAndBound
-from .lipsdp import lipsdp
+from .bab_sdp import NodeSdp
+from .lipsdp_warm import SdpState
 from .piecewise import mlp_layers
 from .propagation import localize
 from .region import Box, as_box
 from .bab_witness import WitnessPool
 from .interval_jacobian import influence, slope_bound
-from .relu_boxes import Layer
-from .split_crown import node_bounds
+from .split_crown import chain_of, children, node_bounds
 from .split_lp import FREE, SplitLP, states
 
 __all__ = ["neuron_bab"]
 
 MAX_LP_VARIABLES = 4000  # above this many LP variables the nodes keep their propagated bounds (no LP)
-
-
-def children(pre: list, split: list, m: int, i: int) -> list[tuple[list, list]]:
-    """The two nodes of splitting neuron ``i`` of hidden layer ``m``: ``z_i >= 0`` (its lower bound
-    raised to 0) and ``z_i <= 0`` (its upper bound lowered to 0); every input of the parent lies in
-    one of them (module doc)."""
-    out = []
-    for active in (True, False):
-        pre_c = [(l.copy(), u.copy()) for l, u in pre]
-        split_c = [s.copy() for s in split]
-        l, u = pre_c[m]
-        if active:
-            l[i] = max(l[i], 0.0)
-        else:
-            u[i] = min(u[i], 0.0)
-        split_c[m][i] = True
-        out.append((pre_c, split_c))
-    return out
 
 
 @dataclass(order=True)
@@ -116,6 +102,7 @@ class _Node:
     split: list = field(compare=False)  # per hidden layer: neurons fixed by a split
     scores: list = field(compare=False)
     refine_due: bool = field(compare=False, default=False)  # LP and LipSDP not tried yet (when it reaches the top)
+    sdp_state: SdpState | None = field(compare=False, default=None)  # its LipSDP certificate, or its nearest ancestor's
 
 
 class _Search:
@@ -124,7 +111,7 @@ class _Search:
     ``chain``: the network for :func:`.split_crown.node_bounds`."""
 
     def __init__(self, net: BranchAndBound, chain: list, pre: list[tuple[np.ndarray, np.ndarray]], rtol: float,
-                 vertex_units: int, sdp: Callable[[list, float], float] | None = None, batch: int = 8) -> None:
+                 vertex_units: int, sdp: NodeSdp | None = None, batch: int = 8) -> None:
         self.net, self.chain, self.rtol, self.vertex_units, self.sdp, self.batch = net, chain, rtol, vertex_units, sdp, batch
         self.pool = WitnessPool(net)  # every LP's points: witnesses now, starts of the witness search later
         self.sdp_calls = 0
@@ -136,15 +123,17 @@ class _Search:
         self.root = [(l.copy(), u.copy()) for l, u in pre]
         self.deadline = self.sdp_seconds = self.node_lp_seconds = math.inf
         self.node_lp_units = 0
+        self.one_sided = False  # the nodes' LPs: one side per neuron (_tighten)
+        self.strong = 1  # split candidates tried per node (_strong; 1: the most influential neuron)
 
     def start(self, deadline: float, lp_deadline: float, lp_units: int, sdp_seconds: float,
-              node_lp: tuple[int, float] = (0, 0.0)) -> None:
+              node_lp: tuple[int, float, bool] = (0, 0.0, False)) -> None:
         """Bound the root: LP tightening of its ``lp_units`` most influential unstable neurons until
         ``lp_deadline`` (the others keep their CROWN bounds, re-run after each layer), then its
         interval and LipSDP bounds (each LipSDP call gets at most ``sdp_seconds``); ``node_lp``: the
-        LP tightening of every later node that reaches the top (most units, most seconds)."""
+        LP tightening of every later node that reaches the top (most units, most seconds, one-sided)."""
         self.deadline, self.sdp_seconds = deadline, sdp_seconds
-        self.node_lp_units, self.node_lp_seconds = node_lp
+        self.node_lp_units, self.node_lp_seconds, self.one_sided = node_lp
         split = [np.zeros(len(l), dtype=bool) for l, _ in self.root]
         pre = self._tighten(self.root, split, min(lp_deadline, deadline), lp_units)
         if pre is None:
@@ -158,11 +147,14 @@ class _Search:
         top = self.heap[0].upper if self.heap else -math.inf
         return max(top, self.net.best)  # a closed node's bound is below the best witness
 
-    def _tighten(self, pre: list, split: list, deadline: float, units: int) -> list | None:
+    def _tighten(self, pre: list, split: list, deadline: float, units: int, one_sided: bool = False) -> list | None:
         """A node's bounds tightened by its LP relaxation for its ``units`` most influential
         unstable neurons (:func:`.interval_jacobian.influence`), layer by layer, each layer in influence order, until
         ``deadline`` (bounds not reached keep their values, which hold); after each layer the later
-        layers' bounds are intersected with CROWN's from the tightened ones; None: proved empty."""
+        layers' bounds are intersected with CROWN's from the tightened ones; None: proved empty.
+        ``one_sided``: one LP per neuron, on the side of its bounds nearer 0 (``l`` raised when
+        ``-l <= u``, else ``u`` lowered): the side that can make it stable, which is all that
+        LipSDP's value depends on; half the LPs of both sides."""
         if not self.use_lp or units <= 0:
             return pre
         pre = [(l.copy(), u.copy()) for l, u in pre]
@@ -179,13 +171,13 @@ class _Search:
             for i in chosen:
                 if time.perf_counter() > deadline or (states(*pre[m]) != FREE)[i]:
                     continue
-                got = lp.bound(m, i)
+                l, u = pre[m]
+                got = lp.bound(m, i, ((1.0,) if -l[i] <= u[i] else (-1.0,)) if one_sided else (1.0, -1.0))
                 self.lp_units += 1
                 if got is None:
                     self.lps += lp.lps
                     return None
                 low, high, points = got
-                l, u = pre[m]
                 l[i], u[i] = max(l[i], low), min(u[i], high)
                 if l[i] > u[i]:
                     self.lps += lp.lps
@@ -204,44 +196,83 @@ class _Search:
             self.net.sample(point[None])
         return verdict != "none"
 
-    def _push(self, pre: list, split: list, cap: float = math.inf) -> None:
-        """Bound the node by its interval Jacobian and queue it, its LipSDP bound due when it reaches
-        the top; ``cap`` is its parent's bound, which holds on the node too (its inputs and slope box
-        are subsets of the parent's): a child whose own bound came out looser keeps the parent's."""
+    def _push(self, pre: list, split: list, cap: float = math.inf, sdp_state: SdpState | None = None) -> None:
+        """Queue the node of :meth:`_node` (unless empty or closed)."""
+        node = self._node(pre, split, cap, sdp_state)
+        if node is not None:
+            heapq.heappush(self.heap, node)
+
+    def _node(self, pre: list, split: list, cap: float, sdp_state: SdpState | None) -> _Node | None:
+        """The node bounded by its interval Jacobian, its LipSDP bound due when it reaches the top;
+        ``cap`` is its parent's bound, which holds on the node too (its inputs and slope box are
+        subsets of the parent's): a child whose own bound came out looser keeps the parent's.
+        ``sdp_state``: the parent's LipSDP certificate, the warm start of the node's. None: empty or closed."""
         if any((l > u).any() for l, u in pre):  # rigorous bounds that cross: no input of the box is in the node
             self.empty += 1
-            return
+            return None
         if not any((states(l, u) == FREE).any() for l, u in pre) and not self._leaf(pre):
             self.empty += 1
-            return
+            return None
         upper, scores = slope_bound(self.net.w, pre, self.vertex_units)
         upper = min(upper, cap)
         if upper <= self.net.best * (1 + self.rtol):
             self.closed += 1
-            return
+            return None
         due = (self.sdp is not None or self.node_lp_units > 0) and any((states(l, u) == FREE).any() for l, u in pre)
-        heapq.heappush(self.heap, _Node(-upper, upper, pre, split, scores, due))
+        return _Node(-upper, upper, pre, split, scores, due, sdp_state)
 
     def _refine(self, node: _Node, root: bool = False) -> None:
-        """Lower ``node``'s bound by LipSDP-Neuron (module doc), after tightening its bounds by its LP
-        (not the root's: done already), and queue it again (or close it)."""
+        """Queue the node of :meth:`_refined` (unless empty or closed)."""
+        node = self._refined(node, root)
+        if node is not None:
+            heapq.heappush(self.heap, node)
+
+    def _refined(self, node: _Node, root: bool = False) -> _Node | None:
+        """``node`` with its bound lowered by LipSDP-Neuron (module doc), after tightening its bounds
+        by its LP (not the root's: done already); None: empty or closed."""
         if not root and self.node_lp_units > 0:
-            pre = self._tighten(node.pre, node.split, time.perf_counter() + self.node_lp_seconds, self.node_lp_units)
+            pre = self._tighten(node.pre, node.split, min(time.perf_counter() + self.node_lp_seconds, self.deadline),
+                                self.node_lp_units, self.one_sided)
             leaf = pre is not None and not any((states(l, u) == FREE).any() for l, u in pre)
             if pre is None or any((l > u).any() for l, u in pre) or (leaf and not self._leaf(pre)):
                 self.empty += 1
-                return
+                return None
             upper, node.scores = slope_bound(self.net.w, pre, self.vertex_units)
             node.pre, node.upper = pre, min(node.upper, upper)
         left = min(self.deadline - time.perf_counter(), self.sdp_seconds)
         if self.sdp is not None and left > 0:
-            node.upper = min(node.upper, self.sdp(node.pre, left))
+            value, state = self.sdp(node.pre, left, node.sdp_state)
+            node.upper = min(node.upper, value)
+            node.sdp_state = state or node.sdp_state  # an ancestor's certificate still warm-starts the children
             self.sdp_calls += 1
         node.key, node.refine_due = -node.upper, False
         if node.upper <= self.net.best * (1 + self.rtol):
             self.closed += 1
-            return
-        heapq.heappush(self.heap, node)
+            return None
+        return node
+
+    def _strong(self, node: _Node) -> list[_Node]:
+        """Strong branching: the children of each of ``node``'s ``strong`` most influential free
+        neurons, each child refined (its LP and LipSDP bound), and the pair whose larger bound is the
+        least kept (already refined); the other pairs' work is discarded."""
+        flat = np.concatenate(node.scores)
+        cuts = np.cumsum([len(s) for s in node.scores])
+        picks = [int(j) for j in np.argsort(-flat, kind="stable")[:self.strong] if flat[j] > 0]
+        pairs = []
+        for j in picks:
+            m = int(np.searchsorted(cuts, j, side="right"))
+            pairs.append(children(node.pre, node.split, m, j - (int(cuts[m - 1]) if m else 0)))
+        tight = node_bounds(self.chain, [pre for pair in pairs for pre, _ in pair], self.net.lo, self.net.hi)
+        best, worst_best = [], math.inf
+        for c, pair in enumerate(pairs):
+            kids = [self._node(pre, split, node.upper, node.sdp_state) for pre, (_, split) in zip(tight[2 * c:2 * c + 2], pair)]
+            kids = [k for k in (self._refined(k) if k is not None and k.refine_due else k for k in kids) if k is not None]
+            worst = max((k.upper for k in kids), default=-math.inf)
+            if worst < worst_best:
+                best, worst_best = kids, worst
+            if time.perf_counter() > self.deadline:
+                break
+        return best
 
     def run(self, deadline: float, max_nodes: int) -> str:
         """Expand the top nodes (up to ``batch`` at once, their children bounded together) until
@@ -268,7 +299,13 @@ class _Search:
             if not batch:  # every neuron of the top node stable: its bound is its Jacobian's norm
                 return "open-leaf"
             self.nodes += len(batch)
-            kids, caps = [], []
+            if self.strong > 1:
+                for node in batch:
+                    for kid in self._strong(node):
+                        heapq.heappush(self.heap, kid)
+                step = time.perf_counter() - start
+                continue
+            kids, caps, states_ = [], [], []
             for node in batch:
                 flat = np.concatenate(node.scores)
                 j = int(np.argmax(flat))
@@ -277,9 +314,10 @@ class _Search:
                 for pre, split in children(node.pre, node.split, m, i):
                     kids.append((pre, split))
                     caps.append(node.upper)
+                    states_.append(node.sdp_state)
             tightened = node_bounds(self.chain, [pre for pre, _ in kids], self.net.lo, self.net.hi)
-            for pre, (_, split), cap in zip(tightened, kids, caps):
-                self._push(pre, split, cap)
+            for pre, (_, split), cap, state in zip(tightened, kids, caps, states_):
+                self._push(pre, split, cap, state)
             step = time.perf_counter() - start
         return "converged"
 
@@ -288,7 +326,8 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
                time_budget: float = 60.0, max_nodes: int = 100_000, rtol: float = 1e-6,
                vertex_units: int = 8, lower_share: float = 0.0, ascent_share: float = 0.25, node_sdp: bool = True, root_lp_share: float = 0.3,
                root_lp_units: int = 256, sdp_share: float = 0.25, batch: int = 8, node_lp_units: int = 256,
-               node_lp_share: float = 0.1) -> Result:
+               node_lp_share: float = 0.1, node_lp_one_sided: bool = True, warm_iter: int = 100,
+               strong: int = 1) -> Result:
     """Certified local Lipschitz bound (L2 -> L2) of a ReLU MLP on a box by neuron branch and bound
     (module doc).
 
@@ -317,14 +356,20 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
         batch: most nodes expanded together (their children's CROWN bounds in one batch).
         node_lp_units: most unstable neurons a node's LP tightens when it reaches the top (a work cap; 0: none).
         node_lp_share: fraction of the budget one node's LP tightening may take (a cap).
+        node_lp_one_sided: a node's LP bounds each neuron on one side only, the side nearer 0 (the one
+            that can make it stable; the root's LPs bound both sides).
+        warm_iter: most first-order iterations of a node's LipSDP bound warm-started from its parent's
+            certificate (:mod:`~lipbound.methods.lipsdp_warm`; 0: a full solve at every node).
+        strong: split candidates tried per node, the most influential first: each one's children
+            refined, the pair with the least larger bound kept (1: the most influential, no trial).
     """
     if not (time_budget > 0 and max_nodes >= 1 and rtol >= 0 and 0 <= vertex_units <= 16 and 0 <= lower_share < 1
             and 0 <= ascent_share < 1 and 0 <= root_lp_share <= 1 and root_lp_units >= 0 and 0 < sdp_share <= 1 and batch >= 1
-            and node_lp_units >= 0 and 0 <= node_lp_share <= 1):
+            and node_lp_units >= 0 and 0 <= node_lp_share <= 1 and warm_iter >= 0 and strong >= 1):
         raise InvalidInput("neuron-bab: time_budget must be > 0, max_nodes >= 1, rtol >= 0, "
                            "0 <= vertex_units <= 16, 0 <= lower_share < 1, 0 <= ascent_share < 1, 0 <= root_lp_share <= 1, "
-                           "root_lp_units >= 0, 0 < sdp_share <= 1, batch >= 1, node_lp_units >= 0 "
-                           "and 0 <= node_lp_share <= 1")
+                           "root_lp_units >= 0, 0 < sdp_share <= 1, batch >= 1, node_lp_units >= 0, "
+                           "0 <= node_lp_share <= 1, warm_iter >= 0 and strong >= 1")
     t0 = time.perf_counter()
     region = graph.region if domain is None else domain
     if region is None:
@@ -344,10 +389,12 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
         raise NotApplicable("neuron-bab: every activation must be a ReLU")
     net = BranchAndBound(layers, box, rtol)  # its witnesses, and its region checks for the leaves
     pre = [(l.pre[0].numpy(), l.pre[1].numpy()) for l in layers[:-1]]
-    search = _Search(net, _chain(net), pre, rtol, vertex_units, _sdp_bound(local) if node_sdp else None, batch)
+    sdp = NodeSdp(local, warm_iter) if node_sdp else None
+    search = _Search(net, chain_of(net.w[:-1], net.num.b[:-1]), pre, rtol, vertex_units, sdp, batch)
+    search.strong = strong
     search.pool.add(box.center.reshape(1, -1).to(torch.float64).numpy())
     search.start(t0 + time_budget, time.perf_counter() + root_lp_share * time_budget, root_lp_units,
-                 sdp_share * time_budget, (node_lp_units, node_lp_share * time_budget))
+                 sdp_share * time_budget, (node_lp_units, node_lp_share * time_budget, node_lp_one_sided))
     root_upper = search.upper()
     lp_lower = net.best
     seed_stop = "converged"
@@ -360,7 +407,8 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
     unstable = int(sum((states(l, u) == FREE).sum() for l, u in pre))
     details = {"lower": lower if lower > -math.inf else None, "upper": upper, "search_nodes": search.nodes,
                "open_nodes": len(search.heap), "empty_nodes": search.empty, "closed_nodes": search.closed,
-               "lps": search.lps, "sdp_bounds": search.sdp_calls, "unstable_neurons": unstable, "lp_tightening": search.use_lp,
+               "lps": search.lps, "sdp_bounds": search.sdp_calls,
+               "sdp_full": sdp.full if sdp else 0, "sdp_warm": sdp.warm if sdp else 0, "unstable_neurons": unstable, "lp_tightening": search.use_lp,
                "domain": box.describe(), "root_upper": root_upper,
                "seeded_lower": seeded if seeded > -math.inf else None,
                "lp_lower": lp_lower if lp_lower > -math.inf else None,
@@ -373,31 +421,3 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
         return Result("neuron-bab", lower, "exact", seconds, witness=witness, details=details,
                       bracket=(lower, max(upper, lower)))
     return Result("neuron-bab", upper, "certified_upper", seconds, witness=witness, details=details)
-
-
-def _chain(net: BranchAndBound) -> list[Layer]:
-    """The hidden layers of ``net`` as :class:`.relu_boxes.Layer` for :func:`.split_crown.node_bounds`:
-    the float64 weights every other bound of this method takes as the network (zero enclosures)."""
-    out = []
-    for w, b in zip(net.w[:-1], net.num.b[:-1]):
-        W, c = torch.from_numpy(np.asarray(w, dtype=np.float64)), torch.from_numpy(np.asarray(b, dtype=np.float64))
-        out.append(Layer(W, torch.zeros_like(W), c, torch.zeros_like(c)))
-    return out
-
-
-def _sdp_bound(local: Graph) -> Callable[[list, float], float]:
-    """``bound(pre, seconds)``: LipSDP-Neuron's certified value on ``local`` with the ReLUs'
-    pre bounds replaced by a node's ``pre`` (flat, per hidden layer), within ``seconds``; ``inf``
-    when it certifies nothing or does not apply."""
-    names = [n for n, node in local.nodes.items() if isinstance(node, Activation)]
-    shapes = [local.nodes[n].pre[0].shape for n in names]
-
-    def bound(pre: list, seconds: float) -> float:
-        bounds = {n: (torch.from_numpy(l).reshape(shape), torch.from_numpy(u).reshape(shape))
-                  for n, shape, (l, u) in zip(names, shapes, pre)}
-        try:
-            res = lipsdp(local.localized(local.region, bounds), time_budget=seconds)
-        except NotApplicable:  # every neuron stable: the interval bound is already the Jacobian's norm
-            return math.inf
-        return res.value if res.kind in (Kind.CERTIFIED_UPPER, Kind.EXACT) else math.inf
-    return bound

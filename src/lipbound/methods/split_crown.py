@@ -28,7 +28,7 @@ import torch
 from .relu_boxes import Layer
 from .relu_crown import crown_layer
 
-__all__ = ["node_bounds"]
+__all__ = ["chain_of", "children", "node_bounds"]
 
 Bounds = list[tuple[np.ndarray, np.ndarray]]  # per hidden layer, (l, u) float64
 
@@ -49,3 +49,32 @@ def node_bounds(layers: list[Layer], nodes: list[Bounds], low: np.ndarray, high:
         out.append(crown_layer(layers, k, out, lo, hi, stacked[k]))
     return [[(out[m][0][b].numpy().copy(), out[m][1][b].numpy().copy()) for m in range(depth)]
             for b in range(len(nodes))]
+
+
+def children(pre: list, split: list, m: int, i: int) -> list[tuple[list, list]]:
+    """The two nodes of splitting neuron ``i`` of hidden layer ``m``: ``z_i >= 0`` (its lower bound
+    raised to 0) and ``z_i <= 0`` (its upper bound lowered to 0); every input of the parent lies in
+    one of them (module doc)."""
+    out = []
+    for active in (True, False):
+        pre_c = [(l.copy(), u.copy()) for l, u in pre]
+        split_c = [s.copy() for s in split]
+        l, u = pre_c[m]
+        if active:
+            l[i] = max(l[i], 0.0)
+        else:
+            u[i] = min(u[i], 0.0)
+        split_c[m][i] = True
+        out.append((pre_c, split_c))
+    return out
+
+
+def chain_of(weights: list, biases: list) -> list[Layer]:
+    """The hidden layers (float64 ``weights``, ``biases``) as :class:`.relu_boxes.Layer` for
+    :func:`node_bounds`, with zero enclosures: the weights every other bound of ``neuron-bab`` takes
+    as the network."""
+    out = []
+    for w, b in zip(weights, biases):
+        W, c = torch.from_numpy(np.asarray(w, dtype=np.float64)), torch.from_numpy(np.asarray(b, dtype=np.float64))
+        out.append(Layer(W, torch.zeros_like(W), c, torch.zeros_like(c)))
+    return out

@@ -162,13 +162,16 @@ class SplitLP:
         c[self.starts[m]:self.starts[m + 1]] = self.weights[m][i]
         return c, float(self.biases[m][i])
 
-    def bound(self, m: int, i: int) -> tuple[float, float, list[np.ndarray]] | None:
+    def bound(self, m: int, i: int, sides: tuple[float, ...] = (1.0, -1.0)) -> tuple[float, float, list[np.ndarray]] | None:
         """Rigorous ``(lower, upper)`` of neuron ``i``'s pre-activation over the node (``-inf``/``inf``
-        where the solver gave nothing) and the LP's input points; None when the node is proved
-        empty."""
+        where the solver gave nothing, or for a side not in ``sides``: ``1.0`` the lower bound,
+        ``-1.0`` the upper one) and the LP's input points; None when the node is proved empty."""
         c, b = self.target(m, i)
         out, points = [], []
         for sign in (1.0, -1.0):
+            if sign not in sides:
+                out.append(-math.inf)
+                continue
             status, y, v = self._minimise(sign * c)
             if status == "infeasible":
                 return None if self.proves_empty() else (-math.inf, math.inf, points)
