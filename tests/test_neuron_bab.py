@@ -113,7 +113,7 @@ def test_a_child_keeps_its_parents_bound_when_its_own_comes_out_looser(monkeypat
     child bound that came out looser (LipSDP or the LP cut by the deadline; here: the slope bound
     inflated 10x below the root) must not raise the search's upper end above the root's (seen on
     mnistfc_256x2 prop 1: root 52.4, reported 171.2)."""
-    import lipbound.methods.neuron_bab as nb
+    import lipbound.methods.neuron_bab_search as nb
     calls = {"n": 0}
     real = nb.slope_bound
 
@@ -279,7 +279,7 @@ def test_a_split_s_children_cover_every_input_of_their_parent():
 
 def test_a_leaf_whose_pattern_has_no_region_in_the_box_is_dropped():
     from lipbound.methods.exact_search import BranchAndBound
-    from lipbound.methods.neuron_bab import _Search
+    from lipbound.methods.neuron_bab_search import NodeSearch
     from lipbound.methods.piecewise import mlp_layers
     net = _net(8, (2, 6, 3))
     with torch.no_grad():  # z_1 = -z_0 - 0.5: z_0 >= 0 and z_1 >= 0 never hold together
@@ -292,7 +292,7 @@ def test_a_leaf_whose_pattern_has_no_region_in_the_box_is_dropped():
         on = z > 0
         on[:2] = (True, True) if both_active else (z[0] > 0, z[1] > 0)
         pre = [(np.where(on, 0.0, -5.0), np.where(on, 5.0, 0.0))]
-        search = _Search(bb, [], pre, 1e-9, 0)
+        search = NodeSearch(bb, [], pre, 1e-9, 0)
         assert (not search._leaf(pre)) == dropped
 
 

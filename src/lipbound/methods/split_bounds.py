@@ -62,7 +62,7 @@ import torch
 from ..errors import InvalidInput, UnsupportedOperation
 from ..graph.ir import Activation, Graph
 from .relu_boxes import Layer, _is_relu, relu_chain
-from .relu_crown import crown_layer
+from .split_crown import node_bounds
 
 __all__ = ["SplitOptions", "SplitTree", "SplitOutcome", "split_tree", "split_refine", "split_crown_bounds"]
 
@@ -104,23 +104,6 @@ class SplitOutcome:
 
     pre: Chain
     tree: SplitTree
-
-
-def node_bounds(layers: list[Layer], nodes: list[Chain], low: np.ndarray, high: np.ndarray,
-                beta_iterations: int) -> list[Chain]:
-    """:func:`.split_crown.node_bounds` (each node's bounds intersected with CROWN's under its splits,
-    layer by layer, batched) with the first layer's sign constraints in the concretisation
-    (:func:`.relu_crown.crown_layer`'s ``beta_iterations``; module doc)."""
-    depth = len(nodes[0])
-    stacked = [(torch.from_numpy(np.stack([n[m][0] for n in nodes])), torch.from_numpy(np.stack([n[m][1] for n in nodes])))
-               for m in range(depth)]
-    lo = torch.from_numpy(np.asarray(low, dtype=np.float64)).reshape(1, -1).expand(len(nodes), -1)
-    hi = torch.from_numpy(np.asarray(high, dtype=np.float64)).reshape(1, -1).expand(len(nodes), -1)
-    out = [stacked[0]]  # the first layer's bounds: exact over the box, or clamped by a split
-    for k in range(1, depth):
-        out.append(crown_layer(layers, k, out, lo, hi, stacked[k], beta_iterations))
-    return [[(out[m][0][b].numpy().copy(), out[m][1][b].numpy().copy()) for m in range(depth)]
-            for b in range(len(nodes))]
 
 
 def _unstable(pre: Chain) -> int:

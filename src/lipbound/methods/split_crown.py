@@ -33,10 +33,13 @@ __all__ = ["chain_of", "children", "node_bounds"]
 Bounds = list[tuple[np.ndarray, np.ndarray]]  # per hidden layer, (l, u) float64
 
 
-def node_bounds(layers: list[Layer], nodes: list[Bounds], low: np.ndarray, high: np.ndarray) -> list[Bounds]:
+def node_bounds(layers: list[Layer], nodes: list[Bounds], low: np.ndarray, high: np.ndarray,
+                beta_iterations: int = 0) -> list[Bounds]:
     """Each node's bounds (``nodes[b]``: per hidden layer ``(l, u)``, sound on the node) intersected
     with CROWN's under its splits (module doc), on the box ``[low, high]``; ``layers``: the chain of
-    :func:`.relu_boxes.relu_chain` (hidden layers, then the output layer)."""
+    :func:`.relu_boxes.relu_chain` (hidden layers, then the output layer). ``beta_iterations > 0``:
+    the first layer's sign constraints also enter the concretisation as Lagrange terms
+    (:func:`.relu_crown.crown_layer`, :mod:`.split_bounds`)."""
     if not nodes:
         return []
     depth = len(nodes[0])
@@ -46,7 +49,7 @@ def node_bounds(layers: list[Layer], nodes: list[Bounds], low: np.ndarray, high:
     hi = torch.from_numpy(np.asarray(high, dtype=np.float64)).reshape(1, -1).expand(len(nodes), -1)
     out = [stacked[0]]  # the first layer's bounds are over the whole box already: no earlier ReLU to relax
     for k in range(1, depth):
-        out.append(crown_layer(layers, k, out, lo, hi, stacked[k]))
+        out.append(crown_layer(layers, k, out, lo, hi, stacked[k], beta_iterations))
     return [[(out[m][0][b].numpy().copy(), out[m][1][b].numpy().copy()) for m in range(depth)]
             for b in range(len(nodes))]
 
