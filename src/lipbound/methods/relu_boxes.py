@@ -288,7 +288,7 @@ def _vertex_bounds(layers: list[Layer], pre: list[tuple[torch.Tensor, torch.Tens
     for layer, (mid, rad), (Ch, Rh) in zip(reversed(layers[:-1]), reversed(slopes), reversed(forward)):
         best = torch.minimum(best, norm_bound(*interval_product(Cg, Rg, Ch.permute(1, 0, 2), Rh.permute(1, 0, 2))))
         mid, rad = mid.T[:, None, :], rad.T[:, None, :]
-        Cg, Rg = Cg * mid, round_up(Rg * mid + rad * (Cg.abs() + Rg), 2)
+        Cg, Rg = _times_slopes(Cg, Rg, mid, rad)
         Cg, Rg = _backward(layer, Cg, Rg)
     best = torch.minimum(best, norm_bound(Cg, Rg))  # the backward enclosure alone (no meet)
     return best.reshape(B, V).amax(dim=1), smear
@@ -327,10 +327,17 @@ def backward_enclosures(layers: list[Layer],
     for layer, (l, u) in zip(reversed(layers[1:-1]), reversed(pre[1:])):
         unstable = ((l < 0) & (u > 0)).to(torch.float64)[:, None, :]
         mid = (l >= 0).to(torch.float64)[:, None, :] + 0.5 * unstable
-        C, R = C * mid, round_up(R * mid + 0.5 * unstable * (C.abs() + R), 2)
+        C, R = _times_slopes(C, R, mid, 0.5 * unstable)
         C, R = _backward(layer, C, R)
         out.append((C, R))
     return out[::-1]
+
+
+def _times_slopes(C: torch.Tensor, R: torch.Tensor, mid: torch.Tensor,
+                  rad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[C +- R] diag(mid +- rad)`` enclosed (the slopes on the right, broadcast over the columns):
+    ``C mid``, ``R mid + rad (|C| + R)`` rounded up (``mid, rad >= 0``)."""
+    return C * mid, round_up(R * mid + rad * (C.abs() + R), 2)
 
 
 def _forward(layer: Layer, C: torch.Tensor, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
