@@ -215,22 +215,29 @@ def estimate_bracket(lipbound, graph, methods: list[str], budget: float, domain=
 
 
 def use_propagation(method: str, budget: float | None = None) -> None:
-    """Make the API and local-bab localize regions with ``method`` ("crown", localize's default,
-    "alpha-crown" or "split-crown"), for a before/after comparison in the same run. "split-crown" is
-    given to the API's one localization only (local-bab's parts keep CROWN: a split tree per part
-    would spend its budget twice on the root); ``budget`` caps the API's localization (seconds)."""
+    """Make the API localize regions with ``method`` instead of its own choice ("auto": split-crown
+    on ReLU MLPs of >= 3 hidden layers, else CROWN), for a before/after comparison in the same run;
+    "crown" and "alpha-crown" go to local-bab's parts too (a split tree per part would spend its
+    budget twice on the root). ``budget`` caps the API's localization (seconds; with "auto" the API's
+    own cap, a share of the row's budget, stays)."""
     import functools
 
     import lipbound.api
     import lipbound.methods.local_bab_part
     from lipbound.methods.propagation import localize
 
-    lipbound.api.localize = functools.partial(localize, method=method, time_budget=budget)
-    if method != "split-crown":
+    if method == "auto" and budget is None:
+        return
+
+    def api_localize(graph, region, *, method_=method, time_budget=None, **_):
+        return localize(graph, region, method=method_, time_budget=budget if budget is not None else time_budget)
+
+    lipbound.api.localize = api_localize
+    if method in ("crown", "alpha-crown"):
         lipbound.methods.local_bab_part.localize = functools.partial(localize, method=method)
 
 
-def measure(spec: dict, methods: list[str], samples: int, propagation: str = "crown",
+def measure(spec: dict, methods: list[str], samples: int, propagation: str = "auto",
             propagation_budget: float | None = None) -> dict:
     """One row in this process: the local bracket and the independent soundness check."""
     import lipbound
@@ -284,7 +291,7 @@ def run_task(task: dict) -> dict:
             if "balls" in task:
                 return local_peer.our_balls(task["balls"], task["items"], task["budget"], task["samples"])
             return local_peer.certify_radii(task["certify"], task["upper"])
-        return measure(task["row"], task["methods"], task["samples"], task.get("propagation", "crown"),
+        return measure(task["row"], task["methods"], task["samples"], task.get("propagation", "auto"),
                        task.get("propagation_budget"))
     except Exception as exc:  # one row's failure, whatever it is, must not lose the table
         return {"crash": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:160]}
@@ -370,8 +377,8 @@ def main() -> int:
     ap.add_argument("--skip", default="", help="families to leave out, comma-separated")
     ap.add_argument("--global-budget", type=float, default=None, help="seconds of each network's global bracket")
     ap.add_argument("--no-peer", action="store_true", help="leave out the peer comparison and the certify row")
-    ap.add_argument("--propagation", default="crown", choices=["crown", "alpha-crown", "split-crown"],
-                    help="pre-activation bounds of each local row (crown: localize's default)")
+    ap.add_argument("--propagation", default="auto", choices=["auto", "crown", "alpha-crown", "split-crown"],
+                    help="pre-activation bounds of each local row (auto: the API's own choice)")
     ap.add_argument("--propagation-budget", type=float, default=None,
                     help="seconds the API's localization of a row may take (default: no cap)")
     ap.add_argument("--out", default=str(HERE / "results" / "local.md"))

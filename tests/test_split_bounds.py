@@ -195,3 +195,57 @@ def test_the_split_constraints_lagrange_terms_stay_sound_and_tighten(seed, width
             assert bool((l <= z.min(0).values).all() and (z.max(0).values <= u).all()), n
     width = lambda pre: sum(float((u - l).sum()) for l, u in pre.values())  # noqa: E731
     assert width(with_beta) < width(plain)
+
+
+def _union_unstable(leaves) -> int:
+    """Unstable neurons (l < 0 < u) of the per-neuron union of the leaves' bounds."""
+    return sum(int(((np.min([p[m][0] for p in leaves], axis=0) < 0)
+                    & (np.max([p[m][1] for p in leaves], axis=0) > 0)).sum()) for m in range(len(leaves[0])))
+
+
+@pytest.mark.parametrize("seed,widths,eps", [CASES[1][:3], CASES[3][:3]])  # their first split stabilises some
+def test_the_stall_rule_stops_exactly_when_a_doubling_stabilises_too_little(seed, widths, eps):
+    """The first doubling (1 -> 2 leaves) of a tree without the rule stabilises a fraction ``f`` of the
+    root's unstable neurons: with ``min_gain`` just above ``f`` the tree stops there ("stalled"), just
+    below it grows on; the stalled tree's leaves still cover the box."""
+    model, graph, box, g = case(seed, widths, eps)
+    crown = crown_bounds(graph, box)
+    pre = [(crown[n][0].numpy(), crown[n][1].numpy()) for n in crown]
+    chain, lo, hi = relu_chain(graph), box.low.numpy(), box.high.numpy()
+    two = split_tree(chain, pre, lo, hi, options=SplitOptions(max_leaves=2))
+    f = 1 - _union_unstable(two.leaves) / _union_unstable([pre])
+    assert f > 2e-3
+    stalled = split_tree(chain, pre, lo, hi, options=SplitOptions(max_leaves=64, min_gain=min(f + 1e-3, 0.999)))
+    grown = split_tree(chain, pre, lo, hi, options=SplitOptions(max_leaves=64, min_gain=max(f - 1e-3, 1e-6)))
+    assert stalled.stopped_by == "stalled" and len(stalled.leaves) == 2
+    assert len(grown.leaves) > 2
+    d = box.low.numel()
+    x = torch.cat([box.sample(3000, g), torch.where(torch.rand(200, d, generator=g) < 0.5, box.high, box.low)])
+    with torch.no_grad():
+        zs = [z.numpy() for z in hidden_pre(model, x)]
+    assert _pattern_leaf(stalled.leaves, zs).all()
+    with pytest.raises(InvalidInput, match="min_gain"):
+        SplitOptions(min_gain=1.0)
+
+
+def test_auto_localization_refines_deep_relu_mlps_only_and_holds_at_samples():
+    """``localize(method="auto")``: a split tree on a ReLU MLP of 3+ hidden layers (bounds inside
+    CROWN's, holding at samples), CROWN's own bounds on a 2-hidden-layer MLP and on a tanh MLP."""
+    model, graph, box, g = case(1, [5, 16, 16, 16, 16, 3], 0.4)
+    local, crown = localize(graph, box, method="auto"), crown_bounds(graph, box)
+    assert "split-refined" in local.notes[-1]
+    x = torch.cat([box.sample(3000, g)] + [ascent_ends(model, box, k, g) for k in range(4)])
+    with torch.no_grad():
+        zs = hidden_pre(model, x)
+    for z, n in zip(zs, crown):
+        l, u = local.nodes[n].pre
+        assert bool((crown[n][0] <= l).all() and (u <= crown[n][1]).all())
+        assert bool((l <= z.min(0).values).all() and (z.max(0).values <= u).all()), n
+    _, shallow, sbox, _ = case(2, [4, 12, 12, 3], 0.5)
+    tanh = from_torch(nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 6),
+                                    nn.Tanh(), nn.Linear(6, 2)).double().eval(), (4,))
+    for net in (shallow, tanh):
+        local, crown = localize(net, sbox, method="auto"), crown_bounds(net, sbox)
+        assert "split-refined" not in local.notes[-1]
+        assert all(torch.equal(local.nodes[n].pre[0], crown[n][0]) and torch.equal(local.nodes[n].pre[1], crown[n][1])
+                   for n in crown)

@@ -233,11 +233,19 @@ def _union_lower(graph: Graph, region: BoxUnion, parts: dict[int, Report],
     return best
 
 
-def _localized(graph: Graph, region: Region) -> Graph:
-    """The graph on ``region`` with sound per-neuron bounds of every activation's input
-    (:func:`~lipbound.methods.propagation.localize`: IBP and CROWN, CROWN to the end so that the
-    bounds do not depend on the time), from which every method reads per-neuron slope intervals."""
-    return localize(graph, region)
+SPLIT_SHARE = 0.25
+"""The share of a run's time budget that the split tree of the localization may take (an outer cap:
+its work cap and stall rule stop it first on every network measured)."""
+
+
+def _localized(graph: Graph, region: Region, time_budget: float | None) -> Graph:
+    """The graph on ``region`` with sound per-neuron bounds of every activation's input, from which
+    every method reads per-neuron slope intervals: :func:`~lipbound.methods.propagation.localize`
+    with ``method="auto"`` (IBP and CROWN to the end, so that the bounds do not depend on the time;
+    on ReLU MLPs of at least 3 hidden layers refined by a split tree, capped at :data:`SPLIT_SHARE`
+    of ``time_budget``)."""
+    return localize(graph, region, method="auto",
+                    time_budget=None if time_budget is None else SPLIT_SHARE * time_budget)
 
 
 def _run_methods(graph: Graph, region: Region | None, methods: Any, seed: int, progress: bool,
@@ -248,7 +256,7 @@ def _run_methods(graph: Graph, region: Region | None, methods: Any, seed: int, p
     the convex ``region`` (the methods that take a domain get ``domain=region``), sharing
     ``time_budget`` (an outer cap: the localization's time counts against it)."""
     start = time.perf_counter()
-    local = graph if region is None else _localized(graph, region)
+    local = graph if region is None else _localized(graph, region, time_budget)
     names, explicit = select_methods(local, methods, time_budget)
     specs = [get_method(n) for n in names]
     sizes = graph_sizes(local)

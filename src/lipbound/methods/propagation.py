@@ -11,18 +11,8 @@ input stays in ``[l_i, u_i]`` along the segment, so ``s(z_x) - s(z_y) = d_i (z_x
 the secant slope ``d_i`` in the neuron's interval, and ``f(x) - f(y) = W_k D_{k-1} ... D_1 W_1 (x - y)``
 with every ``D`` a diagonal of admissible slopes.
 
-**IBP** (:func:`interval_bounds`), node by node in topological order, each node's interval
-``[l, u]`` from its inputs':
-
-* input: the region's bounding box ``[region.low, region.high]``;
-* affine ``A h + b``: center/radius form ``A c + b +- |A| r`` with ``c = (l + u) / 2``,
-  ``r = (u - l) / 2``; ``|A|`` is the operator with absolute weights where it is cheap, else the
-  certified-norm substitute ``(|A| r)_i <= ||A||_2 ||r||_2`` (both from :mod:`.rounding`);
-* activation: its range on ``[l, u]`` (:func:`.relaxations.value_range`): exact for piecewise-linear
-  ones (the ends and the breakpoints inside), from slope intervals on pieces of ``[l, u]`` for the
-  others;
-* max pooling: ``[pool(l), pool(u)]`` (the max is monotone); add: the sum; concat: the concatenation.
-
+**IBP** (:func:`interval_bounds`, :mod:`.ibp`): node by node, each node's interval from its inputs'
+(the region's bounding box, ``A c + b +- |A| r`` for an affine map, an activation's exact range).
 **CROWN** (:func:`crown_bounds`, the default of :func:`localize`): for each activation/max-pool input node, the back-substitution
 (:mod:`.backsubstitution`) of the linear relaxations of :mod:`.relaxations` to the input,
 concretised over the region and intersected with IBP; max pooling enters by the IBP interval of
@@ -39,7 +29,7 @@ bounds hold for the exact network: the affine step is :func:`.float_error.linear
 ``gamma_k (|A| |c|)`` plus ``|A| r``, ``gamma_k = k u / (1 - k u)``, ``u = 2^-53``, ``k`` the
 operator's input size, bounded whatever the order of summation: Higham §3.1); a result of at most
 ``m`` floating-point operations on terms whose absolute values sum to ``M`` is widened by
-``gamma_{m+2} M + 2^-1022`` (:func:`_widen`); activation values carry the error bound of
+``gamma_{m+2} M + 2^-1022`` (:func:`.ibp.widen`); activation values carry the error bound of
 :func:`.float_error.activation_rounding` (exact pieces: ``gamma_4``; smooth: 16 ulp, the assumption
 that torch's float64 kernels are accurate to a few ulp, as in :mod:`.rounding`), and slope
 intervals come from ``facts.slopes_on``, padded outwards by its own rule.
@@ -55,114 +45,16 @@ from typing import Any
 
 import torch
 
-from ..errors import InvalidInput, UnsupportedOperation
-from ..graph.ir import Activation, Add, Affine, Concat, Graph, Input, MaxPool, Node
-from .backsubstitution import Backward, Bounds, center_radius
+from ..errors import InvalidInput
+from ..graph.ir import Activation, Graph, Input, MaxPool, Node
+from .backsubstitution import Backward, Bounds
+from .ibp import activation_inputs, float64_graph, interval, interval_bounds, pre_of, region_box
 from .alpha_crown import AlphaOptions, FreeLines, free_lines, optimise
-from .relaxations import Relaxation, relax, value_range
-from .split_bounds import split_crown_bounds
-from .float_error import TINY, gamma, linear_error, round_up
+from .relaxations import Relaxation, relax
+from .split_bounds import SplitOptions, relu_chain_depth, split_crown_bounds
 
 __all__ = ["localize", "interval_bounds", "crown_bounds", "alpha_crown_bounds", "AlphaOptions", "Bounds"]
 
-
-
-def _widen(lo: torch.Tensor, hi: torch.Tensor, mag: torch.Tensor, ops: int = 6) -> Bounds:
-    """``[lo, hi]`` computed by at most ``ops`` float64 operations on terms whose absolute values
-    sum to at most ``mag``, widened to a rigorous enclosure of the exact values:
-    ``-+ (gamma_{ops+2} mag + tiny)`` (the widening's own rounding is within the headroom)."""
-    pad = gamma(ops + 2) * (mag + lo.abs() + hi.abs()) + TINY
-    return lo - pad, hi + pad
-
-
-def region_box(region: Any, graph: Graph) -> Bounds:
-    """The region's bounding box ``(low, high)``, float64 on the graph's device, checked against the
-    input shape. Raises :class:`InvalidInput` for a wrong shape, a non-finite or an empty box."""
-    if region is None:
-        raise InvalidInput("bounds on activations need an input region, got None (all of R^n)")
-    try:
-        low, high = region.low, region.high
-    except AttributeError:
-        raise InvalidInput(f"a region needs .low and .high (its bounding box), got {region!r}") from None
-    low = torch.as_tensor(low, dtype=torch.float64)
-    high = torch.as_tensor(high, dtype=torch.float64)
-    shape = tuple(graph.input_shape)
-    if tuple(low.shape) != shape or tuple(high.shape) != shape:
-        raise InvalidInput(f"the region's box has shape {tuple(low.shape)}, the network's input is {shape}")
-    if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
-        raise InvalidInput("the region's bounding box must be finite")
-    if bool((low > high).any()):
-        raise InvalidInput("the region is empty (low > high in some element)")
-    device = graph.device
-    return low.to(device), high.to(device)
-
-
-def _ibp_affine(node: Affine, h: Bounds) -> Bounds:
-    """``A h + b`` over the box ``h`` (module doc)."""
-    c, r = center_radius(*h)
-    y, e = linear_error(node.op, c.unsqueeze(0), r.unsqueeze(0))
-    y, e = y[0], e[0]
-    if node.bias is not None:
-        k = node.op.in_numel + 1
-        e = round_up(e + gamma(k) * node.bias.abs(), k)
-        y = y + node.bias
-    return _widen(y - e, y + e, y.abs() + e)
-
-
-def _ibp_add(node: Add, *hs: Bounds) -> Bounds:
-    lo, hi = sum(h[0] for h in hs), sum(h[1] for h in hs)
-    return _widen(lo, hi, sum(h[0].abs() + h[1].abs() for h in hs), len(hs))
-
-
-def interval(node: Node, ins: list[Bounds], box: Bounds) -> Bounds:
-    """The IBP interval of ``node``'s output from its inputs' intervals ``ins`` (module doc);
-    ``box`` is the input's. Raises :class:`UnsupportedOperation` for an unknown node kind."""
-    if isinstance(node, Input):
-        return box
-    if isinstance(node, Affine):
-        return _ibp_affine(node, ins[0])
-    if isinstance(node, Activation):
-        return value_range(node, *ins[0])
-    if isinstance(node, MaxPool):
-        l, u = ins[0]
-        return node.evaluate(l.unsqueeze(0))[0], node.evaluate(u.unsqueeze(0))[0]
-    if isinstance(node, Add):
-        return _ibp_add(node, *ins)
-    if isinstance(node, Concat):
-        return (torch.cat([h[0] for h in ins], dim=node.axis), torch.cat([h[1] for h in ins], dim=node.axis))
-    raise UnsupportedOperation(type(node).__name__, f"node '{node.origin}'",
-                               f"bound propagation has no rule for {node.kind} nodes")
-
-
-def _float64(graph: Graph) -> Graph:
-    """The graph in float64 on its own device (a float32 model's exact float64 fold where it has
-    one); a float64 graph as it is (a conversion rebuilds every operator)."""
-    if graph.dtype == torch.float64:
-        return graph
-    return graph.to(device=graph.device, dtype=torch.float64)
-
-
-def _targets(graph: Graph) -> dict[str, str]:
-    """``{activation or max-pool name: the name of its input node}``."""
-    return {n.name: n.inputs[0] for n in graph if isinstance(n, (Activation, MaxPool))}
-
-
-def _pre(graph: Graph, bounds: dict[str, Bounds]) -> dict[str, Bounds]:
-    """The pre bounds of every activation and max-pool node, float64 on the CPU."""
-    return {name: (bounds[z][0].cpu(), bounds[z][1].cpu()) for name, z in _targets(graph).items()}
-
-
-def interval_bounds(graph: Graph, region: Any) -> dict[str, Bounds]:
-    """IBP pre bounds ``{node name: (l, u)}`` of every activation and max-pool node's input over
-    ``region`` (module doc): float64 CPU tensors of the node's input shape, rigorous for the exact
-    network."""
-    g = _float64(graph)
-    box = region_box(region, g)
-    bounds: dict[str, Bounds] = {}
-    with torch.no_grad():
-        for node in g:
-            bounds[node.name] = interval(node, [bounds[i] for i in node.inputs], box)
-    return _pre(g, bounds)
 
 
 def _rows_needed(consumers: list[Node], bounds: Bounds) -> torch.Tensor:
@@ -244,7 +136,7 @@ def _crown_pass(graph: Graph, region: Any, time_budget: float | None, chunk_byte
     deadline = None if time_budget is None else start + time_budget
     box = region_box(region, graph)
     users = graph.users()
-    targets = set(_targets(graph).values())
+    targets = set(activation_inputs(graph).values())
     out = _Pass({})
     bounds = out.bounds
     ibp: dict[str, Bounds] = {}  # plain IBP: the non-monotone activations' rule is not inclusion-isotone
@@ -346,7 +238,7 @@ def _crown(graph: Graph, region: Any, time_budget: float | None, chunk_bytes: in
     layers got which bounds."""
     if time_budget is not None and not time_budget >= 0:
         raise InvalidInput(f"time_budget must be a number of seconds >= 0 or None, got {time_budget!r}")
-    g = _float64(graph)
+    g = float64_graph(graph)
     start = time.perf_counter()
     with torch.no_grad():
         done = _crown_pass(g, region, time_budget, chunk_bytes)
@@ -362,7 +254,7 @@ def _crown(graph: Graph, region: Any, time_budget: float | None, chunk_bytes: in
     for kind, text in _NOTES.items():
         if done.layers[kind]:
             note += f"; {text} {', '.join(done.layers[kind])}"
-    return _pre(g, done.bounds), note
+    return pre_of(g, done.bounds), note
 
 
 def alpha_crown_bounds(graph: Graph, region: Any, *, time_budget: float | None = None,
@@ -377,19 +269,37 @@ def alpha_crown_bounds(graph: Graph, region: Any, *, time_budget: float | None =
     return pre
 
 
-def _split_crown(graph: Graph, region: Any, time_budget: float | None) -> tuple[dict[str, Bounds], str]:
+def _split_crown(graph: Graph, region: Any, time_budget: float | None, options: SplitOptions = SplitOptions(),
+                 cap_crown: bool = True) -> tuple[dict[str, Bounds], str]:
     """CROWN's bounds refined by the split tree of :mod:`.split_bounds` (a ReLU chain only), within
-    ``time_budget`` in all, and the note saying what was done."""
+    ``time_budget`` in all (with ``cap_crown=False``: CROWN to the end, the budget caps the tree
+    only), and the note saying what was done."""
     start = time.perf_counter()
-    pre, note = _crown(graph, region, time_budget)
-    g = _float64(graph)
+    pre, note = _crown(graph, region, time_budget if cap_crown else None)
+    g = float64_graph(graph)
     low, high = region_box(region, g)
     deadline = None if time_budget is None else start + time_budget
-    pre, out = split_crown_bounds(g, low, high, pre, deadline=deadline)
+    pre, out = split_crown_bounds(g, low, high, pre, options=options, deadline=deadline)
     return pre, (f"{note}; split-refined (CROWN with the first layer's sign constraints on a split tree over the "
                  f"earliest unstable neurons): "
                  f"{len(out.tree.leaves)} leaves, {out.tree.nodes} nodes bounded, {out.tree.empty} empty, "
                  f"stopped_by: {out.tree.stopped_by}")
+
+
+AUTO_SPLIT = SplitOptions(max_leaves=32, min_gain=0.02)
+"""The split tree of ``localize(method="auto")``: at most 32 leaves, stopped as soon as a doubling of
+the leaves stabilises under 2% of the unstable neurons left (benchmarks/results/preactivation_gap.md,
+"Split-refined pre bounds": on ERAN 9x200 each doubling stabilises 3-15% of them, on mnistfc 256x6
+0.6-1.5%, where the tree only costs time)."""
+
+
+def _auto(graph: Graph, region: Any, time_budget: float | None) -> tuple[dict[str, Bounds], str]:
+    """``method="auto"``: split-crown (:data:`AUTO_SPLIT`) on ReLU chains of at least 3 hidden layers,
+    where CROWN's relaxations compound; CROWN elsewhere. CROWN runs to the end either way (the bounds
+    do not depend on the time); ``time_budget`` caps the split tree only."""
+    if relu_chain_depth(graph) >= 3:
+        return _split_crown(graph, region, time_budget, AUTO_SPLIT, cap_crown=False)
+    return _crown(graph, region, None)
 
 
 def localize(graph: Graph, region: Any, *, method: str = "crown", time_budget: float | None = None) -> Graph:
@@ -399,17 +309,21 @@ def localize(graph: Graph, region: Any, *, method: str = "crown", time_budget: f
     (:func:`alpha_crown_bounds`, intersected with CROWN's: not the default, as measured in
     benchmarks/results/local.md it costs the later methods more than it gains within the API's
     budget) or ``"split-crown"`` (CROWN's, refined by a split tree over the earliest unstable
-    neurons: :mod:`.split_bounds`; ReLU MLPs only); ``time_budget`` caps the pass. The returned graph's notes
+    neurons: :mod:`.split_bounds`; ReLU MLPs only) or ``"auto"`` (what the API uses: split-crown with
+    a stall rule on ReLU MLPs of at least 3 hidden layers, else CROWN: :func:`_auto`); ``time_budget``
+    caps the pass (with ``"auto"``, the split tree only). The returned graph's notes
     say which layers got which bounds and what stopped alpha-CROWN."""
     if method == "ibp":
         pre, note = interval_bounds(graph, region), "pre bounds: IBP on every layer"
+    elif method == "auto":
+        pre, note = _auto(graph, region, time_budget)
     elif method in ("crown", "alpha-crown"):
         pre, note = _crown(graph, region, time_budget, alpha=AlphaOptions() if method == "alpha-crown" else None)
     elif method == "split-crown":
         pre, note = _split_crown(graph, region, time_budget)
     else:
         raise InvalidInput(f"unknown bound propagation method {method!r}: "
-                           "use 'alpha-crown', 'crown', 'ibp' or 'split-crown'")
+                           "use 'alpha-crown', 'auto', 'crown', 'ibp' or 'split-crown'")
     out = graph.localized(region, pre)
     out.notes.append(note)
     return out

@@ -23,7 +23,9 @@ the split constraints below); a child
 whose bounds cross (``l_i > u_i`` for some neuron) holds **no input** (its bounds are sound on it) and is
 dropped. The tree stops when ``max_leaves`` leaves exist (``stopped_by: "work"``, a deterministic cap:
 the same box gives the same bounds on any machine), when no leaf has an unstable neuron left
-(``"converged"``), or at the deadline (``"time"``, an outer cap; a round cut short keeps the leaves
+(``"converged"``), when splitting has stalled (``"stalled"``, only with ``min_gain > 0``: each time the
+leaf count has doubled, the union of the leaves' bounds must have fewer unstable neurons than at the
+previous doubling by the fraction ``min_gain``; deterministic too), or at the deadline (``"time"``, an outer cap; a round cut short keeps the leaves
 whose children were not both bounded).
 
 **The result.** Per neuron, the union over the leaves (the least ``l``, the largest ``u``), then once
@@ -64,7 +66,8 @@ from ..graph.ir import Activation, Graph
 from .relu_boxes import Layer, _is_relu, relu_chain
 from .split_crown import node_bounds
 
-__all__ = ["SplitOptions", "SplitTree", "SplitOutcome", "split_tree", "split_refine", "split_crown_bounds"]
+__all__ = ["SplitOptions", "SplitTree", "SplitOutcome", "split_tree", "split_refine", "split_crown_bounds",
+           "relu_chain_depth"]
 
 Chain = list[tuple[np.ndarray, np.ndarray]]  # per hidden layer, (l, u) float64, flat
 
@@ -72,25 +75,30 @@ Chain = list[tuple[np.ndarray, np.ndarray]]  # per hidden layer, (l, u) float64,
 @dataclass(frozen=True)
 class SplitOptions:
     """Settings of the split tree: ``max_leaves`` (a work cap: the most leaves; ``2 (max_leaves - 1)``
-    nodes are bounded at most), ``batch`` (nodes bounded together) and ``beta_iterations`` (steps
-    choosing the multipliers of the first layer's sign constraints; 0: plain CROWN in the leaves)."""
+    nodes are bounded at most), ``batch`` (nodes bounded together), ``beta_iterations`` (steps
+    choosing the multipliers of the first layer's sign constraints; 0: plain CROWN in the leaves) and
+    ``min_gain`` (the stall rule of the module doc: the least fraction of the unstable neurons of the
+    leaves' union that each doubling of the leaf count must stabilise; 0: never stop for a stall)."""
 
     max_leaves: int = 32
     batch: int = 32
     beta_iterations: int = 4
+    min_gain: float = 0.0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.max_leaves, int) and self.max_leaves >= 1 and isinstance(self.batch, int)
-                and self.batch >= 2 and isinstance(self.beta_iterations, int) and self.beta_iterations >= 0):
-            raise InvalidInput(f"split-crown: max_leaves must be an integer >= 1, batch >= 2 and beta_iterations "
-                               f">= 0, got {self.max_leaves!r}, {self.batch!r} and {self.beta_iterations!r}")
+                and self.batch >= 2 and isinstance(self.beta_iterations, int) and self.beta_iterations >= 0
+                and isinstance(self.min_gain, (int, float)) and 0 <= self.min_gain < 1):
+            raise InvalidInput(f"split-crown: max_leaves must be an integer >= 1, batch >= 2, beta_iterations "
+                               f">= 0 and 0 <= min_gain < 1, got {self.max_leaves!r}, {self.batch!r}, "
+                               f"{self.beta_iterations!r} and {self.min_gain!r}")
 
 
 @dataclass
 class SplitTree:
     """The leaves of a split tree (per leaf, per hidden layer, flat ``(l, u)``: sound on the leaf's
     inputs), how many nodes were bounded and dropped as empty, and what stopped the tree
-    (``"work"``, ``"converged"``, ``"time"``)."""
+    (``"work"``, ``"converged"``, ``"stalled"``, ``"time"``)."""
 
     leaves: list[Chain]
     nodes: int
@@ -108,6 +116,12 @@ class SplitOutcome:
 
 def _unstable(pre: Chain) -> int:
     return int(sum(((l < 0) & (u > 0)).sum() for l, u in pre))
+
+
+def _union(leaves: list[Chain]) -> Chain:
+    """Per neuron, the least lower and the largest upper bound over the leaves."""
+    return [(np.min([p[m][0] for p in leaves], axis=0), np.max([p[m][1] for p in leaves], axis=0))
+            for m in range(len(leaves[0]))]
 
 
 def _crossed(pre: Chain) -> bool:
@@ -147,6 +161,7 @@ def split_tree(chain: list[Layer], pre: Chain, low: np.ndarray, high: np.ndarray
     leaves = [[(l.copy(), u.copy()) for l, u in pre]]
     nodes = empty = 0
     pair = options.batch - options.batch % 2  # a batch holds whole pairs of children
+    check = (1, _unstable(pre))  # (leaf count, the union's unstable neurons) at the last doubling
     while True:
         counts = [_unstable(p) for p in leaves]
         ready = sorted((k for k, c in enumerate(counts) if c), key=lambda k: -counts[k])
@@ -155,6 +170,11 @@ def split_tree(chain: list[Layer], pre: Chain, low: np.ndarray, high: np.ndarray
             return SplitTree(leaves, nodes, empty, "converged")
         if room <= 0:
             return SplitTree(leaves, nodes, empty, "work")
+        if options.min_gain > 0 and leaves and len(leaves) >= 2 * check[0]:
+            now = _unstable(_union(leaves))
+            if now > (1 - options.min_gain) * check[1]:
+                return SplitTree(leaves, nodes, empty, "stalled")
+            check = (len(leaves), now)
         if deadline is not None and time.perf_counter() > deadline:
             return SplitTree(leaves, nodes, empty, "time")
         chosen = ready[: min(room, math.ceil(len(ready) / 2))]
@@ -179,9 +199,7 @@ def split_refine(chain: list[Layer], pre: Chain, low: np.ndarray, high: np.ndarr
     tree = split_tree(chain, pre, low, high, options=options, deadline=deadline)
     if not tree.leaves:
         raise InvalidInput("split-crown: every leaf of the split tree came out empty (the root bounds are not sound)")
-    union = [(np.min([p[m][0] for p in tree.leaves], axis=0), np.max([p[m][1] for p in tree.leaves], axis=0))
-             for m in range(len(pre))]
-    return SplitOutcome(node_bounds(chain, [union], low, high, options.beta_iterations)[0], tree)
+    return SplitOutcome(node_bounds(chain, [_union(tree.leaves)], low, high, options.beta_iterations)[0], tree)
 
 
 def _chain(graph: Graph) -> list[Layer] | None:
@@ -197,6 +215,13 @@ def _chain(graph: Graph) -> list[Layer] | None:
     n = chain[-1].W.shape[0]
     eye, zero = torch.eye(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
     return [*chain, Layer(eye, torch.zeros_like(eye), zero, zero.clone())]
+
+
+def relu_chain_depth(graph: Graph) -> int:
+    """The number of hidden ReLU layers of ``graph`` when it is a chain of affine layers and ReLUs
+    (what :func:`split_crown_bounds` takes), else 0."""
+    chain = _chain(graph)
+    return 0 if chain is None else len(chain) - 1
 
 
 def split_crown_bounds(graph: Graph, low: torch.Tensor, high: torch.Tensor, crown: dict[str, Any], *,
