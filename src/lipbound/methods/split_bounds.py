@@ -25,7 +25,8 @@ dropped. The tree stops when ``max_leaves`` leaves exist (``stopped_by: "work"``
 the same box gives the same bounds on any machine), when no leaf has an unstable neuron left
 (``"converged"``), when splitting has stalled (``"stalled"``, only with ``min_gain > 0``: each time the
 leaf count has doubled, the union of the leaves' bounds must have fewer unstable neurons than at the
-previous doubling by the fraction ``min_gain``; deterministic too), or at the deadline (``"time"``, an outer cap; a round cut short keeps the leaves
+previous doubling by the fraction ``min_gain``; deterministic too), or at the deadline (``"time"``, an outer cap: a batch holds only the pairs of nodes that, at
+the last batch's time per node, end by the deadline; a round cut short keeps the leaves
 whose children were not both bounded).
 
 **The result.** Per neuron, the union over the leaves (the least ``l``, the largest ``u``), then once
@@ -162,6 +163,7 @@ def split_tree(chain: list[Layer], pre: Chain, low: np.ndarray, high: np.ndarray
     nodes = empty = 0
     pair = options.batch - options.batch % 2  # a batch holds whole pairs of children
     check = (1, _unstable(pre))  # (leaf count, the union's unstable neurons) at the last doubling
+    per_node = 0.0  # seconds per node in the last batch: a batch starts only if it should end by the deadline
     while True:
         counts = [_unstable(p) for p in leaves]
         ready = sorted((k for k, c in enumerate(counts) if c), key=lambda k: -counts[k])
@@ -170,20 +172,28 @@ def split_tree(chain: list[Layer], pre: Chain, low: np.ndarray, high: np.ndarray
             return SplitTree(leaves, nodes, empty, "converged")
         if room <= 0:
             return SplitTree(leaves, nodes, empty, "work")
-        if options.min_gain > 0 and leaves and len(leaves) >= 2 * check[0]:
+        if options.min_gain > 0 and len(leaves) >= 2 * check[0]:
             now = _unstable(_union(leaves))
             if now > (1 - options.min_gain) * check[1]:
                 return SplitTree(leaves, nodes, empty, "stalled")
             check = (len(leaves), now)
-        if deadline is not None and time.perf_counter() > deadline:
-            return SplitTree(leaves, nodes, empty, "time")
         chosen = ready[: min(room, math.ceil(len(ready) / 2))]
         kids = [kid for k in chosen for kid in _children(leaves[k], *_branch(chain, leaves[k]))]
         bounded: list[Chain] = []
-        for s in range(0, len(kids), pair):
-            if s and deadline is not None and time.perf_counter() > deadline:
-                break  # the leaves whose children were not bounded stay as they are
-            bounded += node_bounds(chain, kids[s: s + pair], low, high, options.beta_iterations)
+        while len(bounded) < len(kids):
+            size = pair
+            if deadline is not None:  # the most whole pairs that should end by the deadline
+                left = deadline - time.perf_counter()
+                fit = left / per_node if per_node else (pair if left > 0 else 0)
+                size = min(pair, 2 * int(fit // 2))
+                if size < 2:
+                    break  # the leaves whose children were not bounded stay as they are
+            t0 = time.perf_counter()
+            batch = kids[len(bounded): len(bounded) + size]
+            bounded += node_bounds(chain, batch, low, high, options.beta_iterations)
+            per_node = (time.perf_counter() - t0) / len(batch)
+        if not bounded:
+            return SplitTree(leaves, nodes, empty, "time")
         nodes += len(bounded)
         split = set(chosen[: len(bounded) // 2])
         kept = [kid for kid in bounded if not _crossed(kid)]
