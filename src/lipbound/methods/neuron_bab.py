@@ -93,7 +93,8 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
                time_budget: float = 60.0, max_nodes: int = 100_000, rtol: float = 1e-6,
                vertex_units: int = 8, lower_share: float = 0.0, ascent_share: float = 0.25, node_sdp: bool = True, root_lp_share: float = 0.3,
                root_lp_units: int = 256, sdp_share: float = 0.25, batch: int = 8, node_lp_units: int = 256,
-               node_lp_share: float = 0.1, node_lp_one_sided: bool = True, warm_iter: int = 100,
+               node_lp_share: float = 0.1, node_lp_one_sided: bool = True, node_lp_reach: float = 0.1,
+               warm_iter: int = 100,
                strong: int = 1) -> Result:
     """Certified local Lipschitz bound (L2 -> L2) of a ReLU MLP on a box by neuron branch and bound
     (module doc).
@@ -125,6 +126,9 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
         node_lp_share: fraction of the budget one node's LP tightening may take (a cap).
         node_lp_one_sided: a node's LP bounds each neuron on one side only, the side nearer 0 (the one
             that can make it stable; the root's LPs bound both sides).
+        node_lp_reach: with ``node_lp_one_sided``, a node's LP tries only the neurons whose nearer bound
+            is within this fraction of their interval from 0 (0.5: all; the others' LPs almost never
+            make them stable: :meth:`.neuron_bab_search.NodeSearch._tighten`).
         warm_iter: most first-order iterations of a node's LipSDP bound warm-started from its parent's
             certificate (:mod:`~lipbound.methods.lipsdp_warm`; 0: a full solve at every node).
         strong: split candidates tried per node, the most influential first: each one's children
@@ -132,11 +136,12 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
     """
     if not (time_budget > 0 and max_nodes >= 1 and rtol >= 0 and 0 <= vertex_units <= 16 and 0 <= lower_share < 1
             and 0 <= ascent_share < 1 and 0 <= root_lp_share <= 1 and root_lp_units >= 0 and 0 < sdp_share <= 1 and batch >= 1
-            and node_lp_units >= 0 and 0 <= node_lp_share <= 1 and warm_iter >= 0 and strong >= 1):
+            and node_lp_units >= 0 and 0 <= node_lp_share <= 1 and 0 < node_lp_reach <= 0.5 and warm_iter >= 0
+            and strong >= 1):
         raise InvalidInput("neuron-bab: time_budget must be > 0, max_nodes >= 1, rtol >= 0, "
                            "0 <= vertex_units <= 16, 0 <= lower_share < 1, 0 <= ascent_share < 1, 0 <= root_lp_share <= 1, "
                            "root_lp_units >= 0, 0 < sdp_share <= 1, batch >= 1, node_lp_units >= 0, "
-                           "0 <= node_lp_share <= 1, warm_iter >= 0 and strong >= 1")
+                           "0 <= node_lp_share <= 1, 0 < node_lp_reach <= 0.5, warm_iter >= 0 and strong >= 1")
     t0 = time.perf_counter()
     region = graph.region if domain is None else domain
     if region is None:
@@ -161,7 +166,8 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
     search.strong = strong
     search.pool.add(box.center.reshape(1, -1).to(torch.float64).numpy())
     search.start(t0 + time_budget, time.perf_counter() + root_lp_share * time_budget, root_lp_units,
-                 sdp_share * time_budget, (node_lp_units, node_lp_share * time_budget, node_lp_one_sided))
+                 sdp_share * time_budget,
+                 (node_lp_units, node_lp_share * time_budget, node_lp_reach if node_lp_one_sided else None))
     root_upper = search.upper()
     lp_lower = net.best
     seed_stop = "converged"
