@@ -52,20 +52,21 @@ class NodeSearch:
         self.root = [(l.copy(), u.copy()) for l, u in pre]
         self.deadline = self.sdp_seconds = self.node_lp_seconds = math.inf
         self.node_lp_units = 0
-        self.reach: float | None = None  # the nodes' LPs: one side per neuron, near ones only (_tighten)
+        self.reach: float | None = None  # the LPs: one side per neuron, near ones only (_tighten; None: both sides)
         self.strong = 1  # split candidates tried per node (_strong; 1: the most influential neuron)
 
     def start(self, deadline: float, lp_deadline: float, lp_units: int, sdp_seconds: float,
               node_lp: tuple[int, float, float | None] = (0, 0.0, None)) -> None:
         """Bound the root: LP tightening of its ``lp_units`` most influential unstable neurons until
-        ``lp_deadline`` (the others keep their CROWN bounds, re-run after each layer), then its
+        ``lp_deadline`` (the others keep their CROWN bounds, re-run after each layer; the reach rule
+        of ``node_lp``, :meth:`_tighten`), then its
         interval and LipSDP bounds (each LipSDP call gets at most ``sdp_seconds``); ``node_lp``: the
         LP tightening of every later node that reaches the top (most units, most seconds, reach:
         :meth:`_tighten`)."""
         self.deadline, self.sdp_seconds = deadline, sdp_seconds
         self.node_lp_units, self.node_lp_seconds, self.reach = node_lp
         split = [np.zeros(len(l), dtype=bool) for l, _ in self.root]
-        pre = self._tighten(self.root, split, min(lp_deadline, deadline), lp_units)
+        pre = self._tighten(self.root, split, min(lp_deadline, deadline), lp_units, self.reach)
         if pre is None:
             self.empty += 1
             return
