@@ -94,7 +94,7 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
                time_budget: float = 60.0, max_nodes: int = 100_000, rtol: float = 1e-6,
                vertex_units: int = 8, lower_share: float = 0.0, ascent_share: float = 0.25, node_sdp: bool = True, root_lp_share: float = 0.3,
                root_lp_units: int = 256, sdp_share: float = 0.25, batch: int = 8, node_lp_units: int = 256,
-               node_lp_share: float = 0.1, lp_reach: float | None = 0.1, warm_iter: int = 100,
+               node_lp_share: float = 0.1, lp_reach: float | None = 0.1, warm_iter: int = 50,
                strong: int = 1) -> Result:
     """Certified local Lipschitz bound (L2 -> L2) of a ReLU MLP on a box by neuron branch and bound
     (module doc).
@@ -129,7 +129,9 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
             this fraction of their interval from 0 (0.5: all of them; the others' LPs almost never make
             them stable: :meth:`.neuron_bab_search.NodeSearch._tighten`); None: both sides of every one.
         warm_iter: most first-order iterations of a node's LipSDP bound warm-started from its parent's
-            certificate (:mod:`~lipbound.methods.lipsdp_warm`; 0: a full solve at every node).
+            certificate (:mod:`~lipbound.methods.lipsdp_warm`; 0: a full solve at every node). Each child
+            continues from its parent's multipliers, so the steps add up along a branch: on mnistfc_256x2
+            box 3_0.05 (60 s, loaded machine) 50 reached 39.9 in 22 nodes, 100 42.7 in 14.
         strong: split candidates tried per node, the most influential first: each one's children
             refined, the pair with the least larger bound kept (1: the most influential, no trial).
     """
