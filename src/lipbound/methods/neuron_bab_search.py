@@ -87,8 +87,8 @@ class NodeSearch:
         it stable, which is all that LipSDP's value depends on; and only for the neurons whose
         nearer bound is within ``reach (u - l)`` of 0 (``reach = 0.5``: all of them). Measured on
         mnistfc_256x2 box 3_0.05 (60 s, 1632 one-sided node LPs): the 136 that made their neuron
-        stable all started within 0.1 of their interval; none of the 841 from farther did (with 0.2:
-        15 of 1100 between 0.08 and 0.2 did, all in the first hidden layer). A skipped LP costs no
+        stable all started within 0.1 of their interval; none of the 841 from farther did (another run
+        cut at 0.2: 9 of the 1190 between 0.08 and 0.2 did, 6 in the first hidden layer). A skipped LP costs no
         soundness (the bounds kept hold), but its point is not offered as a witness."""
         if not self.use_lp or units <= 0:
             return pre
