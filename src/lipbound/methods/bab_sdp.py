@@ -51,7 +51,7 @@ class NodeSdp:
                 self.warm += 1
                 return got.value, got
         try:
-            res, lmi, cert = lipsdp_certificate(graph, time_budget=seconds)
+            res, lmi, cert = _full_solve(graph, seconds)
         except NotApplicable:
             return math.inf, None
         self.full += 1
@@ -59,3 +59,11 @@ class NodeSdp:
             return math.inf, None
         usable = cert is not None and lmi.n_neurons == int(sum(m.sum() for m in live))
         return res.value, (SdpState(cert.value, lmi, cert.t, live) if usable else None)
+
+
+def _full_solve(graph: Graph, seconds: float):
+    """:func:`.lipsdp.lipsdp_certificate` by the interior point (module doc), else the automatic solver."""
+    try:
+        return lipsdp_certificate(graph, solver="ipm", time_budget=seconds)
+    except NotApplicable:
+        return lipsdp_certificate(graph, time_budget=seconds)

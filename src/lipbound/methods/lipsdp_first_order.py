@@ -48,14 +48,15 @@ def expand(lmi: LipschitzLMI, u: np.ndarray, variant: str) -> np.ndarray:
 def solve_first_order(lmi: LipschitzLMI, *, variant: str = "neuron", time_budget: float = 300.0,
                       max_iter: int = 3000, t0: np.ndarray | None = None, top: int = 16,
                       smoothing: tuple[float, ...] = (1e-2, 1e-3, 1e-4, 0.0),
-                      schur: Callable | None = None) -> tuple[np.ndarray, float, dict]:
+                      schur: Callable | None = None, dual: bool = True) -> tuple[np.ndarray, float, dict]:
     """Minimise ``rho*(t)`` (the eigenvalue form, module docstring) by L-BFGS over ``s = log t``
     from the closed-form multipliers. ``rho*`` is not differentiable where its top eigenvalue is
     multiple, so it is first replaced by a soft maximum of the ``top`` largest eigenvalues with
     temperature ``mu = smoothing[k] * rho*(t0)`` (an upper bound within ``mu log(top)``),
     decreasing to 0 (the exact ``rho*``). ``schur`` replaces the evaluation of ``rho*`` (same
     contract as :meth:`~lipbound.methods.lmi.LipschitzLMI.schur`; default: the chain elimination
-    for chains, the assembled LMI otherwise). Returns ``(t, rho*(t), info)``."""
+    for chains, the assembled LMI otherwise). ``dual``: also compute ``info["dual_rho"]`` (the
+    diagnostic lower bound of the SDP's optimum; 0 without it). Returns ``(t, rho*(t), info)``."""
     if t0 is None:
         t0, _ = fast_multipliers(lmi)
     slices = lmi.neuron_slices
@@ -106,7 +107,7 @@ def solve_first_order(lmi: LipschitzLMI, *, variant: str = "neuron", time_budget
     t = expand(lmi, np.exp(s), variant)
     final = schur(t, gradient=True, top=top)
     return t, final.rho, {"solver_status": status, "iterations": iters, "evaluations": evals[0],
-                          "smoothing": list(smoothing), "dual_rho": first_order_dual(lmi, final, t)}
+                          "smoothing": list(smoothing), "dual_rho": first_order_dual(lmi, final, t) if dual else 0.0}
 
 
 def _lbfgs(fun, x0: np.ndarray, *, max_iter: int, deadline: float, memory: int = 20,

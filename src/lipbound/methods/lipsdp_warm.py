@@ -71,7 +71,7 @@ def warm_bound(parent: SdpState, live: list[np.ndarray], slopes: list[np.ndarray
     t = parent.t[kept]
     red = child.reduced()
     try:
-        t_fo, rho_fo, _ = solve_first_order(red, t0=t, max_iter=max_iter, time_budget=seconds)
+        t_fo, rho_fo, _ = solve_first_order(red, t0=t, max_iter=max_iter, time_budget=seconds, dual=False)
         cert = certify(child, t_fo, claimed_rho=rho_fo, interior=t, search_schur=red.schur)
     except (NotApplicable, CertificateRejected):
         return None
