@@ -90,3 +90,15 @@ def chain_free_jacobian(net, x: torch.Tensor) -> np.ndarray:
         z = net.ws[k] @ h + net.bs[k]
         h, J = np.maximum(z, 0), (z > 0)[:, None] * (net.ws[k] @ J)
     return net.ws[-1] @ J
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_settled_bound_of_a_small_seeded_tree_keeps_its_other_rows(seed):
+    """A tree seeded at half the constant and stopped at 2 rows: its stopped and pruned rows (``rest``) stay
+    in the settled bound, which is never below the constant (the region oracle) however many leaves are
+    proved empty."""
+    net, chain, lo, hi, pre = part_of(seed)
+    truth, _ = constant_of(seed)
+    tree = pattern_tree(chain, pre, lo, hi, seed=truth / 2, max_leaves=2, passes=0, farkas=0)
+    keep, _ = settle_leaves(tree, lps=10_000)
+    assert float(tree.bound(keep)[0]) >= truth * (1 - 1e-12)

@@ -66,8 +66,8 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
               batched: bool = True, batch: int = 256, strong: bool = False, full_units: int = 8,
               axis: str = "smear", fan: int = 0, batch_samples: int = 1, zonotope: int = 64,
               top_samples: int = 16, zonotope_units: int = 120, seek: int = 16, batch_exact_units: int = 0,
-              exact_nodes: int = 400, exact_parts: int = 4, pattern_leaves: int = 128,
-              pattern_units: int = 24, pattern_parts: int = 32, leaf_lps: int = 4) -> Result:
+              exact_nodes: int = 400, exact_parts: int = 4, pattern_leaves: int = 2048,
+              pattern_units: int = 24, pattern_parts: int = 256, leaf_lps: int = 4) -> Result:
     """Bracket the Lipschitz constant (L2 -> L2) of ``graph`` on the region ``domain`` by branch
     and bound over the region (module doc).
 
