@@ -127,7 +127,9 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
             part taken from the top (0: no pattern tree).
         pattern_units: the pattern tree runs only on parts with at most this many unstable neurons.
         pattern_parts: the pattern tree runs on at most this many parts per round, the largest bounds
-            first (its cost, ~5-10 ms a part, is 2-4 times the zonotope's).
+            first (256 and 2048 rows by default: on ACAS Xu 2_1 props 1-3 and 3_3 prop 3 the bracket closes
+            in 120 s, where 32 parts and 128 rows left it at 1.2-1.4; benchmarks/results/local_acasxu_bab.md,
+            tenth attempt).
         leaf_lps: most LPs per part on the pattern tree's top leaves (:mod:`.pattern_leaves`): a point
             inside the top leaf's linear region (its Jacobian offered to the lower end, re-checked), or a
             Farkas proof from the LP's duals that the leaf is empty (dropped from the part's bound); 0: none.
