@@ -26,8 +26,9 @@ median, 9000 parts into the search, bounds 59.7-71.6, lower end 39.28) it bounds
 patterns with their exact Jacobians) are settled by one LP each (:mod:`.pattern_leaves`): a point inside
 the leaf's linear region goes to the lower end (``lower_from``: "pattern leaf"), a leaf proved empty
 leaves the part's bound. On ACAS Xu the tree runs on every top part (``pattern_parts`` 256) with up to
-2048 rows: a tree that closes is pruned early (5 top parts of 2_1 prop 3 at 27-31, ~10 unstable neurons:
-all at the seed in 0.06 s), and with 128 rows the parts were split instead (tenth attempt).
+512 rows: a tree that closes is pruned early (5 top parts of 2_1 prop 3 at 27-31, ~10 unstable neurons:
+all at the seed in 0.06 s); with 128 rows the parts were split instead, with 2048 the trees that stall
+cost too many parts (tenth attempt).
 
 **The end game.** When fewer than ``batch`` open parts are above ``(1 + tol)`` times the lower
 bound (so all of them are in the round), a part taken from the top again (so bound tighter once)
