@@ -101,3 +101,34 @@ def test_seek_points_turn_on_every_unstable_first_layer_neuron(seed):
         crossing = (zc.min(axis=0) < 0) & (zc.max(axis=0) > 0)
         on = (mine @ net.ws[0].T + net.bs[0] > 0).any(axis=0)
         assert bool(on[crossing].all()), b
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_pattern_leaves_keep_the_grid_constant_in_the_bracket_on_a_5_input_box(seed):
+    """A 5-input net (two hidden layers of 8), the pattern tree on every top part and its top leaves settled
+    by LP: the bracket holds the largest Jacobian norm on a grid of the box
+    (numpy), and the witness re-checks in the box with the lower end as its quotient (numpy)."""
+    net = relu_net(seed, 5, widths=(8, 8))
+    low, high = -0.3 * np.ones(5), 0.3 * np.ones(5)
+    grid = np.stack(np.meshgrid(*[np.linspace(-0.3, 0.3, 6)] * 5), -1).reshape(-1, 5)
+    sampled = relu_jacobian_norms(net, grid).max()
+    options = dict(time_budget=30.0, lower_share=0.0, batch=8, max_parts=400, tol=1e-6, pattern_parts=8,
+                   pattern_leaves=64, seek=0, top_samples=1)
+    res = local_bab(net, low, high, leaf_lps=4, **options)
+    lower, upper = res.bracket
+    assert upper >= sampled * (1 - 1e-12)
+    x, v = (res.witness[k].reshape(-1).numpy() for k in ("x", "v"))
+    assert inside(net, [], x, (low.tolist(), high.tolist()))
+    assert witness_quotient(net, x, v) == pytest.approx(lower, rel=1e-9)
+
+
+def test_pattern_leaves_same_seed_same_numbers():
+    """The batched search with leaf LPs, stopped by its work cap, twice with one seed: the same bracket,
+    parts and witness."""
+    net = relu_net(1, 5, widths=(8, 8))
+    low, high = -0.4 * np.ones(5), 0.4 * np.ones(5)
+    a, b = (local_bab(net, low, high, seed=2, time_budget=30.0, lower_share=0.0, batch=8, max_parts=150, tol=0.0,
+                      pattern_parts=8, pattern_leaves=32, leaf_lps=4) for _ in range(2))
+    assert a.details["stopped_by"] == "work"
+    assert a.bracket == b.bracket and a.details["parts"] == b.details["parts"]
+    assert torch.equal(a.witness["x"], b.witness["x"])

@@ -66,8 +66,8 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
               batched: bool = True, batch: int = 256, strong: bool = False, full_units: int = 8,
               axis: str = "smear", fan: int = 0, batch_samples: int = 1, zonotope: int = 64,
               top_samples: int = 16, zonotope_units: int = 120, seek: int = 16, batch_exact_units: int = 0,
-              exact_nodes: int = 400, exact_parts: int = 4, pattern_leaves: int = 128,
-              pattern_units: int = 24, pattern_parts: int = 32) -> Result:
+              exact_nodes: int = 400, exact_parts: int = 4, pattern_leaves: int = 512,
+              pattern_units: int = 24, pattern_parts: int = 256, leaf_lps: int = 4) -> Result:
     """Bracket the Lipschitz constant (L2 -> L2) of ``graph`` on the region ``domain`` by branch
     and bound over the region (module doc).
 
@@ -127,7 +127,12 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
             part taken from the top (0: no pattern tree).
         pattern_units: the pattern tree runs only on parts with at most this many unstable neurons.
         pattern_parts: the pattern tree runs on at most this many parts per round, the largest bounds
-            first (its cost, ~5-10 ms a part, is 2-4 times the zonotope's).
+            first (256 parts and 512 rows by default: on ACAS Xu 1_1 props 3, 2_1 props 1-3 and 3_3 prop 3 the
+            bracket closes in 120 s, where 32 parts and 128 rows left it at 1.13-1.42; 2048 rows cost 1_1 prop 3
+            two thirds of its parts; benchmarks/results/local_acasxu_bab.md, tenth attempt).
+        leaf_lps: most LPs per part on the pattern tree's top leaves (:mod:`.pattern_leaves`): a point
+            inside the top leaf's linear region (its Jacobian offered to the lower end, re-checked), or a
+            Farkas proof from the LP's duals that the leaf is empty (dropped from the part's bound); 0: none.
 
     Returns:
         A :class:`~lipbound.report.Result` of kind ``certified_upper`` (``exact`` when the bracket
@@ -172,7 +177,7 @@ def local_bab(graph: Graph, *, registry: Mapping[str, Any], seed: int = 0, progr
                                  top_samples=top_samples, zonotope_units=zonotope_units, seek=seek,
                                  exact=part_exact, exact_units=batch_exact_units, exact_parts=exact_parts,
                                  pattern_leaves=pattern_leaves, pattern_units=pattern_units,
-                                 pattern_parts=pattern_parts)
+                                 pattern_parts=pattern_parts, leaf_lps=leaf_lps)
     else:
         bounder = PartBounder(lower_end, registry, seed, upper_methods, vertex_units if split else None, deadline,
                               samples)

@@ -22,7 +22,13 @@ has are dropped), seeded with ``(1 + tol)`` times the lower end, so a part it bo
 done; the least bound is kept. On 400 top parts of ACAS Xu 2_1 prop 1 (13 unstable neurons at the
 median, 9000 parts into the search, bounds 59.7-71.6, lower end 39.28) it bounds 206 at the seed and
 398 below their bounds (median 39.3; the zonotope's median: 60.9), in ~7 ms a part
-(benchmarks/results/local_acasxu_bab.md, ninth attempt).
+(benchmarks/results/local_acasxu_bab.md, ninth attempt). The top leaves of each tree (activation
+patterns with their exact Jacobians) are settled by one LP each (:mod:`.pattern_leaves`): a point inside
+the leaf's linear region goes to the lower end (``lower_from``: "pattern leaf"), a leaf proved empty
+leaves the part's bound. On ACAS Xu the tree runs on every top part (``pattern_parts`` 256) with up to
+512 rows: a tree that closes is pruned early (5 top parts of 2_1 prop 3 at 27-31, ~10 unstable neurons:
+all at the seed in 0.06 s); with 128 rows the parts were split instead, with 2048 the trees that stall
+cost too many parts (tenth attempt).
 
 **The end game.** When fewer than ``batch`` open parts are above ``(1 + tol)`` times the lower
 bound (so all of them are in the round), a part taken from the top again (so bound tighter once)
@@ -72,7 +78,8 @@ from .local_bab_part import Outcome
 from .local_bab_witness import BestWitness
 from .part_exact import PartExact
 from .relu_boxes import Layer, bound_boxes, jacobians, pre_bounds
-from .relu_patterns import pattern_bound
+from .pattern_leaves import settle_leaves
+from .relu_patterns import pattern_tree
 from .relu_zonotope import zonotope_bound
 from .witness import PointWitness
 
@@ -97,7 +104,8 @@ def batched_search(layers: list[Layer], search: BestWitness, low: torch.Tensor, 
                    full_units: int = 0, axis: str = "smear", fan: int = 0, samples: int = 1,
                    zonotope: int = 64, top_samples: int = 16, zonotope_units: int = 120, seek: int = 16,
                    exact: PartExact | None = None, exact_units: int = 0, exact_parts: int = 4,
-                   pattern_leaves: int = 0, pattern_units: int = 24, pattern_parts: int = 32) -> Outcome:
+                   pattern_leaves: int = 0, pattern_units: int = 24, pattern_parts: int = 32,
+                   leaf_lps: int = 0) -> Outcome:
     """Best-first batched search over the box ``[low, high]`` (flat, float64) of the chain ``layers``
     (module doc); ``search`` keeps the witnessed lower bound
     (:class:`.local_bab_witness.BestWitness`). ``axis``: the split axis rule, ``"smear"`` (the
@@ -165,9 +173,10 @@ def batched_search(layers: list[Layer], search: BestWitness, low: torch.Tensor, 
                 _offer_best(layers, search, _seek_points(layers, rows[:, 0], rows[:, 1], pre, seek), shape, "part ascent")
             again = torch.tensor([p.unstable <= limit for p in fresh])
             if bool(again.any()):
-                values = _tighter(layers, rows[again, 0], rows[again, 1], [(l[again], u[again]) for l, u in pre],
-                                  vertex_units, full_units, zonotope, (1 + tol) * search.lower, pattern_units,
-                                  pattern_leaves, pattern_parts)
+                values, inside = _tighter(layers, rows[again, 0], rows[again, 1], [(l[again], u[again]) for l, u in pre],
+                                          vertex_units, full_units, zonotope, (1 + tol) * search.lower, pattern_units,
+                                          pattern_leaves, pattern_parts, leaf_lps)
+                _offer_best(layers, search, inside, shape, "pattern leaf")
                 for p, value in zip([p for p in fresh if p.unstable <= limit], values.tolist()):
                     heapq.heappush(heap, _Part(-min(p.upper, value), next(count), p.row, p.unstable, 1))
                 bounded += int(again.sum())
@@ -219,13 +228,15 @@ def _settle(layers: list[Layer], search: BestWitness, heap: list[_Part], take: l
 
 def _tighter(layers: list[Layer], low: torch.Tensor, high: torch.Tensor, pre: list[tuple[torch.Tensor, torch.Tensor]],
              vertex_units: int, full_units: int, zonotope: int, seed: float = 0.0, pattern_units: int = 0,
-             pattern_leaves: int = 0, pattern_parts: int = 0) -> torch.Tensor:
+             pattern_leaves: int = 0, pattern_parts: int = 0, leaf_lps: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """The boxes' tighter bounds, from their pre bounds ``pre``: every slope vertex on a box with at
     most ``full_units`` unstable neurons (the supremum of its slope box), the zonotope Jacobian
     (:func:`.relu_zonotope.zonotope_bound`, ``zonotope`` generators kept; 0: none) on the others, and
-    the pattern tree (:func:`.relu_patterns.pattern_bound`, at most ``pattern_leaves`` rows, seeded
+    the pattern tree (:func:`.relu_patterns.pattern_tree`, at most ``pattern_leaves`` rows, seeded
     with ``seed``; 0: none) on the first ``pattern_parts`` boxes (the largest bounds: the caller's
-    order) with at most ``pattern_units``; the least kept."""
+    order) with at most ``pattern_units``, its top leaves settled by at most ``leaf_lps`` LPs a box
+    (:func:`.pattern_leaves.settle_leaves`: leaves proved empty dropped); the least kept. Also returns the
+    points found inside leaves ``(n, d)``: witness candidates, to be re-checked."""
     value = torch.full((len(low),), torch.inf, dtype=torch.float64)  # inf: no tighter bound (the part's stays)
     unstable = sum(((l < 0) & (u > 0)).sum(dim=1) for l, u in pre)
     few, many = (unstable <= full_units).nonzero().flatten(), (unstable > full_units).nonzero().flatten()
@@ -234,10 +245,13 @@ def _tighter(layers: list[Layer], low: torch.Tensor, high: torch.Tensor, pre: li
         value[few] = bound_boxes(layers, low[few], high[few], vertex_units=vertex_units, full_units=full_units).value
     if zonotope > 0 and len(many):
         value[many] = zonotope_bound(layers, [(l[many], u[many]) for l, u in pre], low.shape[1], keep=zonotope)
+    inside = low.new_empty(0, low.shape[1])
     if len(tree):
-        value[tree] = torch.minimum(value[tree], pattern_bound(layers, [(l[tree], u[tree]) for l, u in pre], low[tree],
-                                                               high[tree], seed=seed, max_leaves=pattern_leaves))
-    return value
+        leaves = pattern_tree(layers, [(l[tree], u[tree]) for l, u in pre], low[tree], high[tree], seed=seed,
+                              max_leaves=pattern_leaves)
+        keep, inside = settle_leaves(leaves, leaf_lps)
+        value[tree] = torch.minimum(value[tree], leaves.bound(keep))
+    return value, inside
 
 
 def _split(layers: list[Layer], rows: torch.Tensor, parent: torch.Tensor, vertex_units: int,

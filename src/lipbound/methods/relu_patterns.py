@@ -62,9 +62,41 @@ import torch
 from .float_error import UNIT_ROUNDOFF, gamma, round_up
 from .relu_boxes import Layer, backward_enclosures, interval_product, norm_bound
 
-__all__ = ["pattern_bound"]
+__all__ = ["PatternTree", "farkas_proves_empty", "pattern_bound", "pattern_tree"]
 
 Bounds = tuple[torch.Tensor, torch.Tensor]  # (l, u), each (B, n), float64
+
+
+class PatternTree(NamedTuple):
+    """A batch of pattern trees, one per box, after the last layer. ``rest`` ``(B,)``: the largest bound of
+    a box's rows other than its leaves (rows stopped at ``max_leaves``; ``seed`` when rows were pruned, or
+    none: ``seed`` too); ``claim`` ``(B,)``: the box has such rows (a box whose every row is dropped as
+    empty makes no claim). The **leaves**, the rows whose every neuron is decided (one activation pattern
+    each, its exact Jacobian enclosed by ``C +- R``): ``box`` ``(L,)``, ``value`` ``(L,)`` (the norm
+    bound of that enclosure, > ``seed``), their branched signs ``A`` ``(L, k, d + 1)`` (``c . x + c_0 <= 0``
+    at every point of the leaf; zero rows pad) and ``[low, high]`` ``(L, d)``, the part of the box they
+    allow. Every point of a box (where the chain is differentiable) has the Jacobian of a leaf of it, or
+    lies in a stopped or pruned row, so :meth:`bound` is certified; dropping from it a leaf proved empty
+    (:func:`farkas_proves_empty`) keeps it so."""
+
+    rest: torch.Tensor
+    claim: torch.Tensor
+    box: torch.Tensor
+    value: torch.Tensor
+    A: torch.Tensor
+    low: torch.Tensor
+    high: torch.Tensor
+
+    def bound(self, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Certified upper bounds ``(B,)``: per box the largest of ``rest`` and its leaves' values, the
+        leaves restricted to ``keep`` (a mask ``(L,)``: those not proved empty); ``inf`` (no claim) for a box
+        with no row left."""
+        keep = torch.ones_like(self.box, dtype=torch.bool) if keep is None else keep
+        out = self.rest.clone()
+        out.scatter_reduce_(0, self.box[keep], self.value[keep], "amax")
+        reached = self.claim.clone()
+        reached[self.box[keep]] = True
+        return torch.where(reached, out, torch.inf)
 
 
 def pattern_bound(layers: list[Layer], pre: list[Bounds], low: torch.Tensor, high: torch.Tensor,
@@ -72,17 +104,36 @@ def pattern_bound(layers: list[Layer], pre: list[Bounds], low: torch.Tensor, hig
                   rows: int = 32768) -> torch.Tensor:
     """Certified upper bounds ``(B,)`` of the constant (L2 -> L2) of the chain ``layers`` on each box
     ``[low_b, high_b]`` (``(B, d)`` float64) from its sound pre bounds ``pre`` (module doc), each at
-    least ``seed`` (rows bounded below it are pruned); ``max_leaves``: most rows of a box's tree;
-    ``passes``: rounds of constraint propagation after each branch (:func:`_shrink`); ``farkas``:
-    ascent steps of the emptiness test at the end of each layer (:func:`_empty`; 0: none);
-    ``rows``: most tree rows held at once (memory): the boxes go through in chunks."""
-    B = low.shape[0]
+    least ``seed``: :meth:`PatternTree.bound` of :func:`pattern_tree` (same arguments)."""
+    return pattern_tree(layers, pre, low, high, seed, max_leaves, passes, farkas, rows).bound()
+
+
+def pattern_tree(layers: list[Layer], pre: list[Bounds], low: torch.Tensor, high: torch.Tensor,
+                 seed: float = 0.0, max_leaves: int = 512, passes: int = 2, farkas: int = 24,
+                 rows: int = 32768) -> PatternTree:
+    """The pattern trees (:class:`PatternTree`) of the chain ``layers`` on the boxes ``[low_b, high_b]``
+    (``(B, d)`` float64) from their sound pre bounds ``pre`` (module doc); rows bounded by at most
+    ``seed`` are pruned; ``max_leaves``: most rows of a box's tree; ``passes``: rounds of constraint
+    propagation after each branch (:func:`_shrink`); ``farkas``: ascent steps of the emptiness test at the
+    end of each layer (:func:`_empty`; 0: none); ``rows``: most tree rows held at once (memory): the boxes
+    go through in chunks."""
+    B, d = low.shape
     per = max(1, rows // (2 * max_leaves))
     back = backward_enclosures(layers, pre)
-    return torch.cat([_chunk(layers, [(l[s: s + per], u[s: s + per]) for l, u in pre],
-                             [(c[s: s + per], r[s: s + per]) for c, r in back], low[s: s + per],
-                             high[s: s + per], seed, max_leaves, passes, farkas)
-                      for s in range(0, B, per)]) if B else torch.empty(0, dtype=torch.float64)
+    trees = [_chunk(layers, [(l[s: s + per], u[s: s + per]) for l, u in pre],
+                    [(c[s: s + per], r[s: s + per]) for c, r in back], low[s: s + per],
+                    high[s: s + per], seed, max_leaves, passes, farkas)
+             for s in range(0, B, per)]
+    if not trees:
+        empty = torch.empty(0, dtype=torch.float64)
+        return PatternTree(empty, empty.bool(), empty.long(), empty, empty.reshape(0, 0, d + 1), empty.reshape(0, d),
+                           empty.reshape(0, d))
+    width = max(t.A.shape[1] for t in trees)
+    starts = [s for s in range(0, B, per)]
+    return PatternTree(torch.cat([t.rest for t in trees]), torch.cat([t.claim for t in trees]),
+                       torch.cat([t.box + s for t, s in zip(trees, starts)]), torch.cat([t.value for t in trees]),
+                       torch.cat([torch.nn.functional.pad(t.A, (0, 0, 0, width - t.A.shape[1])) for t in trees]),
+                       torch.cat([t.low for t in trees]), torch.cat([t.high for t in trees]))
 
 
 class _Rows(NamedTuple):
@@ -103,8 +154,8 @@ class _Rows(NamedTuple):
 
 
 def _chunk(layers: list[Layer], pre: list[Bounds], back: list[Bounds], low: torch.Tensor, high: torch.Tensor,
-           seed: float, max_leaves: int, passes: int, farkas: int) -> torch.Tensor:
-    """:func:`pattern_bound` on one chunk of boxes: the tree's rows, layer by layer; ``back[k]``:
+           seed: float, max_leaves: int, passes: int, farkas: int) -> PatternTree:
+    """:func:`pattern_tree` on one chunk of boxes: the tree's rows, layer by layer; ``back[k]``:
     the boxes' backward enclosures after ReLU layer ``k``."""
     B, d = low.shape
     F = torch.cat([torch.eye(d, dtype=torch.float64), torch.zeros(d, 1, dtype=torch.float64)], 1).expand(B, d, d + 1)
@@ -125,12 +176,9 @@ def _chunk(layers: list[Layer], pre: list[Bounds], back: list[Bounds], low: torc
         rows, mid = rows.take(go), mid[go]
         rows = rows._replace(F=mid[..., None] * rows.F, Fr=mid[..., None] * rows.Fr)
     C, R = _affine(layers[-1], rows.F, rows.Fr)
-    if len(rows.box):
-        out.scatter_reduce_(0, rows.box, norm_bound(C[..., :-1], R[..., :-1]), "amax")
-    # every row of a box proved empty would mean an empty box: no claim is made on it
-    reached = torch.zeros(B, dtype=torch.bool)
-    reached[rows.box] = True
-    return torch.where(reached | pruned | ~live | (out > seed), out, torch.inf)
+    value = norm_bound(C[..., :-1], R[..., :-1]) if len(rows.box) else C.new_empty(0)
+    # a box none of whose rows is left (every one proved empty) makes no claim
+    return PatternTree(out, pruned | ~live | (out > seed), rows.box, value, rows.A, rows.low, rows.high)
 
 
 def _decide(rows: _Rows, l: torch.Tensor, u: torch.Tensor, live: torch.Tensor,
@@ -260,11 +308,10 @@ def _empty(A: torch.Tensor, low: torch.Tensor, high: torch.Tensor, steps: int) -
     ``psi(lam) = min_box sum_j lam_j (c_j . x + c_{0j}) > 0`` (the combination is positive on the whole
     box, yet <= 0 at a point of the set). ``psi`` is concave; ``steps`` of exponentiated-gradient
     ascent on the simplex (each constraint's supergradient scaled by its size on the box) choose
-    ``lam``: only a way of choosing numbers. The best ``lam``'s ``psi`` is checked with the rounding
-    of its sums (``gamma_{k+d+2}`` of their magnitudes) moved against it; an unproved set is kept."""
+    ``lam``: only a way of choosing numbers. The best ``lam`` is checked by :func:`farkas_proves_empty`;
+    an unproved set is kept."""
     c, c0 = A[..., :-1], A[..., -1]
     rows, k, d = c.shape
-    xmax = torch.maximum(low.abs(), high.abs())[:, None, :]
     size = (c.abs() * (high - low)[:, None, :]).sum(-1) + 1e-300  # (rows, k): a constraint's spread on the box
     lam = torch.full((rows, k), 1.0 / k, dtype=torch.float64)
     best, best_lam = torch.full((rows,), -torch.inf, dtype=torch.float64), lam
@@ -277,10 +324,24 @@ def _empty(A: torch.Tensor, low: torch.Tensor, high: torch.Tensor, steps: int) -
         best, best_lam = torch.where(better, psi, best), torch.where(better[:, None], lam, best_lam)
         lam = lam * torch.exp((2.0 * value / size).clamp(-30, 30))
         lam = lam / lam.sum(1, keepdim=True)
-    g = (best_lam[..., None] * c).sum(1)
-    psi = (g.clamp(min=0) * low + g.clamp(max=0) * high).sum(-1) + (best_lam * c0).sum(1)
-    mag = (best_lam * ((c.abs() * xmax).sum(-1) + c0.abs())).sum(1)
-    return psi - round_up(gamma(k + d + 2) * mag + 2 * UNIT_ROUNDOFF * psi.abs(), 3) > 0
+    return farkas_proves_empty(A, low, high, best_lam)
+
+
+def farkas_proves_empty(A: torch.Tensor, low: torch.Tensor, high: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """``(rows,)``: True where the multipliers ``lam >= 0`` ``(rows, k)`` prove
+    ``{x in [low, high] : c_j . x + c_{0j} <= 0 for all j}`` (``A`` ``(rows, k, d + 1)``) empty:
+    ``psi = min_box sum_j lam_j (c_j . x + c_{0j}) > 0`` (the combination is positive on the whole box, yet
+    <= 0 at a point of the set), ``psi`` computed in float64 with the rounding of its sums
+    (``gamma_{k+d+2}`` of their magnitudes, and ``2u`` of ``psi``) moved against it. However ``lam`` was
+    chosen (ascent, an LP's duals), a True is a proof; a negative or non-finite ``lam`` proves nothing."""
+    c, c0 = A[..., :-1], A[..., -1]
+    k, d = c.shape[1], c.shape[2]
+    xmax = torch.maximum(low.abs(), high.abs())[:, None, :]
+    g = (lam[..., None] * c).sum(1)
+    psi = (g.clamp(min=0) * low + g.clamp(max=0) * high).sum(-1) + (lam * c0).sum(1)
+    mag = (lam * ((c.abs() * xmax).sum(-1) + c0.abs())).sum(1)
+    valid = (lam >= 0).all(1) & torch.isfinite(lam).all(1)
+    return valid & (psi - round_up(gamma(k + d + 2) * mag + 2 * UNIT_ROUNDOFF * psi.abs(), 3) > 0)
 
 
 def _shrink(A: torch.Tensor, low: torch.Tensor, high: torch.Tensor, passes: int) -> tuple[torch.Tensor, torch.Tensor]:
