@@ -116,12 +116,14 @@ def test_a_search_stopped_with_a_gap_does_not_say_converged():
 
 @pytest.mark.parametrize("seed,widths", [(0, (2, 5, 4, 2)), (1, (2, 4, 4, 2))])
 def test_node_lp_tightening_keeps_the_search_exact(seed, widths):
-    """Every node that reaches the top is tightened by its LP (2 neurons each) before it is split."""
+    """Every node that reaches the top is tightened by its LP (2 neurons each, both sides, whatever their
+    reach: ``node_lp_reach=None``) before it is split."""
     net = _net(seed, widths)
     low, high = -torch.ones(widths[0], dtype=torch.float64), torch.ones(widths[0], dtype=torch.float64)
     truth = _exact_local(net, low.numpy(), high.numpy())
     res = METHODS["neuron-bab"](as_graph(net, (widths[0],)), domain=(low, high), time_budget=20, vertex_units=0,
-                                node_sdp=False, root_lp_units=0, node_lp_units=2, ascent_share=0)
+                                node_sdp=False, root_lp_units=0, node_lp_units=2, node_lp_reach=None,
+                                ascent_share=0)
     assert res.details["lp_units"] > 0 and res.details["search_nodes"] > 0
     assert res.details["upper"] >= truth * (1 - 1e-9)
     assert res.kind == "exact" and res.value == pytest.approx(truth, rel=1e-6)
