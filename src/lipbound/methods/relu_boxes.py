@@ -52,7 +52,7 @@ from ..linalg.spectral import CERTIFIED_RTOL
 from .relu_crown import crown_layer
 from .float_error import UNIT_ROUNDOFF, gamma, linear_error, round_up
 
-__all__ = ["Layer", "BoxBounds", "relu_chain", "bound_boxes", "pre_bounds", "jacobians", "norm_bound",
+__all__ = ["Layer", "BoxBounds", "chain_relus", "relu_chain", "bound_boxes", "pre_bounds", "jacobians", "norm_bound",
            "backward_enclosures", "interval_product"]
 
 
@@ -95,30 +95,41 @@ class BoxBounds:
         return torch.cat([t for lu in self.pre for t in lu], dim=1)
 
 
-def relu_chain(graph: Graph) -> list[Layer] | None:
-    """``graph`` as affine layers separated by ReLUs (module doc), or None when it is not such a
-    chain (any other node kind or activation, a branch, an activation last, or no ReLU at all: an
-    affine map is left to the part-by-part search)."""
-    g = graph.to(device="cpu", dtype=torch.float64)
-    layers: list[Layer] = []
-    pending: Layer | None = None
-    prev = g.input
-    for node in g:
+def chain_relus(graph: Graph) -> int:
+    """The number of ReLUs of ``graph`` when it is a chain that :func:`relu_chain` reads, else 0: from
+    its structure alone (each node the only input of the next; affine nodes and ReLUs, a ReLU only
+    after an affine node; an affine node last), so no weight is read or converted."""
+    count, pending, prev = 0, False, graph.input
+    for node in graph:
         if isinstance(node, Input):
             continue
         if node.inputs != [prev]:
-            return None
+            return 0
         prev = node.name
+        if isinstance(node, Affine):
+            pending = True
+        elif isinstance(node, Activation) and _is_relu(node) and pending:
+            count, pending = count + 1, False
+        else:
+            return 0
+    return count if pending and prev == graph.output else 0
+
+
+def relu_chain(graph: Graph) -> list[Layer] | None:
+    """``graph`` as affine layers separated by ReLUs (module doc), or None when it is not such a
+    chain (:func:`chain_relus`: any other node kind or activation, a branch, an activation last, or
+    no ReLU at all: an affine map is left to the part-by-part search)."""
+    if not chain_relus(graph):
+        return None
+    layers: list[Layer] = []
+    pending: Layer | None = None
+    for node in graph.to(device="cpu", dtype=torch.float64):
         if isinstance(node, Affine):
             layer = _materialise(node)
             pending = layer if pending is None else pending.then(layer)
-        elif isinstance(node, Activation) and _is_relu(node) and pending is not None:
+        elif isinstance(node, Activation):
             layers.append(pending)
             pending = None
-        else:
-            return None
-    if pending is None or prev != g.output or not layers:
-        return None
     return [*layers, pending]
 
 

@@ -64,7 +64,7 @@ import torch
 
 from ..errors import InvalidInput, UnsupportedOperation
 from ..graph.ir import Activation, Graph
-from .relu_boxes import Layer, _is_relu, relu_chain
+from .relu_boxes import Layer, _is_relu, chain_relus, relu_chain
 from .split_crown import node_bounds
 
 __all__ = ["SplitOptions", "SplitTree", "SplitOutcome", "split_tree", "split_refine", "split_crown_bounds",
@@ -212,16 +212,24 @@ def split_refine(chain: list[Layer], pre: Chain, low: np.ndarray, high: np.ndarr
     return SplitOutcome(node_bounds(chain, [_union(tree.leaves)], low, high, options.beta_iterations)[0], tree)
 
 
+def _body(graph: Graph) -> tuple[Graph, bool] | None:
+    """``graph`` without a last ReLU (ERAN's nets end with one) and whether it had one; ``graph`` as it
+    is when it ends otherwise; None when it ends with another activation."""
+    last = graph.nodes[graph.output]
+    if not (isinstance(last, Activation) and len(last.inputs) == 1):
+        return graph, False
+    if not _is_relu(last):
+        return None
+    return graph.rebuilt({k: v for k, v in graph.nodes.items() if k != graph.output}, last.inputs[0]), True
+
+
 def _chain(graph: Graph) -> list[Layer] | None:
     """``graph`` as :func:`.relu_boxes.relu_chain` reads it; a chain that ends with a ReLU (ERAN's
     nets) as the chain before it, then the identity (so the last ReLU's input is a hidden layer too)."""
-    last = graph.nodes[graph.output]
-    if not (isinstance(last, Activation) and len(last.inputs) == 1):
-        return relu_chain(graph)
-    body = {k: v for k, v in graph.nodes.items() if k != graph.output}
-    chain = relu_chain(graph.rebuilt(body, last.inputs[0]))
-    if chain is None or not _is_relu(last):
-        return None
+    body = _body(graph)
+    chain = None if body is None else relu_chain(body[0])
+    if chain is None or not body[1]:
+        return chain
     n = chain[-1].W.shape[0]
     eye, zero = torch.eye(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
     return [*chain, Layer(eye, torch.zeros_like(eye), zero, zero.clone())]
@@ -229,9 +237,11 @@ def _chain(graph: Graph) -> list[Layer] | None:
 
 def relu_chain_depth(graph: Graph) -> int:
     """The number of hidden ReLU layers of ``graph`` when it is a chain of affine layers and ReLUs
-    (what :func:`split_crown_bounds` takes), else 0."""
-    chain = _chain(graph)
-    return 0 if chain is None else len(chain) - 1
+    (what :func:`split_crown_bounds` takes), else 0: from its structure alone
+    (:func:`.relu_boxes.chain_relus`; no weight is read)."""
+    body = _body(graph)
+    relus = 0 if body is None else chain_relus(body[0])
+    return relus + body[1] if relus else 0
 
 
 def split_crown_bounds(graph: Graph, low: torch.Tensor, high: torch.Tensor, crown: dict[str, Any], *,
