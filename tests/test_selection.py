@@ -214,6 +214,56 @@ def test_the_predicted_lipsdp_path_is_the_one_auto_takes_on_mlps(make, budget: f
     assert lipsdp_path(graph_sizes(graph), budget) == routed(graph, budget)
 
 
+def residual_mlp(width: int, blocks: int, seed: int = 0) -> lipbound.Graph:
+    """``x -> ReLU(W x)``, then ``blocks`` times ``h -> ReLU(h + B ReLU(A h))``, then a linear head."""
+    torch.manual_seed(seed)
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(width, width), nn.Linear(width, width)
+
+        def forward(self, h: torch.Tensor) -> torch.Tensor:
+            return torch.relu(h + self.b(torch.relu(self.a(h))))
+
+    model = nn.Sequential(nn.Linear(8, width), nn.ReLU(), *[Block() for _ in range(blocks)], nn.Linear(width, 3))
+    return lipbound.as_graph(model.eval(), (8,))
+
+
+def localized_mlp(n_in: int, widths: list[int], radius: float) -> lipbound.Graph:
+    from lipbound.methods.propagation import localize
+    from lipbound.methods.region import as_region
+
+    graph = mlp(n_in, widths)
+    return localize(graph, as_region((-radius, radius), graph.input_shape))
+
+
+@pytest.mark.parametrize("budget", [0.01, 0.1, 1.0, 30.0])
+@pytest.mark.parametrize("make", [lambda: residual_mlp(16, 3), lambda: residual_mlp(40, 2),
+                                  lambda: localized_mlp(64, [96, 96, 96], 0.02), lambda: localized_mlp(784, [256, 256], 0.001)],
+                         ids=["residual-16", "residual-40", "local-96x3", "local-mnist-256x2"])
+def test_the_predicted_path_is_the_one_auto_takes_on_lmis_that_are_no_chain(make, budget: float) -> None:
+    """Residual nets, and MLPs on a region (stable neurons folded into the maps that read them),
+    have LMIs that are no chain: the interior point goes dense and is chosen only when its whole
+    solve is predicted to fit; the cost model must say the same, from sizes alone."""
+    from lipbound.methods.cost import _lmi_is_chain, lipsdp_path
+    from lipbound.methods.eclipse import balanced
+    from lipbound.methods.lmi_build import lmi_of_graph
+
+    graph = make()
+    sizes = graph_sizes(graph)
+    assert _lmi_is_chain(sizes) == balanced(lmi_of_graph(graph)).reduced().is_chain() is False
+    assert lipsdp_path(sizes, budget) == routed(graph, budget)
+
+
+def test_a_dense_interior_point_is_chosen_only_when_it_fits_the_budget() -> None:
+    """The same localized MLP goes first-order on a budget too small for its dense solve and to the
+    interior point on a larger one (the rule reads the budget, never a measured time)."""
+    graph = localized_mlp(64, [96, 96, 96], 0.02)
+    assert {routed(graph, 1e-4), routed(graph, 30.0)} == {"first-order", "ipm"}
+    assert routed(graph, 30.0) == "ipm"
+
+
 def test_chains_go_to_the_interior_point_up_to_its_order() -> None:
     from lipbound.methods.cost import lipsdp_path
     from lipbound.methods.lipsdp import IPM_CHAIN_MAX_ORDER

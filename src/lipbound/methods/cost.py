@@ -25,7 +25,7 @@ from typing import Callable
 from ..graph.ir import Activation, Add, Concat, Graph, MaxPool
 from ..linalg.conv import Conv
 from ..linalg.operators import Dense
-from .lipsdp import IPM_CHAIN_MAX_ORDER, _cvxpy_available
+from .lipsdp import _cvxpy_available, ipm_routes
 from .lipsdp_banded import BlockStructure, structure_of_graph
 from .lipsdp_conv import blocks_plan, chain_orders, start_flops, start_seconds, structure_routes_to_blocks
 from .lmi_build import MAX_WORK
@@ -66,6 +66,10 @@ class GraphSizes:
             a chain of affine nodes and activations (every neuron counted but those of constant
             output, :func:`~lipbound.methods.lipsdp_conv.chain_orders`), else None.
         pooled: the graph has max pooling (no LMI holds it: LipSDP refuses it).
+        output_size: elements of the output.
+        folded: some neuron's slope interval is a nonzero point (a stable neuron on a region): the LMI
+            builder folds it into the maps that read it, which joins non-neighbouring blocks, so the
+            LMI of a chain graph is then no chain (:func:`lipsdp_path` prices its dense interior point).
         blocks: the block structure of the LMI (chains and residual nets,
             :func:`~lipbound.methods.lipsdp_banded.structure_of_graph`), None with max pooling: what
             LipSDP's ``"blocks"`` path reads to route, refuse and price a network.
@@ -86,6 +90,8 @@ class GraphSizes:
     chain_orders: tuple[int, ...] | None = None
     pooled: bool = False
     blocks: BlockStructure | None = None
+    folded: bool = False
+    output_size: int = 0
 
 
 def graph_sizes(graph: Graph) -> GraphSizes:
@@ -113,7 +119,8 @@ def graph_sizes(graph: Graph) -> GraphSizes:
     return GraphSizes(kind, input_size, sum(math.prod(n.shape) for n in acts), unstable, widths, order,
                       float(chain_work), float(dense_svd + sum(_svd(op) for op in convs)), float(dense_svd),
                       float(matvec), float(conv_work), units, None if orders is None else tuple(orders),
-                      any(isinstance(n, MaxPool) for n in nodes), structure)
+                      any(isinstance(n, MaxPool) for n in nodes), structure, any(_folds(n) for n in acts),
+                      math.prod(graph.output_shape))
 
 
 def _block_chain_work(structure: BlockStructure) -> float:
@@ -128,6 +135,12 @@ def _svd(op) -> int:
     """Flops of the SVD of ``op`` materialised, ``m n min(m, n)``."""
     m, n = math.prod(op.out_shape), math.prod(op.in_shape)
     return m * n * min(m, n)
+
+
+def _folds(node: Activation) -> bool:
+    """Some neuron of ``node`` has a slope interval that is a nonzero point (:attr:`GraphSizes.folded`)."""
+    lo, hi = node.slope_bounds()
+    return bool(((lo == hi) & (lo != 0)).any())
 
 
 def _unstable(node: Activation) -> int:
@@ -199,8 +212,10 @@ def lipsdp_path(s: GraphSizes, budget: float = math.inf) -> str:
       bandwidth: the widest pair of neighbouring blocks on a chain, the whole order otherwise: a
       copy of :func:`~lipbound.methods.lmi_build.lmi_of_graph`'s rule on sizes);
     * else ``"clarabel"`` (with cvxpy) up to reduced order ``IPM_MAX_ORDER``, ``"ipm"`` (lipbound's
-      own interior point) on a chain up to reduced order ``IPM_CHAIN_MAX_ORDER``, ``"first-order"``
-      otherwise (``"chordal"`` is never chosen by ``auto``: the chain interior point supersedes it).
+      own interior point) where :func:`~lipbound.methods.lipsdp.ipm_routes` sends the reduced LMI
+      (a chain up to ``IPM_CHAIN_MAX_ORDER``; another LMI when its dense solve fits ``budget``),
+      ``"first-order"`` otherwise (``"chordal"`` is never chosen by ``auto``: the chain interior point
+      supersedes it).
     """
     if structure_routes_to_blocks(s.blocks):
         return "refused" if blocks_plan(s.blocks, budget) == "refused" else "blocks"
@@ -212,15 +227,24 @@ def lipsdp_path(s: GraphSizes, budget: float = math.inf) -> str:
     reduced = _reduced_orders(s)[0] + s.unstable
     if reduced <= IPM_MAX_ORDER and _cvxpy_available():
         return "clarabel"
-    if orders is not None and reduced <= IPM_CHAIN_MAX_ORDER:
+    if ipm_routes(reduced, _lmi_is_chain(s), budget):
         return "ipm"
     return "first-order"
 
 
+def _lmi_is_chain(s: GraphSizes) -> bool:
+    """The LMI is a chain: the graph is one and no stable neuron is folded (:attr:`GraphSizes.folded`)."""
+    return s.chain_orders is not None and not s.folded
+
+
 def _reduced_orders(s: GraphSizes) -> list[int]:
-    """Block orders of the reduced LMI: the input block cut to the first layer's rank (at most
-    ``min(input, first width)``), then the unstable neurons of each activation."""
-    return [min(s.input_size, s.widths[0] if s.widths else 0), *s.widths]
+    """Block orders of the reduced LMI (:meth:`~lipbound.methods.lmi.LipschitzLMI.reduced`): the input
+    block cut to the rows of the maps that read it, then the unstable neurons of each activation. On a
+    chain only the first layer reads the input (at most ``min(input, first width)``); where stable
+    neurons are folded (:attr:`GraphSizes.folded`) the later layers and the output read it too, through
+    them (at most ``min(input, unstable + output)``)."""
+    readers = s.unstable + s.output_size if s.folded else (s.widths[0] if s.widths else 0)
+    return [min(s.input_size, readers), *s.widths]
 
 
 def _model(*keys: str) -> Callable[[GraphSizes], float]:
@@ -243,7 +267,8 @@ eclipse_cost.__doc__ = "Recursions of dense block operations along the LMI, then
 def lipsdp_cost(s: GraphSizes) -> float:
     """The least budget in which ``solver="auto"`` returns its bound (:func:`lipsdp_path`): the
     Clarabel solve (~ reduced order^3.5); on a chain, ECLipsE-Fast (its start) and
-    IPM_USEFUL_ITERATIONS iterations of the chain interior point (CHAIN_IPM_SECONDS each unit); the
+    IPM_USEFUL_ITERATIONS iterations of the interior point (CHAIN_IPM_SECONDS each unit, the widest
+    block the whole order where the LMI is no chain); the
     first-order solver's start (ECLipsE-Fast) and SDP_USEFUL_ITERATIONS iterations; the ``"blocks"``
     path's checked ECLipsE-Fast start (:func:`~lipbound.methods.lipsdp_conv.start_seconds`: its layer
     matrices, one recursion and the check; its solver runs only when the budget holds more,
@@ -259,7 +284,8 @@ def lipsdp_cost(s: GraphSizes) -> float:
         return CONSTANTS["start"] + CONSTANTS["ipm"] * w["ipm"]
     if path == "ipm":  # its start (ECLipsE-Fast) and IPM_USEFUL_ITERATIONS iterations
         blocks = _reduced_orders(s)
-        order, widest = sum(blocks), max(blocks)
+        order = sum(blocks)
+        widest = max(blocks) if _lmi_is_chain(s) else order
         iteration = CHAIN_IPM_SECONDS * (order ** 3 + 4 * order ** 2 * widest)
         return CONSTANTS["start"] + CONSTANTS["eclipse"] * w["eclipse"] + IPM_USEFUL_ITERATIONS * iteration
     return CONSTANTS["start"] + CONSTANTS["eclipse"] * w["eclipse"] + CONSTANTS["lipsdp"] * w["lipsdp"]

@@ -58,8 +58,9 @@ the per-neuron constraints is still ``>= 0``, so it never needs the node's hull 
 * ``solver="blocks"``: chains too large to assemble (CNNs such as LeNet5 and 2C2F), first order
   with a block Cholesky check (:mod:`lipbound.methods.lipsdp_conv`).
 * ``solver="auto"`` (default): such chains go to ``"blocks"``; otherwise, with cvxpy installed,
-  Clarabel when the reduced LMI has order <= ``ipm_max_order``; ``"ipm"`` for chains (MLPs) up to
-  reduced order ``IPM_CHAIN_MAX_ORDER``; first-order otherwise.
+  Clarabel when the reduced LMI has order <= ``ipm_max_order``; ``"ipm"`` up to reduced order
+  ``IPM_CHAIN_MAX_ORDER`` for chains (MLPs), and for other LMIs (residual nets, localized MLPs) when
+  its dense solve is predicted to fit the budget (:func:`ipm_routes`); first-order otherwise.
 
 **Dual bound and gap.** Each solver path also reports ``details["sdp_lower"]``, a lower bound of
 the SDP's optimum by weak duality (a dual feasible matrix built from the interior-point solver's
@@ -95,6 +96,7 @@ from ..report import Result
 from .eclipse import balanced, fast_multipliers
 from .lmi import LipschitzLMI
 from .lmi_build import lmi_of_graph
+from .machine import DENSE_IPM_SECONDS
 from .lipsdp_chordal import solve_chordal
 from .lipsdp_conv import lipsdp_blocks, routes_to_blocks
 from .lipsdp_first_order import expand, rss_mb, solve_first_order, stopped_by
@@ -223,15 +225,25 @@ IPM_CHAIN_MAX_ORDER = 3000  # chains up to this reduced order go to the primal-d
 
 def _auto_solver(red: LipschitzLMI, ipm_max_order: int, time_budget: float) -> str:
     """Interior point through cvxpy (Clarabel) on the whole LMI when it is small; lipbound's
-    primal-dual interior point (:mod:`lipbound.methods.lipsdp_ipm`, no extra dependency) on chains
-    up to ``IPM_CHAIN_MAX_ORDER`` (it supersedes the chordal path there: exact on GLipSDP's
-    Scalability MLPs where chordal stopped at a 15% gap); first order otherwise. Every path returns
-    a checked value within ``time_budget`` (the interior point's iterates are all feasible)."""
+    primal-dual interior point (:mod:`lipbound.methods.lipsdp_ipm`, no extra dependency) where
+    :func:`ipm_routes` sends it; first order otherwise. Every path returns a checked value within
+    ``time_budget`` (the interior point's iterates are all feasible)."""
     if red.size <= ipm_max_order and _cvxpy_available():
         return "clarabel"
-    if red.is_chain() and red.size <= IPM_CHAIN_MAX_ORDER:
+    if ipm_routes(red.size, red.is_chain(), time_budget):
         return "ipm"
     return "first-order"
+
+
+def ipm_routes(order: int, chain: bool, time_budget: float) -> bool:
+    """Whether ``solver="auto"`` sends a reduced LMI of ``order`` to lipbound's interior point: up to
+    ``IPM_CHAIN_MAX_ORDER``, a chain always (block-bidiagonal solves; it supersedes the chordal path
+    there: exact on GLipSDP's Scalability MLPs where chordal stopped at a 15% gap), any other LMI
+    (dense factorisations: residual nets, and every localized MLP, whose stable neurons folded into
+    the maps that read them join non-neighbouring blocks) when its whole solve, predicted at
+    :data:`~.machine.DENSE_IPM_SECONDS` per ``order^3``, fits ``time_budget``. Sizes and budget
+    only (the cost model routes by the same rule: :func:`~.cost.lipsdp_path`)."""
+    return order <= IPM_CHAIN_MAX_ORDER and (chain or DENSE_IPM_SECONDS * order ** 3 <= time_budget)
 
 
 def _cvxpy_available() -> bool:

@@ -12,7 +12,8 @@ only makes the predictions pessimistic. Two kinds of constants live here:
 
 * **Kernel rates**, measured on one operation (unit in each comment): :data:`SVD_RATE`,
   :data:`GRAM_RATE`, :data:`QR_RATE`, :data:`MATMUL_RATE`, :data:`FACTOR_RATE`, :data:`POWER_SECONDS`,
-  :data:`BLOCKS_RATE`, :data:`MATERIALISE_SECONDS`, :data:`CHAIN_IPM_SECONDS`.
+  :data:`BLOCKS_RATE`, :data:`MATERIALISE_SECONDS`, :data:`CHAIN_IPM_SECONDS`,
+  :data:`DENSE_IPM_SECONDS`.
 * **Per-method constants** of the cost model (:data:`METHOD_SECONDS`): seconds per unit of each
   method's own work count (:func:`lipbound.methods.cost.work`), fitted end to end by
   ``benchmarks/cost_model.py`` (total measured seconds / total work over random MLPs and a CNN),
@@ -22,7 +23,7 @@ only makes the predictions pessimistic. Two kinds of constants live here:
 from __future__ import annotations
 
 __all__ = ["SVD_RATE", "GRAM_RATE", "QR_RATE", "MATMUL_RATE", "FACTOR_RATE", "POWER_SECONDS", "BLOCKS_RATE",
-           "MATERIALISE_SECONDS", "CHAIN_IPM_SECONDS", "DUAL_SECONDS", "STEP_SECONDS", "METHOD_SECONDS"]
+           "MATERIALISE_SECONDS", "CHAIN_IPM_SECONDS", "DENSE_IPM_SECONDS", "DUAL_SECONDS", "STEP_SECONDS", "METHOD_SECONDS"]
 
 #: ``m n min(m, n)`` per second of a float64 SVD of an ``m x n`` matrix (measured 1.0-1.8e9 on one
 #: core; an OVAL21 convolution materialised as 3072 x 2048: 1.1e9)
@@ -56,6 +57,11 @@ MATERIALISE_SECONDS = 1e-7
 #: (:mod:`lipbound.methods.lipsdp_ipm`; ``w`` the widest block), measured on GLipSDP's mlp_L33_W32
 #: and mlp_L65_W32 (0.5 to 0.8 s at order 1056, 3 to 5 s at 2112, one thread of the loaded CPU)
 CHAIN_IPM_SECONDS = 6e-10
+#: seconds per ``order^3`` of a whole solve (to convergence, ~20-25 iterations) of the same interior point
+#: on an LMI that is no chain (dense factorisations), measured on one core with the other busy: a
+#: residual MLP of order 608 in 1.2 s and 1696 in 21 s; localized mnistfc_256x6 (order 1180) 9.7 s and
+#: ERAN 9x200 (994) 5.3 s (4.3-5.9e-9; benchmarks/results/local.md, "Session 10")
+DENSE_IPM_SECONDS = 6e-9
 #: seconds of the first-order solver's dual bound (:func:`~lipbound.methods.lipsdp_dual.first_order_dual`):
 #: up to ten projected-gradient subproblems on ``top x top`` matrices, whatever the LMI's size (measured
 #: 0.3-1.2 s on one core, on a 52-order LMI and on OVAL21 base's)
