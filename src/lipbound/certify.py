@@ -44,7 +44,7 @@ from .errors import InvalidInput
 from .graph.ir import Graph
 from .margins import least_certified, margin_constants, margin_rows, with_output_map
 from .methods import get_method
-from .methods.propagation import localize
+from .methods.carried_bounds import localize_keeping
 from .methods.region import Ball, BoxUnion, as_region
 from .methods.rounding import enclose
 from .methods.selection import DEFAULT_TIME_BUDGET, default_methods
@@ -198,7 +198,8 @@ def _checked_radii(radii: Sequence[float]) -> tuple[float, ...]:
 
 
 def _on_domain(graph: Graph, domain: Any, x: torch.Tensor) -> Graph:
-    """``graph`` localized to ``domain`` (the hull of a union of boxes), which must hold every input."""
+    """``graph`` localized to ``domain`` (the hull of a union of boxes), which must hold every input
+    (CROWN, intersected with the bounds a graph localized on a region containing it carries)."""
     region = as_region(domain, graph.input_shape)
     if region is None:
         return graph
@@ -206,7 +207,7 @@ def _on_domain(graph: Graph, domain: Any, x: torch.Tensor) -> Graph:
     if outside.any():
         raise InvalidInput(f"input {int(outside.nonzero()[0])} lies outside the domain {region.describe()}: a "
                            f"certificate on a domain covers inputs inside it")
-    return localize(graph, region.hull() if isinstance(region, BoxUnion) else region)
+    return localize_keeping(graph, region.hull() if isinstance(region, BoxUnion) else region)
 
 
 def _pair_matrix(graph: Graph, given: torch.Tensor | bool, methods: list[str] | None, seed: int,
@@ -263,7 +264,7 @@ def _ball_check(graph: Graph, x: torch.Tensor, y: int, margins: torch.Tensor, gl
     ``j`` that fails); ``global_pairs[j]`` bounds ``L_yj`` on all of ``R^n``."""
     ball = Ball(x.detach().to(torch.float64).cpu(), r, 2)
     left = None if deadline is None else max(deadline - time.perf_counter(), 0.0)
-    local = localize(graph, ball, time_budget=left)
+    local = localize_keeping(graph, ball, time_budget=left)
     f_const = min(upper, least_certified(local, methods, seed)[0])
     m = len(margins)
     constants = torch.full((m,), math.inf, dtype=torch.float64)

@@ -2,8 +2,9 @@
 (:class:`Part`) and its **certified upper bound** (:class:`PartBounder`).
 
 A part ``P = [low, high]`` (a box) is bounded on its own localized graph
-(:func:`~lipbound.methods.propagation.localize`: pre-activation bounds that hold on ``P``, so every
-certified method run on it bounds the constant on ``P``) by the slope-box bound
+(:func:`~lipbound.methods.carried_bounds.localize_keeping`: CROWN's pre-activation bounds on ``P``
+intersected with those the region's graph carries, which hold on ``P`` too; so they hold on ``P``,
+and every certified method run on it bounds the constant on ``P``) by the slope-box bound
 (:func:`~lipbound.methods.slope_box.slope_box_bound`: interval Jacobians with the slope vertices
 of the first ``vertex_units`` unstable neurons enumerated; exact when every neuron is stable) and
 by the certified ``upper_methods``, the least value kept: each is ``>= L(P)``, so their minimum is.
@@ -35,7 +36,7 @@ from ..errors import NotApplicable, UnsupportedOperation
 from ..graph.ir import Graph
 from ..report import Kind, Result
 from .local_bab_witness import BestWitness
-from .propagation import localize
+from .carried_bounds import localize_keeping
 from .region import Box
 from .slope_box import slope_box_bound
 
@@ -102,7 +103,7 @@ class PartBounder:
         left = self.deadline - time.perf_counter()
         if left <= 0 and not root:
             return None
-        g = localize(self.graph, part)
+        g = localize_keeping(self.graph, part)  # the bounds the root graph carries hold on every part
         best: tuple[float, str] | None = None
         unstable, smear = -1, None
         try:

@@ -10,7 +10,14 @@ of the box away from all kinks have an open neighbourhood in one leaf, and the k
 set, so the sup over interior points is the max over the leaves' sups).
 
 **A node's bound** (certified). 1. Its pre-activation bounds ``[l_i, u_i]``: at the **root**, the
-CROWN bounds of :func:`~lipbound.methods.propagation.localize`, tightened by the LP relaxation
+CROWN bounds of :func:`~lipbound.methods.propagation.localize` intersected with those the graph
+carries when it is localized on a region that contains the box (the API's ``method="auto"``
+localization: on deep ReLU MLPs CROWN refined by a split tree; :mod:`.carried_bounds`: both hold on
+the box, so does their intersection); on a graph that carries none, by default
+(``root_bounds="auto"``) those of ``localize(method="auto")`` (on ReLU MLPs of at least 3 hidden
+layers CROWN refined by a split tree: sound by :mod:`.split_bounds`); in both cases the later layers are then bounded
+again by CROWN from the tighter earlier ones and intersected (:func:`.split_crown.node_bounds`);
+then tightened by the LP relaxation
 (:mod:`~lipbound.methods.split_lp`: weak duality, rigorous rounding) for at most ``root_lp_units``
 unstable neurons, the most influential first, within ``root_lp_share`` of the budget (both sides of
 each: their optimal points are the first witnesses, and the best starts of ``lower``) (the others keep
@@ -82,12 +89,14 @@ from .exact_search import BranchAndBound
 from .neuron_bab_search import NodeSearch
 from .bab_sdp import NodeSdp
 from .piecewise import mlp_layers
-from .propagation import localize
+from .carried_bounds import carried_bounds, localize_keeping
 from .region import Box, as_box
-from .split_crown import chain_of
+from .split_crown import chain_of, node_bounds
 from .split_lp import FREE, states
 
 __all__ = ["neuron_bab"]
+
+ROOT_BOUNDS = ("crown", "auto", "split-crown")  # how an unlocalized root is localized (neuron_bab's root_bounds)
 
 
 def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = None,
@@ -95,7 +104,7 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
                vertex_units: int = 8, lower_share: float = 0.0, ascent_share: float = 0.25, node_sdp: bool = True, root_lp_share: float = 0.3,
                root_lp_units: int = 256, sdp_share: float = 0.25, batch: int = 8, node_lp_units: int = 256,
                node_lp_share: float = 0.1, node_lp_reach: float | None = 0.2, warm_iter: int = 50,
-               strong: int = 1) -> Result:
+               strong: int = 1, root_bounds: str = "auto", root_share: float = 0.25) -> Result:
     """Certified local Lipschitz bound (L2 -> L2) of a ReLU MLP on a box by neuron branch and bound
     (module doc).
 
@@ -136,15 +145,27 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
             box 3_0.05 (60 s, loaded machine) 50 reached 39.9 in 22 nodes, 100 42.7 in 14.
         strong: split candidates tried per node, the most influential first: each one's children
             refined, the pair with the least larger bound kept (1: the most influential, no trial).
+        root_bounds: how the root's pre bounds are found when the graph carries none that hold on the
+            box (:func:`.carried_bounds.covers`; it does when the API localized it on the region):
+            ``"crown"``, or ``"auto"`` / ``"split-crown"`` (CROWN refined by a split tree,
+            :func:`~lipbound.methods.propagation.localize`, the tree capped at ``root_share`` of the
+            budget). Carried bounds are intersected with CROWN's and no tree is grown again. "auto"
+            (split-crown on ReLU MLPs of at least 3 hidden layers, CROWN otherwise), measured on ERAN
+            9x200 called directly (60 s per box, benchmarks/results/local.md, "Session 10"): upper bounds
+            199, 670, 462, 53839, 8.06 on its 5 boxes against 3120, 1388, 3831, 19474, 8.11 from CROWN's
+            root (the tree leaves 19-31% fewer neurons unstable, but 1.3% on the fourth box, where its
+            time is lost to the root's LipSDP); on mnistfc 256x6 the tree stalls at once, both within 9%.
+        root_share: fraction of the budget the root's split tree may take (``root_bounds`` not "crown").
     """
     if not (time_budget > 0 and max_nodes >= 1 and rtol >= 0 and 0 <= vertex_units <= 16 and 0 <= lower_share < 1
             and 0 <= ascent_share < 1 and 0 <= root_lp_share <= 1 and root_lp_units >= 0 and 0 < sdp_share <= 1 and batch >= 1
             and node_lp_units >= 0 and 0 <= node_lp_share <= 1 and (node_lp_reach is None or 0 < node_lp_reach <= 0.5)
-            and warm_iter >= 0 and strong >= 1):
+            and warm_iter >= 0 and strong >= 1 and root_bounds in ROOT_BOUNDS and 0 < root_share < 1):
         raise InvalidInput("neuron-bab: time_budget must be > 0, max_nodes >= 1, rtol >= 0, "
                            "0 <= vertex_units <= 16, 0 <= lower_share < 1, 0 <= ascent_share < 1, 0 <= root_lp_share <= 1, "
                            "root_lp_units >= 0, 0 < sdp_share <= 1, batch >= 1, node_lp_units >= 0, "
-                           "0 <= node_lp_share <= 1, node_lp_reach None or in (0, 0.5], warm_iter >= 0 and strong >= 1")
+                           "0 <= node_lp_share <= 1, node_lp_reach None or in (0, 0.5], warm_iter >= 0, strong >= 1, "
+                           f"root_bounds one of {ROOT_BOUNDS} and 0 < root_share < 1")
     t0 = time.perf_counter()
     region = graph.region if domain is None else domain
     if region is None:
@@ -154,7 +175,10 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
     box = as_box(region if isinstance(region, Box) or not hasattr(region, "low") else (region.low, region.high),
                  graph.input_shape)
     try:
-        local = localize(graph.to(device="cpu", dtype=torch.float64), box)
+        kept = bool(carried_bounds(graph, box))
+        method = "crown" if kept else root_bounds
+        local = localize_keeping(graph.to(device="cpu", dtype=torch.float64), box, method=method,
+                                 time_budget=root_share * time_budget if method != "crown" else None)
         layers = mlp_layers(local, method="neuron-bab")
     except UnsupportedOperation as exc:
         raise NotApplicable(f"neuron-bab: {exc}") from None
@@ -164,8 +188,11 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
         raise NotApplicable("neuron-bab: every activation must be a ReLU")
     net = BranchAndBound(layers, box, rtol)  # its witnesses, and its region checks for the leaves
     pre = [(l.pre[0].numpy(), l.pre[1].numpy()) for l in layers[:-1]]
+    chain = chain_of(net.w[:-1], net.num.b[:-1])
+    if kept or method != "crown":  # later layers' CROWN from the tighter earlier ones (intersected: never looser)
+        pre = node_bounds(chain, [pre], net.lo, net.hi)[0]
     sdp = NodeSdp(local, warm_iter) if node_sdp else None
-    search = NodeSearch(net, chain_of(net.w[:-1], net.num.b[:-1]), pre, rtol, vertex_units, sdp, batch)
+    search = NodeSearch(net, chain, pre, rtol, vertex_units, sdp, batch)
     search.strong = strong
     search.pool.add(box.center.reshape(1, -1).to(torch.float64).numpy())
     search.start(t0 + time_budget, time.perf_counter() + root_lp_share * time_budget, root_lp_units,
@@ -186,6 +213,7 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
                "lps": search.lps, "sdp_bounds": search.sdp_calls,
                "sdp_full": sdp.full if sdp else 0, "sdp_warm": sdp.warm if sdp else 0, "unstable_neurons": unstable, "lp_tightening": search.use_lp,
                "domain": box.describe(), "root_upper": root_upper,
+               "root_bounds": ("carried, intersected with crown" if kept else method),
                "seeded_lower": seeded if seeded > -math.inf else None,
                "lp_lower": lp_lower if lp_lower > -math.inf else None,
                "lp_units": search.lp_units,
