@@ -286,11 +286,14 @@ def _split_crown(graph: Graph, region: Any, time_budget: float | None, options: 
                  f"stopped_by: {out.tree.stopped_by}")
 
 
-AUTO_SPLIT = SplitOptions(max_leaves=32, min_gain=0.02)
-"""The split tree of ``localize(method="auto")``: at most 32 leaves, stopped as soon as a doubling of
+AUTO_SPLIT = SplitOptions(max_leaves=128, min_gain=0.02)
+"""The split tree of ``localize(method="auto")``: at most 128 leaves, stopped as soon as a doubling of
 the leaves stabilises under 2% of the unstable neurons left (benchmarks/results/preactivation_gap.md,
 "Split-refined pre bounds": on ERAN 9x200 each doubling stabilises 3-15% of them, on mnistfc 256x6
-0.6-1.5%, where the tree only costs time)."""
+0.6-1.5% and on ACAS Xu less, where the tree stops at 2 leaves). On ERAN 9x200 the API's time cap
+(:data:`lipbound.api.SPLIT_SHARE`) ends it first at a 60 s budget (``stopped_by: time`` in the graph's
+notes); LipSDP on the 128-leaf bounds against the 32-leaf ones: 462.9 -> 183.3 on idx_2954, 158.4 ->
+74.0 on idx_225 (benchmarks/results/local.md, "Session 10")."""
 
 
 def _auto(graph: Graph, region: Any, time_budget: float | None) -> tuple[dict[str, Bounds], str]:
