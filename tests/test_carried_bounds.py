@@ -9,7 +9,7 @@ import torch
 from lipbound.api import as_graph
 from lipbound.methods.carried_bounds import covers, localize_keeping
 from lipbound.methods.propagation import localize
-from lipbound.methods.region import Ball, Box
+from lipbound.methods.region import Ball, Box, BoxUnion
 
 from oracles import seeded_mlp
 
@@ -55,6 +55,12 @@ def test_covers_boxes_and_balls_only_when_every_point_is_inside():
     assert covers(linf, _box([-0.5, -0.9], [0.9, 0.5]))  # (its boundary itself is refused: rounding)
     assert not covers(linf, _box([-1, -1], [1, 1.5]))
     assert covers(outer, Ball(torch.zeros(2, dtype=torch.float64), 0.5, 2))  # a ball by its bounding box
+    # a union of two boxes with a gap: both corners of [-1, 1]^2 (and its far corner) lie in a part,
+    # but the box crosses the gap (0, 0) lies in neither part
+    union = BoxUnion([_box([-1, -1], [-0.5, 1]), _box([0.5, -1], [1, 1])])
+    assert bool(union.contains(torch.tensor([[-1.0, -1.0], [1.0, 1.0]], dtype=torch.float64)).all())
+    assert not bool(union.contains(torch.zeros(1, 2, dtype=torch.float64)).any())
+    assert not covers(union, outer)
 
 
 def test_kept_bounds_are_the_intersection_and_hold_at_sampled_points():

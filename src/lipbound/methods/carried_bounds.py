@@ -17,7 +17,8 @@ outside ``R``.
 **The containment test** is rigorous: ``X`` lies in ``R`` when its bounding box ``[X.low, X.high]``
 does, and the box is taken to lie in ``R`` when ``R.contains`` (which accepts a point only if it is
 in ``R`` for exact arithmetic: :mod:`.region`) accepts the box's two extreme corners ``low`` and
-``high`` and its corner farthest from ``R``'s centre. That suffices for the regions there are: a
+``high`` and its corner farthest from ``R``'s centre. That suffices for the convex regions there are (a
+union of boxes is never taken to cover anything): a
 box or an L-infinity ball (a box, which holds a box when it holds both extreme corners) and an L2
 ball (it holds a box when it holds the box's corner farthest from its centre, where the distance
 to the centre, convex and separable, peaks on the box). So an L-infinity ball's own bounding box,
@@ -33,6 +34,7 @@ import torch
 
 from ..graph.ir import Activation, Graph, MaxPool
 from .propagation import localize
+from .region import BoxUnion
 
 __all__ = ["covers", "carried_bounds", "localize_keeping"]
 
@@ -41,8 +43,10 @@ Bounds = tuple[torch.Tensor, torch.Tensor]
 
 def covers(region: Any, inner: Any) -> bool:
     """Whether ``inner`` (a box or a ball: its bounding box ``[inner.low, inner.high]``) certainly
-    lies inside ``region`` (module doc); False for no region or another input shape."""
-    if region is None or not hasattr(region, "contains") or tuple(region.center.shape) != tuple(inner.low.shape):
+    lies inside ``region`` (module doc); False for no region, another input shape, or a union of boxes
+    (not convex: a box whose corners lie in the union may still cross a gap between its parts)."""
+    if (region is None or isinstance(region, BoxUnion) or not hasattr(region, "contains")
+            or tuple(region.center.shape) != tuple(inner.low.shape)):
         return False
     low, high = inner.low.to(torch.float64), inner.high.to(torch.float64)
     centre = region.center.to(low)
