@@ -286,8 +286,11 @@ def _split_crown(graph: Graph, region: Any, time_budget: float | None, options: 
                  f"stopped_by: {out.tree.stopped_by}")
 
 
-AUTO_SPLIT = SplitOptions(max_leaves=128, min_gain=0.02)
-"""The split tree of ``localize(method="auto")``: at most 128 leaves, stopped as soon as a doubling of
+AUTO_SPLIT = SplitOptions(max_leaves=128, min_gain=0.02, beta_iterations=2)
+"""The split tree of ``localize(method="auto")``: at most 128 leaves, 2 steps of each leaf's sign
+multipliers (they took 75% of the tree's time at 4: halving them grows 1.4-2x the leaves in the same
+time, and LipSDP on ERAN 9x200's union with a 30 s tree went 81.0 -> 58.3 on idx_225, 183.3 -> 143.1 on
+idx_2954, 262.1 -> 233.2 on idx_2697; 0 steps, 306 leaves, gave 153), stopped as soon as a doubling of
 the leaves stabilises under 2% of the unstable neurons left (benchmarks/results/preactivation_gap.md,
 "Split-refined pre bounds": on ERAN 9x200 each doubling stabilises 3-15% of them, on mnistfc 256x6
 0.6-1.5% and on ACAS Xu less, where the tree stops at 2 leaves). On ERAN 9x200 the API's time cap
