@@ -58,7 +58,12 @@ inside the box, off every kink by the rounding bound): the points of every LP so
 and, once the root is bounded and unsolved, the witnesses of ``lower`` (gradient ascent and region
 walk, on ``ascent_share`` of the budget, half of its starts at the best LP points) and ``lower-milp``
 (on ``lower_share``) (:class:`~lipbound.methods.bab_witness.WitnessPool`); the best is re-checked
-independently at the end.
+independently at the end. **A lower end whatever happens**: the box's centre is re-checked on the
+graph itself before any root work, and so are the root LP's best points before the root's LipSDP
+(:class:`~lipbound.methods.bab_witness.Rechecked`: the net's own acceptance test rejects every point of
+deep nets, ERAN 9x200 included, its rounding bound growing ~60x per layer), and the root's work ends
+by ``1 - ascent_share - lower_share`` of the budget, so the witness searches keep their shares (planned
+from the budget, not from a measured time). The lower end is the larger of the two re-checked ones.
 A **leaf** (every neuron's state known) is one activation pattern: ``exact``'s region check
 (:meth:`~lipbound.methods.exact_search.BranchAndBound.check_region`: an LP proposes, an exact-arithmetic
 certificate proves the region has no interior point in the box) drops it when empty, and its
@@ -88,6 +93,7 @@ from .exact import rechecked
 from .exact_search import BranchAndBound
 from .neuron_bab_search import NodeSearch
 from .bab_sdp import NodeSdp
+from .bab_witness import Rechecked
 from .piecewise import mlp_layers
 from .carried_bounds import carried_bounds, localize_keeping
 from .region import Box, as_box
@@ -158,11 +164,12 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
         root_share: fraction of the budget the root's split tree may take (``root_bounds`` not "crown").
     """
     if not (time_budget > 0 and max_nodes >= 1 and rtol >= 0 and 0 <= vertex_units <= 16 and 0 <= lower_share < 1
-            and 0 <= ascent_share < 1 and 0 <= root_lp_share <= 1 and root_lp_units >= 0 and 0 < sdp_share <= 1 and batch >= 1
+            and 0 <= ascent_share < 1 and ascent_share + lower_share < 1 and 0 <= root_lp_share <= 1 and root_lp_units >= 0 and 0 < sdp_share <= 1 and batch >= 1
             and node_lp_units >= 0 and 0 <= node_lp_share <= 1 and (node_lp_reach is None or 0 < node_lp_reach <= 0.5)
             and warm_iter >= 0 and strong >= 1 and root_bounds in ROOT_BOUNDS and 0 < root_share < 1):
         raise InvalidInput("neuron-bab: time_budget must be > 0, max_nodes >= 1, rtol >= 0, "
-                           "0 <= vertex_units <= 16, 0 <= lower_share < 1, 0 <= ascent_share < 1, 0 <= root_lp_share <= 1, "
+                           "0 <= vertex_units <= 16, 0 <= lower_share, 0 <= ascent_share, ascent_share + lower_share < 1, "
+                           "0 <= root_lp_share <= 1, "
                            "root_lp_units >= 0, 0 < sdp_share <= 1, batch >= 1, node_lp_units >= 0, "
                            "0 <= node_lp_share <= 1, node_lp_reach None or in (0, 0.5], warm_iter >= 0, strong >= 1, "
                            f"root_bounds one of {ROOT_BOUNDS} and 0 < root_share < 1")
@@ -174,6 +181,8 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
         raise NotApplicable("neuron-bab: the region must be a box or an L-infinity ball")
     box = as_box(region if isinstance(region, Box) or not hasattr(region, "low") else (region.low, region.high),
                  graph.input_shape)
+    checked = Rechecked(graph, box, seed)  # the lower end before any root work: the centre's witness
+    checked.offer(box.center.reshape(1, -1).to(torch.float64).numpy())
     try:
         kept = bool(carried_bounds(graph, box))
         method = "crown" if kept else root_bounds
@@ -192,21 +201,25 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
     if kept or method != "crown":  # later layers' CROWN from the tighter earlier ones (intersected: never looser)
         pre = node_bounds(chain, [pre], net.lo, net.hi)[0]
     sdp = NodeSdp(local, warm_iter) if node_sdp else None
-    search = NodeSearch(net, chain, pre, rtol, vertex_units, sdp, batch)
+    search = NodeSearch(net, chain, pre, rtol, vertex_units, sdp, batch, checked)
     search.strong = strong
     search.pool.add(box.center.reshape(1, -1).to(torch.float64).numpy())
     search.start(t0 + time_budget, time.perf_counter() + root_lp_share * time_budget, root_lp_units,
-                 sdp_share * time_budget,
-                 (node_lp_units, node_lp_share * time_budget, node_lp_reach))
+                 sdp_share * time_budget, (node_lp_units, node_lp_share * time_budget, node_lp_reach),
+                 root_deadline=t0 + (1 - ascent_share - lower_share) * time_budget)  # the witness search's share kept
     root_upper = search.upper()
-    lp_lower = net.best
+    lp_lower = search.pool.best
     seed_stop = "converged"
-    if search.upper() > net.best * (1 + rtol):  # not solved at the root: search for witnesses
+    if search.upper() > search.pool.best * (1 + rtol):  # not solved at the root: search for witnesses
         seed_stop = search.pool.search(local, box, seed, (ascent_share, lower_share), time_budget)
-    seeded = net.best
+    seeded = search.pool.best
     status = search.run(t0 + time_budget, max_nodes)
+    if status != "time":  # the nodes' best LP points, re-checked on the graph while time is left
+        search.pool.confirm()
     upper = search.upper()
     lower, witness = rechecked(local, net, box, None)
+    if checked.value > lower:  # the graph's re-check found a larger lower end than the net's best witness
+        lower, witness = checked.value, checked.witness
     unstable = int(sum((states(l, u) == FREE).sum() for l, u in pre))
     details = {"lower": lower if lower > -math.inf else None, "upper": upper, "search_nodes": search.nodes,
                "open_nodes": len(search.heap), "empty_nodes": search.empty, "closed_nodes": search.closed,
