@@ -28,7 +28,8 @@ over the children of up to ``batch`` nodes). Crossing bounds (``l_i > u_i``) pro
 (dropped). 2. Each neuron's slope then lies in ``{1}``, ``{0}`` or ``[0, 1]`` at every input of the
 node, and ``sup ||J(D)||_2`` over that slope box is bounded by a backward interval Jacobian with the
 ``vertex_units`` most influential free neurons' slopes enumerated at their ends
-(:func:`.interval_jacobian.slope_bound`: certified, rigorous rounding).
+(:func:`.interval_jacobian.slope_bound`: certified, rigorous rounding, the weights' materialisation
+error carried: :func:`.interval_jacobian.weight_enclosures`).
 3. When the node reaches the top of the queue (lazily: a node closed by its interval bound never
 pays for them), its bounds are tightened by its LP (at most ``node_lp_units`` neurons, the most
 influential first, within ``node_lp_share`` of the budget; the LP enforces the node's splits,
@@ -91,6 +92,7 @@ from ..graph.ir import Graph
 from ..report import Result
 from .exact import rechecked
 from .exact_search import BranchAndBound
+from .interval_jacobian import weight_enclosures
 from .neuron_bab_search import NodeSearch
 from .bab_sdp import NodeSdp
 from .bab_witness import Rechecked
@@ -201,7 +203,7 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
     if kept or method != "crown":  # later layers' CROWN from the tighter earlier ones (intersected: never looser)
         pre = node_bounds(chain, [pre], net.lo, net.hi)[0]
     sdp = NodeSdp(local, warm_iter) if node_sdp else None
-    search = NodeSearch(net, chain, pre, rtol, vertex_units, sdp, batch, checked)
+    search = NodeSearch(net, weight_enclosures(local, net.w), chain, pre, rtol, vertex_units, sdp, batch, checked)
     search.strong = strong
     search.pool.add(box.center.reshape(1, -1).to(torch.float64).numpy())
     search.start(t0 + time_budget, time.perf_counter() + root_lp_share * time_budget, root_lp_units,

@@ -14,6 +14,7 @@ from .bab_sdp import NodeSdp
 from .bab_witness import Rechecked, WitnessPool
 from .exact_search import BranchAndBound
 from .lipsdp_warm import SdpState
+from .relu_boxes import Layer
 from .interval_jacobian import influence, slope_bound
 from .split_crown import children, node_bounds
 from .split_lp import FREE, SplitLP, states
@@ -37,14 +38,17 @@ class BabNode:
 class NodeSearch:
     """The best-first search (module doc) with root bounds ``pre``; ``net`` keeps the witnesses
     and decides the leaves' regions (``exact``'s LP checks with exact-arithmetic certificates);
-    ``chain``: the network for :func:`.split_crown.node_bounds`; ``rechecked``: the graph's re-check of
-    the best candidates (:class:`.bab_witness.Rechecked`; None: the net's acceptance alone)."""
+    ``layers``: its weights with their error bounds (:func:`.interval_jacobian.weight_enclosures`), for
+    the nodes' interval bounds; ``chain``: the network for :func:`.split_crown.node_bounds`;
+    ``rechecked``: the graph's re-check of the best candidates (:class:`.bab_witness.Rechecked`; None:
+    the net's acceptance alone)."""
 
-    def __init__(self, net: BranchAndBound, chain: list, pre: list[tuple[np.ndarray, np.ndarray]], rtol: float,
-                 vertex_units: int, sdp: NodeSdp | None = None, batch: int = 8,
-                 rechecked: Rechecked | None = None) -> None:
-        self.net, self.chain, self.rtol, self.vertex_units, self.sdp, self.batch = net, chain, rtol, vertex_units, sdp, batch
-        self.pool = WitnessPool(net, rechecked=rechecked)  # every LP's points: witnesses now, starts of the witness search later
+    def __init__(self, net: BranchAndBound, layers: list[Layer], chain: list,
+                 pre: list[tuple[np.ndarray, np.ndarray]], rtol: float, vertex_units: int,
+                 sdp: NodeSdp | None = None, batch: int = 8, rechecked: Rechecked | None = None) -> None:
+        self.net, self.layers, self.chain, self.rtol = net, layers, chain, rtol
+        self.vertex_units, self.sdp, self.batch = vertex_units, sdp, batch
+        self.pool = WitnessPool(net, rechecked=rechecked)  # every LP's points: witnesses now, starts of the searches later
         self.sdp_calls = 0
         self.hidden_w = net.w[:-1]
         self.hidden_b = net.num.b[:-1]
@@ -156,7 +160,7 @@ class NodeSearch:
         if not any((states(l, u) == FREE).any() for l, u in pre) and not self._leaf(pre):
             self.empty += 1
             return None
-        upper, scores = slope_bound(self.net.w, pre, self.vertex_units)
+        upper, scores = slope_bound(self.layers, pre, self.vertex_units)
         upper = min(upper, cap)
         if upper <= self.pool.best * (1 + self.rtol):
             self.closed += 1
@@ -180,7 +184,7 @@ class NodeSearch:
             if pre is None or any((l > u).any() for l, u in pre) or (leaf and not self._leaf(pre)):
                 self.empty += 1
                 return None
-            upper, node.scores = slope_bound(self.net.w, pre, self.vertex_units)
+            upper, node.scores = slope_bound(self.layers, pre, self.vertex_units)
             node.pre, node.upper = pre, min(node.upper, upper)
         left = min(self.deadline - time.perf_counter(), self.sdp_seconds)
         if self.sdp is not None and left > 0:
