@@ -45,18 +45,18 @@ __all__ = ["Rechecked", "WitnessPool"]
 
 POWER_STEPS = 30  # power iterations for a point's direction when none is given (a fixed count: same numbers)
 RECHECK_POINTS = 8  # the net's best candidates re-checked on the graph at each confirm (their Jacobians' norms)
-RECHECK_SECONDS = 5.0  # cap of one re-check's nudges (only points the re-check rejected are nudged)
 
 
 class Rechecked:
     """The best Jacobian witness of ``graph`` on ``box`` confirmed by the graph's own re-check (module
-    doc), independent of the net's acceptance test; ``seed``: the nudges' generator."""
+    doc), independent of the net's acceptance test; ``seed``: the nudges' generator; ``seconds``: the
+    cap of each re-check's nudges (only points the re-check rejected are nudged)."""
 
-    def __init__(self, graph: Graph, box: Box, seed: int = 0) -> None:
+    def __init__(self, graph: Graph, box: Box, seed: int = 0, seconds: float = 5.0) -> None:
         self.checked = graph.to(device="cpu", dtype=torch.float64)
         self.g64 = through_pieces(graph.fused()).to(device="cpu", dtype=torch.float64)
         self.box, self.shape = box, graph.input_shape
-        self.gen = torch.Generator().manual_seed(seed)
+        self.gen, self.seconds = torch.Generator().manual_seed(seed), seconds
         self.witness: PointWitness | None = None
 
     @property
@@ -73,7 +73,7 @@ class Rechecked:
             v = power(self.g64.forward, x, torch.ones_like(x), POWER_STEPS)[1]
         else:
             v = torch.from_numpy(np.asarray(v, dtype=np.float64)).reshape(x.shape)
-        self.keep(jacobian_witness(self.g64, self.checked, x, v, self.box, self.gen, Clock(RECHECK_SECONDS)))
+        self.keep(jacobian_witness(self.g64, self.checked, x, v, self.box, self.gen, Clock(self.seconds)))
 
     def keep(self, witness: Any) -> None:
         """Keep ``witness`` when it is a re-checked Jacobian witness better than the best so far."""

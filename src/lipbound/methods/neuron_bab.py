@@ -105,6 +105,7 @@ from .split_lp import FREE, states
 __all__ = ["neuron_bab"]
 
 ROOT_BOUNDS = ("crown", "auto", "split-crown")  # how an unlocalized root is localized (neuron_bab's root_bounds)
+RECHECK_SHARE = 0.02  # of the budget: the cap of each re-check's nudges on the graph (bab_witness.Rechecked)
 
 
 def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = None,
@@ -183,7 +184,7 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
         raise NotApplicable("neuron-bab: the region must be a box or an L-infinity ball")
     box = as_box(region if isinstance(region, Box) or not hasattr(region, "low") else (region.low, region.high),
                  graph.input_shape)
-    checked = Rechecked(graph, box, seed)  # the lower end before any root work: the centre's witness
+    checked = Rechecked(graph, box, seed, RECHECK_SHARE * time_budget)  # a lower end before any root work: the centre's
     checked.offer(box.center.reshape(1, -1).to(torch.float64).numpy())
     try:
         kept = bool(carried_bounds(graph, box))
