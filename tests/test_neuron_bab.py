@@ -16,7 +16,8 @@ from scipy.optimize import linprog
 from lipbound.api import as_graph
 from lipbound.errors import InvalidInput, NotApplicable
 from lipbound.methods import METHODS
-from lipbound.methods.interval_jacobian import slope_bound
+from lipbound.methods.interval_jacobian import slope_bound, weight_enclosures
+from lipbound.methods.piecewise import mlp_layers
 from lipbound.methods.split_crown import children
 from lipbound.methods.region import Box
 from lipbound.methods.split_lp import SplitLP
@@ -156,10 +157,51 @@ def test_slope_bound_is_the_vertex_maximum_when_all_are_enumerated_and_above_it_
         vmax = max(vmax, np.linalg.norm(ws[2] @ (d[1][:, None] * ws[1]) @ (d[0][:, None] * ws[0]), 2))
     count = sum(len(f) for f in free)
     assert count >= 3
-    tight, _ = slope_bound(ws, pre, vertex_units=count)
+    layers = weight_enclosures(as_graph(net, (3,)), ws)
+    tight, _ = slope_bound(layers, pre, vertex_units=count)
     assert vmax <= tight <= vmax * (1 + 1e-6)
     for k in range(count):
-        assert slope_bound(ws, pre, vertex_units=k)[0] >= vmax
+        assert slope_bound(layers, pre, vertex_units=k)[0] >= vmax
+
+
+
+@pytest.mark.parametrize("seed,widths,fold", [(11, (3, 5, 4, 3, 2), False), (12, (4, 6, 5, 2), True),
+                                              (13, (2, 4, 4, 4, 3), True), (14, (5, 7, 6, 4), False)])
+def test_the_node_bound_is_above_every_slope_vertex_brute_forced_with_torch(seed, widths, fold):
+    """The node bound (:func:`slope_bound` on :func:`weight_enclosures`) against the largest spectral
+    norm over every vertex of the slope box, from dense torch products of the module's own
+    parameters. ``fold``: a linear layer before the first, which the graph composes with it (a
+    materialised product: its error ``E`` is carried)."""
+    net = _net(seed, widths)
+    if fold:
+        torch.manual_seed(seed + 100)
+        net = torch.nn.Sequential(torch.nn.Linear(widths[0], widths[0] + 3).double(),
+                                  torch.nn.Linear(widths[0] + 3, widths[0]).double(), *net)
+    lin = [m.weight.detach() for m in net if isinstance(m, torch.nn.Linear)]
+    mats = ([lin[2] @ lin[1] @ lin[0]] + lin[3:]) if fold else lin  # the exact chain, by torch
+    g = as_graph(net, (mats[0].shape[1] if not fold else lin[0].shape[1],))
+    ws = [l.weight.numpy() for l in mlp_layers(g, method="test")]
+    layers = weight_enclosures(g, ws)
+    assert bool(layers[0].E.any()) == fold and not any(l.E.any() for l in layers[1:])
+    rng = np.random.default_rng(seed)
+    sizes = [w.shape[0] for w in ws[:-1]]
+    pre = [(l, l + rng.uniform(0.3, 1.5, size=n)) for n in sizes for l in [rng.uniform(-1.5, 0.4, size=n)]]
+    lo = [torch.from_numpy(np.where(l >= 0, 1.0, 0.0)) for l, _ in pre]
+    free = [torch.from_numpy(np.flatnonzero((l < 0) & (u > 0))) for l, u in pre]
+    count = sum(len(f) for f in free)
+    assert 3 <= count <= 14
+    bits = torch.tensor(list(itertools.product((0.0, 1.0), repeat=count)), dtype=torch.float64)  # every vertex
+    J, at = mats[0].expand(len(bits), *mats[0].shape), 0
+    for m, w in enumerate(mats[1:]):
+        d = lo[m].expand(len(bits), -1).clone()
+        d[:, free[m]] = bits[:, at: at + len(free[m])]
+        at += len(free[m])
+        J = w @ (d[:, :, None] * J)
+    vmax = torch.linalg.matrix_norm(J, ord=2).max().item()
+    for k in sorted({0, 1, 3, count}):
+        value, _ = slope_bound(layers, pre, vertex_units=k)
+        assert value >= vmax
+    assert value <= vmax * (1 + 1e-6)  # every free slope at its ends: the vertex maximum, up to the margin
 
 
 def _sampled_node(ws, bs, low, high, split_signs, n, rng):
@@ -294,7 +336,7 @@ def test_a_leaf_whose_pattern_has_no_region_in_the_box_is_dropped():
         on = z > 0
         on[:2] = (True, True) if both_active else (z[0] > 0, z[1] > 0)
         pre = [(np.where(on, 0.0, -5.0), np.where(on, 5.0, 0.0))]
-        search = NodeSearch(bb, [], pre, 1e-9, 0)
+        search = NodeSearch(bb, weight_enclosures(as_graph(net, (2,)), bb.w), [], pre, 1e-9, 0)
         assert (not search._leaf(pre)) == dropped
 
 

@@ -15,6 +15,7 @@ import torch
 from lipbound.api import as_graph
 from lipbound.methods.bab_sdp import NodeSdp
 from lipbound.methods.exact_search import BranchAndBound
+from lipbound.methods.interval_jacobian import weight_enclosures
 from lipbound.methods.lipsdp import lipsdp_certificate
 from lipbound.methods.neuron_bab_search import NodeSearch
 from lipbound.methods.piecewise import mlp_layers
@@ -45,8 +46,8 @@ def _setup(seed: int, widths: tuple, radius: float):
     return net, local, bb, pre, ws, z
 
 
-def _tightened(bb, pre, reach):
-    search = NodeSearch(bb, chain_of(bb.w[:-1], bb.num.b[:-1]), pre, 1e-9, 0)
+def _tightened(local, bb, pre, reach):
+    search = NodeSearch(bb, weight_enclosures(local, bb.w), chain_of(bb.w[:-1], bb.num.b[:-1]), pre, 1e-9, 0)
     split = [np.zeros(len(l), dtype=bool) for l, _ in pre]
     return search._tighten([(l.copy(), u.copy()) for l, u in pre], split, math.inf, 10_000, reach), search
 
@@ -54,7 +55,7 @@ def _tightened(bb, pre, reach):
 def test_lp_reach_bounds_only_the_near_side_of_neurons_near_stability_and_stays_sound(monkeypatch):
     """Every LP run is read off at its call: the neuron's bounds when its layer's LP was built say
     whether it was within reach and which side is nearer 0."""
-    _, _, bb, pre, _, z = _setup(3, (5, 24, 16, 3), 0.6)
+    _, local, bb, pre, _, z = _setup(3, (5, 24, 16, 3), 0.6)
     calls = []
     built, bound = SplitLP.__init__, SplitLP.bound
 
@@ -71,7 +72,7 @@ def test_lp_reach_bounds_only_the_near_side_of_neurons_near_stability_and_stays_
     monkeypatch.setattr(SplitLP, "bound", spy_bound)
     for reach in (0.1, 0.5, None):
         calls.clear()
-        got, _ = _tightened(bb, pre, reach)
+        got, _ = _tightened(local, bb, pre, reach)
         assert got is not None and calls
         for zm, (l, u) in zip(z, got):  # sound: every sampled pre-activation inside the tightened bounds
             assert (zm >= l - 1e-9).all() and (zm <= u + 1e-9).all()

@@ -76,3 +76,34 @@ def test_the_lp_points_are_witnesses_and_the_seeded_search_only_raises_the_lower
     assert d["lp_lower"] <= d["seeded_lower"] <= truth * (1 + 1e-9)
     assert d["seeded_lower"] * (1 - 1e-9) <= d["lower"] <= truth * (1 + 1e-9)  # the best witness, re-checked
     assert d["upper"] >= truth * (1 - 1e-9)
+
+
+def _deep_net() -> tuple[torch.nn.Sequential, Box]:
+    """12 hidden layers of 48 with doubled weights: the net's acceptance bound outgrows every
+    pre-activation, so it rejects every point (checked below) and only the graph's re-check witnesses."""
+    net = seeded_mlp(0, (8,) + (48,) * 12 + (3,))
+    with torch.no_grad():
+        for m in net:
+            if isinstance(m, torch.nn.Linear):
+                m.weight.mul_(2.0)
+    return net, Box(torch.full((8,), -0.05, dtype=torch.float64), torch.full((8,), 0.05, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("options", [dict(root_lp_units=0, ascent_share=0.0),  # the centre's witness alone
+                                     dict(root_lp_share=1.0, sdp_share=1.0)])  # root work up to the witness share
+def test_a_lower_end_when_the_root_work_exceeds_the_budget_and_the_net_rejects_every_point(options):
+    net, box = _deep_net()
+    g = as_graph(net, (8,))
+    bab = BranchAndBound(mlp_layers(localize(g.to(dtype=torch.float64), box), method="neuron-bab"), box, 1e-6)
+    centre = box.center.reshape(1, -1).numpy()
+    bab.sample(np.vstack([centre, np.random.default_rng(0).uniform(-0.05, 0.05, size=(20, 8))]))
+    assert bab.best == -np.inf  # the precondition: the net's own test accepts no point
+    res = METHODS["neuron-bab"](g, domain=(box.low, box.high), time_budget=0.5, **options)  # root LPs: longer
+    lower = res.details["lower"]
+    assert lower is not None and lower > 0
+    x = res.witness.x.reshape(1, -1)
+    assert ((x >= box.low) & (x <= box.high)).all()
+    at_witness = jacobian_norms(net, x).item()  # autograd on the module: another path than the graph's re-check
+    assert lower <= at_witness * (1 + 1e-9)
+    assert lower >= jacobian_norms(net, box.center.reshape(1, -1)).item() * (1 - 1e-6)  # at least the centre's
+    assert res.details["upper"] >= at_witness * (1 - 1e-9)

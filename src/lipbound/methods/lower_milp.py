@@ -11,7 +11,11 @@ fixed direction pair instead of a norm):
    witness of :func:`~lipbound.methods.lower.lower`, run on a share of the budget, or ``start``);
 2. a **MILP** maximises ``u^T J(x) v`` over ``x`` in ``X`` and the patterns realisable at ``x``
    (:class:`~lipbound.methods.pattern_milp.PatternProgram`). Each neuron's pre-activation ``z``
-   has bounds ``[l, u]`` on ``X`` from :func:`~lipbound.methods.propagation.localize` (CROWN); a stable one (``l >= 0`` or ``u <= 0``)
+   has bounds ``[l, u]`` on ``X``: CROWN's (:func:`~lipbound.methods.propagation.localize`) intersected
+   with those the graph carries when it was localized on a region that contains ``X`` (e.g. the API's
+   split-refined bounds: :func:`~lipbound.methods.carried_bounds.localize_keeping`; both hold on ``X``,
+   so does their intersection, and tighter bounds make fewer neurons unstable and smaller big-M's);
+   a stable one (``l >= 0`` or ``u <= 0``)
    has a constant slope, an unstable one a binary ``d`` with ``r = relu(z)`` by big-M
    (``r >= z``, ``r <= z - l (1 - d)``, ``r <= u d``, ``r >= 0``) and ``s(z) = a z + (b - a) r``.
    The directional derivative ``t_k = D_k W_k t_{k-1}`` (``t_0 = v``) is linear in ``d`` given
@@ -44,11 +48,11 @@ from ..errors import InvalidInput, NotApplicable, UnsupportedOperation
 from ..graph.ir import Graph
 from ..report import Result
 from .budget import Clock, stopped_by
+from .carried_bounds import localize_keeping
 from .jacobian import through_pieces
 from .lower import jacobian_witness, lower
 from .pattern_milp import ChainNet, PatternProgram
 from .piecewise import DenseLayer, mlp_layers
-from .propagation import localize
 from .region import Ball, Box, as_box, as_region
 from .witness import Witness, as_witness
 
@@ -84,7 +88,7 @@ def lower_milp(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
     clock = Clock(time_budget)
     box = _box(graph, domain)
     try:
-        layers = mlp_layers(localize(graph, box, time_budget=time_budget / 10), method="lower-milp")
+        layers = mlp_layers(localize_keeping(graph, box, time_budget=time_budget / 10), method="lower-milp")
     except UnsupportedOperation as exc:
         raise NotApplicable(f"lower-milp: {exc}") from None
     if len(layers) == 1:

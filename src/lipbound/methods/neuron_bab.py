@@ -28,7 +28,8 @@ over the children of up to ``batch`` nodes). Crossing bounds (``l_i > u_i``) pro
 (dropped). 2. Each neuron's slope then lies in ``{1}``, ``{0}`` or ``[0, 1]`` at every input of the
 node, and ``sup ||J(D)||_2`` over that slope box is bounded by a backward interval Jacobian with the
 ``vertex_units`` most influential free neurons' slopes enumerated at their ends
-(:func:`.interval_jacobian.slope_bound`: certified, rigorous rounding).
+(:func:`.interval_jacobian.slope_bound`: certified, rigorous rounding, the weights' materialisation
+error carried: :func:`.interval_jacobian.weight_enclosures`).
 3. When the node reaches the top of the queue (lazily: a node closed by its interval bound never
 pays for them), its bounds are tightened by its LP (at most ``node_lp_units`` neurons, the most
 influential first, within ``node_lp_share`` of the budget; the LP enforces the node's splits,
@@ -58,7 +59,15 @@ inside the box, off every kink by the rounding bound): the points of every LP so
 and, once the root is bounded and unsolved, the witnesses of ``lower`` (gradient ascent and region
 walk, on ``ascent_share`` of the budget, half of its starts at the best LP points) and ``lower-milp``
 (on ``lower_share``) (:class:`~lipbound.methods.bab_witness.WitnessPool`); the best is re-checked
-independently at the end.
+independently at the end. **A lower end whatever happens**: the box's centre is re-checked on the
+graph itself before any root work, and so are the root LP's best points before the root's LipSDP
+(:class:`~lipbound.methods.bab_witness.Rechecked`: the net's own acceptance test rejects every point of
+deep nets, ERAN 9x200 included, its rounding bound growing ~60x per layer), and the root's work ends
+by ``1 - ascent_share - lower_share`` of the budget, so the witness searches keep their shares (planned
+from the budget, not from a measured time; the root's LPs end ``sdp_share`` before, so that its LipSDP
+keeps its share: measured on ERAN 9x200 idx_2954 at 60 s, the root's upper end is 490 (976 once in 3 runs)
+with this plan, 731-1077 when the LPs ran first into LipSDP's time, 466 without the witness searches' reserve).
+The lower end is the larger of the two re-checked ones.
 A **leaf** (every neuron's state known) is one activation pattern: ``exact``'s region check
 (:meth:`~lipbound.methods.exact_search.BranchAndBound.check_region`: an LP proposes, an exact-arithmetic
 certificate proves the region has no interior point in the box) drops it when empty, and its
@@ -86,8 +95,10 @@ from ..graph.ir import Graph
 from ..report import Result
 from .exact import rechecked
 from .exact_search import BranchAndBound
+from .interval_jacobian import weight_enclosures
 from .neuron_bab_search import NodeSearch
 from .bab_sdp import NodeSdp
+from .bab_witness import Rechecked
 from .piecewise import mlp_layers
 from .carried_bounds import carried_bounds, localize_keeping
 from .region import Box, as_box
@@ -97,6 +108,7 @@ from .split_lp import FREE, states
 __all__ = ["neuron_bab"]
 
 ROOT_BOUNDS = ("crown", "auto", "split-crown")  # how an unlocalized root is localized (neuron_bab's root_bounds)
+RECHECK_SHARE = 0.02  # of the budget: the cap of each re-check's nudges on the graph (bab_witness.Rechecked)
 
 
 def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: Any = None,
@@ -158,11 +170,12 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
         root_share: fraction of the budget the root's split tree may take (``root_bounds`` not "crown").
     """
     if not (time_budget > 0 and max_nodes >= 1 and rtol >= 0 and 0 <= vertex_units <= 16 and 0 <= lower_share < 1
-            and 0 <= ascent_share < 1 and 0 <= root_lp_share <= 1 and root_lp_units >= 0 and 0 < sdp_share <= 1 and batch >= 1
+            and 0 <= ascent_share < 1 and ascent_share + lower_share < 1 and 0 <= root_lp_share <= 1 and root_lp_units >= 0 and 0 < sdp_share <= 1 and batch >= 1
             and node_lp_units >= 0 and 0 <= node_lp_share <= 1 and (node_lp_reach is None or 0 < node_lp_reach <= 0.5)
             and warm_iter >= 0 and strong >= 1 and root_bounds in ROOT_BOUNDS and 0 < root_share < 1):
         raise InvalidInput("neuron-bab: time_budget must be > 0, max_nodes >= 1, rtol >= 0, "
-                           "0 <= vertex_units <= 16, 0 <= lower_share < 1, 0 <= ascent_share < 1, 0 <= root_lp_share <= 1, "
+                           "0 <= vertex_units <= 16, 0 <= lower_share, 0 <= ascent_share, ascent_share + lower_share < 1, "
+                           "0 <= root_lp_share <= 1, "
                            "root_lp_units >= 0, 0 < sdp_share <= 1, batch >= 1, node_lp_units >= 0, "
                            "0 <= node_lp_share <= 1, node_lp_reach None or in (0, 0.5], warm_iter >= 0, strong >= 1, "
                            f"root_bounds one of {ROOT_BOUNDS} and 0 < root_share < 1")
@@ -174,6 +187,8 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
         raise NotApplicable("neuron-bab: the region must be a box or an L-infinity ball")
     box = as_box(region if isinstance(region, Box) or not hasattr(region, "low") else (region.low, region.high),
                  graph.input_shape)
+    checked = Rechecked(graph, box, seed, RECHECK_SHARE * time_budget)  # a lower end before any root work: the centre's
+    checked.offer(box.center.reshape(1, -1).to(torch.float64).numpy())
     try:
         kept = bool(carried_bounds(graph, box))
         method = "crown" if kept else root_bounds
@@ -192,21 +207,26 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
     if kept or method != "crown":  # later layers' CROWN from the tighter earlier ones (intersected: never looser)
         pre = node_bounds(chain, [pre], net.lo, net.hi)[0]
     sdp = NodeSdp(local, warm_iter) if node_sdp else None
-    search = NodeSearch(net, chain, pre, rtol, vertex_units, sdp, batch)
+    search = NodeSearch(net, weight_enclosures(local, net.w), chain, pre, rtol, vertex_units, sdp, batch, checked)
     search.strong = strong
     search.pool.add(box.center.reshape(1, -1).to(torch.float64).numpy())
-    search.start(t0 + time_budget, time.perf_counter() + root_lp_share * time_budget, root_lp_units,
-                 sdp_share * time_budget,
-                 (node_lp_units, node_lp_share * time_budget, node_lp_reach))
+    root_end = t0 + (1 - ascent_share - lower_share) * time_budget  # the witness searches' shares kept after it
+    lp_end = min(time.perf_counter() + root_lp_share * time_budget, root_end - sdp_share * time_budget)  # LipSDP's kept
+    search.start(t0 + time_budget, lp_end, root_lp_units, sdp_share * time_budget,
+                 (node_lp_units, node_lp_share * time_budget, node_lp_reach), root_deadline=root_end)
     root_upper = search.upper()
-    lp_lower = net.best
+    lp_lower = search.pool.best
     seed_stop = "converged"
-    if search.upper() > net.best * (1 + rtol):  # not solved at the root: search for witnesses
+    if search.upper() > search.pool.best * (1 + rtol):  # not solved at the root: search for witnesses
         seed_stop = search.pool.search(local, box, seed, (ascent_share, lower_share), time_budget)
-    seeded = net.best
+    seeded = search.pool.best
     status = search.run(t0 + time_budget, max_nodes)
+    if status != "time":  # the nodes' best LP points, re-checked on the graph while time is left
+        search.pool.confirm()
     upper = search.upper()
     lower, witness = rechecked(local, net, box, None)
+    if checked.value > lower:  # the graph's re-check found a larger lower end than the net's best witness
+        lower, witness = checked.value, checked.witness
     unstable = int(sum((states(l, u) == FREE).sum() for l, u in pre))
     details = {"lower": lower if lower > -math.inf else None, "upper": upper, "search_nodes": search.nodes,
                "open_nodes": len(search.heap), "empty_nodes": search.empty, "closed_nodes": search.closed,

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .bab_sdp import NodeSdp
-from .bab_witness import WitnessPool
+from .bab_witness import Rechecked, WitnessPool
 from .exact_search import BranchAndBound
 from .lipsdp_warm import SdpState
+from .relu_boxes import Layer
 from .interval_jacobian import influence, slope_bound
 from .split_crown import children, node_bounds
 from .split_lp import FREE, SplitLP, states
@@ -37,12 +38,17 @@ class BabNode:
 class NodeSearch:
     """The best-first search (module doc) with root bounds ``pre``; ``net`` keeps the witnesses
     and decides the leaves' regions (``exact``'s LP checks with exact-arithmetic certificates);
-    ``chain``: the network for :func:`.split_crown.node_bounds`."""
+    ``layers``: its weights with their error bounds (:func:`.interval_jacobian.weight_enclosures`), for
+    the nodes' interval bounds; ``chain``: the network for :func:`.split_crown.node_bounds`;
+    ``rechecked``: the graph's re-check of the best candidates (:class:`.bab_witness.Rechecked`; None:
+    the net's acceptance alone)."""
 
-    def __init__(self, net: BranchAndBound, chain: list, pre: list[tuple[np.ndarray, np.ndarray]], rtol: float,
-                 vertex_units: int, sdp: NodeSdp | None = None, batch: int = 8) -> None:
-        self.net, self.chain, self.rtol, self.vertex_units, self.sdp, self.batch = net, chain, rtol, vertex_units, sdp, batch
-        self.pool = WitnessPool(net)  # every LP's points: witnesses now, starts of the witness search later
+    def __init__(self, net: BranchAndBound, layers: list[Layer], chain: list,
+                 pre: list[tuple[np.ndarray, np.ndarray]], rtol: float, vertex_units: int,
+                 sdp: NodeSdp | None = None, batch: int = 8, rechecked: Rechecked | None = None) -> None:
+        self.net, self.layers, self.chain, self.rtol = net, layers, chain, rtol
+        self.vertex_units, self.sdp, self.batch = vertex_units, sdp, batch
+        self.pool = WitnessPool(net, rechecked=rechecked)  # every LP's points: witnesses now, starts of the searches later
         self.sdp_calls = 0
         self.hidden_w = net.w[:-1]
         self.hidden_b = net.num.b[:-1]
@@ -56,26 +62,31 @@ class NodeSearch:
         self.strong = 1  # split candidates tried per node (_strong; 1: the most influential neuron)
 
     def start(self, deadline: float, lp_deadline: float, lp_units: int, sdp_seconds: float,
-              node_lp: tuple[int, float, float | None] = (0, 0.0, None)) -> None:
+              node_lp: tuple[int, float, float | None] = (0, 0.0, None), root_deadline: float = math.inf) -> None:
         """Bound the root: LP tightening of its ``lp_units`` most influential unstable neurons until
-        ``lp_deadline`` (both sides: the others keep their CROWN bounds, re-run after each layer), then its
-        interval and LipSDP bounds (each LipSDP call gets at most ``sdp_seconds``); ``node_lp``: the
-        LP tightening of every later node that reaches the top (most units, most seconds, reach:
-        :meth:`_tighten`)."""
-        self.deadline, self.sdp_seconds = deadline, sdp_seconds
+        ``lp_deadline`` (both sides: the others keep their CROWN bounds, re-run after each layer), the
+        best LP points re-checked on the graph (:meth:`.bab_witness.WitnessPool.confirm`), then its
+        interval and LipSDP bounds (each LipSDP call gets at most ``sdp_seconds``); all of it by
+        ``root_deadline`` (the witness search's share comes after it) and ``deadline`` (the search's);
+        ``node_lp``: the LP tightening of every later node that reaches the top (most units, most
+        seconds, reach: :meth:`_tighten`)."""
+        self.sdp_seconds = sdp_seconds
         self.node_lp_units, self.node_lp_seconds, self.reach = node_lp
+        self.deadline = min(deadline, root_deadline)  # the root's work only: the search's deadline below
         split = [np.zeros(len(l), dtype=bool) for l, _ in self.root]
-        pre = self._tighten(self.root, split, min(lp_deadline, deadline), lp_units)
-        if pre is None:
+        pre = self._tighten(self.root, split, min(lp_deadline, self.deadline), lp_units)
+        self.pool.confirm()
+        if pre is not None:
+            self._push(pre, split)
+        else:
             self.empty += 1
-            return
-        self._push(pre, split)
         if self.heap and self.heap[0].refine_due:
             self._refine(heapq.heappop(self.heap), root=True)
+        self.deadline = deadline
 
     def upper(self) -> float:
         top = self.heap[0].upper if self.heap else -math.inf
-        return max(top, self.net.best)  # a closed node's bound is below the best witness
+        return max(top, self.pool.best)  # a closed node's bound is below the best witness
 
     def _tighten(self, pre: list, split: list, deadline: float, units: int, reach: float | None = None) -> list | None:
         """A node's bounds tightened by its LP relaxation for its ``units`` most influential
@@ -149,9 +160,9 @@ class NodeSearch:
         if not any((states(l, u) == FREE).any() for l, u in pre) and not self._leaf(pre):
             self.empty += 1
             return None
-        upper, scores = slope_bound(self.net.w, pre, self.vertex_units)
+        upper, scores = slope_bound(self.layers, pre, self.vertex_units)
         upper = min(upper, cap)
-        if upper <= self.net.best * (1 + self.rtol):
+        if upper <= self.pool.best * (1 + self.rtol):
             self.closed += 1
             return None
         due = (self.sdp is not None or self.node_lp_units > 0) and any((states(l, u) == FREE).any() for l, u in pre)
@@ -173,7 +184,7 @@ class NodeSearch:
             if pre is None or any((l > u).any() for l, u in pre) or (leaf and not self._leaf(pre)):
                 self.empty += 1
                 return None
-            upper, node.scores = slope_bound(self.net.w, pre, self.vertex_units)
+            upper, node.scores = slope_bound(self.layers, pre, self.vertex_units)
             node.pre, node.upper = pre, min(node.upper, upper)
         left = min(self.deadline - time.perf_counter(), self.sdp_seconds)
         if self.sdp is not None and left > 0:
@@ -182,7 +193,7 @@ class NodeSearch:
             node.sdp_state = state or node.sdp_state  # an ancestor's certificate still warm-starts the children
             self.sdp_calls += 1
         node.key, node.refine_due = -node.upper, False
-        if node.upper <= self.net.best * (1 + self.rtol):
+        if node.upper <= self.pool.best * (1 + self.rtol):
             self.closed += 1
             return None
         return node
@@ -217,7 +228,7 @@ class NodeSearch:
         the lower one (``"open-leaf"``: its point was not accepted as a witness)."""
         step = 0.0
         while self.heap:
-            if self.heap[0].upper <= self.net.best * (1 + self.rtol):
+            if self.heap[0].upper <= self.pool.best * (1 + self.rtol):
                 return "converged"
             if self.nodes >= max_nodes:
                 return "work"

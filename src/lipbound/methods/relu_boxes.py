@@ -53,7 +53,7 @@ from .relu_crown import crown_layer
 from .float_error import UNIT_ROUNDOFF, gamma, linear_error, round_up
 
 __all__ = ["Layer", "BoxBounds", "chain_relus", "relu_chain", "bound_boxes", "pre_bounds", "jacobians", "norm_bound",
-           "backward_enclosures", "interval_product"]
+           "backward_enclosures", "interval_product", "times_slopes", "times_weights"]
 
 
 @dataclass(frozen=True)
@@ -299,8 +299,8 @@ def _vertex_bounds(layers: list[Layer], pre: list[tuple[torch.Tensor, torch.Tens
     for layer, (mid, rad), (Ch, Rh) in zip(reversed(layers[:-1]), reversed(slopes), reversed(forward)):
         best = torch.minimum(best, norm_bound(*interval_product(Cg, Rg, Ch.permute(1, 0, 2), Rh.permute(1, 0, 2))))
         mid, rad = mid.T[:, None, :], rad.T[:, None, :]
-        Cg, Rg = _times_slopes(Cg, Rg, mid, rad)
-        Cg, Rg = _backward(layer, Cg, Rg)
+        Cg, Rg = times_slopes(Cg, Rg, mid, rad)
+        Cg, Rg = times_weights(layer, Cg, Rg)
     best = torch.minimum(best, norm_bound(Cg, Rg))  # the backward enclosure alone (no meet)
     return best.reshape(B, V).amax(dim=1), smear
 
@@ -338,16 +338,19 @@ def backward_enclosures(layers: list[Layer],
     for layer, (l, u) in zip(reversed(layers[1:-1]), reversed(pre[1:])):
         unstable = ((l < 0) & (u > 0)).to(torch.float64)[:, None, :]
         mid = (l >= 0).to(torch.float64)[:, None, :] + 0.5 * unstable
-        C, R = _times_slopes(C, R, mid, 0.5 * unstable)
-        C, R = _backward(layer, C, R)
+        C, R = times_slopes(C, R, mid, 0.5 * unstable)
+        C, R = times_weights(layer, C, R)
         out.append((C, R))
     return out[::-1]
 
 
-def _times_slopes(C: torch.Tensor, R: torch.Tensor, mid: torch.Tensor,
-                  rad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[C +- R] diag(mid +- rad)`` enclosed (the slopes on the right, broadcast over the columns):
-    ``C mid``, ``R mid + rad (|C| + R)`` rounded up (``mid, rad >= 0``)."""
+def times_slopes(C: torch.Tensor, R: torch.Tensor, mid: torch.Tensor,
+                 rad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The interval matrix ``[C +- R]`` times the diagonal of slopes ``mid +- rad`` on the right
+    (``mid, rad >= 0``, broadcast over the columns), enclosed: every ``J D`` with ``|J - C| <= R``
+    and ``|D - diag(mid)| <= diag(rad)`` satisfies ``|J D - C mid| <= R mid + rad (|C| + R)``. The
+    centre ``C mid`` is exact for slopes in ``{0, 1/2, 1}`` (a power of 2 or 0: ReLU slope boxes);
+    the radius is rounded up (:func:`.float_error.round_up`: two sums)."""
     return C * mid, round_up(R * mid + rad * (C.abs() + R), 2)
 
 
@@ -358,10 +361,14 @@ def _forward(layer: Layer, C: torch.Tensor, R: torch.Tensor) -> tuple[torch.Tens
             round_up(_matmul(layer.W.abs(), R + gamma(n) * C.abs()) + _matmul(layer.E, C.abs() + R), 2 * n + 4))
 
 
-def _backward(layer: Layer, C: torch.Tensor, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[C +- R] W*`` enclosed (``(pairs, m, n)``): ``C W``, ``(R + gamma_n |C|) |W| + (|C| + R) E``."""
+def times_weights(layer: Layer, C: torch.Tensor, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The interval matrix ``[C +- R]`` ``(pairs, m, n)`` times the exact weights ``W*`` of ``layer``
+    on the right, enclosed: ``fl(C W)`` as centre, radius ``(R + gamma_n |C|) |W| + (|C| + R) E``
+    rounded up (Higham §3.1 for the product's rounding; ``E`` bounds ``|W* - W|``, and the term is
+    skipped when ``E`` is zero: exact weights)."""
     n = layer.W.shape[0]
-    return C @ layer.W, round_up((R + gamma(n) * C.abs()) @ layer.W.abs() + (C.abs() + R) @ layer.E, 2 * n + 4)
+    R = (R + gamma(n) * C.abs()) @ layer.W.abs() + ((C.abs() + R) @ layer.E if layer.E.any() else 0.0)
+    return C @ layer.W, round_up(R, 2 * n + 4)
 
 
 def interval_product(Cg: torch.Tensor, Rg: torch.Tensor, Ch: torch.Tensor,
