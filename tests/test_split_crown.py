@@ -131,11 +131,14 @@ def test_node_lp_tightening_keeps_the_search_exact(seed, widths):
 
 @pytest.mark.parametrize("seed,widths,node_lp", [(0, (2, 5, 4, 2), 2), (1, (2, 4, 4, 2), 0), (4, (3, 4, 3, 2), 3)])
 def test_without_witnesses_the_search_ends_on_the_brute_force_constant(monkeypatch, seed, widths, node_lp):
-    """No witness ever prunes (sampling disabled), so every node is split down to its leaves: the
-    largest open leaf is the brute-force constant, and a node bound below it anywhere (CROWN or LP
-    under the splits, the caps) would show as a smaller upper end."""
+    """No witness ever prunes (the net's sampling and the graph's re-checks disabled), so every node is
+    split down to its leaves: the largest open leaf is the brute-force constant, and a node bound below
+    it anywhere (CROWN or LP under the splits, the caps) would show as a smaller upper end."""
+    from lipbound.methods.bab_witness import Rechecked
     from lipbound.methods.exact_network import WitnessedNet
     monkeypatch.setattr(WitnessedNet, "sample", lambda self, x: None)
+    monkeypatch.setattr(Rechecked, "offer", lambda self, x, v=None: None)
+    monkeypatch.setattr(Rechecked, "keep", lambda self, witness: None)
     net = _net(seed, widths)
     low, high = -torch.ones(widths[0], dtype=torch.float64), torch.ones(widths[0], dtype=torch.float64)
     truth = _exact_local(net, low.numpy(), high.numpy())
