@@ -23,8 +23,8 @@ import torch
 
 from ..graph.ir import Affine, Graph, Input
 from ..linalg.operators import Dense
-from .float_error import linear_error, round_up
-from .relu_boxes import Layer, norm_bound, times_slopes, times_weights
+from .float_error import round_up
+from .relu_boxes import Layer, norm_bound, operator_enclosure, times_slopes, times_weights
 
 __all__ = ["slope_bound", "influence", "weight_enclosures"]
 
@@ -38,8 +38,9 @@ def weight_enclosures(graph: Graph, weights: list[np.ndarray]) -> list[Layer]:
     is, and a dense node on a flat input (``Dense.to_dense`` returns its weight tensor, whose
     conversion to float64 is exact). Any other node (a composition ``graph.fused()`` made, e.g. a
     normalisation folded into the first dense layer, or a convolution) was materialised by float
-    operations: its matrix is recomputed on the identity with :func:`.float_error.linear_error`'s
-    bound ``e >= |W* - W'|``, and ``E = e + |W' - W|`` rounded up. Biases are not needed here."""
+    operations: its matrix is recomputed on the identity with its error bound ``e >= |W* - W'|``
+    (:func:`~lipbound.methods.relu_boxes.operator_enclosure`), and ``E = e + |W' - W|`` rounded up.
+    Biases are not needed here."""
     pending, ops = None, []
     for node in graph.fused():  # the pairing of mlp_layers: an activation takes the affine node before it
         if isinstance(node, Input):
@@ -56,11 +57,8 @@ def weight_enclosures(graph: Graph, weights: list[np.ndarray]) -> list[Layer]:
         if op is None or (isinstance(op, Dense) and len(op.in_shape) == 1):
             E = torch.zeros_like(W)
         else:
-            op = op.to(dtype=torch.float64)
-            k = op.in_numel
-            eye = torch.eye(k, dtype=torch.float64).reshape(k, *op.in_shape)
-            cols, err = linear_error(op, eye, torch.zeros_like(eye))
-            E = round_up(err.reshape(k, -1).T + (cols.reshape(k, -1).T - W).abs(), 2)
+            W_op, E_op = operator_enclosure(op.to(dtype=torch.float64))
+            E = round_up(E_op + (W_op - W).abs(), 2)
         no_bias = torch.zeros(len(W), dtype=W.dtype)
         out.append(Layer(W, E, no_bias, no_bias))
     return out

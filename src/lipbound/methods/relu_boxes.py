@@ -53,7 +53,7 @@ from .relu_crown import crown_layer
 from .float_error import UNIT_ROUNDOFF, gamma, linear_error, round_up
 
 __all__ = ["Layer", "BoxBounds", "chain_relus", "relu_chain", "bound_boxes", "pre_bounds", "jacobians", "norm_bound",
-           "backward_enclosures", "interval_product", "times_slopes", "times_weights"]
+           "backward_enclosures", "interval_product", "times_slopes", "times_weights", "operator_enclosure"]
 
 
 @dataclass(frozen=True)
@@ -140,14 +140,19 @@ def _is_relu(node: Activation) -> bool:
 
 
 def _materialise(node: Affine) -> Layer:
-    """The node's matrix (its operator on the identity) with :func:`.float_error.linear_error`'s error bound."""
-    op = node.op
+    """The node's matrix with its error bound (:func:`operator_enclosure`) and its bias."""
+    W, E = operator_enclosure(node.op)
+    b = torch.zeros(W.shape[0], dtype=torch.float64) if node.bias is None else node.bias.reshape(-1).to(torch.float64)
+    return Layer(W, E, b, torch.zeros_like(b))
+
+
+def operator_enclosure(op) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(W, E)``: the float64 operator ``op``'s matrix (its action on the identity, ``(out, in)``) and
+    :func:`.float_error.linear_error`'s bound ``E >= |W* - W|`` of it, ``W*`` the exact map."""
     k = op.in_numel
     eye = torch.eye(k, dtype=torch.float64).reshape(k, *op.in_shape)
     cols, err = linear_error(op, eye, torch.zeros_like(eye))
-    W, E = cols.reshape(k, -1).T.contiguous(), err.reshape(k, -1).T.contiguous()
-    b = torch.zeros(W.shape[0], dtype=torch.float64) if node.bias is None else node.bias.reshape(-1).to(torch.float64)
-    return Layer(W, E, b, torch.zeros_like(b))
+    return cols.reshape(k, -1).T.contiguous(), err.reshape(k, -1).T.contiguous()
 
 
 def _lower(forms: torch.Tensor, low: torch.Tensor, high: torch.Tensor, xmax: torch.Tensor) -> torch.Tensor:
