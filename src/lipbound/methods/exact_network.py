@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -119,37 +119,54 @@ class PiecewiseNet:
     def pieces_at(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(piece, clear, varies)`` of every neuron at a batch ``x (B, n)``: the piece of the
         float64 pre-activation ``z^``; whether ``z^`` is off every breakpoint by more than a bound
-        ``e`` of ``|z^ - z|``, ``z`` the exact pre-activation (which then lies strictly inside that
+        ``e_z`` of ``|z^ - z|``, ``z`` the exact pre-activation (which then lies strictly inside that
         piece); and whether ``z`` may vary near ``x`` (False: constant on a neighbourhood, as
         :meth:`varying` decides from the pieces found).
 
-        Forward error analysis, ``u = 2^-53``, ``gamma_k = k u / (1 - k u)``: with ``h^`` the float
-        input of a layer ``W h + c`` (fan-in ``k``) and ``|h^ - h| <= e_h`` (``e_h = 0`` for ``x``),
-        ``|fl(W h^ + c) - (W h + c)| <= |W| e_h + gamma_{k+1} (|W| |h^| + |c|)``; the activation,
-        ``fl(a z^ + o)`` with the slope and offset of ``z^``'s piece, then has
-        ``e_h' = lip e_z + gamma_2 (|a z^| + |o|)`` (``lip``: the activation's Lipschitz constant).
-        Each operation adds at most the least normal number by underflow (even flushed to zero).
-        Each bound is evaluated in float64 and doubled, which covers the rounding of its own
-        evaluation (a relative ``gamma_{k+2} << 1``).
+        Forward error analysis (Higham §2.2, §3.1), ``u = 2^-53``, ``gamma_k = k u / (1 - k u)``; an
+        operation's result is correctly rounded or, below the least normal number ``T``, off by at
+        most ``T`` (gradual or flushed underflow). With ``h^`` the float input of a layer ``W h + c``
+        (fan-in ``k``) and ``|h^ - h| <= e_h`` (``e_h = 0`` for ``x``),
+        ``|fl(W h^ + c) - (W h + c)| <= e_z = |W| e_h + gamma_{k+1} (|W| |h^| + |c|) + (2k+1) T``
+        (its ``2k`` operations each lose at most ``T``, grown by at most ``(1+u)^k``). Since
+        ``fl(|z^ - bp|)`` is monotone in ``|z^ - bp|`` and ``e_z`` is a float, ``fl(|z^ - bp|) > e_z``
+        proves ``|z^ - bp| > e_z >= |z^ - z|``: ``z`` is strictly on ``z^``'s side of ``bp``. The
+        activation ``h^' = fl(a z^ + o)`` (slope and offset of ``z^``'s piece, so ``a z^ + o = s(z^)``
+        by continuity) has ``|h^' - s(z)| <= |h^' - s(z^)| + |s(z^) - s(z)| <= gamma_2 (|a z^| + |o|)
+        + 3 T + slope e_z``, where ``slope = |a|`` for a clear neuron (``z`` and ``z^`` in one piece:
+        ``s(z^) - s(z) = a (z^ - z)``; 0 for an off ReLU) and the activation's Lipschitz constant
+        otherwise. Each bound is evaluated in float64 and rounded up by :func:`_rounded_up`.
         """
-        h, e, moving = x, np.zeros_like(x), np.ones_like(x, dtype=bool)
+        moving = np.ones_like(x, dtype=bool)
         out = [[np.zeros((len(x), 0), dtype=int)], [np.ones((len(x), 0), dtype=bool)],
                [np.ones((len(x), 0), dtype=bool)]]
+        for m, (_, _, piece, clear) in enumerate(self.rounded_layers(x)):
+            varies = moving.astype(np.float64) @ (self.w[m] != 0).T > 0
+            for part, value in zip(out, (piece, clear, varies)):
+                part.append(value)
+            moving = varies & (self.num.slopes[m][piece] != 0)
+        return tuple(np.concatenate(part, 1) for part in out)
+
+    def rounded_layers(self, x: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """Per hidden layer, ``(z^, e_z, piece, clear)`` at a batch ``x (B, n)``: the float64
+        pre-activations, the rigorous bound of ``|z^ - z|``, ``z^``'s pieces and which neurons are
+        clear of every breakpoint (:meth:`pieces_at` gives the argument)."""
+        h, e = x, np.zeros_like(x)
         for m in range(len(self.sizes)):
             w, b, bp = self.w[m], self.num.b[m], self.num.breakpoints[m]
-            aw = np.abs(w)
+            aw, k = np.abs(w), w.shape[1]
             z = h @ w.T + b
-            ez = 2 * (e @ aw.T + gamma(w.shape[1] + 1) * (np.abs(h) @ aw.T + np.abs(b))
-                      + (w.shape[1] + 1) * TINY64)
+            # depth: a |W| |h^| term's product, k - 1 sums, + |c|, * gamma (and gamma's own rounding), + |W| e_h
+            ez = _rounded_up(e @ aw.T + gamma(k + 1) * (np.abs(h) @ aw.T + np.abs(b)),
+                             depth=k + 4, ops=4 * k + 1, tiny=2 * k + 1)
             piece = np.searchsorted(bp, z)
-            varies = moving.astype(np.float64) @ (w != 0).T > 0
-            for part, value in zip(out, (piece, (np.abs(z[..., None] - bp) > ez[..., None]).all(-1), varies)):
-                part.append(value)
+            clear = (np.abs(z[..., None] - bp) > ez[..., None]).all(-1)
+            yield z, ez, piece, clear
             a, o = self.num.slopes[m][piece], self.num.offsets[m][piece]
             h = a * z + o
-            e = 2 * (self.act_lips[m] * ez + gamma(2) * (np.abs(a * z) + np.abs(o)) + 2 * TINY64)
-            moving = varies & (a != 0)
-        return tuple(np.concatenate(part, 1) for part in out)
+            slope = np.where(clear, np.abs(a), self.act_lips[m])
+            # depth: a z^, + |o|, * gamma (and gamma's own rounding), + slope e_z
+            e = _rounded_up(slope * ez + gamma(2) * (np.abs(a * z) + np.abs(o)), depth=5, ops=5, tiny=3)
 
     def varying(self, pieces: np.ndarray) -> np.ndarray:
         """Whether each neuron up to the end of the layer of neuron ``len(pieces)`` may depend on
@@ -269,6 +286,23 @@ class WitnessedNet(PiecewiseNet):
         i = int(np.argmax(s[:, 0]))
         if s[i, 0] > self.best:
             self.best, self.best_x, self.best_v = float(s[i, 0]), x[i].copy(), vh[i, 0].copy()
+
+
+def _rounded_up(t: np.ndarray, depth: int, ops: int, tiny: int) -> np.ndarray:
+    """A float64 upper bound of ``X + tiny T`` (``T = 2^-1022``), ``t`` the float64 evaluation of a
+    non-negative expression ``X`` of float64 numbers by ``ops`` additions and multiplications,
+    where every term of ``X`` multiplied out meets at most ``depth`` roundings (a ``gamma``
+    computed in float64 counted as one) and every product is of two given floats or of a computed
+    value by a factor at most 1: ``fl(fl(t + (tiny + 2 ops) T) (1 + 2 gamma_{depth+2}))``.
+
+    Proof: every rounding of a non-negative value is ``(1 + d) v + eta``, ``d >= -u``,
+    ``|eta| <= T``, and the factors applied after it are at most ``1 + u`` each, so ``t >= (1 -
+    u)^depth X - L`` with ``L <= ops T (1 + u)^depth <= 2 ops T``. The sum ``t + (tiny + 2 ops) T``
+    is at least ``T``, hence no underflow: its float is at least ``(1 - u)^(depth+1) (X + tiny
+    T)``, and its product by ``F`` at least ``(1 - u)^(depth+2) F (X + tiny T)``. ``F =
+    fl(1 + 2 fl(gamma_{depth+2})) >= 1 + 2 (1 - u) gamma_{depth+2} - u >= 1 + gamma_{depth+2} >=
+    (1 - u)^-(depth+2)`` (``gamma_j >= 3 u``, ``(1 - u)^j >= 1 - j u``) closes the bound."""
+    return (t + (tiny + 2 * ops) * TINY64) * (1 + 2 * gamma(depth + 2))
 
 
 def spectral(m: np.ndarray) -> float:
