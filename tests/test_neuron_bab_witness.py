@@ -12,6 +12,7 @@ import torch
 from lipbound.api import as_graph
 from lipbound.methods import METHODS
 from lipbound.methods.bab_witness import WitnessPool
+from lipbound.methods.exact_network import PiecewiseNet
 from lipbound.methods.exact_search import BranchAndBound
 from lipbound.methods.piecewise import mlp_layers
 from lipbound.methods.propagation import localize
@@ -79,8 +80,8 @@ def test_the_lp_points_are_witnesses_and_the_seeded_search_only_raises_the_lower
 
 
 def _deep_net() -> tuple[torch.nn.Sequential, Box]:
-    """12 hidden layers of 48 with doubled weights: the net's acceptance bound outgrows every
-    pre-activation, so it rejects every point (checked below) and only the graph's re-check witnesses."""
+    """12 hidden layers of 48 with doubled weights (the net's acceptance test is made to reject every
+    point in the test below, so that only the graph's re-check witnesses)."""
     net = seeded_mlp(0, (8,) + (48,) * 12 + (3,))
     with torch.no_grad():
         for m in net:
@@ -89,11 +90,23 @@ def _deep_net() -> tuple[torch.nn.Sequential, Box]:
     return net, Box(torch.full((8,), -0.05, dtype=torch.float64), torch.full((8,), 0.05, dtype=torch.float64))
 
 
+def _rejecting(pieces_at):
+    """``pieces_at`` with every neuron reported not clear of its breakpoints (no point is accepted)."""
+    def patched(self, x):
+        piece, clear, varies = pieces_at(self, x)
+        return piece, np.zeros_like(clear), varies
+    return patched
+
+
 @pytest.mark.parametrize("options", [dict(root_lp_units=0, ascent_share=0.0),  # the centre's witness alone
                                      dict(root_lp_share=1.0, sdp_share=1.0)])  # root work up to the witness share
-def test_a_lower_end_when_the_root_work_exceeds_the_budget_and_the_net_rejects_every_point(options):
+def test_a_lower_end_when_the_root_work_exceeds_the_budget_and_the_net_rejects_every_point(monkeypatch, options):
+    """The net's own acceptance test (``pieces_at``) once rejected every point of deep nets; since its
+    bound was tightened it accepts them, so the rejection is forced here: the lower end must then come
+    from the graph's re-check alone."""
     net, box = _deep_net()
     g = as_graph(net, (8,))
+    monkeypatch.setattr(PiecewiseNet, "pieces_at", _rejecting(PiecewiseNet.pieces_at))
     bab = BranchAndBound(mlp_layers(localize(g.to(dtype=torch.float64), box), method="neuron-bab"), box, 1e-6)
     centre = box.center.reshape(1, -1).numpy()
     bab.sample(np.vstack([centre, np.random.default_rng(0).uniform(-0.05, 0.05, size=(20, 8))]))

@@ -16,10 +16,11 @@ net again, which accepts it only inside the box and off every kink: nothing here
 trusted, the value stays a **witnessed lower** bound.
 
 **The graph's re-check** (:class:`Rechecked`). The net's acceptance test bounds the rounding of its
-float64 pre-activations through ``|W|`` layer by layer, doubled at each one
-(:meth:`~lipbound.methods.exact_network.PiecewiseNet.pieces_at`); on deep nets the bound outgrows the
-pre-activations themselves (ERAN 9x200: ``1e-12`` after the first layer, ``7`` after the eighth), and
-the net rejects every point, the box's centre included. So the best candidates are also re-checked on
+float64 pre-activations layer by layer (:meth:`~lipbound.methods.exact_network.PiecewiseNet.pieces_at`);
+on deep nets that bound grows with depth (before session 10 it doubled at each layer and carried every
+neuron's error with the activation's Lipschitz constant: on ERAN 9x200 it reached ``7`` after the eighth
+layer and the net rejected every point; now ``5e-9`` there), and a point near a kink is rejected
+whatever the depth. So the best candidates are also re-checked on
 the graph, as ``lower``'s witnesses are (:func:`~lipbound.methods.lower.jacobian_witness`: the
 central-difference re-check of :meth:`~lipbound.methods.witness.Witness.recheck`, points nudged off a
 kink when needed): a witness it confirms is a **witnessed lower** bound whatever the net said. The

@@ -61,8 +61,9 @@ walk, on ``ascent_share`` of the budget, half of its starts at the best LP point
 (on ``lower_share``) (:class:`~lipbound.methods.bab_witness.WitnessPool`); the best is re-checked
 independently at the end. **A lower end whatever happens**: the box's centre is re-checked on the
 graph itself before any root work, and so are the root LP's best points before the root's LipSDP
-(:class:`~lipbound.methods.bab_witness.Rechecked`: the net's own acceptance test rejects every point of
-deep nets, ERAN 9x200 included, its rounding bound growing ~60x per layer), and the root's work ends
+(:class:`~lipbound.methods.bab_witness.Rechecked`: independent of the net's own acceptance test, which
+rejects points near a kink and, before its bound was tightened in session 10, every point of ERAN 9x200),
+and the root's work ends
 by ``1 - ascent_share - lower_share`` of the budget, so the witness searches keep their shares (planned
 from the budget, not from a measured time; the root's LPs end ``sdp_share`` before, so that its LipSDP
 keeps its share: measured on ERAN 9x200 idx_2954 at 60 s, the root's upper end is 490 (976 once in 3 runs)
