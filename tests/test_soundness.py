@@ -152,6 +152,23 @@ def test_pair_margin_check() -> None:
     assert sn.recheck_witness(case, {"form": "pair", "x": x, "y": y}, float(low), False) == []
 
 
+def test_pair_check_on_an_offset_net_uses_the_offset_free_twin() -> None:
+    # the same f = 1e-3 x + 1e9, its offset marked as the fuzz marks it: the exact quotient 1e-3
+    # (what lipbound's exact re-check may claim) breaks the half-ulp rule, yet is correct; the
+    # float64 quotient (1.0014e-3 here, above the exact one) must still be caught
+    layer = _linear([[1e-3]], [1e9])
+    layer.fuzz_output_offset = 1e9
+    case = _case(nn.Sequential(layer), 1)
+    x, y = torch.tensor([0.0], dtype=torch.float64), torch.tensor([0.03], dtype=torch.float64)
+    pair = {"form": "pair", "x": x, "y": y}
+    _, value, _ = sn.Probe(case).pair_quotients(x[None], y[None])
+    assert float(value) > 1e-3 * (1 + 1e-6)
+    assert [k for k, _ in sn.recheck_witness(case, pair, float(value), False)] == ["pair-no-margin"]
+    assert sn.recheck_witness(case, pair, 1e-3, False) == []
+    del layer.fuzz_output_offset  # without the mark, the half-ulp rule refuses the exact claim
+    assert [k for k, _ in sn.recheck_witness(case, pair, 1e-3, False)] == ["pair-no-margin"]
+
+
 def test_discontinuous_softplus_is_seen() -> None:
     # torch's Softplus(beta=1, threshold=1) jumps from log(1 + e) = 1.3133 down to 1 at t = 1:
     # no finite Lipschitz constant; the pairs across the kink show a huge quotient
