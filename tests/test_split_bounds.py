@@ -19,7 +19,8 @@ from lipbound.frontends.from_torch import from_torch
 from lipbound.methods.propagation import crown_bounds, localize
 from lipbound.methods.region import Box
 from lipbound.methods.relu_boxes import relu_chain
-from lipbound.methods.split_bounds import SplitOptions, split_crown_bounds, split_tree
+from lipbound.methods import machine
+from lipbound.methods.split_bounds import SplitOptions, node_seconds, split_crown_bounds, split_tree
 
 
 def mlp(g: torch.Generator, widths: list[int], out_relu: bool = False) -> nn.Sequential:
@@ -154,6 +155,29 @@ def test_same_inputs_same_bounds_and_the_leaf_cap_is_a_work_cap():
     assert len(t16.tree.leaves) <= 16 and t16.tree.stopped_by == "work" and len(t64.tree.leaves) <= 64
     width = lambda pre: sum(float((u - l).sum()) for l, u in pre.values())  # noqa: E731
     assert width(many) < width(few)
+
+
+def test_a_planned_budget_is_a_work_cap_priced_from_the_sizes(monkeypatch):
+    """The tree planned for a budget stops by work, at the leaves the budget pays for at the machine's
+    rates (priced here by hand: 5 inputs, hidden 16, 16, 16, 16), whatever the clock says: a clock
+    that runs 1000x fast must not change it."""
+    _, graph, box, _ = case(1, [5, 16, 16, 16, 16, 3], 0.4)
+    crown = crown_bounds(graph, box)
+    pre = [(crown[n][0].numpy(), crown[n][1].numpy()) for n in crown]
+    chain, lo, hi = relu_chain(graph), box.low.numpy(), box.high.numpy()
+    back = sum(16 * (5 * 16 + 16 * 16 * (t - 1)) for t in (2, 3, 4))  # layer t's rows through W_t .. W_1
+    sign = 3 * 16 * 16 * 5  # per step: layers 2-4's rows through W_1
+    a, b, c = machine.SPLIT_NODE_SECONDS
+    node = a * back + b * sign * 2 + c * 4
+    assert node_seconds(chain, 2) == pytest.approx(node, rel=1e-12)
+    options = SplitOptions(max_leaves=64, beta_iterations=2)
+    planned = split_tree(chain, pre, lo, hi, options=options, budget=10.5 * node)  # 10 nodes: the final CROWN, 4 pairs
+    assert planned.planned == 5 and len(planned.leaves) == 5 and planned.stopped_by == "work" and planned.nodes <= 8
+    ticks = iter(range(10 ** 9))
+    monkeypatch.setattr("lipbound.methods.split_bounds.time.perf_counter", lambda: 1000.0 * next(ticks) * node)
+    again = split_tree(chain, pre, lo, hi, options=options, budget=10.5 * node, deadline=1e300)
+    assert [[(l.tolist(), u.tolist()) for l, u in leaf] for leaf in again.leaves] == \
+        [[(l.tolist(), u.tolist()) for l, u in leaf] for leaf in planned.leaves]
 
 
 def test_a_deadline_cuts_the_tree_says_so_and_keeps_sound_bounds():

@@ -13,7 +13,8 @@ only makes the predictions pessimistic. Two kinds of constants live here:
 * **Kernel rates**, measured on one operation (unit in each comment): :data:`SVD_RATE`,
   :data:`GRAM_RATE`, :data:`QR_RATE`, :data:`MATMUL_RATE`, :data:`FACTOR_RATE`, :data:`POWER_SECONDS`,
   :data:`BLOCKS_RATE`, :data:`MATERIALISE_SECONDS`, :data:`CHAIN_IPM_SECONDS`,
-  :data:`DENSE_IPM_SECONDS`.
+  :data:`DENSE_IPM_SECONDS`, :data:`SPLIT_NODE_SECONDS` (the split tree's plan,
+  :func:`lipbound.methods.split_bounds.planned_leaves`).
 * **Per-method constants** of the cost model (:data:`METHOD_SECONDS`): seconds per unit of each
   method's own work count (:func:`lipbound.methods.cost.work`), fitted end to end by
   ``benchmarks/cost_model.py`` (total measured seconds / total work over random MLPs and a CNN),
@@ -23,7 +24,8 @@ only makes the predictions pessimistic. Two kinds of constants live here:
 from __future__ import annotations
 
 __all__ = ["SVD_RATE", "GRAM_RATE", "QR_RATE", "MATMUL_RATE", "FACTOR_RATE", "POWER_SECONDS", "BLOCKS_RATE",
-           "MATERIALISE_SECONDS", "CHAIN_IPM_SECONDS", "DENSE_IPM_SECONDS", "DUAL_SECONDS", "STEP_SECONDS", "METHOD_SECONDS"]
+           "MATERIALISE_SECONDS", "CHAIN_IPM_SECONDS", "DENSE_IPM_SECONDS", "DUAL_SECONDS", "STEP_SECONDS",
+           "SPLIT_NODE_SECONDS", "METHOD_SECONDS"]
 
 #: ``m n min(m, n)`` per second of a float64 SVD of an ``m x n`` matrix (measured 1.0-1.8e9 on one
 #: core; an OVAL21 convolution materialised as 3072 x 2048: 1.1e9)
@@ -69,6 +71,14 @@ DUAL_SECONDS = 1.5
 #: seconds of one step's Python and library calls that a prediction from work at the rates above leaves
 #: out (:class:`~lipbound.methods.budget.Clock` adds it to every step it times or prices; set by hand)
 STEP_SECONDS = 0.05
+
+#: seconds per unit of the three work counts of bounding one node of the split tree
+#: (:func:`lipbound.methods.split_bounds.node_seconds`): a multiply-add of its back-substitutions, a
+#: multiply-add of one sign-multiplier step, and a hidden layer (Python's overhead per node and layer).
+#: Measured in batches of 32 nodes on one core with the other busy (load 3-4): ERAN 9x200 0.050 /
+#: 0.115 / 0.159 s per node at 0 / 2 / 4 steps, mnistfc 256x6 0.064 / 0.193 / 0.272, ACAS Xu 0.0016 /
+#: 0.0022 / 0.0027; the rates predict 0.94-1.4x those times at 2 steps (0.070 / 0.159 / 0.247 on ERAN)
+SPLIT_NODE_SECONDS = (1.5e-10, 2e-10, 3.5e-4)
 
 #: Seconds per unit of work of each cost model (:func:`lipbound.methods.cost.work`) on one CPU
 #: thread, fitted by ``benchmarks/cost_model.py`` (2026 run on the shared 2-core CPU); ``power``,

@@ -279,11 +279,11 @@ def _split_crown(graph: Graph, region: Any, time_budget: float | None, options: 
     g = float64_graph(graph)
     low, high = region_box(region, g)
     deadline = None if time_budget is None else start + time_budget
-    pre, out = split_crown_bounds(g, low, high, pre, options=options, deadline=deadline)
+    pre, out = split_crown_bounds(g, low, high, pre, options=options, budget=time_budget, deadline=deadline)
     return pre, (f"{note}; split-refined (CROWN with the first layer's sign constraints on a split tree over the "
                  f"earliest unstable neurons): "
-                 f"{len(out.tree.leaves)} leaves, {out.tree.nodes} nodes bounded, {out.tree.empty} empty, "
-                 f"stopped_by: {out.tree.stopped_by}")
+                 f"{len(out.tree.leaves)} leaves of {out.tree.planned} planned, {out.tree.nodes} nodes bounded, "
+                 f"{out.tree.empty} empty, stopped_by: {out.tree.stopped_by}")
 
 
 AUTO_SPLIT = SplitOptions(max_leaves=128, min_gain=0.02, beta_iterations=2)

@@ -21,8 +21,9 @@ least half of the leaves that have any, most unstable first), each on its own ne
 Both children are bounded (batches of ``batch`` nodes, one batched back-substitution per layer, with
 the split constraints below); a child
 whose bounds cross (``l_i > u_i`` for some neuron) holds **no input** (its bounds are sound on it) and is
-dropped. The tree stops when ``max_leaves`` leaves exist (``stopped_by: "work"``, a deterministic cap:
-the same box gives the same bounds on any machine), when no leaf has an unstable neuron left
+dropped. The tree stops when ``max_leaves`` leaves exist, or as many as the planned budget pays for
+(``stopped_by: "work"``, a deterministic cap: the same box and budget give the same bounds on any machine;
+the plan prices each node by :func:`node_seconds`), when no leaf has an unstable neuron left
 (``"converged"``), when splitting has stalled (``"stalled"``, only with ``min_gain > 0``: each time the
 leaf count has doubled, the union of the leaves' bounds must have fewer unstable neurons than at the
 previous doubling by the fraction ``min_gain``; deterministic too), or at the deadline (``"time"``, an outer cap: a batch holds only the pairs of nodes that, at
@@ -64,11 +65,12 @@ import torch
 
 from ..errors import InvalidInput, UnsupportedOperation
 from ..graph.ir import Activation, Graph
+from .machine import SPLIT_NODE_SECONDS
 from .relu_boxes import Layer, _is_relu, chain_relus, relu_chain
 from .split_crown import node_bounds
 
-__all__ = ["SplitOptions", "SplitTree", "SplitOutcome", "split_tree", "split_refine", "split_crown_bounds",
-           "relu_chain_depth"]
+__all__ = ["SplitOptions", "SplitTree", "SplitOutcome", "node_seconds", "planned_leaves", "split_tree",
+           "split_refine", "split_crown_bounds", "relu_chain_depth"]
 
 Chain = list[tuple[np.ndarray, np.ndarray]]  # per hidden layer, (l, u) float64, flat
 
@@ -98,13 +100,15 @@ class SplitOptions:
 @dataclass
 class SplitTree:
     """The leaves of a split tree (per leaf, per hidden layer, flat ``(l, u)``: sound on the leaf's
-    inputs), how many nodes were bounded and dropped as empty, and what stopped the tree
-    (``"work"``, ``"converged"``, ``"stalled"``, ``"time"``)."""
+    inputs), how many nodes were bounded and dropped as empty, what stopped the tree (``"work"``,
+    ``"converged"``, ``"stalled"``, ``"time"``) and the most leaves it was planned to have
+    (:func:`planned_leaves`)."""
 
     leaves: list[Chain]
     nodes: int
     empty: int
     stopped_by: str
+    planned: int
 
 
 @dataclass
@@ -154,12 +158,39 @@ def _children(pre: Chain, m: int, i: int) -> list[Chain]:
     return out
 
 
+def node_seconds(chain: list[Layer], beta_iterations: int) -> float:
+    """Predicted seconds to bound one node of a batch (:func:`.split_crown.node_bounds`) on the ReLU
+    chain ``chain`` with hidden sizes ``n_1 .. n_D`` and ``n_0`` inputs, at the rates
+    :data:`~lipbound.methods.machine.SPLIT_NODE_SECONDS` of three work counts: the back-substitutions
+    (layer ``t``'s ``n_t`` rows through ``W_t .. W_1``: ``sum_{t >= 2} sum_{j <= t} n_t n_j n_{j-1}``
+    multiply-adds), each sign-multiplier step (its rows' first-layer terms through ``W_1``:
+    ``sum_{t >= 2} n_t n_1 n_0``) and the ``D`` layers (overhead)."""
+    n = [chain[0].W.shape[1]] + [layer.W.shape[0] for layer in chain[:-1]]
+    back = sum(n[t] * n[j] * n[j - 1] for t in range(2, len(n)) for j in range(1, t + 1))
+    sign = sum(n[t] for t in range(2, len(n))) * n[1] * n[0]
+    per_back, per_sign, per_layer = SPLIT_NODE_SECONDS
+    return per_back * back + per_sign * sign * beta_iterations + per_layer * (len(n) - 1)
+
+
+def planned_leaves(chain: list[Layer], options: SplitOptions, budget: float | None) -> int:
+    """The most leaves of a tree planned to take ``budget`` seconds: ``options.max_leaves``, and at most
+    ``1 + N // 2`` when the budget pays for ``N`` nodes at :func:`node_seconds` each (each split bounds
+    two nodes and adds one leaf; the final CROWN from the union counts as one node); None: no plan."""
+    if budget is None:
+        return options.max_leaves
+    nodes = max(0, math.floor(budget / node_seconds(chain, options.beta_iterations)) - 1)
+    return max(1, min(options.max_leaves, 1 + nodes // 2))
+
+
 def split_tree(chain: list[Layer], pre: Chain, low: np.ndarray, high: np.ndarray, *,
-               options: SplitOptions = SplitOptions(), deadline: float | None = None) -> SplitTree:
+               options: SplitOptions = SplitOptions(), budget: float | None = None,
+               deadline: float | None = None) -> SplitTree:
     """The split tree of the module doc from the root bounds ``pre`` (sound bounds of the hidden layers
-    of the ReLU chain ``chain`` on the box ``[low, high]``, flat); ``deadline``
-    (``time.perf_counter()`` seconds) caps it. Its leaves cover the box."""
+    of the ReLU chain ``chain`` on the box ``[low, high]``, flat), with at most
+    :func:`planned_leaves` leaves for the planned ``budget`` (seconds; None: ``options.max_leaves``);
+    ``deadline`` (``time.perf_counter()`` seconds) caps it. Its leaves cover the box."""
     leaves = [[(l.copy(), u.copy()) for l, u in pre]]
+    most = planned_leaves(chain, options, budget)
     nodes = empty = 0
     pair = options.batch - options.batch % 2  # a batch holds whole pairs of children
     check = (1, _unstable(pre))  # (leaf count, the union's unstable neurons) at the last doubling
@@ -167,15 +198,15 @@ def split_tree(chain: list[Layer], pre: Chain, low: np.ndarray, high: np.ndarray
     while True:
         counts = [_unstable(p) for p in leaves]
         ready = sorted((k for k, c in enumerate(counts) if c), key=lambda k: -counts[k])
-        room = options.max_leaves - len(leaves)
+        room = most - len(leaves)
         if not ready:
-            return SplitTree(leaves, nodes, empty, "converged")
+            return SplitTree(leaves, nodes, empty, "converged", most)
         if room <= 0:
-            return SplitTree(leaves, nodes, empty, "work")
+            return SplitTree(leaves, nodes, empty, "work", most)
         if options.min_gain > 0 and len(leaves) >= 2 * check[0]:
             now = _unstable(_union(leaves))
             if now > (1 - options.min_gain) * check[1]:
-                return SplitTree(leaves, nodes, empty, "stalled")
+                return SplitTree(leaves, nodes, empty, "stalled", most)
             check = (len(leaves), now)
         chosen = ready[: min(room, math.ceil(len(ready) / 2))]
         kids = [kid for k in chosen for kid in _children(leaves[k], *_branch(chain, leaves[k]))]
@@ -193,7 +224,7 @@ def split_tree(chain: list[Layer], pre: Chain, low: np.ndarray, high: np.ndarray
             bounded += node_bounds(chain, batch, low, high, options.beta_iterations)
             per_node = (time.perf_counter() - t0) / len(batch)
         if not bounded:
-            return SplitTree(leaves, nodes, empty, "time")
+            return SplitTree(leaves, nodes, empty, "time", most)
         nodes += len(bounded)
         split = set(chosen[: len(bounded) // 2])
         kept = [kid for kid in bounded if not _crossed(kid)]
@@ -202,11 +233,12 @@ def split_tree(chain: list[Layer], pre: Chain, low: np.ndarray, high: np.ndarray
 
 
 def split_refine(chain: list[Layer], pre: Chain, low: np.ndarray, high: np.ndarray, *,
-                 options: SplitOptions = SplitOptions(), deadline: float | None = None) -> SplitOutcome:
-    """``pre`` refined by :func:`split_tree`: the union of its leaves' bounds, then CROWN from them
-    (module doc). Raises :class:`InvalidInput` when every leaf came out empty (``pre`` was not sound:
-    a box holds inputs)."""
-    tree = split_tree(chain, pre, low, high, options=options, deadline=deadline)
+                 options: SplitOptions = SplitOptions(), budget: float | None = None,
+                 deadline: float | None = None) -> SplitOutcome:
+    """``pre`` refined by :func:`split_tree` (planned ``budget``, capped by ``deadline``): the union of
+    its leaves' bounds, then CROWN from them (module doc). Raises :class:`InvalidInput` when every leaf
+    came out empty (``pre`` was not sound: a box holds inputs)."""
+    tree = split_tree(chain, pre, low, high, options=options, budget=budget, deadline=deadline)
     if not tree.leaves:
         raise InvalidInput("split-crown: every leaf of the split tree came out empty (the root bounds are not sound)")
     return SplitOutcome(node_bounds(chain, [_union(tree.leaves)], low, high, options.beta_iterations)[0], tree)
@@ -245,10 +277,11 @@ def relu_chain_depth(graph: Graph) -> int:
 
 
 def split_crown_bounds(graph: Graph, low: torch.Tensor, high: torch.Tensor, crown: dict[str, Any], *,
-                       options: SplitOptions = SplitOptions(),
+                       options: SplitOptions = SplitOptions(), budget: float | None = None,
                        deadline: float | None = None) -> tuple[dict[str, Any], SplitOutcome]:
     """CROWN's pre bounds ``crown`` (``{activation name: (l, u)}``, sound on the box ``[low, high]``) of
-    the ReLU chain ``graph`` refined by :func:`split_refine`, in the same form. Raises
+    the ReLU chain ``graph`` refined by :func:`split_refine` (planned ``budget`` seconds, capped by
+    ``deadline``), in the same form. Raises
     :class:`UnsupportedOperation` when ``graph`` is not a chain of affine layers and ReLUs."""
     chain = _chain(graph)
     if chain is None:
@@ -259,7 +292,7 @@ def split_crown_bounds(graph: Graph, low: torch.Tensor, high: torch.Tensor, crow
            for n in names]
     lo = low.reshape(-1).cpu().numpy().astype(np.float64)
     hi = high.reshape(-1).cpu().numpy().astype(np.float64)
-    out = split_refine(chain, pre, lo, hi, options=options, deadline=deadline)
+    out = split_refine(chain, pre, lo, hi, options=options, budget=budget, deadline=deadline)
     refined = {n: (torch.from_numpy(l).reshape(crown[n][0].shape), torch.from_numpy(u).reshape(crown[n][1].shape))
                for n, (l, u) in zip(names, out.pre)}
     return {**crown, **refined}, out
