@@ -20,6 +20,7 @@ from lipbound.methods.interval_jacobian import slope_bound, weight_enclosures
 from lipbound.methods.piecewise import mlp_layers
 from lipbound.methods.split_crown import children
 from lipbound.methods.region import Box
+from lipbound.methods.relu_boxes import Layer
 from lipbound.methods.split_lp import SplitLP
 
 from oracles import seeded_mlp as _net
@@ -28,6 +29,15 @@ from oracles import seeded_mlp as _net
 def _weights(net: torch.nn.Sequential) -> tuple[list[np.ndarray], list[np.ndarray]]:
     lin = [m for m in net if isinstance(m, torch.nn.Linear)]
     return [m.weight.detach().numpy() for m in lin], [m.bias.detach().numpy() for m in lin]
+
+
+def _layers(ws: list[np.ndarray], bs: list[np.ndarray]) -> list[Layer]:
+    """The layers ``(W, b)`` as float64 :class:`Layer` with zero enclosures: these floats are the network."""
+    out = []
+    for w, b in zip(ws, bs):
+        W, c = torch.from_numpy(w.astype(np.float64)), torch.from_numpy(b.astype(np.float64))
+        out.append(Layer(W, torch.zeros_like(W), c, torch.zeros_like(c)))
+    return out
 
 
 def _exact_local(net: torch.nn.Sequential, low: np.ndarray, high: np.ndarray) -> float:
@@ -204,10 +214,11 @@ def test_the_node_bound_is_above_every_slope_vertex_brute_forced_with_torch(seed
     assert value <= vmax * (1 + 1e-6)  # every free slope at its ends: the vertex maximum, up to the margin
 
 
-def _sampled_node(ws, bs, low, high, split_signs, n, rng):
-    """Points of the box whose split neurons are on their side, with their pre-activations."""
-    x = rng.uniform(low, high, size=(n, len(low)))
-    pre, h, keep = [], x, np.ones(n, dtype=bool)
+def _sampled_node(ws, bs, low, high, split_signs, n, rng, x=None):
+    """Points of the box (``n`` at random, or ``x``) whose split neurons are on their side, with
+    their pre-activations."""
+    x = rng.uniform(low, high, size=(n, len(low))) if x is None else x
+    pre, h, keep = [], x, np.ones(len(x), dtype=bool)
     for m, (w, b) in enumerate(zip(ws[:-1], bs[:-1])):
         z = h @ w.T + b
         for i, s in split_signs.get(m, {}).items():
@@ -235,7 +246,7 @@ def test_split_lp_bounds_contain_sampled_pre_activations_and_match_the_lp_optimu
     pre[0][0][i0] = 0.0
     split = [np.zeros(8, bool), np.zeros(7, bool)]
     split[0][i0] = True
-    lp = SplitLP(ws[:-1], bs[:-1], pre, split, low, high)
+    lp = SplitLP(_layers(ws[:-1], bs[:-1]), pre, split, low, high)
     samples = _sampled_node(ws, bs, low, high, signs, 20000, rng)
     assert len(samples[1]) > 100 and len(samples[1]) < len(base[1])
     for m in (0, 1):
@@ -255,6 +266,71 @@ def test_split_lp_bounds_contain_sampled_pre_activations_and_match_the_lp_optimu
             assert res.status == 0 and lo_i == pytest.approx(res.fun + b, abs=1e-6)
 
 
+def test_split_lp_with_enclosed_weights_bounds_the_exact_network():
+    """The LP gets float weights ``W = W* + d``, ``|d| <= E`` (biases likewise, within ``e``): its bounds
+    must hold for the exact network ``(W*, b*)``, evaluated at random points, the box's corners and
+    the LP's own optimal points (where the float form is extreme, and the exact one is past it by
+    ``d x`` about half the time)."""
+    net = _net(7, (3, 8, 7, 2))
+    ws, bs = _weights(net)
+    low, high = -np.ones(3), np.ones(3)
+    rng = np.random.default_rng(5)
+    pre, h_lo, h_hi = [], low, high  # interval bounds of the exact network, widened: valid for it
+    for w, b in zip(ws[:-1], bs[:-1]):
+        c, r = w @ ((h_lo + h_hi) / 2) + b, np.abs(w) @ ((h_hi - h_lo) / 2)
+        pre.append((c - r - 1e-9, c + r + 1e-9))
+        h_lo, h_hi = np.maximum(pre[-1][0], 0), np.maximum(pre[-1][1], 0)
+    layers = []
+    for w, b in zip(ws[:-1], bs[:-1]):
+        E, e = 0.02 * np.abs(w) + 1e-3, np.full(len(b), 1e-3)
+        W, c = w + rng.uniform(-1, 1, w.shape) * E, b + rng.uniform(-1, 1, len(b)) * e
+        layers.append(Layer(*(torch.from_numpy(t) for t in (W, E, c, e))))
+    lp = SplitLP(layers, pre, [np.zeros(8, bool), np.zeros(7, bool)], low, high)
+    corners = np.array(list(itertools.product(*zip(low, high))))
+    bounds, points = {}, [rng.uniform(low, high, size=(20000, 3)), corners]
+    for m in (0, 1):
+        for i in range(ws[m].shape[0]):
+            lo_i, hi_i, found = lp.bound(m, i)
+            bounds[m, i] = (lo_i, hi_i)
+            points += [np.clip(p, low, high)[None] for p in found]
+    zs = _sampled_node(ws, bs, low, high, {}, 0, rng, np.concatenate(points))
+    for (m, i), (lo_i, hi_i) in bounds.items():
+        assert (zs[m][:, i] >= lo_i).all() and (zs[m][:, i] <= hi_i).all(), (m, i)
+
+
+def _layer(w, e_w, b) -> Layer:
+    w, e_w, b = (np.array(t, dtype=np.float64) for t in (w, e_w, b))
+    return Layer(*(torch.from_numpy(t) for t in (w, e_w, b, np.zeros_like(b))))
+
+
+@pytest.mark.parametrize("case", ["active", "free", "cut"])
+def test_split_lp_rows_hold_for_the_exact_network(case):
+    """Hand cases, one per kind of row, whose extremes are worked out by hand for the exact network:
+    a first-layer neuron whose float weight misses the exact one by its enclosure ``E = 0.1`` (the
+    LP's relaxation of the float network alone would cut the exact network's extreme off), read
+    by one second-layer neuron ``z_1``.
+
+    * active: ``z* = x`` on ``x in [0.5, 1]`` (float ``0.9 x``): ``z_1 = x`` spans ``[0.5, 1]``;
+    * free: ``z* = x`` on ``[-1, 1]`` with bounds ``[-1, 1]`` (float ``0.9 x``): ``z_1 = relu(x)`` reaches 1;
+    * cut: the first neuron ``z* = x - 0.5`` split inactive (float ``1.1 x - 0.5``), the second ``x + 1``
+      (exact, active): ``z_1 = x + 1`` reaches 1.5 at ``x = 0.5``."""
+    out = _layer([[1.0]], [[0.0]], [0.0])
+    if case == "active":
+        low, high, first = np.array([0.5]), np.array([1.0]), _layer([[0.9]], [[0.1]], [0.0])
+        pre, split, span = [(np.array([0.0]), np.array([2.0]))], [np.zeros(1, bool)], (0.5, 1.0)
+    elif case == "free":
+        low, high, first = np.array([-1.0]), np.array([1.0]), _layer([[0.9]], [[0.1]], [0.0])
+        pre, split, span = [(np.array([-1.0]), np.array([1.0]))], [np.zeros(1, bool)], (0.0, 1.0)
+    else:
+        low, high, first = np.array([-1.0]), np.array([1.0]), _layer([[1.1], [1.0]], [[0.1], [0.0]], [-0.5, 1.0])
+        pre, split, span = [(np.array([-2.0, 0.0]), np.array([0.0, 2.0]))], [np.array([True, False])], (0.0, 1.5)
+        out = _layer([[0.0, 1.0]], [[0.0, 0.0]], [0.0])
+    pre.append((np.array([-1.0]), np.array([3.0])))  # valid for the exact z_1 in every case
+    lp = SplitLP([first, out], pre, split + [np.zeros(1, bool)], low, high)
+    lo_1, hi_1, _ = lp.bound(1, 0)
+    assert lo_1 <= span[0] and hi_1 >= span[1], (lo_1, hi_1, span)
+
+
 def test_split_lp_proves_contradicting_splits_empty_and_keeps_compatible_ones():
     net = _net(8, (2, 6, 3))
     ws, bs = _weights(net)
@@ -271,7 +347,7 @@ def test_split_lp_proves_contradicting_splits_empty_and_keeps_compatible_ones():
             pre[0][1][1] = 0.0  # neuron 1 split inactive: compatible
         split = [np.zeros(6, bool)]
         split[0][:2] = True
-        lp = SplitLP([w], [b], pre, split, low, high)
+        lp = SplitLP(_layers([w], [b]), pre, split, low, high)
         assert (lp.bound(0, 2) is None) == empty
 
 
@@ -357,7 +433,7 @@ def test_split_lp_solves_after_another_highs_model_has_run():
         c, r = w @ ((h_lo + h_hi) / 2) + b, np.abs(w) @ ((h_hi - h_lo) / 2)
         pre.append((c - r - 1e-9, c + r + 1e-9))
         h_lo, h_hi = np.maximum(pre[-1][0], 0), np.maximum(pre[-1][1], 0)
-    lp = SplitLP(ws[:-1], bs[:-1], pre, [np.zeros(8, bool), np.zeros(7, bool)], low, high)
+    lp = SplitLP(_layers(ws[:-1], bs[:-1]), pre, [np.zeros(8, bool), np.zeros(7, bool)], low, high)
     lo_i, hi_i, _ = lp.bound(1, 0)
     assert math.isfinite(lo_i) and math.isfinite(hi_i)
 

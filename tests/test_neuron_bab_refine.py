@@ -47,7 +47,7 @@ def _setup(seed: int, widths: tuple, radius: float):
 
 
 def _tightened(local, bb, pre, reach):
-    search = NodeSearch(bb, weight_enclosures(local, bb.w), chain_of(bb.w[:-1], bb.num.b[:-1]), pre, 1e-9, 0)
+    search = NodeSearch(bb, weight_enclosures(local, bb.w), chain_of(local, bb.w[:-1], bb.num.b[:-1]), pre, 1e-9, 0)
     split = [np.zeros(len(l), dtype=bool) for l, _ in pre]
     return search._tighten([(l.copy(), u.copy()) for l, u in pre], split, math.inf, 10_000, reach), search
 
@@ -59,8 +59,8 @@ def test_lp_reach_bounds_only_the_near_side_of_neurons_near_stability_and_stays_
     calls = []
     built, bound = SplitLP.__init__, SplitLP.bound
 
-    def spy_init(self, weights, biases, pre_, *args):
-        built(self, weights, biases, pre_, *args)
+    def spy_init(self, layers, pre_, *args):
+        built(self, layers, pre_, *args)
         self.spy_pre = [(l.copy(), u.copy()) for l, u in pre_]
 
     def spy_bound(self, m, i, sides=(1.0, -1.0)):

@@ -2,10 +2,16 @@
 
 Oracle: the network evaluated in :class:`fractions.Fraction` (every float64 weight, bias, piece and
 input is an exact rational), independent of the float64 code under test. On small random nets of
-ReLU, LeakyReLU and a four-piece activation, with rows scaled by powers of two from ``2^-24`` to
-``2^24`` and biases placed so that some pre-activations fall within rounding of a breakpoint (where
-the float and the exact pre-activation may lie in different pieces), every hidden neuron must have
-``|z^ - z| <= e_z``, and a neuron called clear must have ``z`` strictly inside ``z^``'s piece.
+ReLU, LeakyReLU, a four-piece activation, HardSigmoid (torch's and ONNX's: float pieces that jump
+by ``~3e-17`` at their breakpoints) and a ReLU whose upper piece is raised by ``2^-30`` (a jump made
+large enough to be seen), with rows scaled by powers of two from ``2^-24`` to ``2^24`` and biases
+placed so that some pre-activations fall within rounding of a breakpoint (where the float and the
+exact pre-activation may lie in different pieces), every hidden neuron must have ``|z^ - z| <=
+e_z``, and a neuron called clear must have ``z`` strictly inside ``z^``'s piece.
+
+HardSigmoid's jumps (at most about ``u |bp|`` times its slope) are covered by the slope term ``L e_z``
+alone, since ``e_z >= gamma_2 |z^|`` near ``bp``; sampling cannot tell whether the jump term is
+there. ``JUMPY`` can: dropping the term from :meth:`PiecewiseNet.rounded_layers` fails this test on it.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import pytest
 import torch
 
 from lipbound.graph.activation_facts import PiecewiseLinear
+from lipbound.graph.activations import hard_sigmoid
 from lipbound.methods.exact_network import PiecewiseNet, _rounded_up
 from lipbound.methods.piecewise import DenseLayer
 
@@ -24,11 +31,16 @@ RELU = PiecewiseLinear((0.0,), (0.0, 1.0), (0.0, 0.0))
 LEAKY = PiecewiseLinear((0.0,), (0.01, 1.0), (0.0, 0.0))
 # continuous in exact arithmetic: -0.25 - 0.75 = -1, 0.5 = -0.25 + 0.75, -1 + 0.75 = -0.25
 FOUR = PiecewiseLinear((-1.0, 0.5, 2.0), (0.25, 1.0, -0.5, 0.0), (-0.75, 0.0, 0.75, -0.25))
+HARD_SIGMOID = hard_sigmoid().pieces  # slope fl(1/6), breakpoints -3, 3: jumps of 2.8e-17
+HARD_SIGMOID_ONNX = hard_sigmoid(0.2, 0.5).pieces  # slope fl(0.2), breakpoints -2.5, 2.5
+JUMPY = PiecewiseLinear((0.0,), (0.0, 1.0), (0.0, 2.0 ** -30))  # jumps by 2^-30 at 0
+ALL = [RELU, LEAKY, FOUR, HARD_SIGMOID, HARD_SIGMOID_ONNX, JUMPY]
+IDS = ["relu", "leaky", "four", "hardsigmoid", "hardsigmoid-onnx", "jumpy"]
 
 
 def _exact_act(pieces: PiecewiseLinear, z: Fraction) -> Fraction:
-    """``s(z)`` exactly: the piece is the number of breakpoints below ``z`` (continuity makes the
-    choice at a breakpoint immaterial)."""
+    """``s(z)`` exactly, from the float pieces as stored: the piece is the number of breakpoints
+    below ``z`` (at a breakpoint, where pieces that do not meet exactly jump, the lower piece)."""
     k = sum(Fraction(bp) < z for bp in pieces.breakpoints)
     return Fraction(pieces.slopes[k]) * z + Fraction(pieces.offsets[k])
 
@@ -64,7 +76,7 @@ def _random_net(rng: np.random.Generator, pieces: PiecewiseLinear, x0: np.ndarra
     return layers
 
 
-@pytest.mark.parametrize("pieces", [RELU, LEAKY, FOUR], ids=["relu", "leaky", "four"])
+@pytest.mark.parametrize("pieces", ALL, ids=IDS)
 def test_pre_activation_errors_are_bounded(pieces: PiecewiseLinear) -> None:
     rng = np.random.default_rng(7)
     for _ in range(12):
@@ -92,6 +104,26 @@ def test_some_neurons_are_not_clear_and_some_are() -> None:
     net = PiecewiseNet(_random_net(rng, RELU, x0, [6, 5, 6, 4, 2]))
     _, clear, _ = net.pieces_at(x0[None])
     assert clear.any() and not clear.all()
+
+
+@pytest.mark.parametrize("pieces", [HARD_SIGMOID, HARD_SIGMOID_ONNX, JUMPY], ids=IDS[3:])
+def test_pieces_jump_and_some_neurons_straddle_a_breakpoint(pieces: PiecewiseLinear) -> None:
+    """The oracle's premises: the float pieces do not meet at some breakpoint, and the near-breakpoint
+    construction puts the float and the exact pre-activation of some neuron in different pieces,
+    where the jump enters ``|h^' - s(z)|``."""
+    jumps = [(Fraction(a1) - Fraction(a0)) * Fraction(bp) + Fraction(o1) - Fraction(o0) for bp, a0, a1, o0, o1
+             in zip(pieces.breakpoints, pieces.slopes, pieces.slopes[1:], pieces.offsets, pieces.offsets[1:])]
+    assert any(jumps)
+    rng = np.random.default_rng(7)
+    straddles = 0
+    for _ in range(12):
+        x0 = rng.standard_normal(5) * 2.0 ** rng.integers(-20, 21, size=5)
+        layers = _random_net(rng, pieces, x0, [6, 5, 6, 4, 2])
+        exact = _exact_pre(layers, x0)
+        for m, (_, _, piece, _) in enumerate(PiecewiseNet(layers).rounded_layers(x0[None])):
+            straddles += sum(sum(Fraction(bp) < zi for bp in pieces.breakpoints) != piece[0, i]
+                             for i, zi in enumerate(exact[m]))
+    assert straddles > 0
 
 
 def test_rounded_up_covers_a_sum_that_rounds_down_at_every_step() -> None:

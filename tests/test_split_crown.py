@@ -4,25 +4,25 @@ and the root-capped ``neuron-bab`` against the brute-force local constant of ``t
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from lipbound.api import as_graph
 from lipbound.methods import METHODS
 from lipbound.methods.relu_boxes import Layer
-from lipbound.methods.split_crown import children, node_bounds
+from lipbound.methods.piecewise import mlp_layers
+from lipbound.methods.split_crown import chain_of, children, node_bounds
 
 from oracles import seeded_mlp as _net
-from test_neuron_bab import _exact_local, _weights
+from test_neuron_bab import _exact_local, _layers, _weights
 
 
 def _chain(ws, bs) -> list[Layer]:
-    out = []
-    for w, b in zip(ws[:-1], bs[:-1]):
-        W, c = torch.from_numpy(w.astype(np.float64)), torch.from_numpy(b.astype(np.float64))
-        out.append(Layer(W, torch.zeros_like(W), c, torch.zeros_like(c)))
-    return out
+    return _layers(ws[:-1], bs[:-1])
 
 
 def _interval_pre(ws, bs, low, high):
@@ -146,3 +146,55 @@ def test_without_witnesses_the_search_ends_on_the_brute_force_constant(monkeypat
                                 node_sdp=False, root_lp_units=2, node_lp_units=node_lp, ascent_share=0, batch=2)
     assert res.details["stopped_by"] == "open-leaf" and res.details["search_nodes"] > 1
     assert truth * (1 - 1e-9) <= res.details["upper"] <= truth * (1 + 1e-6)
+
+
+def _exact_maps(net: nn.Sequential, width: int) -> list[tuple[list[list[Fraction]], list[Fraction]]]:
+    """Per activation of ``net`` (``width`` inputs), the exact affine map before it (``(W*, b*)`` in
+    rationals: the modules' float64 weights composed exactly; the identity where there is none)."""
+    out = []
+    W = b = None
+    for mod in net:
+        if isinstance(mod, nn.Linear):
+            w2 = [[Fraction(float(v)) for v in row] for row in mod.weight.detach()]
+            b2 = [Fraction(float(v)) for v in mod.bias.detach()]
+            if W is not None:
+                b2 = [sum((w2[i][k] * b[k] for k in range(len(b))), b2[i]) for i in range(len(w2))]
+                w2 = [[sum(w2[i][k] * W[k][j] for k in range(len(W))) for j in range(len(W[0]))]
+                      for i in range(len(w2))]
+            W, b, width = w2, b2, len(w2)
+        else:
+            if W is None:  # no affine node before it
+                W = [[Fraction(int(i == j)) for j in range(width)] for i in range(width)]
+                b = [Fraction(0)] * width
+            out.append((W, b))
+            W = b = None
+    return out
+
+
+@pytest.mark.parametrize("mods,inputs", [
+    (lambda: [nn.Linear(3, 5), nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2)], 3),
+    (lambda: [nn.ReLU(), nn.Linear(3, 4), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)], 3)],
+    ids=["composed", "relu-first"])
+def test_chain_of_encloses_the_exact_maps(mods, inputs):
+    """``chain_of``'s layers are ``mlp_layers``' float64 numbers (the fused graph: a dense layer after
+    another is one node, its matrix and bias rounded when composed) with enclosures that must contain
+    the exact maps, composed in rational arithmetic from the modules' weights; the floats miss them."""
+    torch.manual_seed(3)
+    net = nn.Sequential(*mods()).double()
+    for p in net.parameters():  # full float64 mantissas (torch draws them in float32): products round
+        p.data = torch.randn_like(p) / 2
+    graph = as_graph(net, (inputs,))
+    layers = mlp_layers(graph, method="test")
+    chain = chain_of(graph, [l.weight.numpy() for l in layers[:-1]], [l.bias.numpy() for l in layers[:-1]])
+    exact = _exact_maps(net, inputs)
+    assert len(chain) == len(exact)
+    missed = 0
+    for layer, (W, b) in zip(chain, exact):
+        assert layer.W.shape == (len(W), len(W[0]))
+        for i, row in enumerate(W):
+            for j, v in enumerate(row):
+                assert abs(Fraction(float(layer.W[i, j])) - v) <= Fraction(float(layer.E[i, j]))
+                missed += Fraction(float(layer.W[i, j])) != v
+            assert abs(Fraction(float(layer.b[i])) - b[i]) <= Fraction(float(layer.e[i]))
+            missed += Fraction(float(layer.b[i])) != b[i]
+    assert missed > 0  # the enclosures are needed: the float64 numbers are not the exact maps

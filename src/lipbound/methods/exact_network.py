@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Callable, Iterator
 
 import numpy as np
@@ -76,6 +77,8 @@ class PiecewiseNet:
         self.dim = self.w[0].shape[1]
         # the activation's Lipschitz constant on all of R (rounding bounds hold at any point)
         self.act_lips = [float(np.abs(s).max(initial=0.0)) for s in self.num.slopes]
+        # the float pieces' total jump at the breakpoints (pieces_at)
+        self.jumps = [_jump_bound(*p) for p in zip(self.num.breakpoints, self.num.slopes, self.num.offsets)]
         ranges = [self._piece_ranges(layer, m) for m, layer in enumerate(layers[:-1])]
         self.first, self.last, self.slope_lo, self.slope_hi = (
             np.concatenate([r[k] for r in ranges]) if ranges else np.zeros(0, dtype=int if k < 2 else float)
@@ -130,12 +133,21 @@ class PiecewiseNet:
         ``|fl(W h^ + c) - (W h + c)| <= e_z = |W| e_h + gamma_{k+1} (|W| |h^| + |c|) + (2k+1) T``
         (its ``2k`` operations each lose at most ``T``, grown by at most ``(1+u)^k``). Since
         ``fl(|z^ - bp|)`` is monotone in ``|z^ - bp|`` and ``e_z`` is a float, ``fl(|z^ - bp|) > e_z``
-        proves ``|z^ - bp| > e_z >= |z^ - z|``: ``z`` is strictly on ``z^``'s side of ``bp``. The
-        activation ``h^' = fl(a z^ + o)`` (slope and offset of ``z^``'s piece, so ``a z^ + o = s(z^)``
-        by continuity) has ``|h^' - s(z)| <= |h^' - s(z^)| + |s(z^) - s(z)| <= gamma_2 (|a z^| + |o|)
-        + 3 T + slope e_z``, where ``slope = |a|`` for a clear neuron (``z`` and ``z^`` in one piece:
-        ``s(z^) - s(z) = a (z^ - z)``; 0 for an off ReLU) and the activation's Lipschitz constant
-        otherwise. Each bound is evaluated in float64 and rounded up by :func:`_rounded_up`.
+        proves ``|z^ - bp| > e_z >= |z^ - z|``: ``z`` is strictly on ``z^``'s side of ``bp``.
+
+        Here ``s`` is the activation of the float64 pieces as stored (``Numbers``): ``s(t) = a_k t +
+        o_k`` with ``k`` the number of breakpoints below ``t`` (``np.searchsorted``), the function
+        whose regions and Jacobians the exact methods analyse. Its pieces need not meet exactly: at
+        ``bp_k`` it jumps by ``J_k = (a_{k+1} - a_k) bp_k + o_{k+1} - o_k`` (0 for ReLU, LeakyReLU,
+        Hardtanh, ReLU6; ``2.8e-17`` for HardSigmoid: ``fl(1/6) 3 != 1/2``). So for
+        ``t <= t'``, ``|s(t') - s(t)| <= L (t' - t) + J``, ``L`` the largest ``|a_k|`` and ``J = sum_k
+        |J_k|`` (the jumps at the breakpoints in ``[t, t')``, at most all of them), computed exactly
+        in rationals and rounded up (:func:`_jump_bound`). The activation ``h^' = fl(a z^ + o)``
+        (slope and offset of ``z^``'s piece: ``a z^ + o = s(z^)`` by the definition of ``s``) has
+        ``|h^' - s(z)| <= |h^' - s(z^)| + |s(z^) - s(z)| <= gamma_2 (|a z^| + |o|) + 3 T + slope e_z
+        + jump``: for a clear neuron (``z`` and ``z^`` in one piece: ``s(z^) - s(z) = a (z^ - z)``)
+        ``slope = |a|`` (0 for an off ReLU) and ``jump = 0``; otherwise ``slope = L`` and ``jump =
+        J``. Each bound is evaluated in float64 and rounded up by :func:`_rounded_up`.
         """
         moving = np.ones_like(x, dtype=bool)
         out = [[np.zeros((len(x), 0), dtype=int)], [np.ones((len(x), 0), dtype=bool)],
@@ -165,8 +177,9 @@ class PiecewiseNet:
             a, o = self.num.slopes[m][piece], self.num.offsets[m][piece]
             h = a * z + o
             slope = np.where(clear, np.abs(a), self.act_lips[m])
-            # depth: a z^, + |o|, * gamma (and gamma's own rounding), + slope e_z
-            e = _rounded_up(slope * ez + gamma(2) * (np.abs(a * z) + np.abs(o)), depth=5, ops=5, tiny=3)
+            jump = np.where(clear, 0.0, self.jumps[m])
+            # depth: a z^, + |o|, * gamma (and gamma's own rounding), + (slope e_z + jump)
+            e = _rounded_up(slope * ez + jump + gamma(2) * (np.abs(a * z) + np.abs(o)), depth=5, ops=6, tiny=3)
 
     def varying(self, pieces: np.ndarray) -> np.ndarray:
         """Whether each neuron up to the end of the layer of neuron ``len(pieces)`` may depend on
@@ -303,6 +316,18 @@ def _rounded_up(t: np.ndarray, depth: int, ops: int, tiny: int) -> np.ndarray:
     fl(1 + 2 fl(gamma_{depth+2})) >= 1 + 2 (1 - u) gamma_{depth+2} - u >= 1 + gamma_{depth+2} >=
     (1 - u)^-(depth+2)`` (``gamma_j >= 3 u``, ``(1 - u)^j >= 1 - j u``) closes the bound."""
     return (t + (tiny + 2 * ops) * TINY64) * (1 + 2 * gamma(depth + 2))
+
+
+def _jump_bound(breakpoints: np.ndarray, slopes: np.ndarray, offsets: np.ndarray) -> float:
+    """A float64 upper bound of ``sum_k |(a_{k+1} - a_k) bp_k + o_{k+1} - o_k|``, the pieces' total
+    jump at their breakpoints: the sum in exact rationals, converted to the nearest float64 and
+    moved up one ulp when that is below it."""
+    total = sum((abs((Fraction(float(a1)) - Fraction(float(a0))) * Fraction(float(bp))
+                     + Fraction(float(o1)) - Fraction(float(o0)))
+                 for bp, a0, a1, o0, o1 in zip(breakpoints, slopes[:-1], slopes[1:], offsets[:-1], offsets[1:])),
+                Fraction(0))
+    up = float(total)
+    return up if Fraction(up) >= total else math.nextafter(up, math.inf)
 
 
 def spectral(m: np.ndarray) -> float:

@@ -204,7 +204,7 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
         raise NotApplicable("neuron-bab: every activation must be a ReLU")
     net = BranchAndBound(layers, box, rtol)  # its witnesses, and its region checks for the leaves
     pre = [(l.pre[0].numpy(), l.pre[1].numpy()) for l in layers[:-1]]
-    chain = chain_of(net.w[:-1], net.num.b[:-1])
+    chain = chain_of(local, net.w[:-1], net.num.b[:-1])  # with the weights' enclosures
     if kept or method != "crown":  # later layers' CROWN from the tighter earlier ones (intersected: never looser)
         pre = node_bounds(chain, [pre], net.lo, net.hi)[0]
     sdp = NodeSdp(local, warm_iter) if node_sdp else None

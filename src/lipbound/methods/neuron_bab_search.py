@@ -50,8 +50,6 @@ class NodeSearch:
         self.vertex_units, self.sdp, self.batch = vertex_units, sdp, batch
         self.pool = WitnessPool(net, rechecked=rechecked)  # every LP's points: witnesses now, starts of the searches later
         self.sdp_calls = 0
-        self.hidden_w = net.w[:-1]
-        self.hidden_b = net.num.b[:-1]
         self.use_lp = net.dim + net.n_neurons <= MAX_LP_VARIABLES
         self.heap: list[BabNode] = []
         self.nodes = self.lps = self.empty = self.closed = self.lp_units = 0
@@ -113,7 +111,7 @@ class NodeSearch:
             chosen = [i for i in np.argsort(-scores[m], kind="stable") if scores[m][i] > 0 and scores[m][i] >= cut]
             if not chosen:
                 continue
-            lp = SplitLP(self.hidden_w, self.hidden_b, pre, split, self.net.lo, self.net.hi)
+            lp = SplitLP(self.chain, pre, split, self.net.lo, self.net.hi)
             for i in chosen:
                 l, u = pre[m]
                 if time.perf_counter() > deadline or (states(l, u) != FREE)[i] \

@@ -15,14 +15,23 @@ layer's post-activations. For neuron ``i`` of hidden layer ``l`` with pre-activa
   side rounded up, so the line stays above ``relu`` on ``[l_i, u_i]``; ``h_i`` in ``[0, u_i]``. All
   coefficients are the float64 weights themselves (no product is rounded into a row).
 
+**The exact network.** ``W`` and ``b`` are float64 numbers that enclose the exact map:
+``|W* - W| <= E``, ``|b* - b| <= e`` (:func:`.split_crown.chain_of`; a composed layer's
+materialisation is off by ``~1e-13``). Over the variable box, ``|h_{l-1}| <= r`` (the previous
+block's bounds), so ``z*_i = W*_i h_{l-1} + b*_i`` is within ``s_i = E_i r + e_i`` (rounded up) of
+``W_i h_{l-1} + b_i``. Each row above is written for ``z*``: its right side moved outward by ``s_i``
+(the active row's equality becomes the range ``b_i +- s_i``), rounded outward; a neuron's bound is
+that of ``W_i h_{l-1} + b_i`` moved outward by ``s_i``. With ``E = e = 0`` every row is as above.
+
 Every input of the node (a point of the box whose neurons satisfy the splits) with its exact
 post-activations satisfies every row and every variable bound: the relaxation contains the node.
 
-**Soundness of the bounds (weak duality).** For ``min c^T v`` over ``{v in box: A v <= b (some rows
-=)}``, any multipliers ``y`` (``y <= 0`` on the inequality rows, HiGHS's sign) give
-``c^T v >= (c - A^T y)^T v + y^T b >= sum_k min(g_k lo_k, g_k hi_k) + y^T b`` with ``g = c - A^T y``, for
-every feasible ``v``. The LP (HiGHS, warm-started across objectives) only proposes ``y``; the bound
-is evaluated from the float64 weights with a rigorous bound of its rounding error (Higham's
+**Soundness of the bounds (weak duality).** For ``min c^T v`` over ``{v in box: lo_r <= (A v)_r <=
+hi_r}`` (``lo_r = -inf``, ``= hi_r`` or a range), any multipliers ``y`` (``y <= 0`` on the rows
+without a lower side, HiGHS's sign) give ``c^T v >= (c - A^T y)^T v + sum_r min(y_r lo_r, y_r hi_r)
+>= sum_k min(g_k lo_k, g_k hi_k) + sum_r min(y_r lo_r, y_r hi_r)`` with ``g = c - A^T y``, for every
+feasible ``v``. The LP (HiGHS, warm-started across objectives) only proposes ``y``; the bound is
+evaluated from the float64 weights with a rigorous bound of its rounding error (Higham's
 ``gamma_n``), so it holds whatever the solver's tolerances. A node whose rigorous lower bound of a
 neuron exceeds its rigorous upper bound, or whose LP is infeasible with a Farkas ray whose
 Lagrangian (``c = 0``, the ray as ``y``) is rigorously positive, contains no input: it is **empty**.
@@ -37,7 +46,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from .lp import silent_stdout
-from .float_error import TINY, gamma
+from .float_error import TINY, gamma, round_up
+from .relu_boxes import Layer
 
 __all__ = ["SplitLP", "ACTIVE", "INACTIVE", "FREE"]
 
@@ -49,26 +59,43 @@ def states(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.where(lo >= 0, ACTIVE, np.where(hi <= 0, INACTIVE, FREE))
 
 
+def _down(v: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """A float at most ``v - s`` (``s >= 0``): ``v`` itself where ``s = 0``, else the rounded
+    difference moved one ulp down."""
+    return np.where(s > 0, np.nextafter(v - s, -np.inf), v)
+
+
+def _up(v: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """A float at least ``v + s`` (``s >= 0``): :func:`_down` mirrored."""
+    return -_down(-v, s)
+
+
 @dataclass
 class _Rows:
-    """``row_lo <= A v <= row_hi`` (``row_lo`` is ``-inf`` or equal to ``row_hi``)."""
+    """``row_lo <= A v <= row_hi`` (``row_lo`` is ``-inf``, equal to ``row_hi``, or below it: a range)."""
     a: sp.csr_matrix
     row_lo: np.ndarray
     row_hi: np.ndarray
 
 
 class SplitLP:
-    """The relaxation of one node (module doc): ``weights``/``biases`` of the hidden layers,
-    ``pre`` the node's bounds per hidden layer, ``split`` per hidden layer a bool mask of the
-    neurons whose state was fixed by a split (their bounds say which side), the input box."""
+    """The relaxation of one node (module doc): ``layers`` the hidden layers with their enclosures
+    (:class:`.relu_boxes.Layer`), ``pre`` the node's bounds per hidden layer, ``split`` per hidden
+    layer a bool mask of the neurons whose state was fixed by a split (their bounds say which side),
+    the input box."""
 
-    def __init__(self, weights: list[np.ndarray], biases: list[np.ndarray], pre: list[tuple[np.ndarray, np.ndarray]],
+    def __init__(self, layers: list[Layer], pre: list[tuple[np.ndarray, np.ndarray]],
                  split: list[np.ndarray], lo: np.ndarray, hi: np.ndarray) -> None:
-        self.sizes = [lo.size] + [w.shape[0] for w in weights]
+        self.sizes = [lo.size] + [l.W.shape[0] for l in layers]
         self.starts = np.cumsum([0] + self.sizes)
-        self.weights, self.biases = weights, biases
+        self.weights, self.biases = [l.W.numpy() for l in layers], [l.b.numpy() for l in layers]
+        self.slack: list[np.ndarray] = []  # per layer, s_i >= |z*_i - (W_i h + b_i)| over the box (module doc)
         v_lo, v_hi, blocks, row_lo, row_hi = [lo], [hi], [], [], []
-        for m, (w, b, (l, u), s) in enumerate(zip(weights, biases, pre, split)):
+        for m, (layer, w, b, (l, u), s) in enumerate(zip(layers, self.weights, self.biases, pre, split)):
+            reach = np.maximum(np.abs(v_lo[-1]), np.abs(v_hi[-1]))
+            reach = np.minimum(reach, np.finfo(np.float64).max)  # E = 0 times an infinite bound is 0, not nan
+            slack = round_up(layer.E.numpy() @ reach + layer.e.numpy(), w.shape[1] + 1)
+            self.slack.append(slack)
             st = states(l, u)
             v_lo.append(np.where(st == ACTIVE, np.maximum(l, 0.0), 0.0))
             v_hi.append(np.where(st == INACTIVE, 0.0, np.maximum(u, 0.0)))
@@ -77,12 +104,12 @@ class SplitLP:
             # h <= (z - l) / t with t <= (u - l) / u rounded down: t h - W h_prev <= b - l rounded up
             t = np.where(free, (u - l) / np.where(free, u, 1.0), 1.0) * (1 - 8 * gamma(1))
             t_eye = sp.diags(t, format="csr")
-            up = np.nextafter(b - l, np.inf)
+            no_lo = np.full_like(b, -np.inf)
             for rows, coef_prev, coef_self, rlo, rhi in (
-                    (act, -w, eye, b, b),  # h = z
-                    (cut, w, None, -np.inf * np.ones_like(b), -b),  # z <= 0
-                    (free, w, -eye, -np.inf * np.ones_like(b), -b),  # z - h <= 0
-                    (free, -w, t_eye, -np.inf * np.ones_like(b), up)):  # h <= (z - l) / t
+                    (act, -w, eye, _down(b, slack), _up(b, slack)),  # h = z
+                    (cut, w, None, no_lo, _up(-b, slack)),  # z <= 0
+                    (free, w, -eye, no_lo, _up(-b, slack)),  # z - h <= 0
+                    (free, -w, t_eye, no_lo, _up(np.nextafter(b - l, np.inf), slack))):  # h <= (z - l) / t
                 if not rows.any():
                     continue
                 blocks.append(self._block(m, sp.csr_matrix(coef_prev[rows]), None if coef_self is None else
@@ -143,21 +170,23 @@ class SplitLP:
     # ---- rigorous Lagrangian bounds ------------------------------------------------------
     def lagrangian(self, c: np.ndarray, y: np.ndarray) -> float:
         """A rigorous lower bound of ``min c^T v`` over the relaxation from multipliers ``y``
-        (module doc; the inequality rows' multipliers are clipped to ``<= 0``)."""
-        y = np.where(np.isfinite(self.rows.row_lo), y, np.minimum(y, 0.0))
+        (module doc; the multipliers of rows without a lower side are clipped to ``<= 0``)."""
+        has_lo = np.isfinite(self.rows.row_lo)
+        y = np.where(has_lo, y, np.minimum(y, 0.0))
         a = self.rows.a
         g = c - a.T @ y
         err = gamma(self.col_count + 2) * (np.abs(c) + abs(a).T @ np.abs(y))  # |g~ - g| up to its own rounding
         terms = np.minimum(g * self.v_lo, g * self.v_hi)
         reach = np.maximum(np.abs(self.v_lo), np.abs(self.v_hi))
-        yb = y * self.rows.row_hi
+        yb = np.where(y > 0, y * np.where(has_lo, self.rows.row_lo, 0.0), y * self.rows.row_hi)  # min(y lo, y hi)
         total = terms.sum() + yb.sum()
         n = len(terms) + len(yb) + 4
         slack = (2 * err * reach).sum() + gamma(n) * (np.abs(terms).sum() + np.abs(yb).sum()) + n * TINY
         return float(total - 2 * slack)
 
     def target(self, m: int, i: int) -> tuple[np.ndarray, float]:
-        """``(c, b)`` with ``z_i = c^T v + b`` for neuron ``i`` of hidden layer ``m``."""
+        """``(c, b)`` with ``c^T v + b`` the float64 form of neuron ``i`` of hidden layer ``m`` (the exact
+        ``z_i`` is within ``slack[m][i]`` of it)."""
         c = np.zeros(self.starts[-1])
         c[self.starts[m]:self.starts[m + 1]] = self.weights[m][i]
         return c, float(self.biases[m][i])
@@ -182,7 +211,8 @@ class SplitLP:
             out.append(self.lagrangian(sign * c, y))
         low, high = out[0] + b, -out[1] + b  # the bias is exact; its sum rounds by at most one ulp each
         low, high = np.nextafter(low, -np.inf), np.nextafter(high, np.inf)
-        return float(low), float(high), points
+        s = self.slack[m][i]  # the exact neuron's distance from the float form
+        return float(_down(low, s)), float(_up(high, s)), points
 
     def proves_empty(self) -> bool:
         """The relaxation is empty, by HiGHS's dual ray checked rigorously (module doc)."""
