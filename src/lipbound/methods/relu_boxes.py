@@ -52,7 +52,7 @@ from ..linalg.spectral import CERTIFIED_RTOL
 from .relu_crown import crown_layer
 from .float_error import UNIT_ROUNDOFF, gamma, linear_error, round_up
 
-__all__ = ["Layer", "BoxBounds", "chain_relus", "relu_chain", "bound_boxes", "pre_bounds", "jacobians", "norm_bound",
+__all__ = ["Layer", "BoxBounds", "chain_relus", "relu_chain", "affine_runs", "bound_boxes", "pre_bounds", "jacobians", "norm_bound",
            "backward_enclosures", "interval_product", "times_slopes", "times_weights", "operator_enclosure"]
 
 
@@ -121,7 +121,15 @@ def relu_chain(graph: Graph) -> list[Layer] | None:
     no ReLU at all: an affine map is left to the part-by-part search)."""
     if not chain_relus(graph):
         return None
-    layers: list[Layer] = []
+    return affine_runs(graph)
+
+
+def affine_runs(graph: Graph) -> list[Layer | None]:
+    """For each activation of ``graph`` (in order), then for its output, the composition of the affine
+    nodes since the previous activation as a :class:`Layer` enclosing the exact map (each node by
+    :func:`_materialise`, composed by :meth:`Layer.then`); None where there is none (the identity).
+    Read in order only: the caller checks that ``graph`` is a chain."""
+    layers: list[Layer | None] = []
     pending: Layer | None = None
     for node in graph.to(device="cpu", dtype=torch.float64):
         if isinstance(node, Affine):

@@ -25,9 +25,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..graph.ir import Activation, Affine, Graph
+from ..graph.ir import Graph
 from .float_error import round_up
-from .relu_boxes import Layer, _materialise
+from .relu_boxes import Layer, affine_runs
 from .relu_crown import crown_layer
 
 __all__ = ["chain_of", "children", "node_bounds"]
@@ -81,23 +81,14 @@ def chain_of(graph: Graph, weights: list, biases: list) -> list[Layer]:
 
     ``mlp_layers`` reads the fused graph, whose composed nodes were rounded when they were composed
     (a normalisation folded into a dense layer: ``E ~ 1e-13``). The exact map of each layer is the
-    composition of the graph's own affine nodes before its activation: each node materialised with
-    its error bound (:func:`.relu_boxes.operator_enclosure`; its bias exact, as in
-    :func:`.relu_boxes.relu_chain`) and composed by :meth:`.relu_boxes.Layer.then`, which gives
+    composition of the graph's own affine nodes before its activation (:func:`.relu_boxes.affine_runs`:
+    each node materialised with its error bound, its bias exact, composed by
+    :meth:`.relu_boxes.Layer.then`), which gives
     ``(W', E', b', e')`` with ``|W* - W'| <= E'`` and ``|b* - b'| <= e'``; so ``E = E' + |W' - W|`` and
     ``e = e' + |b' - b|``, rounded up. Where no affine node precedes an activation the layer is the
     identity, exact (``E = 0``, ``e = 0``)."""
-    exact: list[Layer | None] = []
-    pending: Layer | None = None
-    for node in graph.to(device="cpu", dtype=torch.float64):
-        if isinstance(node, Affine):
-            layer = _materialise(node)
-            pending = layer if pending is None else pending.then(layer)
-        elif isinstance(node, Activation):
-            exact.append(pending)
-            pending = None
     out = []
-    for enclosing, w, b in zip(exact, weights, biases):
+    for enclosing, w, b in zip(affine_runs(graph), weights, biases):
         W, c = torch.from_numpy(np.asarray(w, dtype=np.float64)), torch.from_numpy(np.asarray(b, dtype=np.float64))
         if enclosing is None:
             out.append(Layer(W, torch.zeros_like(W), c, torch.zeros_like(c)))
