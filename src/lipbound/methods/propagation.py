@@ -293,10 +293,11 @@ time, and LipSDP on ERAN 9x200's union with a 30 s tree went 81.0 -> 58.3 on idx
 idx_2954, 262.1 -> 233.2 on idx_2697; 0 steps, 306 leaves, gave 153), stopped as soon as a doubling of
 the leaves stabilises under 2% of the unstable neurons left (benchmarks/results/preactivation_gap.md,
 "Split-refined pre bounds": on ERAN 9x200 each doubling stabilises 3-15% of them, on mnistfc 256x6
-0.6-1.5% and on ACAS Xu less, where the tree stops at 2 leaves). On ERAN 9x200 the API's time cap
-(:data:`lipbound.api.SPLIT_SHARE`) ends it first at a 60 s budget (``stopped_by: time`` in the graph's
-notes); LipSDP on the 128-leaf bounds against the 32-leaf ones: 462.9 -> 183.3 on idx_2954, 158.4 ->
-74.0 on idx_225 (benchmarks/results/local.md, "Session 10")."""
+0.6-1.5% and on ACAS Xu less, where the tree stops at 2 leaves). On ERAN 9x200 the plan for the API's
+share of the budget (:data:`lipbound.api.SPLIT_SHARE`; :func:`.split_bounds.planned_leaves`) ends it
+first at a 60 s budget: 94 leaves, ``stopped_by: work``, the same on a loaded machine (before session
+11 the clock ended it, at a load-dependent count); LipSDP on the 128-leaf bounds against the 32-leaf
+ones: 462.9 -> 183.3 on idx_2954, 158.4 -> 74.0 on idx_225 (benchmarks/results/local.md, "Session 10")."""
 
 
 def _auto(graph: Graph, region: Any, time_budget: float | None) -> tuple[dict[str, Bounds], str]:
