@@ -125,8 +125,9 @@ def test_a_worker_inside_the_grace_is_waited_for(monkeypatch, clock):
     assert not procs[0].killed and sol["status"] == "optimal"
 
 
-def test_the_real_worker_solves_a_milp_solved_by_hand():
-    sol = milp_solver.solve_milp(*_program(), milp_solver.time.perf_counter() + 60.0)
+@pytest.mark.parametrize("seconds", [60.0, math.inf])
+def test_the_real_worker_solves_a_milp_solved_by_hand(seconds):
+    sol = milp_solver.solve_milp(*_program(), milp_solver.time.perf_counter() + seconds)
     assert sol["status"] == "optimal"
     assert sol["objective"] == pytest.approx(-1.5, abs=1e-9)
     np.testing.assert_allclose(sol["x"], [1.0, 0.5], atol=1e-9)

@@ -36,7 +36,7 @@ point: ``"converged"``), after ``rounds`` MILPs (``"iterations"``), when HiGHS s
 limit ``max_nodes`` (``"work"``, deterministic: a fixed seed) or on the clock (``"time"``). No MILP
 starts after the deadline, and a running one is stopped by it (its process killed
 :data:`~lipbound.methods.milp_solver.GRACE` seconds after it: HiGHS checks its own time limit only
-between steps of up to 27 s; :mod:`~lipbound.methods.milp_solver`).
+between steps of up to 26 s and more; :mod:`~lipbound.methods.milp_solver`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ program and seed give the same answer), else through ``scipy.optimize.milp`` (Hi
 start). The node limit is the deterministic work cap; the deadline ``T`` only caps it.
 
 HiGHS checks its time limit only between steps, and at the root node one step (a separation
-round with its cut generation, a root heuristic) took 2-27 s on the ERAN 9x200 boxes: a run told
+round with its cut generation, a root heuristic) took 2 to over 26 s on the ERAN 9x200 boxes: a run told
 ``T - now`` ended up to 7.5 s after ``T`` (11 s in session 10; ``benchmarks/results/lower_milp.md``),
 and no step length seen before predicts the next. Its interrupt callback is called at the same
 checks only. So the solve runs in a child process (:mod:`~lipbound.methods.milp_worker`, started
@@ -48,10 +48,10 @@ _STOPPED: dict[str, Any] = {"x": None, "objective": math.inf, "status": "time", 
 def solve_milp(cost: np.ndarray, rows: sp.csr_matrix, rlo: np.ndarray, rhi: np.ndarray, lo: np.ndarray, hi: np.ndarray,
            integ: np.ndarray, warm: np.ndarray, seed: int, max_nodes: int, deadline: float) -> dict[str, Any]:
     """``min cost^T y`` s.t. ``rlo <= rows y <= rhi``, ``lo <= y <= hi``, ``y_j`` integer where
-    ``integ``, warm-started at ``warm``, by ``deadline`` (a ``time.perf_counter()`` value; module
-    doc). Returns ``x`` (None without a feasible point), ``objective``, ``status`` (``optimal``,
-    ``nodes``, ``time``, ``other``) and ``nodes``; status ``time`` and no point when no solve was
-    started (``deadline`` passed) or its process was killed."""
+    ``integ``, warm-started at ``warm``, by ``deadline`` (a ``time.perf_counter()`` value, ``inf``
+    for none; module doc). Returns ``x`` (None without a feasible point), ``objective``, ``status``
+    (``optimal``, ``nodes``, ``time``, ``other``) and ``nodes``; status ``time`` and no point when
+    no solve was started (``deadline`` passed) or its process was killed."""
     if time.perf_counter() >= deadline:
         return dict(_STOPPED)
     proc = subprocess.Popen([sys.executable, "-c", _LAUNCH, str(_WORKER)], stdin=subprocess.PIPE,
@@ -63,7 +63,8 @@ def solve_milp(cost: np.ndarray, rows: sp.csr_matrix, rlo: np.ndarray, rhi: np.n
         buf = io.BytesIO()
         np.savez(buf, cost=cost, data=rows.data, indices=rows.indices, indptr=rows.indptr, rlo=rlo, rhi=rhi, lo=lo,
                  hi=hi, integ=integ, warm=warm, seed=seed, max_nodes=max_nodes, left=left)
-        out, _ = proc.communicate(buf.getvalue(), timeout=max(left, 0.0) + GRACE)
+        wait = max(left, 0.0) + GRACE
+        out, _ = proc.communicate(buf.getvalue(), timeout=wait if math.isfinite(wait) else None)
     except subprocess.TimeoutExpired:
         return dict(_STOPPED)
     finally:
