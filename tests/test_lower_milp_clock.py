@@ -36,14 +36,14 @@ def _answer(x, objective, status="optimal", nodes=3) -> bytes:
     return buf.getvalue()
 
 
-def fake_popen(fake: FakeTime, startup: float, solve: float, procs: list):
+def fake_popen(fake: FakeTime, startup: float, solve: float, procs: list, code: int = 0):
     """A ``Popen`` whose process is ready after ``startup`` seconds (on ``fake``) and answers
     ``solve`` seconds after it was sent the program, or times out first as ``communicate`` does;
     each process records what it was sent, whether it was killed, and when it ended."""
 
     class Proc:
         def __init__(self, *args, **kwargs) -> None:
-            self.killed, self.sent, self.done = False, None, None
+            self.killed, self.sent, self.done, self.returncode = False, None, None, None
             self.stdout = types.SimpleNamespace(read=self.ready)
             procs.append(self)
 
@@ -58,15 +58,15 @@ def fake_popen(fake: FakeTime, startup: float, solve: float, procs: list):
                     fake.now += timeout
                     raise subprocess.TimeoutExpired("worker", timeout)
                 fake.now += solve
-                self.done = fake.now
-                return _answer([1.0, 0.5], -1.5), b""
+                self.done, self.returncode = fake.now, code
+                return (_answer([1.0, 0.5], -1.5), b"") if code == 0 else (b"", b"Segmentation fault")
             return b"", b""
 
         def poll(self):
             return 0 if self.done is not None or self.killed else None
 
         def kill(self):
-            self.killed = True
+            self.killed, self.returncode = True, -9
 
     return Proc
 
@@ -86,9 +86,9 @@ def clock(monkeypatch) -> FakeTime:
     return fake
 
 
-def _solve(monkeypatch, clock, startup, solve, deadline):
+def _solve(monkeypatch, clock, startup, solve, deadline, code=0):
     procs: list = []
-    monkeypatch.setattr(milp_solver.subprocess, "Popen", fake_popen(clock, startup, solve, procs))
+    monkeypatch.setattr(milp_solver.subprocess, "Popen", fake_popen(clock, startup, solve, procs, code))
     return milp_solver.solve_milp(*_program(), deadline), procs
 
 
@@ -123,6 +123,11 @@ def test_a_worker_inside_the_grace_is_waited_for(monkeypatch, clock):
     """HiGHS stops a little after its limit (its next check): within GRACE its answer is kept."""
     sol, procs = _solve(monkeypatch, clock, 0.4, 9.6 + GRACE / 2, 10.0)
     assert not procs[0].killed and sol["status"] == "optimal"
+
+
+def test_a_failed_worker_is_an_error_not_an_answer(monkeypatch, clock):
+    with pytest.raises(RuntimeError, match="Segmentation fault"):
+        _solve(monkeypatch, clock, 0.4, 1.0, 10.0, code=-11)
 
 
 @pytest.mark.parametrize("seconds", [60.0, math.inf])

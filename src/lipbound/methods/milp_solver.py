@@ -64,13 +64,15 @@ def solve_milp(cost: np.ndarray, rows: sp.csr_matrix, rlo: np.ndarray, rhi: np.n
         np.savez(buf, cost=cost, data=rows.data, indices=rows.indices, indptr=rows.indptr, rlo=rlo, rhi=rhi, lo=lo,
                  hi=hi, integ=integ, warm=warm, seed=seed, max_nodes=max_nodes, left=left)
         wait = max(left, 0.0) + GRACE
-        out, _ = proc.communicate(buf.getvalue(), timeout=wait if math.isfinite(wait) else None)
+        out, err = proc.communicate(buf.getvalue(), timeout=wait if math.isfinite(wait) else None)
     except subprocess.TimeoutExpired:
         return dict(_STOPPED)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"the MILP worker failed ({proc.returncode}): {err.decode(errors='replace')[-2000:]}")
     answer = np.load(io.BytesIO(out))
     x = answer["x"]
     return {"x": x if len(x) else None, "objective": float(answer["objective"]), "status": str(answer["status"]),
