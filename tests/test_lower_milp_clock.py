@@ -2,8 +2,9 @@
 starts after the deadline, the worker is sent the time left when it is ready, and one that runs
 past the deadline by :data:`~lipbound.methods.milp_solver.GRACE` is killed then, whatever it is
 doing. A fake ``subprocess.Popen`` replays a worker's start-up and solve seconds (no timing). The
-real worker is checked against a MILP solved by hand, and on a fake clock against a deadline that
-has passed (it must not run HiGHS); an interrupted solve's answer is checked against the rows."""
+real worker is checked against a MILP solved by hand (with a deadline and without), and on a fake
+clock against a deadline that passed while it read the program (it must not run HiGHS); a worker
+that fails is an error."""
 
 from __future__ import annotations
 
