@@ -33,13 +33,15 @@ fixed direction pair instead of a norm):
 
 The loop stops when the MILP finds no pattern better than the current one for ``u, v`` (a fixed
 point: ``"converged"``), after ``rounds`` MILPs (``"iterations"``), when HiGHS stops on its node
-limit ``max_nodes`` (``"work"``, deterministic: a fixed seed) or on the clock (``"time"``).
+limit ``max_nodes`` (``"work"``, deterministic: a fixed seed) or on the clock (``"time"``). No MILP
+starts after the deadline, and a running one is stopped by it (its process killed
+:data:`~lipbound.methods.milp_solver.GRACE` seconds after it: HiGHS checks its own time limit only
+between steps of up to 26 s and more; :mod:`~lipbound.methods.milp_solver`).
 """
 
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import torch
@@ -115,7 +117,7 @@ def lower_milp(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
     for _ in range(rounds):
         if clock.expired():
             break
-        solved = program.solve(u, v, net.state(x), seed, max_nodes, time_limit=clock.deadline() - time.perf_counter())
+        solved = program.solve(u, v, net.state(x), seed, max_nodes, clock.deadline())
         history.append({k: solved[k] for k in ("objective", "seconds", "status", "nodes")})
         if solved["status"] == "time":
             clock.cut = True

@@ -122,11 +122,14 @@ class PatternProgram:
         return int(self.offsets[1 + 6 * layer + "zrdstp".index(block)])
 
     def solve(self, u: np.ndarray, v: np.ndarray, warm: dict[str, list[np.ndarray]], seed: int, max_nodes: int,
-              time_limit: float) -> dict[str, Any]:
+              deadline: float) -> dict[str, Any]:
         """Maximise ``u^T J(x) v`` (lower_milp's module doc), warm-started from the point of ``warm``
-        (:meth:`ChainNet.state`); returns ``objective``, ``x``, ``pattern`` (the slopes per layer),
-        ``status`` (``optimal``, ``nodes``, ``time``, ``other``), ``nodes``, ``seconds``."""
+        (:meth:`ChainNet.state`), by ``deadline`` (a ``time.perf_counter()`` value; plus
+        :data:`~lipbound.methods.milp_solver.GRACE` at most); returns ``objective``, ``x``,
+        ``pattern`` (the slopes per layer), ``status`` (``optimal``, ``nodes``, ``time``, ``other``),
+        ``nodes``, ``seconds`` (from the model's build to the solver's return)."""
         net = self.net
+        t0 = time.perf_counter()
         lo, hi, integ = self._bounds(v)
         rows, rlo, rhi = self._rows()
         n_cols = self.size["columns"]
@@ -134,8 +137,7 @@ class PatternProgram:
         last = len(net.W) - 2
         cost[self._col(last, "t"):self._col(last, "t") + net.W[-1].shape[1]] = -(net.W[-1].T @ u)
         self.size.update(rows=int(rows.shape[0]), nonzeros=int(rows.nnz))
-        t0 = time.perf_counter()
-        sol = solve_milp(cost, rows, rlo, rhi, lo, hi, integ, self._warm(warm, v), seed, max_nodes, max(time_limit, 0.01))
+        sol = solve_milp(cost, rows, rlo, rhi, lo, hi, integ, self._warm(warm, v), seed, max_nodes, deadline)
         seconds = time.perf_counter() - t0
         if sol["x"] is None:
             return {"objective": -math.inf, "x": None, "pattern": None, "seconds": seconds, **sol}
