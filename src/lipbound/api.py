@@ -233,12 +233,12 @@ def _union_lower(graph: Graph, region: BoxUnion, parts: dict[int, Report],
     return best
 
 
-SPLIT_SHARE = 0.5
-"""The share of a run's time budget that the split tree of the localization is planned for, from the
-layers' sizes (:func:`~lipbound.methods.split_bounds.planned_leaves`; the same share caps its clock): its
-stall rule stops it first on mnistfc 256x6 and ACAS Xu; on ERAN 9x200 the plan does (94 leaves at a 60 s
-budget, 17-22 s at load 3), and the bounds are worth the time: LipSDP's dense interior point then takes
-4-15 s of the 60."""
+SPLIT_SHARE = 0.75
+"""The share of a run's time budget that caps the localization's split tree on the clock; the tree is
+planned, from the layers' sizes, for :data:`~lipbound.methods.propagation.AUTO_PLAN_SHARE` of it (half
+the run's budget; :func:`~lipbound.methods.split_bounds.planned_leaves`): its stall rule stops it first
+on mnistfc 256x6 and ACAS Xu; on ERAN 9x200 the plan does (94 leaves at a 60 s budget, 17-30 s at load
+3-4), and the bounds are worth the time: LipSDP's dense interior point then takes 4-15 s of the 60."""
 
 
 def _localized(graph: Graph, region: Region, time_budget: float | None) -> Graph:

@@ -270,16 +270,17 @@ def alpha_crown_bounds(graph: Graph, region: Any, *, time_budget: float | None =
 
 
 def _split_crown(graph: Graph, region: Any, time_budget: float | None, options: SplitOptions = SplitOptions(),
-                 cap_crown: bool = True) -> tuple[dict[str, Bounds], str]:
+                 cap_crown: bool = True, plan_share: float = 1.0) -> tuple[dict[str, Bounds], str]:
     """CROWN's bounds refined by the split tree of :mod:`.split_bounds` (a ReLU chain only), within
     ``time_budget`` in all (with ``cap_crown=False``: CROWN to the end, the budget caps the tree
-    only), and the note saying what was done."""
+    only), the tree planned for ``plan_share`` of it, and the note saying what was done."""
     start = time.perf_counter()
     pre, note = _crown(graph, region, time_budget if cap_crown else None)
     g = float64_graph(graph)
     low, high = region_box(region, g)
     deadline = None if time_budget is None else start + time_budget
-    pre, out = split_crown_bounds(g, low, high, pre, options=options, budget=time_budget, deadline=deadline)
+    plan = None if time_budget is None else plan_share * time_budget
+    pre, out = split_crown_bounds(g, low, high, pre, options=options, budget=plan, deadline=deadline)
     return pre, (f"{note}; split-refined (CROWN with the first layer's sign constraints on a split tree over the "
                  f"earliest unstable neurons): "
                  f"{len(out.tree.leaves)} leaves of {out.tree.planned} planned, {out.tree.nodes} nodes bounded, "
@@ -293,19 +294,27 @@ time, and LipSDP on ERAN 9x200's union with a 30 s tree went 81.0 -> 58.3 on idx
 idx_2954, 262.1 -> 233.2 on idx_2697; 0 steps, 306 leaves, gave 153), stopped as soon as a doubling of
 the leaves stabilises under 2% of the unstable neurons left (benchmarks/results/preactivation_gap.md,
 "Split-refined pre bounds": on ERAN 9x200 each doubling stabilises 3-15% of them, on mnistfc 256x6
-0.6-1.5% and on ACAS Xu less, where the tree stops at 2 leaves). On ERAN 9x200 the plan for the API's
-share of the budget (:data:`lipbound.api.SPLIT_SHARE`; :func:`.split_bounds.planned_leaves`) ends it
-first at a 60 s budget: 94 leaves, ``stopped_by: work``, the same on a loaded machine (before session
-11 the clock ended it, at a load-dependent count); LipSDP on the 128-leaf bounds against the 32-leaf
-ones: 462.9 -> 183.3 on idx_2954, 158.4 -> 74.0 on idx_225 (benchmarks/results/local.md, "Session 10")."""
+0.6-1.5% and on ACAS Xu less, where the tree stops at 2 leaves). On ERAN 9x200 the plan
+(:func:`.split_bounds.planned_leaves`, for :data:`AUTO_PLAN_SHARE` of the localization's budget,
+:data:`lipbound.api.SPLIT_SHARE` of the run's) ends it first at a 60 s budget: 94 leaves, ``stopped_by:
+work``, the same on a loaded machine (before session 11 the clock ended it, at a load-dependent count);
+LipSDP on the 128-leaf bounds against the 32-leaf ones: 462.9 -> 183.3 on idx_2954, 158.4 -> 74.0 on
+idx_225 (benchmarks/results/local.md, "Session 10")."""
+
+AUTO_PLAN_SHARE = 2 / 3
+"""The share of ``localize(method="auto")``'s budget its split tree is planned for; the clock caps it at
+the whole budget. The plan's rates were measured at load 3-4 (:data:`.machine.SPLIT_NODE_SECONDS`),
+and a tree planned for all of its budget was still cut by the clock at 61-87 of its 94 leaves on ERAN
+9x200 (0.17 s per node at load ~3 against the plan's 0.159): the rest absorbs a load up to 1.5x that."""
 
 
 def _auto(graph: Graph, region: Any, time_budget: float | None) -> tuple[dict[str, Bounds], str]:
     """``method="auto"``: split-crown (:data:`AUTO_SPLIT`) on ReLU chains of at least 3 hidden layers,
     where CROWN's relaxations compound; CROWN elsewhere. CROWN runs to the end either way (the bounds
-    do not depend on the time); ``time_budget`` caps the split tree only."""
+    do not depend on the time); ``time_budget`` caps the split tree only, which is planned for
+    :data:`AUTO_PLAN_SHARE` of it."""
     if relu_chain_depth(graph) >= 3:
-        return _split_crown(graph, region, time_budget, AUTO_SPLIT, cap_crown=False)
+        return _split_crown(graph, region, time_budget, AUTO_SPLIT, cap_crown=False, plan_share=AUTO_PLAN_SHARE)
     return _crown(graph, region, None)
 
 
