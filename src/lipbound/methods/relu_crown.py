@@ -32,18 +32,6 @@ in plain float64 (sign-supergradient steps on ``min over the box of <a - t, W x 
 iterate, ``t = 0`` included); what is rigorous is the step itself: ``a' = fl(a - t)`` differs from ``a - t``
 by at most ``2u |a'|``, adding ``<2u |a'|, |z|_max>``, and ``<t, bnd>`` its ``gamma_n <|t|, |bnd|>``.
 
-**Deeper split constraints** (``beta_iterations > 0`` and a box with a split neuron, ``bnd_i = 0``, in a
-hidden layer ``0 < j < k``): the same step where the form reaches layer ``j``'s output, ``<a, z_j> >=
-<a - t_j, z_j> + <t_j, bnd_j>`` for ``t_j = beta_j s_j`` (``beta_j >= 0``, zero off the split neurons; the
-dropped ``<t_j, z_j - bnd_j>`` is ``>= 0`` on the box's inputs that the bounds describe), with the same
-rounding terms. Only split neurons: a constraint from a bound that the relaxation itself derived is (on
-ERAN 9x200, to 1e-11) never violated by the relaxed ``z_j`` at the minimiser, so its multiplier stays 0.
-The ``beta_j`` are chosen jointly (:func:`_deep_bound`): sign-supergradient steps along the gradient of the
-plain float bound (autograd through the back-substitution), the first layer's ``t`` re-picked by
-:func:`_multipliers` in each pass, the best rigorous bound of the passes kept per row. Each pass is a
-back-substitution and each step one more backwards, so a box with deep splits costs about
-``2 beta_iterations + 1`` times one without; boxes without deep splits take the first-layer terms only.
-
 Cost: ``2 n_k`` rows through ``k - 1`` layers of width ``n`` per box, one batched matrix product
 per layer; only the neurons unstable on a box are bounded on it. The boxes are **grouped by their
 unstable count** (``(2^(j-1), 2^j]``, boxes with none skipped) and each group's rows are padded to
@@ -68,8 +56,8 @@ def crown_layer(layers: list, k: int, pre: list[Bounds], low: torch.Tensor, high
     intersected with CROWN's (module doc) on each box ``[low_b, high_b]`` (``(B, d)``), from the
     sound bounds ``pre[j]`` of the earlier layers ``j < k``. Only neurons unstable in ``lu`` are
     recomputed, box by box, in groups of boxes with similar unstable counts. ``beta_iterations > 0``
-    adds the Lagrange terms of the first layer's sign constraints and of the deeper layers' split
-    constraints (module doc), their multipliers chosen by that many sign-supergradient steps."""
+    adds the Lagrange terms of the first layer's sign constraints (module doc), their multipliers
+    chosen by that many sign-supergradient steps."""
     l, u = lu
     if k == 0 or not l.numel():
         return lu
@@ -96,36 +84,12 @@ def _crown_rows(layers: list, k: int, pre: list[Bounds], low: torch.Tensor, high
     rows = torch.argsort((~unstable).to(torch.int8), dim=1, stable=True)[:, :r]  # (B, r): unstable first
     eye = torch.zeros(B, r, n, dtype=torch.float64).scatter_(2, rows[..., None], 1.0)
     a = torch.cat([eye, -eye], dim=1)  # (B, 2r, n_k): lower bounds of +z_i, -z_i
-    if beta_iterations and any(bool(_signs(lu, True)[0].any()) for lu in pre[1:k]):
-        bound = _deep_bound(layers, k, pre, low, high, a, beta_iterations)
-    else:
-        bound = _bound(layers, k, pre, low, high, a, beta_iterations)[0]
-    # only the unstable rows take the new bounds (the gather/scatter is a permutation; padding is stable)
-    keep = unstable.gather(1, rows)
-    l = l.scatter(1, rows, torch.where(keep, torch.maximum(l.gather(1, rows), bound[:, :r]), l.gather(1, rows)))
-    u = u.scatter(1, rows, torch.where(keep, torch.minimum(u.gather(1, rows), -bound[:, r:]), u.gather(1, rows)))
-    return l, u
-
-
-def _bound(layers: list, k: int, pre: list[Bounds], low: torch.Tensor, high: torch.Tensor, a: torch.Tensor,
-           beta_iterations: int, betas: list | None = None) -> tuple[torch.Tensor, torch.Tensor, list]:
-    """A rigorous lower bound of each row's ``<a, z_k>`` over the box (module doc), with the Lagrange
-    terms of the first layer's sign constraints when ``beta_iterations > 0`` (``t`` by
-    :func:`_multipliers`) and of the deeper split constraints when ``betas`` (per layer ``0 < j < k``,
-    ``(B, R, n_j)``, ``>= 0``; ``t_j = beta_j s_j``) are given: ``(bound, value, scales)``, ``value``
-    its plain float64 value before the rounding terms (differentiable in ``betas``), ``scales`` per
-    deeper layer the largest ``|a|`` of each row where its terms enter."""
-    const = torch.zeros(a.shape[:2], dtype=torch.float64)
-    slack, mag, terms, scales = torch.zeros_like(const), torch.zeros_like(const), 0, {}
+    const = torch.zeros(B, 2 * r, dtype=torch.float64)
+    slack, mag, terms = torch.zeros_like(const), torch.zeros_like(const), 0
     xmax = torch.maximum(low.abs(), high.abs())
     for j in range(k, -1, -1):
-        if j < k and (j == 0 and beta_iterations or j > 0 and betas is not None):
-            s, bnd = _signs(pre[j], j > 0)
-            if j:
-                scales[j], t = a.detach().abs().amax(dim=2, keepdim=True), betas[j] * s[:, None, :]
-            else:
-                t = _multipliers(a.detach(), layers[0], s, bnd, low, high, beta_iterations)
-            c, e, a = _sign_terms(a, pre[j], s, bnd, t)
+        if j == 0 and beta_iterations:
+            c, e, a = _sign_terms(a, layers[0], pre[0], low, high, beta_iterations)
             const, mag, slack, terms = const + c, mag + c.abs(), slack + e, terms + 1
         hmax = xmax if j == 0 else pre[j - 1][1].clamp(min=0)
         c, e, a = _affine_step(layers[j], a, hmax)
@@ -134,53 +98,28 @@ def _bound(layers: list, k: int, pre: list[Bounds], low: torch.Tensor, high: tor
             c, e, a = _relu_step(a, *pre[j - 1])
             const, mag, slack, terms = const + c, mag + c.abs(), slack + e, terms + 1
     c, e = _concretize(a, low, high, xmax)
-    value = const + c
-    const, mag, slack = value.detach(), (mag + c.abs()).detach(), (slack + e).detach()
-    bound = const - round_up(slack, terms + 2) - round_up(gamma(terms + 9) * (mag + const.abs()), 4) - TINY
-    return bound, value, scales
+    const, mag, slack, terms = const + c, mag + c.abs(), slack + e, terms + 1
+    bound = const - round_up(slack, terms + 1) - round_up(gamma(terms + 8) * (mag + const.abs()), 4) - TINY
+    # only the unstable rows take the new bounds (the gather/scatter is a permutation; padding is stable)
+    keep = unstable.gather(1, rows)
+    l = l.scatter(1, rows, torch.where(keep, torch.maximum(l.gather(1, rows), bound[:, :r]), l.gather(1, rows)))
+    u = u.scatter(1, rows, torch.where(keep, torch.minimum(u.gather(1, rows), -bound[:, r:]), u.gather(1, rows)))
+    return l, u
 
 
-def _signs(lu: Bounds, split_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(s, bnd)`` of a layer's sign constraints ``s_i (z_i - bnd_i) >= 0`` (module doc): ``s_i = 1,
-    bnd_i = l_i`` where ``l_i >= 0``, ``s_i = -1, bnd_i = u_i`` where ``u_i <= 0``, else ``s_i = 0``;
-    ``split_only``: only where ``bnd_i = 0`` (a split neuron's clamp)."""
+def _sign_terms(a: torch.Tensor, layer, lu: Bounds, low: torch.Tensor, high: torch.Tensor,
+                iterations: int) -> tuple[torch.Tensor, ...]:
+    """``<a, z>`` (``z``: the first layer's output) bounded below with the Lagrange terms of its sign
+    constraints (module doc): ``(<t, bnd>, slack, a - t)``, ``t`` from :func:`_multipliers`."""
     l, u = lu
     s = (l >= 0).to(torch.float64) - (u <= 0).to(torch.float64)
     bnd = torch.where(s > 0, l, torch.where(s < 0, u, torch.zeros_like(l)))
-    return (s * (bnd == 0) if split_only else s), bnd
-
-
-def _sign_terms(a: torch.Tensor, lu: Bounds, s: torch.Tensor, bnd: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``<a, z>`` (``z``: a layer's output, in ``lu`` on the box's inputs, with sign constraints ``(s, bnd)``)
-    bounded below with the Lagrange terms ``t`` (``t_i s_i >= 0``, zero where ``s_i = 0``; module doc):
-    ``(<t, bnd>, slack, a - t)``."""
+    t = _multipliers(a, layer, s, bnd, low, high, iterations)
     a2 = a - t
-    zmax = torch.maximum(lu[0].abs(), lu[1].abs())
-    e = _dot(a2.detach().abs(), 2 * UNIT_ROUNDOFF * zmax) + _dot(t.detach().abs(), gamma(s.shape[1] + 2) * bnd.abs())
+    zmax = torch.maximum(l.abs(), u.abs())
+    n = l.shape[1]
+    e = _dot(a2.abs(), 2 * UNIT_ROUNDOFF * zmax) + _dot(t.abs(), gamma(n + 2) * bnd.abs())
     return (t @ bnd[..., None])[..., 0], e, a2
-
-
-def _deep_bound(layers: list, k: int, pre: list[Bounds], low: torch.Tensor, high: torch.Tensor, a: torch.Tensor,
-                iterations: int) -> torch.Tensor:
-    """Per row, the best of the rigorous bounds :func:`_bound` gives at ``beta_j = 0`` and at the iterates
-    of a joint sign-supergradient ascent over the split constraints' multipliers of the layers
-    ``0 < j < k`` (the first layer's ``t`` picked in each pass by :func:`_multipliers`): each step moves
-    ``beta_j`` by ``0.5 * 0.7^it`` times the row's largest ``|a|`` at layer ``j`` along the sign of the
-    gradient of the plain float value (autograd through the back-substitution: ``s_j`` times ``bnd_j``
-    minus the relaxed ``z_j`` at the concretisation's minimiser, so a violated constraint raises
-    ``beta_j``), then clamps at 0. The betas only pick numbers: each bound is rigorous whatever they are."""
-    betas = [None] + [torch.zeros(*a.shape[:2], lu[0].shape[1], dtype=torch.float64, requires_grad=True)
-                      for lu in pre[1:k]]
-    best, scales = None, None
-    for it in range(iterations + 1):
-        with torch.enable_grad():
-            bound, value, now = _bound(layers, k, pre, low, high, a, iterations, betas)
-            grads = torch.autograd.grad(value.sum(), betas[1:]) if it < iterations else None
-        best, scales = (bound, now) if best is None else (torch.maximum(best, bound), scales)
-        if grads is None:
-            return best
-        betas = [None] + [((b + 0.5 * 0.7 ** it * scales[j] * g.sign()).clamp(min=0) * _signs(pre[j], True)[0].abs()[:, None, :])
-                          .detach().requires_grad_() for j, (b, g) in enumerate(zip(betas[1:], grads), start=1)]
 
 
 def _multipliers(a: torch.Tensor, layer, s: torch.Tensor, bnd: torch.Tensor, low: torch.Tensor, high: torch.Tensor,

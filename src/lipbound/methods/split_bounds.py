@@ -50,11 +50,7 @@ layer only, whose constraints are halfspaces in ``x``): a leaf's first-layer bou
 bnd_i = u_i <= 0``; a split neuron's ``bnd_i`` is 0), so for any ``beta >= 0`` a row's form satisfies
 ``<a, z> >= <a - beta s, z> + <beta s, bnd>`` on the leaf, and the right side's minimum over the box is a
 sound lower bound (weak duality). ``beta`` is chosen per row by ``beta_iterations`` sign-supergradient steps
-from 0 (CROWN), the best iterate kept (:func:`.relu_crown.crown_layer`). A split in a deeper layer ``j``
-enters the same way where the back-substitution reaches ``z_j`` (its multipliers chosen jointly, by
-gradient through the rest of the back-substitution; such a node costs about ``2 beta_iterations + 1``
-times one without, which :func:`node_seconds` does not price: on ERAN 9x200 the trees of up to 128
-leaves split the first layer only, benchmarks/results/preactivation_gap.md).
+from 0 (CROWN), the best iterate kept (:func:`.relu_crown.crown_layer`); deeper splits stay relaxed away.
 """
 
 from __future__ import annotations

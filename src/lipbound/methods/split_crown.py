@@ -40,8 +40,8 @@ def node_bounds(layers: list[Layer], nodes: list[Bounds], low: np.ndarray, high:
     """Each node's bounds (``nodes[b]``: per hidden layer ``(l, u)``, sound on the node) intersected
     with CROWN's under its splits (module doc), on the box ``[low, high]``; ``layers``: the chain of
     :func:`.relu_boxes.relu_chain` (hidden layers, then the output layer). ``beta_iterations > 0``:
-    the first layer's sign constraints and the deeper layers' split constraints also enter the
-    back-substitution as Lagrange terms (:func:`.relu_crown.crown_layer`, :mod:`.split_bounds`)."""
+    the first layer's sign constraints also enter the concretisation as Lagrange terms
+    (:func:`.relu_crown.crown_layer`, :mod:`.split_bounds`)."""
     if not nodes:
         return []
     depth = len(nodes[0])
