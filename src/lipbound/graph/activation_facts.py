@@ -24,8 +24,10 @@ _CLAMP = 1e6  # s' is evaluated at inputs clamped to [-_CLAMP, _CLAMP]: beyond, 
 @dataclass(frozen=True)
 class PiecewiseLinear:
     """``s(t) = slopes[k] t + offsets[k]`` on the ``k``-th piece, the pieces separated by the
-    sorted ``breakpoints`` (``len(slopes) == len(offsets) == len(breakpoints) + 1``); ``s`` is
-    continuous."""
+    sorted ``breakpoints`` (``len(slopes) == len(offsets) == len(breakpoints) + 1``). The activation
+    it stands for is continuous; these float pieces may miss each other at a breakpoint by a rounding
+    (HardSigmoid's ``fl(1/6) 3 + 1/2 != 1``: 2.8e-17), which
+    :meth:`~lipbound.methods.exact_network.PiecewiseNet.pieces_at` bounds."""
 
     breakpoints: tuple[float, ...]
     slopes: tuple[float, ...]
