@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import lipbound
 from lipbound.api import as_graph
 from lipbound.methods import METHODS
 from lipbound.methods.bab_witness import WitnessPool
@@ -64,6 +65,21 @@ def test_the_search_witness_rechecks_and_reaches_the_local_constant(seed, widths
     x = bab.best_x
     assert ((x >= box.low.numpy()) & (x <= box.high.numpy())).all()
     assert jacobian_norms(net, torch.from_numpy(x[None])).item() == pytest.approx(bab.best, rel=1e-9)
+
+
+def test_an_open_search_reports_its_witnessed_lower_end():
+    """Cut after one node, neuron-bab returns a certified upper end; the report's lower end is its
+    witnessed one (not None), at most the brute-forced local constant, and its witness's Jacobian norm
+    (autograd on the torch model) reaches it."""
+    net, box, local, _ = _setup(6, (4, 5, 3, 3))
+    truth = _exact_local(net, box.low.numpy(), box.high.numpy())
+    report = lipbound.estimate(net, (4,), domain=box, methods=["neuron-bab"], progress=False,
+                               method_options={"neuron-bab": {"max_nodes": 1}})
+    result = report.results[0]
+    assert result.kind.value == "certified_upper" and result.upper >= truth * (1 - 1e-9)
+    assert report.lower is not None and report.lower == result.details["lower"] <= truth * (1 + 1e-9)
+    x = torch.as_tensor(result.witness.x, dtype=torch.float64).reshape(1, -1)
+    assert jacobian_norms(net, x).item() >= report.lower * (1 - 1e-9)
 
 
 def test_the_lp_points_are_witnesses_and_the_seeded_search_only_raises_the_lower_end():

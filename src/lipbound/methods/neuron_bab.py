@@ -68,7 +68,8 @@ by ``1 - ascent_share - lower_share`` of the budget, so the witness searches kee
 from the budget, not from a measured time; the root's LPs end ``sdp_share`` before, so that its LipSDP
 keeps its share: measured on ERAN 9x200 idx_2954 at 60 s, the root's upper end is 490 (976 once in 3 runs)
 with this plan, 731-1077 when the LPs ran first into LipSDP's time, 466 without the witness searches' reserve).
-The lower end is the larger of the two re-checked ones.
+The lower end is the larger of the two re-checked ones; the result carries it, with its witness, as its
+``bracket``'s lower end (so :attr:`~lipbound.report.Report.lower` reports it whether or not the search closed).
 A **leaf** (every neuron's state known) is one activation pattern: ``exact``'s region check
 (:meth:`~lipbound.methods.exact_search.BranchAndBound.check_region`: an LP proposes, an exact-arithmetic
 certificate proves the region has no interior point in the box) drops it when empty, and its
@@ -245,4 +246,5 @@ def neuron_bab(graph: Graph, *, seed: int = 0, progress: bool = False, domain: A
     if status == "converged" and lower > -math.inf and upper <= lower * (1 + rtol):
         return Result("neuron-bab", lower, "exact", seconds, witness=witness, details=details,
                       bracket=(lower, max(upper, lower)))
-    return Result("neuron-bab", upper, "certified_upper", seconds, witness=witness, details=details)
+    bracket = (min(lower, upper), upper) if witness is not None and lower > -math.inf else None
+    return Result("neuron-bab", upper, "certified_upper", seconds, witness=witness, details=details, bracket=bracket)
